@@ -1,0 +1,75 @@
+//! A wrapper backend for tests: injects an errno on reads or writes and a
+//! delay on every operation, switchable at run time from any thread.
+
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::{Backend, BlockError, Result};
+
+pub struct FaultBackend {
+    inner: Backend,
+    read_errno: AtomicI32,
+    write_errno: AtomicI32,
+    delay_us: AtomicU64,
+}
+
+impl FaultBackend {
+    pub fn new(inner: Backend) -> Self {
+        FaultBackend { inner, read_errno: AtomicI32::new(0), write_errno: AtomicI32::new(0), delay_us: AtomicU64::new(0) }
+    }
+
+    pub fn inner(&self) -> &Backend {
+        &self.inner
+    }
+
+    /// Fail every read with `errno` (0 clears).
+    pub fn fail_reads(&self, errno: i32) {
+        self.read_errno.store(errno, Ordering::SeqCst);
+    }
+
+    /// Fail every write-type operation with `errno` (0 clears).
+    pub fn fail_writes(&self, errno: i32) {
+        self.write_errno.store(errno, Ordering::SeqCst);
+    }
+
+    /// Delay every operation by this long before it reaches the inner backend.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_us.store(delay.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    async fn gate(&self, errno: &AtomicI32, op: &'static str, offset: u64, len: u64) -> Result<()> {
+        let us = self.delay_us.load(Ordering::SeqCst);
+        if us > 0 {
+            tokio::time::sleep(Duration::from_micros(us)).await;
+        }
+        match errno.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            e => Err(BlockError::from_errno(e, op, offset, len)),
+        }
+    }
+
+    pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.gate(&self.read_errno, "read", offset, len as u64).await?;
+        self.inner.read(offset, len).await
+    }
+
+    pub async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<()> {
+        self.gate(&self.write_errno, "write", offset, data.len() as u64).await?;
+        self.inner.write(offset, data, fua).await
+    }
+
+    pub async fn flush(&self) -> Result<()> {
+        self.gate(&self.write_errno, "flush", 0, 0).await?;
+        self.inner.flush().await
+    }
+
+    pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.gate(&self.write_errno, "discard", offset, len).await?;
+        self.inner.discard(offset, len).await
+    }
+
+    pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.gate(&self.write_errno, "write-zeroes", offset, len).await?;
+        self.inner.write_zeroes(offset, len).await
+    }
+}

@@ -1,0 +1,1 @@
+//! Lunar layer 5: iSCSI.

@@ -1,0 +1,1 @@
+//! Lunar layer 4: target core.
