@@ -95,10 +95,20 @@ impl IoContext {
     }
 
     pub fn schedule_boxed(&self, f: BottomHalf) -> Result<(), ThreadError> {
+        self.try_schedule(f).map_err(|_| ThreadError::Gone(self.shared.name.clone()))
+    }
+
+    /// Like [`IoContext::schedule_boxed`], but hands the closure back when the
+    /// thread has exited, so that the caller can run it elsewhere.
+    pub fn try_schedule(&self, f: BottomHalf) -> Result<(), BottomHalf> {
         if self.shared.exited.load(Ordering::Acquire) {
-            return Err(ThreadError::Gone(self.shared.name.clone()));
+            return Err(f);
         }
-        self.shared.tx.send(Msg::Run(f)).map_err(|_| ThreadError::Gone(self.shared.name.clone()))
+        match self.shared.tx.send(Msg::Run(f)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendError(Msg::Run(f))) => Err(f),
+            Err(mpsc::error::SendError(Msg::Exit)) => unreachable!("sent a Run"),
+        }
     }
 
     /// Runs `f` on this thread and waits (asynchronously) for its result.

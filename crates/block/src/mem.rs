@@ -30,7 +30,7 @@ impl MemBackend {
     }
 
     fn check(&self, op: &'static str, offset: u64, len: u64) -> Result<()> {
-        if offset % 8 != 0 || len % 8 != 0 {
+        if offset & 7 != 0 || len & 7 != 0 {
             return Err(BlockError::new(crate::ErrorKind::Unsupported, libc::EINVAL, op, offset, len));
         }
         match offset.checked_add(len) {
@@ -128,7 +128,7 @@ mod tests {
         let m = MemBackend::new(8192);
         let mut buf = vec![0u8; 512];
         assert_eq!(m.read_into(8192, &mut buf).unwrap_err().kind, crate::ErrorKind::OutOfRange);
-        assert_eq!(m.write_from(u64::MAX - 100, &buf).unwrap_err().kind, crate::ErrorKind::OutOfRange);
+        assert_eq!(m.write_from(u64::MAX - 7, &buf).unwrap_err().kind, crate::ErrorKind::OutOfRange);
         assert_eq!(m.read_into(3, &mut buf).unwrap_err().kind, crate::ErrorKind::Unsupported);
     }
 }

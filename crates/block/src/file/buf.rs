@@ -27,7 +27,8 @@ unsafe impl Sync for AlignedBuf {}
 impl AlignedBuf {
     fn layout(len: usize) -> Layout {
         // `len.max(1)`: a zero-sized allocation is not allowed.
-        Layout::from_size_align(len.max(1), DIRECT_ALIGN).expect("I/O buffer size overflows a Layout")
+        Layout::from_size_align(len.max(1), DIRECT_ALIGN)
+            .expect("I/O buffer size overflows a Layout")
     }
 
     /// Allocates `len` zero bytes aligned to [`DIRECT_ALIGN`].
@@ -80,7 +81,7 @@ impl Buf {
     /// Wraps the data of a write, copying it into aligned memory only when
     /// `direct` needs it and the `Vec` is not aligned already.
     pub(crate) fn for_write(data: Vec<u8>, direct: bool) -> Buf {
-        if !direct || (data.as_ptr() as usize) % DIRECT_ALIGN == 0 {
+        if !direct || (data.as_ptr() as usize) & (DIRECT_ALIGN - 1) == 0 {
             Buf::Vec(data)
         } else {
             let mut b = AlignedBuf::zeroed(data.len());

@@ -1,0 +1,151 @@
+//! SCSI Response (RFC 7143 §11.4).
+
+use std::borrow::Cow;
+
+use super::bhs::*;
+use super::{invalid, PduCodec, PduError};
+
+/// iSCSI service response (RFC 7143 §11.4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServiceResponse {
+    /// 0x00: command completed at target (Status is valid).
+    CommandCompleted,
+    /// 0x01: target failure.
+    TargetFailure,
+    /// 0x80-0xff: vendor specific; other values are reserved.
+    Other(u8),
+}
+
+impl ServiceResponse {
+    pub fn code(self) -> u8 {
+        match self {
+            ServiceResponse::CommandCompleted => 0,
+            ServiceResponse::TargetFailure => 1,
+            ServiceResponse::Other(v) => v,
+        }
+    }
+
+    pub fn from_code(v: u8) -> ServiceResponse {
+        match v {
+            0 => ServiceResponse::CommandCompleted,
+            1 => ServiceResponse::TargetFailure,
+            v => ServiceResponse::Other(v),
+        }
+    }
+}
+
+/// SCSI Response (target→initiator, opcode 0x21, RFC 7143 §11.4).
+///
+/// The data segment carries SenseLength (2 bytes), the sense data, and the
+/// iSCSI response data (§11.4.7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScsiResponse {
+    /// o: bidirectional read residual overflow.
+    pub bidi_read_overflow: bool,
+    /// u: bidirectional read residual underflow.
+    pub bidi_read_underflow: bool,
+    /// O: residual overflow (§11.4.5.1).
+    pub overflow: bool,
+    /// U: residual underflow.
+    pub underflow: bool,
+    pub response: ServiceResponse,
+    /// SCSI status byte (SAM), valid when `response` is CommandCompleted.
+    pub status: u8,
+    pub itt: u32,
+    /// SNACK Tag (§11.4.4), zero unless answering an R-Data SNACK.
+    pub snack_tag: u32,
+    pub stat_sn: u32,
+    pub exp_cmd_sn: u32,
+    pub max_cmd_sn: u32,
+    /// Number of Data-In PDUs sent for the command (§11.4.6).
+    pub exp_data_sn: u32,
+    pub bidi_read_residual_count: u32,
+    pub residual_count: u32,
+    /// Sense data (SPC), empty when none.
+    pub sense: Vec<u8>,
+    /// iSCSI response data after the sense data, usually empty.
+    pub response_data: Vec<u8>,
+}
+
+impl PduCodec for ScsiResponse {
+    const OPCODE: Opcode = Opcode::ScsiResponse;
+
+    fn decode(h: &[u8; BHS_LEN], _ahs: &[u8], data: &[u8]) -> Result<Self, PduError> {
+        let flags = get_u8(h, 1);
+        let (sense, response_data) = if data.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            let (len, rest) = data
+                .split_first_chunk::<2>()
+                .ok_or_else(|| invalid(Self::OPCODE, "SenseLength", data.len() as u32))?;
+            let sense_len = usize::from(u16::from_be_bytes(*len));
+            let (sense, response) = rest
+                .split_at_checked(sense_len)
+                .ok_or_else(|| invalid(Self::OPCODE, "SenseLength", sense_len as u32))?;
+            (sense.to_vec(), response.to_vec())
+        };
+        let r = ScsiResponse {
+            bidi_read_overflow: flags & 0x10 != 0,
+            bidi_read_underflow: flags & 0x08 != 0,
+            overflow: flags & 0x04 != 0,
+            underflow: flags & 0x02 != 0,
+            response: ServiceResponse::from_code(get_u8(h, 2)),
+            status: get_u8(h, 3),
+            itt: get_u32(h, 16),
+            snack_tag: get_u32(h, 20),
+            stat_sn: get_u32(h, 24),
+            exp_cmd_sn: get_u32(h, 28),
+            max_cmd_sn: get_u32(h, 32),
+            exp_data_sn: get_u32(h, 36),
+            bidi_read_residual_count: get_u32(h, 40),
+            residual_count: get_u32(h, 44),
+            sense,
+            response_data,
+        };
+        // §11.4.1: O and U (and o and u) are mutually exclusive.
+        if (r.overflow && r.underflow) || (r.bidi_read_overflow && r.bidi_read_underflow) {
+            return Err(invalid(Self::OPCODE, "flags", flags));
+        }
+        Ok(r)
+    }
+
+    fn encode_header(&self, h: &mut [u8; BHS_LEN]) {
+        let mut flags = 0x80;
+        if self.bidi_read_overflow {
+            flags |= 0x10;
+        }
+        if self.bidi_read_underflow {
+            flags |= 0x08;
+        }
+        if self.overflow {
+            flags |= 0x04;
+        }
+        if self.underflow {
+            flags |= 0x02;
+        }
+        put_u8(h, 1, flags);
+        put_u8(h, 2, self.response.code());
+        put_u8(h, 3, self.status);
+        put_u32(h, 16, self.itt);
+        put_u32(h, 20, self.snack_tag);
+        put_u32(h, 24, self.stat_sn);
+        put_u32(h, 28, self.exp_cmd_sn);
+        put_u32(h, 32, self.max_cmd_sn);
+        put_u32(h, 36, self.exp_data_sn);
+        put_u32(h, 40, self.bidi_read_residual_count);
+        put_u32(h, 44, self.residual_count);
+    }
+
+    fn data_segment(&self) -> Cow<'_, [u8]> {
+        if self.sense.is_empty() && self.response_data.is_empty() {
+            return Cow::Borrowed(&[]);
+        }
+        let sense_len = u16::try_from(self.sense.len()).unwrap_or(u16::MAX);
+        let sense = self.sense.get(..usize::from(sense_len)).unwrap_or_default();
+        let mut out = Vec::with_capacity(2 + sense.len() + self.response_data.len());
+        out.extend_from_slice(&sense_len.to_be_bytes());
+        out.extend_from_slice(sense);
+        out.extend_from_slice(&self.response_data);
+        Cow::Owned(out)
+    }
+}

@@ -1,0 +1,181 @@
+//! The opcode table: the one source of truth for which commands this disk
+//! supports. [`super::Command::decode`] dispatches through it and checks
+//! every CDB against its usage data; REPORT SUPPORTED OPERATION CODES
+//! (SPC-5 6.35) reports it.
+//!
+//! `usage` is the CDB USAGE DATA of SPC-5 6.35.3: byte 0 is the operation
+//! code, the SERVICE ACTION bits hold the service action, every other bit is
+//! set when the device server looks at it. A CDB bit outside the mask is
+//! reserved (or an unsupported feature such as RDPROTECT) and makes the
+//! command fail with INVALID FIELD IN CDB pointing at it.
+
+use super::reader::Cdb;
+use super::Command;
+use crate::commands::*;
+use crate::error::ScsiError;
+
+/// What a command needs from the logical unit to be offered at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requires {
+    /// Every disk.
+    Always,
+    /// Only a thin provisioned disk (logical block provisioning management, SBC-4 4.7).
+    Thin,
+}
+
+/// One supported command.
+#[derive(Clone, Copy)]
+pub struct OpcodeEntry {
+    pub opcode: u8,
+    /// Service action (byte 1, bits 4..0) for opcodes that have them.
+    pub service_action: Option<u8>,
+    pub name: &'static str,
+    /// CDB USAGE DATA; its length is the CDB length.
+    pub usage: &'static [u8],
+    /// Nominal and recommended command timeouts in seconds (SPC-5 6.35.4).
+    pub timeouts: (u32, u32),
+    pub requires: Requires,
+    pub(crate) decode: fn(Cdb<'_>) -> Result<Command, ScsiError>,
+}
+
+impl std::fmt::Debug for OpcodeEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpcodeEntry")
+            .field("opcode", &self.opcode)
+            .field("service_action", &self.service_action)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl OpcodeEntry {
+    pub fn cdb_len(&self) -> usize {
+        self.usage.len()
+    }
+
+    /// The bits of byte `i` a CDB may set (the service action is matched separately).
+    pub(crate) fn allowed(&self, i: usize) -> u8 {
+        let m = self.usage.get(i).copied().unwrap_or(0);
+        if i == 1 && self.service_action.is_some() {
+            m & !0x1F
+        } else {
+            m
+        }
+    }
+}
+
+const IO_TIMEOUTS: (u32, u32) = (1, 30);
+const LONG_TIMEOUTS: (u32, u32) = (10, 120);
+const FAST_TIMEOUTS: (u32, u32) = (1, 10);
+
+const X: u8 = 0xFF;
+/// CONTROL byte: only NACA is evaluated (SAM-5 5.2); it is then rejected, as ACA is not supported.
+const C: u8 = 0x04;
+
+macro_rules! op {
+    ($op:expr, $sa:expr, $name:expr, [$($u:expr),*], $t:expr, $req:ident, $dec:path) => {
+        OpcodeEntry {
+            opcode: $op,
+            service_action: $sa,
+            name: $name,
+            usage: &[$($u),*],
+            timeouts: $t,
+            requires: Requires::$req,
+            decode: $dec,
+        }
+    };
+}
+
+/// Every command the disk implements, sorted by operation code and service action.
+pub static OPCODES: &[OpcodeEntry] = &[
+    op!(0x00, None, "TEST UNIT READY", [0x00, 0, 0, 0, 0, C], FAST_TIMEOUTS, Always, unit::decode_test_unit_ready),
+    op!(0x03, None, "REQUEST SENSE", [0x03, 0x01, 0, 0, X, C], FAST_TIMEOUTS, Always, unit::decode_request_sense),
+    op!(0x08, None, "READ(6)", [0x08, 0x1F, X, X, X, C], IO_TIMEOUTS, Always, read_write::decode_read6),
+    op!(0x0A, None, "WRITE(6)", [0x0A, 0x1F, X, X, X, C], IO_TIMEOUTS, Always, read_write::decode_write6),
+    op!(0x12, None, "INQUIRY", [0x12, 0x01, X, X, X, C], FAST_TIMEOUTS, Always, inquiry::decode),
+    op!(0x15, None, "MODE SELECT(6)", [0x15, 0x11, 0, 0, X, C], FAST_TIMEOUTS, Always, mode::decode_select6),
+    op!(0x1A, None, "MODE SENSE(6)", [0x1A, 0x08, X, X, X, C], FAST_TIMEOUTS, Always, mode::decode_sense6),
+    op!(0x1B, None, "START STOP UNIT", [0x1B, 0x01, 0, 0x0F, 0xF7, C], LONG_TIMEOUTS, Always, unit::decode_start_stop),
+    op!(0x1E, None, "PREVENT ALLOW MEDIUM REMOVAL", [0x1E, 0, 0, 0, 0x03, C], FAST_TIMEOUTS, Always, unit::decode_prevent_allow),
+    op!(0x25, None, "READ CAPACITY(10)", [0x25, 0, X, X, X, X, 0, 0, 0x01, C], FAST_TIMEOUTS, Always, capacity::decode10),
+    op!(0x28, None, "READ(10)", [0x28, 0x18, X, X, X, X, 0x1F, X, X, C], IO_TIMEOUTS, Always, read_write::decode_read10),
+    op!(0x2A, None, "WRITE(10)", [0x2A, 0x18, X, X, X, X, 0x1F, X, X, C], IO_TIMEOUTS, Always, read_write::decode_write10),
+    op!(0x2E, None, "WRITE AND VERIFY(10)", [0x2E, 0x16, X, X, X, X, 0x1F, X, X, C], IO_TIMEOUTS, Always, verify::decode_write_verify10),
+    op!(0x2F, None, "VERIFY(10)", [0x2F, 0x16, X, X, X, X, 0x1F, X, X, C], LONG_TIMEOUTS, Always, verify::decode_verify10),
+    op!(0x34, None, "PRE-FETCH(10)", [0x34, 0x02, X, X, X, X, 0x1F, X, X, C], IO_TIMEOUTS, Always, sync_cache::decode_prefetch10),
+    op!(0x35, None, "SYNCHRONIZE CACHE(10)", [0x35, 0x02, X, X, X, X, 0x1F, X, X, C], LONG_TIMEOUTS, Always, sync_cache::decode_sync10),
+    op!(0x37, None, "READ DEFECT DATA(10)", [0x37, 0, 0x1F, 0, 0, 0, 0, X, X, C], FAST_TIMEOUTS, Always, defect::decode10),
+    op!(0x41, None, "WRITE SAME(10)", [0x41, 0x18, X, X, X, X, 0x1F, X, X, C], LONG_TIMEOUTS, Always, write_same::decode10),
+    op!(0x42, None, "UNMAP", [0x42, 0x01, 0, 0, 0, 0, 0x1F, X, X, C], LONG_TIMEOUTS, Thin, unmap::decode),
+    op!(0x4D, None, "LOG SENSE", [0x4D, 0x03, X, X, 0, X, X, X, X, C], FAST_TIMEOUTS, Always, log::decode),
+    op!(0x55, None, "MODE SELECT(10)", [0x55, 0x11, 0, 0, 0, 0, 0, X, X, C], FAST_TIMEOUTS, Always, mode::decode_select10),
+    op!(0x5A, None, "MODE SENSE(10)", [0x5A, 0x18, X, X, 0, 0, 0, X, X, C], FAST_TIMEOUTS, Always, mode::decode_sense10),
+    op!(0x88, None, "READ(16)", [0x88, 0x18, X, X, X, X, X, X, X, X, X, X, X, X, 0x3F, C], IO_TIMEOUTS, Always, read_write::decode_read16),
+    op!(0x89, None, "COMPARE AND WRITE", [0x89, 0x18, X, X, X, X, X, X, X, X, 0, 0, 0, X, 0x3F, C], IO_TIMEOUTS, Always, compare_and_write::decode),
+    op!(0x8A, None, "WRITE(16)", [0x8A, 0x18, X, X, X, X, X, X, X, X, X, X, X, X, 0x3F, C], IO_TIMEOUTS, Always, read_write::decode_write16),
+    op!(0x8B, None, "ORWRITE(16)", [0x8B, 0x18, X, X, X, X, X, X, X, X, X, X, X, X, 0x1F, C], IO_TIMEOUTS, Always, read_write::decode_orwrite16),
+    op!(0x8E, None, "WRITE AND VERIFY(16)", [0x8E, 0x16, X, X, X, X, X, X, X, X, X, X, X, X, 0x3F, C], IO_TIMEOUTS, Always, verify::decode_write_verify16),
+    op!(0x8F, None, "VERIFY(16)", [0x8F, 0x16, X, X, X, X, X, X, X, X, X, X, X, X, 0x3F, C], LONG_TIMEOUTS, Always, verify::decode_verify16),
+    op!(0x90, None, "PRE-FETCH(16)", [0x90, 0x02, X, X, X, X, X, X, X, X, X, X, X, X, 0x3F, C], IO_TIMEOUTS, Always, sync_cache::decode_prefetch16),
+    op!(0x91, None, "SYNCHRONIZE CACHE(16)", [0x91, 0x02, X, X, X, X, X, X, X, X, X, X, X, X, 0x3F, C], LONG_TIMEOUTS, Always, sync_cache::decode_sync16),
+    op!(0x93, None, "WRITE SAME(16)", [0x93, 0x19, X, X, X, X, X, X, X, X, X, X, X, X, 0x3F, C], LONG_TIMEOUTS, Always, write_same::decode16),
+    op!(0x9E, Some(0x10), "READ CAPACITY(16)", [0x9E, 0x10, X, X, X, X, X, X, X, X, X, X, X, X, 0x01, C], FAST_TIMEOUTS, Always, capacity::decode16),
+    op!(0x9E, Some(0x12), "GET LBA STATUS", [0x9E, 0x12, X, X, X, X, X, X, X, X, X, X, X, X, 0, C], FAST_TIMEOUTS, Thin, lba_status::decode),
+    op!(0xA0, None, "REPORT LUNS", [0xA0, 0, X, 0, 0, 0, X, X, X, X, 0, C], FAST_TIMEOUTS, Always, report_luns::decode),
+    op!(0xA3, Some(0x0C), "REPORT SUPPORTED OPERATION CODES", [0xA3, 0x0C, 0x87, X, X, X, X, X, X, X, 0, C], FAST_TIMEOUTS, Always, opcodes::decode_rsoc),
+    op!(0xA3, Some(0x0D), "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS", [0xA3, 0x0D, 0x80, 0, 0, 0, X, X, X, X, 0, C], FAST_TIMEOUTS, Always, opcodes::decode_rstmf),
+    op!(0xA8, None, "READ(12)", [0xA8, 0x18, X, X, X, X, X, X, X, X, 0x1F, C], IO_TIMEOUTS, Always, read_write::decode_read12),
+    op!(0xAA, None, "WRITE(12)", [0xAA, 0x18, X, X, X, X, X, X, X, X, 0x1F, C], IO_TIMEOUTS, Always, read_write::decode_write12),
+    op!(0xAE, None, "WRITE AND VERIFY(12)", [0xAE, 0x16, X, X, X, X, X, X, X, X, 0x1F, C], IO_TIMEOUTS, Always, verify::decode_write_verify12),
+    op!(0xAF, None, "VERIFY(12)", [0xAF, 0x16, X, X, X, X, X, X, X, X, 0x1F, C], LONG_TIMEOUTS, Always, verify::decode_verify12),
+    op!(0xB7, None, "READ DEFECT DATA(12)", [0xB7, 0x1F, X, X, X, X, X, X, X, X, 0, C], FAST_TIMEOUTS, Always, defect::decode12),
+];
+
+/// Whether any entry has this operation code.
+pub fn has_opcode(opcode: u8) -> bool {
+    OPCODES.iter().any(|e| e.opcode == opcode)
+}
+
+/// Whether this operation code takes a service action.
+pub fn has_service_actions(opcode: u8) -> bool {
+    OPCODES.iter().any(|e| e.opcode == opcode && e.service_action.is_some())
+}
+
+/// The entry for an operation code and, for opcodes that have them, service action.
+pub fn lookup(opcode: u8, service_action: Option<u8>) -> Option<&'static OpcodeEntry> {
+    OPCODES.iter().find(|e| e.opcode == opcode && e.service_action == service_action)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SPC-5 4.2.5.1: the group code (bits 7..5) fixes the CDB length.
+    fn group_len(opcode: u8) -> Option<usize> {
+        match opcode >> 5 {
+            0 => Some(6),
+            1 | 2 => Some(10),
+            4 => Some(16),
+            5 => Some(12),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn table_is_consistent() {
+        let mut prev: Option<(u8, Option<u8>)> = None;
+        for e in OPCODES {
+            assert_eq!(Some(e.cdb_len()), group_len(e.opcode), "{}", e.name);
+            assert_eq!(e.usage[0], e.opcode, "{}", e.name);
+            if let Some(sa) = e.service_action {
+                assert_eq!(e.usage[1] & 0x1F, sa, "{}", e.name);
+            }
+            assert_eq!(e.usage[e.cdb_len() - 1], C, "{}", e.name);
+            let key = (e.opcode, e.service_action);
+            assert!(prev < Some(key), "{} out of order or duplicated", e.name);
+            prev = Some(key);
+            // Mixing service action and plain entries for one opcode would make lookup ambiguous.
+            assert_eq!(has_service_actions(e.opcode), e.service_action.is_some(), "{}", e.name);
+        }
+    }
+}

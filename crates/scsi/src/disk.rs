@@ -1,0 +1,323 @@
+//! The SBC-4 direct access block device: configuration, device-wide state,
+//! and command execution against a [`Backend`].
+//!
+//! `Disk` is shared by `Arc` across I/O threads. Its mutable state (mode
+//! page bits, medium and prevent state) is a handful of `AtomicBool`s:
+//! lock-free, and each bit is independent, so relaxed ordering suffices (a
+//! MODE SELECT racing a WRITE may see either value, as SAM-5 allows for
+//! overlapping commands).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use lunar_block::Backend;
+
+use crate::cdb::Command;
+use crate::commands;
+use crate::error::ScsiError;
+use crate::sense::Sense;
+
+/// Largest data transfer of one command, in bytes (reported as MAXIMUM
+/// TRANSFER LENGTH in the block limits VPD page, SBC-4 6.6.4).
+pub const MAX_TRANSFER_BYTES: u64 = 8 * 1024 * 1024;
+/// Largest WRITE SAME, in logical blocks (MAXIMUM WRITE SAME LENGTH).
+pub const MAX_WRITE_SAME_BLOCKS: u64 = 1 << 22;
+/// Largest UNMAP, in logical blocks (MAXIMUM UNMAP LBA COUNT).
+pub const MAX_UNMAP_BLOCKS: u32 = 1 << 22;
+/// Most block descriptors in one UNMAP parameter list.
+pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
+/// Largest COMPARE AND WRITE, in logical blocks.
+pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 255;
+
+/// What the disk presents to initiators.
+#[derive(Clone, Debug)]
+pub struct DiskConfig {
+    /// Logical block length: 512 or 4096.
+    pub block_size: u32,
+    pub readonly: bool,
+    /// RMB in the standard INQUIRY data: the medium may be ejected.
+    pub removable: bool,
+    /// Logical block provisioning management (SBC-4 4.7): UNMAP, WRITE SAME
+    /// with UNMAP, GET LBA STATUS; deallocated blocks read as zeros.
+    pub thin: bool,
+    /// Unit serial number (VPD 0x80).
+    pub serial: String,
+    /// T10 vendor identification, 8 ASCII characters (padded or cut).
+    pub vendor: String,
+    /// Product identification, 16 ASCII characters.
+    pub product: String,
+    /// Product revision level, 4 ASCII characters.
+    pub revision: String,
+    /// Unique per LUN: the low 64 bits of the NAA 6 designator (VPD 0x83).
+    pub naa_id: u64,
+    /// SCSI name of the target (e.g. an iSCSI IQN) for the target device
+    /// designator of VPD 0x83; empty to leave it out.
+    pub target_name: String,
+    /// Relative target port identifier (VPD 0x83).
+    pub relative_port: u16,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        DiskConfig {
+            block_size: 512,
+            readonly: false,
+            removable: false,
+            thin: true,
+            serial: "0".to_string(),
+            vendor: "LUNAR".to_string(),
+            product: "Lunar disk".to_string(),
+            revision: "0001".to_string(),
+            naa_id: 0,
+            target_name: String::new(),
+            relative_port: 1,
+        }
+    }
+}
+
+/// Task management functions the transport supports, reported by REPORT
+/// SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-5 6.36).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TmfSupport {
+    pub abort_task: bool,
+    pub abort_task_set: bool,
+    pub clear_aca: bool,
+    pub clear_task_set: bool,
+    pub logical_unit_reset: bool,
+    pub query_task: bool,
+    pub i_t_nexus_reset: bool,
+    pub query_task_set: bool,
+    pub query_async_event: bool,
+}
+
+impl Default for TmfSupport {
+    /// The functions both iSCSI and virtio-scsi carry.
+    fn default() -> Self {
+        TmfSupport {
+            abort_task: true,
+            abort_task_set: true,
+            clear_aca: false,
+            clear_task_set: true,
+            logical_unit_reset: true,
+            query_task: false,
+            i_t_nexus_reset: false,
+            query_task_set: false,
+            query_async_event: false,
+        }
+    }
+}
+
+/// What the target core knows and the disk does not, per command.
+#[derive(Clone, Debug, Default)]
+pub struct ExecContext {
+    /// Report sense in descriptor format (the core passes
+    /// [`Disk::descriptor_sense`] here unless it knows better).
+    pub descriptor_sense: bool,
+    /// The LUNs of the target visible to this I_T nexus, for REPORT LUNS.
+    pub luns: Vec<u64>,
+    /// Sense to return from REQUEST SENSE (a pending unit attention or
+    /// deferred error the core holds for this I_T nexus); `None` for NO SENSE.
+    pub pending_sense: Option<Sense>,
+    /// Task management functions of the transport; `None` for [`TmfSupport::default`].
+    pub tmf: Option<TmfSupport>,
+}
+
+/// Device-wide bits changed by MODE SELECT (SPC-5 7.5) and medium commands.
+#[derive(Debug)]
+pub(crate) struct DiskState {
+    /// WCE in the caching mode page (SBC-4 6.5.6).
+    pub wce: AtomicBool,
+    /// D_SENSE in the control mode page (SPC-5 7.5.8).
+    pub d_sense: AtomicBool,
+    /// SWP in the control mode page.
+    pub swp: AtomicBool,
+    /// A removable medium is loaded.
+    pub medium_present: AtomicBool,
+    /// PREVENT ALLOW MEDIUM REMOVAL: removal prevented.
+    pub prevent: AtomicBool,
+}
+
+/// A SCSI direct access block device (SBC-4) over a block backend.
+pub struct Disk {
+    config: DiskConfig,
+    backend: Backend,
+    num_blocks: u64,
+    pub(crate) state: DiskState,
+}
+
+impl std::fmt::Debug for Disk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Disk")
+            .field("config", &self.config)
+            .field("backend", &self.backend.kind_name())
+            .field("num_blocks", &self.num_blocks)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl Disk {
+    /// A disk of `backend.size() / block_size` blocks. A block size other
+    /// than 512 or 4096 is replaced by 512.
+    pub fn new(mut config: DiskConfig, backend: Backend) -> Disk {
+        if config.block_size != 512 && config.block_size != 4096 {
+            tracing::warn!(block_size = config.block_size, "unsupported block size, using 512");
+            config.block_size = 512;
+        }
+        let num_blocks = backend.size() / u64::from(config.block_size);
+        Disk {
+            config,
+            backend,
+            num_blocks,
+            state: DiskState {
+                wce: AtomicBool::new(true),
+                d_sense: AtomicBool::new(false),
+                swp: AtomicBool::new(false),
+                medium_present: AtomicBool::new(true),
+                prevent: AtomicBool::new(false),
+            },
+        }
+    }
+
+    pub fn config(&self) -> &DiskConfig {
+        &self.config
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Capacity in logical blocks.
+    pub fn num_blocks(&self) -> u64 {
+        self.num_blocks
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.config.block_size
+    }
+
+    /// D_SENSE of the control mode page: the core reports sense in
+    /// descriptor format when this is set.
+    pub fn descriptor_sense(&self) -> bool {
+        self.state.d_sense.load(Ordering::Relaxed)
+    }
+
+    /// WCE of the caching mode page: when clear every write is FUA.
+    pub fn write_cache_enabled(&self) -> bool {
+        self.state.wce.load(Ordering::Relaxed)
+    }
+
+    /// Clears the PREVENT state. The core calls this on I_T nexus loss and
+    /// on logical unit, target or power-on reset (SBC-4 5.13).
+    pub fn reset_prevent(&self) {
+        self.state.prevent.store(false, Ordering::Relaxed);
+    }
+
+    /// Largest transfer of one command, in logical blocks.
+    pub fn max_transfer_blocks(&self) -> u32 {
+        u32::try_from(MAX_TRANSFER_BYTES / u64::from(self.config.block_size)).unwrap_or(u32::MAX)
+    }
+
+    /// Byte offset of an LBA.
+    pub(crate) fn offset(&self, lba: u64) -> u64 {
+        lba.saturating_mul(u64::from(self.config.block_size))
+    }
+
+    /// Bytes in `blocks` logical blocks.
+    pub(crate) fn bytes(&self, blocks: u64) -> usize {
+        usize::try_from(blocks.saturating_mul(u64::from(self.config.block_size))).unwrap_or(usize::MAX)
+    }
+
+    /// SBC-4 4.5: every LBA of `[lba, lba + blocks)` must exist, and `lba`
+    /// itself must, even when `blocks` is zero.
+    pub(crate) fn check_range(&self, lba: u64, blocks: u64) -> Result<(), ScsiError> {
+        match lba.checked_add(blocks) {
+            Some(end) if lba < self.num_blocks && end <= self.num_blocks => Ok(()),
+            _ => Err(ScsiError::LbaOutOfRange { lba }),
+        }
+    }
+
+    /// A transfer of `blocks` must not exceed MAXIMUM TRANSFER LENGTH;
+    /// `byte` points at the TRANSFER LENGTH field of the CDB.
+    pub(crate) fn check_transfer(&self, blocks: u32, byte: usize) -> Result<(), ScsiError> {
+        if blocks > self.max_transfer_blocks() {
+            return Err(ScsiError::field_byte(byte));
+        }
+        Ok(())
+    }
+
+    /// Write protection: readonly configuration or SWP.
+    pub(crate) fn check_writable(&self) -> Result<(), ScsiError> {
+        if self.config.readonly {
+            return Err(ScsiError::WriteProtected);
+        }
+        if self.state.swp.load(Ordering::Relaxed) {
+            return Err(ScsiError::SoftwareWriteProtected);
+        }
+        Ok(())
+    }
+
+    /// Whether writes are write protected (WP in the mode parameter header).
+    pub(crate) fn write_protected(&self) -> bool {
+        self.config.readonly || self.state.swp.load(Ordering::Relaxed)
+    }
+
+    /// Every check that needs no data-out: medium present, write protect,
+    /// LBA ranges and transfer limits. The core may call this before
+    /// receiving data-out, to fail early instead of receiving a transfer it
+    /// will refuse; [`Disk::execute`] calls it too.
+    pub fn validate(&self, cmd: &Command) -> Result<(), ScsiError> {
+        if cmd.is_medium_access() && !self.state.medium_present.load(Ordering::Relaxed) {
+            return Err(ScsiError::MediumNotPresent);
+        }
+        if cmd.is_write() {
+            self.check_writable()?;
+        }
+        commands::validate(self, cmd)
+    }
+
+    /// Executes a decoded command. `data_out` holds what the initiator sent
+    /// (exactly [`Command::data_out_len`] bytes; fewer is a parameter list
+    /// length error or, for writes, a failure). Returns the data-in, already
+    /// cut to the allocation length. The future is not `Send`: run it on
+    /// the I/O thread that owns the request.
+    pub async fn execute(&self, cmd: &Command, data_out: Vec<u8>, ctx: &ExecContext) -> Result<Vec<u8>, ScsiError> {
+        self.validate(cmd)?;
+        commands::execute(self, cmd, data_out, ctx).await
+    }
+}
+
+/// Cuts data-in to the allocation length (SPC-5 4.2.5.6).
+pub(crate) fn truncate(mut data: Vec<u8>, alloc_len: usize) -> Vec<u8> {
+    data.truncate(alloc_len);
+    data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn disk_is_send_and_sync() {
+        assert_send_sync::<Disk>();
+    }
+
+    #[test]
+    fn range_checks() {
+        let d = Disk::new(DiskConfig::default(), Backend::mem(100 * 512));
+        assert_eq!(d.num_blocks(), 100);
+        assert!(d.check_range(0, 100).is_ok());
+        assert!(d.check_range(99, 1).is_ok());
+        assert!(d.check_range(99, 0).is_ok());
+        assert_eq!(d.check_range(100, 0), Err(ScsiError::LbaOutOfRange { lba: 100 }));
+        assert_eq!(d.check_range(99, 2), Err(ScsiError::LbaOutOfRange { lba: 99 }));
+        assert_eq!(d.check_range(u64::MAX, 2), Err(ScsiError::LbaOutOfRange { lba: u64::MAX }));
+    }
+
+    #[test]
+    fn odd_block_size_falls_back() {
+        let d = Disk::new(DiskConfig { block_size: 1000, ..Default::default() }, Backend::mem(4096));
+        assert_eq!(d.block_size(), 512);
+    }
+}

@@ -1,0 +1,127 @@
+//! The ownership-following protocol: how work reaches the thread that holds a
+//! queue's request list, when that thread may change at any time.
+//!
+//! This is the piece of the seed that had the use-after-free: a bottom half
+//! that found the device had moved rescheduled itself to the new thread, but
+//! its data was freed on return. Here the job is a `Box<dyn FnOnce>`: when it
+//! must follow, the very same box (with everything it owns, such as the
+//! `Arc` of the device) is moved into the next bottom half, so nothing can be
+//! freed behind it, and it cannot be run twice.
+//!
+//! The rules, each relied on below and model-checked in `tests/model_follow.rs`:
+//! - The ground truth of "who holds the list" is the holder thread's own
+//!   registry (`holds`), never the `owner` hint alone.
+//! - A holder gives the list away with [`Home::transfer`]: it first schedules
+//!   the arrival on the destination, then publishes the new owner. Per-thread
+//!   bottom halves are FIFO, so any job sent to the new owner after it read
+//!   the new `owner` runs after the arrival.
+//! - A job that runs where the list is not (yet) held re-dispatches itself to
+//!   the current owner; a job for a closed home runs with [`Arrival::Closed`].
+
+use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use crate::sync::Arc;
+
+/// A unit of work sent to a thread.
+pub type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Sends jobs to threads by index (FIFO per thread).
+pub trait Executor: Send + Sync + 'static {
+    /// Schedules `job` on thread `thread`. Returns it back if that thread is gone.
+    fn schedule(&self, thread: usize, job: Job) -> Result<(), Job>;
+}
+
+/// Where the job found the list when it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// The list is held by the current thread.
+    Here,
+    /// The home was closed (its list destroyed); nothing to do.
+    Closed,
+}
+
+/// The shared, `Send + Sync` half of a thread-confined list: its identity and
+/// a hint of which thread holds it.
+pub struct Home {
+    id: u64,
+    owner: AtomicUsize,
+    closed: AtomicBool,
+}
+
+/// Whether the calling thread holds the list of a home (looked up in the
+/// calling thread's own registry).
+pub type Holds = fn(&Home) -> bool;
+
+impl Home {
+    pub fn new(id: u64, owner: usize) -> Self {
+        Home { id, owner: AtomicUsize::new(owner), closed: AtomicBool::new(false) }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The thread that holds the list, or will hold it once an arrival in its
+    /// queue has run.
+    pub fn owner(&self) -> usize {
+        self.owner.load(Ordering::Acquire)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Called by the holder after it removed the list from its registry:
+    /// schedules `arrive` (which must insert the list into `to`'s registry) on
+    /// `to`, then publishes `to` as the owner.
+    pub fn transfer<E: Executor + ?Sized>(&self, exec: &E, to: usize, arrive: Job) -> Result<(), Job> {
+        exec.schedule(to, arrive)?;
+        self.owner.store(to, Ordering::Release);
+        Ok(())
+    }
+
+    /// Called by the holder after it destroyed the list.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+}
+
+/// Runs `job` once, on the thread that holds `home`'s list at the time it runs
+/// (or with `Closed` if the list was destroyed first). Never drops the job
+/// unrun unless every thread it could go to is gone.
+pub fn dispatch<E: Executor + ?Sized>(
+    exec: &Arc<E>,
+    home: &Arc<Home>,
+    holds: Holds,
+    job: Box<dyn FnOnce(Arrival) + Send>,
+) {
+    let to = home.owner();
+    let exec2 = exec.clone();
+    let home2 = home.clone();
+    let bh: Job = Box::new(move || arrive(exec2, home2, holds, job));
+    if let Err(bh) = exec.schedule(to, bh) {
+        // The owner thread is gone (shutdown): run here so the job's
+        // completion logic still sees the home as it is.
+        tracing::warn!(home = home.id(), "owner thread gone; running job in place");
+        bh();
+    }
+}
+
+fn arrive<E: Executor + ?Sized>(exec: Arc<E>, home: Arc<Home>, holds: Holds, job: Box<dyn FnOnce(Arrival) + Send>) {
+    if holds(&home) {
+        job(Arrival::Here);
+    } else if home.is_closed() {
+        job(Arrival::Closed);
+    } else {
+        // Moved, or about to arrive here behind us: follow. The box moves on.
+        #[cfg(feature = "broken-follow")]
+        {
+            // Deliberately broken (test-only): the seed's bug class, a job
+            // lost when the list moved.
+            drop(job);
+            let _ = exec;
+            return;
+        }
+        #[allow(unreachable_code)]
+        dispatch(&exec, &home, holds, job);
+    }
+}

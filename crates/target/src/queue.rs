@@ -1,0 +1,429 @@
+//! Queues: the unit that lives on a thread.
+//!
+//! A [`Queue`] is what a front-end queue (an iSCSI connection, a virtqueue)
+//! holds to reach one device. Its request list, a [`LocalQueue`], is `!Send`
+//! (`Rc<RefCell<..>>`) and lives in the registry of the one thread that holds
+//! it: the queue's I/O thread while the target runs, the main loop while it
+//! is stopped. Other threads reach it only by sending a job there
+//! ([`follow::dispatch`]); the list itself moves between threads only as a
+//! [`Parcel`] of plain `Send` requests, after the holder drained its I/O.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use lunar_aio::InFlight;
+use lunar_scsi::{Command, ExecContext, ScsiError, Sense};
+
+use crate::device::Device;
+use crate::follow::{self, Arrival, Home};
+use crate::policy::Verdict;
+use crate::request::{Action, Completion, Request, RequestState, Response};
+use crate::sync::Arc as SyncArc;
+use crate::threads::Contexts;
+use std::sync::Arc;
+
+thread_local! {
+    /// The request lists held by this thread, by queue id.
+    static REGISTRY: RefCell<HashMap<u64, Rc<RefCell<LocalQueue>>>> = RefCell::new(HashMap::new());
+}
+
+fn holds(home: &Home) -> bool {
+    REGISTRY.with(|r| r.borrow().contains_key(&home.id()))
+}
+
+fn local(id: u64) -> Option<Rc<RefCell<LocalQueue>>> {
+    REGISTRY.with(|r| r.borrow().get(&id).cloned())
+}
+
+/// The `Send + Sync` handle of a queue of one device.
+pub struct Queue {
+    home: SyncArc<Home>,
+    device: Arc<Device>,
+    /// The I/O thread the queue runs on while the target runs.
+    io_thread: AtomicUsize,
+    contexts: Arc<Contexts>,
+}
+
+/// A queue's request list and per-nexus state, on the thread that holds it.
+pub(crate) struct LocalQueue {
+    queue: Arc<Queue>,
+    requests: BTreeMap<u64, Request>,
+    next_id: u64,
+    /// Requests executing (backend I/O in flight) on this thread.
+    inflight: InFlight,
+    /// Hold new starts (target stopped, or the queue is about to move).
+    held: bool,
+    /// Pending unit attentions for this I_T nexus (SAM-5 5.14).
+    unit_attentions: VecDeque<Sense>,
+}
+
+/// A request list in transit between threads: plain `Send` data.
+pub(crate) struct Parcel {
+    queue: Arc<Queue>,
+    requests: BTreeMap<u64, Request>,
+    next_id: u64,
+    unit_attentions: VecDeque<Sense>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Queue(#{} lun {} on {})", self.home.id(), self.device.lun(), self.home.owner())
+    }
+}
+
+impl Queue {
+    pub(crate) fn new(id: u64, device: Arc<Device>, io_thread: usize, holder: usize, contexts: Arc<Contexts>) -> Arc<Queue> {
+        Arc::new(Queue { home: SyncArc::new(Home::new(id, holder)), device, io_thread: AtomicUsize::new(io_thread), contexts })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.home.id()
+    }
+
+    pub fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
+    /// The I/O thread this queue runs on while the target runs.
+    pub fn io_thread(&self) -> usize {
+        self.io_thread.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_io_thread(&self, t: usize) {
+        self.io_thread.store(t, Ordering::Release);
+    }
+
+    /// The thread that holds the list now (hint; see `follow`).
+    pub fn holder(&self) -> usize {
+        self.home.owner()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.home.is_closed()
+    }
+
+    /// Runs `job` on the thread holding this queue's list.
+    pub(crate) fn dispatch(self: &Arc<Self>, job: impl FnOnce(Arrival) + Send + 'static) {
+        if holds(&self.home) {
+            job(Arrival::Here);
+        } else {
+            follow::dispatch(&self.contexts, &self.home, holds, Box::new(job));
+        }
+    }
+
+    /// Submits a command from any thread. Its completion runs on the thread
+    /// that holds the list when the command completes.
+    pub fn submit(self: &Arc<Self>, request: Request) {
+        let id = self.id();
+        self.dispatch(move |arrival| match (arrival, local(id)) {
+            (Arrival::Here, Some(lq)) => LocalQueue::insert(&lq, request),
+            _ => {
+                let mut request = request;
+                request.complete(Response::check_condition(lunar_scsi::sense::LUN_NOT_SUPPORTED.sense().fixed()));
+            }
+        });
+    }
+}
+
+/// Outcome of deciding what to do with a request while the list is borrowed;
+/// acted on after the borrow ends ("collect, then act").
+enum Plan {
+    Nothing,
+    Complete(Request, Response),
+    Execute(Command, Vec<u8>, lunar_aio::InFlightGuard),
+}
+
+impl LocalQueue {
+    /// Installs a parcel in this thread's registry; starts its enqueued
+    /// requests unless `held`.
+    pub(crate) fn install(parcel: Parcel, held: bool) {
+        let id = parcel.queue.id();
+        let lq = Rc::new(RefCell::new(LocalQueue {
+            queue: parcel.queue,
+            requests: parcel.requests,
+            next_id: parcel.next_id,
+            inflight: InFlight::new(),
+            held,
+            unit_attentions: parcel.unit_attentions,
+        }));
+        REGISTRY.with(|r| r.borrow_mut().insert(id, lq.clone()));
+        if !held {
+            LocalQueue::start_enqueued(&lq);
+        }
+    }
+
+    /// A new, empty parcel for a queue.
+    pub(crate) fn empty_parcel(queue: Arc<Queue>) -> Parcel {
+        Parcel { queue, requests: BTreeMap::new(), next_id: 1, unit_attentions: VecDeque::new() }
+    }
+
+    /// Removes the list of `queue_id` from this thread's registry, as a parcel.
+    /// Call only once its in-flight I/O has drained.
+    pub(crate) fn take(queue_id: u64) -> Option<Parcel> {
+        let lq = REGISTRY.with(|r| r.borrow_mut().remove(&queue_id))?;
+        let mut q = lq.borrow_mut();
+        debug_assert_eq!(q.inflight.count(), 0, "list moved with I/O in flight");
+        Some(Parcel {
+            queue: q.queue.clone(),
+            requests: std::mem::take(&mut q.requests),
+            next_id: q.next_id,
+            unit_attentions: std::mem::take(&mut q.unit_attentions),
+        })
+    }
+
+    pub(crate) fn get(queue_id: u64) -> Option<Rc<RefCell<LocalQueue>>> {
+        local(queue_id)
+    }
+
+    pub(crate) fn inflight(&self) -> InFlight {
+        self.inflight.clone()
+    }
+
+    pub(crate) fn hold(&mut self) {
+        self.held = true;
+    }
+
+    pub(crate) fn push_unit_attention(&mut self, sense: Sense) {
+        if !self.unit_attentions.contains(&sense) {
+            self.unit_attentions.push_back(sense);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Read-only walk of the requests (main loop, stopped: `for_each_request_sync`).
+    pub(crate) fn requests(&self) -> impl Iterator<Item = &Request> {
+        self.requests.values()
+    }
+
+    /// Disarms every completion (the state was saved and handed over).
+    pub(crate) fn disarm_all(&mut self) {
+        for (_, mut r) in std::mem::take(&mut self.requests) {
+            if let Some(c) = r.completion.take() {
+                c.disarm();
+            }
+        }
+    }
+
+    fn insert(lq: &Rc<RefCell<LocalQueue>>, mut request: Request) {
+        let (id, held) = {
+            let mut q = lq.borrow_mut();
+            let id = q.next_id;
+            q.next_id += 1;
+            request.id = id;
+            if request.state != RequestState::Parked {
+                request.state = RequestState::Enqueued;
+            }
+            q.requests.insert(id, request);
+            (id, q.held)
+        };
+        if !held {
+            LocalQueue::start(lq, id);
+        }
+    }
+
+    fn start_enqueued(lq: &Rc<RefCell<LocalQueue>>) {
+        let ids: Vec<u64> =
+            lq.borrow().requests.iter().filter(|(_, r)| r.state == RequestState::Enqueued).map(|(id, _)| *id).collect();
+        for id in ids {
+            LocalQueue::start(lq, id);
+        }
+    }
+
+    fn start(lq: &Rc<RefCell<LocalQueue>>, id: u64) {
+        let plan = lq.borrow_mut().plan_start(id);
+        match plan {
+            Plan::Nothing => {}
+            Plan::Complete(mut req, resp) => req.complete(resp),
+            Plan::Execute(cmd, data, guard) => {
+                let lq = lq.clone();
+                tokio::task::spawn_local(async move {
+                    let device = lq.borrow().queue.device.clone();
+                    let ctx = device.exec_context(&cmd);
+                    let result = device.disk().execute(&cmd, data, &ctx).await;
+                    LocalQueue::finish(&lq, id, &cmd, result);
+                    drop(guard);
+                });
+            }
+        }
+    }
+
+    fn remove_with(&mut self, id: u64, resp: Response) -> Plan {
+        match self.requests.remove(&id) {
+            Some(req) => Plan::Complete(req, resp),
+            None => Plan::Nothing,
+        }
+    }
+
+    fn plan_start(&mut self, id: u64) -> Plan {
+        if self.held {
+            return Plan::Nothing;
+        }
+        let device = self.queue.device.clone();
+        let Some(req) = self.requests.get_mut(&id) else { return Plan::Nothing };
+        if req.state == RequestState::Executing {
+            return Plan::Nothing;
+        }
+        if req.cancelled {
+            return self.remove_with(id, Response::aborted());
+        }
+        if device.is_removed() {
+            return self.remove_with(
+                id,
+                Response::check_condition(lunar_scsi::sense::LUN_NOT_SUPPORTED.sense().fixed()),
+            );
+        }
+        let cmd = match Command::decode(&req.cdb) {
+            Ok(cmd) => cmd,
+            Err(e) => return self.remove_with(id, Response::check_condition(e.sense().fixed())),
+        };
+        if !cmd.is_unit_attention_exempt() {
+            if let Some(ua) = self.unit_attentions.pop_front() {
+                return self.remove_with(id, Response::check_condition(ua.fixed()));
+            }
+        } else if matches!(cmd, Command::RequestSense { .. }) {
+            // REQUEST SENSE reports and clears a pending unit attention (SPC-5 6.39).
+            if let Some(ua) = self.unit_attentions.pop_front() {
+                return self.remove_with(id, Response::good(ua.fixed()));
+            }
+        }
+        let Some(req) = self.requests.get_mut(&id) else { return Plan::Nothing };
+        req.state = RequestState::Executing;
+        req.retry = false;
+        // Keep the data-out only where a failure could park the request for a retry.
+        let may_park = device.policy_for(cmd.is_write()).verdict(lunar_block::ErrorKind::NoSpace) == Verdict::Stop;
+        let data = if may_park { req.data_out.clone() } else { std::mem::take(&mut req.data_out) };
+        Plan::Execute(cmd, data, self.inflight.enter())
+    }
+
+    fn finish(lq: &Rc<RefCell<LocalQueue>>, id: u64, cmd: &Command, result: Result<Vec<u8>, ScsiError>) {
+        let plan = {
+            let mut q = lq.borrow_mut();
+            let device = q.queue.device.clone();
+            let cancelled = match q.requests.get(&id) {
+                Some(r) => r.cancelled,
+                None => return,
+            };
+            if cancelled {
+                q.remove_with(id, Response::aborted())
+            } else {
+                match result {
+                    Ok(data) => q.remove_with(id, Response::good(data)),
+                    Err(ScsiError::Backend(e)) => match device.policy_for(cmd.is_write()).verdict(e.kind) {
+                        Verdict::Report => {
+                            let sense = ScsiError::Backend(e).sense().fixed();
+                            q.remove_with(id, Response::check_condition(sense))
+                        }
+                        Verdict::Ignore => q.remove_with(id, Response::good(Vec::new())),
+                        Verdict::Stop => {
+                            if let Some(r) = q.requests.get_mut(&id) {
+                                r.retry = true;
+                                r.state = RequestState::Parked;
+                            }
+                            drop(q);
+                            device.paused_on_error(&e, cmd.is_write());
+                            Plan::Nothing
+                        }
+                    },
+                    Err(e) => q.remove_with(id, Response::check_condition(e.sense().fixed())),
+                }
+            }
+        };
+        if let Plan::Complete(mut req, resp) = plan {
+            req.complete(resp);
+        }
+    }
+
+    /// Runs `f` once for every request in the list now, then acts on what it
+    /// decided. The request is out of the list while `f` runs, so nothing
+    /// `f` does can re-enter a borrow of the list.
+    pub(crate) fn iterate(lq: &Rc<RefCell<LocalQueue>>, f: &(dyn Fn(&mut Request) -> Action + Send + Sync)) {
+        let ids: Vec<u64> = lq.borrow().requests.keys().copied().collect();
+        for id in ids {
+            let Some(mut req) = lq.borrow_mut().requests.remove(&id) else { continue };
+            let action = f(&mut req);
+            lq.borrow_mut().requests.insert(id, req);
+            LocalQueue::act(lq, id, action);
+        }
+    }
+
+    fn act(lq: &Rc<RefCell<LocalQueue>>, id: u64, action: Action) {
+        match action {
+            Action::Keep => {}
+            Action::Cancel => {
+                let plan = {
+                    let mut q = lq.borrow_mut();
+                    match q.requests.get_mut(&id) {
+                        Some(r) if r.state == RequestState::Executing => {
+                            r.cancelled = true;
+                            Plan::Nothing
+                        }
+                        Some(_) => q.remove_with(id, Response::aborted()),
+                        None => Plan::Nothing,
+                    }
+                };
+                if let Plan::Complete(mut req, resp) = plan {
+                    req.complete(resp);
+                }
+            }
+            Action::Restart => {
+                let restart = {
+                    let mut q = lq.borrow_mut();
+                    match q.requests.get_mut(&id) {
+                        Some(r) if r.retry => {
+                            r.retry = false;
+                            r.state = RequestState::Enqueued;
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                if restart {
+                    LocalQueue::start(lq, id);
+                }
+            }
+        }
+    }
+
+    /// Cancels everything left (queue closing): completes them as aborted.
+    pub(crate) fn abort_all(lq: &Rc<RefCell<LocalQueue>>) {
+        let reqs: Vec<Request> = std::mem::take(&mut lq.borrow_mut().requests).into_values().collect();
+        for mut r in reqs {
+            r.complete(Response::aborted());
+        }
+    }
+
+    pub(crate) fn queue(&self) -> &Arc<Queue> {
+        &self.queue
+    }
+}
+
+impl Queue {
+    pub(crate) fn home(&self) -> &SyncArc<Home> {
+        &self.home
+    }
+
+    pub(crate) fn contexts(&self) -> &Arc<Contexts> {
+        &self.contexts
+    }
+}
+
+/// Builds a request ready to submit, completing into `f`.
+pub fn request(tag: u64, lun: u64, cdb: &[u8], data_out: Vec<u8>, f: impl FnOnce(Response) + Send + 'static) -> Request {
+    Request::new(tag, lun, cdb.to_vec(), data_out, Completion::new(f))
+}
+
+#[allow(dead_code)]
+fn _assert_types() {
+    fn is_send<T: Send>() {}
+    fn is_sync<T: Sync>() {}
+    is_send::<Queue>();
+    is_sync::<Queue>();
+    is_send::<Parcel>();
+    is_send::<Request>();
+    let _ = ExecContext::default;
+}

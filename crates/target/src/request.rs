@@ -1,0 +1,165 @@
+//! Requests and their life cycle.
+//!
+//! ```text
+//! New ──submit──▶ Enqueued ──start──▶ Executing ──▶ Completed
+//!                    ▲                   │  (status, sense, data)
+//!                    │ restart on resume ▼
+//!                    └────────────── Parked (retry flag; `stop` error policy)
+//! any state ──cancel──▶ Completed with TASK ABORTED (Executing: when its I/O ends)
+//! ```
+//! A request completes exactly once: its [`Completion`] is `FnOnce` (at most
+//! once) and completes with TASK ABORTED if dropped unrun (at least once).
+
+use lunar_scsi::Status;
+
+/// What the initiator gets back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: Status,
+    /// Encoded sense data (empty unless CHECK CONDITION).
+    pub sense: Vec<u8>,
+    /// Data-in.
+    pub data: Vec<u8>,
+}
+
+impl Response {
+    pub fn good(data: Vec<u8>) -> Self {
+        Response { status: Status::Good, sense: Vec::new(), data }
+    }
+
+    pub fn check_condition(sense: Vec<u8>) -> Self {
+        Response { status: Status::CheckCondition, sense, data: Vec::new() }
+    }
+
+    /// The request was aborted (task management, reset, removal, shutdown).
+    pub fn aborted() -> Self {
+        Response { status: Status::TaskAborted, sense: Vec::new(), data: Vec::new() }
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.status == Status::TaskAborted
+    }
+}
+
+type Sink = Box<dyn FnOnce(Response) + Send + 'static>;
+
+/// Where a request's response goes (to the front-end). Runs exactly once.
+pub struct Completion {
+    sink: Option<Sink>,
+}
+
+impl Completion {
+    pub fn new(f: impl FnOnce(Response) + Send + 'static) -> Self {
+        Completion { sink: Some(Box::new(f)) }
+    }
+
+    pub fn complete(mut self, response: Response) {
+        if let Some(sink) = self.sink.take() {
+            sink(response);
+        }
+    }
+
+    /// Drops the completion without telling anyone (only for a target whose
+    /// state was saved and handed over, where the loaded copy will complete).
+    pub(crate) fn disarm(mut self) {
+        self.sink = None;
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(sink) = self.sink.take() {
+            tracing::warn!("request dropped without completion; completing it as aborted");
+            sink(Response::aborted());
+        }
+    }
+}
+
+impl std::fmt::Debug for Completion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.sink.is_some() { "Completion(pending)" } else { "Completion(done)" })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestState {
+    /// In the list, not started (target stopped, queue moving, or just arrived).
+    Enqueued,
+    /// Backend I/O in flight on the owner thread.
+    Executing,
+    /// Failed under the `stop` error policy; re-issued on resume.
+    Parked,
+}
+
+/// A SCSI command in the target core. Plain data, `Send`: it lives in a
+/// thread-confined list while the target runs, and moves with the list.
+#[derive(Debug)]
+pub struct Request {
+    /// Initiator task tag.
+    pub tag: u64,
+    pub lun: u64,
+    pub cdb: Vec<u8>,
+    /// Data-out, complete (the front-end gathers it before submitting).
+    pub data_out: Vec<u8>,
+    /// Opaque front-end state, saved and loaded with the request.
+    pub frontend_data: Vec<u8>,
+    pub(crate) id: u64,
+    pub(crate) retry: bool,
+    pub(crate) state: RequestState,
+    pub(crate) cancelled: bool,
+    pub(crate) completion: Option<Completion>,
+}
+
+impl Request {
+    pub fn new(tag: u64, lun: u64, cdb: Vec<u8>, data_out: Vec<u8>, completion: Completion) -> Self {
+        Request {
+            tag,
+            lun,
+            cdb,
+            data_out,
+            frontend_data: Vec::new(),
+            id: 0,
+            retry: false,
+            state: RequestState::Enqueued,
+            cancelled: false,
+            completion: Some(completion),
+        }
+    }
+
+    pub fn with_frontend_data(mut self, data: Vec<u8>) -> Self {
+        self.frontend_data = data;
+        self
+    }
+
+    pub fn retry(&self) -> bool {
+        self.retry
+    }
+
+    pub fn state(&self) -> RequestState {
+        self.state
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled
+    }
+
+    /// Completes the request (exactly once; later calls do nothing). Front-ends
+    /// use it for a request they cannot submit (no such LUN).
+    pub fn complete(&mut self, response: Response) {
+        if let Some(c) = self.completion.take() {
+            c.complete(response);
+        }
+    }
+}
+
+/// What an iteration callback asks the core to do with a request. Callbacks
+/// only decide; the core acts after the list is no longer borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Leave it as it is.
+    Keep,
+    /// Cancel it (complete with TASK ABORTED; an executing one when its I/O ends).
+    Cancel,
+    /// If it carries the retry flag: clear it and issue it again.
+    Restart,
+}
