@@ -18,3 +18,7 @@
 
 pub mod digest;
 pub mod pdu;
+pub mod keys;
+pub mod negotiation;
+pub mod params;
+pub mod chap;

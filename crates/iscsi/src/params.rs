@@ -128,7 +128,7 @@ impl Default for NegotiatedParams {
             data_pdu_in_order: true,
             data_sequence_in_order: true,
             error_recovery_level: 0,
-            protocol_level: 0,
+            protocol_level: 1,
         }
     }
 }

@@ -1,14 +1,40 @@
-//! Lunar layer 3: SCSI. Decodes CDBs into typed commands, executes disk
-//! commands (SBC-4 / SPC-5) against a block backend, and encodes status and
-//! sense. Knows nothing of threads, transports or request lists.
+//! Lunar layer 3: SCSI. Decodes CDBs into typed commands ([`Command::decode`]),
+//! executes disk commands (SBC-4 / SPC-5) against a block backend
+//! ([`Disk::execute`]), and encodes status and sense ([`Status`], [`Sense`]).
+//! Knows nothing of threads, transports, request lists, unit attention
+//! bookkeeping or LUN lists: the target core (layer 4) does those and calls in.
 //!
-//! CONTRACT used by the target core (keep these signatures stable):
-//! - `Command::decode(cdb: &[u8]) -> Result<Command, ScsiError>`
-//! - `Command::direction(&self) -> DataDirection` and `Command::data_out_len(&self, block_size: u32) -> usize`
-//! - `Command::is_unit_attention_exempt(&self) -> bool` (INQUIRY, REPORT LUNS, REQUEST SENSE)
-//! - `Disk::new(DiskConfig, Backend) -> Disk`, `Disk` is `Send + Sync`
-//! - `Disk::execute(&self, &Command, data_out: Vec<u8>, ctx: &ExecContext) -> Result<Vec<u8>, ScsiError>` (async, not Send)
-//! - `ScsiError::sense(&self) -> Sense`, `ScsiError::status(&self) -> Status`
-//! - `Sense::fixed(&self) -> Vec<u8>` (18 bytes), `Sense::descriptor(&self) -> Vec<u8>`
-//! - `sense::asc` constants, `report_luns_data(&[u64]) -> Vec<u8>`, `lun` addressing helpers
-//! Lunar layer 3: SCSI
+//! Layout: [`cdb`] holds the [`Command`] type and the opcode table that is
+//! the one source of truth for decoding and REPORT SUPPORTED OPERATION
+//! CODES; [`commands`] has one file per command family (decoder and
+//! execution); [`vpd`] the VPD pages; [`sense`], [`status`], [`lun`] the
+//! wire formats of SPC-5 and SAM-5.
+
+#![forbid(unsafe_code)]
+
+pub mod cdb;
+pub mod commands;
+pub mod disk;
+pub mod error;
+pub mod lun;
+pub mod sense;
+pub mod status;
+pub mod vpd;
+
+#[cfg(test)]
+mod test_util;
+
+pub use cdb::{table::OPCODES, Command, DataDirection};
+pub use commands::{
+    inquiry::Inquiry, log::LogSense, mode::ModeSelect, mode::ModeSense, opcodes::ReportOpcodes,
+    unit::StartStopUnit,
+};
+pub use disk::{
+    Disk, DiskConfig, ExecContext, TmfSupport, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BYTES, MAX_UNMAP_BLOCKS,
+    MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS,
+};
+pub use error::ScsiError;
+pub use lun::report_luns_data;
+pub use lunar_block::Backend;
+pub use sense::{FieldPointer, Sense, SenseCode, SenseKey};
+pub use status::Status;

@@ -132,7 +132,7 @@ impl Queue {
 enum Plan {
     Nothing,
     Complete(Request, Response),
-    Execute(Command, Vec<u8>, lunar_aio::InFlightGuard),
+    Execute(Command, Vec<u8>, ExecContext, lunar_aio::InFlightGuard),
 }
 
 impl LocalQueue {
@@ -179,6 +179,14 @@ impl LocalQueue {
 
     pub(crate) fn inflight(&self) -> InFlight {
         self.inflight.clone()
+    }
+
+    /// Holds or releases new starts; releasing starts what was enqueued.
+    pub(crate) fn set_held(lq: &Rc<RefCell<LocalQueue>>, held: bool) {
+        lq.borrow_mut().held = held;
+        if !held {
+            LocalQueue::start_enqueued(lq);
+        }
     }
 
     pub(crate) fn hold(&mut self) {
@@ -239,11 +247,10 @@ impl LocalQueue {
         match plan {
             Plan::Nothing => {}
             Plan::Complete(mut req, resp) => req.complete(resp),
-            Plan::Execute(cmd, data, guard) => {
+            Plan::Execute(cmd, data, ctx, guard) => {
                 let lq = lq.clone();
                 tokio::task::spawn_local(async move {
                     let device = lq.borrow().queue.device.clone();
-                    let ctx = device.exec_context(&cmd);
                     let result = device.disk().execute(&cmd, data, &ctx).await;
                     LocalQueue::finish(&lq, id, &cmd, result);
                     drop(guard);
@@ -277,19 +284,20 @@ impl LocalQueue {
                 Response::check_condition(lunar_scsi::sense::LUN_NOT_SUPPORTED.sense().fixed()),
             );
         }
+        let descriptor = device.disk().descriptor_sense();
         let cmd = match Command::decode(&req.cdb) {
             Ok(cmd) => cmd,
-            Err(e) => return self.remove_with(id, Response::check_condition(e.sense().fixed())),
+            Err(e) => return self.remove_with(id, Response::check_condition(e.sense().encode(descriptor))),
         };
+        let mut ctx = device.exec_context(&cmd);
+        ctx.descriptor_sense = descriptor;
         if !cmd.is_unit_attention_exempt() {
             if let Some(ua) = self.unit_attentions.pop_front() {
-                return self.remove_with(id, Response::check_condition(ua.fixed()));
+                return self.remove_with(id, Response::check_condition(ua.encode(descriptor)));
             }
         } else if matches!(cmd, Command::RequestSense { .. }) {
             // REQUEST SENSE reports and clears a pending unit attention (SPC-5 6.39).
-            if let Some(ua) = self.unit_attentions.pop_front() {
-                return self.remove_with(id, Response::good(ua.fixed()));
-            }
+            ctx.pending_sense = self.unit_attentions.pop_front();
         }
         let Some(req) = self.requests.get_mut(&id) else { return Plan::Nothing };
         req.state = RequestState::Executing;
@@ -297,7 +305,7 @@ impl LocalQueue {
         // Keep the data-out only where a failure could park the request for a retry.
         let may_park = device.policy_for(cmd.is_write()).verdict(lunar_block::ErrorKind::NoSpace) == Verdict::Stop;
         let data = if may_park { req.data_out.clone() } else { std::mem::take(&mut req.data_out) };
-        Plan::Execute(cmd, data, self.inflight.enter())
+        Plan::Execute(cmd, data, ctx, self.inflight.enter())
     }
 
     fn finish(lq: &Rc<RefCell<LocalQueue>>, id: u64, cmd: &Command, result: Result<Vec<u8>, ScsiError>) {
@@ -315,7 +323,7 @@ impl LocalQueue {
                     Ok(data) => q.remove_with(id, Response::good(data)),
                     Err(ScsiError::Backend(e)) => match device.policy_for(cmd.is_write()).verdict(e.kind) {
                         Verdict::Report => {
-                            let sense = ScsiError::Backend(e).sense().fixed();
+                            let sense = ScsiError::Backend(e).sense().encode(device.disk().descriptor_sense());
                             q.remove_with(id, Response::check_condition(sense))
                         }
                         Verdict::Ignore => q.remove_with(id, Response::good(Vec::new())),
@@ -329,7 +337,7 @@ impl LocalQueue {
                             Plan::Nothing
                         }
                     },
-                    Err(e) => q.remove_with(id, Response::check_condition(e.sense().fixed())),
+                    Err(e) => q.remove_with(id, Response::check_condition(e.sense().encode(device.disk().descriptor_sense()))),
                 }
             }
         };
@@ -395,10 +403,6 @@ impl LocalQueue {
         for mut r in reqs {
             r.complete(Response::aborted());
         }
-    }
-
-    pub(crate) fn queue(&self) -> &Arc<Queue> {
-        &self.queue
     }
 }
 

@@ -521,27 +521,20 @@ impl Target {
     /// Number of requests in the lists of `device` now (for status and tests).
     pub async fn in_flight(&self, device: &Arc<Device>) -> usize {
         let count = Arc::new(AtomicUsize::new(0));
-        let c = count.clone();
-        let fut = {
-            let dev = device.clone();
-            let me = self.arc();
-            async move {
-                if let Ok(me) = me {
-                    let (tx, rx) = oneshot::channel();
-                    let ok = me.contexts.main_loop().spawn(move || async move {
-                        me.iterate_queues(&dev, move |lq| {
-                            c.fetch_add(lq.borrow().len(), Ordering::Relaxed);
-                        })
-                        .await;
-                        let _ = tx.send(());
-                    });
-                    if ok.is_ok() {
-                        let _ = rx.await;
-                    }
-                }
-            }
-        };
-        fut.await;
+        let (c, dev) = (count.clone(), device.clone());
+        let Ok(me) = self.arc() else { return 0 };
+        let main = self.contexts.main_loop().clone();
+        let (tx, rx) = oneshot::channel();
+        let spawned = main.spawn(move || async move {
+            me.iterate_queues(&dev, move |lq| {
+                c.fetch_add(lq.borrow().len(), Ordering::Relaxed);
+            })
+            .await;
+            let _ = tx.send(());
+        });
+        if spawned.is_ok() {
+            let _ = rx.await;
+        }
         count.load(Ordering::Relaxed)
     }
 
@@ -585,10 +578,7 @@ fn relocate(q: &Arc<Queue>, to: usize, held: bool) -> oneshot::Receiver<()> {
         };
         if queue.contexts().current() == Some(to) {
             // Already there: only the hold changes.
-            drop(lq);
-            if let Some(parcel) = LocalQueue::take(id) {
-                LocalQueue::install(parcel, held);
-            }
+            LocalQueue::set_held(&lq, held);
             let _ = tx.send(());
             return;
         }
