@@ -22,3 +22,4 @@ pub mod keys;
 pub mod negotiation;
 pub mod params;
 pub mod chap;
+pub mod login;

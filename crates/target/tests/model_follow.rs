@@ -194,7 +194,10 @@ fn scenario(race: Race) {
         let seen = seen.clone();
         let callbacks = callbacks.clone();
         let expected = expected.clone();
-        dispatch(
+        let exec = exec.clone();
+        let home = home.clone();
+        // Dispatched from its own thread, so that it races with the move.
+        shuttle::thread::spawn(move || dispatch(
             &exec,
             &home,
             holds,
@@ -214,7 +217,7 @@ fn scenario(race: Race) {
                 expected.store(n, Ordering::SeqCst);
                 outcome.ran();
             }),
-        );
+        ));
     }
 
     // The race, concurrently from another thread of the control plane.
@@ -235,7 +238,7 @@ fn scenario(race: Race) {
         });
     }
 
-    done_rx.recv().expect("the race finished");
+    done_rx.recv().expect("the race finished (a departure job was lost)");
     let ran = out_rx.recv().expect("the iteration reported");
     assert!(ran, "{race:?}: the iteration's job was lost (dropped without running)");
 
