@@ -26,7 +26,7 @@ pub const MAX_UNMAP_BLOCKS: u32 = 1 << 22;
 /// Most block descriptors in one UNMAP parameter list.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 /// Largest COMPARE AND WRITE, in logical blocks.
-pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 255;
+pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 128;
 
 /// What the disk presents to initiators.
 #[derive(Clone, Debug)]
@@ -160,7 +160,10 @@ impl Disk {
     /// than 512 or 4096 is replaced by 512.
     pub fn new(mut config: DiskConfig, backend: Backend) -> Disk {
         if config.block_size != 512 && config.block_size != 4096 {
-            tracing::warn!(block_size = config.block_size, "unsupported block size, using 512");
+            tracing::warn!(
+                block_size = config.block_size,
+                "unsupported block size, using 512"
+            );
             config.block_size = 512;
         }
         let num_blocks = backend.size() / u64::from(config.block_size);
@@ -224,7 +227,8 @@ impl Disk {
 
     /// Bytes in `blocks` logical blocks.
     pub(crate) fn bytes(&self, blocks: u64) -> usize {
-        usize::try_from(blocks.saturating_mul(u64::from(self.config.block_size))).unwrap_or(usize::MAX)
+        usize::try_from(blocks.saturating_mul(u64::from(self.config.block_size)))
+            .unwrap_or(usize::MAX)
     }
 
     /// SBC-4 4.5: every LBA of `[lba, lba + blocks)` must exist, and `lba`
@@ -280,7 +284,12 @@ impl Disk {
     /// length error or, for writes, a failure). Returns the data-in, already
     /// cut to the allocation length. The future is not `Send`: run it on
     /// the I/O thread that owns the request.
-    pub async fn execute(&self, cmd: &Command, data_out: Vec<u8>, ctx: &ExecContext) -> Result<Vec<u8>, ScsiError> {
+    pub async fn execute(
+        &self,
+        cmd: &Command,
+        data_out: Vec<u8>,
+        ctx: &ExecContext,
+    ) -> Result<Vec<u8>, ScsiError> {
         self.validate(cmd)?;
         commands::execute(self, cmd, data_out, ctx).await
     }
@@ -310,14 +319,29 @@ mod tests {
         assert!(d.check_range(0, 100).is_ok());
         assert!(d.check_range(99, 1).is_ok());
         assert!(d.check_range(99, 0).is_ok());
-        assert_eq!(d.check_range(100, 0), Err(ScsiError::LbaOutOfRange { lba: 100 }));
-        assert_eq!(d.check_range(99, 2), Err(ScsiError::LbaOutOfRange { lba: 99 }));
-        assert_eq!(d.check_range(u64::MAX, 2), Err(ScsiError::LbaOutOfRange { lba: u64::MAX }));
+        assert_eq!(
+            d.check_range(100, 0),
+            Err(ScsiError::LbaOutOfRange { lba: 100 })
+        );
+        assert_eq!(
+            d.check_range(99, 2),
+            Err(ScsiError::LbaOutOfRange { lba: 99 })
+        );
+        assert_eq!(
+            d.check_range(u64::MAX, 2),
+            Err(ScsiError::LbaOutOfRange { lba: u64::MAX })
+        );
     }
 
     #[test]
     fn odd_block_size_falls_back() {
-        let d = Disk::new(DiskConfig { block_size: 1000, ..Default::default() }, Backend::mem(4096));
+        let d = Disk::new(
+            DiskConfig {
+                block_size: 1000,
+                ..Default::default()
+            },
+            Backend::mem(4096),
+        );
         assert_eq!(d.block_size(), 512);
     }
 }

@@ -53,11 +53,12 @@ impl OpcodeEntry {
         self.usage.len()
     }
 
-    /// The bits of byte `i` a CDB may set (the service action is matched separately).
+    /// The bits of byte `i` a CDB may set (the service action bits were
+    /// matched by the lookup already).
     pub(crate) fn allowed(&self, i: usize) -> u8 {
         let m = self.usage.get(i).copied().unwrap_or(0);
         if i == 1 && self.service_action.is_some() {
-            m & !0x1F
+            m | 0x1F
         } else {
             m
         }
@@ -87,6 +88,7 @@ macro_rules! op {
 }
 
 /// Every command the disk implements, sorted by operation code and service action.
+#[rustfmt::skip]
 pub static OPCODES: &[OpcodeEntry] = &[
     op!(0x00, None, "TEST UNIT READY", [0x00, 0, 0, 0, 0, C], FAST_TIMEOUTS, Always, unit::decode_test_unit_ready),
     op!(0x03, None, "REQUEST SENSE", [0x03, 0x01, 0, 0, X, C], FAST_TIMEOUTS, Always, unit::decode_request_sense),
@@ -138,12 +140,16 @@ pub fn has_opcode(opcode: u8) -> bool {
 
 /// Whether this operation code takes a service action.
 pub fn has_service_actions(opcode: u8) -> bool {
-    OPCODES.iter().any(|e| e.opcode == opcode && e.service_action.is_some())
+    OPCODES
+        .iter()
+        .any(|e| e.opcode == opcode && e.service_action.is_some())
 }
 
 /// The entry for an operation code and, for opcodes that have them, service action.
 pub fn lookup(opcode: u8, service_action: Option<u8>) -> Option<&'static OpcodeEntry> {
-    OPCODES.iter().find(|e| e.opcode == opcode && e.service_action == service_action)
+    OPCODES
+        .iter()
+        .find(|e| e.opcode == opcode && e.service_action == service_action)
 }
 
 #[cfg(test)]
@@ -175,7 +181,12 @@ mod tests {
             assert!(prev < Some(key), "{} out of order or duplicated", e.name);
             prev = Some(key);
             // Mixing service action and plain entries for one opcode would make lookup ambiguous.
-            assert_eq!(has_service_actions(e.opcode), e.service_action.is_some(), "{}", e.name);
+            assert_eq!(
+                has_service_actions(e.opcode),
+                e.service_action.is_some(),
+                "{}",
+                e.name
+            );
         }
     }
 }
