@@ -53,7 +53,12 @@ fn content(seed: u64) -> Vec<u8> {
     }
 }
 
-fn submitter(target: Arc<Target>, me: u64, stop: Arc<AtomicBool>, ids: Arc<AtomicU64>) -> (Counts, HashMap<(u64, u64), Possible>) {
+fn submitter(
+    target: Arc<Target>,
+    me: u64,
+    stop: Arc<AtomicBool>,
+    ids: Arc<AtomicU64>,
+) -> (Counts, HashMap<(u64, u64), Possible>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(me);
     let mut counts = Counts::default();
     let mut model: HashMap<(u64, u64), Possible> = HashMap::new();
@@ -110,7 +115,8 @@ fn submitter(target: Arc<Target>, me: u64, stop: Arc<AtomicBool>, ids: Arc<Atomi
                         *entry = vec![seed];
                     } else {
                         let got = entry.iter().copied().find(|&s| content(s) == r.data);
-                        let s = got.unwrap_or_else(|| panic!("lun {lun} block {block}: read data matches none of {entry:?}"));
+                        let s = got
+                            .unwrap_or_else(|| panic!("lun {lun} block {block}: read data matches none of {entry:?}"));
                         *entry = vec![s];
                         counts.verified_reads += 1;
                     }
@@ -121,7 +127,10 @@ fn submitter(target: Arc<Target>, me: u64, stop: Arc<AtomicBool>, ids: Arc<Atomi
                         entry.push(seed);
                     }
                 }
-                Status::CheckCondition if r.is_sense(SenseKey::UnitAttention, 0x29, 0x00) || r.is_sense(SenseKey::UnitAttention, 0x3f, 0x0e) => {
+                Status::CheckCondition
+                    if r.is_sense(SenseKey::UnitAttention, 0x29, 0x00)
+                        || r.is_sense(SenseKey::UnitAttention, 0x3f, 0x0e) =>
+                {
                     counts.unit_attention += 1;
                 }
                 Status::CheckCondition if r.is_sense(SenseKey::IllegalRequest, 0x25, 0x00) => counts.lun_gone += 1,
@@ -235,13 +244,7 @@ fn stress_moves_stops_resets_saves_and_hotplug_under_verified_io() {
          control: moves {moves}, stop/cont {stops}, saves {saves} ({saved_requests} requests saved), resets {resets}, \
          remove/re-add {replugs}; final check: {final_checked} blocks verified ({ambiguous} after an aborted write); \
          lost 0, completed twice 0",
-        RUN,
-        total.submitted,
-        total.good,
-        total.aborted,
-        total.unit_attention,
-        total.lun_gone,
-        total.verified_reads
+        RUN, total.submitted, total.good, total.aborted, total.unit_attention, total.lun_gone, total.verified_reads
     );
     assert!(total.good > 1000, "too little I/O to mean anything: {}", total.good);
 }

@@ -15,7 +15,12 @@ pub struct FaultBackend {
 
 impl FaultBackend {
     pub fn new(inner: Backend) -> Self {
-        FaultBackend { inner, read_errno: AtomicI32::new(0), write_errno: AtomicI32::new(0), delay_us: AtomicU64::new(0) }
+        FaultBackend {
+            inner,
+            read_errno: AtomicI32::new(0),
+            write_errno: AtomicI32::new(0),
+            delay_us: AtomicU64::new(0),
+        }
     }
 
     pub fn inner(&self) -> &Backend {

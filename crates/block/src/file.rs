@@ -96,8 +96,7 @@ impl FileBackend {
         let meta = file.metadata().map_err(|e| io_err(e, "stat", 0, 0))?;
         let ft = meta.file_type();
         let (kind, size) = if ft.is_block_device() {
-            let size = sys::block_device_size(&file)
-                .map_err(|e| BlockError::from_errno(e, "size", 0, 0))?;
+            let size = sys::block_device_size(&file).map_err(|e| BlockError::from_errno(e, "size", 0, 0))?;
             (Kind::Block, size)
         } else if ft.is_file() {
             (Kind::Regular, meta.len())
@@ -133,9 +132,7 @@ impl FileBackend {
         let end = offset.checked_add(len).filter(|&e| e <= i64::MAX as u64);
         match end {
             None => Err(BlockError::out_of_range(op, offset, len)),
-            Some(end) if self.kind != Kind::Other && end > self.size => {
-                Err(BlockError::out_of_range(op, offset, len))
-            }
+            Some(end) if self.kind != Kind::Other && end > self.size => Err(BlockError::out_of_range(op, offset, len)),
             Some(_) => Ok(()),
         }
     }
@@ -170,12 +167,8 @@ impl FileBackend {
                     let mut buf = buf;
                     match sys::pread_full(&file, buf.as_mut_slice(), offset) {
                         Ok(()) => Ok(buf),
-                        Err(sys::ReadError::Eof) => {
-                            Err(BlockError::out_of_range("read", offset, len as u64))
-                        }
-                        Err(sys::ReadError::Errno(e)) => {
-                            Err(BlockError::from_errno(e, "read", offset, len as u64))
-                        }
+                        Err(sys::ReadError::Eof) => Err(BlockError::out_of_range("read", offset, len as u64)),
+                        Err(sys::ReadError::Errno(e)) => Err(BlockError::from_errno(e, "read", offset, len as u64)),
                     }
                 })
                 .await
@@ -193,17 +186,10 @@ impl FileBackend {
             // Points into the buffer's heap memory, which stays put while the
             // `Buf` moves into the ring's slab.
             let ptr = buf.as_mut_slice()[done..].as_mut_ptr();
-            let entry = opcode::Read::new(self.fd(), ptr, n as u32)
-                .offset(offset + done as u64)
-                .build();
+            let entry = opcode::Read::new(self.fd(), ptr, n as u32).offset(offset + done as u64).build();
             let (res, back) = Op::new(ring.clone(), entry, Some(buf)).await;
             let Some(back) = back else {
-                return Err(BlockError::from_errno(
-                    -res.min(-1),
-                    "read",
-                    offset,
-                    len as u64,
-                ));
+                return Err(BlockError::from_errno(-res.min(-1), "read", offset, len as u64));
             };
             buf = back;
             match res {
@@ -238,8 +224,7 @@ impl FileBackend {
                     sys::pwrite_full(&file, buf.as_slice(), offset)
                         .map_err(|e| BlockError::from_errno(e, "write", offset, len))?;
                     if fua {
-                        sys::fdatasync(&file)
-                            .map_err(|e| BlockError::from_errno(e, "flush", offset, len))?;
+                        sys::fdatasync(&file).map_err(|e| BlockError::from_errno(e, "flush", offset, len))?;
                     }
                     Ok(())
                 })
@@ -250,13 +235,7 @@ impl FileBackend {
     }
 
     /// Writes all of `buf` at `offset` through `ring`; gives the buffer back.
-    async fn uring_write(
-        &self,
-        ring: &Rc<Ring>,
-        offset: u64,
-        mut buf: Buf,
-        fua: bool,
-    ) -> Result<Buf> {
+    async fn uring_write(&self, ring: &Rc<Ring>, offset: u64, mut buf: Buf, fua: bool) -> Result<Buf> {
         let len = buf.len();
         let mut done = 0usize;
         let mut dsync = fua && !self.no_rwf_dsync.load(Ordering::Relaxed);
@@ -266,18 +245,11 @@ impl FileBackend {
             // `Buf` moves into the ring's slab.
             let ptr = buf.as_slice()[done..].as_ptr();
             let flags = if dsync { libc::RWF_DSYNC } else { 0 };
-            let entry = opcode::Write::new(self.fd(), ptr, n as u32)
-                .offset(offset + done as u64)
-                .rw_flags(flags)
-                .build();
+            let entry =
+                opcode::Write::new(self.fd(), ptr, n as u32).offset(offset + done as u64).rw_flags(flags).build();
             let (res, back) = Op::new(ring.clone(), entry, Some(buf)).await;
             let Some(back) = back else {
-                return Err(BlockError::from_errno(
-                    -res.min(-1),
-                    "write",
-                    offset,
-                    len as u64,
-                ));
+                return Err(BlockError::from_errno(-res.min(-1), "write", offset, len as u64));
             };
             buf = back;
             match res {
@@ -288,14 +260,7 @@ impl FileBackend {
                     dsync = false;
                 }
                 r if r < 0 => return Err(BlockError::from_errno(-r, "write", offset, len as u64)),
-                0 => {
-                    return Err(BlockError::from_errno(
-                        libc::EIO,
-                        "write",
-                        offset,
-                        len as u64,
-                    ))
-                }
+                0 => return Err(BlockError::from_errno(libc::EIO, "write", offset, len as u64)),
                 r => done += r as usize,
             }
         }
@@ -307,9 +272,7 @@ impl FileBackend {
 
     async fn uring_fsync(&self, ring: &Rc<Ring>, offset: u64, len: u64) -> Result<()> {
         loop {
-            let entry = opcode::Fsync::new(self.fd())
-                .flags(types::FsyncFlags::DATASYNC)
-                .build();
+            let entry = opcode::Fsync::new(self.fd()).flags(types::FsyncFlags::DATASYNC).build();
             let (res, _) = Op::new(ring.clone(), entry, None).await;
             match res {
                 r if r == -libc::EINTR => continue,
@@ -338,10 +301,7 @@ impl FileBackend {
     async fn fallocate(&self, mode: i32, offset: u64, len: u64) -> std::result::Result<(), i32> {
         match uring::current() {
             Some(ring) => loop {
-                let entry = opcode::Fallocate::new(self.fd(), len)
-                    .offset(offset)
-                    .mode(mode)
-                    .build();
+                let entry = opcode::Fallocate::new(self.fd(), len).offset(offset).mode(mode).build();
                 let (res, _) = Op::new(ring.clone(), entry, None).await;
                 match res {
                     r if r == -libc::EINTR => continue,
@@ -383,19 +343,10 @@ impl FileBackend {
             return Ok(());
         }
         if self.kind == Kind::Block {
-            return self
-                .blk_ioctl("discard", sys::blk_discard, offset, len)
-                .await;
+            return self.blk_ioctl("discard", sys::blk_discard, offset, len).await;
         }
         if !self.no_punch_hole.load(Ordering::Relaxed) {
-            match self
-                .fallocate(
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    offset,
-                    len,
-                )
-                .await
-            {
+            match self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len).await {
                 Ok(()) => return Ok(()),
                 Err(libc::EOPNOTSUPP) => {
                     tracing::info!("hole punching unsupported here, discard writes zeros");
@@ -416,24 +367,13 @@ impl FileBackend {
             return Ok(());
         }
         if self.kind == Kind::Block {
-            return self
-                .blk_ioctl("write-zeroes", sys::blk_zeroout, offset, len)
-                .await;
+            return self.blk_ioctl("write-zeroes", sys::blk_zeroout, offset, len).await;
         }
         if self.kind == Kind::Regular && !self.no_zero_range.load(Ordering::Relaxed) {
-            match self
-                .fallocate(
-                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-                    offset,
-                    len,
-                )
-                .await
-            {
+            match self.fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len).await {
                 Ok(()) => return Ok(()),
                 Err(libc::EOPNOTSUPP) => {
-                    tracing::info!(
-                        "FALLOC_FL_ZERO_RANGE unsupported here, write-zeroes writes zero buffers"
-                    );
+                    tracing::info!("FALLOC_FL_ZERO_RANGE unsupported here, write-zeroes writes zero buffers");
                     self.no_zero_range.store(true, Ordering::Relaxed);
                 }
                 Err(e) => return Err(BlockError::from_errno(e, "write-zeroes", offset, len)),
@@ -457,23 +397,14 @@ impl FileBackend {
             }
             buf = match &ring {
                 Some(ring) => {
-                    self.uring_write(ring, at, buf, false)
-                        .await
-                        .map_err(|e| BlockError {
-                            op,
-                            offset,
-                            len,
-                            ..e
-                        })?
+                    self.uring_write(ring, at, buf, false).await.map_err(|e| BlockError { op, offset, len, ..e })?
                 }
                 None => {
                     let file = self.file.clone();
-                    tokio::task::spawn_blocking(move || {
-                        sys::pwrite_full(&file, buf.as_slice(), at).map(|()| buf)
-                    })
-                    .await
-                    .map_err(|e| join_err(e, op, offset, len))?
-                    .map_err(|e| BlockError::from_errno(e, op, offset, len))?
+                    tokio::task::spawn_blocking(move || sys::pwrite_full(&file, buf.as_slice(), at).map(|()| buf))
+                        .await
+                        .map_err(|e| join_err(e, op, offset, len))?
+                        .map_err(|e| BlockError::from_errno(e, op, offset, len))?
                 }
             };
             done += n as u64;
@@ -493,8 +424,7 @@ impl FileBackend {
         if self.kind != Kind::Regular {
             return Ok(vec![(offset, len, true)]);
         }
-        sys::extents(&self.file, offset, len)
-            .map_err(|e| BlockError::from_errno(e, "get-lba-status", offset, len))
+        sys::extents(&self.file, offset, len).map_err(|e| BlockError::from_errno(e, "get-lba-status", offset, len))
     }
 }
 
@@ -506,10 +436,7 @@ mod tests {
     use std::task::Poll;
 
     fn run<F: Future>(f: F) -> F::Output {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         tokio::task::LocalSet::new().block_on(&rt, f)
     }
 
@@ -563,32 +490,16 @@ mod tests {
             return;
         };
         assert!(Rc::ptr_eq(&here, &uring::current().unwrap()));
-        let other = std::thread::spawn(|| uring::current().map(|r| Rc::as_ptr(&r) as usize))
-            .join()
-            .unwrap();
+        let other = std::thread::spawn(|| uring::current().map(|r| Rc::as_ptr(&r) as usize)).join().unwrap();
         assert!(other.is_some());
         assert_ne!(other.unwrap(), Rc::as_ptr(&here) as usize);
     }
 
     #[test]
     fn errno_kinds_are_kept() {
-        assert_eq!(
-            BlockError::from_errno(libc::EIO, "read", 0, 512).kind,
-            ErrorKind::Io
-        );
-        assert_eq!(
-            BlockError::from_errno(libc::ENOSPC, "write", 0, 512).kind,
-            ErrorKind::NoSpace
-        );
-        let e = io_err(
-            std::io::Error::from_raw_os_error(libc::EIO),
-            "read",
-            4096,
-            512,
-        );
-        assert_eq!(
-            (e.kind, e.errno, e.offset, e.len),
-            (ErrorKind::Io, libc::EIO, 4096, 512)
-        );
+        assert_eq!(BlockError::from_errno(libc::EIO, "read", 0, 512).kind, ErrorKind::Io);
+        assert_eq!(BlockError::from_errno(libc::ENOSPC, "write", 0, 512).kind, ErrorKind::NoSpace);
+        let e = io_err(std::io::Error::from_raw_os_error(libc::EIO), "read", 4096, 512);
+        assert_eq!((e.kind, e.errno, e.offset, e.len), (ErrorKind::Io, libc::EIO, 4096, 512));
     }
 }

@@ -13,10 +13,7 @@ use lunar_block::{ErrorKind, FileBackend, FileOptions};
 use tempfile::NamedTempFile;
 
 fn run<F: Future>(f: F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, f)
 }
@@ -78,18 +75,12 @@ fn random_round_trips() {
             let len = 1 + rng.below(256 * 1024) as usize;
             let offset = rng.below(SIZE - len as u64);
             let data = rng.bytes(len);
-            b.write(offset, data.clone(), rng.below(8) == 0)
-                .await
-                .unwrap();
+            b.write(offset, data.clone(), rng.below(8) == 0).await.unwrap();
             model[offset as usize..offset as usize + len].copy_from_slice(&data);
             let rlen = 1 + rng.below(256 * 1024) as usize;
             let roff = rng.below(SIZE - rlen as u64);
             let got = b.read(roff, rlen).await.unwrap();
-            assert_eq!(
-                got,
-                &model[roff as usize..roff as usize + rlen],
-                "read {roff}+{rlen}"
-            );
+            assert_eq!(got, &model[roff as usize..roff as usize + rlen], "read {roff}+{rlen}");
         }
         assert_eq!(b.read(0, SIZE as usize).await.unwrap(), model);
     });
@@ -103,30 +94,12 @@ fn empty_and_out_of_range() {
     run(async {
         assert!(b.read(100, 0).await.unwrap().is_empty());
         b.write(100, Vec::new(), false).await.unwrap();
-        assert_eq!(
-            b.read(4096, 8192).await.unwrap_err().kind,
-            ErrorKind::OutOfRange
-        );
-        assert_eq!(
-            b.write(8000, vec![1; 200], false).await.unwrap_err().kind,
-            ErrorKind::OutOfRange
-        );
-        assert_eq!(
-            b.read(u64::MAX - 10, 100).await.unwrap_err().kind,
-            ErrorKind::OutOfRange
-        );
-        assert_eq!(
-            b.discard(8192, 1).await.unwrap_err().kind,
-            ErrorKind::OutOfRange
-        );
-        assert_eq!(
-            b.write_zeroes(0, 8193).await.unwrap_err().kind,
-            ErrorKind::OutOfRange
-        );
-        assert_eq!(
-            b.is_allocated(0, 8193).unwrap_err().kind,
-            ErrorKind::OutOfRange
-        );
+        assert_eq!(b.read(4096, 8192).await.unwrap_err().kind, ErrorKind::OutOfRange);
+        assert_eq!(b.write(8000, vec![1; 200], false).await.unwrap_err().kind, ErrorKind::OutOfRange);
+        assert_eq!(b.read(u64::MAX - 10, 100).await.unwrap_err().kind, ErrorKind::OutOfRange);
+        assert_eq!(b.discard(8192, 1).await.unwrap_err().kind, ErrorKind::OutOfRange);
+        assert_eq!(b.write_zeroes(0, 8193).await.unwrap_err().kind, ErrorKind::OutOfRange);
+        assert_eq!(b.is_allocated(0, 8193).unwrap_err().kind, ErrorKind::OutOfRange);
     });
 }
 
@@ -154,9 +127,7 @@ fn sixty_four_concurrent_ops() {
             let b = b.clone();
             tasks.push(tokio::task::spawn_local(async move {
                 let data = Rng(i + 1).bytes(BLOCK);
-                b.write(i * BLOCK as u64, data.clone(), i % 4 == 0)
-                    .await
-                    .unwrap();
+                b.write(i * BLOCK as u64, data.clone(), i % 4 == 0).await.unwrap();
                 let got = b.read(i * BLOCK as u64, BLOCK).await.unwrap();
                 assert_eq!(got, data, "block {i}");
             }));
@@ -168,9 +139,7 @@ fn sixty_four_concurrent_ops() {
         let mut reads = Vec::new();
         for i in 0..64u64 {
             let b = b.clone();
-            reads.push(tokio::task::spawn_local(async move {
-                (i, b.read(i * BLOCK as u64, BLOCK).await.unwrap())
-            }));
+            reads.push(tokio::task::spawn_local(async move { (i, b.read(i * BLOCK as u64, BLOCK).await.unwrap()) }));
         }
         for r in reads {
             let (i, got) = r.await.unwrap();
@@ -192,9 +161,7 @@ fn more_ops_in_flight_than_the_ring_holds() {
         for i in 0..N {
             let b = b.clone();
             tasks.push(tokio::task::spawn_local(async move {
-                b.write(i * BLOCK as u64, vec![(i % 251) as u8; BLOCK], false)
-                    .await
-                    .unwrap();
+                b.write(i * BLOCK as u64, vec![(i % 251) as u8; BLOCK], false).await.unwrap();
             }));
         }
         for t in tasks {
@@ -202,12 +169,7 @@ fn more_ops_in_flight_than_the_ring_holds() {
         }
         let all = b.read(0, (N as usize) * BLOCK).await.unwrap();
         for i in 0..N as usize {
-            assert!(
-                all[i * BLOCK..(i + 1) * BLOCK]
-                    .iter()
-                    .all(|&x| x == (i % 251) as u8),
-                "block {i}"
-            );
+            assert!(all[i * BLOCK..(i + 1) * BLOCK].iter().all(|&x| x == (i % 251) as u8), "block {i}");
         }
     });
 }
@@ -217,13 +179,7 @@ fn o_direct() {
     const SIZE: u64 = 1 << 20;
     // tmpfs may refuse O_DIRECT: use /var/tmp.
     let f = image_in(Path::new("/var/tmp"), SIZE);
-    let b = match FileBackend::open(
-        f.path(),
-        &FileOptions {
-            direct: true,
-            readonly: false,
-        },
-    ) {
+    let b = match FileBackend::open(f.path(), &FileOptions { direct: true, readonly: false }) {
         Ok(b) => b,
         Err(e) if e.errno == libc::EINVAL => {
             println!("skipping o_direct: /var/tmp refuses O_DIRECT ({e})");
@@ -242,10 +198,7 @@ fn o_direct() {
             model[offset as usize..offset as usize + len].copy_from_slice(&data);
             let roff = 4096 * rng.below(SIZE / 4096 - 16);
             let rlen = 4096 * (1 + rng.below(16)) as usize;
-            assert_eq!(
-                b.read(roff, rlen).await.unwrap(),
-                &model[roff as usize..roff as usize + rlen]
-            );
+            assert_eq!(b.read(roff, rlen).await.unwrap(), &model[roff as usize..roff as usize + rlen]);
         }
         assert_eq!(b.read(0, SIZE as usize).await.unwrap(), model);
         // Unaligned offsets and lengths are refused with an EINVAL-kind error.
@@ -284,26 +237,15 @@ fn discard_punches_a_hole() {
         assert!(got[384 * 1024..].iter().all(|&x| x == 0xab));
         assert_eq!(
             b.is_allocated(0, SIZE).unwrap(),
-            vec![
-                (0, 256 * 1024, true),
-                (256 * 1024, 128 * 1024, false),
-                (384 * 1024, SIZE - 384 * 1024, true)
-            ]
+            vec![(0, 256 * 1024, true), (256 * 1024, 128 * 1024, false), (384 * 1024, SIZE - 384 * 1024, true)]
         );
         // A sub-range starting inside the hole.
         assert_eq!(
             b.is_allocated(300 * 1024, 100 * 1024).unwrap(),
-            vec![
-                (300 * 1024, 84 * 1024, false),
-                (384 * 1024, 16 * 1024, true)
-            ]
+            vec![(300 * 1024, 84 * 1024, false), (384 * 1024, 16 * 1024, true)]
         );
     });
-    assert_eq!(
-        std::fs::metadata(f.path()).unwrap().len(),
-        SIZE,
-        "KEEP_SIZE"
-    );
+    assert_eq!(std::fs::metadata(f.path()).unwrap().len(), SIZE, "KEEP_SIZE");
 }
 
 #[test]
@@ -318,8 +260,7 @@ fn write_zeroes_zeroes() {
         b.write_zeroes(200_001, 3333).await.unwrap();
         let got = b.read(0, SIZE as usize).await.unwrap();
         for (i, &x) in got.iter().enumerate() {
-            let zero =
-                (4096..4096 + 64 * 1024).contains(&i) || (200_001..200_001 + 3333).contains(&i);
+            let zero = (4096..4096 + 64 * 1024).contains(&i) || (200_001..200_001 + 3333).contains(&i);
             assert_eq!(x, if zero { 0 } else { 0x5a }, "byte {i}");
         }
     });
@@ -347,10 +288,7 @@ fn enospc_keeps_its_kind() {
     run(async {
         for fua in [false, true] {
             let e = b.write(0, vec![7; 4096], fua).await.unwrap_err();
-            assert_eq!(
-                (e.kind, e.errno, e.op),
-                (ErrorKind::NoSpace, libc::ENOSPC, "write")
-            );
+            assert_eq!((e.kind, e.errno, e.op), (ErrorKind::NoSpace, libc::ENOSPC, "write"));
         }
         // Reads of /dev/full return zeros.
         assert_eq!(b.read(0, 1000).await.unwrap(), vec![0; 1000]);
@@ -360,10 +298,7 @@ fn enospc_keeps_its_kind() {
 #[test]
 fn eio_maps_to_io_kind() {
     let e = lunar_block::BlockError::from_errno(libc::EIO, "read", 512, 4096);
-    assert_eq!(
-        (e.kind, e.errno, e.offset, e.len),
-        (ErrorKind::Io, libc::EIO, 512, 4096)
-    );
+    assert_eq!((e.kind, e.errno, e.offset, e.len), (ErrorKind::Io, libc::EIO, 512, 4096));
     let e = lunar_block::BlockError::from_errno(libc::ENOSPC, "write", 0, 1);
     assert_eq!(e.kind, ErrorKind::NoSpace);
 }
@@ -371,36 +306,18 @@ fn eio_maps_to_io_kind() {
 #[test]
 fn readonly_refuses_writes() {
     let f = image(1 << 16);
-    let b = FileBackend::open(
-        f.path(),
-        &FileOptions {
-            direct: false,
-            readonly: true,
-        },
-    )
-    .unwrap();
+    let b = FileBackend::open(f.path(), &FileOptions { direct: false, readonly: true }).unwrap();
     run(async {
-        assert_eq!(
-            b.write(0, vec![1; 512], false).await.unwrap_err().kind,
-            ErrorKind::ReadOnly
-        );
-        assert_eq!(
-            b.discard(0, 512).await.unwrap_err().kind,
-            ErrorKind::ReadOnly
-        );
-        assert_eq!(
-            b.write_zeroes(0, 512).await.unwrap_err().kind,
-            ErrorKind::ReadOnly
-        );
+        assert_eq!(b.write(0, vec![1; 512], false).await.unwrap_err().kind, ErrorKind::ReadOnly);
+        assert_eq!(b.discard(0, 512).await.unwrap_err().kind, ErrorKind::ReadOnly);
+        assert_eq!(b.write_zeroes(0, 512).await.unwrap_err().kind, ErrorKind::ReadOnly);
         assert_eq!(b.read(0, 512).await.unwrap(), vec![0; 512]);
     });
 }
 
 #[test]
 fn open_errors_keep_their_errno() {
-    let e = FileBackend::open(Path::new("/nonexistent/lunar.img"), &FileOptions::default())
-        .err()
-        .unwrap();
+    let e = FileBackend::open(Path::new("/nonexistent/lunar.img"), &FileOptions::default()).err().unwrap();
     assert_eq!(e.errno, libc::ENOENT);
 }
 
@@ -460,20 +377,13 @@ fn cancelled_read_is_harmless() {
         for _ in 0..50 {
             let mut fut = Box::pin(b.read(0, SIZE as usize));
             let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
-            assert!(
-                first.is_pending(),
-                "a submitted read cannot be complete before the reaper ran"
-            );
+            assert!(first.is_pending(), "a submitted read cannot be complete before the reaper ran");
             drop(fut);
         }
         // A cancelled write too (its buffer must outlive the future).
         {
             let mut fut = pin!(b.write(0, vec![9; 1 << 20], false));
-            assert!(
-                std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx)))
-                    .await
-                    .is_pending()
-            );
+            assert!(std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await.is_pending());
         }
         // Other I/O completes, and sees the data.
         let got = b.read(4096, 65536).await.unwrap();
@@ -491,21 +401,13 @@ fn consecutive_runtimes_on_one_thread() {
     let b = open(&f);
     for i in 0..3u8 {
         run(async {
-            b.write(u64::from(i) * 4096, vec![i + 1; 4096], false)
-                .await
-                .unwrap();
-            assert_eq!(
-                b.read(u64::from(i) * 4096, 4096).await.unwrap(),
-                vec![i + 1; 4096]
-            );
+            b.write(u64::from(i) * 4096, vec![i + 1; 4096], false).await.unwrap();
+            assert_eq!(b.read(u64::from(i) * 4096, 4096).await.unwrap(), vec![i + 1; 4096]);
         });
     }
     // A runtime dropped with a read still in flight.
     {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let local = tokio::task::LocalSet::new();
         let b = Rc::new(open(&f));
         let b2 = b.clone();

@@ -87,19 +87,13 @@ pub struct ChapCredential {
 
 impl ChapCredential {
     pub fn new(user: impl Into<String>, secret: impl Into<Vec<u8>>) -> ChapCredential {
-        ChapCredential {
-            user: user.into(),
-            secret: secret.into(),
-        }
+        ChapCredential { user: user.into(), secret: secret.into() }
     }
 }
 
 impl std::fmt::Debug for ChapCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChapCredential")
-            .field("user", &self.user)
-            .field("secret", &"<redacted>")
-            .finish()
+        f.debug_struct("ChapCredential").field("user", &self.user).field("secret", &"<redacted>").finish()
     }
 }
 
@@ -130,10 +124,7 @@ impl ChapPolicy {
 
     /// Mutual CHAP (allowed, not required) with both algorithms.
     pub fn mutual(initiator: ChapCredential, target: ChapCredential) -> ChapPolicy {
-        ChapPolicy {
-            target: Some(target),
-            ..ChapPolicy::one_way(initiator)
-        }
+        ChapPolicy { target: Some(target), ..ChapPolicy::one_way(initiator) }
     }
 }
 
@@ -186,11 +177,7 @@ impl ChapChallenge {
         rng.fill_bytes(&mut challenge);
         let mut id = [0u8; 1];
         rng.fill_bytes(&mut id);
-        ChapChallenge {
-            algorithm,
-            identifier: id[0],
-            challenge,
-        }
+        ChapChallenge { algorithm, identifier: id[0], challenge }
     }
 
     /// The keys the target sends: CHAP_A, CHAP_I, CHAP_C.
@@ -204,9 +191,7 @@ impl ChapChallenge {
 
     /// Checks the initiator's CHAP_R (in binary) in constant time.
     pub fn verify(&self, secret: &[u8], response: &[u8]) -> bool {
-        let expected = self
-            .algorithm
-            .response(self.identifier, secret, &self.challenge);
+        let expected = self.algorithm.response(self.identifier, secret, &self.challenge);
         constant_time_eq(&expected, response)
     }
 }
@@ -261,10 +246,7 @@ mod tests {
     #[test]
     fn sha256_known_answer() {
         let r = ChapAlgorithm::Sha256.response(b'a', b"b", b"c");
-        assert_eq!(
-            keys::encode_hex(&r),
-            "0xba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(keys::encode_hex(&r), "0xba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]

@@ -15,9 +15,7 @@ pub fn crc32c(bytes: &[u8]) -> u32 {
 
 /// CRC-32C of several consecutive slices, as if they were one.
 pub fn crc32c_parts(parts: &[&[u8]]) -> u32 {
-    parts
-        .iter()
-        .fold(0, |crc, part| crc32c::crc32c_append(crc, part))
+    parts.iter().fold(0, |crc, part| crc32c::crc32c_append(crc, part))
 }
 
 /// The 4 digest bytes as sent on the wire.
@@ -27,9 +25,7 @@ pub fn to_wire(crc: u32) -> [u8; DIGEST_LEN] {
 
 /// The digest value of 4 received bytes; `None` if `bytes` is not 4 long.
 pub fn from_wire(bytes: &[u8]) -> Option<u32> {
-    <[u8; DIGEST_LEN]>::try_from(bytes)
-        .ok()
-        .map(u32::from_le_bytes)
+    <[u8; DIGEST_LEN]>::try_from(bytes).ok().map(u32::from_le_bytes)
 }
 
 /// Checks a received header digest over BHS and AHS (RFC 7143 §11.2.4).
@@ -53,15 +49,9 @@ pub(crate) fn verify(covered: &[u8], received: &[u8], header: bool) -> Result<()
     if received_value == computed {
         Ok(())
     } else if header {
-        Err(PduError::HeaderDigest {
-            received: received_value,
-            computed,
-        })
+        Err(PduError::HeaderDigest { received: received_value, computed })
     } else {
-        Err(PduError::DataDigest {
-            received: received_value,
-            computed,
-        })
+        Err(PduError::DataDigest { received: received_value, computed })
     }
 }
 
@@ -81,10 +71,9 @@ mod tests {
         assert_eq!(crc32c(&descending), 0x113f_db5c);
         // An iSCSI SCSI Read (10) command PDU.
         let read_cmd: [u8; 48] = [
-            0x01, 0xc0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-            0x00, 0x00, 0x14, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x14,
-            0x00, 0x00, 0x00, 0x18, 0x28, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x00,
-            0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x01, 0xc0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x14, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x14, 0x00, 0x00, 0x00, 0x18, 0x28, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
         ];
         assert_eq!(crc32c(&read_cmd), 0xd996_3a56);
     }
@@ -92,10 +81,7 @@ mod tests {
     #[test]
     fn parts_equal_whole() {
         let whole: Vec<u8> = (0..100).collect();
-        assert_eq!(
-            crc32c_parts(&[&whole[..10], &whole[10..77], &whole[77..]]),
-            crc32c(&whole)
-        );
+        assert_eq!(crc32c_parts(&[&whole[..10], &whole[10..77], &whole[77..]]), crc32c(&whole));
     }
 
     #[test]
@@ -103,13 +89,7 @@ mod tests {
         let data = [1u8, 2, 3, 4];
         let good = to_wire(crc32c(&data));
         assert!(verify_data_digest(&data, &good).is_ok());
-        assert!(matches!(
-            verify_data_digest(&data, &[0, 0, 0, 0]),
-            Err(PduError::DataDigest { .. })
-        ));
-        assert!(matches!(
-            verify_header_digest(&data, &[0, 0]),
-            Err(PduError::HeaderDigest { .. })
-        ));
+        assert!(matches!(verify_data_digest(&data, &[0, 0, 0, 0]), Err(PduError::DataDigest { .. })));
+        assert!(matches!(verify_header_digest(&data, &[0, 0]), Err(PduError::HeaderDigest { .. })));
     }
 }

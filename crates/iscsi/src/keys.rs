@@ -55,10 +55,7 @@ pub struct KeyValue {
 
 impl KeyValue {
     pub fn new(key: impl Into<String>, value: impl Into<String>) -> KeyValue {
-        KeyValue {
-            key: key.into(),
-            value: value.into(),
-        }
+        KeyValue { key: key.into(), value: value.into() }
     }
 }
 
@@ -115,14 +112,9 @@ pub fn parse_allowing_duplicates(text: &[u8]) -> Result<Vec<KeyValue>, KeyError>
         }
         let key = lossy(key);
         if value.len() > MAX_VALUE_LEN {
-            return Err(KeyError::ValueTooLong {
-                key,
-                len: value.len(),
-            });
+            return Err(KeyError::ValueTooLong { key, len: value.len() });
         }
-        let value = std::str::from_utf8(value)
-            .map_err(|_| KeyError::NotUtf8(key.clone()))?
-            .to_owned();
+        let value = std::str::from_utf8(value).map_err(|_| KeyError::NotUtf8(key.clone()))?.to_owned();
         out.push(KeyValue { key, value });
     }
     Ok(out)
@@ -209,10 +201,8 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     if hex.is_empty() {
         return None;
     }
-    let digits: Vec<u8> = hex
-        .chars()
-        .map(|c| c.to_digit(16).and_then(|d| u8::try_from(d).ok()))
-        .collect::<Option<_>>()?;
+    let digits: Vec<u8> =
+        hex.chars().map(|c| c.to_digit(16).and_then(|d| u8::try_from(d).ok())).collect::<Option<_>>()?;
     let mut out = Vec::with_capacity(digits.len().div_ceil(2));
     let mut iter = digits.iter();
     if digits.len() % 2 == 1 {
@@ -297,20 +287,11 @@ mod tests {
         assert!(matches!(parse(b"=1\0"), Err(KeyError::InvalidKey(_))));
         assert!(matches!(parse(b"A B=1\0"), Err(KeyError::InvalidKey(_))));
         let long_key = format!("{}=1\0", "K".repeat(64));
-        assert!(matches!(
-            parse(long_key.as_bytes()),
-            Err(KeyError::KeyTooLong(_))
-        ));
+        assert!(matches!(parse(long_key.as_bytes()), Err(KeyError::KeyTooLong(_))));
         let long_value = format!("K={}\0", "v".repeat(MAX_VALUE_LEN + 1));
-        assert!(matches!(
-            parse(long_value.as_bytes()),
-            Err(KeyError::ValueTooLong { .. })
-        ));
+        assert!(matches!(parse(long_value.as_bytes()), Err(KeyError::ValueTooLong { .. })));
         assert!(matches!(parse(b"K=\xff\0"), Err(KeyError::NotUtf8(_))));
-        assert_eq!(
-            parse(b"A=1\0B=2\0A=3\0"),
-            Err(KeyError::Duplicate("A".into()))
-        );
+        assert_eq!(parse(b"A=1\0B=2\0A=3\0"), Err(KeyError::Duplicate("A".into())));
         assert_eq!(parse_allowing_duplicates(b"A=1\0A=3\0").unwrap().len(), 2);
         let huge = vec![b'a'; MAX_TEXT_LEN + 1];
         assert!(matches!(parse(&huge), Err(KeyError::TextTooLong(_))));

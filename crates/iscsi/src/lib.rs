@@ -16,10 +16,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
+pub mod chap;
 pub mod digest;
-pub mod pdu;
 pub mod keys;
+pub mod login;
 pub mod negotiation;
 pub mod params;
-pub mod chap;
-pub mod login;
+pub mod pdu;
+pub mod text;

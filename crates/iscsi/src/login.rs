@@ -93,20 +93,13 @@ pub struct TargetConfig {
 impl TargetConfig {
     /// An open target: no ACL, no authentication.
     pub fn open(name: impl Into<String>) -> TargetConfig {
-        TargetConfig {
-            name: name.into(),
-            alias: None,
-            allowed_initiators: None,
-            auth: AuthPolicy::None,
-        }
+        TargetConfig { name: name.into(), alias: None, allowed_initiators: None, auth: AuthPolicy::None }
     }
 
     /// Whether the ACL lets `initiator` in. iSCSI names compare
     /// case-insensitively (they are normalised to lower case, §4.2.7.2).
     pub fn allows(&self, initiator: &str) -> bool {
-        self.allowed_initiators
-            .as_ref()
-            .map_or(true, |acl| acl.iter().any(|a| a.eq_ignore_ascii_case(initiator)))
+        self.allowed_initiators.as_ref().map_or(true, |acl| acl.iter().any(|a| a.eq_ignore_ascii_case(initiator)))
     }
 }
 
@@ -173,12 +166,7 @@ pub struct LoginConfig {
 
 impl Default for LoginConfig {
     fn default() -> Self {
-        LoginConfig {
-            limits: TargetLimits::default(),
-            portal_group_tag: 1,
-            initial_stat_sn: 0,
-            cmd_window: 128,
-        }
+        LoginConfig { limits: TargetLimits::default(), portal_group_tag: 1, initial_stat_sn: 0, cmd_window: 128 }
     }
 }
 
@@ -216,10 +204,7 @@ pub struct LoginFailure {
 
 impl LoginFailure {
     fn new(status: LoginStatus, reason: impl Into<String>) -> LoginFailure {
-        LoginFailure {
-            status,
-            reason: reason.into(),
-        }
+        LoginFailure { status, reason: reason.into() }
     }
 }
 
@@ -342,11 +327,7 @@ impl<R: TargetRegistry> LoginSession<R> {
                     Pdu::DataOut(p) => p.itt,
                     _ => crate::pdu::RESERVED_TAG,
                 };
-                let first = self.first.unwrap_or(First {
-                    isid: Isid::default(),
-                    tsih: 0,
-                    cid: 0,
-                });
+                let first = self.first.unwrap_or(First { isid: Isid::default(), tsih: 0, cid: 0 });
                 self.phase = Phase::Done;
                 let mut resp = self.response(itt, first.isid, first.tsih, 0, 0);
                 let failure = LoginFailure::new(
@@ -406,12 +387,7 @@ impl<R: TargetRegistry> LoginSession<R> {
     fn step(&mut self, req: &LoginRequest) -> Result<LoginStep, LoginFailure> {
         let init_err = |why: &str| LoginFailure::new(LoginStatus::INITIATOR_ERROR, why);
         match self.phase {
-            Phase::Done => {
-                return Err(LoginFailure::new(
-                    LoginStatus::INVALID_DURING_LOGIN,
-                    "login already finished",
-                ))
-            }
+            Phase::Done => return Err(LoginFailure::new(LoginStatus::INVALID_DURING_LOGIN, "login already finished")),
             Phase::Start => {
                 // §11.12.4: we speak version 0 only.
                 if req.version_min > ISCSI_VERSION || req.version_max < req.version_min {
@@ -423,11 +399,7 @@ impl<R: TargetRegistry> LoginSession<R> {
                 if !matches!(req.csg, LoginStage::Security | LoginStage::Operational) {
                     return Err(init_err("first login PDU not in a negotiation stage"));
                 }
-                self.first = Some(First {
-                    isid: req.isid,
-                    tsih: req.tsih,
-                    cid: req.cid,
-                });
+                self.first = Some(First { isid: req.isid, tsih: req.tsih, cid: req.cid });
                 self.stage = req.csg;
                 self.phase = Phase::Running;
             }
@@ -446,9 +418,7 @@ impl<R: TargetRegistry> LoginSession<R> {
             return Err(init_err("CSG does not match the current stage"));
         }
         // §11.12.3: a transition goes forward, to Operational or FFP.
-        if req.transit
-            && (req.nsg <= req.csg
-                || !matches!(req.nsg, LoginStage::Operational | LoginStage::FullFeature))
+        if req.transit && (req.nsg <= req.csg || !matches!(req.nsg, LoginStage::Operational | LoginStage::FullFeature))
         {
             return Err(init_err("invalid NSG"));
         }
@@ -536,27 +506,17 @@ impl<R: TargetRegistry> LoginSession<R> {
         let missing = |k: &str| LoginFailure::new(LoginStatus::MISSING_PARAMETER, format!("{k} missing"));
         let initiator = get("InitiatorName").ok_or_else(|| missing("InitiatorName"))?;
         if initiator.is_empty() || initiator.len() > MAX_NAME_LEN {
-            return Err(LoginFailure::new(
-                LoginStatus::INITIATOR_ERROR,
-                "bad InitiatorName",
-            ));
+            return Err(LoginFailure::new(LoginStatus::INITIATOR_ERROR, "bad InitiatorName"));
         }
         self.initiator_name = initiator.to_owned();
         self.session_type = match get("SessionType") {
             None => SessionType::Normal,
             Some(v) => SessionType::from_value(v).ok_or_else(|| {
-                LoginFailure::new(
-                    LoginStatus::SESSION_TYPE_NOT_SUPPORTED,
-                    format!("SessionType={v}"),
-                )
+                LoginFailure::new(LoginStatus::SESSION_TYPE_NOT_SUPPORTED, format!("SessionType={v}"))
             })?,
         };
         let leading = req.tsih == 0;
-        if !leading
-            && !self
-                .registry
-                .session_exists(initiator, req.isid, req.tsih)
-        {
+        if !leading && !self.registry.session_exists(initiator, req.isid, req.tsih) {
             return Err(LoginFailure::new(
                 LoginStatus::SESSION_DOES_NOT_EXIST,
                 format!("no session with TSIH {}", req.tsih),
@@ -566,17 +526,15 @@ impl<R: TargetRegistry> LoginSession<R> {
         match self.session_type {
             SessionType::Discovery => {
                 self.policy = self.registry.discovery_auth().ok_or_else(|| {
-                    LoginFailure::new(
-                        LoginStatus::SESSION_TYPE_NOT_SUPPORTED,
-                        "discovery sessions are disabled",
-                    )
+                    LoginFailure::new(LoginStatus::SESSION_TYPE_NOT_SUPPORTED, "discovery sessions are disabled")
                 })?;
             }
             SessionType::Normal => {
                 let name = target_name.ok_or_else(|| missing("TargetName"))?;
-                let target = self.registry.target(name).ok_or_else(|| {
-                    LoginFailure::new(LoginStatus::NOT_FOUND, format!("no target {name}"))
-                })?;
+                let target = self
+                    .registry
+                    .target(name)
+                    .ok_or_else(|| LoginFailure::new(LoginStatus::NOT_FOUND, format!("no target {name}")))?;
                 if !target.allows(initiator) {
                     return Err(LoginFailure::new(
                         LoginStatus::AUTHORIZATION_FAILURE,
@@ -592,10 +550,7 @@ impl<R: TargetRegistry> LoginSession<R> {
         }
         // §13.9: returned in the first response when TargetName was given.
         if target_name.is_some() {
-            answers.push(KeyValue::new(
-                "TargetPortalGroupTag",
-                self.config.portal_group_tag.to_string(),
-            ));
+            answers.push(KeyValue::new("TargetPortalGroupTag", self.config.portal_group_tag.to_string()));
         }
         self.negotiator.set_session_type(self.session_type, leading);
         // A login that skips the security stage must not need it.
@@ -609,17 +564,8 @@ impl<R: TargetRegistry> LoginSession<R> {
     }
 
     /// Runs the security stage's keys (RFC 7143 §12.1.3 for CHAP).
-    fn authenticate(
-        &mut self,
-        keys_in: &[&KeyValue],
-        answers: &mut Vec<KeyValue>,
-    ) -> Result<(), LoginFailure> {
-        let get = |k: &str| {
-            keys_in
-                .iter()
-                .find(|kv| kv.key == k)
-                .map(|kv| kv.value.as_str())
-        };
+    fn authenticate(&mut self, keys_in: &[&KeyValue], answers: &mut Vec<KeyValue>) -> Result<(), LoginFailure> {
+        let get = |k: &str| keys_in.iter().find(|kv| kv.key == k).map(|kv| kv.value.as_str());
         let auth_fail = |why: &str| LoginFailure::new(LoginStatus::AUTHENTICATION_FAILURE, why);
         if let Some(methods) = get("AuthMethod") {
             if !matches!(self.auth, Auth::NotStarted) {
@@ -645,14 +591,10 @@ impl<R: TargetRegistry> LoginSession<R> {
         match std::mem::replace(&mut self.auth, Auth::Done) {
             Auth::AwaitAlgorithm(policy) => {
                 let offer = get("CHAP_A").ok_or(ChapError::OutOfSequence("CHAP_A expected"))?;
-                if keys_in
-                    .iter()
-                    .any(|kv| kv.key.starts_with("CHAP_") && kv.key != "CHAP_A")
-                {
+                if keys_in.iter().any(|kv| kv.key.starts_with("CHAP_") && kv.key != "CHAP_A") {
                     return Err(ChapError::OutOfSequence("only CHAP_A expected").into());
                 }
-                let alg =
-                    chap::choose_algorithm(offer, &policy.algorithms).ok_or(ChapError::NoAlgorithm)?;
+                let alg = chap::choose_algorithm(offer, &policy.algorithms).ok_or(ChapError::NoAlgorithm)?;
                 let challenge = ChapChallenge::generate(alg, &mut self.rng);
                 answers.extend(challenge.keys());
                 self.auth = Auth::AwaitResponse(policy, challenge);
@@ -714,11 +656,7 @@ impl<R: TargetRegistry> LoginSession<R> {
     }
 
     /// Decides whether to move to the next stage and builds the response.
-    fn decide(
-        &mut self,
-        req: &LoginRequest,
-        mut answers: Vec<KeyValue>,
-    ) -> Result<LoginStep, LoginFailure> {
+    fn decide(&mut self, req: &LoginRequest, mut answers: Vec<KeyValue>) -> Result<LoginStep, LoginFailure> {
         let auth_done = match &self.auth {
             Auth::NoneAgreed | Auth::Done => true,
             // AuthMethod defaults to None (§12).
@@ -735,8 +673,8 @@ impl<R: TargetRegistry> LoginSession<R> {
             }
             transit = false;
         }
-        let entering_operational = self.stage == LoginStage::Operational
-            || (transit && req.nsg == LoginStage::FullFeature);
+        let entering_operational =
+            self.stage == LoginStage::Operational || (transit && req.nsg == LoginStage::FullFeature);
         if entering_operational {
             answers.extend(self.negotiator.declarations());
         }
@@ -749,22 +687,19 @@ impl<R: TargetRegistry> LoginSession<R> {
         }
 
         let data = keys::encode(&answers);
-        let f = self.first.ok_or_else(|| {
-            LoginFailure::new(LoginStatus::TARGET_ERROR, "login state lost")
-        })?;
+        let f = self.first.ok_or_else(|| LoginFailure::new(LoginStatus::TARGET_ERROR, "login state lost"))?;
         let mut outcome = None;
         let mut tsih = req.tsih;
         let mut max_cmd_sn = req.cmd_sn;
         if transit && req.nsg == LoginStage::FullFeature {
             if tsih == 0 {
-                tsih = self.registry.allocate_tsih().filter(|t| *t != 0).ok_or_else(|| {
-                    LoginFailure::new(LoginStatus::OUT_OF_RESOURCES, "no TSIH available")
-                })?;
+                tsih = self
+                    .registry
+                    .allocate_tsih()
+                    .filter(|t| *t != 0)
+                    .ok_or_else(|| LoginFailure::new(LoginStatus::OUT_OF_RESOURCES, "no TSIH available"))?;
             }
-            max_cmd_sn = req
-                .cmd_sn
-                .wrapping_add(self.config.cmd_window.max(1))
-                .wrapping_sub(1);
+            max_cmd_sn = req.cmd_sn.wrapping_add(self.config.cmd_window.max(1)).wrapping_sub(1);
             outcome = Some(LoginOutcome {
                 session_type: self.session_type,
                 initiator_name: self.initiator_name.clone(),
@@ -815,11 +750,7 @@ impl<R: TargetRegistry> LoginSession<R> {
         resp.max_cmd_sn = req.cmd_sn;
         resp.data = first_chunk;
         resp.stat_sn = self.next_stat_sn();
-        self.outbound = Some(Outbound {
-            chunks,
-            last,
-            outcome: outcome.map(Box::new),
-        });
+        self.outbound = Some(Outbound { chunks, last, outcome: outcome.map(Box::new) });
         Ok(LoginStep::Continue(resp))
     }
 
@@ -829,11 +760,7 @@ impl<R: TargetRegistry> LoginSession<R> {
         s
     }
 
-    fn finish_step(
-        &mut self,
-        mut resp: LoginResponse,
-        outcome: Option<Box<LoginOutcome>>,
-    ) -> LoginStep {
+    fn finish_step(&mut self, mut resp: LoginResponse, outcome: Option<Box<LoginOutcome>>) -> LoginStep {
         resp.stat_sn = self.next_stat_sn();
         // The stage changes only once the response with T=1 is sent.
         if resp.transit {

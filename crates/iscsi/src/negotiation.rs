@@ -12,8 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::keys::{self, KeyValue, IRRELEVANT, NOT_UNDERSTOOD, REJECT};
 use crate::params::{
-    Digest, NegotiatedParams, SessionType, DEFAULT_FIRST_BURST_LENGTH, DEFAULT_MAX_BURST_LENGTH,
-    MAX_LENGTH, MIN_LENGTH,
+    Digest, NegotiatedParams, SessionType, DEFAULT_FIRST_BURST_LENGTH, DEFAULT_MAX_BURST_LENGTH, MAX_LENGTH, MIN_LENGTH,
 };
 
 /// Which digests the target accepts (RFC 7143 §13.1).
@@ -210,13 +209,11 @@ impl Negotiator {
         match key {
             "HeaderDigest" => answer(&pick_digest(v, l.header_digest, &mut p.header_digest)),
             "DataDigest" => answer(&pick_digest(v, l.data_digest, &mut p.data_digest)),
-            "MaxConnections" => answer(&min_rule(v, 1, 65535, l.max_connections.into(), |r| {
-                p.max_connections = r as u16
-            })),
+            "MaxConnections" => {
+                answer(&min_rule(v, 1, 65535, l.max_connections.into(), |r| p.max_connections = r as u16))
+            }
             "InitialR2T" => answer(&bool_rule(v, l.initial_r2t, true, |r| p.initial_r2t = r)),
-            "ImmediateData" => answer(&bool_rule(v, l.immediate_data, false, |r| {
-                p.immediate_data = r
-            })),
+            "ImmediateData" => answer(&bool_rule(v, l.immediate_data, false, |r| p.immediate_data = r)),
             "MaxRecvDataSegmentLength" => {
                 // Declarative (§13.12): the initiator's receive limit.
                 match keys::parse_number(v) {
@@ -227,60 +224,40 @@ impl Negotiator {
                     _ => answer(REJECT),
                 }
             }
-            "MaxBurstLength" => answer(&min_rule(
-                v,
-                MIN_LENGTH.into(),
-                MAX_LENGTH.into(),
-                l.max_burst_length.into(),
-                |r| p.max_burst_length = r as u32,
-            )),
-            "FirstBurstLength" => answer(&min_rule(
-                v,
-                MIN_LENGTH.into(),
-                MAX_LENGTH.into(),
-                l.first_burst_length.into(),
-                |r| p.first_burst_length = r as u32,
-            )),
-            "DefaultTime2Wait" => answer(&max_rule(v, 0, 3600, l.default_time2wait.into(), |r| {
-                p.default_time2wait = r as u16
-            })),
-            "DefaultTime2Retain" => {
-                answer(&min_rule(v, 0, 3600, l.default_time2retain.into(), |r| {
-                    p.default_time2retain = r as u16
+            "MaxBurstLength" => {
+                answer(&min_rule(v, MIN_LENGTH.into(), MAX_LENGTH.into(), l.max_burst_length.into(), |r| {
+                    p.max_burst_length = r as u32
                 }))
+            }
+            "FirstBurstLength" => {
+                answer(&min_rule(v, MIN_LENGTH.into(), MAX_LENGTH.into(), l.first_burst_length.into(), |r| {
+                    p.first_burst_length = r as u32
+                }))
+            }
+            "DefaultTime2Wait" => {
+                answer(&max_rule(v, 0, 3600, l.default_time2wait.into(), |r| p.default_time2wait = r as u16))
+            }
+            "DefaultTime2Retain" => {
+                answer(&min_rule(v, 0, 3600, l.default_time2retain.into(), |r| p.default_time2retain = r as u16))
             }
             "MaxOutstandingR2T" => {
-                answer(&min_rule(v, 1, 65535, l.max_outstanding_r2t.into(), |r| {
-                    p.max_outstanding_r2t = r as u16
-                }))
+                answer(&min_rule(v, 1, 65535, l.max_outstanding_r2t.into(), |r| p.max_outstanding_r2t = r as u16))
             }
             "DataPDUInOrder" => answer(&bool_rule(v, true, true, |r| p.data_pdu_in_order = r)),
-            "DataSequenceInOrder" => answer(&bool_rule(v, true, true, |r| {
-                p.data_sequence_in_order = r
-            })),
-            "ErrorRecoveryLevel" => answer(&min_rule(
-                v,
-                0,
-                2,
-                l.max_error_recovery_level.into(),
-                |r| p.error_recovery_level = r as u8,
-            )),
+            "DataSequenceInOrder" => answer(&bool_rule(v, true, true, |r| p.data_sequence_in_order = r)),
+            "ErrorRecoveryLevel" => {
+                answer(&min_rule(v, 0, 2, l.max_error_recovery_level.into(), |r| p.error_recovery_level = r as u8))
+            }
             "iSCSIProtocolLevel" => answer(&min_rule(v, 0, 31, 1, |r| p.protocol_level = r as u8)),
             // §13.23: we implement the RFC 3720 task reporting semantics.
-            "TaskReporting" => answer(if keys::parse_list(v).any(|x| x == "RFC3720") {
-                "RFC3720"
-            } else {
-                REJECT
-            }),
+            "TaskReporting" => answer(if keys::parse_list(v).any(|x| x == "RFC3720") { "RFC3720" } else { REJECT }),
             // Markers were removed by RFC 7143 (§13.25 lists them as
             // obsolete); initiators still offer them off.
             "OFMarker" | "IFMarker" => answer(&bool_rule(v, false, false, |_| {})),
             "OFMarkInt" | "IFMarkInt" => answer(IRRELEVANT),
             // Sent only by targets (§13.7, §13.8, §13.9); SendTargets only in
             // the full feature phase (§13.3).
-            "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" | "SendTargets" => {
-                answer(REJECT)
-            }
+            "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" | "SendTargets" => answer(REJECT),
             _ => answer(NOT_UNDERSTOOD),
         }
     }
@@ -292,10 +269,7 @@ impl Negotiator {
             return Vec::new();
         }
         self.declared = true;
-        vec![KeyValue::new(
-            "MaxRecvDataSegmentLength",
-            self.limits.max_recv_data_segment_length.to_string(),
-        )]
+        vec![KeyValue::new("MaxRecvDataSegmentLength", self.limits.max_recv_data_segment_length.to_string())]
     }
 
     /// Offers for keys the initiator left at defaults the target cannot
@@ -321,11 +295,7 @@ impl Negotiator {
             offer("MaxBurstLength", l.max_burst_length.to_string(), &mut out);
         }
         if normal && l.first_burst_length < DEFAULT_FIRST_BURST_LENGTH {
-            offer(
-                "FirstBurstLength",
-                l.first_burst_length.to_string(),
-                &mut out,
-            );
+            offer("FirstBurstLength", l.first_burst_length.to_string(), &mut out);
         }
         if normal && !l.immediate_data {
             offer("ImmediateData", "No".into(), &mut out);
@@ -347,10 +317,7 @@ impl Negotiator {
     }
 
     fn take_answer(&mut self, key: &str, offer: &str, answer: &str) -> Result<(), NegotiationError> {
-        let bad = || NegotiationError::BadAnswer {
-            key: key.to_owned(),
-            value: answer.to_owned(),
-        };
+        let bad = || NegotiationError::BadAnswer { key: key.to_owned(), value: answer.to_owned() };
         let p = &mut self.params;
         match key {
             "HeaderDigest" | "DataDigest" => {
@@ -445,12 +412,10 @@ mod tests {
     }
 
     fn ask(neg: &mut Negotiator, key: &str, value: &str) -> Option<String> {
-        neg.negotiate(&KeyValue::new(key, value))
-            .unwrap()
-            .map(|kv| {
-                assert_eq!(kv.key, key);
-                kv.value
-            })
+        neg.negotiate(&KeyValue::new(key, value)).unwrap().map(|kv| {
+            assert_eq!(kv.key, key);
+            kv.value
+        })
     }
 
     #[test]
@@ -492,10 +457,7 @@ mod tests {
         assert!(!neg.finish().initial_r2t);
         let mut neg = n();
         assert_eq!(ask(&mut neg, "InitialR2T", "Yes").as_deref(), Some("Yes"));
-        let limits = TargetLimits {
-            initial_r2t: true,
-            ..TargetLimits::default()
-        };
+        let limits = TargetLimits { initial_r2t: true, ..TargetLimits::default() };
         let mut neg = Negotiator::new(&limits, SessionType::Normal, true);
         assert_eq!(ask(&mut neg, "InitialR2T", "No").as_deref(), Some("Yes"));
         assert!(neg.finish().initial_r2t);
@@ -510,10 +472,7 @@ mod tests {
         let mut neg = n();
         assert_eq!(ask(&mut neg, "ImmediateData", "No").as_deref(), Some("No"));
         assert!(!neg.finish().immediate_data);
-        let limits = TargetLimits {
-            immediate_data: false,
-            ..TargetLimits::default()
-        };
+        let limits = TargetLimits { immediate_data: false, ..TargetLimits::default() };
         let mut neg = Negotiator::new(&limits, SessionType::Normal, true);
         assert_eq!(ask(&mut neg, "ImmediateData", "Yes").as_deref(), Some("No"));
     }
@@ -525,10 +484,7 @@ mod tests {
         let p = neg.finish();
         assert_eq!(p.initiator_max_recv_data_segment_length, 65536);
         assert_eq!(p.target_max_recv_data_segment_length, 262_144);
-        assert_eq!(
-            neg.declarations(),
-            vec![KeyValue::new("MaxRecvDataSegmentLength", "262144")]
-        );
+        assert_eq!(neg.declarations(), vec![KeyValue::new("MaxRecvDataSegmentLength", "262144")]);
         assert!(neg.declarations().is_empty());
         // Our declaration does not count as the initiator's.
         let mut neg = n();
@@ -536,10 +492,7 @@ mod tests {
         assert_eq!(ask(&mut neg, "MaxRecvDataSegmentLength", "8192"), None);
         for bad in ["511", "16777216", "x"] {
             let mut neg = n();
-            assert_eq!(
-                ask(&mut neg, "MaxRecvDataSegmentLength", bad).as_deref(),
-                Some("Reject")
-            );
+            assert_eq!(ask(&mut neg, "MaxRecvDataSegmentLength", bad).as_deref(), Some("Reject"));
         }
     }
 
@@ -580,10 +533,7 @@ mod tests {
     fn max_outstanding_r2t_is_min() {
         let mut neg = n();
         assert_eq!(ask(&mut neg, "MaxOutstandingR2T", "16").as_deref(), Some("1"));
-        let limits = TargetLimits {
-            max_outstanding_r2t: 8,
-            ..TargetLimits::default()
-        };
+        let limits = TargetLimits { max_outstanding_r2t: 8, ..TargetLimits::default() };
         let mut neg = Negotiator::new(&limits, SessionType::Normal, true);
         assert_eq!(ask(&mut neg, "MaxOutstandingR2T", "4").as_deref(), Some("4"));
         assert_eq!(neg.finish().max_outstanding_r2t, 4);
@@ -613,10 +563,7 @@ mod tests {
     fn misc_keys() {
         let mut neg = n();
         assert_eq!(ask(&mut neg, "iSCSIProtocolLevel", "2").as_deref(), Some("1"));
-        assert_eq!(
-            ask(&mut neg, "TaskReporting", "FastAbort,RFC3720").as_deref(),
-            Some("RFC3720")
-        );
+        assert_eq!(ask(&mut neg, "TaskReporting", "FastAbort,RFC3720").as_deref(), Some("RFC3720"));
         assert_eq!(ask(&mut neg, "IFMarker", "No").as_deref(), Some("No"));
         assert_eq!(ask(&mut neg, "OFMarker", "Yes").as_deref(), Some("No"));
         assert_eq!(ask(&mut neg, "OFMarkInt", "2048~8192").as_deref(), Some("Irrelevant"));

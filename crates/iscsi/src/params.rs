@@ -172,10 +172,7 @@ mod tests {
     fn value_literals() {
         assert_eq!(Digest::from_value("CRC32C"), Some(Digest::Crc32c));
         assert_eq!(Digest::from_value("crc32c"), None);
-        assert_eq!(
-            SessionType::from_value("Discovery"),
-            Some(SessionType::Discovery)
-        );
+        assert_eq!(SessionType::from_value("Discovery"), Some(SessionType::Discovery));
         assert_eq!(SessionType::Normal.as_str(), "Normal");
     }
 }

@@ -160,10 +160,7 @@ impl Disk {
     /// than 512 or 4096 is replaced by 512.
     pub fn new(mut config: DiskConfig, backend: Backend) -> Disk {
         if config.block_size != 512 && config.block_size != 4096 {
-            tracing::warn!(
-                block_size = config.block_size,
-                "unsupported block size, using 512"
-            );
+            tracing::warn!(block_size = config.block_size, "unsupported block size, using 512");
             config.block_size = 512;
         }
         let num_blocks = backend.size() / u64::from(config.block_size);
@@ -227,8 +224,7 @@ impl Disk {
 
     /// Bytes in `blocks` logical blocks.
     pub(crate) fn bytes(&self, blocks: u64) -> usize {
-        usize::try_from(blocks.saturating_mul(u64::from(self.config.block_size)))
-            .unwrap_or(usize::MAX)
+        usize::try_from(blocks.saturating_mul(u64::from(self.config.block_size))).unwrap_or(usize::MAX)
     }
 
     /// SBC-4 4.5: every LBA of `[lba, lba + blocks)` must exist, and `lba`
@@ -284,12 +280,7 @@ impl Disk {
     /// length error or, for writes, a failure). Returns the data-in, already
     /// cut to the allocation length. The future is not `Send`: run it on
     /// the I/O thread that owns the request.
-    pub async fn execute(
-        &self,
-        cmd: &Command,
-        data_out: Vec<u8>,
-        ctx: &ExecContext,
-    ) -> Result<Vec<u8>, ScsiError> {
+    pub async fn execute(&self, cmd: &Command, data_out: Vec<u8>, ctx: &ExecContext) -> Result<Vec<u8>, ScsiError> {
         self.validate(cmd)?;
         commands::execute(self, cmd, data_out, ctx).await
     }
@@ -319,29 +310,80 @@ mod tests {
         assert!(d.check_range(0, 100).is_ok());
         assert!(d.check_range(99, 1).is_ok());
         assert!(d.check_range(99, 0).is_ok());
-        assert_eq!(
-            d.check_range(100, 0),
-            Err(ScsiError::LbaOutOfRange { lba: 100 })
-        );
-        assert_eq!(
-            d.check_range(99, 2),
-            Err(ScsiError::LbaOutOfRange { lba: 99 })
-        );
-        assert_eq!(
-            d.check_range(u64::MAX, 2),
-            Err(ScsiError::LbaOutOfRange { lba: u64::MAX })
-        );
+        assert_eq!(d.check_range(100, 0), Err(ScsiError::LbaOutOfRange { lba: 100 }));
+        assert_eq!(d.check_range(99, 2), Err(ScsiError::LbaOutOfRange { lba: 99 }));
+        assert_eq!(d.check_range(u64::MAX, 2), Err(ScsiError::LbaOutOfRange { lba: u64::MAX }));
     }
 
     #[test]
     fn odd_block_size_falls_back() {
-        let d = Disk::new(
-            DiskConfig {
-                block_size: 1000,
-                ..Default::default()
-            },
-            Backend::mem(4096),
-        );
+        let d = Disk::new(DiskConfig { block_size: 1000, ..Default::default() }, Backend::mem(4096));
         assert_eq!(d.block_size(), 512);
+    }
+}
+
+#[cfg(test)]
+mod write_protect_tests {
+    use crate::test_util::*;
+    use crate::*;
+
+    /// Every command that modifies the medium, one CDB each.
+    fn write_cdbs() -> Vec<(Vec<u8>, usize)> {
+        let mut caw = cdb16(0x89, 0, 0, 0);
+        caw[13] = 1;
+        vec![
+            (vec![0x0A, 0, 0, 0, 1, 0], 512),
+            (cdb10(0x2A, 0, 0, 1), 512),
+            (cdb12(0xAA, 0, 0, 1), 512),
+            (cdb16(0x8A, 0, 0, 1), 512),
+            (cdb10(0x2E, 0, 0, 1), 512),
+            (cdb12(0xAE, 0, 0, 1), 512),
+            (cdb16(0x8E, 0, 0, 1), 512),
+            (cdb10(0x41, 0, 0, 1), 512),
+            (cdb16(0x93, 0, 0, 1), 512),
+            (cdb16(0x8B, 0, 0, 1), 512),
+            (caw, 1024),
+            (cdb10(0x42, 0, 0, 24), 24),
+        ]
+    }
+
+    #[test]
+    fn every_write_type_command_is_data_protect() {
+        for swp in [false, true] {
+            let d = disk_with(10, DiskConfig { readonly: !swp, ..Default::default() });
+            if swp {
+                d.state.swp.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            for (cdb, len) in write_cdbs() {
+                let cmd = Command::decode(&cdb).unwrap();
+                assert!(cmd.is_write(), "{}", cmd.name());
+                assert_eq!(cmd.data_out_len(512), len, "{}", cmd.name());
+                let e = run_data(&d, &cdb, vec![0; len]).unwrap_err();
+                assert_eq!(e.sense().key, SenseKey::DataProtect, "{}", cmd.name());
+                assert_eq!(e.sense().asc, 0x27, "{}", cmd.name());
+            }
+            // Reads, flushes and verification still work.
+            assert!(run(&d, &cdb10(0x28, 0, 0, 1)).is_ok());
+            assert!(run(&d, &cdb10(0x35, 0, 0, 0)).is_ok());
+            assert!(run(&d, &cdb10(0x2F, 0, 0, 1)).is_ok());
+        }
+    }
+
+    #[test]
+    fn validate_fails_before_data_out() {
+        let d = disk(10);
+        let cmd = Command::decode(&cdb10(0x2A, 0, 9, 2)).unwrap();
+        assert_eq!(d.validate(&cmd), Err(ScsiError::LbaOutOfRange { lba: 9 }));
+        let ok = Command::decode(&cdb10(0x2A, 0, 8, 2)).unwrap();
+        assert_eq!(d.validate(&ok), Ok(()));
+    }
+
+    #[test]
+    fn wce_off_still_writes() {
+        let d = disk(10);
+        d.state.wce.store(false, std::sync::atomic::Ordering::Relaxed);
+        run_data(&d, &cdb10(0x2A, 0, 1, 1), vec![7; 512]).unwrap();
+        run_data(&d, &cdb10(0x41, 0, 2, 2), vec![0; 512]).unwrap();
+        assert_eq!(run(&d, &cdb10(0x28, 0, 1, 1)).unwrap(), vec![7; 512]);
     }
 }

@@ -15,11 +15,7 @@ pub enum ScsiError {
     InvalidOpcode(u8),
     /// The CDB is shorter than its operation code requires.
     #[error("CDB of {len} bytes is too short for operation code {opcode:#04x} ({needed} bytes)")]
-    CdbTooShort {
-        opcode: u8,
-        len: usize,
-        needed: usize,
-    },
+    CdbTooShort { opcode: u8, len: usize, needed: usize },
     /// A field of the CDB is reserved, unsupported or out of range.
     #[error("invalid field in CDB at byte {byte}, bit {bit:?}")]
     InvalidFieldInCdb { byte: u16, bit: Option<u8> },
@@ -71,26 +67,17 @@ pub enum ScsiError {
 impl ScsiError {
     /// INVALID FIELD IN CDB pointing at `byte`, `bit`.
     pub fn field(byte: usize, bit: u8) -> ScsiError {
-        ScsiError::InvalidFieldInCdb {
-            byte: to_u16(byte),
-            bit: Some(bit),
-        }
+        ScsiError::InvalidFieldInCdb { byte: to_u16(byte), bit: Some(bit) }
     }
 
     /// INVALID FIELD IN CDB pointing at a whole byte (multi-byte fields).
     pub fn field_byte(byte: usize) -> ScsiError {
-        ScsiError::InvalidFieldInCdb {
-            byte: to_u16(byte),
-            bit: None,
-        }
+        ScsiError::InvalidFieldInCdb { byte: to_u16(byte), bit: None }
     }
 
     /// INVALID FIELD IN PARAMETER LIST at `byte` (and `bit` if known).
     pub fn param(byte: usize, bit: Option<u8>) -> ScsiError {
-        ScsiError::InvalidFieldInParameterList {
-            byte: to_u16(byte),
-            bit,
-        }
+        ScsiError::InvalidFieldInParameterList { byte: to_u16(byte), bit }
     }
 
     /// The status this error completes the command with.
@@ -106,27 +93,19 @@ impl ScsiError {
         match self {
             ScsiError::InvalidOpcode(_) => sense::INVALID_OPCODE.sense(),
             ScsiError::CdbTooShort { .. } => sense::INVALID_FIELD_IN_CDB.sense(),
-            ScsiError::InvalidFieldInCdb { byte, bit } => sense::INVALID_FIELD_IN_CDB
-                .sense()
-                .with_field_pointer(FieldPointer::cdb(*byte, *bit)),
+            ScsiError::InvalidFieldInCdb { byte, bit } => {
+                sense::INVALID_FIELD_IN_CDB.sense().with_field_pointer(FieldPointer::cdb(*byte, *bit))
+            }
             ScsiError::InvalidFieldInParameterList { byte, bit } => {
-                sense::INVALID_FIELD_IN_PARAMETER_LIST
-                    .sense()
-                    .with_field_pointer(FieldPointer::data(*byte, *bit))
+                sense::INVALID_FIELD_IN_PARAMETER_LIST.sense().with_field_pointer(FieldPointer::data(*byte, *bit))
             }
             ScsiError::DataOutLength { .. } => sense::INVALID_FIELD_IN_CDB.sense(),
             ScsiError::ParameterListLengthError => sense::PARAMETER_LIST_LENGTH_ERROR.sense(),
-            ScsiError::LbaOutOfRange { lba } => {
-                sense::LBA_OUT_OF_RANGE.sense().with_information(*lba)
-            }
+            ScsiError::LbaOutOfRange { lba } => sense::LBA_OUT_OF_RANGE.sense().with_information(*lba),
             ScsiError::WriteProtected => sense::WRITE_PROTECTED.sense(),
             ScsiError::SoftwareWriteProtected => sense::SOFTWARE_WRITE_PROTECTED.sense(),
-            ScsiError::Miscompare { offset } => sense::MISCOMPARE_DURING_VERIFY
-                .sense()
-                .with_information(*offset),
-            ScsiError::SavingParametersNotSupported => {
-                sense::SAVING_PARAMETERS_NOT_SUPPORTED.sense()
-            }
+            ScsiError::Miscompare { offset } => sense::MISCOMPARE_DURING_VERIFY.sense().with_information(*offset),
+            ScsiError::SavingParametersNotSupported => sense::SAVING_PARAMETERS_NOT_SUPPORTED.sense(),
             ScsiError::MediumRemovalPrevented => sense::MEDIUM_REMOVAL_PREVENTED.sense(),
             ScsiError::MediumNotPresent => sense::MEDIUM_NOT_PRESENT.sense(),
             ScsiError::NotReady => sense::NOT_READY_INITIALIZING_COMMAND_REQUIRED.sense(),
@@ -179,44 +158,22 @@ mod tests {
         let s = ScsiError::field(2, 7).sense();
         assert_eq!(s.code(), sense::INVALID_FIELD_IN_CDB);
         assert_eq!(s.field_pointer, Some(FieldPointer::cdb(2, Some(7))));
-        assert_eq!(
-            ScsiError::InvalidOpcode(0xFF).sense().code(),
-            sense::INVALID_OPCODE
-        );
+        assert_eq!(ScsiError::InvalidOpcode(0xFF).sense().code(), sense::INVALID_OPCODE);
         let s = ScsiError::LbaOutOfRange { lba: 99 }.sense();
-        assert_eq!(
-            (s.code(), s.information),
-            (sense::LBA_OUT_OF_RANGE, Some(99))
-        );
-        assert_eq!(
-            ScsiError::Miscompare { offset: 3 }.sense().key,
-            SenseKey::Miscompare
-        );
-        assert_eq!(
-            ScsiError::ReservationConflict.status(),
-            Status::ReservationConflict
-        );
+        assert_eq!((s.code(), s.information), (sense::LBA_OUT_OF_RANGE, Some(99)));
+        assert_eq!(ScsiError::Miscompare { offset: 3 }.sense().key, SenseKey::Miscompare);
+        assert_eq!(ScsiError::ReservationConflict.status(), Status::ReservationConflict);
         assert_eq!(ScsiError::WriteProtected.status(), Status::CheckCondition);
     }
 
     #[test]
     fn backend_errors() {
-        let e = |kind, op| {
-            ScsiError::Backend(BlockError::new(kind, 5, op, 0, 512))
-                .sense()
-                .code()
-        };
+        let e = |kind, op| ScsiError::Backend(BlockError::new(kind, 5, op, 0, 512)).sense().code();
         assert_eq!(e(ErrorKind::Io, "read"), sense::UNRECOVERED_READ_ERROR);
         assert_eq!(e(ErrorKind::Io, "write"), sense::WRITE_ERROR);
         assert_eq!(e(ErrorKind::Io, "flush"), sense::WRITE_ERROR);
-        assert_eq!(
-            e(ErrorKind::NoSpace, "write"),
-            sense::SPACE_ALLOCATION_FAILED_WRITE_PROTECT
-        );
+        assert_eq!(e(ErrorKind::NoSpace, "write"), sense::SPACE_ALLOCATION_FAILED_WRITE_PROTECT);
         assert_eq!(e(ErrorKind::ReadOnly, "write"), sense::WRITE_PROTECTED);
-        assert_eq!(
-            e(ErrorKind::Unsupported, "discard"),
-            sense::INTERNAL_TARGET_FAILURE
-        );
+        assert_eq!(e(ErrorKind::Unsupported, "discard"), sense::INTERNAL_TARGET_FAILURE);
     }
 }

@@ -26,12 +26,11 @@ mod test_util;
 
 pub use cdb::{table::OPCODES, Command, DataDirection};
 pub use commands::{
-    inquiry::Inquiry, log::LogSense, mode::ModeSelect, mode::ModeSense, opcodes::ReportOpcodes,
-    unit::StartStopUnit,
+    inquiry::Inquiry, log::LogSense, mode::ModeSelect, mode::ModeSense, opcodes::ReportOpcodes, unit::StartStopUnit,
 };
 pub use disk::{
-    Disk, DiskConfig, ExecContext, TmfSupport, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BYTES,
-    MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS,
+    Disk, DiskConfig, ExecContext, TmfSupport, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BYTES, MAX_UNMAP_BLOCKS,
+    MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS,
 };
 pub use error::ScsiError;
 pub use lun::report_luns_data;

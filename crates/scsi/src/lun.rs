@@ -32,9 +32,9 @@ pub fn decode_lun(bytes: [u8; 8]) -> Option<u64> {
     match bytes[0] >> 6 {
         0b00 if bytes[0] == 0 && rest_zero(2) => Some(u64::from(bytes[1])),
         0b01 if rest_zero(2) => Some((u64::from(bytes[0] & 0x3F) << 8) | u64::from(bytes[1])),
-        0b11 if bytes[0] == 0xD2 && rest_zero(4) => Some(u64::from(u32::from_be_bytes([
-            0, bytes[1], bytes[2], bytes[3],
-        ]))),
+        0b11 if bytes[0] == 0xD2 && rest_zero(4) => {
+            Some(u64::from(u32::from_be_bytes([0, bytes[1], bytes[2], bytes[3]])))
+        }
         _ => None,
     }
 }
@@ -67,16 +67,8 @@ mod tests {
         assert_eq!(encode_lun(0x4000), [0xD2, 0, 0x40, 0, 0, 0, 0, 0]);
         assert_eq!(decode_lun([0x01, 5, 0, 0, 0, 0, 0, 0]), None, "bus 1");
         assert_eq!(decode_lun([0, 5, 0, 1, 0, 0, 0, 0]), None, "second level");
-        assert_eq!(
-            decode_lun([0x80, 5, 0, 0, 0, 0, 0, 0]),
-            None,
-            "logical unit addressing"
-        );
-        assert_eq!(
-            decode_lun([0x40, 5, 0, 0, 0, 0, 0, 0]),
-            Some(5),
-            "flat form of a small LUN"
-        );
+        assert_eq!(decode_lun([0x80, 5, 0, 0, 0, 0, 0, 0]), None, "logical unit addressing");
+        assert_eq!(decode_lun([0x40, 5, 0, 0, 0, 0, 0, 0]), Some(5), "flat form of a small LUN");
     }
 
     #[test]

@@ -65,20 +65,12 @@ pub struct FieldPointer {
 impl FieldPointer {
     /// A pointer into the CDB.
     pub fn cdb(byte: u16, bit: Option<u8>) -> FieldPointer {
-        FieldPointer {
-            in_cdb: true,
-            bit: bit.map(|b| b & 7),
-            byte,
-        }
+        FieldPointer { in_cdb: true, bit: bit.map(|b| b & 7), byte }
     }
 
     /// A pointer into the parameter list (data-out).
     pub fn data(byte: u16, bit: Option<u8>) -> FieldPointer {
-        FieldPointer {
-            in_cdb: false,
-            bit: bit.map(|b| b & 7),
-            byte,
-        }
+        FieldPointer { in_cdb: false, bit: bit.map(|b| b & 7), byte }
     }
 
     /// The 3 sense-key-specific bytes with SKSV set.
@@ -129,13 +121,7 @@ pub const FIXED_LEN: usize = 18;
 
 impl Sense {
     pub fn new(key: SenseKey, asc: u8, ascq: u8) -> Sense {
-        Sense {
-            key,
-            asc,
-            ascq,
-            information: None,
-            field_pointer: None,
-        }
+        Sense { key, asc, ascq, information: None, field_pointer: None }
     }
 
     /// Sets the INFORMATION field.
@@ -152,11 +138,7 @@ impl Sense {
 
     /// The (key, ASC, ASCQ) triple.
     pub fn code(&self) -> SenseCode {
-        SenseCode {
-            key: self.key,
-            asc: self.asc,
-            ascq: self.ascq,
-        }
+        SenseCode { key: self.key, asc: self.asc, ascq: self.ascq }
     }
 
     /// Fixed format, 18 bytes, response code 70h (SPC-5 4.4.3). An
@@ -230,20 +212,9 @@ impl Sense {
         let end = b.len().min(8 + usize::from(*b.get(7)?));
         let b = &b[..end];
         let at = |i: usize| b.get(i).copied().unwrap_or(0);
-        let information = (at(0) & 0x80 != 0)
-            .then(|| u64::from(u32::from_be_bytes([at(3), at(4), at(5), at(6)])));
-        let field_pointer = if b.len() >= 18 {
-            FieldPointer::decode([at(15), at(16), at(17)])
-        } else {
-            None
-        };
-        Some(Sense {
-            key,
-            asc: at(12),
-            ascq: at(13),
-            information,
-            field_pointer,
-        })
+        let information = (at(0) & 0x80 != 0).then(|| u64::from(u32::from_be_bytes([at(3), at(4), at(5), at(6)])));
+        let field_pointer = if b.len() >= 18 { FieldPointer::decode([at(15), at(16), at(17)]) } else { None };
+        Some(Sense { key, asc: at(12), ascq: at(13), information, field_pointer })
     }
 
     fn decode_descriptor(b: &[u8]) -> Option<Sense> {
@@ -407,9 +378,7 @@ mod tests {
 
     #[test]
     fn fixed_layout() {
-        let s = INVALID_FIELD_IN_CDB
-            .sense()
-            .with_field_pointer(FieldPointer::cdb(1, Some(5)));
+        let s = INVALID_FIELD_IN_CDB.sense().with_field_pointer(FieldPointer::cdb(1, Some(5)));
         let b = s.fixed();
         assert_eq!(b.len(), 18);
         assert_eq!(b[0], 0x70);
@@ -434,10 +403,7 @@ mod tests {
 
     #[test]
     fn descriptor_layout() {
-        let s = LBA_OUT_OF_RANGE
-            .sense()
-            .with_information(1 << 40)
-            .with_field_pointer(FieldPointer::data(300, None));
+        let s = LBA_OUT_OF_RANGE.sense().with_information(1 << 40).with_field_pointer(FieldPointer::data(300, None));
         let b = s.descriptor();
         assert_eq!(&b[..4], &[0x72, 0x05, 0x21, 0x00]);
         assert_eq!(b[7] as usize, b.len() - 8);
@@ -468,8 +434,11 @@ mod tests {
 
     fn any_fp() -> impl Strategy<Value = Option<FieldPointer>> {
         proptest::option::of(
-            (any::<bool>(), proptest::option::of(0u8..8), any::<u16>())
-                .prop_map(|(in_cdb, bit, byte)| FieldPointer { in_cdb, bit, byte }),
+            (any::<bool>(), proptest::option::of(0u8..8), any::<u16>()).prop_map(|(in_cdb, bit, byte)| FieldPointer {
+                in_cdb,
+                bit,
+                byte,
+            }),
         )
     }
 

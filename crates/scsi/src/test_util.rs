@@ -16,10 +16,7 @@ pub(crate) fn disk_with(blocks: u64, config: DiskConfig) -> Disk {
 }
 
 pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime")
-        .block_on(f)
+    tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(f)
 }
 
 /// Decodes and executes `cdb` with no data-out.
@@ -32,12 +29,7 @@ pub(crate) fn run_data(d: &Disk, cdb: &[u8], data: Vec<u8>) -> Result<Vec<u8>, S
     run_ctx(d, cdb, data, &ExecContext::default())
 }
 
-pub(crate) fn run_ctx(
-    d: &Disk,
-    cdb: &[u8],
-    data: Vec<u8>,
-    ctx: &ExecContext,
-) -> Result<Vec<u8>, ScsiError> {
+pub(crate) fn run_ctx(d: &Disk, cdb: &[u8], data: Vec<u8>, ctx: &ExecContext) -> Result<Vec<u8>, ScsiError> {
     let cmd = Command::decode(cdb)?;
     block_on(d.execute(&cmd, data, ctx))
 }
@@ -72,7 +64,5 @@ pub(crate) fn cdb16(op: u8, b1: u8, lba: u64, len: u32) -> Vec<u8> {
 
 /// A pattern of `len` bytes seeded by `seed`.
 pub(crate) fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }

@@ -74,8 +74,19 @@ impl std::fmt::Debug for Queue {
 }
 
 impl Queue {
-    pub(crate) fn new(id: u64, device: Arc<Device>, io_thread: usize, holder: usize, contexts: Arc<Contexts>) -> Arc<Queue> {
-        Arc::new(Queue { home: SyncArc::new(Home::new(id, holder)), device, io_thread: AtomicUsize::new(io_thread), contexts })
+    pub(crate) fn new(
+        id: u64,
+        device: Arc<Device>,
+        io_thread: usize,
+        holder: usize,
+        contexts: Arc<Contexts>,
+    ) -> Arc<Queue> {
+        Arc::new(Queue {
+            home: SyncArc::new(Home::new(id, holder)),
+            device,
+            io_thread: AtomicUsize::new(io_thread),
+            contexts,
+        })
     }
 
     pub fn id(&self) -> u64 {
@@ -279,10 +290,8 @@ impl LocalQueue {
             return self.remove_with(id, Response::aborted());
         }
         if device.is_removed() {
-            return self.remove_with(
-                id,
-                Response::check_condition(lunar_scsi::sense::LUN_NOT_SUPPORTED.sense().fixed()),
-            );
+            return self
+                .remove_with(id, Response::check_condition(lunar_scsi::sense::LUN_NOT_SUPPORTED.sense().fixed()));
         }
         let descriptor = device.disk().descriptor_sense();
         let cmd = match Command::decode(&req.cdb) {
@@ -337,7 +346,9 @@ impl LocalQueue {
                             Plan::Nothing
                         }
                     },
-                    Err(e) => q.remove_with(id, Response::check_condition(e.sense().encode(device.disk().descriptor_sense()))),
+                    Err(e) => {
+                        q.remove_with(id, Response::check_condition(e.sense().encode(device.disk().descriptor_sense())))
+                    }
                 }
             }
         };
@@ -417,7 +428,13 @@ impl Queue {
 }
 
 /// Builds a request ready to submit, completing into `f`.
-pub fn request(tag: u64, lun: u64, cdb: &[u8], data_out: Vec<u8>, f: impl FnOnce(Response) + Send + 'static) -> Request {
+pub fn request(
+    tag: u64,
+    lun: u64,
+    cdb: &[u8],
+    data_out: Vec<u8>,
+    f: impl FnOnce(Response) + Send + 'static,
+) -> Request {
     Request::new(tag, lun, cdb.to_vec(), data_out, Completion::new(f))
 }
 

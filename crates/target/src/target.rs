@@ -203,7 +203,8 @@ impl Target {
     /// freed when the last handle (a front-end's queue) goes.
     pub async fn remove_device(&self, lun: u64) -> Result<(), TargetError> {
         self.control(move |t| async move {
-            let dev = t.devices.lock().unwrap_or_else(|e| e.into_inner()).remove(&lun).ok_or(TargetError::NoSuchLun(lun))?;
+            let dev =
+                t.devices.lock().unwrap_or_else(|e| e.into_inner()).remove(&lun).ok_or(TargetError::NoSuchLun(lun))?;
             dev.mark_removed();
             t.iterate(&dev, Arc::new(|_| Action::Cancel), true).await;
             dev.iterations_drained().await;
@@ -390,7 +391,12 @@ impl Target {
     /// Main loop: fan `f` out to every queue of `device`. With `wait_drained`,
     /// each queue also waits for its executing requests to finish (so that a
     /// cancel completes only after what it cancelled has).
-    fn iterate(&self, device: &Arc<Device>, f: Arc<Callback>, wait_drained: bool) -> impl Future<Output = ()> + 'static {
+    fn iterate(
+        &self,
+        device: &Arc<Device>,
+        f: Arc<Callback>,
+        wait_drained: bool,
+    ) -> impl Future<Output = ()> + 'static {
         device.iteration_started();
         let queues = device.queues();
         let (tx, rx) = oneshot::channel();

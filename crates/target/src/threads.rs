@@ -54,7 +54,8 @@ impl ThreadSet {
         for i in 1..=io_threads.max(1) {
             threads.push(IoThread::spawn(&format!("lunar-io{}", i - 1), i)?);
         }
-        let contexts = std::sync::Arc::new(Contexts { contexts: threads.iter().map(|t| t.context().clone()).collect() });
+        let contexts =
+            std::sync::Arc::new(Contexts { contexts: threads.iter().map(|t| t.context().clone()).collect() });
         Ok(ThreadSet { threads, contexts })
     }
 

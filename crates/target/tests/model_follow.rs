@@ -197,27 +197,29 @@ fn scenario(race: Race) {
         let exec = exec.clone();
         let home = home.clone();
         // Dispatched from its own thread, so that it races with the move.
-        shuttle::thread::spawn(move || dispatch(
-            &exec,
-            &home,
-            holds,
-            Box::new(move |arrival| {
-                let _device = device; // held until the callbacks are done
-                let mut n = 0;
-                if arrival == Arrival::Here {
-                    let list = LISTS.with(|l| l.borrow().get(&HOME).cloned()).expect("Here means held");
-                    for r in list {
-                        // The callback: on the thread that holds the list, right now.
-                        assert!(LISTS.with(|l| l.borrow().contains_key(&HOME)));
-                        seen.lock().unwrap().push((r, current()));
-                        callbacks.fetch_add(1, Ordering::SeqCst);
-                        n += 1;
+        shuttle::thread::spawn(move || {
+            dispatch(
+                &exec,
+                &home,
+                holds,
+                Box::new(move |arrival| {
+                    let _device = device; // held until the callbacks are done
+                    let mut n = 0;
+                    if arrival == Arrival::Here {
+                        let list = LISTS.with(|l| l.borrow().get(&HOME).cloned()).expect("Here means held");
+                        for r in list {
+                            // The callback: on the thread that holds the list, right now.
+                            assert!(LISTS.with(|l| l.borrow().contains_key(&HOME)));
+                            seen.lock().unwrap().push((r, current()));
+                            callbacks.fetch_add(1, Ordering::SeqCst);
+                            n += 1;
+                        }
                     }
-                }
-                expected.store(n, Ordering::SeqCst);
-                outcome.ran();
-            }),
-        ));
+                    expected.store(n, Ordering::SeqCst);
+                    outcome.ran();
+                }),
+            )
+        });
     }
 
     // The race, concurrently from another thread of the control plane.

@@ -27,8 +27,7 @@ unsafe impl Sync for AlignedBuf {}
 impl AlignedBuf {
     fn layout(len: usize) -> Layout {
         // `len.max(1)`: a zero-sized allocation is not allowed.
-        Layout::from_size_align(len.max(1), DIRECT_ALIGN)
-            .expect("I/O buffer size overflows a Layout")
+        Layout::from_size_align(len.max(1), DIRECT_ALIGN).expect("I/O buffer size overflows a Layout")
     }
 
     /// Allocates `len` zero bytes aligned to [`DIRECT_ALIGN`].

@@ -56,9 +56,7 @@ const BLKDISCARD: u64 = blk_ioc(IOC_NONE, 119, 0);
 const BLKZEROOUT: u64 = blk_ioc(IOC_NONE, 127, 0);
 
 fn errno() -> i32 {
-    io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
+    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
 
 /// The size in bytes of a block device.
@@ -100,14 +98,7 @@ pub(crate) fn blk_zeroout(file: &File, offset: u64, len: u64) -> Result<(), i32>
 pub(crate) fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> Result<(), i32> {
     loop {
         // SAFETY: plain system call on an fd we own; no memory is passed.
-        let rc = unsafe {
-            libc::fallocate(
-                file.as_raw_fd(),
-                mode,
-                offset as libc::off_t,
-                len as libc::off_t,
-            )
-        };
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as libc::off_t, len as libc::off_t) };
         if rc == 0 {
             return Ok(());
         }
@@ -120,8 +111,7 @@ pub(crate) fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> Result
 
 /// `fdatasync(2)`.
 pub(crate) fn fdatasync(file: &File) -> Result<(), i32> {
-    file.sync_data()
-        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+    file.sync_data().map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Error of a blocking positional read: an errno, or the end of the file

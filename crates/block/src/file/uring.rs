@@ -86,12 +86,7 @@ impl Slab {
         match self.slots.get_mut(i) {
             Some(slot @ Slot::InFlight { .. }) => {
                 self.in_flight -= 1;
-                let Slot::InFlight {
-                    waker,
-                    buf,
-                    orphaned,
-                } = std::mem::replace(slot, Slot::Free)
-                else {
+                let Slot::InFlight { waker, buf, orphaned } = std::mem::replace(slot, Slot::Free) else {
                     unreachable!()
                 };
                 if orphaned {
@@ -105,11 +100,7 @@ impl Slab {
                 }
             }
             _ => {
-                tracing::error!(
-                    slot = i,
-                    res,
-                    "io_uring completion for a slot that is not in flight"
-                );
+                tracing::error!(slot = i, res, "io_uring completion for a slot that is not in flight");
                 None
             }
         }
@@ -162,10 +153,9 @@ pub(crate) const DISABLE_ENV: &str = "LUNAR_FILE_NO_URING";
 
 fn disabled_by_env() -> Option<io::Error> {
     match std::env::var_os(DISABLE_ENV) {
-        Some(v) if !v.is_empty() && v != "0" => Some(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("disabled by {DISABLE_ENV}"),
-        )),
+        Some(v) if !v.is_empty() && v != "0" => {
+            Some(io::Error::new(io::ErrorKind::Unsupported, format!("disabled by {DISABLE_ENV}")))
+        }
         _ => None,
     }
 }
@@ -182,12 +172,7 @@ impl Ring {
         let uring = IoUring::new(RING_ENTRIES)?;
         let mut probe = Probe::new();
         uring.submitter().register_probe(&mut probe)?;
-        for code in [
-            opcode::Read::CODE,
-            opcode::Write::CODE,
-            opcode::Fsync::CODE,
-            opcode::Fallocate::CODE,
-        ] {
+        for code in [opcode::Read::CODE, opcode::Write::CODE, opcode::Fsync::CODE, opcode::Fallocate::CODE] {
             if !probe.is_supported(code) {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
@@ -300,11 +285,7 @@ impl Ring {
         if slab.in_flight >= self.max_in_flight {
             return Submit::Full(buf);
         }
-        let idx = slab.insert(Slot::InFlight {
-            waker: Some(waker.clone()),
-            buf,
-            orphaned: false,
-        });
+        let idx = slab.insert(Slot::InFlight { waker: Some(waker.clone()), buf, orphaned: false });
         let entry = entry.user_data(idx as u64);
         let mut uring = self.uring.borrow_mut();
         // SAFETY: the SQE's buffer (if any) is the heap memory of the `Buf` now
@@ -325,9 +306,7 @@ impl Ring {
         }
         if !pushed {
             // Nothing of ours reached the ring: take the buffer back.
-            let Slot::InFlight { buf, .. } = slab.remove(idx) else {
-                unreachable!()
-            };
+            let Slot::InFlight { buf, .. } = slab.remove(idx) else { unreachable!() };
             return Submit::Full(buf);
         }
         slab.in_flight += 1;
@@ -343,10 +322,7 @@ impl Ring {
                 Err(e) => {
                     // The SQE is in the queue and may still reach the kernel on a
                     // later submit: orphan the slot so its buffer outlives it.
-                    if let Slot::InFlight {
-                        waker, orphaned, ..
-                    } = &mut slab.slots[idx]
-                    {
+                    if let Slot::InFlight { waker, orphaned, .. } = &mut slab.slots[idx] {
                         *waker = None;
                         *orphaned = true;
                     }
@@ -420,13 +396,7 @@ async fn reaper(alive: Alive, afd: AsyncFd<OwnedFd>) {
         let mut counter = [0u8; 8];
         // SAFETY: reads at most 8 bytes into a live 8-byte stack buffer; the
         // eventfd is non-blocking, so this never blocks the thread.
-        let _ = unsafe {
-            libc::read(
-                afd.get_ref().as_raw_fd(),
-                counter.as_mut_ptr().cast(),
-                counter.len(),
-            )
-        };
+        let _ = unsafe { libc::read(afd.get_ref().as_raw_fd(), counter.as_mut_ptr().cast(), counter.len()) };
     }
 }
 
@@ -438,10 +408,7 @@ pub(crate) struct Op {
 }
 
 enum OpState {
-    Unsubmitted {
-        entry: squeue::Entry,
-        buf: Option<Buf>,
-    },
+    Unsubmitted { entry: squeue::Entry, buf: Option<Buf> },
     InFlight(usize),
     Finished,
 }
@@ -449,10 +416,7 @@ enum OpState {
 impl Op {
     /// `entry` must point only into `buf`'s heap memory (or at no memory).
     pub(crate) fn new(ring: Rc<Ring>, entry: squeue::Entry, buf: Option<Buf>) -> Op {
-        Op {
-            ring,
-            state: OpState::Unsubmitted { entry, buf },
-        }
+        Op { ring, state: OpState::Unsubmitted { entry, buf } }
     }
 }
 
@@ -474,27 +438,23 @@ impl Future for Op {
             };
         }
         match std::mem::replace(&mut this.state, OpState::Finished) {
-            OpState::Unsubmitted { entry, buf } => {
-                match this.ring.try_submit(entry.clone(), buf, cx.waker()) {
-                    Submit::InFlight(idx) => {
-                        this.state = OpState::InFlight(idx);
-                        Poll::Pending
-                    }
-                    Submit::Full(buf) => {
-                        this.ring.room_waiters.borrow_mut().push(cx.waker().clone());
-                        this.state = OpState::Unsubmitted { entry, buf };
-                        Poll::Pending
-                    }
-                    Submit::Failed(errno) => Poll::Ready((-errno, None)),
+            OpState::Unsubmitted { entry, buf } => match this.ring.try_submit(entry.clone(), buf, cx.waker()) {
+                Submit::InFlight(idx) => {
+                    this.state = OpState::InFlight(idx);
+                    Poll::Pending
                 }
-            }
+                Submit::Full(buf) => {
+                    this.ring.room_waiters.borrow_mut().push(cx.waker().clone());
+                    this.state = OpState::Unsubmitted { entry, buf };
+                    Poll::Pending
+                }
+                Submit::Failed(errno) => Poll::Ready((-errno, None)),
+            },
             OpState::InFlight(idx) => {
                 let mut slab = this.ring.slab.borrow_mut();
                 match &mut slab.slots[idx] {
                     Slot::Done { .. } => {
-                        let Slot::Done { res, buf } = slab.remove(idx) else {
-                            unreachable!()
-                        };
+                        let Slot::Done { res, buf } = slab.remove(idx) else { unreachable!() };
                         Poll::Ready((res, buf))
                     }
                     Slot::InFlight { waker, .. } => {
@@ -518,9 +478,7 @@ impl Drop for Op {
         if let OpState::InFlight(idx) = self.state {
             let mut slab = self.ring.slab.borrow_mut();
             match &mut slab.slots[idx] {
-                Slot::InFlight {
-                    waker, orphaned, ..
-                } => {
+                Slot::InFlight { waker, orphaned, .. } => {
                     // Cancelled: the kernel still owns the buffer; the reaper
                     // frees it with the slot when the CQE arrives.
                     *waker = None;

@@ -23,11 +23,7 @@ struct Registry {
 
 impl Registry {
     fn new(targets: Vec<TargetConfig>) -> Registry {
-        Registry {
-            targets,
-            discovery: Some(AuthPolicy::None),
-            next_tsih: Cell::new(0x10),
-        }
+        Registry { targets, discovery: Some(AuthPolicy::None), next_tsih: Cell::new(0x10) }
     }
 }
 
@@ -72,11 +68,7 @@ fn req(csg: LoginStage, nsg: LoginStage, transit: bool, keys: &[(&str, &str)]) -
 use LoginStage::{FullFeature as Ffp, Operational as Op, Security as Sec};
 
 fn kv(resp: &LoginResponse) -> HashMap<String, String> {
-    keys::parse(&resp.data)
-        .unwrap()
-        .into_iter()
-        .map(|kv| (kv.key, kv.value))
-        .collect()
+    keys::parse(&resp.data).unwrap().into_iter().map(|kv| (kv.key, kv.value)).collect()
 }
 
 fn cont(step: LoginStep) -> LoginResponse {
@@ -112,14 +104,13 @@ fn session(reg: &Registry) -> LoginSession<&Registry> {
 }
 
 fn identity() -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("InitiatorName", INITIATOR),
-        ("SessionType", "Normal"),
-        ("TargetName", TARGET),
-    ]
+    vec![("InitiatorName", INITIATOR), ("SessionType", "Normal"), ("TargetName", TARGET)]
 }
 
-fn with(mut a: Vec<(&'static str, &'static str)>, b: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+fn with(
+    mut a: Vec<(&'static str, &'static str)>,
+    b: &[(&'static str, &'static str)],
+) -> Vec<(&'static str, &'static str)> {
     a.extend_from_slice(b);
     a
 }
@@ -145,10 +136,7 @@ const OPERATIONAL: &[(&str, &str)] = &[
 
 #[test]
 fn no_auth_happy_path() {
-    let reg = Registry::new(vec![TargetConfig {
-        alias: Some("disk zero".into()),
-        ..TargetConfig::open(TARGET)
-    }]);
+    let reg = Registry::new(vec![TargetConfig { alias: Some("disk zero".into()), ..TargetConfig::open(TARGET) }]);
     let mut s = session(&reg);
     let r = cont(s.handle(&req(Sec, Op, true, &with(identity(), &[("AuthMethod", "None")]))));
     assert!(r.transit);
@@ -194,10 +182,7 @@ fn no_auth_happy_path() {
     assert_eq!(out.chap_user, None);
     assert!(s.is_finished());
     // Nothing more is accepted.
-    assert_eq!(
-        failed(s.handle(&req(Op, Ffp, true, &[]))),
-        LoginStatus::INVALID_DURING_LOGIN
-    );
+    assert_eq!(failed(s.handle(&req(Op, Ffp, true, &[]))), LoginStatus::INVALID_DURING_LOGIN);
 }
 
 #[test]
@@ -309,10 +294,7 @@ fn chap_sha256_with_base64_response() {
 
 #[test]
 fn chap_mutual() {
-    let policy = ChapPolicy::mutual(
-        ChapCredential::new("alice", SECRET),
-        ChapCredential::new("lunar", TSECRET),
-    );
+    let policy = ChapPolicy::mutual(ChapCredential::new("alice", SECRET), ChapCredential::new("lunar", TSECRET));
     for (alg, h) in [("5", md5_r as fn(u8, &[u8], &[u8]) -> Vec<u8>), ("7", sha256_r)] {
         let reg = chap_target(policy.clone());
         let mut s = session(&reg);
@@ -336,16 +318,34 @@ fn chap_mutual() {
 fn chap_failures() {
     let policy = ChapPolicy::one_way(ChapCredential::new("alice", SECRET));
     let cases: Vec<(&str, Box<dyn Fn(u8, &[u8]) -> Vec<(&'static str, String)>>)> = vec![
-        ("wrong secret", Box::new(|id, c| vec![("CHAP_N", "alice".into()), ("CHAP_R", hex(&md5_r(id, b"wrong-secret-xxx", c)))])),
+        (
+            "wrong secret",
+            Box::new(|id, c| vec![("CHAP_N", "alice".into()), ("CHAP_R", hex(&md5_r(id, b"wrong-secret-xxx", c)))]),
+        ),
         ("wrong user", Box::new(|id, c| vec![("CHAP_N", "mallory".into()), ("CHAP_R", hex(&md5_r(id, SECRET, c)))])),
-        ("wrong id", Box::new(|id, c| vec![("CHAP_N", "alice".into()), ("CHAP_R", hex(&md5_r(id.wrapping_add(1), SECRET, c)))])),
+        (
+            "wrong id",
+            Box::new(|id, c| vec![("CHAP_N", "alice".into()), ("CHAP_R", hex(&md5_r(id.wrapping_add(1), SECRET, c)))]),
+        ),
         ("missing R", Box::new(|_, _| vec![("CHAP_N", "alice".into())])),
         ("garbage R", Box::new(|_, _| vec![("CHAP_N", "alice".into()), ("CHAP_R", "zzz".into())])),
-        ("mutual unconfigured", Box::new(|id, c| vec![
-            ("CHAP_N", "alice".into()), ("CHAP_R", hex(&md5_r(id, SECRET, c))),
-            ("CHAP_I", "1".into()), ("CHAP_C", "0x0102030405060708090a0b0c0d0e0f10".into())])),
-        ("half mutual", Box::new(|id, c| vec![
-            ("CHAP_N", "alice".into()), ("CHAP_R", hex(&md5_r(id, SECRET, c))), ("CHAP_I", "1".into())])),
+        (
+            "mutual unconfigured",
+            Box::new(|id, c| {
+                vec![
+                    ("CHAP_N", "alice".into()),
+                    ("CHAP_R", hex(&md5_r(id, SECRET, c))),
+                    ("CHAP_I", "1".into()),
+                    ("CHAP_C", "0x0102030405060708090a0b0c0d0e0f10".into()),
+                ]
+            }),
+        ),
+        (
+            "half mutual",
+            Box::new(|id, c| {
+                vec![("CHAP_N", "alice".into()), ("CHAP_R", hex(&md5_r(id, SECRET, c))), ("CHAP_I", "1".into())]
+            }),
+        ),
     ];
     for (what, keys_for) in cases {
         let reg = chap_target(policy.clone());
@@ -353,20 +353,13 @@ fn chap_failures() {
         let (id, c) = start_chap(&mut s, "5");
         let pairs = keys_for(id, &c);
         let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        assert_eq!(
-            failed(s.handle(&req(Sec, Op, true, &pairs))),
-            LoginStatus::AUTHENTICATION_FAILURE,
-            "{what}"
-        );
+        assert_eq!(failed(s.handle(&req(Sec, Op, true, &pairs))), LoginStatus::AUTHENTICATION_FAILURE, "{what}");
     }
 }
 
 #[test]
 fn chap_reflected_challenge_is_refused() {
-    let policy = ChapPolicy::mutual(
-        ChapCredential::new("alice", SECRET),
-        ChapCredential::new("lunar", TSECRET),
-    );
+    let policy = ChapPolicy::mutual(ChapCredential::new("alice", SECRET), ChapCredential::new("lunar", TSECRET));
     let reg = chap_target(policy);
     let mut s = session(&reg);
     let (id, c) = start_chap(&mut s, "5");
@@ -395,23 +388,14 @@ fn chap_required_paths() {
     );
     // Security stage skipped.
     let mut s = session(&reg);
-    assert_eq!(
-        failed(s.handle(&req(Op, Ffp, true, &identity()))),
-        LoginStatus::AUTHENTICATION_FAILURE
-    );
+    assert_eq!(failed(s.handle(&req(Op, Ffp, true, &identity()))), LoginStatus::AUTHENTICATION_FAILURE);
     // No AuthMethod at all but asks to move on.
     let mut s = session(&reg);
-    assert_eq!(
-        failed(s.handle(&req(Sec, Op, true, &identity()))),
-        LoginStatus::AUTHENTICATION_FAILURE
-    );
+    assert_eq!(failed(s.handle(&req(Sec, Op, true, &identity()))), LoginStatus::AUTHENTICATION_FAILURE);
     // Unsupported algorithm.
     let mut s = session(&reg);
     cont(s.handle(&req(Sec, Op, false, &with(identity(), &[("AuthMethod", "CHAP")]))));
-    assert_eq!(
-        failed(s.handle(&req(Sec, Op, false, &[("CHAP_A", "6,8")]))),
-        LoginStatus::AUTHENTICATION_FAILURE
-    );
+    assert_eq!(failed(s.handle(&req(Sec, Op, false, &[("CHAP_A", "6,8")]))), LoginStatus::AUTHENTICATION_FAILURE);
     // Mutual required but one-way attempted.
     let mut s = session(&reg);
     let (id, c) = start_chap(&mut s, "5");
@@ -447,35 +431,22 @@ fn unknown_target_and_acl() {
     assert_eq!(failed(s.handle(&req(Sec, Op, true, &keys))), LoginStatus::NOT_FOUND);
     let mut s = session(&reg);
     let keys = [("InitiatorName", "iqn.2000-01.com.evil:x"), ("TargetName", TARGET)];
-    assert_eq!(
-        failed(s.handle(&req(Sec, Op, true, &keys))),
-        LoginStatus::AUTHORIZATION_FAILURE
-    );
+    assert_eq!(failed(s.handle(&req(Sec, Op, true, &keys))), LoginStatus::AUTHORIZATION_FAILURE);
 }
 
 #[test]
 fn missing_parameters() {
     let reg = Registry::new(vec![TargetConfig::open(TARGET)]);
     let mut s = session(&reg);
-    assert_eq!(
-        failed(s.handle(&req(Sec, Op, true, &[("TargetName", TARGET)]))),
-        LoginStatus::MISSING_PARAMETER
-    );
+    assert_eq!(failed(s.handle(&req(Sec, Op, true, &[("TargetName", TARGET)]))), LoginStatus::MISSING_PARAMETER);
     let mut s = session(&reg);
-    assert_eq!(
-        failed(s.handle(&req(Sec, Op, true, &[("InitiatorName", INITIATOR)]))),
-        LoginStatus::MISSING_PARAMETER
-    );
+    assert_eq!(failed(s.handle(&req(Sec, Op, true, &[("InitiatorName", INITIATOR)]))), LoginStatus::MISSING_PARAMETER);
 }
 
 #[test]
 fn discovery_session() {
     let mut reg = Registry::new(vec![TargetConfig::open(TARGET)]);
-    let keys = [
-        ("InitiatorName", INITIATOR),
-        ("SessionType", "Discovery"),
-        ("AuthMethod", "None"),
-    ];
+    let keys = [("InitiatorName", INITIATOR), ("SessionType", "Discovery"), ("AuthMethod", "None")];
     let mut s = session(&reg);
     let r = cont(s.handle(&req(Sec, Op, true, &keys)));
     assert!(!kv(&r).contains_key("TargetPortalGroupTag"));
@@ -494,10 +465,7 @@ fn discovery_session() {
 
     reg.discovery = None;
     let mut s = session(&reg);
-    assert_eq!(
-        failed(s.handle(&req(Sec, Op, true, &keys))),
-        LoginStatus::SESSION_TYPE_NOT_SUPPORTED
-    );
+    assert_eq!(failed(s.handle(&req(Sec, Op, true, &keys))), LoginStatus::SESSION_TYPE_NOT_SUPPORTED);
     let mut s = session(&reg);
     assert_eq!(
         failed(s.handle(&req(Sec, Op, true, &[("InitiatorName", INITIATOR), ("SessionType", "Bogus")]))),
@@ -615,23 +583,14 @@ fn protocol_violations_close_the_login() {
     let mut s = session(&reg);
     cont(s.handle(&req(Sec, Op, true, &id)));
     cont(s.handle(&req(Op, Ffp, false, &[("MaxBurstLength", "8192")])));
-    assert_eq!(
-        failed(s.handle(&req(Op, Ffp, true, &[("MaxBurstLength", "4096")]))),
-        LoginStatus::INITIATOR_ERROR
-    );
+    assert_eq!(failed(s.handle(&req(Op, Ffp, true, &[("MaxBurstLength", "4096")]))), LoginStatus::INITIATOR_ERROR);
     let mut s = session(&reg);
     cont(s.handle(&req(Sec, Op, true, &id)));
-    assert_eq!(
-        failed(s.handle(&req(Op, Ffp, true, &[("InitiatorName", INITIATOR)]))),
-        LoginStatus::INITIATOR_ERROR
-    );
+    assert_eq!(failed(s.handle(&req(Op, Ffp, true, &[("InitiatorName", INITIATOR)]))), LoginStatus::INITIATOR_ERROR);
     // Security keys in the operational stage.
     let mut s = session(&reg);
     cont(s.handle(&req(Sec, Op, true, &id)));
-    assert_eq!(
-        failed(s.handle(&req(Op, Ffp, true, &[("CHAP_A", "5")]))),
-        LoginStatus::INITIATOR_ERROR
-    );
+    assert_eq!(failed(s.handle(&req(Op, Ffp, true, &[("CHAP_A", "5")]))), LoginStatus::INITIATOR_ERROR);
     // Malformed text.
     let mut r = req(Sec, Op, true, &id);
     r.data.pop();
@@ -694,12 +653,7 @@ fn target_offers_delay_the_transition() {
     let k = kv(&r);
     assert_eq!(k["HeaderDigest"], "CRC32C");
     assert_eq!(k["MaxBurstLength"], "65536");
-    let (_, out) = complete(s.handle(&req(
-        Op,
-        Ffp,
-        true,
-        &[("HeaderDigest", "CRC32C"), ("MaxBurstLength", "65536")],
-    )));
+    let (_, out) = complete(s.handle(&req(Op, Ffp, true, &[("HeaderDigest", "CRC32C"), ("MaxBurstLength", "65536")])));
     assert_eq!(out.params.header_digest, Digest::Crc32c);
     assert_eq!(out.params.max_burst_length, 65536);
     assert_eq!(out.params.first_burst_length, 65536);

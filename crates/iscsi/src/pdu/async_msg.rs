@@ -78,9 +78,8 @@ impl PduCodec for AsyncMessage {
         let (sense, event_data) = if data.is_empty() {
             (Vec::new(), Vec::new())
         } else {
-            let (len, rest) = data
-                .split_first_chunk::<2>()
-                .ok_or_else(|| invalid(Self::OPCODE, "SenseLength", data.len() as u32))?;
+            let (len, rest) =
+                data.split_first_chunk::<2>().ok_or_else(|| invalid(Self::OPCODE, "SenseLength", data.len() as u32))?;
             let sense_len = usize::from(u16::from_be_bytes(*len));
             let (sense, event) = rest
                 .split_at_checked(sense_len)

@@ -189,21 +189,15 @@ pub fn pad4(n: usize) -> usize {
 // yields zero instead of a panic; every caller passes a constant below 48.
 
 pub(crate) fn get_u16(b: &[u8; BHS_LEN], off: usize) -> u16 {
-    b.get(off..off + 2)
-        .and_then(|s| <[u8; 2]>::try_from(s).ok())
-        .map_or(0, u16::from_be_bytes)
+    b.get(off..off + 2).and_then(|s| <[u8; 2]>::try_from(s).ok()).map_or(0, u16::from_be_bytes)
 }
 
 pub(crate) fn get_u32(b: &[u8; BHS_LEN], off: usize) -> u32 {
-    b.get(off..off + 4)
-        .and_then(|s| <[u8; 4]>::try_from(s).ok())
-        .map_or(0, u32::from_be_bytes)
+    b.get(off..off + 4).and_then(|s| <[u8; 4]>::try_from(s).ok()).map_or(0, u32::from_be_bytes)
 }
 
 pub(crate) fn get_u64(b: &[u8; BHS_LEN], off: usize) -> u64 {
-    b.get(off..off + 8)
-        .and_then(|s| <[u8; 8]>::try_from(s).ok())
-        .map_or(0, u64::from_be_bytes)
+    b.get(off..off + 8).and_then(|s| <[u8; 8]>::try_from(s).ok()).map_or(0, u64::from_be_bytes)
 }
 
 pub(crate) fn get_u8(b: &[u8; BHS_LEN], off: usize) -> u8 {

@@ -23,11 +23,7 @@ pub enum PduError {
     MalformedAhs(&'static str),
     /// A header field holds a value the RFC does not allow.
     #[error("invalid {field} ({value:#x}) in {opcode:?}")]
-    InvalidField {
-        opcode: Opcode,
-        field: &'static str,
-        value: u32,
-    },
+    InvalidField { opcode: Opcode, field: &'static str, value: u32 },
     /// The PDU breaks a rule of the protocol.
     #[error("protocol error: {0}")]
     Protocol(&'static str),
@@ -72,9 +68,7 @@ impl PduError {
     ///   (§7.8.1).
     pub fn reaction(&self) -> ErrorReaction {
         match self {
-            PduError::UnsupportedOpcode(_) => {
-                ErrorReaction::Reject(RejectReason::CommandNotSupported)
-            }
+            PduError::UnsupportedOpcode(_) => ErrorReaction::Reject(RejectReason::CommandNotSupported),
             PduError::InvalidField { .. } | PduError::MalformedAhs(_) => {
                 ErrorReaction::Reject(RejectReason::InvalidPduField)
             }
@@ -100,31 +94,13 @@ mod tests {
             PduError::UnsupportedOpcode(0x1c).reaction(),
             ErrorReaction::Reject(RejectReason::CommandNotSupported)
         );
+        assert_eq!(PduError::HeaderDigest { received: 1, computed: 2 }.reaction(), ErrorReaction::DropConnection);
         assert_eq!(
-            PduError::HeaderDigest {
-                received: 1,
-                computed: 2
-            }
-            .reaction(),
-            ErrorReaction::DropConnection
-        );
-        assert_eq!(
-            PduError::DataDigest {
-                received: 1,
-                computed: 2
-            }
-            .reaction(),
+            PduError::DataDigest { received: 1, computed: 2 }.reaction(),
             ErrorReaction::Reject(RejectReason::DataDigestError)
         );
-        let e = PduError::InvalidField {
-            opcode: Opcode::ScsiCommand,
-            field: "ATTR",
-            value: 7,
-        };
-        assert_eq!(
-            e.reaction(),
-            ErrorReaction::Reject(RejectReason::InvalidPduField)
-        );
+        let e = PduError::InvalidField { opcode: Opcode::ScsiCommand, field: "ATTR", value: 7 };
+        assert_eq!(e.reaction(), ErrorReaction::Reject(RejectReason::InvalidPduField));
         assert!(e.to_string().contains("ATTR"));
     }
 }

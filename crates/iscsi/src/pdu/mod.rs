@@ -30,9 +30,7 @@ mod text;
 use std::borrow::Cow;
 
 pub use async_msg::{AsyncEvent, AsyncMessage};
-pub use bhs::{
-    decode_bhs, pad4, Bhs, Opcode, BHS_LEN, DIGEST_LEN, MAX_DATA_SEGMENT_LENGTH, RESERVED_TAG,
-};
+pub use bhs::{decode_bhs, pad4, Bhs, Opcode, BHS_LEN, DIGEST_LEN, MAX_DATA_SEGMENT_LENGTH, RESERVED_TAG};
 pub use data::{DataIn, DataOut};
 pub use error::{ErrorReaction, PduError};
 pub use login::{Isid, LoginRequest, LoginResponse, LoginStage};
@@ -131,29 +129,19 @@ impl Pdu {
     /// padding). Digests must already be stripped and checked.
     pub fn decode(bhs: &Bhs, ahs: &[u8], data: &[u8]) -> Result<Pdu, PduError> {
         if ahs.len() != bhs.total_ahs_length() {
-            return Err(PduError::AhsLength {
-                expected: bhs.total_ahs_length(),
-                actual: ahs.len(),
-            });
+            return Err(PduError::AhsLength { expected: bhs.total_ahs_length(), actual: ahs.len() });
         }
         let dsl = bhs.data_segment_length();
         if data.len() != dsl && data.len() != pad4(dsl) {
-            return Err(PduError::DataLength {
-                expected: dsl,
-                actual: data.len(),
-            });
+            return Err(PduError::DataLength { expected: dsl, actual: data.len() });
         }
         let data = data.get(..dsl).unwrap_or(data);
         let h = bhs.raw();
-        let op = bhs
-            .opcode()
-            .ok_or(PduError::UnsupportedOpcode(bhs.opcode_raw()))?;
+        let op = bhs.opcode().ok_or(PduError::UnsupportedOpcode(bhs.opcode_raw()))?;
         Ok(match op {
             Opcode::NopOut => Pdu::NopOut(NopOut::decode(h, ahs, data)?),
             Opcode::ScsiCommand => Pdu::ScsiCommand(ScsiCommand::decode(h, ahs, data)?),
-            Opcode::TaskMgmtRequest => {
-                Pdu::TaskMgmtRequest(TaskMgmtRequest::decode(h, ahs, data)?)
-            }
+            Opcode::TaskMgmtRequest => Pdu::TaskMgmtRequest(TaskMgmtRequest::decode(h, ahs, data)?),
             Opcode::LoginRequest => Pdu::LoginRequest(LoginRequest::decode(h, ahs, data)?),
             Opcode::TextRequest => Pdu::TextRequest(TextRequest::decode(h, ahs, data)?),
             Opcode::DataOut => Pdu::DataOut(DataOut::decode(h, ahs, data)?),
@@ -161,15 +149,11 @@ impl Pdu {
             Opcode::SnackRequest => Pdu::SnackRequest(SnackRequest::decode(h, ahs, data)?),
             Opcode::NopIn => Pdu::NopIn(NopIn::decode(h, ahs, data)?),
             Opcode::ScsiResponse => Pdu::ScsiResponse(ScsiResponse::decode(h, ahs, data)?),
-            Opcode::TaskMgmtResponse => {
-                Pdu::TaskMgmtResponse(TaskMgmtResponse::decode(h, ahs, data)?)
-            }
+            Opcode::TaskMgmtResponse => Pdu::TaskMgmtResponse(TaskMgmtResponse::decode(h, ahs, data)?),
             Opcode::LoginResponse => Pdu::LoginResponse(LoginResponse::decode(h, ahs, data)?),
             Opcode::TextResponse => Pdu::TextResponse(TextResponse::decode(h, ahs, data)?),
             Opcode::DataIn => Pdu::DataIn(DataIn::decode(h, ahs, data)?),
-            Opcode::LogoutResponse => {
-                Pdu::LogoutResponse(LogoutResponse::decode(h, ahs, data)?)
-            }
+            Opcode::LogoutResponse => Pdu::LogoutResponse(LogoutResponse::decode(h, ahs, data)?),
             Opcode::R2t => Pdu::R2t(R2t::decode(h, ahs, data)?),
             Opcode::AsyncMessage => Pdu::AsyncMessage(AsyncMessage::decode(h, ahs, data)?),
             Opcode::Reject => Pdu::Reject(Reject::decode(h, ahs, data)?),
@@ -219,11 +203,7 @@ fn encode_pdu<T: PduCodec>(p: &T, out: &mut Vec<u8>, header_digest: bool, data_d
         "data segment of {} bytes does not fit DataSegmentLength",
         data.len()
     );
-    assert!(
-        ahs.len() % 4 == 0 && ahs.len() / 4 <= 255,
-        "AHS of {} bytes",
-        ahs.len()
-    );
+    assert!(ahs.len() % 4 == 0 && ahs.len() / 4 <= 255, "AHS of {} bytes", ahs.len());
     h[0] = T::OPCODE as u8 | if p.immediate() { 0x40 } else { 0 };
     h[4] = (ahs.len() / 4) as u8;
     let dsl = (data.len() as u32).to_be_bytes();
@@ -256,11 +236,7 @@ fn encode_pdu<T: PduCodec>(p: &T, out: &mut Vec<u8>, header_digest: bool, data_d
 /// length is still known: the caller may skip the PDU and send the Reject
 /// that [`PduError::reaction`] names (RFC 7143 §7.8.1); see
 /// [`frame_length`].
-pub fn decode_frame(
-    buf: &[u8],
-    header_digest: bool,
-    data_digest: bool,
-) -> Result<Option<(Pdu, usize)>, PduError> {
+pub fn decode_frame(buf: &[u8], header_digest: bool, data_digest: bool) -> Result<Option<(Pdu, usize)>, PduError> {
     let Some(total) = frame_length(buf, header_digest, data_digest)? else {
         return Ok(None);
     };
@@ -272,15 +248,11 @@ pub fn decode_frame(
     };
     let bhs = decode_bhs(head)?;
     let ahs_len = bhs.total_ahs_length();
-    let (ahs, rest) = rest.split_at_checked(ahs_len).ok_or(PduError::Truncated {
-        needed: total,
-        available: buf.len(),
-    })?;
+    let (ahs, rest) =
+        rest.split_at_checked(ahs_len).ok_or(PduError::Truncated { needed: total, available: buf.len() })?;
     let rest = if header_digest {
-        let (hd, rest) = rest.split_at_checked(DIGEST_LEN).ok_or(PduError::Truncated {
-            needed: total,
-            available: buf.len(),
-        })?;
+        let (hd, rest) =
+            rest.split_at_checked(DIGEST_LEN).ok_or(PduError::Truncated { needed: total, available: buf.len() })?;
         let covered = frame.get(..BHS_LEN + ahs_len).unwrap_or_default();
         digest::verify(covered, hd, true)?;
         rest
@@ -288,10 +260,8 @@ pub fn decode_frame(
         rest
     };
     let padded = bhs.padded_data_length();
-    let (data, rest) = rest.split_at_checked(padded).ok_or(PduError::Truncated {
-        needed: total,
-        available: buf.len(),
-    })?;
+    let (data, rest) =
+        rest.split_at_checked(padded).ok_or(PduError::Truncated { needed: total, available: buf.len() })?;
     if data_digest && padded > 0 {
         digest::verify(data, rest, false)?;
     }
@@ -301,26 +271,16 @@ pub fn decode_frame(
 
 /// The total length on the wire of the PDU at the front of `buf` (which may
 /// hold only part of it), or `None` when fewer than 48 bytes are available.
-pub fn frame_length(
-    buf: &[u8],
-    header_digest: bool,
-    data_digest: bool,
-) -> Result<Option<usize>, PduError> {
+pub fn frame_length(buf: &[u8], header_digest: bool, data_digest: bool) -> Result<Option<usize>, PduError> {
     let Some(head) = buf.first_chunk::<BHS_LEN>() else {
         return Ok(None);
     };
     let bhs = decode_bhs(head)?;
-    Ok(Some(
-        BHS_LEN + bhs.remaining_length(header_digest, data_digest),
-    ))
+    Ok(Some(BHS_LEN + bhs.remaining_length(header_digest, data_digest)))
 }
 
 pub(crate) fn invalid(opcode: Opcode, field: &'static str, value: impl Into<u32>) -> PduError {
-    PduError::InvalidField {
-        opcode,
-        field,
-        value: value.into(),
-    }
+    PduError::InvalidField { opcode, field, value: value.into() }
 }
 
 /// Fails unless the data segment is empty, for PDUs whose
@@ -329,11 +289,7 @@ pub(crate) fn expect_no_data(opcode: Opcode, data: &[u8]) -> Result<(), PduError
     if data.is_empty() {
         Ok(())
     } else {
-        Err(invalid(
-            opcode,
-            "DataSegmentLength",
-            u32::try_from(data.len()).unwrap_or(u32::MAX),
-        ))
+        Err(invalid(opcode, "DataSegmentLength", u32::try_from(data.len()).unwrap_or(u32::MAX)))
     }
 }
 

@@ -87,8 +87,7 @@ impl PduCodec for ScsiCommand {
 
     fn decode(h: &[u8; BHS_LEN], ahs: &[u8], data: &[u8]) -> Result<Self, PduError> {
         let flags = get_u8(h, 1);
-        let attr = TaskAttribute::from_code(flags & 0x07)
-            .ok_or_else(|| invalid(Self::OPCODE, "ATTR", flags & 0x07))?;
+        let attr = TaskAttribute::from_code(flags & 0x07).ok_or_else(|| invalid(Self::OPCODE, "ATTR", flags & 0x07))?;
         let mut cdb = h.get(32..48).unwrap_or_default().to_vec();
         let mut bidi_read_length = None;
         let mut extended = false;
@@ -96,16 +95,14 @@ impl PduCodec for ScsiCommand {
         // §11.2.2: AHSLength (2 bytes), AHSType, one type-specific byte,
         // then AHSLength - 1 more bytes, padded to 4.
         while !rest.is_empty() {
-            let (head, body) = rest
-                .split_first_chunk::<4>()
-                .ok_or(PduError::MalformedAhs("AHS shorter than its 4-byte header"))?;
+            let (head, body) =
+                rest.split_first_chunk::<4>().ok_or(PduError::MalformedAhs("AHS shorter than its 4-byte header"))?;
             let length = usize::from(u16::from_be_bytes([head[0], head[1]]));
             if length == 0 {
                 return Err(PduError::MalformedAhs("AHSLength is zero"));
             }
-            let specific = body
-                .get(..length - 1)
-                .ok_or(PduError::MalformedAhs("AHSLength runs past TotalAHSLength"))?;
+            let specific =
+                body.get(..length - 1).ok_or(PduError::MalformedAhs("AHSLength runs past TotalAHSLength"))?;
             match head[2] {
                 AHS_EXTENDED_CDB => {
                     if extended {
@@ -116,12 +113,9 @@ impl PduCodec for ScsiCommand {
                 }
                 AHS_BIDI_READ_LENGTH => {
                     if bidi_read_length.is_some() || length != 5 {
-                        return Err(PduError::MalformedAhs(
-                            "bad Bidirectional Read-Data Length AHS",
-                        ));
+                        return Err(PduError::MalformedAhs("bad Bidirectional Read-Data Length AHS"));
                     }
-                    let v = <[u8; 4]>::try_from(specific)
-                        .map_err(|_| PduError::MalformedAhs("bad bidi AHS length"))?;
+                    let v = <[u8; 4]>::try_from(specific).map_err(|_| PduError::MalformedAhs("bad bidi AHS length"))?;
                     bidi_read_length = Some(u32::from_be_bytes(v));
                 }
                 _ => return Err(PduError::MalformedAhs("unknown AHSType")),
@@ -153,9 +147,7 @@ impl PduCodec for ScsiCommand {
             return Err(PduError::Protocol("immediate data on a command without W"));
         }
         if cmd.bidi_read_length.is_some() && !(cmd.read && cmd.write) {
-            return Err(PduError::MalformedAhs(
-                "bidirectional read length on a non-bidirectional command",
-            ));
+            return Err(PduError::MalformedAhs("bidirectional read length on a non-bidirectional command"));
         }
         Ok(cmd)
     }

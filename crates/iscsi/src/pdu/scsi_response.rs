@@ -75,9 +75,8 @@ impl PduCodec for ScsiResponse {
         let (sense, response_data) = if data.is_empty() {
             (Vec::new(), Vec::new())
         } else {
-            let (len, rest) = data
-                .split_first_chunk::<2>()
-                .ok_or_else(|| invalid(Self::OPCODE, "SenseLength", data.len() as u32))?;
+            let (len, rest) =
+                data.split_first_chunk::<2>().ok_or_else(|| invalid(Self::OPCODE, "SenseLength", data.len() as u32))?;
             let sense_len = usize::from(u16::from_be_bytes(*len));
             let (sense, response) = rest
                 .split_at_checked(sense_len)

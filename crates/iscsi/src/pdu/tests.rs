@@ -22,29 +22,13 @@ fn attr() -> impl Strategy<Value = TaskAttribute> {
 
 fn nop_out() -> impl Strategy<Value = Pdu> {
     (any::<bool>(), any::<u64>(), any::<[u32; 4]>(), bytes(300)).prop_map(|(i, lun, n, data)| {
-        Pdu::NopOut(NopOut {
-            immediate: i,
-            lun,
-            itt: n[0],
-            ttt: n[1],
-            cmd_sn: n[2],
-            exp_stat_sn: n[3],
-            data,
-        })
+        Pdu::NopOut(NopOut { immediate: i, lun, itt: n[0], ttt: n[1], cmd_sn: n[2], exp_stat_sn: n[3], data })
     })
 }
 
 fn nop_in() -> impl Strategy<Value = Pdu> {
     (any::<u64>(), any::<[u32; 5]>(), bytes(300)).prop_map(|(lun, n, data)| {
-        Pdu::NopIn(NopIn {
-            lun,
-            itt: n[0],
-            ttt: n[1],
-            stat_sn: n[2],
-            exp_cmd_sn: n[3],
-            max_cmd_sn: n[4],
-            data,
-        })
+        Pdu::NopIn(NopIn { lun, itt: n[0], ttt: n[1], stat_sn: n[2], exp_cmd_sn: n[3], max_cmd_sn: n[4], data })
     })
 }
 
@@ -83,14 +67,8 @@ fn scsi_command() -> impl Strategy<Value = Pdu> {
 }
 
 fn scsi_response() -> impl Strategy<Value = Pdu> {
-    (
-        (0u8..3, 0u8..3),
-        any::<(u8, u8)>(),
-        any::<[u32; 8]>(),
-        bytes(260),
-        bytes(40),
-    )
-        .prop_map(|((o, b), (resp, status), n, sense, response_data)| {
+    ((0u8..3, 0u8..3), any::<(u8, u8)>(), any::<[u32; 8]>(), bytes(260), bytes(40)).prop_map(
+        |((o, b), (resp, status), n, sense, response_data)| {
             Pdu::ScsiResponse(ScsiResponse {
                 overflow: o == 1,
                 underflow: o == 2,
@@ -109,7 +87,8 @@ fn scsi_response() -> impl Strategy<Value = Pdu> {
                 sense,
                 response_data,
             })
-        })
+        },
+    )
 }
 
 fn tmf_request() -> impl Strategy<Value = Pdu> {
@@ -141,16 +120,8 @@ fn tmf_response() -> impl Strategy<Value = Pdu> {
 }
 
 fn login_request() -> impl Strategy<Value = Pdu> {
-    (
-        any::<[bool; 2]>(),
-        stage(),
-        stage(),
-        any::<(u8, u8, u16, u16)>(),
-        isid(),
-        any::<[u32; 3]>(),
-        bytes(300),
-    )
-        .prop_map(|(b, csg, nsg, (vmax, vmin, tsih, cid), isid, n, data)| {
+    (any::<[bool; 2]>(), stage(), stage(), any::<(u8, u8, u16, u16)>(), isid(), any::<[u32; 3]>(), bytes(300)).prop_map(
+        |(b, csg, nsg, (vmax, vmin, tsih, cid), isid, n, data)| {
             Pdu::LoginRequest(LoginRequest {
                 transit: b[0],
                 continue_bit: b[1],
@@ -166,19 +137,12 @@ fn login_request() -> impl Strategy<Value = Pdu> {
                 exp_stat_sn: n[2],
                 data,
             })
-        })
+        },
+    )
 }
 
 fn login_response() -> impl Strategy<Value = Pdu> {
-    (
-        any::<[bool; 2]>(),
-        stage(),
-        stage(),
-        any::<(u8, u8, u16, u8, u8)>(),
-        isid(),
-        any::<[u32; 4]>(),
-        bytes(300),
-    )
+    (any::<[bool; 2]>(), stage(), stage(), any::<(u8, u8, u16, u8, u8)>(), isid(), any::<[u32; 4]>(), bytes(300))
         .prop_map(|(b, csg, nsg, (vmax, vact, tsih, sc, sd), isid, n, data)| {
             Pdu::LoginResponse(LoginResponse {
                 transit: b[0],
@@ -201,26 +165,19 @@ fn login_response() -> impl Strategy<Value = Pdu> {
 }
 
 fn text_request() -> impl Strategy<Value = Pdu> {
-    (
-        any::<bool>(),
-        0u8..3,
-        any::<u64>(),
-        any::<[u32; 4]>(),
-        bytes(300),
-    )
-        .prop_map(|(i, fc, lun, n, data)| {
-            Pdu::TextRequest(TextRequest {
-                immediate: i,
-                final_bit: fc == 1,
-                continue_bit: fc == 2,
-                lun,
-                itt: n[0],
-                ttt: n[1],
-                cmd_sn: n[2],
-                exp_stat_sn: n[3],
-                data,
-            })
+    (any::<bool>(), 0u8..3, any::<u64>(), any::<[u32; 4]>(), bytes(300)).prop_map(|(i, fc, lun, n, data)| {
+        Pdu::TextRequest(TextRequest {
+            immediate: i,
+            final_bit: fc == 1,
+            continue_bit: fc == 2,
+            lun,
+            itt: n[0],
+            ttt: n[1],
+            cmd_sn: n[2],
+            exp_stat_sn: n[3],
+            data,
         })
+    })
 }
 
 fn text_response() -> impl Strategy<Value = Pdu> {
@@ -255,15 +212,8 @@ fn data_out() -> impl Strategy<Value = Pdu> {
 }
 
 fn data_in() -> impl Strategy<Value = Pdu> {
-    (
-        any::<[bool; 2]>(),
-        0u8..3,
-        any::<Option<u8>>(),
-        any::<u64>(),
-        any::<[u32; 8]>(),
-        bytes(600),
-    )
-        .prop_map(|(b, ou, status, lun, n, data)| {
+    (any::<[bool; 2]>(), 0u8..3, any::<Option<u8>>(), any::<u64>(), any::<[u32; 8]>(), bytes(600)).prop_map(
+        |(b, ou, status, lun, n, data)| {
             Pdu::DataIn(DataIn {
                 final_bit: b[0] || status.is_some(),
                 acknowledge: b[1],
@@ -281,7 +231,8 @@ fn data_in() -> impl Strategy<Value = Pdu> {
                 residual_count: n[7],
                 data,
             })
-        })
+        },
+    )
 }
 
 fn logout_request() -> impl Strategy<Value = Pdu> {
@@ -342,14 +293,8 @@ fn r2t() -> impl Strategy<Value = Pdu> {
 }
 
 fn async_message() -> impl Strategy<Value = Pdu> {
-    (
-        any::<u64>(),
-        any::<[u32; 3]>(),
-        any::<(u8, u8, u16, u16, u16)>(),
-        bytes(100),
-        bytes(100),
-    )
-        .prop_map(|(lun, n, (e, v, p1, p2, p3), sense, event_data)| {
+    (any::<u64>(), any::<[u32; 3]>(), any::<(u8, u8, u16, u16, u16)>(), bytes(100), bytes(100)).prop_map(
+        |(lun, n, (e, v, p1, p2, p3), sense, event_data)| {
             Pdu::AsyncMessage(AsyncMessage {
                 lun,
                 stat_sn: n[0],
@@ -363,7 +308,8 @@ fn async_message() -> impl Strategy<Value = Pdu> {
                 sense,
                 event_data,
             })
-        })
+        },
+    )
 }
 
 fn reject() -> impl Strategy<Value = Pdu> {
@@ -489,10 +435,7 @@ fn unknown_opcode_is_command_not_supported() {
     let bhs = decode_bhs(&head).unwrap();
     let err = Pdu::decode(&bhs, &[], &[]).unwrap_err();
     assert_eq!(err, PduError::UnsupportedOpcode(0x1c));
-    assert_eq!(
-        err.reaction(),
-        ErrorReaction::Reject(RejectReason::CommandNotSupported)
-    );
+    assert_eq!(err.reaction(), ErrorReaction::Reject(RejectReason::CommandNotSupported));
 }
 
 #[test]
@@ -530,10 +473,7 @@ fn bad_ahs_is_rejected_not_panicking() {
     for ahs in [[0, 0, 1, 0], [0, 9, 1, 0], [0, 1, 9, 0], [0, 5, 2, 0]] {
         let err = Pdu::decode(&bhs, &ahs, &[]).unwrap_err();
         assert!(matches!(err, PduError::MalformedAhs(_)), "{ahs:?}: {err}");
-        assert_eq!(
-            err.reaction(),
-            ErrorReaction::Reject(RejectReason::InvalidPduField)
-        );
+        assert_eq!(err.reaction(), ErrorReaction::Reject(RejectReason::InvalidPduField));
     }
 }
 
@@ -543,10 +483,7 @@ fn reserved_task_attribute_is_invalid_field() {
     head[0] = 0x01;
     head[1] = 0x85;
     let bhs = decode_bhs(&head).unwrap();
-    assert!(matches!(
-        Pdu::decode(&bhs, &[], &[]),
-        Err(PduError::InvalidField { field: "ATTR", .. })
-    ));
+    assert!(matches!(Pdu::decode(&bhs, &[], &[]), Err(PduError::InvalidField { field: "ATTR", .. })));
 }
 
 #[test]
@@ -560,10 +497,7 @@ fn snack_is_rejected_at_erl0() {
         beg_run: 0,
         run_length: 0,
     });
-    assert_eq!(
-        snack.reject_at_target_erl0(),
-        Some(RejectReason::ProtocolError)
-    );
+    assert_eq!(snack.reject_at_target_erl0(), Some(RejectReason::ProtocolError));
     let reject = Reject::of(
         &decode_bhs(snack.encode(false, false).first_chunk().unwrap()).unwrap(),
         RejectReason::ProtocolError,

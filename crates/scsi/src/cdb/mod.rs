@@ -44,99 +44,29 @@ pub enum Command {
     /// READ CAPACITY(16) (SBC-4 5.21).
     ReadCapacity16 { alloc_len: u32 },
     /// READ(6)/(10)/(12)/(16) (SBC-4 5.14-5.18).
-    Read {
-        lba: u64,
-        blocks: u32,
-        fua: bool,
-        dpo: bool,
-        group: u8,
-        cdb_len: u8,
-    },
+    Read { lba: u64, blocks: u32, fua: bool, dpo: bool, group: u8, cdb_len: u8 },
     /// WRITE(6)/(10)/(12)/(16) (SBC-4 5.36-5.40).
-    Write {
-        lba: u64,
-        blocks: u32,
-        fua: bool,
-        dpo: bool,
-        group: u8,
-        cdb_len: u8,
-    },
+    Write { lba: u64, blocks: u32, fua: bool, dpo: bool, group: u8, cdb_len: u8 },
     /// WRITE AND VERIFY(10)/(12)/(16) (SBC-4 5.41-5.43).
-    WriteAndVerify {
-        lba: u64,
-        blocks: u32,
-        bytchk: u8,
-        dpo: bool,
-        group: u8,
-        cdb_len: u8,
-    },
+    WriteAndVerify { lba: u64, blocks: u32, bytchk: u8, dpo: bool, group: u8, cdb_len: u8 },
     /// VERIFY(10)/(12)/(16) (SBC-4 5.32-5.34).
-    Verify {
-        lba: u64,
-        blocks: u32,
-        bytchk: u8,
-        dpo: bool,
-        group: u8,
-        cdb_len: u8,
-    },
+    Verify { lba: u64, blocks: u32, bytchk: u8, dpo: bool, group: u8, cdb_len: u8 },
     /// COMPARE AND WRITE (SBC-4 5.3).
-    CompareAndWrite {
-        lba: u64,
-        blocks: u8,
-        fua: bool,
-        dpo: bool,
-        group: u8,
-    },
+    CompareAndWrite { lba: u64, blocks: u8, fua: bool, dpo: bool, group: u8 },
     /// ORWRITE(16) (SBC-4 5.10).
-    OrWrite {
-        lba: u64,
-        blocks: u32,
-        fua: bool,
-        dpo: bool,
-        group: u8,
-    },
+    OrWrite { lba: u64, blocks: u32, fua: bool, dpo: bool, group: u8 },
     /// WRITE SAME(10)/(16) (SBC-4 5.45, 5.46).
-    WriteSame {
-        lba: u64,
-        blocks: u32,
-        unmap: bool,
-        anchor: bool,
-        ndob: bool,
-        group: u8,
-        cdb_len: u8,
-    },
+    WriteSame { lba: u64, blocks: u32, unmap: bool, anchor: bool, ndob: bool, group: u8, cdb_len: u8 },
     /// UNMAP (SBC-4 5.31).
-    Unmap {
-        anchor: bool,
-        group: u8,
-        param_len: u16,
-    },
+    Unmap { anchor: bool, group: u8, param_len: u16 },
     /// PRE-FETCH(10)/(16) (SBC-4 5.11, 5.12).
-    PreFetch {
-        lba: u64,
-        blocks: u32,
-        immed: bool,
-        group: u8,
-        cdb_len: u8,
-    },
+    PreFetch { lba: u64, blocks: u32, immed: bool, group: u8, cdb_len: u8 },
     /// SYNCHRONIZE CACHE(10)/(16) (SBC-4 5.27, 5.28).
-    SynchronizeCache {
-        lba: u64,
-        blocks: u32,
-        immed: bool,
-        cdb_len: u8,
-    },
+    SynchronizeCache { lba: u64, blocks: u32, immed: bool, cdb_len: u8 },
     /// GET LBA STATUS (SBC-4 5.7).
     GetLbaStatus { lba: u64, alloc_len: u32 },
     /// READ DEFECT DATA(10)/(12) (SBC-4 5.19, 5.20).
-    ReadDefectData {
-        plist: bool,
-        glist: bool,
-        format: u8,
-        index: u32,
-        alloc_len: u32,
-        cdb_len: u8,
-    },
+    ReadDefectData { plist: bool, glist: bool, format: u8, index: u32, alloc_len: u32, cdb_len: u8 },
     /// REPORT LUNS (SPC-5 6.33).
     ReportLuns { select_report: u8, alloc_len: u32 },
     /// REPORT SUPPORTED OPERATION CODES (SPC-5 6.35).
@@ -153,22 +83,14 @@ impl Command {
     /// value. Never panics.
     pub fn decode(cdb: &[u8]) -> Result<Command, ScsiError> {
         let Some(&opcode) = cdb.first() else {
-            return Err(ScsiError::CdbTooShort {
-                opcode: 0,
-                len: 0,
-                needed: 1,
-            });
+            return Err(ScsiError::CdbTooShort { opcode: 0, len: 0, needed: 1 });
         };
         if !table::has_opcode(opcode) {
             return Err(ScsiError::InvalidOpcode(opcode));
         }
         let entry = if table::has_service_actions(opcode) {
             let Some(&b1) = cdb.get(1) else {
-                return Err(ScsiError::CdbTooShort {
-                    opcode,
-                    len: cdb.len(),
-                    needed: 2,
-                });
+                return Err(ScsiError::CdbTooShort { opcode, len: cdb.len(), needed: 2 });
             };
             // SPC-5 4.2.5.2: an unsupported service action is an invalid field.
             table::lookup(opcode, Some(b1 & 0x1F)).ok_or(ScsiError::field(1, 4))?
@@ -177,11 +99,7 @@ impl Command {
         };
         let len = entry.cdb_len();
         let Some(bytes) = cdb.get(..len) else {
-            return Err(ScsiError::CdbTooShort {
-                opcode,
-                len: cdb.len(),
-                needed: len,
-            });
+            return Err(ScsiError::CdbTooShort { opcode, len: cdb.len(), needed: len });
         };
         for (i, &b) in bytes.iter().enumerate().skip(1) {
             let bad = b & !entry.allowed(i);
@@ -229,9 +147,7 @@ impl Command {
             GetLbaStatus { .. } => 0x9E,
             ReadDefectData { cdb_len, .. } => by_len(*cdb_len, [0x37, 0x37, 0xB7, 0xB7]),
             ReportLuns { .. } => 0xA0,
-            ReportSupportedOperationCodes(_) | ReportSupportedTaskManagementFunctions { .. } => {
-                0xA3
-            }
+            ReportSupportedOperationCodes(_) | ReportSupportedTaskManagementFunctions { .. } => 0xA3,
         }
     }
 
@@ -256,9 +172,7 @@ impl Command {
     pub fn direction(&self) -> DataDirection {
         use Command::*;
         match self {
-            Write { blocks, .. } | WriteAndVerify { blocks, .. } | OrWrite { blocks, .. }
-                if *blocks > 0 =>
-            {
+            Write { blocks, .. } | WriteAndVerify { blocks, .. } | OrWrite { blocks, .. } if *blocks > 0 => {
                 DataDirection::ToDevice
             }
             CompareAndWrite { blocks, .. } if *blocks > 0 => DataDirection::ToDevice,
@@ -291,14 +205,11 @@ impl Command {
     /// compare it with its own maximum, see [`crate::Disk::validate`]).
     pub fn data_out_len(&self, block_size: u32) -> usize {
         use Command::*;
-        let blocks =
-            |n: u64| usize::try_from(n.saturating_mul(u64::from(block_size))).unwrap_or(usize::MAX);
+        let blocks = |n: u64| usize::try_from(n.saturating_mul(u64::from(block_size))).unwrap_or(usize::MAX);
         match self {
             Write { blocks: n, .. } | OrWrite { blocks: n, .. } => blocks(u64::from(*n)),
             WriteAndVerify { blocks: n, .. } => blocks(u64::from(*n)),
-            Verify {
-                blocks: n, bytchk, ..
-            } if *n > 0 => match bytchk {
+            Verify { blocks: n, bytchk, .. } if *n > 0 => match bytchk {
                 1 => blocks(u64::from(*n)),
                 3 => blocks(1),
                 _ => 0,
@@ -315,10 +226,7 @@ impl Command {
     /// (SAM-5 5.14: INQUIRY, REPORT LUNS, REQUEST SENSE); the core does
     /// not report the unit attention for these.
     pub fn is_unit_attention_exempt(&self) -> bool {
-        matches!(
-            self,
-            Command::Inquiry(_) | Command::ReportLuns { .. } | Command::RequestSense { .. }
-        )
+        matches!(self, Command::Inquiry(_) | Command::ReportLuns { .. } | Command::RequestSense { .. })
     }
 
     /// Whether the command modifies the medium: refused on a write protected

@@ -140,16 +140,12 @@ pub fn has_opcode(opcode: u8) -> bool {
 
 /// Whether this operation code takes a service action.
 pub fn has_service_actions(opcode: u8) -> bool {
-    OPCODES
-        .iter()
-        .any(|e| e.opcode == opcode && e.service_action.is_some())
+    OPCODES.iter().any(|e| e.opcode == opcode && e.service_action.is_some())
 }
 
 /// The entry for an operation code and, for opcodes that have them, service action.
 pub fn lookup(opcode: u8, service_action: Option<u8>) -> Option<&'static OpcodeEntry> {
-    OPCODES
-        .iter()
-        .find(|e| e.opcode == opcode && e.service_action == service_action)
+    OPCODES.iter().find(|e| e.opcode == opcode && e.service_action == service_action)
 }
 
 #[cfg(test)]
@@ -181,12 +177,7 @@ mod tests {
             assert!(prev < Some(key), "{} out of order or duplicated", e.name);
             prev = Some(key);
             // Mixing service action and plain entries for one opcode would make lookup ambiguous.
-            assert_eq!(
-                has_service_actions(e.opcode),
-                e.service_action.is_some(),
-                "{}",
-                e.name
-            );
+            assert_eq!(has_service_actions(e.opcode), e.service_action.is_some(), "{}", e.name);
         }
     }
 }

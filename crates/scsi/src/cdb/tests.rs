@@ -7,32 +7,13 @@ use super::*;
 
 #[test]
 fn unknown_opcodes() {
-    assert_eq!(
-        Command::decode(&[0xFF; 16]),
-        Err(ScsiError::InvalidOpcode(0xFF))
-    );
-    assert_eq!(
-        Command::decode(&[0x7F; 32]),
-        Err(ScsiError::InvalidOpcode(0x7F))
-    );
-    assert_eq!(
-        Command::decode(&[0x04, 0, 0, 0, 0, 0]),
-        Err(ScsiError::InvalidOpcode(0x04)),
-        "FORMAT UNIT"
-    );
-    assert!(matches!(
-        Command::decode(&[]),
-        Err(ScsiError::CdbTooShort { .. })
-    ));
-    assert!(matches!(
-        Command::decode(&[0x9E]),
-        Err(ScsiError::CdbTooShort { .. })
-    ));
+    assert_eq!(Command::decode(&[0xFF; 16]), Err(ScsiError::InvalidOpcode(0xFF)));
+    assert_eq!(Command::decode(&[0x7F; 32]), Err(ScsiError::InvalidOpcode(0x7F)));
+    assert_eq!(Command::decode(&[0x04, 0, 0, 0, 0, 0]), Err(ScsiError::InvalidOpcode(0x04)), "FORMAT UNIT");
+    assert!(matches!(Command::decode(&[]), Err(ScsiError::CdbTooShort { .. })));
+    assert!(matches!(Command::decode(&[0x9E]), Err(ScsiError::CdbTooShort { .. })));
     let s = ScsiError::InvalidOpcode(0xFF).sense();
-    assert_eq!(
-        (s.key, s.asc, s.ascq),
-        (crate::SenseKey::IllegalRequest, 0x20, 0x00)
-    );
+    assert_eq!((s.key, s.asc, s.ascq), (crate::SenseKey::IllegalRequest, 0x20, 0x00));
 }
 
 #[test]
@@ -41,14 +22,7 @@ fn padded_cdbs_decode() {
     cdb[0] = 0x28;
     cdb[8] = 1;
     cdb[20] = 0xFF; // beyond READ(10): ignored
-    assert!(matches!(
-        Command::decode(&cdb),
-        Ok(Command::Read {
-            blocks: 1,
-            cdb_len: 10,
-            ..
-        })
-    ));
+    assert!(matches!(Command::decode(&cdb), Ok(Command::Read { blocks: 1, cdb_len: 10, .. })));
 }
 
 #[test]
@@ -70,22 +44,10 @@ fn every_entry_decodes_its_zero_cdb_and_reports_its_opcode() {
         // NACA in the CONTROL byte is always refused.
         let last = cdb.len() - 1;
         cdb[last] = 0x04;
-        assert_eq!(
-            Command::decode(&cdb),
-            Err(ScsiError::field(last, 2)),
-            "{}",
-            e.name
-        );
+        assert_eq!(Command::decode(&cdb), Err(ScsiError::field(last, 2)), "{}", e.name);
         // A CDB one byte short is refused.
         cdb[last] = 0;
-        assert!(
-            matches!(
-                Command::decode(&cdb[..last]),
-                Err(ScsiError::CdbTooShort { .. })
-            ),
-            "{}",
-            e.name
-        );
+        assert!(matches!(Command::decode(&cdb[..last]), Err(ScsiError::CdbTooShort { .. })), "{}", e.name);
     }
 }
 
@@ -94,9 +56,7 @@ fn every_reserved_bit_is_refused() {
     for e in OPCODES {
         for byte in 1..e.cdb_len() {
             for bit in 0..8u8 {
-                if e.allowed(byte) & (1 << bit) != 0
-                    || (byte == 1 && e.service_action.is_some() && bit < 5)
-                {
+                if e.allowed(byte) & (1 << bit) != 0 || (byte == 1 && e.service_action.is_some() && bit < 5) {
                     continue;
                 }
                 let mut cdb = vec![0u8; e.cdb_len()];
@@ -105,12 +65,7 @@ fn every_reserved_bit_is_refused() {
                     cdb[1] = sa;
                 }
                 cdb[byte] |= 1 << bit;
-                assert_eq!(
-                    Command::decode(&cdb),
-                    Err(ScsiError::field(byte, bit)),
-                    "{} byte {byte} bit {bit}",
-                    e.name
-                );
+                assert_eq!(Command::decode(&cdb), Err(ScsiError::field(byte, bit)), "{} byte {byte} bit {bit}", e.name);
             }
         }
     }
@@ -118,17 +73,11 @@ fn every_reserved_bit_is_refused() {
 
 #[test]
 fn unit_attention_exemptions() {
-    let exempt = [
-        vec![0x12, 0, 0, 0, 36, 0],
-        vec![0x03, 0, 0, 0, 18, 0],
-        vec![0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0],
-    ];
+    let exempt = [vec![0x12, 0, 0, 0, 36, 0], vec![0x03, 0, 0, 0, 18, 0], vec![0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0]];
     for c in exempt {
         assert!(Command::decode(&c).unwrap().is_unit_attention_exempt());
     }
-    assert!(!Command::decode(&[0, 0, 0, 0, 0, 0])
-        .unwrap()
-        .is_unit_attention_exempt());
+    assert!(!Command::decode(&[0, 0, 0, 0, 0, 0]).unwrap().is_unit_attention_exempt());
 }
 
 proptest! {

@@ -18,9 +18,7 @@ pub(crate) fn decode16(c: Cdb<'_>) -> Result<Command, ScsiError> {
     if !c.bit(14, 0) && c.be64(2) != 0 {
         return Err(ScsiError::field_byte(2));
     }
-    Ok(Command::ReadCapacity16 {
-        alloc_len: c.be32(10),
-    })
+    Ok(Command::ReadCapacity16 { alloc_len: c.be32(10) })
 }
 
 impl Disk {
@@ -61,33 +59,15 @@ mod tests {
         let d = disk(1000);
         let r = run(&d, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
         assert_eq!(r, vec![0, 0, 0x03, 0xE7, 0, 0, 2, 0]);
-        assert_eq!(
-            run(&d, &[0x25, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
-            Err(ScsiError::field_byte(2))
-        );
-        assert!(
-            run(&d, &[0x25, 0, 0, 0, 0, 1, 0, 0, 1, 0]).is_ok(),
-            "PMI with an LBA"
-        );
-        assert_eq!(
-            run(&d, &[0x25, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
-            Err(ScsiError::field(1, 0))
-        );
-        assert_eq!(
-            run(&d, &[0x25, 0, 0, 0, 0, 0, 0, 0, 2, 0]),
-            Err(ScsiError::field(8, 1))
-        );
+        assert_eq!(run(&d, &[0x25, 0, 0, 0, 0, 1, 0, 0, 0, 0]), Err(ScsiError::field_byte(2)));
+        assert!(run(&d, &[0x25, 0, 0, 0, 0, 1, 0, 0, 1, 0]).is_ok(), "PMI with an LBA");
+        assert_eq!(run(&d, &[0x25, 1, 0, 0, 0, 0, 0, 0, 0, 0]), Err(ScsiError::field(1, 0)));
+        assert_eq!(run(&d, &[0x25, 0, 0, 0, 0, 0, 0, 0, 2, 0]), Err(ScsiError::field(8, 1)));
     }
 
     #[test]
     fn read_capacity16() {
-        let d = disk_with(
-            1000,
-            DiskConfig {
-                block_size: 4096,
-                ..Default::default()
-            },
-        );
+        let d = disk_with(1000, DiskConfig { block_size: 4096, ..Default::default() });
         let mut cdb = cdb16(0x9E, 0x10, 0, 32);
         let r = run(&d, &cdb).unwrap();
         assert_eq!(r.len(), 32);
@@ -96,28 +76,11 @@ mod tests {
         cdb[13] = 12;
         assert_eq!(run(&d, &cdb).unwrap().len(), 12);
         cdb[13] = 0;
-        assert_eq!(
-            run(&d, &cdb).unwrap(),
-            Vec::<u8>::new(),
-            "allocation length 0 is not an error"
-        );
-        let fat = disk_with(
-            10,
-            DiskConfig {
-                thin: false,
-                ..Default::default()
-            },
-        );
+        assert_eq!(run(&d, &cdb).unwrap(), Vec::<u8>::new(), "allocation length 0 is not an error");
+        let fat = disk_with(10, DiskConfig { thin: false, ..Default::default() });
         assert_eq!(run(&fat, &cdb16(0x9E, 0x10, 0, 32)).unwrap()[14], 0);
-        assert_eq!(
-            run(&d, &cdb16(0x9E, 0x10, 5, 32)),
-            Err(ScsiError::field_byte(2))
-        );
-        assert_eq!(
-            run(&d, &cdb16(0x9E, 0x11, 0, 32)),
-            Err(ScsiError::field(1, 4)),
-            "unknown service action"
-        );
+        assert_eq!(run(&d, &cdb16(0x9E, 0x10, 5, 32)), Err(ScsiError::field_byte(2)));
+        assert_eq!(run(&d, &cdb16(0x9E, 0x11, 0, 32)), Err(ScsiError::field(1, 4)), "unknown service action");
     }
 
     #[test]

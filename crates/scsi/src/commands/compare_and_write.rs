@@ -37,18 +37,14 @@ impl Disk {
         }
         let half = self.bytes(u64::from(blocks));
         if data.len() != 2 * half {
-            return Err(ScsiError::DataOutLength {
-                expected: 2 * half,
-                actual: data.len(),
-            });
+            return Err(ScsiError::DataOutLength { expected: 2 * half, actual: data.len() });
         }
         let (verify, write) = data.split_at(half);
         let current = self.backend().read(self.offset(lba), half).await?;
         if let Some(at) = first_difference(&current, verify) {
             return Err(ScsiError::Miscompare { offset: at as u64 });
         }
-        self.write_blocks(lba, u32::from(blocks), fua, write.to_vec())
-            .await
+        self.write_blocks(lba, u32::from(blocks), fua, write.to_vec()).await
     }
 }
 
@@ -76,73 +72,37 @@ mod tests {
         assert_eq!(run_data(&d, &caw(10, 2), buf.clone()), Ok(vec![]));
         assert_eq!(run(&d, &cdb10(0x28, 0, 10, 2)).unwrap(), new);
         // The data changed: the same request now miscompares at byte 0.
-        assert_eq!(
-            run_data(&d, &caw(10, 2), buf),
-            Err(ScsiError::Miscompare { offset: 0 })
-        );
+        assert_eq!(run_data(&d, &caw(10, 2), buf), Err(ScsiError::Miscompare { offset: 0 }));
         let mut verify = new.clone();
         verify[600] ^= 0xFF;
         let r = run_data(&d, &caw(10, 2), [verify, old].concat());
         assert_eq!(r, Err(ScsiError::Miscompare { offset: 600 }));
-        assert_eq!(
-            run(&d, &cdb10(0x28, 0, 10, 2)).unwrap(),
-            new,
-            "no write after a miscompare"
-        );
+        assert_eq!(run(&d, &cdb10(0x28, 0, 10, 2)).unwrap(), new, "no write after a miscompare");
     }
 
     #[test]
     fn errors() {
         let d = disk(100);
-        assert_eq!(
-            run_data(&d, &caw(99, 2), vec![0; 2048]),
-            Err(ScsiError::LbaOutOfRange { lba: 99 })
-        );
+        assert_eq!(run_data(&d, &caw(99, 2), vec![0; 2048]), Err(ScsiError::LbaOutOfRange { lba: 99 }));
         assert_eq!(
             run_data(&d, &caw(0, 1), vec![0; 512]),
-            Err(ScsiError::DataOutLength {
-                expected: 1024,
-                actual: 512
-            })
+            Err(ScsiError::DataOutLength { expected: 1024, actual: 512 })
         );
         assert_eq!(
             run_data(&d, &caw(0, 1), vec![0; 2048]),
-            Err(ScsiError::DataOutLength {
-                expected: 1024,
-                actual: 2048
-            })
+            Err(ScsiError::DataOutLength { expected: 1024, actual: 2048 })
         );
         assert_eq!(run(&d, &caw(0, 0)), Ok(vec![]));
         let big = Disk::new(DiskConfig::default(), Backend::null(1 << 30));
         let n = MAX_COMPARE_AND_WRITE_BLOCKS + 1;
-        assert_eq!(
-            run_data(&big, &caw(0, n), vec![0; 1024 * n as usize]),
-            Err(ScsiError::field_byte(13))
-        );
+        assert_eq!(run_data(&big, &caw(0, n), vec![0; 1024 * n as usize]), Err(ScsiError::field_byte(13)));
         let mut c = caw(0, 1);
         c[1] = 0x20;
-        assert_eq!(
-            Command::decode(&c),
-            Err(ScsiError::field(1, 5)),
-            "WRPROTECT"
-        );
+        assert_eq!(Command::decode(&c), Err(ScsiError::field(1, 5)), "WRPROTECT");
         c[1] = 0;
         c[11] = 1;
-        assert_eq!(
-            Command::decode(&c),
-            Err(ScsiError::field(11, 0)),
-            "reserved byte"
-        );
-        let ro = disk_with(
-            10,
-            DiskConfig {
-                readonly: true,
-                ..Default::default()
-            },
-        );
-        assert_eq!(
-            run_data(&ro, &caw(0, 1), vec![0; 1024]),
-            Err(ScsiError::WriteProtected)
-        );
+        assert_eq!(Command::decode(&c), Err(ScsiError::field(11, 0)), "reserved byte");
+        let ro = disk_with(10, DiskConfig { readonly: true, ..Default::default() });
+        assert_eq!(run_data(&ro, &caw(0, 1), vec![0; 1024]), Err(ScsiError::WriteProtected));
     }
 }

@@ -29,19 +29,9 @@ pub(crate) fn decode12(c: Cdb<'_>) -> Result<Command, ScsiError> {
 }
 
 /// The defect data header with a defect list length of zero.
-pub(crate) fn read_defect_data(
-    plist: bool,
-    glist: bool,
-    format: u8,
-    alloc_len: u32,
-    cdb_len: u8,
-) -> Vec<u8> {
+pub(crate) fn read_defect_data(plist: bool, glist: bool, format: u8, alloc_len: u32, cdb_len: u8) -> Vec<u8> {
     let flags = (u8::from(plist) << 4) | (u8::from(glist) << 3) | (format & 7);
-    let d = if cdb_len == 10 {
-        vec![0, flags, 0, 0]
-    } else {
-        vec![0, flags, 0, 0, 0, 0, 0, 0]
-    };
+    let d = if cdb_len == 10 { vec![0, flags, 0, 0] } else { vec![0, flags, 0, 0, 0, 0, 0, 0] };
     truncate(d, usize::try_from(alloc_len).unwrap_or(usize::MAX))
 }
 
@@ -53,21 +43,9 @@ mod tests {
     #[test]
     fn empty_lists() {
         let d = disk(10);
-        assert_eq!(
-            run(&d, &[0x37, 0, 0x1D, 0, 0, 0, 0, 0, 255, 0]),
-            Ok(vec![0, 0x1D, 0, 0])
-        );
-        assert_eq!(
-            run(&d, &[0xB7, 0x0C, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]),
-            Ok(vec![0, 0x0C, 0, 0, 0, 0, 0, 0])
-        );
-        assert_eq!(
-            run(&d, &[0x37, 0, 0x18, 0, 0, 0, 0, 0, 2, 0]),
-            Ok(vec![0, 0x18])
-        );
-        assert_eq!(
-            Command::decode(&[0x37, 0, 0x20, 0, 0, 0, 0, 0, 2, 0]),
-            Err(ScsiError::field(2, 5))
-        );
+        assert_eq!(run(&d, &[0x37, 0, 0x1D, 0, 0, 0, 0, 0, 255, 0]), Ok(vec![0, 0x1D, 0, 0]));
+        assert_eq!(run(&d, &[0xB7, 0x0C, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]), Ok(vec![0, 0x0C, 0, 0, 0, 0, 0, 0]));
+        assert_eq!(run(&d, &[0x37, 0, 0x18, 0, 0, 0, 0, 0, 2, 0]), Ok(vec![0, 0x18]));
+        assert_eq!(Command::decode(&[0x37, 0, 0x20, 0, 0, 0, 0, 0, 2, 0]), Err(ScsiError::field(2, 5)));
     }
 }

@@ -22,11 +22,7 @@ pub(crate) fn decode(c: Cdb<'_>) -> Result<Command, ScsiError> {
     if !evpd && page_code != 0 {
         return Err(ScsiError::field_byte(2));
     }
-    Ok(Command::Inquiry(Inquiry {
-        evpd,
-        page_code,
-        alloc_len: c.be16(3),
-    }))
+    Ok(Command::Inquiry(Inquiry { evpd, page_code, alloc_len: c.be16(3) }))
 }
 
 /// VERSION: SPC-4 (libiscsi and most initiators know 04h..06h).
@@ -38,11 +34,7 @@ const STANDARD_LEN: usize = 96;
 
 /// `s` as exactly `n` printable ASCII bytes, space padded (SPC-5 4.3.1).
 pub(crate) fn ascii_field(s: &str, n: usize) -> Vec<u8> {
-    let mut v: Vec<u8> = s
-        .bytes()
-        .map(|b| if (0x20..0x7F).contains(&b) { b } else { b' ' })
-        .take(n)
-        .collect();
+    let mut v: Vec<u8> = s.bytes().map(|b| if (0x20..0x7F).contains(&b) { b } else { b' ' }).take(n).collect();
     v.resize(n, b' ');
     v
 }
@@ -91,35 +83,17 @@ mod tests {
 
     #[test]
     fn standard() {
-        let d = disk_with(
-            10,
-            DiskConfig {
-                vendor: "ACME\u{1}".into(),
-                removable: true,
-                ..Default::default()
-            },
-        );
+        let d = disk_with(10, DiskConfig { vendor: "ACME\u{1}".into(), removable: true, ..Default::default() });
         let r = run(&d, &inq(false, 0, 260)).unwrap();
         assert_eq!(r.len(), 96);
-        assert_eq!(
-            (r[0], r[1], r[2], r[3], r[4] as usize),
-            (0, 0x80, 6, 0x12, r.len() - 5)
-        );
+        assert_eq!((r[0], r[1], r[2], r[3], r[4] as usize), (0, 0x80, 6, 0x12, r.len() - 5));
         assert_eq!(&r[8..16], b"ACME    ");
         assert_eq!(&r[16..26], b"Lunar disk");
         assert_eq!(&r[58..64], &[0x00, 0xA0, 0x04, 0x60, 0x04, 0xC0]);
         assert_eq!(run(&d, &inq(false, 0, 5)).unwrap().len(), 5);
         assert_eq!(run(&d, &inq(false, 0, 0)).unwrap().len(), 0);
-        assert_eq!(
-            run(&d, &inq(false, 0x80, 255)),
-            Err(ScsiError::field_byte(2)),
-            "page without EVPD"
-        );
-        assert_eq!(
-            Command::decode(&[0x12, 0x02, 0, 0, 36, 0]),
-            Err(ScsiError::field(1, 1)),
-            "CMDDT"
-        );
+        assert_eq!(run(&d, &inq(false, 0x80, 255)), Err(ScsiError::field_byte(2)), "page without EVPD");
+        assert_eq!(Command::decode(&[0x12, 0x02, 0, 0, 36, 0]), Err(ScsiError::field(1, 1)), "CMDDT");
         let c = Command::decode(&inq(false, 0, 36)).unwrap();
         assert!(c.is_unit_attention_exempt() && !c.is_medium_access());
     }
@@ -127,9 +101,6 @@ mod tests {
     #[test]
     fn unknown_vpd_page() {
         let d = disk(10);
-        assert_eq!(
-            run(&d, &inq(true, 0x42, 255)),
-            Err(ScsiError::field_byte(2))
-        );
+        assert_eq!(run(&d, &inq(true, 0x42, 255)), Err(ScsiError::field_byte(2)));
     }
 }

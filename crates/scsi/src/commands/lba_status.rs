@@ -16,10 +16,7 @@ const MAX_SCAN_BLOCKS: u64 = 1 << 20;
 const MAX_DESCRIPTORS: usize = 64;
 
 pub(crate) fn decode(c: Cdb<'_>) -> Result<Command, ScsiError> {
-    Ok(Command::GetLbaStatus {
-        lba: c.be64(2),
-        alloc_len: c.be32(10),
-    })
+    Ok(Command::GetLbaStatus { lba: c.be64(2), alloc_len: c.be32(10) })
 }
 
 /// PROVISIONING STATUS (SBC-4 table 66).
@@ -94,24 +91,9 @@ mod tests {
     #[test]
     fn errors() {
         let d = disk(100);
-        assert_eq!(
-            run(&d, &cdb16(0x9E, 0x12, 100, 24)),
-            Err(ScsiError::LbaOutOfRange { lba: 100 })
-        );
-        assert_eq!(
-            run(&d, &cdb16(0x9E, 0x12, u64::MAX, 24)),
-            Err(ScsiError::LbaOutOfRange { lba: u64::MAX })
-        );
-        let fat = disk_with(
-            10,
-            DiskConfig {
-                thin: false,
-                ..Default::default()
-            },
-        );
-        assert_eq!(
-            run(&fat, &cdb16(0x9E, 0x12, 0, 24)),
-            Err(ScsiError::field(1, 4))
-        );
+        assert_eq!(run(&d, &cdb16(0x9E, 0x12, 100, 24)), Err(ScsiError::LbaOutOfRange { lba: 100 }));
+        assert_eq!(run(&d, &cdb16(0x9E, 0x12, u64::MAX, 24)), Err(ScsiError::LbaOutOfRange { lba: u64::MAX }));
+        let fat = disk_with(10, DiskConfig { thin: false, ..Default::default() });
+        assert_eq!(run(&fat, &cdb16(0x9E, 0x12, 0, 24)), Err(ScsiError::field(1, 4)));
     }
 }

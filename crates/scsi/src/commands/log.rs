@@ -47,33 +47,16 @@ fn page(code: u8, subpage: u8, params: &[u8]) -> Vec<u8> {
 
 pub(crate) fn log_sense(l: &LogSense) -> Result<Vec<u8>, ScsiError> {
     let d = match (l.page, l.subpage) {
-        (SUPPORTED_PAGES, 0x00) => page(
-            SUPPORTED_PAGES,
-            0,
-            &[SUPPORTED_PAGES, INFORMATIONAL_EXCEPTIONS],
-        ),
-        (SUPPORTED_PAGES, 0xFF) => page(
-            SUPPORTED_PAGES,
-            0xFF,
-            &[
-                SUPPORTED_PAGES,
-                0x00,
-                SUPPORTED_PAGES,
-                0xFF,
-                INFORMATIONAL_EXCEPTIONS,
-                0x00,
-            ],
-        ),
+        (SUPPORTED_PAGES, 0x00) => page(SUPPORTED_PAGES, 0, &[SUPPORTED_PAGES, INFORMATIONAL_EXCEPTIONS]),
+        (SUPPORTED_PAGES, 0xFF) => {
+            page(SUPPORTED_PAGES, 0xFF, &[SUPPORTED_PAGES, 0x00, SUPPORTED_PAGES, 0xFF, INFORMATIONAL_EXCEPTIONS, 0x00])
+        }
         (INFORMATIONAL_EXCEPTIONS, 0x00) => {
             if l.param_ptr > 0 {
                 return Err(ScsiError::field_byte(5));
             }
             // Parameter 0000h: no exception, temperature not available (FFh).
-            page(
-                INFORMATIONAL_EXCEPTIONS,
-                0,
-                &[0x00, 0x00, 0x03, 0x03, 0x00, 0x00, 0xFF],
-            )
+            page(INFORMATIONAL_EXCEPTIONS, 0, &[0x00, 0x00, 0x03, 0x03, 0x00, 0x00, 0xFF])
         }
         (SUPPORTED_PAGES | INFORMATIONAL_EXCEPTIONS, _) => return Err(ScsiError::field_byte(3)),
         _ => return Err(ScsiError::field(2, 5)),
@@ -95,29 +78,15 @@ mod tests {
     #[test]
     fn pages() {
         let d = disk(10);
-        assert_eq!(
-            run(&d, &cdb(0, 0, 0, 100)).unwrap(),
-            vec![0, 0, 0, 2, 0x00, 0x2F]
-        );
+        assert_eq!(run(&d, &cdb(0, 0, 0, 100)).unwrap(), vec![0, 0, 0, 2, 0x00, 0x2F]);
         let r = run(&d, &cdb(0, 0, 0xFF, 100)).unwrap();
         assert_eq!(&r[..4], &[0x40, 0xFF, 0, 6]);
         let r = run(&d, &cdb(0, 0x2F, 0, 100)).unwrap();
         assert_eq!(&r[..4], &[0x2F, 0, 0, 7]);
         assert_eq!(run(&d, &cdb(0, 0x2F, 0, 2)).unwrap().len(), 2);
         assert_eq!(run(&d, &cdb(0, 0x0D, 0, 100)), Err(ScsiError::field(2, 5)));
-        assert_eq!(
-            run(&d, &cdb(0, 0x2F, 1, 100)),
-            Err(ScsiError::field_byte(3))
-        );
-        assert_eq!(
-            run(&d, &cdb(1, 0, 0, 100)),
-            Err(ScsiError::field(1, 0)),
-            "SP"
-        );
-        assert_eq!(
-            run(&d, &cdb(2, 0, 0, 100)),
-            Err(ScsiError::field(1, 1)),
-            "PPC"
-        );
+        assert_eq!(run(&d, &cdb(0, 0x2F, 1, 100)), Err(ScsiError::field_byte(3)));
+        assert_eq!(run(&d, &cdb(1, 0, 0, 100)), Err(ScsiError::field(1, 0)), "SP");
+        assert_eq!(run(&d, &cdb(2, 0, 0, 100)), Err(ScsiError::field(1, 1)), "PPC");
     }
 }

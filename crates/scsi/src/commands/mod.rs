@@ -36,30 +36,10 @@ pub(crate) fn validate(disk: &Disk, cmd: &Command) -> Result<(), ScsiError> {
     }
     use Command::*;
     match *cmd {
-        Read {
-            lba,
-            blocks,
-            cdb_len,
-            ..
-        }
-        | Write {
-            lba,
-            blocks,
-            cdb_len,
-            ..
-        }
-        | WriteAndVerify {
-            lba,
-            blocks,
-            cdb_len,
-            ..
-        }
-        | Verify {
-            lba,
-            blocks,
-            cdb_len,
-            ..
-        } => {
+        Read { lba, blocks, cdb_len, .. }
+        | Write { lba, blocks, cdb_len, .. }
+        | WriteAndVerify { lba, blocks, cdb_len, .. }
+        | Verify { lba, blocks, cdb_len, .. } => {
             disk.check_range(lba, u64::from(blocks))?;
             disk.check_transfer(blocks, transfer_length_byte(cdb_len))
         }
@@ -74,16 +54,8 @@ pub(crate) fn validate(disk: &Disk, cmd: &Command) -> Result<(), ScsiError> {
             }
             Ok(())
         }
-        WriteSame {
-            lba,
-            blocks,
-            anchor,
-            cdb_len,
-            ..
-        } => disk.validate_write_same(lba, blocks, anchor, cdb_len),
-        PreFetch { lba, blocks, .. } | SynchronizeCache { lba, blocks, .. } => {
-            disk.check_range(lba, u64::from(blocks))
-        }
+        WriteSame { lba, blocks, anchor, cdb_len, .. } => disk.validate_write_same(lba, blocks, anchor, cdb_len),
+        PreFetch { lba, blocks, .. } | SynchronizeCache { lba, blocks, .. } => disk.check_range(lba, u64::from(blocks)),
         GetLbaStatus { lba, .. } => disk.check_range(lba, 0),
         _ => Ok(()),
     }
@@ -109,56 +81,23 @@ pub(crate) async fn execute(
         ReadCapacity10 => Ok(disk.read_capacity10()),
         ReadCapacity16 { alloc_len } => Ok(disk.read_capacity16(*alloc_len)),
         Read { lba, blocks, .. } => disk.read_blocks(*lba, *blocks).await,
-        Write {
-            lba, blocks, fua, ..
-        } => disk.write_blocks(*lba, *blocks, *fua, data).await,
+        Write { lba, blocks, fua, .. } => disk.write_blocks(*lba, *blocks, *fua, data).await,
         WriteAndVerify { lba, blocks, .. } => disk.write_and_verify(*lba, *blocks, data).await,
-        Verify {
-            lba,
-            blocks,
-            bytchk,
-            ..
-        } => disk.verify(*lba, *blocks, *bytchk, data).await,
-        CompareAndWrite {
-            lba, blocks, fua, ..
-        } => disk.compare_and_write(*lba, *blocks, *fua, data).await,
-        OrWrite {
-            lba, blocks, fua, ..
-        } => disk.or_write(*lba, *blocks, *fua, data).await,
-        WriteSame {
-            lba,
-            blocks,
-            unmap,
-            ndob,
-            ..
-        } => disk.write_same(*lba, *blocks, *unmap, *ndob, data).await,
+        Verify { lba, blocks, bytchk, .. } => disk.verify(*lba, *blocks, *bytchk, data).await,
+        CompareAndWrite { lba, blocks, fua, .. } => disk.compare_and_write(*lba, *blocks, *fua, data).await,
+        OrWrite { lba, blocks, fua, .. } => disk.or_write(*lba, *blocks, *fua, data).await,
+        WriteSame { lba, blocks, unmap, ndob, .. } => disk.write_same(*lba, *blocks, *unmap, *ndob, data).await,
         Unmap { param_len, .. } => disk.unmap(*param_len, data).await,
         PreFetch { .. } => Ok(Vec::new()),
         SynchronizeCache { .. } => disk.synchronize_cache().await,
         GetLbaStatus { lba, alloc_len } => Ok(disk.get_lba_status(*lba, *alloc_len)),
-        ReadDefectData {
-            plist,
-            glist,
-            format,
-            alloc_len,
-            cdb_len,
-            ..
-        } => Ok(defect::read_defect_data(
-            *plist, *glist, *format, *alloc_len, *cdb_len,
-        )),
-        ReportLuns {
-            select_report,
-            alloc_len,
-        } => Ok(report_luns::report_luns(
-            *select_report,
-            &ctx.luns,
-            *alloc_len,
-        )),
+        ReadDefectData { plist, glist, format, alloc_len, cdb_len, .. } => {
+            Ok(defect::read_defect_data(*plist, *glist, *format, *alloc_len, *cdb_len))
+        }
+        ReportLuns { select_report, alloc_len } => Ok(report_luns::report_luns(*select_report, &ctx.luns, *alloc_len)),
         ReportSupportedOperationCodes(r) => disk.report_opcodes(r),
-        ReportSupportedTaskManagementFunctions { repd, alloc_len } => Ok(opcodes::report_tmfs(
-            &ctx.tmf.unwrap_or_default(),
-            *repd,
-            *alloc_len,
-        )),
+        ReportSupportedTaskManagementFunctions { repd, alloc_len } => {
+            Ok(opcodes::report_tmfs(&ctx.tmf.unwrap_or_default(), *repd, *alloc_len))
+        }
     }
 }

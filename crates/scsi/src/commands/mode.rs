@@ -79,11 +79,7 @@ fn select(c: Cdb<'_>, param_len: u16) -> Result<Command, ScsiError> {
     if !pf && param_len > 0 {
         return Err(ScsiError::field(1, 4)); // only the page format is understood
     }
-    Ok(Command::ModeSelect(ModeSelect {
-        pf,
-        param_len,
-        cdb_len: c.len() as u8,
-    }))
+    Ok(Command::ModeSelect(ModeSelect { pf, param_len, cdb_len: c.len() as u8 }))
 }
 
 pub(crate) fn decode_select6(c: Cdb<'_>) -> Result<Command, ScsiError> {
@@ -100,12 +96,7 @@ const CONTROL: u8 = 0x0A;
 const INFORMATIONAL_EXCEPTIONS: u8 = 0x1C;
 const ALL_PAGES: u8 = 0x3F;
 /// Pages in the order MODE SENSE returns them for "all pages".
-const PAGES: [u8; 4] = [
-    RW_ERROR_RECOVERY,
-    CACHING,
-    CONTROL,
-    INFORMATIONAL_EXCEPTIONS,
-];
+const PAGES: [u8; 4] = [RW_ERROR_RECOVERY, CACHING, CONTROL, INFORMATIONAL_EXCEPTIONS];
 
 /// The values of the device-wide changeable bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,11 +106,7 @@ struct Bits {
     swp: bool,
 }
 
-const DEFAULTS: Bits = Bits {
-    wce: true,
-    d_sense: false,
-    swp: false,
-};
+const DEFAULTS: Bits = Bits { wce: true, d_sense: false, swp: false };
 
 /// A mode page (page_0 format) holding `bits`, or, with `changeable`, the
 /// mask of the changeable bits.
@@ -191,11 +178,7 @@ impl Disk {
             return Err(ScsiError::field_byte(3));
         }
         let changeable = m.pc == PC_CHANGEABLE;
-        let bits = if m.pc == PC_DEFAULT {
-            DEFAULTS
-        } else {
-            self.mode_bits()
-        };
+        let bits = if m.pc == PC_DEFAULT { DEFAULTS } else { self.mode_bits() };
         let long = m.cdb_len == 10 && m.llbaa;
         let block_desc = if m.dbd {
             Vec::new()
@@ -216,11 +199,7 @@ impl Disk {
             b
         };
         // DEVICE-SPECIFIC PARAMETER (SBC-4 6.5.2): WP and DPOFUA.
-        let dsp = if changeable {
-            0
-        } else {
-            (u8::from(self.write_protected()) << 7) | 0x10
-        };
+        let dsp = if changeable { 0 } else { (u8::from(self.write_protected()) << 7) | 0x10 };
         let mut d = if m.cdb_len == 6 {
             vec![0, 0, dsp, block_desc.len() as u8]
         } else {
@@ -256,11 +235,7 @@ impl Disk {
         let (medium_type, bd_len, long) = if m.cdb_len == 6 {
             (data[1], usize::from(data[3]), false)
         } else {
-            (
-                data[2],
-                usize::from(u16::from_be_bytes([data[6], data[7]])),
-                data[4] & 1 != 0,
-            )
+            (data[2], usize::from(u16::from_be_bytes([data[6], data[7]])), data[4] & 1 != 0)
         };
         if medium_type != 0 {
             return Err(ScsiError::param(if m.cdb_len == 6 { 1 } else { 2 }, None));
@@ -303,16 +278,11 @@ impl Disk {
             if usize::from(page_len) != cur.len() - 2 {
                 return Err(ScsiError::param(pos + 1, None));
             }
-            let sent = data
-                .get(pos..pos + cur.len())
-                .ok_or(ScsiError::ParameterListLengthError)?;
+            let sent = data.get(pos..pos + cur.len()).ok_or(ScsiError::ParameterListLengthError)?;
             for i in 2..cur.len() {
                 let bad = (sent[i] ^ cur[i]) & !mask[i];
                 if bad != 0 {
-                    return Err(ScsiError::param(
-                        pos + i,
-                        Some(7 - bad.leading_zeros() as u8),
-                    ));
+                    return Err(ScsiError::param(pos + i, Some(7 - bad.leading_zeros() as u8)));
                 }
             }
             match code {
@@ -362,10 +332,7 @@ mod tests {
         assert_eq!(&r[9..12], &[0, 2, 0]);
         let pages = &r[12..];
         assert_eq!(pages.len(), 12 + 20 + 12 + 12);
-        assert_eq!(
-            (pages[0], pages[12], pages[32], pages[44]),
-            (0x01, 0x08, 0x0A, 0x1C)
-        );
+        assert_eq!((pages[0], pages[12], pages[32], pages[44]), (0x01, 0x08, 0x0A, 0x1C));
         assert_eq!(pages[14] & 0x04, 0x04, "WCE");
         // Truncation keeps the full length in the header.
         let short = run(&d, &sense6(0, 0x3F, 0, 4)).unwrap();
@@ -384,26 +351,11 @@ mod tests {
         assert_eq!(r[6], 0x04, "WCE changeable");
         let r = run(&d, &sense6(0x08, 0x40 | 0x0A, 0, 255)).unwrap();
         assert_eq!((r[6], r[8]), (0x04, 0x08), "D_SENSE and SWP changeable");
-        assert!(
-            run(&d, &sense6(0x08, 0x80 | 0x0A, 0, 255)).is_ok(),
-            "default"
-        );
-        assert_eq!(
-            run(&d, &sense6(0x08, 0xC0 | 0x0A, 0, 255)),
-            Err(ScsiError::SavingParametersNotSupported)
-        );
-        assert_eq!(
-            run(&d, &sense6(0, 0x02, 0, 255)),
-            Err(ScsiError::field(2, 5))
-        );
-        assert_eq!(
-            run(&d, &sense6(0, 0x08, 1, 255)),
-            Err(ScsiError::field_byte(3))
-        );
-        assert_eq!(
-            Command::decode(&sense6(0x10, 0x08, 0, 255)),
-            Err(ScsiError::field(1, 4))
-        );
+        assert!(run(&d, &sense6(0x08, 0x80 | 0x0A, 0, 255)).is_ok(), "default");
+        assert_eq!(run(&d, &sense6(0x08, 0xC0 | 0x0A, 0, 255)), Err(ScsiError::SavingParametersNotSupported));
+        assert_eq!(run(&d, &sense6(0, 0x02, 0, 255)), Err(ScsiError::field(2, 5)));
+        assert_eq!(run(&d, &sense6(0, 0x08, 1, 255)), Err(ScsiError::field_byte(3)));
+        assert_eq!(Command::decode(&sense6(0x10, 0x08, 0, 255)), Err(ScsiError::field(1, 4)));
     }
 
     #[test]
@@ -426,30 +378,18 @@ mod tests {
         caching[0] = 0;
         caching[2] = 0; // WP/DPOFUA are reserved in MODE SELECT... and ignored
         caching[6] &= !0x04;
-        assert_eq!(
-            run_data(&d, &select6(&caching), caching.clone()),
-            Ok(vec![])
-        );
+        assert_eq!(run_data(&d, &select6(&caching), caching.clone()), Ok(vec![]));
         assert!(!d.write_cache_enabled());
         let mut control = run(&d, &sense6(0x08, 0x0A, 0, 255)).unwrap();
         control[0] = 0;
         control[6] |= 0x04;
         control[8] |= 0x08;
-        assert_eq!(
-            run_data(&d, &select6(&control), control.clone()),
-            Ok(vec![])
-        );
+        assert_eq!(run_data(&d, &select6(&control), control.clone()), Ok(vec![]));
         assert!(d.descriptor_sense());
-        assert_eq!(
-            run_data(&d, &cdb10(0x2A, 0, 0, 1), vec![0; 512]),
-            Err(ScsiError::SoftwareWriteProtected)
-        );
+        assert_eq!(run_data(&d, &cdb10(0x2A, 0, 0, 1), vec![0; 512]), Err(ScsiError::SoftwareWriteProtected));
         let r = run(&d, &sense6(0x08, 0x0A, 0, 255)).unwrap();
         assert_eq!(r[2] & 0x80, 0x80, "WP");
-        assert_eq!(
-            ScsiError::SoftwareWriteProtected.sense().key,
-            SenseKey::DataProtect
-        );
+        assert_eq!(ScsiError::SoftwareWriteProtected.sense().key, SenseKey::DataProtect);
     }
 
     #[test]
@@ -459,60 +399,28 @@ mod tests {
         control[0] = 0;
         let mut bad = control.clone();
         bad[7] = 0x20; // TAS is not changeable
-        assert_eq!(
-            run_data(&d, &select6(&bad), bad.clone()),
-            Err(ScsiError::param(7, Some(5)))
-        );
+        assert_eq!(run_data(&d, &select6(&bad), bad.clone()), Err(ScsiError::param(7, Some(5))));
         let mut bad = control.clone();
         bad[4] |= 0x80; // PS
-        assert_eq!(
-            run_data(&d, &select6(&bad), bad.clone()),
-            Err(ScsiError::param(4, Some(7)))
-        );
+        assert_eq!(run_data(&d, &select6(&bad), bad.clone()), Err(ScsiError::param(4, Some(7))));
         let mut bad = control.clone();
         bad[4] = 0x02; // unknown page
-        assert_eq!(
-            run_data(&d, &select6(&bad), bad.clone()),
-            Err(ScsiError::param(4, Some(5)))
-        );
+        assert_eq!(run_data(&d, &select6(&bad), bad.clone()), Err(ScsiError::param(4, Some(5))));
         let mut bad = control.clone();
         bad[5] = 0x0B;
-        assert_eq!(
-            run_data(&d, &select6(&bad), bad.clone()),
-            Err(ScsiError::param(5, None))
-        );
+        assert_eq!(run_data(&d, &select6(&bad), bad.clone()), Err(ScsiError::param(5, None)));
         let cut = control[..10].to_vec();
-        assert_eq!(
-            run_data(&d, &select6(&cut), cut.clone()),
-            Err(ScsiError::ParameterListLengthError)
-        );
-        assert_eq!(
-            run_data(&d, &select6(&control), vec![0; 3]),
-            Err(ScsiError::ParameterListLengthError)
-        );
+        assert_eq!(run_data(&d, &select6(&cut), cut.clone()), Err(ScsiError::ParameterListLengthError));
+        assert_eq!(run_data(&d, &select6(&control), vec![0; 3]), Err(ScsiError::ParameterListLengthError));
         // A block descriptor with another block length.
         let mut bd = vec![0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0x10, 0];
-        assert_eq!(
-            run_data(&d, &select6(&bd), bd.clone()),
-            Err(ScsiError::param(9, None))
-        );
+        assert_eq!(run_data(&d, &select6(&bd), bd.clone()), Err(ScsiError::param(9, None)));
         bd[10] = 0x02;
         assert_eq!(run_data(&d, &select6(&bd), bd.clone()), Ok(vec![]));
-        assert_eq!(
-            Command::decode(&[0x15, 0x11, 0, 0, 12, 0]),
-            Err(ScsiError::field(1, 0)),
-            "SP"
-        );
-        assert_eq!(
-            Command::decode(&[0x15, 0x00, 0, 0, 12, 0]),
-            Err(ScsiError::field(1, 4)),
-            "PF=0"
-        );
+        assert_eq!(Command::decode(&[0x15, 0x11, 0, 0, 12, 0]), Err(ScsiError::field(1, 0)), "SP");
+        assert_eq!(Command::decode(&[0x15, 0x00, 0, 0, 12, 0]), Err(ScsiError::field(1, 4)), "PF=0");
         assert_eq!(run(&d, &[0x15, 0x00, 0, 0, 0, 0]), Ok(vec![]), "empty list");
-        assert!(
-            d.write_cache_enabled() && !d.descriptor_sense(),
-            "nothing changed"
-        );
+        assert!(d.write_cache_enabled() && !d.descriptor_sense(), "nothing changed");
     }
 
     #[test]

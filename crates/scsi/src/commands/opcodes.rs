@@ -37,10 +37,7 @@ pub(crate) fn decode_rsoc(c: Cdb<'_>) -> Result<Command, ScsiError> {
 }
 
 pub(crate) fn decode_rstmf(c: Cdb<'_>) -> Result<Command, ScsiError> {
-    Ok(Command::ReportSupportedTaskManagementFunctions {
-        repd: c.bit(2, 7),
-        alloc_len: c.be32(6),
-    })
+    Ok(Command::ReportSupportedTaskManagementFunctions { repd: c.bit(2, 7), alloc_len: c.be32(6) })
 }
 
 /// Command timeouts descriptor (SPC-5 6.35.4).
@@ -155,28 +152,15 @@ mod tests {
             if desc[5] & 1 != 0 {
                 cdb[1] = desc[3];
             }
-            assert!(
-                !matches!(Command::decode(&cdb), Err(ScsiError::InvalidOpcode(_))),
-                "{:#x}",
-                desc[0]
-            );
+            assert!(!matches!(Command::decode(&cdb), Err(ScsiError::InvalidOpcode(_))), "{:#x}", desc[0]);
         }
-        let rc16 = r[4..]
-            .chunks(8)
-            .find(|d| d[0] == 0x9E && d[3] == 0x10)
-            .unwrap();
+        let rc16 = r[4..].chunks(8).find(|d| d[0] == 0x9E && d[3] == 0x10).unwrap();
         assert_eq!(rc16[5], 0x01, "SERVACTV");
         let with_t = run(&d, &rsoc(0x80, 0, 0, 65535)).unwrap();
         assert_eq!(with_t.len() - 4, cdb::table::OPCODES.len() * 20);
         assert_eq!(with_t[4 + 5] & 0x02, 0x02, "CTDP");
         assert_eq!(&with_t[12..14], &[0, 0x0A]);
-        let fat = disk_with(
-            10,
-            DiskConfig {
-                thin: false,
-                ..Default::default()
-            },
-        );
+        let fat = disk_with(10, DiskConfig { thin: false, ..Default::default() });
         let r = run(&fat, &rsoc(0, 0, 0, 65535)).unwrap();
         assert!(r[4..].chunks(8).all(|d| d[0] != 0x42));
         assert_eq!(run(&d, &rsoc(0, 0, 0, 10)).unwrap().len(), 10);
@@ -187,39 +171,18 @@ mod tests {
         let d = disk(10);
         let r = run(&d, &rsoc(1, 0x28, 0, 100)).unwrap();
         assert_eq!(&r[..4], &[0, 0x03, 0, 10]);
-        assert_eq!(
-            &r[4..],
-            &[0x28, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x04]
-        );
+        assert_eq!(&r[4..], &[0x28, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x04]);
         let r = run(&d, &rsoc(0x82, 0x9E, 0x10, 100)).unwrap();
         assert_eq!(r[1], 0x83);
         assert_eq!(r.len(), 4 + 16 + 12);
         assert_eq!(&r[4..6], &[0x9E, 0x10]);
-        assert_eq!(
-            run(&d, &rsoc(1, 0xFF, 0, 100)).unwrap(),
-            vec![0, 0x01, 0, 0],
-            "unsupported"
-        );
-        assert_eq!(
-            run(&d, &rsoc(2, 0x9E, 0x1F, 100)).unwrap(),
-            vec![0, 0x01, 0, 0]
-        );
+        assert_eq!(run(&d, &rsoc(1, 0xFF, 0, 100)).unwrap(), vec![0, 0x01, 0, 0], "unsupported");
+        assert_eq!(run(&d, &rsoc(2, 0x9E, 0x1F, 100)).unwrap(), vec![0, 0x01, 0, 0]);
         assert_eq!(run(&d, &rsoc(3, 0x28, 0, 100)).unwrap()[1], 0x03);
-        assert_eq!(
-            run(&d, &rsoc(1, 0x9E, 0, 100)),
-            Err(ScsiError::field_byte(3)),
-            "opcode has service actions"
-        );
-        assert_eq!(
-            run(&d, &rsoc(2, 0x28, 0, 100)),
-            Err(ScsiError::field_byte(3)),
-            "opcode has none"
-        );
+        assert_eq!(run(&d, &rsoc(1, 0x9E, 0, 100)), Err(ScsiError::field_byte(3)), "opcode has service actions");
+        assert_eq!(run(&d, &rsoc(2, 0x28, 0, 100)), Err(ScsiError::field_byte(3)), "opcode has none");
         assert_eq!(run(&d, &rsoc(4, 0x28, 0, 100)), Err(ScsiError::field(2, 2)));
-        assert_eq!(
-            run(&d, &rsoc(0x40, 0x28, 0, 100)),
-            Err(ScsiError::field(2, 6))
-        );
+        assert_eq!(run(&d, &rsoc(0x40, 0x28, 0, 100)), Err(ScsiError::field(2, 6)));
     }
 
     #[test]
@@ -230,16 +193,9 @@ mod tests {
         let r = run(&d, &cdb(0x80)).unwrap();
         assert_eq!((r.len(), r[3]), (16, 0x0C));
         let ctx = ExecContext {
-            tmf: Some(TmfSupport {
-                query_task: true,
-                i_t_nexus_reset: true,
-                ..Default::default()
-            }),
+            tmf: Some(TmfSupport { query_task: true, i_t_nexus_reset: true, ..Default::default() }),
             ..Default::default()
         };
-        assert_eq!(
-            run_ctx(&d, &cdb(0), vec![], &ctx).unwrap(),
-            vec![0xDC, 0x01, 0, 0]
-        );
+        assert_eq!(run_ctx(&d, &cdb(0), vec![], &ctx).unwrap(), vec![0xDC, 0x01, 0, 0]);
     }
 }

@@ -28,14 +28,7 @@ fn rw(c: Cdb<'_>) -> Rw {
         12 => (u64::from(c.be32(2)), c.be32(6), c.bits(10, 0, 5)),
         _ => (c.be64(2), c.be32(10), c.bits(14, 0, 6)),
     };
-    Rw {
-        lba,
-        blocks,
-        fua: c.bit(1, 3),
-        dpo: c.bit(1, 4),
-        group,
-        cdb_len: c.len() as u8,
-    }
+    Rw { lba, blocks, fua: c.bit(1, 3), dpo: c.bit(1, 4), group, cdb_len: c.len() as u8 }
 }
 
 /// READ(6)/WRITE(6) (SBC-4 5.14, 5.36): a 21-bit LBA, and a TRANSFER
@@ -46,36 +39,15 @@ fn rw6(c: Cdb<'_>) -> Rw {
         0 => 256,
         n => u32::from(n),
     };
-    Rw {
-        lba,
-        blocks,
-        fua: false,
-        dpo: false,
-        group: 0,
-        cdb_len: 6,
-    }
+    Rw { lba, blocks, fua: false, dpo: false, group: 0, cdb_len: 6 }
 }
 
 fn read(r: Rw) -> Result<Command, ScsiError> {
-    Ok(Command::Read {
-        lba: r.lba,
-        blocks: r.blocks,
-        fua: r.fua,
-        dpo: r.dpo,
-        group: r.group,
-        cdb_len: r.cdb_len,
-    })
+    Ok(Command::Read { lba: r.lba, blocks: r.blocks, fua: r.fua, dpo: r.dpo, group: r.group, cdb_len: r.cdb_len })
 }
 
 fn write(r: Rw) -> Result<Command, ScsiError> {
-    Ok(Command::Write {
-        lba: r.lba,
-        blocks: r.blocks,
-        fua: r.fua,
-        dpo: r.dpo,
-        group: r.group,
-        cdb_len: r.cdb_len,
-    })
+    Ok(Command::Write { lba: r.lba, blocks: r.blocks, fua: r.fua, dpo: r.dpo, group: r.group, cdb_len: r.cdb_len })
 }
 
 pub(crate) fn decode_read6(c: Cdb<'_>) -> Result<Command, ScsiError> {
@@ -112,13 +84,7 @@ pub(crate) fn decode_write16(c: Cdb<'_>) -> Result<Command, ScsiError> {
 
 pub(crate) fn decode_orwrite16(c: Cdb<'_>) -> Result<Command, ScsiError> {
     let r = rw(c);
-    Ok(Command::OrWrite {
-        lba: r.lba,
-        blocks: r.blocks,
-        fua: r.fua,
-        dpo: r.dpo,
-        group: r.group,
-    })
+    Ok(Command::OrWrite { lba: r.lba, blocks: r.blocks, fua: r.fua, dpo: r.dpo, group: r.group })
 }
 
 /// The byte of the TRANSFER LENGTH field, for field pointers.
@@ -138,19 +104,13 @@ impl Disk {
         if blocks == 0 {
             return Ok(Vec::new());
         }
-        Ok(self
-            .backend()
-            .read(self.offset(lba), self.bytes(u64::from(blocks)))
-            .await?)
+        Ok(self.backend().read(self.offset(lba), self.bytes(u64::from(blocks))).await?)
     }
 
     /// Takes exactly `len` bytes of data-out, or fails if fewer were sent.
     pub(crate) fn take_data(&self, mut data: Vec<u8>, len: usize) -> Result<Vec<u8>, ScsiError> {
         if data.len() < len {
-            return Err(ScsiError::DataOutLength {
-                expected: len,
-                actual: data.len(),
-            });
+            return Err(ScsiError::DataOutLength { expected: len, actual: data.len() });
         }
         data.truncate(len);
         Ok(data)
@@ -177,13 +137,7 @@ impl Disk {
     /// ORWRITE(16) without a previous ORWRITE: OR the data-out into the
     /// blocks (SBC-4 4.29, "OR" operation). Atomicity against other
     /// commands to the same blocks is the target core's job.
-    pub(crate) async fn or_write(
-        &self,
-        lba: u64,
-        blocks: u32,
-        fua: bool,
-        data: Vec<u8>,
-    ) -> Result<Vec<u8>, ScsiError> {
+    pub(crate) async fn or_write(&self, lba: u64, blocks: u32, fua: bool, data: Vec<u8>) -> Result<Vec<u8>, ScsiError> {
         if blocks == 0 {
             return Ok(Vec::new());
         }
@@ -202,68 +156,25 @@ mod tests {
     #[test]
     fn decode_forms() {
         let c = Command::decode(&[0x08, 0x1F, 0xFF, 0xFF, 0, 0]).unwrap();
-        assert_eq!(
-            c,
-            Command::Read {
-                lba: 0x1F_FFFF,
-                blocks: 256,
-                fua: false,
-                dpo: false,
-                group: 0,
-                cdb_len: 6
-            }
-        );
-        assert_eq!(
-            Command::decode(&[0x08, 0x20, 0, 0, 1, 0]),
-            Err(ScsiError::field(1, 5))
-        );
+        assert_eq!(c, Command::Read { lba: 0x1F_FFFF, blocks: 256, fua: false, dpo: false, group: 0, cdb_len: 6 });
+        assert_eq!(Command::decode(&[0x08, 0x20, 0, 0, 1, 0]), Err(ScsiError::field(1, 5)));
         let c = Command::decode(&cdb10(0x28, 0x18, 7, 3)).unwrap();
-        assert_eq!(
-            c,
-            Command::Read {
-                lba: 7,
-                blocks: 3,
-                fua: true,
-                dpo: true,
-                group: 0,
-                cdb_len: 10
-            }
-        );
+        assert_eq!(c, Command::Read { lba: 7, blocks: 3, fua: true, dpo: true, group: 0, cdb_len: 10 });
         assert_eq!(c.opcode(), 0x28);
         assert_eq!(c.name(), "READ(10)");
         assert_eq!(c.direction(), DataDirection::FromDevice);
         let c = Command::decode(&cdb12(0xAA, 0x08, 7, 3)).unwrap();
-        assert!(matches!(
-            c,
-            Command::Write {
-                lba: 7,
-                blocks: 3,
-                fua: true,
-                cdb_len: 12,
-                ..
-            }
-        ));
+        assert!(matches!(c, Command::Write { lba: 7, blocks: 3, fua: true, cdb_len: 12, .. }));
         assert_eq!(c.data_out_len(512), 1536);
         assert_eq!(c.direction(), DataDirection::ToDevice);
         assert!(c.is_write());
         let c = Command::decode(&cdb16(0x8A, 0, 1 << 40, 1)).unwrap();
-        assert!(matches!(
-            c,
-            Command::Write {
-                lba: 0x100_0000_0000,
-                blocks: 1,
-                cdb_len: 16,
-                ..
-            }
-        ));
+        assert!(matches!(c, Command::Write { lba: 0x100_0000_0000, blocks: 1, cdb_len: 16, .. }));
         assert_eq!(c.opcode(), 0x8A);
         // Group numbers are accepted and kept.
         let mut g = cdb16(0x88, 0, 0, 1);
         g[14] = 0x3F;
-        assert!(matches!(
-            Command::decode(&g),
-            Ok(Command::Read { group: 0x3F, .. })
-        ));
+        assert!(matches!(Command::decode(&g), Ok(Command::Read { group: 0x3F, .. })));
         g[14] = 0x40;
         assert_eq!(Command::decode(&g), Err(ScsiError::field(14, 6)));
     }
@@ -271,32 +182,13 @@ mod tests {
     #[test]
     fn protect_fields_are_rejected() {
         for op in [0x28u8, 0x2A] {
-            assert_eq!(
-                Command::decode(&cdb10(op, 0x20, 0, 1)),
-                Err(ScsiError::field(1, 5))
-            );
-            assert_eq!(
-                Command::decode(&cdb10(op, 0xE0, 0, 1)),
-                Err(ScsiError::field(1, 7))
-            );
+            assert_eq!(Command::decode(&cdb10(op, 0x20, 0, 1)), Err(ScsiError::field(1, 5)));
+            assert_eq!(Command::decode(&cdb10(op, 0xE0, 0, 1)), Err(ScsiError::field(1, 7)));
         }
-        assert_eq!(
-            Command::decode(&cdb12(0xA8, 0x40, 0, 1)),
-            Err(ScsiError::field(1, 6))
-        );
-        assert_eq!(
-            Command::decode(&cdb16(0x88, 0x80, 0, 1)),
-            Err(ScsiError::field(1, 7))
-        );
-        assert_eq!(
-            Command::decode(&cdb16(0x8B, 0x20, 0, 1)),
-            Err(ScsiError::field(1, 5))
-        );
-        assert_eq!(
-            Command::decode(&cdb10(0x28, 0x02, 0, 1)),
-            Err(ScsiError::field(1, 1)),
-            "FUA_NV"
-        );
+        assert_eq!(Command::decode(&cdb12(0xA8, 0x40, 0, 1)), Err(ScsiError::field(1, 6)));
+        assert_eq!(Command::decode(&cdb16(0x88, 0x80, 0, 1)), Err(ScsiError::field(1, 7)));
+        assert_eq!(Command::decode(&cdb16(0x8B, 0x20, 0, 1)), Err(ScsiError::field(1, 5)));
+        assert_eq!(Command::decode(&cdb10(0x28, 0x02, 0, 1)), Err(ScsiError::field(1, 1)), "FUA_NV");
     }
 
     #[test]
@@ -326,91 +218,40 @@ mod tests {
         assert_eq!(run(&d, &cdb10(0x28, 0, 0, 0)), Ok(vec![]));
         assert_eq!(run(&d, &cdb10(0x2A, 0, 999, 0)), Ok(vec![]));
         for op in [0x28, 0x2A] {
-            assert_eq!(
-                run(&d, &cdb10(op, 0, 1001, 0)),
-                Err(ScsiError::LbaOutOfRange { lba: 1001 })
-            );
-            assert_eq!(
-                run(&d, &cdb10(op, 0, 1000, 1)),
-                Err(ScsiError::LbaOutOfRange { lba: 1000 })
-            );
-            assert_eq!(
-                run(&d, &cdb10(op, 0, 999, 2)),
-                Err(ScsiError::LbaOutOfRange { lba: 999 })
-            );
-            assert_eq!(
-                run(&d, &cdb10(op, 0, 0xFFFF_FFFF, 1)),
-                Err(ScsiError::LbaOutOfRange { lba: 0xFFFF_FFFF })
-            );
+            assert_eq!(run(&d, &cdb10(op, 0, 1001, 0)), Err(ScsiError::LbaOutOfRange { lba: 1001 }));
+            assert_eq!(run(&d, &cdb10(op, 0, 1000, 1)), Err(ScsiError::LbaOutOfRange { lba: 1000 }));
+            assert_eq!(run(&d, &cdb10(op, 0, 999, 2)), Err(ScsiError::LbaOutOfRange { lba: 999 }));
+            assert_eq!(run(&d, &cdb10(op, 0, 0xFFFF_FFFF, 1)), Err(ScsiError::LbaOutOfRange { lba: 0xFFFF_FFFF }));
         }
-        assert_eq!(
-            run(&d, &cdb16(0x88, 0, u64::MAX, 1)),
-            Err(ScsiError::LbaOutOfRange { lba: u64::MAX })
-        );
-        assert_eq!(
-            run(&d, &[0x08, 0, 0x03, 0xE8, 1, 0]),
-            Err(ScsiError::LbaOutOfRange { lba: 1000 })
-        );
+        assert_eq!(run(&d, &cdb16(0x88, 0, u64::MAX, 1)), Err(ScsiError::LbaOutOfRange { lba: u64::MAX }));
+        assert_eq!(run(&d, &[0x08, 0, 0x03, 0xE8, 1, 0]), Err(ScsiError::LbaOutOfRange { lba: 1000 }));
         let s = ScsiError::LbaOutOfRange { lba: 1000 }.sense();
-        assert_eq!(
-            (s.code(), s.information),
-            (sense::LBA_OUT_OF_RANGE, Some(1000))
-        );
+        assert_eq!((s.code(), s.information), (sense::LBA_OUT_OF_RANGE, Some(1000)));
     }
 
     #[test]
     fn transfer_limit() {
         let d = Disk::new(DiskConfig::default(), Backend::null(1 << 40));
         let max = d.max_transfer_blocks();
-        assert_eq!(
-            run(&d, &cdb16(0x88, 0, 0, max)).map(|v| v.len()),
-            Ok(MAX_TRANSFER_BYTES as usize)
-        );
-        assert_eq!(
-            run(&d, &cdb16(0x88, 0, 0, max + 1)),
-            Err(ScsiError::field_byte(10))
-        );
-        assert_eq!(
-            run(&d, &cdb12(0xAA, 0, 0, max + 1)),
-            Err(ScsiError::field_byte(6))
-        );
+        assert_eq!(run(&d, &cdb16(0x88, 0, 0, max)).map(|v| v.len()), Ok(MAX_TRANSFER_BYTES as usize));
+        assert_eq!(run(&d, &cdb16(0x88, 0, 0, max + 1)), Err(ScsiError::field_byte(10)));
+        assert_eq!(run(&d, &cdb12(0xAA, 0, 0, max + 1)), Err(ScsiError::field_byte(6)));
     }
 
     #[test]
     fn short_data_out_fails() {
         let d = disk(100);
         let r = run_data(&d, &cdb10(0x2A, 0, 0, 2), vec![0; 512]);
-        assert_eq!(
-            r,
-            Err(ScsiError::DataOutLength {
-                expected: 1024,
-                actual: 512
-            })
-        );
+        assert_eq!(r, Err(ScsiError::DataOutLength { expected: 1024, actual: 512 }));
     }
 
     #[test]
     fn readonly_refuses_writes() {
-        let d = disk_with(
-            100,
-            DiskConfig {
-                readonly: true,
-                ..Default::default()
-            },
-        );
-        assert_eq!(
-            run_data(&d, &cdb10(0x2A, 0, 0, 1), vec![0; 512]),
-            Err(ScsiError::WriteProtected)
-        );
-        assert_eq!(
-            run_data(&d, &cdb16(0x8B, 0, 0, 1), vec![0; 512]),
-            Err(ScsiError::WriteProtected)
-        );
+        let d = disk_with(100, DiskConfig { readonly: true, ..Default::default() });
+        assert_eq!(run_data(&d, &cdb10(0x2A, 0, 0, 1), vec![0; 512]), Err(ScsiError::WriteProtected));
+        assert_eq!(run_data(&d, &cdb16(0x8B, 0, 0, 1), vec![0; 512]), Err(ScsiError::WriteProtected));
         assert!(run(&d, &cdb10(0x28, 0, 0, 1)).is_ok());
-        assert_eq!(
-            ScsiError::WriteProtected.sense().code(),
-            sense::WRITE_PROTECTED
-        );
+        assert_eq!(ScsiError::WriteProtected.sense().code(), sense::WRITE_PROTECTED);
     }
 
     #[test]
@@ -419,10 +260,7 @@ mod tests {
         run_data(&d, &cdb10(0x2A, 0, 5, 1), vec![0x0F; 512]).unwrap();
         run_data(&d, &cdb16(0x8B, 0, 5, 1), vec![0xF0; 512]).unwrap();
         assert_eq!(run(&d, &cdb10(0x28, 0, 5, 1)).unwrap(), vec![0xFF; 512]);
-        assert_eq!(
-            run(&d, &cdb16(0x8B, 0, 100, 1)),
-            Err(ScsiError::LbaOutOfRange { lba: 100 })
-        );
+        assert_eq!(run(&d, &cdb16(0x8B, 0, 100, 1)), Err(ScsiError::LbaOutOfRange { lba: 100 }));
         assert_eq!(run(&d, &cdb16(0x8B, 0, 5, 0)), Ok(vec![]));
     }
 
@@ -435,9 +273,6 @@ mod tests {
         assert_eq!(e.sense().code(), sense::UNRECOVERED_READ_ERROR);
         fault.fail_writes(28);
         let e = run_data(&d, &cdb10(0x2A, 0, 0, 1), vec![0; 512]).unwrap_err();
-        assert_eq!(
-            e.sense().code(),
-            sense::SPACE_ALLOCATION_FAILED_WRITE_PROTECT
-        );
+        assert_eq!(e.sense().code(), sense::SPACE_ALLOCATION_FAILED_WRITE_PROTECT);
     }
 }

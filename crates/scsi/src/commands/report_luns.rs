@@ -12,10 +12,7 @@ pub(crate) fn decode(c: Cdb<'_>) -> Result<Command, ScsiError> {
     if !matches!(select_report, 0x00 | 0x01 | 0x02 | 0x10 | 0x11 | 0x12) {
         return Err(ScsiError::field_byte(2));
     }
-    Ok(Command::ReportLuns {
-        select_report,
-        alloc_len: c.be32(6),
-    })
+    Ok(Command::ReportLuns { select_report, alloc_len: c.be32(6) })
 }
 
 /// The parameter data for a SELECT REPORT code: the LUNs of the target for
@@ -42,15 +39,9 @@ mod tests {
     #[test]
     fn lists_luns_from_the_context() {
         let d = disk(10);
-        let ctx = ExecContext {
-            luns: vec![0, 3],
-            ..Default::default()
-        };
+        let ctx = ExecContext { luns: vec![0, 3], ..Default::default() };
         let r = run_ctx(&d, &cdb(0, 100), vec![], &ctx).unwrap();
-        assert_eq!(
-            r,
-            vec![0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0]
-        );
+        assert_eq!(r, vec![0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0]);
         assert_eq!(run_ctx(&d, &cdb(2, 100), vec![], &ctx).unwrap().len(), 24);
         assert_eq!(run_ctx(&d, &cdb(1, 100), vec![], &ctx).unwrap(), vec![0; 8]);
         assert_eq!(run_ctx(&d, &cdb(0, 16), vec![], &ctx).unwrap().len(), 16);

@@ -17,23 +17,12 @@ fn range(c: Cdb<'_>) -> (u64, u32, u8) {
 
 fn sync(c: Cdb<'_>) -> Result<Command, ScsiError> {
     let (lba, blocks, _) = range(c);
-    Ok(Command::SynchronizeCache {
-        lba,
-        blocks,
-        immed: c.bit(1, 1),
-        cdb_len: c.len() as u8,
-    })
+    Ok(Command::SynchronizeCache { lba, blocks, immed: c.bit(1, 1), cdb_len: c.len() as u8 })
 }
 
 fn prefetch(c: Cdb<'_>) -> Result<Command, ScsiError> {
     let (lba, blocks, group) = range(c);
-    Ok(Command::PreFetch {
-        lba,
-        blocks,
-        immed: c.bit(1, 1),
-        group,
-        cdb_len: c.len() as u8,
-    })
+    Ok(Command::PreFetch { lba, blocks, immed: c.bit(1, 1), group, cdb_len: c.len() as u8 })
 }
 
 pub(crate) fn decode_sync10(c: Cdb<'_>) -> Result<Command, ScsiError> {
@@ -73,38 +62,14 @@ mod tests {
         assert_eq!(run(&d, &cdb10(0x35, 0, 0, 0)), Ok(vec![]));
         assert_eq!(run(&d, &cdb10(0x35, 0x02, 10, 90)), Ok(vec![]));
         assert_eq!(run(&d, &cdb16(0x91, 0, 0, 100)), Ok(vec![]));
-        assert_eq!(
-            run(&d, &cdb16(0x91, 0, 100, 0)),
-            Err(ScsiError::LbaOutOfRange { lba: 100 })
-        );
-        assert_eq!(
-            run(&d, &cdb10(0x35, 0, 50, 51)),
-            Err(ScsiError::LbaOutOfRange { lba: 50 })
-        );
-        assert_eq!(
-            Command::decode(&cdb10(0x35, 0x04, 0, 0)),
-            Err(ScsiError::field(1, 2)),
-            "SYNC_NV"
-        );
+        assert_eq!(run(&d, &cdb16(0x91, 0, 100, 0)), Err(ScsiError::LbaOutOfRange { lba: 100 }));
+        assert_eq!(run(&d, &cdb10(0x35, 0, 50, 51)), Err(ScsiError::LbaOutOfRange { lba: 50 }));
+        assert_eq!(Command::decode(&cdb10(0x35, 0x04, 0, 0)), Err(ScsiError::field(1, 2)), "SYNC_NV");
         let c = Command::decode(&cdb10(0x35, 0x02, 1, 2)).unwrap();
-        assert_eq!(
-            c,
-            Command::SynchronizeCache {
-                lba: 1,
-                blocks: 2,
-                immed: true,
-                cdb_len: 10
-            }
-        );
+        assert_eq!(c, Command::SynchronizeCache { lba: 1, blocks: 2, immed: true, cdb_len: 10 });
         assert!(c.uses_write_error_policy() && !c.is_write());
         // Allowed on a readonly unit.
-        let ro = disk_with(
-            10,
-            DiskConfig {
-                readonly: true,
-                ..Default::default()
-            },
-        );
+        let ro = disk_with(10, DiskConfig { readonly: true, ..Default::default() });
         assert_eq!(run(&ro, &cdb10(0x35, 0, 0, 0)), Ok(vec![]));
     }
 
@@ -112,23 +77,10 @@ mod tests {
     fn prefetch() {
         let d = disk(100);
         assert_eq!(run(&d, &cdb10(0x34, 0, 0, 10)), Ok(vec![]));
-        assert_eq!(
-            run(&d, &cdb10(0x34, 0x02, 0, 0)),
-            Ok(vec![]),
-            "IMMED, zero blocks"
-        );
+        assert_eq!(run(&d, &cdb10(0x34, 0x02, 0, 0)), Ok(vec![]), "IMMED, zero blocks");
         assert_eq!(run(&d, &cdb16(0x90, 0, 99, 1)), Ok(vec![]));
-        assert_eq!(
-            run(&d, &cdb16(0x90, 0, 99, 2)),
-            Err(ScsiError::LbaOutOfRange { lba: 99 })
-        );
-        assert_eq!(
-            run(&d, &cdb10(0x34, 0, 101, 0)),
-            Err(ScsiError::LbaOutOfRange { lba: 101 })
-        );
-        assert_eq!(
-            Command::decode(&cdb10(0x34, 0x01, 0, 0)),
-            Err(ScsiError::field(1, 0))
-        );
+        assert_eq!(run(&d, &cdb16(0x90, 0, 99, 2)), Err(ScsiError::LbaOutOfRange { lba: 99 }));
+        assert_eq!(run(&d, &cdb10(0x34, 0, 101, 0)), Err(ScsiError::LbaOutOfRange { lba: 101 }));
+        assert_eq!(Command::decode(&cdb10(0x34, 0x01, 0, 0)), Err(ScsiError::field(1, 0)));
     }
 }

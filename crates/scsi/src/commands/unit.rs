@@ -25,10 +25,7 @@ pub(crate) fn decode_test_unit_ready(_: Cdb<'_>) -> Result<Command, ScsiError> {
 }
 
 pub(crate) fn decode_request_sense(c: Cdb<'_>) -> Result<Command, ScsiError> {
-    Ok(Command::RequestSense {
-        desc: c.bit(1, 0),
-        alloc_len: c.u8(4),
-    })
+    Ok(Command::RequestSense { desc: c.bit(1, 0), alloc_len: c.u8(4) })
 }
 
 pub(crate) fn decode_start_stop(c: Cdb<'_>) -> Result<Command, ScsiError> {
@@ -61,10 +58,7 @@ impl Disk {
     /// REQUEST SENSE: the sense the core holds for this nexus, or NO SENSE,
     /// in the format DESC asks for.
     pub(crate) fn request_sense(&self, desc: bool, alloc_len: u8, ctx: &ExecContext) -> Vec<u8> {
-        let s = ctx
-            .pending_sense
-            .clone()
-            .unwrap_or_else(|| sense::NO_SENSE.sense());
+        let s = ctx.pending_sense.clone().unwrap_or_else(|| sense::NO_SENSE.sense());
         truncate(s.encode(desc), usize::from(alloc_len))
     }
 
@@ -113,23 +107,10 @@ mod tests {
     fn test_unit_ready() {
         let d = disk(100);
         assert_eq!(run(&d, &[0, 0, 0, 0, 0, 0]), Ok(vec![]));
-        assert_eq!(
-            Command::decode(&[0, 1, 0, 0, 0, 0]),
-            Err(ScsiError::field(1, 0))
-        );
-        assert_eq!(
-            Command::decode(&[0, 0, 0, 0, 0, 4]),
-            Err(ScsiError::field(5, 2)),
-            "NACA"
-        );
-        assert_eq!(
-            Command::decode(&[0, 0, 0, 0, 0, 0x20]),
-            Err(ScsiError::field(5, 5))
-        );
-        assert!(matches!(
-            Command::decode(&[0, 0, 0]),
-            Err(ScsiError::CdbTooShort { .. })
-        ));
+        assert_eq!(Command::decode(&[0, 1, 0, 0, 0, 0]), Err(ScsiError::field(1, 0)));
+        assert_eq!(Command::decode(&[0, 0, 0, 0, 0, 4]), Err(ScsiError::field(5, 2)), "NACA");
+        assert_eq!(Command::decode(&[0, 0, 0, 0, 0, 0x20]), Err(ScsiError::field(5, 5)));
+        assert!(matches!(Command::decode(&[0, 0, 0]), Err(ScsiError::CdbTooShort { .. })));
     }
 
     #[test]
@@ -141,16 +122,10 @@ mod tests {
         let desc = run(&d, &[0x03, 1, 0, 0, 252, 0]).unwrap();
         assert_eq!(desc, vec![0x72, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(run(&d, &[0x03, 0, 0, 0, 4, 0]).unwrap().len(), 4);
-        let ctx = ExecContext {
-            pending_sense: Some(sense::POWER_ON_RESET.sense()),
-            ..Default::default()
-        };
+        let ctx = ExecContext { pending_sense: Some(sense::POWER_ON_RESET.sense()), ..Default::default() };
         let ua = run_ctx(&d, &[0x03, 0, 0, 0, 252, 0], vec![], &ctx).unwrap();
         assert_eq!((ua[2], ua[12], ua[13]), (6, 0x29, 0));
-        assert_eq!(
-            Command::decode(&[0x03, 2, 0, 0, 0, 0]),
-            Err(ScsiError::field(1, 1))
-        );
+        assert_eq!(Command::decode(&[0x03, 2, 0, 0, 0, 0]), Err(ScsiError::field(1, 1)));
     }
 
     #[test]
@@ -158,69 +133,29 @@ mod tests {
         let d = disk(100);
         assert_eq!(run(&d, &[0x1B, 0, 0, 0, 0, 0]), Ok(vec![]), "stop");
         assert_eq!(run(&d, &[0x1B, 0, 0, 0, 1, 0]), Ok(vec![]), "start");
-        assert_eq!(
-            run(&d, &[0x1B, 0, 0, 0, 2, 0]),
-            Ok(vec![]),
-            "eject of a fixed disk is ignored"
-        );
+        assert_eq!(run(&d, &[0x1B, 0, 0, 0, 2, 0]), Ok(vec![]), "eject of a fixed disk is ignored");
         assert_eq!(run(&d, &[0x08, 0, 0, 0, 1, 0]).map(|v| v.len()), Ok(512));
         assert_eq!(run(&d, &[0x1B, 0, 0, 0, 0x30, 0]), Ok(vec![]), "STANDBY");
-        assert_eq!(
-            Command::decode(&[0x1B, 0, 0, 0, 0x40, 0]),
-            Err(ScsiError::field(4, 7))
-        );
+        assert_eq!(Command::decode(&[0x1B, 0, 0, 0, 0x40, 0]), Err(ScsiError::field(4, 7)));
 
-        let r = Disk::new(
-            DiskConfig {
-                removable: true,
-                ..Default::default()
-            },
-            Backend::mem(512 * 100),
-        );
+        let r = Disk::new(DiskConfig { removable: true, ..Default::default() }, Backend::mem(512 * 100));
         assert_eq!(run(&r, &[0x1E, 0, 0, 0, 1, 0]), Ok(vec![]), "prevent");
-        assert_eq!(
-            run(&r, &[0x1B, 0, 0, 0, 2, 0]),
-            Err(ScsiError::MediumRemovalPrevented)
-        );
+        assert_eq!(run(&r, &[0x1B, 0, 0, 0, 2, 0]), Err(ScsiError::MediumRemovalPrevented));
         assert_eq!(run(&r, &[0x1E, 0, 0, 0, 0, 0]), Ok(vec![]), "allow");
         assert_eq!(run(&r, &[0x1B, 0, 0, 0, 2, 0]), Ok(vec![]), "eject");
-        assert_eq!(
-            run(&r, &[0, 0, 0, 0, 0, 0]),
-            Err(ScsiError::MediumNotPresent)
-        );
-        assert_eq!(
-            run(&r, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-            Err(ScsiError::MediumNotPresent)
-        );
-        assert!(
-            run(&r, &[0x12, 0, 0, 0, 36, 0]).is_ok(),
-            "INQUIRY needs no medium"
-        );
+        assert_eq!(run(&r, &[0, 0, 0, 0, 0, 0]), Err(ScsiError::MediumNotPresent));
+        assert_eq!(run(&r, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Err(ScsiError::MediumNotPresent));
+        assert!(run(&r, &[0x12, 0, 0, 0, 36, 0]).is_ok(), "INQUIRY needs no medium");
         assert_eq!(run(&r, &[0x1B, 0, 0, 0, 3, 0]), Ok(vec![]), "load");
         assert_eq!(run(&r, &[0, 0, 0, 0, 0, 0]), Ok(vec![]));
-        assert_eq!(
-            ScsiError::MediumNotPresent.sense().code(),
-            sense::MEDIUM_NOT_PRESENT
-        );
+        assert_eq!(ScsiError::MediumNotPresent.sense().code(), sense::MEDIUM_NOT_PRESENT);
     }
 
     #[test]
     fn prevent_allow_fields() {
-        assert_eq!(
-            Command::decode(&[0x1E, 0, 0, 0, 2, 0]),
-            Err(ScsiError::field(4, 1))
-        );
-        assert_eq!(
-            Command::decode(&[0x1E, 0, 0, 0, 4, 0]),
-            Err(ScsiError::field(4, 2))
-        );
-        let r = Disk::new(
-            DiskConfig {
-                removable: true,
-                ..Default::default()
-            },
-            Backend::mem(512 * 100),
-        );
+        assert_eq!(Command::decode(&[0x1E, 0, 0, 0, 2, 0]), Err(ScsiError::field(4, 1)));
+        assert_eq!(Command::decode(&[0x1E, 0, 0, 0, 4, 0]), Err(ScsiError::field(4, 2)));
+        let r = Disk::new(DiskConfig { removable: true, ..Default::default() }, Backend::mem(512 * 100));
         run(&r, &[0x1E, 0, 0, 0, 1, 0]).unwrap();
         r.reset_prevent();
         assert_eq!(run(&r, &[0x1B, 0, 0, 0, 2, 0]), Ok(vec![]));

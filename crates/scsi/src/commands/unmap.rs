@@ -11,11 +11,7 @@ pub(crate) fn decode(c: Cdb<'_>) -> Result<Command, ScsiError> {
         // ANCHOR with ANC_SUP zero in the logical block provisioning VPD page.
         return Err(ScsiError::field(1, 0));
     }
-    Ok(Command::Unmap {
-        anchor: false,
-        group: c.bits(6, 0, 5),
-        param_len: c.be16(7),
-    })
+    Ok(Command::Unmap { anchor: false, group: c.bits(6, 0, 5), param_len: c.be16(7) })
 }
 
 /// One UNMAP block descriptor (SBC-4 5.31.3).
@@ -68,9 +64,7 @@ impl Disk {
         }
         for d in parse_unmap_list(&data[..len], self.num_blocks())? {
             if d.blocks > 0 {
-                self.backend()
-                    .discard(self.offset(d.lba), self.offset(u64::from(d.blocks)))
-                    .await?;
+                self.backend().discard(self.offset(d.lba), self.offset(u64::from(d.blocks))).await?;
             }
         }
         Ok(Vec::new())
@@ -117,64 +111,24 @@ mod tests {
     fn errors() {
         let d = disk(100);
         let l = list(&[(99, 2)]);
-        assert_eq!(
-            run_data(&d, &unmap_cdb(l.len()), l),
-            Err(ScsiError::LbaOutOfRange { lba: 99 })
-        );
+        assert_eq!(run_data(&d, &unmap_cdb(l.len()), l), Err(ScsiError::LbaOutOfRange { lba: 99 }));
         let l = list(&[(u64::MAX, 2)]);
-        assert_eq!(
-            run_data(&d, &unmap_cdb(l.len()), l),
-            Err(ScsiError::LbaOutOfRange { lba: u64::MAX })
-        );
-        assert_eq!(
-            run_data(&d, &unmap_cdb(4), vec![0; 4]),
-            Err(ScsiError::ParameterListLengthError)
-        );
-        assert_eq!(
-            run_data(&d, &unmap_cdb(24), vec![0; 8]),
-            Err(ScsiError::ParameterListLengthError)
-        );
-        assert_eq!(
-            Command::decode(&cdb10(0x42, 1, 0, 24)),
-            Err(ScsiError::field(1, 0)),
-            "ANCHOR"
-        );
+        assert_eq!(run_data(&d, &unmap_cdb(l.len()), l), Err(ScsiError::LbaOutOfRange { lba: u64::MAX }));
+        assert_eq!(run_data(&d, &unmap_cdb(4), vec![0; 4]), Err(ScsiError::ParameterListLengthError));
+        assert_eq!(run_data(&d, &unmap_cdb(24), vec![0; 8]), Err(ScsiError::ParameterListLengthError));
+        assert_eq!(Command::decode(&cdb10(0x42, 1, 0, 24)), Err(ScsiError::field(1, 0)), "ANCHOR");
         let mut reserved = cdb10(0x42, 0, 0, 24);
         reserved[2] = 1;
-        assert_eq!(
-            Command::decode(&reserved),
-            Err(ScsiError::field(2, 0)),
-            "reserved"
-        );
-        let many: Vec<(u64, u32)> = (0..=MAX_UNMAP_DESCRIPTORS as u64)
-            .map(|i| (i % 100, 0))
-            .collect();
+        assert_eq!(Command::decode(&reserved), Err(ScsiError::field(2, 0)), "reserved");
+        let many: Vec<(u64, u32)> = (0..=MAX_UNMAP_DESCRIPTORS as u64).map(|i| (i % 100, 0)).collect();
         let l = list(&many);
         assert_eq!(parse_unmap_list(&l, 100), Err(ScsiError::param(2, None)));
-        let ro = disk_with(
-            10,
-            DiskConfig {
-                readonly: true,
-                ..Default::default()
-            },
-        );
+        let ro = disk_with(10, DiskConfig { readonly: true, ..Default::default() });
         let l = list(&[(0, 1)]);
-        assert_eq!(
-            run_data(&ro, &unmap_cdb(l.len()), l),
-            Err(ScsiError::WriteProtected)
-        );
-        let fat = disk_with(
-            10,
-            DiskConfig {
-                thin: false,
-                ..Default::default()
-            },
-        );
+        assert_eq!(run_data(&ro, &unmap_cdb(l.len()), l), Err(ScsiError::WriteProtected));
+        let fat = disk_with(10, DiskConfig { thin: false, ..Default::default() });
         let l = list(&[(0, 1)]);
-        assert_eq!(
-            run_data(&fat, &unmap_cdb(l.len()), l),
-            Err(ScsiError::InvalidOpcode(0x42))
-        );
+        assert_eq!(run_data(&fat, &unmap_cdb(l.len()), l), Err(ScsiError::InvalidOpcode(0x42)));
     }
 
     #[test]

@@ -33,14 +33,7 @@ fn fields(c: Cdb<'_>, max_bytchk: u8) -> Result<Fields, ScsiError> {
         12 => (u64::from(c.be32(2)), c.be32(6), c.bits(10, 0, 5)),
         _ => (c.be64(2), c.be32(10), c.bits(14, 0, 6)),
     };
-    Ok(Fields {
-        lba,
-        blocks,
-        bytchk,
-        dpo: c.bit(1, 4),
-        group,
-        cdb_len: c.len() as u8,
-    })
+    Ok(Fields { lba, blocks, bytchk, dpo: c.bit(1, 4), group, cdb_len: c.len() as u8 })
 }
 
 fn verify(c: Cdb<'_>) -> Result<Command, ScsiError> {
@@ -100,13 +93,7 @@ impl Disk {
     /// VERIFY: reads the range in chunks and, with BYTCHK, compares it.
     /// A miscompare reports the offset of the first differing byte from
     /// the start of the range (SBC-4 5.32).
-    pub(crate) async fn verify(
-        &self,
-        lba: u64,
-        blocks: u32,
-        bytchk: u8,
-        data: Vec<u8>,
-    ) -> Result<Vec<u8>, ScsiError> {
+    pub(crate) async fn verify(&self, lba: u64, blocks: u32, bytchk: u8, data: Vec<u8>) -> Result<Vec<u8>, ScsiError> {
         if blocks == 0 {
             return Ok(Vec::new());
         }
@@ -121,22 +108,16 @@ impl Disk {
         let mut done = 0usize;
         while done < total {
             let n = chunk.min(total - done);
-            let got = self
-                .backend()
-                .read(self.offset(lba) + done as u64, n)
-                .await?;
+            let got = self.backend().read(self.offset(lba) + done as u64, n).await?;
             let diff = match (bytchk, &expected) {
                 (1, Some(exp)) => first_difference(&got, exp.get(done..done + n).unwrap_or(&[])),
-                (3, Some(one)) => got
-                    .chunks(bs)
-                    .enumerate()
-                    .find_map(|(i, block)| first_difference(block, one).map(|at| i * bs + at)),
+                (3, Some(one)) => {
+                    got.chunks(bs).enumerate().find_map(|(i, block)| first_difference(block, one).map(|at| i * bs + at))
+                }
                 _ => None,
             };
             if let Some(at) = diff {
-                return Err(ScsiError::Miscompare {
-                    offset: (done + at) as u64,
-                });
+                return Err(ScsiError::Miscompare { offset: (done + at) as u64 });
             }
             done += n;
         }
@@ -144,12 +125,7 @@ impl Disk {
     }
 
     /// WRITE AND VERIFY: writes durably, then reads back and compares.
-    pub(crate) async fn write_and_verify(
-        &self,
-        lba: u64,
-        blocks: u32,
-        data: Vec<u8>,
-    ) -> Result<Vec<u8>, ScsiError> {
+    pub(crate) async fn write_and_verify(&self, lba: u64, blocks: u32, data: Vec<u8>) -> Result<Vec<u8>, ScsiError> {
         if blocks == 0 {
             return Ok(Vec::new());
         }
@@ -170,73 +146,33 @@ mod tests {
         let data = pattern(512 * 4, 7);
         run_data(&d, &cdb10(0x2A, 0, 100, 4), data.clone()).unwrap();
         assert_eq!(run(&d, &cdb10(0x2F, 0, 100, 4)), Ok(vec![]), "BYTCHK 0");
-        assert_eq!(
-            run_data(&d, &cdb10(0x2F, 0x02, 100, 4), data.clone()),
-            Ok(vec![]),
-            "BYTCHK 1"
-        );
+        assert_eq!(run_data(&d, &cdb10(0x2F, 0x02, 100, 4), data.clone()), Ok(vec![]), "BYTCHK 1");
         let mut bad = data.clone();
         bad[700] ^= 1;
-        assert_eq!(
-            run_data(&d, &cdb12(0xAF, 0x02, 100, 4), bad),
-            Err(ScsiError::Miscompare { offset: 700 })
-        );
+        assert_eq!(run_data(&d, &cdb12(0xAF, 0x02, 100, 4), bad), Err(ScsiError::Miscompare { offset: 700 }));
         let s = ScsiError::Miscompare { offset: 700 }.sense();
-        assert_eq!(
-            (s.code(), s.information),
-            (sense::MISCOMPARE_DURING_VERIFY, Some(700))
-        );
+        assert_eq!((s.code(), s.information), (sense::MISCOMPARE_DURING_VERIFY, Some(700)));
         // BYTCHK 11b: one block against each block.
         run_data(&d, &cdb10(0x2A, 0, 200, 3), vec![0xAB; 512 * 3]).unwrap();
-        assert_eq!(
-            run_data(&d, &cdb16(0x8F, 0x06, 200, 3), vec![0xAB; 512]),
-            Ok(vec![])
-        );
-        assert_eq!(
-            run_data(&d, &cdb16(0x8F, 0x06, 199, 3), vec![0xAB; 512]),
-            Err(ScsiError::Miscompare { offset: 0 })
-        );
-        assert_eq!(
-            Command::decode(&cdb10(0x2F, 0x04, 0, 1)),
-            Err(ScsiError::field(1, 2)),
-            "BYTCHK 10b"
-        );
-        assert_eq!(
-            Command::decode(&cdb10(0x2F, 0x20, 0, 1)),
-            Err(ScsiError::field(1, 5)),
-            "VRPROTECT"
-        );
-        assert_eq!(
-            Command::decode(&cdb10(0x2F, 0x10, 0, 1)).map(|c| c.opcode()),
-            Ok(0x2F),
-            "DPO"
-        );
+        assert_eq!(run_data(&d, &cdb16(0x8F, 0x06, 200, 3), vec![0xAB; 512]), Ok(vec![]));
+        assert_eq!(run_data(&d, &cdb16(0x8F, 0x06, 199, 3), vec![0xAB; 512]), Err(ScsiError::Miscompare { offset: 0 }));
+        assert_eq!(Command::decode(&cdb10(0x2F, 0x04, 0, 1)), Err(ScsiError::field(1, 2)), "BYTCHK 10b");
+        assert_eq!(Command::decode(&cdb10(0x2F, 0x20, 0, 1)), Err(ScsiError::field(1, 5)), "VRPROTECT");
+        assert_eq!(Command::decode(&cdb10(0x2F, 0x10, 0, 1)).map(|c| c.opcode()), Ok(0x2F), "DPO");
     }
 
     #[test]
     fn verify_range_and_zero() {
         let d = disk(1000);
-        assert_eq!(
-            run(&d, &cdb10(0x2F, 0, 1000, 1)),
-            Err(ScsiError::LbaOutOfRange { lba: 1000 })
-        );
-        assert_eq!(
-            run(&d, &cdb16(0x8F, 0, 999, 2)),
-            Err(ScsiError::LbaOutOfRange { lba: 999 })
-        );
+        assert_eq!(run(&d, &cdb10(0x2F, 0, 1000, 1)), Err(ScsiError::LbaOutOfRange { lba: 1000 }));
+        assert_eq!(run(&d, &cdb16(0x8F, 0, 999, 2)), Err(ScsiError::LbaOutOfRange { lba: 999 }));
         assert_eq!(run(&d, &cdb10(0x2F, 0x02, 0, 0)), Ok(vec![]));
         let c = Command::decode(&cdb10(0x2F, 0x02, 0, 2)).unwrap();
-        assert_eq!(
-            (c.data_out_len(512), c.direction()),
-            (1024, DataDirection::ToDevice)
-        );
+        assert_eq!((c.data_out_len(512), c.direction()), (1024, DataDirection::ToDevice));
         let c = Command::decode(&cdb10(0x2F, 0x06, 0, 2)).unwrap();
         assert_eq!(c.data_out_len(4096), 4096);
         let c = Command::decode(&cdb10(0x2F, 0, 0, 2)).unwrap();
-        assert_eq!(
-            (c.data_out_len(512), c.direction()),
-            (0, DataDirection::None)
-        );
+        assert_eq!((c.data_out_len(512), c.direction()), (0, DataDirection::None));
         assert!(!c.is_write());
     }
 
@@ -244,38 +180,15 @@ mod tests {
     fn write_and_verify() {
         let d = disk(1000);
         let data = pattern(512 * 2, 3);
-        for cdb in [
-            cdb10(0x2E, 0x02, 10, 2),
-            cdb12(0xAE, 0x10, 10, 2),
-            cdb16(0x8E, 0, 10, 2),
-        ] {
+        for cdb in [cdb10(0x2E, 0x02, 10, 2), cdb12(0xAE, 0x10, 10, 2), cdb16(0x8E, 0, 10, 2)] {
             assert_eq!(run_data(&d, &cdb, data.clone()), Ok(vec![]));
             assert_eq!(run(&d, &cdb10(0x28, 0, 10, 2)).unwrap(), data);
         }
-        assert_eq!(
-            Command::decode(&cdb10(0x2E, 0x06, 0, 1)),
-            Err(ScsiError::field(1, 2))
-        );
-        assert_eq!(
-            Command::decode(&cdb10(0x2E, 0x20, 0, 1)),
-            Err(ScsiError::field(1, 5)),
-            "WRPROTECT"
-        );
-        assert_eq!(
-            run(&d, &cdb10(0x2E, 0, 1000, 1)),
-            Err(ScsiError::LbaOutOfRange { lba: 1000 })
-        );
+        assert_eq!(Command::decode(&cdb10(0x2E, 0x06, 0, 1)), Err(ScsiError::field(1, 2)));
+        assert_eq!(Command::decode(&cdb10(0x2E, 0x20, 0, 1)), Err(ScsiError::field(1, 5)), "WRPROTECT");
+        assert_eq!(run(&d, &cdb10(0x2E, 0, 1000, 1)), Err(ScsiError::LbaOutOfRange { lba: 1000 }));
         assert_eq!(run(&d, &cdb10(0x2E, 0, 0, 0)), Ok(vec![]));
-        let ro = disk_with(
-            10,
-            DiskConfig {
-                readonly: true,
-                ..Default::default()
-            },
-        );
-        assert_eq!(
-            run_data(&ro, &cdb10(0x2E, 0, 0, 1), vec![0; 512]),
-            Err(ScsiError::WriteProtected)
-        );
+        let ro = disk_with(10, DiskConfig { readonly: true, ..Default::default() });
+        assert_eq!(run_data(&ro, &cdb10(0x2E, 0, 0, 1), vec![0; 512]), Err(ScsiError::WriteProtected));
     }
 }

@@ -71,10 +71,7 @@ impl Disk {
         let block = if ndob {
             vec![0u8; bs]
         } else if data.len() != bs {
-            return Err(ScsiError::DataOutLength {
-                expected: bs,
-                actual: data.len(),
-            });
+            return Err(ScsiError::DataOutLength { expected: bs, actual: data.len() });
         } else {
             data
         };
@@ -97,9 +94,7 @@ impl Disk {
         while done < u64::from(blocks) {
             let n = per_chunk.min(u64::from(blocks) - done);
             let buf = block.repeat(n as usize);
-            self.backend()
-                .write(self.offset(lba + done), buf, fua)
-                .await?;
+            self.backend().write(self.offset(lba + done), buf, fua).await?;
             done += n;
         }
         Ok(Vec::new())
@@ -115,10 +110,7 @@ mod tests {
     fn writes_the_block_everywhere() {
         let d = disk(5000);
         let block = pattern(512, 5);
-        assert_eq!(
-            run_data(&d, &cdb10(0x41, 0, 10, 4000), block.clone()),
-            Ok(vec![])
-        );
+        assert_eq!(run_data(&d, &cdb10(0x41, 0, 10, 4000), block.clone()), Ok(vec![]));
         let back = run(&d, &cdb16(0x88, 0, 10, 4000)).unwrap();
         assert!(back.chunks(512).all(|b| b == block.as_slice()));
         assert_eq!(run(&d, &cdb10(0x28, 0, 9, 1)).unwrap(), vec![0; 512]);
@@ -129,17 +121,10 @@ mod tests {
     fn zeros_unmap_and_ndob() {
         let d = disk(100);
         run_data(&d, &cdb10(0x2A, 0, 0, 11), vec![0xEE; 11 * 512]).unwrap();
-        assert_eq!(
-            run_data(&d, &cdb10(0x41, 0x08, 0, 5), vec![0; 512]),
-            Ok(vec![]),
-            "UNMAP"
-        );
+        assert_eq!(run_data(&d, &cdb10(0x41, 0x08, 0, 5), vec![0; 512]), Ok(vec![]), "UNMAP");
         assert_eq!(run(&d, &cdb10(0x28, 0, 0, 5)).unwrap(), vec![0; 2560]);
         let ndob = Command::decode(&cdb16(0x93, 0x09, 5, 5)).unwrap();
-        assert_eq!(
-            (ndob.data_out_len(512), ndob.direction()),
-            (0, DataDirection::None)
-        );
+        assert_eq!((ndob.data_out_len(512), ndob.direction()), (0, DataDirection::None));
         assert_eq!(run(&d, &cdb16(0x93, 0x09, 5, 5)), Ok(vec![]), "UNMAP NDOB");
         assert_eq!(run(&d, &cdb10(0x28, 0, 5, 5)).unwrap(), vec![0; 2560]);
         assert_eq!(run(&d, &cdb10(0x28, 0, 10, 1)).unwrap(), vec![0xEE; 512]);
@@ -151,77 +136,30 @@ mod tests {
     fn errors() {
         let d = disk(100);
         let b = vec![1u8; 512];
-        assert_eq!(
-            run_data(&d, &cdb10(0x41, 0, 0, 0), b.clone()),
-            Err(ScsiError::field_byte(7)),
-            "WSNZ"
-        );
-        assert_eq!(
-            run_data(&d, &cdb16(0x93, 0, 0, 0), b.clone()),
-            Err(ScsiError::field_byte(10))
-        );
-        assert_eq!(
-            run_data(&d, &cdb10(0x41, 0, 101, 0), b.clone()),
-            Err(ScsiError::LbaOutOfRange { lba: 101 })
-        );
+        assert_eq!(run_data(&d, &cdb10(0x41, 0, 0, 0), b.clone()), Err(ScsiError::field_byte(7)), "WSNZ");
+        assert_eq!(run_data(&d, &cdb16(0x93, 0, 0, 0), b.clone()), Err(ScsiError::field_byte(10)));
+        assert_eq!(run_data(&d, &cdb10(0x41, 0, 101, 0), b.clone()), Err(ScsiError::LbaOutOfRange { lba: 101 }));
         assert_eq!(
             run_data(&d, &cdb10(0x41, 0, 0xFFFF_FFFF, 0), b.clone()),
             Err(ScsiError::LbaOutOfRange { lba: 0xFFFF_FFFF })
         );
-        assert_eq!(
-            run_data(&d, &cdb10(0x41, 0, 99, 2), b.clone()),
-            Err(ScsiError::LbaOutOfRange { lba: 99 })
-        );
-        assert_eq!(
-            run_data(&d, &cdb10(0x41, 0x10, 0, 1), b.clone()),
-            Err(ScsiError::field(1, 4)),
-            "ANCHOR"
-        );
-        assert_eq!(
-            Command::decode(&cdb10(0x41, 0x01, 0, 1)),
-            Err(ScsiError::field(1, 0)),
-            "NDOB in WS10"
-        );
-        assert_eq!(
-            Command::decode(&cdb10(0x41, 0x20, 0, 1)),
-            Err(ScsiError::field(1, 5)),
-            "WRPROTECT"
-        );
-        assert_eq!(
-            Command::decode(&cdb10(0x41, 0x04, 0, 1)),
-            Err(ScsiError::field(1, 2)),
-            "PBDATA"
-        );
+        assert_eq!(run_data(&d, &cdb10(0x41, 0, 99, 2), b.clone()), Err(ScsiError::LbaOutOfRange { lba: 99 }));
+        assert_eq!(run_data(&d, &cdb10(0x41, 0x10, 0, 1), b.clone()), Err(ScsiError::field(1, 4)), "ANCHOR");
+        assert_eq!(Command::decode(&cdb10(0x41, 0x01, 0, 1)), Err(ScsiError::field(1, 0)), "NDOB in WS10");
+        assert_eq!(Command::decode(&cdb10(0x41, 0x20, 0, 1)), Err(ScsiError::field(1, 5)), "WRPROTECT");
+        assert_eq!(Command::decode(&cdb10(0x41, 0x04, 0, 1)), Err(ScsiError::field(1, 2)), "PBDATA");
         assert_eq!(
             run_data(&d, &cdb10(0x41, 0, 0, 1), vec![1; 256]),
-            Err(ScsiError::DataOutLength {
-                expected: 512,
-                actual: 256
-            })
+            Err(ScsiError::DataOutLength { expected: 512, actual: 256 })
         );
         assert_eq!(
             run_data(&d, &cdb10(0x41, 0, 0, 1), vec![1; 1024]),
-            Err(ScsiError::DataOutLength {
-                expected: 512,
-                actual: 1024
-            })
+            Err(ScsiError::DataOutLength { expected: 512, actual: 1024 })
         );
         let big = Disk::new(DiskConfig::default(), Backend::null(1 << 40));
         let too_many = (MAX_WRITE_SAME_BLOCKS + 1) as u32;
-        assert_eq!(
-            run_data(&big, &cdb16(0x93, 0, 0, too_many), b.clone()),
-            Err(ScsiError::field_byte(10))
-        );
-        let ro = disk_with(
-            10,
-            DiskConfig {
-                readonly: true,
-                ..Default::default()
-            },
-        );
-        assert_eq!(
-            run_data(&ro, &cdb10(0x41, 0, 0, 1), b),
-            Err(ScsiError::WriteProtected)
-        );
+        assert_eq!(run_data(&big, &cdb16(0x93, 0, 0, too_many), b.clone()), Err(ScsiError::field_byte(10)));
+        let ro = disk_with(10, DiskConfig { readonly: true, ..Default::default() });
+        assert_eq!(run_data(&ro, &cdb10(0x41, 0, 0, 1), b), Err(ScsiError::WriteProtected));
     }
 }

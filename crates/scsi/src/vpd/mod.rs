@@ -3,10 +3,7 @@
 //! limits, block device characteristics, logical block provisioning.
 
 use crate::commands::inquiry::ascii_field;
-use crate::disk::{
-    Disk, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS,
-    MAX_WRITE_SAME_BLOCKS,
-};
+use crate::disk::{Disk, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS};
 
 pub const SUPPORTED_PAGES: u8 = 0x00;
 pub const UNIT_SERIAL_NUMBER: u8 = 0x80;
@@ -60,8 +57,7 @@ pub fn page(disk: &Disk, code: u8) -> Option<Vec<u8>> {
             let mut body = Vec::new();
             // NAA 6, IEEE Registered Extended (SPC-5 7.7.6.6.7).
             let mut naa = [0u8; 16];
-            naa[..8]
-                .copy_from_slice(&((0x6u64 << 60) | (u64::from(COMPANY_ID) << 36)).to_be_bytes());
+            naa[..8].copy_from_slice(&((0x6u64 << 60) | (u64::from(COMPANY_ID) << 36)).to_be_bytes());
             naa[8..].copy_from_slice(&cfg.naa_id.to_be_bytes());
             body.extend(designator(0x01, 0, 0x3, &naa));
             // T10 vendor ID based (7.7.6.4): vendor, then the serial number.
@@ -142,10 +138,7 @@ mod tests {
         for &p in &r[4..] {
             let page = vpd(&d, p);
             assert_eq!(page[1], p);
-            assert_eq!(
-                u16::from_be_bytes([page[2], page[3]]) as usize,
-                page.len() - 4
-            );
+            assert_eq!(u16::from_be_bytes([page[2], page[3]]) as usize, page.len() - 4);
         }
     }
 
@@ -182,22 +175,10 @@ mod tests {
         let r = vpd(&d, 0xB0);
         assert_eq!(r.len(), 64);
         assert_eq!(r[4], 1, "WSNZ");
-        assert_eq!(
-            u32::from_be_bytes([r[8], r[9], r[10], r[11]]),
-            d.max_transfer_blocks()
-        );
-        assert_eq!(
-            u32::from_be_bytes([r[20], r[21], r[22], r[23]]),
-            MAX_UNMAP_BLOCKS
-        );
+        assert_eq!(u32::from_be_bytes([r[8], r[9], r[10], r[11]]), d.max_transfer_blocks());
+        assert_eq!(u32::from_be_bytes([r[20], r[21], r[22], r[23]]), MAX_UNMAP_BLOCKS);
         assert_eq!(vpd(&d, 0xB2), vec![0, 0xB2, 0, 4, 0, 0xE4, 0x02, 0]);
-        let fat = disk_with(
-            10,
-            DiskConfig {
-                thin: false,
-                ..Default::default()
-            },
-        );
+        let fat = disk_with(10, DiskConfig { thin: false, ..Default::default() });
         assert_eq!(vpd(&fat, 0xB2), vec![0, 0xB2, 0, 4, 0, 0, 0, 0]);
         assert_eq!(vpd(&fat, 0xB0)[20..28], [0; 8]);
         assert_eq!(&vpd(&d, 0xB1)[4..6], &[0, 1]);
