@@ -38,7 +38,7 @@ struct Counts {
     verified_reads: u64,
 }
 
-fn open_file(path: &PathBuf) -> Backend {
+fn open_file(path: &std::path::Path) -> Backend {
     Backend::File(Arc::new(FileBackend::open(path, &FileOptions::default()).expect("open image")))
 }
 

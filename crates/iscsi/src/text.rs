@@ -135,13 +135,7 @@ pub struct TextReply {
 }
 
 impl TextReply {
-    pub fn into_response(
-        self,
-        req: &TextRequest,
-        stat_sn: u32,
-        exp_cmd_sn: u32,
-        max_cmd_sn: u32,
-    ) -> TextResponse {
+    pub fn into_response(self, req: &TextRequest, stat_sn: u32, exp_cmd_sn: u32, max_cmd_sn: u32) -> TextResponse {
         TextResponse {
             final_bit: self.final_bit,
             continue_bit: self.continue_bit,
@@ -212,12 +206,7 @@ impl TextExchange {
         self.inbound.extend_from_slice(&req.data);
         if req.continue_bit {
             let ttt = self.fresh_ttt();
-            return Ok(TextReply {
-                final_bit: false,
-                continue_bit: false,
-                ttt,
-                data: Vec::new(),
-            });
+            return Ok(TextReply { final_bit: false, continue_bit: false, ttt, data: Vec::new() });
         }
         let text = std::mem::take(&mut self.inbound);
         let pairs = keys::parse(&text)?;
@@ -231,20 +220,10 @@ impl TextExchange {
         let data = self.outbound.pop_front().unwrap_or_default();
         if self.outbound.is_empty() {
             self.itt = None;
-            TextReply {
-                final_bit: true,
-                continue_bit: false,
-                ttt: RESERVED_TAG,
-                data,
-            }
+            TextReply { final_bit: true, continue_bit: false, ttt: RESERVED_TAG, data }
         } else {
             let ttt = self.fresh_ttt();
-            TextReply {
-                final_bit: false,
-                continue_bit: true,
-                ttt,
-                data,
-            }
+            TextReply { final_bit: false, continue_bit: true, ttt, data }
         }
     }
 }
@@ -257,10 +236,7 @@ mod tests {
         vec![
             SendTargetsEntry {
                 name: "iqn.2024-01.org.lunar:a".into(),
-                portals: vec![
-                    ("10.0.0.1:3260".parse().unwrap(), 1),
-                    ("[fe80::1]:3260".parse().unwrap(), 2),
-                ],
+                portals: vec![("10.0.0.1:3260".parse().unwrap(), 1), ("[fe80::1]:3260".parse().unwrap(), 2)],
             },
             SendTargetsEntry {
                 name: "iqn.2024-01.org.lunar:b".into(),
@@ -296,10 +272,7 @@ mod tests {
             send_targets("All", SessionType::Normal, Some("iqn.2024-01.org.lunar:a"), &e),
             vec![KeyValue::new("SendTargets", "Reject")]
         );
-        assert_eq!(
-            send_targets("", SessionType::Discovery, None, &e),
-            vec![KeyValue::new("SendTargets", "Reject")]
-        );
+        assert_eq!(send_targets("", SessionType::Discovery, None, &e), vec![KeyValue::new("SendTargets", "Reject")]);
     }
 
     fn request(itt: u32, ttt: u32, cont: bool, data: &[u8]) -> TextRequest {

@@ -467,7 +467,7 @@ impl Target {
             }
             let s = sense.clone();
             // Fire and forget: each list gets it when the job arrives.
-            let _ = self.iterate_queues(&dev, move |lq| lq.borrow_mut().push_unit_attention(s.clone()));
+            drop(self.iterate_queues(&dev, move |lq| lq.borrow_mut().push_unit_attention(s.clone())));
         }
     }
 
@@ -620,7 +620,7 @@ async fn close_queue_list(q: &Arc<Queue>) {
             let _ = tx.send(());
             return;
         };
-        let _ = LocalQueue::iterate(&lq, &|_| Action::Cancel);
+        LocalQueue::iterate(&lq, &|_| Action::Cancel);
         let inflight = lq.borrow().inflight();
         drop(lq);
         tokio::task::spawn_local(async move {

@@ -133,7 +133,8 @@ mod tests {
         let d = disk(100);
         assert_eq!(run(&d, &[0x1B, 0, 0, 0, 0, 0]), Ok(vec![]), "stop");
         assert_eq!(run(&d, &[0x1B, 0, 0, 0, 1, 0]), Ok(vec![]), "start");
-        assert_eq!(run(&d, &[0x1B, 0, 0, 0, 2, 0]), Ok(vec![]), "eject of a fixed disk is ignored");
+        assert_eq!(run(&d, &[0x1B, 1, 0, 0, 2, 0]), Err(ScsiError::field(4, 1)), "eject of a fixed disk");
+        assert_eq!(run(&d, &[0x1B, 0, 0, 0, 3, 0]), Err(ScsiError::field(4, 1)), "load of a fixed disk");
         assert_eq!(run(&d, &[0x08, 0, 0, 0, 1, 0]).map(|v| v.len()), Ok(512));
         assert_eq!(run(&d, &[0x1B, 0, 0, 0, 0x30, 0]), Ok(vec![]), "STANDBY");
         assert_eq!(Command::decode(&[0x1B, 0, 0, 0, 0x40, 0]), Err(ScsiError::field(4, 7)));
