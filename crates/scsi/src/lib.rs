@@ -10,6 +10,19 @@
 //! execution); [`vpd`] the VPD pages; [`sense`], [`status`], [`lun`] the
 //! wire formats of SPC-5 and SAM-5.
 
+//! What the target core does around [`Disk::execute`]:
+//! - encodes sense with [`Disk::descriptor_sense`] (D_SENSE) and completes
+//!   with [`ScsiError::status`];
+//! - may call [`Disk::validate`] before receiving data-out, and passes
+//!   exactly [`Command::data_out_len`] bytes;
+//! - holds unit attentions; gives REQUEST SENSE the pending one through
+//!   [`ExecContext::pending_sense`], and the LUN list through
+//!   [`ExecContext::luns`];
+//! - after a successful MODE SELECT, raises MODE PARAMETERS CHANGED for the
+//!   other I_T nexuses; on I_T nexus loss or reset, calls
+//!   [`Disk::reset_prevent`];
+//! - serializes overlapping COMPARE AND WRITE / ORWRITE (atomicity).
+
 #![forbid(unsafe_code)]
 
 pub mod cdb;

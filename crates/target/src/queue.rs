@@ -438,13 +438,28 @@ pub fn request(
     Request::new(tag, lun, cdb.to_vec(), data_out, Completion::new(f))
 }
 
+/// Invariant 1, at compile time: the request list cannot leave its thread.
+/// `LocalQueue` must not be `Send`; if it ever became `Send`, the call below
+/// would be ambiguous (two impls apply) and the crate would not compile.
 #[allow(dead_code)]
-fn _assert_types() {
+fn _local_queue_is_not_send() {
+    trait AmbiguousIfSend<A> {
+        fn check() {}
+    }
+    impl<T: ?Sized> AmbiguousIfSend<()> for T {}
+    struct IsSend;
+    impl<T: ?Sized + Send> AmbiguousIfSend<IsSend> for T {}
+    <LocalQueue as AmbiguousIfSend<_>>::check();
+    <std::rc::Rc<RefCell<LocalQueue>> as AmbiguousIfSend<_>>::check();
+}
+
+/// The parts that do cross threads must be `Send` (and `Queue` also `Sync`).
+#[allow(dead_code)]
+fn _shared_parts_are_send() {
     fn is_send<T: Send>() {}
     fn is_sync<T: Sync>() {}
     is_send::<Queue>();
     is_sync::<Queue>();
     is_send::<Parcel>();
     is_send::<Request>();
-    let _ = ExecContext::default;
 }

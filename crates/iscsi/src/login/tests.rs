@@ -317,7 +317,8 @@ fn chap_mutual() {
 #[test]
 fn chap_failures() {
     let policy = ChapPolicy::one_way(ChapCredential::new("alice", SECRET));
-    let cases: Vec<(&str, Box<dyn Fn(u8, &[u8]) -> Vec<(&'static str, String)>>)> = vec![
+    type KeysFor = Box<dyn Fn(u8, &[u8]) -> Vec<(&'static str, String)>>;
+    let cases: Vec<(&str, KeysFor)> = vec![
         (
             "wrong secret",
             Box::new(|id, c| vec![("CHAP_N", "alice".into()), ("CHAP_R", hex(&md5_r(id, b"wrong-secret-xxx", c)))]),

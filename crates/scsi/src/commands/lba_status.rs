@@ -10,7 +10,8 @@ use crate::cdb::Command;
 use crate::disk::{truncate, Disk};
 use crate::error::ScsiError;
 
-/// Most LBAs examined for one descriptor, so a huge disk cannot stall the thread.
+/// Most LBAs examined by one command, so a huge disk cannot stall the I/O
+/// thread; the last descriptor then ends early, which SBC-4 5.7 allows.
 const MAX_SCAN_BLOCKS: u64 = 1 << 20;
 /// Most descriptors returned.
 const MAX_DESCRIPTORS: usize = 64;
@@ -41,9 +42,9 @@ impl Disk {
         let wanted = (alloc.saturating_sub(8) / 16).clamp(1, MAX_DESCRIPTORS);
         let mut descs = Vec::new();
         let mut at = lba;
-        while descs.len() < wanted && at < self.num_blocks() {
+        let limit = self.num_blocks().min(lba.saturating_add(MAX_SCAN_BLOCKS));
+        while descs.len() < wanted && at < limit {
             let mapped = self.is_mapped(at);
-            let limit = self.num_blocks().min(at.saturating_add(MAX_SCAN_BLOCKS));
             let mut end = at + 1;
             while end < limit && self.is_mapped(end) == mapped {
                 end += 1;

@@ -1,6 +1,6 @@
 //! One file per command family: typed fields, the decoder the opcode table
-//! points at, and the execution against a [`Disk`]. [`validate`] and
-//! [`execute`] dispatch on the decoded [`Command`].
+//! points at, and the execution against a [`Disk`]. `validate` and
+//! `execute` dispatch on the decoded [`Command`].
 
 pub mod capacity;
 pub mod compare_and_write;
