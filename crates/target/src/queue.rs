@@ -296,7 +296,7 @@ impl LocalQueue {
         let descriptor = device.disk().descriptor_sense();
         let cmd = match Command::decode(&req.cdb) {
             Ok(cmd) => cmd,
-            Err(e) => return self.remove_with(id, Response::check_condition(e.sense().encode(descriptor))),
+            Err(e) => return self.remove_with(id, Response::from_error(&e, descriptor)),
         };
         let mut ctx = device.exec_context(&cmd);
         ctx.descriptor_sense = descriptor;
@@ -347,7 +347,7 @@ impl LocalQueue {
                         }
                     },
                     Err(e) => {
-                        q.remove_with(id, Response::check_condition(e.sense().encode(device.disk().descriptor_sense())))
+                        q.remove_with(id, Response::from_error(&e, device.disk().descriptor_sense()))
                     }
                 }
             }

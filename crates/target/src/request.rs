@@ -31,6 +31,14 @@ impl Response {
         Response { status: Status::CheckCondition, sense, data: Vec::new() }
     }
 
+    /// The status and sense of a failed command (CHECK CONDITION, or e.g.
+    /// RESERVATION CONFLICT, which carries no sense).
+    pub fn from_error(e: &lunar_scsi::ScsiError, descriptor_sense: bool) -> Self {
+        let status = e.status();
+        let sense = if status == Status::CheckCondition { e.sense().encode(descriptor_sense) } else { Vec::new() };
+        Response { status, sense, data: Vec::new() }
+    }
+
     /// The request was aborted (task management, reset, removal, shutdown).
     pub fn aborted() -> Self {
         Response { status: Status::TaskAborted, sense: Vec::new(), data: Vec::new() }

@@ -1,0 +1,659 @@
+//! The configuration of `lunard`: parsed and validated in one place.
+//!
+//! Sources: the command line ([`Config::from_args`]) and, with `--config
+//! FILE`, a TOML file. Both are turned into the same validated types; the
+//! daemon acts on a [`Config`] only, never on raw strings. Nothing here
+//! touches the file system except reading the TOML file (and `/proc/self`
+//! to tell whether we run as root): files of the `file` backend are opened,
+//! created or sized by the daemon later, see [`BackendSpec::File`].
+//!
+//! # Precedence (command line over file)
+//!
+//! * Scalars (`--iothreads`, `--control`, `--metrics`, `--log`, the
+//!   discovery CHAP pair): the command line wins over the file, which wins
+//!   over the built-in default.
+//! * `--listen`: if given at least once, the command-line list *replaces*
+//!   the file's `listen` list (so a file can be reused on other portals).
+//! * `--vhost-user`: *appended* to the file's `[[vhost-user]]` list.
+//! * Target flags (`--lun`, `--chap-*`, `--mutual-chap-*`,
+//!   `--allow-initiator`) apply to one target: the one named by `--target`
+//!   (taken from the file if it defines it, else added after the file's
+//!   targets); without `--target`, the file's only target, or the default
+//!   target `iqn.2026-11.dev.lunar:disk0` if the file defines none (if it
+//!   defines several, `--target` is required). On that target `--lun`
+//!   LUNs are appended after the file's LUNs (numbering continues),
+//!   `--allow-initiator` entries are added to the file's list, and a CHAP
+//!   pair replaces the file's.
+//! * If no target results, the default target is used. A target that
+//!   comes from the command line without any `--lun` gets the default LUN
+//!   0 (`backend=mem,size=1G`); a target in the file must list its LUNs.
+
+mod check;
+mod cli;
+mod spec;
+mod toml;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+pub use check::{check_iscsi_name, parse_size};
+
+/// The target served when none is configured.
+pub const DEFAULT_TARGET: &str = "iqn.2026-11.dev.lunar:disk0";
+/// LUN 0 of a target given without LUNs on the command line.
+pub const DEFAULT_LUN_SPEC: &str = "backend=mem,size=1G";
+/// The iSCSI port (IANA).
+pub const ISCSI_PORT: u16 = 3260;
+/// The portal used when none is configured.
+pub const DEFAULT_PORTAL: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
+    ISCSI_PORT,
+);
+/// The tracing filter used when none is configured.
+pub const DEFAULT_LOG: &str = "info";
+/// Bounds of `iothreads`.
+pub const MAX_IOTHREADS: usize = 64;
+/// Largest `mem` LUN: memory is allocated on first write, but a LUN larger
+/// than this is almost surely a typo.
+pub const MAX_MEM_SIZE: u64 = 1 << 40;
+/// LUNs per target: the SAM-5 flat space addressing method covers 0..16384.
+pub const MAX_LUNS_PER_TARGET: usize = 16384;
+/// Bounds of a CHAP secret in bytes (RFC 7143 12.1.3 asks for at least 12
+/// bytes of secret; the text value of CHAP_R limits it from above).
+pub const CHAP_SECRET_MIN: usize = 12;
+pub const CHAP_SECRET_MAX: usize = 255;
+/// virtio allows 1024 virtqueues; virtio-scsi uses 2 for control and events.
+pub const MAX_VHOST_QUEUES: u16 = 1022;
+
+/// The whole, validated configuration of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Number of I/O threads, `1..=MAX_IOTHREADS`.
+    pub iothreads: usize,
+    /// iSCSI portals to listen on; never empty, no duplicates.
+    pub portals: Vec<SocketAddr>,
+    /// iSCSI targets; never empty, names unique.
+    pub targets: Vec<TargetConfig>,
+    /// CHAP required by the discovery session, if any.
+    pub discovery_chap: Option<Chap>,
+    /// Path of the JSON-RPC control socket.
+    pub control: PathBuf,
+    /// Address of the metrics endpoint; off if `None`.
+    pub metrics: Option<SocketAddr>,
+    /// vhost-user-scsi controllers (sockets to listen on).
+    pub vhost_user: Vec<VhostUserConfig>,
+    /// A `tracing_subscriber::EnvFilter` directive string, already checked.
+    pub log: String,
+}
+
+/// One iSCSI target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetConfig {
+    /// iSCSI name (`iqn.`, `eui.` or `naa.`).
+    pub name: String,
+    /// LUN `i` is `luns[i]`; never empty.
+    pub luns: Vec<LunConfig>,
+    /// One-way CHAP: the initiator must authenticate with this.
+    pub chap: Option<Chap>,
+    /// Mutual CHAP: the target authenticates to the initiator with this.
+    /// Only with `chap`, and with a different secret.
+    pub mutual_chap: Option<Chap>,
+    /// Initiator names allowed to log in; empty = allow all.
+    pub allow_initiators: Vec<String>,
+}
+
+/// A CHAP name and secret. `Debug` does not show the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Chap {
+    pub user: String,
+    /// `CHAP_SECRET_MIN..=CHAP_SECRET_MAX` bytes.
+    pub secret: String,
+}
+
+impl fmt::Debug for Chap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chap")
+            .field("user", &self.user)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A vhost-user-scsi controller: `--vhost-user PATH[,num-queues=N]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostUserConfig {
+    /// The unix socket the daemon listens on (QEMU connects to it).
+    pub socket: PathBuf,
+    /// Request virtqueues; `None` = the daemon's choice.
+    pub num_queues: Option<u16>,
+}
+
+/// What stores a LUN's blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendSpec {
+    /// RAM, allocated on first write; `size <= MAX_MEM_SIZE`.
+    Mem { size: u64 },
+    /// Discards writes, reads zeros.
+    Null { size: u64 },
+    /// A raw file or block device.
+    ///
+    /// `size: None`: the LUN has the size of the file, which must exist.
+    /// `size: Some(n)`: if the file is missing, the daemon creates it sparse
+    /// with `n` bytes; if it exists and is smaller than `n`, that is an error
+    /// (it is never grown implicitly); if it is larger, the LUN exposes its
+    /// first `n` bytes. `n` is a multiple of the block size.
+    File {
+        path: PathBuf,
+        size: Option<u64>,
+        /// Open with `O_DIRECT`.
+        direct: bool,
+    },
+}
+
+impl BackendSpec {
+    /// `mem`, `null` or `file`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendSpec::Mem { .. } => "mem",
+            BackendSpec::Null { .. } => "null",
+            BackendSpec::File { .. } => "file",
+        }
+    }
+
+    /// The configured size, if known before opening the backend.
+    pub fn size(&self) -> Option<u64> {
+        match self {
+            BackendSpec::Mem { size } | BackendSpec::Null { size } => Some(*size),
+            BackendSpec::File { size, .. } => *size,
+        }
+    }
+}
+
+/// Error policy of a direction (QEMU's `rerror=` / `werror=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// CHECK CONDITION to the initiator.
+    Report,
+    /// Complete as if it succeeded.
+    Ignore,
+    /// Stop the target; the request is retried on resume.
+    Stop,
+    /// `Stop` on ENOSPC, `Report` otherwise.
+    Enospc,
+}
+
+impl Policy {
+    pub const NAMES: &'static [&'static str] = &["report", "ignore", "stop", "enospc"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Report => "report",
+            Policy::Ignore => "ignore",
+            Policy::Stop => "stop",
+            Policy::Enospc => "enospc",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "report" => Ok(Policy::Report),
+            "ignore" => Ok(Policy::Ignore),
+            "stop" => Ok(Policy::Stop),
+            "enospc" => Ok(Policy::Enospc),
+            _ => Err(ConfigError::invalid_value(
+                "policy",
+                s,
+                format!("expected one of {}", Policy::NAMES.join(", ")),
+            )),
+        }
+    }
+}
+
+/// One SCSI logical unit (a disk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunConfig {
+    pub backend: BackendSpec,
+    /// 512 or 4096; the size is a multiple of it.
+    pub block_size: u32,
+    pub readonly: bool,
+    /// RMB bit of INQUIRY.
+    pub removable: bool,
+    /// Logical block provisioning (UNMAP). Default on.
+    pub thin: bool,
+    /// Default `report`.
+    pub rerror: Policy,
+    /// Default `enospc` (as QEMU).
+    pub werror: Policy,
+    /// Unit serial number: 1..=20 printable ASCII characters.
+    pub serial: Option<String>,
+    /// T10 vendor identification: 1..=8 printable ASCII. Default `LUNAR`.
+    pub vendor: String,
+    /// Product identification: 1..=16 printable ASCII. Default `Lunar disk`.
+    pub product: String,
+    /// The vhost-user controller (its socket path) that exposes this LUN.
+    pub controller: Option<PathBuf>,
+    /// Home I/O thread, `< iothreads`; `None` = the daemon's choice.
+    pub iothread: Option<usize>,
+}
+
+/// Why a configuration was refused (or `--help` / `--version`).
+///
+/// Messages name the key (a flag like `--listen`, a TOML key or a SPEC
+/// key) and the bad value, except for CHAP secrets, which are never shown.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// From clap: `--help`, `--version` (see
+    /// [`ConfigError::is_help_or_version`]) or a malformed command line.
+    #[error("{0}")]
+    Cli(#[source] clap::Error),
+    #[error("unknown key `{key}` in {what}; valid keys: {}", valid.join(", "))]
+    UnknownKey {
+        what: &'static str,
+        key: String,
+        valid: &'static [&'static str],
+    },
+    #[error("duplicate key `{key}` in {what}")]
+    DuplicateKey { what: &'static str, key: String },
+    #[error("invalid value `{value}` for `{key}`: {reason}")]
+    InvalidValue {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    /// A missing key, a conflict between keys, or a value not echoed.
+    #[error("`{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("cannot read config file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Syntax or type error in a TOML file (the message shows the line).
+    #[error("config file {}: {message}", path.display())]
+    Toml { path: PathBuf, message: String },
+    /// An error inside a part of the configuration (a file, a target, a LUN).
+    #[error("{context}: {source}")]
+    In {
+        context: String,
+        #[source]
+        source: Box<ConfigError>,
+    },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid_value(
+        key: impl Into<String>,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        ConfigError::InvalidValue {
+            key: key.into(),
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn context(self, context: impl Into<String>) -> Self {
+        ConfigError::In {
+            context: context.into(),
+            source: Box::new(self),
+        }
+    }
+
+    /// `--help` or `--version`: print `self` to stdout and exit 0.
+    pub fn is_help_or_version(&self) -> bool {
+        use clap::error::ErrorKind as K;
+        matches!(self, ConfigError::Cli(e) if matches!(e.kind(), K::DisplayHelp | K::DisplayVersion))
+    }
+
+    /// The exit status for this error: 0 for help/version, 2 (usage) else.
+    pub fn exit_code(&self) -> i32 {
+        if self.is_help_or_version() {
+            0
+        } else {
+            2
+        }
+    }
+
+    /// Print the error as the user should see it: help and version to
+    /// stdout (colored by clap if a terminal), errors to stderr.
+    pub fn print(&self) {
+        match self {
+            ConfigError::Cli(e) => {
+                let _ = e.print();
+            }
+            other => eprintln!("lunard: {other}"),
+        }
+    }
+
+    /// The innermost error, without the [`ConfigError::In`] contexts.
+    pub fn root(&self) -> &ConfigError {
+        match self {
+            ConfigError::In { source, .. } => source.root(),
+            other => other,
+        }
+    }
+}
+
+/// What the defaults depend on, injectable for tests.
+#[derive(Debug, Clone)]
+pub(crate) struct Env {
+    pub uid: Option<u32>,
+    pub xdg_runtime_dir: Option<PathBuf>,
+    pub cpus: usize,
+}
+
+impl Env {
+    pub(crate) fn current() -> Env {
+        use std::os::unix::fs::MetadataExt;
+        Env {
+            // /proc/self belongs to the process's effective user id.
+            uid: std::fs::metadata("/proc/self").ok().map(|m| m.uid()),
+            xdg_runtime_dir: std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    pub(crate) fn default_iothreads(&self) -> usize {
+        self.cpus.clamp(1, MAX_IOTHREADS)
+    }
+
+    /// `/run/lunar/lunard.sock` as root, `$XDG_RUNTIME_DIR/lunar/lunard.sock`
+    /// otherwise, `$TMPDIR/lunar-$UID/lunard.sock` without XDG_RUNTIME_DIR.
+    pub(crate) fn default_control(&self) -> PathBuf {
+        if self.uid == Some(0) {
+            return PathBuf::from("/run/lunar/lunard.sock");
+        }
+        match &self.xdg_runtime_dir {
+            Some(dir) if dir.is_absolute() => dir.join("lunar").join("lunard.sock"),
+            _ => {
+                let sub = match self.uid {
+                    Some(uid) => format!("lunar-{uid}"),
+                    None => "lunar".to_string(),
+                };
+                std::env::temp_dir().join(sub).join("lunard.sock")
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Parse and validate the command line (`args` includes the program
+    /// name, as `std::env::args_os()`), reading `--config FILE` if given.
+    ///
+    /// ```no_run
+    /// # use lunard::config::Config;
+    /// let config = match Config::from_args(std::env::args_os()) {
+    ///     Ok(c) => c,
+    ///     Err(e) => {
+    ///         e.print();
+    ///         std::process::exit(e.exit_code());
+    ///     }
+    /// };
+    /// ```
+    pub fn from_args<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Self::from_args_in(args, &Env::current())
+    }
+
+    pub(crate) fn from_args_in<I, T>(args: I, env: &Env) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let cli = cli::parse(args)?;
+        let file = match &cli.config {
+            Some(path) => Some(toml::load(path)?),
+            None => None,
+        };
+        let config = cli::merge(cli, file, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parse and validate a TOML configuration (as `--config`, without any
+    /// other flag). `origin` names the text in messages.
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        Self::from_toml_str_in(text, origin, &Env::current())
+    }
+
+    pub(crate) fn from_toml_str_in(
+        text: &str,
+        origin: &Path,
+        env: &Env,
+    ) -> Result<Config, ConfigError> {
+        let file = toml::parse(text, origin)?;
+        let config = cli::merge(cli::Cli::default(), Some(file), env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check the rules that tie several fields together. [`from_args`]
+    /// already did; call it on a `Config` built or changed by hand.
+    ///
+    /// [`from_args`]: Config::from_args
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=MAX_IOTHREADS).contains(&self.iothreads) {
+            return Err(ConfigError::invalid_value(
+                "iothreads",
+                self.iothreads.to_string(),
+                format!("expected 1..={MAX_IOTHREADS}"),
+            ));
+        }
+        if self.portals.is_empty() {
+            return Err(ConfigError::invalid("listen", "no portal to listen on"));
+        }
+        let mut seen = HashSet::new();
+        for p in &self.portals {
+            if !seen.insert(p) {
+                return Err(ConfigError::invalid_value(
+                    "listen",
+                    p.to_string(),
+                    "portal listed twice",
+                ));
+            }
+        }
+        if let Some(m) = self.metrics {
+            if m.port() != 0 && self.portals.contains(&m) {
+                return Err(ConfigError::invalid_value(
+                    "metrics",
+                    m.to_string(),
+                    "also an iSCSI portal",
+                ));
+            }
+        }
+        check::unix_socket_path(&self.control)
+            .map_err(|r| ConfigError::invalid_value("control", self.control.display().to_string(), r))?;
+        if let Some(c) = &self.discovery_chap {
+            check::chap("discovery-chap", c)?;
+        }
+        let mut sockets = HashSet::new();
+        for v in &self.vhost_user {
+            let shown = v.socket.display().to_string();
+            check::unix_socket_path(&v.socket)
+                .map_err(|r| ConfigError::invalid_value("vhost-user", shown.clone(), r))?;
+            if v.socket == self.control {
+                return Err(ConfigError::invalid_value(
+                    "vhost-user",
+                    shown,
+                    "same path as the control socket",
+                ));
+            }
+            if !sockets.insert(&v.socket) {
+                return Err(ConfigError::invalid_value(
+                    "vhost-user",
+                    shown,
+                    "controller listed twice",
+                ));
+            }
+            if let Some(n) = v.num_queues {
+                if !(1..=MAX_VHOST_QUEUES).contains(&n) {
+                    return Err(ConfigError::invalid_value(
+                        "num-queues",
+                        n.to_string(),
+                        format!("expected 1..={MAX_VHOST_QUEUES}"),
+                    ));
+                }
+            }
+        }
+        if self.targets.is_empty() {
+            return Err(ConfigError::invalid("target", "no target configured"));
+        }
+        let mut names = HashSet::new();
+        // file path -> (target, lun, readonly) of its first user
+        let mut files: Vec<(&Path, String, bool)> = Vec::new();
+        for (ti, t) in self.targets.iter().enumerate() {
+            let ctx = format!("target {ti} (`{}`)", t.name);
+            let in_target = |e: ConfigError| e.context(ctx.clone());
+            check::iscsi_name("name", &t.name).map_err(in_target)?;
+            if !names.insert(&t.name) {
+                return Err(in_target(ConfigError::invalid_value(
+                    "name",
+                    t.name.clone(),
+                    "target defined twice",
+                )));
+            }
+            t.validate(&sockets, self.iothreads).map_err(in_target)?;
+            for (li, lun) in t.luns.iter().enumerate() {
+                if let BackendSpec::File { path, .. } = &lun.backend {
+                    if let Some((_, first, ro)) = files.iter().find(|(p, _, _)| *p == path.as_path()) {
+                        if !(*ro && lun.readonly) {
+                            return Err(ConfigError::invalid_value(
+                                "path",
+                                path.display().to_string(),
+                                format!("already used by {first}; a file may back several LUNs only if all are readonly"),
+                            )
+                            .context(format!("{ctx}, LUN {li}")));
+                        }
+                    } else {
+                        files.push((path, format!("{ctx}, LUN {li}"), lun.readonly));
+                    }
+                }
+            }
+        }
+        check::log_filter(&self.log)
+            .map_err(|r| ConfigError::invalid_value("log", self.log.clone(), r))?;
+        Ok(())
+    }
+}
+
+impl TargetConfig {
+    /// A target with the given name and no LUNs, no CHAP, open to all.
+    pub fn new(name: impl Into<String>) -> TargetConfig {
+        TargetConfig {
+            name: name.into(),
+            luns: Vec::new(),
+            chap: None,
+            mutual_chap: None,
+            allow_initiators: Vec::new(),
+        }
+    }
+
+    fn validate(&self, sockets: &HashSet<&PathBuf>, iothreads: usize) -> Result<(), ConfigError> {
+        if self.luns.is_empty() {
+            return Err(ConfigError::invalid("lun", "the target has no LUN"));
+        }
+        if self.luns.len() > MAX_LUNS_PER_TARGET {
+            return Err(ConfigError::invalid(
+                "lun",
+                format!(
+                    "{} LUNs, at most {MAX_LUNS_PER_TARGET} per target",
+                    self.luns.len()
+                ),
+            ));
+        }
+        if let Some(c) = &self.chap {
+            check::chap("chap", c)?;
+        }
+        if let Some(m) = &self.mutual_chap {
+            check::chap("mutual-chap", m)?;
+            match &self.chap {
+                None => {
+                    return Err(ConfigError::invalid(
+                        "mutual-chap",
+                        "mutual CHAP needs one-way CHAP (`chap`) too: the initiator authenticates first",
+                    ))
+                }
+                Some(c) if c.secret == m.secret => {
+                    return Err(ConfigError::invalid(
+                        "mutual-chap",
+                        "the mutual CHAP secret must differ from the one-way secret (RFC 7143 12.1.3)",
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        for name in &self.allow_initiators {
+            check::iscsi_name("allow-initiators", name)?;
+        }
+        for (li, lun) in self.luns.iter().enumerate() {
+            let in_lun = |e: ConfigError| e.context(format!("LUN {li}"));
+            lun.validate().map_err(in_lun)?;
+            if let Some(n) = lun.iothread {
+                if n >= iothreads {
+                    return Err(in_lun(ConfigError::invalid_value(
+                        "iothread",
+                        n.to_string(),
+                        format!("only {iothreads} I/O threads (0..{iothreads})"),
+                    )));
+                }
+            }
+            if let Some(c) = &lun.controller {
+                if !sockets.contains(c) {
+                    return Err(in_lun(ConfigError::invalid_value(
+                        "controller",
+                        c.display().to_string(),
+                        "no such vhost-user controller (add it with --vhost-user or [[vhost-user]])",
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LunConfig {
+    /// Parse a QEMU-style SPEC: `backend=mem,size=1G,thin=on`; `,,` is a
+    /// literal comma inside a value. See the `--help` for the keys.
+    pub fn parse_spec(spec: &str) -> Result<LunConfig, ConfigError> {
+        spec::parse_spec(spec)
+    }
+
+    /// Check a `LunConfig` (one built by hand; `parse_spec` already did).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        spec::validate(self)
+    }
+
+    /// One line for the startup banner: `mem 1.0 GiB, 512-byte blocks, thin`.
+    pub fn describe(&self) -> String {
+        spec::describe(self)
+    }
+}
