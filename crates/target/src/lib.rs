@@ -28,4 +28,4 @@ pub use queue::{request, Queue};
 pub use request::{Action, Completion, Request, RequestState, Response};
 pub use state::SavedRequest;
 pub use target::{wait, Target, TargetError};
-pub use threads::MAIN_LOOP;
+pub use threads::{ThreadSet, MAIN_LOOP};

@@ -47,14 +47,15 @@ pub type Callback = dyn Fn(&mut Request) -> Action + Send + Sync + 'static;
 pub struct Target {
     name: String,
     contexts: Arc<Contexts>,
-    threads: Mutex<Option<ThreadSet>>,
+    /// The threads, shared by every target of a daemon; joined when the
+    /// last target holding them shuts down.
+    threads: Mutex<Option<Arc<ThreadSet>>>,
     devices: Mutex<BTreeMap<u64, Arc<Device>>>,
     run_state: Arc<RunStateHub>,
     /// Serializes control-plane operations (held across their awaits on the
     /// main loop; never taken on the I/O path).
     control: tokio::sync::Mutex<()>,
     events: broadcast::Sender<Event>,
-    next_queue_id: AtomicU64,
     stop_pending: AtomicBool,
     me: Weak<Target>,
 }
@@ -86,11 +87,15 @@ impl Drop for IterState {
 impl Target {
     /// Starts a target with `io_threads` I/O threads and a main loop.
     pub fn new(name: &str, io_threads: usize) -> Result<Arc<Target>, TargetError> {
-        let threads = ThreadSet::start(io_threads)?;
+        Ok(Target::with_threads(name, Arc::new(ThreadSet::start(io_threads)?)))
+    }
+
+    /// A target served by threads it shares with other targets.
+    pub fn with_threads(name: &str, threads: Arc<ThreadSet>) -> Arc<Target> {
         let contexts = threads.contexts().clone();
         let run_state = RunStateHub::new(contexts.main_loop().clone());
         let (events, _) = broadcast::channel(4096);
-        Ok(Arc::new_cyclic(|me| Target {
+        Arc::new_cyclic(|me| Target {
             name: name.to_string(),
             contexts,
             threads: Mutex::new(Some(threads)),
@@ -98,10 +103,9 @@ impl Target {
             run_state,
             control: tokio::sync::Mutex::new(()),
             events,
-            next_queue_id: AtomicU64::new(1),
             stop_pending: AtomicBool::new(false),
             me: me.clone(),
-        }))
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -225,7 +229,9 @@ impl Target {
             let dev = t.device(lun).ok_or(TargetError::NoSuchLun(lun))?;
             let stopped = t.run_state.get() == RunState::Stopped;
             let holder = if stopped { MAIN_LOOP } else { io_thread };
-            let id = t.next_queue_id.fetch_add(1, Ordering::Relaxed);
+            // Queue ids are global: targets sharing threads share registries.
+            static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
+            let id = NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed);
             let q = Queue::new(id, dev.clone(), io_thread, holder, t.contexts.clone());
             let parcel = LocalQueue::empty_parcel(q.clone());
             if holder == MAIN_LOOP {
@@ -553,12 +559,17 @@ impl Target {
         let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(threads);
     }
+
+    /// The threads of this target, to start other targets on them.
+    pub fn threads(&self) -> Option<Arc<ThreadSet>> {
+        self.threads.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl Drop for Target {
     fn drop(&mut self) {
         let threads = self.threads.get_mut().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(threads) = threads {
+        if let Some(threads) = threads.and_then(|t| Arc::try_unwrap(t).ok()) {
             if self.contexts.current().is_some() {
                 // Dropped on one of our own threads: they cannot be joined
                 // from here; detach them (they exit when their handles go).

@@ -671,3 +671,66 @@ fn status_codes() {
     assert_eq!(LoginStatus::TARGET_ERROR.code(), 0x0300);
     let _ = ChapAlgorithm::Md5;
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_stage() -> impl Strategy<Value = LoginStage> {
+        (0u8..4).prop_map(LoginStage::from_code)
+    }
+
+    fn any_keys() -> impl Strategy<Value = Vec<(String, String)>> {
+        let key = prop_oneof![
+            Just("InitiatorName".to_string()),
+            Just("TargetName".to_string()),
+            Just("SessionType".to_string()),
+            Just("AuthMethod".to_string()),
+            Just("CHAP_A".to_string()),
+            Just("CHAP_N".to_string()),
+            Just("CHAP_R".to_string()),
+            Just("CHAP_I".to_string()),
+            Just("CHAP_C".to_string()),
+            Just("MaxBurstLength".to_string()),
+            Just("HeaderDigest".to_string()),
+            "[A-Za-z_]{1,8}",
+        ];
+        let value = prop_oneof![
+            Just(INITIATOR.to_string()),
+            Just(TARGET.to_string()),
+            Just("CHAP,None".to_string()),
+            Just("5".to_string()),
+            Just("0x00112233".to_string()),
+            Just("Discovery".to_string()),
+            "[ -~]{0,12}",
+        ];
+        prop::collection::vec((key, value), 0..6)
+    }
+
+    proptest! {
+        #[test]
+        fn random_logins_never_panic(steps in prop::collection::vec(
+            (any::<[bool; 2]>(), any_stage(), any_stage(), any::<u16>(), any_keys()), 1..8)) {
+            let reg = chap_target(ChapPolicy::mutual(
+                ChapCredential::new("alice", SECRET),
+                ChapCredential::new("lunar", TSECRET),
+            ));
+            let mut s = session(&reg);
+            for ([t, c], csg, nsg, tsih, keys) in steps {
+                let pairs: Vec<(&str, &str)> =
+                    keys.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let mut r = req(csg, nsg, t, &pairs);
+                r.continue_bit = c;
+                r.tsih = tsih % 3;
+                match s.handle(&r) {
+                    LoginStep::Continue(resp) => prop_assert_eq!(resp.status_class, 0),
+                    LoginStep::Complete(resp, _) => prop_assert!(resp.transit),
+                    LoginStep::Fail(resp, _) => {
+                        prop_assert!(resp.status_class >= 2);
+                        prop_assert!(s.is_finished());
+                    }
+                }
+            }
+        }
+    }
+}

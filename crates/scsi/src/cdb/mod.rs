@@ -6,6 +6,7 @@ pub mod table;
 
 use crate::commands::{inquiry::Inquiry, log::LogSense, mode::ModeSelect, mode::ModeSense};
 use crate::commands::{opcodes::ReportOpcodes, unit::StartStopUnit};
+use crate::commands::persistent_reserve::{PrIn, PrOut};
 use crate::error::ScsiError;
 use reader::Cdb;
 
@@ -73,6 +74,14 @@ pub enum Command {
     ReportSupportedOperationCodes(ReportOpcodes),
     /// REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-5 6.36).
     ReportSupportedTaskManagementFunctions { repd: bool, alloc_len: u32 },
+    /// PERSISTENT RESERVE IN (SPC-5 6.16).
+    PersistentReserveIn(PrIn),
+    /// PERSISTENT RESERVE OUT (SPC-5 6.17).
+    PersistentReserveOut(PrOut),
+    /// RESERVE(6)/(10) (SPC-2 7.21, 7.22).
+    Reserve { cdb_len: u8 },
+    /// RELEASE(6)/(10) (SPC-2 7.17, 7.18).
+    Release { cdb_len: u8 },
 }
 
 impl Command {
@@ -148,6 +157,10 @@ impl Command {
             ReadDefectData { cdb_len, .. } => by_len(*cdb_len, [0x37, 0x37, 0xB7, 0xB7]),
             ReportLuns { .. } => 0xA0,
             ReportSupportedOperationCodes(_) | ReportSupportedTaskManagementFunctions { .. } => 0xA3,
+            PersistentReserveIn(_) => 0x5E,
+            PersistentReserveOut(_) => 0x5F,
+            Reserve { cdb_len } => by_len(*cdb_len, [0x16, 0x56, 0x56, 0x56]),
+            Release { cdb_len } => by_len(*cdb_len, [0x17, 0x57, 0x57, 0x57]),
         }
     }
 
@@ -158,6 +171,8 @@ impl Command {
             Command::GetLbaStatus { .. } => Some(0x12),
             Command::ReportSupportedOperationCodes(_) => Some(0x0C),
             Command::ReportSupportedTaskManagementFunctions { .. } => Some(0x0D),
+            Command::PersistentReserveIn(p) => Some(p.action as u8),
+            Command::PersistentReserveOut(p) => Some(p.action as u8),
             _ => None,
         }
     }
@@ -196,6 +211,8 @@ impl Command {
                 DataDirection::FromDevice
             }
             ReportSupportedOperationCodes(r) if r.alloc_len > 0 => DataDirection::FromDevice,
+            PersistentReserveIn(p) if p.alloc_len > 0 => DataDirection::FromDevice,
+            PersistentReserveOut(p) if p.param_len > 0 => DataDirection::ToDevice,
             _ => DataDirection::None,
         }
     }
@@ -218,6 +235,7 @@ impl Command {
             WriteSame { ndob: false, .. } => blocks(1),
             Unmap { param_len, .. } => usize::from(*param_len),
             ModeSelect(m) => usize::from(m.param_len),
+            PersistentReserveOut(p) => usize::try_from(p.param_len).unwrap_or(usize::MAX),
             _ => 0,
         }
     }
@@ -266,6 +284,10 @@ impl Command {
                 | ReportSupportedOperationCodes(_)
                 | ReportSupportedTaskManagementFunctions { .. }
                 | ReadDefectData { .. }
+                | PersistentReserveIn(_)
+                | PersistentReserveOut(_)
+                | Reserve { .. }
+                | Release { .. }
         )
     }
 }
