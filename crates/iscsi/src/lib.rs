@@ -23,4 +23,5 @@ pub mod login;
 pub mod negotiation;
 pub mod params;
 pub mod pdu;
+pub mod server;
 pub mod text;

@@ -1,1 +1,3 @@
+//! Lunar layer 6: the daemon (`lunard`), its configuration and its control plane.
 pub mod config;
+pub mod daemon;

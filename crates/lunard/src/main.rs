@@ -1,1 +1,56 @@
-fn main() {}
+//! `lunard`: the Lunar SCSI target daemon.
+
+use std::process::ExitCode;
+
+use lunard::config::Config;
+use lunard::daemon::{banner, Daemon};
+
+fn main() -> ExitCode {
+    let config = match Config::from_args(std::env::args_os()) {
+        Ok(c) => c,
+        Err(e) if e.is_help_or_version() => {
+            e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("lunard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let daemon = match Daemon::start(&config) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("lunard: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    print!("{}", banner(&config, &daemon));
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lunard: cannot wait for signals: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let signal = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return "error";
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    });
+    tracing::info!("{signal}: shutting down");
+    daemon.shutdown();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}

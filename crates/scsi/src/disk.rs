@@ -14,6 +14,7 @@ use lunar_block::Backend;
 use crate::cdb::Command;
 use crate::commands;
 use crate::error::ScsiError;
+use crate::reservation::{Nexus, Reservations, SideEffect};
 use crate::sense::Sense;
 
 /// Largest data transfer of one command, in bytes (reported as MAXIMUM
@@ -119,6 +120,19 @@ pub struct ExecContext {
     pub pending_sense: Option<Sense>,
     /// Task management functions of the transport; `None` for [`TmfSupport::default`].
     pub tmf: Option<TmfSupport>,
+    /// The I_T nexus the command came on, for reservations (SPC-5 5.13);
+    /// `None`: one anonymous nexus ([`Nexus::anonymous`]).
+    pub nexus: Option<Nexus>,
+}
+
+/// A command's completion and what the core must do besides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Executed {
+    /// Data-in (cut to the allocation length), or the error to complete with.
+    pub result: Result<Vec<u8>, ScsiError>,
+    /// Unit attentions to establish, tasks to abort, state to save; in
+    /// order, and only from commands that succeeded.
+    pub effects: Vec<SideEffect>,
 }
 
 /// Device-wide bits changed by MODE SELECT (SPC-5 7.5) and medium commands.
@@ -142,6 +156,8 @@ pub struct Disk {
     backend: Backend,
     num_blocks: u64,
     pub(crate) state: DiskState,
+    /// Persistent and SPC-2 reservations (see [`crate::reservation`]).
+    pub(crate) reservations: Reservations,
 }
 
 impl std::fmt::Debug for Disk {
@@ -151,6 +167,7 @@ impl std::fmt::Debug for Disk {
             .field("backend", &self.backend.kind_name())
             .field("num_blocks", &self.num_blocks)
             .field("state", &self.state)
+            .field("reservations", &self.reservations)
             .finish()
     }
 }
@@ -175,6 +192,7 @@ impl Disk {
                 medium_present: AtomicBool::new(true),
                 prevent: AtomicBool::new(false),
             },
+            reservations: Reservations::default(),
         }
     }
 
@@ -275,14 +293,43 @@ impl Disk {
         commands::validate(self, cmd)
     }
 
+    /// Executes a decoded command and drops its side effects: see
+    /// [`Disk::execute_with_effects`], which a core that holds unit
+    /// attentions per I_T nexus must call instead.
+    pub async fn execute(&self, cmd: &Command, data_out: Vec<u8>, ctx: &ExecContext) -> Result<Vec<u8>, ScsiError> {
+        let done = self.execute_with_effects(cmd, data_out, ctx).await;
+        if !done.effects.is_empty() {
+            tracing::debug!(command = cmd.name(), effects = ?done.effects, "side effects dropped");
+        }
+        done.result
+    }
+
     /// Executes a decoded command. `data_out` holds what the initiator sent
     /// (exactly [`Command::data_out_len`] bytes; fewer is a parameter list
-    /// length error or, for writes, a failure). Returns the data-in, already
-    /// cut to the allocation length. The future is not `Send`: run it on
-    /// the I/O thread that owns the request.
-    pub async fn execute(&self, cmd: &Command, data_out: Vec<u8>, ctx: &ExecContext) -> Result<Vec<u8>, ScsiError> {
+    /// length error or, for writes, a failure). Checks reservations first
+    /// (RESERVATION CONFLICT), then [`Disk::validate`]. Returns the data-in,
+    /// already cut to the allocation length, and the side effects the core
+    /// must carry out (unit attentions for other I_T nexuses, aborts). The
+    /// future is not `Send`: run it on the I/O thread that owns the request.
+    pub async fn execute_with_effects(&self, cmd: &Command, data_out: Vec<u8>, ctx: &ExecContext) -> Executed {
+        let mut effects = Vec::new();
+        let result = self.execute_inner(cmd, data_out, ctx, &mut effects).await;
+        if result.is_err() {
+            effects.clear();
+        }
+        Executed { result, effects }
+    }
+
+    async fn execute_inner(
+        &self,
+        cmd: &Command,
+        data_out: Vec<u8>,
+        ctx: &ExecContext,
+        effects: &mut Vec<SideEffect>,
+    ) -> Result<Vec<u8>, ScsiError> {
+        self.check_reservation(cmd, ctx)?;
         self.validate(cmd)?;
-        commands::execute(self, cmd, data_out, ctx).await
+        commands::execute(self, cmd, data_out, ctx, effects).await
     }
 }
 

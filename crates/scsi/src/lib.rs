@@ -7,7 +7,8 @@
 //! Layout: [`cdb`] holds the [`Command`] type and the opcode table that is
 //! the one source of truth for decoding and REPORT SUPPORTED OPERATION
 //! CODES; [`commands`] has one file per command family (decoder and
-//! execution); [`vpd`] the VPD pages; [`sense`], [`status`], [`lun`] the
+//! execution); [`reservation`] the reservation state and conflict check;
+//! [`vpd`] the VPD pages; [`sense`], [`status`], [`lun`] the
 //! wire formats of SPC-5 and SAM-5.
 
 //! What the target core does around [`Disk::execute`]:
@@ -21,7 +22,14 @@
 //! - after a successful MODE SELECT, raises MODE PARAMETERS CHANGED for the
 //!   other I_T nexuses; on I_T nexus loss or reset, calls
 //!   [`Disk::reset_prevent`];
-//! - serializes overlapping COMPARE AND WRITE / ORWRITE (atomicity).
+//! - serializes overlapping COMPARE AND WRITE / ORWRITE (atomicity);
+//! - reservations ([`reservation`]): passes the I_T nexus in
+//!   [`ExecContext::nexus`], calls [`Disk::execute_with_effects`] and carries
+//!   out its [`SideEffect`]s (unit attentions per nexus, PREEMPT AND ABORT,
+//!   saving [`Disk::reservation_state_bytes`] beside the backend), restores
+//!   them with [`Disk::restore_reservations`] at start, and calls
+//!   [`Disk::nexus_lost`] / [`Disk::reset_reservations`] on I_T nexus loss
+//!   and on logical unit or target reset.
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +38,7 @@ pub mod commands;
 pub mod disk;
 pub mod error;
 pub mod lun;
+pub mod reservation;
 pub mod sense;
 pub mod status;
 pub mod vpd;
@@ -42,11 +51,12 @@ pub use commands::{
     inquiry::Inquiry, log::LogSense, mode::ModeSelect, mode::ModeSense, opcodes::ReportOpcodes, unit::StartStopUnit,
 };
 pub use disk::{
-    Disk, DiskConfig, ExecContext, TmfSupport, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BYTES, MAX_UNMAP_BLOCKS,
-    MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS,
+    Disk, DiskConfig, ExecContext, Executed, TmfSupport, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BYTES,
+    MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS,
 };
 pub use error::ScsiError;
 pub use lun::report_luns_data;
 pub use lunar_block::Backend;
+pub use reservation::{Nexus, PrType, ReservationState, RestoreError, SideEffect};
 pub use sense::{FieldPointer, Sense, SenseCode, SenseKey};
 pub use status::Status;

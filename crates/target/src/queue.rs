@@ -138,6 +138,21 @@ impl Queue {
     }
 }
 
+impl Queue {
+    /// Cancels the requests of this queue that match `pred` (task management:
+    /// ABORT TASK, ABORT TASK SET). Runs on the holder; each cancelled
+    /// request completes through its own completion (TASK ABORTED, or its
+    /// real status if it finished first), an executing one once its I/O ends.
+    pub fn cancel_where(self: &Arc<Self>, pred: impl Fn(&Request) -> bool + Send + Sync + 'static) {
+        let id = self.id();
+        self.dispatch(move |arrival| {
+            if let (Arrival::Here, Some(lq)) = (arrival, local(id)) {
+                LocalQueue::iterate(&lq, &|r: &mut Request| if pred(r) { Action::Cancel } else { Action::Keep });
+            }
+        });
+    }
+}
+
 /// Outcome of deciding what to do with a request while the list is borrowed;
 /// acted on after the borrow ends ("collect, then act").
 enum Plan {
@@ -346,9 +361,7 @@ impl LocalQueue {
                             Plan::Nothing
                         }
                     },
-                    Err(e) => {
-                        q.remove_with(id, Response::from_error(&e, device.disk().descriptor_sense()))
-                    }
+                    Err(e) => q.remove_with(id, Response::from_error(&e, device.disk().descriptor_sense())),
                 }
             }
         };

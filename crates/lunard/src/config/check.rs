@@ -9,14 +9,13 @@ use super::{Chap, ConfigError, CHAP_SECRET_MAX, CHAP_SECRET_MIN, ISCSI_PORT};
 /// `K`, `M`, `G`, `T` (or `KiB`, `MiB`, `GiB`, `TiB`, or `B`), in any case.
 /// The error is a reason, without the value.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    const HELP: &str = "expected a number of bytes with an optional suffix K, M, G, T (or KiB, MiB, GiB, TiB), e.g. 64M";
+    const HELP: &str =
+        "expected a number of bytes with an optional suffix K, M, G, T (or KiB, MiB, GiB, TiB), e.g. 64M";
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     if digits == 0 {
         return Err(HELP.to_string());
     }
-    let n: u64 = s[..digits]
-        .parse()
-        .map_err(|_| "the number does not fit in 64 bits".to_string())?;
+    let n: u64 = s[..digits].parse().map_err(|_| "the number does not fit in 64 bits".to_string())?;
     let suffix = &s[digits..];
     let shift = match suffix.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
@@ -32,8 +31,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         }
         _ => return Err(format!("unknown suffix `{suffix}`; {HELP}")),
     };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| "the size does not fit in 64 bits".to_string())
+    n.checked_mul(1u64 << shift).ok_or_else(|| "the size does not fit in 64 bits".to_string())
 }
 
 /// Check an iSCSI name (RFC 7143 4.2.7.2, loosely): `iqn.yyyy-mm.authority[:anything]`
@@ -52,13 +50,10 @@ pub fn check_iscsi_name(name: &str) -> Result<(), String> {
         if lower != name {
             return Err(format!("iSCSI names are lowercase; use `{lower}`"));
         }
-        if let Some(c) = rest
-            .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | ':')))
+        if let Some(c) =
+            rest.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | ':')))
         {
-            return Err(format!(
-                "character {c:?} is not allowed (use a-z, 0-9, '-', '.', ':')"
-            ));
+            return Err(format!("character {c:?} is not allowed (use a-z, 0-9, '-', '.', ':')"));
         }
         let b = rest.as_bytes();
         let date_ok = b.len() >= 7
@@ -67,9 +62,7 @@ pub fn check_iscsi_name(name: &str) -> Result<(), String> {
             && b[5..7].iter().all(u8::is_ascii_digit)
             && matches!(&rest[5..7], "01" | "02" | "03" | "04" | "05" | "06" | "07" | "08" | "09" | "10" | "11" | "12");
         if !date_ok {
-            return Err(format!(
-                "`iqn.` must be followed by a date YYYY-MM (month 01..12); {FORMS}"
-            ));
+            return Err(format!("`iqn.` must be followed by a date YYYY-MM (month 01..12); {FORMS}"));
         }
         let after = &rest[7..];
         let authority = match after.strip_prefix('.') {
@@ -112,12 +105,17 @@ pub(crate) fn portal(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
     }
-    let bare = s
-        .strip_prefix('[')
-        .and_then(|r| r.strip_suffix(']'))
-        .unwrap_or(s);
-    if let Ok(ip) = bare.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, ISCSI_PORT));
+    if let Some(v6) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        if let Ok(ip) = v6.parse::<std::net::Ipv6Addr>() {
+            return Ok(SocketAddr::new(IpAddr::V6(ip), ISCSI_PORT));
+        }
+    }
+    if let Ok(ip) = s.parse::<std::net::Ipv4Addr>() {
+        return Ok(SocketAddr::new(IpAddr::V4(ip), ISCSI_PORT));
+    }
+    if s.parse::<std::net::Ipv6Addr>().is_ok() {
+        // `::1:3260` would be ambiguous: an address, or ::1 and a port?
+        return Err(format!("an IPv6 address needs brackets: [{s}] or [{s}]:PORT (e.g. [::1]:3260)"));
     }
     Err(addr_reason(s))
 }
@@ -154,9 +152,7 @@ pub(crate) fn unix_socket_path(p: &Path) -> Result<(), String> {
         return Err("the path contains a NUL byte".to_string());
     }
     if len > 107 {
-        return Err(format!(
-            "{len} bytes; a unix socket path has at most 107 bytes"
-        ));
+        return Err(format!("{len} bytes; a unix socket path has at most 107 bytes"));
     }
     Ok(())
 }
@@ -165,11 +161,7 @@ pub(crate) fn unix_socket_path(p: &Path) -> Result<(), String> {
 /// `discovery-chap`. The secret never appears in the message.
 pub(crate) fn chap(key: &str, c: &Chap) -> Result<(), ConfigError> {
     if c.user.is_empty() || c.user.len() > 255 {
-        return Err(ConfigError::invalid_value(
-            format!("{key} user"),
-            c.user.clone(),
-            "expected 1..=255 bytes",
-        ));
+        return Err(ConfigError::invalid_value(format!("{key} user"), c.user.clone(), "expected 1..=255 bytes"));
     }
     if c.user.chars().any(char::is_control) {
         return Err(ConfigError::invalid_value(
@@ -194,10 +186,7 @@ pub(crate) fn chap(key: &str, c: &Chap) -> Result<(), ConfigError> {
         ));
     }
     if c.secret.contains('\0') {
-        return Err(ConfigError::invalid(
-            format!("{key} secret"),
-            "contains a NUL byte",
-        ));
+        return Err(ConfigError::invalid(format!("{key} secret"), "contains a NUL byte"));
     }
     Ok(())
 }
@@ -207,9 +196,9 @@ pub(crate) fn log_filter(s: &str) -> Result<(), String> {
     if s.trim().is_empty() {
         return Err("empty filter; expected a level (error, warn, info, debug, trace) or directives like `info,lunar_iscsi=debug`".to_string());
     }
-    tracing_subscriber::EnvFilter::try_new(s)
-        .map(|_| ())
-        .map_err(|e| format!("{e}; expected a level (error, warn, info, debug, trace) or directives like `info,lunar_iscsi=debug`"))
+    tracing_subscriber::EnvFilter::try_new(s).map(|_| ()).map_err(|e| {
+        format!("{e}; expected a level (error, warn, info, debug, trace) or directives like `info,lunar_iscsi=debug`")
+    })
 }
 
 /// `on|off` (also `yes|no`, `true|false`).
@@ -238,4 +227,115 @@ pub(crate) fn printable_ascii(key: &str, v: &str, max: usize) -> Result<(), Conf
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iscsi_names_good() {
+        for n in [
+            "iqn.2026-11.dev.lunar:disk0",
+            "iqn.1994-05.com.redhat:client",
+            "iqn.2001-04.com.example",
+            "iqn.2001-04.com.example:storage:diskarrays-sn-a8675309",
+            "iqn.2001-04.com.example:storage.tape1.sys1.xyz",
+            "eui.02004567A425678D",
+            "eui.02004567a425678d",
+            "naa.52004567BA64678D",
+            "naa.62004567BA64678D0123456789ABCDEF",
+        ] {
+            assert_eq!(check_iscsi_name(n), Ok(()), "{n}");
+        }
+        let long = format!("iqn.2001-04.com.example:{}", "a".repeat(223 - 24));
+        assert_eq!(long.len(), 223);
+        assert_eq!(check_iscsi_name(&long), Ok(()));
+    }
+
+    #[test]
+    fn iscsi_names_bad() {
+        for (n, why) in [
+            ("", "empty"),
+            ("IQN.2026-11.dev.lunar:disk0", "lowercase; use `iqn.2026-11.dev.lunar:disk0`"),
+            ("iqn.2026-11.dev.Lunar:disk0", "lowercase"),
+            ("iqn.2026-11.dev.lunar:disk_0", "'_' is not allowed"),
+            ("iqn.2026-11.dev.lunar:disk 0", "' ' is not allowed"),
+            ("iqn.2026-13.dev.lunar:x", "date YYYY-MM"),
+            ("iqn.26-11.dev.lunar:x", "date YYYY-MM"),
+            ("iqn.2026-11", "reversed domain"),
+            ("iqn.2026-11:x", "reversed domain"),
+            ("iqn.2026-11.:x", "reversed domain"),
+            ("iqn.2026-11.com..example", "reversed domain"),
+            ("iqn.2026-11x.com.example", "reversed domain"),
+            ("eui.02004567A425678", "16 hex digits"),
+            ("eui.02004567A425678G", "16 hex digits"),
+            ("EUI.02004567A425678D", "16 hex digits"),
+            ("naa.1234", "16 or 32 hex digits"),
+            ("disk0", "unknown name type"),
+            ("iqn.é", "not allowed"),
+        ] {
+            let e = check_iscsi_name(n).expect_err(n);
+            assert!(e.contains(why), "{n}: `{e}` lacks `{why}`");
+        }
+        let long = format!("iqn.2001-04.com.example:{}", "a".repeat(200));
+        assert!(check_iscsi_name(&long).unwrap_err().contains("at most 223"));
+    }
+
+    #[test]
+    fn portals() {
+        assert_eq!(portal("127.0.0.1:3260"), Ok("127.0.0.1:3260".parse().unwrap()));
+        assert_eq!(portal("0.0.0.0:13260"), Ok("0.0.0.0:13260".parse().unwrap()));
+        assert_eq!(portal("[::1]:3261"), Ok("[::1]:3261".parse().unwrap()));
+        assert_eq!(portal("[fe80::1%2]:3260").map(|a| a.port()), Ok(3260));
+        // Without a port: the iSCSI port.
+        assert_eq!(portal("10.0.0.1"), Ok("10.0.0.1:3260".parse().unwrap()));
+        assert_eq!(portal("[::]"), Ok("[::]:3260".parse().unwrap()));
+        assert!(portal("::").unwrap_err().contains("needs brackets: [::]"));
+        assert!(portal("localhost:3260").unwrap_err().contains("host names are not resolved"));
+        assert!(portal("::1:3260").unwrap_err().contains("needs brackets"));
+        for bad in ["", "1.2.3.4:99999", "1.2.3.4:", "[::1:3260", "1.2.3:3260", ":3260"] {
+            assert!(portal(bad).unwrap_err().contains("expected ADDR:PORT"), "{bad}");
+        }
+        assert!(socket_addr("127.0.0.1").is_err(), "metrics needs a port");
+        assert_eq!(socket_addr("[::1]:9100").map(|a| a.port()), Ok(9100));
+    }
+
+    #[test]
+    fn chap_rules() {
+        let c = |user: &str, secret: &str| Chap { user: user.into(), secret: secret.into() };
+        assert!(chap("chap", &c("alice", "twelve bytes")).is_ok());
+        assert!(chap("chap", &c("alice", &"s".repeat(255))).is_ok());
+        let e = chap("chap", &c("alice", "elevenbytes")).unwrap_err().to_string();
+        assert!(e.contains("`chap secret`") && e.contains("too short: 11 bytes, at least 12"), "{e}");
+        assert!(!e.contains("elevenbytes"), "the secret is not shown: {e}");
+        let e = chap("mutual-chap", &c("a", &"s".repeat(256))).unwrap_err().to_string();
+        assert!(e.contains("`mutual-chap secret`") && e.contains("at most 255"), "{e}");
+        let e = chap("chap", &c("", "twelve bytes")).unwrap_err().to_string();
+        assert!(e.contains("`chap user`"), "{e}");
+        let e = chap("chap", &c("a\nb", "twelve bytes")).unwrap_err().to_string();
+        assert!(e.contains("control characters"), "{e}");
+        let dbg = format!("{:?}", c("alice", "twelve bytes"));
+        assert!(dbg.contains("alice") && !dbg.contains("twelve"), "{dbg}");
+    }
+
+    #[test]
+    fn log_filters() {
+        for ok in ["info", "debug", "warn,lunar_iscsi=trace", "lunar_target[dev]=debug"] {
+            assert_eq!(log_filter(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "  ", "info,foo=loud", "lunar=[["] {
+            assert!(log_filter(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn socket_paths() {
+        assert!(unix_socket_path(Path::new("/run/lunar/lunard.sock")).is_ok());
+        assert!(unix_socket_path(Path::new("")).is_err());
+        let p = format!("/{}", "x".repeat(106));
+        assert!(unix_socket_path(Path::new(&p)).is_ok());
+        let p = format!("/{}", "x".repeat(107));
+        assert!(unix_socket_path(Path::new(&p)).unwrap_err().contains("at most 107"));
+    }
 }

@@ -9,8 +9,8 @@ use super::check;
 use super::spec::split_items;
 use super::toml::FileSettings;
 use super::{
-    Chap, Config, ConfigError, Env, LunConfig, TargetConfig, VhostUserConfig, DEFAULT_LOG,
-    DEFAULT_LUN_SPEC, DEFAULT_PORTAL, DEFAULT_TARGET, MAX_IOTHREADS, MAX_VHOST_QUEUES,
+    Chap, Config, ConfigError, Env, LunConfig, TargetConfig, VhostUserConfig, DEFAULT_LOG, DEFAULT_LUN_SPEC,
+    DEFAULT_PORTAL, DEFAULT_TARGET, MAX_IOTHREADS, MAX_VHOST_QUEUES,
 };
 
 const AFTER_HELP: &str = "\
@@ -144,11 +144,7 @@ where
     Cli::try_parse_from(args).map_err(ConfigError::Cli)
 }
 
-fn chap_pair(
-    flag: &str,
-    user: Option<String>,
-    secret: Option<String>,
-) -> Result<Option<Chap>, ConfigError> {
+fn chap_pair(flag: &str, user: Option<String>, secret: Option<String>) -> Result<Option<Chap>, ConfigError> {
     match (user, secret) {
         (Some(user), Some(secret)) => {
             let c = Chap { user, secret };
@@ -157,10 +153,7 @@ fn chap_pair(
         }
         (None, None) => Ok(None),
         // clap's `requires` catches these first; keep the rule here too.
-        _ => Err(ConfigError::invalid(
-            flag,
-            format!("--{flag}-user and --{flag}-secret go together"),
-        )),
+        _ => Err(ConfigError::invalid(flag, format!("--{flag}-user and --{flag}-secret go together"))),
     }
 }
 
@@ -168,28 +161,20 @@ fn chap_pair(
 fn vhost_user(s: &str) -> Result<VhostUserConfig, ConfigError> {
     let mut items = split_items(s).into_iter();
     let socket = PathBuf::from(items.next().unwrap_or_default());
-    check::unix_socket_path(&socket)
-        .map_err(|r| ConfigError::invalid_value("vhost-user", s, r))?;
+    check::unix_socket_path(&socket).map_err(|r| ConfigError::invalid_value("vhost-user", s, r))?;
     let mut num_queues = None;
     for item in items {
         match item.split_once('=') {
             Some(("num-queues", v)) => {
                 if num_queues.is_some() {
-                    return Err(ConfigError::DuplicateKey {
-                        what: "--vhost-user",
-                        key: "num-queues".into(),
-                    });
+                    return Err(ConfigError::DuplicateKey { what: "--vhost-user", key: "num-queues".into() });
                 }
                 let n = v
                     .parse::<u16>()
                     .ok()
                     .filter(|n| (1..=MAX_VHOST_QUEUES).contains(n) && v.bytes().all(|c| c.is_ascii_digit()))
                     .ok_or_else(|| {
-                        ConfigError::invalid_value(
-                            "num-queues",
-                            v,
-                            format!("expected 1..={MAX_VHOST_QUEUES}"),
-                        )
+                        ConfigError::invalid_value("num-queues", v, format!("expected 1..={MAX_VHOST_QUEUES}"))
                     })?;
                 num_queues = Some(n);
             }
@@ -211,20 +196,15 @@ fn default_lun() -> Result<LunConfig, ConfigError> {
 }
 
 /// Apply the command line on top of the file (see the module docs).
-pub(crate) fn merge(
-    cli: Cli,
-    file: Option<FileSettings>,
-    env: &Env,
-) -> Result<Config, ConfigError> {
+pub(crate) fn merge(cli: Cli, file: Option<FileSettings>, env: &Env) -> Result<Config, ConfigError> {
     let file = file.unwrap_or_default();
+    let has_target_flags = cli.has_target_flags();
     let iothreads = match &cli.iothreads {
         Some(s) => s
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=MAX_IOTHREADS).contains(n) && s.bytes().all(|c| c.is_ascii_digit()))
-            .ok_or_else(|| {
-                ConfigError::invalid_value("--iothreads", s, format!("expected 1..={MAX_IOTHREADS}"))
-            })?,
+            .ok_or_else(|| ConfigError::invalid_value("--iothreads", s, format!("expected 1..={MAX_IOTHREADS}")))?,
         None => file.iothreads.unwrap_or_else(|| env.default_iothreads()),
     };
 
@@ -238,9 +218,7 @@ pub(crate) fn merge(
     };
 
     let metrics = match &cli.metrics {
-        Some(s) => Some(
-            check::socket_addr(s).map_err(|r| ConfigError::invalid_value("--metrics", s, r))?,
-        ),
+        Some(s) => Some(check::socket_addr(s).map_err(|r| ConfigError::invalid_value("--metrics", s, r))?),
         None => file.metrics,
     };
 
@@ -254,20 +232,16 @@ pub(crate) fn merge(
 
     let control = match cli.control {
         Some(p) => {
-            check::unix_socket_path(&p).map_err(|r| {
-                ConfigError::invalid_value("--control", p.display().to_string(), r)
-            })?;
+            check::unix_socket_path(&p)
+                .map_err(|r| ConfigError::invalid_value("--control", p.display().to_string(), r))?;
             p
         }
         None => file.control.unwrap_or_else(|| env.default_control()),
     };
 
-    let discovery_chap = chap_pair(
-        "discovery-chap",
-        cli.discovery_chap_user.clone(),
-        cli.discovery_chap_secret.clone(),
-    )?
-    .or(file.discovery_chap);
+    let discovery_chap =
+        chap_pair("discovery-chap", cli.discovery_chap_user.clone(), cli.discovery_chap_secret.clone())?
+            .or(file.discovery_chap);
 
     let mut vhost = file.vhost_user;
     for s in &cli.vhost_user {
@@ -275,7 +249,7 @@ pub(crate) fn merge(
     }
 
     let mut targets = file.targets;
-    if cli.has_target_flags() {
+    if has_target_flags {
         let name = match &cli.target {
             Some(n) => {
                 check::iscsi_name("--target", n)?;
@@ -303,9 +277,8 @@ pub(crate) fn merge(
         };
         let t = &mut targets[idx];
         for spec in &cli.lun {
-            let lun = LunConfig::parse_spec(spec).map_err(|e| {
-                e.context(format!("--lun `{spec}` (LUN {})", t.luns.len()))
-            })?;
+            let lun =
+                LunConfig::parse_spec(spec).map_err(|e| e.context(format!("--lun `{spec}` (LUN {})", t.luns.len())))?;
             t.luns.push(lun);
         }
         if let Some(c) = chap_pair("chap", cli.chap_user, cli.chap_secret)? {
@@ -330,14 +303,5 @@ pub(crate) fn merge(
         targets.push(t);
     }
 
-    Ok(Config {
-        iothreads,
-        portals,
-        targets,
-        discovery_chap,
-        control,
-        metrics,
-        vhost_user: vhost,
-        log,
-    })
+    Ok(Config { iothreads, portals, targets, discovery_chap, control, metrics, vhost_user: vhost, log })
 }

@@ -52,10 +52,7 @@ pub const DEFAULT_LUN_SPEC: &str = "backend=mem,size=1G";
 /// The iSCSI port (IANA).
 pub const ISCSI_PORT: u16 = 3260;
 /// The portal used when none is configured.
-pub const DEFAULT_PORTAL: SocketAddr = SocketAddr::new(
-    std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
-    ISCSI_PORT,
-);
+pub const DEFAULT_PORTAL: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), ISCSI_PORT);
 /// The tracing filter used when none is configured.
 pub const DEFAULT_LOG: &str = "info";
 /// Bounds of `iothreads`.
@@ -119,10 +116,7 @@ pub struct Chap {
 
 impl fmt::Debug for Chap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Chap")
-            .field("user", &self.user)
-            .field("secret", &"<redacted>")
-            .finish()
+        f.debug_struct("Chap").field("user", &self.user).field("secret", &"<redacted>").finish()
     }
 }
 
@@ -216,11 +210,7 @@ impl std::str::FromStr for Policy {
             "ignore" => Ok(Policy::Ignore),
             "stop" => Ok(Policy::Stop),
             "enospc" => Ok(Policy::Enospc),
-            _ => Err(ConfigError::invalid_value(
-                "policy",
-                s,
-                format!("expected one of {}", Policy::NAMES.join(", ")),
-            )),
+            _ => Err(ConfigError::invalid_value("policy", s, format!("expected one of {}", Policy::NAMES.join(", ")))),
         }
     }
 }
@@ -264,19 +254,11 @@ pub enum ConfigError {
     #[error("{0}")]
     Cli(#[source] clap::Error),
     #[error("unknown key `{key}` in {what}; valid keys: {}", valid.join(", "))]
-    UnknownKey {
-        what: &'static str,
-        key: String,
-        valid: &'static [&'static str],
-    },
+    UnknownKey { what: &'static str, key: String, valid: &'static [&'static str] },
     #[error("duplicate key `{key}` in {what}")]
     DuplicateKey { what: &'static str, key: String },
     #[error("invalid value `{value}` for `{key}`: {reason}")]
-    InvalidValue {
-        key: String,
-        value: String,
-        reason: String,
-    },
+    InvalidValue { key: String, value: String, reason: String },
     /// A missing key, a conflict between keys, or a value not echoed.
     #[error("`{key}`: {reason}")]
     Invalid { key: String, reason: String },
@@ -299,30 +281,16 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn invalid_value(
-        key: impl Into<String>,
-        value: impl Into<String>,
-        reason: impl Into<String>,
-    ) -> Self {
-        ConfigError::InvalidValue {
-            key: key.into(),
-            value: value.into(),
-            reason: reason.into(),
-        }
+    pub(crate) fn invalid_value(key: impl Into<String>, value: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::InvalidValue { key: key.into(), value: value.into(), reason: reason.into() }
     }
 
     pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            key: key.into(),
-            reason: reason.into(),
-        }
+        ConfigError::Invalid { key: key.into(), reason: reason.into() }
     }
 
     pub(crate) fn context(self, context: impl Into<String>) -> Self {
-        ConfigError::In {
-            context: context.into(),
-            source: Box::new(self),
-        }
+        ConfigError::In { context: context.into(), source: Box::new(self) }
     }
 
     /// `--help` or `--version`: print `self` to stdout and exit 0.
@@ -445,11 +413,7 @@ impl Config {
         Self::from_toml_str_in(text, origin, &Env::current())
     }
 
-    pub(crate) fn from_toml_str_in(
-        text: &str,
-        origin: &Path,
-        env: &Env,
-    ) -> Result<Config, ConfigError> {
+    pub(crate) fn from_toml_str_in(text: &str, origin: &Path, env: &Env) -> Result<Config, ConfigError> {
         let file = toml::parse(text, origin)?;
         let config = cli::merge(cli::Cli::default(), Some(file), env)?;
         config.validate()?;
@@ -474,20 +438,12 @@ impl Config {
         let mut seen = HashSet::new();
         for p in &self.portals {
             if !seen.insert(p) {
-                return Err(ConfigError::invalid_value(
-                    "listen",
-                    p.to_string(),
-                    "portal listed twice",
-                ));
+                return Err(ConfigError::invalid_value("listen", p.to_string(), "portal listed twice"));
             }
         }
         if let Some(m) = self.metrics {
             if m.port() != 0 && self.portals.contains(&m) {
-                return Err(ConfigError::invalid_value(
-                    "metrics",
-                    m.to_string(),
-                    "also an iSCSI portal",
-                ));
+                return Err(ConfigError::invalid_value("metrics", m.to_string(), "also an iSCSI portal"));
             }
         }
         check::unix_socket_path(&self.control)
@@ -501,18 +457,10 @@ impl Config {
             check::unix_socket_path(&v.socket)
                 .map_err(|r| ConfigError::invalid_value("vhost-user", shown.clone(), r))?;
             if v.socket == self.control {
-                return Err(ConfigError::invalid_value(
-                    "vhost-user",
-                    shown,
-                    "same path as the control socket",
-                ));
+                return Err(ConfigError::invalid_value("vhost-user", shown, "same path as the control socket"));
             }
             if !sockets.insert(&v.socket) {
-                return Err(ConfigError::invalid_value(
-                    "vhost-user",
-                    shown,
-                    "controller listed twice",
-                ));
+                return Err(ConfigError::invalid_value("vhost-user", shown, "controller listed twice"));
             }
             if let Some(n) = v.num_queues {
                 if !(1..=MAX_VHOST_QUEUES).contains(&n) {
@@ -535,11 +483,7 @@ impl Config {
             let in_target = |e: ConfigError| e.context(ctx.clone());
             check::iscsi_name("name", &t.name).map_err(in_target)?;
             if !names.insert(&t.name) {
-                return Err(in_target(ConfigError::invalid_value(
-                    "name",
-                    t.name.clone(),
-                    "target defined twice",
-                )));
+                return Err(in_target(ConfigError::invalid_value("name", t.name.clone(), "target defined twice")));
             }
             t.validate(&sockets, self.iothreads).map_err(in_target)?;
             for (li, lun) in t.luns.iter().enumerate() {
@@ -549,7 +493,9 @@ impl Config {
                             return Err(ConfigError::invalid_value(
                                 "path",
                                 path.display().to_string(),
-                                format!("already used by {first}; a file may back several LUNs only if all are readonly"),
+                                format!(
+                                    "already used by {first}; a file may back several LUNs only if all are readonly"
+                                ),
                             )
                             .context(format!("{ctx}, LUN {li}")));
                         }
@@ -559,8 +505,7 @@ impl Config {
                 }
             }
         }
-        check::log_filter(&self.log)
-            .map_err(|r| ConfigError::invalid_value("log", self.log.clone(), r))?;
+        check::log_filter(&self.log).map_err(|r| ConfigError::invalid_value("log", self.log.clone(), r))?;
         Ok(())
     }
 }
@@ -584,10 +529,7 @@ impl TargetConfig {
         if self.luns.len() > MAX_LUNS_PER_TARGET {
             return Err(ConfigError::invalid(
                 "lun",
-                format!(
-                    "{} LUNs, at most {MAX_LUNS_PER_TARGET} per target",
-                    self.luns.len()
-                ),
+                format!("{} LUNs, at most {MAX_LUNS_PER_TARGET} per target", self.luns.len()),
             ));
         }
         if let Some(c) = &self.chap {

@@ -65,15 +65,10 @@ pub(crate) fn split_pairs(spec: &str) -> Result<Vec<(String, String)>, ConfigErr
         .into_iter()
         .map(|item| match item.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ if item.is_empty() => Err(ConfigError::invalid(
-                "spec",
-                "empty item (a stray comma? write `,,` for a comma inside a value)",
-            )),
-            _ => Err(ConfigError::invalid_value(
-                "spec",
-                item.escape_default().to_string(),
-                "expected key=value",
-            )),
+            _ if item.is_empty() => {
+                Err(ConfigError::invalid("spec", "empty item (a stray comma? write `,,` for a comma inside a value)"))
+            }
+            _ => Err(ConfigError::invalid_value("spec", item.escape_default().to_string(), "expected key=value")),
         })
         .collect()
 }
@@ -117,10 +112,7 @@ impl LunBuilder {
             });
         };
         if self.seen.contains(&k) {
-            return Err(ConfigError::DuplicateKey {
-                what: "LUN spec",
-                key: k.to_string(),
-            });
+            return Err(ConfigError::DuplicateKey { what: "LUN spec", key: k.to_string() });
         }
         self.seen.push(k);
         if value.is_empty() {
@@ -129,10 +121,7 @@ impl LunBuilder {
         let bad = |reason: &str| ConfigError::invalid_value(k, value.escape_default().to_string(), reason);
         match k {
             "backend" => {
-                let b = BACKENDS
-                    .iter()
-                    .find(|b| **b == value)
-                    .ok_or_else(|| bad("expected one of mem, null, file"))?;
+                let b = BACKENDS.iter().find(|b| **b == value).ok_or_else(|| bad("expected one of mem, null, file"))?;
                 self.backend = Some(b);
             }
             "size" => self.size = Some(parse_size(value).map_err(|r| bad(&r))?),
@@ -149,9 +138,8 @@ impl LunBuilder {
             "removable" => self.removable = Some(on_off(k, value)?),
             "thin" => self.thin = Some(on_off(k, value)?),
             "rerror" | "werror" => {
-                let p = Policy::from_str(value).map_err(|_| {
-                    bad(&format!("expected one of {}", Policy::NAMES.join(", ")))
-                })?;
+                let p = Policy::from_str(value)
+                    .map_err(|_| bad(&format!("expected one of {}", Policy::NAMES.join(", "))))?;
                 if k == "rerror" {
                     self.rerror = Some(p);
                 } else {
@@ -198,34 +186,18 @@ impl LunBuilder {
         };
         let backend = if kind == "file" {
             let Some(path) = self.path else {
-                return Err(ConfigError::invalid(
-                    "path",
-                    "missing: backend=file needs path=FILE",
-                ));
+                return Err(ConfigError::invalid("path", "missing: backend=file needs path=FILE"));
             };
-            BackendSpec::File {
-                path,
-                size: self.size,
-                direct: self.direct.unwrap_or(false),
-            }
+            BackendSpec::File { path, size: self.size, direct: self.direct.unwrap_or(false) }
         } else {
             if self.path.is_some() {
-                return Err(ConfigError::invalid(
-                    "path",
-                    format!("only for backend=file, not backend={kind}"),
-                ));
+                return Err(ConfigError::invalid("path", format!("only for backend=file, not backend={kind}")));
             }
             if self.direct.is_some() {
-                return Err(ConfigError::invalid(
-                    "direct",
-                    format!("only for backend=file, not backend={kind}"),
-                ));
+                return Err(ConfigError::invalid("direct", format!("only for backend=file, not backend={kind}")));
             }
             let Some(size) = self.size else {
-                return Err(ConfigError::invalid(
-                    "size",
-                    format!("missing: backend={kind} needs size=, e.g. size=1G"),
-                ));
+                return Err(ConfigError::invalid("size", format!("missing: backend={kind} needs size=, e.g. size=1G")));
             };
             if kind == "mem" {
                 BackendSpec::Mem { size }
@@ -255,11 +227,7 @@ impl LunBuilder {
 pub(crate) fn validate(lun: &LunConfig) -> Result<(), ConfigError> {
     let bs = lun.block_size;
     if bs != 512 && bs != 4096 {
-        return Err(ConfigError::invalid_value(
-            "block-size",
-            bs.to_string(),
-            "expected 512 or 4096",
-        ));
+        return Err(ConfigError::invalid_value("block-size", bs.to_string(), "expected 512 or 4096"));
     }
     if let Some(size) = lun.backend.size() {
         let bad = |reason: String| ConfigError::invalid_value("size", size.to_string(), reason);
@@ -267,18 +235,13 @@ pub(crate) fn validate(lun: &LunConfig) -> Result<(), ConfigError> {
             return Err(bad("must be more than 0".into()));
         }
         if size % u64::from(bs) != 0 {
-            return Err(bad(format!(
-                "not a multiple of the block size ({bs} bytes)"
-            )));
+            return Err(bad(format!("not a multiple of the block size ({bs} bytes)")));
         }
         if size > MAX_SIZE {
             return Err(bad("larger than the largest file offset (2^63 - 1)".into()));
         }
         if matches!(lun.backend, BackendSpec::Mem { .. }) && size > MAX_MEM_SIZE {
-            return Err(bad(format!(
-                "{} is more than 1 TiB, the limit of backend=mem",
-                human_size(size)
-            )));
+            return Err(bad(format!("{} is more than 1 TiB, the limit of backend=mem", human_size(size))));
         }
     }
     if let BackendSpec::File { path, .. } = &lun.backend {
@@ -298,9 +261,7 @@ pub(crate) fn validate(lun: &LunConfig) -> Result<(), ConfigError> {
     printable_ascii("vendor", &lun.vendor, 8)?;
     printable_ascii("product", &lun.product, 16)?;
     if let Some(c) = &lun.controller {
-        unix_socket_path(c).map_err(|r| {
-            ConfigError::invalid_value("controller", c.display().to_string(), r)
-        })?;
+        unix_socket_path(c).map_err(|r| ConfigError::invalid_value("controller", c.display().to_string(), r))?;
     }
     if let Some(n) = lun.iothread {
         if n >= MAX_IOTHREADS {
@@ -341,11 +302,7 @@ pub(crate) fn describe(lun: &LunConfig) -> String {
         }
     }];
     parts.push(format!("{}-byte blocks", lun.block_size));
-    for (on, what) in [
-        (lun.readonly, "readonly"),
-        (lun.removable, "removable"),
-        (lun.thin, "thin"),
-    ] {
+    for (on, what) in [(lun.readonly, "readonly"), (lun.removable, "removable"), (lun.thin, "thin")] {
         if on {
             parts.push(what.to_string());
         }
@@ -363,4 +320,268 @@ pub(crate) fn describe(lun: &LunConfig) -> String {
         parts.push(format!("vhost-user {}", c.display()));
     }
     parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(spec: &str) -> LunConfig {
+        parse_spec(spec).unwrap_or_else(|e| panic!("{spec}: {e}"))
+    }
+
+    /// The error message for a SPEC that must be refused.
+    fn err(spec: &str) -> String {
+        match parse_spec(spec) {
+            Ok(l) => panic!("{spec} was accepted: {l:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn has(msg: &str, parts: &[&str]) {
+        for p in parts {
+            assert!(msg.contains(p), "`{msg}` lacks `{p}`");
+        }
+    }
+
+    #[test]
+    fn minimal_mem_and_defaults() {
+        let l = ok("backend=mem,size=1G");
+        assert_eq!(l.backend, BackendSpec::Mem { size: 1 << 30 });
+        assert_eq!(l.block_size, 512);
+        assert!(!l.readonly && !l.removable && l.thin);
+        assert_eq!((l.rerror, l.werror), (Policy::Report, Policy::Enospc));
+        assert_eq!(l.serial, None);
+        assert_eq!((l.vendor.as_str(), l.product.as_str()), ("LUNAR", "Lunar disk"));
+        assert_eq!((&l.controller, l.iothread), (&None, None));
+        assert_eq!(l.describe(), "mem 1.0 GiB, 512-byte blocks, thin");
+    }
+
+    #[test]
+    fn every_key_accepted() {
+        let l = ok("backend=file,path=/srv/a.img,size=4T,direct=on,block-size=4096,readonly=on,\
+                    removable=yes,thin=off,rerror=stop,werror=ignore,serial=SN-0001 x,vendor=ACME,\
+                    product=Fast Disk 9000,controller=/run/lunar/vm0.sock,iothread=3");
+        assert_eq!(l.backend, BackendSpec::File { path: "/srv/a.img".into(), size: Some(4 << 40), direct: true });
+        assert_eq!(l.block_size, 4096);
+        assert!(l.readonly && l.removable && !l.thin);
+        assert_eq!((l.rerror, l.werror), (Policy::Stop, Policy::Ignore));
+        assert_eq!(l.serial.as_deref(), Some("SN-0001 x"));
+        assert_eq!((l.vendor.as_str(), l.product.as_str()), ("ACME", "Fast Disk 9000"));
+        assert_eq!(l.controller, Some(PathBuf::from("/run/lunar/vm0.sock")));
+        assert_eq!(l.iothread, Some(3));
+        assert_eq!(
+            l.describe(),
+            "file /srv/a.img (4.0 TiB), O_DIRECT, 4096-byte blocks, readonly, removable, \
+             rerror=stop, werror=ignore, iothread 3, vhost-user /run/lunar/vm0.sock"
+        );
+    }
+
+    #[test]
+    fn backends() {
+        assert_eq!(ok("backend=null,size=1T").backend, BackendSpec::Null { size: 1 << 40 });
+        // path= implies file; size optional for file.
+        assert_eq!(
+            ok("path=/dev/sdb").backend,
+            BackendSpec::File { path: "/dev/sdb".into(), size: None, direct: false }
+        );
+        assert_eq!(ok("path=/x").describe(), "file /x (size of the file), 512-byte blocks, thin");
+        has(&err("size=1G"), &["`backend`", "missing", "mem|null|file"]);
+        has(&err("backend=disk,size=1G"), &["`disk`", "`backend`", "mem, null, file"]);
+        has(&err("backend=MEM,size=1G"), &["`MEM`", "`backend`"]);
+        has(&err("backend=file"), &["`path`", "missing"]);
+        has(&err("backend=mem"), &["`size`", "missing", "backend=mem"]);
+        has(&err("backend=null"), &["`size`", "missing", "backend=null"]);
+        has(&err("backend=mem,size=1G,path=/x"), &["`path`", "only for backend=file"]);
+        has(&err("backend=null,size=1G,direct=on"), &["`direct`", "only for backend=file"]);
+    }
+
+    #[test]
+    fn sizes() {
+        for (s, n) in [
+            ("512", 512),
+            ("4k", 4096),
+            ("4K", 4096),
+            ("4KiB", 4096),
+            ("4kib", 4096),
+            ("3M", 3 << 20),
+            ("3MiB", 3 << 20),
+            ("2g", 2 << 30),
+            ("2GiB", 2 << 30),
+            ("1t", 1 << 40),
+            ("1TiB", 1 << 40),
+            ("1024B", 1024),
+        ] {
+            assert_eq!(parse_size(s), Ok(n), "{s}");
+            assert_eq!(ok(&format!("backend=null,size={s}")).backend.size(), Some(n));
+        }
+        has(&err("backend=mem,size=1Q"), &["`1Q`", "`size`", "unknown suffix `Q`", "K, M, G, T"]);
+        has(&err("backend=mem,size=1GB"), &["`1GB`", "`size`", "decimal", "G or GiB"]);
+        has(&err("backend=mem,size=1.5G"), &["`1.5G`", "`size`"]);
+        has(&err("backend=mem,size=G"), &["`G`", "`size`"]);
+        has(&err("backend=mem,size=-1"), &["`-1`", "`size`"]);
+        has(&err("backend=mem,size=+512"), &["`+512`", "`size`"]);
+        has(&err("backend=mem,size= 1G"), &["`size`"]);
+        has(&err("backend=null,size=99999999999999999999"), &["`size`", "64 bits"]);
+        has(&err("backend=null,size=17179869184T"), &["`size`", "64 bits"]);
+        has(&err("backend=null,size=0"), &["`0`", "`size`", "more than 0"]);
+        has(&err("backend=null,size=1000"), &["`1000`", "`size`", "multiple of the block size (512"]);
+        has(&err("backend=null,size=6K,block-size=4096"), &["`6144`", "multiple", "4096"]);
+        has(&err("path=/x,size=100"), &["`size`", "multiple"]);
+        // mem is capped at 1 TiB; null is not.
+        assert_eq!(ok("backend=mem,size=1T").backend.size(), Some(1 << 40));
+        has(&err("backend=mem,size=1025G"), &["`size`", "1 TiB"]);
+        assert_eq!(ok("backend=null,size=8000T").backend.size(), Some(8000 << 40));
+        has(&err("backend=null,size=8388608T"), &["`size`", "largest file offset"]);
+    }
+
+    #[test]
+    fn block_size() {
+        assert_eq!(ok("backend=mem,size=1M,block-size=512").block_size, 512);
+        assert_eq!(ok("backend=mem,size=1M,block-size=4096").block_size, 4096);
+        for bad in ["1024", "0", "4k", "-512", "x"] {
+            has(
+                &err(&format!("backend=mem,size=1M,block-size={bad}")),
+                &[&format!("`{bad}`"), "`block-size`", "512 or 4096"],
+            );
+        }
+    }
+
+    #[test]
+    fn on_off_values() {
+        for key in ["readonly", "removable", "thin"] {
+            for (v, b) in [("on", true), ("off", false), ("true", true), ("no", false), ("ON", true)] {
+                let l = ok(&format!("backend=mem,size=1M,{key}={v}"));
+                let got = match key {
+                    "readonly" => l.readonly,
+                    "removable" => l.removable,
+                    _ => l.thin,
+                };
+                assert_eq!(got, b, "{key}={v}");
+            }
+            has(&err(&format!("backend=mem,size=1M,{key}=maybe")), &["`maybe`", &format!("`{key}`"), "on or off"]);
+        }
+        assert!(!ok("path=/x,direct=off").backend_direct());
+        has(&err("path=/x,direct=1"), &["`1`", "`direct`", "on or off"]);
+    }
+
+    impl LunConfig {
+        fn backend_direct(&self) -> bool {
+            matches!(self.backend, BackendSpec::File { direct: true, .. })
+        }
+    }
+
+    #[test]
+    fn policies() {
+        for (name, p) in
+            [("report", Policy::Report), ("ignore", Policy::Ignore), ("stop", Policy::Stop), ("enospc", Policy::Enospc)]
+        {
+            let l = ok(&format!("backend=mem,size=1M,rerror={name},werror={name}"));
+            assert_eq!((l.rerror, l.werror), (p, p));
+            assert_eq!(p.to_string(), name);
+        }
+        has(&err("backend=mem,size=1M,werror=retry"), &["`retry`", "`werror`", "report, ignore, stop, enospc"]);
+        has(&err("backend=mem,size=1M,rerror=Stop"), &["`Stop`", "`rerror`"]);
+    }
+
+    #[test]
+    fn strings() {
+        ok("backend=mem,size=1M,serial=12345678901234567890");
+        has(&err("backend=mem,size=1M,serial=123456789012345678901"), &["`serial`", "1..=20", "got 21"]);
+        has(&err("backend=mem,size=1M,serial=caf\u{e9}"), &["`serial`", "not printable ASCII"]);
+        has(&err("backend=mem,size=1M,serial=a\tb"), &["`serial`", "\\t"]);
+        has(&err("backend=mem,size=1M,vendor=ABCDEFGHI"), &["`ABCDEFGHI`", "`vendor`", "1..=8"]);
+        has(&err("backend=mem,size=1M,product=ABCDEFGHIJKLMNOPQ"), &["`product`", "1..=16"]);
+        has(&err("backend=mem,size=1M,serial="), &["`serial`", "empty value"]);
+        has(&err("backend=mem,size=1M,controller="), &["`controller`", "empty value"]);
+        let long = format!("backend=mem,size=1M,controller=/{}", "s".repeat(107));
+        has(&err(&long), &["`controller`", "108 bytes", "107"]);
+        assert_eq!(ok("backend=mem,size=1M,iothread=63").iothread, Some(63));
+        for bad in ["64", "-1", "x", "+1", "1.0"] {
+            has(&err(&format!("backend=mem,size=1M,iothread={bad}")), &["`iothread`", "0..64"]);
+        }
+    }
+
+    #[test]
+    fn unknown_and_duplicate_keys() {
+        let m = err("backend=mem,size=1M,sise=2M");
+        has(&m, &["unknown key `sise`", "valid keys: backend, size, path, direct, block-size"]);
+        has(&m, &["iothread"]);
+        has(&err("backend=mem,size=1M,Size=2M"), &["unknown key `Size`"]);
+        has(&err("backend=mem,size=1M,size=2M"), &["duplicate key `size`"]);
+        has(&err("backend=mem,backend=null,size=1M"), &["duplicate key `backend`"]);
+        has(&err("backend=mem,size=1M,mem"), &["`mem`", "expected key=value"]);
+        has(&err("=1,backend=mem"), &["expected key=value"]);
+        has(&err(""), &["empty"]);
+        has(&err("backend=mem,size=1M,"), &["empty item"]);
+        has(&err(",backend=mem,size=1M"), &["empty item"]);
+    }
+
+    #[test]
+    fn comma_escape() {
+        let l = ok("backend=file,path=/srv/a,,b.img,size=1M");
+        assert_eq!(l.backend, BackendSpec::File { path: "/srv/a,b.img".into(), size: Some(1 << 20), direct: false });
+        let l = ok("path=/x,,,,y,,,serial=a,,b");
+        assert_eq!(l.backend, BackendSpec::File { path: "/x,,y,".into(), size: None, direct: false });
+        assert_eq!(l.serial.as_deref(), Some("a,b"));
+        // A value may hold '='.
+        let l = ok("path=/a=b");
+        assert_eq!(l.backend, BackendSpec::File { path: "/a=b".into(), size: None, direct: false });
+        assert_eq!(split_items("a,,b,c"), vec!["a,b", "c"]);
+        assert_eq!(split_items(",,,"), vec![",", ""]);
+        assert_eq!(split_items(""), vec![""]);
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1024), "1.0 KiB");
+        assert_eq!(human_size(64 << 20), "64.0 MiB");
+        assert_eq!(human_size(1536 << 20), "1.5 GiB");
+        assert_eq!(human_size(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn validate_hand_built() {
+        let mut l = ok("backend=mem,size=1M");
+        l.block_size = 1000;
+        has(&l.validate().unwrap_err().to_string(), &["`block-size`", "`1000`"]);
+        l.block_size = 4096;
+        l.backend = BackendSpec::Mem { size: 1000 };
+        has(&l.validate().unwrap_err().to_string(), &["`size`", "multiple"]);
+        l.backend = BackendSpec::File { path: PathBuf::new(), size: None, direct: false };
+        has(&l.validate().unwrap_err().to_string(), &["`path`", "non-empty"]);
+        l.backend = BackendSpec::Mem { size: 4096 };
+        l.vendor = String::new();
+        has(&l.validate().unwrap_err().to_string(), &["`vendor`"]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_spec_never_panics(s in "\\PC*") {
+            let _ = parse_spec(&s);
+        }
+
+        #[test]
+        fn parse_spec_never_panics_on_near_misses(
+            items in proptest::collection::vec(
+                (proptest::sample::select(LUN_KEYS), "[a-zA-Z0-9,=./ ]{0,12}"), 0..8)
+        ) {
+            let spec: Vec<String> = items.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let spec = spec.join(",");
+            if let Ok(l) = parse_spec(&spec) {
+                proptest::prop_assert!(l.validate().is_ok());
+                let _ = l.describe();
+            }
+        }
+
+        #[test]
+        fn sizes_round_trip(n in 1u64..(1 << 20), unit in 0usize..4) {
+            let suffix = ["K", "M", "G", "T"][unit];
+            let shift = 10 * (unit as u32 + 1);
+            let expect = n.checked_mul(1u64 << shift);
+            proptest::prop_assert_eq!(parse_size(&format!("{n}{suffix}")).ok(), expect);
+        }
+    }
 }

@@ -14,8 +14,7 @@ use serde::Deserialize;
 use super::check;
 use super::spec::{split_pairs, LunBuilder};
 use super::{
-    BackendSpec, Chap, ConfigError, LunConfig, TargetConfig, VhostUserConfig, MAX_IOTHREADS,
-    MAX_VHOST_QUEUES,
+    BackendSpec, Chap, ConfigError, LunConfig, TargetConfig, VhostUserConfig, MAX_IOTHREADS, MAX_VHOST_QUEUES,
 };
 
 #[derive(Deserialize)]
@@ -125,20 +124,15 @@ pub(crate) struct FileSettings {
 
 /// Read and convert the file at `path`.
 pub(crate) fn load(path: &Path) -> Result<FileSettings, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
     parse(&text, path)
 }
 
 /// Convert the text of a file; `path` names it in messages and anchors
 /// relative paths.
 pub(crate) fn parse(text: &str, path: &Path) -> Result<FileSettings, ConfigError> {
-    let root: FileRoot = ::toml::from_str(text).map_err(|e| ConfigError::Toml {
-        path: path.to_path_buf(),
-        message: e.to_string().trim_end().to_string(),
-    })?;
+    let root: FileRoot = ::toml::from_str(text)
+        .map_err(|e| ConfigError::Toml { path: path.to_path_buf(), message: e.to_string().trim_end().to_string() })?;
     let base = path.parent().unwrap_or(Path::new(""));
     convert(root, base).map_err(|e| e.context(format!("config file {}", path.display())))
 }
@@ -153,10 +147,7 @@ fn rebase(base: &Path, p: PathBuf) -> PathBuf {
 
 fn chap(key: &str, c: Option<FileChap>) -> Result<Option<Chap>, ConfigError> {
     let Some(c) = c else { return Ok(None) };
-    let chap = Chap {
-        user: c.user,
-        secret: c.secret,
-    };
+    let chap = Chap { user: c.user, secret: c.secret };
     check::chap(key, &chap)?;
     Ok(Some(chap))
 }
@@ -166,11 +157,7 @@ fn convert(root: FileRoot, base: &Path) -> Result<FileSettings, ConfigError> {
         None => None,
         Some(n) if (1..=MAX_IOTHREADS as u64).contains(&n) => Some(n as usize),
         Some(n) => {
-            return Err(ConfigError::invalid_value(
-                "iothreads",
-                n.to_string(),
-                format!("expected 1..={MAX_IOTHREADS}"),
-            ))
+            return Err(ConfigError::invalid_value("iothreads", n.to_string(), format!("expected 1..={MAX_IOTHREADS}")))
         }
     };
     let portals = match root.listen {
@@ -183,17 +170,14 @@ fn convert(root: FileRoot, base: &Path) -> Result<FileSettings, ConfigError> {
     };
     let metrics = match root.metrics {
         None => None,
-        Some(s) => Some(
-            check::socket_addr(&s).map_err(|r| ConfigError::invalid_value("metrics", s.as_str(), r))?,
-        ),
+        Some(s) => Some(check::socket_addr(&s).map_err(|r| ConfigError::invalid_value("metrics", s.as_str(), r))?),
     };
     if let Some(log) = &root.log {
         check::log_filter(log).map_err(|r| ConfigError::invalid_value("log", log.as_str(), r))?;
     }
     let control = root.control.map(|p| rebase(base, p));
     if let Some(c) = &control {
-        check::unix_socket_path(c)
-            .map_err(|r| ConfigError::invalid_value("control", c.display().to_string(), r))?;
+        check::unix_socket_path(c).map_err(|r| ConfigError::invalid_value("control", c.display().to_string(), r))?;
     }
     let vhost_user = root
         .vhost_user
@@ -212,10 +196,7 @@ fn convert(root: FileRoot, base: &Path) -> Result<FileSettings, ConfigError> {
                     .context(format!("vhost-user {i}")))
                 }
             };
-            Ok(VhostUserConfig {
-                socket: rebase(base, v.socket),
-                num_queues,
-            })
+            Ok(VhostUserConfig { socket: rebase(base, v.socket), num_queues })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let targets = root
@@ -245,10 +226,7 @@ fn target(t: FileTarget, base: &Path) -> Result<TargetConfig, ConfigError> {
         check::iscsi_name("allow-initiators", name)?;
     }
     if t.lun.is_empty() {
-        return Err(ConfigError::invalid(
-            "lun",
-            "the target has no LUN; add a [[target.lun]] table",
-        ));
+        return Err(ConfigError::invalid("lun", "the target has no LUN; add a [[target.lun]] table"));
     }
     let luns = t
         .lun
@@ -284,10 +262,7 @@ fn lun(l: FileLun, base: &Path) -> Result<LunConfig, ConfigError> {
         ("controller", l.controller),
         ("iothread", l.iothread.map(|n| n.to_string())),
     ];
-    let pairs: Vec<(String, String)> = keyed
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
-        .collect();
+    let pairs: Vec<(String, String)> = keyed.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_string(), v))).collect();
     let pairs = match l.spec {
         Some(spec) => {
             if let Some((k, _)) = pairs.first() {

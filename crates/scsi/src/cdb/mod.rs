@@ -4,9 +4,9 @@
 pub(crate) mod reader;
 pub mod table;
 
+use crate::commands::persistent_reserve::{PrIn, PrOut};
 use crate::commands::{inquiry::Inquiry, log::LogSense, mode::ModeSelect, mode::ModeSense};
 use crate::commands::{opcodes::ReportOpcodes, unit::StartStopUnit};
-use crate::commands::persistent_reserve::{PrIn, PrOut};
 use crate::error::ScsiError;
 use reader::Cdb;
 

@@ -10,8 +10,10 @@ pub mod lba_status;
 pub mod log;
 pub mod mode;
 pub mod opcodes;
+pub mod persistent_reserve;
 pub mod read_write;
 pub mod report_luns;
+pub mod reserve;
 pub mod sync_cache;
 pub mod unit;
 pub mod unmap;
@@ -21,6 +23,7 @@ pub mod write_same;
 use crate::cdb::{table, Command};
 use crate::disk::{Disk, ExecContext, MAX_COMPARE_AND_WRITE_BLOCKS};
 use crate::error::ScsiError;
+use crate::reservation::SideEffect;
 use read_write::transfer_length_byte;
 
 /// The checks that need the disk but no data-out: the command is offered
@@ -57,16 +60,19 @@ pub(crate) fn validate(disk: &Disk, cmd: &Command) -> Result<(), ScsiError> {
         WriteSame { lba, blocks, anchor, cdb_len, .. } => disk.validate_write_same(lba, blocks, anchor, cdb_len),
         PreFetch { lba, blocks, .. } | SynchronizeCache { lba, blocks, .. } => disk.check_range(lba, u64::from(blocks)),
         GetLbaStatus { lba, .. } => disk.check_range(lba, 0),
+        PersistentReserveOut(ref p) => p.validate(),
         _ => Ok(()),
     }
 }
 
-/// Runs a validated command.
+/// Runs a validated command; what the core must do besides completing it
+/// goes to `fx`.
 pub(crate) async fn execute(
     disk: &Disk,
     cmd: &Command,
     data: Vec<u8>,
     ctx: &ExecContext,
+    fx: &mut Vec<SideEffect>,
 ) -> Result<Vec<u8>, ScsiError> {
     use Command::*;
     match cmd {
@@ -99,5 +105,9 @@ pub(crate) async fn execute(
         ReportSupportedTaskManagementFunctions { repd, alloc_len } => {
             Ok(opcodes::report_tmfs(&ctx.tmf.unwrap_or_default(), *repd, *alloc_len))
         }
+        PersistentReserveIn(p) => Ok(disk.persistent_reserve_in(p)),
+        PersistentReserveOut(p) => disk.persistent_reserve_out(p, &data, ctx, fx),
+        Reserve { .. } => disk.reserve_unit(ctx, fx),
+        Release { .. } => disk.release_unit(ctx, fx),
     }
 }

@@ -40,13 +40,14 @@ pub enum PrOutAction {
     RegisterAndMove = 0x07,
 }
 
-/// PERSISTENT RESERVE OUT fields. `pr_type` is decoded, and required, only
-/// for the service actions that evaluate SCOPE and TYPE
+/// PERSISTENT RESERVE OUT fields. SCOPE and TYPE are checked by
+/// [`PrOut::pr_type`] for the service actions that evaluate them
 /// ([`PrOutAction::uses_type`]); the others ignore those fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrOut {
     pub action: PrOutAction,
-    pub pr_type: Option<PrType>,
+    pub scope: u8,
+    pub type_code: u8,
     pub param_len: u32,
 }
 
@@ -68,7 +69,10 @@ impl PrOutAction {
 
     /// SCOPE and TYPE are evaluated (SPC-5 6.17.3): the others ignore them.
     pub fn uses_type(self) -> bool {
-        matches!(self, PrOutAction::Reserve | PrOutAction::Release | PrOutAction::Preempt | PrOutAction::PreemptAndAbort)
+        matches!(
+            self,
+            PrOutAction::Reserve | PrOutAction::Release | PrOutAction::Preempt | PrOutAction::PreemptAndAbort
+        )
     }
 }
 
@@ -96,22 +100,34 @@ pub(crate) fn decode_in(c: Cdb<'_>) -> Result<Command, ScsiError> {
 
 pub(crate) fn decode_out(c: Cdb<'_>) -> Result<Command, ScsiError> {
     let action = PrOutAction::from_u8(c.bits(1, 0, 5)).ok_or(ScsiError::field(1, 4))?;
-    let pr_type = if action.uses_type() {
-        if c.bits(2, 4, 4) != LU_SCOPE {
-            return Err(ScsiError::field(2, 7));
-        }
-        Some(PrType::from_u8(c.bits(2, 0, 4)).ok_or(ScsiError::field(2, 3))?)
-    } else {
-        None
-    };
-    Ok(Command::PersistentReserveOut(PrOut { action, pr_type, param_len: c.be32(5) }))
+    Ok(Command::PersistentReserveOut(PrOut {
+        action,
+        scope: c.bits(2, 4, 4),
+        type_code: c.bits(2, 0, 4),
+        param_len: c.be32(5),
+    }))
 }
 
 impl PrOut {
-    /// The PARAMETER LIST LENGTH must fit the service action (SPC-5
-    /// 6.17.3): 24 bytes (SPEC_I_PT is not supported), or a header and
-    /// one TransportID for REGISTER AND MOVE. Checked before data-out.
+    /// The reservation type, for the service actions that evaluate SCOPE
+    /// and TYPE (`None` for the others): LU_SCOPE and a type of table 244,
+    /// else INVALID FIELD IN CDB (SPC-5 6.17.2, 6.17.3).
+    pub fn pr_type(&self) -> Result<Option<PrType>, ScsiError> {
+        if !self.action.uses_type() {
+            return Ok(None);
+        }
+        if self.scope != LU_SCOPE {
+            return Err(ScsiError::field(2, 7));
+        }
+        PrType::from_u8(self.type_code).map(Some).ok_or(ScsiError::field(2, 3))
+    }
+
+    /// The checks that need no data-out: SCOPE and TYPE, then the
+    /// PARAMETER LIST LENGTH, which must fit the service action (SPC-5
+    /// 6.17.3): 24 bytes (SPEC_I_PT is not supported), or a header and one
+    /// TransportID for REGISTER AND MOVE.
     pub(crate) fn validate(&self) -> Result<(), ScsiError> {
+        self.pr_type()?;
         let ok = match self.action {
             PrOutAction::RegisterAndMove => (BASIC_PARAM_LEN..=MAX_MOVE_PARAM_LEN).contains(&self.param_len),
             _ => self.param_len == BASIC_PARAM_LEN,
@@ -233,7 +249,13 @@ impl ReservationState {
     }
 
     /// REGISTER and REGISTER AND IGNORE EXISTING KEY (SPC-5 5.13.7, 5.13.11.3).
-    fn register(&mut self, nexus: &Nexus, p: BasicParams, ignore: bool, fx: &mut Vec<SideEffect>) -> Result<(), ScsiError> {
+    fn register(
+        &mut self,
+        nexus: &Nexus,
+        p: BasicParams,
+        ignore: bool,
+        fx: &mut Vec<SideEffect>,
+    ) -> Result<(), ScsiError> {
         match self.registration(nexus).map(|r| r.key) {
             None => {
                 if !ignore && p.key != 0 {
@@ -351,7 +373,10 @@ impl ReservationState {
             self.registrations.drain(..).partition(|r| victim(r) && !r.nexus.covers(nexus));
         self.registrations = kept;
         for r in &gone {
-            fx.push(SideEffect::UnitAttention { nexus: r.nexus.clone(), sense: sense::REGISTRATIONS_PREEMPTED.sense() });
+            fx.push(SideEffect::UnitAttention {
+                nexus: r.nexus.clone(),
+                sense: sense::REGISTRATIONS_PREEMPTED.sense(),
+            });
             if abort {
                 fx.push(SideEffect::AbortTasks { nexus: r.nexus.clone() });
             }
@@ -459,7 +484,7 @@ impl Disk {
         let len = usize::try_from(p.param_len).unwrap_or(usize::MAX);
         let data = data.get(..len).ok_or(ScsiError::ParameterListLengthError)?;
         let nexus = nexus_of(ctx);
-        let pr_type = p.pr_type.unwrap_or(PrType::WriteExclusive);
+        let pr_type = p.pr_type()?.unwrap_or(PrType::WriteExclusive);
         if p.action == PrOutAction::RegisterAndMove {
             let m = decode_move(data)?;
             return self.reservations.update(fx, |s, _| s.register_and_move(nexus, m)).map(|()| Vec::new());

@@ -1,0 +1,973 @@
+//! One iSCSI connection, on the I/O thread it was given: a reader task that
+//! frames PDUs, and a loop that owns all the connection's state (login,
+//! sequence numbers, tasks, task management) and answers in order.
+//! Completions from the core reach the loop as events through a channel, so
+//! the loop never shares state with another thread.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lunar_target::{Queue, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use super::task::{answer, Task};
+use super::{Shared, TargetEntry};
+use crate::login::{LoginConfig, LoginOutcome, LoginSession, LoginStep};
+use crate::params::{NegotiatedParams, SessionType};
+use crate::pdu::{
+    decode_frame, frame_length, Bhs, DataOut, ErrorReaction, Isid, LogoutReason, LogoutRequest, LogoutResponse,
+    LogoutResponseCode, NopIn, NopOut, Pdu, PduError, Reject, RejectReason, ScsiCommand, TaskMgmtFunction,
+    TaskMgmtRequest, TaskMgmtResponse, TextRequest, TmfResponseCode, BHS_LEN, RESERVED_TAG,
+};
+use crate::text::{full_feature_answers, TextExchange};
+
+/// Commands the initiator may have outstanding (MaxCmdSN - ExpCmdSN + 1).
+const CMD_WINDOW: u32 = 128;
+/// Largest frame the reader accepts before the negotiated limits apply.
+const MAX_FRAME: usize = 16 << 20;
+/// Idle time before we ping the initiator (NOP-In), and time to answer it.
+const PING_IDLE: Duration = Duration::from_secs(30);
+const PING_TIMEOUT: Duration = Duration::from_secs(30);
+
+enum Event {
+    Pdu(Box<Pdu>),
+    Bad(PduError, Option<Box<Bhs>>),
+    Closed,
+    Done { itt: u32, response: Response },
+    CoreTmfDone { itt: u32 },
+    Tick,
+}
+
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+struct Session {
+    entry: TargetEntry,
+    queues: HashMap<u64, Arc<Queue>>,
+    initiator: String,
+    isid: Isid,
+    tsih: u16,
+    closed_tx: watch::Sender<bool>,
+}
+
+struct PendingTmf {
+    itt: u32,
+    waiting: HashSet<u32>,
+    core_pending: usize,
+    close_after: bool,
+}
+
+enum Phase {
+    Login(Box<LoginSession<Arc<Shared>>>),
+    Discovery,
+    Normal,
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    thread: usize,
+    wr: OwnedWriteHalf,
+    tx: mpsc::UnboundedSender<Event>,
+    digests: Rc<Cell<(bool, bool)>>,
+    params: NegotiatedParams,
+    phase: Phase,
+    session: Option<Session>,
+    outcome: Option<Box<LoginOutcome>>,
+    stat_sn: u32,
+    exp_cmd_sn: u32,
+    tasks: HashMap<u32, Task>,
+    /// Commands received ahead of ExpCmdSN, by CmdSN.
+    ahead: BTreeMap<u32, Pdu>,
+    next_ttt: u32,
+    tmfs: Vec<PendingTmf>,
+    text: TextExchange,
+    last_rx: Instant,
+    ping: Option<(u32, Instant)>,
+    kill: Option<watch::Receiver<bool>>,
+    out: Vec<u8>,
+}
+
+/// Serves one accepted connection until it ends.
+pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>, thread: usize) {
+    let stream = match TcpStream::from_std(std_stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, "cannot register connection: {e}");
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let digests = Rc::new(Cell::new((false, false)));
+    let reader = tokio::task::spawn_local(read_loop(rd, tx.clone(), digests.clone()));
+    let ticker = {
+        let tx = tx.clone();
+        tokio::task::spawn_local(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                if tx.send(Event::Tick).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    tracing::debug!(%peer, thread, "connection");
+    let login = LoginSession::new(
+        shared.clone(),
+        LoginConfig {
+            limits: shared.limits.clone(),
+            portal_group_tag: shared.portal_group_tag,
+            initial_stat_sn: rand_u32(),
+            cmd_window: CMD_WINDOW,
+        },
+    );
+    let mut conn = Conn {
+        shared,
+        peer,
+        thread,
+        wr,
+        tx,
+        digests,
+        params: NegotiatedParams::default(),
+        phase: Phase::Login(Box::new(login)),
+        session: None,
+        outcome: None,
+        stat_sn: 0,
+        exp_cmd_sn: 0,
+        tasks: HashMap::new(),
+        ahead: BTreeMap::new(),
+        next_ttt: 0,
+        tmfs: Vec::new(),
+        text: TextExchange::new(),
+        last_rx: Instant::now(),
+        ping: None,
+        kill: None,
+        out: Vec::with_capacity(64 << 10),
+    };
+    conn.run(&mut rx).await;
+    reader.abort();
+    ticker.abort();
+    conn.cleanup().await;
+}
+
+fn rand_u32() -> u32 {
+    use rand::Rng;
+    rand::thread_rng().gen()
+}
+
+async fn read_loop(mut rd: OwnedReadHalf, tx: mpsc::UnboundedSender<Event>, digests: Rc<Cell<(bool, bool)>>) {
+    let mut buf: Vec<u8> = Vec::with_capacity(256 << 10);
+    let mut start = 0usize;
+    loop {
+        let (hd, dd) = digests.get();
+        let avail = &buf[start..];
+        let need = match frame_length(avail, hd, dd) {
+            Err(e) => {
+                let _ = tx.send(Event::Bad(e, None));
+                return;
+            }
+            Ok(None) => BHS_LEN,
+            Ok(Some(n)) if n > MAX_FRAME => {
+                let _ = tx.send(Event::Bad(PduError::DataSegmentTooLong { length: n, max: MAX_FRAME as u32 }, None));
+                return;
+            }
+            Ok(Some(n)) => n,
+        };
+        if avail.len() >= need && avail.len() >= BHS_LEN {
+            let frame = &avail[..need];
+            let bhs = frame.first_chunk::<BHS_LEN>().and_then(|h| crate::pdu::decode_bhs(h).ok());
+            match decode_frame(frame, hd, dd) {
+                Ok(Some((pdu, used))) => {
+                    start += used;
+                    if tx.send(Event::Pdu(Box::new(pdu))).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let drop_conn = matches!(e.reaction(), ErrorReaction::DropConnection);
+                    start += need;
+                    let _ = tx.send(Event::Bad(e, bhs.map(Box::new)));
+                    if drop_conn {
+                        return;
+                    }
+                }
+            }
+            continue;
+        }
+        // Need more bytes: compact, then read.
+        if start > 0 {
+            buf.drain(..start);
+            start = 0;
+        }
+        if buf.capacity() < need {
+            buf.reserve(need - buf.len());
+        }
+        let old = buf.len();
+        let want = need.max(old + 4096).max(64 << 10);
+        buf.resize(want, 0);
+        match rd.read(&mut buf[old..]).await {
+            Ok(0) | Err(_) => {
+                let _ = tx.send(Event::Closed);
+                return;
+            }
+            Ok(n) => buf.truncate(old + n),
+        }
+    }
+}
+
+/// Serial number arithmetic (RFC 1982) on 32-bit sequence numbers.
+fn sn_lt(a: u32, b: u32) -> bool {
+    a != b && (b.wrapping_sub(a) as i32) > 0
+}
+
+impl Conn {
+    fn max_cmd_sn(&self) -> u32 {
+        self.exp_cmd_sn.wrapping_add(CMD_WINDOW - 1)
+    }
+
+    async fn run(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>) {
+        loop {
+            let ev = match &mut self.kill {
+                Some(kill) => tokio::select! {
+                    ev = rx.recv() => ev,
+                    _ = kill.wait_for(|k| *k) => None,
+                },
+                None => rx.recv().await,
+            };
+            let Some(ev) = ev else {
+                tracing::debug!(peer = %self.peer, "connection ended by the target");
+                return;
+            };
+            let flow = match ev {
+                Event::Pdu(p) => {
+                    self.last_rx = Instant::now();
+                    self.on_pdu(*p).await
+                }
+                Event::Bad(e, bhs) => self.on_bad(e, bhs).await,
+                Event::Closed => Flow::Close,
+                Event::Done { itt, response } => self.on_done(itt, response).await,
+                Event::CoreTmfDone { itt } => {
+                    if let Some(t) = self.tmfs.iter_mut().find(|t| t.itt == itt) {
+                        t.core_pending = t.core_pending.saturating_sub(1);
+                    }
+                    self.finish_tmfs().await
+                }
+                Event::Tick => self.on_tick().await,
+            };
+            if flow == Flow::Close {
+                return;
+            }
+        }
+    }
+
+    async fn cleanup(&mut self) {
+        if let Some(s) = self.session.take() {
+            for (lun, q) in s.queues {
+                q.device().disk().reset_prevent();
+                if let Err(e) = s.entry.core.close_queue(q).await {
+                    tracing::debug!(lun, "close queue: {e}");
+                }
+            }
+            self.shared.unregister_session(&s.initiator, s.isid, &s.entry.config.name, s.tsih);
+            let _ = s.closed_tx.send(true);
+            tracing::info!(peer = %self.peer, initiator = %s.initiator, target = %s.entry.config.name, "session closed");
+        }
+    }
+
+    // ----- output --------------------------------------------------------
+
+    /// Fills the sequence numbers of an outgoing PDU, advancing StatSN for
+    /// PDUs that carry a status (RFC 7143 §4.2.2.2).
+    fn number(&mut self, pdu: &mut Pdu) {
+        let exp = self.exp_cmd_sn;
+        let max = self.max_cmd_sn();
+        let stat = self.stat_sn;
+        let mut advance = true;
+        match pdu {
+            Pdu::ScsiResponse(p) => (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (stat, exp, max),
+            Pdu::DataIn(p) => {
+                (p.exp_cmd_sn, p.max_cmd_sn) = (exp, max);
+                if p.status.is_some() {
+                    p.stat_sn = stat;
+                } else {
+                    advance = false;
+                }
+            }
+            Pdu::R2t(p) => {
+                (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (stat, exp, max);
+                advance = false;
+            }
+            Pdu::NopIn(p) => {
+                (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (stat, exp, max);
+                advance = p.itt != RESERVED_TAG;
+            }
+            Pdu::TaskMgmtResponse(p) => (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (stat, exp, max),
+            Pdu::TextResponse(p) => (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (stat, exp, max),
+            Pdu::LogoutResponse(p) => (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (stat, exp, max),
+            Pdu::Reject(p) => {
+                (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (stat, exp, max);
+                advance = false;
+            }
+            Pdu::AsyncMessage(p) => (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (stat, exp, max),
+            _ => advance = false,
+        }
+        if advance {
+            self.stat_sn = self.stat_sn.wrapping_add(1);
+        }
+    }
+
+    fn queue_out(&mut self, mut pdu: Pdu) {
+        self.number(&mut pdu);
+        let (hd, dd) = self.digests.get();
+        pdu.encode_into(&mut self.out, hd, dd);
+    }
+
+    async fn flush(&mut self) -> Flow {
+        if self.out.is_empty() {
+            return Flow::Continue;
+        }
+        let r = self.wr.write_all(&self.out).await;
+        self.out.clear();
+        match r {
+            Ok(()) => Flow::Continue,
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, "write: {e}");
+                Flow::Close
+            }
+        }
+    }
+
+    async fn send(&mut self, pdu: Pdu) -> Flow {
+        self.queue_out(pdu);
+        self.flush().await
+    }
+
+    async fn reject(&mut self, bhs: &Bhs, reason: RejectReason) -> Flow {
+        self.send(Pdu::Reject(Reject::of(bhs, reason))).await
+    }
+
+    async fn reject_pdu(&mut self, pdu: &Pdu, reason: RejectReason) -> Flow {
+        let raw = pdu.encode(false, false);
+        match raw.first_chunk::<BHS_LEN>().and_then(|h| crate::pdu::decode_bhs(h).ok()) {
+            Some(bhs) => self.reject(&bhs, reason).await,
+            None => Flow::Close,
+        }
+    }
+
+    // ----- input ---------------------------------------------------------
+
+    async fn on_bad(&mut self, e: PduError, bhs: Option<Box<Bhs>>) -> Flow {
+        tracing::warn!(peer = %self.peer, "bad PDU: {e}");
+        match (e.reaction(), bhs, &self.phase) {
+            (_, _, Phase::Login(_)) => Flow::Close,
+            (ErrorReaction::Reject(reason), Some(bhs), _) => self.reject(&bhs, reason).await,
+            _ => Flow::Close,
+        }
+    }
+
+    async fn on_pdu(&mut self, pdu: Pdu) -> Flow {
+        if let Phase::Login(login) = &mut self.phase {
+            let step = login.handle_pdu(&pdu);
+            return self.on_login_step(step).await;
+        }
+        match pdu {
+            Pdu::DataOut(d) => self.on_data_out(d).await,
+            Pdu::NopOut(n) if n.itt == RESERVED_TAG => {
+                // An answer to our ping.
+                if self.ping.is_some_and(|(ttt, _)| ttt == n.ttt) {
+                    self.ping = None;
+                }
+                Flow::Continue
+            }
+            Pdu::ScsiCommand(_)
+            | Pdu::TaskMgmtRequest(_)
+            | Pdu::TextRequest(_)
+            | Pdu::LogoutRequest(_)
+            | Pdu::NopOut(_) => self.sequenced(pdu).await,
+            Pdu::LoginRequest(_) => {
+                tracing::warn!(peer = %self.peer, "Login Request in full feature phase");
+                let _ = self.reject_pdu(&pdu, RejectReason::ProtocolError).await;
+                Flow::Close
+            }
+            other => {
+                let reason = other.reject_at_target_erl0().unwrap_or(RejectReason::CommandNotSupported);
+                self.reject_pdu(&other, reason).await
+            }
+        }
+    }
+
+    /// CmdSN ordering (RFC 7143 §4.2.2.1): immediate PDUs run now; others
+    /// run in CmdSN order; outside the window they are ignored.
+    async fn sequenced(&mut self, pdu: Pdu) -> Flow {
+        let (immediate, cmd_sn) = match &pdu {
+            Pdu::ScsiCommand(p) => (p.immediate, p.cmd_sn),
+            Pdu::TaskMgmtRequest(p) => (p.immediate, p.cmd_sn),
+            Pdu::TextRequest(p) => (p.immediate, p.cmd_sn),
+            Pdu::LogoutRequest(p) => (p.immediate, p.cmd_sn),
+            Pdu::NopOut(p) => (p.immediate, p.cmd_sn),
+            _ => (true, 0),
+        };
+        if immediate {
+            return self.execute(pdu).await;
+        }
+        if cmd_sn == self.exp_cmd_sn {
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+            if self.execute(pdu).await == Flow::Close {
+                return Flow::Close;
+            }
+            while let Some(next) = self.ahead.remove(&self.exp_cmd_sn) {
+                self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+                if self.execute(next).await == Flow::Close {
+                    return Flow::Close;
+                }
+            }
+            return Flow::Continue;
+        }
+        if sn_lt(self.exp_cmd_sn, cmd_sn) && !sn_lt(self.max_cmd_sn(), cmd_sn) {
+            self.ahead.insert(cmd_sn, pdu);
+        } else {
+            tracing::debug!(peer = %self.peer, cmd_sn, exp = self.exp_cmd_sn, "CmdSN outside the window: ignored");
+        }
+        Flow::Continue
+    }
+
+    async fn execute(&mut self, pdu: Pdu) -> Flow {
+        match pdu {
+            Pdu::ScsiCommand(c) => self.on_command(c).await,
+            Pdu::TaskMgmtRequest(t) => self.on_tmf(t).await,
+            Pdu::TextRequest(t) => self.on_text(t).await,
+            Pdu::LogoutRequest(l) => self.on_logout(l).await,
+            Pdu::NopOut(n) => self.on_nop(n).await,
+            _ => Flow::Continue,
+        }
+    }
+
+    async fn on_login_step(&mut self, step: LoginStep) -> Flow {
+        match step {
+            LoginStep::Continue(resp) => self.send_login(Pdu::LoginResponse(resp)).await,
+            LoginStep::Fail(resp, failure) => {
+                tracing::warn!(peer = %self.peer, status = format!("{:#06x}", failure.status.code()), "login failed: {}", failure.reason);
+                let _ = self.send_login(Pdu::LoginResponse(resp)).await;
+                Flow::Close
+            }
+            LoginStep::Complete(resp, outcome) => {
+                self.params = outcome.params.clone();
+                self.exp_cmd_sn = outcome.exp_cmd_sn;
+                self.stat_sn = outcome.next_stat_sn;
+                match outcome.session_type {
+                    SessionType::Discovery => {
+                        self.phase = Phase::Discovery;
+                        tracing::info!(peer = %self.peer, initiator = %outcome.initiator_name, "discovery session");
+                    }
+                    SessionType::Normal => {
+                        let name = outcome.target_name.clone().unwrap_or_default();
+                        let Some(entry) = self.shared.targets.get(&name).cloned() else {
+                            return Flow::Close;
+                        };
+                        let (kill, closed_tx) = self
+                            .shared
+                            .register_session(&outcome.initiator_name, outcome.isid, &name, outcome.tsih)
+                            .await;
+                        let mut queues = HashMap::new();
+                        for lun in entry.core.luns() {
+                            match entry.core.open_queue(lun, self.thread).await {
+                                Ok(q) => {
+                                    queues.insert(lun, q);
+                                }
+                                Err(e) => tracing::warn!(lun, "cannot open queue: {e}"),
+                            }
+                        }
+                        tracing::info!(peer = %self.peer, initiator = %outcome.initiator_name, target = %name,
+                            tsih = outcome.tsih, thread = self.thread, luns = queues.len(), "session logged in");
+                        self.session = Some(Session {
+                            entry,
+                            queues,
+                            initiator: outcome.initiator_name.clone(),
+                            isid: outcome.isid,
+                            tsih: outcome.tsih,
+                            closed_tx,
+                        });
+                        self.kill = Some(kill);
+                        self.phase = Phase::Normal;
+                    }
+                }
+                // Digests apply from the first PDU after the final Login Response.
+                let digests = (self.params.header_digest.enabled(), self.params.data_digest.enabled());
+                self.outcome = Some(outcome);
+                let flow = self.send_login(Pdu::LoginResponse(resp)).await;
+                self.digests.set(digests);
+                flow
+            }
+        }
+    }
+
+    async fn send_login(&mut self, pdu: Pdu) -> Flow {
+        pdu.encode_into(&mut self.out, false, false);
+        self.flush().await
+    }
+
+    // ----- SCSI commands ---------------------------------------------------
+
+    fn session_type(&self) -> SessionType {
+        match self.phase {
+            Phase::Discovery => SessionType::Discovery,
+            _ => SessionType::Normal,
+        }
+    }
+
+    async fn queue_for(&mut self, lun: u64) -> Option<Arc<Queue>> {
+        let session = self.session.as_mut()?;
+        if let Some(q) = session.queues.get(&lun) {
+            if !q.is_closed() {
+                return Some(q.clone());
+            }
+        }
+        // A LUN added (or re-added) since login.
+        session.entry.core.device(lun)?;
+        let q = session.entry.core.open_queue(lun, self.thread).await.ok()?;
+        session.queues.insert(lun, q.clone());
+        Some(q)
+    }
+
+    async fn on_command(&mut self, c: ScsiCommand) -> Flow {
+        if self.session.is_none() {
+            // Discovery sessions carry no SCSI commands (RFC 7143 §4.3).
+            return self.reject_pdu(&Pdu::ScsiCommand(c), RejectReason::ProtocolError).await;
+        }
+        if self.tasks.contains_key(&c.itt) {
+            return self.reject_pdu(&Pdu::ScsiCommand(c), RejectReason::TaskInProgress).await;
+        }
+        let imm = c.data.len() as u32;
+        if imm > 0 && (!c.write || !self.params.immediate_data || imm > c.expected_data_transfer_length) {
+            tracing::warn!(peer = %self.peer, itt = c.itt, "unexpected immediate data");
+            return self.reject_pdu(&Pdu::ScsiCommand(c), RejectReason::ProtocolError).await;
+        }
+        let lun = lunar_scsi::lun::decode_lun(c.lun.to_be_bytes()).unwrap_or(u64::MAX);
+        let mut task = Task {
+            itt: c.itt,
+            lun,
+            lun_field: c.lun,
+            cdb: c.cdb,
+            read: c.read,
+            write: c.write,
+            edtl: if c.read || c.write { c.expected_data_transfer_length } else { 0 },
+            data: Vec::new(),
+            received: 0,
+            unsolicited_open: false,
+            next_r2t_offset: 0,
+            r2t_sn: 0,
+            solicited: Vec::new(),
+            submitted: false,
+            aborted: false,
+            data_sn: 0,
+        };
+        if task.write {
+            task.accept(0, &c.data);
+            let unsolicited_end = if c.final_bit || self.params.initial_r2t {
+                imm
+            } else {
+                self.params.first_burst_length.min(task.edtl)
+            };
+            task.unsolicited_open = !c.final_bit && !self.params.initial_r2t && unsolicited_end > imm;
+            task.next_r2t_offset = unsolicited_end.max(imm);
+        }
+        let itt = task.itt;
+        if task.data_complete() {
+            return self.submit(task).await;
+        }
+        let r2ts = task.next_r2ts(&self.params, &mut self.next_ttt);
+        self.tasks.insert(itt, task);
+        for r in r2ts {
+            self.queue_out(Pdu::R2t(r));
+        }
+        self.flush().await
+    }
+
+    async fn on_data_out(&mut self, d: DataOut) -> Flow {
+        let params = self.params.clone();
+        let Some(task) = self.tasks.get_mut(&d.itt) else {
+            tracing::debug!(peer = %self.peer, itt = d.itt, "Data-Out for no task: ignored");
+            return Flow::Continue;
+        };
+        if task.submitted {
+            return Flow::Continue;
+        }
+        if d.data.len() as u32 > params.target_max_recv_data_segment_length {
+            return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError).await;
+        }
+        if d.ttt == RESERVED_TAG {
+            if !task.unsolicited_open || d.buffer_offset.saturating_add(d.data.len() as u32) > params.first_burst_length
+            {
+                return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError).await;
+            }
+            if !task.accept(d.buffer_offset, &d.data) {
+                return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError).await;
+            }
+            if d.final_bit {
+                task.unsolicited_open = false;
+            }
+        } else {
+            let Some(i) = task.solicited.iter().position(|s| s.ttt == d.ttt) else {
+                return self.reject_pdu(&Pdu::DataOut(d), RejectReason::InvalidPduField).await;
+            };
+            let s = task.solicited[i];
+            let end = d.buffer_offset.saturating_add(d.data.len() as u32);
+            if d.buffer_offset < s.offset || end > s.offset + s.len || !task.accept(d.buffer_offset, &d.data) {
+                return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError).await;
+            }
+            task.solicited[i].received += d.data.len() as u32;
+            if d.final_bit {
+                task.solicited.remove(i);
+            }
+        }
+        if task.data_complete() && task.solicited.is_empty() && !task.unsolicited_open {
+            if let Some(task) = self.tasks.remove(&d.itt) {
+                return self.submit(task).await;
+            }
+            return Flow::Continue;
+        }
+        let r2ts = task.next_r2ts(&params, &mut self.next_ttt);
+        for r in r2ts {
+            self.queue_out(Pdu::R2t(r));
+        }
+        self.flush().await
+    }
+
+    /// Hands a command with all its data to the core (or answers it here
+    /// when its LUN does not exist).
+    async fn submit(&mut self, mut task: Task) -> Flow {
+        let itt = task.itt;
+        let lun = task.lun;
+        let Some(queue) = self.queue_for(lun).await else {
+            let response = self.no_such_lun(&task);
+            task.submitted = true;
+            self.tasks.insert(itt, task);
+            return self.on_done(itt, response).await;
+        };
+        let data = std::mem::take(&mut task.data);
+        let tx = self.tx.clone();
+        let req = lunar_target::request(u64::from(itt), lun, &task.cdb, data, move |response| {
+            let _ = tx.send(Event::Done { itt, response });
+        });
+        task.submitted = true;
+        self.tasks.insert(itt, task);
+        queue.submit(req);
+        Flow::Continue
+    }
+
+    /// INQUIRY, REPORT LUNS and others addressed to a LUN that does not
+    /// exist (SPC-5 §4.6.4 and §6.7.2: peripheral qualifier 011b).
+    fn no_such_lun(&self, task: &Task) -> Response {
+        let op = task.cdb.first().copied().unwrap_or(0);
+        match op {
+            0x12 => {
+                let evpd = task.cdb.get(1).is_some_and(|b| b & 1 == 1);
+                let alloc = task.cdb.get(3..5).map_or(0, |b| u16::from_be_bytes([b[0], b[1]])) as usize;
+                let mut data = if evpd {
+                    vec![0x7f, task.cdb.get(2).copied().unwrap_or(0), 0, 0]
+                } else {
+                    let mut d = vec![0u8; 36];
+                    d[0] = 0x7f;
+                    d[2] = 0x06;
+                    d[3] = 0x02;
+                    d[4] = 31;
+                    d
+                };
+                data.truncate(alloc);
+                Response::good(data)
+            }
+            0xa0 => {
+                let luns = self.session.as_ref().map(|s| s.entry.core.luns()).unwrap_or_default();
+                let alloc = task.cdb.get(6..10).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                Response::good(lunar_scsi::report_luns_data(&luns, alloc))
+            }
+            _ => Response::check_condition(lunar_scsi::sense::LUN_NOT_SUPPORTED.sense().fixed()),
+        }
+    }
+
+    async fn on_done(&mut self, itt: u32, response: Response) -> Flow {
+        let Some(mut task) = self.tasks.remove(&itt) else { return Flow::Continue };
+        for t in &mut self.tmfs {
+            t.waiting.remove(&itt);
+        }
+        if !task.aborted {
+            let write_len = if task.write { self.scsi_write_len(&task) } else { None };
+            let ans = answer(
+                &mut task,
+                response.status.code(),
+                response.sense,
+                response.data,
+                write_len,
+                self.params.initiator_max_recv_data_segment_length,
+            );
+            for d in ans.data_in {
+                self.queue_out(Pdu::DataIn(d));
+            }
+            if let Some(r) = ans.response {
+                self.queue_out(Pdu::ScsiResponse(r));
+            }
+        }
+        if self.finish_tmfs_queued() == Flow::Close {
+            let _ = self.flush().await;
+            return Flow::Close;
+        }
+        self.flush().await
+    }
+
+    /// Data-out length the CDB asks for (for residuals of writes).
+    fn scsi_write_len(&self, task: &Task) -> Option<usize> {
+        let q = self.session.as_ref()?.queues.get(&task.lun)?;
+        let cmd = lunar_scsi::Command::decode(&task.cdb).ok()?;
+        Some(cmd.data_out_len(q.device().disk().block_size()))
+    }
+
+    // ----- task management ---------------------------------------------------
+
+    async fn on_tmf(&mut self, t: TaskMgmtRequest) -> Flow {
+        if self.session.is_none() {
+            return self.reject_pdu(&Pdu::TaskMgmtRequest(t), RejectReason::ProtocolError).await;
+        }
+        let lun = lunar_scsi::lun::decode_lun(t.lun.to_be_bytes()).unwrap_or(u64::MAX);
+        let mut pending = PendingTmf { itt: t.itt, waiting: HashSet::new(), core_pending: 0, close_after: false };
+        let response = match t.function {
+            TaskMgmtFunction::AbortTask => {
+                if self.tasks.contains_key(&t.referenced_task_tag) {
+                    self.abort_tasks(|task| task.itt == t.referenced_task_tag, &mut pending);
+                    TmfResponseCode::FunctionComplete
+                } else if sn_lt(t.ref_cmd_sn, self.exp_cmd_sn) {
+                    // Already completed (RFC 7143 §11.5.1).
+                    TmfResponseCode::FunctionComplete
+                } else {
+                    TmfResponseCode::TaskDoesNotExist
+                }
+            }
+            TaskMgmtFunction::AbortTaskSet | TaskMgmtFunction::ClearTaskSet => {
+                self.abort_tasks(|task| task.lun == lun, &mut pending);
+                TmfResponseCode::FunctionComplete
+            }
+            TaskMgmtFunction::LogicalUnitReset => {
+                let core = self.session.as_ref().map(|s| s.entry.core.clone());
+                match core.and_then(|c| c.device(lun).map(|_| c)) {
+                    None => TmfResponseCode::LunDoesNotExist,
+                    Some(core) => {
+                        self.abort_tasks(|task| task.lun == lun, &mut pending);
+                        self.reset_luns(core, vec![lun], t.itt, &mut pending);
+                        TmfResponseCode::FunctionComplete
+                    }
+                }
+            }
+            TaskMgmtFunction::TargetWarmReset | TaskMgmtFunction::TargetColdReset => {
+                let Some(core) = self.session.as_ref().map(|s| s.entry.core.clone()) else { return Flow::Close };
+                self.abort_tasks(|_| true, &mut pending);
+                let luns = core.luns();
+                self.reset_luns(core, luns, t.itt, &mut pending);
+                if t.function == TaskMgmtFunction::TargetColdReset {
+                    pending.close_after = true;
+                    if let Some(s) = &self.session {
+                        let name = s.entry.config.name.clone();
+                        self.shared.kill_sessions_of(&name);
+                    }
+                }
+                TmfResponseCode::FunctionComplete
+            }
+            TaskMgmtFunction::TaskReassign => TmfResponseCode::TaskAllegianceReassignmentNotSupported,
+            _ => TmfResponseCode::FunctionNotSupported,
+        };
+        if response != TmfResponseCode::FunctionComplete || (pending.waiting.is_empty() && pending.core_pending == 0) {
+            let flow = self
+                .send(Pdu::TaskMgmtResponse(TaskMgmtResponse {
+                    response,
+                    itt: t.itt,
+                    stat_sn: 0,
+                    exp_cmd_sn: 0,
+                    max_cmd_sn: 0,
+                }))
+                .await;
+            return if pending.close_after { Flow::Close } else { flow };
+        }
+        self.tmfs.push(pending);
+        Flow::Continue
+    }
+
+    /// Aborts this session's tasks matching `pred`: those still gathering
+    /// data are dropped; those in the core are cancelled there, and the TMF
+    /// waits for their completion.
+    fn abort_tasks(&mut self, pred: impl Fn(&Task) -> bool, pending: &mut PendingTmf) {
+        let itts: Vec<u32> = self.tasks.values().filter(|t| pred(t)).map(|t| t.itt).collect();
+        let mut by_lun: HashMap<u64, HashSet<u64>> = HashMap::new();
+        for itt in itts {
+            let Some(task) = self.tasks.get_mut(&itt) else { continue };
+            if task.submitted {
+                task.aborted = true;
+                pending.waiting.insert(itt);
+                by_lun.entry(task.lun).or_default().insert(u64::from(itt));
+            } else {
+                self.tasks.remove(&itt);
+            }
+        }
+        for (lun, tags) in by_lun {
+            if let Some(q) = self.session.as_ref().and_then(|s| s.queues.get(&lun)) {
+                q.cancel_where(move |r| tags.contains(&r.tag));
+            }
+        }
+    }
+
+    fn reset_luns(&mut self, core: Arc<lunar_target::Target>, luns: Vec<u64>, itt: u32, pending: &mut PendingTmf) {
+        pending.core_pending += 1;
+        let tx = self.tx.clone();
+        tokio::task::spawn_local(async move {
+            for lun in luns {
+                if let Some(dev) = core.device(lun) {
+                    dev.disk().reset_prevent();
+                }
+                if let Err(e) = core.reset_device(lun).await {
+                    tracing::debug!(lun, "reset: {e}");
+                }
+            }
+            let _ = tx.send(Event::CoreTmfDone { itt });
+        });
+    }
+
+    /// Queues the responses of task management functions that are done.
+    fn finish_tmfs_queued(&mut self) -> Flow {
+        let mut flow = Flow::Continue;
+        let done: Vec<PendingTmf> = {
+            let (done, keep): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut self.tmfs).into_iter().partition(|t| t.waiting.is_empty() && t.core_pending == 0);
+            self.tmfs = keep;
+            done
+        };
+        for t in done {
+            self.queue_out(Pdu::TaskMgmtResponse(TaskMgmtResponse {
+                response: TmfResponseCode::FunctionComplete,
+                itt: t.itt,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+            }));
+            if t.close_after {
+                flow = Flow::Close;
+            }
+        }
+        flow
+    }
+
+    async fn finish_tmfs(&mut self) -> Flow {
+        let flow = self.finish_tmfs_queued();
+        let f2 = self.flush().await;
+        if flow == Flow::Close {
+            Flow::Close
+        } else {
+            f2
+        }
+    }
+
+    // ----- other requests ----------------------------------------------------
+
+    async fn on_nop(&mut self, n: NopOut) -> Flow {
+        let max = self.params.initiator_max_recv_data_segment_length as usize;
+        let mut data = n.data;
+        data.truncate(max);
+        self.send(Pdu::NopIn(NopIn {
+            lun: n.lun,
+            itt: n.itt,
+            ttt: RESERVED_TAG,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+            data,
+        }))
+        .await
+    }
+
+    async fn on_text(&mut self, t: TextRequest) -> Flow {
+        let entries = self.shared.send_targets_entries();
+        let session_type = self.session_type();
+        let target = self.session.as_ref().map(|s| s.entry.config.name.clone());
+        let max = self.params.initiator_max_recv_data_segment_length;
+        let reply =
+            self.text.handle(&t, max, |pairs| full_feature_answers(pairs, session_type, target.as_deref(), &entries));
+        match reply {
+            Ok(r) => {
+                let resp = r.into_response(&t, 0, 0, 0);
+                self.send(Pdu::TextResponse(resp)).await
+            }
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, "text: {e}");
+                self.reject_pdu(&Pdu::TextRequest(t), e.reject_reason()).await
+            }
+        }
+    }
+
+    async fn on_logout(&mut self, l: LogoutRequest) -> Flow {
+        let response = match l.reason {
+            LogoutReason::CloseSession | LogoutReason::CloseConnection => LogoutResponseCode::Closed,
+            _ => LogoutResponseCode::RecoveryNotSupported,
+        };
+        let close = response == LogoutResponseCode::Closed;
+        let flow = self
+            .send(Pdu::LogoutResponse(LogoutResponse {
+                response,
+                itt: l.itt,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+                time2wait: 0,
+                time2retain: 0,
+            }))
+            .await;
+        if close {
+            Flow::Close
+        } else {
+            flow
+        }
+    }
+
+    async fn on_tick(&mut self) -> Flow {
+        if let Some((_, sent)) = self.ping {
+            if sent.elapsed() > PING_TIMEOUT {
+                tracing::warn!(peer = %self.peer, "no answer to NOP-In ping: dropping the connection");
+                return Flow::Close;
+            }
+            return Flow::Continue;
+        }
+        if matches!(self.phase, Phase::Login(_)) {
+            // A login that stalls is dropped after the idle time.
+            return if self.last_rx.elapsed() > PING_IDLE { Flow::Close } else { Flow::Continue };
+        }
+        if self.last_rx.elapsed() > PING_IDLE {
+            self.next_ttt = self.next_ttt.wrapping_add(1);
+            if self.next_ttt == RESERVED_TAG {
+                self.next_ttt = 1;
+            }
+            let ttt = self.next_ttt;
+            self.ping = Some((ttt, Instant::now()));
+            return self
+                .send(Pdu::NopIn(NopIn {
+                    lun: 0,
+                    itt: RESERVED_TAG,
+                    ttt,
+                    stat_sn: 0,
+                    exp_cmd_sn: 0,
+                    max_cmd_sn: 0,
+                    data: Vec::new(),
+                }))
+                .await;
+        }
+        Flow::Continue
+    }
+}

@@ -1,0 +1,266 @@
+//! The iSCSI target server: portals, sessions and connections on Lunar's
+//! I/O threads, serving the devices of the target core.
+//!
+//! Each accepted connection is handed to one I/O thread (round robin) and
+//! lives there: its socket, its PDU reader, its tasks, and the request lists
+//! of the queues it opens on the core (one per LUN) are all on that thread,
+//! so a LUN used by several connections is served by several threads at
+//! once, with no lock between them.
+
+mod connection;
+mod task;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lunar_target::Target;
+use tokio::sync::watch;
+
+use crate::login::{AuthPolicy, TargetConfig, TargetRegistry};
+use crate::negotiation::TargetLimits;
+use crate::pdu::Isid;
+use crate::text::SendTargetsEntry;
+
+/// One iSCSI target: its name, access rules and the core target whose LUNs it serves.
+#[derive(Clone)]
+pub struct TargetEntry {
+    pub config: TargetConfig,
+    pub core: Arc<Target>,
+}
+
+impl std::fmt::Debug for TargetEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetEntry").field("config", &self.config).finish()
+    }
+}
+
+/// What the server serves.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub portals: Vec<SocketAddr>,
+    pub targets: Vec<TargetEntry>,
+    /// `None` refuses discovery sessions.
+    pub discovery_auth: Option<AuthPolicy>,
+    pub limits: TargetLimits,
+    /// Target Portal Group Tag of every portal.
+    pub portal_group_tag: u16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("no target to serve")]
+    NoTargets,
+    #[error("the target's threads are gone")]
+    ThreadsGone,
+}
+
+/// Key of a session for reinstatement (RFC 7143 §6.3.5): same initiator,
+/// same ISID, same target.
+type SessionKey = (String, [u8; 6], String);
+
+/// A live session: how to end it, and its TSIH.
+#[derive(Debug)]
+struct SessionHandle {
+    tsih: u16,
+    kill: watch::Sender<bool>,
+    closed: watch::Receiver<bool>,
+}
+
+/// State shared by all connections of a server.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) targets: HashMap<String, TargetEntry>,
+    pub(crate) discovery_auth: Option<AuthPolicy>,
+    pub(crate) limits: TargetLimits,
+    pub(crate) portal_group_tag: u16,
+    pub(crate) portals: Mutex<Vec<SocketAddr>>,
+    next_tsih: AtomicU16,
+    sessions: Mutex<HashMap<SessionKey, SessionHandle>>,
+    connections: AtomicUsize,
+    shutdown: watch::Sender<bool>,
+}
+
+impl TargetRegistry for Shared {
+    fn target(&self, name: &str) -> Option<TargetConfig> {
+        self.targets.get(name).map(|t| t.config.clone())
+    }
+
+    fn discovery_auth(&self) -> Option<AuthPolicy> {
+        self.discovery_auth.clone()
+    }
+
+    fn allocate_tsih(&self) -> Option<u16> {
+        loop {
+            let t = self.next_tsih.fetch_add(1, Ordering::Relaxed);
+            if t != 0 {
+                return Some(t);
+            }
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn send_targets_entries(&self) -> Vec<SendTargetsEntry> {
+        let portals = self.portals.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut v: Vec<SendTargetsEntry> = self
+            .targets
+            .values()
+            .map(|t| SendTargetsEntry {
+                name: t.config.name.clone(),
+                portals: portals.iter().map(|p| (*p, self.portal_group_tag)).collect(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Registers a new session; an existing one with the same key is ended
+    /// first (reinstatement), and this waits until it has closed.
+    pub(crate) async fn register_session(
+        &self,
+        initiator: &str,
+        isid: Isid,
+        target: &str,
+        tsih: u16,
+    ) -> (watch::Receiver<bool>, watch::Sender<bool>) {
+        let key = (initiator.to_ascii_lowercase(), isid.0, target.to_string());
+        let (kill_tx, kill_rx) = watch::channel(false);
+        let (closed_tx, closed_rx) = watch::channel(false);
+        let old = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, SessionHandle { tsih, kill: kill_tx, closed: closed_rx });
+        if let Some(old) = old {
+            tracing::info!(initiator, %isid, target, old_tsih = old.tsih, "session reinstatement: closing the old session");
+            let _ = old.kill.send(true);
+            let mut closed = old.closed;
+            let _ = closed.wait_for(|c| *c).await;
+        }
+        (kill_rx, closed_tx)
+    }
+
+    pub(crate) fn unregister_session(&self, initiator: &str, isid: Isid, target: &str, tsih: u16) {
+        let key = (initiator.to_ascii_lowercase(), isid.0, target.to_string());
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if sessions.get(&key).is_some_and(|s| s.tsih == tsih) {
+            sessions.remove(&key);
+        }
+    }
+
+    /// Ends every session of `target` (TARGET COLD RESET).
+    pub(crate) fn kill_sessions_of(&self, target: &str) {
+        for (key, s) in self.sessions.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if key.2 == target {
+                let _ = s.kill.send(true);
+            }
+        }
+    }
+}
+
+/// A running iSCSI server.
+#[derive(Debug)]
+pub struct Server {
+    shared: Arc<Shared>,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Server {
+    /// Binds every portal (errors now, not later) and starts accepting on
+    /// the main loop of the first target's threads.
+    pub fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        let first = config.targets.first().ok_or(ServerError::NoTargets)?.core.clone();
+        let contexts = first.contexts().clone();
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        for addr in &config.portals {
+            let l = std::net::TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr: *addr, source })?;
+            l.set_nonblocking(true).map_err(|source| ServerError::Bind { addr: *addr, source })?;
+            addrs.push(l.local_addr().map_err(|source| ServerError::Bind { addr: *addr, source })?);
+            listeners.push(l);
+        }
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            targets: config.targets.iter().map(|t| (t.config.name.clone(), t.clone())).collect(),
+            discovery_auth: config.discovery_auth,
+            limits: config.limits,
+            portal_group_tag: config.portal_group_tag,
+            portals: Mutex::new(addrs.clone()),
+            next_tsih: AtomicU16::new(1),
+            sessions: Mutex::new(HashMap::new()),
+            connections: AtomicUsize::new(0),
+            shutdown,
+        });
+        let next_thread = Arc::new(AtomicUsize::new(0));
+        for l in listeners {
+            let shared = shared.clone();
+            let contexts = contexts.clone();
+            let next = next_thread.clone();
+            contexts
+                .main_loop()
+                .clone()
+                .spawn(move || async move {
+                    let listener = match tokio::net::TcpListener::from_std(l) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!("cannot register listener: {e}");
+                            return;
+                        }
+                    };
+                    let mut shutdown = shared.shutdown.subscribe();
+                    loop {
+                        let accepted = tokio::select! {
+                            a = listener.accept() => a,
+                            _ = shutdown.changed() => break,
+                        };
+                        let (stream, peer) = match accepted {
+                            Ok(x) => x,
+                            Err(e) => {
+                                tracing::warn!("accept: {e}");
+                                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                                continue;
+                            }
+                        };
+                        let Ok(std_stream) = stream.into_std() else { continue };
+                        let n = contexts.io_threads().max(1);
+                        let thread = 1 + next.fetch_add(1, Ordering::Relaxed) % n;
+                        let Some(ctx) = contexts.get(thread) else { continue };
+                        let shared = shared.clone();
+                        let spawned = ctx.spawn(move || async move {
+                            shared.connections.fetch_add(1, Ordering::Relaxed);
+                            connection::serve(std_stream, peer, shared.clone(), thread).await;
+                            shared.connections.fetch_sub(1, Ordering::Relaxed);
+                        });
+                        if spawned.is_err() {
+                            tracing::warn!(%peer, "I/O thread gone; connection dropped");
+                        }
+                    }
+                })
+                .map_err(|_| ServerError::ThreadsGone)?;
+        }
+        Ok(Server { shared, addrs })
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting and ends every session (their commands complete or
+    /// are aborted through the core).
+    pub fn shutdown(&self) {
+        let _ = self.shared.shutdown.send(true);
+        for s in self.shared.sessions.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            let _ = s.kill.send(true);
+        }
+    }
+}

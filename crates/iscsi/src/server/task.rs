@@ -1,0 +1,190 @@
+//! One SCSI command on a connection: gathering its data-out (immediate,
+//! unsolicited, solicited by R2T) before it goes to the core, and turning
+//! the core's response into Data-In and SCSI Response PDUs.
+
+use crate::params::NegotiatedParams;
+use crate::pdu::{DataIn, R2t, ScsiResponse, ServiceResponse, RESERVED_TAG};
+
+/// An outstanding R2T: the data sequence it asked for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Solicited {
+    pub ttt: u32,
+    pub offset: u32,
+    pub len: u32,
+    pub received: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct Task {
+    pub itt: u32,
+    pub lun: u64,
+    /// The raw LUN field, echoed in Data-In and R2T.
+    pub lun_field: u64,
+    pub cdb: Vec<u8>,
+    pub read: bool,
+    pub write: bool,
+    /// Expected Data Transfer Length from the command.
+    pub edtl: u32,
+    /// Data-out gathered so far (EDTL bytes long once complete).
+    pub data: Vec<u8>,
+    /// Bytes of data-out received (each offset counted once).
+    pub received: u32,
+    /// Unsolicited data still allowed (FirstBurstLength budget) and whether
+    /// the unsolicited sequence is still open (command F bit 0).
+    pub unsolicited_open: bool,
+    /// Next offset not yet solicited.
+    pub next_r2t_offset: u32,
+    pub r2t_sn: u32,
+    pub solicited: Vec<Solicited>,
+    /// Handed to the core; waiting for its completion.
+    pub submitted: bool,
+    /// Aborted by task management: its completion sends nothing.
+    pub aborted: bool,
+    /// Data-In and R2T PDUs sent (ExpDataSN of the response).
+    pub data_sn: u32,
+}
+
+impl Task {
+    pub fn data_complete(&self) -> bool {
+        !self.write || self.received >= self.edtl
+    }
+
+    /// Accepts `data` at `offset`; returns false if it falls outside the
+    /// expected transfer (a protocol error).
+    pub fn accept(&mut self, offset: u32, data: &[u8]) -> bool {
+        let Some(end) = offset.checked_add(data.len() as u32) else { return false };
+        if end > self.edtl {
+            return false;
+        }
+        if self.data.len() < self.edtl as usize {
+            self.data.resize(self.edtl as usize, 0);
+        }
+        self.data[offset as usize..end as usize].copy_from_slice(data);
+        self.received = self.received.saturating_add(data.len() as u32).min(self.edtl);
+        true
+    }
+
+    /// R2Ts to send now to solicit the rest of the data (RFC 7143 §10.8),
+    /// keeping at most MaxOutstandingR2T outstanding.
+    pub fn next_r2ts(&mut self, params: &NegotiatedParams, next_ttt: &mut u32) -> Vec<R2t> {
+        let mut out = Vec::new();
+        if self.unsolicited_open {
+            return out;
+        }
+        while self.next_r2t_offset < self.edtl && self.solicited.len() < params.max_outstanding_r2t.max(1) as usize {
+            let len = (self.edtl - self.next_r2t_offset).min(params.max_burst_length);
+            *next_ttt = next_ttt.wrapping_add(1);
+            if *next_ttt == RESERVED_TAG {
+                *next_ttt = 1;
+            }
+            let ttt = *next_ttt;
+            self.solicited.push(Solicited { ttt, offset: self.next_r2t_offset, len, received: 0 });
+            out.push(R2t {
+                lun: self.lun_field,
+                itt: self.itt,
+                ttt,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+                r2t_sn: self.r2t_sn,
+                buffer_offset: self.next_r2t_offset,
+                desired_data_transfer_length: len,
+            });
+            self.r2t_sn += 1;
+            self.data_sn += 1;
+            self.next_r2t_offset += len;
+        }
+        out
+    }
+}
+
+/// The PDUs answering a completed command: Data-In PDUs (the last one may
+/// carry the status) and, when needed, a SCSI Response.
+pub(crate) struct Answer {
+    pub data_in: Vec<DataIn>,
+    pub response: Option<ScsiResponse>,
+}
+
+/// Residual of a transfer: (overflow, underflow, count) per RFC 7143 §11.4.5.
+fn residual(expected: u32, actual: usize) -> (bool, bool, u32) {
+    let actual = u32::try_from(actual).unwrap_or(u32::MAX);
+    if actual > expected {
+        (true, false, actual - expected)
+    } else if actual < expected {
+        (false, true, expected - actual)
+    } else {
+        (false, false, 0)
+    }
+}
+
+/// Builds the answer. `scsi_len` is the transfer length the command really
+/// has (data-in produced, or data-out the CDB asked for); `status`/`sense`
+/// come from the core. Sequence numbers are filled in by the connection.
+pub(crate) fn answer(
+    task: &mut Task,
+    status: u8,
+    sense: Vec<u8>,
+    mut data: Vec<u8>,
+    scsi_write_len: Option<usize>,
+    max_pdu: u32,
+) -> Answer {
+    let (overflow, underflow, count) = if task.read {
+        residual(task.edtl, data.len())
+    } else if let Some(w) = scsi_write_len {
+        residual(task.edtl, w)
+    } else {
+        residual(task.edtl, 0)
+    };
+    let (overflow, underflow, count) =
+        if task.read || task.write || task.edtl > 0 { (overflow, underflow, count) } else { (false, false, 0) };
+    data.truncate(task.edtl as usize);
+    if !task.read {
+        data.clear();
+    }
+    let mut data_in = Vec::new();
+    let collapse = status == 0 && sense.is_empty() && !data.is_empty();
+    let max = max_pdu.max(512) as usize;
+    let chunks: Vec<&[u8]> = data.chunks(max).collect();
+    let n = chunks.len();
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let last = i + 1 == n;
+        let with_status = last && collapse;
+        data_in.push(DataIn {
+            final_bit: last,
+            acknowledge: false,
+            overflow: with_status && overflow,
+            underflow: with_status && underflow,
+            status: with_status.then_some(status),
+            lun: if with_status { 0 } else { task.lun_field },
+            itt: task.itt,
+            ttt: RESERVED_TAG,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+            data_sn: task.data_sn,
+            buffer_offset: (i * max) as u32,
+            residual_count: if with_status { count } else { 0 },
+            data: chunk.to_vec(),
+        });
+        task.data_sn += 1;
+    }
+    let response = (!collapse).then(|| ScsiResponse {
+        bidi_read_overflow: false,
+        bidi_read_underflow: false,
+        overflow,
+        underflow,
+        response: ServiceResponse::CommandCompleted,
+        status,
+        itt: task.itt,
+        snack_tag: 0,
+        stat_sn: 0,
+        exp_cmd_sn: 0,
+        max_cmd_sn: 0,
+        exp_data_sn: task.data_sn,
+        bidi_read_residual_count: 0,
+        residual_count: count,
+        sense,
+        response_data: Vec::new(),
+    });
+    Answer { data_in, response }
+}

@@ -1,0 +1,207 @@
+//! Assembling the daemon from a validated [`Config`]: threads, core targets
+//! and their LUNs, the iSCSI server; and shutting it down cleanly.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lunar_block::{Backend, FileBackend, FileOptions};
+use lunar_iscsi::chap::{ChapAlgorithm, ChapCredential, ChapPolicy};
+use lunar_iscsi::login::{AuthPolicy, TargetConfig as LoginTarget};
+use lunar_iscsi::negotiation::TargetLimits;
+use lunar_iscsi::server::{Server, ServerConfig, TargetEntry};
+use lunar_scsi::DiskConfig;
+use lunar_target::{wait, ErrorPolicies, ErrorPolicy, Target, ThreadSet};
+
+use crate::config::{BackendSpec, Chap, Config, LunConfig, Policy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot start the I/O threads: {0}")]
+    Threads(#[from] lunar_aio::ThreadError),
+    #[error("target {target} LUN {lun}: {what}")]
+    Lun { target: String, lun: u64, what: String },
+    #[error("{0}")]
+    Server(#[from] lunar_iscsi::server::ServerError),
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub targets: Vec<Arc<Target>>,
+    pub server: Server,
+    threads: Option<Arc<ThreadSet>>,
+}
+
+fn policy(p: Policy) -> ErrorPolicy {
+    match p {
+        Policy::Report => ErrorPolicy::Report,
+        Policy::Ignore => ErrorPolicy::Ignore,
+        Policy::Stop => ErrorPolicy::Stop,
+        Policy::Enospc => ErrorPolicy::Enospc,
+    }
+}
+
+fn auth(chap: &Option<Chap>, mutual: &Option<Chap>) -> AuthPolicy {
+    match chap {
+        None => AuthPolicy::None,
+        Some(c) => AuthPolicy::Chap(ChapPolicy {
+            initiator: ChapCredential::new(c.user.clone(), c.secret.as_bytes().to_vec()),
+            target: mutual.as_ref().map(|m| ChapCredential::new(m.user.clone(), m.secret.as_bytes().to_vec())),
+            require_mutual: false,
+            algorithms: vec![ChapAlgorithm::Sha256, ChapAlgorithm::Md5],
+        }),
+    }
+}
+
+/// A stable 64-bit identity for a LUN (the NAA designator of VPD 0x83).
+fn naa_id(target: &str, lun: u64) -> u64 {
+    let mut h = DefaultHasher::new();
+    target.hash(&mut h);
+    lun.hash(&mut h);
+    h.finish() & 0x0000_000f_ffff_ffff
+}
+
+fn open_backend(spec: &BackendSpec) -> Result<Backend, String> {
+    match spec {
+        BackendSpec::Mem { size } => Ok(Backend::mem(*size)),
+        BackendSpec::Null { size } => Ok(Backend::null(*size)),
+        BackendSpec::File { path, size, direct } => {
+            if let Some(n) = size {
+                create_sparse(path, *n)?;
+            }
+            let f = FileBackend::open(path, &FileOptions { direct: *direct, readonly: false })
+                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            if let Some(n) = size {
+                if f.size() != *n {
+                    return Err(format!("{} is {} bytes but size= says {n}", path.display(), f.size()));
+                }
+            }
+            if f.size() == 0 {
+                return Err(format!("{} is empty", path.display()));
+            }
+            Ok(Backend::File(Arc::new(f)))
+        }
+    }
+}
+
+fn create_sparse(path: &Path, size: u64) -> Result<(), String> {
+    if path.exists() {
+        return Ok(());
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    f.set_len(size).map_err(|e| format!("cannot size {}: {e}", path.display()))
+}
+
+fn disk_config(target: &str, lun: u64, l: &LunConfig) -> DiskConfig {
+    let naa = naa_id(target, lun);
+    DiskConfig {
+        block_size: l.block_size,
+        readonly: l.readonly,
+        removable: l.removable,
+        thin: l.thin,
+        serial: l.serial.clone().unwrap_or_else(|| format!("LUNAR{naa:015X}")),
+        vendor: l.vendor.clone(),
+        product: l.product.clone(),
+        naa_id: naa,
+        target_name: target.to_string(),
+        relative_port: 1,
+        ..DiskConfig::default()
+    }
+}
+
+impl Daemon {
+    /// Starts everything the configuration asks for.
+    pub fn start(config: &Config) -> Result<Daemon, DaemonError> {
+        let threads = Arc::new(ThreadSet::start(config.iothreads)?);
+        let mut targets = Vec::new();
+        let mut entries = Vec::new();
+        for t in &config.targets {
+            let core = Target::with_threads(&t.name, threads.clone());
+            for (i, l) in t.luns.iter().enumerate() {
+                let lun = i as u64;
+                let err = |what: String| DaemonError::Lun { target: t.name.clone(), lun, what };
+                let backend = open_backend(&l.backend).map_err(err)?;
+                let policies = ErrorPolicies { read: policy(l.rerror), write: policy(l.werror) };
+                wait(core.add_device(lun, disk_config(&t.name, lun, l), backend, policies))
+                    .map_err(|e| DaemonError::Lun { target: t.name.clone(), lun, what: e.to_string() })?;
+            }
+            entries.push(TargetEntry {
+                config: LoginTarget {
+                    name: t.name.clone(),
+                    alias: None,
+                    allowed_initiators: (!t.allow_initiators.is_empty()).then(|| t.allow_initiators.clone()),
+                    auth: auth(&t.chap, &t.mutual_chap),
+                },
+                core: core.clone(),
+            });
+            targets.push(core);
+        }
+        let server = Server::start(ServerConfig {
+            portals: config.portals.clone(),
+            targets: entries,
+            discovery_auth: Some(auth(&config.discovery_chap, &None)),
+            limits: TargetLimits::default(),
+            portal_group_tag: 1,
+        })?;
+        Ok(Daemon { targets, server, threads: Some(threads) })
+    }
+
+    /// Clean shutdown: stop accepting, end the sessions (their commands
+    /// complete or are aborted), flush every backend, join the threads.
+    pub fn shutdown(mut self) {
+        self.server.shutdown();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.server.connections() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for t in &self.targets {
+            for dev in t.devices() {
+                let backend = dev.disk().backend().clone();
+                if let Some(ctx) = t.contexts().get(1) {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    let _ = ctx.spawn(move || async move {
+                        let _ = tx.send(backend.flush().await);
+                    });
+                    match rx.recv_timeout(Duration::from_secs(30)) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::error!(lun = dev.lun(), "flush at shutdown: {e}"),
+                        Err(_) => tracing::error!(lun = dev.lun(), "flush at shutdown timed out"),
+                    }
+                }
+            }
+        }
+        for t in self.targets.drain(..) {
+            t.shutdown();
+        }
+        drop(self.threads.take());
+    }
+}
+
+/// The startup banner: what is served and how to connect.
+pub fn banner(config: &Config, daemon: &Daemon) -> String {
+    let mut s = String::new();
+    let addrs = daemon.server.local_addrs();
+    for t in &config.targets {
+        s.push_str(&format!("lunard: target {}\n", t.name));
+        for (i, l) in t.luns.iter().enumerate() {
+            s.push_str(&format!("  LUN {i}: {}\n", l.describe()));
+        }
+    }
+    for a in addrs {
+        s.push_str(&format!("  portal {a}\n"));
+    }
+    if let (Some(t), Some(a)) = (config.targets.first(), addrs.first()) {
+        let host = if a.is_ipv6() { format!("[{}]:{}", a.ip(), a.port()) } else { a.to_string() };
+        s.push_str(&format!(
+            "connect:\n  iscsi-inq iscsi://{host}/{}/0\n  iscsiadm -m discovery -t sendtargets -p {host} && iscsiadm -m node -T {} -p {host} --login\n",
+            t.name, t.name
+        ));
+    }
+    s
+}

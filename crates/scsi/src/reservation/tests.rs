@@ -1,0 +1,295 @@
+//! The conflict check against SPC-5 table 63 / SBC-4 table 13, transcribed
+//! here independently of the opcode table's access column; and the
+//! persistence encoding.
+
+use super::*;
+use crate::cdb::table::OPCODES;
+use crate::test_util::*;
+
+/// SPC-5 table 63 and SBC-4 table 13, per command: Allowed or Conflict for
+/// [any nexus under WE, any nexus under EA, a registered nexus under RO/AR,
+/// an unregistered nexus under WE-RO/AR, an unregistered nexus under
+/// EA-RO/AR], then whether another nexus's SPC-2 reservation lets it
+/// through (SPC-2 5.5.1). Every command of the opcode table must be here.
+const SPEC: &[(&str, &str, bool)] = &[
+    ("TEST UNIT READY", "AAAAA", false),
+    ("REQUEST SENSE", "AAAAA", true),
+    ("INQUIRY", "AAAAA", true),
+    ("REPORT LUNS", "AAAAA", true),
+    ("LOG SENSE", "AAAAA", true),
+    ("READ CAPACITY(10)", "AAAAA", false),
+    ("READ CAPACITY(16)", "AAAAA", false),
+    ("PERSISTENT RESERVE IN", "AAAAA", false),
+    ("PERSISTENT RESERVE OUT", "AAAAA", false),
+    ("RESERVE(6)", "AAAAA", false),
+    ("RESERVE(10)", "AAAAA", false),
+    ("RELEASE(6)", "AAAAA", true),
+    ("RELEASE(10)", "AAAAA", true),
+    ("MODE SENSE(6)", "ACAAC", false),
+    ("MODE SENSE(10)", "ACAAC", false),
+    ("REPORT SUPPORTED OPERATION CODES", "ACAAC", false),
+    ("REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS", "ACAAC", false),
+    ("READ(6)", "ACAAC", false),
+    ("READ(10)", "ACAAC", false),
+    ("READ(12)", "ACAAC", false),
+    ("READ(16)", "ACAAC", false),
+    ("VERIFY(10)", "ACAAC", false),
+    ("VERIFY(12)", "ACAAC", false),
+    ("VERIFY(16)", "ACAAC", false),
+    ("PRE-FETCH(10)", "ACAAC", false),
+    ("PRE-FETCH(16)", "ACAAC", false),
+    ("READ DEFECT DATA(10)", "ACAAC", false),
+    ("READ DEFECT DATA(12)", "ACAAC", false),
+    ("GET LBA STATUS", "ACAAC", false),
+    ("MODE SELECT(6)", "CCACC", false),
+    ("MODE SELECT(10)", "CCACC", false),
+    ("WRITE(6)", "CCACC", false),
+    ("WRITE(10)", "CCACC", false),
+    ("WRITE(12)", "CCACC", false),
+    ("WRITE(16)", "CCACC", false),
+    ("WRITE AND VERIFY(10)", "CCACC", false),
+    ("WRITE AND VERIFY(12)", "CCACC", false),
+    ("WRITE AND VERIFY(16)", "CCACC", false),
+    ("WRITE SAME(10)", "CCACC", false),
+    ("WRITE SAME(16)", "CCACC", false),
+    ("COMPARE AND WRITE", "CCACC", false),
+    ("ORWRITE(16)", "CCACC", false),
+    ("UNMAP", "CCACC", false),
+    ("SYNCHRONIZE CACHE(10)", "CCACC", false),
+    ("SYNCHRONIZE CACHE(16)", "CCACC", false),
+    // Decided by fields; the zero CDB is START=0 (a stop) and PREVENT=0.
+    ("START STOP UNIT", "CCACC", false),
+    ("PREVENT ALLOW MEDIUM REMOVAL", "AAAAA", true),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Holder,
+    Registrant,
+    Other,
+}
+
+fn holder() -> Nexus {
+    Nexus::new("iqn.1994-05.com.example:holder,i,0x23d000000001", 1)
+}
+fn registrant() -> Nexus {
+    Nexus::new("iqn.1994-05.com.example:registrant,i,0x23d000000002", 1)
+}
+fn other() -> Nexus {
+    Nexus::new("iqn.1994-05.com.example:other,i,0x23d000000003", 1)
+}
+
+fn reserved(pr_type: PrType) -> ReservationState {
+    ReservationState {
+        generation: 2,
+        aptpl: false,
+        registrations: vec![Registration { nexus: holder(), key: 1 }, Registration { nexus: registrant(), key: 2 }],
+        reservation: Some(PersistentReservation { holder: holder(), pr_type }),
+        spc2_holder: None,
+    }
+}
+
+/// The expected outcome from the transcribed table.
+fn expected(cols: &str, pr_type: PrType, role: Role) -> bool {
+    let c = cols.as_bytes();
+    let allowed = |i: usize| c[i] == b'A';
+    match role {
+        Role::Holder => true,
+        Role::Registrant if pr_type.all_registrants() => true,
+        _ if !pr_type.admits_registrants() => allowed(if pr_type == PrType::WriteExclusive { 0 } else { 1 }),
+        Role::Registrant => allowed(2),
+        Role::Other => allowed(if pr_type.exclusive_access() { 4 } else { 3 }),
+    }
+}
+
+fn zero_cdb(e: &crate::cdb::table::OpcodeEntry) -> Command {
+    let mut cdb = vec![0u8; e.cdb_len()];
+    cdb[0] = e.opcode;
+    if let Some(sa) = e.service_action {
+        cdb[1] = sa;
+    }
+    Command::decode(&cdb).expect(e.name)
+}
+
+#[test]
+fn every_opcode_every_type_every_role() {
+    let d = disk(16);
+    let mut checked = 0;
+    for e in OPCODES {
+        let Some(&(_, cols, _)) = SPEC.iter().find(|s| s.0 == e.name) else {
+            panic!("{} is missing from the transcription of SPC-5 table 63", e.name)
+        };
+        let cmd = zero_cdb(e);
+        for pr_type in PrType::ALL {
+            d.reservations.replace(reserved(pr_type));
+            for (role, nexus) in [(Role::Holder, holder()), (Role::Registrant, registrant()), (Role::Other, other())] {
+                let ctx = ExecContext { nexus: Some(nexus), ..Default::default() };
+                let want = expected(cols, pr_type, role);
+                let got = d.check_reservation(&cmd, &ctx);
+                assert_eq!(got.is_ok(), want, "{} under {pr_type:?} from {role:?}", e.name);
+                if !want {
+                    assert_eq!(got, Err(ScsiError::ReservationConflict));
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, OPCODES.len() * 6 * 3);
+}
+
+#[test]
+fn every_opcode_under_an_spc2_reservation() {
+    let d = disk(16);
+    d.reservations.replace(ReservationState { spc2_holder: Some(holder()), ..Default::default() });
+    for e in OPCODES {
+        let (_, _, passes) = *SPEC.iter().find(|s| s.0 == e.name).expect(e.name);
+        let cmd = zero_cdb(e);
+        let by = |n: Nexus| d.check_reservation(&cmd, &ExecContext { nexus: Some(n), ..Default::default() });
+        assert_eq!(by(holder()), Ok(()), "{}", e.name);
+        assert_eq!(by(other()).is_ok(), passes, "{}", e.name);
+    }
+}
+
+#[test]
+fn fields_decide_start_stop_and_prevent() {
+    let d = disk(16);
+    d.reservations.replace(reserved(PrType::ExclusiveAccess));
+    let ctx = ExecContext { nexus: Some(other()), ..Default::default() };
+    let check = |cdb: &[u8]| d.check_reservation(&Command::decode(cdb).unwrap(), &ctx);
+    assert_eq!(check(&[0x1B, 0, 0, 0, 0x01, 0]), Ok(()), "START");
+    assert_eq!(check(&[0x1B, 0, 0, 0, 0x00, 0]), Err(ScsiError::ReservationConflict), "STOP");
+    assert_eq!(check(&[0x1B, 0, 0, 0, 0x31, 0]), Err(ScsiError::ReservationConflict), "power condition");
+    assert_eq!(check(&[0x1B, 0, 0, 0, 0x03, 0]), Ok(()), "load");
+    assert_eq!(check(&[0x1E, 0, 0, 0, 0, 0]), Ok(()), "ALLOW");
+    assert_eq!(check(&[0x1E, 0, 0, 0, 1, 0]), Err(ScsiError::ReservationConflict), "PREVENT");
+    assert!(OPCODES
+        .iter()
+        .filter(|e| e.access == Access::ByField)
+        .all(|e| { matches!(zero_cdb(e), Command::StartStopUnit(_) | Command::PreventAllowMediumRemoval { .. }) }));
+}
+
+#[test]
+fn no_reservation_no_conflict_and_anonymous_nexus() {
+    let d = disk(16);
+    let w = Command::decode(&cdb10(0x2A, 0, 0, 1)).unwrap();
+    assert_eq!(d.check_reservation(&w, &ExecContext::default()), Ok(()));
+    // Registrations alone restrict nothing.
+    d.reservations.replace(ReservationState {
+        registrations: reserved(PrType::WriteExclusive).registrations,
+        ..Default::default()
+    });
+    assert_eq!(d.check_reservation(&w, &ExecContext::default()), Ok(()));
+    // The anonymous nexus can hold a reservation.
+    let mut s = reserved(PrType::ExclusiveAccess);
+    s.registrations.push(Registration { nexus: Nexus::anonymous(), key: 9 });
+    s.reservation = Some(PersistentReservation { holder: Nexus::anonymous(), pr_type: PrType::ExclusiveAccess });
+    d.reservations.replace(s);
+    assert_eq!(d.check_reservation(&w, &ExecContext::default()), Ok(()));
+    let ctx = ExecContext { nexus: Some(holder()), ..Default::default() };
+    assert_eq!(d.check_reservation(&w, &ctx), Err(ScsiError::ReservationConflict));
+}
+
+#[test]
+fn nexus_identity() {
+    let a = Nexus::new("iqn.x:a,i,0x23d000000001", 1);
+    assert!(a.covers(&Nexus::new("IQN.X:A,I,0X23D000000001", 1)));
+    assert!(!a.covers(&Nexus::new("iqn.x:a,i,0x23d000000001", 2)), "another target port");
+    assert!(!a.covers(&Nexus::new("iqn.x:a,i,0x23d000000002", 1)), "another ISID");
+    let bare = Nexus::new("iqn.x:a", 1);
+    assert!(bare.covers(&a), "a bare name covers every port of the initiator");
+    assert!(!a.covers(&bare));
+    assert!(!bare.covers(&Nexus::new("iqn.x:ab,i,0x1", 1)));
+    assert!(!bare.covers(&Nexus::new("iqn.x:a", 2)));
+    assert!(Nexus::anonymous().covers(&Nexus::anonymous()));
+}
+
+#[test]
+fn encoding_round_trips() {
+    let d = disk(16);
+    let mut s = reserved(PrType::ExclusiveAccessRegistrantsOnly);
+    s.aptpl = true;
+    s.generation = 77;
+    s.spc2_holder = None;
+    d.reservations.replace(s.clone());
+    let bytes = d.reservation_state_bytes();
+    assert_eq!(&bytes[..5], b"LPRS\x01");
+    let e = disk(16);
+    e.restore_reservations(&bytes).unwrap();
+    assert_eq!(*e.reservation_state(), s);
+    assert_eq!(e.reservation_state_bytes(), bytes);
+    // Without APTPL nothing persists through power loss but the generation.
+    s.aptpl = false;
+    d.reservations.replace(s);
+    e.restore_reservations(&d.reservation_state_bytes()).unwrap();
+    assert_eq!(*e.reservation_state(), ReservationState { generation: 77, ..Default::default() });
+    // The SPC-2 reservation is never saved.
+    d.reservations.replace(ReservationState { spc2_holder: Some(holder()), aptpl: true, ..Default::default() });
+    e.restore_reservations(&d.reservation_state_bytes()).unwrap();
+    assert_eq!(e.reservation_state().spc2_holder, None);
+}
+
+#[test]
+fn restore_refuses_bad_input_and_keeps_state() {
+    let d = disk(16);
+    let mut s = reserved(PrType::WriteExclusive);
+    s.aptpl = true;
+    d.reservations.replace(s.clone());
+    let good = d.reservation_state_bytes();
+    assert_eq!(d.restore_reservations(b""), Err(RestoreError::BadMagic));
+    assert_eq!(d.restore_reservations(b"XPRS\x01"), Err(RestoreError::BadMagic));
+    assert_eq!(d.restore_reservations(b"LPRS\x02"), Err(RestoreError::UnsupportedVersion(2)));
+    for cut in 5..good.len() {
+        assert_eq!(d.restore_reservations(&good[..cut]), Err(RestoreError::Truncated), "cut at {cut}");
+    }
+    let mut trailing = good.clone();
+    trailing.push(0);
+    assert!(matches!(d.restore_reservations(&trailing), Err(RestoreError::Invalid(_))));
+    let mut bad_type = good.clone();
+    bad_type[10] = 2;
+    assert!(matches!(d.restore_reservations(&bad_type), Err(RestoreError::Invalid(_))));
+    let mut bad_holder = good.clone();
+    bad_holder[11..15].copy_from_slice(&5u32.to_be_bytes());
+    assert!(matches!(d.restore_reservations(&bad_holder), Err(RestoreError::Invalid(_))));
+    assert_eq!(*d.reservation_state(), s);
+}
+
+proptest::proptest! {
+    #[test]
+    fn restore_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+        let d = disk(1);
+        let mut b = b"LPRS\x01".to_vec();
+        b.extend_from_slice(&bytes);
+        let _ = d.restore_reservations(&b);
+        let _ = d.restore_reservations(&bytes);
+    }
+}
+
+#[test]
+fn concurrent_writers_lose_no_registration() {
+    let d = std::sync::Arc::new(disk(16));
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                for i in 0..50u64 {
+                    let nexus = Nexus::new(format!("iqn.t{t}:{i}"), 1);
+                    let mut fx = Vec::new();
+                    d.reservations
+                        .update(&mut fx, |s, _| {
+                            s.registrations.push(Registration { nexus, key: t * 1000 + i + 1 });
+                            s.generation += 1;
+                            Ok(())
+                        })
+                        .unwrap();
+                    // Readers meanwhile see a consistent snapshot.
+                    let snap = d.reservation_state();
+                    assert_eq!(snap.generation as usize, snap.registrations.len());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(d.reservation_state().registrations.len(), 200);
+}
