@@ -158,14 +158,19 @@ pub(crate) fn unix_socket_path(p: &Path) -> Result<(), String> {
 }
 
 /// A CHAP name and secret; `key` is `chap`, `mutual-chap` or
-/// `discovery-chap`. The secret never appears in the message.
+/// `discovery-chap` (messages name `chap.user`, `chap.secret`), or the
+/// flag prefix `--chap` (messages name `--chap-user`, `--chap-secret`).
+/// The secret never appears in the message.
 pub(crate) fn chap(key: &str, c: &Chap) -> Result<(), ConfigError> {
+    let sep = if key.starts_with("--") { '-' } else { '.' };
+    let user_key = format!("{key}{sep}user");
+    let secret_key = format!("{key}{sep}secret");
     if c.user.is_empty() || c.user.len() > 255 {
-        return Err(ConfigError::invalid_value(format!("{key} user"), c.user.clone(), "expected 1..=255 bytes"));
+        return Err(ConfigError::invalid_value(user_key.as_str(), c.user.clone(), "expected 1..=255 bytes"));
     }
     if c.user.chars().any(char::is_control) {
         return Err(ConfigError::invalid_value(
-            format!("{key} user"),
+            user_key.as_str(),
             c.user.escape_default().to_string(),
             "control characters are not allowed",
         ));
@@ -173,7 +178,7 @@ pub(crate) fn chap(key: &str, c: &Chap) -> Result<(), ConfigError> {
     let n = c.secret.len();
     if n < CHAP_SECRET_MIN {
         return Err(ConfigError::invalid(
-            format!("{key} secret"),
+            secret_key.as_str(),
             format!(
                 "too short: {n} bytes, at least {CHAP_SECRET_MIN} (RFC 7143 12.1.3 asks for secrets of 12 bytes or more)"
             ),
@@ -181,12 +186,12 @@ pub(crate) fn chap(key: &str, c: &Chap) -> Result<(), ConfigError> {
     }
     if n > CHAP_SECRET_MAX {
         return Err(ConfigError::invalid(
-            format!("{key} secret"),
+            secret_key.as_str(),
             format!("too long: {n} bytes, at most {CHAP_SECRET_MAX}"),
         ));
     }
     if c.secret.contains('\0') {
-        return Err(ConfigError::invalid(format!("{key} secret"), "contains a NUL byte"));
+        return Err(ConfigError::invalid(secret_key.as_str(), "contains a NUL byte"));
     }
     Ok(())
 }
@@ -307,13 +312,14 @@ mod tests {
         assert!(chap("chap", &c("alice", "twelve bytes")).is_ok());
         assert!(chap("chap", &c("alice", &"s".repeat(255))).is_ok());
         let e = chap("chap", &c("alice", "elevenbytes")).unwrap_err().to_string();
-        assert!(e.contains("`chap secret`") && e.contains("too short: 11 bytes, at least 12"), "{e}");
+        assert!(e.contains("`chap.secret`") && e.contains("too short: 11 bytes, at least 12"), "{e}");
         assert!(!e.contains("elevenbytes"), "the secret is not shown: {e}");
         let e = chap("mutual-chap", &c("a", &"s".repeat(256))).unwrap_err().to_string();
-        assert!(e.contains("`mutual-chap secret`") && e.contains("at most 255"), "{e}");
+        assert!(e.contains("`mutual-chap.secret`") && e.contains("at most 255"), "{e}");
         let e = chap("chap", &c("", "twelve bytes")).unwrap_err().to_string();
-        assert!(e.contains("`chap user`"), "{e}");
-        let e = chap("chap", &c("a\nb", "twelve bytes")).unwrap_err().to_string();
+        assert!(e.contains("`chap.user`"), "{e}");
+        let e = chap("--chap", &c("a\nb", "twelve bytes")).unwrap_err().to_string();
+        assert!(e.contains("`--chap-user`"), "{e}");
         assert!(e.contains("control characters"), "{e}");
         let dbg = format!("{:?}", c("alice", "twelve bytes"));
         assert!(dbg.contains("alice") && !dbg.contains("twelve"), "{dbg}");

@@ -17,9 +17,9 @@ const AFTER_HELP: &str = "\
 LUN SPEC (comma-separated key=value; write ,, for a comma inside a value):
   backend=mem|null|file    required, unless path= is given (implies file)
   size=N[K|M|G|T]          binary suffixes (also KiB..TiB); required for mem
-                           and null; for file: optional, the file's size if
-                           left out, a sparse file of this size is created if
-                           the file is missing, a smaller file is an error
+                           and null; for file: optional; if given, a missing
+                           file is created sparse with this size and an
+                           existing file must have exactly this size
   path=FILE                the file or block device (backend=file)
   direct=on|off            O_DIRECT (file only; default off)
   block-size=512|4096      default 512; size must be a multiple of it
@@ -69,7 +69,7 @@ pub(crate) struct Cli {
     pub listen: Vec<String>,
 
     /// Number of I/O threads, 1..=64 (default: number of CPUs)
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub iothreads: Option<String>,
 
     /// iSCSI name of the target that the target flags below apply to
@@ -148,7 +148,7 @@ fn chap_pair(flag: &str, user: Option<String>, secret: Option<String>) -> Result
     match (user, secret) {
         (Some(user), Some(secret)) => {
             let c = Chap { user, secret };
-            check::chap(flag, &c)?;
+            check::chap(&format!("--{flag}"), &c)?;
             Ok(Some(c))
         }
         (None, None) => Ok(None),

@@ -140,9 +140,8 @@ pub enum BackendSpec {
     ///
     /// `size: None`: the LUN has the size of the file, which must exist.
     /// `size: Some(n)`: if the file is missing, the daemon creates it sparse
-    /// with `n` bytes; if it exists and is smaller than `n`, that is an error
-    /// (it is never grown implicitly); if it is larger, the LUN exposes its
-    /// first `n` bytes. `n` is a multiple of the block size.
+    /// with `n` bytes; if it exists, its size must be `n` (it is never grown
+    /// or cut implicitly). `n` is a multiple of the block size.
     File {
         path: PathBuf,
         size: Option<u64>,

@@ -168,7 +168,8 @@ impl LunBuilder {
                     .ok_or_else(|| bad(&reason))?;
                 self.iothread = Some(n);
             }
-            _ => unreachable!("every key of LUN_KEYS is handled"),
+            // Every key of LUN_KEYS is handled above; keep this total.
+            _ => return Err(ConfigError::UnknownKey { what: "LUN spec", key: k.to_string(), valid: LUN_KEYS }),
         }
         Ok(())
     }

@@ -152,7 +152,8 @@ fn scalar_flags() {
     has(&err(&["--metrics", "9100"]), &["`--metrics`", "`9100`"]);
     has(&err(&["--metrics", "127.0.0.1:3260"]), &["`metrics`", "also an iSCSI portal"]);
     has(&err(&["--log", "info,x=loud"]), &["`--log`", "`info,x=loud`"]);
-    has(&err(&["--control", ""]), &["`--control`", "empty"]);
+    has(&err(&["--control", ""]), &["--control"]);
+    has(&err(&["--control", &format!("/{}", "s".repeat(200))]), &["`--control`", "at most 107"]);
 }
 
 #[test]
@@ -197,11 +198,11 @@ fn chap_flags() {
     assert_eq!(t.allow_initiators, ["iqn.1994-05.com.redhat:client", "iqn.1994-05.com.redhat:other"]);
 
     let m = err(&["--chap-user", "alice", "--chap-secret", "short"]);
-    has(&m, &["`chap secret`", "too short: 5 bytes", "at least 12"]);
+    has(&m, &["`--chap-secret`", "too short: 5 bytes", "at least 12"]);
     assert!(!m.contains("short`"), "the secret is not echoed: {m}");
     has(
         &err(&["--discovery-chap-user", "d", "--discovery-chap-secret", "x"]),
-        &["`discovery-chap secret`", "too short"],
+        &["`--discovery-chap-secret`", "too short"],
     );
     // Pairs go together (clap says which flag is missing).
     has(&err(&["--chap-user", "alice"]), &["--chap-secret"]);
@@ -458,8 +459,17 @@ fn file_errors_name_file_target_lun_and_key() {
     has(&file_err("iothreads = \"two\"\n"), &["iothreads", "invalid type"]);
     has(
         &file_err(&format!("{T}[[target.lun]]\nbackend = \"mem\"\nsize = \"1G\"\nthin = \"yes\"\n")),
-        &["thin", "invalid type", "boolean"],
+        &["target 0, LUN 0: ", "thin", "invalid type", "boolean"],
     );
+    let m = file_err(&format!(
+        "{T}[[target.lun]]\nspec = \"backend=null,size=1G\"\n{}[[target.lun]]\nspec = \"backend=null,size=1G\"\n[[target.lun]]\nreadonly = 1\n",
+        T.replace(":t", ":u")
+    ));
+    has(&m, &["target 1, LUN 1: ", "readonly", "invalid type"]);
+    has(&file_err(&format!("{T}chap = 5\n")), &["target 0: ", "chap", "invalid type"]);
+    let m = file_err(&format!("{T}[[target.lun]]\nspec = \"backend=null,size=1G\"\n[[vhost-user]]\nsocket = 1\n"));
+    has(&m, &["socket", "invalid type"]);
+    assert!(!m.contains("target 0"), "{m}");
     has(&file_err(&format!("{T}[[target.lun]]\nbackend = \"mem\"\nsize = true\n")), &["size", "a size in bytes"]);
     has(&file_err(&format!("{T}[[target.lun]]\nbackend = \"mem\"\nsize = -1\n")), &["size", "a size in bytes"]);
     has(&file_err("listen = \"127.0.0.1:3260\"\n"), &["listen", "invalid type"]);
@@ -481,7 +491,7 @@ fn file_errors_name_file_target_lun_and_key() {
         &file_err(&format!(
             "{T}chap = {{ user = \"u\", secret = \"short\" }}\n[[target.lun]]\nspec = \"backend=null,size=1G\"\n"
         )),
-        &["target 0", "`chap secret`", "too short"],
+        &["target 0", "`chap.secret`", "too short"],
     );
     let two_luns = format!("{T}[[target.lun]]\nspec = \"backend=null,size=1G\"\n[[target.lun]]\n");
     has(
@@ -545,4 +555,45 @@ fn validate_catches_hand_made_configs() {
     let mut c = ok(&[]);
     c.portals.clear();
     has(&c.validate().unwrap_err().to_string(), &["no portal"]);
+}
+
+#[test]
+fn the_default_lun_spec_is_valid() {
+    assert_eq!(LunConfig::parse_spec(DEFAULT_LUN_SPEC).unwrap().backend, BackendSpec::Mem { size: 1 << 30 });
+    assert_eq!(check_iscsi_name(DEFAULT_TARGET), Ok(()));
+}
+
+const FLAGS: &[&str] = &[
+    "--listen",
+    "--iothreads",
+    "--target",
+    "--lun",
+    "--control",
+    "--metrics",
+    "--chap-user",
+    "--chap-secret",
+    "--allow-initiator",
+    "--vhost-user",
+    "--log",
+];
+
+proptest::proptest! {
+    /// Any command line gives a valid `Config` or an error, never a panic.
+    #[test]
+    fn from_args_never_panics(
+        args in proptest::collection::vec((proptest::sample::select(FLAGS), "\\PC{0,24}"), 0..6)
+    ) {
+        let argv: Vec<String> = args.iter().flat_map(|(f, v)| [f.to_string(), v.clone()]).collect();
+        if let Ok(c) = cli(&argv.iter().map(String::as_str).collect::<Vec<_>>()) {
+            proptest::prop_assert!(c.validate().is_ok());
+        }
+    }
+
+    /// Any TOML text gives a valid `Config` or an error, never a panic.
+    #[test]
+    fn from_toml_never_panics(text in "(\\[\\[target(\\.lun)?\\]\\]\n|[a-z-]{1,10} = (\"[ -~]{0,12}\"|[0-9]{1,4}|true)\n){0,8}") {
+        if let Ok(c) = Config::from_toml_str_in(&text, Path::new("p.toml"), &env()) {
+            proptest::prop_assert!(c.validate().is_ok());
+        }
+    }
 }

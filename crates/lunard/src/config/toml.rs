@@ -131,10 +131,47 @@ pub(crate) fn load(path: &Path) -> Result<FileSettings, ConfigError> {
 /// Convert the text of a file; `path` names it in messages and anchors
 /// relative paths.
 pub(crate) fn parse(text: &str, path: &Path) -> Result<FileSettings, ConfigError> {
-    let root: FileRoot = ::toml::from_str(text)
-        .map_err(|e| ConfigError::Toml { path: path.to_path_buf(), message: e.to_string().trim_end().to_string() })?;
+    let root: FileRoot = ::toml::from_str(text).map_err(|e| {
+        let place = e.span().and_then(|span| place_of(text, span.start));
+        let message = e.to_string().trim_end().to_string();
+        ConfigError::Toml {
+            path: path.to_path_buf(),
+            message: match place {
+                Some(place) => format!("{place}: {message}"),
+                None => message,
+            },
+        }
+    })?;
     let base = path.parent().unwrap_or(Path::new(""));
     convert(root, base).map_err(|e| e.context(format!("config file {}", path.display())))
+}
+
+/// `target 1, LUN 0` for a byte offset of the text, from the `[[target]]`
+/// and `[[target.lun]]` headers before it (a hint for serde's errors).
+fn place_of(text: &str, offset: usize) -> Option<String> {
+    let (mut target, mut lun): (Option<usize>, Option<usize>) = (None, None);
+    let mut start = 0;
+    for line in text.split_inclusive('\n') {
+        if start > offset {
+            break;
+        }
+        start += line.len();
+        let header: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+        if header.starts_with("[[target]]") {
+            target = Some(target.map_or(0, |t| t + 1));
+            lun = None;
+        } else if header.starts_with("[[target.lun]]") {
+            lun = Some(lun.map_or(0, |l| l + 1));
+        } else if header.starts_with('[') && !header.starts_with("[target.") {
+            target = None;
+            lun = None;
+        }
+    }
+    match (target, lun) {
+        (Some(t), Some(l)) => Some(format!("target {t}, LUN {l}")),
+        (Some(t), None) => Some(format!("target {t}")),
+        _ => None,
+    }
 }
 
 fn rebase(base: &Path, p: PathBuf) -> PathBuf {
@@ -207,7 +244,13 @@ fn convert(root: FileRoot, base: &Path) -> Result<FileSettings, ConfigError> {
             let ctx = format!("target {i} (`{}`)", t.name);
             target(t, base).map_err(|e| e.context(ctx))
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<TargetConfig>, _>>()?;
+    for (i, t) in targets.iter().enumerate() {
+        if targets[..i].iter().any(|u| u.name == t.name) {
+            return Err(ConfigError::invalid_value("name", t.name.as_str(), "target defined twice")
+                .context(format!("target {i} (`{}`)", t.name)));
+        }
+    }
     Ok(FileSettings {
         iothreads,
         portals,
