@@ -289,7 +289,7 @@ fn invariant_5_no_request_lost_across_stop_reset_move_and_save_load() {
     }
     assert_eq!(n, 16);
     let r = wait(ini3.command(1, &cdb::test_unit_ready(), vec![])).unwrap();
-    assert!(r.is_sense(SenseKey::UnitAttention, 0x29, 0x00), "{r:?}");
+    assert!(r.is_sense(SenseKey::UnitAttention, 0x29, 0x03), "{r:?}");
     fresh.shutdown();
 }
 

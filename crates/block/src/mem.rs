@@ -4,8 +4,14 @@
 //! costs nothing until used) and held as `AtomicU64` words: threads may read
 //! and write the same range at once (SCSI gives no ordering between
 //! overlapping commands in flight), and every access stays defined and safe.
+//!
+//! Each chunk also has a mapped bit (thin provisioning, SBC-4 4.7): set by
+//! a write, cleared by a discard that covers the whole chunk (which zeroes
+//! it too; a partial discard only zeroes). A discard clears the bit before
+//! zeroing and a write sets it after storing, so however a discard and a
+//! write of the same chunk interleave, a chunk left unmapped reads as zeros.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use crate::error::{BlockError, Result};
@@ -16,13 +22,19 @@ const WORDS_PER_CHUNK: usize = (CHUNK_BYTES / 8) as usize;
 pub struct MemBackend {
     size: u64,
     chunks: Box<[OnceLock<Box<[AtomicU64]>>]>,
+    /// Per chunk: written since it was last deallocated.
+    mapped: Box<[AtomicBool]>,
 }
 
 impl MemBackend {
     /// A zero-filled RAM disk of `size` bytes (a multiple of 512).
     pub fn new(size: u64) -> Self {
         let n = size.div_ceil(CHUNK_BYTES) as usize;
-        MemBackend { size, chunks: (0..n).map(|_| OnceLock::new()).collect() }
+        MemBackend {
+            size,
+            chunks: (0..n).map(|_| OnceLock::new()).collect(),
+            mapped: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        }
     }
 
     pub fn size(&self) -> u64 {
@@ -80,6 +92,7 @@ impl MemBackend {
                 bytes.copy_from_slice(&data[at..at + 8]);
                 word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
             }
+            self.mapped[c].store(true, Ordering::Release);
         });
         Ok(())
     }
@@ -97,9 +110,47 @@ impl MemBackend {
         Ok(())
     }
 
-    /// Whether the chunk holding `offset` was ever written (for thin provisioning).
+    /// Deallocates a range: chunks it covers whole become unmapped, and
+    /// every byte of the range reads as zeros.
+    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.check("discard", offset, len)?;
+        self.walk(offset, len, |c, w, _, words| {
+            if words == WORDS_PER_CHUNK {
+                self.mapped[c].store(false, Ordering::Release);
+            }
+            if let Some(chunk) = self.chunks[c].get() {
+                for word in &chunk[w..w + words] {
+                    word.store(0, Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Whether the chunk holding `offset` is mapped (written since it was
+    /// last deallocated).
     pub fn is_allocated(&self, offset: u64) -> bool {
-        offset < self.size && self.chunks[(offset / CHUNK_BYTES) as usize].get().is_some()
+        offset < self.size && self.mapped[(offset / CHUNK_BYTES) as usize].load(Ordering::Acquire)
+    }
+
+    /// The mapped (`true`) and deallocated (`false`) extents covering
+    /// `[offset, offset + len)`, adjacent extents of one state merged.
+    pub fn allocation(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
+        self.check("get-lba-status", offset, len)?;
+        let mut out: Vec<(u64, u64, bool)> = Vec::new();
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let chunk = pos / CHUNK_BYTES;
+            let n = (CHUNK_BYTES - pos % CHUNK_BYTES).min(end - pos);
+            let mapped = self.mapped[chunk as usize].load(Ordering::Acquire);
+            match out.last_mut() {
+                Some(last) if last.2 == mapped => last.1 += n,
+                _ => out.push((pos, n, mapped)),
+            }
+            pos += n;
+        }
+        Ok(out)
     }
 }
 
@@ -121,6 +172,31 @@ mod tests {
         m.write_zeroes(CHUNK_BYTES, 512).unwrap();
         m.read_into(CHUNK_BYTES, &mut back[..512]).unwrap();
         assert!(back[..512].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn discard_deallocates_whole_chunks_only() {
+        let m = MemBackend::new(4 * CHUNK_BYTES);
+        let c = CHUNK_BYTES;
+        assert_eq!(m.allocation(0, 4 * c).unwrap(), vec![(0, 4 * c, false)]);
+        m.write_from(c + 512, &[7u8; 512]).unwrap();
+        m.write_from(2 * c, &[7u8; 512]).unwrap();
+        assert!(m.is_allocated(c) && m.is_allocated(2 * c) && !m.is_allocated(3 * c));
+        assert_eq!(m.allocation(512, 3 * c - 512).unwrap(), vec![(512, c - 512, false), (c, 2 * c, true)]);
+        // A partial discard zeroes but keeps the chunk mapped.
+        m.discard(c + 512, 512).unwrap();
+        assert!(m.is_allocated(c));
+        let mut buf = vec![1u8; 512];
+        m.read_into(c + 512, &mut buf).unwrap();
+        assert_eq!(buf, vec![0; 512]);
+        // A whole-chunk discard deallocates.
+        m.discard(c, 2 * c).unwrap();
+        assert_eq!(m.allocation(0, 4 * c).unwrap(), vec![(0, 4 * c, false)]);
+        m.read_into(2 * c, &mut buf).unwrap();
+        assert_eq!(buf, vec![0; 512]);
+        assert_eq!(m.allocation(0, 0).unwrap(), vec![]);
+        assert_eq!(m.allocation(4 * c, 8).unwrap_err().kind, crate::ErrorKind::OutOfRange);
+        assert_eq!(m.discard(3, 8).unwrap_err().kind, crate::ErrorKind::Unsupported);
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Devices (logical units).
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use lunar_block::BlockError;
-use lunar_scsi::{Command, Disk, ExecContext};
+use lunar_scsi::{Disk, ScsiError, SideEffect};
 use tokio::sync::Notify;
 
 use crate::event::Event;
@@ -27,6 +28,24 @@ pub struct Device {
     iterations_done: Notify,
     target: Weak<Target>,
     drop_hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    reservation_file: OnceLock<PathBuf>,
+}
+
+/// Writes a small file so that a crash leaves the old or the new content:
+/// temporary file, fsync, rename, fsync of the directory.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 fn policy_to_u8(p: ErrorPolicy) -> u8 {
@@ -60,6 +79,7 @@ impl Device {
             iterations_done: Notify::new(),
             target,
             drop_hook: Mutex::new(None),
+            reservation_file: OnceLock::new(),
         })
     }
 
@@ -147,16 +167,50 @@ impl Device {
         }
     }
 
-    /// What a command needs from the target beyond the disk itself.
-    pub(crate) fn exec_context(&self, cmd: &Command) -> ExecContext {
-        let mut ctx = ExecContext::default();
-        if matches!(cmd, Command::ReportLuns { .. }) {
-            // Rare path: the LUN list is read under the control-plane lock.
-            if let Some(t) = self.target.upgrade() {
-                ctx.luns = t.luns();
+    /// The LUNs of the target, for REPORT LUNS (rare path: read under the
+    /// control-plane lock).
+    pub(crate) fn luns(&self) -> Vec<u64> {
+        self.target.upgrade().map(|t| t.luns()).unwrap_or_default()
+    }
+
+    /// Where reservations persist (APTPL), if anywhere.
+    pub fn set_reservation_file(&self, path: PathBuf) {
+        let _ = self.reservation_file.set(path);
+    }
+
+    /// Carries out what a command asked beyond its own completion (SPC-5
+    /// 5.13: unit attentions for other nexuses, PREEMPT AND ABORT, APTPL),
+    /// before the command completes. Runs on the command's thread; reaching
+    /// the other queues of the device goes through their jobs (a rare path:
+    /// reservation commands only).
+    pub(crate) fn apply_effects(&self, from: &Arc<Queue>, effects: Vec<SideEffect>) -> Result<(), ScsiError> {
+        for e in effects {
+            match e {
+                SideEffect::UnitAttention { nexus, sense } => {
+                    for q in self.queues() {
+                        if q.is_nexus(&nexus) {
+                            q.push_unit_attention(sense.clone());
+                        }
+                    }
+                }
+                SideEffect::AbortTasks { nexus } => {
+                    for q in self.queues() {
+                        if q.id() != from.id() && q.is_nexus(&nexus) {
+                            q.cancel_where(|_| true);
+                        }
+                    }
+                }
+                SideEffect::SaveReservations => {
+                    if let Some(path) = self.reservation_file.get() {
+                        if let Err(e) = write_atomically(path, &self.disk.reservation_state_bytes()) {
+                            tracing::error!(lun = self.lun, "cannot save reservations to {}: {e}", path.display());
+                            return Err(ScsiError::Sense(lunar_scsi::sense::INTERNAL_TARGET_FAILURE.sense()));
+                        }
+                    }
+                }
             }
         }
-        ctx
+        Ok(())
     }
 
     /// A request was parked under the `stop` policy (on its I/O thread).

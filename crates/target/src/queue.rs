@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lunar_aio::InFlight;
-use lunar_scsi::{Command, ExecContext, ScsiError, Sense};
+use lunar_scsi::{Command, ExecContext, Nexus, ScsiError, Sense};
 
 use crate::device::Device;
 use crate::follow::{self, Arrival, Home};
@@ -44,6 +44,8 @@ pub struct Queue {
     /// The I/O thread the queue runs on while the target runs.
     io_thread: AtomicUsize,
     contexts: Arc<Contexts>,
+    /// The I_T nexus of the front-end queue (reservations, unit attentions).
+    nexus: Option<Nexus>,
 }
 
 /// A queue's request list and per-nexus state, on the thread that holds it.
@@ -57,6 +59,8 @@ pub(crate) struct LocalQueue {
     held: bool,
     /// Pending unit attentions for this I_T nexus (SAM-5 5.14).
     unit_attentions: VecDeque<Sense>,
+    /// The context of ordinary commands, shared by their tasks (no per-command allocation).
+    ctx: Rc<ExecContext>,
 }
 
 /// A request list in transit between threads: plain `Send` data.
@@ -80,13 +84,38 @@ impl Queue {
         io_thread: usize,
         holder: usize,
         contexts: Arc<Contexts>,
+        nexus: Option<Nexus>,
     ) -> Arc<Queue> {
         Arc::new(Queue {
             home: SyncArc::new(Home::new(id, holder)),
             device,
             io_thread: AtomicUsize::new(io_thread),
             contexts,
+            nexus,
         })
+    }
+
+    /// The I_T nexus of this queue (`None`: the anonymous one).
+    pub fn nexus(&self) -> Option<&Nexus> {
+        self.nexus.as_ref()
+    }
+
+    /// Whether commands of this queue come from `nexus`.
+    pub(crate) fn is_nexus(&self, nexus: &Nexus) -> bool {
+        match &self.nexus {
+            Some(n) => n == nexus,
+            None => *nexus == Nexus::anonymous(),
+        }
+    }
+
+    /// Establishes a unit attention for this queue's nexus (from any thread).
+    pub fn push_unit_attention(self: &Arc<Self>, sense: Sense) {
+        let id = self.id();
+        self.dispatch(move |arrival| {
+            if let (Arrival::Here, Some(lq)) = (arrival, local(id)) {
+                lq.borrow_mut().push_unit_attention(sense);
+            }
+        });
     }
 
     pub fn id(&self) -> u64 {
@@ -158,7 +187,7 @@ impl Queue {
 enum Plan {
     Nothing,
     Complete(Request, Response),
-    Execute(Command, Vec<u8>, ExecContext, lunar_aio::InFlightGuard),
+    Execute(Command, Vec<u8>, Rc<ExecContext>, lunar_aio::InFlightGuard),
 }
 
 impl LocalQueue {
@@ -166,7 +195,9 @@ impl LocalQueue {
     /// requests unless `held`.
     pub(crate) fn install(parcel: Parcel, held: bool) {
         let id = parcel.queue.id();
+        let ctx = Rc::new(ExecContext { nexus: parcel.queue.nexus.clone(), ..ExecContext::default() });
         let lq = Rc::new(RefCell::new(LocalQueue {
+            ctx,
             queue: parcel.queue,
             requests: parcel.requests,
             next_id: parcel.next_id,
@@ -276,8 +307,17 @@ impl LocalQueue {
             Plan::Execute(cmd, data, ctx, guard) => {
                 let lq = lq.clone();
                 tokio::task::spawn_local(async move {
-                    let device = lq.borrow().queue.device.clone();
-                    let result = device.disk().execute(&cmd, data, &ctx).await;
+                    let (device, queue) = {
+                        let q = lq.borrow();
+                        (q.queue.device.clone(), q.queue.clone())
+                    };
+                    let executed = device.disk().execute_with_effects(&cmd, data, &ctx).await;
+                    let mut result = executed.result;
+                    if !executed.effects.is_empty() {
+                        if let Err(e) = device.apply_effects(&queue, executed.effects) {
+                            result = Err(e);
+                        }
+                    }
                     LocalQueue::finish(&lq, id, &cmd, result);
                     drop(guard);
                 });
@@ -313,16 +353,22 @@ impl LocalQueue {
             Ok(cmd) => cmd,
             Err(e) => return self.remove_with(id, Response::from_error(&e, descriptor)),
         };
-        let mut ctx = device.exec_context(&cmd);
-        ctx.descriptor_sense = descriptor;
         if !cmd.is_unit_attention_exempt() {
             if let Some(ua) = self.unit_attentions.pop_front() {
                 return self.remove_with(id, Response::check_condition(ua.encode(descriptor)));
             }
-        } else if matches!(cmd, Command::RequestSense { .. }) {
-            // REQUEST SENSE reports and clears a pending unit attention (SPC-5 6.39).
-            ctx.pending_sense = self.unit_attentions.pop_front();
         }
+        if self.ctx.descriptor_sense != descriptor {
+            self.ctx = Rc::new(ExecContext { descriptor_sense: descriptor, ..(*self.ctx).clone() });
+        }
+        let ctx = match cmd {
+            // REQUEST SENSE reports and clears a pending unit attention (SPC-5 6.39).
+            Command::RequestSense { .. } => {
+                Rc::new(ExecContext { pending_sense: self.unit_attentions.pop_front(), ..(*self.ctx).clone() })
+            }
+            Command::ReportLuns { .. } => Rc::new(ExecContext { luns: device.luns(), ..(*self.ctx).clone() }),
+            _ => self.ctx.clone(),
+        };
         let Some(req) = self.requests.get_mut(&id) else { return Plan::Nothing };
         req.state = RequestState::Executing;
         req.retry = false;

@@ -222,8 +222,20 @@ impl Target {
         .await?
     }
 
-    /// Opens a queue of LUN `lun` served by I/O thread `io_thread` (1-based).
+    /// Opens a queue of LUN `lun` served by I/O thread `io_thread` (1-based),
+    /// for the anonymous I_T nexus.
     pub async fn open_queue(&self, lun: u64, io_thread: usize) -> Result<Arc<Queue>, TargetError> {
+        self.open_queue_for(lun, io_thread, None).await
+    }
+
+    /// Opens a queue of LUN `lun` on I/O thread `io_thread` for the I_T nexus
+    /// `nexus` (`None`: anonymous).
+    pub async fn open_queue_for(
+        &self,
+        lun: u64,
+        io_thread: usize,
+        nexus: Option<lunar_scsi::Nexus>,
+    ) -> Result<Arc<Queue>, TargetError> {
         self.check_thread(io_thread)?;
         self.control(move |t| async move {
             let dev = t.device(lun).ok_or(TargetError::NoSuchLun(lun))?;
@@ -232,7 +244,7 @@ impl Target {
             // Queue ids are global: targets sharing threads share registries.
             static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
             let id = NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed);
-            let q = Queue::new(id, dev.clone(), io_thread, holder, t.contexts.clone());
+            let q = Queue::new(id, dev.clone(), io_thread, holder, t.contexts.clone(), nexus);
             let parcel = LocalQueue::empty_parcel(q.clone());
             if holder == MAIN_LOOP {
                 LocalQueue::install(parcel, true);
@@ -354,16 +366,33 @@ impl Target {
         .await
     }
 
-    /// LOGICAL UNIT RESET: cancels every request on its owner, waits for the
-    /// backend to drain and for pending iterations, then raises POWER ON,
-    /// RESET, OR BUS DEVICE RESET OCCURRED on every I_T nexus of the LUN.
+    /// LOGICAL UNIT RESET (SAM-5 7.7): cancels every request on its owner,
+    /// waits for the backend to drain and for pending iterations, releases
+    /// SPC-2 reservations and the medium-removal prevention, then raises BUS
+    /// DEVICE RESET FUNCTION OCCURRED on every I_T nexus of the LUN.
+    /// The unit attention goes to the issuing nexus too (libiscsi's
+    /// MultipathIO.Reset checks every path).
     pub async fn reset_device(&self, lun: u64) -> Result<(), TargetError> {
+        self.reset_device_except(lun, None).await
+    }
+
+    /// A reset on behalf of a TARGET WARM RESET received on I_T nexus
+    /// `issuer` (RFC 7143 §11.5.1): as [`Target::reset_device`], but the
+    /// issuer learns of it from the task management response rather than a
+    /// unit attention.
+    pub async fn reset_device_except(&self, lun: u64, issuer: Option<lunar_scsi::Nexus>) -> Result<(), TargetError> {
         self.control(move |t| async move {
             let dev = t.device(lun).ok_or(TargetError::NoSuchLun(lun))?;
             t.iterate(&dev, Arc::new(|_| Action::Cancel), true).await;
             dev.iterations_drained().await;
-            let sense = lunar_scsi::sense::POWER_ON_RESET.sense();
-            t.iterate_queues(&dev, move |lq| lq.borrow_mut().push_unit_attention(sense.clone())).await;
+            dev.disk().reset_reservations();
+            dev.disk().reset_prevent();
+            let sense = lunar_scsi::sense::BUS_DEVICE_RESET.sense();
+            for q in dev.queues() {
+                if issuer.as_ref().is_none_or(|n| !q.is_nexus(n)) {
+                    q.push_unit_attention(sense.clone());
+                }
+            }
             t.emit(Event::DeviceReset { lun });
             Ok(())
         })

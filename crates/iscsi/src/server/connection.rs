@@ -53,6 +53,8 @@ enum Flow {
 
 struct Session {
     entry: TargetEntry,
+    /// The I_T nexus (SPC-5 7.6.4.6: initiator name, ",i,0x", ISID).
+    nexus: lunar_scsi::Nexus,
     queues: HashMap<u64, Arc<Queue>>,
     initiator: String,
     isid: Isid,
@@ -277,7 +279,10 @@ impl Conn {
     async fn cleanup(&mut self) {
         if let Some(s) = self.session.take() {
             for (lun, q) in s.queues {
+                // I_T nexus loss (SPC-5 5.13, SBC-4 4.24): SPC-2 reservations
+                // and the medium-removal prevention of this nexus end.
                 q.device().disk().reset_prevent();
+                q.device().disk().nexus_lost(&s.nexus);
                 if let Err(e) = s.entry.core.close_queue(q).await {
                     tracing::debug!(lun, "close queue: {e}");
                 }
@@ -482,9 +487,13 @@ impl Conn {
                             .shared
                             .register_session(&outcome.initiator_name, outcome.isid, &name, outcome.tsih)
                             .await;
+                        let nexus = lunar_scsi::Nexus::new(
+                            format!("{},i,0x{}", outcome.initiator_name, outcome.isid),
+                            self.shared.portal_group_tag,
+                        );
                         let mut queues = HashMap::new();
                         for lun in entry.core.luns() {
-                            match entry.core.open_queue(lun, self.thread).await {
+                            match entry.core.open_queue_for(lun, self.thread, Some(nexus.clone())).await {
                                 Ok(q) => {
                                     queues.insert(lun, q);
                                 }
@@ -495,6 +504,7 @@ impl Conn {
                             tsih = outcome.tsih, thread = self.thread, luns = queues.len(), "session logged in");
                         self.session = Some(Session {
                             entry,
+                            nexus,
                             queues,
                             initiator: outcome.initiator_name.clone(),
                             isid: outcome.isid,
@@ -538,7 +548,7 @@ impl Conn {
         }
         // A LUN added (or re-added) since login.
         session.entry.core.device(lun)?;
-        let q = session.entry.core.open_queue(lun, self.thread).await.ok()?;
+        let q = session.entry.core.open_queue_for(lun, self.thread, Some(session.nexus.clone())).await.ok()?;
         session.queues.insert(lun, q.clone());
         Some(q)
     }
@@ -574,6 +584,8 @@ impl Conn {
             submitted: false,
             aborted: false,
             data_sn: 0,
+            unsolicited_data_sn: 0,
+            scsi_write_len: None,
         };
         if task.write {
             task.accept(0, &c.data);
@@ -610,6 +622,10 @@ impl Conn {
             return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError).await;
         }
         if d.ttt == RESERVED_TAG {
+            if d.data_sn != task.unsolicited_data_sn {
+                return self.data_sn_error(d).await;
+            }
+            task.unsolicited_data_sn += 1;
             if !task.unsolicited_open || d.buffer_offset.saturating_add(d.data.len() as u32) > params.first_burst_length
             {
                 return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError).await;
@@ -625,6 +641,10 @@ impl Conn {
                 return self.reject_pdu(&Pdu::DataOut(d), RejectReason::InvalidPduField).await;
             };
             let s = task.solicited[i];
+            if d.data_sn != s.next_data_sn {
+                return self.data_sn_error(d).await;
+            }
+            task.solicited[i].next_data_sn += 1;
             let end = d.buffer_offset.saturating_add(d.data.len() as u32);
             if d.buffer_offset < s.offset || end > s.offset + s.len || !task.accept(d.buffer_offset, &d.data) {
                 return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError).await;
@@ -647,6 +667,14 @@ impl Conn {
         self.flush().await
     }
 
+    /// A Data-Out out of sequence: at ErrorRecoveryLevel 0 the recovery is
+    /// the session's (RFC 7143 §7.1.1, §7.3): reject it and drop the connection.
+    async fn data_sn_error(&mut self, d: DataOut) -> Flow {
+        tracing::warn!(peer = %self.peer, itt = d.itt, data_sn = d.data_sn, "Data-Out with a wrong DataSN: dropping the connection");
+        let _ = self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError).await;
+        Flow::Close
+    }
+
     /// Hands a command with all its data to the core (or answers it here
     /// when its LUN does not exist).
     async fn submit(&mut self, mut task: Task) -> Flow {
@@ -658,6 +686,24 @@ impl Conn {
             self.tasks.insert(itt, task);
             return self.on_done(itt, response).await;
         };
+        if task.write {
+            let block_size = queue.device().disk().block_size();
+            let needed = lunar_scsi::Command::decode(&task.cdb).ok().map(|c| c.data_out_len(block_size));
+            task.scsi_write_len = needed;
+            if needed.is_some_and(|n| (task.edtl as usize) < n) {
+                match super::task::clamp_write_cdb(&task.cdb, task.edtl, block_size) {
+                    Some(cdb) => task.cdb = cdb,
+                    None if super::task::is_block_write(&task.cdb) => {
+                        // Not whole blocks: INVALID FIELD IN INFORMATION UNIT.
+                        let sense = lunar_scsi::Sense::new(lunar_scsi::SenseKey::IllegalRequest, 0x0e, 0x03);
+                        task.submitted = true;
+                        self.tasks.insert(itt, task);
+                        return self.on_done(itt, Response::check_condition(sense.fixed())).await;
+                    }
+                    None => {}
+                }
+            }
+        }
         let data = std::mem::take(&mut task.data);
         let tx = self.tx.clone();
         let req = lunar_target::request(u64::from(itt), lun, &task.cdb, data, move |response| {
@@ -705,7 +751,7 @@ impl Conn {
             t.waiting.remove(&itt);
         }
         if !task.aborted {
-            let write_len = if task.write { self.scsi_write_len(&task) } else { None };
+            let write_len = task.scsi_write_len;
             let ans = answer(
                 &mut task,
                 response.status.code(),
@@ -726,13 +772,6 @@ impl Conn {
             return Flow::Close;
         }
         self.flush().await
-    }
-
-    /// Data-out length the CDB asks for (for residuals of writes).
-    fn scsi_write_len(&self, task: &Task) -> Option<usize> {
-        let q = self.session.as_ref()?.queues.get(&task.lun)?;
-        let cmd = lunar_scsi::Command::decode(&task.cdb).ok()?;
-        Some(cmd.data_out_len(q.device().disk().block_size()))
     }
 
     // ----- task management ---------------------------------------------------
@@ -765,7 +804,7 @@ impl Conn {
                     None => TmfResponseCode::LunDoesNotExist,
                     Some(core) => {
                         self.abort_tasks(|task| task.lun == lun, &mut pending);
-                        self.reset_luns(core, vec![lun], t.itt, &mut pending);
+                        self.reset_luns(core, vec![lun], t.itt, None, &mut pending);
                         TmfResponseCode::FunctionComplete
                     }
                 }
@@ -774,12 +813,15 @@ impl Conn {
                 let Some(core) = self.session.as_ref().map(|s| s.entry.core.clone()) else { return Flow::Close };
                 self.abort_tasks(|_| true, &mut pending);
                 let luns = core.luns();
-                self.reset_luns(core, luns, t.itt, &mut pending);
+                let issuer = self.session.as_ref().map(|s| s.nexus.clone());
+                self.reset_luns(core, luns, t.itt, issuer, &mut pending);
                 if t.function == TaskMgmtFunction::TargetColdReset {
+                    // Every session of the target ends; this one right after
+                    // its response.
                     pending.close_after = true;
                     if let Some(s) = &self.session {
                         let name = s.entry.config.name.clone();
-                        self.shared.kill_sessions_of(&name);
+                        self.shared.kill_sessions_of(&name, s.tsih);
                     }
                 }
                 TmfResponseCode::FunctionComplete
@@ -826,15 +868,19 @@ impl Conn {
         }
     }
 
-    fn reset_luns(&mut self, core: Arc<lunar_target::Target>, luns: Vec<u64>, itt: u32, pending: &mut PendingTmf) {
+    fn reset_luns(
+        &mut self,
+        core: Arc<lunar_target::Target>,
+        luns: Vec<u64>,
+        itt: u32,
+        issuer: Option<lunar_scsi::Nexus>,
+        pending: &mut PendingTmf,
+    ) {
         pending.core_pending += 1;
         let tx = self.tx.clone();
         tokio::task::spawn_local(async move {
             for lun in luns {
-                if let Some(dev) = core.device(lun) {
-                    dev.disk().reset_prevent();
-                }
-                if let Err(e) = core.reset_device(lun).await {
+                if let Err(e) = core.reset_device_except(lun, issuer.clone()).await {
                     tracing::debug!(lun, "reset: {e}");
                 }
             }

@@ -152,10 +152,10 @@ impl Shared {
         }
     }
 
-    /// Ends every session of `target` (TARGET COLD RESET).
-    pub(crate) fn kill_sessions_of(&self, target: &str) {
+    /// Ends every session of `target` but `except_tsih` (TARGET COLD RESET).
+    pub(crate) fn kill_sessions_of(&self, target: &str, except_tsih: u16) {
         for (key, s) in self.sessions.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            if key.2 == target {
+            if key.2 == target && s.tsih != except_tsih {
                 let _ = s.kill.send(true);
             }
         }

@@ -12,6 +12,8 @@ pub(crate) struct Solicited {
     pub offset: u32,
     pub len: u32,
     pub received: u32,
+    /// DataSN the next Data-Out of this sequence must carry (§11.7.5).
+    pub next_data_sn: u32,
 }
 
 #[derive(Debug)]
@@ -42,6 +44,10 @@ pub(crate) struct Task {
     pub aborted: bool,
     /// Data-In and R2T PDUs sent (ExpDataSN of the response).
     pub data_sn: u32,
+    /// DataSN the next unsolicited Data-Out must carry.
+    pub unsolicited_data_sn: u32,
+    /// Data-out length the CDB asks for (writes), for residuals.
+    pub scsi_write_len: Option<usize>,
 }
 
 impl Task {
@@ -78,7 +84,7 @@ impl Task {
                 *next_ttt = 1;
             }
             let ttt = *next_ttt;
-            self.solicited.push(Solicited { ttt, offset: self.next_r2t_offset, len, received: 0 });
+            self.solicited.push(Solicited { ttt, offset: self.next_r2t_offset, len, received: 0, next_data_sn: 0 });
             out.push(R2t {
                 lun: self.lun_field,
                 itt: self.itt,
@@ -187,4 +193,65 @@ pub(crate) fn answer(
         response_data: Vec::new(),
     });
     Answer { data_in, response }
+}
+
+/// When the initiator sends less data than a write's CDB asks for (EDTL <
+/// SCSI transfer length), only the EDTL amount is written (as libiscsi's
+/// residual tests expect and RFC 7143 §11.4.5.1 permits): returns the CDB
+/// with its TRANSFER LENGTH cut to EDTL's whole blocks, or `None` when the
+/// command is not a plain block write or EDTL is not a whole number of
+/// blocks (then the command is refused).
+/// WRITE and WRITE AND VERIFY (10/12/16): the commands whose data-out is
+/// TRANSFER LENGTH whole blocks.
+pub(crate) fn is_block_write(cdb: &[u8]) -> bool {
+    matches!(cdb.first(), Some(0x2a | 0x2e | 0xaa | 0xae | 0x8a | 0x8e))
+}
+
+pub(crate) fn clamp_write_cdb(cdb: &[u8], edtl: u32, block_size: u32) -> Option<Vec<u8>> {
+    if block_size == 0 || edtl % block_size != 0 {
+        return None;
+    }
+    let blocks = edtl / block_size;
+    let mut c = cdb.to_vec();
+    // SBC-4 §5: where TRANSFER LENGTH sits in each write CDB.
+    let field = match *cdb.first()? {
+        0x2a | 0x2e => 7..9,   // WRITE (10), WRITE AND VERIFY (10)
+        0xaa | 0xae => 6..10,  // WRITE (12), WRITE AND VERIFY (12)
+        0x8a | 0x8e => 10..14, // WRITE (16), WRITE AND VERIFY (16)
+        _ => return None,
+    };
+    let dst = c.get_mut(field.clone())?;
+    let bytes = blocks.to_be_bytes();
+    let n = dst.len();
+    if n == 2 && blocks > u32::from(u16::MAX) {
+        return None;
+    }
+    dst.copy_from_slice(&bytes[4 - n..]);
+    Some(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clamps_each_write_cdb_to_whole_edtl_blocks() {
+        let mut w10 = [0u8; 10];
+        w10[0] = 0x2a;
+        w10[8] = 2;
+        let c = clamp_write_cdb(&w10, 512, 512).unwrap();
+        assert_eq!(&c[7..9], &[0, 1]);
+        assert_eq!(clamp_write_cdb(&w10, 0, 512).unwrap()[7..9], [0, 0]);
+        assert!(clamp_write_cdb(&w10, 200, 512).is_none());
+        let mut w16 = [0u8; 16];
+        w16[0] = 0x8e;
+        w16[13] = 4;
+        assert_eq!(&clamp_write_cdb(&w16, 1024, 512).unwrap()[10..14], &[0, 0, 0, 2]);
+        let mut w12 = [0u8; 12];
+        w12[0] = 0xaa;
+        w12[9] = 3;
+        assert_eq!(&clamp_write_cdb(&w12, 4096, 4096).unwrap()[6..10], &[0, 0, 0, 1]);
+        assert!(clamp_write_cdb(&[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, 512).is_none());
+        assert!(clamp_write_cdb(&[], 0, 512).is_none());
+    }
 }
