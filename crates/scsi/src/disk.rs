@@ -20,12 +20,20 @@ use crate::sense::Sense;
 /// Largest data transfer of one command, in bytes (reported as MAXIMUM
 /// TRANSFER LENGTH in the block limits VPD page, SBC-4 6.6.4).
 pub const MAX_TRANSFER_BYTES: u64 = 8 * 1024 * 1024;
-/// Largest WRITE SAME, in logical blocks (MAXIMUM WRITE SAME LENGTH).
-pub const MAX_WRITE_SAME_BLOCKS: u64 = 1 << 22;
-/// Largest UNMAP, in logical blocks (MAXIMUM UNMAP LBA COUNT).
-pub const MAX_UNMAP_BLOCKS: u32 = 1 << 22;
+/// Largest WRITE SAME, in logical blocks (MAXIMUM WRITE SAME LENGTH): it
+/// bounds how long one command keeps the I/O thread writing (256 MiB with
+/// 4 KiB blocks). libiscsi's WriteSame16.Unmap writes the range it unmaps
+/// with one WRITE(16) whatever MAXIMUM TRANSFER LENGTH says, so a limit of
+/// 65536 or more would also need 32 MiB transfers.
+pub const MAX_WRITE_SAME_BLOCKS: u64 = 0xFFFF;
+/// Largest UNMAP, in logical blocks (MAXIMUM UNMAP LBA COUNT); libiscsi
+/// holds more than 2^20 "insanely big".
+pub const MAX_UNMAP_BLOCKS: u32 = 1 << 20;
 /// Most block descriptors in one UNMAP parameter list.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
+/// Largest WRITE ATOMIC, in bytes (MAXIMUM ATOMIC TRANSFER LENGTH, in
+/// blocks, in the block limits VPD page); see [`crate::commands::write_atomic`].
+pub const MAX_ATOMIC_TRANSFER_BYTES: u64 = 1 << 20;
 /// Largest COMPARE AND WRITE, in logical blocks.
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 128;
 
@@ -390,6 +398,14 @@ mod write_protect_tests {
             (cdb16(0x93, 0, 0, 1), 512),
             (cdb16(0x8B, 0, 0, 1), 512),
             (caw, 1024),
+            (
+                {
+                    let mut c = cdb16(0x9C, 0, 0, 0);
+                    c[13] = 1;
+                    c
+                },
+                512,
+            ),
             (cdb10(0x42, 0, 0, 24), 24),
         ]
     }

@@ -554,6 +554,15 @@ impl Conn {
     }
 
     async fn on_command(&mut self, c: ScsiCommand) -> Flow {
+        tracing::trace!(
+            itt = c.itt,
+            cmd_sn = c.cmd_sn,
+            edtl = c.expected_data_transfer_length,
+            imm = c.data.len(),
+            last = c.final_bit,
+            op = c.cdb.first().copied().unwrap_or(0),
+            "SCSI Command"
+        );
         if self.session.is_none() {
             // Discovery sessions carry no SCSI commands (RFC 7143 §4.3).
             return self.reject_pdu(&Pdu::ScsiCommand(c), RejectReason::ProtocolError).await;
@@ -610,6 +619,15 @@ impl Conn {
     }
 
     async fn on_data_out(&mut self, d: DataOut) -> Flow {
+        tracing::trace!(
+            itt = d.itt,
+            ttt = d.ttt,
+            data_sn = d.data_sn,
+            offset = d.buffer_offset,
+            len = d.data.len(),
+            last = d.final_bit,
+            "Data-Out"
+        );
         let params = self.params.clone();
         let Some(task) = self.tasks.get_mut(&d.itt) else {
             tracing::debug!(peer = %self.peer, itt = d.itt, "Data-Out for no task: ignored");
@@ -787,10 +805,9 @@ impl Conn {
                 if self.tasks.contains_key(&t.referenced_task_tag) {
                     self.abort_tasks(|task| task.itt == t.referenced_task_tag, &mut pending);
                     TmfResponseCode::FunctionComplete
-                } else if sn_lt(t.ref_cmd_sn, self.exp_cmd_sn) {
-                    // Already completed (RFC 7143 §11.5.1).
-                    TmfResponseCode::FunctionComplete
                 } else {
+                    // Completed before the abort arrived (its status was
+                    // sent), or never received (RFC 7143 §11.6.1).
                     TmfResponseCode::TaskDoesNotExist
                 }
             }

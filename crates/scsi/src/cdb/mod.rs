@@ -54,6 +54,8 @@ pub enum Command {
     Verify { lba: u64, blocks: u32, bytchk: u8, dpo: bool, group: u8, cdb_len: u8 },
     /// COMPARE AND WRITE (SBC-4 5.3).
     CompareAndWrite { lba: u64, blocks: u8, fua: bool, dpo: bool, group: u8 },
+    /// WRITE ATOMIC(16) (SBC-4 5.48).
+    WriteAtomic { lba: u64, blocks: u32, fua: bool, dpo: bool, group: u8 },
     /// ORWRITE(16) (SBC-4 5.10).
     OrWrite { lba: u64, blocks: u32, fua: bool, dpo: bool, group: u8 },
     /// WRITE SAME(10)/(16) (SBC-4 5.45, 5.46).
@@ -149,6 +151,7 @@ impl Command {
             Verify { cdb_len, .. } => by_len(*cdb_len, [0x2F, 0x2F, 0xAF, 0x8F]),
             CompareAndWrite { .. } => 0x89,
             OrWrite { .. } => 0x8B,
+            WriteAtomic { .. } => 0x9C,
             WriteSame { cdb_len, .. } => by_len(*cdb_len, [0x41, 0x41, 0x41, 0x93]),
             Unmap { .. } => 0x42,
             PreFetch { cdb_len, .. } => by_len(*cdb_len, [0x34, 0x34, 0x34, 0x90]),
@@ -187,7 +190,12 @@ impl Command {
     pub fn direction(&self) -> DataDirection {
         use Command::*;
         match self {
-            Write { blocks, .. } | WriteAndVerify { blocks, .. } | OrWrite { blocks, .. } if *blocks > 0 => {
+            Write { blocks, .. }
+            | WriteAndVerify { blocks, .. }
+            | OrWrite { blocks, .. }
+            | WriteAtomic { blocks, .. }
+                if *blocks > 0 =>
+            {
                 DataDirection::ToDevice
             }
             CompareAndWrite { blocks, .. } if *blocks > 0 => DataDirection::ToDevice,
@@ -224,7 +232,9 @@ impl Command {
         use Command::*;
         let blocks = |n: u64| usize::try_from(n.saturating_mul(u64::from(block_size))).unwrap_or(usize::MAX);
         match self {
-            Write { blocks: n, .. } | OrWrite { blocks: n, .. } => blocks(u64::from(*n)),
+            Write { blocks: n, .. } | OrWrite { blocks: n, .. } | WriteAtomic { blocks: n, .. } => {
+                blocks(u64::from(*n))
+            }
             WriteAndVerify { blocks: n, .. } => blocks(u64::from(*n)),
             Verify { blocks: n, bytchk, .. } if *n > 0 => match bytchk {
                 1 => blocks(u64::from(*n)),
@@ -256,6 +266,7 @@ impl Command {
                 | Command::WriteAndVerify { .. }
                 | Command::CompareAndWrite { .. }
                 | Command::OrWrite { .. }
+                | Command::WriteAtomic { .. }
                 | Command::WriteSame { .. }
                 | Command::Unmap { .. }
         )

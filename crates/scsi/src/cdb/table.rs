@@ -142,6 +142,7 @@ pub static OPCODES: &[OpcodeEntry] = &[
     op!(0x90, None, "PRE-FETCH(16)", [0x90, 0x02, X, X, X, X, X, X, X, X, X, X, X, X, 0x3F, C], IO_TIMEOUTS, Always, Read, sync_cache::decode_prefetch16),
     op!(0x91, None, "SYNCHRONIZE CACHE(16)", [0x91, 0x02, X, X, X, X, X, X, X, X, X, X, X, X, 0x3F, C], LONG_TIMEOUTS, Always, Write, sync_cache::decode_sync16),
     op!(0x93, None, "WRITE SAME(16)", [0x93, 0x19, X, X, X, X, X, X, X, X, X, X, X, X, 0x3F, C], LONG_TIMEOUTS, Always, Write, write_same::decode16),
+    op!(0x9C, None, "WRITE ATOMIC(16)", [0x9C, 0x18, X, X, X, X, X, X, X, X, 0, 0, X, X, 0x3F, C], IO_TIMEOUTS, Always, Write, write_atomic::decode16),
     op!(0x9E, Some(0x10), "READ CAPACITY(16)", [0x9E, 0x10, X, X, X, X, X, X, X, X, X, X, X, X, 0x01, C], FAST_TIMEOUTS, Always, Shared, capacity::decode16),
     op!(0x9E, Some(0x12), "GET LBA STATUS", [0x9E, 0x12, X, X, X, X, X, X, X, X, X, X, X, X, 0, C], FAST_TIMEOUTS, Thin, Read, lba_status::decode),
     op!(0xA0, None, "REPORT LUNS", [0xA0, 0, X, 0, 0, 0, X, X, X, X, 0, C], FAST_TIMEOUTS, Always, Unrestricted, report_luns::decode),

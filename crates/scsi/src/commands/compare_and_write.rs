@@ -24,7 +24,9 @@ impl Disk {
     /// Compares the blocks with the verify half of the data-out; on a
     /// match writes the write half, else MISCOMPARE with the offset of the
     /// first differing byte (SBC-4 5.3). The data-out must be exactly
-    /// twice the blocks.
+    /// twice the blocks, also when there are none: a NUMBER OF LOGICAL
+    /// BLOCKS of zero with data sent is how an initiator's 256 blocks wrap
+    /// in the one-byte field, and must fail rather than succeed unwritten.
     pub(crate) async fn compare_and_write(
         &self,
         lba: u64,
@@ -32,12 +34,12 @@ impl Disk {
         fua: bool,
         data: Vec<u8>,
     ) -> Result<Vec<u8>, ScsiError> {
-        if blocks == 0 {
-            return Ok(Vec::new());
-        }
         let half = self.bytes(u64::from(blocks));
         if data.len() != 2 * half {
             return Err(ScsiError::DataOutLength { expected: 2 * half, actual: data.len() });
+        }
+        if blocks == 0 {
+            return Ok(Vec::new());
         }
         let (verify, write) = data.split_at(half);
         let current = self.backend().read(self.offset(lba), half).await?;
@@ -93,6 +95,12 @@ mod tests {
             Err(ScsiError::DataOutLength { expected: 1024, actual: 2048 })
         );
         assert_eq!(run(&d, &caw(0, 0)), Ok(vec![]));
+        assert_eq!(
+            run_data(&d, &caw(0, 0), vec![0; 512 * 512]),
+            Err(ScsiError::DataOutLength { expected: 0, actual: 512 * 512 }),
+            "256 blocks wrapped to 0"
+        );
+        assert_eq!(ScsiError::DataOutLength { expected: 0, actual: 1 }.sense().code(), sense::INVALID_FIELD_IN_CDB);
         let big = Disk::new(DiskConfig::default(), Backend::null(1 << 30));
         let n = MAX_COMPARE_AND_WRITE_BLOCKS + 1;
         assert_eq!(run_data(&big, &caw(0, n), vec![0; 1024 * n as usize]), Err(ScsiError::field_byte(13)));

@@ -18,6 +18,7 @@ pub mod sync_cache;
 pub mod unit;
 pub mod unmap;
 pub mod verify;
+pub mod write_atomic;
 pub mod write_same;
 
 use crate::cdb::{table, Command};
@@ -50,6 +51,7 @@ pub(crate) fn validate(disk: &Disk, cmd: &Command) -> Result<(), ScsiError> {
             disk.check_range(lba, u64::from(blocks))?;
             disk.check_transfer(blocks, 10)
         }
+        WriteAtomic { lba, blocks, .. } => disk.validate_write_atomic(lba, blocks),
         CompareAndWrite { lba, blocks, .. } => {
             disk.check_range(lba, u64::from(blocks))?;
             if blocks > MAX_COMPARE_AND_WRITE_BLOCKS {
@@ -87,7 +89,9 @@ pub(crate) async fn execute(
         ReadCapacity10 => Ok(disk.read_capacity10()),
         ReadCapacity16 { alloc_len } => Ok(disk.read_capacity16(*alloc_len)),
         Read { lba, blocks, .. } => disk.read_blocks(*lba, *blocks).await,
-        Write { lba, blocks, fua, .. } => disk.write_blocks(*lba, *blocks, *fua, data).await,
+        Write { lba, blocks, fua, .. } | WriteAtomic { lba, blocks, fua, .. } => {
+            disk.write_blocks(*lba, *blocks, *fua, data).await
+        }
         WriteAndVerify { lba, blocks, .. } => disk.write_and_verify(*lba, *blocks, data).await,
         Verify { lba, blocks, bytchk, .. } => disk.verify(*lba, *blocks, *bytchk, data).await,
         CompareAndWrite { lba, blocks, fua, .. } => disk.compare_and_write(*lba, *blocks, *fua, data).await,
@@ -96,7 +100,7 @@ pub(crate) async fn execute(
         Unmap { param_len, .. } => disk.unmap(*param_len, data).await,
         PreFetch { .. } => Ok(Vec::new()),
         SynchronizeCache { .. } => disk.synchronize_cache().await,
-        GetLbaStatus { lba, alloc_len } => Ok(disk.get_lba_status(*lba, *alloc_len)),
+        GetLbaStatus { lba, alloc_len } => disk.get_lba_status(*lba, *alloc_len),
         ReadDefectData { plist, glist, format, alloc_len, cdb_len, .. } => {
             Ok(defect::read_defect_data(*plist, *glist, *format, *alloc_len, *cdb_len))
         }

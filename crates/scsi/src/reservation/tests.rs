@@ -54,6 +54,8 @@ const SPEC: &[(&str, &str, bool)] = &[
     ("WRITE SAME(16)", "CCACC", false),
     ("COMPARE AND WRITE", "CCACC", false),
     ("ORWRITE(16)", "CCACC", false),
+    ("WRITE ATOMIC(16)", "CCACC", false),
+    ("SANITIZE", "CCACC", false),
     ("UNMAP", "CCACC", false),
     ("SYNCHRONIZE CACHE(10)", "CCACC", false),
     ("SYNCHRONIZE CACHE(16)", "CCACC", false),

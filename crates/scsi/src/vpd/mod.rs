@@ -101,11 +101,18 @@ pub fn page(disk: &Disk, code: u8) -> Option<Vec<u8>> {
                 b[28] = 0x80; // UGAVALID, alignment 0
             }
             b[32..40].copy_from_slice(&MAX_WRITE_SAME_BLOCKS.to_be_bytes());
+            let atomic = disk.atomic_limits();
+            b[40..44].copy_from_slice(&atomic.max_blocks.to_be_bytes());
+            b[44..48].copy_from_slice(&atomic.alignment.to_be_bytes());
+            b[48..52].copy_from_slice(&atomic.granularity.to_be_bytes());
             with_header(code, &b)
         }
         BLOCK_DEVICE_CHARACTERISTICS => {
             let mut b = [0u8; 60];
             b[0..2].copy_from_slice(&1u16.to_be_bytes()); // non-rotating medium
+                                                          // WABEREQ and WACEREQ 01b: after a BLOCK ERASE or CRYPTOGRAPHIC
+                                                          // ERASE sanitize, reads succeed (they return zeros: deallocated).
+            b[3] = 0x50;
             with_header(code, &b)
         }
         LOGICAL_BLOCK_PROVISIONING => {
@@ -177,6 +184,11 @@ mod tests {
         assert_eq!(r[4], 1, "WSNZ");
         assert_eq!(u32::from_be_bytes([r[8], r[9], r[10], r[11]]), d.max_transfer_blocks());
         assert_eq!(u32::from_be_bytes([r[20], r[21], r[22], r[23]]), MAX_UNMAP_BLOCKS);
+        assert!(MAX_UNMAP_BLOCKS <= 1 << 20, "libiscsi's sanity limit");
+        let atomic = |i: usize| u32::from_be_bytes([r[i], r[i + 1], r[i + 2], r[i + 3]]);
+        assert_eq!((atomic(44), atomic(48), atomic(52)), (2048, 1, 1), "atomic length, alignment, granularity");
+        assert!(atomic(44) <= atomic(8), "atomic limit within MAXIMUM TRANSFER LENGTH");
+        assert_eq!(vpd(&d, 0xB1)[7], 0x50, "WABEREQ, WACEREQ");
         assert_eq!(vpd(&d, 0xB2), vec![0, 0xB2, 0, 4, 0, 0xE4, 0x02, 0]);
         let fat = disk_with(10, DiskConfig { thin: false, ..Default::default() });
         assert_eq!(vpd(&fat, 0xB2), vec![0, 0xB2, 0, 4, 0, 0, 0, 0]);
