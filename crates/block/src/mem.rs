@@ -115,7 +115,9 @@ impl MemBackend {
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.check("discard", offset, len)?;
         self.walk(offset, len, |c, w, _, words| {
-            if words == WORDS_PER_CHUNK {
+            // Whole: all of the chunk, or all that is left of the last one.
+            let end = (c as u64 * CHUNK_BYTES + ((w + words) * 8) as u64).min(self.size);
+            if w == 0 && (words == WORDS_PER_CHUNK || end == self.size) {
                 self.mapped[c].store(false, Ordering::Release);
             }
             if let Some(chunk) = self.chunks[c].get() {
@@ -197,6 +199,13 @@ mod tests {
         assert_eq!(m.allocation(0, 0).unwrap(), vec![]);
         assert_eq!(m.allocation(4 * c, 8).unwrap_err().kind, crate::ErrorKind::OutOfRange);
         assert_eq!(m.discard(3, 8).unwrap_err().kind, crate::ErrorKind::Unsupported);
+        // The last chunk may be short; discarding all of it deallocates it.
+        let short = MemBackend::new(c + 4096);
+        short.write_from(c, &[1u8; 4096]).unwrap();
+        short.discard(c, 2048).unwrap();
+        assert!(short.is_allocated(c));
+        short.discard(c, 4096).unwrap();
+        assert!(!short.is_allocated(c));
     }
 
     #[test]

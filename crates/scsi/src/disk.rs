@@ -13,6 +13,7 @@ use lunar_block::Backend;
 
 use crate::cdb::Command;
 use crate::commands;
+use crate::commands::sanitize::{allowed_while_sanitizing, SanitizeState};
 use crate::error::ScsiError;
 use crate::reservation::{Nexus, Reservations, SideEffect};
 use crate::sense::Sense;
@@ -156,6 +157,8 @@ pub(crate) struct DiskState {
     pub medium_present: AtomicBool,
     /// PREVENT ALLOW MEDIUM REMOVAL: removal prevented.
     pub prevent: AtomicBool,
+    /// A sanitize operation running, or failed (SBC-4 4.11).
+    pub sanitize: SanitizeState,
 }
 
 /// A SCSI direct access block device (SBC-4) over a block backend.
@@ -199,6 +202,7 @@ impl Disk {
                 swp: AtomicBool::new(false),
                 medium_present: AtomicBool::new(true),
                 prevent: AtomicBool::new(false),
+                sanitize: SanitizeState::default(),
             },
             reservations: Reservations::default(),
         }
@@ -287,18 +291,27 @@ impl Disk {
         self.config.readonly || self.state.swp.load(Ordering::Relaxed)
     }
 
-    /// Every check that needs no data-out: medium present, write protect,
-    /// LBA ranges and transfer limits. The core may call this before
+    /// Every check that needs no data-out, in this order: sanitize state,
+    /// medium present, LBA ranges and transfer limits, write protect. The core may call this before
     /// receiving data-out, to fail early instead of receiving a transfer it
     /// will refuse; [`Disk::execute`] calls it too.
     pub fn validate(&self, cmd: &Command) -> Result<(), ScsiError> {
+        if self.state.sanitize.in_progress().is_some() && !allowed_while_sanitizing(cmd) {
+            return Err(ScsiError::SanitizeInProgress);
+        }
+        if self.state.sanitize.failed() && cmd.is_medium_access() && !matches!(cmd, Command::Sanitize(_)) {
+            return Err(ScsiError::SanitizeFailed);
+        }
         if cmd.is_medium_access() && !self.state.medium_present.load(Ordering::Relaxed) {
             return Err(ScsiError::MediumNotPresent);
         }
+        // Invalid fields and LBAs out of range first: ILLEGAL REQUEST is about
+        // the CDB, DATA PROTECT about carrying it out.
+        commands::validate(self, cmd)?;
         if cmd.is_write() {
             self.check_writable()?;
         }
-        commands::validate(self, cmd)
+        Ok(())
     }
 
     /// Executes a decoded command and drops its side effects: see
@@ -407,6 +420,8 @@ mod write_protect_tests {
                 512,
             ),
             (cdb10(0x42, 0, 0, 24), 24),
+            (cdb10(0x48, 0x02, 0, 0), 0),
+            (cdb10(0x48, 0x01, 0, 8), 8),
         ]
     }
 
@@ -430,6 +445,15 @@ mod write_protect_tests {
             assert!(run(&d, &cdb10(0x35, 0, 0, 0)).is_ok());
             assert!(run(&d, &cdb10(0x2F, 0, 0, 1)).is_ok());
         }
+    }
+
+    #[test]
+    fn illegal_requests_before_data_protect() {
+        let ro = disk_with(10, DiskConfig { readonly: true, ..Default::default() });
+        assert_eq!(run_data(&ro, &cdb10(0x2A, 0, 10, 1), vec![0; 512]), Err(ScsiError::LbaOutOfRange { lba: 10 }));
+        assert_eq!(run_data(&ro, &cdb10(0x41, 0, 0, 0), vec![0; 512]), Err(ScsiError::field_byte(7)), "WSNZ");
+        assert_eq!(run_data(&ro, &cdb10(0x48, 0x02, 0, 8), vec![0; 8]), Err(ScsiError::field_byte(7)));
+        assert_eq!(run_data(&ro, &cdb10(0x2A, 0, 9, 1), vec![0; 512]), Err(ScsiError::WriteProtected));
     }
 
     #[test]

@@ -53,6 +53,17 @@ pub enum ScsiError {
     /// The logical unit is stopped (START STOP UNIT with START=0).
     #[error("logical unit not ready, initializing command required")]
     NotReady,
+    /// A sanitize operation is running (SBC-4 4.11.2).
+    #[error("sanitize in progress")]
+    SanitizeInProgress,
+    /// The last sanitize operation failed: medium access is refused until
+    /// one succeeds or EXIT FAILURE MODE (SBC-4 4.11.4).
+    #[error("sanitize failed")]
+    SanitizeFailed,
+    /// A command out of the order its standard asks for (e.g. SANITIZE
+    /// EXIT FAILURE MODE without a failed sanitize).
+    #[error("command sequence error")]
+    CommandSequenceError,
     /// The backend failed; mapped by its kind and operation.
     #[error("backend: {0}")]
     Backend(BlockError),
@@ -109,6 +120,9 @@ impl ScsiError {
             ScsiError::MediumRemovalPrevented => sense::MEDIUM_REMOVAL_PREVENTED.sense(),
             ScsiError::MediumNotPresent => sense::MEDIUM_NOT_PRESENT.sense(),
             ScsiError::NotReady => sense::NOT_READY_INITIALIZING_COMMAND_REQUIRED.sense(),
+            ScsiError::SanitizeInProgress => sense::SANITIZE_IN_PROGRESS.sense(),
+            ScsiError::SanitizeFailed => sense::SANITIZE_COMMAND_FAILED.sense(),
+            ScsiError::CommandSequenceError => sense::COMMAND_SEQUENCE_ERROR.sense(),
             ScsiError::Backend(e) => backend_sense(e).sense(),
             ScsiError::Sense(s) => s.clone(),
             ScsiError::ReservationConflict => sense::NO_SENSE.sense(),

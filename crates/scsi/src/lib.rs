@@ -22,7 +22,13 @@
 //! - after a successful MODE SELECT, raises MODE PARAMETERS CHANGED for the
 //!   other I_T nexuses; on I_T nexus loss or reset, calls
 //!   [`Disk::reset_prevent`];
-//! - serializes overlapping COMPARE AND WRITE / ORWRITE (atomicity);
+//! - serializes overlapping COMPARE AND WRITE / ORWRITE / WRITE ATOMIC
+//!   (atomicity; see [`commands::write_atomic`]);
+//! - lets a SANITIZE run to its end ([`commands::sanitize`]): the
+//!   operation is the command's future, so aborting the command or a reset
+//!   waits for it; SBC-4 4.11 wants the operation to go on while the
+//!   command is aborted, which needs the core to complete an aborted
+//!   SANITIZE early and keep polling its future detached;
 //! - reservations ([`reservation`]): passes the I_T nexus in
 //!   [`ExecContext::nexus`], calls [`Disk::execute_with_effects`] and carries
 //!   out its [`SideEffect`]s (unit attentions per nexus, PREEMPT AND ABORT,

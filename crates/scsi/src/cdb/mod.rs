@@ -6,7 +6,7 @@ pub mod table;
 
 use crate::commands::persistent_reserve::{PrIn, PrOut};
 use crate::commands::{inquiry::Inquiry, log::LogSense, mode::ModeSelect, mode::ModeSense};
-use crate::commands::{opcodes::ReportOpcodes, unit::StartStopUnit};
+use crate::commands::{opcodes::ReportOpcodes, sanitize::Sanitize, unit::StartStopUnit};
 use crate::error::ScsiError;
 use reader::Cdb;
 
@@ -60,6 +60,8 @@ pub enum Command {
     OrWrite { lba: u64, blocks: u32, fua: bool, dpo: bool, group: u8 },
     /// WRITE SAME(10)/(16) (SBC-4 5.45, 5.46).
     WriteSame { lba: u64, blocks: u32, unmap: bool, anchor: bool, ndob: bool, group: u8, cdb_len: u8 },
+    /// SANITIZE (SBC-4 5.30).
+    Sanitize(Sanitize),
     /// UNMAP (SBC-4 5.31).
     Unmap { anchor: bool, group: u8, param_len: u16 },
     /// PRE-FETCH(10)/(16) (SBC-4 5.11, 5.12).
@@ -154,6 +156,7 @@ impl Command {
             WriteAtomic { .. } => 0x9C,
             WriteSame { cdb_len, .. } => by_len(*cdb_len, [0x41, 0x41, 0x41, 0x93]),
             Unmap { .. } => 0x42,
+            Sanitize(_) => 0x48,
             PreFetch { cdb_len, .. } => by_len(*cdb_len, [0x34, 0x34, 0x34, 0x90]),
             SynchronizeCache { cdb_len, .. } => by_len(*cdb_len, [0x35, 0x35, 0x35, 0x91]),
             GetLbaStatus { .. } => 0x9E,
@@ -176,6 +179,7 @@ impl Command {
             Command::ReportSupportedTaskManagementFunctions { .. } => Some(0x0D),
             Command::PersistentReserveIn(p) => Some(p.action as u8),
             Command::PersistentReserveOut(p) => Some(p.action as u8),
+            Command::Sanitize(s) => Some(s.action as u8),
             _ => None,
         }
     }
@@ -202,6 +206,7 @@ impl Command {
             Verify { blocks, bytchk, .. } if *blocks > 0 && *bytchk != 0 => DataDirection::ToDevice,
             WriteSame { ndob: false, .. } => DataDirection::ToDevice,
             Unmap { param_len, .. } if *param_len > 0 => DataDirection::ToDevice,
+            Sanitize(s) if s.param_len > 0 => DataDirection::ToDevice,
             ModeSelect(m) if m.param_len > 0 => DataDirection::ToDevice,
             Read { blocks, .. } if *blocks > 0 => DataDirection::FromDevice,
             RequestSense { alloc_len, .. } if *alloc_len > 0 => DataDirection::FromDevice,
@@ -243,7 +248,9 @@ impl Command {
             },
             CompareAndWrite { blocks: n, .. } => blocks(2 * u64::from(*n)),
             WriteSame { ndob: false, .. } => blocks(1),
-            Unmap { param_len, .. } => usize::from(*param_len),
+            Unmap { param_len, .. } | Sanitize(crate::commands::sanitize::Sanitize { param_len, .. }) => {
+                usize::from(*param_len)
+            }
             ModeSelect(m) => usize::from(m.param_len),
             PersistentReserveOut(p) => usize::try_from(p.param_len).unwrap_or(usize::MAX),
             _ => 0,
@@ -269,6 +276,7 @@ impl Command {
                 | Command::WriteAtomic { .. }
                 | Command::WriteSame { .. }
                 | Command::Unmap { .. }
+                | Command::Sanitize(_)
         )
     }
 

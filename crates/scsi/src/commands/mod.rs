@@ -14,6 +14,7 @@ pub mod persistent_reserve;
 pub mod read_write;
 pub mod report_luns;
 pub mod reserve;
+pub mod sanitize;
 pub mod sync_cache;
 pub mod unit;
 pub mod unmap;
@@ -63,6 +64,7 @@ pub(crate) fn validate(disk: &Disk, cmd: &Command) -> Result<(), ScsiError> {
         PreFetch { lba, blocks, .. } | SynchronizeCache { lba, blocks, .. } => disk.check_range(lba, u64::from(blocks)),
         GetLbaStatus { lba, .. } => disk.check_range(lba, 0),
         PersistentReserveOut(ref p) => p.validate(),
+        Sanitize(ref s) => disk.validate_sanitize(s),
         _ => Ok(()),
     }
 }
@@ -98,6 +100,7 @@ pub(crate) async fn execute(
         OrWrite { lba, blocks, fua, .. } => disk.or_write(*lba, *blocks, *fua, data).await,
         WriteSame { lba, blocks, unmap, ndob, .. } => disk.write_same(*lba, *blocks, *unmap, *ndob, data).await,
         Unmap { param_len, .. } => disk.unmap(*param_len, data).await,
+        Sanitize(s) => disk.sanitize(s, data).await,
         PreFetch { .. } => Ok(Vec::new()),
         SynchronizeCache { .. } => disk.synchronize_cache().await,
         GetLbaStatus { lba, alloc_len } => disk.get_lba_status(*lba, *alloc_len),

@@ -430,15 +430,11 @@ mod tests {
     fn a_backend_failure_fails_the_sanitize() {
         let fault = std::sync::Arc::new(lunar_block::FaultBackend::new(Backend::mem(100 * 512)));
         let d = Disk::new(DiskConfig::default(), Backend::Fault(fault.clone()));
-        fault.fail_writes(libc_eio());
+        fault.fail_writes(5); // EIO
         let l = overwrite_list(0x01, &[0xAA; 4]);
         let e = run_data(&d, &sanitize_cdb(0x01, 8), l).unwrap_err();
         assert!(e.backend_error().is_some());
         assert_eq!(run(&d, &cdb10(0x28, 0, 0, 1)), Err(ScsiError::SanitizeFailed));
-    }
-
-    fn libc_eio() -> i32 {
-        5
     }
 
     #[test]

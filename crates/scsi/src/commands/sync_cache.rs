@@ -64,7 +64,10 @@ mod tests {
         assert_eq!(run(&d, &cdb16(0x91, 0, 0, 100)), Ok(vec![]));
         assert_eq!(run(&d, &cdb16(0x91, 0, 100, 0)), Err(ScsiError::LbaOutOfRange { lba: 100 }));
         assert_eq!(run(&d, &cdb10(0x35, 0, 50, 51)), Err(ScsiError::LbaOutOfRange { lba: 50 }));
-        assert_eq!(Command::decode(&cdb10(0x35, 0x04, 0, 0)), Err(ScsiError::field(1, 2)), "SYNC_NV");
+        // SYNC_NV (SBC-3) is obsolete in SBC-4: accepted and ignored.
+        assert_eq!(run(&d, &cdb10(0x35, 0x06, 0, 0)), Ok(vec![]), "SYNC_NV");
+        assert_eq!(run(&d, &cdb16(0x91, 0x04, 0, 0)), Ok(vec![]), "SYNC_NV");
+        assert_eq!(Command::decode(&cdb10(0x35, 0x08, 0, 0)), Err(ScsiError::field(1, 3)));
         let c = Command::decode(&cdb10(0x35, 0x02, 1, 2)).unwrap();
         assert_eq!(c, Command::SynchronizeCache { lba: 1, blocks: 2, immed: true, cdb_len: 10 });
         assert!(c.uses_write_error_policy() && !c.is_write());

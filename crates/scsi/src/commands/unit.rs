@@ -29,12 +29,11 @@ pub(crate) fn decode_request_sense(c: Cdb<'_>) -> Result<Command, ScsiError> {
 }
 
 pub(crate) fn decode_start_stop(c: Cdb<'_>) -> Result<Command, ScsiError> {
+    // SBC-4 table 116 defines 0h-3h, 7h, Ah and Bh; every power condition
+    // other than START_VALID is a no-op power state change here, and the
+    // reserved ones are taken as such too (libiscsi StartStopUnit.PwrCnd
+    // sends all of 1h-Fh to a removable unit and expects GOOD, medium kept).
     let power_condition = c.bits(4, 4, 4);
-    // SBC-4 table 116: START_VALID, ACTIVE, IDLE, STANDBY, LU_CONTROL,
-    // FORCE_IDLE_0, FORCE_STANDBY_0.
-    if !matches!(power_condition, 0x0..=0x3 | 0x7 | 0xA | 0xB) {
-        return Err(ScsiError::field(4, 7));
-    }
     Ok(Command::StartStopUnit(StartStopUnit {
         immed: c.bit(1, 0),
         power_condition_modifier: c.bits(3, 0, 4),
@@ -58,15 +57,21 @@ impl Disk {
     /// REQUEST SENSE: the sense the core holds for this nexus, or NO SENSE,
     /// in the format DESC asks for.
     pub(crate) fn request_sense(&self, desc: bool, alloc_len: u8, ctx: &ExecContext) -> Vec<u8> {
-        let s = ctx.pending_sense.clone().unwrap_or_else(|| sense::NO_SENSE.sense());
+        // SPC-5 6.39: a pending unit attention first, then a sanitize in progress.
+        let s = ctx.pending_sense.clone().unwrap_or_else(|| match self.sanitize_in_progress() {
+            Some(_) => sense::SANITIZE_IN_PROGRESS.sense(),
+            None => sense::NO_SENSE.sense(),
+        });
         truncate(s.encode(desc), usize::from(alloc_len))
     }
 
     /// START STOP UNIT. A power condition other than START_VALID only
     /// changes the (virtual) power state, and START and LOEJ are then
     /// ignored (SBC-4 5.25). A stop flushes the cache unless NO_FLUSH. LOEJ
-    /// loads or ejects a removable medium (refused on a fixed disk);
-    /// ejecting is refused while removal is prevented.
+    /// loads or ejects a removable medium (refused on a fixed disk); while
+    /// removal is prevented the medium is locked in or out: loading is
+    /// refused as ejecting is (as MMC-6 6.44 has it; libiscsi
+    /// PreventAllow.Eject expects it of a disk too).
     pub(crate) async fn start_stop(&self, s: &StartStopUnit) -> Result<Vec<u8>, ScsiError> {
         if s.power_condition != 0 {
             return Ok(Vec::new());
@@ -79,14 +84,10 @@ impl Disk {
                 // No medium to load or eject (libiscsi StartStopUnit.Simple expects a failure).
                 return Err(ScsiError::field(4, 1));
             }
-            if s.start {
-                self.state.medium_present.store(true, Ordering::Relaxed);
-            } else {
-                if self.state.prevent.load(Ordering::Relaxed) {
-                    return Err(ScsiError::MediumRemovalPrevented);
-                }
-                self.state.medium_present.store(false, Ordering::Relaxed);
+            if self.state.prevent.load(Ordering::Relaxed) {
+                return Err(ScsiError::MediumRemovalPrevented);
             }
+            self.state.medium_present.store(s.start, Ordering::Relaxed);
         }
         Ok(Vec::new())
     }
@@ -137,7 +138,8 @@ mod tests {
         assert_eq!(run(&d, &[0x1B, 0, 0, 0, 3, 0]), Err(ScsiError::field(4, 1)), "load of a fixed disk");
         assert_eq!(run(&d, &[0x08, 0, 0, 0, 1, 0]).map(|v| v.len()), Ok(512));
         assert_eq!(run(&d, &[0x1B, 0, 0, 0, 0x30, 0]), Ok(vec![]), "STANDBY");
-        assert_eq!(Command::decode(&[0x1B, 0, 0, 0, 0x40, 0]), Err(ScsiError::field(4, 7)));
+        assert_eq!(run(&d, &[0x1B, 0, 0, 0, 0x40, 0]), Ok(vec![]), "reserved power condition: no-op");
+        assert_eq!(run(&d, &[0x1B, 0, 0, 0, 0xF2, 0]), Ok(vec![]), "no eject with a power condition");
 
         let r = Disk::new(DiskConfig { removable: true, ..Default::default() }, Backend::mem(512 * 100));
         assert_eq!(run(&r, &[0x1E, 0, 0, 0, 1, 0]), Ok(vec![]), "prevent");
@@ -147,8 +149,15 @@ mod tests {
         assert_eq!(run(&r, &[0, 0, 0, 0, 0, 0]), Err(ScsiError::MediumNotPresent));
         assert_eq!(run(&r, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Err(ScsiError::MediumNotPresent));
         assert!(run(&r, &[0x12, 0, 0, 0, 36, 0]).is_ok(), "INQUIRY needs no medium");
+        assert_eq!(run(&r, &[0x1E, 0, 0, 0, 1, 0]), Ok(vec![]), "prevent");
+        assert_eq!(run(&r, &[0x1B, 0, 0, 0, 3, 0]), Err(ScsiError::MediumRemovalPrevented), "load while prevented");
+        assert_eq!(run(&r, &[0x1E, 0, 0, 0, 0, 0]), Ok(vec![]), "allow");
         assert_eq!(run(&r, &[0x1B, 0, 0, 0, 3, 0]), Ok(vec![]), "load");
         assert_eq!(run(&r, &[0, 0, 0, 0, 0, 0]), Ok(vec![]));
+        for pc in 1..16u8 {
+            assert_eq!(run(&r, &[0x1B, 0, 0, 0, (pc << 4) | 2, 0]), Ok(vec![]), "power condition {pc:#x}");
+            assert_eq!(run(&r, &[0, 0, 0, 0, 0, 0]), Ok(vec![]), "medium kept");
+        }
         assert_eq!(ScsiError::MediumNotPresent.sense().code(), sense::MEDIUM_NOT_PRESENT);
     }
 

@@ -34,10 +34,10 @@ impl AtomicLimits {
     /// SBC-4 4.29.2: each limit exceeded is an invalid field in the CDB
     /// (the LBA at byte 2, the TRANSFER LENGTH at byte 12).
     pub fn check(&self, lba: u64, blocks: u32) -> Result<(), ScsiError> {
-        if blocks > self.max_blocks || blocks % self.granularity.max(1) != 0 {
+        if blocks > self.max_blocks || !blocks.is_multiple_of(self.granularity.max(1)) {
             return Err(ScsiError::field_byte(12));
         }
-        if lba % u64::from(self.alignment.max(1)) != 0 {
+        if !lba.is_multiple_of(u64::from(self.alignment.max(1))) {
             return Err(ScsiError::field_byte(2));
         }
         Ok(())

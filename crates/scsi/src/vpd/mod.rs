@@ -184,7 +184,7 @@ mod tests {
         assert_eq!(r[4], 1, "WSNZ");
         assert_eq!(u32::from_be_bytes([r[8], r[9], r[10], r[11]]), d.max_transfer_blocks());
         assert_eq!(u32::from_be_bytes([r[20], r[21], r[22], r[23]]), MAX_UNMAP_BLOCKS);
-        assert!(MAX_UNMAP_BLOCKS <= 1 << 20, "libiscsi's sanity limit");
+        const { assert!(MAX_UNMAP_BLOCKS <= 1 << 20, "libiscsi holds more insanely big") };
         let atomic = |i: usize| u32::from_be_bytes([r[i], r[i + 1], r[i + 2], r[i + 3]]);
         assert_eq!((atomic(44), atomic(48), atomic(52)), (2048, 1, 1), "atomic length, alignment, granularity");
         assert!(atomic(44) <= atomic(8), "atomic limit within MAXIMUM TRANSFER LENGTH");
