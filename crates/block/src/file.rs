@@ -450,14 +450,14 @@ mod tests {
         f.as_file().set_len(4 << 20).unwrap();
         let b = FileBackend::open(f.path(), &FileOptions::default()).unwrap();
         run(async {
+            // An op may complete inside its submit (page cache): only the
+            // ones still pending after their first poll are cancelled in flight.
             for _ in 0..20 {
                 let mut fut = Box::pin(b.read(0, 4 << 20));
-                let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
-                assert!(first.is_pending());
+                let _ = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
                 drop(fut);
                 let mut fut = Box::pin(b.write(0, vec![1; 1 << 20], false));
-                let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
-                assert!(first.is_pending());
+                let _ = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
                 drop(fut);
             }
             // Orphaned ops are freed by the reaper as their CQEs arrive.

@@ -9,6 +9,7 @@
 //! [`Parcel`] of plain `Send` requests, after the holder drained its I/O.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -306,7 +307,7 @@ impl LocalQueue {
             Plan::Complete(mut req, resp) => req.complete(resp),
             Plan::Execute(cmd, data, ctx, guard) => {
                 let lq = lq.clone();
-                tokio::task::spawn_local(async move {
+                let mut run = Box::pin(async move {
                     let (device, queue) = {
                         let q = lq.borrow();
                         (q.queue.device.clone(), q.queue.clone())
@@ -321,6 +322,15 @@ impl LocalQueue {
                     LocalQueue::finish(&lq, id, &cmd, result);
                     drop(guard);
                 });
+                // Run it here up to its first wait: a command whose backend
+                // answers at once (RAM, page cache) completes without a task
+                // switch. If it waits, a task takes it over (and polls it
+                // again at once, registering its own waker).
+                let waker = std::task::Waker::noop();
+                let mut cx = std::task::Context::from_waker(waker);
+                if run.as_mut().poll(&mut cx).is_pending() {
+                    tokio::task::spawn_local(run);
+                }
             }
         }
     }

@@ -440,6 +440,16 @@ impl Future for Op {
         match std::mem::replace(&mut this.state, OpState::Finished) {
             OpState::Unsubmitted { entry, buf } => match this.ring.try_submit(entry.clone(), buf, cx.waker()) {
                 Submit::InFlight(idx) => {
+                    // Page-cache hits often complete inside the submit
+                    // system call: look before going to sleep on the eventfd.
+                    this.ring.reap();
+                    let mut slab = this.ring.slab.borrow_mut();
+                    if matches!(slab.slots[idx], Slot::Done { .. }) {
+                        if let Slot::Done { res, buf } = slab.remove(idx) {
+                            return Poll::Ready((res, buf));
+                        }
+                    }
+                    drop(slab);
                     this.state = OpState::InFlight(idx);
                     Poll::Pending
                 }

@@ -252,9 +252,29 @@ impl Conn {
             };
             let Some(ev) = ev else {
                 tracing::debug!(peer = %self.peer, "connection ended by the target");
+                let _ = self.write_out().await;
                 return;
             };
-            let flow = match ev {
+            let mut flow = self.on_event(ev).await;
+            // Take what else is ready before writing: one write per batch.
+            let mut batch = 0;
+            while flow == Flow::Continue && batch < 256 {
+                match rx.try_recv() {
+                    Ok(ev) => flow = self.on_event(ev).await,
+                    Err(_) => break,
+                }
+                batch += 1;
+            }
+            let written = self.write_out().await;
+            if flow == Flow::Close || written == Flow::Close {
+                return;
+            }
+        }
+    }
+
+    async fn on_event(&mut self, ev: Event) -> Flow {
+        {
+            match ev {
                 Event::Pdu(p) => {
                     self.last_rx = Instant::now();
                     self.on_pdu(*p).await
@@ -269,9 +289,6 @@ impl Conn {
                     self.finish_tmfs().await
                 }
                 Event::Tick => self.on_tick().await,
-            };
-            if flow == Flow::Close {
-                return;
             }
         }
     }
@@ -341,7 +358,10 @@ impl Conn {
         pdu.encode_into(&mut self.out, hd, dd);
     }
 
-    async fn flush(&mut self) -> Flow {
+    /// Writes what the handlers queued, in one write (the run loop calls it
+    /// once per batch of events, so responses to pipelined commands share
+    /// system calls).
+    async fn write_out(&mut self) -> Flow {
         if self.out.is_empty() {
             return Flow::Continue;
         }
@@ -358,7 +378,7 @@ impl Conn {
 
     async fn send(&mut self, pdu: Pdu) -> Flow {
         self.queue_out(pdu);
-        self.flush().await
+        Flow::Continue
     }
 
     async fn reject(&mut self, bhs: &Bhs, reason: RejectReason) -> Flow {
@@ -527,7 +547,7 @@ impl Conn {
 
     async fn send_login(&mut self, pdu: Pdu) -> Flow {
         pdu.encode_into(&mut self.out, false, false);
-        self.flush().await
+        Flow::Continue
     }
 
     // ----- SCSI commands ---------------------------------------------------
@@ -615,7 +635,7 @@ impl Conn {
         for r in r2ts {
             self.queue_out(Pdu::R2t(r));
         }
-        self.flush().await
+        Flow::Continue
     }
 
     async fn on_data_out(&mut self, d: DataOut) -> Flow {
@@ -682,7 +702,7 @@ impl Conn {
         for r in r2ts {
             self.queue_out(Pdu::R2t(r));
         }
-        self.flush().await
+        Flow::Continue
     }
 
     /// A Data-Out out of sequence: at ErrorRecoveryLevel 0 the recovery is
@@ -785,11 +805,7 @@ impl Conn {
                 self.queue_out(Pdu::ScsiResponse(r));
             }
         }
-        if self.finish_tmfs_queued() == Flow::Close {
-            let _ = self.flush().await;
-            return Flow::Close;
-        }
-        self.flush().await
+        self.finish_tmfs_queued()
     }
 
     // ----- task management ---------------------------------------------------
@@ -930,13 +946,7 @@ impl Conn {
     }
 
     async fn finish_tmfs(&mut self) -> Flow {
-        let flow = self.finish_tmfs_queued();
-        let f2 = self.flush().await;
-        if flow == Flow::Close {
-            Flow::Close
-        } else {
-            f2
-        }
+        self.finish_tmfs_queued()
     }
 
     // ----- other requests ----------------------------------------------------

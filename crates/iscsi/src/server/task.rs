@@ -150,7 +150,9 @@ pub(crate) fn answer(
     let mut data_in = Vec::new();
     let collapse = status == 0 && sense.is_empty() && !data.is_empty();
     let max = max_pdu.max(512) as usize;
-    let chunks: Vec<&[u8]> = data.chunks(max).collect();
+    // One chunk (the common case) moves the buffer instead of copying it.
+    let chunks: Vec<Vec<u8>> = if data.len() <= max { vec![data] } else { data.chunks(max).map(<[u8]>::to_vec).collect() };
+    let chunks: Vec<Vec<u8>> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
     let n = chunks.len();
     for (i, chunk) in chunks.into_iter().enumerate() {
         let last = i + 1 == n;
@@ -170,7 +172,7 @@ pub(crate) fn answer(
             data_sn: task.data_sn,
             buffer_offset: (i * max) as u32,
             residual_count: if with_status { count } else { 0 },
-            data: chunk.to_vec(),
+            data: chunk,
         });
         task.data_sn += 1;
     }
