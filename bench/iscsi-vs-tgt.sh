@@ -25,20 +25,22 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 pt=$(free_port); pl=$(free_port)
 iqn_t=iqn.2026-11.dev.lunar:bench-tgt
 iqn_l=iqn.2026-11.dev.lunar:disk0
+ctl=$(( (RANDOM % 800) + 100 ))
 cleanup() {
-  tgtadm --lld iscsi --op delete --mode target --tid 1 --force >/dev/null 2>&1 || true
-  kill "${tgt_pid:-}" "${lun_pid:-}" 2>/dev/null || true
+  tgtadm -C "$ctl" --lld iscsi --op delete --mode target --tid 1 --force >/dev/null 2>&1 || true
+  kill "${lun_pid:-}" 2>/dev/null || true
+  kill -9 "${tgt_pid:-}" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -f "$img_t" "$img_l"
 }
 trap cleanup EXIT
 
 # tgtd uses a control socket per instance: a private control port avoids
-# clashing with a system tgtd.
-tgtd -f --iscsi "portal=127.0.0.1:$pt" -C 7 >/tmp/lunar-bench-tgtd.log 2>&1 &
+# clashing with a system tgtd or a previous run.
+tgtd -f --iscsi "portal=127.0.0.1:$pt" -C "$ctl" >/tmp/lunar-bench-tgtd.log 2>&1 &
 tgt_pid=$!
 sleep 1
-T="tgtadm -C 7 --lld iscsi"
+T="tgtadm -C $ctl --lld iscsi"
 $T --op new --mode target --tid 1 -T "$iqn_t"
 $T --op new --mode logicalunit --tid 1 --lun 1 -b "$img_t"
 $T --op bind --mode target --tid 1 -I ALL

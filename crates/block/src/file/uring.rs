@@ -187,6 +187,9 @@ impl Ring {
         }
         // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
         let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // (register_eventfd_async would spare a wake-up for completions
+        // posted inside the submit call, but some completions, e.g. an
+        // ENOSPC write to /dev/full, then never signal at all.)
         uring.submitter().register_eventfd(eventfd.as_raw_fd())?;
         let max_in_flight = uring.params().cq_entries() as usize;
         Ok(Ring {

@@ -1,13 +1,12 @@
-//! One iSCSI connection, on the I/O thread it was given: a reader task that
-//! frames PDUs, and a loop that owns all the connection's state (login,
-//! sequence numbers, tasks, task management) and answers in order.
-//! Completions from the core reach the loop as events through a channel, so
-//! the loop never shares state with another thread.
+//! One iSCSI connection, on the I/O thread it was given: one loop that
+//! reads and frames PDUs, owns all the connection's state (login, sequence
+//! numbers, tasks, task management) and answers in order. Completions from
+//! the core reach it as events through a channel, so it never shares state
+//! with another thread. A command whose backend answers at once costs one
+//! wake-up of this loop: read, execute inline, answer, write.
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,9 +36,6 @@ const PING_IDLE: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum Event {
-    Pdu(Box<Pdu>),
-    Bad(PduError, Option<Box<Bhs>>),
-    Closed,
     Done { itt: u32, response: Response },
     CoreTmfDone { itt: u32 },
     Tick,
@@ -81,7 +77,11 @@ struct Conn {
     thread: usize,
     wr: OwnedWriteHalf,
     tx: mpsc::UnboundedSender<Event>,
-    digests: Rc<Cell<(bool, bool)>>,
+    /// Digests in force for PDUs we receive and send (after login).
+    digests: (bool, bool),
+    rd: OwnedReadHalf,
+    rbuf: Vec<u8>,
+    rstart: usize,
     params: NegotiatedParams,
     phase: Phase,
     session: Option<Session>,
@@ -112,8 +112,6 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let digests = Rc::new(Cell::new((false, false)));
-    let reader = tokio::task::spawn_local(read_loop(rd, tx.clone(), digests.clone()));
     let ticker = {
         let tx = tx.clone();
         tokio::task::spawn_local(async move {
@@ -142,7 +140,10 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
         thread,
         wr,
         tx,
-        digests,
+        digests: (false, false),
+        rd,
+        rbuf: Vec::with_capacity(256 << 10),
+        rstart: 0,
         params: NegotiatedParams::default(),
         phase: Phase::Login(Box::new(login)),
         session: None,
@@ -160,7 +161,6 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
         out: Vec::with_capacity(64 << 10),
     };
     conn.run(&mut rx).await;
-    reader.abort();
     ticker.abort();
     conn.cleanup().await;
 }
@@ -170,65 +170,11 @@ fn rand_u32() -> u32 {
     rand::thread_rng().gen()
 }
 
-async fn read_loop(mut rd: OwnedReadHalf, tx: mpsc::UnboundedSender<Event>, digests: Rc<Cell<(bool, bool)>>) {
-    let mut buf: Vec<u8> = Vec::with_capacity(256 << 10);
-    let mut start = 0usize;
-    loop {
-        let (hd, dd) = digests.get();
-        let avail = &buf[start..];
-        let need = match frame_length(avail, hd, dd) {
-            Err(e) => {
-                let _ = tx.send(Event::Bad(e, None));
-                return;
-            }
-            Ok(None) => BHS_LEN,
-            Ok(Some(n)) if n > MAX_FRAME => {
-                let _ = tx.send(Event::Bad(PduError::DataSegmentTooLong { length: n, max: MAX_FRAME as u32 }, None));
-                return;
-            }
-            Ok(Some(n)) => n,
-        };
-        if avail.len() >= need && avail.len() >= BHS_LEN {
-            let frame = &avail[..need];
-            let bhs = frame.first_chunk::<BHS_LEN>().and_then(|h| crate::pdu::decode_bhs(h).ok());
-            match decode_frame(frame, hd, dd) {
-                Ok(Some((pdu, used))) => {
-                    start += used;
-                    if tx.send(Event::Pdu(Box::new(pdu))).is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    let drop_conn = matches!(e.reaction(), ErrorReaction::DropConnection);
-                    start += need;
-                    let _ = tx.send(Event::Bad(e, bhs.map(Box::new)));
-                    if drop_conn {
-                        return;
-                    }
-                }
-            }
-            continue;
-        }
-        // Need more bytes: compact, then read.
-        if start > 0 {
-            buf.drain(..start);
-            start = 0;
-        }
-        if buf.capacity() < need {
-            buf.reserve(need - buf.len());
-        }
-        let old = buf.len();
-        let want = need.max(old + 4096).max(64 << 10);
-        buf.resize(want, 0);
-        match rd.read(&mut buf[old..]).await {
-            Ok(0) | Err(_) => {
-                let _ = tx.send(Event::Closed);
-                return;
-            }
-            Ok(n) => buf.truncate(old + n),
-        }
-    }
+/// What woke the connection loop.
+enum Wake {
+    Event(Option<Event>),
+    Killed,
+    Read(std::io::Result<usize>),
 }
 
 /// Serial number arithmetic (RFC 1982) on 32-bit sequence numbers.
@@ -243,44 +189,105 @@ impl Conn {
 
     async fn run(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>) {
         loop {
-            let ev = match &mut self.kill {
-                Some(kill) => tokio::select! {
-                    ev = rx.recv() => ev,
-                    _ = kill.wait_for(|k| *k) => None,
-                },
-                None => rx.recv().await,
-            };
-            let Some(ev) = ev else {
-                tracing::debug!(peer = %self.peer, "connection ended by the target");
-                let _ = self.write_out().await;
-                return;
-            };
-            let mut flow = self.on_event(ev).await;
-            // Take what else is ready before writing: one write per batch.
-            let mut batch = 0;
-            while flow == Flow::Continue && batch < 256 {
+            // Everything ready first: whole PDUs already read, then events
+            // (completions), then one write for all the answers.
+            let mut flow = Flow::Continue;
+            while flow == Flow::Continue {
+                match self.next_frame() {
+                    Some(Ok(pdu)) => {
+                        self.last_rx = Instant::now();
+                        flow = self.on_pdu(pdu).await;
+                    }
+                    Some(Err((e, bhs))) => flow = self.on_bad(e, bhs).await,
+                    None => break,
+                }
+            }
+            while flow == Flow::Continue {
                 match rx.try_recv() {
                     Ok(ev) => flow = self.on_event(ev).await,
                     Err(_) => break,
                 }
-                batch += 1;
             }
             let written = self.write_out().await;
             if flow == Flow::Close || written == Flow::Close {
                 return;
             }
+            // Then sleep until the socket or the channel has something.
+            if self.rbuf.capacity() - self.rbuf.len() < 64 << 10 {
+                self.rbuf.reserve(64 << 10);
+            }
+            let (rd, rbuf, kill) = (&mut self.rd, &mut self.rbuf, &mut self.kill);
+            let wake = tokio::select! {
+                biased;
+                ev = rx.recv() => Wake::Event(ev),
+                _ = async {
+                    match kill {
+                        Some(k) => { let _ = k.wait_for(|k| *k).await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => Wake::Killed,
+                r = rd.read_buf(rbuf) => Wake::Read(r),
+            };
+            let flow = match wake {
+                Wake::Event(Some(ev)) => self.on_event(ev).await,
+                Wake::Event(None) | Wake::Killed => {
+                    tracing::debug!(peer = %self.peer, "connection ended by the target");
+                    let _ = self.write_out().await;
+                    return;
+                }
+                Wake::Read(Ok(0)) | Wake::Read(Err(_)) => Flow::Close,
+                Wake::Read(Ok(_)) => Flow::Continue,
+            };
+            if flow == Flow::Close {
+                let _ = self.write_out().await;
+                return;
+            }
         }
+    }
+
+    /// The next whole PDU in the read buffer, if there is one.
+    fn next_frame(&mut self) -> Option<Result<Pdu, (PduError, Option<Box<Bhs>>)>> {
+        let (hd, dd) = self.digests;
+        let avail = &self.rbuf[self.rstart..];
+        let need = match frame_length(avail, hd, dd) {
+            Err(e) => return Some(Err((e, None))),
+            Ok(None) => return None,
+            Ok(Some(n)) if n > MAX_FRAME => {
+                return Some(Err((PduError::DataSegmentTooLong { length: n, max: MAX_FRAME as u32 }, None)));
+            }
+            Ok(Some(n)) => n,
+        };
+        if avail.len() < need {
+            // Make room for the rest of this PDU, and keep the buffer from growing forever.
+            if self.rstart > 0 {
+                self.rbuf.drain(..self.rstart);
+                self.rstart = 0;
+            }
+            if self.rbuf.capacity() < need {
+                self.rbuf.reserve(need - self.rbuf.len());
+            }
+            return None;
+        }
+        let frame = &avail[..need];
+        let result = match decode_frame(frame, hd, dd) {
+            Ok(Some((pdu, _))) => Ok(pdu),
+            Ok(None) => return None,
+            Err(e) => {
+                let bhs = frame.first_chunk::<BHS_LEN>().and_then(|h| crate::pdu::decode_bhs(h).ok());
+                Err((e, bhs.map(Box::new)))
+            }
+        };
+        self.rstart += need;
+        if self.rstart == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rstart = 0;
+        }
+        Some(result)
     }
 
     async fn on_event(&mut self, ev: Event) -> Flow {
         {
             match ev {
-                Event::Pdu(p) => {
-                    self.last_rx = Instant::now();
-                    self.on_pdu(*p).await
-                }
-                Event::Bad(e, bhs) => self.on_bad(e, bhs).await,
-                Event::Closed => Flow::Close,
                 Event::Done { itt, response } => self.on_done(itt, response).await,
                 Event::CoreTmfDone { itt } => {
                     if let Some(t) = self.tmfs.iter_mut().find(|t| t.itt == itt) {
@@ -354,7 +361,7 @@ impl Conn {
 
     fn queue_out(&mut self, mut pdu: Pdu) {
         self.number(&mut pdu);
-        let (hd, dd) = self.digests.get();
+        let (hd, dd) = self.digests;
         pdu.encode_into(&mut self.out, hd, dd);
     }
 
@@ -539,7 +546,7 @@ impl Conn {
                 let digests = (self.params.header_digest.enabled(), self.params.data_digest.enabled());
                 self.outcome = Some(outcome);
                 let flow = self.send_login(Pdu::LoginResponse(resp)).await;
-                self.digests.set(digests);
+                self.digests = digests;
                 flow
             }
         }
