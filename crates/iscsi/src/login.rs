@@ -99,7 +99,7 @@ impl TargetConfig {
     /// Whether the ACL lets `initiator` in. iSCSI names compare
     /// case-insensitively (they are normalised to lower case, §4.2.7.2).
     pub fn allows(&self, initiator: &str) -> bool {
-        self.allowed_initiators.as_ref().map_or(true, |acl| acl.iter().any(|a| a.eq_ignore_ascii_case(initiator)))
+        self.allowed_initiators.as_ref().is_none_or(|acl| acl.iter().any(|a| a.eq_ignore_ascii_case(initiator)))
     }
 }
 

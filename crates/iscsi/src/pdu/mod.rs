@@ -203,7 +203,7 @@ fn encode_pdu<T: PduCodec>(p: &T, out: &mut Vec<u8>, header_digest: bool, data_d
         "data segment of {} bytes does not fit DataSegmentLength",
         data.len()
     );
-    assert!(ahs.len() % 4 == 0 && ahs.len() / 4 <= 255, "AHS of {} bytes", ahs.len());
+    assert!(ahs.len().is_multiple_of(4) && ahs.len() / 4 <= 255, "AHS of {} bytes", ahs.len());
     h[0] = T::OPCODE as u8 | if p.immediate() { 0x40 } else { 0 };
     h[4] = (ahs.len() / 4) as u8;
     let dsl = (data.len() as u32).to_be_bytes();

@@ -170,6 +170,9 @@ fn rand_u32() -> u32 {
     rand::thread_rng().gen()
 }
 
+/// A frame that did not decode, with its header when it had one.
+type BadFrame = (PduError, Option<Box<Bhs>>);
+
 /// What woke the connection loop.
 enum Wake {
     Event(Option<Event>),
@@ -246,7 +249,7 @@ impl Conn {
     }
 
     /// The next whole PDU in the read buffer, if there is one.
-    fn next_frame(&mut self) -> Option<Result<Pdu, (PduError, Option<Box<Bhs>>)>> {
+    fn next_frame(&mut self) -> Option<Result<Pdu, BadFrame>> {
         let (hd, dd) = self.digests;
         let avail = &self.rbuf[self.rstart..];
         let need = match frame_length(avail, hd, dd) {

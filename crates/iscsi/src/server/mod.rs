@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lunar_target::Target;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::login::{AuthPolicy, TargetConfig, TargetRegistry};
 use crate::negotiation::TargetLimits;
@@ -68,6 +68,27 @@ struct SessionHandle {
     tsih: u16,
     kill: watch::Sender<bool>,
     closed: watch::Receiver<bool>,
+    /// When it logged in (for the control plane).
+    since: std::time::SystemTime,
+}
+
+/// A live session as the control plane sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// TSIH: unique among the live sessions of a server.
+    pub tsih: u16,
+    pub initiator: String,
+    /// ISID, 12 hex digits.
+    pub isid: String,
+    pub target: String,
+    pub since: std::time::SystemTime,
+}
+
+/// Session life-cycle events (for the control plane's event stream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    Login(SessionInfo),
+    Logout(SessionInfo),
 }
 
 /// State shared by all connections of a server.
@@ -82,6 +103,17 @@ pub(crate) struct Shared {
     sessions: Mutex<HashMap<SessionKey, SessionHandle>>,
     connections: AtomicUsize,
     shutdown: watch::Sender<bool>,
+    session_events: broadcast::Sender<SessionEvent>,
+}
+
+fn session_info(key: &SessionKey, s: &SessionHandle) -> SessionInfo {
+    SessionInfo {
+        tsih: s.tsih,
+        initiator: key.0.clone(),
+        isid: Isid(key.1).to_string(),
+        target: key.2.clone(),
+        since: s.since,
+    }
 }
 
 impl TargetRegistry for Shared {
@@ -130,11 +162,13 @@ impl Shared {
         let key = (initiator.to_ascii_lowercase(), isid.0, target.to_string());
         let (kill_tx, kill_rx) = watch::channel(false);
         let (closed_tx, closed_rx) = watch::channel(false);
-        let old = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, SessionHandle { tsih, kill: kill_tx, closed: closed_rx });
+        let handle = SessionHandle { tsih, kill: kill_tx, closed: closed_rx, since: std::time::SystemTime::now() };
+        let login = SessionEvent::Login(session_info(&key, &handle));
+        let old = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), handle);
+        if let Some(old) = &old {
+            let _ = self.session_events.send(SessionEvent::Logout(session_info(&key, old)));
+        }
+        let _ = self.session_events.send(login);
         if let Some(old) = old {
             tracing::info!(initiator, %isid, target, old_tsih = old.tsih, "session reinstatement: closing the old session");
             let _ = old.kill.send(true);
@@ -148,7 +182,9 @@ impl Shared {
         let key = (initiator.to_ascii_lowercase(), isid.0, target.to_string());
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if sessions.get(&key).is_some_and(|s| s.tsih == tsih) {
-            sessions.remove(&key);
+            if let Some(s) = sessions.remove(&key) {
+                let _ = self.session_events.send(SessionEvent::Logout(session_info(&key, &s)));
+            }
         }
     }
 
@@ -194,6 +230,7 @@ impl Server {
             sessions: Mutex::new(HashMap::new()),
             connections: AtomicUsize::new(0),
             shutdown,
+            session_events: broadcast::channel(1024).0,
         });
         let next_thread = Arc::new(AtomicUsize::new(0));
         for l in listeners {
@@ -255,6 +292,11 @@ impl Server {
         self.shared.connections.load(Ordering::Relaxed)
     }
 
+    /// A handle for the control plane (session list, kill, events).
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle { shared: self.shared.clone() }
+    }
+
     /// Stops accepting and ends every session (their commands complete or
     /// are aborted through the core).
     pub fn shutdown(&self) {
@@ -262,5 +304,49 @@ impl Server {
         for s in self.shared.sessions.lock().unwrap_or_else(|e| e.into_inner()).values() {
             let _ = s.kill.send(true);
         }
+    }
+}
+
+/// What the control plane needs of a running server; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// The live sessions, by TSIH.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let sessions = self.shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<SessionInfo> = sessions.iter().map(|(k, s)| session_info(k, s)).collect();
+        v.sort_by_key(|s| s.tsih);
+        v
+    }
+
+    /// Ends the session with this TSIH (its commands complete or are
+    /// aborted through the core). False if there is none.
+    pub fn kill_session(&self, tsih: u16) -> bool {
+        let sessions = self.shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        match sessions.values().find(|s| s.tsih == tsih) {
+            Some(s) => {
+                let _ = s.kill.send(true);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Session logins and logouts from now on.
+    pub fn session_events(&self) -> broadcast::Receiver<SessionEvent> {
+        self.shared.session_events.subscribe()
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// The addresses of the portals.
+    pub fn portals(&self) -> Vec<SocketAddr> {
+        self.shared.portals.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

@@ -210,7 +210,7 @@ pub(crate) fn is_block_write(cdb: &[u8]) -> bool {
 }
 
 pub(crate) fn clamp_write_cdb(cdb: &[u8], edtl: u32, block_size: u32) -> Option<Vec<u8>> {
-    if block_size == 0 || edtl % block_size != 0 {
+    if block_size == 0 || !edtl.is_multiple_of(block_size) {
         return None;
     }
     let blocks = edtl / block_size;
