@@ -9,8 +9,8 @@
 //! [`Parcel`] of plain `Send` requests, after the holder drained its I/O.
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
