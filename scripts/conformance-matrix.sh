@@ -46,6 +46,8 @@ declare -A closing verdict
 for c in "${configs[@]}"; do
   args=$(lun_args "$c")
   rm -f "$scratch"/*.img
+  conf_dir="${CONF_OUT:-$root/target/conformance}"
+  rm -f "$conf_dir/tests.txt" # a run that breaks off must not leave the last one's results
   echo "== $c: lunard $args"
   # shellcheck disable=SC2086 # the LUN arguments are words on purpose
   if KNOWN_FAILURES="$root/tests/conformance/known-failures-$c.txt" \
@@ -55,7 +57,6 @@ for c in "${configs[@]}"; do
     verdict[$c]=FAILED
     status=1
   fi
-  conf_dir="${CONF_OUT:-$root/target/conformance}"
   cp "$conf_dir/tests.txt" "$out/$c.tests.txt" 2>/dev/null || : >"$out/$c.tests.txt"
   closing[$c]=$(tail -n 1 "$out/$c.tests.txt")
 done

@@ -69,6 +69,13 @@ pub struct FileBackend {
     no_punch_hole: AtomicBool,
     /// `RWF_DSYNC` returned EOPNOTSUPP once: FUA is write + fdatasync.
     no_rwf_dsync: AtomicBool,
+    /// `RWF_NOWAIT` reads are unsupported here: every read goes to the ring.
+    no_nowait: AtomicBool,
+    /// The file lives in memory (tmpfs, ramfs): its reads and writes never
+    /// wait for a device, so they are done in place (io_uring would hand
+    /// them to a kernel worker thread, as these file systems cannot say
+    /// "would block").
+    in_memory: bool,
 }
 
 fn io_err(e: std::io::Error, op: &'static str, offset: u64, len: u64) -> BlockError {
@@ -106,6 +113,7 @@ impl FileBackend {
             (Kind::Other, 0)
         };
         tracing::debug!(path = %path.display(), ?kind, size, direct = opts.direct, "file backend opened");
+        let in_memory = kind == Kind::Regular && !opts.direct && sys::is_memory_fs(&file);
         Ok(FileBackend {
             file: Arc::new(file),
             size,
@@ -115,6 +123,8 @@ impl FileBackend {
             no_zero_range: AtomicBool::new(false),
             no_punch_hole: AtomicBool::new(false),
             no_rwf_dsync: AtomicBool::new(false),
+            no_nowait: AtomicBool::new(false),
+            in_memory,
         })
     }
 
@@ -158,7 +168,22 @@ impl FileBackend {
         if len == 0 {
             return Ok(Vec::new());
         }
-        let buf = Buf::zeroed(len, self.direct);
+        let mut buf = Buf::zeroed(len, self.direct);
+        if self.in_memory {
+            return match sys::pread_full(&self.file, buf.as_mut_slice(), offset) {
+                Ok(()) => Ok(buf.into_vec()),
+                Err(sys::ReadError::Eof) => Err(BlockError::out_of_range("read", offset, len as u64)),
+                Err(sys::ReadError::Errno(e)) => Err(BlockError::from_errno(e, "read", offset, len as u64)),
+            };
+        }
+        if !self.direct && !self.no_nowait.load(Ordering::Relaxed) {
+            match sys::pread_nowait(&self.file, buf.as_mut_slice(), offset) {
+                sys::Nowait::Done => return Ok(buf.into_vec()),
+                sys::Nowait::WouldBlock => {}
+                sys::Nowait::Unsupported => self.no_nowait.store(true, Ordering::Relaxed),
+                sys::Nowait::Errno(e) => return Err(BlockError::from_errno(e, "read", offset, len as u64)),
+            }
+        }
         let buf = match uring::current() {
             Some(ring) => self.uring_read(&ring, offset, buf).await?,
             None => {
@@ -211,6 +236,11 @@ impl FileBackend {
         self.check_align("write", offset, len)?;
         if data.is_empty() {
             return if fua { self.flush().await } else { Ok(()) };
+        }
+        if self.in_memory {
+            // fdatasync of tmpfs/ramfs is a no-op: FUA holds once written.
+            return sys::pwrite_full(&self.file, &data, offset)
+                .map_err(|e| BlockError::from_errno(e, "write", offset, len));
         }
         let buf = Buf::for_write(data, self.direct);
         match uring::current() {

@@ -427,3 +427,20 @@ fn consecutive_runtimes_on_one_thread() {
     assert_eq!(v[0], 2);
     let _ = file.flush();
 }
+
+#[test]
+fn memory_file_systems_work_in_place() {
+    // /dev/shm is tmpfs: reads and writes are done in place, not on the ring.
+    let Ok(f) = tempfile::NamedTempFile::new_in("/dev/shm") else {
+        panic!("/dev/shm is needed for this test");
+    };
+    f.as_file().set_len(1 << 20).unwrap();
+    let b = open(&f);
+    run(async {
+        let data: Vec<u8> = (0..65536u32).map(|i| (i * 7) as u8).collect();
+        b.write(4096, data.clone(), true).await.unwrap();
+        assert_eq!(b.read(4096, data.len()).await.unwrap(), data);
+        assert_eq!(b.read(0, 4096).await.unwrap(), vec![0; 4096]);
+        assert!(b.read(1 << 20, 512).await.is_err());
+    });
+}

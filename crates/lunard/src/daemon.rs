@@ -25,16 +25,20 @@ pub enum DaemonError {
     Lun { target: String, lun: u64, what: String },
     #[error("{0}")]
     Server(#[from] lunar_iscsi::server::ServerError),
+    #[error("vhost-user: {0}")]
+    Vhost(#[from] lunar_vhost::VhostError),
 }
 
 /// A running daemon.
 pub struct Daemon {
     pub targets: Vec<Arc<Target>>,
     pub server: Server,
+    /// vhost-user-scsi controllers (`--vhost-user`).
+    pub vhost: Vec<lunar_vhost::Controller>,
     threads: Option<Arc<ThreadSet>>,
 }
 
-fn policy(p: Policy) -> ErrorPolicy {
+pub(crate) fn policy(p: Policy) -> ErrorPolicy {
     match p {
         Policy::Report => ErrorPolicy::Report,
         Policy::Ignore => ErrorPolicy::Ignore,
@@ -63,7 +67,7 @@ fn naa_id(target: &str, lun: u64) -> u64 {
     h.finish() & 0x0000_000f_ffff_ffff
 }
 
-fn open_backend(spec: &BackendSpec) -> Result<Backend, String> {
+pub(crate) fn open_backend(spec: &BackendSpec) -> Result<Backend, String> {
     match spec {
         BackendSpec::Mem { size } => Ok(Backend::mem(*size)),
         BackendSpec::Null { size } => Ok(Backend::null(*size)),
@@ -98,7 +102,7 @@ fn create_sparse(path: &Path, size: u64) -> Result<(), String> {
     f.set_len(size).map_err(|e| format!("cannot size {}: {e}", path.display()))
 }
 
-fn disk_config(target: &str, lun: u64, l: &LunConfig) -> DiskConfig {
+pub(crate) fn disk_config(target: &str, lun: u64, l: &LunConfig) -> DiskConfig {
     let naa = naa_id(target, lun);
     DiskConfig {
         block_size: l.block_size,
@@ -149,13 +153,29 @@ impl Daemon {
             limits: TargetLimits::default(),
             portal_group_tag: 1,
         })?;
-        Ok(Daemon { targets, server, threads: Some(threads) })
+        // vhost-user-scsi: the first target's LUNs (those not bound to
+        // another controller by `controller=`) as target 0, LUN 0..N.
+        let mut vhost = Vec::new();
+        if let (Some(t), Some(core)) = (config.targets.first(), targets.first()) {
+            for v in &config.vhost_user {
+                let luns = (0..t.luns.len() as u64)
+                    .filter(|&i| t.luns[i as usize].controller.as_ref().is_none_or(|c| *c == v.socket))
+                    .collect();
+                let num_queues = v.num_queues.map(usize::from).unwrap_or(config.iothreads.max(1));
+                let cfg = lunar_vhost::ControllerConfig { socket: v.socket.clone(), num_queues, luns: Some(luns) };
+                vhost.push(lunar_vhost::Controller::start(core.clone(), cfg)?);
+            }
+        }
+        Ok(Daemon { targets, server, vhost, threads: Some(threads) })
     }
 
     /// Clean shutdown: stop accepting, end the sessions (their commands
     /// complete or are aborted), flush every backend, join the threads.
     pub fn shutdown(mut self) {
         self.server.shutdown();
+        for v in self.vhost.drain(..) {
+            v.shutdown();
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.server.connections() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));

@@ -1,3 +1,4 @@
 //! Lunar layer 6: the daemon (`lunard`), its configuration and its control plane.
 pub mod config;
+pub mod control;
 pub mod daemon;

@@ -28,7 +28,25 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let control_ctx = lunard::control::Context::new(&config, daemon.targets.clone(), daemon.server.handle());
+    let control = match lunard::control::ControlServer::start(control_ctx) {
+        Ok(c) => Some(c),
+        // Another daemon owns it (tests running several daemons on the
+        // default path): serve without a control socket rather than fail.
+        Err(e @ lunard::control::ControlError::InUse { .. }) => {
+            tracing::warn!("{e}; running without a control socket (pass --control PATH)");
+            None
+        }
+        Err(e) => {
+            eprintln!("lunard: {e}");
+            daemon.shutdown();
+            return ExitCode::from(1);
+        }
+    };
     print!("{}", banner(&config, &daemon));
+    if let Some(c) = &control {
+        println!("  control {}", c.path().display());
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
@@ -50,6 +68,9 @@ fn main() -> ExitCode {
         }
     });
     tracing::info!("{signal}: shutting down");
+    if let Some(c) = control {
+        c.shutdown();
+    }
     daemon.shutdown();
     tracing::info!("stopped");
     ExitCode::SUCCESS

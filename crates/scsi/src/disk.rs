@@ -8,11 +8,13 @@
 //! overlapping commands).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use lunar_block::Backend;
 
 use crate::cdb::Command;
 use crate::commands;
+use crate::commands::extended_copy::{CopyResolver, HeldResults};
 use crate::commands::sanitize::{allowed_while_sanitizing, SanitizeState};
 use crate::error::ScsiError;
 use crate::reservation::{Nexus, Reservations, SideEffect};
@@ -132,6 +134,9 @@ pub struct ExecContext {
     /// The I_T nexus the command came on, for reservations (SPC-5 5.13);
     /// `None`: one anonymous nexus ([`Nexus::anonymous`]).
     pub nexus: Option<Nexus>,
+    /// The other logical units of the target, for EXTENDED COPY between
+    /// them (see [`crate::CopyTargets`]); `None`: a copy reaches only this one.
+    pub copy_resolver: Option<Arc<dyn CopyResolver>>,
 }
 
 /// A command's completion and what the core must do besides.
@@ -166,7 +171,10 @@ pub struct Disk {
     config: DiskConfig,
     backend: Backend,
     num_blocks: u64,
-    pub(crate) state: DiskState,
+    /// Shared with [`crate::CopyTarget`]s of this disk.
+    pub(crate) state: Arc<DiskState>,
+    /// Copy status held for RECEIVE COPY RESULTS.
+    pub(crate) copy_results: HeldResults,
     /// Persistent and SPC-2 reservations (see [`crate::reservation`]).
     pub(crate) reservations: Reservations,
 }
@@ -196,14 +204,15 @@ impl Disk {
             config,
             backend,
             num_blocks,
-            state: DiskState {
+            copy_results: HeldResults::default(),
+            state: Arc::new(DiskState {
                 wce: AtomicBool::new(true),
                 d_sense: AtomicBool::new(false),
                 swp: AtomicBool::new(false),
                 medium_present: AtomicBool::new(true),
                 prevent: AtomicBool::new(false),
                 sanitize: SanitizeState::default(),
-            },
+            }),
             reservations: Reservations::default(),
         }
     }

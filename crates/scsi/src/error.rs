@@ -73,6 +73,31 @@ pub enum ScsiError {
     /// Completes with RESERVATION CONFLICT status and no sense.
     #[error("reservation conflict")]
     ReservationConflict,
+    /// EXTENDED COPY names more CSCD (or segment) descriptors than the copy
+    /// manager supports (SPC-4 6.3.1).
+    #[error("too many {} descriptors", if *segments { "segment" } else { "CSCD" })]
+    TooManyDescriptors { segments: bool },
+    /// EXTENDED COPY has a CSCD (or segment) descriptor of an unsupported
+    /// type at parameter list byte `byte`.
+    #[error("unsupported {} descriptor type at byte {byte}", if *segment { "segment" } else { "CSCD" })]
+    UnsupportedDescriptorType { segment: bool, byte: usize },
+    /// EXTENDED COPY stopped while processing a segment (COPY ABORTED).
+    #[error("copy aborted: {0:?}")]
+    CopyAborted(CopyAbort),
+}
+
+/// Why a copy was aborted (SPC-4 6.3.1, sense key COPY ABORTED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyAbort {
+    /// A segment names a CSCD descriptor that is absent, or whose
+    /// designator no logical unit of the target has.
+    Unreachable,
+    /// The copy source or destination cannot do what the segment asks:
+    /// blocks beyond its capacity, not ready, or sanitizing.
+    TargetNotReachable,
+    /// The logical block length differs from the CSCD descriptor's, or the
+    /// segment is not a whole number of blocks of both units.
+    IncorrectDeviceType,
 }
 
 impl ScsiError {
@@ -126,6 +151,19 @@ impl ScsiError {
             ScsiError::Backend(e) => backend_sense(e).sense(),
             ScsiError::Sense(s) => s.clone(),
             ScsiError::ReservationConflict => sense::NO_SENSE.sense(),
+            ScsiError::TooManyDescriptors { segments: false } => sense::TOO_MANY_TARGET_DESCRIPTORS.sense(),
+            ScsiError::TooManyDescriptors { segments: true } => sense::TOO_MANY_SEGMENT_DESCRIPTORS.sense(),
+            ScsiError::UnsupportedDescriptorType { segment, byte } => {
+                let code = if *segment {
+                    sense::UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE
+                } else {
+                    sense::UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE
+                };
+                code.sense().with_field_pointer(FieldPointer::data(to_u16(*byte), None))
+            }
+            ScsiError::CopyAborted(CopyAbort::Unreachable) => sense::UNREACHABLE_COPY_TARGET.sense(),
+            ScsiError::CopyAborted(CopyAbort::TargetNotReachable) => sense::COPY_TARGET_DEVICE_NOT_REACHABLE.sense(),
+            ScsiError::CopyAborted(CopyAbort::IncorrectDeviceType) => sense::INCORRECT_COPY_TARGET_DEVICE_TYPE.sense(),
         }
     }
 

@@ -53,6 +53,7 @@ pub mod vpd;
 mod test_util;
 
 pub use cdb::{table::OPCODES, Command, DataDirection};
+pub use commands::extended_copy::{CopyResolver, CopyTarget, CopyTargets};
 pub use commands::{
     inquiry::Inquiry, log::LogSense, mode::ModeSelect, mode::ModeSense, opcodes::ReportOpcodes, unit::StartStopUnit,
 };
@@ -60,7 +61,7 @@ pub use disk::{
     Disk, DiskConfig, ExecContext, Executed, TmfSupport, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BYTES,
     MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS,
 };
-pub use error::ScsiError;
+pub use error::{CopyAbort, ScsiError};
 pub use lun::report_luns_data;
 pub use lunar_block::Backend;
 pub use reservation::{Nexus, PrType, ReservationState, RestoreError, SideEffect};

@@ -502,9 +502,11 @@ impl Disk {
         });
     }
 
-    /// I_T nexus loss: releases an SPC-2 reservation that nexus holds.
-    /// Registrations and persistent reservations survive (SPC-5 5.13.1).
+    /// I_T nexus loss: releases an SPC-2 reservation that nexus holds and
+    /// drops the copy results held for it. Registrations and persistent
+    /// reservations survive (SPC-5 5.13.1).
     pub fn nexus_lost(&self, nexus: &Nexus) {
+        self.copy_nexus_lost(nexus);
         let _ = self.reservations.update(&mut Vec::new(), |s, _| {
             if s.spc2_holder.as_ref().is_some_and(|h| h.covers(nexus)) {
                 s.spc2_holder = None;

@@ -1,1 +1,710 @@
-//! placeholder
+//! Lunar layer 5: a virtio-scsi device (virtio 1.2, section 5.6) served over
+//! vhost-user, so that QEMU guests (`-device vhost-user-scsi-pci`) use the
+//! LUNs of a [`Target`].
+//!
+//! The vhost-user protocol, the guest memory map and the rings are the
+//! rust-vmm crates' (`vhost`, `vhost-user-backend`, `virtio-queue`,
+//! `vm-memory`); this crate is the device.
+//!
+//! # Threads: one Lunar I/O thread per request queue
+//!
+//! `vhost-user-backend` runs the protocol on a thread of its own and watches
+//! the kick eventfds on worker threads of its own (one per entry of
+//! [`VhostUserBackend::queues_per_thread`]); those threads cannot be Lunar
+//! I/O threads (they run the crate's epoll loop, not a tokio `LocalSet`).
+//! So each request virtqueue gets its own worker thread that only *relays*
+//! the kick: it reads the eventfd (done by the crate) and schedules one
+//! bottom half on the Lunar I/O thread of that virtqueue (coalesced by an
+//! atomic flag, so a burst of kicks costs one job). Everything on the I/O
+//! path then runs on that I/O thread: popping descriptor chains, reading the
+//! request and data-out from guest memory, submitting to the core
+//! [`Queue`]s opened for that thread (one per LUN, for the controller's
+//! I_T nexus), and, in the completion that the core runs on the queue's
+//! holder thread, writing status, sense and data-in, the used ring and the
+//! call eventfd.
+//!
+//! Virtqueue `i + 2` (request queue `i`) is served by I/O thread
+//! `i % io_threads + 1`. The locks on the I/O path are per virtqueue, never
+//! shared between queues: the ring's `RwLock` (the crate's `VringRwLock`;
+//! otherwise taken only by the protocol thread while it sets the ring up)
+//! and the table of commands in flight (otherwise taken only by task
+//! management, to wait for the commands it aborts).
+//!
+//! # Control and event queues
+//!
+//! The control queue is processed on its worker thread; task management
+//! runs on the main loop and is answered only once every command it aborts
+//! has completed (LOGICAL UNIT RESET is [`Target::reset_device`]).
+//! Asynchronous notification query/subscribe is answered with no events
+//! supported. The event queue's buffers are kept unused (no hot-plug events
+//! yet).
+
+pub mod virtio;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lunar_scsi::{Nexus, Status};
+use lunar_target::{Queue, Request, Response, Target};
+use tokio::sync::oneshot;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+use virtio::*;
+pub use virtio::{decode_lun, parse_cmd, Buffers, ChainError};
+
+type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
+type Vring = VringRwLock<Mem>;
+
+/// Errors starting a controller.
+#[derive(Debug, thiserror::Error)]
+pub enum VhostError {
+    #[error("cannot listen on {0}: {1}")]
+    Listen(PathBuf, String),
+    #[error("cannot open the queues of LUN {0}: {1}")]
+    Queue(u64, lunar_target::TargetError),
+    #[error("num_queues must be 1..=1022, not {0}")]
+    NumQueues(usize),
+    #[error("cannot start the controller thread: {0}")]
+    Thread(io::Error),
+}
+
+/// A controller's settings.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// The unix socket to listen on (QEMU's `-chardev socket,path=...`).
+    pub socket: PathBuf,
+    /// Request virtqueues.
+    pub num_queues: usize,
+    /// The LUNs of the target to expose (`None`: all of them, as of start).
+    pub luns: Option<Vec<u64>>,
+}
+
+/// Virtqueue size the device supports (QEMU's default is 128).
+const MAX_QUEUE_SIZE: usize = 1024;
+/// `seg_max` of the config space: QEMU's default ring size minus 2.
+const SEG_MAX: u32 = 126;
+
+/// Rate-limited logging of bad guest input: at most one line a second.
+struct RateLimit {
+    last: AtomicU64,
+    suppressed: AtomicU64,
+    epoch: Instant,
+}
+
+impl RateLimit {
+    fn new() -> Self {
+        RateLimit { last: AtomicU64::new(0), suppressed: AtomicU64::new(0), epoch: Instant::now() }
+    }
+
+    fn warn(&self, what: &dyn std::fmt::Display) {
+        let now = self.epoch.elapsed().as_millis() as u64 + 1000;
+        let last = self.last.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            let n = self.suppressed.swap(0, Ordering::Relaxed);
+            tracing::warn!(suppressed = n, "vhost-user-scsi: bad request from the guest: {what}");
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a controller shares between its queues (read-only on the I/O path
+/// except for the error counter).
+struct Shared {
+    target: Arc<Target>,
+    cdb_size: AtomicU32,
+    sense_size: AtomicU32,
+    log: RateLimit,
+}
+
+/// A command in flight on a request virtqueue, and who waits for it.
+struct Pending {
+    lun: u64,
+    tag: u64,
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+/// One request virtqueue.
+struct RequestVq {
+    shared: Arc<Shared>,
+    io_thread: usize,
+    /// The core queues of this virtqueue, one per LUN, on `io_thread`.
+    queues: BTreeMap<u64, Arc<Queue>>,
+    mem: Mutex<Option<Mem>>,
+    /// A processing job is scheduled on the I/O thread (coalesces kicks).
+    scheduled: AtomicBool,
+    /// Commands in flight, by descriptor head.
+    inflight: Mutex<HashMap<u16, Pending>>,
+}
+
+impl RequestVq {
+    fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Pending>> {
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a waiter for every command in flight matching `pred`.
+    fn waiters(&self, pred: impl Fn(&Pending) -> bool) -> Vec<oneshot::Receiver<()>> {
+        let mut out = Vec::new();
+        for p in self.lock_inflight().values_mut().filter(|p| pred(p)) {
+            let (tx, rx) = oneshot::channel();
+            p.waiters.push(tx);
+            out.push(rx);
+        }
+        out
+    }
+
+    /// On the I/O thread: takes every available chain and submits it.
+    fn process(self: &Arc<Self>, vring: &Vring) {
+        let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
+        loop {
+            let _ = vring.disable_notification();
+            loop {
+                if !vring.get_ref().get_queue().ready() {
+                    return;
+                }
+                let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem.memory());
+                let Some(chain) = chain else { break };
+                let head = chain.head_index();
+                let buffers = Buffers::collect(chain.map(|d| (d.addr().0, d.len(), d.is_write_only())));
+                self.submit(vring, &mem, head, buffers);
+            }
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                _ => break,
+            }
+        }
+    }
+
+    fn submit(self: &Arc<Self>, vring: &Vring, mem: &Mem, head: u16, buffers: Result<Buffers, ChainError>) {
+        let sense_size = self.shared.sense_size.load(Ordering::Relaxed) as usize;
+        let cdb_size = self.shared.cdb_size.load(Ordering::Relaxed) as usize;
+        let buffers = match buffers {
+            Ok(b) => b,
+            Err(e) => {
+                self.shared.log.warn(&e);
+                return used(vring, head, 0);
+            }
+        };
+        let resp_len = (RESP_HEADER + sense_size) as u64;
+        if buffers.writable_len() < resp_len {
+            self.shared.log.warn(&ChainError::ShortResponse(buffers.writable_len() as usize));
+            return used(vring, head, 0);
+        }
+        let fail = |response: u8, e: &dyn std::fmt::Display| {
+            self.shared.log.warn(e);
+            let r = encode_resp(&[], sense_size, 0, 0, response);
+            let n = buffers.write_at(&*mem.memory(), 0, &r).unwrap_or(0);
+            used(vring, head, n as u32);
+        };
+        let bytes = match buffers.read_all(&*mem.memory()) {
+            Ok(b) => b,
+            Err(e) => return fail(S_FAILURE, &e),
+        };
+        let (hdr, data_out) = match parse_cmd(&bytes, cdb_size) {
+            Ok(x) => x,
+            Err(e) => return fail(S_FAILURE, &e),
+        };
+        let queue = match decode_lun(&hdr.lun) {
+            Some((0, lun)) => self.queues.get(&lun),
+            _ => None,
+        };
+        let Some(queue) = queue else {
+            let r = encode_resp(&[], sense_size, 0, 0, S_BAD_TARGET);
+            let n = buffers.write_at(&*mem.memory(), 0, &r).unwrap_or(0);
+            return used(vring, head, n as u32);
+        };
+        let lun = queue.device().lun();
+        let cdb = &hdr.cdb[..cdb_len(&hdr.cdb).min(hdr.cdb.len())];
+        let data_in_cap = buffers.writable_len() - resp_len;
+        let data_out = data_out.to_vec();
+        self.lock_inflight().insert(head, Pending { lun, tag: hdr.tag, waiters: Vec::new() });
+        let (me, vring, mem) = (self.clone(), vring.clone(), mem.clone());
+        let request = lunar_target::request(hdr.tag, lun, cdb, data_out, move |resp| {
+            me.complete(&vring, &mem, head, &buffers, data_in_cap, sense_size, resp);
+        });
+        queue.submit(request);
+    }
+
+    /// On the queue's holder thread: writes the response and returns the chain.
+    #[allow(clippy::too_many_arguments)]
+    fn complete(
+        &self,
+        vring: &Vring,
+        mem: &Mem,
+        head: u16,
+        buffers: &Buffers,
+        data_in_cap: u64,
+        sense_size: usize,
+        resp: Response,
+    ) {
+        let m = mem.memory();
+        let response = if resp.status == Status::TaskAborted { S_ABORTED } else { S_OK };
+        let data = &resp.data[..resp.data.len().min(data_in_cap as usize)];
+        let resp_len = (RESP_HEADER + sense_size) as u64;
+        let written = match buffers.write_at(&*m, resp_len, data) {
+            Ok(n) => n,
+            Err(e) => {
+                self.shared.log.warn(&e);
+                0
+            }
+        };
+        let residual = (data_in_cap - written as u64).min(u32::MAX as u64) as u32;
+        let header = encode_resp(&resp.sense, sense_size, residual, resp.status.code(), response);
+        let n = buffers.write_at(&*m, 0, &header).unwrap_or(0);
+        drop(m);
+        used(vring, head, (n + written) as u32);
+        let pending = self.lock_inflight().remove(&head);
+        if let Some(p) = pending {
+            for w in p.waiters {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    /// Waits (bounded) until no command is in flight (the ring is being stopped).
+    fn drain(&self, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        while !self.lock_inflight().is_empty() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        while self.scheduled.load(Ordering::Acquire) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Puts a chain on the used ring and notifies the guest if it wants it.
+fn used(vring: &Vring, head: u16, len: u32) {
+    if vring.add_used(head, len).is_err() {
+        return;
+    }
+    if vring.needs_notification().unwrap_or(true) {
+        let _ = vring.signal_used_queue();
+    }
+}
+
+/// The vhost-user backend: one virtio-scsi device.
+struct ScsiBackend {
+    shared: Arc<Shared>,
+    vqs: Vec<Arc<RequestVq>>,
+    ctrl_mem: Mutex<Option<Mem>>,
+    /// Task management functions not yet answered.
+    ctrl_pending: Arc<AtomicUsize>,
+}
+
+impl ScsiBackend {
+    fn config_space(&self) -> [u8; CONFIG_LEN] {
+        let mut c = [0u8; CONFIG_LEN];
+        let fields: [u32; 7] = [
+            self.vqs.len() as u32,
+            SEG_MAX,
+            0xffff,
+            128,
+            16,
+            self.shared.sense_size.load(Ordering::Relaxed),
+            self.shared.cdb_size.load(Ordering::Relaxed),
+        ];
+        for (i, f) in fields.iter().enumerate() {
+            c[i * 4..i * 4 + 4].copy_from_slice(&f.to_le_bytes());
+        }
+        // max_channel = 0 (28..30), max_target = 0 (30..32), max_lun (32..36).
+        c[32..36].copy_from_slice(&16383u32.to_le_bytes());
+        c
+    }
+
+    fn process_control(&self, vring: &Vring) {
+        let Some(mem) = self.ctrl_mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
+        loop {
+            let _ = vring.disable_notification();
+            loop {
+                if !vring.get_ref().get_queue().ready() {
+                    return;
+                }
+                let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem.memory());
+                let Some(chain) = chain else { break };
+                let head = chain.head_index();
+                match Buffers::collect(chain.map(|d| (d.addr().0, d.len(), d.is_write_only()))) {
+                    Ok(b) => self.control(vring, &mem, head, b),
+                    Err(e) => {
+                        self.shared.log.warn(&e);
+                        used(vring, head, 0);
+                    }
+                }
+            }
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                _ => break,
+            }
+        }
+    }
+
+    fn control(&self, vring: &Vring, mem: &Mem, head: u16, b: Buffers) {
+        let bytes = match b.read_all(&*mem.memory()) {
+            Ok(x) => x,
+            Err(e) => {
+                self.shared.log.warn(&e);
+                return used(vring, head, 0);
+            }
+        };
+        let u32_at = |o: usize| bytes.get(o..o + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]));
+        let reply = |data: &[u8]| {
+            let n = b.write_at(&*mem.memory(), 0, data).unwrap_or(0);
+            used(vring, head, n as u32);
+        };
+        match u32_at(0) {
+            Some(T_TMF) if bytes.len() >= 24 && b.writable_len() >= 1 => {
+                let subtype = u32_at(4).unwrap_or(u32::MAX);
+                let mut lun = [0u8; 8];
+                lun.copy_from_slice(&bytes[8..16]);
+                let mut tag = [0u8; 8];
+                tag.copy_from_slice(&bytes[16..24]);
+                let tag = u64::from_le_bytes(tag);
+                let lun = match decode_lun(&lun) {
+                    Some((0, l)) if self.vqs.first().is_some_and(|v| v.queues.contains_key(&l)) => l,
+                    _ => return reply(&[S_BAD_TARGET]),
+                };
+                self.tmf(vring, mem, head, b, subtype, lun, tag);
+            }
+            Some(T_AN_QUERY) | Some(T_AN_SUBSCRIBE) if bytes.len() >= 16 && b.writable_len() >= 5 => {
+                // No asynchronous events supported: event_actual = 0.
+                reply(&[0, 0, 0, 0, S_OK]);
+            }
+            _ => {
+                self.shared.log.warn(&"bad control request");
+                if b.writable_len() >= 1 && b.writable_len() < 5 {
+                    reply(&[S_FAILURE]);
+                } else {
+                    used(vring, head, 0);
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn tmf(&self, vring: &Vring, mem: &Mem, head: u16, b: Buffers, subtype: u32, lun: u64, tag: u64) {
+        let reply = move |vring: &Vring, mem: &Mem, code: u8| {
+            let n = b.write_at(&*mem.memory(), 0, &[code]).unwrap_or(0);
+            used(vring, head, n as u32);
+        };
+        let all_luns = subtype == TMF_I_T_NEXUS_RESET;
+        let matches = move |p: &Pending| (all_luns || p.lun == lun) && (subtype != TMF_ABORT_TASK || p.tag == tag);
+        match subtype {
+            TMF_QUERY_TASK | TMF_QUERY_TASK_SET => {
+                let found = self.vqs.iter().any(|v| v.lock_inflight().values().any(&matches));
+                reply(vring, mem, if found { S_FUNCTION_SUCCEEDED } else { S_FUNCTION_COMPLETE })
+            }
+            TMF_ABORT_TASK | TMF_ABORT_TASK_SET | TMF_CLEAR_TASK_SET | TMF_I_T_NEXUS_RESET | TMF_LOGICAL_UNIT_RESET => {
+                let mut waits = Vec::new();
+                for v in &self.vqs {
+                    waits.extend(v.waiters(matches));
+                }
+                let mut cancel = Vec::new();
+                for v in &self.vqs {
+                    for (l, q) in &v.queues {
+                        if all_luns || *l == lun {
+                            cancel.push(q.clone());
+                        }
+                    }
+                }
+                let target = self.shared.target.clone();
+                let (vring, mem, pending) = (vring.clone(), mem.clone(), self.ctrl_pending.clone());
+                pending.fetch_add(1, Ordering::AcqRel);
+                let run = move || async move {
+                    if subtype == TMF_LOGICAL_UNIT_RESET {
+                        if let Err(e) = target.reset_device(lun).await {
+                            tracing::warn!(lun, "LUN reset: {e}");
+                        }
+                    } else {
+                        for q in cancel {
+                            q.cancel_where(move |r: &Request| subtype != TMF_ABORT_TASK || r.tag == tag);
+                        }
+                    }
+                    for w in waits {
+                        let _ = w.await;
+                    }
+                    reply(&vring, &mem, S_FUNCTION_COMPLETE);
+                    pending.fetch_sub(1, Ordering::AcqRel);
+                };
+                if self.shared.target.contexts().main_loop().spawn(run).is_err() {
+                    self.ctrl_pending.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            _ => reply(vring, mem, S_FUNCTION_REJECTED),
+        }
+    }
+}
+
+impl VhostUserBackend for ScsiBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        self.vqs.len() + 2
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_SCSI_F_HOTPLUG)
+            | (1 << VIRTIO_SCSI_F_CHANGE)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {}
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let c = self.config_space();
+        let start = (offset as usize).min(c.len());
+        let end = start.saturating_add(size as usize).min(c.len());
+        c[start..end].to_vec()
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        let value = |b: &[u8]| b.get(0..4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]));
+        let (field, max, min) = match offset {
+            CONFIG_SENSE_SIZE => (&self.shared.sense_size, MAX_SENSE_SIZE, 0),
+            CONFIG_CDB_SIZE => (&self.shared.cdb_size, MAX_CDB_SIZE, 6),
+            _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "read-only config field")),
+        };
+        match value(buf) {
+            Some(v) if (min..=max).contains(&v) => {
+                field.store(v, Ordering::Relaxed);
+                Ok(())
+            }
+            _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "bad config value")),
+        }
+    }
+
+    fn update_memory(&self, mem: Mem) -> io::Result<()> {
+        for v in &self.vqs {
+            *v.mem.lock().unwrap_or_else(|e| e.into_inner()) = Some(mem.clone());
+        }
+        *self.ctrl_mem.lock().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        // Control and event queues on one worker; each request queue on its own.
+        let mut v = vec![0b11];
+        v.extend((0..self.vqs.len()).map(|i| 1u64 << (i + 2)));
+        v
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        match queue_index as usize {
+            0 => {
+                let end = Instant::now() + Duration::from_secs(30);
+                while self.ctrl_pending.load(Ordering::Acquire) > 0 && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            1 => {}
+            i => {
+                if let Some(v) = self.vqs.get(i - 2) {
+                    v.drain(Duration::from_secs(30));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `vhost-user-backend` numbers events and vrings per worker thread:
+    /// worker 0 has the control (event 0) and event (event 1) queues, worker
+    /// `k >= 1` has request queue `k - 1` alone (event 0).
+    fn handle_event(&self, device_event: u16, evset: EventSet, vrings: &[Vring], thread: usize) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Ok(());
+        }
+        if thread == 0 {
+            if device_event == 0 {
+                if let Some(v) = vrings.first() {
+                    self.process_control(v);
+                }
+            }
+            return Ok(());
+        }
+        let (Some(vq), Some(vring)) = (self.vqs.get(thread - 1), vrings.first()) else { return Ok(()) };
+        if device_event != 0 || vq.scheduled.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let (job_vq, vring) = (vq.clone(), vring.clone());
+        let job = move || {
+            job_vq.scheduled.store(false, Ordering::Release);
+            job_vq.process(&vring);
+        };
+        let scheduled = self.shared.target.contexts().get(vq.io_thread).map(|c| c.schedule(job));
+        if !matches!(scheduled, Some(Ok(()))) {
+            vq.scheduled.store(false, Ordering::Release);
+        }
+        Ok(())
+    }
+}
+
+/// A running vhost-user-scsi controller: listens on its socket and serves
+/// one frontend (QEMU) at a time; a frontend that goes away may reconnect.
+pub struct Controller {
+    socket: PathBuf,
+    stop: Arc<AtomicBool>,
+    current: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>>,
+    thread: Option<JoinHandle<()>>,
+    backend: Arc<ScsiBackend>,
+}
+
+impl Controller {
+    /// Opens the core queues (request queue `i` on I/O thread
+    /// `i % io_threads + 1`) and starts listening; returns once the socket
+    /// accepts connections. Blocking: call it off the I/O threads.
+    pub fn start(target: Arc<Target>, config: ControllerConfig) -> Result<Controller, VhostError> {
+        if !(1..=1022).contains(&config.num_queues) {
+            return Err(VhostError::NumQueues(config.num_queues));
+        }
+        let shared = Arc::new(Shared {
+            target: target.clone(),
+            cdb_size: AtomicU32::new(DEFAULT_CDB_SIZE),
+            sense_size: AtomicU32::new(DEFAULT_SENSE_SIZE),
+            log: RateLimit::new(),
+        });
+        let nexus = Nexus::new(format!("vhost-user:{}", config.socket.display()), 1);
+        let threads = target.io_threads().max(1);
+        let mut vqs = Vec::new();
+        for i in 0..config.num_queues {
+            let io_thread = i % threads + 1;
+            let mut queues = BTreeMap::new();
+            for lun in target.luns() {
+                if config.luns.as_ref().is_some_and(|l| !l.contains(&lun)) {
+                    continue;
+                }
+                let q = lunar_target::wait(target.open_queue_for(lun, io_thread, Some(nexus.clone())))
+                    .map_err(|e| VhostError::Queue(lun, e))?;
+                queues.insert(lun, q);
+            }
+            vqs.push(Arc::new(RequestVq {
+                shared: shared.clone(),
+                io_thread,
+                queues,
+                mem: Mutex::new(None),
+                scheduled: AtomicBool::new(false),
+                inflight: Mutex::new(HashMap::new()),
+            }));
+        }
+        let backend = Arc::new(ScsiBackend {
+            shared,
+            vqs,
+            ctrl_mem: Mutex::new(None),
+            ctrl_pending: Arc::new(AtomicUsize::new(0)),
+        });
+        let mut listener = Listener::new(&config.socket, true)
+            .map_err(|e| VhostError::Listen(config.socket.clone(), e.to_string()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let current = Arc::new(Mutex::new(None));
+        let thread = {
+            let (stop, current, backend) = (stop.clone(), current.clone(), backend.clone());
+            let name = format!("vhost-user {}", config.socket.display());
+            std::thread::Builder::new()
+                .name("vhost-listen".into())
+                .spawn(move || serve(&mut listener, &name, backend, &stop, &current))
+                .map_err(VhostError::Thread)?
+        };
+        tracing::info!(socket = %config.socket.display(), queues = config.num_queues, "vhost-user-scsi controller listening");
+        Ok(Controller { socket: config.socket, stop, current, thread: Some(thread), backend })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Disconnects the frontend, stops listening, closes the core queues.
+    pub fn shutdown(mut self) {
+        self.stop_thread();
+        let target = self.backend.shared.target.clone();
+        for v in &self.backend.vqs {
+            for q in v.queues.values() {
+                let _ = lunar_target::wait(target.close_queue(q.clone()));
+            }
+        }
+    }
+
+    fn stop_thread(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            h.shutdown();
+        }
+        // Wake a listener blocked in accept().
+        let _ = UnixStream::connect(&self.socket);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop_thread();
+        }
+    }
+}
+
+fn serve(
+    listener: &mut Listener,
+    name: &str,
+    backend: Arc<ScsiBackend>,
+    stop: &AtomicBool,
+    current: &Mutex<Option<vhost_user_backend::ShutdownHandle>>,
+) {
+    while !stop.load(Ordering::Acquire) {
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mut daemon = match VhostUserDaemon::new(name.to_string(), backend.clone(), mem) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("vhost-user: cannot create the daemon: {e}");
+                return;
+            }
+        };
+        if let Err(e) = daemon.start(listener) {
+            tracing::warn!("vhost-user: accept: {e}");
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        *current.lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
+        if stop.load(Ordering::Acquire) {
+            daemon.request_shutdown();
+        }
+        tracing::info!("{name}: frontend connected");
+        if let Err(e) = daemon.wait() {
+            tracing::info!("{name}: frontend gone: {e}");
+        }
+        *current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        for h in daemon.get_epoll_handlers() {
+            h.send_exit_event();
+        }
+        for v in &backend.vqs {
+            v.drain(Duration::from_secs(30));
+            *v.mem.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        *backend.ctrl_mem.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}

@@ -135,6 +135,55 @@ pub(crate) fn pread_full(file: &File, buf: &mut [u8], offset: u64) -> Result<(),
     Ok(())
 }
 
+/// Whether `file` is on a file system held in memory (tmpfs, ramfs).
+pub(crate) fn is_memory_fs(file: &File) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: fstatfs writes a `statfs` into the pointer on success; the
+    // value is read only then. The descriptor is owned by `file`.
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return false;
+    }
+    // SAFETY: fstatfs returned 0, so it initialised the struct.
+    let kind = unsafe { st.assume_init() }.f_type as i64;
+    kind == TMPFS_MAGIC || kind == RAMFS_MAGIC
+}
+
+/// What a non-blocking read from the page cache gave.
+pub(crate) enum Nowait {
+    /// All of `buf` was read without blocking.
+    Done,
+    /// Not all of it is in the page cache (or a short read): use the ring.
+    WouldBlock,
+    /// The file system does not support RWF_NOWAIT.
+    Unsupported,
+    Errno(i32),
+}
+
+/// Reads all of `buf` at `offset` only if it can be done without blocking
+/// (`preadv2` with `RWF_NOWAIT`: page-cache hits), so that the common case
+/// of a cached read costs one system call and no completion round trip.
+pub(crate) fn pread_nowait(file: &File, buf: &mut [u8], offset: u64) -> Nowait {
+    let iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: `iov` describes `buf`, which is valid for writes of its length
+    // for the duration of the call; the descriptor is owned by `file`.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) };
+    if n < 0 {
+        return match io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO) {
+            libc::EAGAIN | libc::EINTR => Nowait::WouldBlock,
+            libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS => Nowait::Unsupported,
+            e => Nowait::Errno(e),
+        };
+    }
+    if n as usize == buf.len() {
+        Nowait::Done
+    } else {
+        Nowait::WouldBlock
+    }
+}
+
 /// Writes all of `buf` at `offset` (retrying short writes).
 pub(crate) fn pwrite_full(file: &File, buf: &[u8], offset: u64) -> Result<(), i32> {
     let mut done = 0;

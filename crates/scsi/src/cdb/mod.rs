@@ -4,6 +4,7 @@
 pub(crate) mod reader;
 pub mod table;
 
+use crate::commands::extended_copy::{ExtendedCopy, ReceiveCopyResults};
 use crate::commands::persistent_reserve::{PrIn, PrOut};
 use crate::commands::{inquiry::Inquiry, log::LogSense, mode::ModeSelect, mode::ModeSense};
 use crate::commands::{opcodes::ReportOpcodes, sanitize::Sanitize, unit::StartStopUnit};
@@ -86,6 +87,10 @@ pub enum Command {
     Reserve { cdb_len: u8 },
     /// RELEASE(6)/(10) (SPC-2 7.17, 7.18).
     Release { cdb_len: u8 },
+    /// EXTENDED COPY (LID1) (SPC-4 6.3).
+    ExtendedCopy(ExtendedCopy),
+    /// RECEIVE COPY RESULTS (SPC-4 6.18).
+    ReceiveCopyResults(ReceiveCopyResults),
 }
 
 impl Command {
@@ -167,6 +172,8 @@ impl Command {
             PersistentReserveOut(_) => 0x5F,
             Reserve { cdb_len } => by_len(*cdb_len, [0x16, 0x56, 0x56, 0x56]),
             Release { cdb_len } => by_len(*cdb_len, [0x17, 0x57, 0x57, 0x57]),
+            ExtendedCopy(_) => 0x83,
+            ReceiveCopyResults(_) => 0x84,
         }
     }
 
@@ -180,6 +187,8 @@ impl Command {
             Command::PersistentReserveIn(p) => Some(p.action as u8),
             Command::PersistentReserveOut(p) => Some(p.action as u8),
             Command::Sanitize(s) => Some(s.action as u8),
+            Command::ExtendedCopy(_) => Some(0x00),
+            Command::ReceiveCopyResults(r) => Some(r.action as u8),
             _ => None,
         }
     }
@@ -226,6 +235,8 @@ impl Command {
             ReportSupportedOperationCodes(r) if r.alloc_len > 0 => DataDirection::FromDevice,
             PersistentReserveIn(p) if p.alloc_len > 0 => DataDirection::FromDevice,
             PersistentReserveOut(p) if p.param_len > 0 => DataDirection::ToDevice,
+            ExtendedCopy(x) if x.param_len > 0 => DataDirection::ToDevice,
+            ReceiveCopyResults(r) if r.alloc_len > 0 => DataDirection::FromDevice,
             _ => DataDirection::None,
         }
     }
@@ -253,6 +264,7 @@ impl Command {
             }
             ModeSelect(m) => usize::from(m.param_len),
             PersistentReserveOut(p) => usize::try_from(p.param_len).unwrap_or(usize::MAX),
+            ExtendedCopy(x) => usize::try_from(x.param_len).unwrap_or(usize::MAX),
             _ => 0,
         }
     }
@@ -307,6 +319,7 @@ impl Command {
                 | PersistentReserveOut(_)
                 | Reserve { .. }
                 | Release { .. }
+                | ReceiveCopyResults(_)
         )
     }
 }

@@ -50,6 +50,7 @@ impl Disk {
         d[2] = VERSION;
         d[3] = 0x10 | 0x02; // HISUP, RESPONSE DATA FORMAT
         d[4] = (STANDARD_LEN - 5) as u8;
+        d[5] = 0x08; // 3PC: EXTENDED COPY (SPC-4 6.3)
         d[7] = 0x02; // CMDQUE
         d[8..16].copy_from_slice(&ascii_field(&cfg.vendor, 8));
         d[16..32].copy_from_slice(&ascii_field(&cfg.product, 16));

@@ -5,6 +5,7 @@
 pub mod capacity;
 pub mod compare_and_write;
 pub mod defect;
+pub mod extended_copy;
 pub mod inquiry;
 pub mod lba_status;
 pub mod log;
@@ -65,6 +66,7 @@ pub(crate) fn validate(disk: &Disk, cmd: &Command) -> Result<(), ScsiError> {
         GetLbaStatus { lba, .. } => disk.check_range(lba, 0),
         PersistentReserveOut(ref p) => p.validate(),
         Sanitize(ref s) => disk.validate_sanitize(s),
+        ExtendedCopy(ref x) => disk.validate_extended_copy(x),
         _ => Ok(()),
     }
 }
@@ -116,5 +118,7 @@ pub(crate) async fn execute(
         PersistentReserveOut(p) => disk.persistent_reserve_out(p, &data, ctx, fx),
         Reserve { .. } => disk.reserve_unit(ctx, fx),
         Release { .. } => disk.release_unit(ctx, fx),
+        ExtendedCopy(x) => disk.extended_copy(x, data, ctx).await,
+        ReceiveCopyResults(r) => disk.receive_copy_results(r, ctx),
     }
 }

@@ -57,6 +57,8 @@ const SPEC: &[(&str, &str, bool)] = &[
     ("WRITE ATOMIC(16)", "CCACC", false),
     ("SANITIZE", "CCACC", false),
     ("UNMAP", "CCACC", false),
+    ("EXTENDED COPY", "CCACC", false),
+    ("RECEIVE COPY RESULTS", "CCACC", false),
     ("SYNCHRONIZE CACHE(10)", "CCACC", false),
     ("SYNCHRONIZE CACHE(16)", "CCACC", false),
     // Decided by fields; the zero CDB is START=0 (a stop) and PREVENT=0.

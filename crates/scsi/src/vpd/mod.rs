@@ -1,7 +1,12 @@
 //! Vital product data pages (SPC-5 7.7, SBC-4 6.6): supported pages,
 //! unit serial number, device identification, extended INQUIRY data, block
-//! limits, block device characteristics, logical block provisioning.
+//! limits, block device characteristics, logical block provisioning,
+//! third-party copy.
 
+use crate::commands::extended_copy::{
+    max_segment_bytes, IMPLEMENTED_DESCRIPTORS, MAX_CSCD_DESCRIPTORS, MAX_DESCRIPTOR_LIST_LENGTH,
+    MAX_SEGMENT_DESCRIPTORS,
+};
 use crate::commands::inquiry::ascii_field;
 use crate::disk::{Disk, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS};
 
@@ -9,16 +14,18 @@ pub const SUPPORTED_PAGES: u8 = 0x00;
 pub const UNIT_SERIAL_NUMBER: u8 = 0x80;
 pub const DEVICE_IDENTIFICATION: u8 = 0x83;
 pub const EXTENDED_INQUIRY: u8 = 0x86;
+pub const THIRD_PARTY_COPY: u8 = 0x8F;
 pub const BLOCK_LIMITS: u8 = 0xB0;
 pub const BLOCK_DEVICE_CHARACTERISTICS: u8 = 0xB1;
 pub const LOGICAL_BLOCK_PROVISIONING: u8 = 0xB2;
 
 /// Every page, ascending (SPC-5 7.7.16 wants them in order).
-const PAGES: [u8; 7] = [
+const PAGES: [u8; 8] = [
     SUPPORTED_PAGES,
     UNIT_SERIAL_NUMBER,
     DEVICE_IDENTIFICATION,
     EXTENDED_INQUIRY,
+    THIRD_PARTY_COPY,
     BLOCK_LIMITS,
     BLOCK_DEVICE_CHARACTERISTICS,
     LOGICAL_BLOCK_PROVISIONING,
@@ -43,6 +50,58 @@ fn designator(code_set: u8, association: u8, kind: u8, id: &[u8]) -> Vec<u8> {
     d
 }
 
+/// The NAA 6 designation descriptor of VPD page 83h, IEEE Registered
+/// Extended (SPC-5 7.7.6.6.7): it names the unit in EXTENDED COPY too.
+pub(crate) fn naa_designator(disk: &Disk) -> Vec<u8> {
+    let mut naa = [0u8; 16];
+    naa[..8].copy_from_slice(&((0x6u64 << 60) | (u64::from(COMPANY_ID) << 36)).to_be_bytes());
+    naa[8..].copy_from_slice(&disk.config().naa_id.to_be_bytes());
+    designator(0x01, 0, 0x3, &naa)
+}
+
+/// One third-party copy descriptor (SPC-4 7.8.17.1): type, length, body
+/// padded to a multiple of 4.
+fn tpc_descriptor(kind: u16, body: &[u8]) -> Vec<u8> {
+    let mut b = body.to_vec();
+    b.resize((b.len() + 4).div_ceil(4) * 4 - 4, 0);
+    let mut d = kind.to_be_bytes().to_vec();
+    d.extend_from_slice(&(b.len() as u16).to_be_bytes());
+    d.extend(b);
+    d
+}
+
+/// The Third-party Copy VPD page (SPC-4 7.8.17) of a LID1 copy manager:
+/// supported commands, parameter data, supported descriptors, supported
+/// CSCD IDs (none) and general copy operations.
+fn third_party_copy(disk: &Disk) -> Vec<u8> {
+    let mut page = Vec::new();
+    // Supported Commands (7.8.17.3): EXTENDED COPY (LID1); RECEIVE COPY
+    // RESULTS with COPY STATUS and OPERATING PARAMETERS.
+    let cmds: [u8; 7] = [0x83, 1, 0x00, 0x84, 2, 0x00, 0x03];
+    let mut b = vec![cmds.len() as u8];
+    b.extend_from_slice(&cmds);
+    page.extend(tpc_descriptor(0x0001, &b));
+    // Parameter Data (7.8.17.4).
+    let mut b = vec![0u8; 28];
+    b[4..6].copy_from_slice(&MAX_CSCD_DESCRIPTORS.to_be_bytes());
+    b[6..8].copy_from_slice(&MAX_SEGMENT_DESCRIPTORS.to_be_bytes());
+    b[8..12].copy_from_slice(&MAX_DESCRIPTOR_LIST_LENGTH.to_be_bytes());
+    page.extend(tpc_descriptor(0x0004, &b));
+    // Supported Descriptors (7.8.17.5).
+    let mut b = vec![IMPLEMENTED_DESCRIPTORS.len() as u8];
+    b.extend_from_slice(&IMPLEMENTED_DESCRIPTORS);
+    page.extend(tpc_descriptor(0x0008, &b));
+    // Supported CSCD IDs (7.8.17.6): none.
+    page.extend(tpc_descriptor(0x000C, &[0, 0]));
+    // General Copy Operations (7.8.17.9).
+    let mut b = vec![0u8; 32];
+    b[0..4].copy_from_slice(&32u32.to_be_bytes()); // TOTAL CONCURRENT COPIES
+    b[4..8].copy_from_slice(&32u32.to_be_bytes()); // MAXIMUM IDENTIFIED CONCURRENT COPIES
+    b[8..12].copy_from_slice(&max_segment_bytes(disk.block_size()).to_be_bytes());
+    page.extend(tpc_descriptor(0x8001, &b));
+    with_header(THIRD_PARTY_COPY, &page)
+}
+
 /// The VPD page `code`, or `None` if there is no such page.
 pub fn page(disk: &Disk, code: u8) -> Option<Vec<u8>> {
     let cfg = disk.config();
@@ -54,12 +113,7 @@ pub fn page(disk: &Disk, code: u8) -> Option<Vec<u8>> {
             with_header(code, &serial)
         }
         DEVICE_IDENTIFICATION => {
-            let mut body = Vec::new();
-            // NAA 6, IEEE Registered Extended (SPC-5 7.7.6.6.7).
-            let mut naa = [0u8; 16];
-            naa[..8].copy_from_slice(&((0x6u64 << 60) | (u64::from(COMPANY_ID) << 36)).to_be_bytes());
-            naa[8..].copy_from_slice(&cfg.naa_id.to_be_bytes());
-            body.extend(designator(0x01, 0, 0x3, &naa));
+            let mut body = naa_designator(disk);
             // T10 vendor ID based (7.7.6.4): vendor, then the serial number.
             let mut t10 = ascii_field(&cfg.vendor, 8);
             t10.extend(ascii_field(&cfg.serial, cfg.serial.len().min(200)));
@@ -123,6 +177,7 @@ pub fn page(disk: &Disk, code: u8) -> Option<Vec<u8>> {
             }
             with_header(code, &b)
         }
+        THIRD_PARTY_COPY => third_party_copy(disk),
         _ => return None,
     })
 }

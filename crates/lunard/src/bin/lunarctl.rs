@@ -1,0 +1,281 @@
+//! `lunarctl`: drives a running `lunard` over its JSON-RPC control socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lunard::control::client::{Client, ClientError};
+use serde_json::{json, Value};
+
+#[derive(Parser, Debug)]
+#[command(name = "lunarctl", version, about = "Control a running lunard")]
+struct Cli {
+    /// The control socket [default: /run/lunar/lunard.sock as root,
+    /// $XDG_RUNTIME_DIR/lunar/lunard.sock otherwise]
+    #[arg(long, value_name = "PATH", global = true)]
+    control: Option<PathBuf>,
+    /// Print the daemon's JSON answers (for scripts)
+    #[arg(long, global = true)]
+    json: bool,
+    /// The target to act on (needed when the daemon serves several)
+    #[arg(long, global = true)]
+    target: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run state, I/O threads, targets, LUNs and sessions
+    Status,
+    /// Stop the target(s): drain in-flight I/O, start nothing until `cont`
+    Stop,
+    /// Resume; requests parked by an error policy are re-issued
+    Cont,
+    /// LUN operations
+    #[command(subcommand)]
+    Lun(LunCmd),
+    /// iSCSI sessions
+    #[command(subcommand)]
+    Session(SessionCmd),
+    /// Print events (LUN paused, resumed, added, removed, moved, logins...) until interrupted
+    Events,
+}
+
+#[derive(Subcommand, Debug)]
+enum LunCmd {
+    /// Hot-add a LUN: SPEC as `lunard --lun` (e.g. backend=mem,size=1G)
+    Add {
+        spec: String,
+        /// LUN number [default: the lowest free]
+        #[arg(long)]
+        lun: Option<u64>,
+    },
+    /// Hot-remove a LUN (its in-flight commands finish or are aborted)
+    Remove { lun: u64 },
+    /// Move a LUN's queues to another I/O thread (0-based), live
+    Move {
+        lun: u64,
+        #[arg(long)]
+        iothread: u64,
+    },
+    /// Change the error policies (report, ignore, stop, enospc)
+    SetErrorPolicy {
+        lun: u64,
+        #[arg(long)]
+        rerror: Option<String>,
+        #[arg(long)]
+        werror: Option<String>,
+    },
+    /// Change a LUN's size
+    Resize { lun: u64, size: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum SessionCmd {
+    /// List the iSCSI sessions
+    List,
+    /// End a session (ID as shown by `session list`)
+    Kill { id: u64 },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lunarctl: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn with_target(cli: &Cli, mut params: Value) -> Value {
+    if let (Some(t), Some(o)) = (&cli.target, params.as_object_mut()) {
+        o.insert("target".into(), json!(t));
+    }
+    params
+}
+
+fn run(cli: &Cli) -> Result<(), ClientError> {
+    let path = cli.control.clone().unwrap_or_else(lunard::control::default_socket_path);
+    let mut c = Client::connect(&path)?;
+    let (method, params) = match &cli.cmd {
+        Cmd::Status => ("status", json!({})),
+        Cmd::Stop => ("stop", json!({})),
+        Cmd::Cont => ("cont", json!({})),
+        Cmd::Lun(LunCmd::Add { spec, lun }) => ("lun.add", json!({ "spec": spec, "lun": lun })),
+        Cmd::Lun(LunCmd::Remove { lun }) => ("lun.remove", json!({ "lun": lun })),
+        Cmd::Lun(LunCmd::Move { lun, iothread }) => ("lun.move", json!({ "lun": lun, "iothread": iothread })),
+        Cmd::Lun(LunCmd::SetErrorPolicy { lun, rerror, werror }) => {
+            ("lun.set_error_policy", json!({ "lun": lun, "rerror": rerror, "werror": werror }))
+        }
+        Cmd::Lun(LunCmd::Resize { lun, size }) => ("lun.resize", json!({ "lun": lun, "size": size })),
+        Cmd::Session(SessionCmd::List) => ("session.list", json!({})),
+        Cmd::Session(SessionCmd::Kill { id }) => ("session.kill", json!({ "id": id })),
+        Cmd::Events => return events(cli, &mut c),
+    };
+    let params = match &cli.cmd {
+        Cmd::Session(_) => params,
+        _ => with_target(cli, params),
+    };
+    let result = c.call(method, params)?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+        return Ok(());
+    }
+    match &cli.cmd {
+        Cmd::Status => print_status(&result),
+        Cmd::Stop => println!("stopped"),
+        Cmd::Cont => println!("running"),
+        Cmd::Lun(LunCmd::Add { .. }) => {
+            println!("added LUN {}: {}", result["lun"], result["description"].as_str().unwrap_or(""))
+        }
+        Cmd::Lun(LunCmd::Remove { lun }) => println!("removed LUN {lun}"),
+        Cmd::Lun(LunCmd::Move { lun, iothread }) => println!("LUN {lun} now on I/O thread {iothread}"),
+        Cmd::Lun(LunCmd::SetErrorPolicy { lun, .. }) => println!(
+            "LUN {lun}: rerror={} werror={}",
+            result["rerror"].as_str().unwrap_or("?"),
+            result["werror"].as_str().unwrap_or("?")
+        ),
+        Cmd::Lun(LunCmd::Resize { lun, .. }) => println!("LUN {lun} resized"),
+        Cmd::Session(SessionCmd::List) => print_sessions(&result),
+        Cmd::Session(SessionCmd::Kill { id }) => println!("session {id} ended"),
+        Cmd::Events => {}
+    }
+    Ok(())
+}
+
+fn events(cli: &Cli, c: &mut Client) -> Result<(), ClientError> {
+    c.call("events", json!({}))?;
+    loop {
+        let v = c.read_value()?;
+        let ev = &v["params"];
+        if cli.json {
+            println!("{ev}");
+        } else {
+            let mut line =
+                format!("{:.6} {}", ev["timestamp"].as_f64().unwrap_or(0.0), ev["event"].as_str().unwrap_or("?"));
+            if let Some(o) = ev.as_object() {
+                for (k, v) in o {
+                    if k != "event" && k != "timestamp" && !v.is_null() {
+                        let shown = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                        line.push_str(&format!(" {k}={shown}"));
+                    }
+                }
+            }
+            println!("{line}");
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// Bytes for humans: 1.0 GiB.
+fn size(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        Value::Array(a) if a.is_empty() => "-".into(),
+        Value::Array(a) => a.iter().map(s).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// Prints rows as columns separated by two spaces.
+fn table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..cols).map(|i| rows.iter().map(|r| r.get(i).map_or(0, |c| c.chars().count())).max().unwrap_or(0)).collect();
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("  {}", line.trim_end());
+    }
+}
+
+fn print_status(r: &Value) {
+    println!("lunard {} (pid {}): {}; control {}", s(&r["version"]), s(&r["pid"]), s(&r["state"]), s(&r["control"]));
+    println!("portals: {}; connections: {}", s(&r["portals"]), s(&r["connections"]));
+    println!("I/O threads:");
+    let mut rows = vec![vec!["THREAD".to_string(), "QUEUES".into(), "LUNS".into()]];
+    for t in r["iothreads"].as_array().into_iter().flatten() {
+        rows.push(vec![s(&t["iothread"]), s(&t["queues"]), s(&t["luns"])]);
+    }
+    table(&rows);
+    for t in r["targets"].as_array().into_iter().flatten() {
+        let by = if t["paused_by"].is_null() { String::new() } else { format!(" (by {})", s(&t["paused_by"])) };
+        println!("target {}: {}{by}", s(&t["name"]), s(&t["state"]));
+        let mut rows = vec![vec![
+            "LUN".to_string(),
+            "BACKEND".into(),
+            "SIZE".into(),
+            "THREADS".into(),
+            "QUEUES".into(),
+            "IN-FLIGHT".into(),
+            "RERROR/WERROR".into(),
+            "STATE".into(),
+        ]];
+        for l in t["luns"].as_array().into_iter().flatten() {
+            let backend = match l["path"].as_str() {
+                Some(p) => format!("{} {p}", s(&l["backend"])),
+                None => s(&l["backend"]),
+            };
+            let mut state = if l["paused"].as_bool() == Some(true) {
+                format!("paused ({})", s(&l["paused_reason"]))
+            } else {
+                "running".into()
+            };
+            for e in l["errors"].as_array().into_iter().flatten() {
+                state.push_str(&format!(" {} {}", s(&e["direction"]), s(&e["errno_name"])));
+            }
+            rows.push(vec![
+                s(&l["lun"]),
+                backend,
+                size(l["size"].as_u64().unwrap_or(0)),
+                s(&l["iothreads"]),
+                l["queues"].as_array().map_or(0, Vec::len).to_string(),
+                s(&l["in_flight"]),
+                format!("{}/{}", s(&l["rerror"]), s(&l["werror"])),
+                state,
+            ]);
+        }
+        table(&rows);
+    }
+    print_sessions(&r["sessions"]);
+}
+
+fn print_sessions(v: &Value) {
+    let list = v.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("sessions: none");
+        return;
+    }
+    println!("sessions:");
+    let mut rows = vec![vec!["ID".to_string(), "INITIATOR".into(), "ISID".into(), "TARGET".into()]];
+    for x in &list {
+        rows.push(vec![s(&x["id"]), s(&x["initiator"]), s(&x["isid"]), s(&x["target"])]);
+    }
+    table(&rows);
+}

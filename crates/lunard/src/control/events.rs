@@ -1,0 +1,123 @@
+//! The event hub: core events of every target and iSCSI session events,
+//! turned into JSON, written to the log, remembered where `status` needs
+//! them (why a target is paused), and fanned out to `events` subscribers.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lunar_iscsi::server::{SessionEvent, SessionInfo};
+use lunar_target::{Event, Target};
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use super::Context;
+
+/// Seconds since the epoch, with microseconds.
+pub fn timestamp(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as f64 / 1e6).unwrap_or(0.0)
+}
+
+/// The symbolic name of a few errnos events carry.
+pub fn errno_name(errno: i32) -> Option<&'static str> {
+    Some(match errno {
+        1 => "EPERM",
+        5 => "EIO",
+        13 => "EACCES",
+        22 => "EINVAL",
+        28 => "ENOSPC",
+        30 => "EROFS",
+        95 => "EOPNOTSUPP",
+        122 => "EDQUOT",
+        _ => return None,
+    })
+}
+
+/// A core event as JSON (I/O threads numbered from 0, as in the config).
+pub fn core_event(target: &str, e: &Event) -> Value {
+    let mut v = match e {
+        Event::PausedOnIoError { lun, errno, kind, write } => json!({
+            "event": "lun.paused", "lun": lun, "errno": errno, "errno_name": errno_name(*errno),
+            "error": format!("{kind:?}"), "direction": if *write { "write" } else { "read" },
+        }),
+        Event::Stopped => json!({ "event": "target.stopped" }),
+        Event::Resumed => json!({ "event": "target.resumed" }),
+        Event::DeviceAdded { lun } => json!({ "event": "lun.added", "lun": lun }),
+        Event::DeviceRemoved { lun } => json!({ "event": "lun.removed", "lun": lun }),
+        Event::DeviceMoved { lun, io_thread } => {
+            json!({ "event": "lun.moved", "lun": lun, "iothread": io_thread.saturating_sub(1) })
+        }
+        Event::DeviceReset { lun } => json!({ "event": "lun.reset", "lun": lun }),
+    };
+    if let Some(o) = v.as_object_mut() {
+        o.insert("target".into(), json!(target));
+    }
+    v
+}
+
+pub fn session_json(s: &SessionInfo) -> Value {
+    json!({
+        "id": s.tsih, "tsih": s.tsih, "initiator": s.initiator, "isid": s.isid, "target": s.target,
+        "since": timestamp(s.since),
+    })
+}
+
+fn session_event(e: &SessionEvent) -> Value {
+    let (name, s) = match e {
+        SessionEvent::Login(s) => ("session.login", s),
+        SessionEvent::Logout(s) => ("session.logout", s),
+    };
+    let mut v = session_json(s);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("event".into(), json!(name));
+    }
+    v
+}
+
+/// Starts the hub's tasks on the current (control) runtime. The receivers
+/// are taken by the caller before the socket serves, so nothing is missed.
+pub fn spawn(
+    ctx: Arc<Context>,
+    sources: Vec<(Arc<Target>, broadcast::Receiver<Event>)>,
+    sessions: broadcast::Receiver<SessionEvent>,
+) {
+    for (t, mut rx) in sources {
+        let ctx = ctx.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) => {
+                        ctx.note_core_event(t.name(), &e);
+                        publish(&ctx, core_event(t.name(), &e));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(target = t.name(), "control plane missed {n} core events");
+                        publish(&ctx, json!({ "event": "events.lost", "count": n, "target": t.name() }));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+    let mut sessions = sessions;
+    tokio::task::spawn_local(async move {
+        loop {
+            match sessions.recv().await {
+                Ok(e) => publish(&ctx, session_event(&e)),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    publish(&ctx, json!({ "event": "events.lost", "count": n }));
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+/// Logs an event and hands it to the subscribers as one notification line.
+pub fn publish(ctx: &Context, mut event: Value) {
+    if let Some(o) = event.as_object_mut() {
+        o.insert("timestamp".into(), json!(timestamp(SystemTime::now())));
+    }
+    tracing::info!(event = %event, "event");
+    let line = super::rpc::notification("event", event).to_string();
+    let _ = ctx.events.send(Arc::from(line));
+}

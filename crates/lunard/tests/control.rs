@@ -1,0 +1,488 @@
+//! End-to-end tests of the control plane: the real `lunard` binary, its
+//! control socket, `lunarctl`, and libiscsi's tools as initiators.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use lunard::control::client::{Client, ClientError};
+use serde_json::{json, Value};
+
+const IQN: &str = "iqn.2026-11.dev.lunar:disk0";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
+}
+
+struct Daemon {
+    child: Child,
+    port: u16,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory that does not exist yet: lunard creates it.
+        let socket = dir.path().join("run").join("lunard.sock");
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lunard"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--iothreads")
+            .arg("2")
+            .arg("--control")
+            .arg(&socket)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(Instant::now() < deadline, "lunard did not start");
+            match lines.next() {
+                Some(Ok(l)) if l.contains("control ") => break,
+                Some(Ok(_)) => continue,
+                _ => panic!("lunard exited before serving its control socket: {:?}", child.wait()),
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Daemon { child, port, socket, _dir: dir }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.socket).unwrap()
+    }
+
+    fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
+        self.client().call(method, params)
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_lunarctl")).arg("--control").arg(&self.socket).args(args).output().unwrap()
+    }
+
+    fn ctl_ok(&self, args: &[&str]) -> String {
+        let o = self.ctl(args);
+        assert!(o.status.success(), "lunarctl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    fn ctl_json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ctl_ok(&a)).unwrap()
+    }
+
+    fn url(&self, lun: u32) -> String {
+        format!("iscsi://127.0.0.1:{}/{IQN}/{lun}", self.port)
+    }
+
+    fn portal(&self) -> String {
+        format!("iscsi://127.0.0.1:{}", self.port)
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw connection to the control socket, for malformed input.
+fn raw(socket: &Path) -> (UnixStream, BufReader<UnixStream>) {
+    let s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let r = BufReader::new(s.try_clone().unwrap());
+    (s, r)
+}
+
+fn roundtrip(w: &mut UnixStream, r: &mut BufReader<UnixStream>, line: &str) -> Value {
+    w.write_all(line.as_bytes()).unwrap();
+    w.write_all(b"\n").unwrap();
+    let mut answer = String::new();
+    r.read_line(&mut answer).unwrap();
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+}
+
+fn error_code(v: &Value) -> i64 {
+    v["error"]["code"].as_i64().unwrap_or_else(|| panic!("not an error: {v}"))
+}
+
+fn luns_seen(d: &Daemon) -> String {
+    let o = Command::new("iscsi-ls").arg("-s").arg(d.portal()).output().unwrap();
+    assert!(o.status.success(), "iscsi-ls: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// A background initiator holding a session (reads on LUN `lun`).
+fn perf(d: &Daemon, lun: u32) -> Child {
+    Command::new("iscsi-perf")
+        .args(["-m", "4", "-b", "8", "-r"])
+        .arg(d.url(lun))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn status_shape_and_socket() {
+    let d = Daemon::start(&["--lun", "backend=mem,size=64M", "--lun", "backend=null,size=1G,werror=stop"]);
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "control socket permissions");
+    let s = d.ctl_json(&["status"]);
+    assert_eq!(s["state"], "running");
+    assert_eq!(s["iothreads"].as_array().unwrap().len(), 2);
+    let t = &s["targets"][0];
+    assert_eq!(t["name"], IQN);
+    assert_eq!(t["state"], "running");
+    let luns = t["luns"].as_array().unwrap();
+    assert_eq!(luns.len(), 2);
+    assert_eq!(luns[0]["backend"], "mem");
+    assert_eq!(luns[0]["size"], 64 << 20);
+    assert_eq!(luns[1]["backend"], "null");
+    assert_eq!(luns[1]["werror"], "stop");
+    for l in luns {
+        for key in ["lun", "block_size", "queues", "iothreads", "in_flight", "paused", "paused_reason", "rerror"] {
+            assert!(l.get(key).is_some(), "LUN field {key} missing: {l}");
+        }
+    }
+    assert!(s["sessions"].as_array().unwrap().is_empty());
+    let human = d.ctl_ok(&["status"]);
+    assert!(human.contains("BACKEND") && human.contains("64.0 MiB") && human.contains("running"), "{human}");
+    println!("{human}");
+}
+
+#[test]
+fn lunarctl_without_daemon_names_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("nothing.sock");
+    let o = Command::new(env!("CARGO_BIN_EXE_lunarctl")).arg("--control").arg(&sock).arg("status").output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not running") && err.contains(&*sock.to_string_lossy()), "{err}");
+}
+
+#[test]
+fn stale_socket_is_replaced_and_socket_removed_at_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("lunard.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap()); // stale: nobody listens
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lunard"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--iothreads", "1", "--control"])
+        .arg(&sock)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("control ") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "lunard exited: {:?}", child.wait());
+    }
+    let mut c = Client::connect(&sock).unwrap();
+    assert_eq!(c.call("status", json!({})).unwrap()["state"], "running");
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(!sock.exists(), "socket left behind");
+}
+
+#[test]
+fn stop_then_cont() {
+    let mut d = Daemon::start(&[]);
+    assert_eq!(d.ctl_ok(&["stop"]).trim(), "stopped");
+    let s = d.ctl_json(&["status"]);
+    assert_eq!(s["state"], "stopped");
+    assert_eq!(s["targets"][0]["paused_by"], "operator");
+    assert_eq!(s["targets"][0]["luns"][0]["paused"], true);
+    assert_eq!(s["targets"][0]["luns"][0]["paused_reason"], "operator");
+    // Per-LUN stop is refused with a clear error.
+    let e = d.call("stop", json!({"lun": 0})).unwrap_err();
+    assert!(matches!(e, ClientError::Rpc { code: -32007, .. }), "{e}");
+    if have("iscsi-readcapacity16") {
+        // A command sent while stopped does not complete until cont.
+        let mut rc = Command::new("iscsi-readcapacity16")
+            .arg(d.url(0))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        assert!(rc.try_wait().unwrap().is_none(), "a command completed while the target was stopped");
+        assert_eq!(d.ctl_ok(&["cont"]).trim(), "running");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = rc.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "command did not complete after cont");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut out = String::new();
+        rc.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        assert!(status.success(), "{out}");
+        println!("READ CAPACITY held while stopped, completed after cont:\n{out}");
+    } else {
+        d.ctl_ok(&["cont"]);
+    }
+    let s = d.ctl_json(&["status"]);
+    assert_eq!(s["state"], "running");
+    assert_eq!(s["targets"][0]["paused_by"], Value::Null);
+    assert!(d.alive());
+}
+
+#[test]
+fn lun_add_and_remove() {
+    let d = Daemon::start(&["--lun", "backend=mem,size=64M"]);
+    let added = d.ctl_ok(&["lun", "add", "backend=mem,size=32M"]);
+    assert!(added.contains("added LUN 1"), "{added}");
+    let r = d.call("lun.add", json!({"spec": "backend=null,size=16M,block-size=4096", "lun": 5})).unwrap();
+    assert_eq!(r["lun"], 5);
+    assert_eq!(r["size"], 16 << 20);
+    // Errors: duplicate LUN, bad spec, wrong type.
+    assert!(matches!(
+        d.call("lun.add", json!({"spec": "backend=mem,size=1M", "lun": 5})),
+        Err(ClientError::Rpc { code: -32003, .. })
+    ));
+    assert!(matches!(d.call("lun.add", json!({"spec": "backend=tape"})), Err(ClientError::Rpc { code: -32602, .. })));
+    assert!(matches!(d.call("lun.add", json!({"spec": 5})), Err(ClientError::Rpc { code: -32602, .. })));
+    let o = d.ctl(&["lun", "add", "backend=mem,size=banana"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("size"), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = d.ctl_json(&["status"]);
+    let luns: Vec<u64> =
+        s["targets"][0]["luns"].as_array().unwrap().iter().map(|l| l["lun"].as_u64().unwrap()).collect();
+    assert_eq!(luns, vec![0, 1, 5]);
+    if have("iscsi-ls") {
+        let seen = luns_seen(&d);
+        assert!(seen.contains("Lun:1") && seen.contains("Lun:5"), "{seen}");
+    }
+    d.ctl_ok(&["lun", "remove", "1"]);
+    assert!(matches!(d.call("lun.remove", json!({"lun": 1})), Err(ClientError::Rpc { code: -32002, .. })));
+    if have("iscsi-ls") {
+        let seen = luns_seen(&d);
+        assert!(seen.contains("Lun:0") && !seen.contains("Lun:1") && seen.contains("Lun:5"), "{seen}");
+        println!("REPORT LUNS after remove:\n{seen}");
+    }
+}
+
+#[test]
+fn lun_move_under_io() {
+    let d = Daemon::start(&["--lun", "backend=mem,size=64M"]);
+    assert!(matches!(d.call("lun.move", json!({"lun": 0, "iothread": 2})), Err(ClientError::Rpc { code: -32004, .. })));
+    assert!(matches!(d.call("lun.move", json!({"lun": 9, "iothread": 1})), Err(ClientError::Rpc { code: -32002, .. })));
+    if !have("iscsi-perf") {
+        d.ctl_ok(&["lun", "move", "0", "--iothread", "1"]);
+        return;
+    }
+    let mut load = perf(&d, 0);
+    wait_for("a session with a queue", || {
+        d.call("status", json!({})).unwrap()["targets"][0]["luns"][0]["queues"]
+            .as_array()
+            .is_some_and(|q| !q.is_empty())
+    });
+    let mut moves = 0;
+    for i in 0..40 {
+        let to = (i % 2).to_string();
+        d.ctl_ok(&["lun", "move", "0", "--iothread", &to]);
+        let s = d.ctl_json(&["status"]);
+        for q in s["targets"][0]["luns"][0]["queues"].as_array().unwrap() {
+            assert_eq!(q["iothread"].to_string(), to, "{s}");
+        }
+        moves += 1;
+    }
+    assert!(load.try_wait().unwrap().is_none(), "the initiator failed during the moves");
+    let _ = load.kill();
+    let _ = load.wait();
+    println!("{moves} moves under iscsi-perf load");
+}
+
+#[test]
+fn set_error_policy() {
+    let d = Daemon::start(&[]);
+    let out = d.ctl_ok(&["lun", "set-error-policy", "0", "--werror", "stop"]);
+    assert!(out.contains("werror=stop") && out.contains("rerror=report"), "{out}");
+    let s = d.ctl_json(&["status"]);
+    assert_eq!(s["targets"][0]["luns"][0]["werror"], "stop");
+    let e = d.call("lun.set_error_policy", json!({"lun": 0, "rerror": "halt"})).unwrap_err();
+    assert!(matches!(&e, ClientError::Rpc { code: -32602, message, .. } if message.contains("halt")), "{e}");
+    assert!(matches!(d.call("lun.set_error_policy", json!({"lun": 0})), Err(ClientError::Rpc { code: -32602, .. })));
+    // Resize is reported as not supported (not silently ignored).
+    assert!(matches!(
+        d.call("lun.resize", json!({"lun": 0, "size": "2G"})),
+        Err(ClientError::Rpc { code: -32007, .. })
+    ));
+}
+
+#[test]
+fn protocol_errors_keep_the_daemon_serving() {
+    let mut d = Daemon::start(&[]);
+    let (mut w, mut r) = raw(&d.socket);
+    assert_eq!(error_code(&roundtrip(&mut w, &mut r, "{\"jsonrpc\": \"2.0\", \"method\": ")), -32700);
+    assert_eq!(error_code(&roundtrip(&mut w, &mut r, "\u{1}\u{2}garbage")), -32700);
+    assert_eq!(error_code(&roundtrip(&mut w, &mut r, "[]")), -32600);
+    assert_eq!(error_code(&roundtrip(&mut w, &mut r, "\"status\"")), -32600);
+    assert_eq!(error_code(&roundtrip(&mut w, &mut r, r#"{"jsonrpc":"2.0","id":1}"#)), -32600);
+    let v = roundtrip(&mut w, &mut r, r#"{"jsonrpc":"2.0","id":7,"method":"frobnicate"}"#);
+    assert_eq!((error_code(&v), v["id"].clone()), (-32601, json!(7)));
+    let v = roundtrip(
+        &mut w,
+        &mut r,
+        r#"{"jsonrpc":"2.0","id":8,"method":"lun.move","params":{"lun":"zero","iothread":0}}"#,
+    );
+    assert_eq!(error_code(&v), -32602);
+    let v =
+        roundtrip(&mut w, &mut r, r#"{"jsonrpc":"2.0","id":9,"method":"lun.move","params":{"lun":0,"iothread":-1}}"#);
+    assert_eq!(error_code(&v), -32602);
+    let v = roundtrip(&mut w, &mut r, r#"{"jsonrpc":"2.0","id":10,"method":"status","params":{"bogus":1}}"#);
+    assert_eq!(error_code(&v), -32602);
+    // A notification gets no answer; the next request's answer comes next.
+    w.write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"status\"}\n").unwrap();
+    let v = roundtrip(&mut w, &mut r, r#"{"jsonrpc":"2.0","id":"s","method":"status"}"#);
+    assert_eq!((v["id"].clone(), v["result"]["state"].clone()), (json!("s"), json!("running")));
+    // A batch: answers for the calls, in order.
+    let v = roundtrip(
+        &mut w,
+        &mut r,
+        r#"[{"jsonrpc":"2.0","id":1,"method":"session.list"},{"jsonrpc":"2.0","id":2,"method":"nope"},3]"#,
+    );
+    let b = v.as_array().unwrap();
+    assert_eq!(b.len(), 3);
+    assert!(b[0]["result"].is_array());
+    assert_eq!(error_code(&b[1]), -32601);
+    assert_eq!(error_code(&b[2]), -32600);
+    drop((w, r));
+
+    // Clients that go away mid-request, or before reading the answer.
+    for partial in ["{\"jsonrpc\":\"2.0\",\"id\":1,\"meth", "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"status\"}\n"] {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        s.write_all(partial.as_bytes()).unwrap();
+        drop(s);
+    }
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"stop\"}\n").unwrap();
+    s.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(s);
+    // An over-long line is refused and the connection closed.
+    let (mut w, mut r) = raw(&d.socket);
+    let big = vec![b'x'; (1 << 20) + 10];
+    let _ = w.write_all(&big);
+    let mut answer = String::new();
+    let _ = r.read_line(&mut answer);
+    assert!(answer.is_empty() || answer.contains("-32600"), "{answer}");
+    // Several clients at once, and the daemon keeps serving.
+    let clients: Vec<Client> = (0..8).map(|_| d.client()).collect();
+    for mut c in clients {
+        assert!(c.call("status", json!({})).unwrap().is_object());
+    }
+    wait_for("the stop sent by the vanished client", || d.call("status", json!({})).unwrap()["state"] == "stopped");
+    d.ctl_ok(&["cont"]);
+    assert_eq!(d.call("status", json!({})).unwrap()["state"], "running");
+    assert!(d.alive());
+}
+
+#[test]
+fn events_stream() {
+    let d = Daemon::start(&[]);
+    let mut sub = d.client();
+    assert_eq!(sub.call("events", json!({})).unwrap()["subscribed"], true);
+    d.call("lun.add", json!({"spec": "backend=mem,size=8M"})).unwrap();
+    d.call("lun.move", json!({"lun": 1, "iothread": 1})).unwrap();
+    d.call("stop", json!({})).unwrap();
+    d.call("cont", json!({})).unwrap();
+    d.call("lun.remove", json!({"lun": 1})).unwrap();
+    let mut names = Vec::new();
+    if have("iscsi-ls") {
+        luns_seen(&d);
+    }
+    let want: &[&str] = if have("iscsi-ls") {
+        &[
+            "lun.added",
+            "lun.moved",
+            "target.stopped",
+            "target.resumed",
+            "lun.removed",
+            "session.login",
+            "session.logout",
+        ]
+    } else {
+        &["lun.added", "lun.moved", "target.stopped", "target.resumed", "lun.removed"]
+    };
+    while names.len() < want.len() {
+        let v = sub.read_value().unwrap();
+        assert_eq!(v["method"], "event");
+        assert!(v["params"]["timestamp"].as_f64().unwrap() > 0.0);
+        names.push(v["params"]["event"].as_str().unwrap().to_string());
+    }
+    // Session events come from another source than core events: compare as sets per source.
+    let core: Vec<&String> = names.iter().filter(|n| !n.starts_with("session")).collect();
+    assert_eq!(core, want.iter().filter(|n| !n.starts_with("session")).collect::<Vec<_>>());
+    for w in want {
+        assert!(names.iter().any(|n| n == w), "{w} missing from {names:?}");
+    }
+    println!("events: {names:?}");
+    // The subscriber goes away; the daemon keeps serving.
+    drop(sub);
+    assert_eq!(d.call("status", json!({})).unwrap()["state"], "running");
+}
+
+#[test]
+fn session_list_and_kill() {
+    if !have("iscsi-perf") {
+        return;
+    }
+    let d = Daemon::start(&["--lun", "backend=mem,size=64M"]);
+    let mut sub = d.client();
+    sub.call("events", json!({})).unwrap();
+    assert!(matches!(d.call("session.kill", json!({"id": 999})), Err(ClientError::Rpc { code: -32005, .. })));
+    let mut load = perf(&d, 0);
+    wait_for("a session", || !d.call("session.list", json!({})).unwrap().as_array().unwrap().is_empty());
+    let list = d.ctl_json(&["session", "list"]);
+    let s = &list[0];
+    assert_eq!(s["target"], IQN);
+    assert!(s["initiator"].as_str().unwrap().starts_with("iqn."));
+    let human = d.ctl_ok(&["session", "list"]);
+    assert!(human.contains("INITIATOR") && human.contains(IQN), "{human}");
+    let id = s["id"].as_u64().unwrap();
+    d.ctl_ok(&["session", "kill", &id.to_string()]);
+    let mut seen = Vec::new();
+    while !seen.contains(&"session.logout".to_string()) {
+        let v = sub.read_value().unwrap();
+        let p = &v["params"];
+        if p["event"] == "session.logout" {
+            assert_eq!(p["id"], id);
+        }
+        seen.push(p["event"].as_str().unwrap().to_string());
+    }
+    println!("session events: {seen:?}");
+    let _ = load.kill();
+    let _ = load.wait();
+}

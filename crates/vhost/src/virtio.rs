@@ -1,0 +1,254 @@
+//! virtio-scsi wire format (virtio 1.2, section 5.6): constants and the
+//! parsing of requests out of descriptor chains. Nothing here trusts the
+//! guest: every length is checked, every guest access goes through
+//! `vm-memory`'s bounds-checked API, and errors are values, never panics.
+
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
+
+// Feature bits (5.6.3).
+pub const VIRTIO_SCSI_F_INOUT: u64 = 0;
+pub const VIRTIO_SCSI_F_HOTPLUG: u64 = 1;
+/// "Parameter change" (QEMU's `param_change`).
+pub const VIRTIO_SCSI_F_CHANGE: u64 = 2;
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 28;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 29;
+pub const VIRTIO_F_VERSION_1: u64 = 32;
+
+// Response codes (5.6.6.1).
+pub const S_OK: u8 = 0;
+pub const S_OVERRUN: u8 = 1;
+pub const S_ABORTED: u8 = 2;
+pub const S_BAD_TARGET: u8 = 3;
+pub const S_FAILURE: u8 = 9;
+pub const S_FUNCTION_SUCCEEDED: u8 = 10;
+pub const S_FUNCTION_REJECTED: u8 = 11;
+pub const S_INCORRECT_LUN: u8 = 12;
+/// Task management: the function completed (same value as `S_OK`).
+pub const S_FUNCTION_COMPLETE: u8 = 0;
+
+// Control queue (5.6.6.2).
+pub const T_TMF: u32 = 0;
+pub const T_AN_QUERY: u32 = 1;
+pub const T_AN_SUBSCRIBE: u32 = 2;
+pub const TMF_ABORT_TASK: u32 = 0;
+pub const TMF_ABORT_TASK_SET: u32 = 1;
+pub const TMF_CLEAR_ACA: u32 = 2;
+pub const TMF_CLEAR_TASK_SET: u32 = 3;
+pub const TMF_I_T_NEXUS_RESET: u32 = 4;
+pub const TMF_LOGICAL_UNIT_RESET: u32 = 5;
+pub const TMF_QUERY_TASK: u32 = 6;
+pub const TMF_QUERY_TASK_SET: u32 = 7;
+
+/// Default and largest CDB and sense sizes (the config space's defaults are 32 and 96).
+pub const DEFAULT_CDB_SIZE: u32 = 32;
+pub const DEFAULT_SENSE_SIZE: u32 = 96;
+pub const MAX_CDB_SIZE: u32 = 256;
+pub const MAX_SENSE_SIZE: u32 = 256;
+
+/// Request header before the CDB: lun[8], id u64, task_attr, prio, crn.
+pub const REQ_HEADER: usize = 19;
+/// Response header before the sense: sense_len u32, residual u32, status_qualifier u16, status, response.
+pub const RESP_HEADER: usize = 12;
+
+/// Offsets of the driver-writable fields of `struct virtio_scsi_config`.
+pub const CONFIG_SENSE_SIZE: u32 = 20;
+pub const CONFIG_CDB_SIZE: u32 = 24;
+pub const CONFIG_LEN: usize = 36;
+
+/// One buffer of a descriptor chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seg {
+    pub addr: u64,
+    pub len: u32,
+}
+
+/// Why a descriptor chain was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("device-readable descriptor after a device-writable one")]
+    Order,
+    #[error("descriptor chain too long")]
+    TooLong,
+    #[error("request too short: {0} readable bytes")]
+    ShortRequest(usize),
+    #[error("response area too short: {0} writable bytes")]
+    ShortResponse(usize),
+    #[error("buffer outside guest memory")]
+    Memory,
+    #[error("request too large")]
+    TooLarge,
+}
+
+/// The buffers of a chain: device-readable first, then device-writable.
+#[derive(Debug, Default, Clone)]
+pub struct Buffers {
+    pub readable: Vec<Seg>,
+    pub writable: Vec<Seg>,
+}
+
+/// Most bytes a single request may carry each way (guards our allocations).
+pub const MAX_TRANSFER: u64 = 64 << 20;
+
+impl Buffers {
+    /// Splits descriptors (address, length, device-writable) as the spec requires.
+    pub fn collect(descs: impl Iterator<Item = (u64, u32, bool)>) -> Result<Buffers, ChainError> {
+        let mut b = Buffers::default();
+        for (n, (addr, len, write)) in descs.enumerate() {
+            if n >= 4096 {
+                return Err(ChainError::TooLong);
+            }
+            if write {
+                b.writable.push(Seg { addr, len });
+            } else {
+                if !b.writable.is_empty() {
+                    return Err(ChainError::Order);
+                }
+                b.readable.push(Seg { addr, len });
+            }
+        }
+        if b.readable_len() > MAX_TRANSFER + 4096 || b.writable_len() > MAX_TRANSFER + 4096 {
+            return Err(ChainError::TooLarge);
+        }
+        Ok(b)
+    }
+
+    pub fn readable_len(&self) -> u64 {
+        self.readable.iter().map(|s| s.len as u64).sum()
+    }
+
+    pub fn writable_len(&self) -> u64 {
+        self.writable.iter().map(|s| s.len as u64).sum()
+    }
+
+    /// Reads every readable byte (bounds-checked against guest memory).
+    pub fn read_all<M: GuestMemory>(&self, mem: &M) -> Result<Vec<u8>, ChainError> {
+        let mut out = vec![0u8; self.readable_len() as usize];
+        let mut at = 0usize;
+        for s in &self.readable {
+            let end = at + s.len as usize;
+            mem.read_slice(&mut out[at..end], GuestAddress(s.addr)).map_err(|_| ChainError::Memory)?;
+            at = end;
+        }
+        Ok(out)
+    }
+
+    /// Writes `data` into the writable buffers starting `offset` bytes in;
+    /// returns how many bytes were written (stops at the end of the buffers).
+    pub fn write_at<M: GuestMemory>(&self, mem: &M, mut offset: u64, data: &[u8]) -> Result<usize, ChainError> {
+        let mut done = 0usize;
+        for s in &self.writable {
+            if done == data.len() {
+                break;
+            }
+            let len = s.len as u64;
+            if offset >= len {
+                offset -= len;
+                continue;
+            }
+            let room = (len - offset) as usize;
+            let n = room.min(data.len() - done);
+            let addr = s.addr.checked_add(offset).ok_or(ChainError::Memory)?;
+            mem.write_slice(&data[done..done + n], GuestAddress(addr)).map_err(|_| ChainError::Memory)?;
+            done += n;
+            offset = 0;
+        }
+        Ok(done)
+    }
+}
+
+/// A decoded LUN address (virtio 1.2, 5.6.6: byte 0 is 1, byte 1 the target,
+/// bytes 2-3 the LUN in flat (01b) or peripheral (00b) addressing).
+pub fn decode_lun(lun: &[u8; 8]) -> Option<(u8, u64)> {
+    if lun[0] != 1 {
+        return None;
+    }
+    let method = lun[2] >> 6;
+    if method > 1 || lun[4..].iter().any(|&b| b != 0) {
+        return None;
+    }
+    Some((lun[1], (((lun[2] & 0x3f) as u64) << 8) | lun[3] as u64))
+}
+
+/// A parsed command request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdHeader {
+    pub lun: [u8; 8],
+    pub tag: u64,
+    pub cdb: Vec<u8>,
+}
+
+/// Splits the readable bytes of a command request into header, CDB and data-out.
+pub fn parse_cmd(bytes: &[u8], cdb_size: usize) -> Result<(CmdHeader, &[u8]), ChainError> {
+    let need = REQ_HEADER + cdb_size;
+    if bytes.len() < need {
+        return Err(ChainError::ShortRequest(bytes.len()));
+    }
+    let mut lun = [0u8; 8];
+    lun.copy_from_slice(&bytes[0..8]);
+    let mut tag = [0u8; 8];
+    tag.copy_from_slice(&bytes[8..16]);
+    let cdb = bytes[REQ_HEADER..need].to_vec();
+    Ok((CmdHeader { lun, tag: u64::from_le_bytes(tag), cdb }, &bytes[need..]))
+}
+
+/// Encodes a command response header plus sense (truncated to `sense_size`).
+pub fn encode_resp(sense: &[u8], sense_size: usize, residual: u32, status: u8, response: u8) -> Vec<u8> {
+    let sense = &sense[..sense.len().min(sense_size)];
+    let mut out = Vec::with_capacity(RESP_HEADER + sense_size);
+    out.extend_from_slice(&(sense.len() as u32).to_le_bytes());
+    out.extend_from_slice(&residual.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.push(status);
+    out.push(response);
+    out.extend_from_slice(sense);
+    out.resize(RESP_HEADER + sense_size, 0);
+    out
+}
+
+/// The command length of a CDB by its group code (SPC-5 4.2.5.1), if fixed.
+pub fn cdb_len(cdb: &[u8]) -> usize {
+    match cdb.first().map(|op| op >> 5) {
+        Some(0) => 6,
+        Some(1) | Some(2) => 10,
+        Some(4) => 16,
+        Some(5) => 12,
+        Some(3) => cdb.get(7).map(|&n| 8 + n as usize).unwrap_or(cdb.len()),
+        _ => cdb.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lun_addressing() {
+        assert_eq!(decode_lun(&[1, 0, 0x40, 3, 0, 0, 0, 0]), Some((0, 3)));
+        assert_eq!(decode_lun(&[1, 2, 0x00, 7, 0, 0, 0, 0]), Some((2, 7)));
+        assert_eq!(decode_lun(&[1, 0, 0x41, 0x02, 0, 0, 0, 0]), Some((0, 0x102)));
+        assert_eq!(decode_lun(&[0, 0, 0x40, 0, 0, 0, 0, 0]), None);
+        assert_eq!(decode_lun(&[1, 0, 0x80, 0, 0, 0, 0, 0]), None);
+        assert_eq!(decode_lun(&[1, 0, 0x40, 0, 1, 0, 0, 0]), None);
+    }
+
+    #[test]
+    fn chain_order_and_parse() {
+        assert_eq!(Buffers::collect([(0, 1, true), (0, 1, false)].into_iter()).unwrap_err(), ChainError::Order);
+        let b = Buffers::collect([(0, 51, false), (100, 108, true)].into_iter()).unwrap();
+        assert_eq!((b.readable_len(), b.writable_len()), (51, 108));
+        let mut req = vec![0u8; 51];
+        req[0] = 1;
+        req[2] = 0x40;
+        req[8] = 0x2a;
+        req[19] = 0x12;
+        let (h, rest) = parse_cmd(&req, 32).unwrap();
+        assert_eq!((h.tag, h.cdb[0], rest.len()), (0x2a, 0x12, 0));
+        assert!(matches!(parse_cmd(&req[..40], 32), Err(ChainError::ShortRequest(40))));
+        let r = encode_resp(&[0x70; 200], 96, 5, 2, 0);
+        assert_eq!(r.len(), 108);
+        assert_eq!(&r[0..4], &96u32.to_le_bytes());
+        assert_eq!(&r[4..8], &5u32.to_le_bytes());
+        assert_eq!((r[10], r[11]), (2, 0));
+        assert_eq!(cdb_len(&[0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), 10);
+    }
+}

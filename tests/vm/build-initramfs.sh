@@ -1,0 +1,41 @@
+#!/bin/bash
+# Builds a busybox initramfs for a QEMU guest that uses a vhost-user-scsi
+# disk: Debian's kernel modules virtio_pci, virtio_scsi, sd_mod, sg (with
+# their dependencies, in load order, from modprobe -D) and an init script
+# (tests/vm/init.sh, or $INIT) that the test asserts on through the serial
+# console.
+#
+# usage: build-initramfs.sh OUT.cpio.gz [KERNEL_VERSION]
+set -euo pipefail
+
+out=$1
+kver=${2:-$(basename "$(ls -1 /boot/vmlinuz-* | sort -V | tail -1)" | sed 's/^vmlinuz-//')}
+here=$(cd "$(dirname "$0")" && pwd)
+init=${INIT:-$here/init.sh}
+
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,dev,proc,sys,tmp,mods}
+cp /bin/busybox "$root/bin/busybox"
+ln -s busybox "$root/bin/sh"
+cp "$init" "$root/init"
+chmod +x "$root/init"
+
+# Modules in load order (dependencies first), without duplicates.
+: > "$root/mods/order"
+for m in virtio_pci virtio_scsi sd_mod sg; do
+    modprobe -S "$kver" -D "$m" | awk '$1 == "insmod" { print $2 }' | while read -r path; do
+        name=$(basename "$path")
+        if ! grep -qx "$name" "$root/mods/order"; then
+            case "$path" in
+                *.ko) cp "$path" "$root/mods/$name" ;;
+                *.ko.xz) xz -dc "$path" > "$root/mods/${name%.xz}"; name=${name%.xz} ;;
+                *.ko.zst) zstd -qdc "$path" > "$root/mods/${name%.zst}"; name=${name%.zst} ;;
+                *) echo "unknown module format: $path" >&2; exit 1 ;;
+            esac
+            echo "$name" >> "$root/mods/order"
+        fi
+    done
+done
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out"
+echo "initramfs $out: kernel $kver, modules: $(tr '\n' ' ' < "$root/mods/order")"
