@@ -147,6 +147,8 @@ pub(crate) fn is_memory_fs(file: &File) -> bool {
         return false;
     }
     // SAFETY: fstatfs returned 0, so it initialised the struct.
+    // (`f_type`'s width differs between architectures: hence the cast.)
+    #[allow(clippy::unnecessary_cast)]
     let kind = unsafe { st.assume_init() }.f_type as i64;
     kind == TMPFS_MAGIC || kind == RAMFS_MAGIC
 }
