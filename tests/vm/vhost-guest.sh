@@ -72,6 +72,7 @@ qemu_pid=
 echo "guest ran $(( $(date +%s) - start )) s"
 grep -a "LUNAR-VM" "$work/serial.log" || true
 if grep -aq "LUNAR-VM-RESULT: PASS sectors=131072 " "$work/serial.log"; then
+    grep -a "WARN\|ERROR" "$work/lunard.log" | tail -5 || true
     echo "vhost-guest: 1 passed, 0 failed"
 else
     echo "---- serial console"; tail -50 "$work/serial.log"

@@ -59,6 +59,7 @@ use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT}
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 
 use virtio::*;
 pub use virtio::{decode_lun, parse_cmd, Buffers, ChainError};
@@ -510,6 +511,12 @@ impl VhostUserBackend for ScsiBackend {
         let mut v = vec![0b11];
         v.extend((0..self.vqs.len()).map(|i| 1u64 << (i + 2)));
         v
+    }
+
+    /// Each worker gets an exit eventfd, so that dropping a connection's
+    /// handler ends its workers.
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
