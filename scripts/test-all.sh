@@ -57,5 +57,8 @@ if [ -x scripts/conformance.sh ]; then
   step "iSCSI conformance: iscsi-test-cu against lunard"
   bash scripts/conformance.sh "$shared"
 fi
+step "vhost-user-scsi: a Linux guest (QEMU, TCG) writes and verifies 32 MiB on a Lunar disk"
+bash tests/vm/vhost-guest.sh 2 2 2
+
 echo
 echo "all tests passed"

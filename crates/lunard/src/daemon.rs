@@ -67,7 +67,7 @@ fn naa_id(target: &str, lun: u64) -> u64 {
     h.finish() & 0x0000_000f_ffff_ffff
 }
 
-pub(crate) fn open_backend(spec: &BackendSpec) -> Result<Backend, String> {
+pub(crate) fn open_backend(spec: &BackendSpec, readonly: bool) -> Result<Backend, String> {
     match spec {
         BackendSpec::Mem { size } => Ok(Backend::mem(*size)),
         BackendSpec::Null { size } => Ok(Backend::null(*size)),
@@ -75,7 +75,7 @@ pub(crate) fn open_backend(spec: &BackendSpec) -> Result<Backend, String> {
             if let Some(n) = size {
                 create_sparse(path, *n)?;
             }
-            let f = FileBackend::open(path, &FileOptions { direct: *direct, readonly: false })
+            let f = FileBackend::open(path, &FileOptions { direct: *direct, readonly })
                 .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
             if let Some(n) = size {
                 if f.size() != *n {
@@ -130,7 +130,7 @@ impl Daemon {
             for (i, l) in t.luns.iter().enumerate() {
                 let lun = i as u64;
                 let err = |what: String| DaemonError::Lun { target: t.name.clone(), lun, what };
-                let backend = open_backend(&l.backend).map_err(err)?;
+                let backend = open_backend(&l.backend, l.readonly).map_err(err)?;
                 let policies = ErrorPolicies { read: policy(l.rerror), write: policy(l.werror) };
                 wait(core.add_device(lun, disk_config(&t.name, lun, l), backend, policies))
                     .map_err(|e| DaemonError::Lun { target: t.name.clone(), lun, what: e.to_string() })?;

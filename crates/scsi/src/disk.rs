@@ -460,7 +460,7 @@ mod write_protect_tests {
     fn illegal_requests_before_data_protect() {
         let ro = disk_with(10, DiskConfig { readonly: true, ..Default::default() });
         assert_eq!(run_data(&ro, &cdb10(0x2A, 0, 10, 1), vec![0; 512]), Err(ScsiError::LbaOutOfRange { lba: 10 }));
-        assert_eq!(run_data(&ro, &cdb10(0x41, 0x10, 0, 1), vec![0; 512]), Err(ScsiError::field(1, 4)), "ANCHOR");
+        assert_eq!(run_data(&ro, &cdb10(0x41, 0, 0, 0), vec![0; 512]), Err(ScsiError::field_byte(7)), "WSNZ");
         assert_eq!(run_data(&ro, &cdb10(0x48, 0x02, 0, 8), vec![0; 8]), Err(ScsiError::field_byte(7)));
         assert_eq!(run_data(&ro, &cdb10(0x2A, 0, 9, 1), vec![0; 512]), Err(ScsiError::WriteProtected));
     }

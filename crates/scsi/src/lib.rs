@@ -29,6 +29,10 @@
 //!   waits for it; SBC-4 4.11 wants the operation to go on while the
 //!   command is aborted, which needs the core to complete an aborted
 //!   SANITIZE early and keep polling its future detached;
+//! - EXTENDED COPY between LUNs: fills [`ExecContext::copy_resolver`] with
+//!   one `Arc` shared by the commands of a target, e.g.
+//!   `Arc::new(CopyTargets::new(disks))` over the target's [`Disk`]s,
+//!   rebuilt when its LUN set changes (a copy within one LUN needs nothing);
 //! - reservations ([`reservation`]): passes the I_T nexus in
 //!   [`ExecContext::nexus`], calls [`Disk::execute_with_effects`] and carries
 //!   out its [`SideEffect`]s (unit attentions per nexus, PREEMPT AND ABORT,

@@ -379,7 +379,7 @@ async fn lun_add(ctx: &Context, t: &Arc<Target>, spec: &str, lun: Option<u64>) -
             .into());
         }
     }
-    let backend = crate::daemon::open_backend(&cfg.backend).map_err(MethodError::Backend)?;
+    let backend = crate::daemon::open_backend(&cfg.backend, cfg.readonly).map_err(MethodError::Backend)?;
     let policies = ErrorPolicies { read: crate::daemon::policy(cfg.rerror), write: crate::daemon::policy(cfg.werror) };
     let dev = t
         .add_device(lun, crate::daemon::disk_config(t.name(), lun, &cfg), backend, policies)

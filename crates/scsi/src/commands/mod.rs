@@ -100,11 +100,7 @@ pub(crate) async fn execute(
         Verify { lba, blocks, bytchk, .. } => disk.verify(*lba, *blocks, *bytchk, data).await,
         CompareAndWrite { lba, blocks, fua, .. } => disk.compare_and_write(*lba, *blocks, *fua, data).await,
         OrWrite { lba, blocks, fua, .. } => disk.or_write(*lba, *blocks, *fua, data).await,
-        WriteSame { lba, blocks, unmap, ndob, .. } => {
-            // Validated: at most MAX_WRITE_SAME_BLOCKS.
-            let blocks = u32::try_from(disk.write_same_blocks(*lba, *blocks)).unwrap_or(u32::MAX);
-            disk.write_same(*lba, blocks, *unmap, *ndob, data).await
-        }
+        WriteSame { lba, blocks, unmap, ndob, .. } => disk.write_same(*lba, *blocks, *unmap, *ndob, data).await,
         Unmap { param_len, .. } => disk.unmap(*param_len, data).await,
         Sanitize(s) => disk.sanitize(s, data).await,
         PreFetch { .. } => Ok(Vec::new()),

@@ -142,7 +142,7 @@ pub fn page(disk: &Disk, code: u8) -> Option<Vec<u8>> {
         BLOCK_LIMITS => {
             let mut b = [0u8; 60];
             let max_transfer = disk.max_transfer_blocks();
-            // WSNZ 0: WRITE SAME of zero blocks writes to the last LBA.
+            b[0] = 0x01; // WSNZ
             b[1] = MAX_COMPARE_AND_WRITE_BLOCKS;
             b[2..4].copy_from_slice(&1u16.to_be_bytes()); // OPTIMAL TRANSFER LENGTH GRANULARITY
             b[4..8].copy_from_slice(&max_transfer.to_be_bytes());
@@ -236,7 +236,7 @@ mod tests {
         let d = disk(10);
         let r = vpd(&d, 0xB0);
         assert_eq!(r.len(), 64);
-        assert_eq!(r[4], 0, "WSNZ");
+        assert_eq!(r[4], 1, "WSNZ");
         assert_eq!(u32::from_be_bytes([r[8], r[9], r[10], r[11]]), d.max_transfer_blocks());
         assert_eq!(u32::from_be_bytes([r[20], r[21], r[22], r[23]]), MAX_UNMAP_BLOCKS);
         const { assert!(MAX_UNMAP_BLOCKS <= 1 << 20, "libiscsi holds more insanely big") };
