@@ -128,7 +128,7 @@ fn submitter(
                     }
                 }
                 Status::CheckCondition
-                    if r.is_sense(SenseKey::UnitAttention, 0x29, 0x00)
+                    if r.is_sense(SenseKey::UnitAttention, 0x29, 0x03)
                         || r.is_sense(SenseKey::UnitAttention, 0x3f, 0x0e) =>
                 {
                     counts.unit_attention += 1;

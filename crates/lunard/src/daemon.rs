@@ -90,6 +90,23 @@ pub(crate) fn open_backend(spec: &BackendSpec, readonly: bool) -> Result<Backend
     }
 }
 
+/// Persistent reservations of a `file` LUN live beside its image
+/// (`<image>.pr`, SPC-5 APTPL): restored at start, saved by the core on change.
+fn restore_reservations(dev: &lunar_target::Device, image: &Path) -> Result<(), String> {
+    let mut name = image.as_os_str().to_owned();
+    name.push(".pr");
+    let file = std::path::PathBuf::from(name);
+    match std::fs::read(&file) {
+        Ok(bytes) => {
+            dev.disk().restore_reservations(&bytes).map_err(|e| format!("reservations in {}: {e}", file.display()))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+    }
+    dev.set_reservation_file(file);
+    Ok(())
+}
+
 fn create_sparse(path: &Path, size: u64) -> Result<(), String> {
     if path.exists() {
         return Ok(());
@@ -132,8 +149,11 @@ impl Daemon {
                 let err = |what: String| DaemonError::Lun { target: t.name.clone(), lun, what };
                 let backend = open_backend(&l.backend, l.readonly).map_err(err)?;
                 let policies = ErrorPolicies { read: policy(l.rerror), write: policy(l.werror) };
-                wait(core.add_device(lun, disk_config(&t.name, lun, l), backend, policies))
+                let dev = wait(core.add_device(lun, disk_config(&t.name, lun, l), backend, policies))
                     .map_err(|e| DaemonError::Lun { target: t.name.clone(), lun, what: e.to_string() })?;
+                if let BackendSpec::File { path, .. } = &l.backend {
+                    restore_reservations(&dev, path).map_err(err)?;
+                }
             }
             entries.push(TargetEntry {
                 config: LoginTarget {
