@@ -46,7 +46,7 @@ step "model-checked tests (shuttle) of the ownership-following protocol"
 CARGO_TARGET_DIR="$root/target/model" cargo test --quiet -p lunar-target --features shuttle --test model_follow
 
 step "the same model tests must catch the deliberately broken protocol"
-if CARGO_TARGET_DIR="$root/target/model" cargo test --quiet -p lunar-target --features shuttle,broken-follow \
+if CARGO_TARGET_DIR="$root/target/model" cargo test -p lunar-target --features shuttle,broken-follow \
      --test model_follow >/tmp/lunar-broken.log 2>&1; then
   echo "ERROR: the model tests passed on the broken variant (they would not catch the bug)"
   exit 1
