@@ -151,9 +151,13 @@ pub(crate) fn answer(
     let collapse = status == 0 && sense.is_empty() && !data.is_empty();
     let max = max_pdu.max(512) as usize;
     // One chunk (the common case) moves the buffer instead of copying it.
-    let chunks: Vec<Vec<u8>> =
-        if data.len() <= max { vec![data] } else { data.chunks(max).map(<[u8]>::to_vec).collect() };
-    let chunks: Vec<Vec<u8>> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
+    let chunks: Vec<Vec<u8>> = if data.is_empty() {
+        Vec::new()
+    } else if data.len() <= max {
+        vec![data]
+    } else {
+        data.chunks(max).map(<[u8]>::to_vec).collect()
+    };
     let n = chunks.len();
     for (i, chunk) in chunks.into_iter().enumerate() {
         let last = i + 1 == n;
