@@ -1,0 +1,228 @@
+//! The initiator against Lunar's in-process iSCSI server (real TCP on
+//! 127.0.0.1), under several negotiated parameter sets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lunar_block::Backend;
+use lunar_initiator::{parse_report_luns, sense_key, Capacity, Command, Config, Error, Residual, Session, Status, Tag};
+use lunar_iscsi::login::TargetConfig;
+use lunar_iscsi::negotiation::{DigestPolicy, TargetLimits};
+use lunar_iscsi::server::{Server, ServerConfig, TargetEntry};
+use lunar_scsi::DiskConfig;
+use lunar_target::{wait, ErrorPolicies, Target};
+
+const IQN: &str = "iqn.2026-11.dev.lunar:initiator-test";
+const SIZE: u64 = 16 << 20;
+
+struct Fixture {
+    core: Arc<Target>,
+    server: Server,
+}
+
+impl Fixture {
+    fn start(limits: TargetLimits) -> Fixture {
+        let core = Target::new(IQN, 2).expect("target");
+        wait(core.add_device(0, DiskConfig::default(), Backend::mem(SIZE), ErrorPolicies::default())).expect("LUN 0");
+        let server = Server::start(ServerConfig {
+            portals: vec!["127.0.0.1:0".parse().unwrap()],
+            targets: vec![TargetEntry { config: TargetConfig::open(IQN), core: core.clone() }],
+            discovery_auth: None,
+            limits,
+            portal_group_tag: 1,
+        })
+        .expect("server");
+        Fixture { core, server }
+    }
+
+    fn login(&self, config: &Config) -> Session {
+        Session::login(self.server.local_addrs()[0], config).expect("login")
+    }
+
+    fn config(&self) -> Config {
+        Config { timeout: Duration::from_secs(30), ..Config::new(IQN) }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.server.shutdown();
+        self.core.shutdown();
+    }
+}
+
+/// Block content that names its LBA and a generation.
+fn block(lba: u64, gen: u64, bs: usize) -> Vec<u8> {
+    let mut b = vec![0u8; bs];
+    for (i, chunk) in b.chunks_mut(16).enumerate() {
+        chunk[..8].copy_from_slice(&lba.to_le_bytes());
+        chunk[8..16].copy_from_slice(&(gen ^ (i as u64) << 48).to_le_bytes());
+    }
+    b
+}
+
+fn blocks(lba: u64, n: u64, gen: u64) -> Vec<u8> {
+    (lba..lba + n).flat_map(|l| block(l, gen, 512)).collect()
+}
+
+/// Writes of several sizes, pipelined, then reads that verify them.
+fn write_read_verify(s: &Session, sizes: &[u64]) -> usize {
+    let mut lba = 0;
+    let mut tags: Vec<(Tag, u64, u64)> = Vec::new();
+    for (i, &n) in sizes.iter().enumerate() {
+        let tag = s.submit_write(0, lba, blocks(lba, n, i as u64 + 1), i % 2 == 0).unwrap();
+        tags.push((tag, lba, n));
+        lba += n;
+    }
+    for (tag, _, _) in &tags {
+        let r = s.wait(*tag).unwrap();
+        assert_eq!(r.status, Status::GOOD, "{r:?}");
+    }
+    let reads: Vec<(Tag, u64, u64, u64)> = tags
+        .iter()
+        .enumerate()
+        .map(|(i, &(_, lba, n))| (s.submit_read(0, lba, n as u32).unwrap(), lba, n, i as u64 + 1))
+        .collect();
+    for (tag, lba, n, gen) in reads {
+        let r = s.wait(tag).unwrap();
+        assert!(r.is_good(), "{r:?}");
+        assert_eq!(r.residual, Residual::None);
+        assert!(r.data == blocks(lba, n, gen), "data at LBA {lba} ({n} blocks) differs");
+    }
+    sizes.len()
+}
+
+#[test]
+fn login_and_basic_commands() {
+    let f = Fixture::start(TargetLimits::default());
+    let s = f.login(&f.config());
+    let p = s.params().clone();
+    println!("negotiated: {p:?}");
+    assert_eq!(p.target_max_recv_data_segment_length, 262_144);
+    assert!(!p.initial_r2t && p.immediate_data && !p.header_digest && !p.data_digest);
+    assert_eq!(p.target_portal_group_tag, Some(1));
+    assert!(s.test_unit_ready(0).unwrap().is_good());
+    let luns = s.report_luns(0).unwrap();
+    assert_eq!(parse_report_luns(&luns.data), Some(vec![0]));
+    let cap = s.read_capacity16(0).unwrap();
+    let c = Capacity::parse(&cap.data).unwrap();
+    assert_eq!((c.bytes(), c.block_size), (SIZE, 512));
+    let inq = s.inquiry(0).unwrap();
+    assert!(inq.is_good() && inq.data.len() >= 36);
+    assert_eq!(&inq.data[8..13], b"LUNAR");
+    // An unknown LUN: CHECK CONDITION, LOGICAL UNIT NOT SUPPORTED.
+    let r = s.test_unit_ready(7).unwrap();
+    assert!(r.is_check(sense_key::ILLEGAL_REQUEST, 0x25, 0x00), "{r:?}");
+    // Underflow: a READ whose expected length is larger than the CDB's.
+    let mut cmd = Command::read16(0, 0, 1, 512, false);
+    cmd.read_len = 4096;
+    let r = s.execute(cmd).unwrap();
+    assert_eq!((r.status, r.data.len(), r.residual), (Status::GOOD, 512, Residual::Underflow(3584)));
+    // A write past the end: ILLEGAL REQUEST, LBA OUT OF RANGE.
+    let r = s.write(0, SIZE / 512, vec![0; 512]).unwrap();
+    assert!(r.is_check(sense_key::ILLEGAL_REQUEST, 0x21, 0x00), "{r:?}");
+    s.ping().unwrap();
+    let n = write_read_verify(&s, &[1, 8, 128, 129, 2048, 3, 4096]);
+    println!("{n} writes verified; outstanding now {}", s.outstanding());
+    assert_eq!(s.outstanding(), 0);
+    s.logout().unwrap();
+}
+
+#[test]
+fn r2t_only_small_segments_and_digests() {
+    let limits = TargetLimits {
+        initial_r2t: true,
+        immediate_data: false,
+        max_recv_data_segment_length: 4096,
+        max_burst_length: 16384,
+        first_burst_length: 8192,
+        header_digest: DigestPolicy::Required,
+        data_digest: DigestPolicy::Required,
+        ..TargetLimits::default()
+    };
+    let f = Fixture::start(limits);
+    let config = Config { max_recv_data_segment_length: 8192, header_digest: true, data_digest: true, ..f.config() };
+    let s = f.login(&config);
+    let p = s.params().clone();
+    println!("negotiated: {p:?}");
+    assert!(p.initial_r2t && !p.immediate_data && p.header_digest && p.data_digest);
+    assert_eq!((p.target_max_recv_data_segment_length, p.max_burst_length), (4096, 16384));
+    let n = write_read_verify(&s, &[1, 8, 9, 33, 64, 256, 1]);
+    println!("{n} writes through R2Ts verified");
+    s.logout().unwrap();
+}
+
+#[test]
+fn unsolicited_data_out_without_immediate_data() {
+    let limits = TargetLimits {
+        immediate_data: false,
+        max_recv_data_segment_length: 4096,
+        first_burst_length: 16384,
+        ..TargetLimits::default()
+    };
+    let f = Fixture::start(limits);
+    let s = f.login(&Config { immediate_data: false, first_burst_length: 16384, ..f.config() });
+    let p = s.params().clone();
+    assert!(!p.initial_r2t && !p.immediate_data);
+    assert_eq!(p.first_burst_length, 16384);
+    let n = write_read_verify(&s, &[4, 32, 33, 200]);
+    println!("{n} writes with unsolicited Data-Out verified");
+}
+
+#[test]
+fn pipelined_past_the_cmdsn_window() {
+    let f = Fixture::start(TargetLimits::default());
+    let s = f.login(&f.config());
+    // More than the target's window of 128: submit waits for it to open.
+    let tags: Vec<Tag> = (0..400u64).map(|i| s.submit_write(0, i, block(i, 9, 512), false).unwrap()).collect();
+    let mut done = 0;
+    while s.outstanding() > 0 || done < tags.len() {
+        let (_, r) = s.wait_any().unwrap();
+        assert!(r.is_good(), "{r:?}");
+        done += 1;
+    }
+    assert_eq!(done, 400);
+    assert!(matches!(s.wait_any_timeout(Duration::from_millis(10)), Err(Error::Invalid(_))));
+    assert!(matches!(s.wait(tags[0]), Err(Error::UnknownTag(_))));
+    let r = s.read(0, 0, 400).unwrap();
+    assert!(r.data == (0..400).flat_map(|i| block(i, 9, 512)).collect::<Vec<u8>>());
+    println!("400 pipelined writes through a 128-command window");
+}
+
+#[test]
+fn hot_added_lun_raises_a_unit_attention() {
+    let f = Fixture::start(TargetLimits::default());
+    let s = f.login(&f.config());
+    assert!(s.test_unit_ready(0).unwrap().is_good());
+    wait(f.core.add_device(1, DiskConfig::default(), Backend::mem(1 << 20), ErrorPolicies::default())).unwrap();
+    // REPORT LUNS is not held up by unit attentions (SPC-5 5.14); TEST UNIT READY is.
+    let r = s.execute_retrying_ua(&Command::test_unit_ready(0), 4).unwrap();
+    let seen: Vec<String> = r.unit_attentions.iter().map(|u| u.to_string()).collect();
+    println!("unit attentions: {seen:?}");
+    assert!(r.response.is_good(), "{:?}", r.response);
+    assert_eq!(r.unit_attentions.len(), 1);
+    assert!(r.unit_attentions[0].is(sense_key::UNIT_ATTENTION, 0x3f, 0x0e));
+    assert_eq!(parse_report_luns(&s.report_luns(0).unwrap().data), Some(vec![0, 1]));
+    assert!(s.write(1, 0, vec![7; 512]).unwrap().is_good());
+    assert_eq!(s.read(1, 0, 1).unwrap().data, vec![7; 512]);
+}
+
+#[test]
+fn held_while_stopped_then_closed_with_the_server() {
+    let f = Fixture::start(TargetLimits::default());
+    let s = f.login(&f.config());
+    wait(f.core.stop()).unwrap();
+    let tag = s.submit_read(0, 0, 1).unwrap();
+    assert_eq!(s.wait_timeout(tag, Duration::from_millis(500)).unwrap(), None, "answered while stopped");
+    assert_eq!(s.outstanding(), 1);
+    wait(f.core.cont()).unwrap();
+    assert!(s.wait(tag).unwrap().is_good());
+    f.server.shutdown();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while s.closed().is_none() {
+        assert!(std::time::Instant::now() < deadline, "session still open after the server shut down");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("closed: {:?}", s.closed());
+    assert!(matches!(s.submit_read(0, 0, 1), Err(Error::Closed(_))));
+}

@@ -1,0 +1,817 @@
+//! Live operations end to end: the real `lunard` binary, Lunar's own
+//! initiator (`lunar-initiator`) over TCP with verified reads and writes,
+//! and the control plane (`lunarctl` and JSON-RPC) acting meanwhile:
+//! thin storage running out (ENOSPC pause and resume, and the report
+//! policy's sense), `lun move` under load, hot add and remove under load,
+//! and `stop` / `cont` under load.
+//!
+//! Every wait is bounded; the daemon is killed and tmpfs mounts are
+//! unmounted when a test ends, passed or not.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lunar_initiator::{parse_report_luns, sense_key, Config, Response, Session, Status, Tag};
+use lunard::control::client::{Client, ClientError};
+use serde_json::{json, Value};
+
+const IQN: &str = "iqn.2026-11.dev.lunar:disk0";
+const BS: usize = 512;
+/// Bound of every single wait of these tests.
+const WAIT: Duration = Duration::from_secs(60);
+
+// ----- the daemon ------------------------------------------------------------
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Daemon {
+    child: Child,
+    port: u16,
+    socket: PathBuf,
+    log: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("lunard.sock");
+        let log = dir.path().join("lunard.log");
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lunard"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--control")
+            .arg(&socket)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        // Read the banner on a thread, so a daemon that prints nothing cannot hang the test.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut ready = false;
+            for l in lines.by_ref() {
+                let Ok(l) = l else { break };
+                if !ready && l.contains("control ") {
+                    ready = true;
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let mut d = Daemon { child, port, socket, log, dir };
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            panic!("lunard did not start: {:?}\n{}", d.child.try_wait(), d.log_tail());
+        }
+        d
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn login(&self) -> Session {
+        let config = Config { timeout: WAIT, ..Config::new(IQN) };
+        Session::login(self.addr(), &config).unwrap_or_else(|e| panic!("login: {e}\n{}", self.log_tail()))
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.socket).unwrap()
+    }
+
+    fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
+        self.client().call(method, params)
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_lunarctl")).arg("--control").arg(&self.socket).args(args).output().unwrap()
+    }
+
+    fn ctl_ok(&self, args: &[&str]) -> String {
+        let o = self.ctl(args);
+        assert!(o.status.success(), "lunarctl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    fn lun_status(&self, lun: u64) -> Value {
+        let s = self.call("status", json!({})).unwrap();
+        s["targets"][0]["luns"].as_array().unwrap().iter().find(|l| l["lun"] == lun).cloned().unwrap_or(Value::Null)
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        format!("--- lunard log (last lines) ---\n{}", lines[lines.len().saturating_sub(30)..].join("\n"))
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A subscription to the daemon's `events` stream, read with a deadline.
+struct Events {
+    reader: BufReader<UnixStream>,
+    line: String,
+    seen: Vec<String>,
+}
+
+impl Events {
+    fn subscribe(d: &Daemon) -> Events {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"events\"}\n").unwrap();
+        let mut e = Events { reader: BufReader::new(s), line: String::new(), seen: Vec::new() };
+        let answer = e.next(Instant::now() + WAIT).expect("answer to `events`");
+        assert_eq!(answer["result"]["subscribed"], true, "{answer}");
+        e
+    }
+
+    /// The next line, or `None` at the deadline.
+    fn next(&mut self, deadline: Instant) -> Option<Value> {
+        loop {
+            match self.reader.read_line(&mut self.line) {
+                Ok(0) => return None,
+                Ok(_) if self.line.ends_with('\n') => {
+                    let v = serde_json::from_str(&self.line).unwrap_or_else(|e| panic!("{e}: {}", self.line));
+                    self.line.clear();
+                    return Some(v);
+                }
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => panic!("events: {e}"),
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+        }
+    }
+
+    /// Waits for the event `name` and returns it.
+    fn wait_for(&mut self, name: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        while let Some(v) = self.next(deadline) {
+            let event = v["params"]["event"].as_str().unwrap_or("").to_string();
+            self.seen.push(event.clone());
+            if event == name {
+                return v["params"].clone();
+            }
+        }
+        panic!("no {name} event within {WAIT:?}; saw {:?}", self.seen);
+    }
+}
+
+// ----- verified data -----------------------------------------------------------
+
+/// The content of block `lba` written with generation `gen` (0: never
+/// written, zeros). Every 16 bytes name both, so a block mixing two writes
+/// (torn) or holding another block's data (misplaced) is told apart.
+fn block(lba: u64, gen: u64) -> Vec<u8> {
+    if gen == 0 {
+        return vec![0; BS];
+    }
+    let mut b = vec![0u8; BS];
+    for (i, chunk) in b.chunks_mut(16).enumerate() {
+        chunk[..8].copy_from_slice(&lba.to_le_bytes());
+        chunk[8..].copy_from_slice(&(gen ^ ((i as u64) << 56)).to_le_bytes());
+    }
+    b
+}
+
+fn blocks(lba: u64, n: u64, gen: u64) -> Vec<u8> {
+    (lba..lba + n).flat_map(|l| block(l, gen)).collect()
+}
+
+/// What a block holds, for failure messages.
+fn describe(b: &[u8]) -> String {
+    if b.iter().all(|x| *x == 0) {
+        return "zeros".into();
+    }
+    let lba = u64::from_le_bytes(b[..8].try_into().unwrap());
+    let gen = u64::from_le_bytes(b[8..16].try_into().unwrap());
+    let whole = b == block(lba, gen);
+    format!("lba {lba} gen {gen:#x}{}", if whole { "" } else { " (torn or corrupt)" })
+}
+
+/// Checks `data` read at `lba` against the generations expected per block.
+fn verify(lba: u64, data: &[u8], gens: &[u64]) -> Result<u64, String> {
+    if data.len() != gens.len() * BS {
+        return Err(format!("read at LBA {lba}: {} bytes, expected {}", data.len(), gens.len() * BS));
+    }
+    for (i, (b, &g)) in data.chunks(BS).zip(gens).enumerate() {
+        let l = lba + i as u64;
+        if b != block(l, g) {
+            return Err(format!("LBA {l}: expected gen {g:#x}, found {}", describe(b)));
+        }
+    }
+    Ok(gens.len() as u64)
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Op {
+    write: bool,
+    lba: u64,
+    n: u64,
+    gen: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Stats {
+    writes: u64,
+    reads: u64,
+    verified_blocks: u64,
+    /// Unit attentions seen (and retried through), as text.
+    unit_attentions: Vec<String>,
+}
+
+/// One session's verified random load on its own LBA region: random
+/// writes whose blocks encode (LBA, generation), random reads checked
+/// against the last acknowledged generation of every block; commands
+/// pipelined, never two overlapping where one is a write.
+struct Worker {
+    id: u64,
+    s: Session,
+    lun: u64,
+    start: u64,
+    model: Vec<u64>,
+    next_gen: u64,
+    rng: Rng,
+    inflight: HashMap<Tag, Op>,
+    depth: usize,
+    /// Retry commands that end in REPORTED LUNS DATA HAS CHANGED.
+    allow_luns_changed: bool,
+    stats: Stats,
+}
+
+impl Worker {
+    fn new(id: u64, s: Session, lun: u64, start: u64, len: u64) -> Worker {
+        Worker {
+            id,
+            s,
+            lun,
+            start,
+            model: vec![0; len as usize],
+            next_gen: (id + 1) << 40,
+            rng: Rng::new(id + 7),
+            inflight: HashMap::new(),
+            depth: 8,
+            allow_luns_changed: false,
+            stats: Stats::default(),
+        }
+    }
+
+    fn gens(&self, lba: u64, n: u64) -> &[u64] {
+        let i = (lba - self.start) as usize;
+        &self.model[i..i + n as usize]
+    }
+
+    fn pick(&mut self) -> Option<Op> {
+        for _ in 0..16 {
+            let n = 1 + self.rng.below(8);
+            let lba = self.start + self.rng.below(self.model.len() as u64 - n + 1);
+            let write = self.rng.below(2) == 0;
+            let op = Op { write, lba, n, gen: 0 };
+            let clash = self.inflight.values().any(|o| (o.write || write) && o.lba < lba + n && lba < o.lba + o.n);
+            if !clash {
+                return Some(op);
+            }
+        }
+        None
+    }
+
+    fn submit(&mut self, mut op: Op) -> Result<(), String> {
+        let tag = if op.write {
+            if op.gen == 0 {
+                self.next_gen += 1;
+                op.gen = self.next_gen;
+            }
+            self.s.submit_write(self.lun, op.lba, blocks(op.lba, op.n, op.gen), false)
+        } else {
+            self.s.submit_read(self.lun, op.lba, op.n as u32)
+        }
+        .map_err(|e| format!("worker {}: submit {op:?}: {e}", self.id))?;
+        self.inflight.insert(tag, op);
+        Ok(())
+    }
+
+    fn complete_one(&mut self) -> Result<(), String> {
+        let (tag, r) = match self.s.wait_any_timeout(WAIT) {
+            Ok(Some(x)) => x,
+            Ok(None) => {
+                return Err(format!(
+                    "worker {}: no completion in {WAIT:?}, {} outstanding",
+                    self.id,
+                    self.inflight.len()
+                ))
+            }
+            Err(e) => return Err(format!("worker {}: {e}", self.id)),
+        };
+        let op = self.inflight.remove(&tag).ok_or_else(|| format!("worker {}: unknown tag {tag:?}", self.id))?;
+        let r = r.map_err(|e| format!("worker {}: {op:?}: {e}", self.id))?;
+        if self.allow_luns_changed && r.is_check(sense_key::UNIT_ATTENTION, 0x3f, 0x0e) {
+            self.stats.unit_attentions.push(r.sense.as_ref().map(|s| s.to_string()).unwrap_or_default());
+            return self.submit(op);
+        }
+        if !r.is_good() {
+            return Err(format!("worker {}: {op:?} -> {r:?}", self.id));
+        }
+        if op.write {
+            let i = (op.lba - self.start) as usize;
+            self.model[i..i + op.n as usize].fill(op.gen);
+            self.stats.writes += 1;
+        } else {
+            let n = verify(op.lba, &r.data, self.gens(op.lba, op.n)).map_err(|e| format!("worker {}: {e}", self.id))?;
+            self.stats.verified_blocks += n;
+            self.stats.reads += 1;
+        }
+        Ok(())
+    }
+
+    /// Runs until `stop`, counting completions in `done`; then drains.
+    fn run(&mut self, stop: &AtomicBool, done: &AtomicU64) -> Result<(), String> {
+        while !stop.load(Ordering::Relaxed) {
+            while self.inflight.len() < self.depth {
+                match self.pick() {
+                    Some(op) => self.submit(op)?,
+                    None => break,
+                }
+            }
+            self.complete_one()?;
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+        while !self.inflight.is_empty() {
+            self.complete_one()?;
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Reads the whole region back and checks every block.
+    fn verify_all(&mut self) -> Result<u64, String> {
+        let len = self.model.len() as u64;
+        let mut total = 0;
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(256);
+            let lba = self.start + at;
+            let mut tries = 0;
+            let r = loop {
+                let r = self.s.read(self.lun, lba, n as u32).map_err(|e| format!("worker {}: {e}", self.id))?;
+                tries += 1;
+                if tries > 8 || !(self.allow_luns_changed && r.is_check(sense_key::UNIT_ATTENTION, 0x3f, 0x0e)) {
+                    break r;
+                }
+            };
+            if !r.is_good() {
+                return Err(format!("worker {}: final read at {lba}: {r:?}", self.id));
+            }
+            total += verify(lba, &r.data, self.gens(lba, n)).map_err(|e| format!("worker {}: final: {e}", self.id))?;
+            at += n;
+        }
+        Ok(total)
+    }
+}
+
+type Outcome = Result<(Stats, u64), String>;
+
+/// Starts `workers` on threads; each runs until `stop`, drains and
+/// verifies its whole region.
+fn spawn_load(
+    workers: Vec<Worker>,
+    stop: &Arc<AtomicBool>,
+    done: &Arc<AtomicU64>,
+) -> Vec<std::thread::JoinHandle<Outcome>> {
+    workers
+        .into_iter()
+        .map(|mut w| {
+            let (stop, done) = (stop.clone(), done.clone());
+            std::thread::spawn(move || {
+                let r = w.run(&stop, &done).and_then(|()| w.verify_all());
+                if r.is_err() {
+                    // Let the others end too.
+                    stop.store(true, Ordering::Relaxed);
+                }
+                r.map(|verified| (w.stats.clone(), verified))
+            })
+        })
+        .collect()
+}
+
+fn join_load(handles: Vec<std::thread::JoinHandle<Outcome>>, d: &Daemon) -> Vec<(Stats, u64)> {
+    let results: Vec<Outcome> = handles.into_iter().map(|h| h.join().expect("worker panicked")).collect();
+    let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(errors.is_empty(), "load failed: {errors:#?}\n{}", d.log_tail());
+    results.into_iter().map(Result::unwrap).collect()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ----- thin storage running out --------------------------------------------------
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A tmpfs mounted on a temporary directory; unmounted on drop.
+struct Tmpfs {
+    mnt: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let o = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&mnt).output();
+        let o = o.unwrap();
+        assert!(o.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&o.stderr));
+        Tmpfs { mnt, _dir: dir }
+    }
+
+    fn resize(&self, size: &str) {
+        let o = Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.mnt).output().unwrap();
+        assert!(o.status.success(), "remount tmpfs: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount").arg(&self.mnt).status().is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
+/// 256 KiB writes, one at a time from LBA 0, until one does not answer
+/// GOOD within `patience`. Returns the acknowledged writes (LBA, gen) and
+/// the tag and LBA of the one that did not complete GOOD, with its
+/// response if it came.
+fn fill(s: &Session, patience: Duration, total_blocks: u64) -> (Vec<(u64, u64)>, Tag, u64, Option<Response>) {
+    const N: u64 = 512;
+    let mut acked = Vec::new();
+    let mut lba = 0;
+    while lba + N <= total_blocks {
+        let gen = 1 + lba / N;
+        let tag = s.submit_write(0, lba, blocks(lba, N, gen), false).unwrap();
+        match s.wait_timeout(tag, patience).unwrap() {
+            Some(r) if r.is_good() => acked.push((lba, gen)),
+            other => return (acked, tag, lba, other),
+        }
+        lba += N;
+    }
+    panic!("{} MiB written and the space never ran out", (total_blocks * BS as u64) >> 20);
+}
+
+fn verify_acked(s: &Session, acked: &[(u64, u64)]) -> u64 {
+    let mut n = 0;
+    for &(lba, gen) in acked {
+        let r = s.read(0, lba, 512).unwrap();
+        assert!(r.is_good(), "read back at {lba}: {r:?}");
+        n += verify(lba, &r.data, &[gen; 512]).unwrap_or_else(|e| panic!("acknowledged data lost: {e}"));
+    }
+    n
+}
+
+#[test]
+fn thin_storage_running_out_pauses_then_cont_completes() {
+    if !is_root() {
+        println!("SKIPPED: needs root to mount a tmpfs (CI runs as root)");
+        return;
+    }
+    let fs = Tmpfs::mount("8m");
+    let image = fs.mnt.join("disk.img");
+    let spec = format!("backend=file,path={},size=64M,thin=on,werror=enospc", image.display());
+    let d = Daemon::start(&["--iothreads", "2", "--lun", &spec]);
+    let mut events = Events::subscribe(&d);
+    let s = d.login();
+    let (acked, tag, lba, answer) = fill(&s, Duration::from_secs(5), 64 << 11);
+    assert!(answer.is_none(), "the write at LBA {lba} answered {answer:?} instead of waiting");
+    let paused = events.wait_for("lun.paused");
+    println!("event: {paused}");
+    assert_eq!((paused["lun"].clone(), paused["errno_name"].clone()), (json!(0), json!("ENOSPC")), "{paused}");
+    assert_eq!(paused["direction"], "write");
+    let status = d.lun_status(0);
+    println!("status while paused: errors {} in_flight {}", status["errors"], status["in_flight"]);
+    // The command stays outstanding: still no answer a few seconds on.
+    assert_eq!(s.wait_timeout(tag, Duration::from_secs(3)).unwrap(), None, "the paused write was answered");
+    assert_eq!(s.outstanding(), 1);
+    fs.resize("80m");
+    assert_eq!(d.ctl_ok(&["cont"]).trim(), "running");
+    let r = s.wait(tag).unwrap_or_else(|e| panic!("{e}\n{}", d.log_tail()));
+    assert_eq!(r.status, Status::GOOD, "{r:?}");
+    assert_eq!(events.wait_for("lun.resumed")["lun"], 0);
+    let mut acked = acked;
+    acked.push((lba, 1 + lba / 512));
+    // The LUN goes on: a few more writes, then everything reads back.
+    for i in 1..=4 {
+        let l = lba + 512 * i;
+        assert!(s.write(0, l, blocks(l, 512, 1 + l / 512)).unwrap().is_good());
+        acked.push((l, 1 + l / 512));
+    }
+    let verified = verify_acked(&s, &acked);
+    println!(
+        "ENOSPC after {} writes of 256 KiB; paused write held, completed GOOD after remount + cont; {verified} blocks verified; events {:?}",
+        acked.len() - 5,
+        events.seen
+    );
+    s.logout().unwrap();
+}
+
+#[test]
+fn thin_storage_running_out_reports_space_allocation_failed() {
+    if !is_root() {
+        println!("SKIPPED: needs root to mount a tmpfs (CI runs as root)");
+        return;
+    }
+    let fs = Tmpfs::mount("8m");
+    let image = fs.mnt.join("disk.img");
+    let spec = format!("backend=file,path={},size=64M,thin=on,werror=report", image.display());
+    let d = Daemon::start(&["--iothreads", "2", "--lun", &spec]);
+    let s = d.login();
+    let (acked, _tag, lba, answer) = fill(&s, WAIT, 64 << 11);
+    let failed = answer.expect("the failing write answered");
+    println!("write at LBA {lba} after {} acknowledged: {failed:?}", acked.len());
+    // SBC-4 4.7.3.7: DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT.
+    assert!(failed.is_check(sense_key::DATA_PROTECT, 0x27, 0x07), "{failed:?}");
+    // Reads still work and every acknowledged write is intact.
+    let verified = verify_acked(&s, &acked);
+    // Room again: the same write now succeeds (no pause, no cont needed).
+    fs.resize("80m");
+    assert!(s.write(0, lba, blocks(lba, 512, 99)).unwrap().is_good());
+    let r = s.read(0, lba, 512).unwrap();
+    verify(lba, &r.data, &[99; 512]).unwrap();
+    assert_eq!(d.call("status", json!({})).unwrap()["state"], "running");
+    println!("{verified} acknowledged blocks verified after {failed:?}; the same write GOOD once the tmpfs grew");
+}
+
+// ----- lun move under load ----------------------------------------------------------
+
+#[test]
+fn lun_move_1000_times_under_verified_load() {
+    let d = Daemon::start(&["--iothreads", "2", "--lun", "backend=mem,size=64M"]);
+    let region = 2048;
+    let workers: Vec<Worker> = (0..4).map(|i| Worker::new(i, d.login(), 0, i * 8192, region)).collect();
+    wait_until("4 queues on LUN 0", || d.lun_status(0)["queues"].as_array().is_some_and(|q| q.len() == 4));
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let handles = spawn_load(workers, &stop, &done);
+    let mut c = d.client();
+    let started = Instant::now();
+    let mut moves = 0;
+    let mut per_thread = BTreeMap::new();
+    for i in 0..1000u64 {
+        if stop.load(Ordering::Relaxed) {
+            break; // a worker failed: join_load reports it
+        }
+        let thread = i % 2;
+        let r = c.call("lun.move", json!({"lun": 0, "iothread": thread}));
+        let r = r.unwrap_or_else(|e| panic!("move {i}: {e}\n{}", d.log_tail()));
+        assert_eq!(r["iothread"], thread);
+        *per_thread.entry(thread).or_insert(0) += 1;
+        moves += 1;
+    }
+    let during = done.load(Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    // The queues are where the last move put them.
+    let st = d.lun_status(0);
+    for q in st["queues"].as_array().unwrap() {
+        assert_eq!(q["iothread"], json!(1), "{st}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let results = join_load(handles, &d);
+    assert_eq!(moves, 1000);
+    let (mut writes, mut reads, mut verified) = (0, 0, 0);
+    for (i, (st, final_blocks)) in results.iter().enumerate() {
+        println!(
+            "session {i}: {} writes, {} reads ({} blocks checked), final verification {final_blocks} blocks",
+            st.writes, st.reads, st.verified_blocks
+        );
+        assert!(st.writes > 0 && st.reads > 0, "session {i} did no I/O");
+        assert_eq!(*final_blocks, region);
+        writes += st.writes;
+        reads += st.reads;
+        verified += final_blocks;
+    }
+    println!(
+        "{moves} lun.move calls ({per_thread:?}) in {elapsed:.1?} with {during} commands completing meanwhile; \
+         total {writes} writes + {reads} reads, no error, {verified} blocks verified at the end"
+    );
+}
+
+// ----- hot add and remove under load ----------------------------------------------------
+
+fn luns(s: &Session) -> Vec<u64> {
+    let r = s.report_luns(0).unwrap();
+    assert!(r.is_good(), "REPORT LUNS: {r:?}");
+    parse_report_luns(&r.data).unwrap()
+}
+
+/// TEST UNIT READY on `lun` until GOOD; the unit attentions it went through.
+fn unit_attentions(s: &Session, lun: u64) -> Vec<String> {
+    let r = s.execute_retrying_ua(&lunar_initiator::Command::test_unit_ready(lun), 8).unwrap();
+    assert!(r.response.is_good(), "{:?}", r.response);
+    r.unit_attentions.iter().map(|u| u.to_string()).collect()
+}
+
+#[test]
+fn hot_add_and_remove_during_load_on_other_luns() {
+    let d = Daemon::start(&["--iothreads", "2", "--lun", "backend=mem,size=64M"]);
+    let probe = d.login();
+    let mut workers: Vec<Worker> = (0..2).map(|i| Worker::new(i, d.login(), 0, i * 8192, 2048)).collect();
+    for w in &mut workers {
+        w.allow_luns_changed = true;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let handles = spawn_load(workers, &stop, &done);
+    let luns_changed = "UNIT ATTENTION 3Fh/0Eh".to_string();
+    let mut probe_uas = Vec::new();
+    for round in 0..6u64 {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        // Add LUN 1: lunarctl on even rounds, JSON-RPC on odd ones.
+        if round % 2 == 0 {
+            let out = d.ctl_ok(&["lun", "add", "backend=mem,size=16M"]);
+            assert!(out.contains("added LUN 1"), "{out}");
+        } else {
+            let r = d.call("lun.add", json!({"spec": "backend=mem,size=16M", "lun": 1})).unwrap();
+            assert_eq!(r["lun"], 1);
+        }
+        let uas = unit_attentions(&probe, 0);
+        assert_eq!(uas, vec![luns_changed.clone()], "after add {round}");
+        probe_uas.extend(uas);
+        assert_eq!(luns(&probe), vec![0, 1], "after add {round}");
+        let data = blocks(round * 8, 8, round + 1);
+        let w = probe.write(1, round * 8, data.clone()).unwrap();
+        assert!(w.is_good(), "write to the new LUN: {w:?}");
+        assert_eq!(probe.read(1, round * 8, 8).unwrap().data, data);
+        // Remove it: JSON-RPC on even rounds, lunarctl on odd ones.
+        if round % 2 == 0 {
+            assert_eq!(d.call("lun.remove", json!({"lun": 1})).unwrap()["removed"], true);
+        } else {
+            assert!(d.ctl_ok(&["lun", "remove", "1"]).contains("removed LUN 1"));
+        }
+        let uas = unit_attentions(&probe, 0);
+        assert_eq!(uas, vec![luns_changed.clone()], "after remove {round}");
+        probe_uas.extend(uas);
+        assert_eq!(luns(&probe), vec![0], "after remove {round}");
+        let gone = probe.test_unit_ready(1).unwrap();
+        assert!(gone.is_check(sense_key::ILLEGAL_REQUEST, 0x25, 0x00), "removed LUN: {gone:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let results = join_load(handles, &d);
+    for (i, (st, verified)) in results.iter().enumerate() {
+        println!(
+            "LUN 0 session {i}: {} writes, {} reads, unit attentions {:?}, {verified} blocks verified",
+            st.writes,
+            st.reads,
+            st.unit_attentions.len()
+        );
+        assert!(!st.unit_attentions.is_empty(), "session {i} never saw REPORTED LUNS DATA HAS CHANGED");
+        assert!(st.unit_attentions.iter().all(|u| *u == luns_changed), "{:?}", st.unit_attentions);
+    }
+    println!("probe saw {} unit attentions over 6 add/remove rounds", probe_uas.len());
+
+    // Remove a LUN with I/O in flight on it.
+    let img = d.path("lun2.img");
+    let spec = format!("backend=file,path={},size=64M", img.display());
+    d.call("lun.add", json!({"spec": spec, "lun": 2})).unwrap();
+    unit_attentions(&probe, 0);
+    let submit = |i: u64| {
+        let lba = i * 1024;
+        let tag = if i % 3 == 2 {
+            probe.submit_read(2, lba, 1024)
+        } else {
+            probe.submit_write(2, lba, blocks(lba, 1024, i + 1), i.is_multiple_of(2))
+        };
+        tag.unwrap()
+    };
+    // 32 commands of 512 KiB sent, the LUN removed while they stream in and
+    // run, then 16 more sent after the removal returned.
+    let during: Vec<Tag> = (0..32).map(submit).collect();
+    d.call("lun.remove", json!({"lun": 2})).unwrap();
+    let after: Vec<Tag> = (32..48).map(submit).collect();
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for tag in during {
+        let r = probe.wait(tag).unwrap_or_else(|e| panic!("a command on the removed LUN: {e}\n{}", d.log_tail()));
+        let allowed = r.is_good()
+            || r.status == Status::TASK_ABORTED
+            || r.is_check(sense_key::ILLEGAL_REQUEST, 0x25, 0x00)
+            || r.is_check(sense_key::ABORTED_COMMAND, 0, 0);
+        assert!(allowed, "command on the removed LUN: {r:?}");
+        let key = match &r.sense {
+            Some(s) => format!("{} {s}", r.status),
+            None => r.status.to_string(),
+        };
+        *outcomes.entry(key).or_default() += 1;
+    }
+    for tag in after {
+        let r = probe.wait(tag).unwrap_or_else(|e| panic!("a command sent after the removal: {e}\n{}", d.log_tail()));
+        assert!(r.is_check(sense_key::ILLEGAL_REQUEST, 0x25, 0x00), "sent after the removal: {r:?}");
+    }
+    assert_eq!(probe.outstanding(), 0);
+    println!(
+        "32 commands in flight on LUN 2 when it was removed: {outcomes:?}; \
+         16 sent after: LOGICAL UNIT NOT SUPPORTED"
+    );
+    let after = probe.read(2, 0, 1).unwrap();
+    assert!(after.is_check(sense_key::ILLEGAL_REQUEST, 0x25, 0x00), "{after:?}");
+}
+
+// ----- stop during load -------------------------------------------------------------
+
+#[test]
+fn stop_during_load_holds_new_commands_until_cont() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("backend=file,path={},size=64M", dir.path().join("disk.img").display());
+    let d = Daemon::start(&["--iothreads", "2", "--lun", &spec]);
+    let probe = d.login();
+    let workers: Vec<Worker> = (0..3).map(|i| Worker::new(i, d.login(), 0, 4096 + i * 8192, 2048)).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let handles = spawn_load(workers, &stop, &done);
+    wait_until("some load", || done.load(Ordering::Relaxed) > 200);
+    assert_eq!(d.ctl_ok(&["stop"]).trim(), "stopped");
+    let st = d.lun_status(0);
+    for q in st["queues"].as_array().unwrap() {
+        assert_eq!(q["held_by"], "main", "a queue not drained to the main loop: {st}");
+    }
+    let at_stop = done.load(Ordering::Relaxed);
+    // Sent after the stop: neither starts nor answers until cont.
+    let data = blocks(0, 16, 0xabc);
+    let w = probe.submit_write(0, 0, data.clone(), true).unwrap();
+    let r = probe.submit_read(0, 0, 16).unwrap();
+    wait_until("commands held by the stopped target", || d.lun_status(0)["in_flight"].as_u64().is_some_and(|n| n >= 2));
+    std::thread::sleep(Duration::from_secs(1));
+    let before = done.load(Ordering::Relaxed);
+    assert_eq!(probe.wait_timeout(w, Duration::from_secs(2)).unwrap(), None, "a write completed while stopped");
+    assert_eq!(probe.wait_timeout(r, Duration::from_millis(10)).unwrap(), None, "a read completed while stopped");
+    let after = done.load(Ordering::Relaxed);
+    assert_eq!(before, after, "the load's commands completed while the target was stopped");
+    let held = d.lun_status(0)["in_flight"].clone();
+    assert_eq!(d.ctl_ok(&["cont"]).trim(), "running");
+    let wr = probe.wait(w).unwrap();
+    let rr = probe.wait(r).unwrap();
+    assert!(wr.is_good() && rr.is_good(), "{wr:?} {rr:?}");
+    // SIMPLE tasks may run in any order: the read saw the old or the new data.
+    assert!(verify(0, &rr.data, &[0xabc; 16]).is_ok() || verify(0, &rr.data, &[0; 16]).is_ok(), "torn read");
+    verify(0, &probe.read(0, 0, 16).unwrap().data, &[0xabc; 16]).unwrap();
+    wait_until("load after cont", || done.load(Ordering::Relaxed) > after + 200);
+    stop.store(true, Ordering::Relaxed);
+    let results = join_load(handles, &d);
+    let total: u64 = results.iter().map(|(s, _)| s.writes + s.reads).sum();
+    let verified: u64 = results.iter().map(|(_, v)| v).sum();
+    println!(
+        "completions: {at_stop} before stop, {} during a 3 s stop ({held} commands held), {} in all; \
+         {total} verified-load commands, {verified} blocks verified at the end",
+        after - at_stop,
+        done.load(Ordering::Relaxed)
+    );
+}
