@@ -57,8 +57,8 @@ if [ -x scripts/conformance.sh ]; then
   step "iSCSI conformance: iscsi-test-cu against lunard"
   bash scripts/conformance.sh "$shared"
 fi
-step "vhost-user-scsi: a Linux guest (QEMU, TCG) writes and verifies 32 MiB on a Lunar disk"
-bash tests/vm/vhost-guest.sh 2 2 2
+step "vhost-user-scsi: a Linux guest (QEMU, TCG, 4 CPUs, 4 queues on 2 I/O threads): sg3-utils vs iSCSI, multi-queue I/O, hot plug, resets"
+bash tests/vm/vhost-guest.sh 4 2 4
 
 echo
 echo "all tests passed"

@@ -221,21 +221,23 @@ fn invariant_5_no_request_lost_across_stop_reset_move_and_save_load() {
     let mut events = target.events();
     let ini = wait(Initiator::connect(&target, &[0], 1)).unwrap();
 
-    // ENOSPC under `enospc`: the writes park, the target stops, nobody is told an error.
+    // ENOSPC under `enospc`: the writes park, the LUN pauses, nobody is told
+    // an error; then the target stops (for the save).
     fault.fail_writes(libc::ENOSPC);
     let parked = writes(&ini, 0, 8);
-    let mut stopped = false;
+    let mut paused = false;
     for _ in 0..100 {
         match wait(async { tokio::time::timeout(Duration::from_secs(5), events.recv()).await }) {
-            Ok(Ok(Event::Stopped)) => {
-                stopped = true;
+            Ok(Ok(Event::PausedOnIoError { lun: 0, .. })) => {
+                paused = true;
                 break;
             }
             Ok(Ok(_)) => continue,
             _ => break,
         }
     }
-    assert!(stopped, "the target did not stop on ENOSPC");
+    assert!(paused, "the LUN did not pause on ENOSPC");
+    wait(target.stop()).unwrap();
     assert_eq!(target.run_state(), RunState::Stopped);
 
     // Save the stopped target's requests; load them into a fresh target over
@@ -244,7 +246,7 @@ fn invariant_5_no_request_lost_across_stop_reset_move_and_save_load() {
     let loaded = lunar_target::state::load(&saved).unwrap();
     assert_eq!(loaded.len(), 8);
     // Those that ran failed and carry the retry flag; any that reached the
-    // queue after the stop began were held, never started, and are saved
+    // queue after the pause began were held, never started, and are saved
     // as in flight. Both are re-issued by the loading target.
     assert!(loaded.iter().any(|r| r.retry), "no request parked by the ENOSPC policy");
     wait(target.discard_saved()).unwrap();

@@ -3,7 +3,9 @@
 # disk: Debian's kernel modules virtio_pci, virtio_scsi, sd_mod, sg (with
 # their dependencies, in load order, from modprobe -D) and an init script
 # (tests/vm/init.sh, or $INIT) that the test asserts on through the serial
-# console.
+# console. Host programs named in $BINARIES (default: the sg3-utils the
+# guest test uses, those installed) are copied with every library they load
+# (ldd) and the dynamic loader, at the same paths.
 #
 # usage: build-initramfs.sh OUT.cpio.gz [KERNEL_VERSION]
 set -euo pipefail
@@ -15,11 +17,26 @@ init=${INIT:-$here/init.sh}
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root"/{bin,dev,proc,sys,tmp,mods}
+mkdir -p "$root"/{bin,dev,proc,sys,tmp,mods,usr/bin}
 cp /bin/busybox "$root/bin/busybox"
 ln -s busybox "$root/bin/sh"
 cp "$init" "$root/init"
 chmod +x "$root/init"
+
+# Dynamically linked host programs, with their libraries.
+binaries=${BINARIES-sg_inq sg_vpd sg_readcap sg_luns sg_reset}
+copy_file() {
+    mkdir -p "$root$(dirname "$1")"
+    cp -L "$1" "$root$1"
+}
+for b in $binaries; do
+    path=$(command -v "$b") || { echo "build-initramfs: $b not installed" >&2; exit 1; }
+    copy_file "$path"
+    [ "$(dirname "$path")" = /usr/bin ] || ln -sf "$path" "$root/usr/bin/$b" 2>/dev/null || true
+    ldd "$path" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | while read -r lib; do
+        [ -e "$root$lib" ] || copy_file "$lib"
+    done
+done
 
 # Modules in load order (dependencies first), without duplicates.
 : > "$root/mods/order"
@@ -38,4 +55,4 @@ for m in virtio_pci virtio_scsi sd_mod sg; do
     done
 done
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out"
-echo "initramfs $out: kernel $kver, modules: $(tr '\n' ' ' < "$root/mods/order")"
+echo "initramfs $out: kernel $kver, modules: $(tr '\n' ' ' < "$root/mods/order")${binaries:+programs: $binaries}"

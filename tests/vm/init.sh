@@ -1,7 +1,21 @@
 #!/bin/sh
-# Guest init: loads the modules, waits for the Lunar disk, writes 32 MiB of
-# random data with O_DIRECT, reads it back with O_DIRECT, compares checksums
-# and prints one result line on the serial console, then powers off.
+# Guest init for tests/vm/vhost-guest.sh: one boot, four checks, each
+# printed on the serial console (lines "LUNAR-VM: ...", "LUNAR-SG ...") for
+# the host to assert on; "LUNAR-VM-RESULT: PASS|FAIL ..." last, then power off.
+#
+#  1. identity: sg_inq, sg_vpd -p sn / -p di, sg_readcap -l, sg_luns on
+#     LUNs 0 and 1 (the host compares them with what iSCSI initiators see);
+#  2. multi-queue: one O_DIRECT writer then reader pinned to each CPU, on its
+#     own region of LUN 0, checksums compared (the host checks that every
+#     request queue served requests);
+#  3. hot plug: prints "LUNAR-HOTPLUG: add" and waits (bounded) for LUN 2 to
+#     appear in /sys/class/scsi_device (the host adds it with lunarctl),
+#     uses it, prints "LUNAR-HOTPLUG: remove" and waits for it to go;
+#  4. resets: sg_reset --device and --target on LUN 1 while two background
+#     dd write to it and the host holds their commands (it pauses the LUN on
+#     "LUNAR-RESET: pause", resumes it on "LUNAR-RESET: cont"); dd must end
+#     (bounded), the data must verify, and data written afterwards too.
+# Every wait is bounded; a failure ends the run at once.
 /bin/busybox mkdir -p /usr/bin /sbin /usr/sbin
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -11,29 +25,144 @@ mount -t tmpfs tmpfs /tmp
 for m in $(cat /mods/order); do
     insmod "/mods/$m" || echo "LUNAR-VM: insmod $m failed"
 done
+say() { echo "LUNAR-VM: $*"; }
 result() {
     echo "LUNAR-VM-RESULT: $*"
     sync
     poweroff -f
 }
-i=0
-while [ ! -b /dev/sda ]; do
-    i=$((i + 1))
-    [ $i -gt 600 ] && result "FAIL no disk"
-    sleep 0.1
+fail() { result "FAIL $*"; }
+# The sysfs directory of LUN $1 of target 0, if it exists.
+lun_dir() {
+    for d in /sys/class/scsi_device/*:0:0:"$1"; do
+        [ -e "$d" ] && echo "$d" && return 0
+    done
+    return 1
+}
+# Its block device (sdX) and SCSI generic (sgN) names.
+disk_of() { ls "$(lun_dir "$1")/device/block" 2>/dev/null; }
+sg_of() { ls "$(lun_dir "$1")/device/scsi_generic" 2>/dev/null; }
+# wait_until TENTHS COMMAND...: polls every 0.1 s; false after TENTHS polls.
+wait_until() {
+    n=$1
+    shift
+    while ! "$@" >/dev/null 2>&1; do
+        n=$((n - 1))
+        [ $n -le 0 ] && return 1
+        sleep 0.1
+    done
+}
+has_disk() { [ -n "$(disk_of "$1")" ] && [ -b "/dev/$(disk_of "$1")" ]; }
+no_lun() { ! lun_dir "$1"; }
+# Prints a command's output, each line tagged "LUNAR-SG L<lun> <tag>: ".
+show() {
+    lun=$1 tag=$2
+    shift 2
+    "$@" > /tmp/out 2>&1
+    rc=$?
+    sed "s/^/LUNAR-SG L$lun $tag: /" /tmp/out
+    echo "LUNAR-SG L$lun $tag: rc=$rc"
+}
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+t0=$(date +%s)
+wait_until 600 has_disk 0 || fail "no disk for LUN 0"
+wait_until 100 has_disk 1 || fail "no disk for LUN 1"
+say "disks after $(($(date +%s) - t0)) s, $(nproc) CPUs"
+for d in /sys/class/scsi_device/*; do
+    say "scsi_device $(basename "$d") $(cat "$d/device/model") $(ls "$d/device/block") $(cat "$d/device/block"/*/size) sectors $(ls "$d/device/scsi_generic")"
 done
-echo "LUNAR-VM: disk after $i polls"
-sectors=$(cat /sys/block/sda/size)
-echo "LUNAR-VM: sda $sectors sectors, $(cat /sys/block/sda/queue/logical_block_size)-byte blocks"
-for d in /sys/class/scsi_device/*; do echo "LUNAR-VM: scsi_device $(basename "$d") $(cat "$d/device/model")"; done
-dd if=/dev/urandom of=/tmp/data bs=1M count=32 2>/dev/null || result "FAIL urandom"
-want=$(sha256sum /tmp/data | cut -d' ' -f1)
-dd if=/tmp/data of=/dev/sda bs=1M oflag=direct 2>/tmp/err || result "FAIL write $(cat /tmp/err)"
-rm -f /tmp/data
-dd if=/dev/sda of=/tmp/back bs=1M count=32 iflag=direct 2>/tmp/err || result "FAIL read $(cat /tmp/err)"
-got=$(sha256sum /tmp/back | cut -d' ' -f1)
-if [ "$want" = "$got" ]; then
-    result "PASS sectors=$sectors sha256=$got"
-else
-    result "FAIL checksum want=$want got=$got"
-fi
+
+# 1. Identity, as sg3-utils sees it through SG_IO.
+for lun in 0 1; do
+    sg=/dev/$(sg_of $lun)
+    show $lun inq sg_inq "$sg"
+    show $lun sn sg_vpd -p sn "$sg"
+    show $lun di sg_vpd -p di "$sg"
+    show $lun readcap sg_readcap -l "$sg"
+    show $lun luns sg_luns "$sg"
+done
+say "identity done"
+
+# 2. One writer, then one reader, pinned to each CPU: the block layer
+# submits from the CPU the process runs on, and virtio-scsi maps each CPU
+# to its own request queue. 4 MiB each, on 4 regions of LUN 0.
+d0=/dev/$(disk_of 0)
+ncpu=$(nproc)
+dd if=/dev/urandom of=/tmp/pattern bs=1M count=4 2>/dev/null || fail "urandom"
+want=$(sha /tmp/pattern)
+t=$(date +%s)
+pids=
+for c in $(seq 0 $((ncpu - 1))); do
+    taskset -c "$c" dd if=/tmp/pattern of="$d0" bs=64k seek=$((c * 64)) oflag=direct 2>/tmp/werr$c &
+    pids="$pids $!"
+done
+for p in $pids; do wait "$p" || fail "pinned writer: $(cat /tmp/werr*)"; done
+pids=
+for c in $(seq 0 $((ncpu - 1))); do
+    taskset -c "$c" dd if="$d0" of=/tmp/back$c bs=64k skip=$((c * 64)) count=64 iflag=direct 2>/tmp/rerr$c &
+    pids="$pids $!"
+done
+for p in $pids; do wait "$p" || fail "pinned reader: $(cat /tmp/rerr*)"; done
+for c in $(seq 0 $((ncpu - 1))); do
+    [ "$(sha /tmp/back$c)" = "$want" ] || fail "checksum of region $c (CPU $c)"
+    rm -f /tmp/back$c
+done
+say "multiqueue: $ncpu pinned writers+readers, 4 MiB each, verified in $(($(date +%s) - t)) s"
+
+# 3. Hot plug, driven by the host (it watches for the markers).
+t=$(date +%s)
+echo "LUNAR-HOTPLUG: add"
+wait_until 300 has_disk 2 || fail "hot-added LUN 2 did not appear"
+d2=/dev/$(disk_of 2)
+say "hot-added $(basename "$(lun_dir 2)") $(basename "$d2") $(cat /sys/block/"$(basename "$d2")"/size) sectors after $(($(date +%s) - t)) s"
+dd if=/tmp/pattern of="$d2" bs=64k oflag=direct 2>/tmp/err || fail "write hot-added: $(cat /tmp/err)"
+dd if="$d2" of=/tmp/back bs=64k count=64 iflag=direct 2>/tmp/err || fail "read hot-added: $(cat /tmp/err)"
+[ "$(sha /tmp/back)" = "$want" ] || fail "checksum on the hot-added LUN"
+t=$(date +%s)
+echo "LUNAR-HOTPLUG: remove"
+wait_until 300 no_lun 2 || fail "hot-removed LUN 2 still in /sys/class/scsi_device"
+say "hot-removed LUN 2 after $(($(date +%s) - t)) s"
+wait_until 20 has_disk 0 || fail "LUN 0 gone after the hot remove"
+
+# 4. Resets with I/O in flight on LUN 1.
+d1=/dev/$(disk_of 1)
+sg1=/dev/$(sg_of 1)
+dd if=/dev/urandom of=/tmp/big bs=1M count=8 2>/dev/null || fail "urandom"
+t=$(date +%s)
+# The host pauses LUN 1 (lunarctl stop --lun 1): the writers' commands are
+# held inside lunard, so the LUN reset finds them in flight.
+echo "LUNAR-RESET: pause"
+sleep 1
+# Two writers (8 MiB each, at 0 and 8 MiB).
+dd if=/tmp/big of="$d1" bs=64k oflag=direct 2>/tmp/dderr0 &
+dd_pids=$!
+dd if=/tmp/big of="$d1" bs=64k seek=128 oflag=direct 2>/tmp/dderr1 &
+dd_pids="$dd_pids $!"
+sleep 1.5
+sg_reset --device "$sg1" > /tmp/out 2>&1
+say "sg_reset --device rc=$? $(tr '\n' ' ' < /tmp/out)"
+sleep 0.3
+sg_reset --target "$sg1" > /tmp/out 2>&1
+say "sg_reset --target rc=$? $(tr '\n' ' ' < /tmp/out)"
+echo "LUNAR-RESET: cont"
+for p in $dd_pids; do
+    n=600
+    while kill -0 "$p" 2>/dev/null; do
+        n=$((n - 1))
+        [ $n -le 0 ] && fail "dd hung after the resets"
+        sleep 0.1
+    done
+    wait "$p" || fail "dd across the resets failed: $(cat /tmp/dderr*)"
+done
+say "2 dd across the resets ended after $(($(date +%s) - t)) s: $(tail -n1 /tmp/dderr0) / $(tail -n1 /tmp/dderr1)"
+for half in 0 1; do
+    dd if="$d1" of=/tmp/back bs=64k skip=$((half * 128)) count=128 iflag=direct 2>/tmp/err || fail "read back: $(cat /tmp/err)"
+    [ "$(sha /tmp/back)" = "$(sha /tmp/big)" ] || fail "data written across the resets differs (half $half)"
+done
+dd if=/tmp/pattern of="$d1" bs=64k seek=256 oflag=direct 2>/tmp/err || fail "write after the resets: $(cat /tmp/err)"
+dd if="$d1" of=/tmp/back bs=64k skip=256 count=64 iflag=direct 2>/tmp/err || fail "read after the resets: $(cat /tmp/err)"
+[ "$(sha /tmp/back)" = "$want" ] || fail "data written after the resets differs"
+dmesg | grep -i "reset\|abort\|timing out\|virtio_scsi" | tail -8 | sed 's/^/LUNAR-VM: dmesg: /'
+say "resets: data verified"
+result "PASS sectors=$(cat /sys/block/"$(disk_of 0)"/size),$(cat /sys/block/"$(disk_of 1)"/size) in $(($(date +%s) - t0)) s"

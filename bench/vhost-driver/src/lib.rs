@@ -216,7 +216,6 @@ impl Device {
             userspace_addr: host,
             mmap_offset: 0,
             mmap_handle: std::os::fd::AsRawFd::as_raw_fd(&fd_file),
-            ..Default::default()
         };
         frontend.set_mem_table(&[region])?;
 
@@ -372,9 +371,14 @@ fn read_write(write: bool, lba: u64, blocks: u32) -> Vec<u8> {
     }
 }
 
-/// READ CAPACITY(16) on the first request queue: (blocks, block size), and
-/// where that queue's avail and used indexes are left.
-fn capacity(dev: &Device, opts: &Options) -> Result<((u64, u32), (u16, u16)), DriverError> {
+/// (blocks, block size) of the LUN.
+type Geometry = (u64, u32);
+/// (next avail index, last used index) of a ring.
+type RingPosition = (u16, u16);
+
+/// READ CAPACITY(16) on the first request queue, and where that queue's
+/// avail and used indexes are left.
+fn capacity(dev: &Device, opts: &Options) -> Result<(Geometry, RingPosition), DriverError> {
     let mut q = QueueDriver { mem: &dev.mem, vring: &dev.vrings[2], next_avail: 0, last_used: 0 };
     let slot = dev.slot(0, opts.queue_depth, 0);
     let mut cdb = [0u8; 16];

@@ -20,7 +20,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use io_uring::{opcode, types};
@@ -59,7 +59,8 @@ enum Kind {
 /// `Arc` between I/O threads; each thread submits to its own ring.
 pub struct FileBackend {
     file: Arc<File>,
-    size: u64,
+    /// Bytes; changed only by [`FileBackend::resize`].
+    size: AtomicU64,
     kind: Kind,
     direct: bool,
     readonly: bool,
@@ -116,7 +117,7 @@ impl FileBackend {
         let in_memory = kind == Kind::Regular && !opts.direct && sys::is_memory_fs(&file);
         Ok(FileBackend {
             file: Arc::new(file),
-            size,
+            size: AtomicU64::new(size),
             kind,
             direct: opts.direct,
             readonly: opts.readonly,
@@ -129,9 +130,37 @@ impl FileBackend {
     }
 
     /// Size in bytes: `BLKGETSIZE64` for block devices, `st_size` for files
-    /// (at open time), 0 for other files such as character devices.
+    /// (at open time, or as last resized), 0 for other files such as
+    /// character devices.
     pub fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Changes the size of the image: `set_len` (truncating or extending
+    /// it sparsely; bytes past the old end read as zeros). A block device
+    /// keeps its own size: only that size is accepted (after the device
+    /// itself was resized). Control plane: a blocking system call.
+    pub fn resize(&self, new_size: u64) -> Result<()> {
+        if new_size > i64::MAX as u64 || (self.direct && !new_size.is_multiple_of(DIRECT_IO_ALIGN)) {
+            return Err(BlockError::from_errno(libc::EINVAL, "resize", new_size, 0));
+        }
+        match self.kind {
+            Kind::Regular => {
+                if self.readonly {
+                    return Err(BlockError::from_errno(libc::EROFS, "resize", new_size, 0));
+                }
+                self.file.set_len(new_size).map_err(|e| io_err(e, "resize", new_size, 0))?;
+            }
+            Kind::Block => {
+                let now = sys::block_device_size(&self.file).map_err(|e| BlockError::from_errno(e, "resize", 0, 0))?;
+                if now != new_size {
+                    return Err(BlockError::from_errno(libc::EOPNOTSUPP, "resize", new_size, 0));
+                }
+            }
+            Kind::Other => return Err(BlockError::from_errno(libc::EOPNOTSUPP, "resize", new_size, 0)),
+        }
+        self.size.store(new_size, Ordering::Release);
+        Ok(())
     }
 
     fn fd(&self) -> types::Fd {
@@ -142,7 +171,9 @@ impl FileBackend {
         let end = offset.checked_add(len).filter(|&e| e <= i64::MAX as u64);
         match end {
             None => Err(BlockError::out_of_range(op, offset, len)),
-            Some(end) if self.kind != Kind::Other && end > self.size => Err(BlockError::out_of_range(op, offset, len)),
+            Some(end) if self.kind != Kind::Other && end > self.size() => {
+                Err(BlockError::out_of_range(op, offset, len))
+            }
             Some(_) => Ok(()),
         }
     }
@@ -531,5 +562,27 @@ mod tests {
         assert_eq!(BlockError::from_errno(libc::ENOSPC, "write", 0, 512).kind, ErrorKind::NoSpace);
         let e = io_err(std::io::Error::from_raw_os_error(libc::EIO), "read", 4096, 512);
         assert_eq!((e.kind, e.errno, e.offset, e.len), (ErrorKind::Io, libc::EIO, 4096, 512));
+    }
+
+    #[test]
+    fn resize_sets_the_image_length() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(1 << 20).unwrap();
+        let b = FileBackend::open(f.path(), &FileOptions::default()).unwrap();
+        run(async {
+            b.write((1 << 20) - 4096, vec![7; 4096], false).await.unwrap();
+            b.resize(2 << 20).unwrap();
+            assert_eq!((b.size(), f.as_file().metadata().unwrap().len()), (2 << 20, 2 << 20));
+            assert_eq!(b.read((1 << 20) - 4096, 4096).await.unwrap(), vec![7; 4096]);
+            assert_eq!(b.read((2 << 20) - 4096, 4096).await.unwrap(), vec![0; 4096], "grown range reads zeros");
+            b.resize(512 << 10).unwrap();
+            assert_eq!(f.as_file().metadata().unwrap().len(), 512 << 10);
+            assert_eq!(b.read(512 << 10, 512).await.unwrap_err().kind, ErrorKind::OutOfRange);
+            b.resize(1 << 20).unwrap();
+            assert_eq!(b.read((1 << 20) - 4096, 4096).await.unwrap(), vec![0; 4096], "shrunk away, then zeros");
+        });
+        let ro = FileBackend::open(f.path(), &FileOptions { readonly: true, ..Default::default() }).unwrap();
+        assert_eq!(ro.resize(4 << 20).unwrap_err().kind, ErrorKind::ReadOnly);
+        assert_eq!(ro.size(), 1 << 20);
     }
 }

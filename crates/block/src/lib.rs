@@ -9,6 +9,7 @@ pub mod fault;
 pub mod file;
 pub mod mem;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use error::{BlockError, ErrorKind, Result};
@@ -16,13 +17,19 @@ pub use fault::FaultBackend;
 pub use file::{FileBackend, FileOptions};
 pub use mem::MemBackend;
 
+/// The `null` backend: only a size (shared by the clones of its [`Backend`]).
+#[derive(Debug)]
+pub struct NullBackend {
+    size: AtomicU64,
+}
+
 /// A block device as the SCSI layer sees it: a byte-addressed range.
 #[derive(Clone)]
 pub enum Backend {
     /// RAM, lock-free across threads.
     Mem(Arc<MemBackend>),
     /// Reads zeros, drops writes (for benchmarks).
-    Null { size: u64 },
+    Null(Arc<NullBackend>),
     /// A raw file or block device, I/O through io_uring.
     File(Arc<FileBackend>),
     /// A wrapper that injects errors and delays (tests of error policies and races).
@@ -35,15 +42,33 @@ impl Backend {
     }
 
     pub fn null(size: u64) -> Backend {
-        Backend::Null { size }
+        Backend::Null(Arc::new(NullBackend { size: AtomicU64::new(size) }))
     }
 
     pub fn size(&self) -> u64 {
         match self {
             Backend::Mem(m) => m.size(),
-            Backend::Null { size } => *size,
+            Backend::Null(n) => n.size.load(Ordering::Acquire),
             Backend::File(f) => f.size(),
             Backend::Fault(f) => f.inner().size(),
+        }
+    }
+
+    /// Changes the size in bytes (control plane; the caller keeps I/O
+    /// within both the old and the new size meanwhile). `mem` grows or
+    /// shrinks its chunk table, `null` only its size, `file` truncates or
+    /// extends the image (a block device's size is its own: only its
+    /// current size is accepted), `fault` resizes what it wraps. Bytes past
+    /// the old end read as zeros after growing.
+    pub fn resize(&self, new_size: u64) -> Result<()> {
+        match self {
+            Backend::Mem(m) => m.resize(new_size),
+            Backend::Null(n) => {
+                n.size.store(new_size, Ordering::Release);
+                Ok(())
+            }
+            Backend::File(f) => f.resize(new_size),
+            Backend::Fault(f) => f.inner().resize(new_size),
         }
     }
 
@@ -51,7 +76,7 @@ impl Backend {
     pub fn kind_name(&self) -> &'static str {
         match self {
             Backend::Mem(_) => "mem",
-            Backend::Null { .. } => "null",
+            Backend::Null(_) => "null",
             Backend::File(_) => "file",
             Backend::Fault(_) => "fault",
         }
@@ -72,7 +97,7 @@ impl Backend {
                 m.read_into(offset, &mut buf)?;
                 Ok(buf)
             }
-            Backend::Null { .. } => {
+            Backend::Null(_) => {
                 self.check("read", offset, len as u64)?;
                 Ok(vec![0u8; len])
             }
@@ -85,7 +110,7 @@ impl Backend {
     pub async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<()> {
         match self {
             Backend::Mem(m) => m.write_from(offset, &data),
-            Backend::Null { .. } => self.check("write", offset, data.len() as u64),
+            Backend::Null(_) => self.check("write", offset, data.len() as u64),
             Backend::File(f) => f.write(offset, data, fua).await,
             Backend::Fault(f) => Box::pin(f.write(offset, data, fua)).await,
         }
@@ -94,7 +119,7 @@ impl Backend {
     /// Makes every completed write durable (fdatasync on `file`).
     pub async fn flush(&self) -> Result<()> {
         match self {
-            Backend::Mem(_) | Backend::Null { .. } => Ok(()),
+            Backend::Mem(_) | Backend::Null(_) => Ok(()),
             Backend::File(f) => f.flush().await,
             Backend::Fault(f) => Box::pin(f.flush()).await,
         }
@@ -104,7 +129,7 @@ impl Backend {
     pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
         match self {
             Backend::Mem(m) => m.discard(offset, len),
-            Backend::Null { .. } => self.check("discard", offset, len),
+            Backend::Null(_) => self.check("discard", offset, len),
             Backend::File(f) => f.discard(offset, len).await,
             Backend::Fault(f) => Box::pin(f.discard(offset, len)).await,
         }
@@ -118,7 +143,7 @@ impl Backend {
     pub fn allocation(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
         match self {
             Backend::Mem(m) => m.allocation(offset, len),
-            Backend::Null { .. } => {
+            Backend::Null(_) => {
                 self.check("get-lba-status", offset, len)?;
                 Ok(if len == 0 { Vec::new() } else { vec![(offset, len, true)] })
             }
@@ -131,7 +156,7 @@ impl Backend {
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         match self {
             Backend::Mem(m) => m.write_zeroes(offset, len),
-            Backend::Null { .. } => self.check("write-zeroes", offset, len),
+            Backend::Null(_) => self.check("write-zeroes", offset, len),
             Backend::File(f) => f.write_zeroes(offset, len).await,
             Backend::Fault(f) => Box::pin(f.write_zeroes(offset, len)).await,
         }
@@ -157,5 +182,23 @@ mod tests {
         assert_eq!(null.allocation(4096, 512).unwrap_err().kind, ErrorKind::OutOfRange);
         let fault = Backend::Fault(Arc::new(FaultBackend::new(mem)));
         assert_eq!(fault.allocation(0, 64 << 10).unwrap(), vec![(0, 64 << 10, false)]);
+    }
+
+    #[test]
+    fn resize_by_backend() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let null = Backend::null(4096);
+        let clone = null.clone();
+        null.resize(8192).unwrap();
+        assert_eq!(clone.size(), 8192, "clones share the size");
+        assert!(rt.block_on(clone.read(4096, 4096)).is_ok());
+        null.resize(1024).unwrap();
+        assert_eq!(rt.block_on(clone.write(1024, vec![0; 512], false)).unwrap_err().kind, ErrorKind::OutOfRange);
+        let mem = Backend::mem(4096);
+        let fault = Backend::Fault(Arc::new(FaultBackend::new(mem.clone())));
+        fault.resize(1 << 20).unwrap();
+        assert_eq!((mem.size(), fault.size()), (1 << 20, 1 << 20));
+        rt.block_on(fault.write((1 << 20) - 512, vec![5; 512], false)).unwrap();
+        assert_eq!(rt.block_on(mem.read((1 << 20) - 512, 512)).unwrap(), vec![5; 512]);
     }
 }

@@ -10,37 +10,45 @@
 //! it too; a partial discard only zeroes). A discard clears the bit before
 //! zeroing and a write sets it after storing, so however a discard and a
 //! write of the same chunk interleave, a chunk left unmapped reads as zeros.
+//!
+//! Resizing: the size and the chunk table form one immutable [`Table`]
+//! behind an `ArcSwap`. Every operation loads the table once (lock-free)
+//! and checks its range against that table's size; a resize builds a new
+//! table that shares the chunks it keeps (`Arc`s) and swaps it in. An
+//! operation still holding the old table writes into the same shared chunks,
+//! so nothing written within both sizes is lost.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arc_swap::ArcSwap;
 
 use crate::error::{BlockError, Result};
 
 const CHUNK_BYTES: u64 = 64 * 1024;
 const WORDS_PER_CHUNK: usize = (CHUNK_BYTES / 8) as usize;
 
-pub struct MemBackend {
-    size: u64,
-    chunks: Box<[OnceLock<Box<[AtomicU64]>>]>,
-    /// Per chunk: written since it was last deallocated.
-    mapped: Box<[AtomicBool]>,
+/// One chunk: its words (allocated on first write) and its mapped bit.
+#[derive(Default)]
+struct Chunk {
+    words: OnceLock<Box<[AtomicU64]>>,
+    /// Written since it was last deallocated.
+    mapped: AtomicBool,
 }
 
-impl MemBackend {
-    /// A zero-filled RAM disk of `size` bytes (a multiple of 512).
-    pub fn new(size: u64) -> Self {
-        let n = size.div_ceil(CHUNK_BYTES) as usize;
-        MemBackend {
-            size,
-            chunks: (0..n).map(|_| OnceLock::new()).collect(),
-            mapped: (0..n).map(|_| AtomicBool::new(false)).collect(),
-        }
-    }
+/// A size and the chunks that hold it (immutable once published).
+struct Table {
+    size: u64,
+    chunks: Box<[Arc<Chunk>]>,
+}
 
-    pub fn size(&self) -> u64 {
-        self.size
-    }
+pub struct MemBackend {
+    table: ArcSwap<Table>,
+    /// Serializes resizes (control plane only; never taken by I/O).
+    resizing: Mutex<()>,
+}
 
+impl Table {
     fn check(&self, op: &'static str, offset: u64, len: u64) -> Result<()> {
         if offset & 7 != 0 || len & 7 != 0 {
             return Err(BlockError::new(crate::ErrorKind::Unsupported, libc::EINVAL, op, offset, len));
@@ -51,26 +59,69 @@ impl MemBackend {
         }
     }
 
-    fn chunk(&self, index: usize) -> &[AtomicU64] {
-        self.chunks[index].get_or_init(|| (0..WORDS_PER_CHUNK).map(|_| AtomicU64::new(0)).collect())
+    fn words(&self, index: usize) -> &[AtomicU64] {
+        self.chunks[index].words.get_or_init(|| (0..WORDS_PER_CHUNK).map(|_| AtomicU64::new(0)).collect())
     }
+}
 
-    /// Walks `[offset, offset+len)` chunk by chunk: `f(chunk_index, word_in_chunk, byte_in_range, words)`.
-    fn walk(&self, offset: u64, len: u64, mut f: impl FnMut(usize, usize, usize, usize)) {
-        let mut pos = offset;
-        let end = offset + len;
-        while pos < end {
-            let chunk = (pos / CHUNK_BYTES) as usize;
-            let within = pos % CHUNK_BYTES;
-            let n = (CHUNK_BYTES - within).min(end - pos);
-            f(chunk, (within / 8) as usize, (pos - offset) as usize, (n / 8) as usize);
-            pos += n;
+/// Walks `[offset, offset+len)` chunk by chunk: `f(chunk_index, word_in_chunk, byte_in_range, words)`.
+fn walk(offset: u64, len: u64, mut f: impl FnMut(usize, usize, usize, usize)) {
+    let mut pos = offset;
+    let end = offset + len;
+    while pos < end {
+        let chunk = (pos / CHUNK_BYTES) as usize;
+        let within = pos % CHUNK_BYTES;
+        let n = (CHUNK_BYTES - within).min(end - pos);
+        f(chunk, (within / 8) as usize, (pos - offset) as usize, (n / 8) as usize);
+        pos += n;
+    }
+}
+
+impl MemBackend {
+    /// A zero-filled RAM disk of `size` bytes (a multiple of 512).
+    pub fn new(size: u64) -> Self {
+        let n = size.div_ceil(CHUNK_BYTES) as usize;
+        MemBackend {
+            table: ArcSwap::from_pointee(Table { size, chunks: (0..n).map(|_| Arc::default()).collect() }),
+            resizing: Mutex::new(()),
         }
     }
 
+    pub fn size(&self) -> u64 {
+        self.table.load().size
+    }
+
+    /// Changes the size. Growing adds unallocated chunks (reading as zeros;
+    /// bytes of a shared last chunk past the old end are zeroed first, as a
+    /// shrink may have left data there); shrinking drops the chunks past the
+    /// new end. Must be a multiple of 8 bytes.
+    pub fn resize(&self, new_size: u64) -> Result<()> {
+        if new_size & 7 != 0 {
+            return Err(BlockError::new(crate::ErrorKind::Unsupported, libc::EINVAL, "resize", new_size, 0));
+        }
+        let n = usize::try_from(new_size.div_ceil(CHUNK_BYTES))
+            .map_err(|_| BlockError::from_errno(libc::EFBIG, "resize", new_size, 0))?;
+        let _serial = self.resizing.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.table.load_full();
+        if new_size > old.size && !old.size.is_multiple_of(CHUNK_BYTES) {
+            // Nobody can reach these bytes through the old table (past its end).
+            let last = (old.size / CHUNK_BYTES) as usize;
+            if let Some(words) = old.chunks[last].words.get() {
+                let from = ((old.size % CHUNK_BYTES) / 8) as usize;
+                for w in &words[from..] {
+                    w.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+        let chunks = (0..n).map(|i| old.chunks.get(i).cloned().unwrap_or_default()).collect();
+        self.table.store(Arc::new(Table { size: new_size, chunks }));
+        Ok(())
+    }
+
     pub fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.check("read", offset, buf.len() as u64)?;
-        self.walk(offset, buf.len() as u64, |c, w, b, words| match self.chunks[c].get() {
+        let t = self.table.load();
+        t.check("read", offset, buf.len() as u64)?;
+        walk(offset, buf.len() as u64, |c, w, b, words| match t.chunks[c].words.get() {
             None => buf[b..b + words * 8].fill(0),
             Some(chunk) => {
                 for (i, word) in chunk[w..w + words].iter().enumerate() {
@@ -83,25 +134,27 @@ impl MemBackend {
     }
 
     pub fn write_from(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.check("write", offset, data.len() as u64)?;
-        self.walk(offset, data.len() as u64, |c, w, b, words| {
-            let chunk = self.chunk(c);
+        let t = self.table.load();
+        t.check("write", offset, data.len() as u64)?;
+        walk(offset, data.len() as u64, |c, w, b, words| {
+            let chunk = t.words(c);
             for (i, word) in chunk[w..w + words].iter().enumerate() {
                 let at = b + i * 8;
                 let mut bytes = [0u8; 8];
                 bytes.copy_from_slice(&data[at..at + 8]);
                 word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
             }
-            self.mapped[c].store(true, Ordering::Release);
+            t.chunks[c].mapped.store(true, Ordering::Release);
         });
         Ok(())
     }
 
     /// Zeroes a range; chunks never written stay unallocated.
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        self.check("write-zeroes", offset, len)?;
-        self.walk(offset, len, |c, w, _, words| {
-            if let Some(chunk) = self.chunks[c].get() {
+        let t = self.table.load();
+        t.check("write-zeroes", offset, len)?;
+        walk(offset, len, |c, w, _, words| {
+            if let Some(chunk) = t.chunks[c].words.get() {
                 for word in &chunk[w..w + words] {
                     word.store(0, Ordering::Relaxed);
                 }
@@ -113,14 +166,15 @@ impl MemBackend {
     /// Deallocates a range: chunks it covers whole become unmapped, and
     /// every byte of the range reads as zeros.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        self.check("discard", offset, len)?;
-        self.walk(offset, len, |c, w, _, words| {
+        let t = self.table.load();
+        t.check("discard", offset, len)?;
+        walk(offset, len, |c, w, _, words| {
             // Whole: all of the chunk, or all that is left of the last one.
-            let end = (c as u64 * CHUNK_BYTES + ((w + words) * 8) as u64).min(self.size);
-            if w == 0 && (words == WORDS_PER_CHUNK || end == self.size) {
-                self.mapped[c].store(false, Ordering::Release);
+            let end = (c as u64 * CHUNK_BYTES + ((w + words) * 8) as u64).min(t.size);
+            if w == 0 && (words == WORDS_PER_CHUNK || end == t.size) {
+                t.chunks[c].mapped.store(false, Ordering::Release);
             }
-            if let Some(chunk) = self.chunks[c].get() {
+            if let Some(chunk) = t.chunks[c].words.get() {
                 for word in &chunk[w..w + words] {
                     word.store(0, Ordering::Relaxed);
                 }
@@ -132,20 +186,22 @@ impl MemBackend {
     /// Whether the chunk holding `offset` is mapped (written since it was
     /// last deallocated).
     pub fn is_allocated(&self, offset: u64) -> bool {
-        offset < self.size && self.mapped[(offset / CHUNK_BYTES) as usize].load(Ordering::Acquire)
+        let t = self.table.load();
+        offset < t.size && t.chunks[(offset / CHUNK_BYTES) as usize].mapped.load(Ordering::Acquire)
     }
 
     /// The mapped (`true`) and deallocated (`false`) extents covering
     /// `[offset, offset + len)`, adjacent extents of one state merged.
     pub fn allocation(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
-        self.check("get-lba-status", offset, len)?;
+        let t = self.table.load();
+        t.check("get-lba-status", offset, len)?;
         let mut out: Vec<(u64, u64, bool)> = Vec::new();
         let mut pos = offset;
         let end = offset + len;
         while pos < end {
             let chunk = pos / CHUNK_BYTES;
             let n = (CHUNK_BYTES - pos % CHUNK_BYTES).min(end - pos);
-            let mapped = self.mapped[chunk as usize].load(Ordering::Acquire);
+            let mapped = t.chunks[chunk as usize].mapped.load(Ordering::Acquire);
             match out.last_mut() {
                 Some(last) if last.2 == mapped => last.1 += n,
                 _ => out.push((pos, n, mapped)),
@@ -215,5 +271,67 @@ mod tests {
         assert_eq!(m.read_into(8192, &mut buf).unwrap_err().kind, crate::ErrorKind::OutOfRange);
         assert_eq!(m.write_from(u64::MAX - 7, &buf).unwrap_err().kind, crate::ErrorKind::OutOfRange);
         assert_eq!(m.read_into(3, &mut buf).unwrap_err().kind, crate::ErrorKind::Unsupported);
+    }
+
+    #[test]
+    fn resize_keeps_data_and_exposes_zeros() {
+        let c = CHUNK_BYTES;
+        let m = MemBackend::new(2 * c);
+        m.write_from(0, &[1u8; 4096]).unwrap();
+        m.write_from(c + 1024, &[2u8; 1024]).unwrap();
+        // Grow: old data stays, the new range reads as zeros, unmapped.
+        m.resize(4 * c).unwrap();
+        assert_eq!(m.size(), 4 * c);
+        let mut buf = vec![9u8; 4096];
+        m.read_into(0, &mut buf).unwrap();
+        assert_eq!(buf, vec![1u8; 4096]);
+        m.read_into(3 * c, &mut buf).unwrap();
+        assert_eq!(buf, vec![0u8; 4096]);
+        assert_eq!(m.allocation(2 * c, 2 * c).unwrap(), vec![(2 * c, 2 * c, false)]);
+        m.write_from(4 * c - 512, &[3u8; 512]).unwrap();
+        // Shrink into the middle of a chunk: past the end is out of range.
+        m.resize(c + 1024).unwrap();
+        assert_eq!(m.read_into(c + 1024, &mut buf[..8]).unwrap_err().kind, crate::ErrorKind::OutOfRange);
+        assert_eq!(m.write_from(c + 1024, &[0u8; 8]).unwrap_err().kind, crate::ErrorKind::OutOfRange);
+        // Grow again: what was past the shrunk end reads as zeros.
+        m.resize(4 * c).unwrap();
+        let mut back = vec![9u8; 2048];
+        m.read_into(c, &mut back).unwrap();
+        assert_eq!(&back[..1024], &[0u8; 1024][..], "within the kept size: unchanged (never written)");
+        assert_eq!(&back[1024..], &[0u8; 1024][..], "past the shrunk end: zeroed");
+        let mut last = vec![9u8; 512];
+        m.read_into(4 * c - 512, &mut last).unwrap();
+        assert_eq!(last, vec![0u8; 512], "a dropped chunk comes back empty");
+        assert_eq!(m.resize(12).unwrap_err().kind, crate::ErrorKind::Unsupported);
+    }
+
+    #[test]
+    fn resize_while_other_threads_write() {
+        let c = CHUNK_BYTES;
+        let m = Arc::new(MemBackend::new(4 * c));
+        let writers: Vec<_> = (0..2u8)
+            .map(|t| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2000u64 {
+                        // Within the smallest size the resizer uses: always in range.
+                        m.write_from((i % 2) * c + u64::from(t) * 4096, &[t + 1; 4096]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for i in 0..200u64 {
+            m.resize((2 + i % 8) * c).unwrap();
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        let mut buf = vec![0u8; 4096];
+        for t in 0..2u8 {
+            for chunk in 0..2 {
+                m.read_into(chunk * c + u64::from(t) * 4096, &mut buf).unwrap();
+                assert_eq!(buf, vec![t + 1; 4096], "a write lost across resizes");
+            }
+        }
     }
 }

@@ -282,6 +282,10 @@ pub struct LoginSession<R> {
     policy: AuthPolicy,
     auth: Auth,
     chap_user: Option<String>,
+    /// The TargetName asked for (also when refused), for failure reports.
+    requested_target: Option<String>,
+    /// The CHAP_N the initiator gave (also when refused), for failure reports.
+    chap_name: Option<String>,
     negotiator: Negotiator,
     seen: HashSet<String>,
 }
@@ -306,6 +310,8 @@ impl<R: TargetRegistry> LoginSession<R> {
             policy: AuthPolicy::None,
             auth: Auth::NotStarted,
             chap_user: None,
+            requested_target: None,
+            chap_name: None,
             negotiator,
             seen: HashSet::new(),
         }
@@ -360,6 +366,27 @@ impl<R: TargetRegistry> LoginSession<R> {
     /// True once the login completed or failed.
     pub fn is_finished(&self) -> bool {
         self.phase == Phase::Done
+    }
+
+    /// The InitiatorName declared so far (`None` before the first text).
+    pub fn initiator_name(&self) -> Option<&str> {
+        (!self.initiator_name.is_empty()).then_some(self.initiator_name.as_str())
+    }
+
+    /// The TargetName the initiator asked for, also if it was refused.
+    pub fn requested_target(&self) -> Option<&str> {
+        self.requested_target.as_deref()
+    }
+
+    /// The CHAP name (CHAP_N) the initiator answered with, also if refused.
+    pub fn chap_name(&self) -> Option<&str> {
+        self.chap_name.as_deref()
+    }
+
+    /// Whether this login must authenticate with CHAP (known once the
+    /// initiator named its target or asked for discovery).
+    pub fn requires_chap(&self) -> bool {
+        matches!(self.policy, AuthPolicy::Chap(_))
     }
 
     fn response(&mut self, itt: u32, isid: Isid, tsih: u16, exp: u32, max: u32) -> LoginResponse {
@@ -523,6 +550,7 @@ impl<R: TargetRegistry> LoginSession<R> {
             ));
         }
         let target_name = get("TargetName");
+        self.requested_target = target_name.map(str::to_owned);
         match self.session_type {
             SessionType::Discovery => {
                 self.policy = self.registry.discovery_auth().ok_or_else(|| {
@@ -619,6 +647,7 @@ impl<R: TargetRegistry> LoginSession<R> {
             return Err(ChapError::OutOfSequence("CHAP_A repeated"));
         }
         let name = get("CHAP_N").ok_or(ChapError::Missing("CHAP_N"))?;
+        self.chap_name = Some(name.to_owned());
         let response = get("CHAP_R").ok_or(ChapError::Missing("CHAP_R"))?;
         let response = chap::parse_binary(response).ok_or(ChapError::Malformed("CHAP_R"))?;
         let user_ok = chap::constant_time_eq(name.as_bytes(), policy.initiator.user.as_bytes());

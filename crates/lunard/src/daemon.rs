@@ -182,7 +182,10 @@ impl Daemon {
                     .filter(|&i| t.luns[i as usize].controller.as_ref().is_none_or(|c| *c == v.socket))
                     .collect();
                 let num_queues = v.num_queues.map(usize::from).unwrap_or(config.iothreads.max(1));
-                let cfg = lunar_vhost::ControllerConfig { socket: v.socket.clone(), num_queues, luns: Some(luns) };
+                // Hot-added LUNs (`lunarctl lun add`) go to the controller when it is the only one.
+                let hotplug = config.vhost_user.len() == 1;
+                let cfg =
+                    lunar_vhost::ControllerConfig { socket: v.socket.clone(), num_queues, luns: Some(luns), hotplug };
                 vhost.push(lunar_vhost::Controller::start(core.clone(), cfg)?);
             }
         }

@@ -29,6 +29,17 @@ fn main() -> ExitCode {
         }
     };
     let control_ctx = lunard::control::Context::new(&config, daemon.targets.clone(), daemon.server.handle());
+    let metrics = match config.metrics {
+        None => None,
+        Some(addr) => match lunard::metrics::MetricsServer::start(addr, control_ctx.clone()) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!("lunard: {e}");
+                daemon.shutdown();
+                return ExitCode::from(1);
+            }
+        },
+    };
     let control = match lunard::control::ControlServer::start(control_ctx) {
         Ok(c) => Some(c),
         // Another daemon owns it (tests running several daemons on the
@@ -44,6 +55,9 @@ fn main() -> ExitCode {
         }
     };
     print!("{}", banner(&config, &daemon));
+    if let Some(m) = &metrics {
+        println!("  metrics http://{}/metrics", m.local_addr());
+    }
     if let Some(c) = &control {
         println!("  control {}", c.path().display());
     }
@@ -71,6 +85,7 @@ fn main() -> ExitCode {
     if let Some(c) = control {
         c.shutdown();
     }
+    drop(metrics);
     daemon.shutdown();
     tracing::info!("stopped");
     ExitCode::SUCCESS

@@ -224,9 +224,9 @@ fn stop_then_cont() {
     assert_eq!(s["targets"][0]["paused_by"], "operator");
     assert_eq!(s["targets"][0]["luns"][0]["paused"], true);
     assert_eq!(s["targets"][0]["luns"][0]["paused_reason"], "operator");
-    // Per-LUN stop is refused with a clear error.
-    let e = d.call("stop", json!({"lun": 0})).unwrap_err();
-    assert!(matches!(e, ClientError::Rpc { code: -32007, .. }), "{e}");
+    // Per-LUN stop of a LUN that does not exist is a clear error.
+    let e = d.call("stop", json!({"lun": 9})).unwrap_err();
+    assert!(matches!(e, ClientError::Rpc { code: -32002, .. }), "{e}");
     if have("iscsi-readcapacity16") {
         // A command sent while stopped does not complete until cont.
         let mut rc = Command::new("iscsi-readcapacity16")
@@ -335,11 +335,151 @@ fn set_error_policy() {
     let e = d.call("lun.set_error_policy", json!({"lun": 0, "rerror": "halt"})).unwrap_err();
     assert!(matches!(&e, ClientError::Rpc { code: -32602, message, .. } if message.contains("halt")), "{e}");
     assert!(matches!(d.call("lun.set_error_policy", json!({"lun": 0})), Err(ClientError::Rpc { code: -32602, .. })));
-    // Resize is reported as not supported (not silently ignored).
+}
+
+fn readcapacity(d: &Daemon, lun: u32) -> String {
+    let o = Command::new("iscsi-readcapacity16").arg(d.url(lun)).output().unwrap();
+    assert!(o.status.success(), "iscsi-readcapacity16: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+#[test]
+fn lun_resize() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    let file_spec = format!("backend=file,path={},size=16M", image.display());
+    let d = Daemon::start(&["--lun", "backend=mem,size=64M", "--lun", &file_spec]);
+    let mut sub = d.client();
+    sub.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    sub.call("events", json!({})).unwrap();
+    let tools = have("iscsi-readcapacity16");
+    if tools {
+        let before = readcapacity(&d, 0);
+        assert!(before.contains(&format!("Total size:{}", 64u64 << 20)), "{before}");
+    }
+    // Grow the mem LUN with a human-readable size.
+    let out = d.ctl_ok(&["lun", "resize", "0", "2G"]);
+    assert!(out.contains("2.0 GiB") && out.contains("4194304 blocks"), "{out}");
+    let v = loop {
+        // Session events of the tools come in between.
+        let v = sub.read_value().unwrap();
+        if !v["params"]["event"].as_str().unwrap().starts_with("session.") {
+            break v;
+        }
+    };
+    assert_eq!(v["params"]["event"], "lun.resized", "{v}");
+    assert_eq!((v["params"]["lun"].clone(), v["params"]["size"].clone()), (json!(0), json!(2u64 << 30)));
+    let s = d.ctl_json(&["status"]);
+    let l0 = &s["targets"][0]["luns"][0];
+    assert_eq!((l0["size"].clone(), l0["blocks"].clone()), (json!(2u64 << 30), json!(4194304)), "{l0}");
+    assert!(l0["description"].as_str().unwrap().contains("2.0 GiB"), "{l0}");
+    assert!(d.ctl_ok(&["status"]).contains("2.0 GiB"));
+    if tools {
+        let after = readcapacity(&d, 0);
+        assert!(after.contains(&format!("Total size:{}", 2u64 << 30)), "{after}");
+        println!("READ CAPACITY(16) after `lunarctl lun resize 0 2G`:\n{after}");
+    }
+    // Shrink the file LUN: the image follows.
+    let r = d.call("lun.resize", json!({"lun": 1, "size": 8u64 << 20})).unwrap();
+    assert_eq!(r["blocks"], 16384);
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 8 << 20);
+    if tools {
+        assert!(readcapacity(&d, 1).contains(&format!("Total size:{}", 8u64 << 20)));
+    }
+    // Refused: clear errors, nothing changes.
+    for (size, what) in [(json!(0), "0 bytes"), (json!(1000), "multiple of the logical block size")] {
+        let e = d.call("lun.resize", json!({"lun": 0, "size": size})).unwrap_err();
+        assert!(matches!(&e, ClientError::Rpc { code: -32602, message, .. } if message.contains(what)), "{e}");
+    }
+    let e = d.call("lun.resize", json!({"lun": 0, "size": "2T"})).unwrap_err();
+    assert!(matches!(&e, ClientError::Rpc { code: -32602, .. }), "a mem LUN above its limit: {e}");
     assert!(matches!(
-        d.call("lun.resize", json!({"lun": 0, "size": "2G"})),
-        Err(ClientError::Rpc { code: -32007, .. })
+        d.call("lun.resize", json!({"lun": 9, "size": "1G"})),
+        Err(ClientError::Rpc { code: -32002, .. })
     ));
+    let o = d.ctl(&["lun", "resize", "0", "banana"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("size"));
+    assert_eq!(d.ctl_json(&["status"])["targets"][0]["luns"][0]["size"], json!(2u64 << 30));
+}
+
+#[test]
+fn stop_and_cont_one_lun_under_load_on_another() {
+    let mut d = Daemon::start(&["--lun", "backend=mem,size=64M", "--lun", "backend=mem,size=64M"]);
+    let mut sub = d.client();
+    sub.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    sub.call("events", json!({})).unwrap();
+    let mut load = if have("iscsi-perf") { Some(perf(&d, 1)) } else { None };
+    if load.is_some() {
+        wait_for("a session on LUN 1", || {
+            d.call("status", json!({})).unwrap()["targets"][0]["luns"][1]["queues"]
+                .as_array()
+                .is_some_and(|q| !q.is_empty())
+        });
+    }
+    assert_eq!(d.ctl_ok(&["stop", "--lun", "0"]).trim(), "LUN 0 paused");
+    let s = d.ctl_json(&["status"]);
+    let t = &s["targets"][0];
+    assert_eq!((s["state"].clone(), t["state"].clone()), (json!("running"), json!("running")), "{s}");
+    assert_eq!(
+        (t["luns"][0]["paused"].clone(), t["luns"][0]["paused_reason"].clone()),
+        (json!(true), json!("operator"))
+    );
+    assert_eq!((t["luns"][1]["paused"].clone(), t["luns"][1]["paused_reason"].clone()), (json!(false), Value::Null));
+    assert!(d.ctl_ok(&["status"]).contains("paused (operator)"));
+    let held = if have("iscsi-readcapacity16") {
+        // A command for the paused LUN is held...
+        let mut rc = Command::new("iscsi-readcapacity16")
+            .arg(d.url(0))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        assert!(rc.try_wait().unwrap().is_none(), "a command of the paused LUN completed");
+        // ...while the other LUN serves.
+        assert!(readcapacity(&d, 1).contains("Total size:"));
+        Some(rc)
+    } else {
+        None
+    };
+    if let Some(l) = load.as_mut() {
+        assert!(l.try_wait().unwrap().is_none(), "the initiator of LUN 1 failed while LUN 0 was paused");
+    }
+    assert_eq!(d.ctl_ok(&["cont", "--lun", "0"]).trim(), "LUN 0 running");
+    if let Some(mut rc) = held {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = rc.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "the held command did not complete after cont");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut out = String::new();
+        rc.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        assert!(status.success(), "{out}");
+        println!("READ CAPACITY held while LUN 0 was paused, completed after `cont --lun 0`:\n{out}");
+    }
+    let mut names = Vec::new();
+    while !names.contains(&"lun.resumed".to_string()) {
+        let v = sub.read_value().unwrap();
+        let p = &v["params"];
+        if p["event"] == "lun.paused" {
+            assert_eq!((p["lun"].clone(), p["reason"].clone()), (json!(0), json!("operator")), "{p}");
+        }
+        names.push(p["event"].as_str().unwrap().to_string());
+    }
+    let core: Vec<&String> = names.iter().filter(|n| n.starts_with("lun.")).collect();
+    assert_eq!(core, ["lun.paused", "lun.resumed"]);
+    println!("events: {names:?}");
+    let s = d.ctl_json(&["status"]);
+    assert_eq!(s["targets"][0]["luns"][0]["paused"], false);
+    if let Some(mut l) = load {
+        assert!(l.try_wait().unwrap().is_none(), "the initiator of LUN 1 failed");
+        let _ = l.kill();
+        let _ = l.wait();
+    }
+    assert!(d.alive());
 }
 
 #[test]

@@ -7,10 +7,10 @@
 //! MODE SELECT racing a WRITE may see either value, as SAM-5 allows for
 //! overlapping commands).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use lunar_block::Backend;
+use lunar_block::{Backend, BlockError};
 
 use crate::cdb::Command;
 use crate::commands;
@@ -164,13 +164,26 @@ pub(crate) struct DiskState {
     pub prevent: AtomicBool,
     /// A sanitize operation running, or failed (SBC-4 4.11).
     pub sanitize: SanitizeState,
+    /// Capacity in logical blocks: read once per check, changed by
+    /// [`Disk::resize`] (shared with the disk's [`crate::CopyTarget`]s).
+    pub num_blocks: AtomicU64,
+}
+
+/// Why [`Disk::resize`] refused a size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResizeError {
+    #[error("a size of 0 bytes: a disk has at least one block")]
+    Zero,
+    #[error("{size} bytes is not a multiple of the logical block size ({block_size} bytes)")]
+    NotBlockMultiple { size: u64, block_size: u32 },
+    #[error("the backend cannot take the new size: {0}")]
+    Backend(#[from] BlockError),
 }
 
 /// A SCSI direct access block device (SBC-4) over a block backend.
 pub struct Disk {
     config: DiskConfig,
     backend: Backend,
-    num_blocks: u64,
     /// Shared with [`crate::CopyTarget`]s of this disk.
     pub(crate) state: Arc<DiskState>,
     /// Copy status held for RECEIVE COPY RESULTS.
@@ -184,7 +197,7 @@ impl std::fmt::Debug for Disk {
         f.debug_struct("Disk")
             .field("config", &self.config)
             .field("backend", &self.backend.kind_name())
-            .field("num_blocks", &self.num_blocks)
+            .field("num_blocks", &self.num_blocks())
             .field("state", &self.state)
             .field("reservations", &self.reservations)
             .finish()
@@ -203,7 +216,6 @@ impl Disk {
         Disk {
             config,
             backend,
-            num_blocks,
             copy_results: HeldResults::default(),
             state: Arc::new(DiskState {
                 wce: AtomicBool::new(true),
@@ -212,6 +224,7 @@ impl Disk {
                 medium_present: AtomicBool::new(true),
                 prevent: AtomicBool::new(false),
                 sanitize: SanitizeState::default(),
+                num_blocks: AtomicU64::new(num_blocks),
             }),
             reservations: Reservations::default(),
         }
@@ -227,7 +240,43 @@ impl Disk {
 
     /// Capacity in logical blocks.
     pub fn num_blocks(&self) -> u64 {
-        self.num_blocks
+        self.state.num_blocks.load(Ordering::Acquire)
+    }
+
+    /// The number of blocks `size` bytes make, if [`Disk::resize`] may take
+    /// it (checks the size only; the backend may still refuse it).
+    pub fn check_resize(&self, size: u64) -> Result<u64, ResizeError> {
+        let block_size = self.config.block_size;
+        if size == 0 {
+            return Err(ResizeError::Zero);
+        }
+        if !size.is_multiple_of(u64::from(block_size)) {
+            return Err(ResizeError::NotBlockMultiple { size, block_size });
+        }
+        Ok(size / u64::from(block_size))
+    }
+
+    /// Changes the capacity to `size` bytes (a non-zero multiple of the
+    /// block size) and returns the new number of blocks. Growing resizes the
+    /// backend before the new capacity shows; shrinking shows it first, so a
+    /// command checked against either capacity stays within the backend.
+    /// Commands past the new end get LBA OUT OF RANGE. The core quiesces
+    /// the logical unit around this (so no command straddles the change)
+    /// and raises CAPACITY DATA HAS CHANGED on every I_T nexus.
+    pub fn resize(&self, size: u64) -> Result<u64, ResizeError> {
+        let blocks = self.check_resize(size)?;
+        let old = self.num_blocks();
+        if blocks >= old {
+            self.backend.resize(size)?;
+            self.state.num_blocks.store(blocks, Ordering::Release);
+        } else {
+            self.state.num_blocks.store(blocks, Ordering::Release);
+            if let Err(e) = self.backend.resize(size) {
+                self.state.num_blocks.store(old, Ordering::Release);
+                return Err(e.into());
+            }
+        }
+        Ok(blocks)
     }
 
     pub fn block_size(&self) -> u32 {
@@ -269,8 +318,9 @@ impl Disk {
     /// SBC-4 4.5: every LBA of `[lba, lba + blocks)` must exist, and `lba`
     /// itself must, even when `blocks` is zero.
     pub(crate) fn check_range(&self, lba: u64, blocks: u64) -> Result<(), ScsiError> {
+        let num_blocks = self.num_blocks();
         match lba.checked_add(blocks) {
-            Some(end) if lba < self.num_blocks && end <= self.num_blocks => Ok(()),
+            Some(end) if lba < num_blocks && end <= num_blocks => Ok(()),
             _ => Err(ScsiError::LbaOutOfRange { lba }),
         }
     }
@@ -390,6 +440,36 @@ mod tests {
         assert_eq!(d.check_range(100, 0), Err(ScsiError::LbaOutOfRange { lba: 100 }));
         assert_eq!(d.check_range(99, 2), Err(ScsiError::LbaOutOfRange { lba: 99 }));
         assert_eq!(d.check_range(u64::MAX, 2), Err(ScsiError::LbaOutOfRange { lba: u64::MAX }));
+    }
+
+    #[test]
+    fn resize_changes_every_capacity_check() {
+        let d = Disk::new(DiskConfig::default(), Backend::mem(100 * 512));
+        let copy = d.copy_target();
+        assert_eq!(d.resize(0), Err(ResizeError::Zero));
+        assert_eq!(d.resize(1000), Err(ResizeError::NotBlockMultiple { size: 1000, block_size: 512 }));
+        assert_eq!(d.num_blocks(), 100, "a refused size changes nothing");
+        assert_eq!(d.resize(200 * 512), Ok(200));
+        assert_eq!((d.num_blocks(), d.backend().size()), (200, 200 * 512));
+        assert!(d.check_range(199, 1).is_ok());
+        assert!(copy.holds(199, 512), "copy targets see the new capacity");
+        assert_eq!(d.resize(10 * 512), Ok(10));
+        assert_eq!(d.check_range(10, 1), Err(ScsiError::LbaOutOfRange { lba: 10 }));
+        assert!(!copy.holds(10, 512));
+        assert_eq!(d.backend().size(), 10 * 512);
+    }
+
+    #[test]
+    fn resize_refused_by_the_backend_keeps_the_capacity() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(8 * 4096).unwrap();
+        let opts = lunar_block::FileOptions { readonly: true, ..Default::default() };
+        let b = Backend::File(Arc::new(lunar_block::FileBackend::open(f.path(), &opts).unwrap()));
+        let d = Disk::new(DiskConfig { block_size: 4096, readonly: true, ..Default::default() }, b);
+        for size in [4 * 4096, 16 * 4096] {
+            assert!(matches!(d.resize(size), Err(ResizeError::Backend(_))), "{size}");
+            assert_eq!(d.num_blocks(), 8);
+        }
     }
 
     #[test]

@@ -1,16 +1,17 @@
 //! Devices (logical units).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use lunar_block::BlockError;
+use lunar_block::{BlockError, ErrorKind};
 use lunar_scsi::{Disk, ScsiError, SideEffect};
 use tokio::sync::Notify;
 
 use crate::event::Event;
 use crate::policy::{ErrorPolicies, ErrorPolicy};
 use crate::queue::Queue;
+use crate::stats::DeviceStats;
 use crate::target::Target;
 
 /// A logical unit: an emulated disk, its queues and its life cycle.
@@ -29,6 +30,43 @@ pub struct Device {
     target: Weak<Target>,
     drop_hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     reservation_file: OnceLock<PathBuf>,
+    /// Commands, bytes, errors and latency of the device's queues.
+    stats: DeviceStats,
+    /// Why the device is paused ([`PAUSE_OPERATOR`] | [`PAUSE_IO_ERROR`] |
+    /// [`PAUSE_RESIZE`]; 0: not paused). Read by every start on the I/O
+    /// path (one atomic load); set by the control plane, and by an I/O
+    /// thread under the `stop`/`enospc` error policy.
+    pause: AtomicU8,
+    /// The errno and direction of the I/O error that paused the device.
+    pause_errno: AtomicI32,
+    pause_write: AtomicBool,
+}
+
+/// Paused by the operator (`Target::stop_device`).
+pub(crate) const PAUSE_OPERATOR: u8 = 1;
+/// Paused by the `stop`/`enospc` error policy.
+pub(crate) const PAUSE_IO_ERROR: u8 = 2;
+/// Quiesced for a resize (`Target::resize_device`), for its duration only.
+pub(crate) const PAUSE_RESIZE: u8 = 4;
+
+/// Why a device is paused (several reasons may hold at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paused {
+    /// By the operator (`stop` of the LUN); only `cont` of the LUN ends it.
+    pub operator: bool,
+    /// By the `stop`/`enospc` error policy: the first error since the last
+    /// resume. `cont` of the LUN or of the target ends it.
+    pub io_error: Option<IoErrorPause>,
+    /// Quiesced while being resized.
+    pub resizing: bool,
+}
+
+/// The I/O error that paused a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoErrorPause {
+    pub errno: i32,
+    pub kind: ErrorKind,
+    pub write: bool,
 }
 
 /// Writes a small file so that a crash leaves the old or the new content:
@@ -80,6 +118,10 @@ impl Device {
             target,
             drop_hook: Mutex::new(None),
             reservation_file: OnceLock::new(),
+            stats: DeviceStats::default(),
+            pause: AtomicU8::new(0),
+            pause_errno: AtomicI32::new(0),
+            pause_write: AtomicBool::new(false),
         })
     }
 
@@ -89,6 +131,11 @@ impl Device {
 
     pub fn disk(&self) -> &Disk {
         &self.disk
+    }
+
+    /// The statistics of the device (summed over its queues, open and closed).
+    pub fn stats(&self) -> &DeviceStats {
+        &self.stats
     }
 
     pub fn policies(&self) -> ErrorPolicies {
@@ -213,12 +260,54 @@ impl Device {
         Ok(())
     }
 
-    /// A request was parked under the `stop` policy (on its I/O thread).
+    /// Whether new commands of this device are held (I/O path: one load).
+    pub fn is_paused(&self) -> bool {
+        self.pause.load(Ordering::Acquire) != 0
+    }
+
+    /// Why the device is paused, or `None` if it is not.
+    pub fn paused(&self) -> Option<Paused> {
+        let bits = self.pause.load(Ordering::Acquire);
+        if bits == 0 {
+            return None;
+        }
+        let io_error = (bits & PAUSE_IO_ERROR != 0).then(|| {
+            let errno = self.pause_errno.load(Ordering::Acquire);
+            IoErrorPause {
+                errno,
+                kind: BlockError::from_errno(errno, "", 0, 0).kind,
+                write: self.pause_write.load(Ordering::Acquire),
+            }
+        });
+        Some(Paused { operator: bits & PAUSE_OPERATOR != 0, io_error, resizing: bits & PAUSE_RESIZE != 0 })
+    }
+
+    /// Sets pause reasons; returns the bits set before.
+    pub(crate) fn pause(&self, bits: u8) -> u8 {
+        self.pause.fetch_or(bits, Ordering::AcqRel)
+    }
+
+    /// Clears pause reasons; returns the bits set before.
+    pub(crate) fn unpause(&self, bits: u8) -> u8 {
+        self.pause.fetch_and(!bits, Ordering::AcqRel)
+    }
+
+    /// A request was parked under the `stop`/`enospc` policy (on its I/O
+    /// thread): the device pauses (new commands are held, other devices go
+    /// on) and the first such error since the last resume raises an event.
     pub(crate) fn paused_on_error(&self, e: &BlockError, write: bool) {
-        tracing::warn!(lun = self.lun, errno = e.errno, write, "I/O error: stopping the target ({e})");
+        if self.pause.load(Ordering::Acquire) & PAUSE_IO_ERROR != 0 {
+            return;
+        }
+        // The details first, so whoever sees the bit sees them.
+        self.pause_errno.store(e.errno, Ordering::Release);
+        self.pause_write.store(write, Ordering::Release);
+        if self.pause(PAUSE_IO_ERROR) & PAUSE_IO_ERROR != 0 {
+            return;
+        }
+        tracing::warn!(lun = self.lun, errno = e.errno, write, "I/O error: pausing the LUN ({e})");
         if let Some(t) = self.target.upgrade() {
             t.emit(Event::PausedOnIoError { lun: self.lun, errno: e.errno, kind: e.kind, write });
-            t.request_stop();
         }
     }
 }
@@ -228,5 +317,36 @@ impl Drop for Device {
         if let Some(f) = self.drop_hook.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
             f();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lunar_block::Backend;
+    use lunar_scsi::DiskConfig;
+
+    #[test]
+    fn pause_reasons_add_up_and_the_first_error_is_kept() {
+        let d =
+            Device::new(3, Disk::new(DiskConfig::default(), Backend::mem(4096)), ErrorPolicies::default(), Weak::new());
+        assert!(!d.is_paused() && d.paused().is_none());
+        assert_eq!(d.pause(PAUSE_OPERATOR), 0);
+        d.paused_on_error(&BlockError::from_errno(libc::ENOSPC, "write", 0, 512), true);
+        d.paused_on_error(&BlockError::from_errno(libc::EIO, "read", 0, 512), false);
+        let p = d.paused().unwrap();
+        assert!(p.operator && !p.resizing);
+        assert_eq!(p.io_error, Some(IoErrorPause { errno: libc::ENOSPC, kind: ErrorKind::NoSpace, write: true }));
+        // Resuming the operator's pause leaves the error's.
+        assert_eq!(d.unpause(PAUSE_OPERATOR) & PAUSE_OPERATOR, PAUSE_OPERATOR);
+        assert!(d.is_paused());
+        d.unpause(PAUSE_IO_ERROR);
+        assert!(d.paused().is_none());
+        // A new error after the resume is recorded afresh.
+        d.paused_on_error(&BlockError::from_errno(libc::EIO, "read", 0, 512), false);
+        assert_eq!(
+            d.paused().unwrap().io_error,
+            Some(IoErrorPause { errno: libc::EIO, kind: ErrorKind::Io, write: false })
+        );
     }
 }

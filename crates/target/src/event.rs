@@ -4,7 +4,8 @@ use lunar_block::ErrorKind;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A request failed under the `stop`/`enospc` policy: the target stops.
+    /// A request failed under the `stop`/`enospc` policy: its LUN pauses
+    /// (raised once per pause; other LUNs go on).
     PausedOnIoError {
         lun: u64,
         errno: i32,
@@ -25,5 +26,21 @@ pub enum Event {
     },
     DeviceReset {
         lun: u64,
+    },
+    /// The operator paused a LUN: its in-flight I/O has drained, new
+    /// commands are held.
+    DevicePaused {
+        lun: u64,
+    },
+    /// A paused LUN runs again (held commands start, parked ones are re-issued).
+    DeviceResumed {
+        lun: u64,
+    },
+    /// A LUN's capacity changed; every I_T nexus of it has the unit
+    /// attention CAPACITY DATA HAS CHANGED.
+    DeviceResized {
+        lun: u64,
+        blocks: u64,
+        block_size: u32,
     },
 }

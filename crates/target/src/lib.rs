@@ -17,11 +17,12 @@ pub mod policy;
 pub mod queue;
 pub mod request;
 pub mod state;
+pub mod stats;
 mod sync;
 pub mod target;
 pub mod threads;
 
-pub use device::Device;
+pub use device::{Device, IoErrorPause, Paused};
 pub use event::Event;
 pub use policy::{ErrorPolicies, ErrorPolicy};
 pub use queue::{request, Queue};

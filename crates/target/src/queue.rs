@@ -14,13 +14,14 @@ use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use lunar_aio::InFlight;
+use lunar_aio::{InFlight, IoContext};
 use lunar_scsi::{Command, ExecContext, Nexus, ScsiError, Sense};
 
 use crate::device::Device;
 use crate::follow::{self, Arrival, Home};
 use crate::policy::Verdict;
 use crate::request::{Action, Completion, Request, RequestState, Response};
+use crate::stats::{Cells, Recorder, Stamp};
 use crate::sync::Arc as SyncArc;
 use crate::threads::Contexts;
 use std::sync::Arc;
@@ -47,6 +48,8 @@ pub struct Queue {
     contexts: Arc<Contexts>,
     /// The I_T nexus of the front-end queue (reservations, unit attentions).
     nexus: Option<Nexus>,
+    /// This queue's counters, written by whichever thread holds its list.
+    stats: Arc<Cells>,
 }
 
 /// A queue's request list and per-nexus state, on the thread that holds it.
@@ -62,6 +65,8 @@ pub(crate) struct LocalQueue {
     unit_attentions: VecDeque<Sense>,
     /// The context of ordinary commands, shared by their tasks (no per-command allocation).
     ctx: Rc<ExecContext>,
+    /// Where completions are counted: the queue's cells and this thread's.
+    recorder: Recorder,
 }
 
 /// A request list in transit between threads: plain `Send` data.
@@ -87,7 +92,10 @@ impl Queue {
         contexts: Arc<Contexts>,
         nexus: Option<Nexus>,
     ) -> Arc<Queue> {
+        let stats = Cells::new();
+        device.stats().attach(id, stats.clone());
         Arc::new(Queue {
+            stats,
             home: SyncArc::new(Home::new(id, holder)),
             device,
             io_thread: AtomicUsize::new(io_thread),
@@ -197,8 +205,14 @@ impl LocalQueue {
     pub(crate) fn install(parcel: Parcel, held: bool) {
         let id = parcel.queue.id();
         let ctx = Rc::new(ExecContext { nexus: parcel.queue.nexus.clone(), ..ExecContext::default() });
+        let thread = IoContext::current().map_or(crate::threads::MAIN_LOOP, |c| c.index());
+        let recorder = Recorder {
+            queue: parcel.queue.stats.clone(),
+            thread: parcel.queue.contexts.stats().cells(thread).cloned().unwrap_or_else(Cells::new),
+        };
         let lq = Rc::new(RefCell::new(LocalQueue {
             ctx,
+            recorder,
             queue: parcel.queue,
             requests: parcel.requests,
             next_id: parcel.next_id,
@@ -281,6 +295,9 @@ impl LocalQueue {
             let id = q.next_id;
             q.next_id += 1;
             request.id = id;
+            if request.stamp.is_none() {
+                request.stamp = Some(Stamp::now(request.data_out.len()));
+            }
             if request.state != RequestState::Parked {
                 request.state = RequestState::Enqueued;
             }
@@ -304,7 +321,7 @@ impl LocalQueue {
         let plan = lq.borrow_mut().plan_start(id);
         match plan {
             Plan::Nothing => {}
-            Plan::Complete(mut req, resp) => req.complete(resp),
+            Plan::Complete(req, resp) => LocalQueue::deliver(lq, req, resp),
             Plan::Execute(cmd, data, ctx, guard) => {
                 let lq = lq.clone();
                 let mut run = Box::pin(async move {
@@ -343,7 +360,7 @@ impl LocalQueue {
     }
 
     fn plan_start(&mut self, id: u64) -> Plan {
-        if self.held {
+        if self.held || self.queue.device.is_paused() {
             return Plan::Nothing;
         }
         let device = self.queue.device.clone();
@@ -396,6 +413,9 @@ impl LocalQueue {
                 Some(r) => r.cancelled,
                 None => return,
             };
+            if matches!(result, Err(ScsiError::Backend(_))) {
+                q.recorder.io_error();
+            }
             if cancelled {
                 q.remove_with(id, Response::aborted())
             } else {
@@ -421,8 +441,8 @@ impl LocalQueue {
                 }
             }
         };
-        if let Plan::Complete(mut req, resp) = plan {
-            req.complete(resp);
+        if let Plan::Complete(req, resp) = plan {
+            LocalQueue::deliver(lq, req, resp);
         }
     }
 
@@ -454,15 +474,18 @@ impl LocalQueue {
                         None => Plan::Nothing,
                     }
                 };
-                if let Plan::Complete(mut req, resp) = plan {
-                    req.complete(resp);
+                if let Plan::Complete(req, resp) = plan {
+                    LocalQueue::deliver(lq, req, resp);
                 }
             }
             Action::Restart => {
                 let restart = {
                     let mut q = lq.borrow_mut();
+                    // A paused device keeps its parked requests (with their
+                    // retry flag) for the resume of the device.
+                    let paused = q.queue.device.is_paused();
                     match q.requests.get_mut(&id) {
-                        Some(r) if r.retry => {
+                        Some(r) if r.retry && !paused => {
                             r.retry = false;
                             r.state = RequestState::Enqueued;
                             true
@@ -477,11 +500,36 @@ impl LocalQueue {
         }
     }
 
+    /// The device was resumed: re-issues the requests parked by the error
+    /// policy, then starts the held ones, in arrival order. Nothing while
+    /// the list is held (target stopped: its `cont` restarts them) or the
+    /// device is still paused.
+    pub(crate) fn resume(lq: &Rc<RefCell<LocalQueue>>) {
+        {
+            let mut q = lq.borrow_mut();
+            if q.held || q.queue.device.is_paused() {
+                return;
+            }
+            for r in q.requests.values_mut().filter(|r| r.retry) {
+                r.retry = false;
+                r.state = RequestState::Enqueued;
+            }
+        }
+        LocalQueue::start_enqueued(lq);
+    }
+
+    /// Completes a request taken out of the list, counting it first (the
+    /// one place where the core completes a request of a list).
+    fn deliver(lq: &Rc<RefCell<LocalQueue>>, mut req: Request, resp: Response) {
+        lq.borrow().recorder.completed(&req, &resp);
+        req.complete(resp);
+    }
+
     /// Cancels everything left (queue closing): completes them as aborted.
     pub(crate) fn abort_all(lq: &Rc<RefCell<LocalQueue>>) {
         let reqs: Vec<Request> = std::mem::take(&mut lq.borrow_mut().requests).into_values().collect();
-        for mut r in reqs {
-            r.complete(Response::aborted());
+        for r in reqs {
+            LocalQueue::deliver(lq, r, Response::aborted());
         }
     }
 }

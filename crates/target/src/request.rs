@@ -116,6 +116,8 @@ pub struct Request {
     pub(crate) state: RequestState,
     pub(crate) cancelled: bool,
     pub(crate) completion: Option<Completion>,
+    /// Arrival in its list and data-out size, for the statistics.
+    pub(crate) stamp: Option<crate::stats::Stamp>,
 }
 
 impl Request {
@@ -131,6 +133,7 @@ impl Request {
             state: RequestState::Enqueued,
             cancelled: false,
             completion: Some(completion),
+            stamp: None,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use lunar_aio::{IoContext, RunState, RunStateHub};
@@ -12,7 +12,7 @@ use lunar_scsi::{Disk, DiskConfig};
 use thiserror::Error;
 use tokio::sync::{broadcast, oneshot};
 
-use crate::device::Device;
+use crate::device::{Device, PAUSE_IO_ERROR, PAUSE_OPERATOR, PAUSE_RESIZE};
 use crate::event::Event;
 use crate::follow::Arrival;
 use crate::policy::ErrorPolicies;
@@ -39,6 +39,8 @@ pub enum TargetError {
     ShutDown,
     #[error("bad saved state: {0}")]
     State(#[from] state::StateError),
+    #[error("cannot resize: {0}")]
+    Resize(#[from] lunar_scsi::ResizeError),
 }
 
 pub type Callback = dyn Fn(&mut Request) -> Action + Send + Sync + 'static;
@@ -56,7 +58,6 @@ pub struct Target {
     /// main loop; never taken on the I/O path).
     control: tokio::sync::Mutex<()>,
     events: broadcast::Sender<Event>,
-    stop_pending: AtomicBool,
     me: Weak<Target>,
 }
 
@@ -103,7 +104,6 @@ impl Target {
             run_state,
             control: tokio::sync::Mutex::new(()),
             events,
-            stop_pending: AtomicBool::new(false),
             me: me.clone(),
         })
     }
@@ -293,41 +293,140 @@ impl Target {
     }
 
     /// Resumes: lists go back to their I/O threads, and every request that
-    /// failed under the `stop` policy is re-issued there (the seed's DMA restart).
+    /// failed under the `stop` policy is re-issued there (the seed's DMA
+    /// restart). LUNs paused by the error policy resume too (running or
+    /// stopped target); LUNs the operator paused stay paused until their
+    /// own [`Target::cont_device`].
     pub async fn cont(&self) -> Result<(), TargetError> {
         self.control(|t| async move {
-            if t.run_state.get() == RunState::Running {
-                return;
-            }
-            t.run_state.set(RunState::Running);
-            let mut waits = Vec::new();
+            let mut unpaused = Vec::new();
             for dev in t.devices() {
-                for q in dev.queues() {
-                    waits.push(relocate(&q, q.io_thread(), false));
+                if dev.unpause(PAUSE_IO_ERROR) & PAUSE_IO_ERROR != 0 {
+                    unpaused.push(dev);
                 }
             }
-            for w in waits {
-                let _ = w.await;
+            if t.run_state.get() == RunState::Running {
+                for dev in &unpaused {
+                    t.iterate_queues(dev, LocalQueue::resume).await;
+                }
+            } else {
+                t.run_state.set(RunState::Running);
+                let mut waits = Vec::new();
+                for dev in t.devices() {
+                    for q in dev.queues() {
+                        waits.push(relocate(&q, q.io_thread(), false));
+                    }
+                }
+                for w in waits {
+                    let _ = w.await;
+                }
+                for dev in t.devices() {
+                    t.iterate(&dev, Arc::new(|_| Action::Restart), false).await;
+                }
+                t.emit(Event::Resumed);
             }
-            t.stop_pending.store(false, Ordering::Release);
-            for dev in t.devices() {
-                t.iterate(&dev, Arc::new(|_| Action::Restart), false).await;
+            for dev in unpaused {
+                if !dev.is_paused() {
+                    t.emit(Event::DeviceResumed { lun: dev.lun() });
+                }
             }
-            t.emit(Event::Resumed);
         })
         .await
     }
 
-    /// Asks for a stop from an I/O thread (error policy); runs on the main loop.
-    pub(crate) fn request_stop(&self) {
-        if self.stop_pending.swap(true, Ordering::AcqRel) {
-            return;
+    // ----- one device's run state ------------------------------------------
+
+    /// Pauses one LUN (operator): its new commands are held (accepted, not
+    /// started), its executing I/O drains, other LUNs go on. Returns once
+    /// every queue of the LUN has drained. The lists stay on their threads.
+    pub async fn stop_device(&self, lun: u64) -> Result<(), TargetError> {
+        self.control(move |t| async move {
+            let dev = t.device(lun).ok_or(TargetError::NoSuchLun(lun))?;
+            let before = dev.pause(PAUSE_OPERATOR);
+            t.drain_queues(&dev).await;
+            if before & PAUSE_OPERATOR == 0 {
+                t.emit(Event::DevicePaused { lun });
+            }
+            Ok(())
+        })
+        .await?
+    }
+
+    /// Resumes one LUN paused by the operator or by the error policy: the
+    /// requests the policy parked are re-issued and the held ones start.
+    /// While the whole target is stopped, they start at its `cont`.
+    pub async fn cont_device(&self, lun: u64) -> Result<(), TargetError> {
+        self.control(move |t| async move {
+            let dev = t.device(lun).ok_or(TargetError::NoSuchLun(lun))?;
+            let before = dev.unpause(PAUSE_OPERATOR | PAUSE_IO_ERROR);
+            t.iterate_queues(&dev, LocalQueue::resume).await;
+            if before & (PAUSE_OPERATOR | PAUSE_IO_ERROR) != 0 && !dev.is_paused() {
+                t.emit(Event::DeviceResumed { lun });
+            }
+            Ok(())
+        })
+        .await?
+    }
+
+    /// Changes the capacity of a LUN to `size` bytes (a non-zero multiple of
+    /// its block size; shrinking allowed). The LUN is quiesced meanwhile
+    /// (new commands held, executing ones drained, as for `stop_device`), so
+    /// no command straddles the change; then every I_T nexus of the LUN gets
+    /// CAPACITY DATA HAS CHANGED (SPC-5) and the held commands start.
+    /// Returns the new number of blocks.
+    pub async fn resize_device(&self, lun: u64, size: u64) -> Result<u64, TargetError> {
+        self.control(move |t| async move {
+            let dev = t.device(lun).ok_or(TargetError::NoSuchLun(lun))?;
+            dev.disk().check_resize(size)?;
+            dev.pause(PAUSE_RESIZE);
+            t.drain_queues(&dev).await;
+            let old = dev.disk().num_blocks();
+            let resized = dev.disk().resize(size);
+            dev.unpause(PAUSE_RESIZE);
+            let changed = matches!(resized, Ok(blocks) if blocks != old);
+            let sense = lunar_scsi::sense::CAPACITY_DATA_HAS_CHANGED.sense();
+            t.iterate_queues(&dev, move |lq| {
+                if changed {
+                    lq.borrow_mut().push_unit_attention(sense.clone());
+                }
+                LocalQueue::resume(lq);
+            })
+            .await;
+            let blocks = resized?;
+            if changed {
+                tracing::info!(lun, old, blocks, "LUN resized");
+                t.emit(Event::DeviceResized { lun, blocks, block_size: dev.disk().block_size() });
+            }
+            Ok(blocks)
+        })
+        .await?
+    }
+
+    /// Main loop: resolves once every queue of `device` has no executing
+    /// I/O. Call after pausing the device (so that nothing new starts).
+    fn drain_queues(&self, device: &Arc<Device>) -> impl Future<Output = ()> + 'static {
+        let mut waits = Vec::new();
+        for q in device.queues() {
+            let (tx, rx) = oneshot::channel();
+            let id = q.id();
+            q.dispatch(move |arrival| {
+                let Some(lq) = (if arrival == Arrival::Here { LocalQueue::get(id) } else { None }) else {
+                    let _ = tx.send(());
+                    return;
+                };
+                let inflight = lq.borrow().inflight();
+                tokio::task::spawn_local(async move {
+                    inflight.drained().await;
+                    let _ = tx.send(());
+                });
+            });
+            waits.push(rx);
         }
-        let Ok(me) = self.arc() else { return };
-        let _ = self.contexts.main_loop().spawn(move || async move {
-            let _serial = me.control.lock().await;
-            me.stop_locked().await;
-        });
+        async move {
+            for w in waits {
+                let _ = w.await;
+            }
+        }
     }
 
     // ----- device operations ---------------------------------------------
@@ -674,6 +773,8 @@ async fn close_queue_list(q: &Arc<Queue>) {
         });
     });
     let _ = rx.await;
+    // Nothing counts on this queue any more: its counts join the device's total.
+    q.device().stats().retire(q.id());
 }
 
 /// Blocks the calling (non-event-loop) thread on a future of this crate.

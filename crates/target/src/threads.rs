@@ -4,6 +4,7 @@
 use lunar_aio::{IoContext, IoThread, ThreadError};
 
 use crate::follow::{Executor, Job};
+use crate::stats::ThreadStats;
 
 /// Index of the main loop in a [`Contexts`].
 pub const MAIN_LOOP: usize = 0;
@@ -11,6 +12,8 @@ pub const MAIN_LOOP: usize = 0;
 /// The handles of every thread, by index; immutable once started.
 pub struct Contexts {
     contexts: Vec<IoContext>,
+    /// The statistics of each thread, by index.
+    stats: ThreadStats,
 }
 
 impl Contexts {
@@ -25,6 +28,11 @@ impl Contexts {
     /// Number of I/O threads (the main loop not counted).
     pub fn io_threads(&self) -> usize {
         self.contexts.len() - 1
+    }
+
+    /// The statistics of every thread (I/O threads from index 1).
+    pub fn stats(&self) -> &ThreadStats {
+        &self.stats
     }
 
     /// Index of the calling thread, if it is one of ours.
@@ -54,8 +62,10 @@ impl ThreadSet {
         for i in 1..=io_threads.max(1) {
             threads.push(IoThread::spawn(&format!("lunar-io{}", i - 1), i)?);
         }
-        let contexts =
-            std::sync::Arc::new(Contexts { contexts: threads.iter().map(|t| t.context().clone()).collect() });
+        let contexts = std::sync::Arc::new(Contexts {
+            contexts: threads.iter().map(|t| t.context().clone()).collect(),
+            stats: ThreadStats::new(threads.len()),
+        });
         Ok(ThreadSet { threads, contexts })
     }
 

@@ -26,9 +26,12 @@
 //! Virtqueue `i + 2` (request queue `i`) is served by I/O thread
 //! `i % io_threads + 1`. The locks on the I/O path are per virtqueue, never
 //! shared between queues: the ring's `RwLock` (the crate's `VringRwLock`;
-//! otherwise taken only by the protocol thread while it sets the ring up)
-//! and the table of commands in flight (otherwise taken only by task
-//! management, to wait for the commands it aborts).
+//! otherwise taken only by the protocol thread while it sets the ring up),
+//! the table of commands in flight (otherwise taken only by task
+//! management, to wait for the commands it aborts) and the virtqueue's
+//! LUN table (an `Arc` snapshot taken once per kick; replaced by the main
+//! loop when a LUN comes or goes). Each request virtqueue counts the
+//! commands it served and logs the count when the ring stops.
 //!
 //! # Control and event queues
 //!
@@ -36,9 +39,22 @@
 //! runs on the main loop and is answered only once every command it aborts
 //! has completed (LOGICAL UNIT RESET is [`Target::reset_device`]).
 //! Asynchronous notification query/subscribe is answered with no events
-//! supported. The event queue's buffers are kept unused (no hot-plug events
-//! yet).
+//! supported.
+//!
+//! The event queue (hot plug, `VIRTIO_SCSI_F_HOTPLUG`) is owned by one task
+//! on the main loop: its worker thread only relays the kick (the driver
+//! posted buffers). The task follows the target's events: on
+//! `DeviceAdded` it opens the LUN's core queues on every request
+//! virtqueue's thread, installs them, *then* tells the driver
+//! (`TRANSPORT_RESET`/`RESCAN`, so the driver's INQUIRY finds the LUN); on
+//! `DeviceRemoved` it drops them and sends `TRANSPORT_RESET`/`REMOVED`; on
+//! `DeviceResized`, `PARAM_CHANGE` with CAPACITY DATA HAS CHANGED (2Ah/09h).
+//! Events that find no buffer wait (in order, up to
+//! [`events::MAX_PENDING`]); beyond that they are dropped and the next event
+//! carries `VIRTIO_SCSI_T_EVENTS_MISSED` (Linux then rescans the bus). Only
+//! that task writes the event queue's used ring.
 
+pub mod events;
 pub mod virtio;
 
 use std::collections::{BTreeMap, HashMap};
@@ -51,8 +67,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lunar_scsi::{Nexus, Status};
-use lunar_target::{Queue, Request, Response, Target};
-use tokio::sync::oneshot;
+use lunar_target::{Event, Queue, Request, Response, Target};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, oneshot, Notify};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
@@ -61,11 +78,14 @@ use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 
+use events::{EventQueue, ScsiEvent, EVENT_LEN};
 use virtio::*;
 pub use virtio::{decode_lun, parse_cmd, Buffers, ChainError};
 
 type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
 type Vring = VringRwLock<Mem>;
+/// A request virtqueue's core queues, by LUN.
+type LunMap = BTreeMap<u64, Arc<Queue>>;
 
 /// Errors starting a controller.
 #[derive(Debug, thiserror::Error)]
@@ -87,8 +107,12 @@ pub struct ControllerConfig {
     pub socket: PathBuf,
     /// Request virtqueues.
     pub num_queues: usize,
-    /// The LUNs of the target to expose (`None`: all of them, as of start).
+    /// The LUNs of the target to expose at start (`None`: all of them).
     pub luns: Option<Vec<u64>>,
+    /// Also expose LUNs added to the target later (hot plug: the guest is
+    /// told through the event queue). LUNs removed from the target always
+    /// disappear.
+    pub hotplug: bool,
 }
 
 /// Virtqueue size the device supports (QEMU's default is 128).
@@ -135,20 +159,34 @@ struct Shared {
 struct Pending {
     lun: u64,
     tag: u64,
+    /// A LOGICAL UNIT or I_T NEXUS RESET is cancelling it: if it ends
+    /// aborted, the response is `VIRTIO_SCSI_S_RESET` (Linux retries it),
+    /// not `S_ABORTED` (which is for ABORT TASK / ABORT TASK SET).
+    reset: bool,
     waiters: Vec<oneshot::Sender<()>>,
 }
 
 /// One request virtqueue.
 struct RequestVq {
     shared: Arc<Shared>,
+    /// Request queue number (virtqueue `index + 2`).
+    index: usize,
     io_thread: usize,
-    /// The core queues of this virtqueue, one per LUN, on `io_thread`.
-    queues: BTreeMap<u64, Arc<Queue>>,
+    /// The core queues of this virtqueue, one per LUN, on `io_thread`: a
+    /// snapshot the I/O thread clones once per kick, replaced whole by the
+    /// main loop on hot plug (this virtqueue's lock, no other's).
+    queues: Mutex<Arc<LunMap>>,
     mem: Mutex<Option<Mem>>,
     /// A processing job is scheduled on the I/O thread (coalesces kicks).
     scheduled: AtomicBool,
     /// Commands in flight, by descriptor head.
     inflight: Mutex<HashMap<u16, Pending>>,
+    /// Commands submitted to the core since the controller started
+    /// (written only by `io_thread`).
+    served: AtomicU64,
+    /// A bottom half that notifies the driver of the used entries added so
+    /// far is queued (one notification per batch of completions).
+    notify_queued: AtomicBool,
 }
 
 impl RequestVq {
@@ -156,12 +194,30 @@ impl RequestVq {
         self.inflight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a waiter for every command in flight matching `pred`.
-    fn waiters(&self, pred: impl Fn(&Pending) -> bool) -> Vec<oneshot::Receiver<()>> {
+    fn queues(&self) -> Arc<LunMap> {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Installs (`Some`) or drops (`None`) the core queue of `lun`; returns the old one.
+    fn set_queue(&self, lun: u64, queue: Option<Arc<Queue>>) -> Option<Arc<Queue>> {
+        let mut guard = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = LunMap::clone(&guard);
+        let old = match queue {
+            Some(q) => map.insert(lun, q),
+            None => map.remove(&lun),
+        };
+        *guard = Arc::new(map);
+        old
+    }
+
+    /// Registers a waiter for every command in flight matching `pred`
+    /// (and marks them as cancelled by a reset if `reset`).
+    fn waiters(&self, pred: impl Fn(&Pending) -> bool, reset: bool) -> Vec<oneshot::Receiver<()>> {
         let mut out = Vec::new();
         for p in self.lock_inflight().values_mut().filter(|p| pred(p)) {
             let (tx, rx) = oneshot::channel();
             p.waiters.push(tx);
+            p.reset |= reset;
             out.push(rx);
         }
         out
@@ -170,6 +226,7 @@ impl RequestVq {
     /// On the I/O thread: takes every available chain and submits it.
     fn process(self: &Arc<Self>, vring: &Vring) {
         let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
+        let luns = self.queues();
         loop {
             let _ = vring.disable_notification();
             loop {
@@ -180,7 +237,7 @@ impl RequestVq {
                 let Some(chain) = chain else { break };
                 let head = chain.head_index();
                 let buffers = Buffers::collect(chain.map(|d| (d.addr().0, d.len(), d.is_write_only())));
-                self.submit(vring, &mem, head, buffers);
+                self.submit(vring, &mem, &luns, head, buffers);
             }
             match vring.enable_notification() {
                 Ok(true) => continue,
@@ -189,7 +246,14 @@ impl RequestVq {
         }
     }
 
-    fn submit(self: &Arc<Self>, vring: &Vring, mem: &Mem, head: u16, buffers: Result<Buffers, ChainError>) {
+    fn submit(
+        self: &Arc<Self>,
+        vring: &Vring,
+        mem: &Mem,
+        luns: &LunMap,
+        head: u16,
+        buffers: Result<Buffers, ChainError>,
+    ) {
         let sense_size = self.shared.sense_size.load(Ordering::Relaxed) as usize;
         let cdb_size = self.shared.cdb_size.load(Ordering::Relaxed) as usize;
         let buffers = match buffers {
@@ -219,7 +283,7 @@ impl RequestVq {
             Err(e) => return fail(S_FAILURE, &e),
         };
         let queue = match decode_lun(&hdr.lun) {
-            Some((0, lun)) => self.queues.get(&lun),
+            Some((0, lun)) => luns.get(&lun),
             _ => None,
         };
         let Some(queue) = queue else {
@@ -231,7 +295,8 @@ impl RequestVq {
         let cdb = &hdr.cdb[..cdb_len(&hdr.cdb).min(hdr.cdb.len())];
         let data_in_cap = buffers.writable_len() - resp_len;
         let data_out = data_out.to_vec();
-        self.lock_inflight().insert(head, Pending { lun, tag: hdr.tag, waiters: Vec::new() });
+        self.lock_inflight().insert(head, Pending { lun, tag: hdr.tag, reset: false, waiters: Vec::new() });
+        self.served.fetch_add(1, Ordering::Relaxed);
         let (me, vring, mem) = (self.clone(), vring.clone(), mem.clone());
         let request = lunar_target::request(hdr.tag, lun, cdb, data_out, move |resp| {
             me.complete(&vring, &mem, head, &buffers, data_in_cap, sense_size, resp);
@@ -242,7 +307,7 @@ impl RequestVq {
     /// On the queue's holder thread: writes the response and returns the chain.
     #[allow(clippy::too_many_arguments)]
     fn complete(
-        &self,
+        self: &Arc<Self>,
         vring: &Vring,
         mem: &Mem,
         head: u16,
@@ -252,7 +317,11 @@ impl RequestVq {
         resp: Response,
     ) {
         let m = mem.memory();
-        let response = if resp.status == Status::TaskAborted { S_ABORTED } else { S_OK };
+        let response = match resp.status {
+            Status::TaskAborted if self.lock_inflight().get(&head).is_some_and(|p| p.reset) => S_RESET,
+            Status::TaskAborted => S_ABORTED,
+            _ => S_OK,
+        };
         let data = &resp.data[..resp.data.len().min(data_in_cap as usize)];
         let resp_len = (RESP_HEADER + sense_size) as u64;
         let written = match buffers.write_at(&*m, resp_len, data) {
@@ -266,12 +335,34 @@ impl RequestVq {
         let header = encode_resp(&resp.sense, sense_size, residual, resp.status.code(), response);
         let n = buffers.write_at(&*m, 0, &header).unwrap_or(0);
         drop(m);
-        used(vring, head, (n + written) as u32);
+        self.used_batched(vring, head, (n + written) as u32);
         let pending = self.lock_inflight().remove(&head);
         if let Some(p) = pending {
             for w in p.waiters {
                 let _ = w.send(());
             }
+        }
+    }
+
+    /// Puts a completed chain in the used ring. The driver is notified once
+    /// per batch, not once per completion (each notification wakes a vCPU):
+    /// by a bottom half queued behind the work already on the I/O thread,
+    /// so the completions of one kick share one notification.
+    fn used_batched(self: &Arc<Self>, vring: &Vring, head: u16, len: u32) {
+        if vring.add_used(head, len).is_err() || self.notify_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (me, ring) = (self.clone(), vring.clone());
+        let notify = move || {
+            me.notify_queued.store(false, Ordering::Release);
+            if ring.needs_notification().unwrap_or(true) {
+                let _ = ring.signal_used_queue();
+            }
+        };
+        let queued = self.shared.target.contexts().get(self.io_thread).map(|c| c.schedule(notify));
+        if !matches!(queued, Some(Ok(()))) {
+            self.notify_queued.store(false, Ordering::Release);
+            let _ = vring.signal_used_queue();
         }
     }
 
@@ -297,13 +388,33 @@ fn used(vring: &Vring, head: u16, len: u32) {
     }
 }
 
+/// The event virtqueue as the other threads see it; its state (the events
+/// not yet delivered) belongs to the event task on the main loop.
+struct EventVq {
+    /// The ring, kept from the first kick of a connection (the worker thread
+    /// that relays the kick hands it over); `None` once it stopped.
+    vring: Mutex<Option<Vring>>,
+    /// The driver posted buffers (or the ring was reset, or the controller stops).
+    kick: Notify,
+    /// The ring was reset: the pending events are for a driver that is gone.
+    reset: AtomicBool,
+    stop: AtomicBool,
+}
+
 /// The vhost-user backend: one virtio-scsi device.
 struct ScsiBackend {
     shared: Arc<Shared>,
     vqs: Vec<Arc<RequestVq>>,
+    /// Guest memory for the control and event queues.
     ctrl_mem: Mutex<Option<Mem>>,
     /// Task management functions not yet answered.
     ctrl_pending: Arc<AtomicUsize>,
+    /// The controller's I_T nexus (every core queue it opens).
+    nexus: Nexus,
+    /// LUNs exposed at start; with `hotplug`, every LUN added later too.
+    initial: Vec<u64>,
+    hotplug: bool,
+    event: EventVq,
 }
 
 impl ScsiBackend {
@@ -374,7 +485,7 @@ impl ScsiBackend {
                 tag.copy_from_slice(&bytes[16..24]);
                 let tag = u64::from_le_bytes(tag);
                 let lun = match decode_lun(&lun) {
-                    Some((0, l)) if self.vqs.first().is_some_and(|v| v.queues.contains_key(&l)) => l,
+                    Some((0, l)) if self.vqs.first().is_some_and(|v| v.queues().contains_key(&l)) => l,
                     _ => return reply(&[S_BAD_TARGET]),
                 };
                 self.tmf(vring, mem, head, b, subtype, lun, tag);
@@ -410,11 +521,11 @@ impl ScsiBackend {
             TMF_ABORT_TASK | TMF_ABORT_TASK_SET | TMF_CLEAR_TASK_SET | TMF_I_T_NEXUS_RESET | TMF_LOGICAL_UNIT_RESET => {
                 let mut waits = Vec::new();
                 for v in &self.vqs {
-                    waits.extend(v.waiters(matches));
+                    waits.extend(v.waiters(matches, matches!(subtype, TMF_I_T_NEXUS_RESET | TMF_LOGICAL_UNIT_RESET)));
                 }
                 let mut cancel = Vec::new();
                 for v in &self.vqs {
-                    for (l, q) in &v.queues {
+                    for (l, q) in v.queues().iter() {
                         if all_luns || *l == lun {
                             cancel.push(q.clone());
                         }
@@ -433,10 +544,12 @@ impl ScsiBackend {
                             q.cancel_where(move |r: &Request| subtype != TMF_ABORT_TASK || r.tag == tag);
                         }
                     }
+                    let waited = waits.len();
                     for w in waits {
                         let _ = w.await;
                     }
                     reply(&vring, &mem, S_FUNCTION_COMPLETE);
+                    tracing::info!(lun, tmf = tmf_name(subtype), waited, "vhost-user-scsi: task management done");
                     pending.fetch_sub(1, Ordering::AcqRel);
                 };
                 if self.shared.target.contexts().main_loop().spawn(run).is_err() {
@@ -445,6 +558,194 @@ impl ScsiBackend {
             }
             _ => reply(vring, mem, S_FUNCTION_REJECTED),
         }
+    }
+}
+
+/// Hot plug: the event queue and the LUN tables, all on the main loop.
+impl ScsiBackend {
+    fn exposes(&self, lun: u64) -> bool {
+        self.hotplug || self.initial.contains(&lun)
+    }
+
+    /// Whether every request virtqueue has an open core queue for `lun`.
+    fn attached(&self, lun: u64) -> bool {
+        self.vqs.iter().all(|v| v.queues().get(&lun).is_some_and(|q| !q.is_closed()))
+    }
+
+    /// Opens the core queues of `lun` (one per request virtqueue, on its I/O
+    /// thread) and installs them; false if the LUN cannot be opened.
+    async fn attach(&self, lun: u64) -> bool {
+        if self.attached(lun) {
+            return true;
+        }
+        let target = &self.shared.target;
+        let mut opened = Vec::with_capacity(self.vqs.len());
+        for v in &self.vqs {
+            match target.open_queue_for(lun, v.io_thread, Some(self.nexus.clone())).await {
+                Ok(q) => opened.push(q),
+                Err(e) => {
+                    tracing::warn!(lun, "vhost-user-scsi: cannot open the LUN's queues: {e}");
+                    for q in opened {
+                        let _ = target.close_queue(q).await;
+                    }
+                    return false;
+                }
+            }
+        }
+        for (v, q) in self.vqs.iter().zip(opened) {
+            if let Some(old) = v.set_queue(lun, Some(q)) {
+                if !old.is_closed() {
+                    let _ = target.close_queue(old).await;
+                }
+            }
+        }
+        true
+    }
+
+    /// Drops the core queues of `lun` (the target closed them); whether it was exposed.
+    fn detach(&self, lun: u64) -> bool {
+        let mut was = false;
+        for v in &self.vqs {
+            was |= v.set_queue(lun, None).is_some();
+        }
+        was
+    }
+
+    /// Follows one event of the target.
+    async fn on_target_event(&self, event: Event, out: &mut EventQueue) {
+        let (lun, added) = match event {
+            Event::DeviceResized { lun, .. } => {
+                if self.vqs.first().is_some_and(|v| v.queues().contains_key(&lun)) {
+                    // CAPACITY DATA HAS CHANGED (2Ah/09h): Linux rescans the disk.
+                    tracing::info!(lun, "vhost-user-scsi: LUN resized, telling the guest");
+                    out.push(ScsiEvent::param_change(lun, 0x2a, 0x09));
+                }
+                return;
+            }
+            Event::DeviceAdded { lun } if self.exposes(lun) => (lun, true),
+            Event::DeviceRemoved { lun } => (lun, false),
+            // Other events (moves, resets, run state...) change nothing the guest sees.
+            _ => return,
+        };
+        if added && self.attach(lun).await {
+            tracing::info!(lun, "vhost-user-scsi: LUN added, telling the guest");
+            out.push(ScsiEvent::rescan(lun));
+        } else if !added && self.detach(lun) {
+            tracing::info!(lun, "vhost-user-scsi: LUN removed, telling the guest");
+            out.push(ScsiEvent::removed(lun));
+        }
+    }
+
+    /// Events were lost (the broadcast lagged): compare the LUN tables with
+    /// the target's LUNs and report the differences.
+    async fn resync(&self, out: &mut EventQueue) {
+        let now = self.shared.target.luns();
+        let known: Vec<u64> = self.vqs.first().map(|v| v.queues().keys().copied().collect()).unwrap_or_default();
+        for lun in known.iter().filter(|l| !now.contains(l)) {
+            if self.detach(*lun) {
+                out.push(ScsiEvent::removed(*lun));
+            }
+        }
+        for lun in now.into_iter().filter(|&l| self.exposes(l)) {
+            if !self.attached(lun) && self.attach(lun).await {
+                out.push(ScsiEvent::rescan(lun));
+            }
+        }
+    }
+
+    /// Fills the buffers the driver posted on the event queue with pending
+    /// events. Only the event task (main loop) calls this: the used ring of
+    /// the event queue has one writer.
+    fn deliver_events(&self, out: &mut EventQueue) {
+        let Some(vring) = self.event.vring.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
+        let Some(mem) = self.ctrl_mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
+        let mut used_any = false;
+        loop {
+            while let Some(event) = out.peek() {
+                // Ready check, pop and used-ring update under one ring lock:
+                // a ring stopped meanwhile (GET_VRING_BASE) is not touched.
+                let mut ring = vring.get_mut();
+                if !ring.get_queue().ready() {
+                    return;
+                }
+                let Some(chain) = ring.get_queue_mut().pop_descriptor_chain(mem.memory()) else { break };
+                let head = chain.head_index();
+                let written = match Buffers::collect(chain.map(|d| (d.addr().0, d.len(), d.is_write_only()))) {
+                    Ok(b) if b.readable.is_empty() && b.writable_len() >= EVENT_LEN as u64 => {
+                        match b.write_at(&*mem.memory(), 0, &event) {
+                            Ok(n) => {
+                                out.consume();
+                                n
+                            }
+                            Err(e) => {
+                                self.shared.log.warn(&e);
+                                0
+                            }
+                        }
+                    }
+                    Ok(_) => {
+                        self.shared.log.warn(&"event queue buffer not a 16-byte writable buffer");
+                        0
+                    }
+                    Err(e) => {
+                        self.shared.log.warn(&e);
+                        0
+                    }
+                };
+                used_any |= ring.add_used(head, written as u32).is_ok();
+            }
+            // Ask for a kick when the driver posts more (EVENT_IDX), and
+            // catch buffers posted meanwhile.
+            match vring.enable_notification() {
+                Ok(true) if out.peek().is_some() => continue,
+                _ => break,
+            }
+        }
+        if used_any && vring.needs_notification().unwrap_or(true) {
+            let _ = vring.signal_used_queue();
+        }
+    }
+}
+
+/// The event task: owns the events not yet delivered; follows the target's
+/// events and the driver's kicks of the event queue until the controller stops.
+async fn event_task(
+    backend: Arc<ScsiBackend>,
+    mut events: broadcast::Receiver<Event>,
+    done: std::sync::mpsc::Sender<()>,
+) {
+    let mut out = EventQueue::default();
+    loop {
+        tokio::select! {
+            r = events.recv() => match r {
+                Ok(e) => backend.on_target_event(e, &mut out).await,
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "vhost-user-scsi: target events lagged; resynchronising the LUNs");
+                    backend.resync(&mut out).await;
+                }
+                Err(RecvError::Closed) => break,
+            },
+            _ = backend.event.kick.notified() => {}
+        }
+        if backend.event.stop.load(Ordering::Acquire) {
+            break;
+        }
+        if backend.event.reset.swap(false, Ordering::AcqRel) {
+            out.clear();
+        }
+        backend.deliver_events(&mut out);
+    }
+    let _ = done.send(());
+}
+
+fn tmf_name(subtype: u32) -> &'static str {
+    match subtype {
+        TMF_ABORT_TASK => "ABORT TASK",
+        TMF_ABORT_TASK_SET => "ABORT TASK SET",
+        TMF_CLEAR_TASK_SET => "CLEAR TASK SET",
+        TMF_I_T_NEXUS_RESET => "I_T NEXUS RESET",
+        TMF_LOGICAL_UNIT_RESET => "LOGICAL UNIT RESET",
+        _ => "?",
     }
 }
 
@@ -527,10 +828,22 @@ impl VhostUserBackend for ScsiBackend {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
-            1 => {}
+            1 => {
+                // The guest reset the device (or went away): its event
+                // buffers are gone, and so is the interest in older events.
+                *self.event.vring.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.event.reset.store(true, Ordering::Release);
+                self.event.kick.notify_one();
+            }
             i => {
                 if let Some(v) = self.vqs.get(i - 2) {
                     v.drain(Duration::from_secs(30));
+                    tracing::info!(
+                        queue = v.index,
+                        io_thread = v.io_thread,
+                        requests = v.served.load(Ordering::Relaxed),
+                        "vhost-user-scsi: request queue stopped"
+                    );
                 }
             }
         }
@@ -545,10 +858,18 @@ impl VhostUserBackend for ScsiBackend {
             return Ok(());
         }
         if thread == 0 {
-            if device_event == 0 {
-                if let Some(v) = vrings.first() {
-                    self.process_control(v);
+            match (device_event, vrings) {
+                (0, [control, ..]) => self.process_control(control),
+                (1, [_, event, ..]) => {
+                    // Relay to the event task, which owns the event queue.
+                    let mut slot = self.event.vring.lock().unwrap_or_else(|e| e.into_inner());
+                    if slot.is_none() {
+                        *slot = Some(event.clone());
+                    }
+                    drop(slot);
+                    self.event.kick.notify_one();
                 }
+                _ => {}
             }
             return Ok(());
         }
@@ -577,6 +898,8 @@ pub struct Controller {
     current: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>>,
     thread: Option<JoinHandle<()>>,
     backend: Arc<ScsiBackend>,
+    /// Closed (or sent on) when the event task ends.
+    event_task: Option<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Controller {
@@ -595,25 +918,30 @@ impl Controller {
         });
         let nexus = Nexus::new(format!("vhost-user:{}", config.socket.display()), 1);
         let threads = target.io_threads().max(1);
+        // Subscribe before listing the LUNs: a LUN added meanwhile is seen
+        // at least once (attaching twice is a no-op).
+        let events = target.events();
+        let initial: Vec<u64> =
+            target.luns().into_iter().filter(|lun| config.luns.as_ref().is_none_or(|l| l.contains(lun))).collect();
         let mut vqs = Vec::new();
         for i in 0..config.num_queues {
             let io_thread = i % threads + 1;
             let mut queues = BTreeMap::new();
-            for lun in target.luns() {
-                if config.luns.as_ref().is_some_and(|l| !l.contains(&lun)) {
-                    continue;
-                }
+            for &lun in &initial {
                 let q = lunar_target::wait(target.open_queue_for(lun, io_thread, Some(nexus.clone())))
                     .map_err(|e| VhostError::Queue(lun, e))?;
                 queues.insert(lun, q);
             }
             vqs.push(Arc::new(RequestVq {
                 shared: shared.clone(),
+                index: i,
                 io_thread,
-                queues,
+                queues: Mutex::new(Arc::new(queues)),
                 mem: Mutex::new(None),
                 scheduled: AtomicBool::new(false),
                 inflight: Mutex::new(HashMap::new()),
+                served: AtomicU64::new(0),
+                notify_queued: AtomicBool::new(false),
             }));
         }
         let backend = Arc::new(ScsiBackend {
@@ -621,7 +949,25 @@ impl Controller {
             vqs,
             ctrl_mem: Mutex::new(None),
             ctrl_pending: Arc::new(AtomicUsize::new(0)),
+            nexus,
+            initial,
+            hotplug: config.hotplug,
+            event: EventVq {
+                vring: Mutex::new(None),
+                kick: Notify::new(),
+                reset: AtomicBool::new(false),
+                stop: AtomicBool::new(false),
+            },
         });
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        {
+            let backend = backend.clone();
+            target
+                .contexts()
+                .main_loop()
+                .spawn(move || event_task(backend, events, done_tx))
+                .map_err(|e| VhostError::Thread(io::Error::other(e.to_string())))?;
+        }
         let mut listener = Listener::new(&config.socket, true)
             .map_err(|e| VhostError::Listen(config.socket.clone(), e.to_string()))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -635,11 +981,28 @@ impl Controller {
                 .map_err(VhostError::Thread)?
         };
         tracing::info!(socket = %config.socket.display(), queues = config.num_queues, "vhost-user-scsi controller listening");
-        Ok(Controller { socket: config.socket, stop, current, thread: Some(thread), backend })
+        Ok(Controller {
+            socket: config.socket,
+            stop,
+            current,
+            thread: Some(thread),
+            backend,
+            event_task: Some(done_rx),
+        })
     }
 
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// The LUNs the guest can use now (hot plug included).
+    pub fn luns(&self) -> Vec<u64> {
+        self.backend.vqs.first().map(|v| v.queues().keys().copied().collect()).unwrap_or_default()
+    }
+
+    /// Commands each request queue submitted to the core since the start.
+    pub fn requests_served(&self) -> Vec<u64> {
+        self.backend.vqs.iter().map(|v| v.served.load(Ordering::Relaxed)).collect()
     }
 
     /// Disconnects the frontend, stops listening, closes the core queues.
@@ -647,13 +1010,23 @@ impl Controller {
         self.stop_thread();
         let target = self.backend.shared.target.clone();
         for v in &self.backend.vqs {
-            for q in v.queues.values() {
+            for q in v.queues().values() {
                 let _ = lunar_target::wait(target.close_queue(q.clone()));
             }
         }
     }
 
+    /// Ends the event task (it may be attaching a LUN: bounded wait).
+    fn stop_events(&mut self) {
+        self.backend.event.stop.store(true, Ordering::Release);
+        self.backend.event.kick.notify_one();
+        if let Some(done) = self.event_task.take() {
+            let _ = done.recv_timeout(Duration::from_secs(10));
+        }
+    }
+
     fn stop_thread(&mut self) {
+        self.stop_events();
         self.stop.store(true, Ordering::Release);
         if let Some(h) = self.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             h.shutdown();
@@ -713,5 +1086,11 @@ fn serve(
             *v.mem.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
         *backend.ctrl_mem.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *backend.event.vring.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        backend.event.reset.store(true, Ordering::Release);
+        backend.event.kick.notify_one();
     }
 }
+
+#[cfg(test)]
+mod tests;

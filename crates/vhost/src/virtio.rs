@@ -19,6 +19,8 @@ pub const S_OK: u8 = 0;
 pub const S_OVERRUN: u8 = 1;
 pub const S_ABORTED: u8 = 2;
 pub const S_BAD_TARGET: u8 = 3;
+/// Cancelled by a reset (LOGICAL UNIT RESET, I_T NEXUS RESET).
+pub const S_RESET: u8 = 4;
 pub const S_FAILURE: u8 = 9;
 pub const S_FUNCTION_SUCCEEDED: u8 = 10;
 pub const S_FUNCTION_REJECTED: u8 = 11;

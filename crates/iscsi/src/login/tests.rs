@@ -734,3 +734,53 @@ mod fuzz {
         }
     }
 }
+
+/// What a refused login tells the control plane (`session.login_failed`).
+#[test]
+fn refused_logins_are_described_for_the_control_plane() {
+    use crate::server::LoginFailureInfo;
+    let peer: std::net::SocketAddr = "192.0.2.1:50000".parse().unwrap();
+    let fail = |step: LoginStep| match step {
+        LoginStep::Fail(_, f) => f,
+        other => panic!("not a failure: {other:?}"),
+    };
+    let reg = chap_target(ChapPolicy::one_way(ChapCredential::new("alice", SECRET)));
+
+    // A wrong CHAP secret.
+    let mut s = session(&reg);
+    let (id, c) = start_chap(&mut s, "5");
+    let r = hex(&md5_r(id, b"wrong-secret-xxx", &c));
+    let f = fail(s.handle(&req(Sec, Op, true, &[("CHAP_N", "alice"), ("CHAP_R", r.as_str())])));
+    let info = LoginFailureInfo::new(&s, &f, peer);
+    assert_eq!(info.reason, "chap");
+    assert_eq!(info.status, 0x0201);
+    assert_eq!(info.initiator.as_deref(), Some(INITIATOR));
+    assert_eq!(info.target.as_deref(), Some(TARGET));
+    assert_eq!(info.chap_user.as_deref(), Some("alice"));
+    assert_eq!(info.peer, peer);
+    assert!(!info.detail.is_empty());
+
+    // CHAP required, the initiator offers only None.
+    let mut s = session(&reg);
+    let f = fail(s.handle(&req(Sec, Op, true, &with(identity(), &[("AuthMethod", "None")]))));
+    let info = LoginFailureInfo::new(&s, &f, peer);
+    assert_eq!((info.reason, info.chap_user), ("chap", None));
+
+    // No such target; an initiator outside the ACL.
+    let mut s = session(&reg);
+    let keys = [("InitiatorName", INITIATOR), ("TargetName", "iqn.2024-01.org.lunar:nope")];
+    let f = fail(s.handle(&req(Sec, Op, true, &keys)));
+    let info = LoginFailureInfo::new(&s, &f, peer);
+    assert_eq!((info.reason, info.target.as_deref()), ("not-found", Some("iqn.2024-01.org.lunar:nope")));
+    let mut s = session(&reg);
+    let keys = [("InitiatorName", "iqn.2000-01.com.evil:x"), ("TargetName", TARGET)];
+    let f = fail(s.handle(&req(Sec, Op, true, &keys)));
+    let info = LoginFailureInfo::new(&s, &f, peer);
+    assert_eq!((info.reason, info.initiator.as_deref()), ("authorization", Some("iqn.2000-01.com.evil:x")));
+
+    // No CHAP configured: a method mismatch is an authentication failure, not CHAP's.
+    let open = Registry::new(vec![TargetConfig::open(TARGET)]);
+    let mut s = session(&open);
+    let f = fail(s.handle(&req(Sec, Op, true, &with(identity(), &[("AuthMethod", "CHAP")]))));
+    assert_eq!(LoginFailureInfo::new(&s, &f, peer).reason, "authentication");
+}

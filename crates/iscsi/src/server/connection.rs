@@ -496,6 +496,9 @@ impl Conn {
             LoginStep::Continue(resp) => self.send_login(Pdu::LoginResponse(resp)).await,
             LoginStep::Fail(resp, failure) => {
                 tracing::warn!(peer = %self.peer, status = format!("{:#06x}", failure.status.code()), "login failed: {}", failure.reason);
+                if let Phase::Login(login) = &self.phase {
+                    self.shared.login_failed(super::LoginFailureInfo::new(login, &failure, self.peer));
+                }
                 let _ = self.send_login(Pdu::LoginResponse(resp)).await;
                 Flow::Close
             }

@@ -89,6 +89,59 @@ pub struct SessionInfo {
 pub enum SessionEvent {
     Login(SessionInfo),
     Logout(SessionInfo),
+    /// A login was refused (wrong CHAP secret, initiator not allowed, no
+    /// such target...).
+    LoginFailed(LoginFailureInfo),
+}
+
+/// A refused login, as the control plane reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginFailureInfo {
+    /// Where the connection came from.
+    pub peer: SocketAddr,
+    /// The InitiatorName, if the initiator got as far as giving it.
+    pub initiator: Option<String>,
+    /// The TargetName asked for (`None`: discovery, or not given).
+    pub target: Option<String>,
+    /// The CHAP name the initiator answered with, if any.
+    pub chap_user: Option<String>,
+    /// The login status sent (class and detail, e.g. 0x0201).
+    pub status: u16,
+    /// A short category: `chap` (CHAP refused: wrong secret or name,
+    /// malformed or out of order), `authentication` (no acceptable
+    /// method), `authorization` (initiator not allowed), `not-found` (no
+    /// such target), `initiator-error`, `target-error`.
+    pub reason: &'static str,
+    /// What went wrong, in words (for the log; never sent to the initiator).
+    pub detail: String,
+}
+
+impl LoginFailureInfo {
+    /// Describes a failed login of `login`.
+    pub(crate) fn new<R: crate::login::TargetRegistry>(
+        login: &crate::login::LoginSession<R>,
+        failure: &crate::login::LoginFailure,
+        peer: SocketAddr,
+    ) -> LoginFailureInfo {
+        use crate::login::LoginStatus as S;
+        let reason = match failure.status {
+            S::AUTHENTICATION_FAILURE if login.requires_chap() => "chap",
+            S::AUTHENTICATION_FAILURE => "authentication",
+            S::AUTHORIZATION_FAILURE => "authorization",
+            S::NOT_FOUND | S::TARGET_REMOVED => "not-found",
+            s if s.class == 0x03 => "target-error",
+            _ => "initiator-error",
+        };
+        LoginFailureInfo {
+            peer,
+            initiator: login.initiator_name().map(str::to_owned),
+            target: login.requested_target().map(str::to_owned),
+            chap_user: login.chap_name().map(str::to_owned),
+            status: failure.status.code(),
+            reason,
+            detail: failure.reason.clone(),
+        }
+    }
 }
 
 /// State shared by all connections of a server.
@@ -176,6 +229,11 @@ impl Shared {
             let _ = closed.wait_for(|c| *c).await;
         }
         (kill_rx, closed_tx)
+    }
+
+    /// Reports a refused login to the control plane.
+    pub(crate) fn login_failed(&self, info: LoginFailureInfo) {
+        let _ = self.session_events.send(SessionEvent::LoginFailed(info));
     }
 
     pub(crate) fn unregister_session(&self, initiator: &str, isid: Isid, target: &str, tsih: u16) {
@@ -335,7 +393,7 @@ impl ServerHandle {
         }
     }
 
-    /// Session logins and logouts from now on.
+    /// Session logins, logouts and refused logins from now on.
     pub fn session_events(&self) -> broadcast::Receiver<SessionEvent> {
         self.shared.session_events.subscribe()
     }

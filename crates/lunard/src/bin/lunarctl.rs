@@ -28,17 +28,25 @@ struct Cli {
 enum Cmd {
     /// Run state, I/O threads, targets, LUNs and sessions
     Status,
-    /// Stop the target(s): drain in-flight I/O, start nothing until `cont`
-    Stop,
-    /// Resume; requests parked by an error policy are re-issued
-    Cont,
+    /// Stop the target(s), or one LUN with --lun: drain in-flight I/O, start nothing until `cont`
+    Stop {
+        /// Only this LUN (the target's other LUNs keep running)
+        #[arg(long)]
+        lun: Option<u64>,
+    },
+    /// Resume the target(s), or one LUN with --lun; requests parked by an error policy are re-issued
+    Cont {
+        /// Only this LUN
+        #[arg(long)]
+        lun: Option<u64>,
+    },
     /// LUN operations
     #[command(subcommand)]
     Lun(LunCmd),
     /// iSCSI sessions
     #[command(subcommand)]
     Session(SessionCmd),
-    /// Print events (LUN paused, resumed, added, removed, moved, logins...) until interrupted
+    /// Print events (LUN paused, resumed, added, removed, moved, logins, refused logins...) until interrupted
     Events,
 }
 
@@ -67,7 +75,8 @@ enum LunCmd {
         #[arg(long)]
         werror: Option<String>,
     },
-    /// Change a LUN's size
+    /// Change a LUN's size (SIZE in bytes or with a suffix: 512M, 2G); initiators
+    /// get CAPACITY DATA HAS CHANGED
     Resize { lun: u64, size: String },
 }
 
@@ -102,8 +111,10 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
     let mut c = Client::connect(&path)?;
     let (method, params) = match &cli.cmd {
         Cmd::Status => ("status", json!({})),
-        Cmd::Stop => ("stop", json!({})),
-        Cmd::Cont => ("cont", json!({})),
+        Cmd::Stop { lun: None } => ("stop", json!({})),
+        Cmd::Stop { lun: Some(lun) } => ("stop", json!({ "lun": lun })),
+        Cmd::Cont { lun: None } => ("cont", json!({})),
+        Cmd::Cont { lun: Some(lun) } => ("cont", json!({ "lun": lun })),
         Cmd::Lun(LunCmd::Add { spec, lun }) => ("lun.add", json!({ "spec": spec, "lun": lun })),
         Cmd::Lun(LunCmd::Remove { lun }) => ("lun.remove", json!({ "lun": lun })),
         Cmd::Lun(LunCmd::Move { lun, iothread }) => ("lun.move", json!({ "lun": lun, "iothread": iothread })),
@@ -126,8 +137,10 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
     }
     match &cli.cmd {
         Cmd::Status => print_status(&result),
-        Cmd::Stop => println!("stopped"),
-        Cmd::Cont => println!("running"),
+        Cmd::Stop { lun: None } => println!("stopped"),
+        Cmd::Stop { lun: Some(lun) } => println!("LUN {lun} paused"),
+        Cmd::Cont { lun: None } => println!("running"),
+        Cmd::Cont { lun: Some(lun) } => println!("LUN {lun} running"),
         Cmd::Lun(LunCmd::Add { .. }) => {
             println!("added LUN {}: {}", result["lun"], result["description"].as_str().unwrap_or(""))
         }
@@ -138,7 +151,12 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             result["rerror"].as_str().unwrap_or("?"),
             result["werror"].as_str().unwrap_or("?")
         ),
-        Cmd::Lun(LunCmd::Resize { lun, .. }) => println!("LUN {lun} resized"),
+        Cmd::Lun(LunCmd::Resize { lun, .. }) => println!(
+            "LUN {lun} resized to {} ({} blocks of {} bytes)",
+            size(result["size"].as_u64().unwrap_or(0)),
+            result["blocks"],
+            result["block_size"]
+        ),
         Cmd::Session(SessionCmd::List) => print_sessions(&result),
         Cmd::Session(SessionCmd::Kill { id }) => println!("session {id} ended"),
         Cmd::Events => {}
@@ -219,9 +237,9 @@ fn print_status(r: &Value) {
     println!("lunard {} (pid {}): {}; control {}", s(&r["version"]), s(&r["pid"]), s(&r["state"]), s(&r["control"]));
     println!("portals: {}; connections: {}", s(&r["portals"]), s(&r["connections"]));
     println!("I/O threads:");
-    let mut rows = vec![vec!["THREAD".to_string(), "QUEUES".into(), "LUNS".into()]];
+    let mut rows = vec![[vec!["THREAD".to_string(), "QUEUES".into(), "LUNS".into()], stats_header()].concat()];
     for t in r["iothreads"].as_array().into_iter().flatten() {
-        rows.push(vec![s(&t["iothread"]), s(&t["queues"]), s(&t["luns"])]);
+        rows.push([vec![s(&t["iothread"]), s(&t["queues"]), s(&t["luns"])], stats_columns(&t["stats"])].concat());
     }
     table(&rows);
     for t in r["targets"].as_array().into_iter().flatten() {
@@ -262,8 +280,52 @@ fn print_status(r: &Value) {
             ]);
         }
         table(&rows);
+        let mut rows = vec![[vec!["LUN".to_string()], stats_header()].concat()];
+        for l in t["luns"].as_array().into_iter().flatten() {
+            rows.push([vec![s(&l["lun"])], stats_columns(&l["stats"])].concat());
+        }
+        if rows.len() > 1 {
+            table(&rows);
+        }
     }
     print_sessions(&r["sessions"]);
+}
+
+fn stats_header() -> Vec<String> {
+    ["COMMANDS", "READS", "WRITES", "MB READ", "MB WRITTEN", "ERRORS", "P50", "P99"].map(String::from).to_vec()
+}
+
+/// A `stats` object of `status` as table cells (see `stats_header`).
+fn stats_columns(v: &Value) -> Vec<String> {
+    let n = |x: &Value| x.as_u64().unwrap_or(0);
+    let mb = |x: &Value| format!("{:.1}", n(x) as f64 / 1e6);
+    let mut errors = n(&v["errors"]).to_string();
+    for (key, label) in [("io_errors", "io"), ("aborted", "aborted")] {
+        if n(&v[key]) > 0 {
+            errors.push_str(&format!(" {label}:{}", n(&v[key])));
+        }
+    }
+    vec![
+        n(&v["commands"]["total"]).to_string(),
+        n(&v["commands"]["read"]).to_string(),
+        n(&v["commands"]["write"]).to_string(),
+        mb(&v["bytes"]["read"]),
+        mb(&v["bytes"]["written"]),
+        errors,
+        latency(&v["latency"]["p50_us"]),
+        latency(&v["latency"]["p99_us"]),
+    ]
+}
+
+/// A latency in microseconds for humans: 12us, 1.5ms, 2.10s.
+fn latency(us: &Value) -> String {
+    match us.as_f64() {
+        None => "-".into(),
+        Some(x) if x < 10.0 => format!("{x:.1}us"),
+        Some(x) if x < 1000.0 => format!("{x:.0}us"),
+        Some(x) if x < 1e6 => format!("{:.1}ms", x / 1e3),
+        Some(x) => format!("{:.2}s", x / 1e6),
+    }
 }
 
 fn print_sessions(v: &Value) {

@@ -117,7 +117,9 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
 
-    /// Serve metrics on this address (default: off)
+    /// Serve Prometheus metrics over HTTP on this address: GET /metrics
+    /// (per-LUN and per-I/O-thread commands, bytes, errors, latency
+    /// histograms; in-flight and paused gauges) [default: off]
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<String>,
 

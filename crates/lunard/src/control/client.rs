@@ -54,6 +54,11 @@ impl Client {
         self.writer.write_all(l.as_bytes()).map_err(|e| self.io(e))
     }
 
+    /// Bounds how long [`Client::read_value`] waits (`None`: forever).
+    pub fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> Result<(), ClientError> {
+        self.reader.get_ref().set_read_timeout(timeout).map_err(|e| self.io(e))
+    }
+
     /// Reads one line as JSON.
     pub fn read_value(&mut self) -> Result<Value, ClientError> {
         let mut line = String::new();

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use lunar_iscsi::server::{SessionEvent, SessionInfo};
+use lunar_iscsi::server::{LoginFailureInfo, SessionEvent, SessionInfo};
 use lunar_target::{Event, Target};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
@@ -36,7 +36,7 @@ pub fn errno_name(errno: i32) -> Option<&'static str> {
 pub fn core_event(target: &str, e: &Event) -> Value {
     let mut v = match e {
         Event::PausedOnIoError { lun, errno, kind, write } => json!({
-            "event": "lun.paused", "lun": lun, "errno": errno, "errno_name": errno_name(*errno),
+            "event": "lun.paused", "lun": lun, "reason": "io-error", "errno": errno, "errno_name": errno_name(*errno),
             "error": format!("{kind:?}"), "direction": if *write { "write" } else { "read" },
         }),
         Event::Stopped => json!({ "event": "target.stopped" }),
@@ -47,6 +47,12 @@ pub fn core_event(target: &str, e: &Event) -> Value {
             json!({ "event": "lun.moved", "lun": lun, "iothread": io_thread.saturating_sub(1) })
         }
         Event::DeviceReset { lun } => json!({ "event": "lun.reset", "lun": lun }),
+        Event::DevicePaused { lun } => json!({ "event": "lun.paused", "lun": lun, "reason": "operator" }),
+        Event::DeviceResumed { lun } => json!({ "event": "lun.resumed", "lun": lun }),
+        Event::DeviceResized { lun, blocks, block_size } => json!({
+            "event": "lun.resized", "lun": lun, "blocks": blocks, "block_size": block_size,
+            "size": blocks.saturating_mul(u64::from(*block_size)),
+        }),
     };
     if let Some(o) = v.as_object_mut() {
         o.insert("target".into(), json!(target));
@@ -65,12 +71,27 @@ fn session_event(e: &SessionEvent) -> Value {
     let (name, s) = match e {
         SessionEvent::Login(s) => ("session.login", s),
         SessionEvent::Logout(s) => ("session.logout", s),
+        SessionEvent::LoginFailed(f) => return login_failed_json(f),
     };
     let mut v = session_json(s);
     if let Some(o) = v.as_object_mut() {
         o.insert("event".into(), json!(name));
     }
     v
+}
+
+/// A refused login: `{"event":"session.login_failed","reason":"chap",...}`.
+pub fn login_failed_json(f: &LoginFailureInfo) -> Value {
+    json!({
+        "event": "session.login_failed",
+        "reason": f.reason,
+        "initiator": f.initiator,
+        "target": f.target,
+        "chap_user": f.chap_user,
+        "peer": f.peer.to_string(),
+        "status": format!("{:#06x}", f.status),
+        "detail": f.detail,
+    })
 }
 
 /// Starts the hub's tasks on the current (control) runtime. The receivers

@@ -7,13 +7,13 @@
 //!
 //! | method | params | result |
 //! |---|---|---|
-//! | `status` | `target?` | run state, I/O threads, targets and LUNs, sessions |
-//! | `stop` / `cont` | `target?` | `{state}` |
+//! | `status` | `target?` | run state, I/O threads, targets and LUNs (each with `stats`: see `crate::metrics::stats_json`), sessions |
+//! | `stop` / `cont` | `target?`, `lun?` | `{state}` (with `lun`: `{lun, state}`, that LUN only) |
 //! | `lun.add` | `spec`, `lun?`, `target?` | the new LUN |
 //! | `lun.remove` | `lun`, `target?` | `{}` |
 //! | `lun.move` | `lun`, `iothread`, `target?` | `{lun, iothread}` |
 //! | `lun.set_error_policy` | `lun`, `rerror?`, `werror?`, `target?` | `{lun, rerror, werror}` |
-//! | `lun.resize` | `lun`, `size`, `target?` | not supported yet (error -32007) |
+//! | `lun.resize` | `lun`, `size` (bytes or "2G"), `target?` | `{lun, size, blocks, block_size}` |
 //! | `session.list` | | `[session]` |
 //! | `session.kill` | `id` (the TSIH) | `{killed}` |
 //! | `events` | | `{subscribed}`, then one `event` notification per line |
@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use super::events::{errno_name, session_json};
 use super::rpc::{self, Call, Params, RpcError};
 use super::Context;
-use crate::config::{BackendSpec, LunConfig, MAX_LUNS_PER_TARGET};
+use crate::config::{BackendSpec, LunConfig, MAX_LUNS_PER_TARGET, MAX_MEM_SIZE};
 
 /// Application errors (JSON-RPC codes from -32000 down).
 #[derive(Debug, thiserror::Error)]
@@ -110,11 +110,15 @@ async fn dispatch(
         }
         "stop" | "cont" => {
             let p = Params::new(params, &["target", "lun"])?;
-            if p.opt_u64("lun")?.is_some() {
-                return Err(MethodError::NotSupported(format!(
-                    "{method} of one LUN: the core stops and resumes whole targets; leave out `lun`"
-                ))
-                .into());
+            if let Some(lun) = p.opt_u64("lun")? {
+                // One LUN: its commands are held (stop) or resume (cont); the others go on.
+                let t = select_one(ctx, p.opt_str("target")?)?;
+                if method == "stop" {
+                    t.stop_device(lun).await.map_err(MethodError::from)?;
+                } else {
+                    t.cont_device(lun).await.map_err(MethodError::from)?;
+                }
+                return Ok(json!({ "lun": lun, "state": if method == "stop" { "paused" } else { "running" } }));
             }
             let targets = select_all(ctx, p.opt_str("target")?)?;
             for t in &targets {
@@ -178,14 +182,8 @@ async fn dispatch(
             let p = Params::new(params, &["lun", "size", "target"])?;
             let t = select_one(ctx, p.opt_str("target")?)?;
             let lun = p.u64("lun")?;
-            match p.map_size()? {
-                _ if t.device(lun).is_none() => Err(MethodError::NoSuchLun(lun).into()),
-                _ => Err(MethodError::NotSupported(
-                    "lun.resize: the disk's capacity is fixed at creation in this version (remove and re-add the LUN)"
-                        .into(),
-                )
-                .into()),
-            }
+            let size = p.map_size()?;
+            Ok(lun_resize(ctx, &t, lun, size).await?)
         }
         "session.list" => {
             Params::new(params, &[])?;
@@ -282,19 +280,25 @@ async fn status(ctx: &Context, only: Option<&str>) -> Result<Value, MethodError>
                 _ => None,
             });
             let policies = dev.policies();
-            let errors: Vec<Value> = pause
-                .errors
-                .iter()
-                .filter(|e| e.0 == dev.lun())
-                .map(|(_, errno, dir, kind)| {
-                    json!({ "errno": errno, "errno_name": errno_name(*errno), "direction": dir, "error": kind })
+            // A LUN pauses on its own (operator, I/O error, resize) or with its target.
+            let lun_pause = dev.paused();
+            let errors: Vec<Value> = lun_pause
+                .and_then(|p| p.io_error)
+                .map(|e| {
+                    json!({
+                        "errno": e.errno, "errno_name": errno_name(e.errno),
+                        "direction": if e.write { "write" } else { "read" }, "error": format!("{:?}", e.kind),
+                    })
                 })
+                .into_iter()
                 .collect();
-            let paused_reason = match (state, pause.by) {
-                (RunState::Running, _) => Value::Null,
-                (RunState::Stopped, _) if !errors.is_empty() => json!("io-error"),
-                (RunState::Stopped, Some("io-error")) => json!("io-error on another LUN"),
-                (RunState::Stopped, _) => json!("operator"),
+            let paused_reason = match (lun_pause, state) {
+                (Some(p), _) => {
+                    let why = [(p.operator, "operator"), (p.io_error.is_some(), "io-error"), (p.resizing, "resizing")];
+                    json!(why.iter().filter(|w| w.0).map(|w| w.1).collect::<Vec<_>>().join(","))
+                }
+                (None, RunState::Running) => Value::Null,
+                (None, RunState::Stopped) => json!(pause.by.unwrap_or("operator")),
             };
             luns.push(json!({
                 "lun": dev.lun(),
@@ -312,9 +316,10 @@ async fn status(ctx: &Context, only: Option<&str>) -> Result<Value, MethodError>
                 })).collect::<Vec<_>>(),
                 "iothreads": threads.into_iter().map(thread_json).collect::<Vec<_>>(),
                 "in_flight": in_flight,
-                "paused": state == RunState::Stopped,
+                "paused": state == RunState::Stopped || lun_pause.is_some(),
                 "paused_reason": paused_reason,
                 "errors": errors,
+                "stats": crate::metrics::stats_json(&dev.stats().snapshot()),
             }));
         }
         out.push(json!({
@@ -337,12 +342,40 @@ async fn status(ctx: &Context, only: Option<&str>) -> Result<Value, MethodError>
         "state": state,
         "iothreads": per_thread.into_iter().enumerate().map(|(i, (queues, luns))| json!({
             "iothread": i, "queues": queues, "luns": luns.into_iter().collect::<Vec<_>>(),
+            "stats": crate::metrics::stats_json(&crate::metrics::thread_stats(ctx, i)),
         })).collect::<Vec<_>>(),
         "targets": out,
         "portals": ctx.server.portals().iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "connections": ctx.server.connections(),
         "sessions": ctx.server.sessions().iter().map(session_json).collect::<Vec<_>>(),
     }))
+}
+
+async fn lun_resize(ctx: &Context, t: &Arc<Target>, lun: u64, size: u64) -> Result<Value, RpcError> {
+    let dev = t.device(lun).ok_or(MethodError::NoSuchLun(lun))?;
+    let key = (t.name().to_string(), lun);
+    let is_mem = ctx
+        .luns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .is_some_and(|c| matches!(c.backend, BackendSpec::Mem { .. }));
+    if is_mem && size > MAX_MEM_SIZE {
+        return Err(RpcError::invalid_params(format!("`size`: a mem LUN is at most {MAX_MEM_SIZE} bytes")));
+    }
+    dev.disk().check_resize(size).map_err(|e| RpcError::invalid_params(format!("`size`: {e}")))?;
+    let blocks = t.resize_device(lun, size).await.map_err(|e| match e {
+        TargetError::Resize(lunar_scsi::ResizeError::Backend(b)) => MethodError::Backend(format!("resize: {b}")),
+        other => MethodError::from(other),
+    })?;
+    if let Some(c) = ctx.luns.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&key) {
+        match &mut c.backend {
+            BackendSpec::Mem { size: s } | BackendSpec::Null { size: s } => *s = size,
+            BackendSpec::File { size: s, .. } => *s = s.map(|_| size),
+        }
+    }
+    let block_size = dev.disk().block_size();
+    Ok(json!({ "lun": lun, "size": size, "blocks": blocks, "block_size": block_size }))
 }
 
 async fn lun_add(ctx: &Context, t: &Arc<Target>, spec: &str, lun: Option<u64>) -> Result<Value, RpcError> {

@@ -53,13 +53,12 @@ pub enum ControlError {
     Thread(io::Error),
 }
 
-/// Why a target is paused, as `status` shows it.
+/// Why a target is stopped, as `status` shows it (a LUN paused on its own,
+/// by the operator or on an I/O error, is the core's to tell: `Device::paused`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Pause {
-    /// "operator" or "io-error".
+    /// "operator".
     pub by: Option<&'static str>,
-    /// I/O errors that paused it: (lun, errno, direction, kind).
-    pub errors: Vec<(u64, i32, &'static str, String)>,
 }
 
 /// What the control plane works on: the daemon's targets and iSCSI server,
@@ -107,11 +106,6 @@ impl Context {
     pub(crate) fn note_core_event(&self, target: &str, e: &Event) {
         let mut p = self.pauses.lock().unwrap_or_else(|e| e.into_inner());
         match e {
-            Event::PausedOnIoError { lun, errno, kind, write } => {
-                let entry = p.entry(target.to_string()).or_default();
-                entry.by = Some("io-error");
-                entry.errors.push((*lun, *errno, if *write { "write" } else { "read" }, format!("{kind:?}")));
-            }
             Event::Stopped => {
                 p.entry(target.to_string()).or_default().by.get_or_insert("operator");
             }

@@ -84,6 +84,24 @@ mod tests {
     }
 
     #[test]
+    fn capacity_commands_follow_a_resize() {
+        let d = disk(1000);
+        run_data(&d, &cdb16(0x8A, 0, 999, 1), vec![3; 512]).unwrap();
+        d.resize(2000 * 512).unwrap();
+        assert_eq!(&run(&d, &cdb16(0x9E, 0x10, 0, 32)).unwrap()[..8], &1999u64.to_be_bytes());
+        assert_eq!(&run(&d, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap()[..4], &1999u32.to_be_bytes());
+        assert_eq!(run(&d, &cdb16(0x88, 0, 999, 1)).unwrap(), vec![3; 512], "data kept");
+        assert_eq!(run(&d, &cdb16(0x88, 0, 1999, 1)).unwrap(), vec![0; 512], "new blocks read as zeros");
+        // GET LBA STATUS covers the new end, and stops there after a shrink.
+        assert!(run(&d, &cdb16(0x9E, 0x12, 1999, 24)).is_ok());
+        d.resize(500 * 512).unwrap();
+        assert_eq!(&run(&d, &cdb16(0x9E, 0x10, 0, 32)).unwrap()[..8], &499u64.to_be_bytes());
+        assert_eq!(run(&d, &cdb16(0x88, 0, 999, 1)), Err(ScsiError::LbaOutOfRange { lba: 999 }));
+        assert_eq!(run_data(&d, &cdb16(0x8A, 0, 500, 1), vec![0; 512]), Err(ScsiError::LbaOutOfRange { lba: 500 }));
+        assert_eq!(run(&d, &cdb16(0x9E, 0x12, 500, 24)), Err(ScsiError::LbaOutOfRange { lba: 500 }));
+    }
+
+    #[test]
     fn huge_disk_reports_ffffffff() {
         let d = Disk::new(DiskConfig::default(), Backend::null(1 << 45));
         let r = run(&d, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();

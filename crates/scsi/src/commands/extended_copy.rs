@@ -93,7 +93,6 @@ pub(crate) fn decode_results(c: Cdb<'_>) -> Result<Command, ScsiError> {
 pub struct CopyTarget {
     backend: Backend,
     block_size: u32,
-    num_blocks: u64,
     readonly: bool,
     state: Arc<DiskState>,
 }
@@ -103,7 +102,7 @@ impl std::fmt::Debug for CopyTarget {
         f.debug_struct("CopyTarget")
             .field("backend", &self.backend.kind_name())
             .field("block_size", &self.block_size)
-            .field("num_blocks", &self.num_blocks)
+            .field("num_blocks", &self.state.num_blocks.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -167,9 +166,10 @@ impl CopyTarget {
     }
 
     /// Whether `bytes` from the block at `lba` lie on the medium.
-    fn holds(&self, lba: u64, bytes: u64) -> bool {
+    pub(crate) fn holds(&self, lba: u64, bytes: u64) -> bool {
         let blocks = bytes / u64::from(self.block_size);
-        lba.checked_add(blocks).is_some_and(|end| end <= self.num_blocks)
+        let num_blocks = self.state.num_blocks.load(Ordering::Acquire);
+        lba.checked_add(blocks).is_some_and(|end| end <= num_blocks)
     }
 }
 
@@ -359,7 +359,6 @@ impl Disk {
         CopyTarget {
             backend: self.backend().clone(),
             block_size: self.block_size(),
-            num_blocks: self.num_blocks(),
             readonly: self.config().readonly,
             state: Arc::clone(&self.state),
         }
