@@ -6,7 +6,9 @@
 # summarised with cu-summary. Slow under TCG: not part of CI.
 #
 # usage: tests/vm/guest-conformance.sh [TESTS]   (default ALL; e.g. SCSI.Read10)
-# env: OUT (log path), GUEST_TIMEOUT (s, default 3000), CU_SUMMARY (the summariser)
+# env: OUT (log path), GUEST_TIMEOUT (s, default 3000), CU_SUMMARY (the summariser),
+#      LUN (lunard's --lun spec, default a removable RAM disk: the PreventAllow
+#      and StartStopUnit families need a removable medium)
 set -euo pipefail
 
 tests=${1:-ALL}
@@ -48,7 +50,7 @@ INIT=$here/init-conformance.sh BINARIES=iscsi-test-cu "$here/build-initramfs.sh"
 
 sock=$work/vus.sock
 "$lunard" --iothreads 2 --listen 127.0.0.1:0 --control "$work/ctl.sock" \
-    --lun backend=mem,size=128M --vhost-user "$sock,num-queues=2" --log info > "$work/lunard.log" 2>&1 &
+    --lun "${LUN:-backend=mem,size=128M,removable=on}" --vhost-user "$sock,num-queues=2" --log info > "$work/lunard.log" 2>&1 &
 lunard_pid=$!
 for _ in $(seq 100); do
     [ -S "$sock" ] && break

@@ -257,6 +257,10 @@ impl ReservationState {
 pub enum SideEffect {
     /// Establish this unit attention for the I_T nexus (SAM-5 5.14).
     UnitAttention { nexus: Nexus, sense: Sense },
+    /// Establish this unit attention for every I_T nexus of the logical
+    /// unit but this one (e.g. MODE PARAMETERS CHANGED, SPC-5 6.11 / SAM-5
+    /// 5.14: the nexus that changed them is not told).
+    UnitAttentionOthers { except: Nexus, sense: Sense },
     /// PREEMPT AND ABORT (SPC-5 5.13.11.2.6): abort every task of this I_T
     /// nexus on this logical unit, as ABORT TASK SET would. The PR OUT
     /// command itself is never on such a nexus.

@@ -240,6 +240,13 @@ impl Device {
                         }
                     }
                 }
+                SideEffect::UnitAttentionOthers { except, sense } => {
+                    for q in self.queues() {
+                        if !q.is_nexus(&except) {
+                            q.push_unit_attention(sense.clone());
+                        }
+                    }
+                }
                 SideEffect::AbortTasks { nexus } => {
                     for q in self.queues() {
                         if q.id() != from.id() && q.is_nexus(&nexus) {

@@ -27,6 +27,7 @@ use crate::cdb::{table, Command};
 use crate::disk::{Disk, ExecContext, MAX_COMPARE_AND_WRITE_BLOCKS};
 use crate::error::ScsiError;
 use crate::reservation::SideEffect;
+use crate::{sense, Nexus};
 use read_write::transfer_length_byte;
 
 /// The checks that need the disk but no data-out: the command is offered
@@ -86,7 +87,13 @@ pub(crate) async fn execute(
         RequestSense { desc, alloc_len } => Ok(disk.request_sense(*desc, *alloc_len, ctx)),
         Inquiry(i) => disk.inquiry(i),
         ModeSense(m) => disk.mode_sense(m),
-        ModeSelect(m) => disk.mode_select(m, data),
+        ModeSelect(m) => {
+            if disk.mode_select(m, data)? {
+                let except = ctx.nexus.clone().unwrap_or_else(Nexus::anonymous);
+                fx.push(SideEffect::UnitAttentionOthers { except, sense: sense::MODE_PARAMETERS_CHANGED.sense() });
+            }
+            Ok(Vec::new())
+        }
         LogSense(l) => log::log_sense(l),
         StartStopUnit(s) => disk.start_stop(s).await,
         PreventAllowMediumRemoval { prevent } => Ok(disk.prevent_allow(*prevent)),

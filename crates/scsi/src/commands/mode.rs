@@ -221,11 +221,13 @@ impl Disk {
     }
 
     /// MODE SELECT: checks the whole parameter list, then applies it. Every
-    /// bit not changeable must equal its current value (SPC-5 6.11).
-    pub(crate) fn mode_select(&self, m: &ModeSelect, data: Vec<u8>) -> Result<Vec<u8>, ScsiError> {
+    /// bit not changeable must equal its current value (SPC-5 6.11). Returns
+    /// whether a value changed: the other I_T nexuses then get MODE
+    /// PARAMETERS CHANGED (the mode pages are shared by all of them).
+    pub(crate) fn mode_select(&self, m: &ModeSelect, data: Vec<u8>) -> Result<bool, ScsiError> {
         let len = usize::from(m.param_len);
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(false);
         }
         let data = data.get(..len).ok_or(ScsiError::ParameterListLengthError)?;
         let header = if m.cdb_len == 6 { 4 } else { 8 };
@@ -298,7 +300,7 @@ impl Disk {
         self.state.wce.store(new.wce, Ordering::Relaxed);
         self.state.d_sense.store(new.d_sense, Ordering::Relaxed);
         self.state.swp.store(new.swp, Ordering::Relaxed);
-        Ok(Vec::new())
+        Ok(new != current)
     }
 }
 
