@@ -15,10 +15,17 @@
 //!   the arrival on the destination, then publishes the new owner. Per-thread
 //!   bottom halves are FIFO, so any job sent to the new owner after it read
 //!   the new `owner` runs after the arrival.
+//! - Each transfer takes a generation number before it schedules the arrival,
+//!   and the owner is published with it (`fetch_max`): the destination may
+//!   receive the list and give it away again before the first holder's
+//!   publish lands, and that late publish must not overwrite the newer owner
+//!   (it did: a stop quickly followed by a cont left the owner pointing at the
+//!   main loop while the list was on its I/O thread, and every job for it
+//!   chased itself on the main loop forever).
 //! - A job that runs where the list is not (yet) held re-dispatches itself to
 //!   the current owner; a job for a closed home runs with [`Arrival::Closed`].
 
-use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::Arc;
 
 /// A unit of work sent to a thread.
@@ -43,9 +50,16 @@ pub enum Arrival {
 /// a hint of which thread holds it.
 pub struct Home {
     id: u64,
-    owner: AtomicUsize,
+    /// `(generation << THREAD_BITS) | thread` of the latest transfer published.
+    owner: AtomicU64,
+    /// Transfers begun (the generation of the next one, minus one).
+    transfers: AtomicU64,
     closed: AtomicBool,
 }
+
+/// Bits of [`Home::owner`] holding the thread index.
+const THREAD_BITS: u32 = 16;
+const THREAD_MASK: u64 = (1 << THREAD_BITS) - 1;
 
 /// Whether the calling thread holds the list of a home (looked up in the
 /// calling thread's own registry).
@@ -53,7 +67,8 @@ pub type Holds = fn(&Home) -> bool;
 
 impl Home {
     pub fn new(id: u64, owner: usize) -> Self {
-        Home { id, owner: AtomicUsize::new(owner), closed: AtomicBool::new(false) }
+        assert!(owner as u64 <= THREAD_MASK, "thread index {owner} too large");
+        Home { id, owner: AtomicU64::new(owner as u64), transfers: AtomicU64::new(0), closed: AtomicBool::new(false) }
     }
 
     pub fn id(&self) -> u64 {
@@ -63,7 +78,7 @@ impl Home {
     /// The thread that holds the list, or will hold it once an arrival in its
     /// queue has run.
     pub fn owner(&self) -> usize {
-        self.owner.load(Ordering::Acquire)
+        (self.owner.load(Ordering::Acquire) & THREAD_MASK) as usize
     }
 
     pub fn is_closed(&self) -> bool {
@@ -74,8 +89,12 @@ impl Home {
     /// schedules `arrive` (which must insert the list into `to`'s registry) on
     /// `to`, then publishes `to` as the owner.
     pub fn transfer<E: Executor + ?Sized>(&self, exec: &E, to: usize, arrive: Job) -> Result<(), Job> {
+        assert!(to as u64 <= THREAD_MASK, "thread index {to} too large");
+        // Taken before the arrival is scheduled: a transfer by the destination
+        // (which needs the arrival first) gets a larger generation.
+        let generation = self.transfers.fetch_add(1, Ordering::AcqRel) + 1;
         exec.schedule(to, arrive)?;
-        self.owner.store(to, Ordering::Release);
+        self.owner.fetch_max((generation << THREAD_BITS) | to as u64, Ordering::AcqRel);
         Ok(())
     }
 
@@ -123,5 +142,40 @@ fn arrive<E: Executor + ?Sized>(exec: Arc<E>, home: Arc<Home>, holds: Holds, job
         }
         #[allow(unreachable_code)]
         dispatch(&exec, &home, holds, job);
+    }
+}
+
+#[cfg(all(test, not(feature = "shuttle")))]
+mod tests {
+    use super::*;
+
+    /// Runs every job at once, on the calling thread (as if the destination
+    /// ran the arrival before the sender got on).
+    struct Immediate;
+
+    impl Executor for Immediate {
+        fn schedule(&self, _thread: usize, job: Job) -> Result<(), Job> {
+            job();
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_late_publish_does_not_overwrite_a_newer_owner() {
+        // Thread 1 gives the list to the main loop (0); before thread 1
+        // publishes, the main loop runs the arrival and gives the list back
+        // to thread 1 (a stop quickly followed by a cont).
+        let home = Arc::new(Home::new(7, 1));
+        let h = home.clone();
+        let arrive: Job = Box::new(move || {
+            let back: Job = Box::new(|| {});
+            assert!(h.transfer(&Immediate, 1, back).is_ok());
+            assert_eq!(h.owner(), 1);
+        });
+        assert!(home.transfer(&Immediate, 0, arrive).is_ok());
+        assert_eq!(home.owner(), 1, "the first transfer's late publish won");
+        // Ordinary transfers still publish their destination.
+        assert!(home.transfer(&Immediate, 3, Box::new(|| {})).is_ok());
+        assert_eq!(home.owner(), 3);
     }
 }
