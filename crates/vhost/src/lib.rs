@@ -2,18 +2,18 @@
 //! vhost-user, so that QEMU guests (`-device vhost-user-scsi-pci`) use the
 //! LUNs of a [`Target`].
 //!
-//! The vhost-user protocol, the guest memory map and the rings are the
-//! rust-vmm crates' (`vhost`, `vhost-user-backend`, `virtio-queue`,
-//! `vm-memory`); this crate is the device.
+//! The vhost-user protocol messages, the guest memory map and the rings are
+//! the rust-vmm crates' (`vhost`, `vhost-user-backend`'s `VringRwLock`,
+//! `virtio-queue`, `vm-memory`); this crate is the device, and its message
+//! handler (`connection.rs`): `vhost-user-backend`'s own handler refuses the
+//! inflight messages and has no hook for them.
 //!
 //! # Threads: one Lunar I/O thread per request queue
 //!
-//! `vhost-user-backend` runs the protocol on a thread of its own and watches
-//! the kick eventfds on worker threads of its own (one per entry of
-//! [`VhostUserBackend::queues_per_thread`]); those threads cannot be Lunar
-//! I/O threads (they run the crate's epoll loop, not a tokio `LocalSet`).
-//! So each request virtqueue gets its own worker thread that only *relays*
-//! the kick: it reads the eventfd (done by the crate) and schedules one
+//! The protocol runs on the controller's thread; one thread per connection
+//! watches the kick eventfds. Neither can be a Lunar I/O thread (they block
+//! in `recvmsg` and `epoll_wait`, not in a tokio `LocalSet`), so the kick
+//! thread only *relays* a kick: it reads the eventfd and schedules one
 //! bottom half on the Lunar I/O thread of that virtqueue (coalesced by an
 //! atomic flag, so a burst of kicks costs one job). Everything on the I/O
 //! path then runs on that I/O thread: popping descriptor chains, reading the
@@ -35,14 +35,14 @@
 //!
 //! # Control and event queues
 //!
-//! The control queue is processed on its worker thread; task management
+//! The control queue is processed on the kick thread; task management
 //! runs on the main loop and is answered only once every command it aborts
 //! has completed (LOGICAL UNIT RESET is [`Target::reset_device`]).
 //! Asynchronous notification query/subscribe is answered with no events
 //! supported.
 //!
 //! The event queue (hot plug, `VIRTIO_SCSI_F_HOTPLUG`) is owned by one task
-//! on the main loop: its worker thread only relays the kick (the driver
+//! on the main loop: the kick thread only relays its kick (the driver
 //! posted buffers). The task follows the target's events: on
 //! `DeviceAdded` it opens the LUN's core queues on every request
 //! virtqueue's thread, installs them, *then* tells the driver
@@ -53,8 +53,21 @@
 //! [`events::MAX_PENDING`]); beyond that they are dropped and the next event
 //! carries `VIRTIO_SCSI_T_EVENTS_MISSED` (Linux then rescans the bus). Only
 //! that task writes the event queue's used ring.
+//!
+//! # Reconnect: inflight I/O tracking
+//!
+//! The device offers `VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD`: it answers
+//! `GET_INFLIGHT_FD` with a memfd laid out as the specification's split-ring
+//! format ([`inflight`]) and tracks, in the region the front-end hands back
+//! (`SET_INFLIGHT_FD`), every head of a request queue between the moment it
+//! is taken off the available ring and the moment its used entry is written
+//! (both under the ring's lock). A new process given the region of a dead
+//! one submits the heads still marked again, in the order they were taken,
+//! before new requests. The control and event queues are not tracked.
 
+mod connection;
 pub mod events;
+pub mod inflight;
 pub mod virtio;
 
 use std::collections::{BTreeMap, HashMap};
@@ -71,14 +84,15 @@ use lunar_target::{Event, Queue, Request, Response, Target};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, oneshot, Notify};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost::vhost_user::Listener;
-use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
+use vhost::vhost_user::{BackendListener, Listener};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 
 use events::{EventQueue, ScsiEvent, EVENT_LEN};
+use inflight::InflightQueue;
 use virtio::*;
 pub use virtio::{decode_lun, parse_cmd, Buffers, ChainError};
 
@@ -187,6 +201,12 @@ struct RequestVq {
     /// A bottom half that notifies the driver of the used entries added so
     /// far is queued (one notification per batch of completions).
     notify_queued: AtomicBool,
+    /// Inflight tracking of this ring (the front-end gave an inflight
+    /// region), set when the ring starts.
+    track: Mutex<Option<Arc<InflightQueue>>>,
+    /// Heads a previous process left in flight, oldest first: submitted
+    /// again before anything new is taken off the ring.
+    resubmit: Mutex<Vec<u16>>,
 }
 
 impl RequestVq {
@@ -196,6 +216,61 @@ impl RequestVq {
 
     fn queues(&self) -> Arc<LunMap> {
         self.queues.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn tracker(&self) -> Option<Arc<InflightQueue>> {
+        self.track.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The ring starts: its inflight tracking and the heads to resubmit.
+    fn set_tracking(&self, tracker: Option<Arc<InflightQueue>>, resubmit: Vec<u16>) {
+        *self.track.lock().unwrap_or_else(|e| e.into_inner()) = tracker;
+        *self.resubmit.lock().unwrap_or_else(|e| e.into_inner()) = resubmit;
+    }
+
+    /// Takes the next chain off the available ring, and records its head
+    /// as in flight in the same critical section (the ring's lock).
+    fn pop(
+        &self,
+        vring: &Vring,
+        mem: &Mem,
+        tracker: Option<&InflightQueue>,
+    ) -> Option<(u16, Result<Buffers, ChainError>)> {
+        let mut ring = vring.get_mut();
+        let chain = ring.get_queue_mut().pop_descriptor_chain(mem.memory())?;
+        let head = chain.head_index();
+        if let Some(t) = tracker {
+            if let Err(e) = t.mark(head) {
+                self.shared.log.warn(&e);
+            }
+        }
+        drop(ring);
+        Some((head, Buffers::collect(chain.map(|d| (d.addr().0, d.len(), d.is_write_only())))))
+    }
+
+    /// Puts a chain on the used ring; with inflight tracking, the region's
+    /// batch list, flag and used index around it, all under the ring's lock.
+    fn add_used(&self, vring: &Vring, head: u16, len: u32) -> bool {
+        let Some(t) = self.tracker() else { return vring.add_used(head, len).is_ok() };
+        let mut ring = vring.get_mut();
+        let done = t.complete(head, || {
+            ring.add_used(head, len).ok()?;
+            Some(ring.get_queue().next_used())
+        });
+        match done {
+            Ok(done) => done,
+            Err(e) => {
+                self.shared.log.warn(&e);
+                false
+            }
+        }
+    }
+
+    /// Puts a chain on the used ring and notifies the guest if it wants it.
+    fn used_now(&self, vring: &Vring, head: u16, len: u32) {
+        if self.add_used(vring, head, len) && vring.needs_notification().unwrap_or(true) {
+            let _ = vring.signal_used_queue();
+        }
     }
 
     /// Installs (`Some`) or drops (`None`) the core queue of `lun`; returns the old one.
@@ -227,16 +302,25 @@ impl RequestVq {
     fn process(self: &Arc<Self>, vring: &Vring) {
         let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
         let luns = self.queues();
+        let tracker = self.tracker();
+        let resubmit = std::mem::take(&mut *self.resubmit.lock().unwrap_or_else(|e| e.into_inner()));
+        if !resubmit.is_empty() {
+            let (table, size) = {
+                let r = vring.get_ref();
+                (r.get_queue().desc_table(), r.get_queue().size())
+            };
+            for head in resubmit {
+                let buffers = chain_at(&*mem.memory(), table, size, head).and_then(|d| Buffers::collect(d.into_iter()));
+                self.submit(vring, &mem, &luns, head, buffers);
+            }
+        }
         loop {
             let _ = vring.disable_notification();
             loop {
                 if !vring.get_ref().get_queue().ready() {
                     return;
                 }
-                let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem.memory());
-                let Some(chain) = chain else { break };
-                let head = chain.head_index();
-                let buffers = Buffers::collect(chain.map(|d| (d.addr().0, d.len(), d.is_write_only())));
+                let Some((head, buffers)) = self.pop(vring, &mem, tracker.as_deref()) else { break };
                 self.submit(vring, &mem, &luns, head, buffers);
             }
             match vring.enable_notification() {
@@ -260,19 +344,19 @@ impl RequestVq {
             Ok(b) => b,
             Err(e) => {
                 self.shared.log.warn(&e);
-                return used(vring, head, 0);
+                return self.used_now(vring, head, 0);
             }
         };
         let resp_len = (RESP_HEADER + sense_size) as u64;
         if buffers.writable_len() < resp_len {
             self.shared.log.warn(&ChainError::ShortResponse(buffers.writable_len() as usize));
-            return used(vring, head, 0);
+            return self.used_now(vring, head, 0);
         }
         let fail = |response: u8, e: &dyn std::fmt::Display| {
             self.shared.log.warn(e);
             let r = encode_resp(&[], sense_size, 0, 0, response);
             let n = buffers.write_at(&*mem.memory(), 0, &r).unwrap_or(0);
-            used(vring, head, n as u32);
+            self.used_now(vring, head, n as u32);
         };
         let bytes = match buffers.read_all(&*mem.memory()) {
             Ok(b) => b,
@@ -289,7 +373,7 @@ impl RequestVq {
         let Some(queue) = queue else {
             let r = encode_resp(&[], sense_size, 0, 0, S_BAD_TARGET);
             let n = buffers.write_at(&*mem.memory(), 0, &r).unwrap_or(0);
-            return used(vring, head, n as u32);
+            return self.used_now(vring, head, n as u32);
         };
         let lun = queue.device().lun();
         let cdb = &hdr.cdb[..cdb_len(&hdr.cdb).min(hdr.cdb.len())];
@@ -349,7 +433,7 @@ impl RequestVq {
     /// by a bottom half queued behind the work already on the I/O thread,
     /// so the completions of one kick share one notification.
     fn used_batched(self: &Arc<Self>, vring: &Vring, head: u16, len: u32) {
-        if vring.add_used(head, len).is_err() || self.notify_queued.swap(true, Ordering::AcqRel) {
+        if !self.add_used(vring, head, len) || self.notify_queued.swap(true, Ordering::AcqRel) {
             return;
         }
         let (me, ring) = (self.clone(), vring.clone());
@@ -771,7 +855,10 @@ impl VhostUserBackend for ScsiBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
     }
 
     fn set_event_idx(&self, _enabled: bool) {}
@@ -895,7 +982,7 @@ impl VhostUserBackend for ScsiBackend {
 pub struct Controller {
     socket: PathBuf,
     stop: Arc<AtomicBool>,
-    current: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>>,
+    current: Arc<Mutex<Option<UnixStream>>>,
     thread: Option<JoinHandle<()>>,
     backend: Arc<ScsiBackend>,
     /// Closed (or sent on) when the event task ends.
@@ -942,6 +1029,8 @@ impl Controller {
                 inflight: Mutex::new(HashMap::new()),
                 served: AtomicU64::new(0),
                 notify_queued: AtomicBool::new(false),
+                track: Mutex::new(None),
+                resubmit: Mutex::new(Vec::new()),
             }));
         }
         let backend = Arc::new(ScsiBackend {
@@ -1028,8 +1117,8 @@ impl Controller {
     fn stop_thread(&mut self) {
         self.stop_events();
         self.stop.store(true, Ordering::Release);
-        if let Some(h) = self.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            h.shutdown();
+        if let Some(c) = self.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
         }
         // Wake a listener blocked in accept().
         let _ = UnixStream::connect(&self.socket);
@@ -1053,37 +1142,43 @@ fn serve(
     name: &str,
     backend: Arc<ScsiBackend>,
     stop: &AtomicBool,
-    current: &Mutex<Option<vhost_user_backend::ShutdownHandle>>,
+    current: &Mutex<Option<UnixStream>>,
 ) {
     while !stop.load(Ordering::Acquire) {
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let mut daemon = match VhostUserDaemon::new(name.to_string(), backend.clone(), mem) {
-            Ok(d) => d,
+        let conn = match connection::Connection::new(backend.clone()) {
+            Ok(c) => Arc::new(Mutex::new(c)),
             Err(e) => {
-                tracing::error!("vhost-user: cannot create the daemon: {e}");
+                tracing::error!("vhost-user: cannot set up a connection: {e}");
                 return;
             }
         };
-        if let Err(e) = daemon.start(listener) {
-            tracing::warn!("vhost-user: accept: {e}");
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        *current.lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
+        let accepted = BackendListener::new(listener, conn.clone()).and_then(|mut l| l.accept());
+        let mut handler = match accepted {
+            Ok(Some(h)) => h,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!("vhost-user: accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        *current.lock().unwrap_or_else(|e| e.into_inner()) = handler.try_clone_connection().ok();
         if stop.load(Ordering::Acquire) {
-            daemon.request_shutdown();
+            break;
         }
         tracing::info!("{name}: frontend connected");
-        if let Err(e) = daemon.wait() {
-            tracing::info!("{name}: frontend gone: {e}");
-        }
+        let why = loop {
+            if let Err(e) = handler.handle_request() {
+                break e;
+            }
+        };
+        tracing::info!("{name}: frontend gone: {why}");
         *current.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        for h in daemon.get_epoll_handlers() {
-            h.send_exit_event();
-        }
+        conn.lock().unwrap_or_else(|e| e.into_inner()).stop();
         for v in &backend.vqs {
             v.drain(Duration::from_secs(30));
             *v.mem.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            v.set_tracking(None, Vec::new());
         }
         *backend.ctrl_mem.lock().unwrap_or_else(|e| e.into_inner()) = None;
         *backend.event.vring.lock().unwrap_or_else(|e| e.into_inner()) = None;

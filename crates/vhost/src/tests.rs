@@ -303,3 +303,265 @@ fn abort_task_aborts_one_command() {
     let out = tmf_with_io_in_flight(TMF_ABORT_TASK, 0, 102);
     assert_eq!(out, vec![OK, OK, ABORTED, OK, OK, OK]);
 }
+
+/// Guest memory in a file, as QEMU shares it (`memory-backend-memfd`): the
+/// test's view, and the file for `SET_MEM_TABLE`.
+fn shared_memory() -> (Mem, std::fs::File) {
+    let file = tempfile::tempfile().unwrap();
+    file.set_len(4 << 20).unwrap();
+    let map = vm_memory::MmapRegion::from_file(vm_memory::FileOffset::new(file.try_clone().unwrap(), 0), 4 << 20);
+    let region = vm_memory::GuestRegionMmap::new(map.unwrap(), GuestAddress(0)).unwrap();
+    (GuestMemoryAtomic::new(GuestMemoryMmap::from_regions(vec![region]).unwrap()), file)
+}
+
+/// Where QEMU's process has the guest's memory (vring addresses are given there).
+const USER: u64 = 0x7f00_0000_0000;
+
+/// A front-end's connection set up as QEMU 7.2 does it for one request
+/// queue (virtqueue 2): features, inflight region, memory, the ring.
+fn connect(
+    b: &Arc<ScsiBackend>,
+    mem_file: &std::fs::File,
+    inflight: Option<std::fs::File>,
+    ring: &Ring,
+    base: u32,
+) -> (connection::Connection, std::io::PipeWriter) {
+    use vhost::vhost_user::message::{VhostUserInflight, VhostUserMemoryRegion, VhostUserVringAddrFlags};
+    use vhost::vhost_user::VhostUserBackendReqHandlerMut;
+    let mut c = connection::Connection::new(b.clone()).unwrap();
+    c.set_owner().unwrap();
+    c.set_features(b.features()).unwrap();
+    c.set_protocol_features(b.protocol_features().bits()).unwrap();
+    let msg = VhostUserInflight { mmap_size: 0, mmap_offset: 0, num_queues: 3, queue_size: QSIZE };
+    let file = match inflight {
+        Some(f) => f,
+        None => c.get_inflight_fd(&msg).unwrap().1,
+    };
+    let size = inflight::queue_region_size(QSIZE) as u64 * 3;
+    c.set_inflight_fd(&VhostUserInflight { mmap_size: size, ..msg }, file).unwrap();
+    let region = VhostUserMemoryRegion::new(0, 4 << 20, USER, 0);
+    c.set_mem_table(&[region], vec![mem_file.try_clone().unwrap()], None).unwrap();
+    c.set_vring_num(2, QSIZE as u32).unwrap();
+    let flags = VhostUserVringAddrFlags::empty();
+    c.set_vring_addr(2, flags, USER + ring.desc(), USER + ring.used(), USER + ring.avail(), 0).unwrap();
+    c.set_vring_base(2, base).unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    c.set_vring_kick(2, Some(std::fs::File::from(std::os::fd::OwnedFd::from(reader)))).unwrap();
+    (c, writer)
+}
+
+/// A process dies with three writes taken off the ring and not answered; a
+/// new process gets the same inflight region (`SET_INFLIGHT_FD`) and ring:
+/// it submits the three again, once each, before the request the driver
+/// added meanwhile, and the ring's used index ends at four.
+#[test]
+fn a_new_process_resubmits_the_requests_the_old_one_left_in_flight() {
+    use vhost::vhost_user::VhostUserBackendReqHandlerMut;
+    let (mem, mem_file) = shared_memory();
+    let mut ring = Ring { base: REQ, next_desc: 0, avail_idx: 0 };
+    // The first process: LUN 0 paused, so the writes stay in flight.
+    let dir1 = tempfile::tempdir().unwrap();
+    let t1 = Target::new("vhost-inflight-1", 1).unwrap();
+    add_lun(&t1, 0, Backend::mem(1 << 20));
+    lunar_target::wait(t1.stop_device(0)).unwrap();
+    let cfg = ControllerConfig { socket: dir1.path().join("a.sock"), num_queues: 1, luns: None, hotplug: false };
+    let c1 = Controller::start(t1.clone(), cfg).unwrap();
+    let b1 = c1.backend.clone();
+    let (mut conn1, _kick1) = connect(&b1, &mem_file, None, &ring, 0);
+    let region = conn1.inflight_file().unwrap();
+    let resps: Vec<u64> = (0..3).map(|i| write10(&mem, &mut ring, i, 0, 500 + i, i as u32)).collect();
+    conn1.set_vring_enable(2, true).unwrap();
+    eventually("3 commands in flight", || b1.vqs[0].lock_inflight().len() == 3);
+    assert_eq!(ring.used_idx(&mem), 0);
+    // It dies: nothing of it runs again (its held commands never complete).
+    conn1.stop();
+    std::mem::forget(conn1);
+    std::mem::forget(c1);
+    std::mem::forget(t1);
+
+    // The driver adds a fourth request while no device runs.
+    let fourth = write10(&mem, &mut ring, 3, 0, 503, 3);
+    let dir2 = tempfile::tempdir().unwrap();
+    let t2 = Target::new("vhost-inflight-2", 1).unwrap();
+    add_lun(&t2, 0, Backend::mem(1 << 20));
+    let cfg = ControllerConfig { socket: dir2.path().join("b.sock"), num_queues: 1, luns: None, hotplug: false };
+    let c2 = Controller::start(t2.clone(), cfg).unwrap();
+    let b2 = c2.backend.clone();
+    // QEMU could not ask the dead process for the ring base: it sends what
+    // it has (here 0); the region says 3 heads were taken.
+    let (mut conn2, _kick2) = connect(&b2, &mem_file, Some(region), &ring, 0);
+    conn2.set_vring_enable(2, true).unwrap();
+    eventually("four answers", || ring.used_idx(&mem) == 4);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(ring.used_idx(&mem), 4, "each request answered once");
+    assert_eq!(c2.requests_served(), vec![4]);
+    let mut heads: Vec<u32> = (0..4).map(|i| ring.used_elem(&mem, i).0).collect();
+    heads.sort();
+    assert_eq!(heads, vec![0, 2, 4, 6]);
+    for r in resps.iter().chain([&fourth]) {
+        assert_eq!(cmd_resp(&mem, *r), OK);
+    }
+    // The region now says nothing is in flight: a third process resubmits nothing.
+    let again = b2.vqs[0].tracker().unwrap().recover(4).unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    conn2.stop();
+    c2.shutdown();
+    t2.shutdown();
+}
+
+const CHILD_SOCKET: &str = "LUNAR_VHOST_TEST_DEVICE_SOCKET";
+const CHILD_IMAGE: &str = "LUNAR_VHOST_TEST_DEVICE_IMAGE";
+const CHILD_PAUSE: &str = "LUNAR_VHOST_TEST_DEVICE_PAUSE";
+
+/// Not a test of its own: the device process that
+/// `a_killed_device_process_is_replaced_without_losing_requests` starts (and
+/// kills); without its environment it returns at once.
+#[test]
+#[ignore]
+fn device_process() {
+    let Ok(socket) = std::env::var(CHILD_SOCKET) else { return };
+    let image = std::env::var(CHILD_IMAGE).unwrap();
+    let t = Target::new("vhost-child", 1).unwrap();
+    let opts = lunar_block::FileOptions { direct: false, readonly: false };
+    let file = lunar_block::FileBackend::open(Path::new(&image), &opts).unwrap();
+    add_lun(&t, 0, Backend::File(Arc::new(file)));
+    if std::env::var(CHILD_PAUSE).is_ok() {
+        // Commands are held in the core: they stay in flight until the kill.
+        lunar_target::wait(t.stop_device(0)).unwrap();
+    }
+    let cfg = ControllerConfig { socket: PathBuf::from(socket), num_queues: 1, luns: None, hotplug: false };
+    let _c = Controller::start(t.clone(), cfg).unwrap();
+    // Bounded: the test kills it long before; it dies as it would be killed.
+    std::thread::sleep(Duration::from_secs(30));
+    std::process::exit(0);
+}
+
+/// A device process, killed (SIGKILL) when dropped, also if the test fails.
+struct Device(std::process::Child);
+
+impl Device {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_device(socket: &Path, image: &Path, pause: bool) -> Device {
+    let _ = std::fs::remove_file(socket);
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--ignored", "--exact", "tests::device_process", "--test-threads=1"])
+        .env(CHILD_SOCKET, socket)
+        .env(CHILD_IMAGE, image)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if pause {
+        cmd.env(CHILD_PAUSE, "1");
+    }
+    let device = Device(cmd.spawn().unwrap());
+    eventually("the device process listening", || socket.exists());
+    device
+}
+
+/// QEMU's side of a (re)connection, through the `vhost` crate's front-end:
+/// features, the inflight region (asked for on the first connection, handed
+/// back on the next), memory, request queue 0 (virtqueue 2), enabled.
+fn frontend(
+    socket: &Path,
+    mem_file: &std::fs::File,
+    inflight: Option<(vhost::vhost_user::message::VhostUserInflight, std::fs::File)>,
+    ring: &Ring,
+) -> (
+    vhost::vhost_user::Frontend,
+    (vhost::vhost_user::message::VhostUserInflight, std::fs::File),
+    vmm_sys_util::eventfd::EventFd,
+) {
+    use std::os::fd::AsRawFd;
+    use vhost::vhost_user::message::VhostUserInflight;
+    use vhost::vhost_user::{Frontend, VhostUserFrontend};
+    use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+    let mut f = Frontend::connect(socket, 3).unwrap();
+    f.set_owner().unwrap();
+    let features = f.get_features().unwrap();
+    f.set_features(features).unwrap();
+    let pf = f.get_protocol_features().unwrap();
+    assert!(pf.contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD), "INFLIGHT_SHMFD offered");
+    f.set_protocol_features(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::INFLIGHT_SHMFD).unwrap();
+    let inflight = inflight.unwrap_or_else(|| {
+        let ask = VhostUserInflight { mmap_size: 0, mmap_offset: 0, num_queues: 3, queue_size: QSIZE };
+        f.get_inflight_fd(&ask).unwrap()
+    });
+    f.set_inflight_fd(&inflight.0, inflight.1.as_raw_fd()).unwrap();
+    let region = VhostUserMemoryRegionInfo {
+        guest_phys_addr: 0,
+        memory_size: 4 << 20,
+        userspace_addr: USER,
+        mmap_offset: 0,
+        mmap_handle: mem_file.as_raw_fd(),
+    };
+    f.set_mem_table(&[region]).unwrap();
+    f.set_vring_num(2, QSIZE).unwrap();
+    let addrs = VringConfigData {
+        queue_max_size: QSIZE,
+        queue_size: QSIZE,
+        flags: 0,
+        desc_table_addr: USER + ring.desc(),
+        used_ring_addr: USER + ring.used(),
+        avail_ring_addr: USER + ring.avail(),
+        log_addr: None,
+    };
+    f.set_vring_addr(2, &addrs).unwrap();
+    // After a crash QEMU has no base from the dead process: it sends what it has.
+    f.set_vring_base(2, 0).unwrap();
+    let kick = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let call = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    f.set_vring_kick(2, &kick).unwrap();
+    f.set_vring_call(2, &call).unwrap();
+    f.set_vring_enable(2, true).unwrap();
+    (f, inflight, kick)
+}
+
+/// The acceptance test of reconnect without QEMU: a device process (file
+/// LUN) is killed with SIGKILL while it holds three writes; a new one is
+/// started on the same socket and image, the front-end reconnects and hands
+/// back the inflight region: every write is answered once, GOOD, a write
+/// added meanwhile too, and the data is in the image.
+#[test]
+fn a_killed_device_process_is_replaced_without_losing_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, image) = (dir.path().join("vus.sock"), dir.path().join("disk.img"));
+    std::fs::File::create(&image).unwrap().set_len(1 << 20).unwrap();
+    let (mem, mem_file) = shared_memory();
+    let mut ring = Ring { base: REQ, next_desc: 0, avail_idx: 0 };
+
+    let mut first = spawn_device(&socket, &image, true);
+    let (f1, inflight, kick) = frontend(&socket, &mem_file, None, &ring);
+    let mut resps: Vec<u64> = (0..3).map(|i| write10(&mem, &mut ring, i, 0, 700 + i, i as u32)).collect();
+    kick.write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ring.used_idx(&mem), 0, "the paused LUN holds the writes");
+    first.kill();
+    drop(f1);
+
+    resps.push(write10(&mem, &mut ring, 3, 0, 703, 3));
+    let mut second = spawn_device(&socket, &image, false);
+    let (_f2, _, _kick2) = frontend(&socket, &mem_file, Some(inflight), &ring);
+    eventually("four answers", || ring.used_idx(&mem) == 4);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(ring.used_idx(&mem), 4, "each write answered once");
+    let mut heads: Vec<u32> = (0..4).map(|i| ring.used_elem(&mem, i).0).collect();
+    heads.sort();
+    assert_eq!(heads, vec![0, 2, 4, 6]);
+    for r in &resps {
+        assert_eq!(cmd_resp(&mem, *r), OK);
+    }
+    let data = std::fs::read(&image).unwrap();
+    assert!(data[..4 * 512].iter().all(|&b| b == 0xa5), "the four blocks written");
+    assert!(data[4 * 512..].iter().all(|&b| b == 0), "nothing else");
+    second.kill();
+}

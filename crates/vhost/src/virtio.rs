@@ -158,6 +158,61 @@ impl Buffers {
     }
 }
 
+const DESC_F_NEXT: u16 = 1;
+const DESC_F_WRITE: u16 = 2;
+const DESC_F_INDIRECT: u16 = 4;
+
+/// The buffers of the chain that starts at descriptor `head` of a split
+/// ring's descriptor table (`table`, `size` entries), as (address, length,
+/// device-writable), indirect tables followed: how a chain taken off the
+/// available ring by a previous process is read again (inflight resubmission).
+pub fn chain_at<M: GuestMemory>(
+    mem: &M,
+    table: u64,
+    size: u16,
+    head: u16,
+) -> Result<Vec<(u64, u32, bool)>, ChainError> {
+    let read_desc = |table: u64, i: u16| -> Result<(u64, u32, u16, u16), ChainError> {
+        let at = table.checked_add(16 * i as u64).ok_or(ChainError::Memory)?;
+        let mut d = [0u8; 16];
+        mem.read_slice(&mut d, GuestAddress(at)).map_err(|_| ChainError::Memory)?;
+        let addr = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
+        let len = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
+        Ok((addr, len, u16::from_le_bytes([d[12], d[13]]), u16::from_le_bytes([d[14], d[15]])))
+    };
+    if head >= size {
+        return Err(ChainError::Memory);
+    }
+    let mut out = Vec::new();
+    let (mut table, mut size, mut i, mut indirect) = (table, size, head, false);
+    loop {
+        if out.len() >= 4096 {
+            return Err(ChainError::TooLong);
+        }
+        let (addr, len, flags, next) = read_desc(table, i)?;
+        if flags & DESC_F_INDIRECT != 0 {
+            // Only the chain's one descriptor may point at an indirect table.
+            if indirect || !out.is_empty() || flags & DESC_F_NEXT != 0 || len % 16 != 0 || len == 0 {
+                return Err(ChainError::Order);
+            }
+            let n = len / 16;
+            if n > u16::MAX as u32 {
+                return Err(ChainError::TooLong);
+            }
+            (table, size, i, indirect) = (addr, n as u16, 0, true);
+            continue;
+        }
+        out.push((addr, len, flags & DESC_F_WRITE != 0));
+        if flags & DESC_F_NEXT == 0 {
+            return Ok(out);
+        }
+        if next >= size {
+            return Err(ChainError::Memory);
+        }
+        i = next;
+    }
+}
+
 /// A decoded LUN address (virtio 1.2, 5.6.6: byte 0 is 1, byte 1 the target,
 /// bytes 2-3 the LUN in flat (01b) or peripheral (00b) addressing).
 pub fn decode_lun(lun: &[u8; 8]) -> Option<(u8, u64)> {
