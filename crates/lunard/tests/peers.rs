@@ -27,7 +27,21 @@ struct Daemon {
 
 impl Daemon {
     fn start(args: &[&str]) -> Daemon {
+        // A free port can be taken by another test between the probe and
+        // lunard's bind: then try another one (and say why it exited otherwise).
+        for _ in 0..5 {
+            match Daemon::try_start(args) {
+                Ok(d) => return d,
+                Err(e) if e.contains("Address already in use") => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("no free port for lunard after 5 tries");
+    }
+
+    fn try_start(args: &[&str]) -> Result<Daemon, String> {
         let port = free_port();
+        let err = tempfile::NamedTempFile::new().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_lunard"))
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
@@ -35,7 +49,7 @@ impl Daemon {
             .arg("2")
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(err.reopen().unwrap())
             .spawn()
             .unwrap();
         // The banner is printed once the portal listens.
@@ -47,11 +61,15 @@ impl Daemon {
             match lines.next() {
                 Some(Ok(l)) if l.contains("portal") => break,
                 Some(Ok(_)) => continue,
-                _ => panic!("lunard exited before listening: {:?}", child.wait()),
+                _ => {
+                    let status = child.wait();
+                    let stderr = std::fs::read_to_string(err.path()).unwrap_or_default();
+                    return Err(format!("lunard exited before listening: {status:?}: {stderr}"));
+                }
             }
         }
         std::thread::spawn(move || for _ in lines {});
-        Daemon { child, port }
+        Ok(Daemon { child, port })
     }
 
     fn url(&self, auth: &str, lun: u32) -> String {
