@@ -9,6 +9,7 @@ use lunar_scsi::{Disk, ScsiError, SideEffect};
 use tokio::sync::Notify;
 
 use crate::event::Event;
+use crate::gate::Gate;
 use crate::policy::{ErrorPolicies, ErrorPolicy};
 use crate::queue::Queue;
 use crate::stats::DeviceStats;
@@ -40,6 +41,8 @@ pub struct Device {
     /// The errno and direction of the I/O error that paused the device.
     pause_errno: AtomicI32,
     pause_write: AtomicBool,
+    /// Makes COMPARE AND WRITE atomic against every other command of the device.
+    gate: Gate,
 }
 
 /// Paused by the operator (`Target::stop_device`).
@@ -122,6 +125,7 @@ impl Device {
             pause: AtomicU8::new(0),
             pause_errno: AtomicI32::new(0),
             pause_write: AtomicBool::new(false),
+            gate: Gate::default(),
         })
     }
 
@@ -265,6 +269,10 @@ impl Device {
             }
         }
         Ok(())
+    }
+
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     /// Whether new commands of this device are held (I/O path: one load).

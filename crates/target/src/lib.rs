@@ -13,6 +13,7 @@
 pub mod device;
 pub mod event;
 pub mod follow;
+mod gate;
 pub mod policy;
 pub mod queue;
 pub mod request;

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use lunar_aio::{InFlight, IoContext};
 use lunar_scsi::{Command, ExecContext, Nexus, ScsiError, Sense};
@@ -50,6 +50,9 @@ pub struct Queue {
     nexus: Option<Nexus>,
     /// This queue's counters, written by whichever thread holds its list.
     stats: Arc<Cells>,
+    /// Commands of this queue inside the device's gate (written by the
+    /// holder thread; read by a COMPARE AND WRITE waiting to enter).
+    active: AtomicU64,
 }
 
 /// A queue's request list and per-nexus state, on the thread that holds it.
@@ -101,7 +104,12 @@ impl Queue {
             io_thread: AtomicUsize::new(io_thread),
             contexts,
             nexus,
+            active: AtomicU64::new(0),
         })
+    }
+
+    pub(crate) fn active(&self) -> &AtomicU64 {
+        &self.active
     }
 
     /// The I_T nexus of this queue (`None`: the anonymous one).
@@ -329,7 +337,13 @@ impl LocalQueue {
                         let q = lq.borrow();
                         (q.queue.device.clone(), q.queue.clone())
                     };
-                    let executed = device.disk().execute_with_effects(&cmd, data, &ctx).await;
+                    let executed = if matches!(cmd, Command::CompareAndWrite { .. }) {
+                        let _inside = device.gate().exclusive(|| device.queues()).await;
+                        device.disk().execute_with_effects(&cmd, data, &ctx).await
+                    } else {
+                        let _inside = device.gate().shared(queue.active()).await;
+                        device.disk().execute_with_effects(&cmd, data, &ctx).await
+                    };
                     let mut result = executed.result;
                     if !executed.effects.is_empty() {
                         if let Err(e) = device.apply_effects(&queue, executed.effects) {

@@ -1,8 +1,9 @@
 //! COMPARE AND WRITE (SBC-4 5.3): the Data-Out Buffer holds the verify
 //! data then the write data, NUMBER OF LOGICAL BLOCKS each.
 //!
-//! Atomicity against other commands to the same LBAs is the target core's
-//! job (it serializes overlapping commands); this is the compare and write.
+//! Atomicity against every other command of the device, on any I/O
+//! thread, is the target core's job (the device's gate,
+//! `crates/target/src/gate.rs`); this is the compare and write.
 
 use crate::cdb::reader::Cdb;
 use crate::cdb::Command;
