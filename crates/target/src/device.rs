@@ -224,6 +224,15 @@ impl Device {
         self.target.upgrade().map(|t| t.luns()).unwrap_or_default()
     }
 
+    /// The logical units of the target as EXTENDED COPY sources and
+    /// destinations (rare path: built per EXTENDED COPY, under the
+    /// control-plane lock, like REPORT LUNS).
+    pub(crate) fn copy_targets(&self) -> Option<Arc<lunar_scsi::CopyTargets>> {
+        let target = self.target.upgrade()?;
+        let devices = target.devices();
+        Some(Arc::new(lunar_scsi::CopyTargets::new(devices.iter().map(|d| d.disk()))))
+    }
+
     /// Where reservations persist (APTPL), if anywhere.
     pub fn set_reservation_file(&self, path: PathBuf) {
         let _ = self.reservation_file.set(path);

@@ -408,6 +408,10 @@ impl LocalQueue {
                 Rc::new(ExecContext { pending_sense: self.unit_attentions.pop_front(), ..(*self.ctx).clone() })
             }
             Command::ReportLuns { .. } => Rc::new(ExecContext { luns: device.luns(), ..(*self.ctx).clone() }),
+            Command::ExtendedCopy(_) => Rc::new(ExecContext {
+                copy_resolver: device.copy_targets().map(|c| c as Arc<dyn lunar_scsi::CopyResolver>),
+                ..(*self.ctx).clone()
+            }),
             _ => self.ctx.clone(),
         };
         let Some(req) = self.requests.get_mut(&id) else { return Plan::Nothing };
