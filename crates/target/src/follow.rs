@@ -98,6 +98,17 @@ impl Home {
         Ok(())
     }
 
+    /// Called by an arrival on `to`, once the list is there: publishes `to`
+    /// now, so that whoever the arrival tells sees the exact owner (the
+    /// transfer's own publish, on the sending thread, may land later; it
+    /// carries the same value). No other transfer can have begun since this
+    /// one (that needs the list, which only now arrived), so the count of
+    /// transfers is this one's generation.
+    pub fn arrived(&self, to: usize) {
+        let generation = self.transfers.load(Ordering::Acquire);
+        self.owner.fetch_max((generation << THREAD_BITS) | to as u64, Ordering::AcqRel);
+    }
+
     /// Called by the holder after it destroyed the list.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);

@@ -736,8 +736,10 @@ fn relocate(q: &Arc<Queue>, to: usize, held: bool) -> oneshot::Receiver<()> {
                 let _ = tx.send(());
                 return;
             };
+            let home = queue.home().clone();
             let arrive: crate::follow::Job = Box::new(move || {
                 LocalQueue::install(parcel, held);
+                home.arrived(to);
                 let _ = tx.send(());
             });
             if let Err(arrive) = queue.home().transfer(&**queue.contexts(), to, arrive) {
