@@ -7,7 +7,8 @@
 //! - the callback runs exactly once per request, on the thread that holds
 //!   the list at the time it runs (or not at all once the list is destroyed);
 //! - the job is never lost (it runs, or it is dropped only with the threads);
-//! - the device the job holds is dropped exactly once, after the last callback.
+//! - the device the job holds is dropped exactly once, after the last callback;
+//! - once a move is done, the owner names the thread that holds the list.
 //!
 //! Run: `cargo test -p lunar-target --features shuttle --test model_follow`.
 //! With `--features shuttle,broken-follow` (a job that must follow is
@@ -143,8 +144,10 @@ fn depart(exec: &Arc<ModelExec>, home: &Arc<Home>, to: usize, done: Sender<()>) 
         Box::new(move |arrival| {
             assert_eq!(arrival, Arrival::Here, "departure found no list");
             let list = LISTS.with(|l| l.borrow_mut().remove(&HOME)).expect("held");
+            let h3 = h2.clone();
             let arrive: Job = Box::new(move || {
                 LISTS.with(|l| l.borrow_mut().insert(HOME, list));
+                h3.arrived(to);
                 let _ = done.send(());
             });
             if h2.transfer(&*e2, to, arrive).is_err() {
@@ -241,6 +244,19 @@ fn scenario(race: Race) {
     }
 
     done_rx.recv().expect("the race finished (a departure job was lost)");
+    // Once a move is reported done, the owner names the thread that holds
+    // the list: a late publish of an earlier move (on the thread the list
+    // left) must not win (it did: the list sat on its thread while every job
+    // for it chased the stale owner).
+    let final_holder = match race {
+        Race::Move => Some(2),
+        Race::MoveTwice => Some(1),
+        Race::Stop => Some(0),
+        Race::Remove => None,
+    };
+    if let Some(t) = final_holder {
+        assert_eq!(home.owner(), t, "{race:?}: the owner once the move is done");
+    }
     let ran = out_rx.recv().expect("the iteration reported");
     assert!(ran, "{race:?}: the iteration's job was lost (dropped without running)");
 
