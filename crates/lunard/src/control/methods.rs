@@ -381,9 +381,12 @@ async fn lun_resize(ctx: &Context, t: &Arc<Target>, lun: u64, size: u64) -> Resu
 async fn lun_add(ctx: &Context, t: &Arc<Target>, spec: &str, lun: Option<u64>) -> Result<Value, RpcError> {
     let cfg = LunConfig::parse_spec(spec).map_err(|e| RpcError::invalid_params(format!("bad LUN spec: {e}")))?;
     if cfg.controller.is_some() {
-        return Err(
-            MethodError::NotSupported("`controller=` in lun.add (vhost-user LUNs are set at startup)".into()).into()
-        );
+        return Err(MethodError::NotSupported(
+            "`controller=` in lun.add: a hot-added LUN goes to every iSCSI portal, and to the vhost-user \
+                 controller when lunard serves exactly one"
+                .into(),
+        )
+        .into());
     }
     if let Some(n) = cfg.iothread.filter(|&n| n >= ctx.iothreads) {
         return Err(MethodError::NoSuchThread(n as u64, ctx.iothreads).into());
