@@ -143,6 +143,23 @@ fn perf(d: &Daemon, lun: u32) -> Child {
         .unwrap()
 }
 
+/// Waits (bounded) for a command that was held to complete successfully;
+/// returns its standard output.
+fn finished_ok(mut child: Child, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{what} did not complete");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(status.success(), "{out}");
+    out
+}
+
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !f() {
@@ -238,17 +255,7 @@ fn stop_then_cont() {
         std::thread::sleep(Duration::from_millis(800));
         assert!(rc.try_wait().unwrap().is_none(), "a command completed while the target was stopped");
         assert_eq!(d.ctl_ok(&["cont"]).trim(), "running");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(s) = rc.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "command did not complete after cont");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut out = String::new();
-        rc.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-        assert!(status.success(), "{out}");
+        let out = finished_ok(rc, "the command held while stopped");
         println!("READ CAPACITY held while stopped, completed after cont:\n{out}");
     } else {
         d.ctl_ok(&["cont"]);
@@ -446,18 +453,8 @@ fn stop_and_cont_one_lun_under_load_on_another() {
         assert!(l.try_wait().unwrap().is_none(), "the initiator of LUN 1 failed while LUN 0 was paused");
     }
     assert_eq!(d.ctl_ok(&["cont", "--lun", "0"]).trim(), "LUN 0 running");
-    if let Some(mut rc) = held {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(s) = rc.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "the held command did not complete after cont");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut out = String::new();
-        rc.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-        assert!(status.success(), "{out}");
+    if let Some(rc) = held {
+        let out = finished_ok(rc, "the command held while LUN 0 was paused");
         println!("READ CAPACITY held while LUN 0 was paused, completed after `cont --lun 0`:\n{out}");
     }
     let mut names = Vec::new();
