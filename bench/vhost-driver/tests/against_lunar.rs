@@ -19,7 +19,13 @@ fn drives_two_queues_with_no_error() {
     wait(t.add_device(0, DiskConfig::default(), Backend::mem(64 << 20), ErrorPolicies::default())).unwrap();
     let c = Controller::start(
         t.clone(),
-        ControllerConfig { socket: socket.clone(), num_queues: 2, luns: None, hotplug: false },
+        ControllerConfig {
+            socket: socket.clone(),
+            num_queues: 2,
+            luns: None,
+            hotplug: false,
+            poll: lunar_vhost::DEFAULT_POLL,
+        },
     )
     .unwrap();
     for workload in [Workload::RandWrite, Workload::RandWrite, Workload::RandRead, Workload::SeqRead] {

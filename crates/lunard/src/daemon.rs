@@ -184,8 +184,14 @@ impl Daemon {
                 let num_queues = v.num_queues.map(usize::from).unwrap_or(config.iothreads.max(1));
                 // Hot-added LUNs (`lunarctl lun add`) go to the controller when it is the only one.
                 let hotplug = config.vhost_user.len() == 1;
-                let cfg =
-                    lunar_vhost::ControllerConfig { socket: v.socket.clone(), num_queues, luns: Some(luns), hotplug };
+                let poll = v.poll_us.map_or(lunar_vhost::DEFAULT_POLL, |us| Duration::from_micros(us.into()));
+                let cfg = lunar_vhost::ControllerConfig {
+                    socket: v.socket.clone(),
+                    num_queues,
+                    luns: Some(luns),
+                    hotplug,
+                    poll,
+                };
                 vhost.push(lunar_vhost::Controller::start(core.clone(), cfg)?);
             }
         }

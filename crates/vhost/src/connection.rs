@@ -18,6 +18,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -47,8 +48,15 @@ struct Mapping {
     gpa: u64,
 }
 
-/// The kick relay: one epoll thread per connection.
+/// The kick eventfds: a request queue's is watched by its own I/O thread
+/// ([`crate::RequestVq::watch_kick`]); the control and event queues' (and
+/// a request queue's whose I/O thread cannot take it) by one epoll thread
+/// per connection, which relays them.
 struct Kicks {
+    backend: Arc<ScsiBackend>,
+    /// Request queue kicks the epoll thread relayed (none while every
+    /// request queue's I/O thread watches its own).
+    relayed: Arc<AtomicU64>,
     epoll: Arc<Epoll>,
     exit: EventFd,
     thread: Option<JoinHandle<()>>,
@@ -59,13 +67,19 @@ impl Kicks {
         let epoll = Arc::new(Epoll::new()?);
         let exit = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         epoll.ctl(ControlOperation::Add, exit.as_raw_fd(), EpollEvent::new(EventSet::IN, EXIT))?;
-        let (ep, ex) = (epoll.clone(), exit.try_clone()?);
+        let relayed = Arc::new(AtomicU64::new(0));
+        let (ep, ex, b, r) = (epoll.clone(), exit.try_clone()?, backend.clone(), relayed.clone());
         let thread =
-            std::thread::Builder::new().name("vhost-kicks".into()).spawn(move || relay(ep, ex, backend, vrings))?;
-        Ok(Kicks { epoll, exit, thread: Some(thread) })
+            std::thread::Builder::new().name("vhost-kicks".into()).spawn(move || relay(ep, ex, b, vrings, &r))?;
+        Ok(Kicks { backend, relayed, epoll, exit, thread: Some(thread) })
     }
 
     fn watch(&self, vring: &Vring, index: usize) {
+        if let Some(vq) = index.checked_sub(2).and_then(|i| self.backend.vqs.get(i)) {
+            if vq.watch_kick(vring) {
+                return;
+            }
+        }
         if let Some(k) = vring.get_ref().get_kick() {
             let r = self.epoll.ctl(ControlOperation::Add, k.as_raw_fd(), EpollEvent::new(EventSet::IN, index as u64));
             if let Err(e) = r {
@@ -76,13 +90,23 @@ impl Kicks {
         }
     }
 
-    fn unwatch(&self, vring: &Vring) {
+    fn unwatch(&self, vring: &Vring, index: usize) {
+        if let Some(vq) = index.checked_sub(2).and_then(|i| self.backend.vqs.get(i)) {
+            vq.unwatch_kick();
+        }
         if let Some(k) = vring.get_ref().get_kick() {
             let _ = self.epoll.ctl(ControlOperation::Delete, k.as_raw_fd(), EpollEvent::default());
         }
     }
 
     fn stop(&mut self) {
+        for vq in &self.backend.vqs {
+            vq.unwatch_kick();
+        }
+        let relayed = self.relayed.swap(0, Ordering::Relaxed);
+        if relayed > 0 {
+            tracing::info!(relayed, "vhost-user: request queue kicks relayed (their I/O thread could not watch them)");
+        }
         let _ = self.exit.write(1);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -96,7 +120,7 @@ impl Drop for Kicks {
     }
 }
 
-fn relay(epoll: Arc<Epoll>, exit: EventFd, backend: Arc<ScsiBackend>, vrings: Vec<Vring>) {
+fn relay(epoll: Arc<Epoll>, exit: EventFd, backend: Arc<ScsiBackend>, vrings: Vec<Vring>, relayed: &AtomicU64) {
     let mut events = vec![EpollEvent::default(); vrings.len() + 1];
     loop {
         let n = match epoll.wait(-1, &mut events) {
@@ -115,6 +139,9 @@ fn relay(epoll: Arc<Epoll>, exit: EventFd, backend: Arc<ScsiBackend>, vrings: Ve
             }
             if let Some(v) = vrings.get(index as usize) {
                 let _ = v.read_kick();
+                if index >= 2 {
+                    relayed.fetch_add(1, Ordering::Relaxed);
+                }
                 kick(&backend, &vrings, index as usize);
             }
         }
@@ -176,6 +203,12 @@ impl Connection {
     #[cfg(test)]
     pub(crate) fn inflight_file(&self) -> Option<File> {
         self.inflight.as_ref().and_then(|r| r.file().try_clone().ok())
+    }
+
+    /// Request queue kicks the relay thread handled (not their I/O thread).
+    #[cfg(test)]
+    pub(crate) fn relayed_request_kicks(&self) -> u64 {
+        self.kicks.relayed.load(Ordering::Relaxed)
     }
 
     /// Ends the kick relay (the front-end went away).
@@ -280,9 +313,9 @@ impl VhostUserBackendReqHandlerMut for Connection {
     }
 
     fn reset_device(&mut self) -> VuResult<()> {
-        for v in &self.vrings {
+        for (i, v) in self.vrings.iter().enumerate() {
             v.set_enabled(false);
-            self.kicks.unwatch(v);
+            self.kicks.unwatch(v, i);
         }
         self.acked_features = 0;
         Ok(())
@@ -376,7 +409,7 @@ impl VhostUserBackendReqHandlerMut for Connection {
     fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
         let vring = self.vring(index as usize)?.clone();
         vring.set_queue_ready(false);
-        self.kicks.unwatch(&vring);
+        self.kicks.unwatch(&vring, index as usize);
         self.backend.stop_vring(index).map_err(VuError::ReqHandlerError)?;
         let next_avail = vring.queue_next_avail();
         vring.set_kick(None);
@@ -386,7 +419,7 @@ impl VhostUserBackendReqHandlerMut for Connection {
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
         let vring = self.vring(index as usize)?.clone();
-        self.kicks.unwatch(&vring);
+        self.kicks.unwatch(&vring, index as usize);
         vring.set_kick(fd);
         if vring.get_ref().get_queue().ready() {
             if vring.get_ref().is_enabled() {
@@ -427,7 +460,7 @@ impl VhostUserBackendReqHandlerMut for Connection {
         let vring = self.vring(index as usize)?.clone();
         vring.set_enabled(enable);
         if !enable {
-            self.kicks.unwatch(&vring);
+            self.kicks.unwatch(&vring, index as usize);
         } else if vring.get_ref().get_queue().ready() {
             self.kicks.watch(&vring, index as usize);
             // Kicks that came while it was disabled, and requests to resubmit.

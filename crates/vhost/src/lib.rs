@@ -72,6 +72,7 @@ pub mod virtio;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -81,6 +82,8 @@ use std::time::{Duration, Instant};
 
 use lunar_scsi::{Nexus, Status};
 use lunar_target::{Event, Queue, Request, Response, Target};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, oneshot, Notify};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -127,10 +130,21 @@ pub struct ControllerConfig {
     /// told through the event queue). LUNs removed from the target always
     /// disappear.
     pub hotplug: bool,
+    /// How long a request queue's I/O thread may poll its ring after
+    /// serving it before it sleeps until the next kick (adaptive, up to
+    /// this; zero: never). [`DEFAULT_POLL`] unless told otherwise.
+    pub poll: Duration,
 }
 
 /// Virtqueue size the device supports (QEMU's default is 128).
 const MAX_QUEUE_SIZE: usize = 1024;
+/// How long a request queue's I/O thread polls its ring after serving it,
+/// at most, before it sleeps until the next kick (QEMU's `poll-max-ns`
+/// default is the same).
+pub const DEFAULT_POLL: Duration = Duration::from_micros(32);
+/// The shortest poll: below it the I/O thread sleeps at once.
+const POLL_MIN: Duration = Duration::from_micros(2);
+
 /// `seg_max` of the config space: QEMU's default ring size minus 2.
 const SEG_MAX: u32 = 126;
 
@@ -167,6 +181,8 @@ struct Shared {
     cdb_size: AtomicU32,
     sense_size: AtomicU32,
     log: RateLimit,
+    /// The longest poll of a request ring ([`ControllerConfig::poll`]).
+    poll: Duration,
 }
 
 /// A command in flight on a request virtqueue, and who waits for it.
@@ -178,6 +194,40 @@ struct Pending {
     /// not `S_ABORTED` (which is for ABORT TASK / ABORT TASK SET).
     reset: bool,
     waiters: Vec<oneshot::Sender<()>>,
+}
+
+/// A request virtqueue's kick eventfd as its I/O thread watches it: a task
+/// on that thread's loop that processes the ring on every kick, until
+/// `stop` (the ring stopped, or got another eventfd).
+#[derive(Default)]
+struct KickWatch {
+    stop: AtomicBool,
+    wake: Notify,
+}
+
+impl KickWatch {
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+}
+
+/// Makes a kick eventfd non-blocking: its I/O thread must never block on
+/// it (it reads it only once its loop says it is readable, and after a
+/// reconnect the front-end's descriptor may be a blocking one).
+fn set_nonblocking(fd: &EventConsumer) -> io::Result<()> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function borrows (it stays open
+    // for the call); F_GETFL/F_SETFL only read and set its status flags.
+    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// One request virtqueue.
@@ -193,6 +243,10 @@ struct RequestVq {
     mem: Mutex<Option<Mem>>,
     /// A processing job is scheduled on the I/O thread (coalesces kicks).
     scheduled: AtomicBool,
+    /// The I/O thread is taking chains off the ring (`process` runs).
+    busy: AtomicBool,
+    /// The watch of the kick eventfd on `io_thread`, while the ring runs.
+    kick: Mutex<Option<Arc<KickWatch>>>,
     /// Commands in flight, by descriptor head.
     inflight: Mutex<HashMap<u16, Pending>>,
     /// Commands submitted to the core since the controller started
@@ -237,6 +291,11 @@ impl RequestVq {
         tracker: Option<&InflightQueue>,
     ) -> Option<(u16, Result<Buffers, ChainError>)> {
         let mut ring = vring.get_mut();
+        // Under the lock that GET_VRING_BASE takes to stop the ring: no
+        // chain is taken off a stopped ring.
+        if !ring.get_queue().ready() {
+            return None;
+        }
         let chain = ring.get_queue_mut().pop_descriptor_chain(mem.memory())?;
         let head = chain.head_index();
         if let Some(t) = tracker {
@@ -300,6 +359,113 @@ impl RequestVq {
 
     /// On the I/O thread: takes every available chain and submits it.
     fn process(self: &Arc<Self>, vring: &Vring) {
+        self.busy.store(true, Ordering::Release);
+        self.process_ring(vring);
+        self.busy.store(false, Ordering::Release);
+    }
+
+    /// Watches the kick eventfd of `vring` on this virtqueue's I/O thread
+    /// (replacing an earlier watch) and processes the ring there once (the
+    /// kicks that came before). False if the eventfd cannot be watched there.
+    fn watch_kick(self: &Arc<Self>, vring: &Vring) -> bool {
+        self.unwatch_kick();
+        let Some(fd) = vring.get_ref().get_kick().as_ref().map(|k| k.try_clone()) else { return true };
+        let fd = match fd.and_then(|fd| set_nonblocking(&fd).map(|()| fd)) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(queue = self.index, "vhost-user-scsi: cannot use the kick eventfd: {e}");
+                return false;
+            }
+        };
+        let Some(ctx) = self.shared.target.contexts().get(self.io_thread) else { return false };
+        let watch = Arc::new(KickWatch::default());
+        let (vq, ring, w) = (self.clone(), vring.clone(), watch.clone());
+        if ctx.spawn(move || vq.kick_loop(fd, ring, w)).is_err() {
+            return false;
+        }
+        *self.kick.lock().unwrap_or_else(|e| e.into_inner()) = Some(watch);
+        true
+    }
+
+    fn unwatch_kick(&self) {
+        if let Some(w) = self.kick.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            w.stop();
+        }
+    }
+
+    /// The kick task, on the I/O thread: a kick is read and the ring
+    /// processed right there (no other thread on the way).
+    async fn kick_loop(self: Arc<Self>, fd: EventConsumer, vring: Vring, watch: Arc<KickWatch>) {
+        // SAFETY: `AsyncFd` owns the `EventConsumer` (a duplicate of the
+        // front-end's kick eventfd, this task's own): its descriptor stays
+        // open and refers to the same eventfd until the `AsyncFd` is dropped.
+        let fd = match unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(queue = self.index, "vhost-user-scsi: cannot watch the kick eventfd: {e}");
+                return;
+            }
+        };
+        let max = self.shared.poll;
+        let mut window = max;
+        loop {
+            if watch.stop.load(Ordering::Acquire) {
+                return;
+            }
+            self.process(&vring);
+            // Poll the ring a little before sleeping, as QEMU's I/O threads
+            // do (adaptive `poll-max-ns`): a driver that posts its next batch
+            // within the window costs no kick and no wake-up. Each round
+            // yields, so completions and bottom halves on this thread run.
+            // The window halves when polling finds nothing (a driver that
+            // needs this CPU to post is not starved by it) and doubles when
+            // a sleep ends sooner than the longest window.
+            let polled = Instant::now();
+            let mut more = false;
+            while polled.elapsed() < window && !watch.stop.load(Ordering::Acquire) {
+                tokio::task::yield_now().await;
+                if self.has_available(&vring) {
+                    more = true;
+                    break;
+                }
+            }
+            if more {
+                continue;
+            }
+            window /= 2;
+            if window < POLL_MIN {
+                window = Duration::ZERO;
+            }
+            let slept = Instant::now();
+            tokio::select! {
+                _ = watch.wake.notified() => {}
+                ready = fd.readable() => match ready {
+                    Ok(mut guard) => {
+                        // One read takes the whole count: a burst of kicks is one wake-up.
+                        let _ = guard.get_inner().consume();
+                        guard.clear_ready();
+                    }
+                    Err(e) => {
+                        tracing::warn!(queue = self.index, "vhost-user-scsi: kick eventfd: {e}");
+                        return;
+                    }
+                },
+            }
+            if slept.elapsed() < max {
+                window = (window * 2).clamp(POLL_MIN, max);
+            }
+        }
+    }
+
+    /// Whether the driver posted chains not yet taken off the ring.
+    fn has_available(&self, vring: &Vring) -> bool {
+        let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return false };
+        let ring = vring.get_ref();
+        let q = ring.get_queue();
+        q.ready() && q.avail_idx(&*mem.memory(), Ordering::Acquire).is_ok_and(|i| i.0 != q.next_avail())
+    }
+
+    fn process_ring(self: &Arc<Self>, vring: &Vring) {
         let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
         let luns = self.queues();
         let tracker = self.tracker();
@@ -358,11 +524,11 @@ impl RequestVq {
             let n = buffers.write_at(&*mem.memory(), 0, &r).unwrap_or(0);
             self.used_now(vring, head, n as u32);
         };
-        let bytes = match buffers.read_all(&*mem.memory()) {
-            Ok(b) => b,
-            Err(e) => return fail(S_FAILURE, &e),
-        };
-        let (hdr, data_out) = match parse_cmd(&bytes, cdb_size) {
+        // The header and CDB, then the data-out straight into its own
+        // buffer (the one the core takes): one copy out of guest memory.
+        let header_len = REQ_HEADER + cdb_size;
+        let header = buffers.read_at(&*mem.memory(), 0, header_len.min(buffers.readable_len() as usize));
+        let (hdr, _) = match header.and_then(|h| parse_cmd(&h, cdb_size).map(|(hdr, _)| (hdr, ()))) {
             Ok(x) => x,
             Err(e) => return fail(S_FAILURE, &e),
         };
@@ -378,7 +544,11 @@ impl RequestVq {
         let lun = queue.device().lun();
         let cdb = &hdr.cdb[..cdb_len(&hdr.cdb).min(hdr.cdb.len())];
         let data_in_cap = buffers.writable_len() - resp_len;
-        let data_out = data_out.to_vec();
+        let data_out_len = (buffers.readable_len() - header_len as u64) as usize;
+        let data_out = match buffers.read_at(&*mem.memory(), header_len as u64, data_out_len) {
+            Ok(d) => d,
+            Err(e) => return fail(S_FAILURE, &e),
+        };
         self.lock_inflight().insert(head, Pending { lun, tag: hdr.tag, reset: false, waiters: Vec::new() });
         self.served.fetch_add(1, Ordering::Relaxed);
         let (me, vring, mem) = (self.clone(), vring.clone(), mem.clone());
@@ -453,10 +623,12 @@ impl RequestVq {
     /// Waits (bounded) until no command is in flight (the ring is being stopped).
     fn drain(&self, timeout: Duration) {
         let end = Instant::now() + timeout;
-        while !self.lock_inflight().is_empty() && Instant::now() < end {
+        // First the chains being taken off (the ring is no longer ready:
+        // no new ones), then the commands they became.
+        while (self.scheduled.load(Ordering::Acquire) || self.busy.load(Ordering::Acquire)) && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(1));
         }
-        while self.scheduled.load(Ordering::Acquire) && Instant::now() < end {
+        while !self.lock_inflight().is_empty() && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -1002,6 +1174,7 @@ impl Controller {
             cdb_size: AtomicU32::new(DEFAULT_CDB_SIZE),
             sense_size: AtomicU32::new(DEFAULT_SENSE_SIZE),
             log: RateLimit::new(),
+            poll: config.poll,
         });
         let nexus = Nexus::new(format!("vhost-user:{}", config.socket.display()), 1);
         let threads = target.io_threads().max(1);
@@ -1026,6 +1199,8 @@ impl Controller {
                 queues: Mutex::new(Arc::new(queues)),
                 mem: Mutex::new(None),
                 scheduled: AtomicBool::new(false),
+                busy: AtomicBool::new(false),
+                kick: Mutex::new(None),
                 inflight: Mutex::new(HashMap::new()),
                 served: AtomicU64::new(0),
                 notify_queued: AtomicBool::new(false),

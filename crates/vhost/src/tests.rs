@@ -100,7 +100,8 @@ fn eventually(what: &str, f: impl Fn() -> bool) {
 }
 
 fn start(t: &Arc<Target>, num_queues: usize, dir: &Path) -> (Controller, Arc<ScsiBackend>, Mem) {
-    let cfg = ControllerConfig { socket: dir.join("vus.sock"), num_queues, luns: None, hotplug: true };
+    let cfg =
+        ControllerConfig { socket: dir.join("vus.sock"), num_queues, luns: None, hotplug: true, poll: DEFAULT_POLL };
     let c = Controller::start(t.clone(), cfg).unwrap();
     let b = c.backend.clone();
     let mem = memory();
@@ -364,7 +365,13 @@ fn a_new_process_resubmits_the_requests_the_old_one_left_in_flight() {
     let t1 = Target::new("vhost-inflight-1", 1).unwrap();
     add_lun(&t1, 0, Backend::mem(1 << 20));
     lunar_target::wait(t1.stop_device(0)).unwrap();
-    let cfg = ControllerConfig { socket: dir1.path().join("a.sock"), num_queues: 1, luns: None, hotplug: false };
+    let cfg = ControllerConfig {
+        socket: dir1.path().join("a.sock"),
+        num_queues: 1,
+        luns: None,
+        hotplug: false,
+        poll: DEFAULT_POLL,
+    };
     let c1 = Controller::start(t1.clone(), cfg).unwrap();
     let b1 = c1.backend.clone();
     let (mut conn1, _kick1) = connect(&b1, &mem_file, None, &ring, 0);
@@ -384,7 +391,13 @@ fn a_new_process_resubmits_the_requests_the_old_one_left_in_flight() {
     let dir2 = tempfile::tempdir().unwrap();
     let t2 = Target::new("vhost-inflight-2", 1).unwrap();
     add_lun(&t2, 0, Backend::mem(1 << 20));
-    let cfg = ControllerConfig { socket: dir2.path().join("b.sock"), num_queues: 1, luns: None, hotplug: false };
+    let cfg = ControllerConfig {
+        socket: dir2.path().join("b.sock"),
+        num_queues: 1,
+        luns: None,
+        hotplug: false,
+        poll: DEFAULT_POLL,
+    };
     let c2 = Controller::start(t2.clone(), cfg).unwrap();
     let b2 = c2.backend.clone();
     // QEMU could not ask the dead process for the ring base: it sends what
@@ -429,7 +442,13 @@ fn device_process() {
         // Commands are held in the core: they stay in flight until the kill.
         lunar_target::wait(t.stop_device(0)).unwrap();
     }
-    let cfg = ControllerConfig { socket: PathBuf::from(socket), num_queues: 1, luns: None, hotplug: false };
+    let cfg = ControllerConfig {
+        socket: PathBuf::from(socket),
+        num_queues: 1,
+        luns: None,
+        hotplug: false,
+        poll: DEFAULT_POLL,
+    };
     let _c = Controller::start(t.clone(), cfg).unwrap();
     // Bounded: the test kills it long before; it dies as it would be killed.
     std::thread::sleep(Duration::from_secs(30));
@@ -564,4 +583,41 @@ fn a_killed_device_process_is_replaced_without_losing_requests() {
     assert!(data[..4 * 512].iter().all(|&b| b == 0xa5), "the four blocks written");
     assert!(data[4 * 512..].iter().all(|&b| b == 0), "nothing else");
     second.kill();
+}
+
+/// A request queue's kicks go to its own I/O thread's loop: five requests,
+/// each kicked on its own, are answered, and the connection's relay thread
+/// (which watches only the control and event queues now) relays none of them.
+#[test]
+fn request_kicks_are_watched_by_the_queues_io_thread() {
+    use std::io::Write;
+    use vhost::vhost_user::VhostUserBackendReqHandlerMut;
+    let (mem, mem_file) = shared_memory();
+    let mut ring = Ring { base: REQ, next_desc: 0, avail_idx: 0 };
+    let dir = tempfile::tempdir().unwrap();
+    let t = Target::new("vhost-kick-thread", 1).unwrap();
+    add_lun(&t, 0, Backend::mem(1 << 20));
+    let cfg = ControllerConfig {
+        socket: dir.path().join("k.sock"),
+        num_queues: 1,
+        luns: None,
+        hotplug: false,
+        poll: DEFAULT_POLL,
+    };
+    let c = Controller::start(t.clone(), cfg).unwrap();
+    let b = c.backend.clone();
+    let (mut conn, mut kick) = connect(&b, &mem_file, None, &ring, 0);
+    conn.set_vring_enable(2, true).unwrap();
+    for i in 0..5u16 {
+        let resp = write10(&mem, &mut ring, i as u64, 0, 700 + i as u64, i as u32);
+        kick.write_all(&1u64.to_le_bytes()).unwrap();
+        eventually("the request answered", || ring.used_idx(&mem) == i + 1);
+        assert_eq!(cmd_resp(&mem, resp), OK);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(c.requests_served(), vec![5]);
+    assert_eq!(conn.relayed_request_kicks(), 0, "a request queue kick went through the relay thread");
+    conn.stop();
+    c.shutdown();
+    t.shutdown();
 }

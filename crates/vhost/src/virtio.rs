@@ -136,6 +136,33 @@ impl Buffers {
 
     /// Writes `data` into the writable buffers starting `offset` bytes in;
     /// returns how many bytes were written (stops at the end of the buffers).
+    /// `len` bytes of the device-readable part from `offset` (checked
+    /// against the chain: a short chain is [`ChainError::ShortRequest`]).
+    pub fn read_at<M: GuestMemory>(&self, mem: &M, mut offset: u64, len: usize) -> Result<Vec<u8>, ChainError> {
+        let total = self.readable_len();
+        if offset.checked_add(len as u64).is_none_or(|end| end > total) {
+            return Err(ChainError::ShortRequest(total as usize));
+        }
+        let mut out = vec![0u8; len];
+        let mut done = 0usize;
+        for s in &self.readable {
+            if done == len {
+                break;
+            }
+            let seg = s.len as u64;
+            if offset >= seg {
+                offset -= seg;
+                continue;
+            }
+            let n = ((seg - offset) as usize).min(len - done);
+            let addr = s.addr.checked_add(offset).ok_or(ChainError::Memory)?;
+            mem.read_slice(&mut out[done..done + n], GuestAddress(addr)).map_err(|_| ChainError::Memory)?;
+            done += n;
+            offset = 0;
+        }
+        Ok(out)
+    }
+
     pub fn write_at<M: GuestMemory>(&self, mem: &M, mut offset: u64, data: &[u8]) -> Result<usize, ChainError> {
         let mut done = 0usize;
         for s in &self.writable {
@@ -307,5 +334,29 @@ mod tests {
         assert_eq!(&r[4..8], &5u32.to_le_bytes());
         assert_eq!((r[10], r[11]), (2, 0));
         assert_eq!(cdb_len(&[0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), 10);
+    }
+
+    /// `read_at` reads across readable segments from any offset, and
+    /// refuses a range past the chain or outside guest memory.
+    #[test]
+    fn read_at_spans_segments() {
+        use vm_memory::GuestMemoryMmap;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        mem.write_slice(&bytes, GuestAddress(0)).unwrap();
+        // Segments [10..15) [100..103) [200..208), then a writable one.
+        let b =
+            Buffers::collect([(10, 5, false), (100, 3, false), (200, 8, false), (300, 4, true)].into_iter()).unwrap();
+        assert_eq!(
+            b.read_at(&mem, 0, 16).unwrap(),
+            [10, 11, 12, 13, 14, 100, 101, 102, 200, 201, 202, 203, 204, 205, 206, 207]
+        );
+        assert_eq!(b.read_at(&mem, 4, 5).unwrap(), [14, 100, 101, 102, 200]);
+        assert_eq!(b.read_at(&mem, 8, 0).unwrap(), Vec::<u8>::new());
+        assert_eq!(b.read_at(&mem, 16, 0).unwrap(), Vec::<u8>::new());
+        assert_eq!(b.read_at(&mem, 10, 7).unwrap_err(), ChainError::ShortRequest(16));
+        assert_eq!(b.read_at(&mem, u64::MAX, 2).unwrap_err(), ChainError::ShortRequest(16));
+        let outside = Buffers::collect([(0xff0, 0x20, false)].into_iter()).unwrap();
+        assert_eq!(outside.read_at(&mem, 0, 0x20).unwrap_err(), ChainError::Memory);
     }
 }

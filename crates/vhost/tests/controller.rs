@@ -42,7 +42,13 @@ fn listens_serves_reconnects_and_shuts_down() {
     let t = target(2);
     let c = Controller::start(
         t.clone(),
-        ControllerConfig { socket: socket.clone(), num_queues: 3, luns: None, hotplug: true },
+        ControllerConfig {
+            socket: socket.clone(),
+            num_queues: 3,
+            luns: None,
+            hotplug: true,
+            poll: lunar_vhost::DEFAULT_POLL,
+        },
     )
     .unwrap();
     for _ in 0..3 {
@@ -67,7 +73,13 @@ fn refuses_bad_queue_counts() {
     let dir = tempfile::tempdir().unwrap();
     let t = target(1);
     for n in [0, 1023] {
-        let cfg = ControllerConfig { socket: dir.path().join("x.sock"), num_queues: n, luns: None, hotplug: false };
+        let cfg = ControllerConfig {
+            socket: dir.path().join("x.sock"),
+            num_queues: n,
+            luns: None,
+            hotplug: false,
+            poll: lunar_vhost::DEFAULT_POLL,
+        };
         assert!(matches!(Controller::start(t.clone(), cfg), Err(VhostError::NumQueues(m)) if m == n));
     }
     t.shutdown();
@@ -80,7 +92,13 @@ fn drop_while_a_frontend_is_connected_ends_in_bounded_time() {
     let t = target(1);
     let c = Controller::start(
         t.clone(),
-        ControllerConfig { socket: socket.clone(), num_queues: 1, luns: Some(vec![0]), hotplug: false },
+        ControllerConfig {
+            socket: socket.clone(),
+            num_queues: 1,
+            luns: Some(vec![0]),
+            hotplug: false,
+            poll: lunar_vhost::DEFAULT_POLL,
+        },
     )
     .unwrap();
     let mut s = UnixStream::connect(&socket).unwrap();
@@ -108,8 +126,20 @@ fn eventually(what: &str, f: impl Fn() -> bool) {
 fn hot_added_luns_follow_the_target() {
     let dir = tempfile::tempdir().unwrap();
     let t = target(1);
-    let with = ControllerConfig { socket: dir.path().join("a.sock"), num_queues: 3, luns: None, hotplug: true };
-    let without = ControllerConfig { socket: dir.path().join("b.sock"), num_queues: 2, luns: None, hotplug: false };
+    let with = ControllerConfig {
+        socket: dir.path().join("a.sock"),
+        num_queues: 3,
+        luns: None,
+        hotplug: true,
+        poll: lunar_vhost::DEFAULT_POLL,
+    };
+    let without = ControllerConfig {
+        socket: dir.path().join("b.sock"),
+        num_queues: 2,
+        luns: None,
+        hotplug: false,
+        poll: lunar_vhost::DEFAULT_POLL,
+    };
     let (a, b) = (Controller::start(t.clone(), with).unwrap(), Controller::start(t.clone(), without).unwrap());
     assert_eq!((a.luns(), b.luns()), (vec![0], vec![0]));
     wait(t.add_device(7, DiskConfig::default(), Backend::mem(1 << 20), ErrorPolicies::default())).unwrap();

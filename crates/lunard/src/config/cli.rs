@@ -10,7 +10,7 @@ use super::spec::split_items;
 use super::toml::FileSettings;
 use super::{
     Chap, Config, ConfigError, Env, LunConfig, TargetConfig, VhostUserConfig, DEFAULT_LOG, DEFAULT_LUN_SPEC,
-    DEFAULT_PORTAL, DEFAULT_TARGET, MAX_IOTHREADS, MAX_VHOST_QUEUES,
+    DEFAULT_PORTAL, DEFAULT_TARGET, MAX_IOTHREADS, MAX_VHOST_POLL_US, MAX_VHOST_QUEUES,
 };
 
 const AFTER_HELP: &str = "\
@@ -109,7 +109,9 @@ pub(crate) struct Cli {
     pub allow_initiator: Vec<String>,
 
     /// vhost-user-scsi controller socket to listen on (repeatable)
-    #[arg(long, value_name = "PATH[,num-queues=N]")]
+    /// (poll-us=N: how long a request queue's I/O thread polls its ring
+    /// before sleeping, adaptive up to N microseconds [default 32]; 0 = never)
+    #[arg(long, value_name = "PATH[,num-queues=N][,poll-us=N]")]
     pub vhost_user: Vec<String>,
 
     /// JSON-RPC control socket [default: /run/lunar/lunard.sock as root,
@@ -159,12 +161,13 @@ fn chap_pair(flag: &str, user: Option<String>, secret: Option<String>) -> Result
     }
 }
 
-/// `PATH[,num-queues=N]`; `,,` is a comma in the path.
+/// `PATH[,num-queues=N][,poll-us=N]`; `,,` is a comma in the path.
 fn vhost_user(s: &str) -> Result<VhostUserConfig, ConfigError> {
     let mut items = split_items(s).into_iter();
     let socket = PathBuf::from(items.next().unwrap_or_default());
     check::unix_socket_path(&socket).map_err(|r| ConfigError::invalid_value("vhost-user", s, r))?;
     let mut num_queues = None;
+    let mut poll_us = None;
     for item in items {
         match item.split_once('=') {
             Some(("num-queues", v)) => {
@@ -180,17 +183,30 @@ fn vhost_user(s: &str) -> Result<VhostUserConfig, ConfigError> {
                     })?;
                 num_queues = Some(n);
             }
+            Some(("poll-us", v)) => {
+                if poll_us.is_some() {
+                    return Err(ConfigError::DuplicateKey { what: "--vhost-user", key: "poll-us".into() });
+                }
+                let n = v
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|n| *n <= MAX_VHOST_POLL_US && v.bytes().all(|c| c.is_ascii_digit()))
+                    .ok_or_else(|| {
+                        ConfigError::invalid_value("poll-us", v, format!("expected 0..={MAX_VHOST_POLL_US}"))
+                    })?;
+                poll_us = Some(n);
+            }
             _ => {
                 let key = item.split_once('=').map_or(item.as_str(), |(k, _)| k);
                 return Err(ConfigError::UnknownKey {
                     what: "--vhost-user",
                     key: key.escape_default().to_string(),
-                    valid: &["num-queues"],
+                    valid: &["num-queues", "poll-us"],
                 });
             }
         }
     }
-    Ok(VhostUserConfig { socket, num_queues })
+    Ok(VhostUserConfig { socket, num_queues, poll_us })
 }
 
 fn default_lun() -> Result<LunConfig, ConfigError> {

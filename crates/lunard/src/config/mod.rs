@@ -68,6 +68,8 @@ pub const CHAP_SECRET_MIN: usize = 12;
 pub const CHAP_SECRET_MAX: usize = 255;
 /// virtio allows 1024 virtqueues; virtio-scsi uses 2 for control and events.
 pub const MAX_VHOST_QUEUES: u16 = 1022;
+/// Longest ring poll of a vhost-user request queue (`poll-us`), in microseconds.
+pub const MAX_VHOST_POLL_US: u16 = 1000;
 
 /// The whole, validated configuration of the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +129,9 @@ pub struct VhostUserConfig {
     pub socket: PathBuf,
     /// Request virtqueues; `None` = the daemon's choice.
     pub num_queues: Option<u16>,
+    /// Longest poll of a request ring before its I/O thread sleeps, in
+    /// microseconds; `None` = the default.
+    pub poll_us: Option<u16>,
 }
 
 /// What stores a LUN's blocks.
@@ -460,6 +465,13 @@ impl Config {
             }
             if !sockets.insert(&v.socket) {
                 return Err(ConfigError::invalid_value("vhost-user", shown, "controller listed twice"));
+            }
+            if let Some(n) = v.poll_us.filter(|n| *n > MAX_VHOST_POLL_US) {
+                return Err(ConfigError::invalid_value(
+                    "poll-us",
+                    n.to_string(),
+                    format!("expected 0..={MAX_VHOST_POLL_US}"),
+                ));
             }
             if let Some(n) = v.num_queues {
                 if !(1..=MAX_VHOST_QUEUES).contains(&n) {

@@ -231,7 +231,7 @@ fn chap_flags() {
 fn vhost_user_flags() {
     let c = ok(&[
         "--vhost-user",
-        "/run/lunar/vm0.sock,num-queues=4",
+        "/run/lunar/vm0.sock,num-queues=4,poll-us=0",
         "--vhost-user",
         "/run/lunar/vm,,1.sock",
         "--lun",
@@ -240,8 +240,8 @@ fn vhost_user_flags() {
     assert_eq!(
         c.vhost_user,
         vec![
-            VhostUserConfig { socket: "/run/lunar/vm0.sock".into(), num_queues: Some(4) },
-            VhostUserConfig { socket: "/run/lunar/vm,1.sock".into(), num_queues: None },
+            VhostUserConfig { socket: "/run/lunar/vm0.sock".into(), num_queues: Some(4), poll_us: Some(0) },
+            VhostUserConfig { socket: "/run/lunar/vm,1.sock".into(), num_queues: None, poll_us: None },
         ]
     );
     assert_eq!(c.targets[0].luns[0].controller, Some(PathBuf::from("/run/lunar/vm0.sock")));
@@ -250,6 +250,9 @@ fn vhost_user_flags() {
     has(&err(&["--vhost-user", "/a.sock,queues=2"]), &["unknown key `queues`", "num-queues"]);
     has(&err(&["--vhost-user", "/a.sock,num-queues=1,num-queues=2"]), &["duplicate key `num-queues`"]);
     has(&err(&["--vhost-user", ",num-queues=2"]), &["`vhost-user`", "empty path"]);
+    has(&err(&["--vhost-user", "/a.sock,poll-us=1001"]), &["`poll-us`", "`1001`", "0..=1000"]);
+    has(&err(&["--vhost-user", "/a.sock,poll-us=-1"]), &["`poll-us`", "`-1`"]);
+    has(&err(&["--vhost-user", "/a.sock,poll-us=1,poll-us=2"]), &["duplicate key `poll-us`"]);
     has(&err(&["--vhost-user", "/a.sock", "--vhost-user", "/a.sock"]), &["`vhost-user`", "twice"]);
     has(
         &err(&["--lun", "backend=mem,size=1G,controller=/nope.sock"]),
@@ -278,6 +281,7 @@ discovery-chap = { user = "disco", secret = "discoverysecret" }
 [[vhost-user]]
 socket = "vm0.sock"
 num-queues = 2
+poll-us = 50
 
 [[target]]
 name = "iqn.2026-11.dev.lunar:disk0"
@@ -322,7 +326,10 @@ fn a_good_file() {
     assert_eq!(c.log, "debug");
     assert_eq!(c.discovery_chap.as_ref().map(|c| c.user.as_str()), Some("disco"));
     // Relative paths are relative to the file's directory.
-    assert_eq!(c.vhost_user, vec![VhostUserConfig { socket: dir.join("vm0.sock"), num_queues: Some(2) }]);
+    assert_eq!(
+        c.vhost_user,
+        vec![VhostUserConfig { socket: dir.join("vm0.sock"), num_queues: Some(2), poll_us: Some(50) }]
+    );
     assert_eq!(c.targets.len(), 2);
     let t0 = &c.targets[0];
     assert_eq!(t0.allow_initiators, ["iqn.1994-05.com.redhat:client"]);

@@ -14,7 +14,8 @@ use serde::Deserialize;
 use super::check;
 use super::spec::{split_pairs, LunBuilder};
 use super::{
-    BackendSpec, Chap, ConfigError, LunConfig, TargetConfig, VhostUserConfig, MAX_IOTHREADS, MAX_VHOST_QUEUES,
+    BackendSpec, Chap, ConfigError, LunConfig, TargetConfig, VhostUserConfig, MAX_IOTHREADS, MAX_VHOST_POLL_US,
+    MAX_VHOST_QUEUES,
 };
 
 #[derive(Deserialize)]
@@ -44,6 +45,7 @@ struct FileChap {
 struct FileVhostUser {
     socket: PathBuf,
     num_queues: Option<u64>,
+    poll_us: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -233,7 +235,19 @@ fn convert(root: FileRoot, base: &Path) -> Result<FileSettings, ConfigError> {
                     .context(format!("vhost-user {i}")))
                 }
             };
-            Ok(VhostUserConfig { socket: rebase(base, v.socket), num_queues })
+            let poll_us = match v.poll_us {
+                None => None,
+                Some(n) if n <= u64::from(MAX_VHOST_POLL_US) => Some(n as u16),
+                Some(n) => {
+                    return Err(ConfigError::invalid_value(
+                        "poll-us",
+                        n.to_string(),
+                        format!("expected 0..={MAX_VHOST_POLL_US}"),
+                    )
+                    .context(format!("vhost-user {i}")))
+                }
+            };
+            Ok(VhostUserConfig { socket: rebase(base, v.socket), num_queues, poll_us })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let targets = root
