@@ -10,19 +10,23 @@
 //!
 //! # Threads: one Lunar I/O thread per request queue
 //!
-//! The protocol runs on the controller's thread; one thread per connection
-//! watches the kick eventfds. Neither can be a Lunar I/O thread (they block
-//! in `recvmsg` and `epoll_wait`, not in a tokio `LocalSet`), so the kick
-//! thread only *relays* a kick: it reads the eventfd and schedules one
-//! bottom half on the Lunar I/O thread of that virtqueue (coalesced by an
-//! atomic flag, so a burst of kicks costs one job). Everything on the I/O
-//! path then runs on that I/O thread: popping descriptor chains, reading the
-//! request and data-out from guest memory, submitting to the core
-//! [`Queue`]s opened for that thread (one per LUN, for the controller's
-//! I_T nexus), and, in the completion that the core runs on the queue's
-//! holder thread, writing status, sense and data-in, the used ring and the
-//! call eventfd.
-//!
+//! The protocol runs on the controller's thread. Each request queue's kick
+//! eventfd is watched by that queue's Lunar I/O thread itself: a task on
+//! its loop owns a duplicate of the eventfd (`AsyncFd`), and on a kick
+//! reads it and processes the ring right there. After serving the ring it
+//! polls it for a short, adaptive window (`poll-us`, like QEMU's
+//! `poll-max-ns`: halved when a poll finds nothing, doubled when a sleep
+//! ends sooner than the longest window), yielding to the loop between
+//! looks, so a driver that posts its next batch quickly costs no kick and
+//! no wake-up. Everything on the I/O path runs on that thread: popping
+//! descriptor chains, reading the request and data-out from guest memory,
+//! submitting to the core [`Queue`]s opened for that thread (one per LUN,
+//! for the controller's I_T nexus), and, in the completion that the core
+//! runs on the queue's holder thread, writing status, sense and data-in,
+//! the used ring and (once per batch) the call eventfd. One thread per
+//! connection watches the control and event queues' kicks (and relays a
+//! request queue's only if its I/O thread cannot take it).
+
 //! Virtqueue `i + 2` (request queue `i`) is served by I/O thread
 //! `i % io_threads + 1`. The locks on the I/O path are per virtqueue, never
 //! shared between queues: the ring's `RwLock` (the crate's `VringRwLock`;
