@@ -41,7 +41,9 @@
 //!
 //! The control queue is processed on the kick thread; task management
 //! runs on the main loop and is answered only once every command it aborts
-//! has completed (LOGICAL UNIT RESET is [`Target::reset_device`]).
+//! has completed (LOGICAL UNIT RESET is [`Target::reset_device`]; I_T
+//! NEXUS RESET is also an I_T nexus loss on every LUN: SPC-2 reservations
+//! of the controller's nexus released, I_T NEXUS LOSS OCCURRED reported).
 //! Asynchronous notification query/subscribe is answered with no events
 //! supported.
 //!
@@ -791,6 +793,17 @@ impl ScsiBackend {
                         }
                     }
                 }
+                // I_T NEXUS RESET is an I_T nexus loss for every LU (SAM-5
+                // 6.3.4): SPC-2 reservations of the nexus released, its held
+                // copy results dropped, I_T NEXUS LOSS OCCURRED (29h/07h) to
+                // report on every LUN. The queues of every virtqueue, as each
+                // is its own way in for the guest.
+                let nexus_lost: Vec<Arc<Queue>> = if subtype == TMF_I_T_NEXUS_RESET {
+                    self.vqs.iter().flat_map(|v| v.queues().values().cloned().collect::<Vec<_>>()).collect()
+                } else {
+                    Vec::new()
+                };
+                let nexus = self.nexus.clone();
                 let target = self.shared.target.clone();
                 let (vring, mem, pending) = (vring.clone(), mem.clone(), self.ctrl_pending.clone());
                 pending.fetch_add(1, Ordering::AcqRel);
@@ -807,6 +820,22 @@ impl ScsiBackend {
                     let waited = waits.len();
                     for w in waits {
                         let _ = w.await;
+                    }
+                    let mut released = std::collections::BTreeSet::new();
+                    let mut holders = std::collections::BTreeSet::new();
+                    for q in nexus_lost {
+                        if released.insert(q.device().lun()) {
+                            q.device().disk().nexus_lost(&nexus);
+                        }
+                        q.push_unit_attention(lunar_scsi::sense::I_T_NEXUS_LOSS.sense());
+                        holders.insert(q.holder());
+                    }
+                    // The unit attentions are in place (each thread runs its
+                    // work in order) before the guest hears the reset is done.
+                    for h in holders {
+                        if let Some(ctx) = target.contexts().get(h) {
+                            let _ = ctx.run(|| ()).await;
+                        }
                     }
                     reply(&vring, &mem, S_FUNCTION_COMPLETE);
                     tracing::info!(lun, tmf = tmf_name(subtype), waited, "vhost-user-scsi: task management done");

@@ -621,3 +621,103 @@ fn request_kicks_are_watched_by_the_queues_io_thread() {
     c.shutdown();
     t.shutdown();
 }
+
+/// Puts a command with `cdb` for `lun` on a request ring (no data-out,
+/// `data_in` bytes of data-in); returns where its response goes.
+fn command(mem: &Mem, ring: &mut Ring, slot: u64, lun: u16, tag: u64, cdb: &[u8], data_in: u32) -> u64 {
+    let req = DATA + 0x8_0000 + slot * 0x2000;
+    let resp = req + 0x800;
+    let mut r = vec![0u8; REQ_HEADER + DEFAULT_CDB_SIZE as usize];
+    r[0] = 1;
+    r[2] = 0x40 | (lun >> 8) as u8;
+    r[3] = lun as u8;
+    r[8..16].copy_from_slice(&tag.to_le_bytes());
+    r[REQ_HEADER..REQ_HEADER + cdb.len()].copy_from_slice(cdb);
+    mem.memory().write_slice(&r, GuestAddress(req)).unwrap();
+    let resp_len = (RESP_HEADER + DEFAULT_SENSE_SIZE as usize) as u32;
+    let mut chain = vec![(req, r.len() as u32, false), (resp, resp_len, true)];
+    if data_in > 0 {
+        chain.push((resp + 0x200, data_in, true));
+    }
+    ring.add(mem, &chain);
+    resp
+}
+
+/// (sense key, ASC, ASCQ) of the fixed-format sense in a response.
+fn sense_at(mem: &Mem, resp: u64) -> (u8, u8, u8) {
+    let b = read(mem, resp + RESP_HEADER as u64, 18);
+    (b[2] & 0x0f, b[12], b[13])
+}
+
+/// A WRITE(10) of one block at LBA 0 from another I_T nexus, straight to
+/// the core; its SCSI status.
+fn write_from_elsewhere(t: &Arc<Target>, lun: u64) -> u8 {
+    let other = lunar_scsi::Nexus::new("another initiator".to_string(), 1);
+    let q = lunar_target::wait(t.open_queue_for(lun, 1, Some(other))).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    q.submit(lunar_target::request(1, lun, &cdb, vec![0x5a; 512], move |r| {
+        let _ = tx.send(r.status.code());
+    }));
+    let status = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    lunar_target::wait(t.close_queue(q)).unwrap();
+    status
+}
+
+/// I_T NEXUS RESET from the guest is an I_T nexus loss on every LUN: the
+/// RESERVE(6) the controller's nexus held is released, and the next
+/// command to each LUN reports I_T NEXUS LOSS OCCURRED (29h/07h).
+#[test]
+fn i_t_nexus_reset_releases_reserve6_and_reports_nexus_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Target::new("vhost-itnr", 2).unwrap();
+    add_lun(&t, 0, Backend::mem(1 << 20));
+    add_lun(&t, 1, Backend::mem(1 << 20));
+    let (c, b, mem) = start(&t, 2, dir.path());
+    let (mut cr, ctrl) = Ring::new(&mem, CTRL);
+    let (_er, evt) = Ring::new(&mem, EVT);
+    let mut rings: Vec<_> = (0..2).map(|q| Ring::new(&mem, REQ + 0x2000 * q)).collect();
+    let kick = |b: &Arc<ScsiBackend>, rings: &[(Ring, Vring)], q: usize| {
+        b.handle_event(0, EventSet::IN, std::slice::from_ref(&rings[q].1), q + 1).unwrap();
+    };
+    let tur = [0u8; 6];
+    // (A vhost-user controller's nexus starts with no unit attention.)
+    let r = command(&mem, &mut rings[0].0, 2, 0, 2, &[0x16, 0, 0, 0, 0, 0], 0);
+    kick(&b, &rings, 0);
+    eventually("RESERVE(6) answered", || rings[0].0.used_idx(&mem) == 1);
+    assert_eq!(cmd_resp(&mem, r), OK);
+    assert_eq!(write_from_elsewhere(&t, 0), 0x18, "RESERVATION CONFLICT while reserved");
+
+    let mut req = Vec::new();
+    req.extend_from_slice(&T_TMF.to_le_bytes());
+    req.extend_from_slice(&TMF_I_T_NEXUS_RESET.to_le_bytes());
+    req.extend_from_slice(&[1, 0, 0x40, 0, 0, 0, 0, 0]);
+    req.extend_from_slice(&0u64.to_le_bytes());
+    let (at, answer) = (DATA + 0x3_0000, DATA + 0x3_0100);
+    mem.memory().write_slice(&req, GuestAddress(at)).unwrap();
+    mem.memory().write_obj(0xffu8, GuestAddress(answer)).unwrap();
+    cr.add(&mem, &[(at, req.len() as u32, false), (answer, 1, true)]);
+    b.handle_event(0, EventSet::IN, &[ctrl.clone(), evt.clone()], 0).unwrap();
+    eventually("the TMF answer", || cr.used_idx(&mem) == 1);
+    assert_eq!(mem.memory().read_obj::<u8>(GuestAddress(answer)).unwrap(), S_FUNCTION_COMPLETE);
+
+    assert_eq!(write_from_elsewhere(&t, 0), 0, "the RESERVE(6) of the reset nexus was released");
+    // Each LUN, on each request queue, reports the nexus loss once.
+    for q in 0..2 {
+        for lun in 0..2u16 {
+            let base = rings[q].0.used_idx(&mem);
+            let slot = 10 + (q * 2) as u64 + lun as u64;
+            let r = command(&mem, &mut rings[q].0, slot, lun, slot, &tur, 0);
+            kick(&b, &rings, q);
+            eventually("TEST UNIT READY answered", || rings[q].0.used_idx(&mem) == base + 1);
+            assert_eq!(cmd_resp(&mem, r), (S_OK, 0x02), "queue {q} LUN {lun}: CHECK CONDITION");
+            assert_eq!(sense_at(&mem, r), (0x6, 0x29, 0x07), "queue {q} LUN {lun}: I_T NEXUS LOSS OCCURRED");
+            let r = command(&mem, &mut rings[q].0, slot + 20, lun, slot + 20, &tur, 0);
+            kick(&b, &rings, q);
+            eventually("TEST UNIT READY answered", || rings[q].0.used_idx(&mem) == base + 2);
+            assert_eq!(cmd_resp(&mem, r), OK, "queue {q} LUN {lun}: reported once");
+        }
+    }
+    c.shutdown();
+    t.shutdown();
+}
