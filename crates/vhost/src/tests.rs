@@ -109,6 +109,17 @@ fn start(t: &Arc<Target>, num_queues: usize, dir: &Path) -> (Controller, Arc<Scs
     (c, b, mem)
 }
 
+/// A target with a 1 MiB RAM LUN 0 and a controller of one request queue
+/// on it, listening in `dir` (its frontend is the test's `connect`).
+fn one_queue_controller(name: &str, dir: &Path) -> (Arc<Target>, Controller) {
+    let t = Target::new(name, 1).unwrap();
+    add_lun(&t, 0, Backend::mem(1 << 20));
+    let cfg =
+        ControllerConfig { socket: dir.join("vq.sock"), num_queues: 1, luns: None, hotplug: false, poll: DEFAULT_POLL };
+    let c = Controller::start(t.clone(), cfg).unwrap();
+    (t, c)
+}
+
 fn add_lun(t: &Target, lun: u64, backend: Backend) {
     lunar_target::wait(t.add_device(lun, DiskConfig::default(), backend, ErrorPolicies::default())).unwrap();
 }
@@ -203,19 +214,25 @@ fn hot_plug_events_in_order_then_missed_when_the_driver_posts_none() {
     t.shutdown();
 }
 
-/// Puts a WRITE(10) of one block at `lba` of `lun` on a request ring;
-/// returns where its response goes.
-fn write10(mem: &Mem, ring: &mut Ring, slot: u64, lun: u16, tag: u64, lba: u32) -> u64 {
-    let req = DATA + 0x4_0000 + slot * 0x1000;
-    let resp = req + 0x800;
+/// A virtio-scsi command request header (target 0, `lun`) with `cdb`.
+fn request_header(lun: u16, tag: u64, cdb: &[u8]) -> Vec<u8> {
     let mut r = vec![0u8; REQ_HEADER + DEFAULT_CDB_SIZE as usize];
     r[0] = 1;
     r[2] = 0x40 | (lun >> 8) as u8;
     r[3] = lun as u8;
     r[8..16].copy_from_slice(&tag.to_le_bytes());
-    r[REQ_HEADER] = 0x2a;
-    r[REQ_HEADER + 2..REQ_HEADER + 6].copy_from_slice(&lba.to_be_bytes());
-    r[REQ_HEADER + 8] = 1;
+    r[REQ_HEADER..REQ_HEADER + cdb.len()].copy_from_slice(cdb);
+    r
+}
+
+/// Puts a WRITE(10) of one block at `lba` of `lun` on a request ring;
+/// returns where its response goes.
+fn write10(mem: &Mem, ring: &mut Ring, slot: u64, lun: u16, tag: u64, lba: u32) -> u64 {
+    let req = DATA + 0x4_0000 + slot * 0x1000;
+    let resp = req + 0x800;
+    let mut cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+    let mut r = request_header(lun, tag, &cdb);
     r.extend_from_slice(&[0xa5; 512]);
     mem.memory().write_slice(&r, GuestAddress(req)).unwrap();
     ring.add(mem, &[(req, r.len() as u32, false), (resp, (RESP_HEADER + DEFAULT_SENSE_SIZE as usize) as u32, true)]);
@@ -389,16 +406,7 @@ fn a_new_process_resubmits_the_requests_the_old_one_left_in_flight() {
     // The driver adds a fourth request while no device runs.
     let fourth = write10(&mem, &mut ring, 3, 0, 503, 3);
     let dir2 = tempfile::tempdir().unwrap();
-    let t2 = Target::new("vhost-inflight-2", 1).unwrap();
-    add_lun(&t2, 0, Backend::mem(1 << 20));
-    let cfg = ControllerConfig {
-        socket: dir2.path().join("b.sock"),
-        num_queues: 1,
-        luns: None,
-        hotplug: false,
-        poll: DEFAULT_POLL,
-    };
-    let c2 = Controller::start(t2.clone(), cfg).unwrap();
+    let (t2, c2) = one_queue_controller("vhost-inflight-2", dir2.path());
     let b2 = c2.backend.clone();
     // QEMU could not ask the dead process for the ring base: it sends what
     // it has (here 0); the region says 3 heads were taken.
@@ -595,16 +603,7 @@ fn request_kicks_are_watched_by_the_queues_io_thread() {
     let (mem, mem_file) = shared_memory();
     let mut ring = Ring { base: REQ, next_desc: 0, avail_idx: 0 };
     let dir = tempfile::tempdir().unwrap();
-    let t = Target::new("vhost-kick-thread", 1).unwrap();
-    add_lun(&t, 0, Backend::mem(1 << 20));
-    let cfg = ControllerConfig {
-        socket: dir.path().join("k.sock"),
-        num_queues: 1,
-        luns: None,
-        hotplug: false,
-        poll: DEFAULT_POLL,
-    };
-    let c = Controller::start(t.clone(), cfg).unwrap();
+    let (t, c) = one_queue_controller("vhost-kick-thread", dir.path());
     let b = c.backend.clone();
     let (mut conn, mut kick) = connect(&b, &mem_file, None, &ring, 0);
     conn.set_vring_enable(2, true).unwrap();
@@ -627,12 +626,7 @@ fn request_kicks_are_watched_by_the_queues_io_thread() {
 fn command(mem: &Mem, ring: &mut Ring, slot: u64, lun: u16, tag: u64, cdb: &[u8], data_in: u32) -> u64 {
     let req = DATA + 0x8_0000 + slot * 0x2000;
     let resp = req + 0x800;
-    let mut r = vec![0u8; REQ_HEADER + DEFAULT_CDB_SIZE as usize];
-    r[0] = 1;
-    r[2] = 0x40 | (lun >> 8) as u8;
-    r[3] = lun as u8;
-    r[8..16].copy_from_slice(&tag.to_le_bytes());
-    r[REQ_HEADER..REQ_HEADER + cdb.len()].copy_from_slice(cdb);
+    let r = request_header(lun, tag, cdb);
     mem.memory().write_slice(&r, GuestAddress(req)).unwrap();
     let resp_len = (RESP_HEADER + DEFAULT_SENSE_SIZE as usize) as u32;
     let mut chain = vec![(req, r.len() as u32, false), (resp, resp_len, true)];
