@@ -7,7 +7,9 @@
 # Steps: packages -> fmt -> clippy -> unit and end-to-end tests -> the
 # model-checked tests of the ownership-following protocol (and proof that
 # they catch the deliberately broken variant) -> iSCSI conformance
-# (libiscsi's iscsi-test-cu against lunard), when lunard serves iSCSI.
+# (libiscsi's iscsi-test-cu against lunard), when lunard serves iSCSI ->
+# Linux guests over vhost-user-scsi (QEMU, TCG): the guest test, then the
+# reconnect test (which installs QEMU 10 from bookworm-backports on Debian 12).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -59,6 +61,10 @@ if [ -x scripts/conformance.sh ]; then
 fi
 step "vhost-user-scsi: a Linux guest (QEMU, TCG, 4 CPUs, 4 queues on 2 I/O threads): sg3-utils vs iSCSI, multi-queue I/O, hot plug, resets"
 bash tests/vm/vhost-guest.sh 4 2 4
+step "vhost-user-scsi reconnect: lunard killed (SIGKILL) twice during a guest's O_DIRECT write loop, QEMU reconnects (reconnect=1)"
+# Needs QEMU >= 8.2: on Debian 12 the script installs qemu-system-x86 from
+# bookworm-backports (QEMU 10.0) when the installed one is older.
+bash tests/vm/vhost-reconnect.sh
 
 echo
 echo "all tests passed"

@@ -13,7 +13,14 @@
 //! an inflight region looks in the region first: the heads a previous
 //! process took off the ring and never answered are submitted again, in
 //! the order it took them, before anything new, and the next available
-//! index is the used index plus their number.
+//! index is the used index plus their number. If the used ring has history
+//! (its index is not 0), the driver is notified once, as soon as the ring
+//! runs and has its call fd: a previous process may have died between
+//! writing a used entry and notifying the driver (the notification is a
+//! bottom half queued behind the completion), and then nothing else would
+//! tell the driver, which would wait for that answer for good (Linux's
+//! virtio-scsi driver re-arms a command's timer instead of aborting it).
+//! A notification with nothing new is harmless to a driver.
 
 use std::fs::File;
 use std::io;
@@ -172,6 +179,9 @@ pub(crate) struct Connection {
     acked_protocol_features: u64,
     inflight: Option<Arc<InflightRegion>>,
     kicks: Kicks,
+    /// Per virtqueue: notify the driver once the ring runs (it started on a
+    /// used ring with history, see the module's documentation).
+    wake: Vec<bool>,
 }
 
 fn internal(e: impl std::fmt::Display) -> VuError {
@@ -186,6 +196,7 @@ impl Connection {
             vrings.push(Vring::new(mem.clone(), backend.max_queue_size() as u16).map_err(io::Error::other)?);
         }
         let kicks = Kicks::start(backend.clone(), vrings.clone())?;
+        let wake = vec![false; vrings.len()];
         Ok(Connection {
             backend,
             mem,
@@ -196,6 +207,7 @@ impl Connection {
             acked_protocol_features: 0,
             inflight: None,
             kicks,
+            wake,
         })
     }
 
@@ -238,23 +250,44 @@ impl Connection {
         if vring.get_ref().get_queue().ready() || vring.get_ref().get_kick().is_none() {
             return Ok(());
         }
-        self.recover(index, &vring);
+        let due = self.recover(index, &vring);
+        if let Some(w) = self.wake.get_mut(index) {
+            *w = due;
+        }
         vring.set_queue_ready(true);
         if vring.get_ref().is_enabled() {
             self.kicks.watch(&vring, index);
             kick(&self.backend, &self.vrings, index);
+            self.wake_driver(index);
         }
         Ok(())
     }
 
+    /// Notifies the driver of ring `index` if it is due (see `wake`) and the
+    /// ring runs, enabled, with a call fd.
+    fn wake_driver(&mut self, index: usize) {
+        let (Some(vring), Some(due)) = (self.vrings.get(index), self.wake.get_mut(index)) else { return };
+        let runs = {
+            let r = vring.get_ref();
+            r.is_enabled() && r.get_queue().ready() && r.get_call().is_some()
+        };
+        if *due && runs {
+            *due = false;
+            if let Err(e) = vring.signal_used_queue() {
+                tracing::warn!(index, "vhost-user: cannot notify the driver: {e}");
+            }
+        }
+    }
+
     /// Before a request ring runs: its inflight tracking, and what a
-    /// previous process left in flight.
-    fn recover(&self, index: usize, vring: &Vring) {
-        let Some(vq) = index.checked_sub(2).and_then(|i| self.backend.vqs.get(i)) else { return };
+    /// previous process left in flight. True if the ring is tracked and its
+    /// used ring has history (the driver is then notified once it runs).
+    fn recover(&self, index: usize, vring: &Vring) -> bool {
+        let Some(vq) = index.checked_sub(2).and_then(|i| self.backend.vqs.get(i)) else { return false };
         let tracker = self.inflight.as_ref().and_then(|r| r.queue(index as u16));
         let Some(tracker) = tracker else {
             vq.set_tracking(None, Vec::new());
-            return;
+            return false;
         };
         let size = vring.get_ref().get_queue().size();
         if tracker.desc_num() != size {
@@ -264,14 +297,14 @@ impl Connection {
                 "vhost-user-scsi: inflight region for another ring size; not tracking"
             );
             vq.set_tracking(None, Vec::new());
-            return;
+            return false;
         }
         let used = match vring.queue_used_idx() {
             Ok(u) => u,
             Err(e) => {
                 tracing::warn!(queue = vq.index, "vhost-user-scsi: cannot read the used index: {e}");
                 vq.set_tracking(None, Vec::new());
-                return;
+                return false;
             }
         };
         match tracker.recover(used) {
@@ -287,10 +320,12 @@ impl Connection {
                 vring.set_queue_next_used(used);
                 vring.set_queue_next_avail(used.wrapping_add(heads.len() as u16));
                 vq.set_tracking(Some(Arc::new(tracker)), heads);
+                used != 0
             }
             Err(e) => {
                 tracing::warn!(queue = vq.index, "vhost-user-scsi: inflight region unusable: {e}");
                 vq.set_tracking(None, Vec::new());
+                false
             }
         }
     }
@@ -409,6 +444,9 @@ impl VhostUserBackendReqHandlerMut for Connection {
     fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
         let vring = self.vring(index as usize)?.clone();
         vring.set_queue_ready(false);
+        if let Some(w) = self.wake.get_mut(index as usize) {
+            *w = false;
+        }
         self.kicks.unwatch(&vring, index as usize);
         self.backend.stop_vring(index).map_err(VuError::ReqHandlerError)?;
         let next_avail = vring.queue_next_avail();
@@ -432,6 +470,7 @@ impl VhostUserBackendReqHandlerMut for Connection {
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
         self.vring(index as usize)?.set_call(fd);
+        self.wake_driver(index as usize);
         Ok(())
     }
 
@@ -465,6 +504,7 @@ impl VhostUserBackendReqHandlerMut for Connection {
             self.kicks.watch(&vring, index as usize);
             // Kicks that came while it was disabled, and requests to resubmit.
             kick(&self.backend, &self.vrings, index as usize);
+            self.wake_driver(index as usize);
         }
         Ok(())
     }

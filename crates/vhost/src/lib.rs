@@ -69,7 +69,14 @@
 //! is taken off the available ring and the moment its used entry is written
 //! (both under the ring's lock). A new process given the region of a dead
 //! one submits the heads still marked again, in the order they were taken,
-//! before new requests. The control and event queues are not tracked.
+//! before new requests, and notifies the driver once (the dead one may have
+//! written a used entry and not notified it). The control and event queues
+//! are not tracked.
+//!
+//! QEMU 8.2 and later reconnect a vhost-user-scsi device
+//! (`-chardev socket,...,reconnect=1`) and hand a new process the region;
+//! `tests/vm/vhost-reconnect.sh` kills `lunard` twice under a Linux guest's
+//! write loop on QEMU 10.0 (QEMU 7.2, Debian 12's, cannot reconnect it).
 
 mod connection;
 pub mod events;

@@ -430,6 +430,77 @@ fn a_new_process_resubmits_the_requests_the_old_one_left_in_flight() {
     t2.shutdown();
 }
 
+/// A process dies after it put an answer on the used ring and before it
+/// notified the driver (its notification is a bottom half queued behind
+/// the completion): nothing is left in flight, so without a notification
+/// from the new process the driver would wait for that answer for good
+/// (Linux's virtio-scsi never times a command out). The new process
+/// notifies each request ring once when it starts on a used ring with
+/// history, and only then.
+#[test]
+fn a_new_process_notifies_the_driver_of_answers_the_old_one_did_not_signal() {
+    use std::io::Read;
+    use vhost::vhost_user::VhostUserBackendReqHandlerMut;
+    // A call "eventfd" the test can wait on: the device writes 8 bytes.
+    let call = || {
+        let (device, driver) = std::os::unix::net::UnixStream::pair().unwrap();
+        driver.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        (std::fs::File::from(std::os::fd::OwnedFd::from(device)), driver)
+    };
+    let notified = |mut driver: &std::os::unix::net::UnixStream| driver.read(&mut [0u8; 8]).is_ok_and(|n| n == 8);
+    let (mem, mem_file) = shared_memory();
+    let mut ring = Ring { base: REQ, next_desc: 0, avail_idx: 0 };
+    // The first process answers a write: the driver is not notified (no call fd).
+    let dir1 = tempfile::tempdir().unwrap();
+    let t1 = Target::new("vhost-wake-1", 1).unwrap();
+    add_lun(&t1, 0, Backend::mem(1 << 20));
+    let cfg = ControllerConfig { socket: dir1.path().join("a.sock"), num_queues: 1, luns: None, hotplug: false };
+    let c1 = Controller::start(t1.clone(), cfg).unwrap();
+    let (mut conn1, _kick1) = connect(&c1.backend, &mem_file, None, &ring, 0);
+    let region = conn1.inflight_file().unwrap();
+    let resp = write10(&mem, &mut ring, 0, 0, 600, 0);
+    conn1.set_vring_enable(2, true).unwrap();
+    eventually("the write answered", || ring.used_idx(&mem) == 1);
+    assert_eq!(cmd_resp(&mem, resp), OK);
+    conn1.stop();
+    c1.shutdown();
+    t1.shutdown();
+
+    // The new process, nothing to resubmit: it notifies the driver once.
+    let dir2 = tempfile::tempdir().unwrap();
+    let t2 = Target::new("vhost-wake-2", 1).unwrap();
+    add_lun(&t2, 0, Backend::mem(1 << 20));
+    let cfg = ControllerConfig { socket: dir2.path().join("b.sock"), num_queues: 1, luns: None, hotplug: false };
+    let c2 = Controller::start(t2.clone(), cfg).unwrap();
+    let (mut conn2, _kick2) = connect(&c2.backend, &mem_file, Some(region), &ring, 1);
+    let (device, driver) = call();
+    conn2.set_vring_call(2, Some(device)).unwrap();
+    conn2.set_vring_enable(2, true).unwrap();
+    assert!(notified(&driver), "the driver is told to look at the used ring");
+    assert!(!notified(&driver), "once");
+    assert_eq!(ring.used_idx(&mem), 1, "nothing answered again");
+    // A ring that starts with no history (a fresh region, used index 0) is not notified.
+    conn2.stop();
+    c2.shutdown();
+    t2.shutdown();
+    let (mem, mem_file) = shared_memory();
+    let ring = Ring { base: REQ, next_desc: 0, avail_idx: 0 };
+    let dir3 = tempfile::tempdir().unwrap();
+    let t3 = Target::new("vhost-wake-3", 1).unwrap();
+    add_lun(&t3, 0, Backend::mem(1 << 20));
+    let cfg = ControllerConfig { socket: dir3.path().join("c.sock"), num_queues: 1, luns: None, hotplug: false };
+    let c3 = Controller::start(t3.clone(), cfg).unwrap();
+    let (mut conn3, _kick3) = connect(&c3.backend, &mem_file, None, &ring, 0);
+    let (device, driver) = call();
+    conn3.set_vring_call(2, Some(device)).unwrap();
+    conn3.set_vring_enable(2, true).unwrap();
+    assert!(!notified(&driver), "no notification for a fresh ring");
+    assert_eq!(ring.used_idx(&mem), 0);
+    conn3.stop();
+    c3.shutdown();
+    t3.shutdown();
+}
+
 const CHILD_SOCKET: &str = "LUNAR_VHOST_TEST_DEVICE_SOCKET";
 const CHILD_IMAGE: &str = "LUNAR_VHOST_TEST_DEVICE_IMAGE";
 const CHILD_PAUSE: &str = "LUNAR_VHOST_TEST_DEVICE_PAUSE";
