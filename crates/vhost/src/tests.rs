@@ -452,10 +452,7 @@ fn a_new_process_notifies_the_driver_of_answers_the_old_one_did_not_signal() {
     let mut ring = Ring { base: REQ, next_desc: 0, avail_idx: 0 };
     // The first process answers a write: the driver is not notified (no call fd).
     let dir1 = tempfile::tempdir().unwrap();
-    let t1 = Target::new("vhost-wake-1", 1).unwrap();
-    add_lun(&t1, 0, Backend::mem(1 << 20));
-    let cfg = ControllerConfig { socket: dir1.path().join("a.sock"), num_queues: 1, luns: None, hotplug: false };
-    let c1 = Controller::start(t1.clone(), cfg).unwrap();
+    let (t1, c1) = one_queue_controller("vhost-wake-1", dir1.path());
     let (mut conn1, _kick1) = connect(&c1.backend, &mem_file, None, &ring, 0);
     let region = conn1.inflight_file().unwrap();
     let resp = write10(&mem, &mut ring, 0, 0, 600, 0);
@@ -468,10 +465,7 @@ fn a_new_process_notifies_the_driver_of_answers_the_old_one_did_not_signal() {
 
     // The new process, nothing to resubmit: it notifies the driver once.
     let dir2 = tempfile::tempdir().unwrap();
-    let t2 = Target::new("vhost-wake-2", 1).unwrap();
-    add_lun(&t2, 0, Backend::mem(1 << 20));
-    let cfg = ControllerConfig { socket: dir2.path().join("b.sock"), num_queues: 1, luns: None, hotplug: false };
-    let c2 = Controller::start(t2.clone(), cfg).unwrap();
+    let (t2, c2) = one_queue_controller("vhost-wake-2", dir2.path());
     let (mut conn2, _kick2) = connect(&c2.backend, &mem_file, Some(region), &ring, 1);
     let (device, driver) = call();
     conn2.set_vring_call(2, Some(device)).unwrap();
@@ -486,10 +480,7 @@ fn a_new_process_notifies_the_driver_of_answers_the_old_one_did_not_signal() {
     let (mem, mem_file) = shared_memory();
     let ring = Ring { base: REQ, next_desc: 0, avail_idx: 0 };
     let dir3 = tempfile::tempdir().unwrap();
-    let t3 = Target::new("vhost-wake-3", 1).unwrap();
-    add_lun(&t3, 0, Backend::mem(1 << 20));
-    let cfg = ControllerConfig { socket: dir3.path().join("c.sock"), num_queues: 1, luns: None, hotplug: false };
-    let c3 = Controller::start(t3.clone(), cfg).unwrap();
+    let (t3, c3) = one_queue_controller("vhost-wake-3", dir3.path());
     let (mut conn3, _kick3) = connect(&c3.backend, &mem_file, None, &ring, 0);
     let (device, driver) = call();
     conn3.set_vring_call(2, Some(device)).unwrap();
