@@ -469,7 +469,22 @@ impl VhostUserBackendReqHandlerMut for Connection {
     }
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
-        self.vring(index as usize)?.set_call(fd);
+        let vring = self.vring(index as usize)?;
+        let runs = {
+            let r = vring.get_ref();
+            r.is_enabled() && r.get_queue().ready()
+        };
+        vring.set_call(fd);
+        // A running ring's notifications may have gone to the call fd being
+        // replaced, or nowhere (none yet): QEMU switches call fds when it
+        // masks and unmasks the queue's vector, while the I/O thread keeps
+        // completing. Notify once through the new one; a spurious
+        // notification costs the driver one look at its used ring.
+        if runs {
+            if let Some(w) = self.wake.get_mut(index as usize) {
+                *w = true;
+            }
+        }
         self.wake_driver(index as usize);
         Ok(())
     }
