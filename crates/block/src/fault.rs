@@ -1,8 +1,11 @@
-//! A wrapper backend for tests: injects an errno on reads or writes and a
-//! delay on every operation, switchable at run time from any thread.
+//! A wrapper backend for tests: injects an errno on reads or writes, a
+//! delay on every operation, and can hold write-type operations until
+//! released; switchable at run time from any thread.
 
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::{Backend, BlockError, Result};
 
@@ -11,6 +14,10 @@ pub struct FaultBackend {
     read_errno: AtomicI32,
     write_errno: AtomicI32,
     delay_us: AtomicU64,
+    hold_writes: AtomicBool,
+    released: Notify,
+    /// Write-type operations that reached the inner backend.
+    writes: AtomicU64,
 }
 
 impl FaultBackend {
@@ -20,6 +27,9 @@ impl FaultBackend {
             read_errno: AtomicI32::new(0),
             write_errno: AtomicI32::new(0),
             delay_us: AtomicU64::new(0),
+            hold_writes: AtomicBool::new(false),
+            released: Notify::new(),
+            writes: AtomicU64::new(0),
         }
     }
 
@@ -42,6 +52,35 @@ impl FaultBackend {
         self.delay_us.store(delay.as_micros() as u64, Ordering::SeqCst);
     }
 
+    /// Holds every write-type operation (write, flush, discard, write
+    /// zeroes) before it reaches the inner backend, until called with `false`.
+    pub fn hold_writes(&self, hold: bool) {
+        self.hold_writes.store(hold, Ordering::SeqCst);
+        if !hold {
+            self.released.notify_waiters();
+        }
+    }
+
+    /// Number of write-type operations that reached the inner backend.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    async fn write_gate(&self, op: &'static str, offset: u64, len: u64) -> Result<()> {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !self.hold_writes.load(Ordering::SeqCst) {
+                break;
+            }
+            released.await;
+        }
+        self.gate(&self.write_errno, op, offset, len).await?;
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
     async fn gate(&self, errno: &AtomicI32, op: &'static str, offset: u64, len: u64) -> Result<()> {
         let us = self.delay_us.load(Ordering::SeqCst);
         if us > 0 {
@@ -59,22 +98,22 @@ impl FaultBackend {
     }
 
     pub async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<()> {
-        self.gate(&self.write_errno, "write", offset, data.len() as u64).await?;
+        self.write_gate("write", offset, data.len() as u64).await?;
         self.inner.write(offset, data, fua).await
     }
 
     pub async fn flush(&self) -> Result<()> {
-        self.gate(&self.write_errno, "flush", 0, 0).await?;
+        self.write_gate("flush", 0, 0).await?;
         self.inner.flush().await
     }
 
     pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        self.gate(&self.write_errno, "discard", offset, len).await?;
+        self.write_gate("discard", offset, len).await?;
         self.inner.discard(offset, len).await
     }
 
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        self.gate(&self.write_errno, "write-zeroes", offset, len).await?;
+        self.write_gate("write-zeroes", offset, len).await?;
         self.inner.write_zeroes(offset, len).await
     }
 }

@@ -355,8 +355,10 @@ impl Disk {
     /// receiving data-out, to fail early instead of receiving a transfer it
     /// will refuse; [`Disk::execute`] calls it too.
     pub fn validate(&self, cmd: &Command) -> Result<(), ScsiError> {
-        if self.state.sanitize.in_progress().is_some() && !allowed_while_sanitizing(cmd) {
-            return Err(ScsiError::SanitizeInProgress);
+        if let Some(progress) = self.state.sanitize.in_progress() {
+            if !allowed_while_sanitizing(cmd) {
+                return Err(ScsiError::SanitizeInProgress { progress });
+            }
         }
         if self.state.sanitize.failed() && cmd.is_medium_access() && !matches!(cmd, Command::Sanitize(_)) {
             return Err(ScsiError::SanitizeFailed);

@@ -53,9 +53,10 @@ pub enum ScsiError {
     /// The logical unit is stopped (START STOP UNIT with START=0).
     #[error("logical unit not ready, initializing command required")]
     NotReady,
-    /// A sanitize operation is running (SBC-4 4.11.2).
-    #[error("sanitize in progress")]
-    SanitizeInProgress,
+    /// A sanitize operation is running (SBC-4 4.11.2); `progress` is the
+    /// fraction done, of 65536, reported as the progress indication.
+    #[error("sanitize in progress ({progress}/65536)")]
+    SanitizeInProgress { progress: u16 },
     /// The last sanitize operation failed: medium access is refused until
     /// one succeeds or EXIT FAILURE MODE (SBC-4 4.11.4).
     #[error("sanitize failed")]
@@ -145,7 +146,7 @@ impl ScsiError {
             ScsiError::MediumRemovalPrevented => sense::MEDIUM_REMOVAL_PREVENTED.sense(),
             ScsiError::MediumNotPresent => sense::MEDIUM_NOT_PRESENT.sense(),
             ScsiError::NotReady => sense::NOT_READY_INITIALIZING_COMMAND_REQUIRED.sense(),
-            ScsiError::SanitizeInProgress => sense::SANITIZE_IN_PROGRESS.sense(),
+            ScsiError::SanitizeInProgress { progress } => sense::SANITIZE_IN_PROGRESS.sense().with_progress(*progress),
             ScsiError::SanitizeFailed => sense::SANITIZE_COMMAND_FAILED.sense(),
             ScsiError::CommandSequenceError => sense::COMMAND_SEQUENCE_ERROR.sense(),
             ScsiError::Backend(e) => backend_sense(e).sense(),

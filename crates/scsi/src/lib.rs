@@ -24,11 +24,11 @@
 //!   [`Disk::reset_prevent`];
 //! - serializes overlapping COMPARE AND WRITE / ORWRITE / WRITE ATOMIC
 //!   (atomicity; see [`commands::write_atomic`]);
-//! - lets a SANITIZE run to its end ([`commands::sanitize`]): the
-//!   operation is the command's future, so aborting the command or a reset
-//!   waits for it; SBC-4 4.11 wants the operation to go on while the
-//!   command is aborted, which needs the core to complete an aborted
-//!   SANITIZE early and keep polling its future detached;
+//! - runs a sanitize operation detached from its SANITIZE command
+//!   ([`commands::sanitize`]): [`Disk::start_sanitize`] begins it and
+//!   returns it as a [`SanitizeOperation`], which the core steps to its end
+//!   whatever happens to the command (abort, reset: SBC-4 4.11), completing
+//!   the command when it ends (IMMED=0) or at once (IMMED=1);
 //! - EXTENDED COPY between LUNs: fills [`ExecContext::copy_resolver`] with
 //!   one `Arc` shared by the commands of a target, e.g.
 //!   `Arc::new(CopyTargets::new(disks))` over the target's [`Disk`]s,
@@ -58,6 +58,7 @@ mod test_util;
 
 pub use cdb::{table::OPCODES, Command, DataDirection};
 pub use commands::extended_copy::{CopyResolver, CopyTarget, CopyTargets};
+pub use commands::sanitize::SanitizeOperation;
 pub use commands::{
     inquiry::Inquiry, log::LogSense, mode::ModeSelect, mode::ModeSense, opcodes::ReportOpcodes, unit::StartStopUnit,
 };
