@@ -86,3 +86,80 @@ fn extended_copy_between_two_luns_of_a_target() {
     assert_eq!(r.data, data, "LUN 1 holds the blocks copied from LUN 0");
     t.shutdown();
 }
+
+/// An EXTENDED COPY parameter list (LIST ID USAGE 00b: hold the status)
+/// with these CSCD and segment descriptors.
+fn copy_list(list_id: u8, cscds: &[Vec<u8>], segments: &[Vec<u8>]) -> Vec<u8> {
+    let targets = cscds.concat();
+    let segs = segments.concat();
+    let mut list = vec![0u8; 16];
+    list[0] = list_id;
+    list[2..4].copy_from_slice(&(targets.len() as u16).to_be_bytes());
+    list[8..12].copy_from_slice(&(segs.len() as u32).to_be_bytes());
+    list.extend(targets);
+    list.extend(segs);
+    list
+}
+
+fn xcopy_cdb(len: usize) -> Vec<u8> {
+    let mut cdb = vec![0u8; 16];
+    cdb[0] = 0x83;
+    cdb[10..14].copy_from_slice(&(len as u32).to_be_bytes());
+    cdb
+}
+
+/// RECEIVE COPY RESULTS, COPY STATUS of `list_id`.
+fn copy_status_cdb(list_id: u8) -> Vec<u8> {
+    let mut cdb = vec![0u8; 16];
+    cdb[0] = 0x84;
+    cdb[2] = list_id;
+    cdb[10..14].copy_from_slice(&1024u32.to_be_bytes());
+    cdb
+}
+
+fn invalid_field_in_cdb(r: &Response) -> bool {
+    r.status == Status::CheckCondition
+        && r.sense.get(2).map(|k| k & 0x0F) == Some(0x05)
+        && r.sense.get(12) == Some(&0x24)
+}
+
+/// libiscsi's ExtendedCopy.ValidSegDescr then ReceiveCopyResults.CopyStatus
+/// on one I_T nexus, as in a guest over SG_IO (over iSCSI each test logs
+/// in anew, and the logout's I_T nexus loss drops what was held): the
+/// failed copy's status is held (SPC-4: COPY STATUS reports "completed with
+/// errors") until it is returned whole, a logical unit reset, the nexus's
+/// loss or another EXTENDED COPY with its list identifier.
+#[test]
+fn held_copy_status_goes_when_returned_or_on_a_lun_reset() {
+    let t = Target::new("xcopy-held", 1).unwrap();
+    let blocks = 4096u64;
+    wait(t.add_device(
+        0,
+        DiskConfig { naa_id: 0x33, ..Default::default() },
+        Backend::mem(blocks * 512),
+        ErrorPolicies::default(),
+    ))
+    .unwrap();
+    let q = wait(t.open_queue(0, 1)).unwrap();
+    settle(&q, 0);
+    let d = t.device(0).unwrap();
+    let beyond_eol = copy_list(1, &[cscd(d.disk())], &[b2b(0, 0, 2048, 0, blocks - 1)]);
+    let copy = |list: &Vec<u8>| run(&q, 0, &xcopy_cdb(list.len()), list.clone());
+
+    let r = copy(&beyond_eol);
+    assert_eq!((r.status, r.sense[2] & 0x0F), (Status::CheckCondition, 0x0A), "COPY ABORTED");
+    let held = run(&q, 0, &copy_status_cdb(1), Vec::new());
+    assert_eq!(held.status, Status::Good, "the failed copy's status is held: {:02x?}", held.sense);
+    assert_eq!(held.data[4], 0x02, "completed with errors");
+    let again = run(&q, 0, &copy_status_cdb(1), Vec::new());
+    assert!(invalid_field_in_cdb(&again), "returned whole, so discarded: {again:?}");
+
+    // A logical unit reset discards it too.
+    let r = copy(&beyond_eol);
+    assert_eq!(r.status, Status::CheckCondition);
+    wait(t.reset_device(0)).unwrap();
+    settle(&q, 0);
+    let after_reset = run(&q, 0, &copy_status_cdb(1), Vec::new());
+    assert!(invalid_field_in_cdb(&after_reset), "discarded by the LU reset: {after_reset:?}");
+    t.shutdown();
+}

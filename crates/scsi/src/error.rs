@@ -65,6 +65,10 @@ pub enum ScsiError {
     /// EXIT FAILURE MODE without a failed sanitize).
     #[error("command sequence error")]
     CommandSequenceError,
+    /// An EXTENDED COPY names the list identifier of a copy of the same
+    /// I_T nexus still in progress (SPC-4 6.3.1).
+    #[error("operation in progress")]
+    OperationInProgress,
     /// The backend failed; mapped by its kind and operation.
     #[error("backend: {0}")]
     Backend(BlockError),
@@ -149,6 +153,7 @@ impl ScsiError {
             ScsiError::SanitizeInProgress { progress } => sense::SANITIZE_IN_PROGRESS.sense().with_progress(*progress),
             ScsiError::SanitizeFailed => sense::SANITIZE_COMMAND_FAILED.sense(),
             ScsiError::CommandSequenceError => sense::COMMAND_SEQUENCE_ERROR.sense(),
+            ScsiError::OperationInProgress => sense::OPERATION_IN_PROGRESS.sense(),
             ScsiError::Backend(e) => backend_sense(e).sense(),
             ScsiError::Sense(s) => s.clone(),
             ScsiError::ReservationConflict => sense::NO_SENSE.sense(),

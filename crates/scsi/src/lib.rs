@@ -39,7 +39,8 @@
 //!   saving [`Disk::reservation_state_bytes`] beside the backend), restores
 //!   them with [`Disk::restore_reservations`] at start, and calls
 //!   [`Disk::nexus_lost`] / [`Disk::reset_reservations`] on I_T nexus loss
-//!   and on logical unit or target reset.
+//!   and on logical unit or target reset, and [`Disk::discard_copy_results`]
+//!   on logical unit or target reset.
 
 #![forbid(unsafe_code)]
 

@@ -349,6 +349,8 @@ codes! {
     INVALID_FIELD_IN_CDB = IllegalRequest, 0x24, 0x00;
     /// COMMAND SEQUENCE ERROR.
     COMMAND_SEQUENCE_ERROR = IllegalRequest, 0x2C, 0x00;
+    /// OPERATION IN PROGRESS (an EXTENDED COPY whose list identifier is in use).
+    OPERATION_IN_PROGRESS = IllegalRequest, 0x00, 0x16;
     /// LOGICAL UNIT NOT SUPPORTED.
     LUN_NOT_SUPPORTED = IllegalRequest, 0x25, 0x00;
     /// INVALID FIELD IN PARAMETER LIST.

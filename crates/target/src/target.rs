@@ -479,7 +479,8 @@ impl Target {
 
     /// LOGICAL UNIT RESET (SAM-5 7.7): cancels every request on its owner,
     /// waits for the backend to drain and for pending iterations, releases
-    /// SPC-2 reservations and the medium-removal prevention, then raises BUS
+    /// SPC-2 reservations and the medium-removal prevention, discards the
+    /// copy results held for RECEIVE COPY RESULTS, then raises BUS
     /// DEVICE RESET FUNCTION OCCURRED on every I_T nexus of the LUN.
     /// The unit attention goes to the issuing nexus too (libiscsi's
     /// MultipathIO.Reset checks every path).
@@ -498,6 +499,7 @@ impl Target {
             dev.iterations_drained().await;
             dev.disk().reset_reservations();
             dev.disk().reset_prevent();
+            dev.disk().discard_copy_results();
             let sense = lunar_scsi::sense::BUS_DEVICE_RESET.sense();
             for q in dev.queues() {
                 if issuer.as_ref().is_none_or(|n| !q.is_nexus(n)) {

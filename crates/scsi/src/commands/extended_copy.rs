@@ -11,10 +11,21 @@
 //! the I/O thread that executes it, in chunks of at most
 //! [`MAX_TRANSFER_BYTES`].
 //!
-//! Held copy status (LIST ID USAGE 00b) is kept per I_T nexus in a short
-//! list behind a mutex: an explicit exception to "no lock on the I/O path",
-//! taken once per EXTENDED COPY or RECEIVE COPY RESULTS, never by reads or
-//! writes.
+//! Copy status is kept per I_T nexus and list identifier in a short list
+//! behind a mutex: an explicit exception to "no lock on the I/O path",
+//! taken a few times per EXTENDED COPY (begin, each segment, end) and once
+//! per RECEIVE COPY RESULTS, never by reads or writes. A copy with a list
+//! identifier (LIST ID USAGE 00b or 10b) is listed while it runs: COPY
+//! STATUS reports it in progress, and another EXTENDED COPY with its list
+//! identifier on the same nexus is refused with OPERATION IN PROGRESS
+//! (SPC-4 6.3.1). When it ends its status is held if LIST ID USAGE is 00b,
+//! until one of the events after which the copy manager discards the data
+//! held for RECEIVE COPY RESULTS (as SPC-2 7.14.2 lists them for COPY
+//! STATUS): COPY STATUS returned all of it (or was asked for none, with
+//! ALLOCATION LENGTH 0), another EXTENDED COPY with the same list
+//! identifier arrived from that nexus, a logical unit reset or hard reset
+//! ([`Disk::discard_copy_results`]), the nexus was lost, or room was needed
+//! for newer results ([`MAX_HELD`] per logical unit, oldest first).
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -197,6 +208,8 @@ struct Segment {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct CopyList {
     list_id: u8,
+    /// LIST ID USAGE 00b or 10b: the list identifier names the copy.
+    has_id: bool,
     /// LIST ID USAGE 00b: hold the copy status for RECEIVE COPY RESULTS.
     hold: bool,
     cscds: Vec<Cscd>,
@@ -270,7 +283,7 @@ fn parse(data: &[u8]) -> Result<CopyList, ScsiError> {
         .map(|at| parse_cscd(data, at))
         .collect::<Result<_, _>>()?;
     let segments = starts.into_iter().map(|at| parse_segment(data, at)).collect::<Result<_, _>>()?;
-    Ok(CopyList { list_id, hold: usage == 0b00, cscds, segments })
+    Ok(CopyList { list_id, has_id: usage != 0b11, hold: usage == 0b00, cscds, segments })
 }
 
 /// An identification CSCD descriptor (SPC-4 6.3.6.2) of a block device.
@@ -313,17 +326,31 @@ fn parse_segment(data: &[u8], at: usize) -> Result<Segment, ScsiError> {
     })
 }
 
-/// The status of a finished copy held for RECEIVE COPY RESULTS.
+/// Where a copy with a list identifier stands (COPY MANAGER STATUS, SPC-4
+/// 6.18.3, table 353).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CopyState {
+    InProgress = 0x00,
+    Completed = 0x01,
+    Failed = 0x02,
+}
+
+/// The status of a copy: in progress, or finished and held for RECEIVE
+/// COPY RESULTS.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Held {
     nexus: Nexus,
     list_id: u8,
-    ok: bool,
+    state: CopyState,
     segments: u16,
     bytes: u64,
 }
 
-/// Copy results held for RECEIVE COPY RESULTS, oldest first.
+/// Length of COPY STATUS data: once an allocation length this large has
+/// returned it, it has all been transferred.
+const COPY_STATUS_LEN: u32 = 12;
+
+/// Copies in progress and copy results held, oldest first.
 #[derive(Debug, Default)]
 pub(crate) struct HeldResults(Mutex<VecDeque<Held>>);
 
@@ -333,23 +360,102 @@ impl HeldResults {
         f(&mut g)
     }
 
-    fn hold(&self, h: Held) {
+    /// A copy with this list identifier begins on `nexus`: refused while one
+    /// is in progress; otherwise what was held for it is discarded and the
+    /// copy is listed in progress until [`Tracked`] ends it.
+    fn begin(&self, nexus: &Nexus, list_id: u8) -> Result<Tracked<'_>, ScsiError> {
         self.with(|q| {
-            q.retain(|o| !(o.nexus == h.nexus && o.list_id == h.list_id));
-            if q.len() >= MAX_HELD {
-                q.pop_front();
+            let same = |h: &Held| &h.nexus == nexus && h.list_id == list_id;
+            if q.iter().any(|h| same(h) && h.state == CopyState::InProgress) {
+                return Err(ScsiError::OperationInProgress);
             }
-            q.push_back(h);
+            q.retain(|h| !same(h));
+            if q.len() >= MAX_HELD {
+                // Room for it: the oldest held result goes (never a copy in progress).
+                if let Some(i) = q.iter().position(|h| h.state != CopyState::InProgress) {
+                    q.remove(i);
+                }
+            }
+            let state = CopyState::InProgress;
+            q.push_back(Held { nexus: nexus.clone(), list_id, state, segments: 0, bytes: 0 });
+            Ok(())
+        })?;
+        Ok(Tracked { held: self, nexus: nexus.clone(), list_id, done: (0, 0), ended: false })
+    }
+
+    fn update(&self, nexus: &Nexus, list_id: u8, f: impl FnOnce(&mut Held)) {
+        self.with(|q| {
+            if let Some(h) = q.iter_mut().find(|h| &h.nexus == nexus && h.list_id == list_id) {
+                f(h);
+            }
         });
     }
 
-    fn get(&self, nexus: &Nexus, list_id: u8) -> Option<Held> {
-        self.with(|q| q.iter().find(|h| &h.nexus == nexus && h.list_id == list_id).cloned())
+    fn remove(&self, nexus: &Nexus, list_id: u8) {
+        self.with(|q| q.retain(|h| !(&h.nexus == nexus && h.list_id == list_id)));
+    }
+
+    /// The status COPY STATUS returns with `alloc_len`: a finished copy's
+    /// is discarded once returned whole, or when none of it is asked for.
+    fn copy_status(&self, nexus: &Nexus, list_id: u8, alloc_len: u32) -> Option<Held> {
+        self.with(|q| {
+            let i = q.iter().position(|h| &h.nexus == nexus && h.list_id == list_id)?;
+            let h = q[i].clone();
+            if h.state != CopyState::InProgress && (alloc_len == 0 || alloc_len >= COPY_STATUS_LEN) {
+                q.remove(i);
+            }
+            Some(h)
+        })
     }
 
     /// I_T nexus loss: its held results go (SPC-4 6.18.1).
     pub(crate) fn nexus_lost(&self, nexus: &Nexus) {
-        self.with(|q| q.retain(|h| &h.nexus != nexus));
+        self.with(|q| q.retain(|h| &h.nexus != nexus || h.state == CopyState::InProgress));
+    }
+
+    /// Logical unit reset or hard reset: every held result goes (the
+    /// copies themselves were aborted and waited for by the reset).
+    fn discard_all(&self) {
+        self.with(|q| q.retain(|h| h.state == CopyState::InProgress));
+    }
+}
+
+/// A copy listed in progress: counts what it did; ends it held (or not)
+/// with [`Tracked::end`], or unlisted if dropped before (the command was
+/// dropped).
+struct Tracked<'a> {
+    held: &'a HeldResults,
+    nexus: Nexus,
+    list_id: u8,
+    /// Segments and bytes done.
+    done: (u16, u64),
+    ended: bool,
+}
+
+impl Tracked<'_> {
+    fn segment_done(&mut self, bytes: u64) {
+        self.done.0 += 1;
+        self.done.1 += bytes;
+        let done = self.done;
+        self.held.update(&self.nexus, self.list_id, |h| (h.segments, h.bytes) = done);
+    }
+
+    fn end(mut self, ok: bool, hold: bool) {
+        self.ended = true;
+        if hold {
+            let state = if ok { CopyState::Completed } else { CopyState::Failed };
+            self.held.update(&self.nexus, self.list_id, |h| h.state = state);
+        } else {
+            self.held.remove(&self.nexus, self.list_id);
+        }
+    }
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.held.remove(&self.nexus, self.list_id);
+        }
     }
 }
 
@@ -391,22 +497,32 @@ impl Disk {
         }
         let data = data.get(..len).ok_or(ScsiError::ParameterListLengthError)?;
         let list = parse(data)?;
-        let mut done = (0u16, 0u64);
-        let result = self.run_segments(&list, ctx, &mut done).await;
-        if list.hold {
-            let nexus = ctx.nexus.clone().unwrap_or_else(Nexus::anonymous);
-            let held = Held { nexus, list_id: list.list_id, ok: result.is_ok(), segments: done.0, bytes: done.1 };
-            self.copy_results.hold(held);
+        let nexus = ctx.nexus.clone().unwrap_or_else(Nexus::anonymous);
+        // LIST ID USAGE 11b names no list: nothing to track or hold.
+        let mut tracked = match list.has_id {
+            true => Some(self.copy_results.begin(&nexus, list.list_id)?),
+            false => None,
+        };
+        let result = self.run_segments(&list, ctx, tracked.as_mut()).await;
+        if let Some(t) = tracked {
+            t.end(result.is_ok(), list.hold);
         }
         result.map(|()| Vec::new())
     }
 
-    async fn run_segments(&self, list: &CopyList, ctx: &ExecContext, done: &mut (u16, u64)) -> Result<(), ScsiError> {
+    async fn run_segments(
+        &self,
+        list: &CopyList,
+        ctx: &ExecContext,
+        mut tracked: Option<&mut Tracked<'_>>,
+    ) -> Result<(), ScsiError> {
         for seg in &list.segments {
             let src = self.resolve_cscd(list, seg.src, ctx)?;
             let dst = self.resolve_cscd(list, seg.dst, ctx)?;
-            done.1 += copy_segment(seg, &src, &dst).await?;
-            done.0 += 1;
+            let bytes = copy_segment(seg, &src, &dst).await?;
+            if let Some(t) = tracked.as_deref_mut() {
+                t.segment_done(bytes);
+            }
         }
         Ok(())
     }
@@ -432,7 +548,8 @@ impl Disk {
         let d = match r.action {
             CopyResultsAction::CopyStatus => {
                 let nexus = ctx.nexus.clone().unwrap_or_else(Nexus::anonymous);
-                let held = self.copy_results.get(&nexus, r.list_id).ok_or(ScsiError::field_byte(2))?;
+                let held =
+                    self.copy_results.copy_status(&nexus, r.list_id, r.alloc_len).ok_or(ScsiError::field_byte(2))?;
                 copy_status(&held)
             }
             CopyResultsAction::OperatingParameters => operating_parameters(self.block_size()),
@@ -443,6 +560,13 @@ impl Disk {
     /// I_T nexus loss for the copy manager: held results of that nexus go.
     pub(crate) fn copy_nexus_lost(&self, nexus: &Nexus) {
         self.copy_results.nexus_lost(nexus);
+    }
+
+    /// Logical unit reset or hard reset for the copy manager: every copy
+    /// result held for RECEIVE COPY RESULTS is discarded. The core calls
+    /// this once the reset has aborted (and waited for) the unit's commands.
+    pub fn discard_copy_results(&self) {
+        self.copy_results.discard_all();
     }
 }
 
@@ -478,9 +602,9 @@ async fn copy_segment(seg: &Segment, src: &CopyTarget, dst: &CopyTarget) -> Resu
 
 /// COPY STATUS data (SPC-4 6.18.2).
 fn copy_status(h: &Held) -> Vec<u8> {
-    let mut d = vec![0u8; 12];
-    d[0..4].copy_from_slice(&8u32.to_be_bytes());
-    d[4] = if h.ok { 0x01 } else { 0x02 }; // completed, without or with error
+    let mut d = vec![0u8; COPY_STATUS_LEN as usize];
+    d[0..4].copy_from_slice(&(COPY_STATUS_LEN - 4).to_be_bytes());
+    d[4] = h.state as u8; // HDD 0: no held data was discarded
     d[5..7].copy_from_slice(&h.segments.to_be_bytes());
     // TRANSFER COUNT in bytes, or in KiB when bytes do not fit.
     match u32::try_from(h.bytes) {

@@ -107,13 +107,15 @@ fn copies_within_the_unit_and_holds_status() {
     let l = list(1, 0b00, &[cscd(&d)], &[b2b(0, 0, 8, 0, 900)]);
     assert_eq!(xcopy(&d, l, &ctx), Ok(vec![]));
     assert_eq!(read(&d, 900, 8), data);
+    // Allocation length cuts the data (and what was not returned stays held).
+    assert_eq!(run(&d, &rcr_cdb(0x00, 1, 4)).unwrap().len(), 4);
     let st = run(&d, &rcr_cdb(0x00, 1, 1024)).unwrap();
     assert_eq!(&st[..4], &8u32.to_be_bytes());
     assert_eq!(st[4], 0x01, "completed without error");
     assert_eq!(&st[5..7], &1u16.to_be_bytes(), "segments processed");
     assert_eq!((st[7], &st[8..12]), (0, &(8u32 * 512).to_be_bytes()[..]));
-    // Allocation length cuts the data.
-    assert_eq!(run(&d, &rcr_cdb(0x00, 1, 4)).unwrap().len(), 4);
+    // Returned whole: discarded.
+    assert_eq!(run(&d, &rcr_cdb(0x00, 1, 1024)), Err(ScsiError::field_byte(2)));
     // List id 2 was never used; list id 3 with LIST ID USAGE 10b is not held.
     assert_eq!(run(&d, &rcr_cdb(0x00, 2, 1024)), Err(ScsiError::field_byte(2)));
     assert_eq!(xcopy(&d, list(3, 0b10, &[cscd(&d)], &[b2b(0, 0, 1, 0, 1)]), &ctx), Ok(vec![]));
@@ -129,11 +131,96 @@ fn failed_copy_is_held_with_error_and_per_nexus() {
     let b = ExecContext { nexus: Some(Nexus::new("iqn.b,i,0x1", 1)), ..Default::default() };
     let l = list(5, 0b00, &[cscd(&d)], &[b2b(0, 0, 1, 0, 1), b2b(0, 0, 8, 0, 999)]);
     assert_eq!(xcopy(&d, l, &a), Err(ScsiError::CopyAborted(CopyAbort::TargetNotReachable)));
-    let st = run_ctx(&d, &rcr_cdb(0x00, 5, 1024), vec![], &a).unwrap();
+    let st = run_ctx(&d, &rcr_cdb(0x00, 5, 8), vec![], &a).unwrap();
     assert_eq!((st[4], st[6]), (0x02, 1), "completed with error after one segment");
     assert_eq!(run_ctx(&d, &rcr_cdb(0x00, 5, 1024), vec![], &b), Err(ScsiError::field_byte(2)));
     d.nexus_lost(a.nexus.as_ref().unwrap());
     assert_eq!(run_ctx(&d, &rcr_cdb(0x00, 5, 1024), vec![], &a), Err(ScsiError::field_byte(2)));
+}
+
+/// The events after which held copy status is discarded (SPC-2 7.14.2):
+/// returned whole, asked for with ALLOCATION LENGTH 0, replaced by another
+/// EXTENDED COPY with the same list identifier, a logical unit reset, and
+/// (above) the loss of the nexus.
+#[test]
+fn held_status_is_discarded_when_the_standard_says() {
+    let d = disk(1000);
+    let ctx = ExecContext::default();
+    let ok = |id| list(id, 0b00, &[cscd(&d)], &[b2b(0, 0, 1, 0, 1)]);
+    let status = |id, alloc| run(&d, &rcr_cdb(0x00, id, alloc));
+    let gone = Err(ScsiError::field_byte(2));
+    for id in [1, 2, 3] {
+        assert_eq!(xcopy(&d, ok(id), &ctx), Ok(vec![]));
+    }
+    // Partial reads keep it; the whole of it (12 bytes) discards it.
+    assert_eq!(status(1, 11).unwrap().len(), 11);
+    assert_eq!(status(1, 12).unwrap()[4], 0x01);
+    assert_eq!(status(1, 12), gone);
+    // ALLOCATION LENGTH 0: nothing returned, and discarded.
+    assert_eq!(status(2, 0), Ok(vec![]));
+    assert_eq!(status(2, 1024), gone);
+    // A new EXTENDED COPY with the same list identifier replaces it, even
+    // one that is not to be held (LIST ID USAGE 10b), or that fails.
+    assert_eq!(xcopy(&d, list(3, 0b10, &[cscd(&d)], &[b2b(0, 0, 1, 0, 1)]), &ctx), Ok(vec![]));
+    assert_eq!(status(3, 1024), gone);
+    assert_eq!(xcopy(&d, ok(3), &ctx), Ok(vec![]));
+    let beyond = list(3, 0b00, &[cscd(&d)], &[b2b(0, 0, 8, 0, 999)]);
+    assert_eq!(xcopy(&d, beyond, &ctx), Err(ScsiError::CopyAborted(CopyAbort::TargetNotReachable)));
+    assert_eq!(status(3, 1024).unwrap()[4], 0x02, "the failed copy's status replaced the good one");
+    // A logical unit reset discards everything held.
+    assert_eq!(xcopy(&d, ok(4), &ctx), Ok(vec![]));
+    assert_eq!(xcopy(&d, ok(5), &ctx), Ok(vec![]));
+    d.discard_copy_results();
+    assert_eq!(status(4, 1024), gone);
+    assert_eq!(status(5, 1024), gone);
+}
+
+/// While a copy runs, COPY STATUS of its list identifier says so, and
+/// another EXTENDED COPY with that list identifier on the same nexus is
+/// refused with OPERATION IN PROGRESS (another nexus may use it).
+#[test]
+fn a_copy_in_progress_is_reported_and_its_list_id_is_busy() {
+    let fault = Arc::new(lunar_block::FaultBackend::new(Backend::mem(1000 * 512)));
+    let d = Disk::new(DiskConfig::default(), Backend::Fault(fault.clone()));
+    let a = ExecContext { nexus: Some(Nexus::new("iqn.a,i,0x1", 1)), ..Default::default() };
+    let b = ExecContext { nexus: Some(Nexus::new("iqn.b,i,0x1", 1)), ..Default::default() };
+    let two = list(7, 0b00, &[cscd(&d)], &[b2b(0, 0, 1, 0, 1), b2b(0, 0, 1, 2, 3)]);
+    let cmd = Command::decode(&xcopy_cdb(two.len() as u32)).unwrap();
+    fault.hold_writes(true);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let status = |ctx: &ExecContext| {
+        let ctx = ctx.clone();
+        let d = &d;
+        async move { d.execute(&Command::decode(&rcr_cdb(0x00, 7, 1024)).unwrap(), vec![], &ctx).await }
+    };
+    rt.block_on(async {
+        let running = d.execute(&cmd, two.clone(), &a);
+        tokio::pin!(running);
+        // Poll the copy until it waits for its first (held) write.
+        assert!(futures_poll_once(running.as_mut()).await.is_none());
+        let st = status(&a).await.unwrap();
+        assert_eq!((st[4], st[6]), (0x00, 0), "in progress, no segment done yet");
+        assert_eq!(status(&a).await.unwrap()[4], 0x00, "not discarded");
+        let again = Command::decode(&xcopy_cdb(two.len() as u32)).unwrap();
+        let busy = d.execute(&again, two.clone(), &a).await;
+        assert_eq!(busy, Err(ScsiError::OperationInProgress));
+        assert_eq!(busy.unwrap_err().sense().code(), sense::OPERATION_IN_PROGRESS);
+        // Another nexus's list identifier 7 is its own.
+        assert_eq!(status(&b).await, Err(ScsiError::field_byte(2)));
+        fault.hold_writes(false);
+        assert_eq!(running.await, Ok(vec![]));
+    });
+    let st = run_ctx(&d, &rcr_cdb(0x00, 7, 1024), vec![], &a).unwrap();
+    assert_eq!((st[4], st[6]), (0x01, 2), "completed, two segments");
+}
+
+/// Polls `f` once: its output if it is ready.
+async fn futures_poll_once<F: std::future::Future + Unpin>(mut f: F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match std::pin::Pin::new(&mut f).poll(cx) {
+        std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
 }
 
 #[derive(Debug)]
