@@ -14,8 +14,13 @@ pub struct FaultBackend {
     read_errno: AtomicI32,
     write_errno: AtomicI32,
     delay_us: AtomicU64,
+    /// Write-type operations arriving now are held.
     hold_writes: AtomicBool,
+    /// Held operations wait until this passes the value it had when they arrived.
+    release_epoch: AtomicU64,
     released: Notify,
+    /// Write-type operations held now.
+    held: AtomicU64,
     /// Write-type operations that reached the inner backend.
     writes: AtomicU64,
 }
@@ -28,7 +33,9 @@ impl FaultBackend {
             write_errno: AtomicI32::new(0),
             delay_us: AtomicU64::new(0),
             hold_writes: AtomicBool::new(false),
+            release_epoch: AtomicU64::new(0),
             released: Notify::new(),
+            held: AtomicU64::new(0),
             writes: AtomicU64::new(0),
         }
     }
@@ -53,12 +60,30 @@ impl FaultBackend {
     }
 
     /// Holds every write-type operation (write, flush, discard, write
-    /// zeroes) before it reaches the inner backend, until called with `false`.
+    /// zeroes) before it reaches the inner backend, until called with
+    /// `false`, which releases the held ones too.
     pub fn hold_writes(&self, hold: bool) {
-        self.hold_writes.store(hold, Ordering::SeqCst);
+        self.hold_new_writes(hold);
         if !hold {
-            self.released.notify_waiters();
+            self.release_held();
         }
+    }
+
+    /// Holds the write-type operations that arrive from now on (`true`),
+    /// or lets them through (`false`); those already held stay held.
+    pub fn hold_new_writes(&self, hold: bool) {
+        self.hold_writes.store(hold, Ordering::SeqCst);
+    }
+
+    /// Releases the write-type operations held now.
+    pub fn release_held(&self) {
+        self.release_epoch.fetch_add(1, Ordering::SeqCst);
+        self.released.notify_waiters();
+    }
+
+    /// Number of write-type operations held now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::SeqCst)
     }
 
     /// Number of write-type operations that reached the inner backend.
@@ -67,14 +92,21 @@ impl FaultBackend {
     }
 
     async fn write_gate(&self, op: &'static str, offset: u64, len: u64) -> Result<()> {
-        loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            if !self.hold_writes.load(Ordering::SeqCst) {
-                break;
+        // The epoch first: a release that clears the hold then moves the
+        // epoch cannot leave this operation waiting for the next one.
+        let epoch = self.release_epoch.load(Ordering::SeqCst);
+        if self.hold_writes.load(Ordering::SeqCst) {
+            self.held.fetch_add(1, Ordering::SeqCst);
+            loop {
+                let released = self.released.notified();
+                tokio::pin!(released);
+                released.as_mut().enable();
+                if self.release_epoch.load(Ordering::SeqCst) != epoch {
+                    break;
+                }
+                released.await;
             }
-            released.await;
+            self.held.fetch_sub(1, Ordering::SeqCst);
         }
         self.gate(&self.write_errno, op, offset, len).await?;
         self.writes.fetch_add(1, Ordering::SeqCst);

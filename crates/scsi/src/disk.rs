@@ -188,8 +188,9 @@ pub struct Disk {
     pub(crate) state: Arc<DiskState>,
     /// Copy status held for RECEIVE COPY RESULTS.
     pub(crate) copy_results: HeldResults,
-    /// Persistent and SPC-2 reservations (see [`crate::reservation`]).
-    pub(crate) reservations: Reservations,
+    /// Persistent and SPC-2 reservations (see [`crate::reservation`]);
+    /// shared with the disk's [`crate::CopyTarget`]s.
+    pub(crate) reservations: Arc<Reservations>,
 }
 
 impl std::fmt::Debug for Disk {
@@ -226,7 +227,7 @@ impl Disk {
                 sanitize: SanitizeState::default(),
                 num_blocks: AtomicU64::new(num_blocks),
             }),
-            reservations: Reservations::default(),
+            reservations: Arc::default(),
         }
     }
 

@@ -29,10 +29,11 @@
 //!   returns it as a [`SanitizeOperation`], which the core steps to its end
 //!   whatever happens to the command (abort, reset: SBC-4 4.11), completing
 //!   the command when it ends (IMMED=0) or at once (IMMED=1);
-//! - EXTENDED COPY between LUNs: fills [`ExecContext::copy_resolver`] with
-//!   one `Arc` shared by the commands of a target, e.g.
-//!   `Arc::new(CopyTargets::new(disks))` over the target's [`Disk`]s,
-//!   rebuilt when its LUN set changes (a copy within one LUN needs nothing);
+//! - EXTENDED COPY between LUNs: fills [`ExecContext::copy_resolver`],
+//!   e.g. with `Arc::new(CopyTargets::with_gates(units))` over the
+//!   target's [`Disk`]s, each with the [`CopyGate`] that admits a copy's
+//!   I/O to that unit as the unit's own commands are admitted (COMPARE AND
+//!   WRITE atomicity; a copy within one LUN needs nothing);
 //! - reservations ([`reservation`]): passes the I_T nexus in
 //!   [`ExecContext::nexus`], calls [`Disk::execute_with_effects`] and carries
 //!   out its [`SideEffect`]s (unit attentions per nexus, PREEMPT AND ABORT,
@@ -58,7 +59,7 @@ pub mod vpd;
 mod test_util;
 
 pub use cdb::{table::OPCODES, Command, DataDirection};
-pub use commands::extended_copy::{CopyResolver, CopyTarget, CopyTargets};
+pub use commands::extended_copy::{CopyGate, CopyPass, CopyResolver, CopyTarget, CopyTargets};
 pub use commands::sanitize::SanitizeOperation;
 pub use commands::{
     inquiry::Inquiry, log::LogSense, mode::ModeSelect, mode::ModeSense, opcodes::ReportOpcodes, unit::StartStopUnit,

@@ -251,12 +251,15 @@ impl Device {
     }
 
     /// The logical units of the target as EXTENDED COPY sources and
-    /// destinations (rare path: built per EXTENDED COPY, under the
-    /// control-plane lock, like REPORT LUNS).
+    /// destinations, each reached through its [`DeviceCopyGate`] (rare
+    /// path: built per EXTENDED COPY, under the control-plane lock, like
+    /// REPORT LUNS).
     pub(crate) fn copy_targets(&self) -> Option<Arc<lunar_scsi::CopyTargets>> {
         let target = self.target.upgrade()?;
         let devices = target.devices();
-        Some(Arc::new(lunar_scsi::CopyTargets::new(devices.iter().map(|d| d.disk()))))
+        let units =
+            devices.iter().map(|d| (d.disk(), Arc::new(DeviceCopyGate(d.clone())) as Arc<dyn lunar_scsi::CopyGate>));
+        Some(Arc::new(lunar_scsi::CopyTargets::with_gates(units)))
     }
 
     /// Where reservations persist (APTPL), if anywhere.
@@ -364,6 +367,32 @@ impl Device {
         if let Some(t) = self.target.upgrade() {
             t.emit(Event::PausedOnIoError { lun: self.lun, errno: e.errno, kind: e.kind, write });
         }
+    }
+}
+
+/// Admits the I/O of an EXTENDED COPY sent to another unit to this device
+/// as the device admits its own commands: through its gate (COMPARE AND
+/// WRITE atomicity), and not while it is paused or removed, which aborts
+/// the copy (its drain for a pause or a resize waits for the I/O inside).
+pub(crate) struct DeviceCopyGate(Arc<Device>);
+
+impl std::fmt::Debug for DeviceCopyGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceCopyGate(lun {})", self.0.lun)
+    }
+}
+
+impl lunar_scsi::CopyGate for DeviceCopyGate {
+    fn enter(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<lunar_scsi::CopyPass, ScsiError>> + '_>> {
+        Box::pin(async move {
+            let pass = Gate::foreign(&self.0).await;
+            if self.0.is_paused_seqcst() || self.0.is_removed_seqcst() {
+                return Err(ScsiError::CopyAborted(lunar_scsi::CopyAbort::TargetNotReachable));
+            }
+            Ok(lunar_scsi::CopyPass::new(pass))
+        })
     }
 }
 

@@ -214,6 +214,7 @@ impl Target {
             t.iterate(&dev, Arc::new(|_| Action::Cancel), true).await;
             dev.iterations_drained().await;
             dev.background().ended().await;
+            dev.gate().foreign_drained().await;
             for q in dev.clear_queues() {
                 close_queue_list(&q).await;
             }
@@ -347,7 +348,9 @@ impl Target {
 
     /// Pauses one LUN (operator): its new commands are held (accepted, not
     /// started), its executing I/O drains (a sanitize operation running
-    /// detached ends its step and waits), other LUNs go on. Returns once
+    /// detached ends its step and waits; copies from other LUNs' EXTENDED
+    /// COPY finish their I/O inside and are refused from then on), other
+    /// LUNs go on. Returns once
     /// every queue of the LUN has drained. The lists stay on their threads.
     pub async fn stop_device(&self, lun: u64) -> Result<(), TargetError> {
         self.control(move |t| async move {
@@ -355,6 +358,7 @@ impl Target {
             let before = dev.pause(PAUSE_OPERATOR);
             t.drain_queues(&dev).await;
             dev.background().idle().await;
+            dev.gate().foreign_drained().await;
             if before & PAUSE_OPERATOR == 0 {
                 t.emit(Event::DevicePaused { lun });
             }
@@ -392,6 +396,7 @@ impl Target {
             dev.pause(PAUSE_RESIZE);
             t.drain_queues(&dev).await;
             dev.background().idle().await;
+            dev.gate().foreign_drained().await;
             let old = dev.disk().num_blocks();
             let resized = dev.disk().resize(size);
             dev.unpause(PAUSE_RESIZE);

@@ -11,6 +11,16 @@
 //! the I/O thread that executes it, in chunks of at most
 //! [`MAX_TRANSFER_BYTES`].
 //!
+//! The command's own unit admitted the EXTENDED COPY as one of its
+//! commands. Another unit is reached directly, not through its request
+//! lists, so each chunk read from or written to it is admitted by that
+//! unit's [`CopyGate`] (the core's: the unit's COMPARE AND WRITE
+//! atomicity, and its pause), one unit at a time, and checked there
+//! against its state (sanitize, medium, write protection) and its
+//! reservations for the I_T nexus of the EXTENDED COPY, as a READ or a
+//! WRITE from that nexus would be. A conflict, or a unit its gate does not
+//! admit, aborts the copy (COPY ABORTED, COPY TARGET DEVICE NOT REACHABLE).
+//!
 //! Copy status is kept per I_T nexus and list identifier in a short list
 //! behind a mutex: an explicit exception to "no lock on the I/O path",
 //! taken a few times per EXTENDED COPY (begin, each segment, end) and once
@@ -28,6 +38,8 @@
 //! for newer results ([`MAX_HELD`] per logical unit, oldest first).
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -37,7 +49,7 @@ use crate::cdb::reader::Cdb;
 use crate::cdb::Command;
 use crate::disk::{truncate, Disk, DiskState, ExecContext, MAX_TRANSFER_BYTES};
 use crate::error::{CopyAbort, ScsiError};
-use crate::reservation::Nexus;
+use crate::reservation::{Access, Nexus, Reservations};
 
 /// Most CSCD (target) descriptors in one parameter list.
 pub const MAX_CSCD_DESCRIPTORS: u16 = 4;
@@ -99,13 +111,38 @@ pub(crate) fn decode_results(c: Cdb<'_>) -> Result<Command, ScsiError> {
 }
 
 /// A logical unit as a copy source or destination: cheap to clone, shares
-/// the disk's backend and device-wide state.
+/// the disk's backend, device-wide state and reservations.
 #[derive(Clone)]
 pub struct CopyTarget {
     backend: Backend,
     block_size: u32,
     readonly: bool,
     state: Arc<DiskState>,
+    reservations: Arc<Reservations>,
+    /// Admits the copy's I/O to this unit when the command came to another
+    /// (set by the core: [`CopyTargets::with_gates`]).
+    gate: Option<Arc<dyn CopyGate>>,
+}
+
+/// How the target core admits a copy's I/O to one of its logical units
+/// that is not the unit the EXTENDED COPY came to, as it admits that
+/// unit's own commands (COMPARE AND WRITE atomicity, SBC-4 5.3; a paused
+/// or removed unit). The copy holds the pass while one read or write runs,
+/// and never holds two passes at once.
+pub trait CopyGate: Send + Sync + std::fmt::Debug {
+    /// Waits until the unit admits one I/O of the copy; an error aborts
+    /// the copy (the unit is not reachable now).
+    fn enter(&self) -> Pin<Box<dyn Future<Output = Result<CopyPass, ScsiError>> + '_>>;
+}
+
+/// A copy's admission to a unit ([`CopyGate::enter`]): dropping it leaves.
+pub struct CopyPass(#[allow(dead_code)] Box<dyn std::any::Any>);
+
+impl CopyPass {
+    /// A pass that holds `guard` (whose drop leaves the unit's gate).
+    pub fn new(guard: impl std::any::Any) -> CopyPass {
+        CopyPass(Box::new(guard))
+    }
 }
 
 impl std::fmt::Debug for CopyTarget {
@@ -136,8 +173,19 @@ pub struct CopyTargets {
 }
 
 impl CopyTargets {
+    /// The units, reached without a gate (tests, or a core whose units
+    /// take no other command meanwhile).
     pub fn new<'a>(disks: impl IntoIterator<Item = &'a Disk>) -> CopyTargets {
         CopyTargets { targets: disks.into_iter().map(|d| (d.copy_designator(), d.copy_target())).collect() }
+    }
+
+    /// The units, each reached through its gate.
+    pub fn with_gates<'a>(units: impl IntoIterator<Item = (&'a Disk, Arc<dyn CopyGate>)>) -> CopyTargets {
+        let targets = units
+            .into_iter()
+            .map(|(d, gate)| (d.copy_designator(), CopyTarget { gate: Some(gate), ..d.copy_target() }))
+            .collect();
+        CopyTargets { targets }
     }
 }
 
@@ -158,6 +206,25 @@ fn designator_key(d: &[u8]) -> Option<(u8, u8, Vec<u8>)> {
 }
 
 impl CopyTarget {
+    /// Admits one I/O of the copy to this unit (at once if it has no gate:
+    /// the command's own unit, which admitted the command itself), then
+    /// checks the unit's state and, for another unit than the command's,
+    /// its reservations for `nexus`.
+    async fn admit(&self, write: bool, nexus: &Nexus) -> Result<Option<CopyPass>, ScsiError> {
+        let pass = match &self.gate {
+            Some(gate) => Some(gate.enter().await?),
+            None => None,
+        };
+        self.check(write)?;
+        if pass.is_some() {
+            let access = if write { Access::Write } else { Access::Read };
+            if self.reservations.check(access, nexus).is_err() {
+                return Err(ScsiError::CopyAborted(CopyAbort::TargetNotReachable));
+            }
+        }
+        Ok(pass)
+    }
+
     /// Checks that the unit can take part: ready, not sanitizing, and, for
     /// a destination, not write protected.
     fn check(&self, write: bool) -> Result<(), ScsiError> {
@@ -467,6 +534,8 @@ impl Disk {
             block_size: self.block_size(),
             readonly: self.config().readonly,
             state: Arc::clone(&self.state),
+            reservations: Arc::clone(&self.reservations),
+            gate: None,
         }
     }
 
@@ -519,7 +588,7 @@ impl Disk {
         for seg in &list.segments {
             let src = self.resolve_cscd(list, seg.src, ctx)?;
             let dst = self.resolve_cscd(list, seg.dst, ctx)?;
-            let bytes = copy_segment(seg, &src, &dst).await?;
+            let bytes = copy_segment(seg, &src, &dst, reservation_nexus(ctx)).await?;
             if let Some(t) = tracked.as_deref_mut() {
                 t.segment_done(bytes);
             }
@@ -570,8 +639,14 @@ impl Disk {
     }
 }
 
-/// Copies one segment; returns the bytes copied.
-async fn copy_segment(seg: &Segment, src: &CopyTarget, dst: &CopyTarget) -> Result<u64, ScsiError> {
+/// The I_T nexus the copy acts for at another unit.
+fn reservation_nexus(ctx: &ExecContext) -> &Nexus {
+    crate::reservation::nexus_of(ctx)
+}
+
+/// Copies one segment; returns the bytes copied. Each chunk is read under
+/// the source's admission, then written under the destination's.
+async fn copy_segment(seg: &Segment, src: &CopyTarget, dst: &CopyTarget, nexus: &Nexus) -> Result<u64, ScsiError> {
     let counted = if seg.dc { dst.block_size } else { src.block_size };
     let bytes = u64::from(seg.blocks) * u64::from(counted);
     if bytes % u64::from(src.block_size) != 0 || bytes % u64::from(dst.block_size) != 0 {
@@ -594,7 +669,11 @@ async fn copy_segment(seg: &Segment, src: &CopyTarget, dst: &CopyTarget) -> Resu
         let k = if dst_off > src_off { n - 1 - i } else { i };
         let at = k * chunk;
         let len = chunk.min(bytes - at);
-        let buf = src.backend.read(src_off + at, len as usize).await?;
+        let buf = {
+            let _pass = src.admit(false, nexus).await?;
+            src.backend.read(src_off + at, len as usize).await?
+        };
+        let _pass = dst.admit(true, nexus).await?;
         dst.backend.write(dst_off + at, buf, fua).await?;
     }
     Ok(bytes)

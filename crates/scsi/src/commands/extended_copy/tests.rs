@@ -458,3 +458,54 @@ fn designators_match_without_protocol_or_piv() {
     assert!(targets.disk_by_designator(&[1, 3, 0]).is_none(), "short");
     let _ = Backend::mem(512);
 }
+
+/// A gate that admits (counting) or refuses every I/O.
+#[derive(Debug, Default)]
+struct CountingGate {
+    refuse: bool,
+    entered: std::sync::atomic::AtomicUsize,
+}
+
+impl CopyGate for CountingGate {
+    fn enter(&self) -> Pin<Box<dyn Future<Output = Result<CopyPass, ScsiError>> + '_>> {
+        Box::pin(async move {
+            if self.refuse {
+                return Err(ScsiError::CopyAborted(CopyAbort::TargetNotReachable));
+            }
+            self.entered.fetch_add(1, Ordering::SeqCst);
+            Ok(CopyPass::new(()))
+        })
+    }
+}
+
+/// Another unit is reached through its gate, one pass per chunk, and
+/// checked against its reservations for the copy's nexus; the command's
+/// own unit is not (the command was admitted and checked as a whole).
+#[test]
+fn another_unit_is_reached_through_its_gate_and_reservations() {
+    let a = named(100, 1);
+    let b = named(100, 2);
+    write(&a, 0, pattern(2 * 512, 4));
+    let gate_a = Arc::new(CountingGate::default());
+    let gate_b = Arc::new(CountingGate::default());
+    let units: [(&Disk, Arc<dyn CopyGate>); 2] = [(&a, gate_a.clone()), (&b, gate_b.clone())];
+    let x = Nexus::new("iqn.x,i,0x1", 1);
+    let ctx = ExecContext { copy_resolver: Some(Arc::new(CopyTargets::with_gates(units))), ..Default::default() };
+    let x_ctx = ExecContext { nexus: Some(x.clone()), ..ctx.clone() };
+    let l = list(0, 0b11, &[cscd(&a), cscd(&b)], &[b2b(0, 1, 2, 0, 10)]);
+    assert_eq!(xcopy(&a, l.clone(), &ctx), Ok(vec![]));
+    assert_eq!(read(&b, 10, 2), pattern(2 * 512, 4));
+    let entered = |g: &CountingGate| g.entered.load(Ordering::SeqCst);
+    assert_eq!((entered(&gate_a), entered(&gate_b)), (0, 1), "only the other unit's gate, once per chunk");
+    // b reserved (SPC-2) by x: the copy sent by another nexus may not write it.
+    run_ctx(&b, &[0x16, 0, 0, 0, 0, 0], vec![], &x_ctx).unwrap();
+    assert_eq!(xcopy(&a, l.clone(), &ctx), Err(ScsiError::CopyAborted(CopyAbort::TargetNotReachable)));
+    assert_eq!(xcopy(&a, l.clone(), &x_ctx), Ok(vec![]), "the holder's copy");
+    // A gate that refuses aborts the copy before any I/O.
+    let refusing: Arc<dyn CopyGate> = Arc::new(CountingGate { refuse: true, ..Default::default() });
+    let units: [(&Disk, Arc<dyn CopyGate>); 2] = [(&a, gate_a.clone()), (&b, refusing)];
+    let ctx = ExecContext { copy_resolver: Some(Arc::new(CopyTargets::with_gates(units))), ..x_ctx };
+    block_on(b.backend().write(10 * 512, vec![0; 1024], false)).unwrap();
+    assert_eq!(xcopy(&a, l, &ctx), Err(ScsiError::CopyAborted(CopyAbort::TargetNotReachable)));
+    assert_eq!(block_on(b.backend().read(10 * 512, 1024)).unwrap(), vec![0; 1024], "nothing written");
+}
