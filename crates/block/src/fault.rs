@@ -1,8 +1,11 @@
-//! A wrapper backend for tests: injects an errno on reads or writes and a
-//! delay on every operation, switchable at run time from any thread.
+//! A wrapper backend for tests: injects an errno on reads or writes, a
+//! delay on every operation, and can hold write-type operations until
+//! released; switchable at run time from any thread.
 
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::{Backend, BlockError, Result};
 
@@ -11,6 +14,15 @@ pub struct FaultBackend {
     read_errno: AtomicI32,
     write_errno: AtomicI32,
     delay_us: AtomicU64,
+    /// Write-type operations arriving now are held.
+    hold_writes: AtomicBool,
+    /// Held operations wait until this passes the value it had when they arrived.
+    release_epoch: AtomicU64,
+    released: Notify,
+    /// Write-type operations held now.
+    held: AtomicU64,
+    /// Write-type operations that reached the inner backend.
+    writes: AtomicU64,
 }
 
 impl FaultBackend {
@@ -20,6 +32,11 @@ impl FaultBackend {
             read_errno: AtomicI32::new(0),
             write_errno: AtomicI32::new(0),
             delay_us: AtomicU64::new(0),
+            hold_writes: AtomicBool::new(false),
+            release_epoch: AtomicU64::new(0),
+            released: Notify::new(),
+            held: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
         }
     }
 
@@ -42,6 +59,60 @@ impl FaultBackend {
         self.delay_us.store(delay.as_micros() as u64, Ordering::SeqCst);
     }
 
+    /// Holds every write-type operation (write, flush, discard, write
+    /// zeroes) before it reaches the inner backend, until called with
+    /// `false`, which releases the held ones too.
+    pub fn hold_writes(&self, hold: bool) {
+        self.hold_new_writes(hold);
+        if !hold {
+            self.release_held();
+        }
+    }
+
+    /// Holds the write-type operations that arrive from now on (`true`),
+    /// or lets them through (`false`); those already held stay held.
+    pub fn hold_new_writes(&self, hold: bool) {
+        self.hold_writes.store(hold, Ordering::SeqCst);
+    }
+
+    /// Releases the write-type operations held now.
+    pub fn release_held(&self) {
+        self.release_epoch.fetch_add(1, Ordering::SeqCst);
+        self.released.notify_waiters();
+    }
+
+    /// Number of write-type operations held now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// Number of write-type operations that reached the inner backend.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    async fn write_gate(&self, op: &'static str, offset: u64, len: u64) -> Result<()> {
+        // The epoch first: a release that clears the hold then moves the
+        // epoch cannot leave this operation waiting for the next one.
+        let epoch = self.release_epoch.load(Ordering::SeqCst);
+        if self.hold_writes.load(Ordering::SeqCst) {
+            self.held.fetch_add(1, Ordering::SeqCst);
+            loop {
+                let released = self.released.notified();
+                tokio::pin!(released);
+                released.as_mut().enable();
+                if self.release_epoch.load(Ordering::SeqCst) != epoch {
+                    break;
+                }
+                released.await;
+            }
+            self.held.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.gate(&self.write_errno, op, offset, len).await?;
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
     async fn gate(&self, errno: &AtomicI32, op: &'static str, offset: u64, len: u64) -> Result<()> {
         let us = self.delay_us.load(Ordering::SeqCst);
         if us > 0 {
@@ -59,22 +130,22 @@ impl FaultBackend {
     }
 
     pub async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<()> {
-        self.gate(&self.write_errno, "write", offset, data.len() as u64).await?;
+        self.write_gate("write", offset, data.len() as u64).await?;
         self.inner.write(offset, data, fua).await
     }
 
     pub async fn flush(&self) -> Result<()> {
-        self.gate(&self.write_errno, "flush", 0, 0).await?;
+        self.write_gate("flush", 0, 0).await?;
         self.inner.flush().await
     }
 
     pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        self.gate(&self.write_errno, "discard", offset, len).await?;
+        self.write_gate("discard", offset, len).await?;
         self.inner.discard(offset, len).await
     }
 
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        self.gate(&self.write_errno, "write-zeroes", offset, len).await?;
+        self.write_gate("write-zeroes", offset, len).await?;
         self.inner.write_zeroes(offset, len).await
     }
 }

@@ -188,8 +188,9 @@ pub struct Disk {
     pub(crate) state: Arc<DiskState>,
     /// Copy status held for RECEIVE COPY RESULTS.
     pub(crate) copy_results: HeldResults,
-    /// Persistent and SPC-2 reservations (see [`crate::reservation`]).
-    pub(crate) reservations: Reservations,
+    /// Persistent and SPC-2 reservations (see [`crate::reservation`]);
+    /// shared with the disk's [`crate::CopyTarget`]s.
+    pub(crate) reservations: Arc<Reservations>,
 }
 
 impl std::fmt::Debug for Disk {
@@ -226,7 +227,7 @@ impl Disk {
                 sanitize: SanitizeState::default(),
                 num_blocks: AtomicU64::new(num_blocks),
             }),
-            reservations: Reservations::default(),
+            reservations: Arc::default(),
         }
     }
 
@@ -355,8 +356,10 @@ impl Disk {
     /// receiving data-out, to fail early instead of receiving a transfer it
     /// will refuse; [`Disk::execute`] calls it too.
     pub fn validate(&self, cmd: &Command) -> Result<(), ScsiError> {
-        if self.state.sanitize.in_progress().is_some() && !allowed_while_sanitizing(cmd) {
-            return Err(ScsiError::SanitizeInProgress);
+        if let Some(progress) = self.state.sanitize.in_progress() {
+            if !allowed_while_sanitizing(cmd) {
+                return Err(ScsiError::SanitizeInProgress { progress });
+            }
         }
         if self.state.sanitize.failed() && cmd.is_medium_access() && !matches!(cmd, Command::Sanitize(_)) {
             return Err(ScsiError::SanitizeFailed);

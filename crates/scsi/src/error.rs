@@ -53,9 +53,10 @@ pub enum ScsiError {
     /// The logical unit is stopped (START STOP UNIT with START=0).
     #[error("logical unit not ready, initializing command required")]
     NotReady,
-    /// A sanitize operation is running (SBC-4 4.11.2).
-    #[error("sanitize in progress")]
-    SanitizeInProgress,
+    /// A sanitize operation is running (SBC-4 4.11.2); `progress` is the
+    /// fraction done, of 65536, reported as the progress indication.
+    #[error("sanitize in progress ({progress}/65536)")]
+    SanitizeInProgress { progress: u16 },
     /// The last sanitize operation failed: medium access is refused until
     /// one succeeds or EXIT FAILURE MODE (SBC-4 4.11.4).
     #[error("sanitize failed")]
@@ -64,6 +65,10 @@ pub enum ScsiError {
     /// EXIT FAILURE MODE without a failed sanitize).
     #[error("command sequence error")]
     CommandSequenceError,
+    /// An EXTENDED COPY names the list identifier of a copy of the same
+    /// I_T nexus still in progress (SPC-4 6.3.1).
+    #[error("operation in progress")]
+    OperationInProgress,
     /// The backend failed; mapped by its kind and operation.
     #[error("backend: {0}")]
     Backend(BlockError),
@@ -145,9 +150,10 @@ impl ScsiError {
             ScsiError::MediumRemovalPrevented => sense::MEDIUM_REMOVAL_PREVENTED.sense(),
             ScsiError::MediumNotPresent => sense::MEDIUM_NOT_PRESENT.sense(),
             ScsiError::NotReady => sense::NOT_READY_INITIALIZING_COMMAND_REQUIRED.sense(),
-            ScsiError::SanitizeInProgress => sense::SANITIZE_IN_PROGRESS.sense(),
+            ScsiError::SanitizeInProgress { progress } => sense::SANITIZE_IN_PROGRESS.sense().with_progress(*progress),
             ScsiError::SanitizeFailed => sense::SANITIZE_COMMAND_FAILED.sense(),
             ScsiError::CommandSequenceError => sense::COMMAND_SEQUENCE_ERROR.sense(),
+            ScsiError::OperationInProgress => sense::OPERATION_IN_PROGRESS.sense(),
             ScsiError::Backend(e) => backend_sense(e).sense(),
             ScsiError::Sense(s) => s.clone(),
             ScsiError::ReservationConflict => sense::NO_SENSE.sense(),

@@ -24,22 +24,24 @@
 //!   [`Disk::reset_prevent`];
 //! - serializes overlapping COMPARE AND WRITE / ORWRITE / WRITE ATOMIC
 //!   (atomicity; see [`commands::write_atomic`]);
-//! - lets a SANITIZE run to its end ([`commands::sanitize`]): the
-//!   operation is the command's future, so aborting the command or a reset
-//!   waits for it; SBC-4 4.11 wants the operation to go on while the
-//!   command is aborted, which needs the core to complete an aborted
-//!   SANITIZE early and keep polling its future detached;
-//! - EXTENDED COPY between LUNs: fills [`ExecContext::copy_resolver`] with
-//!   one `Arc` shared by the commands of a target, e.g.
-//!   `Arc::new(CopyTargets::new(disks))` over the target's [`Disk`]s,
-//!   rebuilt when its LUN set changes (a copy within one LUN needs nothing);
+//! - runs a sanitize operation detached from its SANITIZE command
+//!   ([`commands::sanitize`]): [`Disk::start_sanitize`] begins it and
+//!   returns it as a [`SanitizeOperation`], which the core steps to its end
+//!   whatever happens to the command (abort, reset: SBC-4 4.11), completing
+//!   the command when it ends (IMMED=0) or at once (IMMED=1);
+//! - EXTENDED COPY between LUNs: fills [`ExecContext::copy_resolver`],
+//!   e.g. with `Arc::new(CopyTargets::with_gates(units))` over the
+//!   target's [`Disk`]s, each with the [`CopyGate`] that admits a copy's
+//!   I/O to that unit as the unit's own commands are admitted (COMPARE AND
+//!   WRITE atomicity; a copy within one LUN needs nothing);
 //! - reservations ([`reservation`]): passes the I_T nexus in
 //!   [`ExecContext::nexus`], calls [`Disk::execute_with_effects`] and carries
 //!   out its [`SideEffect`]s (unit attentions per nexus, PREEMPT AND ABORT,
 //!   saving [`Disk::reservation_state_bytes`] beside the backend), restores
 //!   them with [`Disk::restore_reservations`] at start, and calls
 //!   [`Disk::nexus_lost`] / [`Disk::reset_reservations`] on I_T nexus loss
-//!   and on logical unit or target reset.
+//!   and on logical unit or target reset, and [`Disk::discard_copy_results`]
+//!   on logical unit or target reset.
 
 #![forbid(unsafe_code)]
 
@@ -57,7 +59,8 @@ pub mod vpd;
 mod test_util;
 
 pub use cdb::{table::OPCODES, Command, DataDirection};
-pub use commands::extended_copy::{CopyResolver, CopyTarget, CopyTargets};
+pub use commands::extended_copy::{CopyGate, CopyPass, CopyResolver, CopyTarget, CopyTargets};
+pub use commands::sanitize::SanitizeOperation;
 pub use commands::{
     inquiry::Inquiry, log::LogSense, mode::ModeSelect, mode::ModeSense, opcodes::ReportOpcodes, unit::StartStopUnit,
 };

@@ -308,6 +308,16 @@ impl Reservations {
         self.current.load()
     }
 
+    /// The conflict check of an access by `nexus` (lock-free; with no
+    /// reservation it only loads the snapshot pointer).
+    pub(crate) fn check(&self, access: Access, nexus: &Nexus) -> Result<(), ScsiError> {
+        let s = self.peek();
+        if s.is_idle() {
+            return Ok(());
+        }
+        s.check(access, nexus)
+    }
+
     /// Runs `f` on a copy of the state and publishes the copy if `f`
     /// succeeds and changed it. Adds [`SideEffect::SaveReservations`] when
     /// the persistent part changed under APTPL.
@@ -465,11 +475,7 @@ impl Disk {
     /// before receiving data-out. Lock-free; with no reservation it only
     /// loads the snapshot pointer.
     pub fn check_reservation(&self, cmd: &Command, ctx: &ExecContext) -> Result<(), ScsiError> {
-        let s = self.reservations.peek();
-        if s.is_idle() {
-            return Ok(());
-        }
-        s.check(access_of(cmd), nexus_of(ctx))
+        self.reservations.check(access_of(cmd), nexus_of(ctx))
     }
 
     /// A snapshot of the reservation state (for the control plane and tests).

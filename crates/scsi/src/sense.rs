@@ -1,6 +1,7 @@
 //! Sense data (SPC-5 4.4): the sense key, additional sense code and
-//! qualifier, the INFORMATION field and the sense-key-specific field
-//! pointer, encoded in fixed (4.4.3) or descriptor (4.4.2) format.
+//! qualifier, the INFORMATION field and the sense-key-specific field (a
+//! field pointer, or a progress indication), encoded in fixed (4.4.3) or
+//! descriptor (4.4.2) format.
 //!
 //! Every sense this crate and the target core report is a named constant
 //! here ([`SenseCode`]), so that a reader can look up each one in SPC-5
@@ -107,8 +108,13 @@ pub struct Sense {
     pub ascq: u8,
     /// The INFORMATION field (for example the LBA in error, or the offset of a miscompare).
     pub information: Option<u64>,
-    /// Sense-key-specific field pointer (SKSV set).
+    /// Sense-key-specific field pointer (SKSV set; ILLEGAL REQUEST and the
+    /// other sense keys but NO SENSE and NOT READY).
     pub field_pointer: Option<FieldPointer>,
+    /// Sense-key-specific PROGRESS INDICATION (SKSV set; NO SENSE and NOT
+    /// READY, SPC-5 4.4.2.4.4): the fraction of an operation done, of
+    /// 65536. Encoded only when there is no field pointer.
+    pub progress: Option<u16>,
 }
 
 /// Response codes (SPC-5 4.4.1, table 27).
@@ -121,7 +127,7 @@ pub const FIXED_LEN: usize = 18;
 
 impl Sense {
     pub fn new(key: SenseKey, asc: u8, ascq: u8) -> Sense {
-        Sense { key, asc, ascq, information: None, field_pointer: None }
+        Sense { key, asc, ascq, information: None, field_pointer: None, progress: None }
     }
 
     /// Sets the INFORMATION field.
@@ -134,6 +140,39 @@ impl Sense {
     pub fn with_field_pointer(mut self, fp: FieldPointer) -> Sense {
         self.field_pointer = Some(fp);
         self
+    }
+
+    /// Sets the sense-key-specific progress indication (of 65536).
+    pub fn with_progress(mut self, progress: u16) -> Sense {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// Whether the sense-key-specific field of this sense key is a progress
+    /// indication (SPC-5 table 49) rather than a field pointer.
+    fn key_has_progress(key: SenseKey) -> bool {
+        matches!(key, SenseKey::NoSense | SenseKey::NotReady)
+    }
+
+    /// The 3 sense-key-specific bytes, SKSV set, if there are any.
+    fn sense_key_specific(&self) -> Option<[u8; 3]> {
+        if let Some(fp) = self.field_pointer {
+            return Some(fp.encode());
+        }
+        let [hi, lo] = self.progress?.to_be_bytes();
+        Some([0x80, hi, lo])
+    }
+
+    /// Reads 3 sense-key-specific bytes according to the sense key.
+    fn set_sense_key_specific(&mut self, b: [u8; 3]) {
+        if b[0] & 0x80 == 0 {
+            return;
+        }
+        if Self::key_has_progress(self.key) {
+            self.progress = Some(u16::from_be_bytes([b[1], b[2]]));
+        } else {
+            self.field_pointer = FieldPointer::decode(b);
+        }
     }
 
     /// The (key, ASC, ASCQ) triple.
@@ -157,8 +196,8 @@ impl Sense {
         b[7] = (FIXED_LEN - 8) as u8;
         b[12] = self.asc;
         b[13] = self.ascq;
-        if let Some(fp) = self.field_pointer {
-            b[15..18].copy_from_slice(&fp.encode());
+        if let Some(sks) = self.sense_key_specific() {
+            b[15..18].copy_from_slice(&sks);
         }
         b
     }
@@ -176,9 +215,9 @@ impl Sense {
             b.extend_from_slice(&[0x00, 0x0A, 0x80, 0x00]);
             b.extend_from_slice(&info.to_be_bytes());
         }
-        if let Some(fp) = self.field_pointer {
+        if let Some(sks) = self.sense_key_specific() {
             b.extend_from_slice(&[0x02, 0x06, 0x00, 0x00]);
-            b.extend_from_slice(&fp.encode());
+            b.extend_from_slice(&sks);
             b.push(0);
         }
         b[7] = (b.len() - 8) as u8;
@@ -213,8 +252,11 @@ impl Sense {
         let b = &b[..end];
         let at = |i: usize| b.get(i).copied().unwrap_or(0);
         let information = (at(0) & 0x80 != 0).then(|| u64::from(u32::from_be_bytes([at(3), at(4), at(5), at(6)])));
-        let field_pointer = if b.len() >= 18 { FieldPointer::decode([at(15), at(16), at(17)]) } else { None };
-        Some(Sense { key, asc: at(12), ascq: at(13), information, field_pointer })
+        let mut sense = Sense { information, ..Sense::new(key, at(12), at(13)) };
+        if b.len() >= 18 {
+            sense.set_sense_key_specific([at(15), at(16), at(17)]);
+        }
+        Some(sense)
     }
 
     fn decode_descriptor(b: &[u8]) -> Option<Sense> {
@@ -235,9 +277,7 @@ impl Sense {
                     v.copy_from_slice(&body[2..10]);
                     sense.information = Some(u64::from_be_bytes(v));
                 }
-                0x02 if body.len() >= 5 => {
-                    sense.field_pointer = FieldPointer::decode([body[2], body[3], body[4]]);
-                }
+                0x02 if body.len() >= 5 => sense.set_sense_key_specific([body[2], body[3], body[4]]),
                 _ => {}
             }
             pos += 2 + len;
@@ -309,6 +349,8 @@ codes! {
     INVALID_FIELD_IN_CDB = IllegalRequest, 0x24, 0x00;
     /// COMMAND SEQUENCE ERROR.
     COMMAND_SEQUENCE_ERROR = IllegalRequest, 0x2C, 0x00;
+    /// OPERATION IN PROGRESS (an EXTENDED COPY whose list identifier is in use).
+    OPERATION_IN_PROGRESS = IllegalRequest, 0x00, 0x16;
     /// LOGICAL UNIT NOT SUPPORTED.
     LUN_NOT_SUPPORTED = IllegalRequest, 0x25, 0x00;
     /// INVALID FIELD IN PARAMETER LIST.
@@ -437,6 +479,29 @@ mod tests {
     }
 
     #[test]
+    fn progress_indication_layout() {
+        // SPC-5 4.4.2.4.4: SKSV, then PROGRESS INDICATION in bytes 16-17
+        // (fixed) or in the sense key specific descriptor.
+        let s = SANITIZE_IN_PROGRESS.sense().with_progress(0x4000);
+        let f = s.fixed();
+        assert_eq!((f[2], f[12], f[13]), (0x02, 0x04, 0x1B));
+        assert_eq!(&f[15..18], &[0x80, 0x40, 0x00]);
+        assert_eq!(Sense::decode(&f), Some(s.clone()));
+        let d = s.descriptor();
+        assert_eq!(&d[8..16], &[0x02, 0x06, 0, 0, 0x80, 0x40, 0x00, 0]);
+        assert_eq!(Sense::decode(&d), Some(s));
+        // The same bytes under ILLEGAL REQUEST are a field pointer.
+        let mut ir = f.clone();
+        ir[2] = 0x05;
+        let decoded = Sense::decode(&ir).unwrap();
+        assert_eq!((decoded.progress, decoded.field_pointer), (None, Some(FieldPointer::data(0x4000, None))));
+        // Without SKSV there is neither.
+        let mut none = f;
+        none[15] = 0;
+        assert_eq!(Sense::decode(&none).unwrap().progress, None);
+    }
+
+    #[test]
     fn decode_rejects_garbage() {
         assert_eq!(Sense::decode(&[]), None);
         assert_eq!(Sense::decode(&[0x00; 18]), None);
@@ -462,19 +527,33 @@ mod tests {
         )
     }
 
+    /// The sense-key-specific field the key carries: a field pointer, or a
+    /// progress indication for NO SENSE and NOT READY.
+    fn with_sks(key: SenseKey, fp: Option<FieldPointer>, progress: Option<u16>) -> (Option<FieldPointer>, Option<u16>) {
+        if Sense::key_has_progress(key) {
+            (None, progress)
+        } else {
+            (fp, None)
+        }
+    }
+
     proptest! {
         #[test]
         fn descriptor_round_trips(key in any_key(), asc: u8, ascq: u8,
-                                  info in proptest::option::of(any::<u64>()), fp in any_fp()) {
-            let s = Sense { key, asc, ascq, information: info, field_pointer: fp };
+                                  info in proptest::option::of(any::<u64>()), fp in any_fp(),
+                                  progress in proptest::option::of(any::<u16>())) {
+            let (field_pointer, progress) = with_sks(key, fp, progress);
+            let s = Sense { key, asc, ascq, information: info, field_pointer, progress };
             prop_assert_eq!(Sense::decode(&s.descriptor()), Some(s.clone()));
             prop_assert_eq!(Sense::decode(&s.encode(true)), Some(s));
         }
 
         #[test]
         fn fixed_round_trips(key in any_key(), asc: u8, ascq: u8,
-                             info in proptest::option::of(any::<u32>()), fp in any_fp()) {
-            let s = Sense { key, asc, ascq, information: info.map(u64::from), field_pointer: fp };
+                             info in proptest::option::of(any::<u32>()), fp in any_fp(),
+                             progress in proptest::option::of(any::<u16>())) {
+            let (field_pointer, progress) = with_sks(key, fp, progress);
+            let s = Sense { key, asc, ascq, information: info.map(u64::from), field_pointer, progress };
             prop_assert_eq!(Sense::decode(&s.fixed()), Some(s.clone()));
             prop_assert_eq!(Sense::decode(&s.encode(false)), Some(s));
         }

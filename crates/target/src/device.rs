@@ -8,6 +8,7 @@ use lunar_block::{BlockError, ErrorKind};
 use lunar_scsi::{Disk, ScsiError, SideEffect};
 use tokio::sync::Notify;
 
+use crate::background::Background;
 use crate::event::Event;
 use crate::gate::Gate;
 use crate::policy::{ErrorPolicies, ErrorPolicy};
@@ -43,6 +44,8 @@ pub struct Device {
     pause_write: AtomicBool,
     /// Makes COMPARE AND WRITE atomic against every other command of the device.
     gate: Gate,
+    /// Operations that outlive their command (a sanitize operation).
+    background: Background,
 }
 
 /// Paused by the operator (`Target::stop_device`).
@@ -126,6 +129,7 @@ impl Device {
             pause_errno: AtomicI32::new(0),
             pause_write: AtomicBool::new(false),
             gate: Gate::default(),
+            background: Background::default(),
         })
     }
 
@@ -167,7 +171,29 @@ impl Device {
     }
 
     pub(crate) fn mark_removed(&self) {
-        self.removed.store(true, Ordering::Release);
+        self.removed.store(true, Ordering::SeqCst);
+        self.background.wake();
+    }
+
+    /// [`Device::is_removed`], ordered with the background operations' steps.
+    pub(crate) fn is_removed_seqcst(&self) -> bool {
+        self.removed.load(Ordering::SeqCst)
+    }
+
+    /// [`Device::is_paused`], ordered with the background operations' steps.
+    pub(crate) fn is_paused_seqcst(&self) -> bool {
+        self.pause.load(Ordering::SeqCst) != 0
+    }
+
+    /// The operations of this device that outlive their command.
+    pub(crate) fn background(&self) -> &Background {
+        &self.background
+    }
+
+    /// Number of operations of this device running detached from their
+    /// command (a sanitize operation), for status and tests.
+    pub fn background_operations(&self) -> usize {
+        self.background.alive()
     }
 
     /// The queues of this device (control plane).
@@ -225,12 +251,15 @@ impl Device {
     }
 
     /// The logical units of the target as EXTENDED COPY sources and
-    /// destinations (rare path: built per EXTENDED COPY, under the
-    /// control-plane lock, like REPORT LUNS).
+    /// destinations, each reached through its [`DeviceCopyGate`] (rare
+    /// path: built per EXTENDED COPY, under the control-plane lock, like
+    /// REPORT LUNS).
     pub(crate) fn copy_targets(&self) -> Option<Arc<lunar_scsi::CopyTargets>> {
         let target = self.target.upgrade()?;
         let devices = target.devices();
-        Some(Arc::new(lunar_scsi::CopyTargets::new(devices.iter().map(|d| d.disk()))))
+        let units =
+            devices.iter().map(|d| (d.disk(), Arc::new(DeviceCopyGate(d.clone())) as Arc<dyn lunar_scsi::CopyGate>));
+        Some(Arc::new(lunar_scsi::CopyTargets::with_gates(units)))
     }
 
     /// Where reservations persist (APTPL), if anywhere.
@@ -306,14 +335,19 @@ impl Device {
         Some(Paused { operator: bits & PAUSE_OPERATOR != 0, io_error, resizing: bits & PAUSE_RESIZE != 0 })
     }
 
-    /// Sets pause reasons; returns the bits set before.
+    /// Sets pause reasons; returns the bits set before. (Sequentially
+    /// consistent: a background operation checks the bits between its
+    /// steps, see [`crate::background`].)
     pub(crate) fn pause(&self, bits: u8) -> u8 {
-        self.pause.fetch_or(bits, Ordering::AcqRel)
+        self.pause.fetch_or(bits, Ordering::SeqCst)
     }
 
-    /// Clears pause reasons; returns the bits set before.
+    /// Clears pause reasons; returns the bits set before. Background
+    /// operations waiting for the resume go on.
     pub(crate) fn unpause(&self, bits: u8) -> u8 {
-        self.pause.fetch_and(!bits, Ordering::AcqRel)
+        let before = self.pause.fetch_and(!bits, Ordering::SeqCst);
+        self.background.wake();
+        before
     }
 
     /// A request was parked under the `stop`/`enospc` policy (on its I/O
@@ -333,6 +367,32 @@ impl Device {
         if let Some(t) = self.target.upgrade() {
             t.emit(Event::PausedOnIoError { lun: self.lun, errno: e.errno, kind: e.kind, write });
         }
+    }
+}
+
+/// Admits the I/O of an EXTENDED COPY sent to another unit to this device
+/// as the device admits its own commands: through its gate (COMPARE AND
+/// WRITE atomicity), and not while it is paused or removed, which aborts
+/// the copy (its drain for a pause or a resize waits for the I/O inside).
+pub(crate) struct DeviceCopyGate(Arc<Device>);
+
+impl std::fmt::Debug for DeviceCopyGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceCopyGate(lun {})", self.0.lun)
+    }
+}
+
+impl lunar_scsi::CopyGate for DeviceCopyGate {
+    fn enter(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<lunar_scsi::CopyPass, ScsiError>> + '_>> {
+        Box::pin(async move {
+            let pass = Gate::foreign(&self.0).await;
+            if self.0.is_paused_seqcst() || self.0.is_removed_seqcst() {
+                return Err(ScsiError::CopyAborted(lunar_scsi::CopyAbort::TargetNotReachable));
+            }
+            Ok(lunar_scsi::CopyPass::new(pass))
+        })
     }
 }
 

@@ -10,6 +10,7 @@
 //! target runs, the main loop while it is stopped). Everything else reaches
 //! it by sending a job there, through [`follow`].
 
+mod background;
 pub mod device;
 pub mod event;
 pub mod follow;

@@ -337,6 +337,15 @@ impl LocalQueue {
                         let q = lq.borrow();
                         (q.queue.device.clone(), q.queue.clone())
                     };
+                    if let Command::Sanitize(s) = &cmd {
+                        let started = {
+                            let _inside = device.gate().shared(queue.active()).await;
+                            device.disk().start_sanitize(s, data, &ctx)
+                        };
+                        LocalQueue::start_detached(&lq, id, &device, &cmd, started);
+                        drop(guard);
+                        return;
+                    }
                     let executed = if matches!(cmd, Command::CompareAndWrite { .. }) {
                         let _inside = device.gate().exclusive(|| device.queues()).await;
                         device.disk().execute_with_effects(&cmd, data, &ctx).await
@@ -366,6 +375,42 @@ impl LocalQueue {
         }
     }
 
+    /// A SANITIZE has been checked and, unless it failed or was EXIT
+    /// FAILURE MODE, its operation begun: the operation runs detached (see
+    /// `background.rs`). With IMMED=0 the request waits for it, in state
+    /// `Waiting`: its I/O is no longer in flight, and a cancel completes it
+    /// at once; if it was cancelled while it started, it completes now.
+    fn start_detached(
+        lq: &Rc<RefCell<LocalQueue>>,
+        id: u64,
+        device: &Arc<Device>,
+        cmd: &Command,
+        started: Result<Option<lunar_scsi::SanitizeOperation>, ScsiError>,
+    ) {
+        let immed = matches!(cmd, Command::Sanitize(s) if s.immed);
+        let op = match started {
+            Ok(Some(op)) => op,
+            Ok(None) => return LocalQueue::finish(lq, id, cmd, Ok(Vec::new())),
+            Err(e) => return LocalQueue::finish(lq, id, cmd, Err(e)),
+        };
+        let (queue, waits) = {
+            let mut q = lq.borrow_mut();
+            let waits = match q.requests.get_mut(&id) {
+                Some(r) if !immed && !r.cancelled => {
+                    r.state = RequestState::Waiting;
+                    true
+                }
+                _ => false,
+            };
+            (q.queue.clone(), waits)
+        };
+        let waiter = waits.then(|| crate::background::Waiter { queue, id, cmd: cmd.clone() });
+        crate::background::run_sanitize(device.clone(), op, waiter);
+        if !waits {
+            LocalQueue::finish(lq, id, cmd, Ok(Vec::new()));
+        }
+    }
+
     fn remove_with(&mut self, id: u64, resp: Response) -> Plan {
         match self.requests.remove(&id) {
             Some(req) => Plan::Complete(req, resp),
@@ -379,7 +424,7 @@ impl LocalQueue {
         }
         let device = self.queue.device.clone();
         let Some(req) = self.requests.get_mut(&id) else { return Plan::Nothing };
-        if req.state == RequestState::Executing {
+        if matches!(req.state, RequestState::Executing | RequestState::Waiting) {
             return Plan::Nothing;
         }
         if req.cancelled {
@@ -417,13 +462,18 @@ impl LocalQueue {
         let Some(req) = self.requests.get_mut(&id) else { return Plan::Nothing };
         req.state = RequestState::Executing;
         req.retry = false;
-        // Keep the data-out only where a failure could park the request for a retry.
+        // Keep the data-out only where a failure could park the request for
+        // a retry, or where the request may wait in the list to be saved
+        // (a SANITIZE waiting for its operation; its parameter list is short).
         let may_park = device.policy_for(cmd.is_write()).verdict(lunar_block::ErrorKind::NoSpace) == Verdict::Stop;
-        let data = if may_park { req.data_out.clone() } else { std::mem::take(&mut req.data_out) };
+        let keep = may_park || matches!(cmd, Command::Sanitize(_));
+        let data = if keep { req.data_out.clone() } else { std::mem::take(&mut req.data_out) };
         Plan::Execute(cmd, data, ctx, self.inflight.enter())
     }
 
-    fn finish(lq: &Rc<RefCell<LocalQueue>>, id: u64, cmd: &Command, result: Result<Vec<u8>, ScsiError>) {
+    /// Completes request `id` with the outcome of `cmd` (the error policy
+    /// decides for backend errors); nothing if it is no longer in the list.
+    pub(crate) fn finish(lq: &Rc<RefCell<LocalQueue>>, id: u64, cmd: &Command, result: Result<Vec<u8>, ScsiError>) {
         let plan = {
             let mut q = lq.borrow_mut();
             let device = q.queue.device.clone();

@@ -2,9 +2,10 @@
 //!
 //! ```text
 //! New ──submit──▶ Enqueued ──start──▶ Executing ──▶ Completed
-//!                    ▲                   │  (status, sense, data)
-//!                    │ restart on resume ▼
-//!                    └────────────── Parked (retry flag; `stop` error policy)
+//!                    ▲                   │  │ (status, sense, data)
+//!                    │ restart on resume ▼  └─▶ Waiting ──▶ Completed
+//!                    └────────────── Parked     (a detached operation's end)
+//!                        (retry flag; `stop` error policy)
 //! any state ──cancel──▶ Completed with TASK ABORTED (Executing: when its I/O ends)
 //! ```
 //! A request completes exactly once: its [`Completion`] is `FnOnce` (at most
@@ -97,6 +98,11 @@ pub enum RequestState {
     Executing,
     /// Failed under the `stop` error policy; re-issued on resume.
     Parked,
+    /// Waiting for a device operation that runs detached from it (SANITIZE
+    /// with IMMED=0, see `background.rs`): none of its I/O is in flight, a
+    /// cancel completes it at once (the operation goes on), the operation's
+    /// end completes it.
+    Waiting,
 }
 
 /// A SCSI command in the target core. Plain data, `Send`: it lives in a

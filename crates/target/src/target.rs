@@ -203,8 +203,9 @@ impl Target {
     }
 
     /// Removes a LUN (hot unplug): its requests are aborted and completed,
-    /// pending iterations finish, its queues close; the device itself is
-    /// freed when the last handle (a front-end's queue) goes.
+    /// pending iterations finish, an operation running detached from its
+    /// command (sanitize) stops at its next step, its queues close; the
+    /// device itself is freed when the last handle (a front-end's queue) goes.
     pub async fn remove_device(&self, lun: u64) -> Result<(), TargetError> {
         self.control(move |t| async move {
             let dev =
@@ -212,6 +213,8 @@ impl Target {
             dev.mark_removed();
             t.iterate(&dev, Arc::new(|_| Action::Cancel), true).await;
             dev.iterations_drained().await;
+            dev.background().ended().await;
+            dev.gate().foreign_drained().await;
             for q in dev.clear_queues() {
                 close_queue_list(&q).await;
             }
@@ -282,12 +285,16 @@ impl Target {
         self.run_state.set(RunState::Stopped);
         let mut waits = Vec::new();
         for dev in self.devices() {
+            dev.background().set_held(true);
             for q in dev.queues() {
                 waits.push(relocate(&q, MAIN_LOOP, true));
             }
         }
         for w in waits {
             let _ = w.await;
+        }
+        for dev in self.devices() {
+            dev.background().idle().await;
         }
         self.emit(Event::Stopped);
     }
@@ -311,6 +318,9 @@ impl Target {
                 }
             } else {
                 t.run_state.set(RunState::Running);
+                for dev in t.devices() {
+                    dev.background().set_held(false);
+                }
                 let mut waits = Vec::new();
                 for dev in t.devices() {
                     for q in dev.queues() {
@@ -337,13 +347,18 @@ impl Target {
     // ----- one device's run state ------------------------------------------
 
     /// Pauses one LUN (operator): its new commands are held (accepted, not
-    /// started), its executing I/O drains, other LUNs go on. Returns once
+    /// started), its executing I/O drains (a sanitize operation running
+    /// detached ends its step and waits; copies from other LUNs' EXTENDED
+    /// COPY finish their I/O inside and are refused from then on), other
+    /// LUNs go on. Returns once
     /// every queue of the LUN has drained. The lists stay on their threads.
     pub async fn stop_device(&self, lun: u64) -> Result<(), TargetError> {
         self.control(move |t| async move {
             let dev = t.device(lun).ok_or(TargetError::NoSuchLun(lun))?;
             let before = dev.pause(PAUSE_OPERATOR);
             t.drain_queues(&dev).await;
+            dev.background().idle().await;
+            dev.gate().foreign_drained().await;
             if before & PAUSE_OPERATOR == 0 {
                 t.emit(Event::DevicePaused { lun });
             }
@@ -380,6 +395,8 @@ impl Target {
             dev.disk().check_resize(size)?;
             dev.pause(PAUSE_RESIZE);
             t.drain_queues(&dev).await;
+            dev.background().idle().await;
+            dev.gate().foreign_drained().await;
             let old = dev.disk().num_blocks();
             let resized = dev.disk().resize(size);
             dev.unpause(PAUSE_RESIZE);
@@ -467,7 +484,8 @@ impl Target {
 
     /// LOGICAL UNIT RESET (SAM-5 7.7): cancels every request on its owner,
     /// waits for the backend to drain and for pending iterations, releases
-    /// SPC-2 reservations and the medium-removal prevention, then raises BUS
+    /// SPC-2 reservations and the medium-removal prevention, discards the
+    /// copy results held for RECEIVE COPY RESULTS, then raises BUS
     /// DEVICE RESET FUNCTION OCCURRED on every I_T nexus of the LUN.
     /// The unit attention goes to the issuing nexus too (libiscsi's
     /// MultipathIO.Reset checks every path).
@@ -486,6 +504,7 @@ impl Target {
             dev.iterations_drained().await;
             dev.disk().reset_reservations();
             dev.disk().reset_prevent();
+            dev.disk().discard_copy_results();
             let sense = lunar_scsi::sense::BUS_DEVICE_RESET.sense();
             for q in dev.queues() {
                 if issuer.as_ref().is_none_or(|n| !q.is_nexus(n)) {

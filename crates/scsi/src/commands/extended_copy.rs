@@ -11,12 +11,35 @@
 //! the I/O thread that executes it, in chunks of at most
 //! [`MAX_TRANSFER_BYTES`].
 //!
-//! Held copy status (LIST ID USAGE 00b) is kept per I_T nexus in a short
-//! list behind a mutex: an explicit exception to "no lock on the I/O path",
-//! taken once per EXTENDED COPY or RECEIVE COPY RESULTS, never by reads or
-//! writes.
+//! The command's own unit admitted the EXTENDED COPY as one of its
+//! commands. Another unit is reached directly, not through its request
+//! lists, so each chunk read from or written to it is admitted by that
+//! unit's [`CopyGate`] (the core's: the unit's COMPARE AND WRITE
+//! atomicity, and its pause), one unit at a time, and checked there
+//! against its state (sanitize, medium, write protection) and its
+//! reservations for the I_T nexus of the EXTENDED COPY, as a READ or a
+//! WRITE from that nexus would be. A conflict, or a unit its gate does not
+//! admit, aborts the copy (COPY ABORTED, COPY TARGET DEVICE NOT REACHABLE).
+//!
+//! Copy status is kept per I_T nexus and list identifier in a short list
+//! behind a mutex: an explicit exception to "no lock on the I/O path",
+//! taken a few times per EXTENDED COPY (begin, each segment, end) and once
+//! per RECEIVE COPY RESULTS, never by reads or writes. A copy with a list
+//! identifier (LIST ID USAGE 00b or 10b) is listed while it runs: COPY
+//! STATUS reports it in progress, and another EXTENDED COPY with its list
+//! identifier on the same nexus is refused with OPERATION IN PROGRESS
+//! (SPC-4 6.3.1). When it ends its status is held if LIST ID USAGE is 00b,
+//! until one of the events after which the copy manager discards the data
+//! held for RECEIVE COPY RESULTS (as SPC-2 7.14.2 lists them for COPY
+//! STATUS): COPY STATUS returned all of it (or was asked for none, with
+//! ALLOCATION LENGTH 0), another EXTENDED COPY with the same list
+//! identifier arrived from that nexus, a logical unit reset or hard reset
+//! ([`Disk::discard_copy_results`]), the nexus was lost, or room was needed
+//! for newer results ([`MAX_HELD`] per logical unit, oldest first).
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -26,7 +49,7 @@ use crate::cdb::reader::Cdb;
 use crate::cdb::Command;
 use crate::disk::{truncate, Disk, DiskState, ExecContext, MAX_TRANSFER_BYTES};
 use crate::error::{CopyAbort, ScsiError};
-use crate::reservation::Nexus;
+use crate::reservation::{Access, Nexus, Reservations};
 
 /// Most CSCD (target) descriptors in one parameter list.
 pub const MAX_CSCD_DESCRIPTORS: u16 = 4;
@@ -88,13 +111,38 @@ pub(crate) fn decode_results(c: Cdb<'_>) -> Result<Command, ScsiError> {
 }
 
 /// A logical unit as a copy source or destination: cheap to clone, shares
-/// the disk's backend and device-wide state.
+/// the disk's backend, device-wide state and reservations.
 #[derive(Clone)]
 pub struct CopyTarget {
     backend: Backend,
     block_size: u32,
     readonly: bool,
     state: Arc<DiskState>,
+    reservations: Arc<Reservations>,
+    /// Admits the copy's I/O to this unit when the command came to another
+    /// (set by the core: [`CopyTargets::with_gates`]).
+    gate: Option<Arc<dyn CopyGate>>,
+}
+
+/// How the target core admits a copy's I/O to one of its logical units
+/// that is not the unit the EXTENDED COPY came to, as it admits that
+/// unit's own commands (COMPARE AND WRITE atomicity, SBC-4 5.3; a paused
+/// or removed unit). The copy holds the pass while one read or write runs,
+/// and never holds two passes at once.
+pub trait CopyGate: Send + Sync + std::fmt::Debug {
+    /// Waits until the unit admits one I/O of the copy; an error aborts
+    /// the copy (the unit is not reachable now).
+    fn enter(&self) -> Pin<Box<dyn Future<Output = Result<CopyPass, ScsiError>> + '_>>;
+}
+
+/// A copy's admission to a unit ([`CopyGate::enter`]): dropping it leaves.
+pub struct CopyPass(#[allow(dead_code)] Box<dyn std::any::Any>);
+
+impl CopyPass {
+    /// A pass that holds `guard` (whose drop leaves the unit's gate).
+    pub fn new(guard: impl std::any::Any) -> CopyPass {
+        CopyPass(Box::new(guard))
+    }
 }
 
 impl std::fmt::Debug for CopyTarget {
@@ -125,8 +173,19 @@ pub struct CopyTargets {
 }
 
 impl CopyTargets {
+    /// The units, reached without a gate (tests, or a core whose units
+    /// take no other command meanwhile).
     pub fn new<'a>(disks: impl IntoIterator<Item = &'a Disk>) -> CopyTargets {
         CopyTargets { targets: disks.into_iter().map(|d| (d.copy_designator(), d.copy_target())).collect() }
+    }
+
+    /// The units, each reached through its gate.
+    pub fn with_gates<'a>(units: impl IntoIterator<Item = (&'a Disk, Arc<dyn CopyGate>)>) -> CopyTargets {
+        let targets = units
+            .into_iter()
+            .map(|(d, gate)| (d.copy_designator(), CopyTarget { gate: Some(gate), ..d.copy_target() }))
+            .collect();
+        CopyTargets { targets }
     }
 }
 
@@ -147,6 +206,25 @@ fn designator_key(d: &[u8]) -> Option<(u8, u8, Vec<u8>)> {
 }
 
 impl CopyTarget {
+    /// Admits one I/O of the copy to this unit (at once if it has no gate:
+    /// the command's own unit, which admitted the command itself), then
+    /// checks the unit's state and, for another unit than the command's,
+    /// its reservations for `nexus`.
+    async fn admit(&self, write: bool, nexus: &Nexus) -> Result<Option<CopyPass>, ScsiError> {
+        let pass = match &self.gate {
+            Some(gate) => Some(gate.enter().await?),
+            None => None,
+        };
+        self.check(write)?;
+        if pass.is_some() {
+            let access = if write { Access::Write } else { Access::Read };
+            if self.reservations.check(access, nexus).is_err() {
+                return Err(ScsiError::CopyAborted(CopyAbort::TargetNotReachable));
+            }
+        }
+        Ok(pass)
+    }
+
     /// Checks that the unit can take part: ready, not sanitizing, and, for
     /// a destination, not write protected.
     fn check(&self, write: bool) -> Result<(), ScsiError> {
@@ -197,6 +275,8 @@ struct Segment {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct CopyList {
     list_id: u8,
+    /// LIST ID USAGE 00b or 10b: the list identifier names the copy.
+    has_id: bool,
     /// LIST ID USAGE 00b: hold the copy status for RECEIVE COPY RESULTS.
     hold: bool,
     cscds: Vec<Cscd>,
@@ -270,7 +350,7 @@ fn parse(data: &[u8]) -> Result<CopyList, ScsiError> {
         .map(|at| parse_cscd(data, at))
         .collect::<Result<_, _>>()?;
     let segments = starts.into_iter().map(|at| parse_segment(data, at)).collect::<Result<_, _>>()?;
-    Ok(CopyList { list_id, hold: usage == 0b00, cscds, segments })
+    Ok(CopyList { list_id, has_id: usage != 0b11, hold: usage == 0b00, cscds, segments })
 }
 
 /// An identification CSCD descriptor (SPC-4 6.3.6.2) of a block device.
@@ -313,17 +393,31 @@ fn parse_segment(data: &[u8], at: usize) -> Result<Segment, ScsiError> {
     })
 }
 
-/// The status of a finished copy held for RECEIVE COPY RESULTS.
+/// Where a copy with a list identifier stands (COPY MANAGER STATUS, SPC-4
+/// 6.18.3, table 353).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CopyState {
+    InProgress = 0x00,
+    Completed = 0x01,
+    Failed = 0x02,
+}
+
+/// The status of a copy: in progress, or finished and held for RECEIVE
+/// COPY RESULTS.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Held {
     nexus: Nexus,
     list_id: u8,
-    ok: bool,
+    state: CopyState,
     segments: u16,
     bytes: u64,
 }
 
-/// Copy results held for RECEIVE COPY RESULTS, oldest first.
+/// Length of COPY STATUS data: once an allocation length this large has
+/// returned it, it has all been transferred.
+const COPY_STATUS_LEN: u32 = 12;
+
+/// Copies in progress and copy results held, oldest first.
 #[derive(Debug, Default)]
 pub(crate) struct HeldResults(Mutex<VecDeque<Held>>);
 
@@ -333,23 +427,102 @@ impl HeldResults {
         f(&mut g)
     }
 
-    fn hold(&self, h: Held) {
+    /// A copy with this list identifier begins on `nexus`: refused while one
+    /// is in progress; otherwise what was held for it is discarded and the
+    /// copy is listed in progress until [`Tracked`] ends it.
+    fn begin(&self, nexus: &Nexus, list_id: u8) -> Result<Tracked<'_>, ScsiError> {
         self.with(|q| {
-            q.retain(|o| !(o.nexus == h.nexus && o.list_id == h.list_id));
-            if q.len() >= MAX_HELD {
-                q.pop_front();
+            let same = |h: &Held| &h.nexus == nexus && h.list_id == list_id;
+            if q.iter().any(|h| same(h) && h.state == CopyState::InProgress) {
+                return Err(ScsiError::OperationInProgress);
             }
-            q.push_back(h);
+            q.retain(|h| !same(h));
+            if q.len() >= MAX_HELD {
+                // Room for it: the oldest held result goes (never a copy in progress).
+                if let Some(i) = q.iter().position(|h| h.state != CopyState::InProgress) {
+                    q.remove(i);
+                }
+            }
+            let state = CopyState::InProgress;
+            q.push_back(Held { nexus: nexus.clone(), list_id, state, segments: 0, bytes: 0 });
+            Ok(())
+        })?;
+        Ok(Tracked { held: self, nexus: nexus.clone(), list_id, done: (0, 0), ended: false })
+    }
+
+    fn update(&self, nexus: &Nexus, list_id: u8, f: impl FnOnce(&mut Held)) {
+        self.with(|q| {
+            if let Some(h) = q.iter_mut().find(|h| &h.nexus == nexus && h.list_id == list_id) {
+                f(h);
+            }
         });
     }
 
-    fn get(&self, nexus: &Nexus, list_id: u8) -> Option<Held> {
-        self.with(|q| q.iter().find(|h| &h.nexus == nexus && h.list_id == list_id).cloned())
+    fn remove(&self, nexus: &Nexus, list_id: u8) {
+        self.with(|q| q.retain(|h| !(&h.nexus == nexus && h.list_id == list_id)));
+    }
+
+    /// The status COPY STATUS returns with `alloc_len`: a finished copy's
+    /// is discarded once returned whole, or when none of it is asked for.
+    fn copy_status(&self, nexus: &Nexus, list_id: u8, alloc_len: u32) -> Option<Held> {
+        self.with(|q| {
+            let i = q.iter().position(|h| &h.nexus == nexus && h.list_id == list_id)?;
+            let h = q[i].clone();
+            if h.state != CopyState::InProgress && (alloc_len == 0 || alloc_len >= COPY_STATUS_LEN) {
+                q.remove(i);
+            }
+            Some(h)
+        })
     }
 
     /// I_T nexus loss: its held results go (SPC-4 6.18.1).
     pub(crate) fn nexus_lost(&self, nexus: &Nexus) {
-        self.with(|q| q.retain(|h| &h.nexus != nexus));
+        self.with(|q| q.retain(|h| &h.nexus != nexus || h.state == CopyState::InProgress));
+    }
+
+    /// Logical unit reset or hard reset: every held result goes (the
+    /// copies themselves were aborted and waited for by the reset).
+    fn discard_all(&self) {
+        self.with(|q| q.retain(|h| h.state == CopyState::InProgress));
+    }
+}
+
+/// A copy listed in progress: counts what it did; ends it held (or not)
+/// with [`Tracked::end`], or unlisted if dropped before (the command was
+/// dropped).
+struct Tracked<'a> {
+    held: &'a HeldResults,
+    nexus: Nexus,
+    list_id: u8,
+    /// Segments and bytes done.
+    done: (u16, u64),
+    ended: bool,
+}
+
+impl Tracked<'_> {
+    fn segment_done(&mut self, bytes: u64) {
+        self.done.0 += 1;
+        self.done.1 += bytes;
+        let done = self.done;
+        self.held.update(&self.nexus, self.list_id, |h| (h.segments, h.bytes) = done);
+    }
+
+    fn end(mut self, ok: bool, hold: bool) {
+        self.ended = true;
+        if hold {
+            let state = if ok { CopyState::Completed } else { CopyState::Failed };
+            self.held.update(&self.nexus, self.list_id, |h| h.state = state);
+        } else {
+            self.held.remove(&self.nexus, self.list_id);
+        }
+    }
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.held.remove(&self.nexus, self.list_id);
+        }
     }
 }
 
@@ -361,6 +534,8 @@ impl Disk {
             block_size: self.block_size(),
             readonly: self.config().readonly,
             state: Arc::clone(&self.state),
+            reservations: Arc::clone(&self.reservations),
+            gate: None,
         }
     }
 
@@ -391,22 +566,32 @@ impl Disk {
         }
         let data = data.get(..len).ok_or(ScsiError::ParameterListLengthError)?;
         let list = parse(data)?;
-        let mut done = (0u16, 0u64);
-        let result = self.run_segments(&list, ctx, &mut done).await;
-        if list.hold {
-            let nexus = ctx.nexus.clone().unwrap_or_else(Nexus::anonymous);
-            let held = Held { nexus, list_id: list.list_id, ok: result.is_ok(), segments: done.0, bytes: done.1 };
-            self.copy_results.hold(held);
+        let nexus = ctx.nexus.clone().unwrap_or_else(Nexus::anonymous);
+        // LIST ID USAGE 11b names no list: nothing to track or hold.
+        let mut tracked = match list.has_id {
+            true => Some(self.copy_results.begin(&nexus, list.list_id)?),
+            false => None,
+        };
+        let result = self.run_segments(&list, ctx, tracked.as_mut()).await;
+        if let Some(t) = tracked {
+            t.end(result.is_ok(), list.hold);
         }
         result.map(|()| Vec::new())
     }
 
-    async fn run_segments(&self, list: &CopyList, ctx: &ExecContext, done: &mut (u16, u64)) -> Result<(), ScsiError> {
+    async fn run_segments(
+        &self,
+        list: &CopyList,
+        ctx: &ExecContext,
+        mut tracked: Option<&mut Tracked<'_>>,
+    ) -> Result<(), ScsiError> {
         for seg in &list.segments {
             let src = self.resolve_cscd(list, seg.src, ctx)?;
             let dst = self.resolve_cscd(list, seg.dst, ctx)?;
-            done.1 += copy_segment(seg, &src, &dst).await?;
-            done.0 += 1;
+            let bytes = copy_segment(seg, &src, &dst, reservation_nexus(ctx)).await?;
+            if let Some(t) = tracked.as_deref_mut() {
+                t.segment_done(bytes);
+            }
         }
         Ok(())
     }
@@ -432,7 +617,8 @@ impl Disk {
         let d = match r.action {
             CopyResultsAction::CopyStatus => {
                 let nexus = ctx.nexus.clone().unwrap_or_else(Nexus::anonymous);
-                let held = self.copy_results.get(&nexus, r.list_id).ok_or(ScsiError::field_byte(2))?;
+                let held =
+                    self.copy_results.copy_status(&nexus, r.list_id, r.alloc_len).ok_or(ScsiError::field_byte(2))?;
                 copy_status(&held)
             }
             CopyResultsAction::OperatingParameters => operating_parameters(self.block_size()),
@@ -444,10 +630,23 @@ impl Disk {
     pub(crate) fn copy_nexus_lost(&self, nexus: &Nexus) {
         self.copy_results.nexus_lost(nexus);
     }
+
+    /// Logical unit reset or hard reset for the copy manager: every copy
+    /// result held for RECEIVE COPY RESULTS is discarded. The core calls
+    /// this once the reset has aborted (and waited for) the unit's commands.
+    pub fn discard_copy_results(&self) {
+        self.copy_results.discard_all();
+    }
 }
 
-/// Copies one segment; returns the bytes copied.
-async fn copy_segment(seg: &Segment, src: &CopyTarget, dst: &CopyTarget) -> Result<u64, ScsiError> {
+/// The I_T nexus the copy acts for at another unit.
+fn reservation_nexus(ctx: &ExecContext) -> &Nexus {
+    crate::reservation::nexus_of(ctx)
+}
+
+/// Copies one segment; returns the bytes copied. Each chunk is read under
+/// the source's admission, then written under the destination's.
+async fn copy_segment(seg: &Segment, src: &CopyTarget, dst: &CopyTarget, nexus: &Nexus) -> Result<u64, ScsiError> {
     let counted = if seg.dc { dst.block_size } else { src.block_size };
     let bytes = u64::from(seg.blocks) * u64::from(counted);
     if bytes % u64::from(src.block_size) != 0 || bytes % u64::from(dst.block_size) != 0 {
@@ -470,7 +669,11 @@ async fn copy_segment(seg: &Segment, src: &CopyTarget, dst: &CopyTarget) -> Resu
         let k = if dst_off > src_off { n - 1 - i } else { i };
         let at = k * chunk;
         let len = chunk.min(bytes - at);
-        let buf = src.backend.read(src_off + at, len as usize).await?;
+        let buf = {
+            let _pass = src.admit(false, nexus).await?;
+            src.backend.read(src_off + at, len as usize).await?
+        };
+        let _pass = dst.admit(true, nexus).await?;
         dst.backend.write(dst_off + at, buf, fua).await?;
     }
     Ok(bytes)
@@ -478,9 +681,9 @@ async fn copy_segment(seg: &Segment, src: &CopyTarget, dst: &CopyTarget) -> Resu
 
 /// COPY STATUS data (SPC-4 6.18.2).
 fn copy_status(h: &Held) -> Vec<u8> {
-    let mut d = vec![0u8; 12];
-    d[0..4].copy_from_slice(&8u32.to_be_bytes());
-    d[4] = if h.ok { 0x01 } else { 0x02 }; // completed, without or with error
+    let mut d = vec![0u8; COPY_STATUS_LEN as usize];
+    d[0..4].copy_from_slice(&(COPY_STATUS_LEN - 4).to_be_bytes());
+    d[4] = h.state as u8; // HDD 0: no held data was discarded
     d[5..7].copy_from_slice(&h.segments.to_be_bytes());
     // TRANSFER COUNT in bytes, or in KiB when bytes do not fit.
     match u32::try_from(h.bytes) {

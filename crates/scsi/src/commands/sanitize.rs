@@ -8,26 +8,35 @@
 //! destroyed key). EXIT FAILURE MODE leaves the state a failed sanitize
 //! left the unit in.
 //!
-//! While an operation runs, every command but INQUIRY, REPORT LUNS and
-//! REQUEST SENSE fails with NOT READY, SANITIZE IN PROGRESS (SBC-4 4.11.2);
-//! a second SANITIZE too. The operation advances in steps and yields the
-//! I/O thread between them, so those commands are answered meanwhile. If
-//! it fails (or its command is dropped before the end), medium access
-//! commands fail with MEDIUM ERROR, SANITIZE COMMAND FAILED until a
-//! sanitize succeeds or, if AUSE was set, EXIT FAILURE MODE.
+//! A sanitize operation is not the command's: once begun it goes on to its
+//! end whatever happens to the SANITIZE command (SBC-4 4.11: an abort of
+//! the command, a logical unit reset, a hard reset or an I_T nexus loss do
+//! not stop it). [`Disk::start_sanitize`] checks the command and begins
+//! the operation, returned as a [`SanitizeOperation`] that owns what it
+//! needs (`'static`): the target core runs it detached from the command,
+//! step by step ([`SanitizeOperation::step`]), and completes the command
+//! when it ends (IMMED=0) or at once (IMMED=1). [`Disk::execute`] without a
+//! core runs it inside the command.
 //!
-//! IMMED is refused: the operation is the command's own future, and there
-//! is no one to run it after the command completes (the core would have to
-//! run it detached, see the crate docs).
+//! While it runs, every command but INQUIRY, REPORT LUNS and REQUEST SENSE
+//! fails with NOT READY, LOGICAL UNIT NOT READY, SANITIZE IN PROGRESS, with
+//! the progress indication in the sense-key-specific field (SBC-4 4.11.2,
+//! SPC-5 4.4.2.4.4); REQUEST SENSE reports the same. If it fails (or is
+//! dropped before its end: the unit was removed), medium access commands
+//! fail with MEDIUM ERROR, SANITIZE COMMAND FAILED until a sanitize
+//! succeeds or, if AUSE was set, EXIT FAILURE MODE (SBC-4 4.11.4).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+
+use lunar_block::Backend;
 
 use crate::cdb::reader::Cdb;
 use crate::cdb::Command;
-use crate::disk::Disk;
+use crate::disk::{Disk, DiskState, ExecContext};
 use crate::error::ScsiError;
 
 /// SERVICE ACTION of SANITIZE (SBC-4 table 59).
@@ -44,6 +53,8 @@ pub enum SanitizeAction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sanitize {
     pub action: SanitizeAction,
+    /// IMMED: complete the command once the operation has begun.
+    pub immed: bool,
     /// AUSE: a failure of this operation may be left by EXIT FAILURE MODE.
     pub ause: bool,
     pub param_len: u16,
@@ -57,7 +68,7 @@ pub(crate) fn decode(c: Cdb<'_>) -> Result<Command, ScsiError> {
         0x1F => SanitizeAction::ExitFailureMode,
         _ => return Err(ScsiError::field(1, 4)),
     };
-    Ok(Command::Sanitize(Sanitize { action, ause: c.bit(1, 5), param_len: c.be16(7) }))
+    Ok(Command::Sanitize(Sanitize { action, immed: c.bit(1, 7), ause: c.bit(1, 5), param_len: c.be16(7) }))
 }
 
 /// The OVERWRITE parameter list (SBC-4 5.30.3), checked.
@@ -113,44 +124,12 @@ const FAILED_AUSE: u8 = 2;
 #[derive(Debug, Default)]
 pub(crate) struct SanitizeState {
     active: AtomicBool,
-    /// Fraction done, of 65536 (the PROGRESS INDICATION of SPC-5 4.4.2.4.3).
+    /// Fraction done, of 65536 (the PROGRESS INDICATION of SPC-5 4.4.2.4.4).
     progress: AtomicU16,
     failed: AtomicU8,
 }
 
-/// Marks the operation running; on drop, not running, and failed unless
-/// [`Running::succeeded`] was called.
-struct Running<'a> {
-    state: &'a SanitizeState,
-    ause: bool,
-    done: bool,
-}
-
-impl Running<'_> {
-    fn succeeded(mut self) {
-        self.done = true;
-        self.state.failed.store(NOT_FAILED, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.state.failed.store(if self.ause { FAILED_AUSE } else { FAILED }, Ordering::Relaxed);
-        }
-        self.state.active.store(false, Ordering::Release);
-    }
-}
-
 impl SanitizeState {
-    fn begin(&self, ause: bool) -> Result<Running<'_>, ScsiError> {
-        if self.active.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            return Err(ScsiError::SanitizeInProgress);
-        }
-        self.progress.store(0, Ordering::Relaxed);
-        Ok(Running { state: self, ause, done: false })
-    }
-
     /// The progress of the running operation (of 65536), if one runs.
     pub(crate) fn in_progress(&self) -> Option<u16> {
         self.active.load(Ordering::Acquire).then(|| self.progress.load(Ordering::Relaxed))
@@ -178,14 +157,169 @@ impl Future for YieldNow {
     }
 }
 
-/// Bytes written between two yields.
+/// Bytes written by one step.
 const WRITE_STEP: u64 = 1 << 20;
-/// Bytes deallocated between two yields.
+/// Bytes deallocated by one step.
 const DISCARD_STEP: u64 = 64 << 20;
 
 /// Whether `cmd` may run while a sanitize operation is in progress (SBC-4 4.11.2).
 pub(crate) fn allowed_while_sanitizing(cmd: &Command) -> bool {
     matches!(cmd, Command::Inquiry(_) | Command::ReportLuns { .. } | Command::RequestSense { .. })
+}
+
+/// How one pass changes the medium.
+#[derive(Debug)]
+enum Pass {
+    /// Write this block (the pattern of the pass) over every LBA.
+    Write(Vec<u8>),
+    /// Deallocate every LBA.
+    Deallocate,
+}
+
+/// A sanitize operation in progress: it owns the disk's state and backend,
+/// so it can outlive the command that began it (see the module docs).
+/// While it exists the unit reports SANITIZE IN PROGRESS; dropped before it
+/// completed, it leaves the unit in the failure mode.
+pub struct SanitizeOperation {
+    state: Arc<DiskState>,
+    backend: Backend,
+    block_size: u64,
+    ause: bool,
+    params: Option<OverwriteParams>,
+    thin: bool,
+    /// Current pass (0-based) and how many there are.
+    pass: u8,
+    passes: u8,
+    /// What the current pass does (built when it starts).
+    current: Option<Pass>,
+    /// Bytes of the current pass done.
+    at: u64,
+    /// Completed (successfully or not): dropping it changes nothing.
+    ended: bool,
+}
+
+impl std::fmt::Debug for SanitizeOperation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SanitizeOperation")
+            .field("pass", &self.pass)
+            .field("passes", &self.passes)
+            .field("at", &self.at)
+            .field("ended", &self.ended)
+            .finish()
+    }
+}
+
+impl SanitizeOperation {
+    /// Does the next step of the operation: writes at most 1 MiB or
+    /// deallocates at most 64 MiB, or, after the last pass, flushes the
+    /// backend. Returns `Ok(true)` once the operation has completed (the
+    /// unit is then ready), `Ok(false)` while steps remain. An error ends
+    /// the operation, failed (the unit enters the failure mode); a step
+    /// after the end does nothing.
+    pub async fn step(&mut self) -> Result<bool, ScsiError> {
+        if self.ended {
+            return Ok(true);
+        }
+        match self.next().await {
+            Ok(done) => {
+                if done {
+                    self.end(NOT_FAILED);
+                }
+                Ok(done)
+            }
+            Err(e) => {
+                self.end(if self.ause { FAILED_AUSE } else { FAILED });
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs the remaining steps, letting the I/O thread's other tasks run
+    /// between them (so that the commands refused meanwhile are answered).
+    pub async fn run(mut self) -> Result<(), ScsiError> {
+        while !self.step().await? {
+            YieldNow(false).await;
+        }
+        Ok(())
+    }
+
+    /// The fraction of the operation done, of 65536.
+    pub fn progress(&self) -> u16 {
+        self.state.sanitize.progress.load(Ordering::Relaxed)
+    }
+
+    async fn next(&mut self) -> Result<bool, ScsiError> {
+        // The capacity is read at every step: a resize meanwhile moves the end.
+        let size = self.state.num_blocks.load(Ordering::Acquire).saturating_mul(self.block_size);
+        if self.pass == self.passes || size == 0 {
+            self.backend.flush().await?;
+            return Ok(true);
+        }
+        let pass = match self.current.take() {
+            Some(p) => p,
+            None => self.pass_kind(),
+        };
+        if self.at < size {
+            let n = match &pass {
+                Pass::Write(block) => {
+                    let step = (WRITE_STEP - WRITE_STEP % self.block_size).min(size - self.at);
+                    let blocks = usize::try_from(step / self.block_size).unwrap_or(0);
+                    self.backend.write(self.at, block.repeat(blocks), false).await?;
+                    step
+                }
+                Pass::Deallocate => {
+                    let step = DISCARD_STEP.min(size - self.at);
+                    self.backend.discard(self.at, step).await?;
+                    step
+                }
+            };
+            self.at += n;
+        }
+        if self.at >= size {
+            self.pass += 1;
+            self.at = 0;
+        } else {
+            self.current = Some(pass);
+        }
+        let done = u64::from(self.pass) * size + self.at;
+        self.set_progress(done, u64::from(self.passes) * size);
+        Ok(false)
+    }
+
+    /// What pass `self.pass` does.
+    fn pass_kind(&self) -> Pass {
+        match &self.params {
+            None => Pass::Deallocate,
+            Some(p) => {
+                let block = p.block(usize::try_from(self.block_size).unwrap_or(512), self.pass);
+                if self.thin && block.iter().all(|&b| b == 0) {
+                    Pass::Deallocate
+                } else {
+                    Pass::Write(block)
+                }
+            }
+        }
+    }
+
+    fn set_progress(&self, done: u64, total: u64) {
+        let p = (u128::from(done) * 65536 / u128::from(total.max(1))).min(65535);
+        self.state.sanitize.progress.store(p as u16, Ordering::Relaxed);
+    }
+
+    /// Ends the operation: the failure mode, then not in progress.
+    fn end(&mut self, failed: u8) {
+        self.ended = true;
+        self.state.sanitize.failed.store(failed, Ordering::Relaxed);
+        self.state.sanitize.active.store(false, Ordering::Release);
+    }
+}
+
+impl Drop for SanitizeOperation {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.end(if self.ause { FAILED_AUSE } else { FAILED });
+        }
+    }
 }
 
 impl Disk {
@@ -207,20 +341,40 @@ impl Disk {
         self.state.sanitize.in_progress()
     }
 
-    pub(crate) async fn sanitize(&self, s: &Sanitize, data: Vec<u8>) -> Result<Vec<u8>, ScsiError> {
+    /// SANITIZE for a target core that runs the operation detached from
+    /// the command: the checks of [`Disk::execute`] (reservations, then
+    /// [`Disk::validate`]), then the parameter list; then EXIT FAILURE MODE
+    /// completes here (`Ok(None)`), and the other service actions begin
+    /// their operation and return it. From then until the operation ends
+    /// the unit reports SANITIZE IN PROGRESS.
+    pub fn start_sanitize(
+        &self,
+        s: &Sanitize,
+        data: Vec<u8>,
+        ctx: &ExecContext,
+    ) -> Result<Option<SanitizeOperation>, ScsiError> {
+        let cmd = Command::Sanitize(*s);
+        self.check_reservation(&cmd, ctx)?;
+        self.validate(&cmd)?;
+        self.begin_sanitize(s, data)
+    }
+
+    /// Checks the parameter list and begins the operation (`None`: EXIT
+    /// FAILURE MODE, done).
+    fn begin_sanitize(&self, s: &Sanitize, data: Vec<u8>) -> Result<Option<SanitizeOperation>, ScsiError> {
         let state = &self.state.sanitize;
         if s.action == SanitizeAction::ExitFailureMode {
             return match state.failed.load(Ordering::Relaxed) {
                 FAILED_AUSE => {
                     state.failed.store(NOT_FAILED, Ordering::Relaxed);
-                    Ok(Vec::new())
+                    Ok(None)
                 }
                 // SBC-4 5.30.2: a failure without AUSE can only be left by a sanitize.
                 FAILED => Err(ScsiError::field(1, 4)),
                 _ => Err(ScsiError::CommandSequenceError),
             };
         }
-        let overwrite = match s.action {
+        let params = match s.action {
             SanitizeAction::Overwrite => {
                 let len = usize::from(s.param_len);
                 let params = data.get(..len).ok_or(ScsiError::ParameterListLengthError)?;
@@ -228,58 +382,36 @@ impl Disk {
             }
             _ => None,
         };
-        let running = state.begin(s.ause)?;
-        match overwrite {
-            Some(p) => self.overwrite_all(&p).await?,
-            None => self.discard_all(0, 1).await?,
+        if state.active.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            return Err(ScsiError::SanitizeInProgress { progress: state.progress.load(Ordering::Relaxed) });
         }
-        self.backend().flush().await?;
-        running.succeeded();
-        Ok(Vec::new())
+        state.progress.store(0, Ordering::Relaxed);
+        Ok(Some(SanitizeOperation {
+            state: Arc::clone(&self.state),
+            backend: self.backend().clone(),
+            block_size: u64::from(self.block_size()),
+            ause: s.ause,
+            passes: params.as_ref().map_or(1, |p| p.count),
+            params,
+            thin: self.config().thin,
+            pass: 0,
+            current: None,
+            at: 0,
+            ended: false,
+        }))
     }
 
-    fn set_progress(&self, done: u64, total: u64) {
-        let p = (u128::from(done) * 65536 / u128::from(total.max(1))).min(65535);
-        self.state.sanitize.progress.store(p as u16, Ordering::Relaxed);
-    }
-
-    /// Deallocates the whole medium; it is pass `pass` of `passes`.
-    async fn discard_all(&self, pass: u64, passes: u64) -> Result<(), ScsiError> {
-        let size = self.offset(self.num_blocks());
-        let mut at = 0;
-        while at < size {
-            let n = DISCARD_STEP.min(size - at);
-            self.backend().discard(at, n).await?;
-            at += n;
-            self.set_progress(pass * size + at, passes * size);
-            YieldNow(false).await;
+    /// SANITIZE without a core to run the operation detached: it runs
+    /// inside the command. With IMMED the command reports GOOD whatever the
+    /// operation's outcome (a failure shows as the failure mode, as when
+    /// the operation runs detached).
+    pub(crate) async fn sanitize(&self, s: &Sanitize, data: Vec<u8>) -> Result<Vec<u8>, ScsiError> {
+        let Some(op) = self.begin_sanitize(s, data)? else { return Ok(Vec::new()) };
+        let result = op.run().await;
+        if s.immed {
+            return Ok(Vec::new());
         }
-        Ok(())
-    }
-
-    async fn overwrite_all(&self, p: &OverwriteParams) -> Result<(), ScsiError> {
-        let bs = self.bytes(1);
-        let size = self.offset(self.num_blocks());
-        let passes = u64::from(p.count);
-        for pass in 0..p.count {
-            let block = p.block(bs, pass);
-            if self.config().thin && block.iter().all(|&b| b == 0) {
-                self.discard_all(u64::from(pass), passes).await?;
-                continue;
-            }
-            let step = WRITE_STEP - WRITE_STEP % bs as u64;
-            let buf = block.repeat((step / bs as u64) as usize);
-            let mut at = 0;
-            while at < size {
-                let n = step.min(size - at);
-                let data = buf.get(..n as usize).map(<[u8]>::to_vec).unwrap_or_default();
-                self.backend().write(at, data, false).await?;
-                at += n;
-                self.set_progress(u64::from(pass) * size + at, passes * size);
-                YieldNow(false).await;
-            }
-        }
-        Ok(())
+        result.map(|()| Vec::new())
     }
 }
 
@@ -307,7 +439,7 @@ mod tests {
     #[test]
     fn decode_and_table() {
         let c = Command::decode(&sanitize_cdb(0x21, 0)).unwrap();
-        let want = Sanitize { action: SanitizeAction::Overwrite, ause: true, param_len: 0 };
+        let want = Sanitize { action: SanitizeAction::Overwrite, immed: false, ause: true, param_len: 0 };
         assert_eq!(c, Command::Sanitize(want));
         assert_eq!((c.name(), c.opcode(), c.service_action()), ("SANITIZE", 0x48, Some(1)));
         assert!(c.is_write() && c.is_medium_access());
@@ -316,7 +448,8 @@ mod tests {
         for sa in (0..0x1F).filter(|sa| !(1..=3).contains(sa)) {
             assert_eq!(Command::decode(&sanitize_cdb(sa, 0)), Err(ScsiError::field(1, 4)), "SA {sa:#x}");
         }
-        assert_eq!(Command::decode(&sanitize_cdb(0x81, 8)), Err(ScsiError::field(1, 7)), "IMMED");
+        let immed = Sanitize { action: SanitizeAction::Overwrite, immed: true, ause: false, param_len: 8 };
+        assert_eq!(Command::decode(&sanitize_cdb(0x81, 8)), Ok(Command::Sanitize(immed)), "IMMED");
         assert_eq!(Command::decode(&sanitize_cdb(0x41, 8)), Err(ScsiError::field(1, 6)), "ZNR");
         for byte in 2..7 {
             let mut c = sanitize_cdb(0x01, 8);
@@ -394,20 +527,27 @@ mod tests {
         assert_eq!(run(&ro, &sanitize_cdb(0x02, 0)), Err(ScsiError::WriteProtected));
     }
 
+    fn erase(ause: bool) -> Sanitize {
+        Sanitize { action: SanitizeAction::BlockErase, immed: false, ause, param_len: 0 }
+    }
+
     #[test]
     fn commands_wait_while_sanitizing_and_failure_mode() {
         let d = disk(100);
-        let running = d.state.sanitize.begin(true).unwrap();
+        let running = d.start_sanitize(&erase(true), vec![], &ExecContext::default()).unwrap().unwrap();
         assert_eq!(d.sanitize_in_progress(), Some(0));
-        assert_eq!(run(&d, &cdb10(0x28, 0, 0, 1)), Err(ScsiError::SanitizeInProgress));
-        assert_eq!(run(&d, &[0, 0, 0, 0, 0, 0]), Err(ScsiError::SanitizeInProgress), "TEST UNIT READY");
-        assert_eq!(run(&d, &[0x1B, 0, 0, 0, 1, 0]), Err(ScsiError::SanitizeInProgress), "START STOP UNIT");
-        assert_eq!(run(&d, &sanitize_cdb(0x02, 0)), Err(ScsiError::SanitizeInProgress));
+        let busy = Err(ScsiError::SanitizeInProgress { progress: 0 });
+        assert_eq!(run(&d, &cdb10(0x28, 0, 0, 1)), busy);
+        assert_eq!(run(&d, &[0, 0, 0, 0, 0, 0]), busy, "TEST UNIT READY");
+        assert_eq!(run(&d, &[0x1B, 0, 0, 0, 1, 0]), busy, "START STOP UNIT");
+        assert_eq!(run(&d, &sanitize_cdb(0x02, 0)), busy);
+        let again = d.start_sanitize(&erase(false), vec![], &ExecContext::default());
+        assert_eq!(again.unwrap_err(), ScsiError::SanitizeInProgress { progress: 0 });
         assert!(run(&d, &[0x12, 0, 0, 0, 96, 0]).is_ok(), "INQUIRY");
         assert!(run(&d, &[0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0]).is_ok(), "REPORT LUNS");
         let s = run(&d, &[0x03, 0, 0, 0, 18, 0]).unwrap();
         assert_eq!((s[2], s[12], s[13]), (0x02, 0x04, 0x1B), "REQUEST SENSE: SANITIZE IN PROGRESS");
-        assert_eq!(ScsiError::SanitizeInProgress.sense().code(), sense::SANITIZE_IN_PROGRESS);
+        assert_eq!(ScsiError::SanitizeInProgress { progress: 7 }.sense().code(), sense::SANITIZE_IN_PROGRESS);
         // Dropped before the end: failed, with AUSE.
         drop(running);
         assert_eq!(d.sanitize_in_progress(), None);
@@ -419,11 +559,68 @@ mod tests {
         assert_eq!(run(&d, &sanitize_cdb(0x1F, 0)), Err(ScsiError::CommandSequenceError), "not failed");
         assert_eq!(ScsiError::CommandSequenceError.sense().code(), sense::COMMAND_SEQUENCE_ERROR);
         // Without AUSE only a sanitize that succeeds leaves the failure mode.
-        drop(d.state.sanitize.begin(false).unwrap());
+        drop(d.start_sanitize(&erase(false), vec![], &ExecContext::default()).unwrap());
         assert_eq!(run(&d, &sanitize_cdb(0x1F, 0)), Err(ScsiError::field(1, 4)));
         assert_eq!(run(&d, &cdb10(0x28, 0, 0, 1)), Err(ScsiError::SanitizeFailed));
         assert_eq!(run(&d, &sanitize_cdb(0x02, 0)), Ok(vec![]));
         assert!(run(&d, &cdb10(0x28, 0, 0, 1)).is_ok());
+    }
+
+    #[test]
+    fn start_sanitize_checks_like_execute() {
+        let ctx = ExecContext::default();
+        let ro = disk_with(10, DiskConfig { readonly: true, ..Default::default() });
+        assert_eq!(ro.start_sanitize(&erase(false), vec![], &ctx).unwrap_err(), ScsiError::WriteProtected);
+        assert_eq!(ro.sanitize_in_progress(), None);
+        let d = disk(10);
+        let bad_len = Sanitize { param_len: 8, ..erase(false) };
+        assert_eq!(d.start_sanitize(&bad_len, vec![0; 8], &ctx).unwrap_err(), ScsiError::field_byte(7));
+        let overwrite = Sanitize { action: SanitizeAction::Overwrite, immed: true, ause: false, param_len: 8 };
+        let short = d.start_sanitize(&overwrite, vec![0; 4], &ctx).unwrap_err();
+        assert_eq!(short, ScsiError::ParameterListLengthError);
+        assert_eq!(d.sanitize_in_progress(), None, "nothing begun by a refused command");
+        let exit = Sanitize { action: SanitizeAction::ExitFailureMode, ..erase(false) };
+        assert_eq!(d.start_sanitize(&exit, vec![], &ctx).unwrap_err(), ScsiError::CommandSequenceError);
+    }
+
+    /// The operation is the caller's to run, one step at a time; it
+    /// reports its progress meanwhile, in the sense data of the commands
+    /// it refuses, and leaves the unit ready when it ends.
+    #[test]
+    fn an_operation_advances_step_by_step_with_progress() {
+        // 3 MiB of 512-byte blocks: 3 write steps a pass, 2 passes, then a flush.
+        let d = disk(3 * 2048);
+        let l = overwrite_list(0x82, &[0x5A; 512]);
+        let s = Sanitize { action: SanitizeAction::Overwrite, immed: false, ause: false, param_len: 516 };
+        let mut op = d.start_sanitize(&s, l, &ExecContext::default()).unwrap().unwrap();
+        let mut seen = vec![op.progress()];
+        for _ in 0..6 {
+            assert_eq!(block_on(op.step()), Ok(false));
+            let p = op.progress();
+            assert_eq!(run(&d, &[0, 0, 0, 0, 0, 0]), Err(ScsiError::SanitizeInProgress { progress: p }));
+            let sense = run(&d, &[0x03, 0, 0, 0, 18, 0]).unwrap();
+            assert_eq!((sense[15], u16::from_be_bytes([sense[16], sense[17]])), (0x80, p), "REQUEST SENSE");
+            seen.push(p);
+        }
+        assert_eq!(seen, vec![0, 10922, 21845, 32768, 43690, 54613, 65535]);
+        assert_eq!(block_on(op.step()), Ok(true), "the flush ends it");
+        assert_eq!(d.sanitize_in_progress(), None);
+        assert_eq!(block_on(op.step()), Ok(true), "a step after the end does nothing");
+        drop(op);
+        // Two passes with INVERT: the second wrote the inverted pattern.
+        assert_eq!(run(&d, &cdb10(0x28, 0, 6143, 1)), Ok(vec![0xA5; 512]));
+        assert!(!d.state.sanitize.failed(), "completed: not failed, even once dropped");
+    }
+
+    #[test]
+    fn an_operation_follows_a_resize() {
+        let d = disk(4096);
+        let mut op = d.start_sanitize(&erase(false), vec![], &ExecContext::default()).unwrap().unwrap();
+        run_data(&d, &cdb10(0x2A, 0, 0, 1), vec![1; 512]).unwrap_err();
+        d.resize(1024 * 512).unwrap();
+        while !block_on(op.step()).unwrap() {}
+        assert_eq!(d.sanitize_in_progress(), None);
+        assert_eq!(status(&d)[16..21], [0, 0, 0x04, 0x00, 1], "all 1024 blocks deallocated");
     }
 
     #[test]
@@ -435,16 +632,5 @@ mod tests {
         let e = run_data(&d, &sanitize_cdb(0x01, 8), l).unwrap_err();
         assert!(e.backend_error().is_some());
         assert_eq!(run(&d, &cdb10(0x28, 0, 0, 1)), Err(ScsiError::SanitizeFailed));
-    }
-
-    #[test]
-    fn progress_is_reported() {
-        let d = disk(100);
-        d.set_progress(1, 4);
-        assert_eq!(d.state.sanitize.progress.load(Ordering::Relaxed), 16384);
-        d.set_progress(4, 4);
-        assert_eq!(d.state.sanitize.progress.load(Ordering::Relaxed), 65535);
-        d.set_progress(0, 0);
-        assert_eq!(d.state.sanitize.progress.load(Ordering::Relaxed), 0);
     }
 }

@@ -59,7 +59,7 @@ impl Disk {
     pub(crate) fn request_sense(&self, desc: bool, alloc_len: u8, ctx: &ExecContext) -> Vec<u8> {
         // SPC-5 6.39: a pending unit attention first, then a sanitize in progress.
         let s = ctx.pending_sense.clone().unwrap_or_else(|| match self.sanitize_in_progress() {
-            Some(_) => sense::SANITIZE_IN_PROGRESS.sense(),
+            Some(progress) => sense::SANITIZE_IN_PROGRESS.sense().with_progress(progress),
             None => sense::NO_SENSE.sense(),
         });
         truncate(s.encode(desc), usize::from(alloc_len))

@@ -107,13 +107,15 @@ fn copies_within_the_unit_and_holds_status() {
     let l = list(1, 0b00, &[cscd(&d)], &[b2b(0, 0, 8, 0, 900)]);
     assert_eq!(xcopy(&d, l, &ctx), Ok(vec![]));
     assert_eq!(read(&d, 900, 8), data);
+    // Allocation length cuts the data (and what was not returned stays held).
+    assert_eq!(run(&d, &rcr_cdb(0x00, 1, 4)).unwrap().len(), 4);
     let st = run(&d, &rcr_cdb(0x00, 1, 1024)).unwrap();
     assert_eq!(&st[..4], &8u32.to_be_bytes());
     assert_eq!(st[4], 0x01, "completed without error");
     assert_eq!(&st[5..7], &1u16.to_be_bytes(), "segments processed");
     assert_eq!((st[7], &st[8..12]), (0, &(8u32 * 512).to_be_bytes()[..]));
-    // Allocation length cuts the data.
-    assert_eq!(run(&d, &rcr_cdb(0x00, 1, 4)).unwrap().len(), 4);
+    // Returned whole: discarded.
+    assert_eq!(run(&d, &rcr_cdb(0x00, 1, 1024)), Err(ScsiError::field_byte(2)));
     // List id 2 was never used; list id 3 with LIST ID USAGE 10b is not held.
     assert_eq!(run(&d, &rcr_cdb(0x00, 2, 1024)), Err(ScsiError::field_byte(2)));
     assert_eq!(xcopy(&d, list(3, 0b10, &[cscd(&d)], &[b2b(0, 0, 1, 0, 1)]), &ctx), Ok(vec![]));
@@ -129,11 +131,96 @@ fn failed_copy_is_held_with_error_and_per_nexus() {
     let b = ExecContext { nexus: Some(Nexus::new("iqn.b,i,0x1", 1)), ..Default::default() };
     let l = list(5, 0b00, &[cscd(&d)], &[b2b(0, 0, 1, 0, 1), b2b(0, 0, 8, 0, 999)]);
     assert_eq!(xcopy(&d, l, &a), Err(ScsiError::CopyAborted(CopyAbort::TargetNotReachable)));
-    let st = run_ctx(&d, &rcr_cdb(0x00, 5, 1024), vec![], &a).unwrap();
+    let st = run_ctx(&d, &rcr_cdb(0x00, 5, 8), vec![], &a).unwrap();
     assert_eq!((st[4], st[6]), (0x02, 1), "completed with error after one segment");
     assert_eq!(run_ctx(&d, &rcr_cdb(0x00, 5, 1024), vec![], &b), Err(ScsiError::field_byte(2)));
     d.nexus_lost(a.nexus.as_ref().unwrap());
     assert_eq!(run_ctx(&d, &rcr_cdb(0x00, 5, 1024), vec![], &a), Err(ScsiError::field_byte(2)));
+}
+
+/// The events after which held copy status is discarded (SPC-2 7.14.2):
+/// returned whole, asked for with ALLOCATION LENGTH 0, replaced by another
+/// EXTENDED COPY with the same list identifier, a logical unit reset, and
+/// (above) the loss of the nexus.
+#[test]
+fn held_status_is_discarded_when_the_standard_says() {
+    let d = disk(1000);
+    let ctx = ExecContext::default();
+    let ok = |id| list(id, 0b00, &[cscd(&d)], &[b2b(0, 0, 1, 0, 1)]);
+    let status = |id, alloc| run(&d, &rcr_cdb(0x00, id, alloc));
+    let gone = Err(ScsiError::field_byte(2));
+    for id in [1, 2, 3] {
+        assert_eq!(xcopy(&d, ok(id), &ctx), Ok(vec![]));
+    }
+    // Partial reads keep it; the whole of it (12 bytes) discards it.
+    assert_eq!(status(1, 11).unwrap().len(), 11);
+    assert_eq!(status(1, 12).unwrap()[4], 0x01);
+    assert_eq!(status(1, 12), gone);
+    // ALLOCATION LENGTH 0: nothing returned, and discarded.
+    assert_eq!(status(2, 0), Ok(vec![]));
+    assert_eq!(status(2, 1024), gone);
+    // A new EXTENDED COPY with the same list identifier replaces it, even
+    // one that is not to be held (LIST ID USAGE 10b), or that fails.
+    assert_eq!(xcopy(&d, list(3, 0b10, &[cscd(&d)], &[b2b(0, 0, 1, 0, 1)]), &ctx), Ok(vec![]));
+    assert_eq!(status(3, 1024), gone);
+    assert_eq!(xcopy(&d, ok(3), &ctx), Ok(vec![]));
+    let beyond = list(3, 0b00, &[cscd(&d)], &[b2b(0, 0, 8, 0, 999)]);
+    assert_eq!(xcopy(&d, beyond, &ctx), Err(ScsiError::CopyAborted(CopyAbort::TargetNotReachable)));
+    assert_eq!(status(3, 1024).unwrap()[4], 0x02, "the failed copy's status replaced the good one");
+    // A logical unit reset discards everything held.
+    assert_eq!(xcopy(&d, ok(4), &ctx), Ok(vec![]));
+    assert_eq!(xcopy(&d, ok(5), &ctx), Ok(vec![]));
+    d.discard_copy_results();
+    assert_eq!(status(4, 1024), gone);
+    assert_eq!(status(5, 1024), gone);
+}
+
+/// While a copy runs, COPY STATUS of its list identifier says so, and
+/// another EXTENDED COPY with that list identifier on the same nexus is
+/// refused with OPERATION IN PROGRESS (another nexus may use it).
+#[test]
+fn a_copy_in_progress_is_reported_and_its_list_id_is_busy() {
+    let fault = Arc::new(lunar_block::FaultBackend::new(Backend::mem(1000 * 512)));
+    let d = Disk::new(DiskConfig::default(), Backend::Fault(fault.clone()));
+    let a = ExecContext { nexus: Some(Nexus::new("iqn.a,i,0x1", 1)), ..Default::default() };
+    let b = ExecContext { nexus: Some(Nexus::new("iqn.b,i,0x1", 1)), ..Default::default() };
+    let two = list(7, 0b00, &[cscd(&d)], &[b2b(0, 0, 1, 0, 1), b2b(0, 0, 1, 2, 3)]);
+    let cmd = Command::decode(&xcopy_cdb(two.len() as u32)).unwrap();
+    fault.hold_writes(true);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let status = |ctx: &ExecContext| {
+        let ctx = ctx.clone();
+        let d = &d;
+        async move { d.execute(&Command::decode(&rcr_cdb(0x00, 7, 1024)).unwrap(), vec![], &ctx).await }
+    };
+    rt.block_on(async {
+        let running = d.execute(&cmd, two.clone(), &a);
+        tokio::pin!(running);
+        // Poll the copy until it waits for its first (held) write.
+        assert!(futures_poll_once(running.as_mut()).await.is_none());
+        let st = status(&a).await.unwrap();
+        assert_eq!((st[4], st[6]), (0x00, 0), "in progress, no segment done yet");
+        assert_eq!(status(&a).await.unwrap()[4], 0x00, "not discarded");
+        let again = Command::decode(&xcopy_cdb(two.len() as u32)).unwrap();
+        let busy = d.execute(&again, two.clone(), &a).await;
+        assert_eq!(busy, Err(ScsiError::OperationInProgress));
+        assert_eq!(busy.unwrap_err().sense().code(), sense::OPERATION_IN_PROGRESS);
+        // Another nexus's list identifier 7 is its own.
+        assert_eq!(status(&b).await, Err(ScsiError::field_byte(2)));
+        fault.hold_writes(false);
+        assert_eq!(running.await, Ok(vec![]));
+    });
+    let st = run_ctx(&d, &rcr_cdb(0x00, 7, 1024), vec![], &a).unwrap();
+    assert_eq!((st[4], st[6]), (0x01, 2), "completed, two segments");
+}
+
+/// Polls `f` once: its output if it is ready.
+async fn futures_poll_once<F: std::future::Future + Unpin>(mut f: F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match std::pin::Pin::new(&mut f).poll(cx) {
+        std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
 }
 
 #[derive(Debug)]
@@ -370,4 +457,55 @@ fn designators_match_without_protocol_or_piv() {
     assert!(targets.disk_by_designator(&desig).is_none());
     assert!(targets.disk_by_designator(&[1, 3, 0]).is_none(), "short");
     let _ = Backend::mem(512);
+}
+
+/// A gate that admits (counting) or refuses every I/O.
+#[derive(Debug, Default)]
+struct CountingGate {
+    refuse: bool,
+    entered: std::sync::atomic::AtomicUsize,
+}
+
+impl CopyGate for CountingGate {
+    fn enter(&self) -> Pin<Box<dyn Future<Output = Result<CopyPass, ScsiError>> + '_>> {
+        Box::pin(async move {
+            if self.refuse {
+                return Err(ScsiError::CopyAborted(CopyAbort::TargetNotReachable));
+            }
+            self.entered.fetch_add(1, Ordering::SeqCst);
+            Ok(CopyPass::new(()))
+        })
+    }
+}
+
+/// Another unit is reached through its gate, one pass per chunk, and
+/// checked against its reservations for the copy's nexus; the command's
+/// own unit is not (the command was admitted and checked as a whole).
+#[test]
+fn another_unit_is_reached_through_its_gate_and_reservations() {
+    let a = named(100, 1);
+    let b = named(100, 2);
+    write(&a, 0, pattern(2 * 512, 4));
+    let gate_a = Arc::new(CountingGate::default());
+    let gate_b = Arc::new(CountingGate::default());
+    let units: [(&Disk, Arc<dyn CopyGate>); 2] = [(&a, gate_a.clone()), (&b, gate_b.clone())];
+    let x = Nexus::new("iqn.x,i,0x1", 1);
+    let ctx = ExecContext { copy_resolver: Some(Arc::new(CopyTargets::with_gates(units))), ..Default::default() };
+    let x_ctx = ExecContext { nexus: Some(x.clone()), ..ctx.clone() };
+    let l = list(0, 0b11, &[cscd(&a), cscd(&b)], &[b2b(0, 1, 2, 0, 10)]);
+    assert_eq!(xcopy(&a, l.clone(), &ctx), Ok(vec![]));
+    assert_eq!(read(&b, 10, 2), pattern(2 * 512, 4));
+    let entered = |g: &CountingGate| g.entered.load(Ordering::SeqCst);
+    assert_eq!((entered(&gate_a), entered(&gate_b)), (0, 1), "only the other unit's gate, once per chunk");
+    // b reserved (SPC-2) by x: the copy sent by another nexus may not write it.
+    run_ctx(&b, &[0x16, 0, 0, 0, 0, 0], vec![], &x_ctx).unwrap();
+    assert_eq!(xcopy(&a, l.clone(), &ctx), Err(ScsiError::CopyAborted(CopyAbort::TargetNotReachable)));
+    assert_eq!(xcopy(&a, l.clone(), &x_ctx), Ok(vec![]), "the holder's copy");
+    // A gate that refuses aborts the copy before any I/O.
+    let refusing: Arc<dyn CopyGate> = Arc::new(CountingGate { refuse: true, ..Default::default() });
+    let units: [(&Disk, Arc<dyn CopyGate>); 2] = [(&a, gate_a.clone()), (&b, refusing)];
+    let ctx = ExecContext { copy_resolver: Some(Arc::new(CopyTargets::with_gates(units))), ..x_ctx };
+    block_on(b.backend().write(10 * 512, vec![0; 1024], false)).unwrap();
+    assert_eq!(xcopy(&a, l, &ctx), Err(ScsiError::CopyAborted(CopyAbort::TargetNotReachable)));
+    assert_eq!(block_on(b.backend().read(10 * 512, 1024)).unwrap(), vec![0; 1024], "nothing written");
 }
