@@ -2,108 +2,23 @@
 //! control socket, `lunarctl`, and libiscsi's tools as initiators.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lunard::control::client::{Client, ClientError};
 use serde_json::{json, Value};
 
-const IQN: &str = "iqn.2026-11.dev.lunar:disk0";
+mod common;
+use common::{free_port, have, Daemon, IQN};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
-}
-
-struct Daemon {
-    child: Child,
-    port: u16,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(args: &[&str]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        // A directory that does not exist yet: lunard creates it.
-        let socket = dir.path().join("run").join("lunard.sock");
-        let port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lunard"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--iothreads")
-            .arg("2")
-            .arg("--control")
-            .arg(&socket)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            assert!(Instant::now() < deadline, "lunard did not start");
-            match lines.next() {
-                Some(Ok(l)) if l.contains("control ") => break,
-                Some(Ok(_)) => continue,
-                _ => panic!("lunard exited before serving its control socket: {:?}", child.wait()),
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        Daemon { child, port, socket, _dir: dir }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(&self.socket).unwrap()
-    }
-
-    fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
-        self.client().call(method, params)
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_lunarctl")).arg("--control").arg(&self.socket).args(args).output().unwrap()
-    }
-
-    fn ctl_ok(&self, args: &[&str]) -> String {
-        let o = self.ctl(args);
-        assert!(o.status.success(), "lunarctl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8(o.stdout).unwrap()
-    }
-
-    fn ctl_json(&self, args: &[&str]) -> Value {
-        let mut a = vec!["--json"];
-        a.extend_from_slice(args);
-        serde_json::from_str(&self.ctl_ok(&a)).unwrap()
-    }
-
-    fn url(&self, lun: u32) -> String {
-        format!("iscsi://127.0.0.1:{}/{IQN}/{lun}", self.port)
-    }
-
-    fn portal(&self) -> String {
-        format!("iscsi://127.0.0.1:{}", self.port)
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// lunard with two I/O threads (moves need a second one).
+fn start(args: &[&str]) -> Daemon {
+    let mut a = vec!["--iothreads", "2"];
+    a.extend_from_slice(args);
+    Daemon::start(&a)
 }
 
 /// A raw connection to the control socket, for malformed input.
@@ -170,7 +85,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn status_shape_and_socket() {
-    let d = Daemon::start(&["--lun", "backend=mem,size=64M", "--lun", "backend=null,size=1G,werror=stop"]);
+    let d = start(&["--lun", "backend=mem,size=64M", "--lun", "backend=null,size=1G,werror=stop"]);
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "control socket permissions");
     let s = d.ctl_json(&["status"]);
@@ -234,7 +149,7 @@ fn stale_socket_is_replaced_and_socket_removed_at_exit() {
 
 #[test]
 fn stop_then_cont() {
-    let mut d = Daemon::start(&[]);
+    let mut d = start(&[]);
     assert_eq!(d.ctl_ok(&["stop"]).trim(), "stopped");
     let s = d.ctl_json(&["status"]);
     assert_eq!(s["state"], "stopped");
@@ -268,7 +183,7 @@ fn stop_then_cont() {
 
 #[test]
 fn lun_add_and_remove() {
-    let d = Daemon::start(&["--lun", "backend=mem,size=64M"]);
+    let d = start(&["--lun", "backend=mem,size=64M"]);
     let added = d.ctl_ok(&["lun", "add", "backend=mem,size=32M"]);
     assert!(added.contains("added LUN 1"), "{added}");
     let r = d.call("lun.add", json!({"spec": "backend=null,size=16M,block-size=4096", "lun": 5})).unwrap();
@@ -303,7 +218,7 @@ fn lun_add_and_remove() {
 
 #[test]
 fn lun_move_under_io() {
-    let d = Daemon::start(&["--lun", "backend=mem,size=64M"]);
+    let d = start(&["--lun", "backend=mem,size=64M"]);
     assert!(matches!(d.call("lun.move", json!({"lun": 0, "iothread": 2})), Err(ClientError::Rpc { code: -32004, .. })));
     assert!(matches!(d.call("lun.move", json!({"lun": 9, "iothread": 1})), Err(ClientError::Rpc { code: -32002, .. })));
     if !have("iscsi-perf") {
@@ -334,7 +249,7 @@ fn lun_move_under_io() {
 
 #[test]
 fn set_error_policy() {
-    let d = Daemon::start(&[]);
+    let d = start(&[]);
     let out = d.ctl_ok(&["lun", "set-error-policy", "0", "--werror", "stop"]);
     assert!(out.contains("werror=stop") && out.contains("rerror=report"), "{out}");
     let s = d.ctl_json(&["status"]);
@@ -355,7 +270,7 @@ fn lun_resize() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("disk.img");
     let file_spec = format!("backend=file,path={},size=16M", image.display());
-    let d = Daemon::start(&["--lun", "backend=mem,size=64M", "--lun", &file_spec]);
+    let d = start(&["--lun", "backend=mem,size=64M", "--lun", &file_spec]);
     let mut sub = d.client();
     sub.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     sub.call("events", json!({})).unwrap();
@@ -411,7 +326,7 @@ fn lun_resize() {
 
 #[test]
 fn stop_and_cont_one_lun_under_load_on_another() {
-    let mut d = Daemon::start(&["--lun", "backend=mem,size=64M", "--lun", "backend=mem,size=64M"]);
+    let mut d = start(&["--lun", "backend=mem,size=64M", "--lun", "backend=mem,size=64M"]);
     let mut sub = d.client();
     sub.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     sub.call("events", json!({})).unwrap();
@@ -481,7 +396,7 @@ fn stop_and_cont_one_lun_under_load_on_another() {
 
 #[test]
 fn protocol_errors_keep_the_daemon_serving() {
-    let mut d = Daemon::start(&[]);
+    let mut d = start(&[]);
     let (mut w, mut r) = raw(&d.socket);
     assert_eq!(error_code(&roundtrip(&mut w, &mut r, "{\"jsonrpc\": \"2.0\", \"method\": ")), -32700);
     assert_eq!(error_code(&roundtrip(&mut w, &mut r, "\u{1}\u{2}garbage")), -32700);
@@ -548,7 +463,7 @@ fn protocol_errors_keep_the_daemon_serving() {
 
 #[test]
 fn events_stream() {
-    let d = Daemon::start(&[]);
+    let d = start(&[]);
     let mut sub = d.client();
     assert_eq!(sub.call("events", json!({})).unwrap()["subscribed"], true);
     d.call("lun.add", json!({"spec": "backend=mem,size=8M"})).unwrap();
@@ -596,7 +511,7 @@ fn session_list_and_kill() {
     if !have("iscsi-perf") {
         return;
     }
-    let d = Daemon::start(&["--lun", "backend=mem,size=64M"]);
+    let d = start(&["--lun", "backend=mem,size=64M"]);
     let mut sub = d.client();
     sub.call("events", json!({})).unwrap();
     assert!(matches!(d.call("session.kill", json!({"id": 999})), Err(ClientError::Rpc { code: -32005, .. })));

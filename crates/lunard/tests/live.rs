@@ -10,121 +10,40 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lunar_initiator::{parse_report_luns, sense_key, Config, Response, Session, Status, Tag};
-use lunard::control::client::{Client, ClientError};
 use serde_json::{json, Value};
 
-const IQN: &str = "iqn.2026-11.dev.lunar:disk0";
 const BS: usize = 512;
 /// Bound of every single wait of these tests.
 const WAIT: Duration = Duration::from_secs(60);
 
 // ----- the daemon ------------------------------------------------------------
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+mod common;
+use common::{Daemon, IQN};
+
+/// What these tests ask of the daemon beyond `common::Daemon`.
+trait Live {
+    fn login(&self) -> Session;
+    fn lun_status(&self, lun: u64) -> Value;
 }
 
-struct Daemon {
-    child: Child,
-    port: u16,
-    socket: PathBuf,
-    log: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(args: &[&str]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("lunard.sock");
-        let log = dir.path().join("lunard.log");
-        let port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lunard"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--control")
-            .arg(&socket)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        // Read the banner on a thread, so a daemon that prints nothing cannot hang the test.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let mut ready = false;
-            for l in lines.by_ref() {
-                let Ok(l) = l else { break };
-                if !ready && l.contains("control ") {
-                    ready = true;
-                    let _ = tx.send(());
-                }
-            }
-        });
-        let mut d = Daemon { child, port, socket, log, dir };
-        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            panic!("lunard did not start: {:?}\n{}", d.child.try_wait(), d.log_tail());
-        }
-        d
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
+impl Live for Daemon {
     fn login(&self) -> Session {
         let config = Config { timeout: WAIT, ..Config::new(IQN) };
         Session::login(self.addr(), &config).unwrap_or_else(|e| panic!("login: {e}\n{}", self.log_tail()))
     }
 
-    fn client(&self) -> Client {
-        Client::connect(&self.socket).unwrap()
-    }
-
-    fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
-        self.client().call(method, params)
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_lunarctl")).arg("--control").arg(&self.socket).args(args).output().unwrap()
-    }
-
-    fn ctl_ok(&self, args: &[&str]) -> String {
-        let o = self.ctl(args);
-        assert!(o.status.success(), "lunarctl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8(o.stdout).unwrap()
-    }
-
     fn lun_status(&self, lun: u64) -> Value {
         let s = self.call("status", json!({})).unwrap();
         s["targets"][0]["luns"].as_array().unwrap().iter().find(|l| l["lun"] == lun).cloned().unwrap_or(Value::Null)
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        format!("--- lunard log (last lines) ---\n{}", lines[lines.len().saturating_sub(30)..].join("\n"))
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -4,96 +4,54 @@
 //! initiators (Debian's libiscsi-bin; `scripts/test-all.sh` installs it).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lunard::control::client::Client;
 use serde_json::{json, Value};
 
-const IQN: &str = "iqn.2026-11.dev.lunar:disk0";
 const BLOCK: u64 = 512;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+mod common;
+use common::{free_port, tool, Daemon, IQN};
 
-fn tool(name: &str) -> Command {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().unwrap();
-    assert!(found.status.success(), "{name} is missing: install libiscsi-bin (scripts/test-all.sh does)");
-    Command::new(name)
-}
-
-struct Daemon {
-    child: Child,
-    port: u16,
-    socket: PathBuf,
+/// lunard with its Prometheus endpoint on a free port.
+struct Metrics {
+    d: Daemon,
     metrics: SocketAddr,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
-impl Daemon {
-    fn start(args: &[&str]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("lunard.sock");
-        let log = dir.path().join("lunard.log");
-        let port = free_port();
+impl std::ops::Deref for Metrics {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.d
+    }
+}
+
+impl Metrics {
+    fn start(args: &[&str]) -> Metrics {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lunard"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["--iothreads", "2", "--log", "info"])
-            .arg("--control")
-            .arg(&socket)
-            .arg("--metrics")
-            .arg(metrics.to_string())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut announced = false;
-        loop {
-            assert!(Instant::now() < deadline, "lunard did not start");
-            match lines.next() {
-                Some(Ok(l)) if l.contains("metrics http://") => {
-                    assert!(l.contains(&format!("http://{metrics}/metrics")), "{l}");
-                    announced = true;
-                }
-                // The control line comes last: everything listens by then.
-                Some(Ok(l)) if l.contains("control ") => break,
-                Some(Ok(_)) => continue,
-                _ => panic!("lunard exited before serving: {:?}", child.wait()),
-            }
-        }
-        assert!(announced, "the banner does not name the metrics endpoint");
-        std::thread::spawn(move || for _ in lines {});
-        Daemon { child, port, socket, metrics, log, _dir: dir }
+        let endpoint = metrics.to_string();
+        let mut a = vec!["--iothreads", "2", "--log", "info", "--metrics", &endpoint];
+        a.extend_from_slice(args);
+        let d = Daemon::start(&a);
+        let announced = d.banner.iter().find(|l| l.contains("metrics http://"));
+        let announced =
+            announced.unwrap_or_else(|| panic!("the banner does not name the metrics endpoint: {:?}", d.banner));
+        assert!(announced.contains(&format!("http://{metrics}/metrics")), "{announced}");
+        Metrics { d, metrics }
     }
 
     fn call(&self, method: &str, params: Value) -> Value {
-        Client::connect(&self.socket).unwrap().call(method, params).unwrap()
+        self.d.call(method, params).unwrap()
     }
 
     fn url(&self, auth: &str, target: &str) -> String {
-        format!("iscsi://{auth}127.0.0.1:{}/{target}/0", self.port)
+        self.d.url_as(auth, target, 0)
     }
 
     fn ctl(&self, args: &[&str]) -> String {
-        let o = Command::new(env!("CARGO_BIN_EXE_lunarctl"))
-            .arg("--control")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "lunarctl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8(o.stdout).unwrap()
+        self.d.ctl_ok(args)
     }
 
     /// One HTTP/1.1 request; (status code, body).
@@ -130,13 +88,6 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The value of the sample `name{labels}` in an exposition.
 fn sample(text: &str, series: &str) -> f64 {
     let hits: Vec<&str> =
@@ -147,7 +98,7 @@ fn sample(text: &str, series: &str) -> f64 {
 
 /// Runs one libiscsi conformance test with its verbose log; returns the
 /// (commands, blocks) of the `opcode` CDBs it says it sent.
-fn test_cu(d: &Daemon, test: &str, opcode: &str, extra: &[&str]) -> (u64, u64) {
+fn test_cu(d: &Metrics, test: &str, opcode: &str, extra: &[&str]) -> (u64, u64) {
     let o = tool("iscsi-test-cu").args(extra).args(["-V", "-t", test]).arg(d.url("", IQN)).output().unwrap();
     let log = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "iscsi-test-cu {test}: {log}");
@@ -172,7 +123,7 @@ fn u(v: &Value) -> u64 {
 
 #[test]
 fn status_and_metrics_count_a_known_workload() {
-    let d = Daemon::start(&["--lun", "backend=mem,size=64M"]);
+    let d = Metrics::start(&["--lun", "backend=mem,size=64M"]);
     let zero = lun_stats(&d.call("status", json!({})));
     assert_eq!(zero["commands"]["total"], 0, "{zero}");
     assert!(zero["latency"]["p50_us"].is_null());
@@ -272,7 +223,7 @@ fn status_and_metrics_count_a_known_workload() {
 }
 
 /// Subscribes to `events` on a raw connection (bounded reads).
-fn subscribe(d: &Daemon) -> BufReader<UnixStream> {
+fn subscribe(d: &Metrics) -> BufReader<UnixStream> {
     let mut s = UnixStream::connect(&d.socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"events\"}\n").unwrap();
@@ -301,7 +252,7 @@ fn next_event(r: &mut BufReader<UnixStream>, name: &str) -> Value {
 
 #[test]
 fn refused_logins_are_events() {
-    let d = Daemon::start(&["--chap-user", "alice", "--chap-secret", "correct-horse-battery"]);
+    let d = Metrics::start(&["--chap-user", "alice", "--chap-secret", "correct-horse-battery"]);
     let mut events = subscribe(&d);
 
     let wrong = tool("iscsi-inq").arg(d.url("alice%wrong-secret-123@", IQN)).output().unwrap();

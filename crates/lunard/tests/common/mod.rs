@@ -1,0 +1,189 @@
+//! The `lunard` daemon as the end-to-end tests of this crate start it: a
+//! real process on a free loopback port, with its control socket and log
+//! in a temporary directory, and `lunarctl` pointed at it. Each test file
+//! uses the part it needs.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use lunard::control::client::{Client, ClientError};
+use serde_json::Value;
+
+/// The target name `lunard` serves with no configuration.
+pub const IQN: &str = "iqn.2026-11.dev.lunar:disk0";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Whether `tool` is on PATH.
+pub fn have(tool: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
+}
+
+/// A command for a libiscsi tool; fails the test, saying what to install, if it is missing.
+pub fn tool(name: &str) -> Command {
+    assert!(have(name), "{name} is missing: install libiscsi-bin (scripts/test-all.sh does)");
+    Command::new(name)
+}
+
+/// A running `lunard`, killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub port: u16,
+    /// The control socket (in a directory lunard creates).
+    pub socket: PathBuf,
+    /// Its standard error: the log.
+    pub log: PathBuf,
+    /// What it printed on standard output up to the control socket line
+    /// (the last line of the banner: everything listens by then).
+    pub banner: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts `lunard --listen 127.0.0.1:PORT --control SOCKET ARGS...` and
+    /// waits for its banner. A port taken between the probe and lunard's
+    /// bind (by another test) is retried with another one.
+    pub fn start(args: &[&str]) -> Daemon {
+        for _ in 0..5 {
+            match Daemon::try_start(args) {
+                Ok(d) => return d,
+                Err(e) if e.contains("Address already in use") => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("no free port for lunard after 5 tries");
+    }
+
+    /// Like [`Daemon::start`], but a daemon that exits (or stays silent)
+    /// before its banner is an error naming why, with its log.
+    pub fn try_start(args: &[&str]) -> Result<Daemon, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("run").join("lunard.sock");
+        let log = dir.path().join("lunard.log");
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lunard"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--control")
+            .arg(&socket)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        // Read the banner on a thread, so a daemon that prints nothing cannot hang the test.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut banner = Vec::new();
+            let mut lines = BufReader::new(stdout).lines();
+            for l in lines.by_ref() {
+                let Ok(l) = l else { break };
+                let last = l.contains("control ");
+                banner.push(l);
+                if last {
+                    let _ = tx.send(std::mem::take(&mut banner));
+                    break;
+                }
+            }
+            for _ in lines {}
+        });
+        let mut d = Daemon { child, port, socket, log, banner: Vec::new(), dir };
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(banner) => {
+                d.banner = banner;
+                Ok(d)
+            }
+            Err(_) => {
+                let status = d.child.try_wait();
+                let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+                Err(format!("lunard did not start ({status:?}): {log}"))
+            }
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The iSCSI URL of `lun` of the default target.
+    pub fn url(&self, lun: u32) -> String {
+        self.url_as("", IQN, lun)
+    }
+
+    /// The iSCSI URL of `lun` of `target`, with libiscsi's `user%secret@` in `auth`.
+    pub fn url_as(&self, auth: &str, target: &str, lun: u32) -> String {
+        format!("iscsi://{auth}127.0.0.1:{}/{target}/{lun}", self.port)
+    }
+
+    /// The portal's URL (for discovery).
+    pub fn portal(&self) -> String {
+        format!("iscsi://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket).unwrap()
+    }
+
+    pub fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
+        self.client().call(method, params)
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_lunarctl")).arg("--control").arg(&self.socket).args(args).output().unwrap()
+    }
+
+    /// `lunarctl ARGS` that must succeed: its standard output.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let o = self.ctl(args);
+        assert!(o.status.success(), "lunarctl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    pub fn ctl_json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ctl_ok(&a)).unwrap()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        format!("--- lunard log (last lines) ---\n{}", lines[lines.len().saturating_sub(30)..].join("\n"))
+    }
+
+    /// A path in the daemon's temporary directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM, and its exit status (bounded wait).
+    pub fn stop(mut self) -> ExitStatus {
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "lunard did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
