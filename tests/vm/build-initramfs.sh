@@ -1,9 +1,10 @@
 #!/bin/bash
 # Builds a busybox initramfs for a QEMU guest that uses a vhost-user-scsi
 # disk: Debian's kernel modules virtio_pci, virtio_scsi, sd_mod, sg (with
-# their dependencies, in load order, from modprobe -D) and an init script
+# their dependencies, in load order, from modprobe -D), an init script
 # (tests/vm/init.sh, or $INIT) that the test asserts on through the serial
-# console. Host programs named in $BINARIES (default: the sg3-utils the
+# console and the guest-side helpers it sources (tests/vm/guest-lib.sh, as
+# /guest-lib.sh). Host programs named in $BINARIES (default: the sg3-utils the
 # guest test uses, those installed) are copied with every library they load
 # (ldd) and the dynamic loader, at the same paths.
 #
@@ -11,7 +12,7 @@
 set -euo pipefail
 
 out=$1
-kver=${2:-$(basename "$(ls -1 /boot/vmlinuz-* | sort -V | tail -1)" | sed 's/^vmlinuz-//')}
+kver=${2:-$(printf '%s\n' /boot/vmlinuz-* | sort -V | tail -1 | sed 's,^/boot/vmlinuz-,,')}
 here=$(cd "$(dirname "$0")" && pwd)
 init=${INIT:-$here/init.sh}
 
@@ -22,6 +23,7 @@ cp /bin/busybox "$root/bin/busybox"
 ln -s busybox "$root/bin/sh"
 cp "$init" "$root/init"
 chmod +x "$root/init"
+cp "$here/guest-lib.sh" "$root/guest-lib.sh"
 
 # Dynamically linked host programs, with their libraries.
 binaries=${BINARIES-sg_inq sg_vpd sg_readcap sg_luns sg_reset}

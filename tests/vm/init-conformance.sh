@@ -5,33 +5,11 @@
 # Sanitize.OverwriteReserved dereferences its iSCSI context, which a SG_IO
 # device has not, and the suite dies of a segmentation fault), prints its output on the serial
 # console between markers, then powers off.
-/bin/busybox mkdir -p /usr/bin /sbin /usr/sbin
-/bin/busybox --install -s
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
-for m in $(cat /mods/order); do
-    insmod "/mods/$m" || echo "LUNAR-VM: insmod $m failed"
-done
-result() {
-    echo "LUNAR-VM-RESULT: $*"
-    sync
-    poweroff -f
-}
-i=0
-while ! ls /sys/class/scsi_device/*:0:0:0/device/scsi_generic >/dev/null 2>&1; do
-    i=$((i + 1))
-    [ $i -gt 600 ] && result "FAIL no disk"
-    sleep 0.1
-done
-sg=/dev/$(ls /sys/class/scsi_device/*:0:0:0/device/scsi_generic)
-i=0
-while [ ! -c "$sg" ]; do
-    i=$((i + 1))
-    [ $i -gt 100 ] && result "FAIL no $sg"
-    sleep 0.1
-done
+# shellcheck source-path=SCRIPTDIR source=guest-lib.sh
+. /guest-lib.sh
+wait_until 600 sg_of 0 || fail "no disk"
+sg=/dev/$(sg_of 0)
+wait_until 100 test -c "$sg" || fail "no $sg"
 tests=$(sed -n 's/.*lunar.tests=\([^ ]*\).*/\1/p' /proc/cmdline)
 echo "LUNAR-VM: running iscsi-test-cu -d -v -t ${tests:-ALL} $sg"
 t0=$(date +%s)

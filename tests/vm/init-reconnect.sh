@@ -19,39 +19,12 @@
 # "LUNAR-VM-RESULT: PASS|FAIL ..." (also FAIL on an I/O error, a command
 # timeout, an abort or a reset in the kernel log) comes last, then power off.
 # Every wait is bounded.
-/bin/busybox mkdir -p /usr/bin /sbin /usr/sbin
-/bin/busybox --install -s
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
-for m in $(cat /mods/order); do
-    insmod "/mods/$m" || echo "LUNAR-VM: insmod $m failed"
-done
-say() { echo "LUNAR-VM: $*"; }
-result() {
-    dmesg | grep -i "error\|abort\|reset\|timing out\|offline\|virtio_scsi\|not a head" | tail -20 |
-        sed 's/^/LUNAR-VM: dmesg: /'
-    echo "LUNAR-VM-RESULT: $*"
-    sync
-    poweroff -f
-}
-fail() { result "FAIL $*"; }
-disk() {
-    for d in /sys/class/scsi_device/*:0:0:0/device/block/*; do
-        [ -e "$d" ] && basename "$d" && return 0
-    done
-    return 1
-}
-sha() { sha256sum "$1" | cut -d' ' -f1; }
+# shellcheck source-path=SCRIPTDIR source=guest-lib.sh
+. /guest-lib.sh
+result_dmesg="error\|abort\|reset\|timing out\|offline\|virtio_scsi\|not a head"
 
-n=600
-while ! disk >/dev/null 2>&1; do
-    n=$((n - 1))
-    [ $n -le 0 ] && fail "no disk for LUN 0"
-    sleep 0.1
-done
-name=$(disk)
+wait_until 600 has_disk 0 || fail "no disk for LUN 0"
+name=$(disk_of 0)
 d=/dev/$name
 # One SCSI command per dd: no I/O scheduler, no merging of neighbours.
 echo none > "/sys/block/$name/queue/scheduler" 2>/dev/null

@@ -16,44 +16,8 @@
 #     "LUNAR-RESET: pause", resumes it on "LUNAR-RESET: cont"); dd must end
 #     (bounded), the data must verify, and data written afterwards too.
 # Every wait is bounded; a failure ends the run at once.
-/bin/busybox mkdir -p /usr/bin /sbin /usr/sbin
-/bin/busybox --install -s
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
-for m in $(cat /mods/order); do
-    insmod "/mods/$m" || echo "LUNAR-VM: insmod $m failed"
-done
-say() { echo "LUNAR-VM: $*"; }
-result() {
-    echo "LUNAR-VM-RESULT: $*"
-    sync
-    poweroff -f
-}
-fail() { result "FAIL $*"; }
-# The sysfs directory of LUN $1 of target 0, if it exists.
-lun_dir() {
-    for d in /sys/class/scsi_device/*:0:0:"$1"; do
-        [ -e "$d" ] && echo "$d" && return 0
-    done
-    return 1
-}
-# Its block device (sdX) and SCSI generic (sgN) names.
-disk_of() { ls "$(lun_dir "$1")/device/block" 2>/dev/null; }
-sg_of() { ls "$(lun_dir "$1")/device/scsi_generic" 2>/dev/null; }
-# wait_until TENTHS COMMAND...: polls every 0.1 s; false after TENTHS polls.
-wait_until() {
-    n=$1
-    shift
-    while ! "$@" >/dev/null 2>&1; do
-        n=$((n - 1))
-        [ $n -le 0 ] && return 1
-        sleep 0.1
-    done
-}
-has_disk() { [ -n "$(disk_of "$1")" ] && [ -b "/dev/$(disk_of "$1")" ]; }
-no_lun() { ! lun_dir "$1"; }
+# shellcheck source-path=SCRIPTDIR source=guest-lib.sh
+. /guest-lib.sh
 # Prints a command's output, each line tagged "LUNAR-SG L<lun> <tag>: ".
 show() {
     lun=$1 tag=$2
@@ -76,11 +40,11 @@ done
 # 1. Identity, as sg3-utils sees it through SG_IO.
 for lun in 0 1; do
     sg=/dev/$(sg_of $lun)
-    show $lun inq sg_inq "$sg"
-    show $lun sn sg_vpd -p sn "$sg"
-    show $lun di sg_vpd -p di "$sg"
-    show $lun readcap sg_readcap -l "$sg"
-    show $lun luns sg_luns "$sg"
+    show "$lun" inq sg_inq "$sg"
+    show "$lun" sn sg_vpd -p sn "$sg"
+    show "$lun" di sg_vpd -p di "$sg"
+    show "$lun" readcap sg_readcap -l "$sg"
+    show "$lun" luns sg_luns "$sg"
 done
 say "identity done"
 
@@ -94,19 +58,19 @@ want=$(sha /tmp/pattern)
 t=$(date +%s)
 pids=
 for c in $(seq 0 $((ncpu - 1))); do
-    taskset -c "$c" dd if=/tmp/pattern of="$d0" bs=64k seek=$((c * 64)) oflag=direct 2>/tmp/werr$c &
+    taskset -c "$c" dd if=/tmp/pattern of="$d0" bs=64k seek=$((c * 64)) oflag=direct 2>"/tmp/werr$c" &
     pids="$pids $!"
 done
 for p in $pids; do wait "$p" || fail "pinned writer: $(cat /tmp/werr*)"; done
 pids=
 for c in $(seq 0 $((ncpu - 1))); do
-    taskset -c "$c" dd if="$d0" of=/tmp/back$c bs=64k skip=$((c * 64)) count=64 iflag=direct 2>/tmp/rerr$c &
+    taskset -c "$c" dd if="$d0" of="/tmp/back$c" bs=64k skip=$((c * 64)) count=64 iflag=direct 2>"/tmp/rerr$c" &
     pids="$pids $!"
 done
 for p in $pids; do wait "$p" || fail "pinned reader: $(cat /tmp/rerr*)"; done
 for c in $(seq 0 $((ncpu - 1))); do
-    [ "$(sha /tmp/back$c)" = "$want" ] || fail "checksum of region $c (CPU $c)"
-    rm -f /tmp/back$c
+    [ "$(sha "/tmp/back$c")" = "$want" ] || fail "checksum of region $c (CPU $c)"
+    rm -f "/tmp/back$c"
 done
 say "multiqueue: $ncpu pinned writers+readers, 4 MiB each, verified in $(($(date +%s) - t)) s"
 
@@ -163,6 +127,6 @@ done
 dd if=/tmp/pattern of="$d1" bs=64k seek=256 oflag=direct 2>/tmp/err || fail "write after the resets: $(cat /tmp/err)"
 dd if="$d1" of=/tmp/back bs=64k skip=256 count=64 iflag=direct 2>/tmp/err || fail "read after the resets: $(cat /tmp/err)"
 [ "$(sha /tmp/back)" = "$want" ] || fail "data written after the resets differs"
-dmesg | grep -i "reset\|abort\|timing out\|virtio_scsi" | tail -8 | sed 's/^/LUNAR-VM: dmesg: /'
+dmesg_tail "reset\|abort\|timing out\|virtio_scsi" 8
 say "resets: data verified"
 result "PASS sectors=$(cat /sys/block/"$(disk_of 0)"/size),$(cat /sys/block/"$(disk_of 1)"/size) in $(($(date +%s) - t0)) s"

@@ -27,65 +27,23 @@
 # env: GUEST_TIMEOUT (s, default 200), KEEP_LOGS (a directory: keep the
 # serial console, lunard and lunarctl logs there)
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
 queues=${1:-4}
 iothreads=${2:-2}
 smp=${3:-4}
 guest_timeout=${GUEST_TIMEOUT:-200}
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
 
-need=()
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
-ls /boot/vmlinuz-* >/dev/null 2>&1 || need+=(linux-image-amd64)
-[ -x /bin/busybox ] || need+=(busybox-static)
-command -v cpio >/dev/null || need+=(cpio)
-command -v sg_inq >/dev/null || need+=(sg3-utils)
-command -v iscsi-inq >/dev/null || need+=(libiscsi-bin)
-if [ ${#need[@]} -gt 0 ]; then
-    echo "installing ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" kmod >/dev/null
-fi
-
-target_dir=${CARGO_TARGET_DIR:-$repo/target}
-(cd "$repo" && cargo build -q -p lunard --bins)
-lunard=$target_dir/debug/lunard
-lunarctl=$target_dir/debug/lunarctl
-
-work=$(mktemp -d)
-lunard_pid=
-qemu_pid=
-cleanup() {
-    [ -n "$qemu_pid" ] && kill -9 "$qemu_pid" 2>/dev/null || true
-    [ -n "$lunard_pid" ] && kill "$lunard_pid" 2>/dev/null || true
-    [ -n "$lunard_pid" ] && wait "$lunard_pid" 2>/dev/null || true
-    if [ -n "${KEEP_LOGS:-}" ]; then
-        mkdir -p "$KEEP_LOGS" && cp "$work"/*.log "$KEEP_LOGS"/ 2>/dev/null || true
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-kernel=$(ls -1 /boot/vmlinuz-* | sort -V | tail -1)
-kver=${kernel#/boot/vmlinuz-}
-"$here/build-initramfs.sh" "$work/initramfs.gz" "$kver"
-
-sock=$work/vus.sock
-ctl=$work/ctl.sock
-"$lunard" --iothreads "$iothreads" --listen 127.0.0.1:0 --control "$ctl" \
-    --lun backend=mem,size=64M --lun backend=mem,size=32M \
-    --vhost-user "$sock,num-queues=$queues" --log info \
-    > "$work/lunard.log" 2>&1 &
-lunard_pid=$!
-for _ in $(seq 100); do
-    [ -S "$sock" ] && [ -S "$ctl" ] && grep -q "portal 127.0.0.1:" "$work/lunard.log" && break
-    kill -0 "$lunard_pid" 2>/dev/null || { cat "$work/lunard.log"; echo "lunard exited"; exit 1; }
-    sleep 0.1
-done
-[ -S "$sock" ] || { cat "$work/lunard.log"; echo "no vhost-user socket"; exit 1; }
-portal=$(grep -o 'portal 127.0.0.1:[0-9]*' "$work/lunard.log" | head -1 | cut -d' ' -f2)
-iqn=$(grep -o 'target iqn[^ ]*' "$work/lunard.log" | head -1 | cut -d' ' -f2)
+vm_need sg_inq sg3-utils
+vm_need iscsi-inq libiscsi-bin
+vm_install
+vm_build
+vm_setup init.sh "sg_inq sg_vpd sg_readcap sg_luns sg_reset"
+vm_start_lunard "$work/lunard.log" "$queues" --iothreads "$iothreads" \
+    --lun backend=mem,size=64M --lun backend=mem,size=32M
+portal=$(grep -o -m1 'portal 127.0.0.1:[0-9]*' "$work/lunard.log" | cut -d' ' -f2)
+iqn=$(grep -o -m1 'target iqn[^ ]*' "$work/lunard.log" | cut -d' ' -f2)
 
 # What an iSCSI initiator sees (libiscsi), before the guest boots.
 ref=$work/ref
@@ -99,73 +57,47 @@ for lun in 0 1; do
 done
 timeout 20 iscsi-ls -s "iscsi://$portal" > "$ref/ls"
 
-start=$(date +%s)
-timeout -s KILL "$guest_timeout" qemu-system-x86_64 \
-    -machine q35 -accel tcg -cpu max -m 512M -smp "$smp" \
-    -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
-    -kernel "$kernel" -initrd "$work/initramfs.gz" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=4 no_timer_check" \
-    -chardev socket,id=vus,path="$sock" \
-    -device vhost-user-scsi-pci,chardev=vus,num_queues="$queues" \
-    -display none -serial file:"$work/serial.log" -monitor none -no-reboot &
-qemu_pid=$!
-
 # Hot plug, and holding LUN 1's commands for the reset test, on the
 # guest's cue (the serial console).
-added= removed= paused= resumed=
-while kill -0 "$qemu_pid" 2>/dev/null; do
-    if [ -z "$added" ] && grep -aq "LUNAR-HOTPLUG: add" "$work/serial.log" 2>/dev/null; then
-        added=$(date +%s)
-        "$lunarctl" --control "$ctl" lun add 'backend=mem,size=16M' --lun 2 > "$work/lunarctl.log" 2>&1 ||
-            echo "lunarctl lun add failed: $(cat "$work/lunarctl.log")"
+# on_cue VAR MARKER ARGS...: the first time the console shows MARKER, VAR
+# gets the time and `lunarctl ARGS` runs.
+on_cue() {
+    local var=$1 marker=$2
+    shift 2
+    if [ -n "${!var}" ] || ! serial_has "$marker"; then
+        return 0
     fi
-    if [ -z "$removed" ] && grep -aq "LUNAR-HOTPLUG: remove" "$work/serial.log" 2>/dev/null; then
-        removed=$(date +%s)
-        "$lunarctl" --control "$ctl" lun remove 2 >> "$work/lunarctl.log" 2>&1 ||
-            echo "lunarctl lun remove failed: $(cat "$work/lunarctl.log")"
-    fi
-    if [ -z "$paused" ] && grep -aq "LUNAR-RESET: pause" "$work/serial.log" 2>/dev/null; then
-        paused=$(date +%s)
-        "$lunarctl" --control "$ctl" stop --lun 1 >> "$work/lunarctl.log" 2>&1 ||
-            echo "lunarctl stop --lun 1 failed: $(cat "$work/lunarctl.log")"
-    fi
-    if [ -z "$resumed" ] && grep -aq "LUNAR-RESET: cont" "$work/serial.log" 2>/dev/null; then
-        resumed=$(date +%s)
-        "$lunarctl" --control "$ctl" cont --lun 1 >> "$work/lunarctl.log" 2>&1 ||
-            echo "lunarctl cont --lun 1 failed: $(cat "$work/lunarctl.log")"
-    fi
-    sleep 0.2
-done
-wait "$qemu_pid" || true
-qemu_pid=
-echo "guest ran $(($(date +%s) - start)) s"
+    printf -v "$var" %s "$(date +%s)"
+    "$lunarctl" --control "$ctl" "$@" >> "$work/lunarctl.log" 2>&1 ||
+        echo "lunarctl $* failed: $(cat "$work/lunarctl.log")"
+}
+cues() {
+    on_cue added "LUNAR-HOTPLUG: add" lun add 'backend=mem,size=16M' --lun 2
+    on_cue removed "LUNAR-HOTPLUG: remove" lun remove 2
+    on_cue paused "LUNAR-RESET: pause" stop --lun 1
+    on_cue resumed "LUNAR-RESET: cont" cont --lun 1
+}
+added='' removed='' paused='' resumed=''
+vm_qemu "$smp" "$queues"
+vm_wait_guest cues
+echo "guest ran $(elapsed) s"
 # The rings stop as QEMU goes: give lunard a moment to log the queues.
 for _ in $(seq 50); do
     [ "$(grep -c "request queue stopped" "$work/lunard.log")" -ge "$queues" ] && break
     sleep 0.1
 done
 
-serial() { tr -d '\r' < "$work/serial.log"; }
-plain_log() { sed 's/\x1b\[[0-9;]*m//g' "$work/lunard.log"; }
 # The guest's output of one sg3-utils command: LUN, tag.
 sg_out() { serial | sed -n "s/^LUNAR-SG L$1 $2: //p"; }
 trim() { sed 's/^[[:space:]]*//; s/[[:space:]]*$//'; }
-passed=0 failed=0
-check() { # what got want
-    if [ "$2" = "$3" ] && [ -n "$3" ]; then
-        passed=$((passed + 1))
-        echo "ok   $1: $2"
-    else
-        failed=$((failed + 1))
-        echo "FAIL $1: guest/lunard '$2', expected '$3'"
-    fi
-}
+plain_log() { plain "$work/lunard.log"; }
+CHECK_GOT=guest/lunard
 
 serial | grep -a "LUNAR-VM\|LUNAR-HOTPLUG" || true
-result=$(serial | grep -a "^LUNAR-VM-RESULT:" || true)
-check "guest result" "${result%% *}${result:+ }$(echo "$result" | cut -d' ' -f2)" "LUNAR-VM-RESULT: PASS"
+check_guest_result
 
 # 1. Identity: guest (virtio-scsi, sg3-utils) against iSCSI (libiscsi).
+naa_of=()
 for lun in 0 1; do
     field() { sed -n "s/^$1:\(.*\)/\1/p" "$ref/$2$lun" | head -1 | trim; }
     check "LUN $lun vendor" "$(sg_out $lun inq | sed -n 's/.*Vendor identification: //p' | trim)" "$(field Vendor inq)"
@@ -183,17 +115,17 @@ for lun in 0 1; do
         "$t10"
     check "LUN $lun SCSI name string" "$(sg_out $lun di | grep -A1 "SCSI name string:" | tail -1 | trim)" \
         "$(sed -n 's/^Designator:\[\(iqn[^]]*\)\]/\1/p' "$ref/di$lun" | head -1)"
-    naa=$(sg_out $lun di | grep -A1 "designator type: NAA" | tail -1 | trim | tr 'A-F' 'a-f')
+    naa=$(sg_out $lun di | { grep -A1 "designator type: NAA" || true; } | tail -1 | trim | tr 'A-F' 'a-f')
     id=$(echo "${serial_no#LUNAR}" | tr 'A-F' 'a-f')
     check "LUN $lun NAA 6 designator carries the serial's id" \
-        "$(echo "$naa" | grep -Eq '^0x6[0-9a-f]{31}$' && [ -n "$id" ] && [ "${naa%"$id"}" != "$naa" ] && echo "yes ($naa)")" \
+        "$([[ $naa =~ ^0x6[0-9a-f]{31}$ ]] && [ -n "$id" ] && [ "${naa%"$id"}" != "$naa" ] && echo "yes ($naa)")" \
         "yes ($naa)"
-    eval "naa$lun=\$naa"
+    naa_of[lun]=$naa
     want_blocks=$(sed -n 's/^RETURNED LOGICAL BLOCK ADDRESS:\([0-9]*\)/\1/p' "$ref/cap$lun")
     want_bs=$(sed -n 's/^LOGICAL BLOCK LENGTH IN BYTES:\([0-9]*\)/\1/p' "$ref/cap$lun")
     check "LUN $lun last LBA" "$(sg_out $lun readcap | sed -n 's/.*Last LBA=\([0-9]*\).*/\1/p')" "$want_blocks"
     check "LUN $lun block size" "$(sg_out $lun readcap | sed -n 's/.*Logical block length=\([0-9]*\) bytes.*/\1/p')" "$want_bs"
-    luns=$(sg_out $lun luns | grep -Eo '^ *[0-9a-f]{16}' | trim | while read -r l; do
+    luns=$(sg_out $lun luns | { grep -Eo '^ *[0-9a-f]{16}' || true; } | trim | while read -r l; do
         echo $((0x${l:0:4} & 0x3fff))
     done | tr '\n' ' ' | trim)
     check "LUN $lun REPORT LUNS" "$luns" "$(sed -n 's/^Lun:\([0-9]*\).*/\1/p' "$ref/ls" | tr '\n' ' ' | trim)"
@@ -201,7 +133,7 @@ for lun in 0 1; do
     sectors=$(serial | sed -n "s/^LUNAR-VM: scsi_device [0-9]*:0:0:$lun .* \([0-9]*\) sectors .*/\1/p")
     check "LUN $lun size (sectors)" "$sectors" "$(((want_blocks + 1) * want_bs / 512))"
 done
-check "NAA designators differ between LUNs" "$([ -n "$naa0" ] && [ "$naa0" != "$naa1" ] && echo yes)" yes
+check "NAA designators differ between LUNs" "$([ -n "${naa_of[0]}" ] && [ "${naa_of[0]}" != "${naa_of[1]}" ] && echo yes)" yes
 
 # 2. Every request queue served requests (lunard logs its count when the
 # ring stops). The guest's pinned readers and writers alone are 128
@@ -213,28 +145,28 @@ done
 
 # 3. Hot plug.
 check "hot add: lunarctl ran, guest saw the LUN" \
-    "$([ -n "$added" ] && serial | grep -aq "LUNAR-VM: hot-added .*:0:0:2 sd[a-z]* 32768 sectors" && echo yes)" yes
+    "$([ -n "$added" ] && serial_has "LUNAR-VM: hot-added .*:0:0:2 sd[a-z]* 32768 sectors" && echo yes)" yes
 check "hot remove: lunarctl ran, LUN left the guest" \
-    "$([ -n "$removed" ] && serial | grep -aq "LUNAR-VM: hot-removed LUN 2" && echo yes)" yes
+    "$([ -n "$removed" ] && serial_has "LUNAR-VM: hot-removed LUN 2" && echo yes)" yes
 
 # 4. Resets. Linux's virtio-scsi sends LOGICAL UNIT RESET for --device; it
 # has no target reset handler, so --target fails in the guest (EIO) and
 # sends nothing: it must just not hang.
 check "sg_reset --device succeeded" "$(serial | grep -ao "sg_reset --device rc=[0-9]*")" "sg_reset --device rc=0"
-lu_reset=$(plain_log | grep -a "task management done" | grep -a 'tmf="LOGICAL UNIT RESET"' | grep -ao "lun=1 .*waited=[0-9]*" | head -1)
+lu_reset=$(plain_log | grep -a "task management done" | grep -a 'tmf="LOGICAL UNIT RESET"' |
+    grep -ao -m1 "lun=1 .*waited=[0-9]*" || true)
 waited=$(echo "$lu_reset" | sed -n 's/.*waited=//p')
 check "LOGICAL UNIT RESET of LUN 1 found commands in flight ($lu_reset)" "$([ "${waited:-0}" -ge 1 ] && echo yes)" yes
 check "LUN 1 paused and resumed by lunarctl" "$([ -n "$paused" ] && [ -n "$resumed" ] && echo yes)" yes
-check "sg_reset --target ended" "$(serial | grep -aq "sg_reset --target rc=" && echo yes)" yes
-check "resets: dd ended, data verified" "$(serial | grep -aq "LUNAR-VM: resets: data verified" && echo yes)" yes
+check "sg_reset --target ended" "$(serial_has "sg_reset --target rc=" && echo yes)" yes
+check "resets: dd ended, data verified" "$(serial_has "LUNAR-VM: resets: data verified" && echo yes)" yes
 
 echo "---- lunard warnings"
 plain_log | grep -a "WARN\|ERROR" | tail -5 || true
-if [ $failed -gt 0 ]; then
+if [ "$failed" -gt 0 ]; then
     echo "---- serial console"
     serial | tail -60
     echo "---- lunard"
     plain_log | tail -40
 fi
-echo "vhost-guest: $passed passed, $failed failed"
-[ $failed -eq 0 ]
+vm_summary vhost-guest
