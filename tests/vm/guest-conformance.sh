@@ -17,7 +17,7 @@ set -euo pipefail
 tests=${1:-ALL}
 guest_timeout=${GUEST_TIMEOUT:-3000}
 out=${OUT:-$PWD/guest-conformance.log}
-summary=${CU_SUMMARY:-/work/shared/tools/cu-summary}
+summary=${CU_SUMMARY:-$repo/../shared/tools/cu-summary}
 
 vm_need iscsi-test-cu libiscsi-bin
 vm_install
