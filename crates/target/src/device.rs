@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use lunar_block::{BlockError, ErrorKind};
-use lunar_scsi::{Disk, ScsiError, SideEffect};
+use lunar_scsi::{Disk, Nexus, ScsiError, Sense, SideEffect};
 use tokio::sync::Notify;
 
 use crate::background::Background;
@@ -15,6 +15,7 @@ use crate::policy::{ErrorPolicies, ErrorPolicy};
 use crate::queue::Queue;
 use crate::stats::DeviceStats;
 use crate::target::Target;
+use crate::ua::UnitAttentions;
 
 /// A logical unit: an emulated disk, its queues and its life cycle.
 pub struct Device {
@@ -25,6 +26,11 @@ pub struct Device {
     /// Queues of this device. Control plane only: read and changed on the
     /// main loop, never on the I/O path.
     queues: Mutex<Vec<Arc<Queue>>>,
+    /// The unit attentions of each I_T nexus with an open queue here (SAM-5
+    /// 5.14: per I_T_L nexus), with its number of open queues, which all
+    /// share the set. Control plane only: changed when a queue opens or
+    /// closes (queues of the anonymous nexus have sets of their own).
+    nexuses: Mutex<Vec<NexusUnitAttentions>>,
     removed: AtomicBool,
     /// Async iterations scheduled and not finished; drain waits for them.
     iterations: AtomicUsize,
@@ -46,6 +52,13 @@ pub struct Device {
     gate: Gate,
     /// Operations that outlive their command (a sanitize operation).
     background: Background,
+}
+
+/// The unit attentions of one I_T nexus on a device, and its open queues.
+struct NexusUnitAttentions {
+    nexus: Nexus,
+    queues: usize,
+    set: Arc<UnitAttentions>,
 }
 
 /// Paused by the operator (`Target::stop_device`).
@@ -118,6 +131,7 @@ impl Device {
             read_policy: AtomicU8::new(policy_to_u8(policies.read)),
             write_policy: AtomicU8::new(policy_to_u8(policies.write)),
             queues: Mutex::new(Vec::new()),
+            nexuses: Mutex::new(Vec::new()),
             removed: AtomicBool::new(false),
             iterations: AtomicUsize::new(0),
             iterations_done: Notify::new(),
@@ -205,12 +219,67 @@ impl Device {
         self.queues.lock().unwrap_or_else(|e| e.into_inner()).push(q);
     }
 
+    /// Forgets a queue (closing); the last queue of an I_T nexus takes the
+    /// nexus's unit attentions with it.
     pub(crate) fn remove_queue(&self, id: u64) {
-        self.queues.lock().unwrap_or_else(|e| e.into_inner()).retain(|q| q.id() != id);
+        let removed = {
+            let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+            let at = queues.iter().position(|q| q.id() == id);
+            at.map(|at| queues.remove(at))
+        };
+        if let Some(q) = removed {
+            self.release_unit_attentions(q.nexus());
+        }
     }
 
     pub(crate) fn clear_queues(&self) -> Vec<Arc<Queue>> {
+        self.nexuses.lock().unwrap_or_else(|e| e.into_inner()).clear();
         std::mem::take(&mut *self.queues.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The unit attentions of I_T nexus `nexus` on this LU, for a queue
+    /// being opened: shared with the nexus's other open queues, a new set if
+    /// it has none. The anonymous nexus (`None`) cannot tell its initiators
+    /// apart: each of its queues gets a set of its own. Control plane; a
+    /// queue given a set is counted until [`Device::release_unit_attentions`].
+    pub(crate) fn share_unit_attentions(&self, nexus: Option<&Nexus>) -> Arc<UnitAttentions> {
+        let Some(nexus) = nexus else { return UnitAttentions::new() };
+        let mut nexuses = self.nexuses.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = nexuses.iter_mut().find(|n| n.nexus == *nexus) {
+            n.queues += 1;
+            return n.set.clone();
+        }
+        let set = UnitAttentions::new();
+        nexuses.push(NexusUnitAttentions { nexus: nexus.clone(), queues: 1, set: set.clone() });
+        set
+    }
+
+    /// A queue of `nexus` closed (or failed to open): when it was the
+    /// nexus's last, its pending unit attentions end with it (a queue opened
+    /// later for the same nexus starts with none).
+    pub(crate) fn release_unit_attentions(&self, nexus: Option<&Nexus>) {
+        let Some(nexus) = nexus else { return };
+        let mut nexuses = self.nexuses.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = nexuses.iter().position(|n| n.nexus == *nexus) {
+            nexuses[at].queues -= 1;
+            if nexuses[at].queues == 0 {
+                nexuses.remove(at);
+            }
+        }
+    }
+
+    /// Establishes the unit attention `sense` for every I_T nexus with an
+    /// open queue of this LU that `to` selects: once per nexus, however many
+    /// queues (threads) it has here, since they share one set. Control plane
+    /// and reservation side effects (rare paths: takes the sets' locks).
+    pub(crate) fn raise_unit_attention(&self, sense: &Sense, to: impl Fn(&Queue) -> bool) {
+        let mut raised: Vec<Arc<UnitAttentions>> = Vec::new();
+        for q in self.queues() {
+            if to(&q) && !raised.iter().any(|s| Arc::ptr_eq(s, q.unit_attentions())) {
+                q.unit_attentions().push(sense.clone());
+                raised.push(q.unit_attentions().clone());
+            }
+        }
     }
 
     /// Test hook: runs once when the device is freed.
@@ -269,25 +338,18 @@ impl Device {
 
     /// Carries out what a command asked beyond its own completion (SPC-5
     /// 5.13: unit attentions for other nexuses, PREEMPT AND ABORT, APTPL),
-    /// before the command completes. Runs on the command's thread; reaching
-    /// the other queues of the device goes through their jobs (a rare path:
+    /// before the command completes. Runs on the command's thread; unit
+    /// attentions go straight into the nexuses' shared sets, aborts to the
+    /// other queues of the device through their jobs (a rare path:
     /// reservation commands only).
     pub(crate) fn apply_effects(&self, from: &Arc<Queue>, effects: Vec<SideEffect>) -> Result<(), ScsiError> {
         for e in effects {
             match e {
                 SideEffect::UnitAttention { nexus, sense } => {
-                    for q in self.queues() {
-                        if q.is_nexus(&nexus) {
-                            q.push_unit_attention(sense.clone());
-                        }
-                    }
+                    self.raise_unit_attention(&sense, |q| q.is_nexus(&nexus));
                 }
                 SideEffect::UnitAttentionOthers { except, sense } => {
-                    for q in self.queues() {
-                        if !q.is_nexus(&except) {
-                            q.push_unit_attention(sense.clone());
-                        }
-                    }
+                    self.raise_unit_attention(&sense, |q| !q.is_nexus(&except));
                 }
                 SideEffect::AbortTasks { nexus } => {
                     for q in self.queues() {
@@ -432,5 +494,28 @@ mod tests {
             d.paused().unwrap().io_error,
             Some(IoErrorPause { errno: libc::EIO, kind: ErrorKind::Io, write: false })
         );
+    }
+
+    #[test]
+    fn the_queues_of_a_nexus_share_its_unit_attentions_until_the_last_closes() {
+        let d =
+            Device::new(0, Disk::new(DiskConfig::default(), Backend::mem(4096)), ErrorPolicies::default(), Weak::new());
+        let (a, b) = (Nexus::new("a,i,0x1", 1), Nexus::new("b,i,0x1", 1));
+        let a1 = d.share_unit_attentions(Some(&a));
+        let a2 = d.share_unit_attentions(Some(&a));
+        assert!(Arc::ptr_eq(&a1, &a2), "one set per I_T nexus");
+        assert!(!Arc::ptr_eq(&a1, &d.share_unit_attentions(Some(&b))), "another nexus, another set");
+        let (x, y) = (d.share_unit_attentions(None), d.share_unit_attentions(None));
+        assert!(!Arc::ptr_eq(&x, &y), "queues without a nexus cannot be told apart: one set each");
+        a1.push(lunar_scsi::sense::BUS_DEVICE_RESET.sense());
+        // One queue of the nexus closes: the set stays for the other.
+        d.release_unit_attentions(Some(&a));
+        assert!(Arc::ptr_eq(&a1, &d.share_unit_attentions(Some(&a))));
+        // Its last queues close: a queue opened later starts afresh.
+        d.release_unit_attentions(Some(&a));
+        d.release_unit_attentions(Some(&a));
+        let later = d.share_unit_attentions(Some(&a));
+        assert!(!Arc::ptr_eq(&a1, &later));
+        assert_eq!(later.pending(), 0);
     }
 }

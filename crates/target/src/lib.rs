@@ -23,6 +23,7 @@ pub mod stats;
 mod sync;
 pub mod target;
 pub mod threads;
+mod ua;
 
 pub use device::{Device, IoErrorPause, Paused};
 pub use event::Event;

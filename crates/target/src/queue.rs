@@ -9,7 +9,7 @@
 //! [`Parcel`] of plain `Send` requests, after the holder drained its I/O.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -24,6 +24,7 @@ use crate::request::{Action, Completion, Request, RequestState, Response};
 use crate::stats::{Cells, Recorder, Stamp};
 use crate::sync::Arc as SyncArc;
 use crate::threads::Contexts;
+use crate::ua::UnitAttentions;
 use std::sync::Arc;
 
 thread_local! {
@@ -48,6 +49,10 @@ pub struct Queue {
     contexts: Arc<Contexts>,
     /// The I_T nexus of the front-end queue (reservations, unit attentions).
     nexus: Option<Nexus>,
+    /// The pending unit attentions of the I_T_L nexus (SAM-5 5.14): shared
+    /// by every queue of the device opened for the same nexus (see `ua.rs`),
+    /// so not part of the list and never moved with it.
+    unit_attentions: Arc<UnitAttentions>,
     /// This queue's counters, written by whichever thread holds its list.
     stats: Arc<Cells>,
     /// Commands of this queue inside the device's gate (written by the
@@ -55,7 +60,7 @@ pub struct Queue {
     active: AtomicU64,
 }
 
-/// A queue's request list and per-nexus state, on the thread that holds it.
+/// A queue's request list, on the thread that holds it.
 pub(crate) struct LocalQueue {
     queue: Arc<Queue>,
     requests: BTreeMap<u64, Request>,
@@ -64,8 +69,6 @@ pub(crate) struct LocalQueue {
     inflight: InFlight,
     /// Hold new starts (target stopped, or the queue is about to move).
     held: bool,
-    /// Pending unit attentions for this I_T nexus (SAM-5 5.14).
-    unit_attentions: VecDeque<Sense>,
     /// The context of ordinary commands, shared by their tasks (no per-command allocation).
     ctx: Rc<ExecContext>,
     /// Where completions are counted: the queue's cells and this thread's.
@@ -77,7 +80,6 @@ pub(crate) struct Parcel {
     queue: Arc<Queue>,
     requests: BTreeMap<u64, Request>,
     next_id: u64,
-    unit_attentions: VecDeque<Sense>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -97,8 +99,10 @@ impl Queue {
     ) -> Arc<Queue> {
         let stats = Cells::new();
         device.stats().attach(id, stats.clone());
+        let unit_attentions = device.share_unit_attentions(nexus.as_ref());
         Arc::new(Queue {
             stats,
+            unit_attentions,
             home: SyncArc::new(Home::new(id, holder)),
             device,
             io_thread: AtomicUsize::new(io_thread),
@@ -125,14 +129,22 @@ impl Queue {
         }
     }
 
-    /// Establishes a unit attention for this queue's nexus (from any thread).
-    pub fn push_unit_attention(self: &Arc<Self>, sense: Sense) {
-        let id = self.id();
-        self.dispatch(move |arrival| {
-            if let (Arrival::Here, Some(lq)) = (arrival, local(id)) {
-                lq.borrow_mut().push_unit_attention(sense);
-            }
-        });
+    /// Establishes a unit attention for this queue's I_T_L nexus, from any
+    /// thread, in place when this returns: every queue of the device opened
+    /// for the same I_T nexus shares it, and reports it once (on whichever
+    /// of them the nexus sends its next command that is not exempt), unless
+    /// the same condition is pending already.
+    pub fn push_unit_attention(&self, sense: Sense) {
+        self.unit_attentions.push(sense);
+    }
+
+    /// The number of unit attentions pending for this queue's I_T_L nexus.
+    pub fn pending_unit_attentions(&self) -> usize {
+        self.unit_attentions.pending()
+    }
+
+    pub(crate) fn unit_attentions(&self) -> &Arc<UnitAttentions> {
+        &self.unit_attentions
     }
 
     pub fn id(&self) -> u64 {
@@ -226,7 +238,6 @@ impl LocalQueue {
             next_id: parcel.next_id,
             inflight: InFlight::new(),
             held,
-            unit_attentions: parcel.unit_attentions,
         }));
         REGISTRY.with(|r| r.borrow_mut().insert(id, lq.clone()));
         if !held {
@@ -236,7 +247,7 @@ impl LocalQueue {
 
     /// A new, empty parcel for a queue.
     pub(crate) fn empty_parcel(queue: Arc<Queue>) -> Parcel {
-        Parcel { queue, requests: BTreeMap::new(), next_id: 1, unit_attentions: VecDeque::new() }
+        Parcel { queue, requests: BTreeMap::new(), next_id: 1 }
     }
 
     /// Removes the list of `queue_id` from this thread's registry, as a parcel.
@@ -245,12 +256,7 @@ impl LocalQueue {
         let lq = REGISTRY.with(|r| r.borrow_mut().remove(&queue_id))?;
         let mut q = lq.borrow_mut();
         debug_assert_eq!(q.inflight.count(), 0, "list moved with I/O in flight");
-        Some(Parcel {
-            queue: q.queue.clone(),
-            requests: std::mem::take(&mut q.requests),
-            next_id: q.next_id,
-            unit_attentions: std::mem::take(&mut q.unit_attentions),
-        })
+        Some(Parcel { queue: q.queue.clone(), requests: std::mem::take(&mut q.requests), next_id: q.next_id })
     }
 
     pub(crate) fn get(queue_id: u64) -> Option<Rc<RefCell<LocalQueue>>> {
@@ -271,12 +277,6 @@ impl LocalQueue {
 
     pub(crate) fn hold(&mut self) {
         self.held = true;
-    }
-
-    pub(crate) fn push_unit_attention(&mut self, sense: Sense) {
-        if !self.unit_attentions.contains(&sense) {
-            self.unit_attentions.push_back(sense);
-        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -440,7 +440,7 @@ impl LocalQueue {
             Err(e) => return self.remove_with(id, Response::from_error(&e, descriptor)),
         };
         if !cmd.is_unit_attention_exempt() {
-            if let Some(ua) = self.unit_attentions.pop_front() {
+            if let Some(ua) = self.queue.unit_attentions.pop() {
                 return self.remove_with(id, Response::check_condition(ua.encode(descriptor)));
             }
         }
@@ -450,7 +450,7 @@ impl LocalQueue {
         let ctx = match cmd {
             // REQUEST SENSE reports and clears a pending unit attention (SPC-5 6.39).
             Command::RequestSense { .. } => {
-                Rc::new(ExecContext { pending_sense: self.unit_attentions.pop_front(), ..(*self.ctx).clone() })
+                Rc::new(ExecContext { pending_sense: self.queue.unit_attentions.pop(), ..(*self.ctx).clone() })
             }
             Command::ReportLuns { .. } => Rc::new(ExecContext { luns: device.luns(), ..(*self.ctx).clone() }),
             Command::ExtendedCopy(_) => Rc::new(ExecContext {

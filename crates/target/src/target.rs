@@ -247,13 +247,24 @@ impl Target {
             // Queue ids are global: targets sharing threads share registries.
             static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
             let id = NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed);
+            // The queue shares the unit attentions of its nexus's other queues
+            // of this device (given back when it closes, or here if it fails).
             let q = Queue::new(id, dev.clone(), io_thread, holder, t.contexts.clone(), nexus);
             let parcel = LocalQueue::empty_parcel(q.clone());
-            if holder == MAIN_LOOP {
+            let installed = if holder == MAIN_LOOP {
                 LocalQueue::install(parcel, true);
+                Ok(())
             } else {
-                let ctx = t.contexts.get(holder).ok_or(TargetError::NoSuchThread(holder, t.io_threads()))?;
-                ctx.schedule(move || LocalQueue::install(parcel, false)).map_err(|_| TargetError::ShutDown)?;
+                match t.contexts.get(holder) {
+                    Some(ctx) => {
+                        ctx.schedule(move || LocalQueue::install(parcel, false)).map_err(|_| TargetError::ShutDown)
+                    }
+                    None => Err(TargetError::NoSuchThread(holder, t.io_threads())),
+                }
+            };
+            if let Err(e) = installed {
+                dev.release_unit_attentions(q.nexus());
+                return Err(e);
             }
             dev.add_queue(q.clone());
             Ok(q)
@@ -399,16 +410,13 @@ impl Target {
             dev.gate().foreign_drained().await;
             let old = dev.disk().num_blocks();
             let resized = dev.disk().resize(size);
-            dev.unpause(PAUSE_RESIZE);
             let changed = matches!(resized, Ok(blocks) if blocks != old);
-            let sense = lunar_scsi::sense::CAPACITY_DATA_HAS_CHANGED.sense();
-            t.iterate_queues(&dev, move |lq| {
-                if changed {
-                    lq.borrow_mut().push_unit_attention(sense.clone());
-                }
-                LocalQueue::resume(lq);
-            })
-            .await;
+            // In place before anything starts again (held commands included).
+            if changed {
+                dev.raise_unit_attention(&lunar_scsi::sense::CAPACITY_DATA_HAS_CHANGED.sense(), |_| true);
+            }
+            dev.unpause(PAUSE_RESIZE);
+            t.iterate_queues(&dev, LocalQueue::resume).await;
             let blocks = resized?;
             if changed {
                 tracing::info!(lun, old, blocks, "LUN resized");
@@ -505,12 +513,9 @@ impl Target {
             dev.disk().reset_reservations();
             dev.disk().reset_prevent();
             dev.disk().discard_copy_results();
-            let sense = lunar_scsi::sense::BUS_DEVICE_RESET.sense();
-            for q in dev.queues() {
-                if issuer.as_ref().is_none_or(|n| !q.is_nexus(n)) {
-                    q.push_unit_attention(sense.clone());
-                }
-            }
+            dev.raise_unit_attention(&lunar_scsi::sense::BUS_DEVICE_RESET.sense(), |q| {
+                issuer.as_ref().is_none_or(|n| !q.is_nexus(n))
+            });
             t.emit(Event::DeviceReset { lun });
             Ok(())
         })
@@ -613,14 +618,12 @@ impl Target {
         }
     }
 
+    /// Establishes `sense` for every I_T nexus of every LU but `except_lun`.
     fn raise_unit_attention_others(&self, except_lun: u64, sense: lunar_scsi::Sense) {
         for dev in self.devices() {
-            if dev.lun() == except_lun {
-                continue;
+            if dev.lun() != except_lun {
+                dev.raise_unit_attention(&sense, |_| true);
             }
-            let s = sense.clone();
-            // Fire and forget: each list gets it when the job arrives.
-            drop(self.iterate_queues(&dev, move |lq| lq.borrow_mut().push_unit_attention(s.clone())));
         }
     }
 

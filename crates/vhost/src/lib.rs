@@ -21,10 +21,12 @@
 //! no wake-up. Everything on the I/O path runs on that thread: popping
 //! descriptor chains, reading the request and data-out from guest memory,
 //! submitting to the core [`Queue`]s opened for that thread (one per LUN,
-//! for the controller's I_T nexus), and, in the completion that the core
-//! runs on the queue's holder thread, writing status, sense and data-in,
-//! the used ring and (once per batch) the call eventfd. One thread per
-//! connection watches the control and event queues' kicks (and relays a
+//! for the controller's I_T nexus: a LUN's queues of every request queue
+//! share that nexus's unit attentions, so the guest is told of a condition
+//! once, on whichever queue it sends next), and, in the completion that
+//! the core runs on the queue's holder thread, writing status, sense and
+//! data-in, the used ring and (once per batch) the call eventfd. One thread
+//! per connection watches the control and event queues' kicks (and relays a
 //! request queue's only if its I/O thread cannot take it).
 
 //! Virtqueue `i + 2` (request queue `i`) is served by I/O thread
@@ -803,8 +805,9 @@ impl ScsiBackend {
                 // I_T NEXUS RESET is an I_T nexus loss for every LU (SAM-5
                 // 6.3.4): SPC-2 reservations of the nexus released, its held
                 // copy results dropped, I_T NEXUS LOSS OCCURRED (29h/07h) to
-                // report on every LUN. The queues of every virtqueue, as each
-                // is its own way in for the guest.
+                // report once on every LUN (the LUN's queues of every
+                // virtqueue share the nexus's unit attentions: whichever the
+                // guest sends on next reports it).
                 let nexus_lost: Vec<Arc<Queue>> = if subtype == TMF_I_T_NEXUS_RESET {
                     self.vqs.iter().flat_map(|v| v.queues().values().cloned().collect::<Vec<_>>()).collect()
                 } else {
@@ -828,20 +831,13 @@ impl ScsiBackend {
                     for w in waits {
                         let _ = w.await;
                     }
+                    // The unit attentions are in place when `push_unit_attention`
+                    // returns, before the guest hears the reset is done.
                     let mut released = std::collections::BTreeSet::new();
-                    let mut holders = std::collections::BTreeSet::new();
                     for q in nexus_lost {
                         if released.insert(q.device().lun()) {
                             q.device().disk().nexus_lost(&nexus);
-                        }
-                        q.push_unit_attention(lunar_scsi::sense::I_T_NEXUS_LOSS.sense());
-                        holders.insert(q.holder());
-                    }
-                    // The unit attentions are in place (each thread runs its
-                    // work in order) before the guest hears the reset is done.
-                    for h in holders {
-                        if let Some(ctx) = target.contexts().get(h) {
-                            let _ = ctx.run(|| ()).await;
+                            q.push_unit_attention(lunar_scsi::sense::I_T_NEXUS_LOSS.sense());
                         }
                     }
                     reply(&vring, &mem, S_FUNCTION_COMPLETE);

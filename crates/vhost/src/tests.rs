@@ -727,60 +727,139 @@ fn write_from_elsewhere(t: &Arc<Target>, lun: u64) -> u8 {
     status
 }
 
-/// I_T NEXUS RESET from the guest is an I_T nexus loss on every LUN: the
-/// RESERVE(6) the controller's nexus held is released, and the next
-/// command to each LUN reports I_T NEXUS LOSS OCCURRED (29h/07h).
-#[test]
-fn i_t_nexus_reset_releases_reserve6_and_reports_nexus_loss() {
-    let dir = tempfile::tempdir().unwrap();
-    let t = Target::new("vhost-itnr", 2).unwrap();
-    add_lun(&t, 0, Backend::mem(1 << 20));
-    add_lun(&t, 1, Backend::mem(1 << 20));
-    let (c, b, mem) = start(&t, 2, dir.path());
-    let (mut cr, ctrl) = Ring::new(&mem, CTRL);
-    let (_er, evt) = Ring::new(&mem, EVT);
-    let mut rings: Vec<_> = (0..2).map(|q| Ring::new(&mem, REQ + 0x2000 * q)).collect();
-    let kick = |b: &Arc<ScsiBackend>, rings: &[(Ring, Vring)], q: usize| {
-        b.handle_event(0, EventSet::IN, std::slice::from_ref(&rings[q].1), q + 1).unwrap();
-    };
-    let tur = [0u8; 6];
-    // (A vhost-user controller's nexus starts with no unit attention.)
-    let r = command(&mem, &mut rings[0].0, 2, 0, 2, &[0x16, 0, 0, 0, 0, 0], 0);
-    kick(&b, &rings, 0);
-    eventually("RESERVE(6) answered", || rings[0].0.used_idx(&mem) == 1);
-    assert_eq!(cmd_resp(&mem, r), OK);
-    assert_eq!(write_from_elsewhere(&t, 0), 0x18, "RESERVATION CONFLICT while reserved");
-
+/// Sends task management function `subtype` for `lun` on the control queue
+/// and waits for its answer (`n`: the number of TMFs sent on it before).
+#[allow(clippy::too_many_arguments)]
+fn tmf_and_wait(
+    b: &Arc<ScsiBackend>,
+    mem: &Mem,
+    cr: &mut Ring,
+    ctrl: &Vring,
+    evt: &Vring,
+    n: u16,
+    subtype: u32,
+    lun: u16,
+) -> u8 {
     let mut req = Vec::new();
     req.extend_from_slice(&T_TMF.to_le_bytes());
-    req.extend_from_slice(&TMF_I_T_NEXUS_RESET.to_le_bytes());
-    req.extend_from_slice(&[1, 0, 0x40, 0, 0, 0, 0, 0]);
+    req.extend_from_slice(&subtype.to_le_bytes());
+    req.extend_from_slice(&request_header(lun, 0, &[])[..8]);
     req.extend_from_slice(&0u64.to_le_bytes());
-    let (at, answer) = (DATA + 0x3_0000, DATA + 0x3_0100);
+    let (at, answer) = (DATA + 0x3_0000 + 0x200 * n as u64, DATA + 0x3_0100 + 0x200 * n as u64);
     mem.memory().write_slice(&req, GuestAddress(at)).unwrap();
     mem.memory().write_obj(0xffu8, GuestAddress(answer)).unwrap();
-    cr.add(&mem, &[(at, req.len() as u32, false), (answer, 1, true)]);
+    cr.add(mem, &[(at, req.len() as u32, false), (answer, 1, true)]);
     b.handle_event(0, EventSet::IN, &[ctrl.clone(), evt.clone()], 0).unwrap();
-    eventually("the TMF answer", || cr.used_idx(&mem) == 1);
-    assert_eq!(mem.memory().read_obj::<u8>(GuestAddress(answer)).unwrap(), S_FUNCTION_COMPLETE);
+    eventually("the TMF answer", || cr.used_idx(mem) == n + 1);
+    mem.memory().read_obj::<u8>(GuestAddress(answer)).unwrap()
+}
 
-    assert_eq!(write_from_elsewhere(&t, 0), 0, "the RESERVE(6) of the reset nexus was released");
-    // Each LUN, on each request queue, reports the nexus loss once.
-    for q in 0..2 {
-        for lun in 0..2u16 {
-            let base = rings[q].0.used_idx(&mem);
-            let slot = 10 + (q * 2) as u64 + lun as u64;
-            let r = command(&mem, &mut rings[q].0, slot, lun, slot, &tur, 0);
-            kick(&b, &rings, q);
-            eventually("TEST UNIT READY answered", || rings[q].0.used_idx(&mem) == base + 1);
-            assert_eq!(cmd_resp(&mem, r), (S_OK, 0x02), "queue {q} LUN {lun}: CHECK CONDITION");
-            assert_eq!(sense_at(&mem, r), (0x6, 0x29, 0x07), "queue {q} LUN {lun}: I_T NEXUS LOSS OCCURRED");
-            let r = command(&mem, &mut rings[q].0, slot + 20, lun, slot + 20, &tur, 0);
-            kick(&b, &rings, q);
-            eventually("TEST UNIT READY answered", || rings[q].0.used_idx(&mem) == base + 2);
-            assert_eq!(cmd_resp(&mem, r), OK, "queue {q} LUN {lun}: reported once");
+/// A guest's two request queues (each on its own I/O thread) and a
+/// control queue, on a controller of LUNs 0 and 1.
+struct TwoQueues {
+    t: Arc<Target>,
+    c: Controller,
+    b: Arc<ScsiBackend>,
+    mem: Mem,
+    cr: Ring,
+    ctrl: Vring,
+    evt: Vring,
+    tmfs: u16,
+    rings: Vec<(Ring, Vring)>,
+    slot: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl TwoQueues {
+    fn new(name: &str) -> TwoQueues {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Target::new(name, 2).unwrap();
+        add_lun(&t, 0, Backend::mem(1 << 20));
+        add_lun(&t, 1, Backend::mem(1 << 20));
+        let (c, b, mem) = start(&t, 2, dir.path());
+        let (cr, ctrl) = Ring::new(&mem, CTRL);
+        let (_, evt) = Ring::new(&mem, EVT);
+        let rings: Vec<_> = (0..2).map(|q| Ring::new(&mem, REQ + 0x2000 * q)).collect();
+        TwoQueues { t, c, b, mem, cr, ctrl, evt, tmfs: 0, rings, slot: 10, _dir: dir }
+    }
+
+    /// Runs `cdb` on LUN `lun` through request queue `q`: (response, sense).
+    fn run(&mut self, q: usize, lun: u16, cdb: &[u8]) -> ((u8, u8), (u8, u8, u8)) {
+        let base = self.rings[q].0.used_idx(&self.mem);
+        self.slot += 1;
+        let r = command(&self.mem, &mut self.rings[q].0, self.slot, lun, self.slot, cdb, 0);
+        self.b.handle_event(0, EventSet::IN, std::slice::from_ref(&self.rings[q].1), q + 1).unwrap();
+        eventually("the command answered", || self.rings[q].0.used_idx(&self.mem) == base + 1);
+        (cmd_resp(&self.mem, r), sense_at(&self.mem, r))
+    }
+
+    fn tur(&mut self, q: usize, lun: u16) -> ((u8, u8), (u8, u8, u8)) {
+        self.run(q, lun, &[0u8; 6])
+    }
+
+    fn tmf(&mut self, subtype: u32, lun: u16) -> u8 {
+        self.tmfs += 1;
+        tmf_and_wait(&self.b, &self.mem, &mut self.cr, &self.ctrl, &self.evt, self.tmfs - 1, subtype, lun)
+    }
+
+    fn shutdown(self) {
+        self.c.shutdown();
+        self.t.shutdown();
+    }
+}
+
+const CHECK: (u8, u8) = (S_OK, 0x02);
+
+/// I_T NEXUS RESET from the guest is an I_T nexus loss on every LUN: the
+/// RESERVE(6) the controller's nexus held is released, and the next
+/// command to each LUN reports I_T NEXUS LOSS OCCURRED (29h/07h), once: the
+/// controller is one I_T nexus, whichever request queue the guest sends it
+/// on, so a condition reported on one queue is cleared on the others.
+#[test]
+fn i_t_nexus_reset_releases_reserve6_and_reports_nexus_loss() {
+    let mut g = TwoQueues::new("vhost-itnr");
+    // (A vhost-user controller's nexus starts with no unit attention.)
+    assert_eq!(g.run(0, 0, &[0x16, 0, 0, 0, 0, 0]).0, OK, "RESERVE(6)");
+    assert_eq!(write_from_elsewhere(&g.t, 0), 0x18, "RESERVATION CONFLICT while reserved");
+
+    assert_eq!(g.tmf(TMF_I_T_NEXUS_RESET, 0), S_FUNCTION_COMPLETE);
+    assert_eq!(write_from_elsewhere(&g.t, 0), 0, "the RESERVE(6) of the reset nexus was released");
+    // Each LUN reports the nexus loss once, on whichever queue comes first
+    // (LUN 0 on queue 1, LUN 1 on queue 0); then no queue reports it again.
+    for lun in 0..2u16 {
+        let first = 1 - lun as usize;
+        let (resp, sense) = g.tur(first, lun);
+        assert_eq!(resp, CHECK, "LUN {lun}, queue {first}: CHECK CONDITION");
+        assert_eq!(sense, (0x6, 0x29, 0x07), "LUN {lun}, queue {first}: I_T NEXUS LOSS OCCURRED");
+        for q in [1 - first, first] {
+            assert_eq!(g.tur(q, lun).0, OK, "LUN {lun}, queue {q}: the nexus loss was reported once");
         }
     }
-    c.shutdown();
-    t.shutdown();
+    g.shutdown();
+}
+
+/// LOGICAL UNIT RESET from the guest: the LUN reports BUS DEVICE RESET
+/// FUNCTION OCCURRED (29h/03h) once across the request queues, and REQUEST
+/// SENSE on one queue clears it for the others; the other LUN reports none.
+#[test]
+fn lun_reset_is_reported_once_across_the_request_queues() {
+    let mut g = TwoQueues::new("vhost-lur");
+    assert_eq!(g.tmf(TMF_LOGICAL_UNIT_RESET, 1), S_FUNCTION_COMPLETE);
+    let (resp, sense) = g.tur(1, 1);
+    assert_eq!((resp, sense), (CHECK, (0x6, 0x29, 0x03)), "queue 1: BUS DEVICE RESET");
+    for q in [0, 1] {
+        assert_eq!(g.tur(q, 1).0, OK, "queue {q}: reported once");
+        assert_eq!(g.tur(q, 0).0, OK, "queue {q}: LUN 0 was not reset");
+    }
+    // Reported by REQUEST SENSE on queue 0: cleared on queue 1 too.
+    assert_eq!(g.tmf(TMF_LOGICAL_UNIT_RESET, 1), S_FUNCTION_COMPLETE);
+    let r = command(&g.mem, &mut g.rings[0].0, 300, 1, 300, &[0x03, 0, 0, 0, 18, 0], 18);
+    let base = g.rings[0].0.used_idx(&g.mem);
+    g.b.handle_event(0, EventSet::IN, std::slice::from_ref(&g.rings[0].1), 1).unwrap();
+    eventually("REQUEST SENSE answered", || g.rings[0].0.used_idx(&g.mem) == base + 1);
+    assert_eq!(cmd_resp(&g.mem, r), OK);
+    let data = read(&g.mem, r + 0x200, 18);
+    assert_eq!((data[2] & 0x0f, data[12], data[13]), (0x6, 0x29, 0x03), "REQUEST SENSE reports it");
+    assert_eq!(g.tur(1, 1).0, OK, "queue 1: cleared by REQUEST SENSE on queue 0");
+    g.shutdown();
 }
