@@ -9,6 +9,8 @@
 #
 #   bash bench/vhost-vs-vds.sh [SECONDS_PER_RUN] [ROUNDS]
 #
+# LUNARD_VHOST_OPTS is appended to lunard's --vhost-user (e.g. ",poll-us=0").
+#
 # Installs vhost-device-scsi with `cargo install` into target/tools if it is
 # not on PATH. vhost-device-scsi exits when its frontend disconnects, so it is
 # restarted for every run.
@@ -50,7 +52,7 @@ wait_socket() {
 
 # lunard serves the whole run (2 request queues, 2 I/O threads).
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$lunard" --listen "127.0.0.1:$port" --iothreads 2 --vhost-user "$work/lunar.sock,num-queues=2" --lun "backend=file,path=$img" \
+"$lunard" --listen "127.0.0.1:$port" --iothreads 2 --vhost-user "$work/lunar.sock,num-queues=2${LUNARD_VHOST_OPTS:-}" --lun "backend=file,path=$img" \
   >"$work/lunard.log" 2>&1 &
 pids+=($!)
 wait_socket "$work/lunar.sock" || { cat "$work/lunard.log"; exit 1; }
