@@ -436,10 +436,12 @@ impl RequestVq {
             // needs this CPU to post is not starved by it) and doubles when
             // a sleep ends sooner than the longest window.
             let polled = Instant::now();
+            // The memory map once per window, not once per look.
+            let mem = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let mut more = false;
             while polled.elapsed() < window && !watch.stop.load(Ordering::Acquire) {
                 tokio::task::yield_now().await;
-                if self.has_available(&vring) {
+                if mem.as_ref().is_some_and(|m| has_available(&vring, m)) {
                     more = true;
                     break;
                 }
@@ -470,14 +472,6 @@ impl RequestVq {
                 window = (window * 2).clamp(POLL_MIN, max);
             }
         }
-    }
-
-    /// Whether the driver posted chains not yet taken off the ring.
-    fn has_available(&self, vring: &Vring) -> bool {
-        let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return false };
-        let ring = vring.get_ref();
-        let q = ring.get_queue();
-        q.ready() && q.avail_idx(&*mem.memory(), Ordering::Acquire).is_ok_and(|i| i.0 != q.next_avail())
     }
 
     fn process_ring(self: &Arc<Self>, vring: &Vring) {
@@ -647,6 +641,13 @@ impl RequestVq {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+}
+
+/// Whether the driver posted chains not yet taken off the ring.
+fn has_available(vring: &Vring, mem: &Mem) -> bool {
+    let ring = vring.get_ref();
+    let q = ring.get_queue();
+    q.ready() && q.avail_idx(&*mem.memory(), Ordering::Acquire).is_ok_and(|i| i.0 != q.next_avail())
 }
 
 /// Puts a chain on the used ring and notifies the guest if it wants it.
