@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,9 @@ const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
 const VRING_USED_F_NO_NOTIFY: u16 = 1;
+/// VIRTIO_RING_F_EVENT_IDX (virtio 1.2, 2.7.10): `used_event` and
+/// `avail_event` instead of the flags, as Linux's virtio-scsi negotiates it.
+const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// virtio-scsi defaults (virtio 1.2, 5.6.4) when the config space is not read.
 const CDB_SIZE: u64 = 32;
 const SENSE_SIZE: u64 = 96;
@@ -85,6 +88,10 @@ pub struct Options {
     pub lun: u16,
     /// Virtqueue size (a power of two).
     pub ring_size: u16,
+    /// Negotiate VIRTIO_RING_F_EVENT_IDX when the backend offers it (Linux's
+    /// driver does): the driver asks for a notification only when it has
+    /// reaped everything, the backend for a kick only when it stopped looking.
+    pub event_idx: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -159,6 +166,8 @@ struct Device {
     vrings: Vec<Vring>,
     data_base: u64,
     slot_stride: u64,
+    /// VIRTIO_RING_F_EVENT_IDX was negotiated.
+    event_idx: bool,
 }
 
 fn lun_address(lun: u16) -> [u8; 8] {
@@ -194,7 +203,9 @@ impl Device {
         frontend.set_owner()?;
         let offered = frontend.get_features()?;
         let protocol_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        frontend.set_features(VIRTIO_F_VERSION_1 | (offered & protocol_bit))?;
+        let event_idx = opts.event_idx && offered & VIRTIO_RING_F_EVENT_IDX != 0;
+        let ring_bits = if event_idx { VIRTIO_RING_F_EVENT_IDX } else { 0 };
+        frontend.set_features(VIRTIO_F_VERSION_1 | ring_bits | (offered & protocol_bit))?;
         if offered & protocol_bit != 0 {
             let pf = frontend.get_protocol_features()?;
             let wanted = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
@@ -251,7 +262,7 @@ impl Device {
             }
         }
         drop(fd_file);
-        Ok(Device { _frontend: frontend, mem, vrings, data_base, slot_stride })
+        Ok(Device { _frontend: frontend, mem, vrings, data_base, slot_stride, event_idx })
     }
 
     fn slot(&self, queue: usize, depth: usize, s: usize) -> Slot {
@@ -266,6 +277,9 @@ struct QueueDriver<'a> {
     vring: &'a Vring,
     next_avail: u16,
     last_used: u16,
+    /// The avail index at the last publish (for `avail_event`).
+    published: u16,
+    event_idx: bool,
 }
 
 impl<'a> QueueDriver<'a> {
@@ -307,18 +321,57 @@ impl<'a> QueueDriver<'a> {
         self.next_avail = self.next_avail.wrapping_add(1);
     }
 
-    /// Makes the prepared entries visible and kicks unless told not to.
-    fn publish(&self) {
+    /// Makes the prepared entries visible and kicks unless told not to:
+    /// by the used ring's flags, or with EVENT_IDX by `avail_event` (a kick
+    /// only if the backend asked for one within the entries just published).
+    fn publish(&mut self) {
+        let l = self.vring.layout;
         self.mem
-            .store(self.next_avail.to_le(), GuestAddress(self.vring.layout.avail + 2), Ordering::Release)
+            .store(self.next_avail.to_le(), GuestAddress(l.avail + 2), Ordering::Release)
             .expect("avail idx inside guest memory");
-        let flags: u16 = self
-            .mem
-            .load(GuestAddress(self.vring.layout.used), Ordering::Acquire)
-            .expect("used flags inside guest memory");
-        if u16::from_le(flags) & VRING_USED_F_NO_NOTIFY == 0 {
+        // The index store before the read of what the backend wants.
+        fence(Ordering::SeqCst);
+        let kick = if self.event_idx {
+            let event: u16 = self
+                .mem
+                .load(GuestAddress(l.used + 4 + 8 * l.size as u64), Ordering::Acquire)
+                .expect("avail_event inside guest memory");
+            need_event(u16::from_le(event), self.next_avail, self.published)
+        } else {
+            let flags: u16 =
+                self.mem.load(GuestAddress(l.used), Ordering::Acquire).expect("used flags inside guest memory");
+            u16::from_le(flags) & VRING_USED_F_NO_NOTIFY == 0
+        };
+        self.published = self.next_avail;
+        if kick {
             let _ = self.vring.kick.write(1);
         }
+    }
+
+    /// Puts `slot` back in the avail ring with a new CDB of the same length
+    /// and direction: its descriptors still describe it.
+    fn again(&mut self, slot: Slot, cdb: &[u8]) {
+        self.mem.write_slice(cdb, GuestAddress(slot.header + 19)).expect("slot inside guest memory");
+        self.w(0xffu8, slot.response + 11);
+        let entry = self.vring.layout.avail + 4 + 2 * (self.next_avail % self.vring.layout.size) as u64;
+        self.w((3 * slot.index).to_le(), entry);
+        self.next_avail = self.next_avail.wrapping_add(1);
+    }
+
+    /// Before sleeping: with EVENT_IDX, asks for a notification at the next
+    /// used entry. False if entries came meanwhile (reap them instead).
+    fn arm(&self) -> bool {
+        if !self.event_idx {
+            return true;
+        }
+        let l = self.vring.layout;
+        self.mem
+            .store(self.last_used.to_le(), GuestAddress(l.avail + 4 + 2 * l.size as u64), Ordering::Release)
+            .expect("used_event inside guest memory");
+        fence(Ordering::SeqCst);
+        let used_idx: u16 =
+            self.mem.load(GuestAddress(l.used + 2), Ordering::Acquire).expect("used idx inside guest memory");
+        u16::from_le(used_idx) == self.last_used
     }
 
     /// The used entries since the last call: (slot, response, status).
@@ -349,24 +402,28 @@ impl<'a> QueueDriver<'a> {
     }
 }
 
+/// virtio 1.2, 2.7.10: whether the other side asked to be told of an index
+/// moving from `old` to `new` (it waits for `event` to be passed).
+fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
 /// READ/WRITE(10) where they can address the blocks (as Linux's sd does:
-/// some backends know no other), READ/WRITE(16) beyond.
-fn read_write(write: bool, lba: u64, blocks: u32) -> Vec<u8> {
+/// some backends know no other), READ/WRITE(16) beyond; (CDB, length).
+fn read_write(write: bool, lba: u64, blocks: u32) -> ([u8; 16], usize) {
+    let mut cdb = [0u8; 16];
     match (u32::try_from(lba + blocks as u64), u16::try_from(blocks)) {
         (Ok(_), Ok(n)) => {
-            let mut cdb = vec![if write { 0x2a } else { 0x28 }, 0];
-            cdb.extend_from_slice(&(lba as u32).to_be_bytes());
-            cdb.push(0);
-            cdb.extend_from_slice(&n.to_be_bytes());
-            cdb.push(0);
-            cdb
+            cdb[0] = if write { 0x2a } else { 0x28 };
+            cdb[2..6].copy_from_slice(&(lba as u32).to_be_bytes());
+            cdb[7..9].copy_from_slice(&n.to_be_bytes());
+            (cdb, 10)
         }
         _ => {
-            let mut cdb = vec![if write { 0x8a } else { 0x88 }, 0];
-            cdb.extend_from_slice(&lba.to_be_bytes());
-            cdb.extend_from_slice(&blocks.to_be_bytes());
-            cdb.extend_from_slice(&[0, 0]);
-            cdb
+            cdb[0] = if write { 0x8a } else { 0x88 };
+            cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+            cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+            (cdb, 16)
         }
     }
 }
@@ -379,7 +436,14 @@ type RingPosition = (u16, u16);
 /// READ CAPACITY(16) on the first request queue, and where that queue's
 /// avail and used indexes are left.
 fn capacity(dev: &Device, opts: &Options) -> Result<(Geometry, RingPosition), DriverError> {
-    let mut q = QueueDriver { mem: &dev.mem, vring: &dev.vrings[2], next_avail: 0, last_used: 0 };
+    let mut q = QueueDriver {
+        mem: &dev.mem,
+        vring: &dev.vrings[2],
+        next_avail: 0,
+        last_used: 0,
+        published: 0,
+        event_idx: dev.event_idx,
+    };
     let slot = dev.slot(0, opts.queue_depth, 0);
     let mut cdb = [0u8; 16];
     cdb[0] = 0x9e;
@@ -437,7 +501,14 @@ fn drive_queue(
     let (blocks, lbs) = geometry;
     let per_request = (opts.block_size / lbs as u64).max(1);
     let span = blocks / per_request;
-    let mut q = QueueDriver { mem: &dev.mem, vring: &dev.vrings[2 + queue], next_avail: start.0, last_used: start.1 };
+    let mut q = QueueDriver {
+        mem: &dev.mem,
+        vring: &dev.vrings[2 + queue],
+        next_avail: start.0,
+        last_used: start.1,
+        published: start.0,
+        event_idx: dev.event_idx,
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed ^ queue as u64);
     let mut seq = (queue as u64 * span / opts.queues as u64) % span.max(1);
     let write = opts.workload.writes();
@@ -453,8 +524,8 @@ fn drive_queue(
         if write {
             let _ = dev.mem.write_slice(&vec![0xa5; opts.block_size as usize], GuestAddress(slot.data));
         }
-        let lba = next_lba(&mut rng);
-        q.prepare(slot, opts.lun, &read_write(write, lba, per_request as u32), opts.block_size, write);
+        let (cdb, len) = read_write(write, next_lba(&mut rng), per_request as u32);
+        q.prepare(slot, opts.lun, &cdb[..len], opts.block_size, write);
     }
     q.publish();
     let mut report = QueueReport::default();
@@ -468,7 +539,9 @@ fn drive_queue(
                 report.first_error.get_or_insert_with(|| "backend stalled".into());
                 break;
             }
-            q.wait();
+            if q.arm() {
+                q.wait();
+            }
             continue;
         }
         let more = Instant::now() < stop_at;
@@ -485,8 +558,9 @@ fn drive_queue(
                 report.bytes += opts.block_size;
             }
             if more {
-                let lba = next_lba(&mut rng);
-                q.prepare(slot, opts.lun, &read_write(write, lba, per_request as u32), opts.block_size, write);
+                // The whole 16 bytes: zeros past a 10-byte CDB.
+                let (cdb, _) = read_write(write, next_lba(&mut rng), per_request as u32);
+                q.again(slot, &cdb);
             } else {
                 outstanding -= 1;
             }

@@ -38,6 +38,10 @@ struct Args {
     /// QEMU's default, and the most some backends accept.
     #[arg(long, default_value_t = 128)]
     ring: u16,
+    /// Do not negotiate VIRTIO_RING_F_EVENT_IDX (by default it is, when the
+    /// backend offers it, as Linux's virtio-scsi driver does).
+    #[arg(long)]
+    no_event_idx: bool,
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
         duration: Duration::from_secs_f64(a.seconds),
         lun: a.lun,
         ring_size: a.ring,
+        event_idx: !a.no_event_idx,
     };
     match run(&opts) {
         Ok(r) => {

@@ -28,7 +28,8 @@ fn drives_two_queues_with_no_error() {
         },
     )
     .unwrap();
-    for workload in [Workload::RandWrite, Workload::RandWrite, Workload::RandRead, Workload::SeqRead] {
+    let runs = [Workload::RandWrite, Workload::RandWrite, Workload::RandRead, Workload::SeqRead];
+    for (workload, event_idx) in runs.into_iter().flat_map(|w| [(w, true), (w, false)]) {
         let opts = Options {
             socket: socket.clone(),
             queues: 2,
@@ -38,9 +39,10 @@ fn drives_two_queues_with_no_error() {
             duration: Duration::from_millis(300),
             lun: 0,
             ring_size: 128,
+            event_idx,
         };
         let r = run(&opts).unwrap();
-        println!("{workload:?}: {} completed, {} errors", r.completed(), r.errors());
+        println!("{workload:?} (event_idx {event_idx}): {} completed, {} errors", r.completed(), r.errors());
         assert_eq!(r.lun_blocks, (64 << 20) / 512);
         assert_eq!(r.errors(), 0, "{:?}", r.queues);
         for (i, q) in r.queues.iter().enumerate() {

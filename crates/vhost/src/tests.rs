@@ -863,3 +863,41 @@ fn lun_reset_is_reported_once_across_the_request_queues() {
     assert_eq!(g.tur(1, 1).0, OK, "queue 1: cleared by REQUEST SENSE on queue 0");
     g.shutdown();
 }
+
+/// A pass over the ring that answers many commands notifies the driver
+/// during the pass (every `NOTIFY_EVERY` answers), not only at its end: the
+/// driver refills its ring while the device works on the rest.
+#[test]
+fn a_long_pass_notifies_the_driver_before_it_ends() {
+    use std::io::Read;
+    use vhost::vhost_user::VhostUserBackendReqHandlerMut;
+    let (mem, mem_file) = shared_memory();
+    let mut ring = Ring { base: REQ, next_desc: 0, avail_idx: 0 };
+    let dir = tempfile::tempdir().unwrap();
+    let (t, c) = one_queue_controller("vhost-notify-pass", dir.path());
+    let (mut conn, _kick) = connect(&c.backend, &mem_file, None, &ring, 0);
+    // Without EVENT_IDX (the driver does not re-arm here): every
+    // notification the device sends reaches the driver.
+    conn.set_features(c.backend.features() & !(1 << VIRTIO_RING_F_EVENT_IDX)).unwrap();
+    let (device, mut driver) = std::os::unix::net::UnixStream::pair().unwrap();
+    driver.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    conn.set_vring_call(2, Some(std::fs::File::from(std::os::fd::OwnedFd::from(device)))).unwrap();
+    let n = 3 * NOTIFY_EVERY as u16;
+    let resps: Vec<u64> = (0..n).map(|i| write10(&mem, &mut ring, i as u64, 0, 900 + i as u64, i as u32)).collect();
+    // One pass takes all of them (the RAM LUN answers each at once).
+    conn.set_vring_enable(2, true).unwrap();
+    eventually("every write answered", || ring.used_idx(&mem) == n);
+    assert!(resps.iter().all(|&r| cmd_resp(&mem, r) == OK));
+    let mut bytes = 0;
+    let mut buf = [0u8; 64];
+    while let Ok(k) = driver.read(&mut buf) {
+        if k == 0 {
+            break;
+        }
+        bytes += k;
+    }
+    assert!(bytes / 8 >= 3, "{} notifications for one pass of {n} answers", bytes / 8);
+    conn.stop();
+    c.shutdown();
+    t.shutdown();
+}
