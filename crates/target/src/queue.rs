@@ -333,16 +333,17 @@ impl LocalQueue {
             Plan::Execute(cmd, data, ctx, guard) => {
                 let lq = lq.clone();
                 let mut run = Box::pin(async move {
-                    let (device, queue) = {
-                        let q = lq.borrow();
-                        (q.queue.device.clone(), q.queue.clone())
-                    };
+                    // The queue's handle, not the device's: its count is
+                    // touched by this thread only, where the device's is
+                    // shared by every I/O thread serving the device.
+                    let queue = lq.borrow().queue.clone();
+                    let device = &queue.device;
                     if let Command::Sanitize(s) = &cmd {
                         let started = {
                             let _inside = device.gate().shared(queue.active()).await;
                             device.disk().start_sanitize(s, data, &ctx)
                         };
-                        LocalQueue::start_detached(&lq, id, &device, &cmd, started);
+                        LocalQueue::start_detached(&lq, id, device, &cmd, started);
                         drop(guard);
                         return;
                     }
@@ -422,7 +423,8 @@ impl LocalQueue {
         if self.held || self.queue.device.is_paused() {
             return Plan::Nothing;
         }
-        let device = self.queue.device.clone();
+        let queue = self.queue.clone();
+        let device = &queue.device;
         let Some(req) = self.requests.get_mut(&id) else { return Plan::Nothing };
         if matches!(req.state, RequestState::Executing | RequestState::Waiting) {
             return Plan::Nothing;
@@ -476,7 +478,8 @@ impl LocalQueue {
     pub(crate) fn finish(lq: &Rc<RefCell<LocalQueue>>, id: u64, cmd: &Command, result: Result<Vec<u8>, ScsiError>) {
         let plan = {
             let mut q = lq.borrow_mut();
-            let device = q.queue.device.clone();
+            let queue = q.queue.clone();
+            let device = &queue.device;
             let cancelled = match q.requests.get(&id) {
                 Some(r) => r.cancelled,
                 None => return,
