@@ -116,6 +116,26 @@ pub use virtio::{decode_lun, parse_cmd, Buffers, ChainError};
 
 type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
 type Vring = VringRwLock<Mem>;
+
+/// A request queue's own handle on the guest memory map (the map as of the
+/// last SET_MEM_TABLE): each command clones it, on its queue's I/O thread,
+/// so that the I/O path touches no reference count (and loads no
+/// `ArcSwap`) shared between the I/O threads. Commands in flight keep the
+/// map they started with.
+#[derive(Clone)]
+// The outer `Arc` is the point: a count of this queue's own.
+#[allow(clippy::redundant_allocation)]
+struct QueueMem(Arc<Arc<GuestMemoryMmap>>);
+
+impl QueueMem {
+    fn new(mem: &Mem) -> QueueMem {
+        QueueMem(Arc::new(mem.memory().into_inner()))
+    }
+
+    fn get(&self) -> &GuestMemoryMmap {
+        &self.0
+    }
+}
 /// A request virtqueue's core queues, by LUN.
 type LunMap = BTreeMap<u64, Arc<Queue>>;
 
@@ -261,7 +281,7 @@ struct RequestVq {
     /// snapshot the I/O thread clones once per kick, replaced whole by the
     /// main loop on hot plug (this virtqueue's lock, no other's).
     queues: Mutex<Arc<LunMap>>,
-    mem: Mutex<Option<Mem>>,
+    mem: Mutex<Option<QueueMem>>,
     /// A processing job is scheduled on the I/O thread (coalesces kicks).
     scheduled: AtomicBool,
     /// The I/O thread is taking chains off the ring (`process` runs).
@@ -310,7 +330,7 @@ impl RequestVq {
     fn pop(
         &self,
         vring: &Vring,
-        mem: &Mem,
+        mem: &QueueMem,
         tracker: Option<&InflightQueue>,
     ) -> Option<(u16, Result<Buffers, ChainError>)> {
         let mut ring = vring.get_mut();
@@ -319,7 +339,7 @@ impl RequestVq {
         if !ring.get_queue().ready() {
             return None;
         }
-        let chain = ring.get_queue_mut().pop_descriptor_chain(mem.memory())?;
+        let chain = ring.get_queue_mut().pop_descriptor_chain(mem.get())?;
         let head = chain.head_index();
         if let Some(t) = tracker {
             if let Err(e) = t.mark(head) {
@@ -449,7 +469,7 @@ impl RequestVq {
             let mut more = false;
             while polled.elapsed() < window && !watch.stop.load(Ordering::Acquire) {
                 tokio::task::yield_now().await;
-                if mem.as_ref().is_some_and(|m| has_available(&vring, m)) {
+                if mem.as_ref().is_some_and(|m| has_available(&vring, m.get())) {
                     more = true;
                     break;
                 }
@@ -493,7 +513,7 @@ impl RequestVq {
                 (r.get_queue().desc_table(), r.get_queue().size())
             };
             for head in resubmit {
-                let buffers = chain_at(&*mem.memory(), table, size, head).and_then(|d| Buffers::collect(d.into_iter()));
+                let buffers = chain_at(mem.get(), table, size, head).and_then(|d| Buffers::collect(d.into_iter()));
                 self.submit(vring, &mem, &luns, head, buffers);
             }
         }
@@ -516,7 +536,7 @@ impl RequestVq {
     fn submit(
         self: &Arc<Self>,
         vring: &Vring,
-        mem: &Mem,
+        mem: &QueueMem,
         luns: &LunMap,
         head: u16,
         buffers: Result<Buffers, ChainError>,
@@ -538,13 +558,13 @@ impl RequestVq {
         let fail = |response: u8, e: &dyn std::fmt::Display| {
             self.shared.log.warn(e);
             let r = encode_resp(&[], sense_size, 0, 0, response);
-            let n = buffers.write_at(&*mem.memory(), 0, &r).unwrap_or(0);
+            let n = buffers.write_at(mem.get(), 0, &r).unwrap_or(0);
             self.used_now(vring, head, n as u32);
         };
         // The header and CDB, then the data-out straight into its own
         // buffer (the one the core takes): one copy out of guest memory.
         let header_len = REQ_HEADER + cdb_size;
-        let header = buffers.read_at(&*mem.memory(), 0, header_len.min(buffers.readable_len() as usize));
+        let header = buffers.read_at(mem.get(), 0, header_len.min(buffers.readable_len() as usize));
         let (hdr, _) = match header.and_then(|h| parse_cmd(&h, cdb_size).map(|(hdr, _)| (hdr, ()))) {
             Ok(x) => x,
             Err(e) => return fail(S_FAILURE, &e),
@@ -555,14 +575,14 @@ impl RequestVq {
         };
         let Some(queue) = queue else {
             let r = encode_resp(&[], sense_size, 0, 0, S_BAD_TARGET);
-            let n = buffers.write_at(&*mem.memory(), 0, &r).unwrap_or(0);
+            let n = buffers.write_at(mem.get(), 0, &r).unwrap_or(0);
             return self.used_now(vring, head, n as u32);
         };
         let lun = queue.device().lun();
         let cdb = &hdr.cdb[..cdb_len(&hdr.cdb).min(hdr.cdb.len())];
         let data_in_cap = buffers.writable_len() - resp_len;
         let data_out_len = (buffers.readable_len() - header_len as u64) as usize;
-        let data_out = match buffers.read_at(&*mem.memory(), header_len as u64, data_out_len) {
+        let data_out = match buffers.read_at(mem.get(), header_len as u64, data_out_len) {
             Ok(d) => d,
             Err(e) => return fail(S_FAILURE, &e),
         };
@@ -580,14 +600,14 @@ impl RequestVq {
     fn complete(
         self: &Arc<Self>,
         vring: &Vring,
-        mem: &Mem,
+        mem: &QueueMem,
         head: u16,
         buffers: &Buffers,
         data_in_cap: u64,
         sense_size: usize,
         resp: Response,
     ) {
-        let m = mem.memory();
+        let m = mem.get();
         let response = match resp.status {
             Status::TaskAborted if self.lock_inflight().get(&head).is_some_and(|p| p.reset) => S_RESET,
             Status::TaskAborted => S_ABORTED,
@@ -595,7 +615,7 @@ impl RequestVq {
         };
         let data = &resp.data[..resp.data.len().min(data_in_cap as usize)];
         let resp_len = (RESP_HEADER + sense_size) as u64;
-        let written = match buffers.write_at(&*m, resp_len, data) {
+        let written = match buffers.write_at(m, resp_len, data) {
             Ok(n) => n,
             Err(e) => {
                 self.shared.log.warn(&e);
@@ -604,8 +624,7 @@ impl RequestVq {
         };
         let residual = (data_in_cap - written as u64).min(u32::MAX as u64) as u32;
         let header = encode_resp(&resp.sense, sense_size, residual, resp.status.code(), response);
-        let n = buffers.write_at(&*m, 0, &header).unwrap_or(0);
-        drop(m);
+        let n = buffers.write_at(m, 0, &header).unwrap_or(0);
         self.used_batched(vring, head, (n + written) as u32);
         let pending = self.lock_inflight().remove(&head);
         if let Some(p) = pending {
@@ -667,10 +686,10 @@ impl RequestVq {
 }
 
 /// Whether the driver posted chains not yet taken off the ring.
-fn has_available(vring: &Vring, mem: &Mem) -> bool {
+fn has_available(vring: &Vring, mem: &GuestMemoryMmap) -> bool {
     let ring = vring.get_ref();
     let q = ring.get_queue();
-    q.ready() && q.avail_idx(&*mem.memory(), Ordering::Acquire).is_ok_and(|i| i.0 != q.next_avail())
+    q.ready() && q.avail_idx(mem, Ordering::Acquire).is_ok_and(|i| i.0 != q.next_avail())
 }
 
 /// Puts a chain on the used ring and notifies the guest if it wants it.
@@ -1120,7 +1139,7 @@ impl VhostUserBackend for ScsiBackend {
 
     fn update_memory(&self, mem: Mem) -> io::Result<()> {
         for v in &self.vqs {
-            *v.mem.lock().unwrap_or_else(|e| e.into_inner()) = Some(mem.clone());
+            *v.mem.lock().unwrap_or_else(|e| e.into_inner()) = Some(QueueMem::new(&mem));
         }
         *self.ctrl_mem.lock().unwrap_or_else(|e| e.into_inner()) = Some(mem);
         Ok(())
