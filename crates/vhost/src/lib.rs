@@ -174,9 +174,14 @@ pub struct ControllerConfig {
 /// Virtqueue size the device supports (QEMU's default is 128).
 const MAX_QUEUE_SIZE: usize = 1024;
 /// How long a request queue's I/O thread polls its ring after serving it,
-/// at most, before it sleeps until the next kick (QEMU's `poll-max-ns`
-/// default is the same).
-pub const DEFAULT_POLL: Duration = Duration::from_micros(32);
+/// at most, before it sleeps until the next kick. QEMU's `poll-max-ns`
+/// default is 32 µs; on the 2-core machine of `docs/benchmarks.md` a
+/// driver's round trip (notification, wake-up, next request) takes longer
+/// than that, and 200 µs served 1.3x the QD1 IOPS of 32 µs (more than
+/// vhost-device-scsi's, where 32 µs served less) and no fewer at QD32. The
+/// window adapts (halved on every empty poll), so an idle queue stops
+/// polling after a few hundred microseconds.
+pub const DEFAULT_POLL: Duration = Duration::from_micros(200);
 /// A pass over a request ring notifies the driver every this many
 /// completions (and once at its end): at QD32 on one queue, 16 served 1.4x
 /// the 4 KiB IOPS of one notification per pass (the driver refills while

@@ -111,7 +111,7 @@ pub(crate) struct Cli {
     /// vhost-user-scsi controller socket to listen on (repeatable).
     /// num-queues=N: request queues [default: --iothreads]; poll-us=N: how
     /// long a request queue's I/O thread polls its ring before sleeping,
-    /// adaptive, up to N microseconds [default: 32; 0: never]
+    /// adaptive, up to N microseconds [default: 200; 0: never]
     #[arg(long, value_name = "PATH[,num-queues=N][,poll-us=N]")]
     pub vhost_user: Vec<String>,
 
