@@ -7,11 +7,14 @@
 //!   ask whether we are on it.
 //! - [`RunState`] with change handlers that run on the main loop.
 //! - [`InFlight`]: a thread-confined counter of in-flight work with `drained()`.
+//! - [`LogLimit`] and [`warn_limited!`]: warnings caused by a peer, rate-limited.
 
 mod drain;
+mod log_limit;
 mod runstate;
 mod thread;
 
 pub use drain::{InFlight, InFlightGuard};
+pub use log_limit::LogLimit;
 pub use runstate::{RunState, RunStateHub};
 pub use thread::{BottomHalf, IoContext, IoThread, ThreadError};

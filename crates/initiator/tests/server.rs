@@ -30,6 +30,7 @@ impl Fixture {
             discovery_auth: None,
             limits,
             portal_group_tag: 1,
+            resources: Default::default(),
         })
         .expect("server");
         Fixture { core, server }

@@ -174,6 +174,19 @@ impl TextExchange {
         self.ttt
     }
 
+    /// Whether an exchange is under way: a request or a response spans
+    /// several PDUs and not all have gone by.
+    pub fn in_progress(&self) -> bool {
+        self.itt.is_some()
+    }
+
+    /// Drops an unfinished exchange (after a Reject ended it).
+    pub fn reset(&mut self) {
+        self.itt = None;
+        self.inbound.clear();
+        self.outbound.clear();
+    }
+
     /// Handles one Text Request. `max_data` is the initiator's
     /// MaxRecvDataSegmentLength; `answer` computes the response keys of a
     /// complete request (e.g. with [`full_feature_answers`]).

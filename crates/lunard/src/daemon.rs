@@ -172,6 +172,7 @@ impl Daemon {
             discovery_auth: Some(auth(&config.discovery_chap, &None)),
             limits: TargetLimits::default(),
             portal_group_tag: 1,
+            resources: config.limits.clone(),
         })?;
         // vhost-user-scsi: the first target's LUNs (those not bound to
         // another controller by `controller=`) as target 0, LUN 0..N.

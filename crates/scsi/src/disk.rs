@@ -23,6 +23,10 @@ use crate::sense::Sense;
 /// Largest data transfer of one command, in bytes (reported as MAXIMUM
 /// TRANSFER LENGTH in the block limits VPD page, SBC-4 6.6.4).
 pub const MAX_TRANSFER_BYTES: u64 = 8 * 1024 * 1024;
+/// Most data-out bytes any command that passes [`Disk::validate`] takes:
+/// block writes are held to [`MAX_TRANSFER_BYTES`], COMPARE AND WRITE to
+/// twice [`MAX_COMPARE_AND_WRITE_BLOCKS`] blocks, parameter lists to 64 KiB.
+pub const MAX_DATA_OUT_BYTES: usize = MAX_TRANSFER_BYTES as usize;
 /// Largest WRITE SAME, in logical blocks (MAXIMUM WRITE SAME LENGTH): it
 /// bounds how long one command keeps the I/O thread writing (256 MiB with
 /// 4 KiB blocks). libiscsi's WriteSame16.Unmap writes the range it unmaps
@@ -376,6 +380,23 @@ impl Disk {
         Ok(())
     }
 
+    /// Before a front-end receives any data-out: how many bytes the command
+    /// takes ([`Command::data_out_len`]), or the error it will end with
+    /// without them ([`Disk::validate`]). A transport sizes its buffers from
+    /// this, never from the length the initiator announces, so a command
+    /// the unit refuses claims no memory for its data. The bound
+    /// [`MAX_DATA_OUT_BYTES`] holds for every command that validates.
+    pub fn data_out_expected(&self, cmd: &Command) -> Result<usize, ScsiError> {
+        self.validate(cmd)?;
+        let n = cmd.data_out_len(self.config.block_size);
+        if n > MAX_DATA_OUT_BYTES {
+            // Unreachable for the commands validate() checks; kept so that a
+            // new command with an unchecked length cannot claim memory.
+            return Err(ScsiError::ParameterListLengthError);
+        }
+        Ok(n)
+    }
+
     /// Executes a decoded command and drops its side effects: see
     /// [`Disk::execute_with_effects`], which a core that holds unit
     /// attentions per I_T nexus must call instead.
@@ -564,5 +585,56 @@ mod write_protect_tests {
         run_data(&d, &cdb10(0x2A, 0, 1, 1), vec![7; 512]).unwrap();
         run_data(&d, &cdb10(0x41, 0, 2, 2), vec![0; 512]).unwrap();
         assert_eq!(run(&d, &cdb10(0x28, 0, 1, 1)).unwrap(), vec![7; 512]);
+    }
+}
+
+#[cfg(test)]
+mod data_out_tests {
+    use crate::test_util::*;
+    use crate::*;
+
+    #[test]
+    fn data_out_is_sized_from_the_cdb_and_refused_before_any_data() {
+        let d = disk(1 << 16);
+        let expected = |cdb: &[u8]| d.data_out_expected(&Command::decode(cdb).unwrap());
+        assert_eq!(expected(&cdb10(0x2A, 0, 0, 8)), Ok(8 * 512));
+        assert_eq!(expected(&cdb10(0x28, 0, 0, 8)), Ok(0), "reads take no data-out");
+        // Longer than MAXIMUM TRANSFER LENGTH, or past the end: refused now.
+        let too_long = d.max_transfer_blocks() + 1;
+        assert!(matches!(expected(&cdb16(0x8A, 0, 0, too_long)), Err(ScsiError::InvalidFieldInCdb { .. })));
+        assert!(expected(&cdb16(0x8A, 0, 0, u32::MAX)).is_err());
+        assert_eq!(expected(&cdb16(0x8A, 0, 1 << 16, 1)), Err(ScsiError::LbaOutOfRange { lba: 1 << 16 }));
+        // A parameter list longer than the command allows.
+        let mut pr_out = vec![0x5F, 0x00, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0];
+        assert!(expected(&pr_out).is_err());
+        pr_out[5..9].copy_from_slice(&24u32.to_be_bytes());
+        assert_eq!(expected(&pr_out), Ok(24));
+        let mut xcopy = vec![0u8; 16];
+        xcopy[0] = 0x83;
+        xcopy[10..14].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(expected(&xcopy), Err(ScsiError::ParameterListLengthError));
+    }
+
+    proptest::proptest! {
+        /// Whatever the CDB, a command that validates takes at most
+        /// MAX_DATA_OUT_BYTES of data-out.
+        #[test]
+        fn no_cdb_asks_for_more_than_the_bound(
+            op in proptest::sample::select(vec![
+                0x0A_u8, 0x2A, 0xAA, 0x8A, 0x2E, 0xAE, 0x8E, 0x2F, 0xAF, 0x8F, 0x89, 0x41, 0x93, 0x42, 0x15, 0x55,
+                0x5F, 0x83, 0x48, 0x9C,
+            ]),
+            rest in proptest::collection::vec(proptest::num::u8::ANY, 15),
+            len in 6usize..=16,
+        ) {
+            let d = disk(1 << 20);
+            let mut cdb = vec![op];
+            cdb.extend_from_slice(&rest[..len - 1]);
+            if let Ok(cmd) = Command::decode(&cdb) {
+                if let Ok(n) = d.data_out_expected(&cmd) {
+                    proptest::prop_assert!(n <= MAX_DATA_OUT_BYTES, "{cdb:02x?} takes {n}");
+                }
+            }
+        }
     }
 }

@@ -65,7 +65,8 @@ pub use commands::{
     inquiry::Inquiry, log::LogSense, mode::ModeSelect, mode::ModeSense, opcodes::ReportOpcodes, unit::StartStopUnit,
 };
 pub use disk::{
-    Disk, DiskConfig, ExecContext, Executed, ResizeError, TmfSupport, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BYTES,
+    Disk, DiskConfig, ExecContext, Executed, ResizeError, TmfSupport, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_DATA_OUT_BYTES,
+    MAX_TRANSFER_BYTES,
     MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS,
 };
 pub use error::{CopyAbort, ScsiError};

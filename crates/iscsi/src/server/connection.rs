@@ -5,7 +5,7 @@
 //! with another thread. A command whose backend answers at once costs one
 //! wake-up of this loop: read, execute inline, answer, write.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
+use super::limits::{Budget, LimitCounters, IMMEDIATE_EXTRA};
 use super::task::{answer, Task};
 use super::{Shared, TargetEntry};
 use crate::login::{LoginConfig, LoginOutcome, LoginSession, LoginStep};
@@ -27,13 +28,17 @@ use crate::pdu::{
 };
 use crate::text::{full_feature_answers, TextExchange};
 
-/// Commands the initiator may have outstanding (MaxCmdSN - ExpCmdSN + 1).
-const CMD_WINDOW: u32 = 128;
-/// Largest frame the reader accepts before the negotiated limits apply.
-const MAX_FRAME: usize = 16 << 20;
 /// Idle time before we ping the initiator (NOP-In), and time to answer it.
 const PING_IDLE: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a write of our answers may wait for the peer to read: a peer that
+/// stops reading is disconnected rather than left holding its answers.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes the reader asks the socket for at a time.
+const READ_CHUNK: usize = 64 << 10;
+/// Largest AHS (TotalAHSLength is a byte of 4-byte words), header and
+/// data digests: what a PDU adds to its data segment.
+const PDU_OVERHEAD: usize = BHS_LEN + 255 * 4 + 4 + 3 + 4;
 
 enum Event {
     Done { itt: u32, response: Response },
@@ -98,6 +103,24 @@ struct Conn {
     ping: Option<(u32, Instant)>,
     kill: Option<watch::Receiver<bool>>,
     out: Vec<u8>,
+    /// MaxCmdSN granted so far (never decreases, RFC 7143 §4.2.2.1).
+    max_cmd_sn: u32,
+    /// Buffer space for solicited data-out and data-in.
+    budget: Budget,
+    /// Budget to give back once the answers queued in `out` are written.
+    release_after_write: u64,
+    /// Tasks waiting for buffer space (to be sent an R2T, or submitted), in
+    /// arrival order.
+    deferred: VecDeque<u32>,
+    /// The window is held for lack of buffer space (counted once per stall).
+    window_held: bool,
+    /// Deadlines of the login phase, of a text exchange, of a PDU that
+    /// started arriving.
+    accepted: Instant,
+    text_since: Option<Instant>,
+    partial_since: Option<Instant>,
+    /// Warnings caused by this peer's input.
+    log: lunar_aio::LogLimit,
 }
 
 /// Serves one accepted connection until it ends.
@@ -125,15 +148,17 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
         })
     };
     tracing::debug!(%peer, thread, "connection");
+    let cmd_window = shared.resources.cmd_window.clamp(1, super::ResourceLimits::MAX_CMD_WINDOW);
     let login = LoginSession::new(
         shared.clone(),
         LoginConfig {
             limits: shared.limits.clone(),
             portal_group_tag: shared.portal_group_tag,
             initial_stat_sn: rand_u32(),
-            cmd_window: CMD_WINDOW,
+            cmd_window,
         },
     );
+    let budget = Budget { limit: shared.resources.max_buffered_bytes, held: 0 };
     let mut conn = Conn {
         shared,
         peer,
@@ -142,7 +167,7 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
         tx,
         digests: (false, false),
         rd,
-        rbuf: Vec::with_capacity(256 << 10),
+        rbuf: Vec::with_capacity(READ_CHUNK),
         rstart: 0,
         params: NegotiatedParams::default(),
         phase: Phase::Login(Box::new(login)),
@@ -159,6 +184,15 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
         ping: None,
         kill: None,
         out: Vec::with_capacity(64 << 10),
+        max_cmd_sn: 0,
+        budget,
+        release_after_write: 0,
+        deferred: VecDeque::new(),
+        window_held: false,
+        accepted: Instant::now(),
+        text_since: None,
+        partial_since: None,
+        log: lunar_aio::LogLimit::default(),
     };
     conn.run(&mut rx).await;
     ticker.abort();
@@ -178,6 +212,7 @@ enum Wake {
     Event(Option<Event>),
     Killed,
     Read(std::io::Result<usize>),
+    Deadline,
 }
 
 /// Serial number arithmetic (RFC 1982) on 32-bit sequence numbers.
@@ -186,8 +221,45 @@ fn sn_lt(a: u32, b: u32) -> bool {
 }
 
 impl Conn {
-    fn max_cmd_sn(&self) -> u32 {
-        self.exp_cmd_sn.wrapping_add(CMD_WINDOW - 1)
+    fn cmd_window(&self) -> u32 {
+        self.shared.resources.cmd_window.clamp(1, super::ResourceLimits::MAX_CMD_WINDOW)
+    }
+
+    /// MaxCmdSN to announce: the window opens by the commands that are
+    /// done, and stays as it is while the connection's buffers are full or
+    /// tasks wait for room (the initiator then cannot send new commands).
+    fn max_cmd_sn(&mut self) -> u32 {
+        let stalled = self.budget.full() || !self.deferred.is_empty();
+        if stalled != self.window_held {
+            self.window_held = stalled;
+            if stalled {
+                LimitCounters::bump(&self.shared.hits.window_held);
+            }
+        }
+        if !stalled {
+            let outstanding = u32::try_from(self.tasks.len()).unwrap_or(u32::MAX);
+            let open = self.cmd_window().saturating_sub(outstanding);
+            let candidate = self.exp_cmd_sn.wrapping_add(open).wrapping_sub(1);
+            if sn_lt(self.max_cmd_sn, candidate) {
+                self.max_cmd_sn = candidate;
+            }
+        }
+        self.max_cmd_sn
+    }
+
+    /// The largest PDU the reader accepts: our MaxRecvDataSegmentLength
+    /// (also during login, where the initiator is held to 8192) plus
+    /// headers and digests.
+    fn max_frame(&self) -> usize {
+        self.shared.limits.max_recv_data_segment_length as usize + PDU_OVERHEAD
+    }
+
+    /// When the connection must have made progress: the end of the login
+    /// phase, of a text exchange, or of a PDU whose first bytes arrived.
+    fn deadline(&self) -> Option<Instant> {
+        let timeout = self.shared.resources.negotiation_timeout;
+        let login = matches!(self.phase, Phase::Login(_)).then_some(self.accepted);
+        [login, self.text_since, self.partial_since].into_iter().flatten().min().map(|t| t + timeout)
     }
 
     async fn run(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>) {
@@ -216,9 +288,10 @@ impl Conn {
                 return;
             }
             // Then sleep until the socket or the channel has something.
-            if self.rbuf.capacity() - self.rbuf.len() < 64 << 10 {
-                self.rbuf.reserve(64 << 10);
+            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK {
+                self.rbuf.reserve(READ_CHUNK);
             }
+            let deadline = self.deadline();
             let (rd, rbuf, kill) = (&mut self.rd, &mut self.rbuf, &mut self.kill);
             let wake = tokio::select! {
                 biased;
@@ -230,8 +303,22 @@ impl Conn {
                     }
                 } => Wake::Killed,
                 r = rd.read_buf(rbuf) => Wake::Read(r),
+                _ = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                } => Wake::Deadline,
             };
             let flow = match wake {
+                Wake::Deadline => {
+                    LimitCounters::bump(&self.shared.hits.negotiation_timeouts);
+                    self.warn(format_args!(
+                        "login, text negotiation or PDU not finished within {:?}: dropping the connection",
+                        self.shared.resources.negotiation_timeout
+                    ));
+                    Flow::Close
+                }
                 Wake::Event(Some(ev)) => self.on_event(ev).await,
                 Wake::Event(None) | Wake::Killed => {
                     tracing::debug!(peer = %self.peer, "connection ended by the target");
@@ -251,12 +338,22 @@ impl Conn {
     /// The next whole PDU in the read buffer, if there is one.
     fn next_frame(&mut self) -> Option<Result<Pdu, BadFrame>> {
         let (hd, dd) = self.digests;
+        let max_frame = self.max_frame();
         let avail = &self.rbuf[self.rstart..];
+        if avail.is_empty() {
+            self.partial_since = None;
+        } else if self.partial_since.is_none() {
+            self.partial_since = Some(Instant::now());
+        }
         let need = match frame_length(avail, hd, dd) {
             Err(e) => return Some(Err((e, None))),
             Ok(None) => return None,
-            Ok(Some(n)) if n > MAX_FRAME => {
-                return Some(Err((PduError::DataSegmentTooLong { length: n, max: MAX_FRAME as u32 }, None)));
+            Ok(Some(n)) if n > max_frame => {
+                // Refused before its data arrives: no buffer is sized from
+                // a length the peer only announced.
+                LimitCounters::bump(&self.shared.hits.oversized_pdus);
+                let max = self.shared.limits.max_recv_data_segment_length;
+                return Some(Err((PduError::DataSegmentTooLong { length: n, max }, None)));
             }
             Ok(Some(n)) => n,
         };
@@ -285,6 +382,8 @@ impl Conn {
             self.rbuf.clear();
             self.rstart = 0;
         }
+        // The next PDU's clock starts with its first byte.
+        self.partial_since = (self.rstart < self.rbuf.len()).then(Instant::now);
         Some(result)
     }
 
@@ -371,18 +470,91 @@ impl Conn {
     /// Writes what the handlers queued, in one write (the run loop calls it
     /// once per batch of events, so responses to pipelined commands share
     /// system calls).
+    ///
+    /// Once the answers are out, the buffer space of the tasks they
+    /// finished is free again, and tasks that waited for it go on (which
+    /// may queue more to write: R2Ts).
     async fn write_out(&mut self) -> Flow {
-        if self.out.is_empty() {
-            return Flow::Continue;
-        }
-        let r = self.wr.write_all(&self.out).await;
-        self.out.clear();
-        match r {
-            Ok(()) => Flow::Continue,
-            Err(e) => {
-                tracing::debug!(peer = %self.peer, "write: {e}");
-                Flow::Close
+        loop {
+            if !self.out.is_empty() {
+                let r = tokio::time::timeout(WRITE_TIMEOUT, self.wr.write_all(&self.out)).await;
+                self.out.clear();
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %self.peer, "write: {e}");
+                        return Flow::Close;
+                    }
+                    Err(_) => {
+                        LimitCounters::bump(&self.shared.hits.write_stalls);
+                        self.warn(format_args!("the initiator reads nothing for {WRITE_TIMEOUT:?}: dropping the connection"));
+                        return Flow::Close;
+                    }
+                }
             }
+            if self.release_after_write > 0 {
+                self.budget.give(std::mem::take(&mut self.release_after_write));
+            }
+            if self.deferred.is_empty() {
+                return Flow::Continue;
+            }
+            if self.resume_deferred().await == Flow::Close {
+                return Flow::Close;
+            }
+            if self.out.is_empty() {
+                return Flow::Continue;
+            }
+        }
+    }
+
+    /// Lets the tasks waiting for buffer space go on, in order, while
+    /// there is room: R2Ts for writes, submission for the others.
+    async fn resume_deferred(&mut self) -> Flow {
+        while let Some(&itt) = self.deferred.front() {
+            // When every holder of buffer space is itself waiting, nothing
+            // would ever give any back: the first in line goes on.
+            let waiting: u64 = self.deferred.iter().filter_map(|i| self.tasks.get(i)).map(|t| t.reserved).sum();
+            let overdraw = waiting == self.budget.held;
+            let Some(task) = self.tasks.get_mut(&itt) else {
+                self.deferred.pop_front();
+                continue;
+            };
+            if task.submitted {
+                self.deferred.pop_front();
+                continue;
+            }
+            if !task.data_complete() || !task.solicited.is_empty() {
+                let (r2ts, room) = task.next_r2ts(&self.params, &mut self.next_ttt, &mut self.budget, overdraw);
+                let sent = !r2ts.is_empty();
+                for r in r2ts {
+                    self.queue_out(Pdu::R2t(r));
+                }
+                if !room && !sent {
+                    return Flow::Continue;
+                }
+                if room {
+                    self.deferred.pop_front();
+                }
+                continue;
+            }
+            if !self.reserve_data_in(itt, overdraw) {
+                return Flow::Continue;
+            }
+            self.deferred.pop_front();
+            if let Some(task) = self.tasks.remove(&itt) {
+                if self.submit_now(task).await == Flow::Close {
+                    return Flow::Close;
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    /// A warning caused by the peer's input, rate-limited per connection.
+    fn warn(&self, what: std::fmt::Arguments<'_>) {
+        match self.log.allow() {
+            Some(suppressed) => tracing::warn!(peer = %self.peer, suppressed, "{what}"),
+            None => LimitCounters::bump(&self.shared.hits.log_suppressed),
         }
     }
 
@@ -406,7 +578,7 @@ impl Conn {
     // ----- input ---------------------------------------------------------
 
     async fn on_bad(&mut self, e: PduError, bhs: Option<Box<Bhs>>) -> Flow {
-        tracing::warn!(peer = %self.peer, "bad PDU: {e}");
+        self.warn(format_args!("bad PDU: {e}"));
         match (e.reaction(), bhs, &self.phase) {
             (_, _, Phase::Login(_)) => Flow::Close,
             (ErrorReaction::Reject(reason), Some(bhs), _) => self.reject(&bhs, reason).await,
@@ -434,7 +606,7 @@ impl Conn {
             | Pdu::LogoutRequest(_)
             | Pdu::NopOut(_) => self.sequenced(pdu).await,
             Pdu::LoginRequest(_) => {
-                tracing::warn!(peer = %self.peer, "Login Request in full feature phase");
+                self.warn(format_args!("Login Request in full feature phase"));
                 let _ = self.reject_pdu(&pdu, RejectReason::ProtocolError).await;
                 Flow::Close
             }
@@ -457,6 +629,13 @@ impl Conn {
             _ => (true, 0),
         };
         if immediate {
+            let window = self.cmd_window().saturating_add(IMMEDIATE_EXTRA) as usize;
+            if matches!(pdu, Pdu::ScsiCommand(_)) && self.tasks.len() >= window {
+                // RFC 7143 §11.17.1: too many immediate commands.
+                LimitCounters::bump(&self.shared.hits.immediate_rejected);
+                self.warn(format_args!("immediate command beyond {window} outstanding: rejected"));
+                return self.reject_pdu(&pdu, RejectReason::ImmediateCommandReject).await;
+            }
             return self.execute(pdu).await;
         }
         if cmd_sn == self.exp_cmd_sn {
@@ -472,10 +651,15 @@ impl Conn {
             }
             return Flow::Continue;
         }
-        if sn_lt(self.exp_cmd_sn, cmd_sn) && !sn_lt(self.max_cmd_sn(), cmd_sn) {
+        if sn_lt(self.exp_cmd_sn, cmd_sn) && !sn_lt(self.max_cmd_sn, cmd_sn) {
             self.ahead.insert(cmd_sn, pdu);
         } else {
-            tracing::debug!(peer = %self.peer, cmd_sn, exp = self.exp_cmd_sn, "CmdSN outside the window: ignored");
+            // §4.2.2.1: outside the window, the PDU is silently ignored.
+            if sn_lt(self.max_cmd_sn, cmd_sn) {
+                LimitCounters::bump(&self.shared.hits.outside_window);
+            }
+            let (exp, max) = (self.exp_cmd_sn, self.max_cmd_sn);
+            self.warn(format_args!("CmdSN {cmd_sn} outside the window [{exp}, {max}]: ignored"));
         }
         Flow::Continue
     }
@@ -495,16 +679,17 @@ impl Conn {
         match step {
             LoginStep::Continue(resp) => self.send_login(Pdu::LoginResponse(resp)).await,
             LoginStep::Fail(resp, failure) => {
-                tracing::warn!(peer = %self.peer, status = format!("{:#06x}", failure.status.code()), "login failed: {}", failure.reason);
+                self.warn(format_args!("login failed ({:#06x}): {}", failure.status.code(), failure.reason));
                 if let Phase::Login(login) = &self.phase {
                     self.shared.login_failed(super::LoginFailureInfo::new(login, &failure, self.peer));
                 }
                 let _ = self.send_login(Pdu::LoginResponse(resp)).await;
                 Flow::Close
             }
-            LoginStep::Complete(resp, outcome) => {
+            LoginStep::Complete(mut resp, outcome) => {
                 self.params = outcome.params.clone();
                 self.exp_cmd_sn = outcome.exp_cmd_sn;
+                self.max_cmd_sn = outcome.exp_cmd_sn.wrapping_add(self.cmd_window()).wrapping_sub(1);
                 self.stat_sn = outcome.next_stat_sn;
                 match outcome.session_type {
                     SessionType::Discovery => {
@@ -516,10 +701,13 @@ impl Conn {
                         let Some(entry) = self.shared.targets.get(&name).cloned() else {
                             return Flow::Close;
                         };
-                        let (kill, closed_tx) = self
+                        let Some((kill, closed_tx)) = self
                             .shared
                             .register_session(&outcome.initiator_name, outcome.isid, &name, outcome.tsih)
-                            .await;
+                            .await
+                        else {
+                            return self.refuse_login(&mut resp, &outcome, &name).await;
+                        };
                         let nexus = lunar_scsi::Nexus::new(
                             format!("{},i,0x{}", outcome.initiator_name, outcome.isid),
                             self.shared.portal_group_tag,
@@ -556,6 +744,36 @@ impl Conn {
                 flow
             }
         }
+    }
+
+    /// A login that negotiated well but finds the target full: "out of
+    /// resources" (RFC 7143 §11.13.5, 0x0302) instead of the final response.
+    async fn refuse_login(
+        &mut self,
+        resp: &mut crate::pdu::LoginResponse,
+        outcome: &LoginOutcome,
+        target: &str,
+    ) -> Flow {
+        let status = crate::login::LoginStatus::OUT_OF_RESOURCES;
+        let max = self.shared.resources.max_sessions_per_target;
+        self.warn(format_args!("login to {target} refused: the target has {max} sessions"));
+        self.shared.login_failed(super::LoginFailureInfo {
+            peer: self.peer,
+            initiator: Some(outcome.initiator_name.clone()),
+            target: Some(target.to_owned()),
+            chap_user: None,
+            status: status.code(),
+            reason: "limit",
+            detail: format!("the target has {max} sessions (max-sessions-per-target)"),
+        });
+        resp.transit = false;
+        resp.continue_bit = false;
+        resp.tsih = 0;
+        resp.status_class = status.class;
+        resp.status_detail = status.detail;
+        resp.data.clear();
+        let _ = self.send_login(Pdu::LoginResponse(resp.clone())).await;
+        Flow::Close
     }
 
     async fn send_login(&mut self, pdu: Pdu) -> Flow {
@@ -604,8 +822,13 @@ impl Conn {
             return self.reject_pdu(&Pdu::ScsiCommand(c), RejectReason::TaskInProgress).await;
         }
         let imm = c.data.len() as u32;
-        if imm > 0 && (!c.write || !self.params.immediate_data || imm > c.expected_data_transfer_length) {
-            tracing::warn!(peer = %self.peer, itt = c.itt, "unexpected immediate data");
+        if imm > 0
+            && (!c.write
+                || !self.params.immediate_data
+                || imm > c.expected_data_transfer_length
+                || imm > self.params.first_burst_length)
+        {
+            self.warn(format_args!("unexpected immediate data (ITT {:#x})", c.itt));
             return self.reject_pdu(&Pdu::ScsiCommand(c), RejectReason::ProtocolError).await;
         }
         let lun = lunar_scsi::lun::decode_lun(c.lun.to_be_bytes()).unwrap_or(u64::MAX);
@@ -617,8 +840,11 @@ impl Conn {
             read: c.read,
             write: c.write,
             edtl: if c.read || c.write { c.expected_data_transfer_length } else { 0 },
+            want: 0,
             data: Vec::new(),
             received: 0,
+            reserved: 0,
+            granted: false,
             unsolicited_open: false,
             next_r2t_offset: 0,
             r2t_sn: 0,
@@ -628,9 +854,19 @@ impl Conn {
             data_sn: 0,
             unsolicited_data_sn: 0,
             scsi_write_len: None,
+            early: None,
         };
+        let itt = task.itt;
         if task.write {
-            task.accept(0, &c.data);
+            if let Err(response) = self.size_data_out(&mut task).await {
+                // Answered without asking for any data-out (what arrives
+                // unasked is drained and dropped).
+                task.early = Some(response);
+                task.want = 0;
+            }
+            let stored = task.accept(0, &c.data).unwrap_or(0);
+            task.reserved += u64::from(stored);
+            self.budget.force(u64::from(stored));
             let unsolicited_end = if c.final_bit || self.params.initial_r2t {
                 imm
             } else {
@@ -639,16 +875,63 @@ impl Conn {
             task.unsolicited_open = !c.final_bit && !self.params.initial_r2t && unsolicited_end > imm;
             task.next_r2t_offset = unsolicited_end.max(imm);
         }
-        let itt = task.itt;
-        if task.data_complete() {
+        if task.data_complete() && !task.unsolicited_open {
             return self.submit(task).await;
         }
-        let r2ts = task.next_r2ts(&self.params, &mut self.next_ttt);
         self.tasks.insert(itt, task);
+        self.solicit(itt);
+        Flow::Continue
+    }
+
+    /// Sizes a write's data-out from its CDB before asking for any
+    /// (RFC 7143 §11.4.5.2, SAM-5 5.4 residuals): an EDTL below what the
+    /// CDB asks for cuts a block write to EDTL's whole blocks; above it,
+    /// only what the CDB takes is asked for and stored. A command the unit
+    /// will refuse without its data (no such LUN, transfer too long, LBA
+    /// out of range, invalid CDB) is answered now: `Err` with the answer.
+    async fn size_data_out(&mut self, task: &mut Task) -> Result<(), Response> {
+        let Some(queue) = self.queue_for(task.lun).await else { return Err(self.no_such_lun(task)) };
+        let disk = queue.device().disk();
+        let block_size = disk.block_size();
+        if let Ok(cmd) = lunar_scsi::Command::decode(&task.cdb) {
+            let needed = cmd.data_out_len(block_size);
+            task.scsi_write_len = Some(needed);
+            if (task.edtl as usize) < needed {
+                match super::task::clamp_write_cdb(&task.cdb, task.edtl, block_size) {
+                    Some(cdb) => task.cdb = cdb,
+                    None if super::task::is_block_write(&task.cdb) => {
+                        // Not whole blocks: INVALID FIELD IN INFORMATION UNIT.
+                        let sense = lunar_scsi::Sense::new(lunar_scsi::SenseKey::IllegalRequest, 0x0e, 0x03);
+                        return Err(Response::check_condition(sense.fixed()));
+                    }
+                    None => {}
+                }
+            }
+        }
+        match lunar_scsi::Command::decode(&task.cdb).and_then(|cmd| disk.data_out_expected(&cmd)) {
+            Ok(n) => task.want = u32::try_from(n).unwrap_or(u32::MAX).min(task.edtl),
+            Err(_) => {
+                // The core gives the answer (reservation conflicts first,
+                // then this error), with no data.
+                LimitCounters::bump(&self.shared.hits.refused_before_data);
+                task.want = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the R2Ts a task may have now; one that finds no buffer space
+    /// waits in `deferred` for completions to free some.
+    fn solicit(&mut self, itt: u32) {
+        let Some(task) = self.tasks.get_mut(&itt) else { return };
+        let (r2ts, room) = task.next_r2ts(&self.params, &mut self.next_ttt, &mut self.budget, false);
         for r in r2ts {
             self.queue_out(Pdu::R2t(r));
         }
-        Flow::Continue
+        if !room && !self.deferred.contains(&itt) {
+            LimitCounters::bump(&self.shared.hits.buffer_waits);
+            self.deferred.push_back(itt);
+        }
     }
 
     async fn on_data_out(&mut self, d: DataOut) -> Flow {
@@ -681,9 +964,13 @@ impl Conn {
             {
                 return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError).await;
             }
-            if !task.accept(d.buffer_offset, &d.data) {
+            let Some(stored) = task.accept(d.buffer_offset, &d.data) else {
                 return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError).await;
-            }
+            };
+            // Unasked-for data is held whatever the budget (it is bounded
+            // by FirstBurstLength per command).
+            task.reserved += u64::from(stored);
+            self.budget.force(u64::from(stored));
             if d.final_bit {
                 task.unsolicited_open = false;
             }
@@ -697,7 +984,9 @@ impl Conn {
             }
             task.solicited[i].next_data_sn += 1;
             let end = d.buffer_offset.saturating_add(d.data.len() as u32);
-            if d.buffer_offset < s.offset || end > s.offset + s.len || !task.accept(d.buffer_offset, &d.data) {
+            // Solicited data was counted against the budget by its R2T.
+            if d.buffer_offset < s.offset || end > s.offset + s.len || task.accept(d.buffer_offset, &d.data).is_none()
+            {
                 return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError).await;
             }
             task.solicited[i].received += d.data.len() as u32;
@@ -711,24 +1000,62 @@ impl Conn {
             }
             return Flow::Continue;
         }
-        let r2ts = task.next_r2ts(&params, &mut self.next_ttt);
-        for r in r2ts {
-            self.queue_out(Pdu::R2t(r));
-        }
+        self.solicit(d.itt);
         Flow::Continue
     }
 
     /// A Data-Out out of sequence: at ErrorRecoveryLevel 0 the recovery is
     /// the session's (RFC 7143 §7.1.1, §7.3): reject it and drop the connection.
     async fn data_sn_error(&mut self, d: DataOut) -> Flow {
-        tracing::warn!(peer = %self.peer, itt = d.itt, data_sn = d.data_sn, "Data-Out with a wrong DataSN: dropping the connection");
+        self.warn(format_args!("Data-Out with a wrong DataSN {} (ITT {:#x}): dropping the connection", d.data_sn, d.itt));
         let _ = self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError).await;
         Flow::Close
     }
 
+    /// A command with all its data: answered here if it was refused before
+    /// its data, else handed to the core once its data-in has room in the
+    /// connection's buffers (it waits in `deferred` otherwise, behind any
+    /// task already waiting).
+    async fn submit(&mut self, mut task: Task) -> Flow {
+        let itt = task.itt;
+        if let Some(response) = task.early.take() {
+            task.submitted = true;
+            self.tasks.insert(itt, task);
+            return self.on_done(itt, response).await;
+        }
+        // A read waits behind the tasks already waiting; a write's data is
+        // already here (its room taken), so it never waits.
+        let read = task.read;
+        self.tasks.insert(itt, task);
+        if read && (!self.deferred.is_empty() || !self.reserve_data_in(itt, false)) {
+            LimitCounters::bump(&self.shared.hits.buffer_waits);
+            self.deferred.push_back(itt);
+            return Flow::Continue;
+        }
+        match self.tasks.remove(&itt) {
+            Some(task) => self.submit_now(task).await,
+            None => Flow::Continue,
+        }
+    }
+
+    /// Room for a read's data-in (at most one command's largest transfer,
+    /// and no more than EDTL); false if the budget has none now.
+    fn reserve_data_in(&mut self, itt: u32, overdraw: bool) -> bool {
+        let Some(task) = self.tasks.get_mut(&itt) else { return true };
+        if !task.read {
+            return true;
+        }
+        let n = u64::from(task.edtl).min(lunar_scsi::MAX_TRANSFER_BYTES);
+        if !self.budget.take(task.reserved, n, overdraw) {
+            return false;
+        }
+        task.reserved += n;
+        true
+    }
+
     /// Hands a command with all its data to the core (or answers it here
     /// when its LUN does not exist).
-    async fn submit(&mut self, mut task: Task) -> Flow {
+    async fn submit_now(&mut self, mut task: Task) -> Flow {
         let itt = task.itt;
         let lun = task.lun;
         let Some(queue) = self.queue_for(lun).await else {
@@ -737,24 +1064,6 @@ impl Conn {
             self.tasks.insert(itt, task);
             return self.on_done(itt, response).await;
         };
-        if task.write {
-            let block_size = queue.device().disk().block_size();
-            let needed = lunar_scsi::Command::decode(&task.cdb).ok().map(|c| c.data_out_len(block_size));
-            task.scsi_write_len = needed;
-            if needed.is_some_and(|n| (task.edtl as usize) < n) {
-                match super::task::clamp_write_cdb(&task.cdb, task.edtl, block_size) {
-                    Some(cdb) => task.cdb = cdb,
-                    None if super::task::is_block_write(&task.cdb) => {
-                        // Not whole blocks: INVALID FIELD IN INFORMATION UNIT.
-                        let sense = lunar_scsi::Sense::new(lunar_scsi::SenseKey::IllegalRequest, 0x0e, 0x03);
-                        task.submitted = true;
-                        self.tasks.insert(itt, task);
-                        return self.on_done(itt, Response::check_condition(sense.fixed())).await;
-                    }
-                    None => {}
-                }
-            }
-        }
         let data = std::mem::take(&mut task.data);
         let tx = self.tx.clone();
         let req = lunar_target::request(u64::from(itt), lun, &task.cdb, data, move |response| {
@@ -798,6 +1107,7 @@ impl Conn {
 
     async fn on_done(&mut self, itt: u32, response: Response) -> Flow {
         let Some(mut task) = self.tasks.remove(&itt) else { return Flow::Continue };
+        self.release_after_write += task.reserved;
         for t in &mut self.tmfs {
             t.waiting.remove(&itt);
         }
@@ -903,8 +1213,8 @@ impl Conn {
                 task.aborted = true;
                 pending.waiting.insert(itt);
                 by_lun.entry(task.lun).or_default().insert(u64::from(itt));
-            } else {
-                self.tasks.remove(&itt);
+            } else if let Some(task) = self.tasks.remove(&itt) {
+                self.release_after_write += task.reserved;
             }
         }
         for (lun, tags) in by_lun {
@@ -990,10 +1300,13 @@ impl Conn {
         match reply {
             Ok(r) => {
                 let resp = r.into_response(&t, 0, 0, 0);
+                self.text_since = if self.text.in_progress() { self.text_since.or(Some(Instant::now())) } else { None };
                 self.send(Pdu::TextResponse(resp)).await
             }
             Err(e) => {
-                tracing::warn!(peer = %self.peer, "text: {e}");
+                self.text.reset();
+                self.text_since = None;
+                self.warn(format_args!("text: {e}"));
                 self.reject_pdu(&Pdu::TextRequest(t), e.reject_reason()).await
             }
         }
@@ -1026,14 +1339,14 @@ impl Conn {
     async fn on_tick(&mut self) -> Flow {
         if let Some((_, sent)) = self.ping {
             if sent.elapsed() > PING_TIMEOUT {
-                tracing::warn!(peer = %self.peer, "no answer to NOP-In ping: dropping the connection");
+                self.warn(format_args!("no answer to NOP-In ping: dropping the connection"));
                 return Flow::Close;
             }
             return Flow::Continue;
         }
         if matches!(self.phase, Phase::Login(_)) {
-            // A login that stalls is dropped after the idle time.
-            return if self.last_rx.elapsed() > PING_IDLE { Flow::Close } else { Flow::Continue };
+            // The login's deadline is in the run loop.
+            return Flow::Continue;
         }
         if self.last_rx.elapsed() > PING_IDLE {
             self.next_ttt = self.next_ttt.wrapping_add(1);

@@ -8,7 +8,10 @@
 //! once, with no lock between them.
 
 mod connection;
+mod limits;
 mod task;
+
+pub use limits::{LimitHits, ResourceLimits, IMMEDIATE_EXTRA};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -46,6 +49,9 @@ pub struct ServerConfig {
     pub limits: TargetLimits,
     /// Target Portal Group Tag of every portal.
     pub portal_group_tag: u16,
+    /// What one initiator may claim: sessions, connections, commands,
+    /// buffered data, time.
+    pub resources: ResourceLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +157,12 @@ pub(crate) struct Shared {
     pub(crate) discovery_auth: Option<AuthPolicy>,
     pub(crate) limits: TargetLimits,
     pub(crate) portal_group_tag: u16,
+    pub(crate) resources: ResourceLimits,
+    pub(crate) hits: limits::LimitCounters,
+    connection_counts: limits::ConnectionCounts,
+    /// Warnings about connections refused at accept (a flood of them must
+    /// not flood the log).
+    accept_log: lunar_aio::LogLimit,
     pub(crate) portals: Mutex<Vec<SocketAddr>>,
     next_tsih: AtomicU16,
     sessions: Mutex<HashMap<SessionKey, SessionHandle>>,
@@ -204,20 +216,29 @@ impl Shared {
     }
 
     /// Registers a new session; an existing one with the same key is ended
-    /// first (reinstatement), and this waits until it has closed.
+    /// first (reinstatement), and this waits until it has closed. `None`
+    /// when the target already has `max_sessions_per_target` other sessions.
     pub(crate) async fn register_session(
         &self,
         initiator: &str,
         isid: Isid,
         target: &str,
         tsih: u16,
-    ) -> (watch::Receiver<bool>, watch::Sender<bool>) {
+    ) -> Option<(watch::Receiver<bool>, watch::Sender<bool>)> {
         let key = (initiator.to_ascii_lowercase(), isid.0, target.to_string());
         let (kill_tx, kill_rx) = watch::channel(false);
         let (closed_tx, closed_rx) = watch::channel(false);
         let handle = SessionHandle { tsih, kill: kill_tx, closed: closed_rx, since: std::time::SystemTime::now() };
         let login = SessionEvent::Login(session_info(&key, &handle));
-        let old = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), handle);
+        let old = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let of_target = sessions.keys().filter(|k| k.2 == target && **k != key).count();
+            if of_target >= self.resources.max_sessions_per_target {
+                limits::LimitCounters::bump(&self.hits.sessions_refused);
+                return None;
+            }
+            sessions.insert(key.clone(), handle)
+        };
         if let Some(old) = &old {
             let _ = self.session_events.send(SessionEvent::Logout(session_info(&key, old)));
         }
@@ -228,7 +249,7 @@ impl Shared {
             let mut closed = old.closed;
             let _ = closed.wait_for(|c| *c).await;
         }
-        (kill_rx, closed_tx)
+        Some((kill_rx, closed_tx))
     }
 
     /// Reports a refused login to the control plane.
@@ -256,6 +277,19 @@ impl Shared {
     }
 }
 
+/// A connection counted against the portal and address limits, until dropped.
+struct ConnectionSlot {
+    shared: Arc<Shared>,
+    portal: usize,
+    addr: std::net::IpAddr,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.shared.connection_counts.release(self.portal, self.addr);
+    }
+}
+
 /// A running iSCSI server.
 #[derive(Debug)]
 pub struct Server {
@@ -278,11 +312,17 @@ impl Server {
             listeners.push(l);
         }
         let (shutdown, _) = watch::channel(false);
+        let mut limits = config.limits.clamped();
+        limits.first_burst_length = config.resources.first_burst_cap(limits.first_burst_length);
         let shared = Arc::new(Shared {
             targets: config.targets.iter().map(|t| (t.config.name.clone(), t.clone())).collect(),
             discovery_auth: config.discovery_auth,
-            limits: config.limits,
+            limits,
             portal_group_tag: config.portal_group_tag,
+            resources: config.resources,
+            hits: limits::LimitCounters::default(),
+            connection_counts: limits::ConnectionCounts::default(),
+            accept_log: lunar_aio::LogLimit::default(),
             portals: Mutex::new(addrs.clone()),
             next_tsih: AtomicU16::new(1),
             sessions: Mutex::new(HashMap::new()),
@@ -291,7 +331,7 @@ impl Server {
             session_events: broadcast::channel(1024).0,
         });
         let next_thread = Arc::new(AtomicUsize::new(0));
-        for l in listeners {
+        for (portal, l) in listeners.into_iter().enumerate() {
             let shared = shared.clone();
             let contexts = contexts.clone();
             let next = next_thread.clone();
@@ -320,6 +360,13 @@ impl Server {
                                 continue;
                             }
                         };
+                        if !shared.connection_counts.admit(&shared.resources, portal, peer.ip()) {
+                            limits::LimitCounters::bump(&shared.hits.connections_refused);
+                            lunar_aio::warn_limited!(shared.accept_log, %peer,
+                                "connection refused: too many connections on this portal or from this address");
+                            continue;
+                        }
+                        let slot = ConnectionSlot { shared: shared.clone(), portal, addr: peer.ip() };
                         let Ok(std_stream) = stream.into_std() else { continue };
                         let n = contexts.io_threads().max(1);
                         let thread = 1 + next.fetch_add(1, Ordering::Relaxed) % n;
@@ -329,6 +376,7 @@ impl Server {
                             shared.connections.fetch_add(1, Ordering::Relaxed);
                             connection::serve(std_stream, peer, shared.clone(), thread).await;
                             shared.connections.fetch_sub(1, Ordering::Relaxed);
+                            drop(slot);
                         });
                         if spawned.is_err() {
                             tracing::warn!(%peer, "I/O thread gone; connection dropped");
@@ -401,6 +449,16 @@ impl ServerHandle {
     /// Connections open now.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// How often each resource limit was met since the server started.
+    pub fn limit_hits(&self) -> LimitHits {
+        self.shared.hits.snapshot()
+    }
+
+    /// The resource limits in force.
+    pub fn resource_limits(&self) -> &ResourceLimits {
+        &self.shared.resources
     }
 
     /// The addresses of the portals.

@@ -27,10 +27,21 @@ pub(crate) struct Task {
     pub write: bool,
     /// Expected Data Transfer Length from the command.
     pub edtl: u32,
-    /// Data-out gathered so far (EDTL bytes long once complete).
+    /// Data-out to gather: what the CDB takes ([`lunar_scsi::Disk::data_out_expected`]),
+    /// at most EDTL; zero when the command will fail without its data.
+    /// Data the initiator sends beyond it (up to EDTL) is accepted and
+    /// dropped, never stored.
+    pub want: u32,
+    /// Data-out gathered so far; grows as data arrives (never sized from
+    /// an announced length), `want` bytes once complete.
     pub data: Vec<u8>,
-    /// Bytes of data-out received (each offset counted once).
+    /// Bytes of data-out stored.
     pub received: u32,
+    /// Bytes of the connection's buffer budget this task holds (solicited
+    /// and unsolicited data-out, or room for its data-in).
+    pub reserved: u64,
+    /// Whether `reserved` covers all of `want` (taken before the first R2T).
+    pub granted: bool,
     /// Unsolicited data still allowed (FirstBurstLength budget) and whether
     /// the unsolicited sequence is still open (command F bit 0).
     pub unsolicited_open: bool,
@@ -48,37 +59,66 @@ pub(crate) struct Task {
     pub unsolicited_data_sn: u32,
     /// Data-out length the CDB asks for (writes), for residuals.
     pub scsi_write_len: Option<usize>,
+    /// The answer of a command refused before its data-out was asked for:
+    /// given once the initiator's unsolicited data has gone by.
+    pub early: Option<lunar_target::Response>,
 }
 
 impl Task {
     pub fn data_complete(&self) -> bool {
-        !self.write || self.received >= self.edtl
+        !self.write || self.received >= self.want
     }
 
-    /// Accepts `data` at `offset`; returns false if it falls outside the
-    /// expected transfer (a protocol error).
-    pub fn accept(&mut self, offset: u32, data: &[u8]) -> bool {
-        let Some(end) = offset.checked_add(data.len() as u32) else { return false };
+    /// Accepts `data` at `offset`: stores the part below `want` and
+    /// returns how many bytes it stored, or `None` if the data falls
+    /// outside the expected transfer (a protocol error).
+    pub fn accept(&mut self, offset: u32, data: &[u8]) -> Option<u32> {
+        let len = u32::try_from(data.len()).ok()?;
+        let end = offset.checked_add(len)?;
         if end > self.edtl {
-            return false;
+            return None;
         }
-        if self.data.len() < self.edtl as usize {
-            self.data.resize(self.edtl as usize, 0);
+        let keep_end = end.min(self.want);
+        if offset >= keep_end {
+            return Some(0);
         }
-        self.data[offset as usize..end as usize].copy_from_slice(data);
-        self.received = self.received.saturating_add(data.len() as u32).min(self.edtl);
-        true
+        let (from, to) = (offset as usize, keep_end as usize);
+        if self.data.len() < to {
+            self.data.resize(to, 0);
+        }
+        self.data[from..to].copy_from_slice(&data[..to - from]);
+        let stored = keep_end - offset;
+        self.received = self.received.saturating_add(stored).min(self.want);
+        Some(stored)
     }
 
     /// R2Ts to send now to solicit the rest of the data (RFC 7143 §10.8),
-    /// keeping at most MaxOutstandingR2T outstanding.
-    pub fn next_r2ts(&mut self, params: &NegotiatedParams, next_ttt: &mut u32) -> Vec<R2t> {
+    /// keeping at most MaxOutstandingR2T outstanding. Before the first,
+    /// the whole of the data still to come is taken from the connection's
+    /// `budget` (so that a task holding buffer space never waits for more,
+    /// and tasks cannot hold each other up): the bool is false when the
+    /// budget has no room now (the task must wait).
+    pub fn next_r2ts(
+        &mut self,
+        params: &NegotiatedParams,
+        next_ttt: &mut u32,
+        budget: &mut super::limits::Budget,
+        overdraw: bool,
+    ) -> (Vec<R2t>, bool) {
         let mut out = Vec::new();
         if self.unsolicited_open {
-            return out;
+            return (out, true);
         }
-        while self.next_r2t_offset < self.edtl && self.solicited.len() < params.max_outstanding_r2t.max(1) as usize {
-            let len = (self.edtl - self.next_r2t_offset).min(params.max_burst_length);
+        if !self.granted && self.next_r2t_offset < self.want {
+            let rest = u64::from(self.want).saturating_sub(self.reserved);
+            if !budget.take(self.reserved, rest, overdraw) {
+                return (out, false);
+            }
+            self.reserved += rest;
+            self.granted = true;
+        }
+        while self.next_r2t_offset < self.want && self.solicited.len() < params.max_outstanding_r2t.max(1) as usize {
+            let len = (self.want - self.next_r2t_offset).min(params.max_burst_length);
             *next_ttt = next_ttt.wrapping_add(1);
             if *next_ttt == RESERVED_TAG {
                 *next_ttt = 1;
@@ -100,7 +140,7 @@ impl Task {
             self.data_sn += 1;
             self.next_r2t_offset += len;
         }
-        out
+        (out, true)
     }
 }
 

@@ -39,6 +39,24 @@ controllers; --lun, --chap-*, --mutual-chap-* and --allow-initiator apply to
 the target named by --target (the file's, or a new one), or without
 --target to the file's only target; --lun LUNs come after the file's.
 
+LIMITS (--limit KEY=VALUE, or KEY = VALUE in the file's [limits] table):
+  sessions-per-target=N      sessions per target; more: login refused with
+                             0x0302 out of resources           [default: 64]
+  connections-per-portal=N   TCP connections per portal; more: closed at
+                             accept                            [default: 256]
+  connections-per-address=N  TCP connections from one address  [default: 64]
+  cmd-window=N               commands a session may have outstanding (the
+                             CmdSN window; MaxCmdSN moves as they complete)
+                                                               [default: 128]
+  unsolicited-bytes=SIZE     immediate + unsolicited data per session: caps
+                             the FirstBurstLength accepted     [default: 64M]
+  buffered-bytes=SIZE        solicited data-out and data-in a connection
+                             buffers; beyond it R2Ts and reads wait and
+                             MaxCmdSN stops                    [default: 32M]
+  negotiation-timeout=SECS   login, a text negotiation, or one PDU once
+                             begun must finish within this     [default: 15]
+  Each hit is counted in `lunarctl status` and the metrics.
+
 CHAP secrets on the command line are visible to other local users (ps);
 prefer the config file, readable by root only.
 
@@ -129,6 +147,10 @@ pub(crate) struct Cli {
     /// Log filter: a level or tracing directives, e.g. info,lunar_iscsi=debug [default: info]
     #[arg(long, value_name = "LEVEL")]
     pub log: Option<String>,
+
+    /// A resource limit of the iSCSI front-end (repeatable; see LIMITS)
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub limit: Vec<String>,
 }
 
 impl Cli {
@@ -322,5 +344,10 @@ pub(crate) fn merge(cli: Cli, file: Option<FileSettings>, env: &Env) -> Result<C
         targets.push(t);
     }
 
-    Ok(Config { iothreads, portals, targets, discovery_chap, control, metrics, vhost_user: vhost, log })
+    let mut limits = file.limits;
+    for pair in &cli.limit {
+        super::limits::set_pair(&mut limits, pair)?;
+    }
+
+    Ok(Config { iothreads, portals, targets, discovery_chap, control, metrics, vhost_user: vhost, log, limits })
 }

@@ -30,6 +30,7 @@
 
 mod check;
 mod cli;
+mod limits;
 mod spec;
 mod toml;
 
@@ -90,6 +91,8 @@ pub struct Config {
     pub vhost_user: Vec<VhostUserConfig>,
     /// A `tracing_subscriber::EnvFilter` directive string, already checked.
     pub log: String,
+    /// What one iSCSI initiator may claim (`--limit`, `[limits]`).
+    pub limits: lunar_iscsi::server::ResourceLimits,
 }
 
 /// One iSCSI target.

@@ -31,6 +31,8 @@ struct FileRoot {
     vhost_user: Vec<FileVhostUser>,
     #[serde(default)]
     target: Vec<FileTarget>,
+    /// `[limits]`: the keys of `--limit`, with numbers or strings as values.
+    limits: Option<toml::Table>,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +116,7 @@ impl<'de> Deserialize<'de> for Size {
 /// The file's settings, each checked; merged with the command line later.
 #[derive(Debug, Default)]
 pub(crate) struct FileSettings {
+    pub limits: lunar_iscsi::server::ResourceLimits,
     pub iothreads: Option<usize>,
     pub portals: Option<Vec<SocketAddr>>,
     pub control: Option<PathBuf>,
@@ -265,7 +268,20 @@ fn convert(root: FileRoot, base: &Path) -> Result<FileSettings, ConfigError> {
                 .context(format!("target {i} (`{}`)", t.name)));
         }
     }
+    let mut limits = lunar_iscsi::server::ResourceLimits::default();
+    for (key, value) in root.limits.unwrap_or_default() {
+        let text = match &value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(n) => n.to_string(),
+            other => {
+                return Err(ConfigError::invalid_value(key.as_str(), other.to_string(), "expected a number or a string")
+                    .context("[limits]"))
+            }
+        };
+        super::limits::set(&mut limits, &key, &text).map_err(|e| e.context("[limits]"))?;
+    }
     Ok(FileSettings {
+        limits,
         iothreads,
         portals,
         control,
