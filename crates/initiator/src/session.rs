@@ -47,6 +47,9 @@ struct Task {
     read_len: u32,
     data_in: Vec<u8>,
     next_data_sn: u32,
+    /// R2Ts left unanswered until [`Session::release`] (`None`: answered
+    /// as they come).
+    held_r2ts: Option<Vec<R2t>>,
 }
 
 struct State {
@@ -239,8 +242,14 @@ impl State {
     }
 
     fn on_r2t(&mut self, r: R2t) -> Result<(), Error> {
-        let task =
-            self.tasks.get(&r.itt).ok_or_else(|| Error::Protocol(format!("R2T for ITT {:#x}, no such task", r.itt)))?;
+        let task = self
+            .tasks
+            .get_mut(&r.itt)
+            .ok_or_else(|| Error::Protocol(format!("R2T for ITT {:#x}, no such task", r.itt)))?;
+        if let Some(held) = &mut task.held_r2ts {
+            held.push(r);
+            return Ok(());
+        }
         let end = u64::from(r.buffer_offset) + u64::from(r.desired_data_transfer_length);
         if end > task.data_out.len() as u64 || r.desired_data_transfer_length == 0 {
             return Err(Error::Protocol(format!(
@@ -701,9 +710,90 @@ impl Session {
         }
         st.tasks.insert(
             itt,
-            Task { lun_field, data_out: data, read_len: cmd.read_len, data_in: Vec::new(), next_data_sn: 0 },
+            Task {
+                lun_field,
+                data_out: data,
+                read_len: cmd.read_len,
+                data_in: Vec::new(),
+                next_data_sn: 0,
+                held_r2ts: None,
+            },
         );
         Ok(Tag(itt))
+    }
+
+    /// Sends a write command that announces `edtl` bytes of data-out (the
+    /// Expected Data Transfer Length, whatever `cmd.data_out` holds) and
+    /// sends none: no immediate or unsolicited data, and the target's R2Ts
+    /// are left unanswered until [`Session::release`] (then answered from
+    /// `cmd.data_out`). What a slow or hostile initiator does; for tests.
+    pub fn submit_withheld(&self, cmd: Command, edtl: u32) -> Result<Tag, Error> {
+        if cmd.cdb.is_empty() || cmd.cdb.len() > 16 {
+            return Err(Error::Invalid(format!("CDB of {} bytes", cmd.cdb.len())));
+        }
+        let deadline = Instant::now() + self.timeout;
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(e) = st.closed_error() {
+                return Err(e);
+            }
+            if !sn_lt(st.max_cmd_sn, st.cmd_sn) {
+                break;
+            }
+            let (g, ok) = self.shared.wait_until(st, deadline);
+            st = g;
+            if !ok {
+                return Err(Error::Timeout { what: "the CmdSN window to open", after: self.timeout });
+            }
+        }
+        let itt = st.alloc_itt();
+        let cmd_sn = st.cmd_sn;
+        let lun_field = encode_lun(cmd.lun);
+        let pdu = ScsiCommand {
+            immediate: false,
+            final_bit: true,
+            read: false,
+            write: true,
+            attr: cmd.attr,
+            lun: lun_field,
+            itt,
+            expected_data_transfer_length: edtl,
+            cmd_sn,
+            exp_stat_sn: st.exp_stat_sn,
+            cdb: cmd.cdb,
+            bidi_read_length: None,
+            data: Vec::new(),
+        };
+        st.send(&Pdu::ScsiCommand(pdu))?;
+        st.cmd_sn = st.cmd_sn.wrapping_add(1);
+        st.tasks.insert(
+            itt,
+            Task {
+                lun_field,
+                data_out: Arc::new(cmd.data_out),
+                read_len: 0,
+                data_in: Vec::new(),
+                next_data_sn: 0,
+                held_r2ts: Some(Vec::new()),
+            },
+        );
+        Ok(Tag(itt))
+    }
+
+    /// Answers the R2Ts held for a [`Session::submit_withheld`] command, and
+    /// those that come later; false if the command is no longer outstanding.
+    pub fn release(&self, tag: Tag) -> Result<bool, Error> {
+        let mut st = self.shared.lock();
+        let Some(held) = st.tasks.get_mut(&tag.0).and_then(|t| t.held_r2ts.take()) else { return Ok(false) };
+        for r in held {
+            st.on_r2t(r)?;
+        }
+        Ok(true)
+    }
+
+    /// R2Ts held so far for a [`Session::submit_withheld`] command.
+    pub fn held_r2ts(&self, tag: Tag) -> usize {
+        self.shared.lock().tasks.get(&tag.0).and_then(|t| t.held_r2ts.as_ref()).map_or(0, Vec::len)
     }
 
     /// The response of `tag`, waiting at most `timeout`; `Ok(None)` if it

@@ -97,6 +97,8 @@ pub struct Sample {
     pub threads: Vec<ThreadSample>,
     pub sessions: usize,
     pub connections: usize,
+    /// How often each resource limit was met: (front-end, limit, count).
+    pub limit_hits: Vec<(&'static str, &'static str, u64)>,
 }
 
 /// Reads the counters of every LUN and I/O thread (from any thread that
@@ -126,7 +128,8 @@ pub async fn collect(ctx: &Context) -> Sample {
         .enumerate()
         .map(|(i, queues)| ThreadSample { iothread: i, stats: thread_stats(ctx, i), queues })
         .collect();
-    Sample { luns, threads, sessions: ctx.server.sessions().len(), connections: ctx.server.connections() }
+    let limit_hits = ctx.server.limit_hits().named().iter().map(|(k, v)| ("iscsi", *k, *v)).collect();
+    Sample { luns, threads, sessions: ctx.server.sessions().len(), connections: ctx.server.connections(), limit_hits }
 }
 
 /// A label value, escaped as the exposition format wants (`\\`, `\"`, `\n`).
@@ -244,6 +247,14 @@ pub fn render(sample: &Sample) -> String {
     f.line("lunar_iscsi_sessions", "", sample.sessions);
     f.head("lunar_iscsi_connections", "gauge", "iSCSI connections open.");
     f.line("lunar_iscsi_connections", "", sample.connections);
+    f.head(
+        "lunar_limit_hits_total",
+        "counter",
+        "Times a resource limit was met (connection refused, window held, command refused before its data...).",
+    );
+    for (frontend, limit, n) in &sample.limit_hits {
+        f.line("lunar_limit_hits_total", &format!("frontend=\"{frontend}\",limit=\"{limit}\""), n);
+    }
     out
 }
 
@@ -422,6 +433,7 @@ mod tests {
             threads: vec![ThreadSample { iothread: 0, stats: t, queues: 2 }],
             sessions: 1,
             connections: 2,
+            limit_hits: vec![("iscsi", "window_held", 5), ("iscsi", "connections_refused", 0)],
         }
     }
 
@@ -450,6 +462,7 @@ mod tests {
         assert_eq!(value(&text, "lunar_iothread_queues{iothread=\"0\"}"), "2");
         assert_eq!(value(&text, "lunar_iothread_commands_total{iothread=\"0\",kind=\"read\"}"), "3");
         assert_eq!(value(&text, "lunar_iscsi_sessions"), "1");
+        assert_eq!(value(&text, "lunar_limit_hits_total{frontend=\"iscsi\",limit=\"window_held\"}"), "5");
         // Every sample line belongs to a family declared just before with HELP and TYPE.
         let mut declared = std::collections::HashSet::new();
         let mut current = String::new();

@@ -382,12 +382,28 @@ impl Disk {
 
     /// Before a front-end receives any data-out: how many bytes the command
     /// takes ([`Command::data_out_len`]), or the error it will end with
-    /// without them ([`Disk::validate`]). A transport sizes its buffers from
-    /// this, never from the length the initiator announces, so a command
-    /// the unit refuses claims no memory for its data. The bound
-    /// [`MAX_DATA_OUT_BYTES`] holds for every command that validates.
-    pub fn data_out_expected(&self, cmd: &Command) -> Result<usize, ScsiError> {
+    /// without them ([`Disk::validate`], then [`Disk::data_out_checked`]).
+    /// A transport sizes its buffers from this, never from the length the
+    /// initiator announces, so a command the unit refuses claims no memory
+    /// for its data. The bound [`MAX_DATA_OUT_BYTES`] holds for every
+    /// command that validates.
+    pub fn data_out_expected(&self, cmd: &Command, announced: usize) -> Result<usize, ScsiError> {
         self.validate(cmd)?;
+        self.data_out_checked(cmd, announced)
+    }
+
+    /// The data-out length of a command that passed [`Disk::validate`],
+    /// or the error its data-out alone makes. `announced` is the length
+    /// the transport was told (iSCSI's EDTL, the readable part of a virtio
+    /// chain): the only command whose outcome it changes is a COMPARE AND
+    /// WRITE of zero blocks with data, which is how 256 blocks wrap in the
+    /// one-byte field and must fail (see [`Disk::compare_and_write`]). A
+    /// transport answers these errors itself: the command's execution,
+    /// given no data, would not fail.
+    pub fn data_out_checked(&self, cmd: &Command, announced: usize) -> Result<usize, ScsiError> {
+        if matches!(cmd, Command::CompareAndWrite { blocks: 0, .. }) && announced > 0 {
+            return Err(ScsiError::DataOutLength { expected: 0, actual: announced });
+        }
         let n = cmd.data_out_len(self.config.block_size);
         if n > MAX_DATA_OUT_BYTES {
             // Unreachable for the commands validate() checks; kept so that a
@@ -596,7 +612,7 @@ mod data_out_tests {
     #[test]
     fn data_out_is_sized_from_the_cdb_and_refused_before_any_data() {
         let d = disk(1 << 16);
-        let expected = |cdb: &[u8]| d.data_out_expected(&Command::decode(cdb).unwrap());
+        let expected = |cdb: &[u8]| d.data_out_expected(&Command::decode(cdb).unwrap(), 1 << 20);
         assert_eq!(expected(&cdb10(0x2A, 0, 0, 8)), Ok(8 * 512));
         assert_eq!(expected(&cdb10(0x28, 0, 0, 8)), Ok(0), "reads take no data-out");
         // Longer than MAXIMUM TRANSFER LENGTH, or past the end: refused now.
@@ -613,6 +629,10 @@ mod data_out_tests {
         xcopy[0] = 0x83;
         xcopy[10..14].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(expected(&xcopy), Err(ScsiError::ParameterListLengthError));
+        // COMPARE AND WRITE of 256 blocks wraps to zero: refused, not a no-op.
+        let caw0 = Command::decode(&cdb16(0x89, 0, 0, 0)).unwrap();
+        assert!(d.data_out_expected(&caw0, 512 * 512).is_err());
+        assert_eq!(d.data_out_expected(&caw0, 0), Ok(0));
     }
 
     proptest::proptest! {
@@ -631,7 +651,7 @@ mod data_out_tests {
             let mut cdb = vec![op];
             cdb.extend_from_slice(&rest[..len - 1]);
             if let Ok(cmd) = Command::decode(&cdb) {
-                if let Ok(n) = d.data_out_expected(&cmd) {
+                if let Ok(n) = d.data_out_expected(&cmd, usize::MAX) {
                     proptest::prop_assert!(n <= MAX_DATA_OUT_BYTES, "{cdb:02x?} takes {n}");
                 }
             }

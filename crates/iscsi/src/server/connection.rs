@@ -908,13 +908,22 @@ impl Conn {
                 }
             }
         }
-        match lunar_scsi::Command::decode(&task.cdb).and_then(|cmd| disk.data_out_expected(&cmd)) {
+        // A command that does not decode or validate is left to the core,
+        // with no data: it answers the same error after the checks that
+        // come first (unit attention, reservation conflict).
+        let Ok(cmd) = lunar_scsi::Command::decode(&task.cdb) else {
+            LimitCounters::bump(&self.shared.hits.refused_before_data);
+            return Ok(());
+        };
+        if disk.validate(&cmd).is_err() {
+            LimitCounters::bump(&self.shared.hits.refused_before_data);
+            return Ok(());
+        }
+        match disk.data_out_checked(&cmd, task.edtl as usize) {
             Ok(n) => task.want = u32::try_from(n).unwrap_or(u32::MAX).min(task.edtl),
-            Err(_) => {
-                // The core gives the answer (reservation conflicts first,
-                // then this error), with no data.
+            Err(e) => {
                 LimitCounters::bump(&self.shared.hits.refused_before_data);
-                task.want = 0;
+                return Err(Response::check_condition(e.sense().fixed()));
             }
         }
         Ok(())

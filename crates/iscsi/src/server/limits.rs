@@ -129,6 +129,25 @@ pub struct LimitHits {
     pub log_suppressed: u64,
 }
 
+impl LimitHits {
+    /// Each count with its name (as `lunarctl status` and the metrics show it).
+    pub fn named(&self) -> [(&'static str, u64); 11] {
+        [
+            ("connections_refused", self.connections_refused),
+            ("sessions_refused", self.sessions_refused),
+            ("negotiation_timeouts", self.negotiation_timeouts),
+            ("window_held", self.window_held),
+            ("outside_window", self.outside_window),
+            ("immediate_rejected", self.immediate_rejected),
+            ("buffer_waits", self.buffer_waits),
+            ("oversized_pdus", self.oversized_pdus),
+            ("refused_before_data", self.refused_before_data),
+            ("write_stalls", self.write_stalls),
+            ("log_suppressed", self.log_suppressed),
+        ]
+    }
+}
+
 impl LimitCounters {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);

@@ -289,6 +289,22 @@ fn print_status(r: &Value) {
         }
     }
     print_sessions(&r["sessions"]);
+    print_limits(&r["limits"]);
+}
+
+/// The limits met (those with a non-zero count), per front-end.
+fn print_limits(v: &Value) {
+    for (frontend, l) in v.as_object().into_iter().flatten() {
+        let hits: Vec<String> = l["hits"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| n.as_u64().is_some_and(|n| n > 0))
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let hits = if hits.is_empty() { "none".to_string() } else { hits.join(", ") };
+        println!("{frontend} limits met: {hits}");
+    }
 }
 
 fn stats_header() -> Vec<String> {

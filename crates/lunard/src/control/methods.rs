@@ -348,7 +348,27 @@ async fn status(ctx: &Context, only: Option<&str>) -> Result<Value, MethodError>
         "portals": ctx.server.portals().iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "connections": ctx.server.connections(),
         "sessions": ctx.server.sessions().iter().map(session_json).collect::<Vec<_>>(),
+        "limits": limits_json(ctx),
     }))
+}
+
+/// The iSCSI resource limits in force and how often each was met.
+fn limits_json(ctx: &Context) -> Value {
+    let l = ctx.server.resource_limits();
+    let hits: serde_json::Map<String, Value> =
+        ctx.server.limit_hits().named().iter().map(|(k, v)| ((*k).to_string(), json!(v))).collect();
+    json!({
+        "iscsi": {
+            "sessions_per_target": l.max_sessions_per_target,
+            "connections_per_portal": l.max_connections_per_portal,
+            "connections_per_address": l.max_connections_per_address,
+            "cmd_window": l.cmd_window,
+            "unsolicited_bytes": l.max_unsolicited_bytes,
+            "buffered_bytes": l.max_buffered_bytes,
+            "negotiation_timeout_s": l.negotiation_timeout.as_secs(),
+            "hits": hits,
+        },
+    })
 }
 
 async fn lun_resize(ctx: &Context, t: &Arc<Target>, lun: u64, size: u64) -> Result<Value, RpcError> {
