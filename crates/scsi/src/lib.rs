@@ -66,8 +66,7 @@ pub use commands::{
 };
 pub use disk::{
     Disk, DiskConfig, ExecContext, Executed, ResizeError, TmfSupport, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_DATA_OUT_BYTES,
-    MAX_TRANSFER_BYTES,
-    MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS,
+    MAX_TRANSFER_BYTES, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS,
 };
 pub use error::{CopyAbort, ScsiError};
 pub use lun::report_luns_data;

@@ -487,7 +487,9 @@ impl Conn {
                     }
                     Err(_) => {
                         LimitCounters::bump(&self.shared.hits.write_stalls);
-                        self.warn(format_args!("the initiator reads nothing for {WRITE_TIMEOUT:?}: dropping the connection"));
+                        self.warn(format_args!(
+                            "the initiator reads nothing for {WRITE_TIMEOUT:?}: dropping the connection"
+                        ));
                         return Flow::Close;
                     }
                 }
@@ -901,6 +903,7 @@ impl Conn {
                     Some(cdb) => task.cdb = cdb,
                     None if super::task::is_block_write(&task.cdb) => {
                         // Not whole blocks: INVALID FIELD IN INFORMATION UNIT.
+                        LimitCounters::bump(&self.shared.hits.refused_before_data);
                         let sense = lunar_scsi::Sense::new(lunar_scsi::SenseKey::IllegalRequest, 0x0e, 0x03);
                         return Err(Response::check_condition(sense.fixed()));
                     }
@@ -994,8 +997,7 @@ impl Conn {
             task.solicited[i].next_data_sn += 1;
             let end = d.buffer_offset.saturating_add(d.data.len() as u32);
             // Solicited data was counted against the budget by its R2T.
-            if d.buffer_offset < s.offset || end > s.offset + s.len || task.accept(d.buffer_offset, &d.data).is_none()
-            {
+            if d.buffer_offset < s.offset || end > s.offset + s.len || task.accept(d.buffer_offset, &d.data).is_none() {
                 return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError).await;
             }
             task.solicited[i].received += d.data.len() as u32;
@@ -1016,7 +1018,10 @@ impl Conn {
     /// A Data-Out out of sequence: at ErrorRecoveryLevel 0 the recovery is
     /// the session's (RFC 7143 §7.1.1, §7.3): reject it and drop the connection.
     async fn data_sn_error(&mut self, d: DataOut) -> Flow {
-        self.warn(format_args!("Data-Out with a wrong DataSN {} (ITT {:#x}): dropping the connection", d.data_sn, d.itt));
+        self.warn(format_args!(
+            "Data-Out with a wrong DataSN {} (ITT {:#x}): dropping the connection",
+            d.data_sn, d.itt
+        ));
         let _ = self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError).await;
         Flow::Close
     }

@@ -62,9 +62,9 @@ pub(crate) fn set(limits: &mut ResourceLimits, key: &str, value: &str) -> Result
 
 /// `KEY=VALUE` of `--limit`.
 pub(crate) fn set_pair(limits: &mut ResourceLimits, pair: &str) -> Result<(), ConfigError> {
-    let (key, value) = pair
-        .split_once('=')
-        .ok_or_else(|| ConfigError::invalid_value("--limit", pair, format!("expected KEY=VALUE, KEY one of {}", KEYS.join(", "))))?;
+    let (key, value) = pair.split_once('=').ok_or_else(|| {
+        ConfigError::invalid_value("--limit", pair, format!("expected KEY=VALUE, KEY one of {}", KEYS.join(", ")))
+    })?;
     set(limits, key, value).map_err(|e| e.context(format!("--limit `{pair}`")))
 }
 

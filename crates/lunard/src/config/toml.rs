@@ -274,8 +274,12 @@ fn convert(root: FileRoot, base: &Path) -> Result<FileSettings, ConfigError> {
             toml::Value::String(s) => s.clone(),
             toml::Value::Integer(n) => n.to_string(),
             other => {
-                return Err(ConfigError::invalid_value(key.as_str(), other.to_string(), "expected a number or a string")
-                    .context("[limits]"))
+                return Err(ConfigError::invalid_value(
+                    key.as_str(),
+                    other.to_string(),
+                    "expected a number or a string",
+                )
+                .context("[limits]"))
             }
         };
         super::limits::set(&mut limits, &key, &text).map_err(|e| e.context("[limits]"))?;
