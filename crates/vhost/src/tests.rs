@@ -100,8 +100,14 @@ fn eventually(what: &str, f: impl Fn() -> bool) {
 }
 
 fn start(t: &Arc<Target>, num_queues: usize, dir: &Path) -> (Controller, Arc<ScsiBackend>, Mem) {
-    let cfg =
-        ControllerConfig { socket: dir.join("vus.sock"), num_queues, luns: None, hotplug: true, poll: DEFAULT_POLL };
+    let cfg = ControllerConfig {
+        socket: dir.join("vus.sock"),
+        num_queues,
+        luns: None,
+        hotplug: true,
+        poll: DEFAULT_POLL,
+        limits: VhostLimits::default(),
+    };
     let c = Controller::start(t.clone(), cfg).unwrap();
     let b = c.backend.clone();
     let mem = memory();
@@ -114,8 +120,14 @@ fn start(t: &Arc<Target>, num_queues: usize, dir: &Path) -> (Controller, Arc<Scs
 fn one_queue_controller(name: &str, dir: &Path) -> (Arc<Target>, Controller) {
     let t = Target::new(name, 1).unwrap();
     add_lun(&t, 0, Backend::mem(1 << 20));
-    let cfg =
-        ControllerConfig { socket: dir.join("vq.sock"), num_queues: 1, luns: None, hotplug: false, poll: DEFAULT_POLL };
+    let cfg = ControllerConfig {
+        socket: dir.join("vq.sock"),
+        num_queues: 1,
+        luns: None,
+        hotplug: false,
+        poll: DEFAULT_POLL,
+        limits: VhostLimits::default(),
+    };
     let c = Controller::start(t.clone(), cfg).unwrap();
     (t, c)
 }
@@ -388,6 +400,7 @@ fn a_new_process_resubmits_the_requests_the_old_one_left_in_flight() {
         luns: None,
         hotplug: false,
         poll: DEFAULT_POLL,
+        limits: Default::default(),
     };
     let c1 = Controller::start(t1.clone(), cfg).unwrap();
     let b1 = c1.backend.clone();
@@ -525,6 +538,7 @@ fn device_process() {
         luns: None,
         hotplug: false,
         poll: DEFAULT_POLL,
+        limits: Default::default(),
     };
     let _c = Controller::start(t.clone(), cfg).unwrap();
     // Bounded: the test kills it long before; it dies as it would be killed.
