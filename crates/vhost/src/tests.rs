@@ -1153,3 +1153,46 @@ fn only_the_data_out_the_cdb_asks_for_is_copied() {
     assert_eq!(device.stats().snapshot().bytes_written, 512);
     g.shutdown();
 }
+
+/// The same back-pressure through a real kick eventfd, watched by the
+/// queue's I/O thread (`kick_loop`, which polls the ring after serving
+/// it): at the limit it stops polling (the chains left on the ring are not
+/// work it can take) and the completions, not a kick, bring it back.
+#[test]
+fn back_pressure_through_the_kick_loop() {
+    use std::io::Write;
+    use vhost::vhost_user::VhostUserBackendReqHandlerMut;
+    let (mem, mem_file) = shared_memory();
+    let mut ring = Ring { base: REQ, next_desc: 0, avail_idx: 0 };
+    let dir = tempfile::tempdir().unwrap();
+    let t = Target::new("vhost-lim-kick", 1).unwrap();
+    let fault = Arc::new(FaultBackend::new(Backend::mem(1 << 20)));
+    fault.hold_new_writes(true);
+    add_lun(&t, 0, Backend::Fault(fault.clone()));
+    let limits = VhostLimits { max_inflight_per_queue: 3, ..Default::default() };
+    let cfg = ControllerConfig {
+        socket: dir.path().join("vq.sock"),
+        num_queues: 1,
+        luns: None,
+        hotplug: false,
+        poll: DEFAULT_POLL,
+        limits,
+    };
+    let c = Controller::start(t.clone(), cfg).unwrap();
+    let (mut conn, mut kick) = connect(&c.backend, &mem_file, None, &ring, 0);
+    conn.set_vring_enable(2, true).unwrap();
+    let resps: Vec<u64> = (0..9u64).map(|i| write10(&mem, &mut ring, i, 0, 900 + i, i as u32)).collect();
+    kick.write_all(&1u64.to_le_bytes()).unwrap();
+    for round in 0..3u16 {
+        eventually("three writes in the core", || ring.used_idx(&mem) == 3 * round && fault.held() == 3);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(fault.held(), 3, "round {round}: three writes in the core, no more");
+        fault.release_held();
+    }
+    eventually("nine answers", || ring.used_idx(&mem) == 9);
+    assert!(resps.iter().all(|&r| cmd_resp(&mem, r) == OK));
+    assert_eq!(c.requests_served(), vec![9]);
+    conn.stop();
+    c.shutdown();
+    t.shutdown();
+}

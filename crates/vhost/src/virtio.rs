@@ -336,6 +336,23 @@ mod tests {
         assert_eq!(cdb_len(&[0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), 10);
     }
 
+    /// `collect` looks at `max_descriptors` descriptors at most: a longer
+    /// chain is refused with what came before (its response area, if any),
+    /// and the rest of the chain is never walked.
+    #[test]
+    fn collect_stops_at_the_descriptor_limit() {
+        let walked = std::cell::Cell::new(0);
+        let chain = (0..10_000u64).map(|i| {
+            walked.set(walked.get() + 1);
+            (i, 8, i > 0)
+        });
+        let bad = Buffers::collect(chain, 4).unwrap_err();
+        assert_eq!(bad.error, ChainError::TooLong(4));
+        assert_eq!((bad.partial.readable.len(), bad.partial.writable.len()), (1, 3));
+        assert_eq!(walked.get(), 5, "the rest of the chain not walked");
+        assert!(Buffers::collect((0..4u64).map(|i| (i, 8, false)), 4).is_ok());
+    }
+
     /// `read_at` reads across readable segments from any offset, and
     /// refuses a range past the chain or outside guest memory.
     #[test]
