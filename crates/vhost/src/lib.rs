@@ -39,6 +39,21 @@
 //! loop when a LUN comes or goes). Each request virtqueue counts the
 //! commands it served and logs the count when the ring stops.
 //!
+//! # Limits on what a guest can make the device hold
+//!
+//! Each controller has [`VhostLimits`] ([`ControllerConfig::limits`]):
+//! descriptors per chain (only that many are walked), bytes per request
+//! each way, and requests in flight per request queue. A chain over the
+//! first two is answered at once, never dropped (`VIRTIO_SCSI_S_FAILURE`,
+//! or CHECK CONDITION with INVALID FIELD IN CDB for a request too large;
+//! used length 0 if the chain has no room for a response). At the third,
+//! the queue's I/O thread takes no more chains off its ring (and stops
+//! polling it) until a completion frees a slot and schedules a pass over
+//! the ring: back-pressure, nothing fails. Only the data-out the CDB asks
+//! for is copied out of guest memory, and a data-in area is a bound, never
+//! an allocation. [`Controller::limit_hits`] counts the hits (atomics
+//! bumped only on a hit); the warnings go through one rate limit.
+//!
 //! # Control and event queues
 //!
 //! The control queue is processed on the kick thread; task management
