@@ -25,6 +25,7 @@ fn drives_two_queues_with_no_error() {
             luns: None,
             hotplug: false,
             poll: lunar_vhost::DEFAULT_POLL,
+            limits: Default::default(),
         },
     )
     .unwrap();

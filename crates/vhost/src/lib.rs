@@ -39,6 +39,21 @@
 //! loop when a LUN comes or goes). Each request virtqueue counts the
 //! commands it served and logs the count when the ring stops.
 //!
+//! # Limits on what a guest can make the device hold
+//!
+//! Each controller has [`VhostLimits`] ([`ControllerConfig::limits`]):
+//! descriptors per chain (only that many are walked), bytes per request
+//! each way, and requests in flight per request queue. A chain over the
+//! first two is answered at once, never dropped (`VIRTIO_SCSI_S_FAILURE`,
+//! or CHECK CONDITION with INVALID FIELD IN CDB for a request too large;
+//! used length 0 if the chain has no room for a response). At the third,
+//! the queue's I/O thread takes no more chains off its ring (and stops
+//! polling it) until a completion frees a slot and schedules a pass over
+//! the ring: back-pressure, nothing fails. Only the data-out the CDB asks
+//! for is copied out of guest memory, and a data-in area is a bound, never
+//! an allocation. [`Controller::limit_hits`] counts the hits (atomics
+//! bumped only on a hit); the warnings go through one rate limit.
+//!
 //! # Control and event queues
 //!
 //! The control queue is processed on the kick thread; task management
@@ -83,6 +98,7 @@
 mod connection;
 pub mod events;
 pub mod inflight;
+pub mod limits;
 pub mod virtio;
 
 use std::collections::{BTreeMap, HashMap};
@@ -111,8 +127,11 @@ use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventF
 
 use events::{EventQueue, ScsiEvent, EVENT_LEN};
 use inflight::InflightQueue;
+pub use limits::{VhostLimitHits, VhostLimits};
 use virtio::*;
-pub use virtio::{decode_lun, parse_cmd, Buffers, ChainError};
+pub use virtio::{decode_lun, parse_cmd, BadChain, Buffers, ChainError};
+
+use limits::HitCounters;
 
 type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
 type Vring = VringRwLock<Mem>;
@@ -150,6 +169,8 @@ pub enum VhostError {
     NumQueues(usize),
     #[error("cannot start the controller thread: {0}")]
     Thread(io::Error),
+    #[error("bad vhost-user-scsi limit: {0}")]
+    Limits(&'static str),
 }
 
 /// A controller's settings.
@@ -169,10 +190,14 @@ pub struct ControllerConfig {
     /// serving it before it sleeps until the next kick (adaptive, up to
     /// this; zero: never). [`DEFAULT_POLL`] unless told otherwise.
     pub poll: Duration,
+    /// What the guest's requests may make the controller hold (chain
+    /// length, request size, requests in flight per queue);
+    /// `VhostLimits::default()` unless told otherwise.
+    pub limits: VhostLimits,
 }
 
 /// Virtqueue size the device supports (QEMU's default is 128).
-const MAX_QUEUE_SIZE: usize = 1024;
+pub const MAX_QUEUE_SIZE: usize = 1024;
 /// How long a request queue's I/O thread polls its ring after serving it,
 /// at most, before it sleeps until the next kick. QEMU's `poll-max-ns`
 /// default is 32 µs; on the 2-core machine of `docs/benchmarks.md` a
@@ -191,19 +216,39 @@ const NOTIFY_EVERY: u32 = 16;
 /// The shortest poll: below it the I/O thread sleeps at once.
 const POLL_MIN: Duration = Duration::from_micros(2);
 
-/// `seg_max` of the config space: QEMU's default ring size minus 2.
+/// `seg_max` of the config space: QEMU's default ring size minus 2 (fewer
+/// if [`VhostLimits::max_chain_descriptors`] is below 128).
 const SEG_MAX: u32 = 126;
+/// The longest control queue request (a TMF: type, subtype, LUN, tag).
+const CTRL_REQ_MAX: usize = 24;
 
-/// Rate-limited logging of bad guest input: at most one line a second.
+/// Rate-limited logging of bad guest input: at most one line a second,
+/// which says how many were suppressed since the last one (and so does
+/// [`RateLimit::flush`] when a request queue stops).
 struct RateLimit {
     last: AtomicU64,
     suppressed: AtomicU64,
+    /// Every warning suppressed since the controller started.
+    suppressed_total: AtomicU64,
     epoch: Instant,
 }
 
 impl RateLimit {
     fn new() -> Self {
-        RateLimit { last: AtomicU64::new(0), suppressed: AtomicU64::new(0), epoch: Instant::now() }
+        RateLimit {
+            last: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+            suppressed_total: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Logs the count of warnings suppressed since the last one logged, if any.
+    fn flush(&self) {
+        let n = self.suppressed.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            tracing::warn!(suppressed = n, "vhost-user-scsi: bad requests from the guest not logged");
+        }
     }
 
     fn warn(&self, what: &dyn std::fmt::Display) {
@@ -216,6 +261,7 @@ impl RateLimit {
             tracing::warn!(suppressed = n, "vhost-user-scsi: bad request from the guest: {what}");
         } else {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
+            self.suppressed_total.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -229,6 +275,22 @@ struct Shared {
     log: RateLimit,
     /// The longest poll of a request ring ([`ControllerConfig::poll`]).
     poll: Duration,
+    limits: VhostLimits,
+    /// Limits the guest ran into (bumped only then).
+    hits: HitCounters,
+}
+
+impl Shared {
+    /// Logs (rate-limited) and counts a refused chain.
+    fn refused(&self, e: &ChainError) {
+        let counter = match e {
+            ChainError::TooLong(_) => &self.hits.chain_too_long,
+            ChainError::TooLarge { .. } => &self.hits.request_too_large,
+            _ => &self.hits.bad_chain,
+        };
+        HitCounters::bump(counter);
+        self.log.warn(e);
+    }
 }
 
 /// A command in flight on a request virtqueue, and who waits for it.
@@ -291,6 +353,11 @@ struct RequestVq {
     scheduled: AtomicBool,
     /// The I/O thread is taking chains off the ring (`process` runs).
     busy: AtomicBool,
+    /// The queue has [`VhostLimits::max_inflight_per_queue`] commands in
+    /// the core: no chain is taken off the ring until one completes (and
+    /// processes the ring again). Set and cleared only under the lock of
+    /// `inflight`, when its size crosses the limit.
+    throttled: AtomicBool,
     /// The watch of the kick eventfd on `io_thread`, while the ring runs.
     kick: Mutex<Option<Arc<KickWatch>>>,
     /// Commands in flight, by descriptor head.
@@ -337,7 +404,7 @@ impl RequestVq {
         vring: &Vring,
         mem: &QueueMem,
         tracker: Option<&InflightQueue>,
-    ) -> Option<(u16, Result<Buffers, ChainError>)> {
+    ) -> Option<(u16, Result<Buffers, BadChain>)> {
         let mut ring = vring.get_mut();
         // Under the lock that GET_VRING_BASE takes to stop the ring: no
         // chain is taken off a stopped ring.
@@ -352,7 +419,8 @@ impl RequestVq {
             }
         }
         drop(ring);
-        Some((head, Buffers::collect(chain.map(|d| (d.addr().0, d.len(), d.is_write_only())))))
+        let max = self.shared.limits.max_chain_descriptors;
+        Some((head, Buffers::collect(chain.map(|d| (d.addr().0, d.len(), d.is_write_only())), max)))
     }
 
     /// Puts a chain on the used ring; with inflight tracking, the region's
@@ -405,11 +473,42 @@ impl RequestVq {
         out
     }
 
-    /// On the I/O thread: takes every available chain and submits it.
-    fn process(self: &Arc<Self>, vring: &Vring) {
+    /// On the I/O thread: takes every available chain and submits it;
+    /// true if it stopped at the in-flight limit (chains may be left).
+    fn process(self: &Arc<Self>, vring: &Vring) -> bool {
         self.busy.store(true, Ordering::Release);
-        self.process_ring(vring);
+        let throttled = self.process_ring(vring);
         self.busy.store(false, Ordering::Release);
+        throttled
+    }
+
+    /// Has the ring processed on the I/O thread, once, soon (a job already
+    /// scheduled and not yet started covers this call too).
+    fn schedule_process(self: &Arc<Self>, vring: &Vring) {
+        if self.scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (vq, vring) = (self.clone(), vring.clone());
+        let job = move || {
+            vq.scheduled.store(false, Ordering::Release);
+            vq.process(&vring);
+        };
+        let scheduled = self.shared.target.contexts().get(self.io_thread).map(|c| c.schedule(job));
+        if !matches!(scheduled, Some(Ok(()))) {
+            self.scheduled.store(false, Ordering::Release);
+        }
+    }
+
+    /// Requests this queue may have in the core at once: no limit if the
+    /// configured one is not below the ring's size (looked at only when a
+    /// limit below the largest ring is configured).
+    fn inflight_cap(&self, vring: &Vring) -> usize {
+        let max = self.shared.limits.max_inflight_per_queue as usize;
+        if max >= MAX_QUEUE_SIZE || max >= vring.get_ref().get_queue().size() as usize {
+            usize::MAX
+        } else {
+            max
+        }
     }
 
     /// Watches the kick eventfd of `vring` on this virtqueue's I/O thread
@@ -460,7 +559,9 @@ impl RequestVq {
             if watch.stop.load(Ordering::Acquire) {
                 return;
             }
-            self.process(&vring);
+            // At the in-flight limit there is nothing to poll for: the
+            // completion that frees a slot processes the ring again.
+            let throttled = self.process(&vring);
             // Poll the ring a little before sleeping, as QEMU's I/O threads
             // do (adaptive `poll-max-ns`): a driver that posts its next batch
             // within the window costs no kick and no wake-up. Each round
@@ -472,7 +573,7 @@ impl RequestVq {
             // The memory map once per window, not once per look.
             let mem = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let mut more = false;
-            while polled.elapsed() < window && !watch.stop.load(Ordering::Acquire) {
+            while !throttled && polled.elapsed() < window && !watch.stop.load(Ordering::Acquire) {
                 tokio::task::yield_now().await;
                 if mem.as_ref().is_some_and(|m| has_available(&vring, m.get())) {
                     more = true;
@@ -482,9 +583,11 @@ impl RequestVq {
             if more {
                 continue;
             }
-            window /= 2;
-            if window < POLL_MIN {
-                window = Duration::ZERO;
+            if !throttled {
+                window /= 2;
+                if window < POLL_MIN {
+                    window = Duration::ZERO;
+                }
             }
             let slept = Instant::now();
             tokio::select! {
@@ -507,64 +610,99 @@ impl RequestVq {
         }
     }
 
-    fn process_ring(self: &Arc<Self>, vring: &Vring) {
-        let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
+    /// Takes chains off the ring until it is empty, or until the queue has
+    /// its limit of commands in flight (then true: the completion that
+    /// frees a slot calls this again; notifications stay off meanwhile).
+    fn process_ring(self: &Arc<Self>, vring: &Vring) -> bool {
+        let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return false };
         let luns = self.queues();
         let tracker = self.tracker();
+        let cap = self.inflight_cap(vring);
         let resubmit = std::mem::take(&mut *self.resubmit.lock().unwrap_or_else(|e| e.into_inner()));
         if !resubmit.is_empty() {
             let (table, size) = {
                 let r = vring.get_ref();
                 (r.get_queue().desc_table(), r.get_queue().size())
             };
+            let max = self.shared.limits.max_chain_descriptors;
             for head in resubmit {
-                let buffers = chain_at(mem.get(), table, size, head).and_then(|d| Buffers::collect(d.into_iter()));
-                self.submit(vring, &mem, &luns, head, buffers);
+                // Taken off the ring already (by the dead process): submitted
+                // whatever the in-flight limit.
+                let buffers = match chain_at(mem.get(), table, size, head, max.saturating_add(1)) {
+                    Ok(d) => Buffers::collect(d.into_iter(), max),
+                    Err(error) => Err(BadChain { error, partial: Buffers::default() }),
+                };
+                self.submit(vring, &mem, &luns, head, buffers, cap);
             }
+        }
+        // Once per pass (a completion clears it and processes the ring again).
+        if self.throttled.load(Ordering::Acquire) {
+            return true;
         }
         loop {
             let _ = vring.disable_notification();
             loop {
                 if !vring.get_ref().get_queue().ready() {
-                    return;
+                    return false;
                 }
                 let Some((head, buffers)) = self.pop(vring, &mem, tracker.as_deref()) else { break };
-                self.submit(vring, &mem, &luns, head, buffers);
+                if self.submit(vring, &mem, &luns, head, buffers, cap) {
+                    return true;
+                }
             }
             match vring.enable_notification() {
                 Ok(true) => continue,
                 _ => break,
             }
         }
+        false
     }
 
+    /// Answers a chain refused before it reached the core: `header` in its
+    /// response area if its writable buffers hold one (`resp_len` bytes),
+    /// used length 0 otherwise.
+    fn refuse(&self, vring: &Vring, mem: &QueueMem, head: u16, buffers: &Buffers, resp_len: u64, header: &[u8]) {
+        let n =
+            if buffers.writable_len() >= resp_len { buffers.write_at(mem.get(), 0, header).unwrap_or(0) } else { 0 };
+        self.used_now(vring, head, n as u32);
+    }
+
+    /// Submits one chain to the core (or answers it at once if it is bad or
+    /// over a limit); true if the queue now has `cap` commands in flight
+    /// (the caller stops taking chains: [`RequestVq::throttled`]).
     fn submit(
         self: &Arc<Self>,
         vring: &Vring,
         mem: &QueueMem,
         luns: &LunMap,
         head: u16,
-        buffers: Result<Buffers, ChainError>,
-    ) {
+        buffers: Result<Buffers, BadChain>,
+        cap: usize,
+    ) -> bool {
         let sense_size = self.shared.sense_size.load(Ordering::Relaxed) as usize;
         let cdb_size = self.shared.cdb_size.load(Ordering::Relaxed) as usize;
+        let resp_len = (RESP_HEADER + sense_size) as u64;
         let buffers = match buffers {
             Ok(b) => b,
-            Err(e) => {
-                self.shared.log.warn(&e);
-                return self.used_now(vring, head, 0);
+            Err(BadChain { error, partial }) => {
+                // Too long, or out of order: S_FAILURE if the buffers seen
+                // before the refusal hold a response.
+                self.shared.refused(&error);
+                let r = encode_resp(&[], sense_size, 0, 0, S_FAILURE);
+                self.refuse(vring, mem, head, &partial, resp_len, &r);
+                return false;
             }
         };
-        let resp_len = (RESP_HEADER + sense_size) as u64;
         if buffers.writable_len() < resp_len {
-            self.shared.log.warn(&ChainError::ShortResponse(buffers.writable_len() as usize));
-            return self.used_now(vring, head, 0);
+            self.shared.refused(&ChainError::ShortResponse(buffers.writable_len() as usize));
+            self.used_now(vring, head, 0);
+            return false;
         }
-        let fail = |response: u8, e: &dyn std::fmt::Display| {
-            self.shared.log.warn(e);
+        let fail = |response: u8, e: &ChainError| {
+            self.shared.refused(e);
             let r = encode_resp(&[], sense_size, 0, 0, response);
-            let n = buffers.write_at(mem.get(), 0, &r).unwrap_or(0);
-            self.used_now(vring, head, n as u32);
+            self.refuse(vring, mem, head, &buffers, resp_len, &r);
+            false
         };
         // The header and CDB, then the data-out straight into its own
         // buffer (the one the core takes): one copy out of guest memory.
@@ -581,23 +719,54 @@ impl RequestVq {
         let Some(queue) = queue else {
             let r = encode_resp(&[], sense_size, 0, 0, S_BAD_TARGET);
             let n = buffers.write_at(mem.get(), 0, &r).unwrap_or(0);
-            return self.used_now(vring, head, n as u32);
+            self.used_now(vring, head, n as u32);
+            return false;
         };
+        let limit = self.shared.limits.max_request_bytes;
+        let bytes = buffers.readable_len().max(buffers.writable_len());
+        if bytes > limit {
+            // As the LU answers a transfer over its MAXIMUM TRANSFER LENGTH.
+            self.shared.refused(&ChainError::TooLarge { bytes, limit });
+            let descriptor = queue.device().disk().descriptor_sense();
+            let sense = lunar_scsi::sense::INVALID_FIELD_IN_CDB.sense().encode(descriptor);
+            let r = encode_resp(&sense, sense_size, 0, Status::CheckCondition.code(), S_OK);
+            self.refuse(vring, mem, head, &buffers, resp_len, &r);
+            return false;
+        }
         let lun = queue.device().lun();
         let cdb = &hdr.cdb[..cdb_len(&hdr.cdb).min(hdr.cdb.len())];
         let data_in_cap = buffers.writable_len() - resp_len;
-        let data_out_len = (buffers.readable_len() - header_len as u64) as usize;
+        // Only the data-out the CDB asks for (none for a CDB that does not
+        // decode: the core refuses it), never more than the chain has: the
+        // core is given, and the device holds, no more of the guest's
+        // buffers than the command uses.
+        let offered = (buffers.readable_len() - header_len as u64) as usize;
+        let data_out_len = if offered == 0 {
+            0
+        } else {
+            let block_size = queue.device().disk().block_size();
+            lunar_scsi::Command::decode(cdb).map_or(0, |c| c.data_out_len(block_size)).min(offered)
+        };
         let data_out = match buffers.read_at(mem.get(), header_len as u64, data_out_len) {
             Ok(d) => d,
             Err(e) => return fail(S_FAILURE, &e),
         };
-        self.lock_inflight().insert(head, Pending { lun, tag: hdr.tag, reset: false, waiters: Vec::new() });
+        let full = {
+            let mut inflight = self.lock_inflight();
+            inflight.insert(head, Pending { lun, tag: hdr.tag, reset: false, waiters: Vec::new() });
+            let full = inflight.len() >= cap;
+            if full && !self.throttled.swap(true, Ordering::AcqRel) {
+                HitCounters::bump(&self.shared.hits.inflight_throttled);
+            }
+            full
+        };
         self.served.fetch_add(1, Ordering::Relaxed);
         let (me, vring, mem) = (self.clone(), vring.clone(), mem.clone());
         let request = lunar_target::request(hdr.tag, lun, cdb, data_out, move |resp| {
             me.complete(&vring, &mem, head, &buffers, data_in_cap, sense_size, resp);
         });
         queue.submit(request);
+        full
     }
 
     /// On the queue's holder thread: writes the response and returns the chain.
@@ -631,7 +800,20 @@ impl RequestVq {
         let header = encode_resp(&resp.sense, sense_size, residual, resp.status.code(), response);
         let n = buffers.write_at(m, 0, &header).unwrap_or(0);
         self.used_batched(vring, head, (n + written) as u32);
-        let pending = self.lock_inflight().remove(&head);
+        let (pending, resume) = {
+            let mut inflight = self.lock_inflight();
+            let pending = inflight.remove(&head);
+            // The queue fell below the in-flight limit (an integer compare
+            // on every completion; the flag only when it just did: the
+            // size crosses the limit one removal at a time).
+            let at_limit =
+                pending.is_some() && inflight.len() + 1 == self.shared.limits.max_inflight_per_queue as usize;
+            (pending, at_limit && self.throttled.swap(false, Ordering::AcqRel))
+        };
+        if resume {
+            // The chains left on the ring are taken now, kick or no kick.
+            self.schedule_process(vring);
+        }
         if let Some(p) = pending {
             for w in p.waiters {
                 let _ = w.send(());
@@ -739,10 +921,11 @@ struct ScsiBackend {
 impl ScsiBackend {
     fn config_space(&self) -> [u8; CONFIG_LEN] {
         let mut c = [0u8; CONFIG_LEN];
+        let limits = &self.shared.limits;
         let fields: [u32; 7] = [
             self.vqs.len() as u32,
-            SEG_MAX,
-            0xffff,
+            limits.seg_max(SEG_MAX),
+            limits.max_sectors(),
             128,
             16,
             self.shared.sense_size.load(Ordering::Relaxed),
@@ -767,10 +950,11 @@ impl ScsiBackend {
                 let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem.memory());
                 let Some(chain) = chain else { break };
                 let head = chain.head_index();
-                match Buffers::collect(chain.map(|d| (d.addr().0, d.len(), d.is_write_only()))) {
+                let max = self.shared.limits.max_chain_descriptors;
+                match Buffers::collect(chain.map(|d| (d.addr().0, d.len(), d.is_write_only())), max) {
                     Ok(b) => self.control(vring, &mem, head, b),
-                    Err(e) => {
-                        self.shared.log.warn(&e);
+                    Err(bad) => {
+                        self.shared.refused(&bad.error);
                         used(vring, head, 0);
                     }
                 }
@@ -783,10 +967,13 @@ impl ScsiBackend {
     }
 
     fn control(&self, vring: &Vring, mem: &Mem, head: u16, b: Buffers) {
-        let bytes = match b.read_all(&*mem.memory()) {
+        // The longest control request is a TMF's 24 bytes: nothing past
+        // them is read (a guest's huge buffer claims no memory here).
+        let len = b.readable_len().min(CTRL_REQ_MAX as u64) as usize;
+        let bytes = match b.read_at(&*mem.memory(), 0, len) {
             Ok(x) => x,
             Err(e) => {
-                self.shared.log.warn(&e);
+                self.shared.refused(&e);
                 return used(vring, head, 0);
             }
         };
@@ -814,6 +1001,7 @@ impl ScsiBackend {
                 reply(&[0, 0, 0, 0, S_OK]);
             }
             _ => {
+                HitCounters::bump(&self.shared.hits.bad_chain);
                 self.shared.log.warn(&"bad control request");
                 if b.writable_len() >= 1 && b.writable_len() < 5 {
                     reply(&[S_FAILURE]);
@@ -1010,7 +1198,8 @@ impl ScsiBackend {
                 }
                 let Some(chain) = ring.get_queue_mut().pop_descriptor_chain(mem.memory()) else { break };
                 let head = chain.head_index();
-                let written = match Buffers::collect(chain.map(|d| (d.addr().0, d.len(), d.is_write_only()))) {
+                let max = self.shared.limits.max_chain_descriptors;
+                let written = match Buffers::collect(chain.map(|d| (d.addr().0, d.len(), d.is_write_only())), max) {
                     Ok(b) if b.readable.is_empty() && b.writable_len() >= EVENT_LEN as u64 => {
                         match b.write_at(&*mem.memory(), 0, &event) {
                             Ok(n) => {
@@ -1024,11 +1213,12 @@ impl ScsiBackend {
                         }
                     }
                     Ok(_) => {
+                        HitCounters::bump(&self.shared.hits.bad_chain);
                         self.shared.log.warn(&"event queue buffer not a 16-byte writable buffer");
                         0
                     }
-                    Err(e) => {
-                        self.shared.log.warn(&e);
+                    Err(bad) => {
+                        self.shared.refused(&bad.error);
                         0
                     }
                 };
@@ -1187,6 +1377,7 @@ impl VhostUserBackend for ScsiBackend {
                         requests = v.served.load(Ordering::Relaxed),
                         "vhost-user-scsi: request queue stopped"
                     );
+                    self.shared.log.flush();
                 }
             }
         }
@@ -1217,17 +1408,8 @@ impl VhostUserBackend for ScsiBackend {
             return Ok(());
         }
         let (Some(vq), Some(vring)) = (self.vqs.get(thread - 1), vrings.first()) else { return Ok(()) };
-        if device_event != 0 || vq.scheduled.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        let (job_vq, vring) = (vq.clone(), vring.clone());
-        let job = move || {
-            job_vq.scheduled.store(false, Ordering::Release);
-            job_vq.process(&vring);
-        };
-        let scheduled = self.shared.target.contexts().get(vq.io_thread).map(|c| c.schedule(job));
-        if !matches!(scheduled, Some(Ok(()))) {
-            vq.scheduled.store(false, Ordering::Release);
+        if device_event == 0 {
+            vq.schedule_process(vring);
         }
         Ok(())
     }
@@ -1253,12 +1435,15 @@ impl Controller {
         if !(1..=1022).contains(&config.num_queues) {
             return Err(VhostError::NumQueues(config.num_queues));
         }
+        config.limits.validate()?;
         let shared = Arc::new(Shared {
             target: target.clone(),
             cdb_size: AtomicU32::new(DEFAULT_CDB_SIZE),
             sense_size: AtomicU32::new(DEFAULT_SENSE_SIZE),
             log: RateLimit::new(),
             poll: config.poll,
+            limits: config.limits,
+            hits: HitCounters::default(),
         });
         let nexus = Nexus::new(format!("vhost-user:{}", config.socket.display()), 1);
         let threads = target.io_threads().max(1);
@@ -1284,6 +1469,7 @@ impl Controller {
                 mem: Mutex::new(None),
                 scheduled: AtomicBool::new(false),
                 busy: AtomicBool::new(false),
+                throttled: AtomicBool::new(false),
                 kick: Mutex::new(None),
                 inflight: Mutex::new(HashMap::new()),
                 served: AtomicU64::new(0),
@@ -1352,6 +1538,18 @@ impl Controller {
     /// Commands each request queue submitted to the core since the start.
     pub fn requests_served(&self) -> Vec<u64> {
         self.backend.vqs.iter().map(|v| v.served.load(Ordering::Relaxed)).collect()
+    }
+
+    /// The controller's limits ([`ControllerConfig::limits`]).
+    pub fn limits(&self) -> VhostLimits {
+        self.backend.shared.limits
+    }
+
+    /// How many times the guest ran into a limit, or sent a malformed
+    /// request, since the controller started.
+    pub fn limit_hits(&self) -> VhostLimitHits {
+        let shared = &self.backend.shared;
+        shared.hits.snapshot(shared.log.suppressed_total.load(Ordering::Relaxed))
     }
 
     /// Disconnects the frontend, stops listening, closes the core queues.

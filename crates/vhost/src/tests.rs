@@ -100,8 +100,23 @@ fn eventually(what: &str, f: impl Fn() -> bool) {
 }
 
 fn start(t: &Arc<Target>, num_queues: usize, dir: &Path) -> (Controller, Arc<ScsiBackend>, Mem) {
-    let cfg =
-        ControllerConfig { socket: dir.join("vus.sock"), num_queues, luns: None, hotplug: true, poll: DEFAULT_POLL };
+    start_with(t, num_queues, dir, VhostLimits::default())
+}
+
+fn start_with(
+    t: &Arc<Target>,
+    num_queues: usize,
+    dir: &Path,
+    limits: VhostLimits,
+) -> (Controller, Arc<ScsiBackend>, Mem) {
+    let cfg = ControllerConfig {
+        socket: dir.join("vus.sock"),
+        num_queues,
+        luns: None,
+        hotplug: true,
+        poll: DEFAULT_POLL,
+        limits,
+    };
     let c = Controller::start(t.clone(), cfg).unwrap();
     let b = c.backend.clone();
     let mem = memory();
@@ -114,8 +129,14 @@ fn start(t: &Arc<Target>, num_queues: usize, dir: &Path) -> (Controller, Arc<Scs
 fn one_queue_controller(name: &str, dir: &Path) -> (Arc<Target>, Controller) {
     let t = Target::new(name, 1).unwrap();
     add_lun(&t, 0, Backend::mem(1 << 20));
-    let cfg =
-        ControllerConfig { socket: dir.join("vq.sock"), num_queues: 1, luns: None, hotplug: false, poll: DEFAULT_POLL };
+    let cfg = ControllerConfig {
+        socket: dir.join("vq.sock"),
+        num_queues: 1,
+        luns: None,
+        hotplug: false,
+        poll: DEFAULT_POLL,
+        limits: VhostLimits::default(),
+    };
     let c = Controller::start(t.clone(), cfg).unwrap();
     (t, c)
 }
@@ -388,6 +409,7 @@ fn a_new_process_resubmits_the_requests_the_old_one_left_in_flight() {
         luns: None,
         hotplug: false,
         poll: DEFAULT_POLL,
+        limits: Default::default(),
     };
     let c1 = Controller::start(t1.clone(), cfg).unwrap();
     let b1 = c1.backend.clone();
@@ -525,6 +547,7 @@ fn device_process() {
         luns: None,
         hotplug: false,
         poll: DEFAULT_POLL,
+        limits: Default::default(),
     };
     let _c = Controller::start(t.clone(), cfg).unwrap();
     // Bounded: the test kills it long before; it dies as it would be killed.
@@ -772,11 +795,16 @@ struct TwoQueues {
 
 impl TwoQueues {
     fn new(name: &str) -> TwoQueues {
+        TwoQueues::with(name, VhostLimits::default(), Backend::mem(1 << 20))
+    }
+
+    /// LUN 0 on `lun0`, the controller with `limits`.
+    fn with(name: &str, limits: VhostLimits, lun0: Backend) -> TwoQueues {
         let dir = tempfile::tempdir().unwrap();
         let t = Target::new(name, 2).unwrap();
-        add_lun(&t, 0, Backend::mem(1 << 20));
+        add_lun(&t, 0, lun0);
         add_lun(&t, 1, Backend::mem(1 << 20));
-        let (c, b, mem) = start(&t, 2, dir.path());
+        let (c, b, mem) = start_with(&t, 2, dir.path(), limits);
         let (cr, ctrl) = Ring::new(&mem, CTRL);
         let (_, evt) = Ring::new(&mem, EVT);
         let rings: Vec<_> = (0..2).map(|q| Ring::new(&mem, REQ + 0x2000 * q)).collect();
@@ -897,6 +925,273 @@ fn a_long_pass_notifies_the_driver_before_it_ends() {
         bytes += k;
     }
     assert!(bytes / 8 >= 3, "{} notifications for one pass of {n} answers", bytes / 8);
+    conn.stop();
+    c.shutdown();
+    t.shutdown();
+}
+
+/// Guest memory for the limit tests' chains (indirect tables, headers,
+/// responses), clear of the rings and of `command`'s slots.
+const LIM: u64 = 0x30_0000;
+const RESP_LEN: u32 = (RESP_HEADER + DEFAULT_SENSE_SIZE as usize) as u32;
+
+fn rw10(op: u8, lba: u32, blocks: u16) -> [u8; 10] {
+    let mut cdb = [op, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+    cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+    cdb
+}
+
+impl Ring {
+    /// Makes a chain available through one indirect table written at `table`.
+    fn add_indirect(&mut self, mem: &Mem, table: u64, bufs: &[(u64, u32, bool)]) -> u16 {
+        let m = mem.memory();
+        for (i, &(addr, len, write)) in bufs.iter().enumerate() {
+            let at = table + 16 * i as u64;
+            let flags = if i + 1 < bufs.len() { 1 } else { 0 } | if write { 2 } else { 0 };
+            m.write_obj(addr, GuestAddress(at)).unwrap();
+            m.write_obj(len, GuestAddress(at + 8)).unwrap();
+            m.write_obj(flags as u16, GuestAddress(at + 12)).unwrap();
+            m.write_obj(i as u16 + 1, GuestAddress(at + 14)).unwrap();
+        }
+        let head = self.next_desc;
+        let at = self.desc() + 16 * head as u64;
+        m.write_obj(table, GuestAddress(at)).unwrap();
+        m.write_obj(16 * bufs.len() as u32, GuestAddress(at + 8)).unwrap();
+        m.write_obj(4u16, GuestAddress(at + 12)).unwrap();
+        m.write_obj(0u16, GuestAddress(at + 14)).unwrap();
+        self.next_desc = (head + 1) % QSIZE;
+        let slot = self.avail() + 4 + 2 * (self.avail_idx % QSIZE) as u64;
+        m.write_obj(head, GuestAddress(slot)).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        m.write_obj(self.avail_idx, GuestAddress(self.avail() + 2)).unwrap();
+        head
+    }
+}
+
+impl TwoQueues {
+    fn kick(&self, q: usize) {
+        self.b.handle_event(0, EventSet::IN, std::slice::from_ref(&self.rings[q].1), q + 1).unwrap();
+    }
+
+    /// Writes a request header for `cdb` to LUN `lun` at `at`; its length.
+    fn header(&mut self, at: u64, lun: u16, cdb: &[u8]) -> u32 {
+        self.slot += 1;
+        let r = request_header(lun, self.slot, cdb);
+        self.mem.memory().write_slice(&r, GuestAddress(at)).unwrap();
+        r.len() as u32
+    }
+
+    /// Posts `chain` on request queue `q` (through an indirect table at
+    /// `table`, if given), kicks it and waits for its answer: the used length.
+    fn post(&mut self, q: usize, chain: &[(u64, u32, bool)], table: Option<u64>) -> u32 {
+        let base = self.rings[q].0.used_idx(&self.mem);
+        match table {
+            Some(t) => self.rings[q].0.add_indirect(&self.mem, t, chain),
+            None => self.rings[q].0.add(&self.mem, chain),
+        };
+        self.kick(q);
+        eventually("the chain answered", || self.rings[q].0.used_idx(&self.mem) == base + 1);
+        self.rings[q].0.used_elem(&self.mem, base).1
+    }
+
+    fn hits(&self) -> VhostLimitHits {
+        VhostLimitHits { warnings_suppressed: 0, ..self.c.limit_hits() }
+    }
+}
+
+/// `max_chain_descriptors` (default 1024): a chain one indirect table
+/// longer than that is completed with `S_FAILURE` in its response area
+/// when the response comes before the limit, with used length 0 when it
+/// does not (the device never walks past the limit to find it); a chain of
+/// exactly the limit is served, and so is the next request on the queue
+/// and on the other queue.
+#[test]
+fn a_chain_over_max_chain_descriptors_is_failed_and_the_queue_goes_on() {
+    let mut g = TwoQueues::new("vhost-lim-chain");
+    let max = VhostLimits::default().max_chain_descriptors as u64;
+    let (hdr, resp, data) = (LIM + 0x8000, LIM + 0x9000, LIM + 0xa000);
+    g.mem.memory().write_slice(&[0xff; RESP_LEN as usize], GuestAddress(resp)).unwrap();
+    // Request, response, then 1100 data-in buffers of 8 bytes.
+    let n = g.header(hdr, 0, &rw10(0x28, 0, 1));
+    let mut chain = vec![(hdr, n, false), (resp, RESP_LEN, true)];
+    chain.extend((0..1100).map(|i| (data + 8 * i, 8, true)));
+    assert_eq!(g.post(0, &chain, Some(LIM)), RESP_LEN, "answered in its response area");
+    assert_eq!(cmd_resp(&g.mem, resp), (S_FAILURE, 0));
+
+    // Request, 1100 data-out buffers, then the response: no room for an answer.
+    g.mem.memory().write_slice(&[0xff; RESP_LEN as usize], GuestAddress(resp)).unwrap();
+    let n = g.header(hdr, 0, &rw10(0x2a, 0, 1));
+    let mut chain = vec![(hdr, n, false)];
+    chain.extend((0..1100).map(|i| (data + 8 * i, 8, false)));
+    chain.push((resp, RESP_LEN, true));
+    assert_eq!(g.post(0, &chain, Some(LIM)), 0, "completed, used length 0");
+    assert_eq!(read(&g.mem, resp, RESP_LEN as usize), vec![0xff; RESP_LEN as usize], "response area untouched");
+
+    // Exactly the limit: served (512 bytes read into the first 64 buffers).
+    let n = g.header(hdr, 0, &rw10(0x28, 0, 1));
+    let mut chain = vec![(hdr, n, false), (resp, RESP_LEN, true)];
+    chain.extend((0..max - 2).map(|i| (data + 8 * i, 8, true)));
+    assert_eq!(g.post(0, &chain, Some(LIM)), RESP_LEN + 512);
+    assert_eq!(cmd_resp(&g.mem, resp), OK);
+
+    assert_eq!(g.tur(0, 0).0, OK, "the next request on the queue");
+    assert_eq!(g.tur(1, 0).0, OK, "the other queue");
+    assert_eq!(g.hits(), VhostLimitHits { chain_too_long: 2, ..Default::default() });
+    g.shutdown();
+}
+
+/// `max_request_bytes` (default 8 MiB + 275): a WRITE(10) whose chain
+/// carries 9 MiB of data-out, and a READ(10) into 9 MiB of data-in, get
+/// CHECK CONDITION, INVALID FIELD IN CDB (what the LU answers for a
+/// transfer over its MAXIMUM TRANSFER LENGTH); a READ(10) of one block into
+/// a data-in area of the whole limit is served (the capacity is only a
+/// bound: nothing allocates it), and so are the next requests.
+#[test]
+fn a_request_over_max_request_bytes_gets_invalid_field_in_cdb_and_the_queue_goes_on() {
+    let mut g = TwoQueues::new("vhost-lim-bytes");
+    let limit = VhostLimits::default().max_request_bytes;
+    let (hdr, resp) = (LIM + 0x8000, LIM + 0x9000);
+    let mib3 = 3 << 20;
+    // Three 3 MiB data-out buffers over the same guest memory.
+    let n = g.header(hdr, 0, &rw10(0x2a, 0, 1));
+    let chain =
+        [(hdr, n, false), (DATA, mib3, false), (DATA, mib3, false), (DATA, mib3, false), (resp, RESP_LEN, true)];
+    assert_eq!(g.post(0, &chain, None), RESP_LEN);
+    assert_eq!((cmd_resp(&g.mem, resp), sense_at(&g.mem, resp)), (CHECK, (0x5, 0x24, 0x00)));
+
+    let n = g.header(hdr, 0, &rw10(0x28, 0, 1));
+    let chain = [(hdr, n, false), (resp, RESP_LEN, true), (DATA, 9 << 20, true)];
+    assert_eq!(g.post(0, &chain, None), RESP_LEN);
+    assert_eq!((cmd_resp(&g.mem, resp), sense_at(&g.mem, resp)), (CHECK, (0x5, 0x24, 0x00)));
+
+    // Exactly the limit: one block read, the rest of the area a residual.
+    let data_in = limit as u32 - RESP_LEN;
+    let chain = [(hdr, n, false), (resp, RESP_LEN, true), (DATA, data_in, true)];
+    assert_eq!(g.post(0, &chain, None), RESP_LEN + 512);
+    assert_eq!(cmd_resp(&g.mem, resp), OK);
+    let residual = u32::from_le_bytes(read(&g.mem, resp + 4, 4).try_into().unwrap());
+    assert_eq!(residual, data_in - 512);
+
+    assert_eq!(g.tur(0, 0).0, OK, "the next request on the queue");
+    assert_eq!(g.tur(1, 0).0, OK, "the other queue");
+    assert_eq!(g.hits(), VhostLimitHits { request_too_large: 2, ..Default::default() });
+    g.shutdown();
+}
+
+/// `max_inflight_per_queue` 2, eight writes posted at once (one kick) to a
+/// LUN that holds its writes: the queue never has more than two in the
+/// core, the others wait on the ring; each release lets two more in with
+/// no kick from the driver (the completions process the ring again), the
+/// other queue is served meanwhile, and all eight complete once, GOOD.
+#[test]
+fn at_max_inflight_per_queue_the_ring_waits_and_every_request_completes_once() {
+    let fault = Arc::new(FaultBackend::new(Backend::mem(1 << 20)));
+    fault.hold_new_writes(true);
+    let limits = VhostLimits { max_inflight_per_queue: 2, ..Default::default() };
+    let mut g = TwoQueues::with("vhost-lim-inflight", limits, Backend::Fault(fault.clone()));
+    let resps: Vec<u64> = (0..8u64).map(|i| write10(&g.mem, &mut g.rings[0].0, 40 + i, 0, 800 + i, i as u32)).collect();
+    g.kick(0);
+    for round in 0..4u16 {
+        eventually("two writes in the core", || g.rings[0].0.used_idx(&g.mem) == 2 * round && fault.held() == 2);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(fault.held(), 2, "round {round}: two writes in the core, no more");
+        assert_eq!(g.b.vqs[0].lock_inflight().len(), 2, "round {round}");
+        assert_eq!(g.rings[0].0.used_idx(&g.mem), 2 * round, "round {round}: none answered early");
+        if round == 0 {
+            assert_eq!(g.tur(1, 1).0, OK, "the other queue is served");
+            assert_eq!(g.tur(1, 0).0, OK, "the other queue is served on the same LUN");
+        }
+        fault.release_held();
+    }
+    eventually("eight answers", || g.rings[0].0.used_idx(&g.mem) == 8);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(g.rings[0].0.used_idx(&g.mem), 8, "each answered once");
+    let mut heads: Vec<u32> = (0..8).map(|i| g.rings[0].0.used_elem(&g.mem, i).0).collect();
+    heads.sort();
+    assert_eq!(heads, (0..8).map(|i| 2 * i).collect::<Vec<u32>>());
+    for r in &resps {
+        assert_eq!(cmd_resp(&g.mem, *r), OK);
+    }
+    assert_eq!(fault.writes(), 8);
+    let hits = g.hits();
+    assert!((4..=8).contains(&hits.inflight_throttled), "{hits:?}");
+    assert_eq!(VhostLimitHits { inflight_throttled: 0, ..hits }, VhostLimitHits::default());
+    g.shutdown();
+}
+
+/// A WRITE(10) of one block whose chain offers 2 MiB of data-out: the core
+/// is handed the block (512 bytes, counted as written), not the chain's
+/// readable part; the block lands at its LBA and nothing after it. A CDB
+/// that does not decode is handed no data-out.
+#[test]
+fn only_the_data_out_the_cdb_asks_for_is_copied() {
+    let mut g = TwoQueues::new("vhost-lim-dataout");
+    let (hdr, block, resp) = (LIM + 0x8000, LIM + 0x9000, LIM + 0xa000);
+    g.mem.memory().write_slice(&[0x5a; 512], GuestAddress(block)).unwrap();
+    let n = g.header(hdr, 0, &rw10(0x2a, 5, 1));
+    let chain = [(hdr, n, false), (block, 512, false), (DATA, 2 << 20, false), (resp, RESP_LEN, true)];
+    assert_eq!(g.post(0, &chain, None), RESP_LEN);
+    assert_eq!(cmd_resp(&g.mem, resp), OK);
+    let device = g.b.vqs[0].queues()[&0].device().clone();
+    assert_eq!(device.stats().snapshot().bytes_written, 512, "the data-out handed to the core");
+    let r = command(&g.mem, &mut g.rings[0].0, 200, 0, 200, &rw10(0x28, 5, 2), 1024);
+    let base = g.rings[0].0.used_idx(&g.mem);
+    g.kick(0);
+    eventually("the read answered", || g.rings[0].0.used_idx(&g.mem) == base + 1);
+    assert_eq!(cmd_resp(&g.mem, r), OK);
+    let data = read(&g.mem, r + 0x200, 1024);
+    assert!(data[..512].iter().all(|&b| b == 0x5a), "LBA 5 written");
+    assert!(data[512..].iter().all(|&b| b == 0), "LBA 6 not");
+
+    // A CDB that does not decode: refused by the core, no data-out taken.
+    let n = g.header(hdr, 0, &[0xff, 0, 0, 0, 0, 0]);
+    let chain = [(hdr, n, false), (DATA, 1 << 20, false), (resp, RESP_LEN, true)];
+    assert_eq!(g.post(0, &chain, None), RESP_LEN);
+    assert_eq!((cmd_resp(&g.mem, resp), sense_at(&g.mem, resp).0), (CHECK, 0x5));
+    assert_eq!(device.stats().snapshot().bytes_written, 512);
+    g.shutdown();
+}
+
+/// The same back-pressure through a real kick eventfd, watched by the
+/// queue's I/O thread (`kick_loop`, which polls the ring after serving
+/// it): at the limit it stops polling (the chains left on the ring are not
+/// work it can take) and the completions, not a kick, bring it back.
+#[test]
+fn back_pressure_through_the_kick_loop() {
+    use std::io::Write;
+    use vhost::vhost_user::VhostUserBackendReqHandlerMut;
+    let (mem, mem_file) = shared_memory();
+    let mut ring = Ring { base: REQ, next_desc: 0, avail_idx: 0 };
+    let dir = tempfile::tempdir().unwrap();
+    let t = Target::new("vhost-lim-kick", 1).unwrap();
+    let fault = Arc::new(FaultBackend::new(Backend::mem(1 << 20)));
+    fault.hold_new_writes(true);
+    add_lun(&t, 0, Backend::Fault(fault.clone()));
+    let limits = VhostLimits { max_inflight_per_queue: 3, ..Default::default() };
+    let cfg = ControllerConfig {
+        socket: dir.path().join("vq.sock"),
+        num_queues: 1,
+        luns: None,
+        hotplug: false,
+        poll: DEFAULT_POLL,
+        limits,
+    };
+    let c = Controller::start(t.clone(), cfg).unwrap();
+    let (mut conn, mut kick) = connect(&c.backend, &mem_file, None, &ring, 0);
+    conn.set_vring_enable(2, true).unwrap();
+    let resps: Vec<u64> = (0..9u64).map(|i| write10(&mem, &mut ring, i, 0, 900 + i, i as u32)).collect();
+    kick.write_all(&1u64.to_le_bytes()).unwrap();
+    for round in 0..3u16 {
+        eventually("three writes in the core", || ring.used_idx(&mem) == 3 * round && fault.held() == 3);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(fault.held(), 3, "round {round}: three writes in the core, no more");
+        fault.release_held();
+    }
+    eventually("nine answers", || ring.used_idx(&mem) == 9);
+    assert!(resps.iter().all(|&r| cmd_resp(&mem, r) == OK));
+    assert_eq!(c.requests_served(), vec![9]);
     conn.stop();
     c.shutdown();
     t.shutdown();

@@ -69,47 +69,53 @@ pub struct Seg {
 pub enum ChainError {
     #[error("device-readable descriptor after a device-writable one")]
     Order,
-    #[error("descriptor chain too long")]
-    TooLong,
+    /// More descriptors than the limit (the limit).
+    #[error("descriptor chain longer than {0} descriptors (max_chain_descriptors)")]
+    TooLong(u32),
     #[error("request too short: {0} readable bytes")]
     ShortRequest(usize),
     #[error("response area too short: {0} writable bytes")]
     ShortResponse(usize),
     #[error("buffer outside guest memory")]
     Memory,
-    #[error("request too large")]
-    TooLarge,
+    /// More bytes one way than the limit.
+    #[error("request of {bytes} bytes one way, over {limit} (max_request_bytes)")]
+    TooLarge { bytes: u64, limit: u64 },
+}
+
+/// A chain refused by [`Buffers::collect`]: why, and the buffers taken
+/// before the refusal (the response area may be among them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadChain {
+    pub error: ChainError,
+    pub partial: Buffers,
 }
 
 /// The buffers of a chain: device-readable first, then device-writable.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Buffers {
     pub readable: Vec<Seg>,
     pub writable: Vec<Seg>,
 }
 
-/// Most bytes a single request may carry each way (guards our allocations).
-pub const MAX_TRANSFER: u64 = 64 << 20;
-
 impl Buffers {
-    /// Splits descriptors (address, length, device-writable) as the spec requires.
-    pub fn collect(descs: impl Iterator<Item = (u64, u32, bool)>) -> Result<Buffers, ChainError> {
+    /// Splits descriptors (address, length, device-writable) as the spec
+    /// requires, looking at `max_descriptors` of them at most: a longer
+    /// chain is [`ChainError::TooLong`], and the rest of it is not walked.
+    pub fn collect(descs: impl Iterator<Item = (u64, u32, bool)>, max_descriptors: u32) -> Result<Buffers, BadChain> {
         let mut b = Buffers::default();
         for (n, (addr, len, write)) in descs.enumerate() {
-            if n >= 4096 {
-                return Err(ChainError::TooLong);
+            if n >= max_descriptors as usize {
+                return Err(BadChain { error: ChainError::TooLong(max_descriptors), partial: b });
             }
             if write {
                 b.writable.push(Seg { addr, len });
             } else {
                 if !b.writable.is_empty() {
-                    return Err(ChainError::Order);
+                    return Err(BadChain { error: ChainError::Order, partial: b });
                 }
                 b.readable.push(Seg { addr, len });
             }
-        }
-        if b.readable_len() > MAX_TRANSFER + 4096 || b.writable_len() > MAX_TRANSFER + 4096 {
-            return Err(ChainError::TooLarge);
         }
         Ok(b)
     }
@@ -122,20 +128,6 @@ impl Buffers {
         self.writable.iter().map(|s| s.len as u64).sum()
     }
 
-    /// Reads every readable byte (bounds-checked against guest memory).
-    pub fn read_all<M: GuestMemory>(&self, mem: &M) -> Result<Vec<u8>, ChainError> {
-        let mut out = vec![0u8; self.readable_len() as usize];
-        let mut at = 0usize;
-        for s in &self.readable {
-            let end = at + s.len as usize;
-            mem.read_slice(&mut out[at..end], GuestAddress(s.addr)).map_err(|_| ChainError::Memory)?;
-            at = end;
-        }
-        Ok(out)
-    }
-
-    /// Writes `data` into the writable buffers starting `offset` bytes in;
-    /// returns how many bytes were written (stops at the end of the buffers).
     /// `len` bytes of the device-readable part from `offset` (checked
     /// against the chain: a short chain is [`ChainError::ShortRequest`]).
     pub fn read_at<M: GuestMemory>(&self, mem: &M, mut offset: u64, len: usize) -> Result<Vec<u8>, ChainError> {
@@ -163,6 +155,8 @@ impl Buffers {
         Ok(out)
     }
 
+    /// Writes `data` into the writable buffers starting `offset` bytes in;
+    /// returns how many bytes were written (stops at the end of the buffers).
     pub fn write_at<M: GuestMemory>(&self, mem: &M, mut offset: u64, data: &[u8]) -> Result<usize, ChainError> {
         let mut done = 0usize;
         for s in &self.writable {
@@ -193,11 +187,14 @@ const DESC_F_INDIRECT: u16 = 4;
 /// ring's descriptor table (`table`, `size` entries), as (address, length,
 /// device-writable), indirect tables followed: how a chain taken off the
 /// available ring by a previous process is read again (inflight resubmission).
+/// Stops after `limit` descriptors (the chain may be longer: pass one more
+/// than [`Buffers::collect`]'s limit to let it tell).
 pub fn chain_at<M: GuestMemory>(
     mem: &M,
     table: u64,
     size: u16,
     head: u16,
+    limit: u32,
 ) -> Result<Vec<(u64, u32, bool)>, ChainError> {
     let read_desc = |table: u64, i: u16| -> Result<(u64, u32, u16, u16), ChainError> {
         let at = table.checked_add(16 * i as u64).ok_or(ChainError::Memory)?;
@@ -213,8 +210,8 @@ pub fn chain_at<M: GuestMemory>(
     let mut out = Vec::new();
     let (mut table, mut size, mut i, mut indirect) = (table, size, head, false);
     loop {
-        if out.len() >= 4096 {
-            return Err(ChainError::TooLong);
+        if out.len() >= limit as usize {
+            return Ok(out);
         }
         let (addr, len, flags, next) = read_desc(table, i)?;
         if flags & DESC_F_INDIRECT != 0 {
@@ -224,7 +221,7 @@ pub fn chain_at<M: GuestMemory>(
             }
             let n = len / 16;
             if n > u16::MAX as u32 {
-                return Err(ChainError::TooLong);
+                return Err(ChainError::TooLong(u16::MAX as u32));
             }
             (table, size, i, indirect) = (addr, n as u16, 0, true);
             continue;
@@ -317,8 +314,11 @@ mod tests {
 
     #[test]
     fn chain_order_and_parse() {
-        assert_eq!(Buffers::collect([(0, 1, true), (0, 1, false)].into_iter()).unwrap_err(), ChainError::Order);
-        let b = Buffers::collect([(0, 51, false), (100, 108, true)].into_iter()).unwrap();
+        assert_eq!(
+            Buffers::collect([(0, 1, true), (0, 1, false)].into_iter(), 8).unwrap_err().error,
+            ChainError::Order
+        );
+        let b = Buffers::collect([(0, 51, false), (100, 108, true)].into_iter(), 8).unwrap();
         assert_eq!((b.readable_len(), b.writable_len()), (51, 108));
         let mut req = vec![0u8; 51];
         req[0] = 1;
@@ -336,6 +336,23 @@ mod tests {
         assert_eq!(cdb_len(&[0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), 10);
     }
 
+    /// `collect` looks at `max_descriptors` descriptors at most: a longer
+    /// chain is refused with what came before (its response area, if any),
+    /// and the rest of the chain is never walked.
+    #[test]
+    fn collect_stops_at_the_descriptor_limit() {
+        let walked = std::cell::Cell::new(0);
+        let chain = (0..10_000u64).map(|i| {
+            walked.set(walked.get() + 1);
+            (i, 8, i > 0)
+        });
+        let bad = Buffers::collect(chain, 4).unwrap_err();
+        assert_eq!(bad.error, ChainError::TooLong(4));
+        assert_eq!((bad.partial.readable.len(), bad.partial.writable.len()), (1, 3));
+        assert_eq!(walked.get(), 5, "the rest of the chain not walked");
+        assert!(Buffers::collect((0..4u64).map(|i| (i, 8, false)), 4).is_ok());
+    }
+
     /// `read_at` reads across readable segments from any offset, and
     /// refuses a range past the chain or outside guest memory.
     #[test]
@@ -345,8 +362,8 @@ mod tests {
         let bytes: Vec<u8> = (0..=255u8).collect();
         mem.write_slice(&bytes, GuestAddress(0)).unwrap();
         // Segments [10..15) [100..103) [200..208), then a writable one.
-        let b =
-            Buffers::collect([(10, 5, false), (100, 3, false), (200, 8, false), (300, 4, true)].into_iter()).unwrap();
+        let b = Buffers::collect([(10, 5, false), (100, 3, false), (200, 8, false), (300, 4, true)].into_iter(), 8)
+            .unwrap();
         assert_eq!(
             b.read_at(&mem, 0, 16).unwrap(),
             [10, 11, 12, 13, 14, 100, 101, 102, 200, 201, 202, 203, 204, 205, 206, 207]
@@ -356,7 +373,7 @@ mod tests {
         assert_eq!(b.read_at(&mem, 16, 0).unwrap(), Vec::<u8>::new());
         assert_eq!(b.read_at(&mem, 10, 7).unwrap_err(), ChainError::ShortRequest(16));
         assert_eq!(b.read_at(&mem, u64::MAX, 2).unwrap_err(), ChainError::ShortRequest(16));
-        let outside = Buffers::collect([(0xff0, 0x20, false)].into_iter()).unwrap();
+        let outside = Buffers::collect([(0xff0, 0x20, false)].into_iter(), 8).unwrap();
         assert_eq!(outside.read_at(&mem, 0, 0x20).unwrap_err(), ChainError::Memory);
     }
 }

@@ -48,6 +48,7 @@ fn listens_serves_reconnects_and_shuts_down() {
             luns: None,
             hotplug: true,
             poll: lunar_vhost::DEFAULT_POLL,
+            limits: Default::default(),
         },
     )
     .unwrap();
@@ -79,6 +80,7 @@ fn refuses_bad_queue_counts() {
             luns: None,
             hotplug: false,
             poll: lunar_vhost::DEFAULT_POLL,
+            limits: Default::default(),
         };
         assert!(matches!(Controller::start(t.clone(), cfg), Err(VhostError::NumQueues(m)) if m == n));
     }
@@ -98,6 +100,7 @@ fn drop_while_a_frontend_is_connected_ends_in_bounded_time() {
             luns: Some(vec![0]),
             hotplug: false,
             poll: lunar_vhost::DEFAULT_POLL,
+            limits: Default::default(),
         },
     )
     .unwrap();
@@ -132,6 +135,7 @@ fn hot_added_luns_follow_the_target() {
         luns: None,
         hotplug: true,
         poll: lunar_vhost::DEFAULT_POLL,
+        limits: Default::default(),
     };
     let without = ControllerConfig {
         socket: dir.path().join("b.sock"),
@@ -139,6 +143,7 @@ fn hot_added_luns_follow_the_target() {
         luns: None,
         hotplug: false,
         poll: lunar_vhost::DEFAULT_POLL,
+        limits: Default::default(),
     };
     let (a, b) = (Controller::start(t.clone(), with).unwrap(), Controller::start(t.clone(), without).unwrap());
     assert_eq!((a.luns(), b.luns()), (vec![0], vec![0]));
