@@ -192,7 +192,7 @@ impl Daemon {
                     luns: Some(luns),
                     hotplug,
                     poll,
-                    limits: lunar_vhost::VhostLimits::default(),
+                    limits: v.limits,
                 };
                 vhost.push(lunar_vhost::Controller::start(core.clone(), cfg)?);
             }

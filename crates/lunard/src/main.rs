@@ -35,7 +35,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let control_ctx = lunard::control::Context::new(&config, daemon.targets.clone(), daemon.server.handle());
+    let vhost = daemon.vhost.iter().map(lunard::control::VhostProbe::of).collect();
+    let control_ctx = lunard::control::Context::new(&config, daemon.targets.clone(), daemon.server.handle(), vhost);
     let metrics = match config.metrics {
         None => None,
         Some(addr) => match lunard::metrics::MetricsServer::start(addr, control_ctx.clone()) {

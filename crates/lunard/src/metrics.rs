@@ -128,7 +128,15 @@ pub async fn collect(ctx: &Context) -> Sample {
         .enumerate()
         .map(|(i, queues)| ThreadSample { iothread: i, stats: thread_stats(ctx, i), queues })
         .collect();
-    let limit_hits = ctx.server.limit_hits().named().iter().map(|(k, v)| ("iscsi", *k, *v)).collect();
+    let mut limit_hits: Vec<_> = ctx.server.limit_hits().named().iter().map(|(k, v)| ("iscsi", *k, *v)).collect();
+    for v in &ctx.vhost {
+        for (k, n) in (v.hits)().named() {
+            match limit_hits.iter_mut().find(|(f, l, _)| *f == "vhost" && *l == k) {
+                Some(slot) => slot.2 += n,
+                None => limit_hits.push(("vhost", k, n)),
+            }
+        }
+    }
     Sample { luns, threads, sessions: ctx.server.sessions().len(), connections: ctx.server.connections(), limit_hits }
 }
 

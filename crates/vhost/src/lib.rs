@@ -740,12 +740,23 @@ impl RequestVq {
         // decode: the core refuses it), never more than the chain has: the
         // core is given, and the device holds, no more of the guest's
         // buffers than the command uses.
+        // A command that does not decode or validate is left to the core
+        // (it answers after the checks that come first); one whose data-out
+        // alone is wrong (a COMPARE AND WRITE of zero blocks with data) is
+        // answered here, as over iSCSI.
         let offered = (buffers.readable_len() - header_len as u64) as usize;
-        let data_out_len = if offered == 0 {
-            0
-        } else {
-            let block_size = queue.device().disk().block_size();
-            lunar_scsi::Command::decode(cdb).map_or(0, |c| c.data_out_len(block_size)).min(offered)
+        let disk = queue.device().disk();
+        let data_out_len = match lunar_scsi::Command::decode(cdb) {
+            Ok(c) if offered > 0 && disk.validate(&c).is_ok() => match disk.data_out_checked(&c, offered) {
+                Ok(n) => n.min(offered),
+                Err(e) => {
+                    let sense = e.sense().encode(disk.descriptor_sense());
+                    let r = encode_resp(&sense, sense_size, 0, Status::CheckCondition.code(), S_OK);
+                    self.refuse(vring, mem, head, &buffers, resp_len, &r);
+                    return false;
+                }
+            },
+            _ => 0,
         };
         let data_out = match buffers.read_at(mem.get(), header_len as u64, data_out_len) {
             Ok(d) => d,
@@ -1550,6 +1561,16 @@ impl Controller {
     pub fn limit_hits(&self) -> VhostLimitHits {
         let shared = &self.backend.shared;
         shared.hits.snapshot(shared.log.suppressed_total.load(Ordering::Relaxed))
+    }
+
+    /// [`Controller::limit_hits`] for the control plane, which outlives no
+    /// controller but does not own them.
+    pub fn limit_hits_probe(&self) -> Arc<dyn Fn() -> VhostLimitHits + Send + Sync> {
+        let backend = self.backend.clone();
+        Arc::new(move || {
+            let shared = &backend.shared;
+            shared.hits.snapshot(shared.log.suppressed_total.load(Ordering::Relaxed))
+        })
     }
 
     /// Disconnects the frontend, stops listening, closes the core queues.

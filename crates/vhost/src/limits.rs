@@ -131,6 +131,19 @@ pub struct VhostLimitHits {
     pub warnings_suppressed: u64,
 }
 
+impl VhostLimitHits {
+    /// Each count with its name (as `lunarctl status` and the metrics show it).
+    pub fn named(&self) -> [(&'static str, u64); 5] {
+        [
+            ("chain_too_long", self.chain_too_long),
+            ("request_too_large", self.request_too_large),
+            ("inflight_throttled", self.inflight_throttled),
+            ("bad_chain", self.bad_chain),
+            ("warnings_suppressed", self.warnings_suppressed),
+        ]
+    }
+}
+
 /// The counters behind [`VhostLimitHits`]: bumped only when a limit is hit
 /// (or a warning suppressed), never on a request that passes.
 #[derive(Default)]

@@ -129,8 +129,12 @@ pub(crate) struct Cli {
     /// vhost-user-scsi controller socket to listen on (repeatable).
     /// num-queues=N: request queues [default: --iothreads]; poll-us=N: how
     /// long a request queue's I/O thread polls its ring before sleeping,
-    /// adaptive, up to N microseconds [default: 200; 0: never]
-    #[arg(long, value_name = "PATH[,num-queues=N][,poll-us=N]")]
+    /// adaptive, up to N microseconds [default: 200; 0: never];
+    /// max-chain=N: descriptors per request [default: 1024];
+    /// max-request-bytes=SIZE: data each way per request [default: 8 MiB +
+    /// 275]; max-inflight=N: requests in flight per queue, more wait in the
+    /// ring [default: 1024]
+    #[arg(long, value_name = "PATH[,num-queues=N][,poll-us=N][,max-chain=N]...")]
     pub vhost_user: Vec<String>,
 
     /// JSON-RPC control socket [default: /run/lunar/lunard.sock as root,
@@ -191,7 +195,19 @@ fn vhost_user(s: &str) -> Result<VhostUserConfig, ConfigError> {
     check::unix_socket_path(&socket).map_err(|r| ConfigError::invalid_value("vhost-user", s, r))?;
     let mut num_queues = None;
     let mut poll_us = None;
+    let mut limits = lunar_vhost::VhostLimits::default();
+    let mut seen = Vec::new();
     for item in items {
+        if let Some((key, value)) = item.split_once('=') {
+            if VHOST_LIMIT_KEYS.contains(&key) {
+                if seen.contains(&key.to_string()) {
+                    return Err(ConfigError::DuplicateKey { what: "--vhost-user", key: key.into() });
+                }
+                seen.push(key.to_string());
+                set_vhost_limit(&mut limits, key, value)?;
+                continue;
+            }
+        }
         match item.split_once('=') {
             Some(("num-queues", v)) => {
                 if num_queues.is_some() {
@@ -224,12 +240,47 @@ fn vhost_user(s: &str) -> Result<VhostUserConfig, ConfigError> {
                 return Err(ConfigError::UnknownKey {
                     what: "--vhost-user",
                     key: key.escape_default().to_string(),
-                    valid: &["num-queues", "poll-us"],
+                    valid: &["num-queues", "poll-us", "max-chain", "max-request-bytes", "max-inflight"],
                 });
             }
         }
     }
-    Ok(VhostUserConfig { socket, num_queues, poll_us })
+    limits.validate().map_err(|r| ConfigError::invalid_value("vhost-user", s, r.to_string()))?;
+    Ok(VhostUserConfig { socket, num_queues, poll_us, limits })
+}
+
+/// The limit keys of `--vhost-user` and `[[vhost-user]]`.
+pub(crate) const VHOST_LIMIT_KEYS: &[&str] = &["max-chain", "max-request-bytes", "max-inflight"];
+
+/// Sets one limit of a vhost-user controller from its text.
+pub(crate) fn set_vhost_limit(
+    limits: &mut lunar_vhost::VhostLimits,
+    key: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let number = |max: u64| {
+        value
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n) && value.bytes().all(|c| c.is_ascii_digit()))
+            .ok_or_else(|| ConfigError::invalid_value(key, value, format!("expected 1..={max}")))
+    };
+    match key {
+        "max-chain" => limits.max_chain_descriptors = number(u64::from(u32::MAX))? as u32,
+        "max-inflight" => limits.max_inflight_per_queue = number(u64::from(u32::MAX))? as u32,
+        "max-request-bytes" => {
+            limits.max_request_bytes =
+                super::check::parse_size(value).map_err(|r| ConfigError::invalid_value(key, value, r))?;
+        }
+        _ => {
+            return Err(ConfigError::UnknownKey {
+                what: "--vhost-user",
+                key: key.escape_default().to_string(),
+                valid: VHOST_LIMIT_KEYS,
+            })
+        }
+    }
+    Ok(())
 }
 
 fn default_lun() -> Result<LunConfig, ConfigError> {

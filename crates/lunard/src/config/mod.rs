@@ -135,6 +135,9 @@ pub struct VhostUserConfig {
     /// Longest poll of a request ring before its I/O thread sleeps, in
     /// microseconds; `None` = the default.
     pub poll_us: Option<u16>,
+    /// What the guest may claim: descriptors per chain, bytes per request,
+    /// requests in flight per queue (checked with `VhostLimits::validate`).
+    pub limits: lunar_vhost::VhostLimits,
 }
 
 /// What stores a LUN's blocks.

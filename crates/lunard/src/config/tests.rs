@@ -231,7 +231,7 @@ fn chap_flags() {
 fn vhost_user_flags() {
     let c = ok(&[
         "--vhost-user",
-        "/run/lunar/vm0.sock,num-queues=4,poll-us=0",
+        "/run/lunar/vm0.sock,num-queues=4,poll-us=0,max-chain=130,max-request-bytes=1M,max-inflight=16",
         "--vhost-user",
         "/run/lunar/vm,,1.sock",
         "--lun",
@@ -240,14 +240,32 @@ fn vhost_user_flags() {
     assert_eq!(
         c.vhost_user,
         vec![
-            VhostUserConfig { socket: "/run/lunar/vm0.sock".into(), num_queues: Some(4), poll_us: Some(0) },
-            VhostUserConfig { socket: "/run/lunar/vm,1.sock".into(), num_queues: None, poll_us: None },
+            VhostUserConfig {
+                socket: "/run/lunar/vm0.sock".into(),
+                num_queues: Some(4),
+                poll_us: Some(0),
+                limits: lunar_vhost::VhostLimits {
+                    max_chain_descriptors: 130,
+                    max_request_bytes: 1 << 20,
+                    max_inflight_per_queue: 16,
+                },
+            },
+            VhostUserConfig {
+                socket: "/run/lunar/vm,1.sock".into(),
+                num_queues: None,
+                poll_us: None,
+                limits: lunar_vhost::VhostLimits::default(),
+            },
         ]
     );
     assert_eq!(c.targets[0].luns[0].controller, Some(PathBuf::from("/run/lunar/vm0.sock")));
     has(&err(&["--vhost-user", "/a.sock,num-queues=0"]), &["`num-queues`", "`0`", "1..=1022"]);
     has(&err(&["--vhost-user", "/a.sock,num-queues=x"]), &["`num-queues`", "`x`"]);
     has(&err(&["--vhost-user", "/a.sock,queues=2"]), &["unknown key `queues`", "num-queues"]);
+    has(&err(&["--vhost-user", "/a.sock,max-inflight=0"]), &["`max-inflight`", "`0`"]);
+    has(&err(&["--vhost-user", "/a.sock,max-chain=2"]), &["vhost-user"]);
+    has(&err(&["--vhost-user", "/a.sock,max-chain=8,max-chain=9"]), &["duplicate key `max-chain`"]);
+    has(&err(&["--vhost-user", "/a.sock,max-request-bytes=lots"]), &["`max-request-bytes`", "`lots`"]);
     has(&err(&["--vhost-user", "/a.sock,num-queues=1,num-queues=2"]), &["duplicate key `num-queues`"]);
     has(&err(&["--vhost-user", ",num-queues=2"]), &["`vhost-user`", "empty path"]);
     has(&err(&["--vhost-user", "/a.sock,poll-us=1001"]), &["`poll-us`", "`1001`", "0..=1000"]);
@@ -278,10 +296,16 @@ metrics = "127.0.0.1:9100"
 log = "debug"
 discovery-chap = { user = "disco", secret = "discoverysecret" }
 
+[limits]
+sessions-per-target = 8
+cmd-window = "32"
+buffered-bytes = "4M"
+
 [[vhost-user]]
 socket = "vm0.sock"
 num-queues = 2
 poll-us = 50
+max-inflight = 64
 
 [[target]]
 name = "iqn.2026-11.dev.lunar:disk0"
@@ -328,8 +352,14 @@ fn a_good_file() {
     // Relative paths are relative to the file's directory.
     assert_eq!(
         c.vhost_user,
-        vec![VhostUserConfig { socket: dir.join("vm0.sock"), num_queues: Some(2), poll_us: Some(50) }]
+        vec![VhostUserConfig {
+            socket: dir.join("vm0.sock"),
+            num_queues: Some(2),
+            poll_us: Some(50),
+            limits: lunar_vhost::VhostLimits { max_inflight_per_queue: 64, ..Default::default() },
+        }]
     );
+    assert_eq!((c.limits.max_sessions_per_target, c.limits.cmd_window, c.limits.max_buffered_bytes), (8, 32, 4 << 20));
     assert_eq!(c.targets.len(), 2);
     let t0 = &c.targets[0];
     assert_eq!(t0.allow_initiators, ["iqn.1994-05.com.redhat:client"]);
@@ -603,4 +633,20 @@ proptest::proptest! {
             proptest::prop_assert!(c.validate().is_ok());
         }
     }
+}
+
+#[test]
+fn limit_flags_override_the_file_and_are_checked() {
+    let c = ok(&["--limit", "cmd-window=7", "--limit", "negotiation-timeout=3"]);
+    assert_eq!((c.limits.cmd_window, c.limits.negotiation_timeout.as_secs()), (7, 3));
+    assert_eq!(
+        c.limits.max_sessions_per_target,
+        lunar_iscsi::server::ResourceLimits::default().max_sessions_per_target
+    );
+    has(&err(&["--limit", "cmd-window=0"]), &["--limit `cmd-window=0`", "1..=65536"]);
+    has(&err(&["--limit", "windows=3"]), &["unknown key `windows`", "cmd-window"]);
+    has(
+        &file_err(&format!("{T}[[target.lun]]\nspec = \"backend=null,size=1G\"\n[limits]\ncmd-window = true\n")),
+        &["[limits]", "cmd-window"],
+    );
 }

@@ -48,6 +48,9 @@ struct FileVhostUser {
     socket: PathBuf,
     num_queues: Option<u64>,
     poll_us: Option<u64>,
+    max_chain: Option<u64>,
+    max_request_bytes: Option<Size>,
+    max_inflight: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -250,7 +253,20 @@ fn convert(root: FileRoot, base: &Path) -> Result<FileSettings, ConfigError> {
                     .context(format!("vhost-user {i}")))
                 }
             };
-            Ok(VhostUserConfig { socket: rebase(base, v.socket), num_queues, poll_us })
+            let mut limits = lunar_vhost::VhostLimits::default();
+            let texts = [
+                ("max-chain", v.max_chain.map(|n| n.to_string())),
+                ("max-request-bytes", v.max_request_bytes.map(|s| s.0)),
+                ("max-inflight", v.max_inflight.map(|n| n.to_string())),
+            ];
+            for (key, text) in texts {
+                if let Some(text) = text {
+                    super::cli::set_vhost_limit(&mut limits, key, &text)
+                        .map_err(|e| e.context(format!("vhost-user {i}")))?;
+                }
+            }
+            limits.validate().map_err(|r| ConfigError::invalid(format!("vhost-user {i}"), r.to_string()))?;
+            Ok(VhostUserConfig { socket: rebase(base, v.socket), num_queues, poll_us, limits })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let targets = root

@@ -368,6 +368,17 @@ fn limits_json(ctx: &Context) -> Value {
             "negotiation_timeout_s": l.negotiation_timeout.as_secs(),
             "hits": hits,
         },
+        "vhost": ctx.vhost.iter().map(|v| {
+            let hits: serde_json::Map<String, Value> =
+                (v.hits)().named().iter().map(|(k, n)| ((*k).to_string(), json!(n))).collect();
+            json!({
+                "socket": v.socket.display().to_string(),
+                "max_chain": v.limits.max_chain_descriptors,
+                "max_request_bytes": v.limits.max_request_bytes,
+                "max_inflight": v.limits.max_inflight_per_queue,
+                "hits": hits,
+            })
+        }).collect::<Vec<_>>(),
     })
 }
 

@@ -72,11 +72,31 @@ pub struct Context {
     pub(crate) luns: Mutex<HashMap<(String, u64), LunConfig>>,
     pub(crate) pauses: Mutex<HashMap<String, Pause>>,
     pub(crate) events: broadcast::Sender<Arc<str>>,
+    /// Each vhost-user controller's socket, limits and limit counts.
+    pub(crate) vhost: Vec<VhostProbe>,
+}
+
+/// What the control plane reads of a vhost-user controller.
+pub struct VhostProbe {
+    pub socket: PathBuf,
+    pub limits: lunar_vhost::VhostLimits,
+    pub hits: Arc<dyn Fn() -> lunar_vhost::VhostLimitHits + Send + Sync>,
+}
+
+impl VhostProbe {
+    pub fn of(c: &lunar_vhost::Controller) -> VhostProbe {
+        VhostProbe { socket: c.socket().to_path_buf(), limits: c.limits(), hits: c.limit_hits_probe() }
+    }
 }
 
 impl Context {
     /// The control plane of a daemon started from `config`.
-    pub fn new(config: &Config, targets: Vec<Arc<Target>>, server: ServerHandle) -> Arc<Context> {
+    pub fn new(
+        config: &Config,
+        targets: Vec<Arc<Target>>,
+        server: ServerHandle,
+        vhost: Vec<VhostProbe>,
+    ) -> Arc<Context> {
         let mut luns = HashMap::new();
         for t in &config.targets {
             for (i, l) in t.luns.iter().enumerate() {
@@ -91,6 +111,7 @@ impl Context {
             luns: Mutex::new(luns),
             pauses: Mutex::new(HashMap::new()),
             events: broadcast::channel(4096).0,
+            vhost,
         })
     }
 
