@@ -541,7 +541,7 @@ fn warnings_by_kind(log: &str) -> String {
         *kinds.entry(msg).or_insert(0u64) += 1;
     }
     let mut v: Vec<_> = kinds.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     v.iter().take(25).map(|(m, n)| format!("  {n:>6}  {m}")).collect::<Vec<_>>().join("\n")
 }
 
