@@ -4,24 +4,25 @@
 //!
 //! 1. garbage bytes before any login;
 //! 2. malformed logins: bad opcodes, truncated BHS, bogus key=value text,
-//!    wrong CSG/NSG and versions, huge key lists, text continued with the
-//!    C bit forever, wrong CHAP (and, as a control, the right one);
-//! 3. a login flood: 200 connections opened and closed quickly, some
+//!    wrong CSG/NSG and versions, huge key lists;
+//! 3. login text continued with the C bit forever;
+//! 4. wrong CHAP on discovery sessions (and, as a control, the right one);
+//! 5. a login flood: 200 connections opened and closed quickly, some
 //!    logging in fully, and 20 left half-open until the end;
-//! 4. valid PDUs with random BHS fields after a real login;
-//! 5. random CDBs with random data directions and EDTLs, through raw PDUs
-//!    and through Lunar's initiator;
-//! 6. abrupt disconnects mid-PDU and with commands in flight;
-//! 7. data segments announced at the 24-bit maximum (and just under the
-//!    reader's frame limit), partly sent, before and after login;
-//! 8. legal WRITEs (EDTL 8 MiB, the LUN's MAXIMUM TRANSFER LENGTH) whose
-//!    data never comes.
+//! 6. valid PDUs with random BHS fields (and AHS) after a real login;
+//! 7. random CDBs with random data directions and EDTLs, as raw PDUs;
+//! 8. random CDBs through Lunar's initiator (which answers R2Ts);
+//! 9. abrupt disconnects mid-PDU and with commands in flight;
+//! 10. data segments announced at the 24-bit maximum (and at 15 MiB, under
+//!     the reader's frame limit), 2 MiB sent, before and after login;
+//! 11. legal WRITEs (EDTL 8 MiB, the LUN's MAXIMUM TRANSFER LENGTH) whose
+//!     data never comes.
 //!
 //! Then a clean initiator logs in, writes and reads back verified data,
 //! lunard is alive, its log holds no panic, no hostile session is left,
 //! and its resident memory grew by less than [`HOSTILE_RSS_BOUND_MIB`]
 //! across the hostile phase (measured while the connections held open
-//! by steps 3, 7 and 8 are still open: what an attacker can make lunard
+//! by steps 5, 10 and 11 are still open: what an attacker can make lunard
 //! hold). Each step prints its time and lunard's VmRSS after it, so a
 //! failure of the bound names the step that grew it.
 //!
@@ -451,8 +452,18 @@ impl Steps {
         let t = Instant::now();
         let notes = f(&mut rng, &mut self.findings);
         let took = t.elapsed();
-        std::thread::sleep(Duration::from_millis(300)); // let lunard finish what it was sent
-        let rss = rss_kib(self.pid);
+        // Let lunard finish what it was sent: VmRSS steady for 200 ms (at most 3 s).
+        let mut rss = rss_kib(self.pid);
+        let settle = Instant::now() + Duration::from_secs(3);
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = rss_kib(self.pid);
+            let steady = now.abs_diff(rss) < 256;
+            rss = now;
+            if steady || Instant::now() > settle {
+                break;
+            }
+        }
         let row = format!(
             "step {n} {name:<34} {:>6.2}s  VmRSS {:>7} KiB  step {:>+7} KiB  total {:>+7} KiB  (seed {seed:#x}) {notes}",
             took.as_secs_f64(),
@@ -770,7 +781,7 @@ fn malformed_logins(addr: SocketAddr, rng: &mut Rng, findings: &mut Vec<String>)
     format!("{} cases: {refused} refused, {closed} closed, {other} other (allowed)", cases.len())
 }
 
-/// Step 2b: text continued with the C bit forever.
+/// Step 3: text continued with the C bit forever.
 fn continued_forever(addr: SocketAddr, _rng: &mut Rng, findings: &mut Vec<String>) -> String {
     // 1 KiB of text per PDU: the target must end the login by the 64 KiB text limit.
     let mut s = connect(addr);
@@ -825,7 +836,7 @@ fn continued_forever(addr: SocketAddr, _rng: &mut Rng, findings: &mut Vec<String
 /// The CHAP answer of a case, from the target's CHAP_I and CHAP_C.
 type ChapAnswer = Box<dyn Fn(u8, &[u8]) -> Vec<u8>>;
 
-/// Step 2c: CHAP on discovery sessions: wrong secrets, names and forms
+/// Step 4: CHAP on discovery sessions: wrong secrets, names and forms
 /// refused with an authentication failure; the right one accepted.
 fn chap(addr: SocketAddr, _rng: &mut Rng, findings: &mut Vec<String>) -> String {
     // Runs AuthMethod=CHAP, then CHAP_A; returns the connection and the challenge.
@@ -938,7 +949,7 @@ fn chap(addr: SocketAddr, _rng: &mut Rng, findings: &mut Vec<String>) -> String 
     )
 }
 
-/// Step 3: a login flood, and connections left half-open (returned, held
+/// Step 5: a login flood, and connections left half-open (returned, held
 /// until the end of the hostile phase).
 fn flood(addr: SocketAddr, rng: &mut Rng, findings: &mut Vec<String>) -> (String, Vec<TcpStream>) {
     let seeds: Vec<u64> = (0..4).map(|_| rng.next()).collect();
@@ -1100,7 +1111,7 @@ fn valid_pdu(c: &mut Ffp, rng: &mut Rng) -> Vec<u8> {
     frame(h, &data)
 }
 
-/// Step 4: valid PDUs with random BHS fields, after a real login.
+/// Step 6: valid PDUs with random BHS fields, after a real login.
 fn random_bhs(addr: SocketAddr, rng: &mut Rng, findings: &mut Vec<String>) -> String {
     let (mut sent, mut answers, mut rejects, mut conns, mut closed_early, mut broken) = (0, 0, 0, 0, 0, 0);
     for k in 0..120u32 {
@@ -1211,7 +1222,7 @@ fn random_cdb(rng: &mut Rng) -> Vec<u8> {
     cdb
 }
 
-/// Step 5a: random CDBs with random flags (R, W, both, none) and EDTLs, as
+/// Step 7: random CDBs with random flags (R, W, both, none) and EDTLs, as
 /// raw PDUs: writes up to 64 KiB carry all their data as immediate data;
 /// one in five announces up to 1 MiB and sends only 64 KiB (its R2Ts go
 /// unanswered until the connection closes).
@@ -1243,7 +1254,7 @@ fn random_cdbs_raw(addr: SocketAddr, rng: &mut Rng, findings: &mut Vec<String>) 
     format!("{sent} commands on 12 sessions, {answers} answers")
 }
 
-/// Step 5b: random CDBs through Lunar's initiator (which answers R2Ts):
+/// Step 8: random CDBs through Lunar's initiator (which answers R2Ts):
 /// random direction and length up to 1 MiB; every command must complete.
 fn random_cdbs_session(d: &Daemon, rng: &mut Rng, findings: &mut Vec<String>) -> String {
     let mut s = match clean_login(d) {
@@ -1298,7 +1309,7 @@ fn random_cdbs_session(d: &Daemon, rng: &mut Rng, findings: &mut Vec<String>) ->
     format!("{done} completed ({good} GOOD, {check} other: statuses {statuses:?}), {relogins} sessions lost")
 }
 
-/// Step 6: abrupt disconnects mid-PDU, and with commands in flight.
+/// Step 9: abrupt disconnects mid-PDU, and with commands in flight.
 fn disconnects(d: &Daemon, rng: &mut Rng, findings: &mut Vec<String>) -> String {
     let addr = d.addr();
     let mut cuts = 0;
@@ -1336,7 +1347,7 @@ fn disconnects(d: &Daemon, rng: &mut Rng, findings: &mut Vec<String>) -> String 
     format!("{cuts} sessions cut mid-PDU, 3 dropped with {dropped} 1 MiB reads in flight")
 }
 
-/// Step 7: data segments announced at 0xFFFFFF (the 24-bit maximum) and at
+/// Step 10: data segments announced at 0xFFFFFF (the 24-bit maximum) and at
 /// 15 MiB, 2 MiB of each sent, the rest never: before login and in the
 /// full feature phase. Returns the connections, held open.
 fn announced_not_sent(addr: SocketAddr, rng: &mut Rng, findings: &mut Vec<String>) -> (String, Vec<TcpStream>) {
@@ -1381,7 +1392,7 @@ fn announced_not_sent(addr: SocketAddr, rng: &mut Rng, findings: &mut Vec<String
     (format!("16 connections (8 before login, 8 logged in), 2 MiB sent of each; {refused} refused while sending"), held)
 }
 
-/// Step 8: WRITE(16)s of 16384 blocks (8 MiB, the LUN's MAXIMUM TRANSFER
+/// Step 11: WRITE(16)s of 16384 blocks (8 MiB, the LUN's MAXIMUM TRANSFER
 /// LENGTH), no data sent with them and none in answer to their R2Ts.
 fn writes_without_data(addr: SocketAddr, _rng: &mut Rng, findings: &mut Vec<String>) -> (String, Vec<TcpStream>) {
     let mut held = Vec::new();
@@ -1401,10 +1412,16 @@ fn writes_without_data(addr: SocketAddr, _rng: &mut Rng, findings: &mut Vec<Stri
         let h = c.command(false, true, blocks * BS as u32, &cdb);
         c.send(&frame(h, &[]));
     }
+    // Each R2T carries the ExpCmdSN after its command: wait for the 16th.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.target_exp_cmd_sn.load(Ordering::Relaxed) != c.cmd_sn && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = c.target_exp_cmd_sn.load(Ordering::Relaxed).wrapping_sub(1);
     let Ffp { s, drain, .. } = c;
     drop(drain);
     held.push(s);
-    ("16 WRITE(16) of 8 MiB each on one session, no data".into(), held)
+    (format!("16 WRITE(16) of 8 MiB each on one session, no data ({seen} answered with an R2T)"), held)
 }
 
 #[test]
