@@ -14,15 +14,16 @@
 //! 8. random CDBs through Lunar's initiator (which answers R2Ts);
 //! 9. abrupt disconnects mid-PDU and with commands in flight;
 //! 10. data segments announced at the 24-bit maximum (and at 15 MiB, under
-//!     the reader's frame limit), 2 MiB sent, before and after login;
-//! 11. legal WRITEs (EDTL 8 MiB, the LUN's MAXIMUM TRANSFER LENGTH) whose
+//!     the reader's frame limit), 2 MiB sent, before login;
+//! 11. the same after login;
+//! 12. legal WRITEs (EDTL 8 MiB, the LUN's MAXIMUM TRANSFER LENGTH) whose
 //!     data never comes.
 //!
 //! Then a clean initiator logs in, writes and reads back verified data,
 //! lunard is alive, its log holds no panic, no hostile session is left,
 //! and its resident memory grew by less than [`HOSTILE_RSS_BOUND_MIB`]
 //! across the hostile phase (measured while the connections held open
-//! by steps 5, 10 and 11 are still open: what an attacker can make lunard
+//! by steps 5, 10, 11 and 12 are still open: what an attacker can make lunard
 //! hold). Each step prints its time and lunard's VmRSS after it, so a
 //! failure of the bound names the step that grew it.
 //!
@@ -1152,7 +1153,7 @@ fn random_bhs(addr: SocketAddr, rng: &mut Rng, findings: &mut Vec<String>) -> St
                 pdu[0] = pdu[0] & !0x40 | orig[0] & 0x40;
             }
             if pdu[0] & 0x3f == 0x01 {
-                // Keep a mutated EDTL small (huge ones are step 11's
+                // Keep a mutated EDTL small (huge ones are step 12's
                 // business), and the opcode off the list random_cdb avoids.
                 if get_u32(pdu[..48].try_into().unwrap(), 20) > 256 << 10 {
                     let e = rng.len(256 << 10) as u32;
@@ -1347,21 +1348,29 @@ fn disconnects(d: &Daemon, rng: &mut Rng, findings: &mut Vec<String>) -> String 
     format!("{cuts} sessions cut mid-PDU, 3 dropped with {dropped} 1 MiB reads in flight")
 }
 
-/// Step 10: data segments announced at 0xFFFFFF (the 24-bit maximum) and at
-/// 15 MiB, 2 MiB of each sent, the rest never: before login and in the
-/// full feature phase. Returns the connections, held open.
-fn announced_not_sent(addr: SocketAddr, rng: &mut Rng, findings: &mut Vec<String>) -> (String, Vec<TcpStream>) {
+/// Steps 10 and 11: data segments announced at 0xFFFFFF (the 24-bit
+/// maximum) and at 15 MiB, 2 MiB of each sent, the rest never; on 8
+/// connections before login (a Login Request) or 8 logged in (a NOP-Out).
+/// Returns the connections, held open.
+fn announced_not_sent(
+    addr: SocketAddr,
+    logged_in: bool,
+    rng: &mut Rng,
+    findings: &mut Vec<String>,
+) -> (String, Vec<TcpStream>) {
     let mut held = Vec::new();
-    let mut refused = 0;
+    // Connections lunard closed, per announced length.
+    let mut closed = [0, 0];
     let part = rng.bytes(2 << 20);
-    for (i, dsl) in [0xff_ffffusize, 0xf0_0000].into_iter().cycle().take(16).enumerate() {
-        let mut s;
-        let mut h;
-        if i < 8 {
+    for i in 0..8u32 {
+        let dsl = [0xff_ffffusize, 0xf0_0000][i as usize % 2];
+        let n = 0x60_000 + u32::from(logged_in) * 0x100 + i;
+        let (mut s, mut h);
+        if !logged_in {
             s = connect(addr);
-            h = Login::ffp(0x60_000 + i as u32).bhs();
+            h = Login::ffp(n).bhs();
         } else {
-            let c = match Ffp::login(addr, 0x60_000 + i as u32) {
+            let c = match Ffp::login(addr, n) {
                 Ok(c) => c,
                 Err(e) => {
                     findings.push(format!("announced-not-sent: login failed: {e}"));
@@ -1374,7 +1383,7 @@ fn announced_not_sent(addr: SocketAddr, rng: &mut Rng, findings: &mut Vec<String
             h = [0u8; 48];
             h[0] = 0x40; // NOP-Out, immediate
             h[1] = 0x80;
-            put_u32(&mut h, 16, 0x4000 + i as u32);
+            put_u32(&mut h, 16, 0x4000 + i);
             put_u32(&mut h, 20, 0xffff_ffff);
             put_u32(&mut h, 24, cmd_sn);
             put_u32(&mut h, 28, exp_stat_sn);
@@ -1384,15 +1393,28 @@ fn announced_not_sent(addr: SocketAddr, rng: &mut Rng, findings: &mut Vec<String
         for chunk in part.chunks(256 << 10) {
             ok = ok && s.write_all(chunk).is_ok();
         }
+        // A connection lunard closed fails a write soon after (its RST).
+        for _ in 0..2 {
+            std::thread::sleep(Duration::from_millis(30));
+            ok = ok && s.write_all(&[0]).is_ok();
+        }
         if !ok {
-            refused += 1;
+            closed[i as usize % 2] += 1;
         }
         held.push(s);
     }
-    (format!("16 connections (8 before login, 8 logged in), 2 MiB sent of each; {refused} refused while sending"), held)
+    (
+        format!(
+            "8 connections {}, 2 MiB sent of each: lunard closed {} of 4 announcing 0xFFFFFF, {} of 4 announcing 15 MiB",
+            if logged_in { "logged in (NOP-Out)" } else { "before login (Login Request)" },
+            closed[0],
+            closed[1]
+        ),
+        held,
+    )
 }
 
-/// Step 11: WRITE(16)s of 16384 blocks (8 MiB, the LUN's MAXIMUM TRANSFER
+/// Step 12: WRITE(16)s of 16384 blocks (8 MiB, the LUN's MAXIMUM TRANSFER
 /// LENGTH), no data sent with them and none in answer to their R2Ts.
 fn writes_without_data(addr: SocketAddr, _rng: &mut Rng, findings: &mut Vec<String>) -> (String, Vec<TcpStream>) {
     let mut held = Vec::new();
@@ -1489,12 +1511,17 @@ fn hostile_initiators_leave_lunard_serving() {
     steps.run(7, "random CDBs, raw PDUs", |rng, f| random_cdbs_raw(addr, rng, f));
     steps.run(8, "random CDBs, Lunar's initiator", |rng, f| random_cdbs_session(&d, rng, f));
     steps.run(9, "disconnects mid-PDU / in flight", |rng, f| disconnects(&d, rng, f));
-    steps.run(10, "DSL 0xFFFFFF/15 MiB, 2 MiB sent", |rng, f| {
-        let (notes, h) = announced_not_sent(addr, rng, f);
+    steps.run(10, "huge DSL before login", |rng, f| {
+        let (notes, h) = announced_not_sent(addr, false, rng, f);
         held.extend(h);
         notes
     });
-    steps.run(11, "8 MiB WRITEs, data never sent", |rng, f| {
+    steps.run(11, "huge DSL after login", |rng, f| {
+        let (notes, h) = announced_not_sent(addr, true, rng, f);
+        held.extend(h);
+        notes
+    });
+    steps.run(12, "8 MiB WRITEs, data never sent", |rng, f| {
         let (notes, h) = writes_without_data(addr, rng, f);
         held.extend(h);
         notes
