@@ -435,8 +435,17 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or_else(|| panic!("no VmRSS for lunard (pid {pid}): {status}"))
 }
 
+/// Whether lunard has exited (no process, or a zombie not yet waited for).
+fn lunard_gone(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // "pid (comm) S ...": the state follows the command name's parenthesis.
+    stat.rsplit_once(") ").is_none_or(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
+}
+
 struct Steps {
     pid: u32,
+    /// lunard's log, quoted if it dies.
+    log: std::path::PathBuf,
     seed: u64,
     baseline: u64,
     last: u64,
@@ -451,7 +460,18 @@ impl Steps {
         let seed = self.seed.wrapping_add(n);
         let mut rng = Rng::new(seed);
         let t = Instant::now();
-        let notes = f(&mut rng, &mut self.findings);
+        let findings = &mut self.findings;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut rng, findings)));
+        if lunard_gone(self.pid) {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let panics: Vec<&str> = lines.iter().copied().filter(|l| l.contains("panicked")).collect();
+            panic!(
+                "lunard died during step {n} ({name}, seed {seed:#x}); its panics: {panics:#?}\nlast lines:\n{}",
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+        let notes = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
         let took = t.elapsed();
         // Let lunard finish what it was sent: VmRSS steady for 200 ms (at most 3 s).
         let mut rss = rss_kib(self.pid);
@@ -1496,7 +1516,8 @@ fn hostile_initiators_leave_lunard_serving() {
     let baseline = rss_kib(pid);
     println!("hostile: lunard pid {pid}, VmRSS {baseline} KiB after the warm-up ({:.1}s)", t0.elapsed().as_secs_f64());
 
-    let mut steps = Steps { pid, seed, baseline, last: baseline, rows: Vec::new(), findings: Vec::new() };
+    let mut steps =
+        Steps { pid, log: d.log.clone(), seed, baseline, last: baseline, rows: Vec::new(), findings: Vec::new() };
     let mut held: Vec<TcpStream> = Vec::new();
     steps.run(1, "garbage before login", |rng, f| garbage(addr, rng, f));
     steps.run(2, "malformed logins", |rng, f| malformed_logins(addr, rng, f));
