@@ -1454,10 +1454,16 @@ fn writes_without_data(addr: SocketAddr, _rng: &mut Rng, findings: &mut Vec<Stri
         let h = c.command(false, true, blocks * BS as u32, &cdb);
         c.send(&frame(h, &[]));
     }
-    // Each R2T carries the ExpCmdSN after its command: wait for the 16th.
+    // Each R2T carries the ExpCmdSN after its command: wait for the 16th,
+    // or until none has come for two seconds (a target may hold R2Ts back).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while c.target_exp_cmd_sn.load(Ordering::Relaxed) != c.cmd_sn && Instant::now() < deadline {
+    let (mut last, mut since) = (c.target_exp_cmd_sn.load(Ordering::Relaxed), Instant::now());
+    while last != c.cmd_sn && since.elapsed() < Duration::from_secs(2) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
+        let now = c.target_exp_cmd_sn.load(Ordering::Relaxed);
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
     }
     let seen = c.target_exp_cmd_sn.load(Ordering::Relaxed).wrapping_sub(1);
     let Ffp { s, drain, .. } = c;
