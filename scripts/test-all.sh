@@ -51,7 +51,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "unit and end-to-end tests"
 set +e
-cargo test --workspace -- --nocapture 2>&1 | tee /tmp/lunar-cargo-test.log |
+cargo test --workspace --no-fail-fast -- --nocapture 2>&1 | tee /tmp/lunar-cargo-test.log |
   grep -E '^(test result|stress:|error|.*FAILED|.*panicked)'
 rc=${PIPESTATUS[0]}
 set -e
