@@ -16,8 +16,8 @@
 //! 10. data segments announced at the 24-bit maximum (and at 15 MiB, under
 //!     the reader's frame limit), 2 MiB sent, before login;
 //! 11. the same after login;
-//! 12. legal WRITEs (EDTL 8 MiB, the LUN's MAXIMUM TRANSFER LENGTH) whose
-//!     data never comes.
+//! 12. legal WRITEs (EDTL 8 MiB, the LUN's MAXIMUM TRANSFER LENGTH), and
+//!     one-block WRITEs announcing an EDTL of 32 MiB, whose data never comes.
 //!
 //! Then a clean initiator logs in, writes and reads back verified data,
 //! lunard is alive, its log holds no panic, no hostile session is left,
@@ -1435,7 +1435,8 @@ fn announced_not_sent(
 }
 
 /// Step 12: WRITE(16)s of 16384 blocks (8 MiB, the LUN's MAXIMUM TRANSFER
-/// LENGTH), no data sent with them and none in answer to their R2Ts.
+/// LENGTH), and WRITE(16)s of one block announcing an EDTL of 32 MiB; no
+/// data sent with them and none in answer to their R2Ts.
 fn writes_without_data(addr: SocketAddr, _rng: &mut Rng, findings: &mut Vec<String>) -> (String, Vec<TcpStream>) {
     let mut held = Vec::new();
     let mut c = match Ffp::login(addr, 0x70_000) {
@@ -1454,6 +1455,14 @@ fn writes_without_data(addr: SocketAddr, _rng: &mut Rng, findings: &mut Vec<Stri
         let h = c.command(false, true, blocks * BS as u32, &cdb);
         c.send(&frame(h, &[]));
     }
+    for i in 0..2u64 {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x8a;
+        cdb[2..10].copy_from_slice(&(i * 8).to_be_bytes());
+        cdb[10..14].copy_from_slice(&1u32.to_be_bytes());
+        let h = c.command(false, true, 32 << 20, &cdb);
+        c.send(&frame(h, &[]));
+    }
     // Each R2T carries the ExpCmdSN after its command: wait for the 16th,
     // or until none has come for two seconds (a target may hold R2Ts back).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1469,7 +1478,13 @@ fn writes_without_data(addr: SocketAddr, _rng: &mut Rng, findings: &mut Vec<Stri
     let Ffp { s, drain, .. } = c;
     drop(drain);
     held.push(s);
-    (format!("16 WRITE(16) of 8 MiB each on one session, no data ({seen} answered with an R2T)"), held)
+    (
+        format!(
+            "16 WRITE(16) of 8 MiB and 2 of one block with EDTL 32 MiB, on one session, no data ({seen} answered \
+             with an R2T)"
+        ),
+        held,
+    )
 }
 
 #[test]
@@ -1548,7 +1563,7 @@ fn hostile_initiators_leave_lunard_serving() {
         held.extend(h);
         notes
     });
-    steps.run(12, "8 MiB WRITEs, data never sent", |rng, f| {
+    steps.run(12, "WRITEs whose data never comes", |rng, f| {
         let (notes, h) = writes_without_data(addr, rng, f);
         held.extend(h);
         notes
