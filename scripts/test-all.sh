@@ -22,7 +22,7 @@ step() { printf '\n==== %s\n' "$*"; }
 tools=(
   iscsi-inq:libiscsi-bin iscsi-ls:libiscsi-bin iscsi-readcapacity16:libiscsi-bin
   iscsi-perf:libiscsi-bin iscsi-test-cu:libiscsi-bin
-  sg_inq:sg3-utils cc:gcc curl:curl mount:mount umount:mount
+  sg_inq:sg3-utils cc:gcc mount:mount umount:mount kill:procps
 )
 need_pkgs=()
 for t in "${tools[@]}"; do
