@@ -26,7 +26,7 @@ tools=(
 )
 need_pkgs=()
 for t in "${tools[@]}"; do
-  command -v "${t%%:*}" >/dev/null 2>&1 || need_pkgs+=("${t##*:}")
+  type -P "${t%%:*}" >/dev/null 2>&1 || need_pkgs+=("${t##*:}")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   mapfile -t need_pkgs < <(printf '%s\n' "${need_pkgs[@]}" | sort -u)
@@ -36,7 +36,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 for t in "${tools[@]}"; do
-  command -v "${t%%:*}" >/dev/null 2>&1 || { echo "ERROR: ${t%%:*} still missing after installing ${t##*:}"; exit 1; }
+  type -P "${t%%:*}" >/dev/null 2>&1 || { echo "ERROR: ${t%%:*} still missing after installing ${t##*:}"; exit 1; }
 done
 # The tmpfs tests of crates/lunard/tests/live.rs mount file systems.
 [ "$(id -u)" = 0 ] || echo "WARNING: not root: the tmpfs tests of crates/lunard/tests/live.rs will fail"
