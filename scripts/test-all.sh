@@ -17,16 +17,29 @@ shared="$root/../shared"
 
 step() { printf '\n==== %s\n' "$*"; }
 
+# Every external tool the tests run, and the Debian package that has it. The
+# end-to-end tests of crates/lunard fail (they do not skip) when one is missing.
+tools=(
+  iscsi-inq:libiscsi-bin iscsi-ls:libiscsi-bin iscsi-readcapacity16:libiscsi-bin
+  iscsi-perf:libiscsi-bin iscsi-test-cu:libiscsi-bin
+  sg_inq:sg3-utils cc:gcc mount:mount umount:mount kill:procps
+)
 need_pkgs=()
-command -v iscsi-test-cu >/dev/null 2>&1 || need_pkgs+=(libiscsi-bin)
-command -v sg_inq >/dev/null 2>&1 || need_pkgs+=(sg3-utils)
-command -v cc >/dev/null 2>&1 || need_pkgs+=(gcc)
+for t in "${tools[@]}"; do
+  type -P "${t%%:*}" >/dev/null 2>&1 || need_pkgs+=("${t##*:}")
+done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
+  mapfile -t need_pkgs < <(printf '%s\n' "${need_pkgs[@]}" | sort -u)
   step "installing ${need_pkgs[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
+for t in "${tools[@]}"; do
+  type -P "${t%%:*}" >/dev/null 2>&1 || { echo "ERROR: ${t%%:*} still missing after installing ${t##*:}"; exit 1; }
+done
+# The tmpfs tests of crates/lunard/tests/live.rs mount file systems.
+[ "$(id -u)" = 0 ] || echo "WARNING: not root: the tmpfs tests of crates/lunard/tests/live.rs will fail"
 command -v cargo >/dev/null || { echo "cargo is needed (rustup)"; exit 1; }
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
@@ -38,7 +51,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "unit and end-to-end tests"
 set +e
-cargo test --workspace -- --nocapture 2>&1 | tee /tmp/lunar-cargo-test.log |
+cargo test --workspace --no-fail-fast -- --nocapture 2>&1 | tee /tmp/lunar-cargo-test.log |
   grep -E '^(test result|stress:|error|.*FAILED|.*panicked)'
 rc=${PIPESTATUS[0]}
 set -e
@@ -48,12 +61,45 @@ step "model-checked tests (shuttle) of the ownership-following protocol"
 CARGO_TARGET_DIR="$root/target/model" cargo test --quiet -p lunar-target --features shuttle --test model_follow
 
 step "the same model tests must catch the deliberately broken protocol"
-if CARGO_TARGET_DIR="$root/target/model" cargo test -p lunar-target --features shuttle,broken-follow \
-     --test model_follow >/tmp/lunar-broken.log 2>&1; then
-  echo "ERROR: the model tests passed on the broken variant (they would not catch the bug)"
+# Each of these must FAIL on the broken variant (a job that must follow a
+# moved list is dropped). Any other outcome fails CI: the variant does not
+# build, a listed test passes, or the run ends without listing them.
+# (iteration_survives_hot_remove passes on it: a job dropped while its list
+# is removed looks like one that arrived after the removal, which is allowed.)
+must_fail=(
+  iteration_follows_the_list_when_it_moves
+  iteration_follows_the_list_when_it_moves_twice
+  iteration_follows_the_list_to_the_main_loop_on_stop
+)
+broken_log=/tmp/lunar-broken.log
+if ! CARGO_TARGET_DIR="$root/target/model" cargo test --no-run -p lunar-target --features shuttle,broken-follow \
+     --test model_follow >"$broken_log" 2>&1; then
+  tail -n 30 "$broken_log"
+  echo "ERROR: the broken variant (--features shuttle,broken-follow) does not build; it proves nothing (log: $broken_log)"
   exit 1
 fi
-echo "ok: $(grep -c '\.\.\. FAILED' /tmp/lunar-broken.log) model tests fail on the broken variant, as they must"
+set +e
+CARGO_TARGET_DIR="$root/target/model" cargo test -p lunar-target --features shuttle,broken-follow \
+  --test model_follow >"$broken_log" 2>&1
+rc=$?
+set -e
+if [ "$rc" = 0 ]; then
+  echo "ERROR: the model tests passed on the broken variant (they would not catch the bug; log: $broken_log)"
+  exit 1
+fi
+grep -q '^test result: FAILED' "$broken_log" || {
+  tail -n 30 "$broken_log"
+  echo "ERROR: the broken-variant run failed without a test result (exit $rc; log: $broken_log)"
+  exit 1
+}
+for t in "${must_fail[@]}"; do
+  grep -qE "^test $t \.\.\. FAILED\$" "$broken_log" || {
+    grep -E '^test ' "$broken_log"
+    echo "ERROR: $t did not fail on the broken variant: the model test no longer catches the bug (log: $broken_log)"
+    exit 1
+  }
+done
+echo "ok: ${#must_fail[@]} model tests fail on the broken variant, as they must: ${must_fail[*]}"
 
 if [ -x scripts/conformance.sh ]; then
   step "iSCSI conformance: iscsi-test-cu against lunard"

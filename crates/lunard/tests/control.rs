@@ -1,5 +1,7 @@
 //! End-to-end tests of the control plane: the real `lunard` binary, its
-//! control socket, `lunarctl`, and libiscsi's tools as initiators.
+//! control socket, `lunarctl`, and libiscsi's tools as initiators. The
+//! tools are required: a test fails, naming the package, when one is
+//! missing (`scripts/test-all.sh` installs libiscsi-bin).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -12,7 +14,7 @@ use lunard::control::client::{Client, ClientError};
 use serde_json::{json, Value};
 
 mod common;
-use common::{free_port, have, Daemon, IQN};
+use common::{free_port, tool, Daemon, IQN};
 
 /// lunard with two I/O threads (moves need a second one).
 fn start(args: &[&str]) -> Daemon {
@@ -42,14 +44,14 @@ fn error_code(v: &Value) -> i64 {
 }
 
 fn luns_seen(d: &Daemon) -> String {
-    let o = Command::new("iscsi-ls").arg("-s").arg(d.portal()).output().unwrap();
+    let o = tool("iscsi-ls").arg("-s").arg(d.portal()).output().unwrap();
     assert!(o.status.success(), "iscsi-ls: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8(o.stdout).unwrap()
 }
 
 /// A background initiator holding a session (reads on LUN `lun`).
 fn perf(d: &Daemon, lun: u32) -> Child {
-    Command::new("iscsi-perf")
+    tool("iscsi-perf")
         .args(["-m", "4", "-b", "8", "-r"])
         .arg(d.url(lun))
         .stdout(Stdio::null())
@@ -159,22 +161,14 @@ fn stop_then_cont() {
     // Per-LUN stop of a LUN that does not exist is a clear error.
     let e = d.call("stop", json!({"lun": 9})).unwrap_err();
     assert!(matches!(e, ClientError::Rpc { code: -32002, .. }), "{e}");
-    if have("iscsi-readcapacity16") {
-        // A command sent while stopped does not complete until cont.
-        let mut rc = Command::new("iscsi-readcapacity16")
-            .arg(d.url(0))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(800));
-        assert!(rc.try_wait().unwrap().is_none(), "a command completed while the target was stopped");
-        assert_eq!(d.ctl_ok(&["cont"]).trim(), "running");
-        let out = finished_ok(rc, "the command held while stopped");
-        println!("READ CAPACITY held while stopped, completed after cont:\n{out}");
-    } else {
-        d.ctl_ok(&["cont"]);
-    }
+    // A command sent while stopped does not complete until cont.
+    let mut rc =
+        tool("iscsi-readcapacity16").arg(d.url(0)).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(rc.try_wait().unwrap().is_none(), "a command completed while the target was stopped");
+    assert_eq!(d.ctl_ok(&["cont"]).trim(), "running");
+    let out = finished_ok(rc, "the command held while stopped");
+    println!("READ CAPACITY held while stopped, completed after cont:\n{out}");
     let s = d.ctl_json(&["status"]);
     assert_eq!(s["state"], "running");
     assert_eq!(s["targets"][0]["paused_by"], Value::Null);
@@ -203,17 +197,13 @@ fn lun_add_and_remove() {
     let luns: Vec<u64> =
         s["targets"][0]["luns"].as_array().unwrap().iter().map(|l| l["lun"].as_u64().unwrap()).collect();
     assert_eq!(luns, vec![0, 1, 5]);
-    if have("iscsi-ls") {
-        let seen = luns_seen(&d);
-        assert!(seen.contains("Lun:1") && seen.contains("Lun:5"), "{seen}");
-    }
+    let seen = luns_seen(&d);
+    assert!(seen.contains("Lun:1") && seen.contains("Lun:5"), "{seen}");
     d.ctl_ok(&["lun", "remove", "1"]);
     assert!(matches!(d.call("lun.remove", json!({"lun": 1})), Err(ClientError::Rpc { code: -32002, .. })));
-    if have("iscsi-ls") {
-        let seen = luns_seen(&d);
-        assert!(seen.contains("Lun:0") && !seen.contains("Lun:1") && seen.contains("Lun:5"), "{seen}");
-        println!("REPORT LUNS after remove:\n{seen}");
-    }
+    let seen = luns_seen(&d);
+    assert!(seen.contains("Lun:0") && !seen.contains("Lun:1") && seen.contains("Lun:5"), "{seen}");
+    println!("REPORT LUNS after remove:\n{seen}");
 }
 
 #[test]
@@ -221,10 +211,6 @@ fn lun_move_under_io() {
     let d = start(&["--lun", "backend=mem,size=64M"]);
     assert!(matches!(d.call("lun.move", json!({"lun": 0, "iothread": 2})), Err(ClientError::Rpc { code: -32004, .. })));
     assert!(matches!(d.call("lun.move", json!({"lun": 9, "iothread": 1})), Err(ClientError::Rpc { code: -32002, .. })));
-    if !have("iscsi-perf") {
-        d.ctl_ok(&["lun", "move", "0", "--iothread", "1"]);
-        return;
-    }
     let mut load = perf(&d, 0);
     wait_for("a session with a queue", || {
         d.call("status", json!({})).unwrap()["targets"][0]["luns"][0]["queues"]
@@ -260,7 +246,7 @@ fn set_error_policy() {
 }
 
 fn readcapacity(d: &Daemon, lun: u32) -> String {
-    let o = Command::new("iscsi-readcapacity16").arg(d.url(lun)).output().unwrap();
+    let o = tool("iscsi-readcapacity16").arg(d.url(lun)).output().unwrap();
     assert!(o.status.success(), "iscsi-readcapacity16: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8(o.stdout).unwrap()
 }
@@ -274,11 +260,8 @@ fn lun_resize() {
     let mut sub = d.client();
     sub.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     sub.call("events", json!({})).unwrap();
-    let tools = have("iscsi-readcapacity16");
-    if tools {
-        let before = readcapacity(&d, 0);
-        assert!(before.contains(&format!("Total size:{}", 64u64 << 20)), "{before}");
-    }
+    let before = readcapacity(&d, 0);
+    assert!(before.contains(&format!("Total size:{}", 64u64 << 20)), "{before}");
     // Grow the mem LUN with a human-readable size.
     let out = d.ctl_ok(&["lun", "resize", "0", "2G"]);
     assert!(out.contains("2.0 GiB") && out.contains("4194304 blocks"), "{out}");
@@ -296,18 +279,14 @@ fn lun_resize() {
     assert_eq!((l0["size"].clone(), l0["blocks"].clone()), (json!(2u64 << 30), json!(4194304)), "{l0}");
     assert!(l0["description"].as_str().unwrap().contains("2.0 GiB"), "{l0}");
     assert!(d.ctl_ok(&["status"]).contains("2.0 GiB"));
-    if tools {
-        let after = readcapacity(&d, 0);
-        assert!(after.contains(&format!("Total size:{}", 2u64 << 30)), "{after}");
-        println!("READ CAPACITY(16) after `lunarctl lun resize 0 2G`:\n{after}");
-    }
+    let after = readcapacity(&d, 0);
+    assert!(after.contains(&format!("Total size:{}", 2u64 << 30)), "{after}");
+    println!("READ CAPACITY(16) after `lunarctl lun resize 0 2G`:\n{after}");
     // Shrink the file LUN: the image follows.
     let r = d.call("lun.resize", json!({"lun": 1, "size": 8u64 << 20})).unwrap();
     assert_eq!(r["blocks"], 16384);
     assert_eq!(std::fs::metadata(&image).unwrap().len(), 8 << 20);
-    if tools {
-        assert!(readcapacity(&d, 1).contains(&format!("Total size:{}", 8u64 << 20)));
-    }
+    assert!(readcapacity(&d, 1).contains(&format!("Total size:{}", 8u64 << 20)));
     // Refused: clear errors, nothing changes.
     for (size, what) in [(json!(0), "0 bytes"), (json!(1000), "multiple of the logical block size")] {
         let e = d.call("lun.resize", json!({"lun": 0, "size": size})).unwrap_err();
@@ -330,14 +309,12 @@ fn stop_and_cont_one_lun_under_load_on_another() {
     let mut sub = d.client();
     sub.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     sub.call("events", json!({})).unwrap();
-    let mut load = if have("iscsi-perf") { Some(perf(&d, 1)) } else { None };
-    if load.is_some() {
-        wait_for("a session on LUN 1", || {
-            d.call("status", json!({})).unwrap()["targets"][0]["luns"][1]["queues"]
-                .as_array()
-                .is_some_and(|q| !q.is_empty())
-        });
-    }
+    let mut load = perf(&d, 1);
+    wait_for("a session on LUN 1", || {
+        d.call("status", json!({})).unwrap()["targets"][0]["luns"][1]["queues"]
+            .as_array()
+            .is_some_and(|q| !q.is_empty())
+    });
     assert_eq!(d.ctl_ok(&["stop", "--lun", "0"]).trim(), "LUN 0 paused");
     let s = d.ctl_json(&["status"]);
     let t = &s["targets"][0];
@@ -348,30 +325,17 @@ fn stop_and_cont_one_lun_under_load_on_another() {
     );
     assert_eq!((t["luns"][1]["paused"].clone(), t["luns"][1]["paused_reason"].clone()), (json!(false), Value::Null));
     assert!(d.ctl_ok(&["status"]).contains("paused (operator)"));
-    let held = if have("iscsi-readcapacity16") {
-        // A command for the paused LUN is held...
-        let mut rc = Command::new("iscsi-readcapacity16")
-            .arg(d.url(0))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(800));
-        assert!(rc.try_wait().unwrap().is_none(), "a command of the paused LUN completed");
-        // ...while the other LUN serves.
-        assert!(readcapacity(&d, 1).contains("Total size:"));
-        Some(rc)
-    } else {
-        None
-    };
-    if let Some(l) = load.as_mut() {
-        assert!(l.try_wait().unwrap().is_none(), "the initiator of LUN 1 failed while LUN 0 was paused");
-    }
+    // A command for the paused LUN is held...
+    let mut held =
+        tool("iscsi-readcapacity16").arg(d.url(0)).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(held.try_wait().unwrap().is_none(), "a command of the paused LUN completed");
+    // ...while the other LUN serves.
+    assert!(readcapacity(&d, 1).contains("Total size:"));
+    assert!(load.try_wait().unwrap().is_none(), "the initiator of LUN 1 failed while LUN 0 was paused");
     assert_eq!(d.ctl_ok(&["cont", "--lun", "0"]).trim(), "LUN 0 running");
-    if let Some(rc) = held {
-        let out = finished_ok(rc, "the command held while LUN 0 was paused");
-        println!("READ CAPACITY held while LUN 0 was paused, completed after `cont --lun 0`:\n{out}");
-    }
+    let out = finished_ok(held, "the command held while LUN 0 was paused");
+    println!("READ CAPACITY held while LUN 0 was paused, completed after `cont --lun 0`:\n{out}");
     let mut names = Vec::new();
     while !names.contains(&"lun.resumed".to_string()) {
         let v = sub.read_value().unwrap();
@@ -386,11 +350,9 @@ fn stop_and_cont_one_lun_under_load_on_another() {
     println!("events: {names:?}");
     let s = d.ctl_json(&["status"]);
     assert_eq!(s["targets"][0]["luns"][0]["paused"], false);
-    if let Some(mut l) = load {
-        assert!(l.try_wait().unwrap().is_none(), "the initiator of LUN 1 failed");
-        let _ = l.kill();
-        let _ = l.wait();
-    }
+    assert!(load.try_wait().unwrap().is_none(), "the initiator of LUN 1 failed");
+    let _ = load.kill();
+    let _ = load.wait();
     assert!(d.alive());
 }
 
@@ -472,22 +434,16 @@ fn events_stream() {
     d.call("cont", json!({})).unwrap();
     d.call("lun.remove", json!({"lun": 1})).unwrap();
     let mut names = Vec::new();
-    if have("iscsi-ls") {
-        luns_seen(&d);
-    }
-    let want: &[&str] = if have("iscsi-ls") {
-        &[
-            "lun.added",
-            "lun.moved",
-            "target.stopped",
-            "target.resumed",
-            "lun.removed",
-            "session.login",
-            "session.logout",
-        ]
-    } else {
-        &["lun.added", "lun.moved", "target.stopped", "target.resumed", "lun.removed"]
-    };
+    luns_seen(&d);
+    let want: &[&str] = &[
+        "lun.added",
+        "lun.moved",
+        "target.stopped",
+        "target.resumed",
+        "lun.removed",
+        "session.login",
+        "session.logout",
+    ];
     while names.len() < want.len() {
         let v = sub.read_value().unwrap();
         assert_eq!(v["method"], "event");
@@ -508,9 +464,6 @@ fn events_stream() {
 
 #[test]
 fn session_list_and_kill() {
-    if !have("iscsi-perf") {
-        return;
-    }
     let d = start(&["--lun", "backend=mem,size=64M"]);
     let mut sub = d.client();
     sub.call("events", json!({})).unwrap();
@@ -535,6 +488,10 @@ fn session_list_and_kill() {
         seen.push(p["event"].as_str().unwrap().to_string());
     }
     println!("session events: {seen:?}");
+    // The killed session is gone from the list (iscsi-perf may have logged in again: a new id).
+    let ids: Vec<u64> =
+        d.ctl_json(&["session", "list"]).as_array().unwrap().iter().map(|s| s["id"].as_u64().unwrap()).collect();
+    assert!(!ids.contains(&id), "session {id} still listed after kill: {ids:?}");
     let _ = load.kill();
     let _ = load.wait();
 }

@@ -371,8 +371,11 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 
 // ----- thin storage running out --------------------------------------------------
 
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+/// These tests mount a tmpfs: they fail, saying why, when not run as root
+/// (`scripts/test-all.sh` and CI run as root), rather than pass untested.
+fn require_root() {
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    assert!(root, "this test mounts a tmpfs and needs root: run it as root (scripts/test-all.sh and CI do)");
 }
 
 /// A tmpfs mounted on a temporary directory; unmounted on drop.
@@ -439,10 +442,7 @@ fn verify_acked(s: &Session, acked: &[(u64, u64)]) -> u64 {
 
 #[test]
 fn thin_storage_running_out_pauses_then_cont_completes() {
-    if !is_root() {
-        println!("SKIPPED: needs root to mount a tmpfs (CI runs as root)");
-        return;
-    }
+    require_root();
     let fs = Tmpfs::mount("8m");
     let image = fs.mnt.join("disk.img");
     let spec = format!("backend=file,path={},size=64M,thin=on,werror=enospc", image.display());
@@ -484,10 +484,7 @@ fn thin_storage_running_out_pauses_then_cont_completes() {
 
 #[test]
 fn thin_storage_running_out_reports_space_allocation_failed() {
-    if !is_root() {
-        println!("SKIPPED: needs root to mount a tmpfs (CI runs as root)");
-        return;
-    }
+    require_root();
     let fs = Tmpfs::mount("8m");
     let image = fs.mnt.join("disk.img");
     let spec = format!("backend=file,path={},size=64M,thin=on,werror=report", image.display());
