@@ -539,7 +539,7 @@ impl Conn {
                 }
                 continue;
             }
-            if !self.reserve_data_in(itt, overdraw) {
+            if !task.take_data_in(&mut self.budget, overdraw) {
                 return Flow::Continue;
             }
             self.deferred.pop_front();
@@ -1039,32 +1039,13 @@ impl Conn {
         }
         // A read waits behind the tasks already waiting; a write's data is
         // already here (its room taken), so it never waits.
-        let read = task.read;
-        self.tasks.insert(itt, task);
-        if read && (!self.deferred.is_empty() || !self.reserve_data_in(itt, false)) {
+        if task.read && (!self.deferred.is_empty() || !task.take_data_in(&mut self.budget, false)) {
             LimitCounters::bump(&self.shared.hits.buffer_waits);
+            self.tasks.insert(itt, task);
             self.deferred.push_back(itt);
             return Flow::Continue;
         }
-        match self.tasks.remove(&itt) {
-            Some(task) => self.submit_now(task).await,
-            None => Flow::Continue,
-        }
-    }
-
-    /// Room for a read's data-in (at most one command's largest transfer,
-    /// and no more than EDTL); false if the budget has none now.
-    fn reserve_data_in(&mut self, itt: u32, overdraw: bool) -> bool {
-        let Some(task) = self.tasks.get_mut(&itt) else { return true };
-        if !task.read {
-            return true;
-        }
-        let n = u64::from(task.edtl).min(lunar_scsi::MAX_TRANSFER_BYTES);
-        if !self.budget.take(task.reserved, n, overdraw) {
-            return false;
-        }
-        task.reserved += n;
-        true
+        self.submit_now(task).await
     }
 
     /// Hands a command with all its data to the core (or answers it here

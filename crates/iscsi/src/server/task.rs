@@ -92,6 +92,20 @@ impl Task {
         Some(stored)
     }
 
+    /// Room for a read's data-in (at most one command's largest transfer,
+    /// and no more than EDTL); false if the budget has none now.
+    pub fn take_data_in(&mut self, budget: &mut super::limits::Budget, overdraw: bool) -> bool {
+        if !self.read {
+            return true;
+        }
+        let n = u64::from(self.edtl).min(lunar_scsi::MAX_TRANSFER_BYTES);
+        if !budget.take(self.reserved, n, overdraw) {
+            return false;
+        }
+        self.reserved += n;
+        true
+    }
+
     /// R2Ts to send now to solicit the rest of the data (RFC 7143 §10.8),
     /// keeping at most MaxOutstandingR2T outstanding. Before the first,
     /// the whole of the data still to come is taken from the connection's
