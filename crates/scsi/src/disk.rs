@@ -305,6 +305,11 @@ impl Disk {
         self.state.prevent.store(false, Ordering::Relaxed);
     }
 
+    /// Whether PREVENT ALLOW MEDIUM REMOVAL prevents removal now.
+    pub fn medium_removal_prevented(&self) -> bool {
+        self.state.prevent.load(Ordering::Relaxed)
+    }
+
     /// Largest transfer of one command, in logical blocks.
     pub fn max_transfer_blocks(&self) -> u32 {
         u32::try_from(MAX_TRANSFER_BYTES / u64::from(self.config.block_size)).unwrap_or(u32::MAX)

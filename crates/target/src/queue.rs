@@ -129,6 +129,23 @@ impl Queue {
         }
     }
 
+    /// I_T nexus loss of this queue's nexus on its LU (SAM-5 6.3.4, SPC-5
+    /// 5.13, SBC-4 4.24), the one place both front-ends end a nexus: an
+    /// iSCSI session that ends, a vhost-user I_T NEXUS RESET. The nexus's
+    /// SPC-2 reservation is released and its held copy results dropped,
+    /// the PREVENT ALLOW MEDIUM REMOVAL state ends, and, with `report`, I_T
+    /// NEXUS LOSS OCCURRED (29h/07h) is established for the nexus. Call it
+    /// once per LU (any one of the nexus's queues of the LU), from any
+    /// thread; its effects are in place when it returns.
+    pub fn nexus_lost(&self, report: bool) {
+        let disk = self.device.disk();
+        disk.reset_prevent();
+        disk.nexus_lost(self.nexus.as_ref().unwrap_or(&Nexus::anonymous()));
+        if report {
+            self.push_unit_attention(lunar_scsi::sense::I_T_NEXUS_LOSS.sense());
+        }
+    }
+
     /// Establishes a unit attention for this queue's I_T_L nexus, from any
     /// thread, in place when this returns: every queue of the device opened
     /// for the same I_T nexus shares it, and reports it once (on whichever

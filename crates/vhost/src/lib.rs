@@ -1060,7 +1060,6 @@ impl ScsiBackend {
                 } else {
                     Vec::new()
                 };
-                let nexus = self.nexus.clone();
                 let target = self.shared.target.clone();
                 let (vring, mem, pending) = (vring.clone(), mem.clone(), self.ctrl_pending.clone());
                 pending.fetch_add(1, Ordering::AcqRel);
@@ -1083,8 +1082,7 @@ impl ScsiBackend {
                     let mut released = std::collections::BTreeSet::new();
                     for q in nexus_lost {
                         if released.insert(q.device().lun()) {
-                            q.device().disk().nexus_lost(&nexus);
-                            q.push_unit_attention(lunar_scsi::sense::I_T_NEXUS_LOSS.sense());
+                            q.nexus_lost(true);
                         }
                     }
                     reply(&vring, &mem, S_FUNCTION_COMPLETE);

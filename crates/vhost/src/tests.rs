@@ -849,9 +849,15 @@ fn i_t_nexus_reset_releases_reserve6_and_reports_nexus_loss() {
     // (A vhost-user controller's nexus starts with no unit attention.)
     assert_eq!(g.run(0, 0, &[0x16, 0, 0, 0, 0, 0]).0, OK, "RESERVE(6)");
     assert_eq!(write_from_elsewhere(&g.t, 0), 0x18, "RESERVATION CONFLICT while reserved");
+    assert_eq!(g.run(0, 1, &[0x1E, 0, 0, 0, 1, 0]).0, OK, "PREVENT ALLOW MEDIUM REMOVAL (prevent)");
+    let lun1 = g.t.device(1).unwrap();
+    assert!(lun1.disk().medium_removal_prevented());
 
     assert_eq!(g.tmf(TMF_I_T_NEXUS_RESET, 0), S_FUNCTION_COMPLETE);
     assert_eq!(write_from_elsewhere(&g.t, 0), 0, "the RESERVE(6) of the reset nexus was released");
+    // SBC-4 4.24: the nexus's prevention of medium removal ends with it (as
+    // when an iSCSI session ends: one core call for both front-ends).
+    assert!(!lun1.disk().medium_removal_prevented(), "PREVENT ended by the I_T nexus loss");
     // Each LUN reports the nexus loss once, on whichever queue comes first
     // (LUN 0 on queue 1, LUN 1 on queue 0); then no queue reports it again.
     for lun in 0..2u16 {

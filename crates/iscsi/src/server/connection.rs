@@ -405,10 +405,10 @@ impl Conn {
     async fn cleanup(&mut self) {
         if let Some(s) = self.session.take() {
             for (lun, q) in s.queues {
-                // I_T nexus loss (SPC-5 5.13, SBC-4 4.24): SPC-2 reservations
-                // and the medium-removal prevention of this nexus end.
-                q.device().disk().reset_prevent();
-                q.device().disk().nexus_lost(&s.nexus);
+                // I_T nexus loss. Its unit attention outlives the session
+                // only while another queue of the same nexus is open on the
+                // LU (the core keeps unit attentions per open nexus).
+                q.nexus_lost(true);
                 if let Err(e) = s.entry.core.close_queue(q).await {
                     tracing::debug!(lun, "close queue: {e}");
                 }
