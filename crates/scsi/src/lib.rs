@@ -58,7 +58,7 @@ pub mod vpd;
 #[cfg(test)]
 mod test_util;
 
-pub use cdb::{table::OPCODES, Command, DataDirection};
+pub use cdb::{cut_write, table::OPCODES, Command, CutWrite, DataDirection};
 pub use commands::extended_copy::{CopyGate, CopyPass, CopyResolver, CopyTarget, CopyTargets};
 pub use commands::sanitize::SanitizeOperation;
 pub use commands::{
@@ -69,7 +69,7 @@ pub use disk::{
     MAX_TRANSFER_BYTES, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS,
 };
 pub use error::{CopyAbort, ScsiError};
-pub use lun::report_luns_data;
+pub use lun::{answer_without_lun, report_luns_data};
 pub use lunar_block::Backend;
 pub use reservation::{Nexus, PrType, ReservationState, RestoreError, SideEffect};
 pub use sense::{FieldPointer, Sense, SenseCode, SenseKey};

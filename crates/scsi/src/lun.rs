@@ -98,3 +98,50 @@ mod tests {
         }
     }
 }
+
+/// The answer to a command addressed to a LUN that does not exist (SPC-5
+/// 4.6.4, 6.7.2): INQUIRY gets data with peripheral qualifier 011b ("not
+/// capable of supporting a device on this LUN"), REPORT LUNS lists `luns`
+/// (the LUNs that do exist), anything else is LOGICAL UNIT NOT SUPPORTED.
+/// `Ok` is the data-in, already cut to the allocation length.
+pub fn answer_without_lun(cdb: &[u8], luns: &[u64]) -> Result<Vec<u8>, crate::Sense> {
+    match cdb.first().copied() {
+        Some(0x12) => {
+            let evpd = cdb.get(1).is_some_and(|b| b & 1 == 1);
+            let alloc = cdb.get(3..5).map_or(0, |b| u16::from_be_bytes([b[0], b[1]])) as usize;
+            let mut data = if evpd {
+                vec![0x7f, cdb.get(2).copied().unwrap_or(0), 0, 0]
+            } else {
+                let mut d = vec![0u8; 36];
+                d[0] = 0x7f; // qualifier 011b, device type 1Fh
+                d[2] = 0x06; // SPC-4
+                d[3] = 0x02; // response data format
+                d[4] = 31; // additional length
+                d
+            };
+            data.truncate(alloc);
+            Ok(data)
+        }
+        Some(0xa0) => {
+            let alloc = cdb.get(6..10).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            Ok(report_luns_data(luns, alloc))
+        }
+        _ => Err(crate::sense::LUN_NOT_SUPPORTED.sense()),
+    }
+}
+
+#[cfg(test)]
+mod answer_without_lun_tests {
+    use super::*;
+
+    #[test]
+    fn inquiry_report_luns_and_the_rest() {
+        let std = answer_without_lun(&[0x12, 0, 0, 0, 36, 0], &[0]).unwrap();
+        assert_eq!((std.len(), std[0], std[4]), (36, 0x7f, 31));
+        assert_eq!(answer_without_lun(&[0x12, 1, 0x80, 0, 255, 0], &[0]).unwrap(), vec![0x7f, 0x80, 0, 0]);
+        assert_eq!(answer_without_lun(&[0x12, 0, 0, 0, 5, 0], &[0]).unwrap().len(), 5, "cut to the allocation");
+        let luns = answer_without_lun(&[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[0, 3]).unwrap();
+        assert_eq!(&luns[..4], &16u32.to_be_bytes());
+        assert_eq!(answer_without_lun(&[0x00; 6], &[0]).unwrap_err(), crate::sense::LUN_NOT_SUPPORTED.sense());
+    }
+}

@@ -899,15 +899,15 @@ impl Conn {
             let needed = cmd.data_out_len(block_size);
             task.scsi_write_len = Some(needed);
             if (task.edtl as usize) < needed {
-                match super::task::clamp_write_cdb(&task.cdb, task.edtl, block_size) {
-                    Some(cdb) => task.cdb = cdb,
-                    None if super::task::is_block_write(&task.cdb) => {
-                        // Not whole blocks: INVALID FIELD IN INFORMATION UNIT.
+                match lunar_scsi::cut_write(&task.cdb, task.edtl, block_size) {
+                    lunar_scsi::CutWrite::Cut(cdb) => task.cdb = cdb,
+                    lunar_scsi::CutWrite::NotWholeBlocks => {
+                        // INVALID FIELD IN INFORMATION UNIT (RFC 7143 11.4.7.2).
                         LimitCounters::bump(&self.shared.hits.refused_before_data);
                         let sense = lunar_scsi::Sense::new(lunar_scsi::SenseKey::IllegalRequest, 0x0e, 0x03);
                         return Err(Response::check_condition(sense.fixed()));
                     }
-                    None => {}
+                    lunar_scsi::CutWrite::NotABlockWrite => {}
                 }
             }
         }
@@ -1073,30 +1073,10 @@ impl Conn {
     /// INQUIRY, REPORT LUNS and others addressed to a LUN that does not
     /// exist (SPC-5 §4.6.4 and §6.7.2: peripheral qualifier 011b).
     fn no_such_lun(&self, task: &Task) -> Response {
-        let op = task.cdb.first().copied().unwrap_or(0);
-        match op {
-            0x12 => {
-                let evpd = task.cdb.get(1).is_some_and(|b| b & 1 == 1);
-                let alloc = task.cdb.get(3..5).map_or(0, |b| u16::from_be_bytes([b[0], b[1]])) as usize;
-                let mut data = if evpd {
-                    vec![0x7f, task.cdb.get(2).copied().unwrap_or(0), 0, 0]
-                } else {
-                    let mut d = vec![0u8; 36];
-                    d[0] = 0x7f;
-                    d[2] = 0x06;
-                    d[3] = 0x02;
-                    d[4] = 31;
-                    d
-                };
-                data.truncate(alloc);
-                Response::good(data)
-            }
-            0xa0 => {
-                let luns = self.session.as_ref().map(|s| s.entry.core.luns()).unwrap_or_default();
-                let alloc = task.cdb.get(6..10).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-                Response::good(lunar_scsi::report_luns_data(&luns, alloc))
-            }
-            _ => Response::check_condition(lunar_scsi::sense::LUN_NOT_SUPPORTED.sense().fixed()),
+        let luns = self.session.as_ref().map(|s| s.entry.core.luns()).unwrap_or_default();
+        match lunar_scsi::answer_without_lun(&task.cdb, &luns) {
+            Ok(data) => Response::good(data),
+            Err(sense) => Response::check_condition(sense.fixed()),
         }
     }
 

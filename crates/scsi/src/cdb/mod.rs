@@ -326,3 +326,72 @@ impl Command {
 
 #[cfg(test)]
 mod tests;
+
+/// A block write's CDB with its TRANSFER LENGTH cut to `bytes`: see [`cut_write`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CutWrite {
+    /// The CDB, now asking for `bytes / block_size` blocks.
+    Cut(Vec<u8>),
+    /// A block write, but `bytes` is no whole number of blocks (a
+    /// transport answers INVALID FIELD IN INFORMATION UNIT).
+    NotWholeBlocks,
+    /// Not WRITE or WRITE AND VERIFY (10/12/16): nothing to cut.
+    NotABlockWrite,
+}
+
+/// When an initiator sends less data than a write's CDB asks for (iSCSI's
+/// EDTL below the TRANSFER LENGTH), only what it sends is written (RFC
+/// 7143 11.4.5.1 permits it; libiscsi's residual tests expect it): the
+/// CDB of WRITE and WRITE AND VERIFY (10/12/16) with TRANSFER LENGTH cut to
+/// the whole blocks of `bytes`.
+pub fn cut_write(cdb: &[u8], bytes: u32, block_size: u32) -> CutWrite {
+    // SBC-4 5: where TRANSFER LENGTH sits in each write CDB.
+    let field = match cdb.first() {
+        Some(0x2a | 0x2e) => 7..9,   // WRITE (10), WRITE AND VERIFY (10)
+        Some(0xaa | 0xae) => 6..10,  // WRITE (12), WRITE AND VERIFY (12)
+        Some(0x8a | 0x8e) => 10..14, // WRITE (16), WRITE AND VERIFY (16)
+        _ => return CutWrite::NotABlockWrite,
+    };
+    if block_size == 0 || !bytes.is_multiple_of(block_size) {
+        return CutWrite::NotWholeBlocks;
+    }
+    let blocks = bytes / block_size;
+    let mut c = cdb.to_vec();
+    let Some(dst) = c.get_mut(field) else { return CutWrite::NotABlockWrite };
+    let n = dst.len();
+    if n == 2 && blocks > u32::from(u16::MAX) {
+        return CutWrite::NotWholeBlocks;
+    }
+    dst.copy_from_slice(&blocks.to_be_bytes()[4 - n..]);
+    CutWrite::Cut(c)
+}
+
+#[cfg(test)]
+mod cut_write_tests {
+    use super::*;
+
+    #[test]
+    fn cuts_each_write_cdb_to_whole_blocks() {
+        let mut w10 = [0u8; 10];
+        w10[0] = 0x2a;
+        w10[8] = 2;
+        let CutWrite::Cut(c) = cut_write(&w10, 512, 512) else { panic!() };
+        assert_eq!(&c[7..9], &[0, 1]);
+        let CutWrite::Cut(c) = cut_write(&w10, 0, 512) else { panic!() };
+        assert_eq!(c[7..9], [0, 0]);
+        assert_eq!(cut_write(&w10, 200, 512), CutWrite::NotWholeBlocks);
+        let mut w16 = [0u8; 16];
+        w16[0] = 0x8e;
+        w16[13] = 4;
+        let CutWrite::Cut(c) = cut_write(&w16, 1024, 512) else { panic!() };
+        assert_eq!(&c[10..14], &[0, 0, 0, 2]);
+        let mut w12 = [0u8; 12];
+        w12[0] = 0xaa;
+        w12[9] = 3;
+        let CutWrite::Cut(c) = cut_write(&w12, 4096, 4096) else { panic!() };
+        assert_eq!(&c[6..10], &[0, 0, 0, 1]);
+        assert_eq!(cut_write(&[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, 512), CutWrite::NotABlockWrite);
+        assert_eq!(cut_write(&[], 0, 512), CutWrite::NotABlockWrite);
+        assert_eq!(cut_write(&[0x2a, 0, 0], 512, 512), CutWrite::NotABlockWrite, "a short CDB");
+    }
+}
