@@ -646,6 +646,26 @@ impl Session {
         self.shared.lock().async_messages.clone()
     }
 
+    /// The session's state once the target's CmdSN window has room for a
+    /// command, waiting at most the session's timeout.
+    fn window_open(&self) -> Result<MutexGuard<'_, State>, Error> {
+        let deadline = Instant::now() + self.timeout;
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(e) = st.closed_error() {
+                return Err(e);
+            }
+            if !sn_lt(st.max_cmd_sn, st.cmd_sn) {
+                return Ok(st);
+            }
+            let (g, ok) = self.shared.wait_until(st, deadline);
+            st = g;
+            if !ok {
+                return Err(Error::Timeout { what: "the CmdSN window to open", after: self.timeout });
+            }
+        }
+    }
+
     /// Sends a command; returns at once with its tag (several may be
     /// outstanding). Waits, at most the session's timeout, while the
     /// target's CmdSN window is closed.
@@ -657,21 +677,7 @@ impl Session {
         if cmd.cdb.is_empty() || cmd.cdb.len() > 16 {
             return Err(Error::Invalid(format!("CDB of {} bytes", cmd.cdb.len())));
         }
-        let deadline = Instant::now() + self.timeout;
-        let mut st = self.shared.lock();
-        loop {
-            if let Some(e) = st.closed_error() {
-                return Err(e);
-            }
-            if !sn_lt(st.max_cmd_sn, st.cmd_sn) {
-                break;
-            }
-            let (g, ok) = self.shared.wait_until(st, deadline);
-            st = g;
-            if !ok {
-                return Err(Error::Timeout { what: "the CmdSN window to open", after: self.timeout });
-            }
-        }
+        let mut st = self.window_open()?;
         let itt = st.alloc_itt();
         let cmd_sn = st.cmd_sn;
         let write = len > 0;
@@ -731,21 +737,7 @@ impl Session {
         if cmd.cdb.is_empty() || cmd.cdb.len() > 16 {
             return Err(Error::Invalid(format!("CDB of {} bytes", cmd.cdb.len())));
         }
-        let deadline = Instant::now() + self.timeout;
-        let mut st = self.shared.lock();
-        loop {
-            if let Some(e) = st.closed_error() {
-                return Err(e);
-            }
-            if !sn_lt(st.max_cmd_sn, st.cmd_sn) {
-                break;
-            }
-            let (g, ok) = self.shared.wait_until(st, deadline);
-            st = g;
-            if !ok {
-                return Err(Error::Timeout { what: "the CmdSN window to open", after: self.timeout });
-            }
-        }
+        let mut st = self.window_open()?;
         let itt = st.alloc_itt();
         let cmd_sn = st.cmd_sn;
         let lun_field = encode_lun(cmd.lun);

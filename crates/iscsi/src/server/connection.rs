@@ -895,29 +895,32 @@ impl Conn {
         let Some(queue) = self.queue_for(task.lun).await else { return Err(self.no_such_lun(task)) };
         let disk = queue.device().disk();
         let block_size = disk.block_size();
-        if let Ok(cmd) = lunar_scsi::Command::decode(&task.cdb) {
-            let needed = cmd.data_out_len(block_size);
-            task.scsi_write_len = Some(needed);
-            if (task.edtl as usize) < needed {
-                match lunar_scsi::cut_write(&task.cdb, task.edtl, block_size) {
-                    lunar_scsi::CutWrite::Cut(cdb) => task.cdb = cdb,
-                    lunar_scsi::CutWrite::NotWholeBlocks => {
-                        // INVALID FIELD IN INFORMATION UNIT (RFC 7143 11.4.7.2).
-                        LimitCounters::bump(&self.shared.hits.refused_before_data);
-                        let sense = lunar_scsi::Sense::new(lunar_scsi::SenseKey::IllegalRequest, 0x0e, 0x03);
-                        return Err(Response::check_condition(sense.fixed()));
-                    }
-                    lunar_scsi::CutWrite::NotABlockWrite => {}
-                }
-            }
-        }
         // A command that does not decode or validate is left to the core,
         // with no data: it answers the same error after the checks that
         // come first (unit attention, reservation conflict).
-        let Ok(cmd) = lunar_scsi::Command::decode(&task.cdb) else {
+        let Ok(mut cmd) = lunar_scsi::Command::decode(&task.cdb) else {
             LimitCounters::bump(&self.shared.hits.refused_before_data);
             return Ok(());
         };
+        let needed = cmd.data_out_len(block_size);
+        task.scsi_write_len = Some(needed);
+        if (task.edtl as usize) < needed {
+            match lunar_scsi::cut_write(&task.cdb, task.edtl, block_size) {
+                lunar_scsi::CutWrite::Cut(cdb) => {
+                    task.cdb = cdb;
+                    // A cut CDB decodes as the original did, but for its length.
+                    let Ok(cut) = lunar_scsi::Command::decode(&task.cdb) else { return Ok(()) };
+                    cmd = cut;
+                }
+                lunar_scsi::CutWrite::NotWholeBlocks => {
+                    // INVALID FIELD IN INFORMATION UNIT (RFC 7143 11.4.7.2).
+                    LimitCounters::bump(&self.shared.hits.refused_before_data);
+                    let sense = lunar_scsi::Sense::new(lunar_scsi::SenseKey::IllegalRequest, 0x0e, 0x03);
+                    return Err(Response::check_condition(sense.fixed()));
+                }
+                lunar_scsi::CutWrite::NotABlockWrite => {}
+            }
+        }
         if disk.validate(&cmd).is_err() {
             LimitCounters::bump(&self.shared.hits.refused_before_data);
             return Ok(());
