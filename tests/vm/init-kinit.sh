@@ -331,7 +331,10 @@ while [ $i -lt "$chunks" ]; do
     i=$((i + 1))
 done
 ki "recovery verify: $chunks chunks, $bad bad"
-ki "recovery conn errors $(dmesg | grep -c "detected conn error") io errors $(dmesg | grep -ci "I/O error")"
+# The connection errors of this session (connectionN:0, N its session's number).
+sid=$(for x in /sys/class/iscsi_session/session*; do
+    [ "$(cat "$x/targetname")" = "$TR" ] && basename "$x"; done | sed 's/session//')
+ki "recovery conn errors $(dmesg | grep -c "connection$sid:0: detected conn error") io errors $(dmesg | grep -ci "I/O error")"
 logout "$TR"
 ki "logout recover rc=$?"
 result "PASS guest steps done"

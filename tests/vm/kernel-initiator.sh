@@ -364,6 +364,8 @@ check "the loop ended on STOP" "$([ -n "$stopped" ] && echo yes)" yes
 check "the guest logged in again after every kill (logins of kinit-recover)" "$logins" $((1 + kills + 1))
 check "no write failed" "$(echo "$loop" | sed -n 's/.*write errors \([0-9]*\).*/\1/p')" 0
 check "every chunk written reads back" "$(ki "recovery verify: " | sed -n 's/.* \([0-9]*\) bad/\1/p')" 0
+check "the guest's kernel saw each connection end once (detected conn error)" \
+    "$(ki "recovery conn errors " | awk '{ print $1 }')" $((kills + 1))
 check "no I/O error in the guest's kernel log" "$(ki "recovery conn errors " | sed -n 's/.*io errors \([0-9]*\).*/\1/p')" 0
 check "logout after recovery" "$(rc_of "logout recover")" 0
 
