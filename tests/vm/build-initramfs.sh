@@ -6,7 +6,11 @@
 # console and the guest-side helpers it sources (tests/vm/guest-lib.sh, as
 # /guest-lib.sh). Host programs named in $BINARIES (default: the sg3-utils the
 # guest test uses, those installed) are copied with every library they load
-# (ldd) and the dynamic loader, at the same paths.
+# (ldd) and the dynamic loader, at the same paths. $MODULES replaces the
+# module list (with their dependencies, as above); $EXTRA_ROOT names a
+# directory whose tree is copied into the initramfs as it is, with the
+# libraries of its ELF programs; $EXTRA_FILES are host files copied to the
+# same paths.
 #
 # usage: build-initramfs.sh OUT.cpio.gz [KERNEL_VERSION]
 set -euo pipefail
@@ -31,18 +35,32 @@ copy_file() {
     mkdir -p "$root$(dirname "$1")"
     cp -L "$1" "$root$1"
 }
+copy_libs() {
+    ldd "$1" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | while read -r lib; do
+        [ -e "$root$lib" ] || copy_file "$lib"
+    done
+}
 for b in $binaries; do
     path=$(command -v "$b") || { echo "build-initramfs: $b not installed" >&2; exit 1; }
     copy_file "$path"
     [ "$(dirname "$path")" = /usr/bin ] || ln -sf "$path" "$root/usr/bin/$b" 2>/dev/null || true
-    ldd "$path" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | while read -r lib; do
-        [ -e "$root$lib" ] || copy_file "$lib"
-    done
+    copy_libs "$path"
 done
+for f in ${EXTRA_FILES:-}; do
+    copy_file "$f"
+done
+if [ -n "${EXTRA_ROOT:-}" ]; then
+    cp -a "$EXTRA_ROOT/." "$root/"
+    find "$EXTRA_ROOT" -type f | while read -r f; do
+        if [ "$(head -c 4 "$f" | od -An -c | tr -d ' ')" = '177ELF' ]; then
+            copy_libs "$f"
+        fi
+    done
+fi
 
 # Modules in load order (dependencies first), without duplicates.
 : > "$root/mods/order"
-for m in virtio_pci virtio_scsi sd_mod sg; do
+for m in ${MODULES:-virtio_pci virtio_scsi sd_mod sg}; do
     modprobe -S "$kver" -D "$m" | awk '$1 == "insmod" { print $2 }' | while read -r path; do
         name=$(basename "$path")
         if ! grep -qx "$name" "$root/mods/order"; then

@@ -12,6 +12,8 @@
 //! other CHECK CONDITION; [`Session::execute_retrying_ua`] retries through
 //! them and lists the ones it saw.
 //!
+//! [`discover`] runs a discovery session (`SendTargets=All`).
+//!
 //! Every wait is bounded (by [`Config::timeout`] or an explicit duration).
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
@@ -27,4 +29,4 @@ pub use scsi::{
     decode_lun, encode_lun, opcode, parse_report_luns, sense_key, Capacity, Command, Residual, Response, Sense, Status,
     Tag,
 };
-pub use session::{Completion, Retried, Session};
+pub use session::{discover, Completion, Discovered, Retried, Session};

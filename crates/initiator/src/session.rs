@@ -28,7 +28,7 @@ use lunar_iscsi::keys::{self, KeyValue};
 use lunar_iscsi::pdu::{
     decode_bhs, decode_frame, AsyncMessage, DataIn, DataOut, Isid, LoginRequest, LoginResponse, LoginStage,
     LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode, NopIn, NopOut, Pdu, R2t, Reject, ScsiCommand,
-    ScsiResponse, ServiceResponse, BHS_LEN, RESERVED_TAG,
+    ScsiResponse, ServiceResponse, TextRequest, BHS_LEN, RESERVED_TAG,
 };
 
 use crate::error::Error;
@@ -497,6 +497,79 @@ impl Login<'_> {
         }
         Err(Error::Negotiation(format!("stage {csg:?} did not end after 16 exchanges")))
     }
+}
+
+/// One target of a SendTargets answer: its name and its `TargetAddress`
+/// values (`ip:port,tpgt`), in the order the target gave them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    pub name: String,
+    pub addresses: Vec<String>,
+}
+
+/// Connects, logs in to a discovery session (no authentication; from the
+/// security stage straight to the full feature phase), asks
+/// `SendTargets=All` (RFC 7143 Appendix C) and closes the connection.
+/// `config.target_name` is not used.
+pub fn discover(addr: impl ToSocketAddrs, config: &Config) -> Result<Vec<Discovered>, Error> {
+    let addr = addr
+        .to_socket_addrs()
+        .map_err(|e| Error::io("resolve", e))?
+        .next()
+        .ok_or_else(|| Error::Invalid("no address to connect to".into()))?;
+    let mut stream = TcpStream::connect_timeout(&addr, config.timeout).map_err(|e| Error::io("connect", e))?;
+    stream.set_read_timeout(Some(config.timeout)).map_err(|e| Error::io("socket options", e))?;
+    stream.set_write_timeout(Some(config.timeout)).map_err(|e| Error::io("socket options", e))?;
+    let mut neg = Negotiation::new(config);
+    let mut login = Login {
+        stream: &mut stream,
+        isid: new_isid(),
+        cmd_sn: 1,
+        exp_stat_sn: 0,
+        max_data: config.max_recv_data_segment_length,
+    };
+    let offer = vec![
+        KeyValue::new("InitiatorName", &config.initiator_name),
+        KeyValue::new("SessionType", "Discovery"),
+        KeyValue::new("AuthMethod", "None"),
+    ];
+    let last = login.stage(LoginStage::Security, LoginStage::FullFeature, offer, &mut neg)?;
+    let mut exp_stat_sn = login.exp_stat_sn;
+    let mut request = TextRequest {
+        immediate: true,
+        final_bit: true,
+        continue_bit: false,
+        lun: 0,
+        itt: 1,
+        ttt: RESERVED_TAG,
+        cmd_sn: last.exp_cmd_sn,
+        exp_stat_sn,
+        data: keys::encode(&[KeyValue::new("SendTargets", "All")]),
+    };
+    let mut text = Vec::new();
+    for _ in 0..64 {
+        write_pdu(&mut stream, &Pdu::TextRequest(request.clone()))?;
+        let r = match read_pdu(&mut stream, false, false, config.max_recv_data_segment_length)? {
+            Pdu::TextResponse(r) if r.itt == request.itt => r,
+            other => return Err(Error::Protocol(format!("{:?} in answer to SendTargets", other.opcode()))),
+        };
+        exp_stat_sn = r.stat_sn.wrapping_add(1);
+        text.extend_from_slice(&r.data);
+        if r.final_bit {
+            let mut found: Vec<Discovered> = Vec::new();
+            for kv in keys::parse_allowing_duplicates(&text)? {
+                match (kv.key.as_str(), found.last_mut()) {
+                    ("TargetName", _) => found.push(Discovered { name: kv.value, addresses: Vec::new() }),
+                    ("TargetAddress", Some(t)) => t.addresses.push(kv.value),
+                    _ => return Err(Error::Protocol(format!("unexpected {}={} in SendTargets", kv.key, kv.value))),
+                }
+            }
+            return Ok(found);
+        }
+        // More to come: continue the exchange with the target's TTT (§11.10.4).
+        request = TextRequest { ttt: r.ttt, exp_stat_sn, data: Vec::new(), ..request };
+    }
+    Err(Error::Protocol("SendTargets answer did not end after 64 Text Responses".into()))
 }
 
 /// A completed command: its tag and its outcome.

@@ -227,3 +227,65 @@ fn held_while_stopped_then_closed_with_the_server() {
     println!("closed: {:?}", s.closed());
     assert!(matches!(s.submit_read(0, 0, 1), Err(Error::Closed(_))));
 }
+
+/// A server on `portals` with one open target (no LUN needed for discovery).
+fn discovery_server(portals: &[&str]) -> (Arc<Target>, Server) {
+    let core = Target::new(IQN, 1).expect("target");
+    let server = Server::start(ServerConfig {
+        portals: portals.iter().map(|p| p.parse().unwrap()).collect(),
+        targets: vec![TargetEntry { config: TargetConfig::open(IQN), core: core.clone() }],
+        discovery_auth: Some(lunar_iscsi::login::AuthPolicy::None),
+        limits: TargetLimits::default(),
+        portal_group_tag: 1,
+        resources: Default::default(),
+    })
+    .expect("server");
+    (core, server)
+}
+
+/// The TargetAddress values SendTargets=All gives over a connection to `addr`.
+fn advertised(addr: std::net::SocketAddr) -> Vec<String> {
+    let found = lunar_initiator::discover(addr, &Config::new("")).expect("discovery");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].name, IQN);
+    found[0].addresses.clone()
+}
+
+/// A wildcard portal (0.0.0.0, [::]) is advertised with the local address
+/// of the connection the discovery came in on, never as the wildcard (an
+/// initiator logging in to the discovered record would connect to it);
+/// specific portals are advertised as they are.
+#[test]
+fn send_targets_advertises_the_connection_address_for_a_wildcard_portal() {
+    let (core, server) = discovery_server(&["0.0.0.0:0"]);
+    let port = server.local_addrs()[0].port();
+    assert_eq!(advertised(([127, 0, 0, 1], port).into()), vec![format!("127.0.0.1:{port},1")]);
+    assert_eq!(advertised(([127, 0, 0, 2], port).into()), vec![format!("127.0.0.2:{port},1")]);
+    server.shutdown();
+    core.shutdown();
+
+    // [::] (dual stack): IPv6 as itself, IPv4 as IPv4, not ::ffff:a.b.c.d.
+    let (core, server) = discovery_server(&["[::]:0"]);
+    let port = server.local_addrs()[0].port();
+    assert_eq!(advertised(format!("[::1]:{port}").parse().unwrap()), vec![format!("[::1]:{port},1")]);
+    assert_eq!(advertised(([127, 0, 0, 1], port).into()), vec![format!("127.0.0.1:{port},1")]);
+    server.shutdown();
+    core.shutdown();
+
+    // A wildcard and a specific portal: the wildcard's port on the
+    // connection's address, the specific one as configured.
+    let (core, server) = discovery_server(&["0.0.0.0:0", "127.0.0.3:0"]);
+    let (any, specific) = (server.local_addrs()[0].port(), server.local_addrs()[1]);
+    assert_eq!(
+        advertised(specific),
+        vec![format!("127.0.0.3:{any},1"), format!("{specific},1")],
+        "discovery on the specific portal"
+    );
+    assert_eq!(
+        advertised(([127, 0, 0, 4], any).into()),
+        vec![format!("127.0.0.4:{any},1"), format!("{specific},1")],
+        "discovery on the wildcard portal"
+    );
+    server.shutdown();
+    core.shutdown();
+}

@@ -79,6 +79,9 @@ enum Phase {
 struct Conn {
     shared: Arc<Shared>,
     peer: SocketAddr,
+    /// Our address on this connection (what a wildcard portal is
+    /// advertised as in SendTargets).
+    local: Option<SocketAddr>,
     thread: usize,
     wr: OwnedWriteHalf,
     tx: mpsc::UnboundedSender<Event>,
@@ -133,6 +136,7 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
         }
     };
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok();
     let (rd, wr) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let ticker = {
@@ -162,6 +166,7 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
     let mut conn = Conn {
         shared,
         peer,
+        local,
         thread,
         wr,
         tx,
@@ -1269,7 +1274,7 @@ impl Conn {
     }
 
     async fn on_text(&mut self, t: TextRequest) -> Flow {
-        let entries = self.shared.send_targets_entries();
+        let entries = self.shared.send_targets_entries(self.local);
         let session_type = self.session_type();
         let target = self.session.as_ref().map(|s| s.entry.config.name.clone());
         let max = self.params.initiator_max_recv_data_segment_length;

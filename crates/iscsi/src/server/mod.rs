@@ -201,8 +201,10 @@ impl TargetRegistry for Shared {
 }
 
 impl Shared {
-    pub(crate) fn send_targets_entries(&self) -> Vec<SendTargetsEntry> {
-        let portals = self.portals.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    /// The SendTargets entries for a discovery that arrived on a connection
+    /// whose local address is `local` (see [`advertised_portals`]).
+    pub(crate) fn send_targets_entries(&self, local: Option<SocketAddr>) -> Vec<SendTargetsEntry> {
+        let portals = advertised_portals(&self.portals.lock().unwrap_or_else(|e| e.into_inner()), local);
         let mut v: Vec<SendTargetsEntry> = self
             .targets
             .values()
@@ -275,6 +277,32 @@ impl Shared {
             }
         }
     }
+}
+
+/// The portals as an initiator can reach them (RFC 7143 Appendix C:
+/// `TargetAddress` is an address to connect to): a wildcard portal
+/// (0.0.0.0 or [::]) becomes `local`, the local address of the connection
+/// the discovery arrived on, with the wildcard's port; an IPv4-mapped local
+/// address (an IPv4 connection to [::]) is given as IPv4, and an IPv4
+/// wildcard is left out when the connection is IPv6 (no IPv4 address of
+/// ours is known). Specific portals stay as configured; no duplicates.
+pub(crate) fn advertised_portals(portals: &[SocketAddr], local: Option<SocketAddr>) -> Vec<SocketAddr> {
+    let local = local.map(|l| l.ip().to_canonical());
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for p in portals {
+        let a = if !p.ip().is_unspecified() {
+            *p
+        } else {
+            match local {
+                Some(ip) if p.is_ipv6() || ip.is_ipv4() => SocketAddr::new(ip, p.port()),
+                _ => continue,
+            }
+        };
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
 }
 
 /// A connection counted against the portal and address limits, until dropped.
@@ -464,5 +492,36 @@ impl ServerHandle {
     /// The addresses of the portals.
     pub fn portals(&self) -> Vec<SocketAddr> {
         self.shared.portals.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advertised_portals;
+    use std::net::SocketAddr;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn wildcard_portals_are_advertised_as_the_connection_address() {
+        let local = Some("10.0.0.5:3260".parse().unwrap());
+        assert_eq!(advertised_portals(&addrs(&["0.0.0.0:3260"]), local), addrs(&["10.0.0.5:3260"]));
+        assert_eq!(advertised_portals(&addrs(&["[::]:3260"]), local), addrs(&["10.0.0.5:3260"]));
+        let mapped = Some("[::ffff:10.0.0.5]:3260".parse().unwrap());
+        assert_eq!(advertised_portals(&addrs(&["[::]:3260"]), mapped), addrs(&["10.0.0.5:3260"]));
+        let v6 = Some("[fd00::5]:3261".parse().unwrap());
+        assert_eq!(
+            advertised_portals(&addrs(&["0.0.0.0:3260", "[::]:3261", "10.1.1.1:3262"]), v6),
+            addrs(&["[fd00::5]:3261", "10.1.1.1:3262"]),
+            "no IPv4 address is known for the IPv4 wildcard"
+        );
+        assert_eq!(
+            advertised_portals(&addrs(&["0.0.0.0:3260", "10.0.0.5:3260"]), local),
+            addrs(&["10.0.0.5:3260"]),
+            "no duplicates"
+        );
+        assert_eq!(advertised_portals(&addrs(&["0.0.0.0:3260", "127.0.0.1:3261"]), None), addrs(&["127.0.0.1:3261"]));
     }
 }

@@ -1,0 +1,380 @@
+#!/bin/bash
+# Linux's own iSCSI initiator against lunard: QEMU (TCG) boots Debian's
+# kernel with a busybox initramfs holding open-iscsi's iscsid and iscsiadm
+# (from Debian's open-iscsi package, extracted here, not installed on the
+# host), the iscsi_tcp, libiscsi_tcp, libiscsi, scsi_transport_iscsi and
+# crc32c modules of the guest kernel, sg3-utils and e2fsprogs; its init is
+# tests/vm/init-kinit.sh. QEMU's user-mode network reaches lunard, which
+# listens on the wildcard address 0.0.0.0 in a network namespace of this
+# script whose loopback also holds 192.0.2.1: the guest connects to
+# 192.0.2.1 through slirp, lunard sees that address as the local end and
+# must advertise it (not 0.0.0.0) in SendTargets, and the guest logs in to
+# the discovered records. Two lunard processes: A (port 3260; targets
+# kinit-open, kinit-chap, kinit-mutual, kinit-recover) and B (port 3261,
+# discovery CHAP; target kinit-dchap).
+#
+# Checks: SendTargets discovery with and without discovery CHAP (a wrong
+# secret and none refused), the advertised portal reached, two LUNs,
+# one-way and mutual CHAP (wrong secrets refused), CRC32C header and data
+# digests on and off, mkfs.ext4 + 256 MiB written and verified through the
+# file system + e2fsck clean, sg_inq / sg_vpd / sg_readcap / sg_luns in the
+# guest equal to what libiscsi's tools report on the host, logout and
+# login again, a LUN hot-added (lunarctl lun add) and one resized (lunarctl
+# lun resize) seen after `iscsiadm -m session --rescan`. Then recovery: an
+# O_DIRECT write loop (four 64 KiB writes in flight) on kinit-recover (a
+# file LUN) while lunard A is killed with SIGKILL and started again
+# $KILLS times and its session is killed once (lunarctl session kill); no
+# write may fail and every chunk written must read back; the reconnects and
+# the longest stall are reported.
+#
+# Needs root (network namespace). Installs what it needs on Debian 12.
+# Bounded: QEMU is killed after $GUEST_TIMEOUT s.
+# usage: tests/vm/kernel-initiator.sh
+# env: GUEST_TIMEOUT (s, default 330), KILLS (SIGKILLs of lunard, default 3),
+#      DOWN (s lunard stays dead, default 1), KEEP_LOGS (a directory: keep
+#      the serial console and lunard logs there)
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh"
+
+guest_timeout=${GUEST_TIMEOUT:-330}
+kills=${KILLS:-3}
+down=${DOWN:-1}
+[ "$(id -u)" = 0 ] || { echo "kernel-initiator: needs root (it creates a network namespace)"; exit 1; }
+
+vm_need sg_inq sg3-utils
+vm_need iscsi-inq libiscsi-bin
+vm_need mkfs.ext4 e2fsprogs
+vm_need jq jq
+vm_need ip iproute2
+vm_need od coreutils
+dpkg -s libisns0 libopeniscsiusr >/dev/null 2>&1 || need+=(libisns0 libopeniscsiusr)
+vm_install
+vm_build
+
+# open-iscsi's programs, from Debian's package (cached beside the build).
+deb=${CARGO_TARGET_DIR:-$repo/target}/open-iscsi-deb
+if [ ! -x "$deb/root/sbin/iscsid" ]; then
+    rm -rf "$deb" && mkdir -p "$deb"
+    (cd "$deb" && apt-get download -q open-iscsi 2>/dev/null) || { echo "apt-get download open-iscsi failed"; exit 1; }
+    dpkg-deb -x "$deb"/open-iscsi_*.deb "$deb/root"
+fi
+echo "open-iscsi: $(basename "$deb"/open-iscsi_*.deb)"
+
+ns=lunar-kinit-$$
+lunard_b_pid=
+work=$(mktemp -d)
+cleanup() {
+    if [ -n "$lunard_b_pid" ]; then
+        kill "$lunard_b_pid" 2>/dev/null || true
+        wait "$lunard_b_pid" 2>/dev/null || true
+    fi
+    vm_cleanup
+    ip netns del "$ns" 2>/dev/null || true
+}
+trap cleanup EXIT
+ctl=$work/ctl.sock
+kernel=$(printf '%s\n' /boot/vmlinuz-* | sort -V | tail -1)
+kver=${kernel#/boot/vmlinuz-}
+
+# The initramfs: iscsid, iscsiadm, 4 MiB of random data (the guest writes
+# it 64 times, each copy after an 8-digit counter: 256 MiB whose checksum
+# this side computes).
+extra=$work/extra
+mkdir -p "$extra/sbin"
+cp "$deb/root/sbin/iscsid" "$deb/root/sbin/iscsiadm" "$extra/sbin/"
+head -c 4M /dev/urandom > "$extra/base.bin"
+want_sha=$(for i in $(seq 0 63); do printf '%08d' "$i"; cat "$extra/base.bin"; done | sha256sum | cut -d' ' -f1)
+EXTRA_ROOT=$extra EXTRA_FILES=/etc/mke2fs.conf INIT=$here/init-kinit.sh \
+    MODULES="virtio_pci virtio_net sd_mod sg crc32c_generic crc32c iscsi_tcp ext4" \
+    BINARIES="sg_inq sg_vpd sg_readcap sg_luns mkfs.ext4 e2fsck" \
+    "$here/build-initramfs.sh" "$work/initramfs.gz" "$kver"
+
+# The network namespace: loopback with 127.0.0.1 and 192.0.2.1 (the
+# address the guest uses; TEST-NET-1, nothing outside answers to it).
+ip netns add "$ns"
+ip -n "$ns" link set lo up
+ip -n "$ns" addr add 192.0.2.1/32 dev lo
+addr=192.0.2.1
+inns() { ip netns exec "$ns" "$@"; }
+
+iqn=iqn.2026-11.dev.lunar
+cat > "$work/lunard.toml" <<EOF
+iothreads = 2
+listen = ["0.0.0.0:3260"]
+
+[[target]]
+name = "$iqn:kinit-open"
+lun = [{ spec = "backend=mem,size=512M" }, { spec = "backend=mem,size=64M" }]
+
+[[target]]
+name = "$iqn:kinit-chap"
+chap = { user = "alice", secret = "correct-horse-battery" }
+lun = [{ spec = "backend=mem,size=16M" }]
+
+[[target]]
+name = "$iqn:kinit-mutual"
+chap = { user = "carol", secret = "carol-secret-123" }
+mutual-chap = { user = "target-m", secret = "target-secret-456" }
+lun = [{ spec = "backend=mem,size=16M" }]
+
+[[target]]
+name = "$iqn:kinit-recover"
+lun = [{ spec = "backend=file,path=$work/recover.img,size=64M" }]
+EOF
+
+# wait_log LOG PATTERN PID: until LOG has PATTERN (10 s at most); exits if
+# the process ends or does not get there.
+wait_log() {
+    for _ in $(seq 100); do
+        grep -a "$2" "$1" >/dev/null && return 0
+        kill -0 "$3" 2>/dev/null || { cat "$1"; echo "lunard exited"; exit 1; }
+        sleep 0.1
+    done
+    cat "$1"
+    echo "lunard did not start listening"
+    exit 1
+}
+started=0
+start_a() {
+    started=$((started + 1))
+    # (not through inns: $! must be lunard's pid; ip netns exec execs it)
+    ip netns exec "$ns" "$lunard" --config "$work/lunard.toml" --control "$ctl" --log info \
+        > "$work/lunard$started.log" 2>&1 &
+    lunard_pid=$!
+    wait_log "$work/lunard$started.log" "portal 0.0.0.0:3260" "$lunard_pid"
+    for _ in $(seq 50); do [ -S "$ctl" ] && break; sleep 0.1; done
+}
+start_a
+ip netns exec "$ns" "$lunard" --listen 0.0.0.0:3261 --control "$work/ctl-b.sock" --target "$iqn:kinit-dchap" \
+    --lun backend=mem,size=16M --discovery-chap-user bob --discovery-chap-secret discovery-secret-1 \
+    > "$work/lunard-b.log" 2>&1 &
+lunard_b_pid=$!
+wait_log "$work/lunard-b.log" "portal 0.0.0.0:3261" "$lunard_b_pid"
+ctlcmd() { "$lunarctl" --control "$ctl" "$@"; }
+
+# What libiscsi sees, before the guest boots.
+ref=$work/ref
+mkdir -p "$ref"
+for lun in 0 1; do
+    url=iscsi://$addr:3260/$iqn:kinit-open/$lun
+    inns timeout 20 iscsi-inq "$url" > "$ref/inq$lun"
+    inns timeout 20 iscsi-inq -e 1 -c 128 "$url" > "$ref/sn$lun"
+    inns timeout 20 iscsi-inq -e 1 -c 131 "$url" > "$ref/di$lun"
+    inns timeout 20 iscsi-readcapacity16 "$url" > "$ref/cap$lun"
+done
+# (iscsi-ls fails on the CHAP targets: it lists the others all the same)
+inns timeout 20 iscsi-ls -s "iscsi://$addr:3260" > "$ref/ls" || true
+
+# ---- the guest's cues
+# on_cue VAR MARKER ARGS...: the first time the console shows MARKER, VAR
+# gets the time and `lunarctl ARGS` runs.
+on_cue() {
+    local var=$1 marker=$2
+    shift 2
+    if [ -n "${!var}" ] || ! serial_has "$marker"; then
+        return 0
+    fi
+    printf -v "$var" %s "$(date +%s)"
+    ctlcmd "$@" >> "$work/lunarctl.log" 2>&1 || echo "lunarctl $* failed: $(cat "$work/lunarctl.log")"
+}
+# Recovery: after the cue, each event (KILLS SIGKILLs of lunard A, each
+# followed by a new lunard A DOWN s later, then a session kill) waits until
+# the guest wrote 6 chunks since the last one ended (so it reconnected and
+# goes on); 6 chunks after the last, STOP is written into the image's last
+# 4 KiB block, which ends the guest's loop.
+last_chunk() { serial | sed -n 's/^LUNAR-KI: wrote chunk \([0-9]*\) .*/\1/p' | tail -1; }
+killed=0 session_killed=0 stopped='' mark=0 recovery=''
+recover() {
+    [ -n "$recovery" ] || return 0
+    [ -z "$stopped" ] || return 0
+    local c
+    c=$(last_chunk)
+    [ "${c:-0}" -ge $((mark + 6)) ] || return 0
+    mark=$c
+    if [ "$killed" -lt "$kills" ]; then
+        sleep "0.$((RANDOM % 5))"
+        kill -9 "$lunard_pid"
+        wait "$lunard_pid" 2>/dev/null || true
+        lunard_pid=
+        killed=$((killed + 1))
+        echo "lunard killed (SIGKILL) at $(elapsed) s after chunk $(last_chunk)"
+        sleep "$down"
+        start_a
+        echo "lunard $started started at $(elapsed) s"
+        mark=$(last_chunk)
+    elif [ "$session_killed" -eq 0 ]; then
+        local id
+        id=$(ctlcmd --json session list | jq -r '(.sessions? // .) | .[] | select(.target | endswith("kinit-recover")) | .id' | head -1)
+        if [ -n "$id" ] && ctlcmd session kill "$id" >> "$work/lunarctl.log" 2>&1; then
+            session_killed=1
+            echo "session $id killed (lunarctl session kill) at $(elapsed) s after chunk $c"
+            mark=$(last_chunk)
+        else
+            echo "lunarctl session kill failed (session '${id}')"
+            session_killed=-1
+        fi
+    else
+        printf STOP | dd of="$work/recover.img" bs=4096 seek=$((64 * 256 - 1)) conv=notrunc status=none
+        stopped=$(date +%s)
+        echo "STOP written at $(elapsed) s after chunk $c"
+    fi
+}
+cues() {
+    on_cue added "^LUNAR-CUE: add" lun add backend=mem,size=16M --lun 2 --target "$iqn:kinit-open"
+    on_cue resized "^LUNAR-CUE: resize" lun resize 1 96M --target "$iqn:kinit-open"
+    if [ -z "$recovery" ] && serial_has "^LUNAR-CUE: recovery"; then
+        recovery=$(date +%s)
+        mark=$(($(last_chunk 2>/dev/null || echo 0) + 0))
+    fi
+    recover
+}
+added='' resized=''
+
+start=$(date +%s)
+timeout -s KILL "$guest_timeout" ip netns exec "$ns" qemu-system-x86_64 \
+    -machine q35 -accel tcg -cpu max -m 512M -smp 1 \
+    -kernel "$kernel" -initrd "$work/initramfs.gz" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=4 no_timer_check lunar.a=$addr:3260 lunar.b=$addr:3261" \
+    -netdev user,id=n0,net=10.0.2.0/24 -device virtio-net-pci,netdev=n0 \
+    -display none -serial file:"$work/serial.log" -monitor none -no-reboot > "$work/qemu.log" 2>&1 &
+qemu_pid=$!
+vm_wait_guest cues
+echo "guest ran $(elapsed) s"
+
+# ---- checks
+check() {
+    if [ "$2" = "$3" ] && [ -n "$3" ]; then
+        passed=$((passed + 1))
+        echo "PASS $1: $2"
+    else
+        failed=$((failed + 1))
+        echo "FAIL $1: got '$2', expected '$3'"
+    fi
+}
+ki() { serial | sed -n "s#^LUNAR-KI: $1##p" | head -1; }
+refused() { # refused RC: "refused" when the rc is not 0
+    if [ -n "$1" ] && [ "$1" != 0 ]; then echo refused; else echo "accepted (rc=${1:-none})"; fi
+}
+rc_of() { ki "$1 rc=" | sed -n 's/^\([0-9]*\).*/\1/p'; }
+trim() { sed 's/^[[:space:]]*//; s/[[:space:]]*$//'; }
+sg_out() { serial | sed -n "s/^LUNAR-SG L$1 $2: //p"; }
+
+serial | grep -a "^LUNAR-KI\|^LUNAR-CUE\|^LUNAR-VM" | grep -v "wrote chunk" || true
+check_guest_result
+
+# Discovery.
+all_targets() { printf '%s\n' "$@" | sort | tr '\n' ' ' | trim; }
+check "SendTargets on the wildcard portal: rc" "$(rc_of "discovery A")" 0
+check "SendTargets: every target advertised at $addr:3260,1 (not 0.0.0.0)" \
+    "$(serial | sed -n 's/^LUNAR-KI: discovered A: //p' | tr ' ' '=' | sort | tr '\n' ' ' | trim)" \
+    "$(all_targets "$addr:3260,1=$iqn:kinit-chap" "$addr:3260,1=$iqn:kinit-mutual" "$addr:3260,1=$iqn:kinit-open" \
+        "$addr:3260,1=$iqn:kinit-recover")"
+check "login to the discovered record (portal as advertised)" "$(rc_of "login open")" 0
+check "discovery CHAP: discovery without CHAP" "$(refused "$(rc_of "discovery B without CHAP")")" refused
+check "discovery CHAP: wrong secret" "$(refused "$(rc_of "discovery B wrong CHAP secret")")" refused
+check "discovery CHAP: right secret" "$(rc_of "discovery B CHAP")" 0
+check "discovery CHAP: target advertised" "$(serial | sed -n 's/^LUNAR-KI: discovered B: //p')" "$addr:3261,1 $iqn:kinit-dchap"
+
+# Two LUNs; no digests by default.
+check "two LUNs (512 MiB, 64 MiB) in sectors" "$(ki "open LUNs " | awk '{ print $2, $4 }')" "1048576 131072"
+check "digests off" "$(ki "digests open: " | head -1)" "None None"
+
+# Identity: sg3-utils in the guest against libiscsi on the host.
+naa_of=()
+for lun in 0 1; do
+    field() { sed -n "s/^$1:\(.*\)/\1/p" "$ref/$2$lun" | head -1 | trim; }
+    check "LUN $lun vendor" "$(sg_out $lun inq | sed -n 's/.*Vendor identification: //p' | trim)" "$(field Vendor inq)"
+    check "LUN $lun product" "$(sg_out $lun inq | sed -n 's/.*Product identification: //p' | trim)" "$(field Product inq)"
+    check "LUN $lun revision" "$(sg_out $lun inq | sed -n 's/.*Product revision level: //p' | trim)" "$(field Revision inq)"
+    serial_no=$(sed -n 's/^Unit Serial Number:\[\(.*\)\]/\1/p' "$ref/sn$lun")
+    check "LUN $lun unit serial number" "$(sg_out $lun sn | sed -n 's/.*Unit serial number: //p' | trim)" "$serial_no"
+    t10=$(sed -n 's/^Designator:\[\(LUNAR .*\)\]/\1/p' "$ref/di$lun" | awk '{ print $1, $2 }')
+    check "LUN $lun T10 vendor designator" \
+        "$(sg_out $lun di | sed -n 's/.*vendor id: //p' | trim) $(sg_out $lun di | sed -n 's/.*vendor specific: //p' | trim)" \
+        "$t10"
+    check "LUN $lun SCSI name string" "$(sg_out $lun di | grep -A1 "SCSI name string:" | tail -1 | trim)" \
+        "$(sed -n 's/^Designator:\[\(iqn[^]]*\)\]/\1/p' "$ref/di$lun" | head -1)"
+    naa=$(sg_out $lun di | { grep -A1 "designator type: NAA" || true; } | tail -1 | trim | tr 'A-F' 'a-f')
+    id=$(echo "${serial_no#LUNAR}" | tr 'A-F' 'a-f')
+    check "LUN $lun NAA 6 designator carries the serial's id" \
+        "$([[ $naa =~ ^0x6[0-9a-f]{31}$ ]] && [ -n "$id" ] && [ "${naa%"$id"}" != "$naa" ] && echo "yes ($naa)")" \
+        "yes ($naa)"
+    naa_of[lun]=$naa
+    want_blocks=$(sed -n 's/^RETURNED LOGICAL BLOCK ADDRESS:\([0-9]*\)/\1/p' "$ref/cap$lun")
+    want_bs=$(sed -n 's/^LOGICAL BLOCK LENGTH IN BYTES:\([0-9]*\)/\1/p' "$ref/cap$lun")
+    check "LUN $lun last LBA" "$(sg_out $lun readcap | sed -n 's/.*Last LBA=\([0-9]*\).*/\1/p')" "$want_blocks"
+    check "LUN $lun block size" "$(sg_out $lun readcap | sed -n 's/.*Logical block length=\([0-9]*\) bytes.*/\1/p')" "$want_bs"
+    luns=$(sg_out $lun luns | { grep -Eo '^ *[0-9a-f]{16}' || true; } | trim | while read -r l; do
+        echo $((0x${l:0:4} & 0x3fff))
+    done | tr '\n' ' ' | trim)
+    check "LUN $lun REPORT LUNS" "$luns" \
+        "$(sed -n "/^Target:$iqn:kinit-open /,/^Target:/s/^Lun:\([0-9]*\).*/\1/p" "$ref/ls" | tr '\n' ' ' | trim)"
+done
+check "NAA designators differ between LUNs" "$([ -n "${naa_of[0]}" ] && [ "${naa_of[0]}" != "${naa_of[1]}" ] && echo yes)" yes
+
+# ext4.
+check "mkfs.ext4" "$(rc_of mkfs)" 0
+check "256 MiB written through ext4" "$(rc_of "write 256 MiB")" 0
+check "256 MiB read back after a remount (sha256, size)" "$(ki "read sha256 " | awk '{ print $1, $3 }')" \
+    "$want_sha $((64 * (4194304 + 8)))"
+check "e2fsck -fn clean" "$(rc_of fsck)" 0
+
+# Hot add, resize.
+check "hot-added LUN 2 seen after rescan (sectors)" "$([ -n "$added" ] && ki "hot-added LUN 2 " | awk '{ print $2 }')" 32768
+check "hot-added LUN 2 I/O" "$(ki "LUN 2 I/O ")" ok
+check "resized LUN 1 seen after rescan (sectors)" "$([ -n "$resized" ] && ki "resized LUN 1 from " | awk '{ print $1, $3 }')" \
+    "131072 196608"
+check "LUN 1 I/O after resize" "$(ki "LUN 1 I/O after resize ")" ok
+
+# Logout, login again.
+check "logout" "$(rc_of "logout open")" 0
+check "LUNs gone after logout" "$(serial_has "^LUNAR-KI: open LUNs gone after logout" && echo yes)" yes
+check "login again" "$(rc_of "relogin open")" 0
+check "e2fsck -fn clean after login again" "$(rc_of "fsck after relogin")" 0
+
+# Digests.
+check "login with CRC32C digests" "$(rc_of "login open with digests")" 0
+check "digests on (header, data)" "$(serial | sed -n 's/^LUNAR-KI: digests open: //p' | sed -n 2p)" "CRC32C CRC32C"
+check "I/O with digests (16 MiB verified)" "$(ki "digest I/O ")" ok
+
+# CHAP.
+check "one-way CHAP: wrong secret" "$(refused "$(rc_of "chap wrong secret")")" refused
+check "one-way CHAP: no secret" "$(refused "$(rc_of "chap no secret")")" refused
+check "one-way CHAP: login" "$(rc_of "chap")" 0
+check "one-way CHAP: I/O" "$(ki "chap I/O ")" ok
+check "mutual CHAP: wrong target secret (initiator refuses)" "$(refused "$(rc_of "mutual wrong target secret")")" refused
+check "mutual CHAP: wrong initiator secret" "$(refused "$(rc_of "mutual wrong initiator secret")")" refused
+check "mutual CHAP: login" "$(rc_of "mutual")" 0
+check "mutual CHAP: I/O" "$(ki "mutual I/O ")" ok
+refusals=$(plain "$work/lunard1.log" | grep -a '"session.login_failed"' | grep -a '"reason":"chap"' |
+    grep -ac "$iqn:guest" || true)
+check "lunard reported the guest's refused CHAP logins (login_failed, reason chap)" \
+    "$([ "$refusals" -ge 3 ] && echo "yes ($refusals)")" "yes ($refusals)"
+
+# Recovery.
+logins=$(cat "$work"/lunard[0-9]*.log | sed 's/\x1b\[[0-9;]*m//g' | grep -a "session logged in" |
+    grep -a "initiator=$iqn:guest " | grep -ac "target=$iqn:kinit-recover" || true)
+loop=$(ki "recovery loop: ")
+echo "recovery: $killed SIGKILLs + $session_killed session kill; the guest logged in to kinit-recover $logins times; loop: $loop"
+echo "recovery: guest kernel log: $(ki "recovery conn errors ")"
+check "lunard killed (SIGKILL) and restarted mid-loop" "$killed" "$kills"
+check "session killed mid-loop (lunarctl session kill)" "$session_killed" 1
+check "the loop ended on STOP" "$([ -n "$stopped" ] && echo yes)" yes
+check "the guest logged in again after every kill (logins of kinit-recover)" "$logins" $((1 + kills + 1))
+check "no write failed" "$(echo "$loop" | sed -n 's/.*write errors \([0-9]*\).*/\1/p')" 0
+check "every chunk written reads back" "$(ki "recovery verify: " | sed -n 's/.* \([0-9]*\) bad/\1/p')" 0
+check "the guest's kernel saw each connection end once (detected conn error)" \
+    "$(ki "recovery conn errors " | awk '{ print $1 }')" $((kills + 1))
+check "no I/O error in the guest's kernel log" "$(ki "recovery conn errors " | sed -n 's/.*io errors \([0-9]*\).*/\1/p')" 0
+check "logout after recovery" "$(rc_of "logout recover")" 0
+
+echo "---- lunard warnings"
+cat "$work"/lunard[0-9]*.log "$work/lunard-b.log" | sed 's/\x1b\[[0-9;]*m//g' | grep -a "WARN\|ERROR" | tail -8 || true
+if [ "$failed" -gt 0 ]; then
+    echo "---- serial console"
+    serial | grep -av "wrote chunk" | tail -60
+    echo "---- lunard"
+    plain "$work/lunard$started.log" | tail -30
+fi
+vm_summary kernel-initiator
