@@ -111,6 +111,8 @@ step "vhost-user-scsi reconnect: lunard killed (SIGKILL) twice during a guest's 
 # Needs QEMU >= 8.2: on Debian 12 the script installs qemu-system-x86 from
 # bookworm-backports (QEMU 10.0) when the installed one is older.
 bash tests/vm/vhost-reconnect.sh
+step "Linux's iSCSI initiator: open-iscsi (iscsid, iscsiadm, iscsi_tcp) in a QEMU guest (TCG) against lunard on 0.0.0.0: discovery, CHAP, digests, ext4, sg3-utils vs libiscsi, hot add/resize, recovery across SIGKILLs"
+bash tests/vm/kernel-initiator.sh
 
 echo
 echo "all tests passed"
