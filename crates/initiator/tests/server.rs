@@ -228,6 +228,39 @@ fn held_while_stopped_then_closed_with_the_server() {
     assert!(matches!(s.submit_read(0, 0, 1), Err(Error::Closed(_))));
 }
 
+/// At shutdown the target asks each session to log out (Async Message,
+/// event 1, with the time to do so), serves it meanwhile, and closes the
+/// sessions that did not log out once that time is up.
+#[test]
+fn shutdown_asks_sessions_to_log_out_then_closes_the_rest() {
+    let f = Fixture::start(TargetLimits::default());
+    let polite = f.login(&Config { initiator_name: "iqn.2026-12.dev.lunar:polite".into(), ..f.config() });
+    let deaf = f.login(&Config { initiator_name: "iqn.2026-12.dev.lunar:deaf".into(), ..f.config() });
+    let started = std::time::Instant::now();
+    f.server.shutdown();
+    let deadline = started + Duration::from_secs(2);
+    while polite.async_messages().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no Async Message after the shutdown began");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let asked = polite.async_messages()[0].clone();
+    assert_eq!(asked.event, lunar_iscsi::pdu::AsyncEvent::RequestLogout);
+    assert_eq!(u64::from(asked.parameter3), lunar_iscsi::server::LOGOUT_GRACE.as_secs());
+    // Still served while it has time to log out.
+    assert!(polite.read(0, 0, 1).unwrap().is_good());
+    polite.logout().unwrap();
+    while deaf.closed().is_none() {
+        assert!(started.elapsed() < lunar_iscsi::server::LOGOUT_GRACE + Duration::from_secs(5), "not closed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(started.elapsed() >= lunar_iscsi::server::LOGOUT_GRACE - Duration::from_millis(100), "closed early");
+    assert!(deaf.async_messages().iter().any(|m| m.event == lunar_iscsi::pdu::AsyncEvent::RequestLogout));
+    while f.server.connections() > 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "connections left");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A server on `portals` with one open target (no LUN needed for discovery).
 fn discovery_server(portals: &[&str]) -> (Arc<Target>, Server) {
     let core = Target::new(IQN, 1).expect("target");

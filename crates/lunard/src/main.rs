@@ -62,6 +62,25 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // SIGTERM and SIGINT are caught from here on, before the banner tells
+    // anyone that the daemon is up (a signal sent in between would kill
+    // it without a clean shutdown).
+    use tokio::signal::unix::{signal, SignalKind};
+    let caught = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|rt| {
+        let _inside = rt.enter();
+        let term = signal(SignalKind::terminate())?;
+        let int = signal(SignalKind::interrupt())?;
+        drop(_inside);
+        Ok((rt, term, int))
+    });
+    let (rt, mut term, mut int) = match caught {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("lunard: cannot wait for signals: {e}");
+            daemon.shutdown();
+            return ExitCode::from(1);
+        }
+    };
     print!("{}", banner(&config, &daemon));
     if let Some(m) = &metrics {
         println!("  metrics http://{}/metrics", m.local_addr());
@@ -72,18 +91,7 @@ fn main() -> ExitCode {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("lunard: cannot wait for signals: {e}");
-            return ExitCode::from(1);
-        }
-    };
     let signal = rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            return "error";
-        };
         tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",

@@ -34,6 +34,9 @@ const PING_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a write of our answers may wait for the peer to read: a peer that
 /// stops reading is disconnected rather than left holding its answers.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a session has to log out once the target asks it to (Async
+/// Message "logout requested", at shutdown), before it is closed.
+pub const LOGOUT_GRACE: Duration = Duration::from_secs(3);
 /// Bytes the reader asks the socket for at a time.
 const READ_CHUNK: usize = 64 << 10;
 /// Largest AHS (TotalAHSLength is a byte of 4-byte words), header and
@@ -124,6 +127,10 @@ struct Conn {
     partial_since: Option<Instant>,
     /// Warnings caused by this peer's input.
     log: lunar_aio::LogLimit,
+    /// The server's shutdown, and when the session asked to log out then
+    /// must have done so.
+    shutdown: watch::Receiver<bool>,
+    logout_by: Option<Instant>,
 }
 
 /// Serves one accepted connection until it ends.
@@ -163,6 +170,7 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
         },
     );
     let budget = Budget { limit: shared.resources.max_buffered_bytes, held: 0 };
+    let shared_shutdown = shared.shutdown.subscribe();
     let mut conn = Conn {
         shared,
         peer,
@@ -198,6 +206,8 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
         text_since: None,
         partial_since: None,
         log: lunar_aio::LogLimit::default(),
+        shutdown: shared_shutdown,
+        logout_by: None,
     };
     conn.run(&mut rx).await;
     ticker.abort();
@@ -218,6 +228,7 @@ enum Wake {
     Killed,
     Read(std::io::Result<usize>),
     Deadline,
+    Shutdown,
 }
 
 /// Serial number arithmetic (RFC 1982) on 32-bit sequence numbers.
@@ -264,7 +275,8 @@ impl Conn {
     fn deadline(&self) -> Option<Instant> {
         let timeout = self.shared.resources.negotiation_timeout;
         let login = matches!(self.phase, Phase::Login(_)).then_some(self.accepted);
-        [login, self.text_since, self.partial_since].into_iter().flatten().min().map(|t| t + timeout)
+        let negotiation = [login, self.text_since, self.partial_since].into_iter().flatten().min().map(|t| t + timeout);
+        [negotiation, self.logout_by].into_iter().flatten().min()
     }
 
     async fn run(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>) {
@@ -297,7 +309,8 @@ impl Conn {
                 self.rbuf.reserve(READ_CHUNK);
             }
             let deadline = self.deadline();
-            let (rd, rbuf, kill) = (&mut self.rd, &mut self.rbuf, &mut self.kill);
+            let asked_to_logout = self.logout_by.is_some();
+            let (rd, rbuf, kill, shutdown) = (&mut self.rd, &mut self.rbuf, &mut self.kill, &mut self.shutdown);
             let wake = tokio::select! {
                 biased;
                 ev = rx.recv() => Wake::Event(ev),
@@ -314,8 +327,18 @@ impl Conn {
                         None => std::future::pending::<()>().await,
                     }
                 } => Wake::Deadline,
+                _ = async {
+                    if asked_to_logout || shutdown.wait_for(|s| *s).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                } => Wake::Shutdown,
             };
             let flow = match wake {
+                Wake::Shutdown => self.on_shutdown(),
+                Wake::Deadline if self.logout_by.is_some_and(|t| t <= Instant::now()) => {
+                    tracing::info!(peer = %self.peer, "no logout within {LOGOUT_GRACE:?} of the request: closing");
+                    Flow::Close
+                }
                 Wake::Deadline => {
                     LimitCounters::bump(&self.shared.hits.negotiation_timeouts);
                     self.warn(format_args!(
@@ -554,6 +577,32 @@ impl Conn {
                 }
             }
         }
+        Flow::Continue
+    }
+
+    /// The server shuts down: a logged-in session is asked to log out
+    /// (Async Message, RFC 7143 §11.9.1, event 1) and given
+    /// [`LOGOUT_GRACE`] to do so, so that initiators log out and come back
+    /// when the target does, instead of waiting for a timeout; anything
+    /// else ends now.
+    fn on_shutdown(&mut self) -> Flow {
+        if !matches!(self.phase, Phase::Normal) {
+            return Flow::Close;
+        }
+        self.logout_by = Some(Instant::now() + LOGOUT_GRACE);
+        self.queue_out(Pdu::AsyncMessage(crate::pdu::AsyncMessage {
+            lun: 0,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+            event: crate::pdu::AsyncEvent::RequestLogout,
+            vcode: 0,
+            parameter1: 0,
+            parameter2: 0,
+            parameter3: LOGOUT_GRACE.as_secs() as u16,
+            sense: Vec::new(),
+            event_data: Vec::new(),
+        }));
         Flow::Continue
     }
 

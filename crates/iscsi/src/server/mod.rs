@@ -11,6 +11,7 @@ mod connection;
 mod limits;
 mod task;
 
+pub use connection::LOGOUT_GRACE;
 pub use limits::{LimitHits, ResourceLimits, IMMEDIATE_EXTRA};
 
 use std::collections::HashMap;
@@ -431,13 +432,13 @@ impl Server {
         ServerHandle { shared: self.shared.clone() }
     }
 
-    /// Stops accepting and ends every session (their commands complete or
-    /// are aborted through the core).
+    /// Stops accepting and ends every connection: a logged-in session is
+    /// asked to log out (Async Message "logout requested") and closed if it
+    /// has not within [`LOGOUT_GRACE`]; logins in progress and discovery
+    /// sessions end at once. Their commands complete or are aborted
+    /// through the core; [`Server::connections`] falls to zero.
     pub fn shutdown(&self) {
         let _ = self.shared.shutdown.send(true);
-        for s in self.shared.sessions.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            let _ = s.kill.send(true);
-        }
     }
 }
 
