@@ -57,6 +57,12 @@ impl LogLimit {
         }
     }
 
+    /// Lines dropped since the last one let through, now counted as
+    /// reported (for a closing line: "N more not logged").
+    pub fn take_suppressed(&self) -> u64 {
+        self.suppressed.swap(0, Ordering::Relaxed)
+    }
+
     /// Lines dropped since this limit was made.
     pub fn suppressed_total(&self) -> u64 {
         self.suppressed_total.load(Ordering::Relaxed)

@@ -222,47 +222,33 @@ const SEG_MAX: u32 = 126;
 /// The longest control queue request (a TMF: type, subtype, LUN, tag).
 const CTRL_REQ_MAX: usize = 24;
 
-/// Rate-limited logging of bad guest input: at most one line a second,
-/// which says how many were suppressed since the last one (and so does
-/// [`RateLimit::flush`] when a request queue stops).
-struct RateLimit {
-    last: AtomicU64,
-    suppressed: AtomicU64,
-    /// Every warning suppressed since the controller started.
-    suppressed_total: AtomicU64,
-    epoch: Instant,
-}
+/// Rate-limited logging of bad guest input ([`lunar_aio::LogLimit`]: at
+/// most one line a second, which says how many were suppressed since the
+/// last one; so does [`RateLimit::flush`] when a request queue stops).
+struct RateLimit(lunar_aio::LogLimit);
 
 impl RateLimit {
     fn new() -> Self {
-        RateLimit {
-            last: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
-            suppressed_total: AtomicU64::new(0),
-            epoch: Instant::now(),
-        }
+        RateLimit(lunar_aio::LogLimit::default())
     }
 
     /// Logs the count of warnings suppressed since the last one logged, if any.
     fn flush(&self) {
-        let n = self.suppressed.swap(0, Ordering::Relaxed);
+        let n = self.0.take_suppressed();
         if n > 0 {
             tracing::warn!(suppressed = n, "vhost-user-scsi: bad requests from the guest not logged");
         }
     }
 
     fn warn(&self, what: &dyn std::fmt::Display) {
-        let now = self.epoch.elapsed().as_millis() as u64 + 1000;
-        let last = self.last.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= 1000
-            && self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
-            let n = self.suppressed.swap(0, Ordering::Relaxed);
-            tracing::warn!(suppressed = n, "vhost-user-scsi: bad request from the guest: {what}");
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            self.suppressed_total.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.0.allow() {
+            tracing::warn!(suppressed, "vhost-user-scsi: bad request from the guest: {what}");
         }
+    }
+
+    /// Every warning suppressed since the controller started.
+    fn suppressed_total(&self) -> u64 {
+        self.0.suppressed_total()
     }
 }
 
@@ -1558,7 +1544,7 @@ impl Controller {
     /// request, since the controller started.
     pub fn limit_hits(&self) -> VhostLimitHits {
         let shared = &self.backend.shared;
-        shared.hits.snapshot(shared.log.suppressed_total.load(Ordering::Relaxed))
+        shared.hits.snapshot(shared.log.suppressed_total())
     }
 
     /// [`Controller::limit_hits`] for the control plane, which outlives no
@@ -1567,7 +1553,7 @@ impl Controller {
         let backend = self.backend.clone();
         Arc::new(move || {
             let shared = &backend.shared;
-            shared.hits.snapshot(shared.log.suppressed_total.load(Ordering::Relaxed))
+            shared.hits.snapshot(shared.log.suppressed_total())
         })
     }
 
