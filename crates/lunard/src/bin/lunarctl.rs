@@ -48,6 +48,21 @@ enum Cmd {
     Session(SessionCmd),
     /// Print events (LUN paused, resumed, added, removed, moved, logins, refused logins...) until interrupted
     Events,
+    /// The running configuration
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Print the running configuration as TOML (CHAP secrets redacted)
+    Show,
+    /// Write the running configuration (secrets included, mode 0600 for a new
+    /// file) to PATH, by lunard [default: its --config file, comments not kept]
+    Save {
+        /// An absolute path (relative ones are made absolute here)
+        path: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -125,9 +140,19 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
         Cmd::Session(SessionCmd::List) => ("session.list", json!({})),
         Cmd::Session(SessionCmd::Kill { id }) => ("session.kill", json!({ "id": id })),
         Cmd::Events => return events(cli, &mut c),
+        Cmd::Config(ConfigCmd::Show) => ("config.show", json!({})),
+        Cmd::Config(ConfigCmd::Save { path }) => {
+            let path = match path {
+                Some(p) => {
+                    Some(std::path::absolute(p).map_err(|e| ClientError::Protocol(format!("{}: {e}", p.display())))?)
+                }
+                None => None,
+            };
+            ("config.save", json!({ "path": path }))
+        }
     };
     let params = match &cli.cmd {
-        Cmd::Session(_) => params,
+        Cmd::Session(_) | Cmd::Config(_) => params,
         _ => with_target(cli, params),
     };
     let result = c.call(method, params)?;
@@ -160,6 +185,16 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
         Cmd::Session(SessionCmd::List) => print_sessions(&result),
         Cmd::Session(SessionCmd::Kill { id }) => println!("session {id} ended"),
         Cmd::Events => {}
+        Cmd::Config(ConfigCmd::Show) => print!("{}", result["toml"].as_str().unwrap_or("")),
+        Cmd::Config(ConfigCmd::Save { .. }) => println!("saved to {}", s(&result["path"])),
+    }
+    // A change says whether it outlives the daemon.
+    if let Cmd::Lun(_) = &cli.cmd {
+        match (result["persistent"].as_bool(), result["config"].as_str()) {
+            (Some(true), Some(file)) => println!("written to {file}"),
+            (Some(false), _) => println!("not persistent: {}", s(&result["note"])),
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -236,6 +271,11 @@ fn table(rows: &[Vec<String>]) {
 fn print_status(r: &Value) {
     println!("lunard {} (pid {}): {}; control {}", s(&r["version"]), s(&r["pid"]), s(&r["state"]), s(&r["control"]));
     println!("portals: {}; connections: {}", s(&r["portals"]), s(&r["connections"]));
+    match (r["config"]["persistent"].as_bool(), r["config"]["file"].as_str()) {
+        (Some(true), Some(f)) => println!("config: {f} (changes are written back)"),
+        (Some(false), _) => println!("config: changes are not persistent: {}", s(&r["config"]["note"])),
+        _ => {}
+    }
     println!("I/O threads:");
     let mut rows = vec![[vec!["THREAD".to_string(), "QUEUES".into(), "LUNS".into()], stats_header()].concat()];
     for t in r["iothreads"].as_array().into_iter().flatten() {

@@ -412,7 +412,7 @@ pub(crate) fn merge(cli: Cli, file: Option<FileSettings>, env: &Env) -> Result<C
             "{} defines no [[target]] (the default target is served): changes last until lunard stops",
             p.display()
         )),
-        Some(p) => WriteBack::File(p.clone()),
+        Some(p) => WriteBack::File(std::path::absolute(p).unwrap_or_else(|_| p.clone())),
     };
     Ok(Config {
         iothreads,
