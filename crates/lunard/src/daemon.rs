@@ -202,6 +202,11 @@ impl Daemon {
         Ok(Daemon { targets, server, vhost, threads: Some(threads) })
     }
 
+    /// The core's threads (main loop and I/O threads), while running.
+    pub fn contexts(&self) -> Option<Arc<lunar_target::threads::Contexts>> {
+        self.threads.as_ref().map(|t| t.contexts().clone())
+    }
+
     /// Clean shutdown: stop accepting, end the sessions (their commands
     /// complete or are aborted), flush every backend, join the threads.
     pub fn shutdown(mut self) {

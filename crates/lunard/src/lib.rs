@@ -3,3 +3,4 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod metrics;
+pub mod notify;
