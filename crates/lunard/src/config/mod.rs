@@ -397,6 +397,12 @@ impl Env {
     }
 }
 
+/// The clap definition of `lunard`'s command line (for the man page and
+/// the shell completions).
+pub fn command() -> clap::Command {
+    <cli::Cli as clap::CommandFactory>::command()
+}
+
 impl Config {
     /// Parse and validate the command line (`args` includes the program
     /// name, as `std::env::args_os()`), reading `--config FILE` if given.
