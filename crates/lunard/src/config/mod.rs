@@ -26,7 +26,15 @@
 //!   pair replaces the file's.
 //! * If no target results, the default target is used. A target that
 //!   comes from the command line without any `--lun` gets the default LUN
-//!   0 (`backend=mem,size=1G`); a target in the file must list its LUNs.
+//!   0 (`backend=mem,size=1G`); a target in the file may have none
+//!   (`lunarctl lun add` adds them).
+//!
+//! # Write-back
+//!
+//! [`Config::write_back`] says where changes made through the control
+//! socket are written ([`persist`]): into the `--config` file, unless the
+//! command line adds targets or LUNs the file does not hold, or the file
+//! defines no target.
 
 mod check;
 mod cli;
