@@ -56,7 +56,7 @@ impl LunValue {
 /// `2G` for 2 GiB, `1536M`, `4096` (bytes) when no suffix fits exactly.
 pub fn size_text(n: u64) -> String {
     for (shift, suffix) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        if n != 0 && n % (1u64 << shift) == 0 {
+        if n != 0 && n.is_multiple_of(1u64 << shift) {
             return format!("{}{suffix}", n >> shift);
         }
     }
