@@ -13,12 +13,15 @@ if ! cargo deb --version >/dev/null 2>&1; then
     cargo install cargo-deb --locked ${CARGO_DEB_VERSION:+--version "$CARGO_DEB_VERSION"} >&2
 fi
 
-cargo build --release -p lunard --bins >&2
+# LUNAR_DEB_PROFILE=dev packages the debug build (what `cargo test` built:
+# quick, for CI); the default is the release build.
+profile=${LUNAR_DEB_PROFILE:-release}
+cargo build --profile "$profile" -p lunard --bins >&2
 rm -rf target/docs
-cargo run --release -q -p lunard --example gen-docs -- target/docs >&2
+cargo run --profile "$profile" -q -p lunard --example gen-docs -- target/docs >&2
 gzip -9n target/docs/man/*.8
 rm -f target/debian/lunar_*.deb
-cargo deb -p lunard --no-build >&2
+cargo deb -p lunard --no-build --strip --profile "$profile" >&2
 deb=$(ls target/debian/lunar_*.deb)
 test -s "$deb"
 echo "$deb"

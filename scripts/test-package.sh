@@ -16,7 +16,7 @@ dpkg-deb -I "$deb"
 contents=$(dpkg-deb -c "$deb")
 echo "$contents"
 for f in ./usr/bin/lunard ./usr/bin/lunarctl ./etc/lunar/lunard.toml \
-         ./lib/systemd/system/lunard.service \
+         ./usr/lib/systemd/system/lunard.service \
          ./usr/share/man/man8/lunard.8.gz ./usr/share/man/man8/lunarctl.8.gz \
          ./usr/share/man/man8/lunarctl-lun-add.8.gz \
          ./usr/share/bash-completion/completions/lunarctl \
@@ -24,7 +24,7 @@ for f in ./usr/bin/lunard ./usr/bin/lunarctl ./etc/lunar/lunard.toml \
          ./usr/share/fish/vendor_completions.d/lunarctl.fish; do
     grep -q " $f\$" <<<"$contents" || { echo "FAIL: $f is not in the package" >&2; exit 1; }
 done
-grep -q -- '-rw------- root/root .* ./etc/lunar/lunard.toml$' <<<"$contents" \
+grep -Eq -- '^-rw------- (root/root|0/0) .* ./etc/lunar/lunard.toml$' <<<"$contents" \
     || { echo "FAIL: lunard.toml is not 0600 root" >&2; exit 1; }
 ctl=$(mktemp -d); dpkg-deb -e "$deb" "$ctl"
 grep -qx /etc/lunar/lunard.toml "$ctl/conffiles" || { echo "FAIL: lunard.toml is not a conffile" >&2; exit 1; }
@@ -45,7 +45,7 @@ man -l /usr/share/man/man8/lunard.8.gz 2>/dev/null | grep -q -- '--config <FILE>
 man -l /usr/share/man/man8/lunarctl.8.gz 2>/dev/null | grep -q 'Control a running lunard' || { echo "FAIL: man -l lunarctl.8" >&2; exit 1; }
 echo "man -l: lunard.8 and lunarctl.8 render"
 bash -n /usr/share/bash-completion/completions/lunarctl
-if type -P systemd-analyze >/dev/null; then systemd-analyze verify /lib/systemd/system/lunard.service; fi
+if type -P systemd-analyze >/dev/null; then systemd-analyze verify /usr/lib/systemd/system/lunard.service; fi
 
 # The installed configuration serves no LUN; a change is written back into it.
 cp /etc/lunar/lunard.toml "$work/lunard.toml"
