@@ -144,8 +144,7 @@ impl Daemon {
         let mut entries = Vec::new();
         for t in &config.targets {
             let core = Target::with_threads(&t.name, threads.clone());
-            for (i, l) in t.luns.iter().enumerate() {
-                let lun = i as u64;
+            for (lun, l) in t.numbered() {
                 let err = |what: String| DaemonError::Lun { target: t.name.clone(), lun, what };
                 let backend = open_backend(&l.backend, l.readonly).map_err(err)?;
                 let policies = ErrorPolicies { read: policy(l.rerror), write: policy(l.werror) };
@@ -179,8 +178,11 @@ impl Daemon {
         let mut vhost = Vec::new();
         if let (Some(t), Some(core)) = (config.targets.first(), targets.first()) {
             for v in &config.vhost_user {
-                let luns = (0..t.luns.len() as u64)
-                    .filter(|&i| t.luns[i as usize].controller.as_ref().is_none_or(|c| *c == v.socket))
+                let luns = t
+                    .numbered()
+                    .into_iter()
+                    .filter(|(_, l)| l.controller.as_ref().is_none_or(|c| *c == v.socket))
+                    .map(|(n, _)| n)
                     .collect();
                 let num_queues = v.num_queues.map(usize::from).unwrap_or(config.iothreads.max(1));
                 // Hot-added LUNs (`lunarctl lun add`) go to the controller when it is the only one.
@@ -198,6 +200,11 @@ impl Daemon {
             }
         }
         Ok(Daemon { targets, server, vhost, threads: Some(threads) })
+    }
+
+    /// The core's threads (main loop and I/O threads), while running.
+    pub fn contexts(&self) -> Option<Arc<lunar_target::threads::Contexts>> {
+        self.threads.as_ref().map(|t| t.contexts().clone())
     }
 
     /// Clean shutdown: stop accepting, end the sessions (their commands
@@ -240,7 +247,7 @@ pub fn banner(config: &Config, daemon: &Daemon) -> String {
     let addrs = daemon.server.local_addrs();
     for t in &config.targets {
         s.push_str(&format!("lunard: target {}\n", t.name));
-        for (i, l) in t.luns.iter().enumerate() {
+        for (i, l) in t.numbered() {
             s.push_str(&format!("  LUN {i}: {}\n", l.describe()));
         }
     }

@@ -26,7 +26,10 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only for a person: not in a journal, a file or a pipe.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    let notifier = lunard::notify::Notifier::from_env();
 
     let daemon = match Daemon::start(&config) {
         Ok(d) => d,
@@ -90,14 +93,35 @@ fn main() -> ExitCode {
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    // Everything listens: tell systemd (Type=notify).
+    notifier.send(&format!("READY=1\nSTATUS={}", ready_status(&config, &daemon)));
+    let contexts = daemon.contexts();
 
     let signal = rt.block_on(async {
-        tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+        // Keep-alives every half watchdog period, each once the core's threads answered.
+        let mut tick = notifier.watchdog().map(|w| tokio::time::interval(w / 2));
+        loop {
+            let keep_alive = async {
+                match &mut tick {
+                    Some(t) => t.tick().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = term.recv() => return "SIGTERM",
+                _ = int.recv() => return "SIGINT",
+                _ = keep_alive => {
+                    let within = notifier.watchdog().unwrap_or_default() / 2;
+                    match core_answers(contexts.as_deref(), within).await {
+                        Ok(()) => notifier.send("WATCHDOG=1"),
+                        Err(thread) => tracing::warn!("watchdog: core thread {thread} did not answer within {within:?}"),
+                    }
+                }
+            }
         }
     });
     tracing::info!("{signal}: shutting down");
+    notifier.send(&format!("STOPPING=1\nSTATUS=stopping ({signal})"));
     if let Some(c) = control {
         c.shutdown();
     }
@@ -105,4 +129,45 @@ fn main() -> ExitCode {
     daemon.shutdown();
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// The `STATUS=` of `READY=1`: what is served, where.
+fn ready_status(config: &lunard::config::Config, daemon: &Daemon) -> String {
+    let luns: usize = daemon.targets.iter().map(|t| t.luns().len()).sum();
+    let portals: Vec<String> = daemon.server.local_addrs().iter().map(|a| a.to_string()).collect();
+    let mut s = format!("serving {luns} LUNs of {} targets on {}", daemon.targets.len(), portals.join(" "));
+    if !daemon.vhost.is_empty() {
+        s.push_str(&format!(", {} vhost-user controllers", daemon.vhost.len()));
+    }
+    if let lunard::config::WriteBack::File(f) = &config.write_back {
+        s.push_str(&format!("; config {}", f.display()));
+    }
+    s
+}
+
+/// Waits until every thread of the core (main loop, I/O threads) has run
+/// a bottom half, for at most `within`; `Err(index)` of one that did not.
+async fn core_answers(
+    contexts: Option<&lunar_target::threads::Contexts>,
+    within: std::time::Duration,
+) -> Result<(), usize> {
+    let Some(c) = contexts else { return Ok(()) };
+    let mut answers = Vec::new();
+    for i in 0..=c.io_threads() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let Some(ctx) = c.get(i) else { continue };
+        ctx.schedule(move || {
+            let _ = tx.send(());
+        })
+        .map_err(|_| i)?;
+        answers.push((i, rx));
+    }
+    let deadline = tokio::time::Instant::now() + within;
+    for (i, rx) in answers {
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(())) => {}
+            _ => return Err(i),
+        }
+    }
+    Ok(())
 }

@@ -1,92 +1,11 @@
 //! `lunarctl`: drives a running `lunard` over its JSON-RPC control socket.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use lunard::control::client::{Client, ClientError};
+use lunard::ctl_cli::{Cli, Cmd, ConfigCmd, LunCmd, SessionCmd};
 use serde_json::{json, Value};
-
-#[derive(Parser, Debug)]
-#[command(name = "lunarctl", version, about = "Control a running lunard")]
-struct Cli {
-    /// The control socket [default: /run/lunar/lunard.sock as root,
-    /// $XDG_RUNTIME_DIR/lunar/lunard.sock otherwise]
-    #[arg(long, value_name = "PATH", global = true)]
-    control: Option<PathBuf>,
-    /// Print the daemon's JSON answers (for scripts)
-    #[arg(long, global = true)]
-    json: bool,
-    /// The target to act on (needed when the daemon serves several)
-    #[arg(long, global = true)]
-    target: Option<String>,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Run state, I/O threads, targets, LUNs and sessions
-    Status,
-    /// Stop the target(s), or one LUN with --lun: drain in-flight I/O, start nothing until `cont`
-    Stop {
-        /// Only this LUN (the target's other LUNs keep running)
-        #[arg(long)]
-        lun: Option<u64>,
-    },
-    /// Resume the target(s), or one LUN with --lun; requests parked by an error policy are re-issued
-    Cont {
-        /// Only this LUN
-        #[arg(long)]
-        lun: Option<u64>,
-    },
-    /// LUN operations
-    #[command(subcommand)]
-    Lun(LunCmd),
-    /// iSCSI sessions
-    #[command(subcommand)]
-    Session(SessionCmd),
-    /// Print events (LUN paused, resumed, added, removed, moved, logins, refused logins...) until interrupted
-    Events,
-}
-
-#[derive(Subcommand, Debug)]
-enum LunCmd {
-    /// Hot-add a LUN: SPEC as `lunard --lun` (e.g. backend=mem,size=1G)
-    Add {
-        spec: String,
-        /// LUN number [default: the lowest free]
-        #[arg(long)]
-        lun: Option<u64>,
-    },
-    /// Hot-remove a LUN (its in-flight commands finish or are aborted)
-    Remove { lun: u64 },
-    /// Move a LUN's queues to another I/O thread (0-based), live
-    Move {
-        lun: u64,
-        #[arg(long)]
-        iothread: u64,
-    },
-    /// Change the error policies (report, ignore, stop, enospc)
-    SetErrorPolicy {
-        lun: u64,
-        #[arg(long)]
-        rerror: Option<String>,
-        #[arg(long)]
-        werror: Option<String>,
-    },
-    /// Change a LUN's size (SIZE in bytes or with a suffix: 512M, 2G); initiators
-    /// get CAPACITY DATA HAS CHANGED
-    Resize { lun: u64, size: String },
-}
-
-#[derive(Subcommand, Debug)]
-enum SessionCmd {
-    /// List the iSCSI sessions
-    List,
-    /// End a session (ID as shown by `session list`)
-    Kill { id: u64 },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -125,9 +44,19 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
         Cmd::Session(SessionCmd::List) => ("session.list", json!({})),
         Cmd::Session(SessionCmd::Kill { id }) => ("session.kill", json!({ "id": id })),
         Cmd::Events => return events(cli, &mut c),
+        Cmd::Config(ConfigCmd::Show) => ("config.show", json!({})),
+        Cmd::Config(ConfigCmd::Save { path }) => {
+            let path = match path {
+                Some(p) => {
+                    Some(std::path::absolute(p).map_err(|e| ClientError::Protocol(format!("{}: {e}", p.display())))?)
+                }
+                None => None,
+            };
+            ("config.save", json!({ "path": path }))
+        }
     };
     let params = match &cli.cmd {
-        Cmd::Session(_) => params,
+        Cmd::Session(_) | Cmd::Config(_) => params,
         _ => with_target(cli, params),
     };
     let result = c.call(method, params)?;
@@ -160,6 +89,16 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
         Cmd::Session(SessionCmd::List) => print_sessions(&result),
         Cmd::Session(SessionCmd::Kill { id }) => println!("session {id} ended"),
         Cmd::Events => {}
+        Cmd::Config(ConfigCmd::Show) => print!("{}", result["toml"].as_str().unwrap_or("")),
+        Cmd::Config(ConfigCmd::Save { .. }) => println!("saved to {}", s(&result["path"])),
+    }
+    // A change says whether it outlives the daemon.
+    if let Cmd::Lun(_) = &cli.cmd {
+        match (result["persistent"].as_bool(), result["config"].as_str()) {
+            (Some(true), Some(file)) => println!("written to {file}"),
+            (Some(false), _) => println!("not persistent: {}", s(&result["note"])),
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -236,6 +175,11 @@ fn table(rows: &[Vec<String>]) {
 fn print_status(r: &Value) {
     println!("lunard {} (pid {}): {}; control {}", s(&r["version"]), s(&r["pid"]), s(&r["state"]), s(&r["control"]));
     println!("portals: {}; connections: {}", s(&r["portals"]), s(&r["connections"]));
+    match (r["config"]["persistent"].as_bool(), r["config"]["file"].as_str()) {
+        (Some(true), Some(f)) => println!("config: {f} (changes are written back)"),
+        (Some(false), _) => println!("config: changes are not persistent: {}", s(&r["config"]["note"])),
+        _ => {}
+    }
     println!("I/O threads:");
     let mut rows = vec![[vec!["THREAD".to_string(), "QUEUES".into(), "LUNS".into()], stats_header()].concat()];
     for t in r["iothreads"].as_array().into_iter().flatten() {

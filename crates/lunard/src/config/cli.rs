@@ -9,7 +9,7 @@ use super::check;
 use super::spec::split_items;
 use super::toml::FileSettings;
 use super::{
-    Chap, Config, ConfigError, Env, LunConfig, TargetConfig, VhostUserConfig, DEFAULT_LOG, DEFAULT_LUN_SPEC,
+    Chap, Config, ConfigError, Env, LunConfig, TargetConfig, VhostUserConfig, WriteBack, DEFAULT_LOG, DEFAULT_LUN_SPEC,
     DEFAULT_PORTAL, DEFAULT_TARGET, MAX_IOTHREADS, MAX_VHOST_POLL_US, MAX_VHOST_QUEUES,
 };
 
@@ -340,6 +340,7 @@ pub(crate) fn merge(cli: Cli, file: Option<FileSettings>, env: &Env) -> Result<C
         vhost.push(vhost_user(s).map_err(|e| e.context(format!("--vhost-user `{s}`")))?);
     }
 
+    let file_has_targets = !file.targets.is_empty();
     let mut targets = file.targets;
     if has_target_flags {
         let name = match &cli.target {
@@ -400,5 +401,29 @@ pub(crate) fn merge(cli: Cli, file: Option<FileSettings>, env: &Env) -> Result<C
         super::limits::set_pair(&mut limits, pair)?;
     }
 
-    Ok(Config { iothreads, portals, targets, discovery_chap, control, metrics, vhost_user: vhost, log, limits })
+    let write_back = match &cli.config {
+        None => WriteBack::Off("lunard runs without --config: changes last until it stops".into()),
+        Some(_) if has_target_flags => WriteBack::Off(
+            "the target flags on the command line (--target, --lun, --chap-*, --allow-initiator) are not in the \
+             --config file: changes last until lunard stops"
+                .into(),
+        ),
+        Some(p) if !file_has_targets => WriteBack::Off(format!(
+            "{} defines no [[target]] (the default target is served): changes last until lunard stops",
+            p.display()
+        )),
+        Some(p) => WriteBack::File(std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+    };
+    Ok(Config {
+        iothreads,
+        portals,
+        targets,
+        discovery_chap,
+        control,
+        metrics,
+        vhost_user: vhost,
+        log,
+        limits,
+        write_back,
+    })
 }

@@ -26,11 +26,20 @@
 //!   pair replaces the file's.
 //! * If no target results, the default target is used. A target that
 //!   comes from the command line without any `--lun` gets the default LUN
-//!   0 (`backend=mem,size=1G`); a target in the file must list its LUNs.
+//!   0 (`backend=mem,size=1G`); a target in the file may have none
+//!   (`lunarctl lun add` adds them).
+//!
+//! # Write-back
+//!
+//! [`Config::write_back`] says where changes made through the control
+//! socket are written ([`persist`]): into the `--config` file, unless the
+//! command line adds targets or LUNs the file does not hold, or the file
+//! defines no target.
 
 mod check;
 mod cli;
 mod limits;
+pub mod persist;
 mod spec;
 mod toml;
 
@@ -93,6 +102,18 @@ pub struct Config {
     pub log: String,
     /// What one iSCSI initiator may claim (`--limit`, `[limits]`).
     pub limits: lunar_iscsi::server::ResourceLimits,
+    /// Where changes made through the control socket are written.
+    pub write_back: WriteBack,
+}
+
+/// Where the changes made through the control socket (`lun.add`, ...)
+/// are written, so that they survive a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteBack {
+    /// Into the `--config` file (edited in place: comments and order kept).
+    File(PathBuf),
+    /// Nowhere: the changes last until the daemon stops. Why.
+    Off(String),
 }
 
 /// One iSCSI target.
@@ -100,7 +121,8 @@ pub struct Config {
 pub struct TargetConfig {
     /// iSCSI name (`iqn.`, `eui.` or `naa.`).
     pub name: String,
-    /// LUN `i` is `luns[i]`; never empty.
+    /// The LUNs, in order; see [`TargetConfig::numbered`] for their numbers.
+    /// May be empty (a target that exposes no LUN yet).
     pub luns: Vec<LunConfig>,
     /// One-way CHAP: the initiator must authenticate with this.
     pub chap: Option<Chap>,
@@ -250,6 +272,9 @@ pub struct LunConfig {
     pub controller: Option<PathBuf>,
     /// Home I/O thread, `< iothreads`; `None` = the daemon's choice.
     pub iothread: Option<usize>,
+    /// The LUN number given in the TOML file (`lun = N`); `None`: the
+    /// number after the previous LUN's (0 for the first).
+    pub number: Option<u64>,
 }
 
 /// Why a configuration was refused (or `--help` / `--version`).
@@ -380,6 +405,12 @@ impl Env {
     }
 }
 
+/// The clap definition of `lunard`'s command line (for the man page and
+/// the shell completions).
+pub fn command() -> clap::Command {
+    <cli::Cli as clap::CommandFactory>::command()
+}
+
 impl Config {
     /// Parse and validate the command line (`args` includes the program
     /// name, as `std::env::args_os()`), reading `--config FILE` if given.
@@ -503,7 +534,7 @@ impl Config {
                 return Err(in_target(ConfigError::invalid_value("name", t.name.clone(), "target defined twice")));
             }
             t.validate(&sockets, self.iothreads).map_err(in_target)?;
-            for (li, lun) in t.luns.iter().enumerate() {
+            for (li, lun) in t.numbered() {
                 if let BackendSpec::File { path, .. } = &lun.backend {
                     if let Some((_, first, ro)) = files.iter().find(|(p, _, _)| *p == path.as_path()) {
                         if !(*ro && lun.readonly) {
@@ -539,10 +570,40 @@ impl TargetConfig {
         }
     }
 
-    fn validate(&self, sockets: &HashSet<&PathBuf>, iothreads: usize) -> Result<(), ConfigError> {
-        if self.luns.is_empty() {
-            return Err(ConfigError::invalid("lun", "the target has no LUN"));
+    /// Each LUN with its number: `number` if given, else the previous
+    /// LUN's number + 1 (0 for the first).
+    pub fn numbered(&self) -> Vec<(u64, &LunConfig)> {
+        let mut next = 0u64;
+        self.luns
+            .iter()
+            .map(|l| {
+                let n = l.number.unwrap_or(next);
+                next = n.saturating_add(1);
+                (n, l)
+            })
+            .collect()
+    }
+
+    /// The first LUN number used twice or out of range, as an error.
+    pub(crate) fn check_numbers(&self) -> Result<(), ConfigError> {
+        let mut seen = HashSet::new();
+        for (n, _) in self.numbered() {
+            if n >= MAX_LUNS_PER_TARGET as u64 {
+                return Err(ConfigError::invalid_value(
+                    "lun",
+                    n.to_string(),
+                    format!("LUN numbers go from 0 to {}", MAX_LUNS_PER_TARGET - 1),
+                ));
+            }
+            if !seen.insert(n) {
+                return Err(ConfigError::invalid_value("lun", n.to_string(), "LUN number used twice"));
+            }
         }
+        Ok(())
+    }
+
+    fn validate(&self, sockets: &HashSet<&PathBuf>, iothreads: usize) -> Result<(), ConfigError> {
+        self.check_numbers()?;
         if self.luns.len() > MAX_LUNS_PER_TARGET {
             return Err(ConfigError::invalid(
                 "lun",
@@ -573,7 +634,7 @@ impl TargetConfig {
         for name in &self.allow_initiators {
             check::iscsi_name("allow-initiators", name)?;
         }
-        for (li, lun) in self.luns.iter().enumerate() {
+        for (li, lun) in self.numbered() {
             let in_lun = |e: ConfigError| e.context(format!("LUN {li}"));
             lun.validate().map_err(in_lun)?;
             if let Some(n) = lun.iothread {

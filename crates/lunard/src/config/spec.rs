@@ -219,6 +219,7 @@ impl LunBuilder {
             product: self.product.unwrap_or_else(|| DEFAULT_PRODUCT.to_string()),
             controller: self.controller,
             iothread: self.iothread,
+            number: None,
         };
         validate(&lun)?;
         Ok(lun)

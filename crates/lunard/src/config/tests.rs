@@ -379,13 +379,22 @@ fn a_good_file() {
     assert_eq!(l.controller, Some(dir.join("vm0.sock")));
     // The same through from_toml_str.
     let same = Config::from_toml_str_in(FILE, f.path(), &env()).unwrap();
-    assert_eq!(same, c);
+    assert_eq!(same, Config { write_back: same.write_back.clone(), ..c.clone() });
+    // Changes are written back into the file it came from, not into a text.
+    assert_eq!(c.write_back, WriteBack::File(f.path().to_path_buf()));
+    assert!(matches!(same.write_back, WriteBack::Off(_)));
 }
 
 #[test]
 fn an_empty_file_gives_the_defaults() {
     let f = toml_file("# nothing\n");
-    assert_eq!(ok(&["--config", f.path().to_str().unwrap()]), ok(&[]));
+    let c = ok(&["--config", f.path().to_str().unwrap()]);
+    assert_eq!(
+        Config { write_back: WriteBack::Off(String::new()), ..c.clone() },
+        Config { write_back: WriteBack::Off(String::new()), ..ok(&[]) }
+    );
+    // The default target is not in the file: nothing to write changes into.
+    assert!(matches!(&c.write_back, WriteBack::Off(why) if why.contains("defines no [[target]]")), "{c:?}");
     let f = toml_file("iothreads = 3\n");
     let c = ok(&["--config", f.path().to_str().unwrap()]);
     assert_eq!(c.iothreads, 3);
@@ -519,7 +528,16 @@ fn file_errors_name_file_target_lun_and_key() {
     has(&file_err("log = \"info,a=loud\"\n"), &["`log`"]);
     has(&file_err("[[vhost-user]]\nsocket = \"/a\"\nnum-queues = 5000\n"), &["vhost-user 0", "`num-queues`", "`5000`"]);
     has(&file_err("[[target]]\nname = \"disk0\"\n"), &["target 0 (`disk0`)", "`name`", "`disk0`"]);
-    has(&file_err(T), &["target 0 (`iqn.2026-11.dev.lunar:t`)", "`lun`", "no LUN"]);
+    // A target without LUNs is served (it exposes none until `lunarctl lun add`).
+    assert!(cli(&["--config", toml_file(T).path().to_str().unwrap()]).unwrap().targets[0].luns.is_empty());
+    has(
+        &file_err(&format!("{T}[[target.lun]]\nlun = 3\nspec = \"backend=null,size=1G\"\n[[target.lun]]\nlun = 3\nbackend = \"mem\"\nsize = 512\n")),
+        &["target 0", "`lun`", "`3`", "used twice"],
+    );
+    has(
+        &file_err(&format!("{T}[[target.lun]]\nlun = 16384\nbackend = \"mem\"\nsize = 512\n")),
+        &["target 0", "`lun`", "`16384`", "0 to 16383"],
+    );
     has(
         &file_err(&format!("{T}allow-initiators = [\"client\"]\n[[target.lun]]\nspec = \"backend=null,size=1G\"\n")),
         &["target 0", "`allow-initiators`", "`client`"],
@@ -585,7 +603,10 @@ fn validate_catches_hand_made_configs() {
     has(&c.validate().unwrap_err().to_string(), &["target 1", "defined twice"]);
     let mut c = ok(&[]);
     c.targets[0].luns.clear();
-    has(&c.validate().unwrap_err().to_string(), &["no LUN"]);
+    c.validate().unwrap();
+    c.targets[0].luns = vec![LunConfig::parse_spec("backend=mem,size=1M").unwrap(); 2];
+    c.targets[0].luns[1].number = Some(0);
+    has(&c.validate().unwrap_err().to_string(), &["`lun`", "used twice"]);
     let mut c = ok(&[]);
     c.targets.clear();
     has(&c.validate().unwrap_err().to_string(), &["no target"]);

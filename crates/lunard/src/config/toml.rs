@@ -69,6 +69,8 @@ struct FileTarget {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileLun {
+    /// The LUN number; default: the previous LUN's + 1 (0 for the first).
+    lun: Option<u64>,
     spec: Option<String>,
     backend: Option<String>,
     size: Option<Size>,
@@ -318,25 +320,25 @@ fn target(t: FileTarget, base: &Path) -> Result<TargetConfig, ConfigError> {
     for name in &t.allow_initiators {
         check::iscsi_name("allow-initiators", name)?;
     }
-    if t.lun.is_empty() {
-        return Err(ConfigError::invalid("lun", "the target has no LUN; add a [[target.lun]] table"));
-    }
     let luns = t
         .lun
         .into_iter()
         .enumerate()
         .map(|(i, l)| lun(l, base).map_err(|e| e.context(format!("LUN {i}"))))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(TargetConfig {
+    let target = TargetConfig {
         name: t.name,
         luns,
         chap: chap("chap", t.chap)?,
         mutual_chap: chap("mutual-chap", t.mutual_chap)?,
         allow_initiators: t.allow_initiators,
-    })
+    };
+    target.check_numbers()?;
+    Ok(target)
 }
 
 fn lun(l: FileLun, base: &Path) -> Result<LunConfig, ConfigError> {
+    let number = l.lun;
     let on = |b: bool| if b { "on" } else { "off" }.to_string();
     let keyed: Vec<(&str, Option<String>)> = vec![
         ("backend", l.backend),
@@ -377,5 +379,6 @@ fn lun(l: FileLun, base: &Path) -> Result<LunConfig, ConfigError> {
         *path = rebase(base, std::mem::take(path));
     }
     lun.controller = lun.controller.map(|c| rebase(base, c));
+    lun.number = number;
     Ok(lun)
 }

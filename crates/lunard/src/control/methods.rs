@@ -14,7 +14,18 @@
 //! | `lun.move` | `lun`, `iothread`, `target?` | `{lun, iothread}` |
 //! | `lun.set_error_policy` | `lun`, `rerror?`, `werror?`, `target?` | `{lun, rerror, werror}` |
 //! | `lun.resize` | `lun`, `size` (bytes or "2G"), `target?` | `{lun, size, blocks, block_size}` |
+//! | `config.show` | | `{toml, file, persistent, note?}`: the running configuration, CHAP secrets redacted |
+//! | `config.save` | `path?` (absolute; default the `--config` file) | `{path}`: the running configuration written there |
 //! | `session.list` | | `[session]` |
+//!
+//! The answer of a change (`lun.add`, `lun.remove`, `lun.resize`,
+//! `lun.set_error_policy`, `lun.move`) says whether it outlives the daemon:
+//! `persistent: true` and `config: FILE` when it was written into the
+//! `--config` file (before it was made: a change the file cannot take
+//! fails with the reason and changes nothing), else `persistent: false`
+//! and a `note` saying why. `lun.move` is never written: it places the
+//! LUN's open queues, and queues opened later go on their connection's
+//! thread.
 //! | `session.kill` | `id` (the TSIH) | `{killed}` |
 //! | `events` | | `{subscribed}`, then one `event` notification per line |
 
@@ -28,7 +39,76 @@ use serde_json::{json, Value};
 use super::events::{errno_name, session_json};
 use super::rpc::{self, Call, Params, RpcError};
 use super::Context;
-use crate::config::{BackendSpec, LunConfig, MAX_LUNS_PER_TARGET, MAX_MEM_SIZE};
+use crate::config::persist::{self, LunValue};
+use crate::config::{BackendSpec, LunConfig, WriteBack, MAX_LUNS_PER_TARGET, MAX_MEM_SIZE};
+
+/// Why `lun.move` is not written back.
+const MOVE_NOTE: &str = "a move places the LUN's open queues (queues opened later go on their connection's \
+                         I/O thread): it is not written to the configuration";
+
+/// Whether changes outlive the daemon, for `status` and the answers.
+fn persistence_json(ctx: &Context) -> Value {
+    match &ctx.config.write_back {
+        WriteBack::File(p) => json!({ "persistent": true, "file": p.display().to_string() }),
+        WriteBack::Off(why) => json!({ "persistent": false, "file": null, "note": why }),
+    }
+}
+
+fn annotate(ctx: &Context, v: &mut Value) {
+    if let (Value::Object(o), Value::Object(p)) = (v, persistence_json(ctx)) {
+        for (k, x) in p {
+            if !x.is_null() {
+                o.insert(if k == "file" { "config".into() } else { k }, x);
+            }
+        }
+    }
+}
+
+/// Makes a change that the configuration file follows: with a `--config`
+/// file, `edit` is applied to the file as it is on disk now and the file
+/// replaced (atomically, previous as `.bak`) *before* `apply` runs; a file
+/// that cannot be read, edited or written fails the change with the
+/// reason, and nothing changes. If `apply` then fails, the file is put
+/// back. Without a file, `apply` alone. Changes are serialised.
+async fn change(
+    ctx: &Context,
+    edit: impl FnOnce(&mut toml_edit::DocumentMut) -> Result<(), String>,
+    apply: impl std::future::Future<Output = Result<Value, RpcError>>,
+) -> Result<Value, RpcError> {
+    let _serial = ctx.write_lock.lock().await;
+    let written = match &ctx.config.write_back {
+        WriteBack::File(path) => {
+            let fail = |why: String| MethodError::Config(format!("{why}; nothing was changed"));
+            let old = std::fs::read_to_string(path)
+                .map_err(|e| fail(format!("cannot read the configuration file {}: {e}", path.display())))?;
+            let mut doc: toml_edit::DocumentMut = old
+                .parse()
+                .map_err(|e| fail(format!("cannot parse the configuration file {}: {e}", path.display())))?;
+            edit(&mut doc).map_err(|e| fail(format!("cannot edit the configuration file {}: {e}", path.display())))?;
+            let new = doc.to_string();
+            persist::check_text(&new, path)
+                .map_err(|e| fail(format!("the configuration file would not load after this change: {e}")))?;
+            persist::write_atomic(path, &new, true).map_err(fail)?;
+            Some((path, old))
+        }
+        WriteBack::Off(_) => None,
+    };
+    match apply.await {
+        Ok(mut v) => {
+            annotate(ctx, &mut v);
+            Ok(v)
+        }
+        Err(mut e) => {
+            if let Some((path, old)) = written {
+                if let Err(w) = persist::write_atomic(path, &old, false) {
+                    tracing::error!("putting the configuration file back after a failed change: {w}");
+                    e.message = format!("{}; and the configuration file could not be put back: {w}", e.message);
+                }
+            }
+            Err(e)
+        }
+    }
+}
 
 /// Application errors (JSON-RPC codes from -32000 down).
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +131,9 @@ pub enum MethodError {
     Backend(String),
     #[error("{0}")]
     Core(TargetError),
+    /// The configuration file could not take the change (nothing changed).
+    #[error("{0}")]
+    Config(String),
 }
 
 impl MethodError {
@@ -64,6 +147,7 @@ impl MethodError {
             MethodError::NoSuchSession(_) => -32005,
             MethodError::Backend(_) => -32006,
             MethodError::NotSupported(_) => -32007,
+            MethodError::Config(_) => -32008,
         }
     }
 }
@@ -140,9 +224,13 @@ async fn dispatch(
             let p = Params::new(params, &["lun", "target"])?;
             let t = select_one(ctx, p.opt_str("target")?)?;
             let lun = p.u64("lun")?;
-            t.remove_device(lun).await.map_err(MethodError::from)?;
-            ctx.luns.lock().unwrap_or_else(|e| e.into_inner()).remove(&(t.name().to_string(), lun));
-            Ok(json!({ "lun": lun, "removed": true }))
+            t.device(lun).ok_or(MethodError::NoSuchLun(lun))?;
+            let apply = async {
+                t.remove_device(lun).await.map_err(MethodError::from)?;
+                ctx.luns.lock().unwrap_or_else(|e| e.into_inner()).remove(&(t.name().to_string(), lun));
+                Ok(json!({ "lun": lun, "removed": true }))
+            };
+            change(ctx, |doc| persist::remove_lun(doc, t.name(), lun), apply).await
         }
         "lun.move" => {
             let p = Params::new(params, &["lun", "iothread", "target"])?;
@@ -153,7 +241,7 @@ async fn dispatch(
                 .filter(|&n| n < ctx.iothreads)
                 .ok_or(MethodError::NoSuchThread(thread, ctx.iothreads))?;
             t.move_device(lun, core_thread + 1).await.map_err(MethodError::from)?;
-            Ok(json!({ "lun": lun, "iothread": thread }))
+            Ok(json!({ "lun": lun, "iothread": thread, "persistent": false, "note": MOVE_NOTE }))
         }
         "lun.set_error_policy" => {
             let p = Params::new(params, &["lun", "rerror", "werror", "target"])?;
@@ -169,14 +257,28 @@ async fn dispatch(
                 return Err(RpcError::invalid_params("give `rerror`, `werror` or both"));
             }
             let dev = t.device(lun).ok_or(MethodError::NoSuchLun(lun))?;
-            let old = dev.policies();
-            let new = ErrorPolicies { read: r.unwrap_or(old.read), write: w.unwrap_or(old.write) };
-            dev.set_policies(new);
-            if let Some(c) = ctx.luns.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&(t.name().to_string(), lun)) {
-                c.rerror = new.read.name().parse().unwrap_or(c.rerror);
-                c.werror = new.write.name().parse().unwrap_or(c.werror);
-            }
-            Ok(json!({ "lun": lun, "rerror": new.read.name(), "werror": new.write.name() }))
+            let edits: Vec<(&'static str, LunValue)> = [("rerror", r), ("werror", w)]
+                .into_iter()
+                .filter_map(|(k, p)| Some((k, LunValue::Policy(p?.name().parse().ok()?))))
+                .collect();
+            let edit = |doc: &mut toml_edit::DocumentMut| {
+                for (k, v) in &edits {
+                    persist::set_lun_key(doc, t.name(), lun, k, *v, false)?;
+                }
+                Ok(())
+            };
+            let apply = async {
+                let old = dev.policies();
+                let new = ErrorPolicies { read: r.unwrap_or(old.read), write: w.unwrap_or(old.write) };
+                dev.set_policies(new);
+                let mut luns = ctx.luns.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(c) = luns.get_mut(&(t.name().to_string(), lun)) {
+                    c.rerror = new.read.name().parse().unwrap_or(c.rerror);
+                    c.werror = new.write.name().parse().unwrap_or(c.werror);
+                }
+                Ok(json!({ "lun": lun, "rerror": new.read.name(), "werror": new.write.name() }))
+            };
+            change(ctx, edit, apply).await
         }
         "lun.resize" => {
             let p = Params::new(params, &["lun", "size", "target"])?;
@@ -184,6 +286,35 @@ async fn dispatch(
             let lun = p.u64("lun")?;
             let size = p.map_size()?;
             Ok(lun_resize(ctx, &t, lun, size).await?)
+        }
+        "config.show" => {
+            Params::new(params, &[])?;
+            let text = persist::to_toml(&ctx.running_config(), true).map_err(MethodError::Config)?;
+            let mut v = json!({ "toml": text });
+            annotate(ctx, &mut v);
+            Ok(v)
+        }
+        "config.save" => {
+            let p = Params::new(params, &["path"])?;
+            let path = match (p.opt_str("path")?, &ctx.config.write_back) {
+                (Some(path), _) => {
+                    let path = std::path::PathBuf::from(path);
+                    if !path.is_absolute() {
+                        return Err(RpcError::invalid_params(
+                            "`path` must be absolute (lunard's directory is not yours)",
+                        ));
+                    }
+                    path
+                }
+                (None, WriteBack::File(f)) => f.clone(),
+                (None, WriteBack::Off(_)) => {
+                    return Err(RpcError::invalid_params("lunard runs without --config: give the `path` to save to"))
+                }
+            };
+            let _serial = ctx.write_lock.lock().await;
+            let text = persist::to_toml(&ctx.running_config(), false).map_err(MethodError::Config)?;
+            persist::write_atomic(&path, &text, true).map_err(MethodError::Config)?;
+            Ok(json!({ "path": path.display().to_string() }))
         }
         "session.list" => {
             Params::new(params, &[])?;
@@ -349,6 +480,7 @@ async fn status(ctx: &Context, only: Option<&str>) -> Result<Value, MethodError>
         "connections": ctx.server.connections(),
         "sessions": ctx.server.sessions().iter().map(session_json).collect::<Vec<_>>(),
         "limits": limits_json(ctx),
+        "config": persistence_json(ctx),
     }))
 }
 
@@ -395,22 +527,32 @@ async fn lun_resize(ctx: &Context, t: &Arc<Target>, lun: u64, size: u64) -> Resu
         return Err(RpcError::invalid_params(format!("`size`: a mem LUN is at most {MAX_MEM_SIZE} bytes")));
     }
     dev.disk().check_resize(size).map_err(|e| RpcError::invalid_params(format!("`size`: {e}")))?;
-    let blocks = t.resize_device(lun, size).await.map_err(|e| match e {
-        TargetError::Resize(lunar_scsi::ResizeError::Backend(b)) => MethodError::Backend(format!("resize: {b}")),
-        other => MethodError::from(other),
-    })?;
-    if let Some(c) = ctx.luns.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&key) {
-        match &mut c.backend {
-            BackendSpec::Mem { size: s } | BackendSpec::Null { size: s } => *s = size,
-            BackendSpec::File { size: s, .. } => *s = s.map(|_| size),
+    // A file LUN given without `size` has the size of its file: nothing to write.
+    let edit =
+        |doc: &mut toml_edit::DocumentMut| persist::set_lun_key(doc, t.name(), lun, "size", LunValue::Size(size), true);
+    let apply = async {
+        let blocks = t.resize_device(lun, size).await.map_err(|e| match e {
+            TargetError::Resize(lunar_scsi::ResizeError::Backend(b)) => MethodError::Backend(format!("resize: {b}")),
+            other => MethodError::from(other),
+        })?;
+        if let Some(c) = ctx.luns.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&key) {
+            match &mut c.backend {
+                BackendSpec::Mem { size: s } | BackendSpec::Null { size: s } => *s = size,
+                BackendSpec::File { size: s, .. } => *s = s.map(|_| size),
+            }
         }
-    }
-    let block_size = dev.disk().block_size();
-    Ok(json!({ "lun": lun, "size": size, "blocks": blocks, "block_size": block_size }))
+        let block_size = dev.disk().block_size();
+        Ok(json!({ "lun": lun, "size": size, "blocks": blocks, "block_size": block_size }))
+    };
+    change(ctx, edit, apply).await
 }
 
 async fn lun_add(ctx: &Context, t: &Arc<Target>, spec: &str, lun: Option<u64>) -> Result<Value, RpcError> {
-    let cfg = LunConfig::parse_spec(spec).map_err(|e| RpcError::invalid_params(format!("bad LUN spec: {e}")))?;
+    let mut cfg = LunConfig::parse_spec(spec).map_err(|e| RpcError::invalid_params(format!("bad LUN spec: {e}")))?;
+    // The file is named as lunard sees it, and so written to the configuration.
+    if let BackendSpec::File { path, .. } = &mut cfg.backend {
+        *path = std::path::absolute(&*path).map_err(|e| MethodError::Backend(format!("{}: {e}", path.display())))?;
+    }
     if cfg.controller.is_some() {
         return Err(MethodError::NotSupported(
             "`controller=` in lun.add: a hot-added LUN goes to every iSCSI portal, and to the vhost-user \
@@ -448,12 +590,16 @@ async fn lun_add(ctx: &Context, t: &Arc<Target>, spec: &str, lun: Option<u64>) -
     }
     let backend = crate::daemon::open_backend(&cfg.backend, cfg.readonly).map_err(MethodError::Backend)?;
     let policies = ErrorPolicies { read: crate::daemon::policy(cfg.rerror), write: crate::daemon::policy(cfg.werror) };
-    let dev = t
-        .add_device(lun, crate::daemon::disk_config(t.name(), lun, &cfg), backend, policies)
-        .await
-        .map_err(MethodError::from)?;
-    let size = dev.disk().num_blocks().saturating_mul(u64::from(dev.disk().block_size()));
-    let description = cfg.describe();
-    ctx.luns.lock().unwrap_or_else(|e| e.into_inner()).insert((t.name().to_string(), lun), cfg);
-    Ok(json!({ "target": t.name(), "lun": lun, "size": size, "description": description }))
+    let edit = |doc: &mut toml_edit::DocumentMut| persist::add_lun(doc, t.name(), lun, &cfg);
+    let apply = async {
+        let dev = t
+            .add_device(lun, crate::daemon::disk_config(t.name(), lun, &cfg), backend, policies)
+            .await
+            .map_err(MethodError::from)?;
+        let size = dev.disk().num_blocks().saturating_mul(u64::from(dev.disk().block_size()));
+        let description = cfg.describe();
+        ctx.luns.lock().unwrap_or_else(|e| e.into_inner()).insert((t.name().to_string(), lun), cfg.clone());
+        Ok(json!({ "target": t.name(), "lun": lun, "size": size, "description": description }))
+    };
+    change(ctx, edit, apply).await
 }

@@ -74,6 +74,13 @@ pub struct Context {
     pub(crate) events: broadcast::Sender<Arc<str>>,
     /// Each vhost-user controller's socket, limits and limit counts.
     pub(crate) vhost: Vec<VhostProbe>,
+    /// The configuration the daemon started from (the LUNs as they are now
+    /// are in `luns`), and where changes are written back.
+    pub(crate) config: Config,
+    /// Held by a change from its write of the configuration file to its
+    /// end in the core, so that changes reach the file in the order they
+    /// reach the daemon.
+    pub(crate) write_lock: tokio::sync::Mutex<()>,
 }
 
 /// What the control plane reads of a vhost-user controller.
@@ -99,8 +106,8 @@ impl Context {
     ) -> Arc<Context> {
         let mut luns = HashMap::new();
         for t in &config.targets {
-            for (i, l) in t.luns.iter().enumerate() {
-                luns.insert((t.name.clone(), i as u64), l.clone());
+            for (i, l) in t.numbered() {
+                luns.insert((t.name.clone(), i), l.clone());
             }
         }
         Arc::new(Context {
@@ -112,7 +119,29 @@ impl Context {
             pauses: Mutex::new(HashMap::new()),
             events: broadcast::channel(4096).0,
             vhost,
+            config: config.clone(),
+            write_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The running configuration: the one the daemon started from, with
+    /// each target's LUNs as they are now (numbered explicitly).
+    pub fn running_config(&self) -> Config {
+        let mut c = self.config.clone();
+        let luns = self.luns.lock().unwrap_or_else(|e| e.into_inner());
+        for t in &mut c.targets {
+            let mut mine: Vec<(u64, LunConfig)> =
+                luns.iter().filter(|((tn, _), _)| *tn == t.name).map(|((_, n), l)| (*n, l.clone())).collect();
+            mine.sort_by_key(|(n, _)| *n);
+            t.luns = mine
+                .into_iter()
+                .map(|(n, mut l)| {
+                    l.number = Some(n);
+                    l
+                })
+                .collect();
+        }
+        c
     }
 
     pub(crate) fn pause_of(&self, target: &str) -> Pause {

@@ -63,6 +63,11 @@ impl Daemon {
     /// Like [`Daemon::start`], but a daemon that exits (or stays silent)
     /// before its banner is an error naming why, with its log.
     pub fn try_start(args: &[&str]) -> Result<Daemon, String> {
+        Daemon::try_start_with_env(args, &[])
+    }
+
+    /// Like [`Daemon::try_start`], with these variables added to its environment.
+    pub fn try_start_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Daemon, String> {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("run").join("lunard.sock");
         let log = dir.path().join("lunard.log");
@@ -73,6 +78,7 @@ impl Daemon {
             .arg("--control")
             .arg(&socket)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
