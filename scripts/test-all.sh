@@ -9,7 +9,9 @@
 # they catch the deliberately broken variant) -> iSCSI conformance
 # (libiscsi's iscsi-test-cu against lunard), when lunard serves iSCSI ->
 # Linux guests over vhost-user-scsi (QEMU, TCG): the guest test, then the
-# reconnect test (which installs QEMU 10 from bookworm-backports on Debian 12).
+# reconnect test (which installs QEMU 10 from bookworm-backports on Debian 12)
+# -> a Linux guest with the kernel's iSCSI initiator. After the Rust tests:
+# the Debian package, built, installed and purged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -23,6 +25,7 @@ tools=(
   iscsi-inq:libiscsi-bin iscsi-ls:libiscsi-bin iscsi-readcapacity16:libiscsi-bin
   iscsi-perf:libiscsi-bin iscsi-test-cu:libiscsi-bin
   sg_inq:sg3-utils cc:gcc mount:mount umount:mount kill:procps
+  man:man-db dpkg-deb:dpkg
 )
 need_pkgs=()
 for t in "${tools[@]}"; do
@@ -56,6 +59,9 @@ cargo test --workspace --no-fail-fast -- --nocapture 2>&1 | tee /tmp/lunar-cargo
 rc=${PIPESTATUS[0]}
 set -e
 [ "$rc" = 0 ] || { echo "cargo test failed (full log: /tmp/lunar-cargo-test.log)"; exit 1; }
+
+step "Debian package: build (the debug binaries just tested), dpkg -c, dpkg -i, man -l, start the installed lunard, purge"
+LUNAR_DEB_PROFILE=dev bash scripts/test-package.sh
 
 step "model-checked tests (shuttle) of the ownership-following protocol"
 CARGO_TARGET_DIR="$root/target/model" cargo test --quiet -p lunar-target --features shuttle --test model_follow
