@@ -98,6 +98,15 @@ pub fn parse_call(v: Value) -> Result<Call, (Value, RpcError)> {
     let id = obj.remove("id");
     let reply_id = match &id {
         None => Value::Null,
+        // A numeric id must come back exactly as sent: an integer that
+        // fits 64 bits does; a fraction or a larger number (parsed as a
+        // float) would not, and JSON-RPC 2.0 says ids SHOULD NOT have one.
+        Some(Value::Number(n)) if !n.is_i64() && !n.is_u64() => {
+            return Err((
+                Value::Null,
+                RpcError::new(INVALID_REQUEST, "invalid request: a numeric `id` must be an integer of 64 bits at most"),
+            ))
+        }
         Some(v @ (Value::String(_) | Value::Number(_) | Value::Null)) => v.clone(),
         Some(_) => {
             return Err((
@@ -214,6 +223,10 @@ mod tests {
         assert_eq!(err_code(parse_line(br#"{"jsonrpc":"1.0","method":"status","id":1}"#)), INVALID_REQUEST);
         assert_eq!(err_code(parse_line(br#"{"jsonrpc":"2.0","method":7,"id":1}"#)), INVALID_REQUEST);
         assert_eq!(err_code(parse_line(br#"{"jsonrpc":"2.0","method":"x","id":[1]}"#)), INVALID_REQUEST);
+        // Ids that could not be echoed exactly (found by the control_rpc fuzz target).
+        assert_eq!(err_code(parse_line(br#"{"jsonrpc":"2.0","method":"x","id":1.5}"#)), INVALID_REQUEST);
+        let big = br#"{"jsonrpc":"2.0","method":"x","id":4444444444444000000005633534067010495374}"#;
+        assert_eq!(err_code(parse_line(big)), INVALID_REQUEST);
         assert_eq!(err_code(parse_line(br#"{"jsonrpc":"2.0","method":"x","id":1,"params":3}"#)), INVALID_REQUEST);
         assert_eq!(err_code(parse_line(br#"{"jsonrpc":"2.0","method":"x","id":1,"params":[1]}"#)), INVALID_PARAMS);
         assert_eq!(err_code(parse_line(br#"{"jsonrpc":"2.0","method":"x","id":1,"extra":1}"#)), INVALID_REQUEST);
