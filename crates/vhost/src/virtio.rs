@@ -130,29 +130,52 @@ impl Buffers {
 
     /// `len` bytes of the device-readable part from `offset` (checked
     /// against the chain: a short chain is [`ChainError::ShortRequest`]).
-    pub fn read_at<M: GuestMemory>(&self, mem: &M, mut offset: u64, len: usize) -> Result<Vec<u8>, ChainError> {
+    pub fn read_at<M: GuestMemory>(&self, mem: &M, offset: u64, len: usize) -> Result<Vec<u8>, ChainError> {
         let total = self.readable_len();
         if offset.checked_add(len as u64).is_none_or(|end| end > total) {
             return Err(ChainError::ShortRequest(total as usize));
         }
+        // Every piece is checked against guest memory before the buffer is
+        // allocated: a chain that points outside it claims no memory here.
+        for piece in self.readable_pieces(offset, len) {
+            let (addr, n) = piece?;
+            if !mem.check_range(GuestAddress(addr), n, vm_memory::Permissions::Read) {
+                return Err(ChainError::Memory);
+            }
+        }
         let mut out = vec![0u8; len];
         let mut done = 0usize;
-        for s in &self.readable {
-            if done == len {
-                break;
-            }
-            let seg = s.len as u64;
-            if offset >= seg {
-                offset -= seg;
-                continue;
-            }
-            let n = ((seg - offset) as usize).min(len - done);
-            let addr = s.addr.checked_add(offset).ok_or(ChainError::Memory)?;
+        for piece in self.readable_pieces(offset, len) {
+            let (addr, n) = piece?;
             mem.read_slice(&mut out[done..done + n], GuestAddress(addr)).map_err(|_| ChainError::Memory)?;
             done += n;
-            offset = 0;
         }
         Ok(out)
+    }
+
+    /// The (guest address, length) pieces of `len` readable bytes from
+    /// `offset` (which the caller checked are within the chain).
+    fn readable_pieces(
+        &self,
+        mut offset: u64,
+        len: usize,
+    ) -> impl Iterator<Item = Result<(u64, usize), ChainError>> + '_ {
+        let mut done = 0usize;
+        self.readable.iter().filter_map(move |s| {
+            if done == len {
+                return None;
+            }
+            let seg = u64::from(s.len);
+            if offset >= seg {
+                offset -= seg;
+                return None;
+            }
+            let n = ((seg - offset) as usize).min(len - done);
+            let addr = s.addr.checked_add(offset).ok_or(ChainError::Memory);
+            offset = 0;
+            done += n;
+            Some(addr.map(|a| (a, n)))
+        })
     }
 
     /// Writes `data` into the writable buffers starting `offset` bytes in;
