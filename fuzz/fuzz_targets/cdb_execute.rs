@@ -86,7 +86,10 @@ fuzz_target!(|data: &[u8]| {
     let cfg = config(bits);
     let disk = Disk::new(cfg.clone(), Backend::mem(DISK_BYTES));
     let block_size = disk.block_size();
-    let nexuses = [Nexus::new("iqn.1994-05.com.example:a,i,0x23d000000001", 1), Nexus::new("iqn.1994-05.com.example:b,i,0x23d000000002", 1)];
+    let nexuses = [
+        Nexus::new("iqn.1994-05.com.example:a,i,0x23d000000001", 1),
+        Nexus::new("iqn.1994-05.com.example:b,i,0x23d000000002", 1),
+    ];
     while let Some(ctl) = input.byte() {
         let cdb_len = input.byte().unwrap_or(0) as usize;
         let cdb = input.bytes(cdb_len);

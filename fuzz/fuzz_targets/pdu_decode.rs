@@ -62,10 +62,7 @@ impl TargetRegistry for Registry {
 fn round_trip(pdu: &Pdu, hd: bool, dd: bool) {
     let wire = pdu.encode(hd, dd);
     let again = decode_frame(&wire, hd, dd);
-    assert!(
-        matches!(again, Ok(Some((ref p, n))) if p == pdu && n == wire.len()),
-        "round trip of {pdu:?}: {again:?}"
-    );
+    assert!(matches!(again, Ok(Some((ref p, n))) if p == pdu && n == wire.len()), "round trip of {pdu:?}: {again:?}");
 }
 
 fn entries() -> Vec<SendTargetsEntry> {

@@ -34,8 +34,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use lunar_vhost::virtio::{
-    cdb_len, chain_at, decode_lun, encode_resp, parse_cmd, Buffers, ChainError, MAX_TRANSFER, REQ_HEADER,
-    RESP_HEADER, S_BAD_TARGET, S_FAILURE, S_OK,
+    cdb_len, chain_at, decode_lun, encode_resp, parse_cmd, Buffers, ChainError, MAX_TRANSFER, REQ_HEADER, RESP_HEADER,
+    S_BAD_TARGET, S_FAILURE, S_OK,
 };
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
