@@ -77,18 +77,26 @@ build() {
     flags+=" -Cllvm-args=-simplifycfg-branch-fold-threshold=0"
     [[ $SANITIZER != none ]] && flags+=" -Zsanitizer=$SANITIZER"
     flags+=" -Cllvm-args=-sanitizer-coverage-stack-depth -Cdebug-assertions"
-    # One codegen unit as cargo-fuzz does (ThinLTO can inline through the
-    # instrumentation), except for the smoke build, where build time counts.
-    [[ ${SMOKE:-0} == 1 ]] || flags+=" -Ccodegen-units=1"
+    local profile=(--release --config 'profile.release.debug="line-tables-only"') dir=release
     TARGET_DIR="$FUZZ/target"
-    [[ ${SMOKE:-0} == 1 ]] && TARGET_DIR="$FUZZ/target/smoke"
+    if [[ ${SMOKE:-0} == 1 ]]; then
+        # The smoke build favours build time over speed (a fresh CI machine
+        # builds everything): the dev profile at opt-level 1, several codegen
+        # units, in a directory of its own (other RUSTFLAGS).
+        profile=(--config 'profile.dev.opt-level=1' --config 'profile.dev.debug="line-tables-only"')
+        dir=debug
+        TARGET_DIR="$FUZZ/target/smoke"
+    else
+        # One codegen unit as cargo-fuzz does (ThinLTO can then inline
+        # through the instrumentation).
+        flags+=" -Ccodegen-units=1"
+    fi
     log "building ${TARGETS[*]} (sanitizer: $SANITIZER) in $TARGET_DIR"
     local start=$SECONDS
     RUSTC_BOOTSTRAP=1 RUSTFLAGS="$flags" cargo build --manifest-path "$FUZZ/Cargo.toml" \
-        --target "$TRIPLE" --release --config 'profile.release.debug="line-tables-only"' \
-        --target-dir "$TARGET_DIR" --bins --locked -q
+        --target "$TRIPLE" "${profile[@]}" --target-dir "$TARGET_DIR" --bins --locked -q
     log "built in $((SECONDS - start)) s"
-    BIN="$TARGET_DIR/$TRIPLE/release"
+    BIN="$TARGET_DIR/$TRIPLE/$dir"
 }
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_odr_violation=0}
@@ -105,7 +113,7 @@ summarize() {
     ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
     files=$(find "$corpus" -type f | wc -l)
     size=$(du -sk "$corpus" | cut -f1)
-    printf '%-13s %6ss runs=%-10s exec/s=%-7s cov=%-6s ft=%-6s corpus=%s files/%s KiB peak_rss=%sMB %s\n' \
+    printf '%-13s wall=%ss runs=%-10s exec/s=%-7s cov=%-6s ft=%-6s corpus=%s files/%s KiB peak_rss=%sMB %s\n' \
         "$t" "$secs" "${runs:-?}" "${eps:-?}" "${cov:-?}" "${ft:-?}" "$files" "$size" "${rss:-?}" \
         "$([[ $rc == 0 ]] && echo ok || echo "FAILED (exit $rc, see $logf)")"
 }
@@ -124,9 +132,10 @@ run_target() {
         scratch=$(mktemp -d)
         dirs=("$scratch" "$corpus")
     fi
-    local rc=0
+    local rc=0 start=$SECONDS
     # shellcheck disable=SC2046
     "$BIN/$t" $(flags_for "$t") -max_total_time="$secs" -artifact_prefix="$art" "${dirs[@]}" >"$logf" 2>&1 || rc=$?
+    secs=$((SECONDS - start))
     [[ $write == 1 ]] || rm -rf "${dirs[0]}"
     summarize "$t" "$logf" "$secs" "$rc" "$corpus"
     if [[ $rc != 0 ]]; then

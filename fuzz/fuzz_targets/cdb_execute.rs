@@ -19,7 +19,8 @@
 //! from command to command.
 //!
 //! Checked: no panic; data-in no larger than MAX_TRANSFER_BYTES; a
-//! reservation state the disk asks to save restores into a fresh disk;
+//! reservation state the disk asks to save restores into a fresh disk
+//! (whole with APTPL, as just its generation without);
 //! sense of every error encodes in both formats and decodes back. No single
 //! allocation beyond `-malloc_limit_mb` (scripts/fuzz.sh: 64).
 #![no_main]
@@ -133,9 +134,18 @@ fuzz_target!(|data: &[u8]| {
                 match effect {
                     SideEffect::SaveReservations => {
                         let saved = disk.reservation_state_bytes();
+                        let now = disk.reservation_state();
                         let fresh = Disk::new(cfg.clone(), Backend::mem(DISK_BYTES));
                         fresh.restore_reservations(&saved).expect("a saved reservation state restores");
-                        assert_eq!(fresh.reservation_state_bytes(), saved);
+                        let back = fresh.reservation_state();
+                        if now.aptpl {
+                            // Persist through power loss: everything comes back.
+                            assert_eq!(fresh.reservation_state_bytes(), saved);
+                        } else {
+                            // APTPL cleared (SPC-5 5.13.5): only the generation persists.
+                            assert!(back.registrations.is_empty() && back.reservation.is_none(), "{back:?}");
+                            assert_eq!(back.generation, now.generation);
+                        }
                     }
                     SideEffect::UnitAttention { sense, .. } | SideEffect::UnitAttentionOthers { sense, .. } => {
                         check_sense(sense)
