@@ -112,8 +112,8 @@ summarize() {
     cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
     ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
     files=$(find "$corpus" -type f | wc -l)
-    size=$(du -sk "$corpus" | cut -f1)
-    printf '%-13s wall=%ss runs=%-10s exec/s=%-7s cov=%-6s ft=%-6s corpus=%s files/%s KiB peak_rss=%sMB %s\n' \
+    size=$(find "$corpus" -type f -exec cat {} + | wc -c)
+    printf '%-13s wall=%ss runs=%-10s exec/s=%-7s cov=%-6s ft=%-6s corpus=%s files/%s bytes peak_rss=%sMB %s\n' \
         "$t" "$secs" "${runs:-?}" "${eps:-?}" "${cov:-?}" "${ft:-?}" "$files" "$size" "${rss:-?}" \
         "$([[ $rc == 0 ]] && echo ok || echo "FAILED (exit $rc, see $logf)")"
 }
@@ -194,7 +194,7 @@ cmin() {
         "$BIN/$t" $(flags_for "$t") -merge=1 "$tmp" "$corpus" >"$LOGDIR/$t.cmin.log" 2>&1
         rm -rf "$corpus"
         mv "$tmp" "$corpus"
-        log "$t: corpus minimized, $before -> $(find "$corpus" -type f | wc -l) files, $(du -sh "$corpus" | cut -f1)"
+        log "$t: corpus minimized, $before -> $(find "$corpus" -type f | wc -l) files, $(find "$corpus" -type f -exec cat {} + | wc -c) bytes"
     done
 }
 
