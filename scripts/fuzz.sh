@@ -81,9 +81,9 @@ build() {
     TARGET_DIR="$FUZZ/target"
     if [[ ${SMOKE:-0} == 1 ]]; then
         # The smoke build favours build time over speed (a fresh CI machine
-        # builds everything): the dev profile at opt-level 1, several codegen
-        # units, in a directory of its own (other RUSTFLAGS).
-        profile=(--config 'profile.dev.opt-level=1' --config 'profile.dev.debug="line-tables-only"')
+        # builds everything): the dev profile (opt-level 0, several codegen
+        # units, no debug info), in a directory of its own (other RUSTFLAGS).
+        profile=(--config 'profile.dev.opt-level=0' --config 'profile.dev.debug=0')
         dir=debug
         TARGET_DIR="$FUZZ/target/smoke"
     else
