@@ -169,7 +169,7 @@ impl From<MethodError> for RpcError {
 }
 
 /// Runs one parsed call; `None` for a notification (no answer).
-pub(crate) async fn answer(ctx: &Arc<Context>, call: Result<Call, (Value, RpcError)>) -> Option<Value> {
+pub async fn answer(ctx: &Arc<Context>, call: Result<Call, (Value, RpcError)>) -> Option<Value> {
     let call = match call {
         Ok(c) => c,
         Err((id, e)) => return Some(rpc::error_response(&id, &e)),

@@ -9,7 +9,9 @@
 
 pub mod client;
 mod events;
-mod methods;
+/// Public only for the fuzz target `control_rpc` (fuzz/); not an API.
+#[doc(hidden)]
+pub mod methods;
 pub mod rpc;
 
 use std::collections::HashMap;
