@@ -63,6 +63,9 @@ set -e
 step "Debian package: build (the debug binaries just tested), dpkg -c, dpkg -i, man -l, start the installed lunard, purge"
 LUNAR_DEB_PROFILE=dev bash scripts/test-package.sh
 
+step "fuzzing smoke: the regression inputs, then each libFuzzer target (AddressSanitizer) for about 20 s from the committed corpus"
+bash scripts/fuzz.sh --smoke
+
 step "model-checked tests (shuttle) of the ownership-following protocol"
 CARGO_TARGET_DIR="$root/target/model" cargo test --quiet -p lunar-target --features shuttle --test model_follow
 

@@ -59,7 +59,7 @@ fn world() -> &'static World {
         ];
         let config = Config::from_args(args).expect("fuzz daemon configuration");
         let daemon = Daemon::start(&config).expect("fuzz daemon");
-        let ctx = Context::new(&config, daemon.targets.clone(), daemon.server.handle());
+        let ctx = Context::new(&config, daemon.targets.clone(), daemon.server.handle(), Vec::new());
         let targets = daemon.targets.clone();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         World { _daemon: std::sync::Mutex::new(daemon), ctx, targets, rt }

@@ -34,9 +34,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use lunar_vhost::virtio::{
-    cdb_len, chain_at, decode_lun, encode_resp, parse_cmd, Buffers, ChainError, MAX_TRANSFER, REQ_HEADER, RESP_HEADER,
-    S_BAD_TARGET, S_FAILURE, S_OK,
+    cdb_len, chain_at, decode_lun, encode_resp, parse_cmd, Buffers, ChainError, REQ_HEADER, RESP_HEADER, S_BAD_TARGET,
+    S_FAILURE, S_OK,
 };
+use lunar_vhost::VhostLimits;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -56,9 +57,13 @@ fn u64_at(d: &[u8], i: usize) -> u64 {
 /// The request path of `Controller::submit` and `complete` on one chain.
 fn serve(mem: &GuestMemoryMmap, b: &Buffers, cdb_size: usize, sense_size: usize, answer: &[u8]) -> u32 {
     assert_eq!(b.readable_len(), b.readable.iter().map(|s| u64::from(s.len)).sum::<u64>());
-    assert!(b.readable_len() <= MAX_TRANSFER + 4096 && b.writable_len() <= MAX_TRANSFER + 4096);
+    // As `submit`: a request over the byte limit is refused before anything is read.
+    let limits = VhostLimits::default();
+    if b.readable_len().max(b.writable_len()) > limits.max_request_bytes {
+        return 0;
+    }
     if b.readable_len() <= 64 * 1024 {
-        if let Ok(all) = b.read_all(mem) {
+        if let Ok(all) = b.read_at(mem, 0, b.readable_len() as usize) {
             assert_eq!(all.len() as u64, b.readable_len());
         }
     }
@@ -139,9 +144,10 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // (1) A chain read again by its head (inflight resubmission).
-    if let Ok(descs) = chain_at(&mem, table, qsize, head) {
-        assert!(!descs.is_empty() && descs.len() <= 4096);
-        if let Ok(b) = Buffers::collect(descs.into_iter()) {
+    let max = VhostLimits::default().max_chain_descriptors;
+    if let Ok(descs) = chain_at(&mem, table, qsize, head, max) {
+        assert!(!descs.is_empty() && descs.len() <= max as usize);
+        if let Ok(b) = Buffers::collect(descs.into_iter(), max) {
             serve(&mem, &b, cdb_size, sense_size, &answer);
         }
     }
@@ -161,7 +167,7 @@ fuzz_target!(|data: &[u8]| {
     for _ in 0..8 {
         let Some(chain) = q.pop_descriptor_chain(&mem) else { break };
         let head = chain.head_index();
-        let len = match Buffers::collect(chain.map(|d| (d.addr().0, d.len(), d.is_write_only()))) {
+        let len = match Buffers::collect(chain.map(|d| (d.addr().0, d.len(), d.is_write_only())), max) {
             Ok(b) => serve(&mem, &b, cdb_size, sense_size, &answer),
             Err(_) => 0,
         };
