@@ -103,9 +103,14 @@ cat > "$work/lunard.toml" <<EOF
 iothreads = 2
 listen = ["0.0.0.0:3260"]
 
+# (LUNs as [[target.lun]] tables: lunarctl's lun add and resize write
+# them back into this file, which it can edit in that form.)
 [[target]]
 name = "$iqn:kinit-open"
-lun = [{ spec = "backend=mem,size=512M" }, { spec = "backend=mem,size=64M" }]
+[[target.lun]]
+spec = "backend=mem,size=512M"
+[[target.lun]]
+spec = "backend=mem,size=64M"
 
 [[target]]
 name = "$iqn:kinit-chap"
