@@ -262,8 +262,6 @@ refused() { # refused RC: "refused" when the rc is not 0
     if [ -n "$1" ] && [ "$1" != 0 ]; then echo refused; else echo "accepted (rc=${1:-none})"; fi
 }
 rc_of() { ki "$1 rc=" | sed -n 's/^\([0-9]*\).*/\1/p'; }
-trim() { sed 's/^[[:space:]]*//; s/[[:space:]]*$//'; }
-sg_out() { serial | sed -n "s/^LUNAR-SG L$1 $2: //p"; }
 
 serial | grep -a "^LUNAR-KI\|^LUNAR-CUE\|^LUNAR-VM" | grep -v "wrote chunk" || true
 check_guest_result
@@ -288,32 +286,7 @@ check "digests off" "$(ki "digests open: " | head -1)" "None None"
 # Identity: sg3-utils in the guest against libiscsi on the host.
 naa_of=()
 for lun in 0 1; do
-    field() { sed -n "s/^$1:\(.*\)/\1/p" "$ref/$2$lun" | head -1 | trim; }
-    check "LUN $lun vendor" "$(sg_out $lun inq | sed -n 's/.*Vendor identification: //p' | trim)" "$(field Vendor inq)"
-    check "LUN $lun product" "$(sg_out $lun inq | sed -n 's/.*Product identification: //p' | trim)" "$(field Product inq)"
-    check "LUN $lun revision" "$(sg_out $lun inq | sed -n 's/.*Product revision level: //p' | trim)" "$(field Revision inq)"
-    serial_no=$(sed -n 's/^Unit Serial Number:\[\(.*\)\]/\1/p' "$ref/sn$lun")
-    check "LUN $lun unit serial number" "$(sg_out $lun sn | sed -n 's/.*Unit serial number: //p' | trim)" "$serial_no"
-    t10=$(sed -n 's/^Designator:\[\(LUNAR .*\)\]/\1/p' "$ref/di$lun" | awk '{ print $1, $2 }')
-    check "LUN $lun T10 vendor designator" \
-        "$(sg_out $lun di | sed -n 's/.*vendor id: //p' | trim) $(sg_out $lun di | sed -n 's/.*vendor specific: //p' | trim)" \
-        "$t10"
-    check "LUN $lun SCSI name string" "$(sg_out $lun di | grep -A1 "SCSI name string:" | tail -1 | trim)" \
-        "$(sed -n 's/^Designator:\[\(iqn[^]]*\)\]/\1/p' "$ref/di$lun" | head -1)"
-    naa=$(sg_out $lun di | { grep -A1 "designator type: NAA" || true; } | tail -1 | trim | tr 'A-F' 'a-f')
-    id=$(echo "${serial_no#LUNAR}" | tr 'A-F' 'a-f')
-    check "LUN $lun NAA 6 designator carries the serial's id" \
-        "$([[ $naa =~ ^0x6[0-9a-f]{31}$ ]] && [ -n "$id" ] && [ "${naa%"$id"}" != "$naa" ] && echo "yes ($naa)")" \
-        "yes ($naa)"
-    naa_of[lun]=$naa
-    want_blocks=$(sed -n 's/^RETURNED LOGICAL BLOCK ADDRESS:\([0-9]*\)/\1/p' "$ref/cap$lun")
-    want_bs=$(sed -n 's/^LOGICAL BLOCK LENGTH IN BYTES:\([0-9]*\)/\1/p' "$ref/cap$lun")
-    check "LUN $lun last LBA" "$(sg_out $lun readcap | sed -n 's/.*Last LBA=\([0-9]*\).*/\1/p')" "$want_blocks"
-    check "LUN $lun block size" "$(sg_out $lun readcap | sed -n 's/.*Logical block length=\([0-9]*\) bytes.*/\1/p')" "$want_bs"
-    luns=$(sg_out $lun luns | { grep -Eo '^ *[0-9a-f]{16}' || true; } | trim | while read -r l; do
-        echo $((0x${l:0:4} & 0x3fff))
-    done | tr '\n' ' ' | trim)
-    check "LUN $lun REPORT LUNS" "$luns" \
+    check_identity "$lun" \
         "$(sed -n "/^Target:$iqn:kinit-open /,/^Target:/s/^Lun:\([0-9]*\).*/\1/p" "$ref/ls" | tr '\n' ' ' | trim)"
 done
 check "NAA designators differ between LUNs" "$([ -n "${naa_of[0]}" ] && [ "${naa_of[0]}" != "${naa_of[1]}" ] && echo yes)" yes

@@ -183,6 +183,46 @@ check() {
         echo "FAIL $1: ${CHECK_GOT:-got} '$2', expected '$3'"
     fi
 }
+trim() { sed 's/^[[:space:]]*//; s/[[:space:]]*$//'; }
+# sg_out LUN TOOL: what the guest printed of sg3-utils' TOOL for LUN.
+sg_out() { serial | sed -n "s/^LUNAR-SG L$1 $2: //p"; }
+# check_identity LUN "WANT LUNS": sg3-utils in the guest against libiscsi
+# on the host ($ref/{inq,sn,di,cap}LUN): vendor, product, revision, unit
+# serial number, the T10 vendor and SCSI name designators as iSCSI shows
+# them; the NAA (binary: iscsi-inq cannot print it) must be NAA 6 and carry
+# the identifier of the serial number (lunard makes both from one id); the
+# capacity, and REPORT LUNS against WANT LUNS. Sets naa_of[LUN], want_blocks
+# and want_bs.
+check_identity() {
+    local lun=$1 want_luns=$2 serial_no t10 naa id luns
+    # shellcheck disable=SC2154 # $ref: the caller's directory of libiscsi's answers
+    field() { sed -n "s/^$1:\(.*\)/\1/p" "$ref/$2$lun" | head -1 | trim; }
+    check "LUN $lun vendor" "$(sg_out "$lun" inq | sed -n 's/.*Vendor identification: //p' | trim)" "$(field Vendor inq)"
+    check "LUN $lun product" "$(sg_out "$lun" inq | sed -n 's/.*Product identification: //p' | trim)" "$(field Product inq)"
+    check "LUN $lun revision" "$(sg_out "$lun" inq | sed -n 's/.*Product revision level: //p' | trim)" "$(field Revision inq)"
+    serial_no=$(sed -n 's/^Unit Serial Number:\[\(.*\)\]/\1/p' "$ref/sn$lun")
+    check "LUN $lun unit serial number" "$(sg_out "$lun" sn | sed -n 's/.*Unit serial number: //p' | trim)" "$serial_no"
+    t10=$(sed -n 's/^Designator:\[\(LUNAR .*\)\]/\1/p' "$ref/di$lun" | awk '{ print $1, $2 }')
+    check "LUN $lun T10 vendor designator" \
+        "$(sg_out "$lun" di | sed -n 's/.*vendor id: //p' | trim) $(sg_out "$lun" di | sed -n 's/.*vendor specific: //p' | trim)" \
+        "$t10"
+    check "LUN $lun SCSI name string" "$(sg_out "$lun" di | grep -A1 "SCSI name string:" | tail -1 | trim)" \
+        "$(sed -n 's/^Designator:\[\(iqn[^]]*\)\]/\1/p' "$ref/di$lun" | head -1)"
+    naa=$(sg_out "$lun" di | { grep -A1 "designator type: NAA" || true; } | tail -1 | trim | tr 'A-F' 'a-f')
+    id=$(echo "${serial_no#LUNAR}" | tr 'A-F' 'a-f')
+    check "LUN $lun NAA 6 designator carries the serial's id" \
+        "$([[ $naa =~ ^0x6[0-9a-f]{31}$ ]] && [ -n "$id" ] && [ "${naa%"$id"}" != "$naa" ] && echo "yes ($naa)")" \
+        "yes ($naa)"
+    naa_of[lun]=$naa
+    want_blocks=$(sed -n 's/^RETURNED LOGICAL BLOCK ADDRESS:\([0-9]*\)/\1/p' "$ref/cap$lun")
+    want_bs=$(sed -n 's/^LOGICAL BLOCK LENGTH IN BYTES:\([0-9]*\)/\1/p' "$ref/cap$lun")
+    check "LUN $lun last LBA" "$(sg_out "$lun" readcap | sed -n 's/.*Last LBA=\([0-9]*\).*/\1/p')" "$want_blocks"
+    check "LUN $lun block size" "$(sg_out "$lun" readcap | sed -n 's/.*Logical block length=\([0-9]*\) bytes.*/\1/p')" "$want_bs"
+    luns=$(sg_out "$lun" luns | { grep -Eo '^ *[0-9a-f]{16}' || true; } | trim | while read -r l; do
+        echo $((0x${l:0:4} & 0x3fff))
+    done | tr '\n' ' ' | trim)
+    check "LUN $lun REPORT LUNS" "$luns" "$want_luns"
+}
 # The guest's result line ("LUNAR-VM-RESULT: PASS ..." last on the console)
 # must say PASS.
 check_guest_result() {
