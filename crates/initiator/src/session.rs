@@ -507,17 +507,23 @@ pub struct Discovered {
     pub addresses: Vec<String>,
 }
 
-/// Connects, logs in to a discovery session (no authentication; from the
-/// security stage straight to the full feature phase), asks
-/// `SendTargets=All` (RFC 7143 Appendix C) and closes the connection.
-/// `config.target_name` is not used.
-pub fn discover(addr: impl ToSocketAddrs, config: &Config) -> Result<Vec<Discovered>, Error> {
+/// A TCP connection to the first address `addr` resolves to, within the
+/// session's timeout.
+fn connect(addr: impl ToSocketAddrs, config: &Config) -> Result<TcpStream, Error> {
     let addr = addr
         .to_socket_addrs()
         .map_err(|e| Error::io("resolve", e))?
         .next()
         .ok_or_else(|| Error::Invalid("no address to connect to".into()))?;
-    let mut stream = TcpStream::connect_timeout(&addr, config.timeout).map_err(|e| Error::io("connect", e))?;
+    TcpStream::connect_timeout(&addr, config.timeout).map_err(|e| Error::io("connect", e))
+}
+
+/// Connects, logs in to a discovery session (no authentication; from the
+/// security stage straight to the full feature phase), asks
+/// `SendTargets=All` (RFC 7143 Appendix C) and closes the connection.
+/// `config.target_name` is not used.
+pub fn discover(addr: impl ToSocketAddrs, config: &Config) -> Result<Vec<Discovered>, Error> {
+    let mut stream = connect(addr, config)?;
     stream.set_read_timeout(Some(config.timeout)).map_err(|e| Error::io("socket options", e))?;
     stream.set_write_timeout(Some(config.timeout)).map_err(|e| Error::io("socket options", e))?;
     let mut neg = Negotiation::new(config);
@@ -606,12 +612,7 @@ impl Session {
     /// Connects and logs in (no authentication): security negotiation,
     /// then operational negotiation, then the full feature phase.
     pub fn login(addr: impl ToSocketAddrs, config: &Config) -> Result<Session, Error> {
-        let addr = addr
-            .to_socket_addrs()
-            .map_err(|e| Error::io("resolve", e))?
-            .next()
-            .ok_or_else(|| Error::Invalid("no address to connect to".into()))?;
-        let mut stream = TcpStream::connect_timeout(&addr, config.timeout).map_err(|e| Error::io("connect", e))?;
+        let mut stream = connect(addr, config)?;
         let setup = |s: &TcpStream| -> std::io::Result<()> {
             s.set_nodelay(true)?;
             s.set_read_timeout(Some(config.timeout))?;
