@@ -59,6 +59,21 @@ impl FaultBackend {
         self.delay_us.store(delay.as_micros() as u64, Ordering::SeqCst);
     }
 
+    /// The delay in force.
+    pub fn delay(&self) -> Duration {
+        Duration::from_micros(self.delay_us.load(Ordering::SeqCst))
+    }
+
+    /// The errno reads fail with (0: none).
+    pub fn read_errno(&self) -> i32 {
+        self.read_errno.load(Ordering::SeqCst)
+    }
+
+    /// The errno write-type operations fail with (0: none).
+    pub fn write_errno(&self) -> i32 {
+        self.write_errno.load(Ordering::SeqCst)
+    }
+
     /// Holds every write-type operation (write, flush, discard, write
     /// zeroes) before it reaches the inner backend, until called with
     /// `false`, which releases the held ones too.

@@ -68,6 +68,10 @@ struct Session {
 
 struct PendingTmf {
     itt: u32,
+    function: TaskMgmtFunction,
+    lun: u64,
+    /// When it arrived (its response says how long it waited).
+    since: std::time::Instant,
     waiting: HashSet<u32>,
     core_pending: usize,
     close_after: bool,
@@ -1170,7 +1174,23 @@ impl Conn {
             return self.reject_pdu(&Pdu::TaskMgmtRequest(t), RejectReason::ProtocolError).await;
         }
         let lun = lunar_scsi::lun::decode_lun(t.lun.to_be_bytes()).unwrap_or(u64::MAX);
-        let mut pending = PendingTmf { itt: t.itt, waiting: HashSet::new(), core_pending: 0, close_after: false };
+        self.shared.tmfs.received(t.function);
+        tracing::info!(
+            peer = %self.peer,
+            function = super::tmf::function_name(t.function),
+            lun,
+            referenced_itt = t.referenced_task_tag,
+            "task management request"
+        );
+        let mut pending = PendingTmf {
+            itt: t.itt,
+            function: t.function,
+            lun,
+            since: std::time::Instant::now(),
+            waiting: HashSet::new(),
+            core_pending: 0,
+            close_after: false,
+        };
         let response = match t.function {
             TaskMgmtFunction::AbortTask => {
                 if self.tasks.contains_key(&t.referenced_task_tag) {
@@ -1218,6 +1238,7 @@ impl Conn {
             _ => TmfResponseCode::FunctionNotSupported,
         };
         if response != TmfResponseCode::FunctionComplete || (pending.waiting.is_empty() && pending.core_pending == 0) {
+            self.tmf_answered(&pending, response);
             let flow = self
                 .send(Pdu::TaskMgmtResponse(TaskMgmtResponse {
                     response,
@@ -1286,6 +1307,7 @@ impl Conn {
             done
         };
         for t in done {
+            self.tmf_answered(&t, TmfResponseCode::FunctionComplete);
             self.queue_out(Pdu::TaskMgmtResponse(TaskMgmtResponse {
                 response: TmfResponseCode::FunctionComplete,
                 itt: t.itt,
@@ -1298,6 +1320,19 @@ impl Conn {
             }
         }
         flow
+    }
+
+    /// Counts and logs the response to a task management function.
+    fn tmf_answered(&self, t: &PendingTmf, response: TmfResponseCode) {
+        self.shared.tmfs.answered(response);
+        tracing::info!(
+            peer = %self.peer,
+            function = super::tmf::function_name(t.function),
+            lun = t.lun,
+            response = super::tmf::response_name(response),
+            waited_ms = t.since.elapsed().as_millis() as u64,
+            "task management response"
+        );
     }
 
     async fn finish_tmfs(&mut self) -> Flow {
