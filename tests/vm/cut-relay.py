@@ -10,7 +10,8 @@ that many bytes, then closes both sides (shutdown, close): the cut lands
 wherever that byte falls, usually inside a PDU. The relay follows the
 iSCSI PDUs of that direction (48-byte BHS, TotalAHSLength, DataSegmentLength
 padded to 4; no digests) to say where each cut fell. After CUTS cuts it
-relays without cutting. One line per event on stdout:
+relays without cutting. It also prints the keys of the target's Login
+Responses. One line per event on stdout:
   "relay: listening ...", "relay: connection N", "relay: cut N after B bytes
   (in the data segment of a SCSI Data-Out PDU, byte 1234 of 65536)", ...
 Bounded: it runs until killed.
@@ -33,13 +34,16 @@ def addr(s):
 
 
 class PduTracker:
-    """Where the next byte of a PDU stream falls (no digests)."""
+    """Where the next byte of a PDU stream falls (no digests); the data
+    segments of Login Responses (opcode 0x23) are kept in `logins`."""
 
     def __init__(self):
         self.header = b""
         self.left = 0  # bytes of the current PDU after its BHS
         self.total = 0
         self.opcode = None
+        self.body = b""
+        self.logins = []
 
     def feed(self, data):
         i = 0
@@ -55,14 +59,19 @@ class PduTracker:
                     self.opcode = h[0] & 0x3F
                     self.total = ahs + dsl + (-dsl % 4)
                     self.left = self.total
+                    self.body = b""
                     if self.left == 0:
                         self.header = b""
             else:
                 take = min(self.left, len(data) - i)
+                if self.opcode == 0x23:
+                    self.body += data[i:i + take]
                 self.left -= take
                 i += take
                 if self.left == 0:
                     self.header = b""
+                    if self.opcode == 0x23:
+                        self.logins.append(self.body.rstrip(b"\0").split(b"\0"))
 
     def where(self):
         name = OPCODES.get(self.opcode, "opcode %#x" % (self.opcode or 0))
@@ -138,6 +147,9 @@ class Relay:
                     dst.sendall(data)
                     tracker.feed(data)
                     sent += len(data)
+                    while tracker.logins:
+                        keys = [k.decode("utf-8", "replace") for k in tracker.logins.pop(0) if k]
+                        self.say("connection %d: login response keys: %s" % (n, " ".join(keys)))
             except OSError:
                 pass
             close_both()

@@ -11,8 +11,11 @@
 #
 # Targets (the host's lunard.toml): kinit-open (no CHAP; LUN 0 512 MiB,
 # LUN 1 64 MiB), kinit-chap (one-way CHAP), kinit-mutual (mutual CHAP),
-# kinit-recover (a file LUN, for the kill/restart loop) on portal A;
-# kinit-dchap on portal B, whose discovery needs CHAP.
+# kinit-recover (a file LUN, for the write loops; with a TargetAlias),
+# kinit-slow (a mem LUN with fault=on) on portal A; kinit-dchap on portal
+# B, whose discovery needs CHAP. lunar.cut= is the host's relay to portal
+# A, which cuts connections mid-PDU. lunar.only=STEP,... runs only those
+# steps (slow, cut, recovery) after discovery, for working on them.
 # shellcheck source-path=SCRIPTDIR source=guest-lib.sh
 . /guest-lib.sh
 result_dmesg="iscsi\|connection\|session\|I/O error\|EXT4\|sd [0-9]"
@@ -314,11 +317,9 @@ if ! wait_until 200 has "$T0" 0 || ! wait_until 100 has "$T0" 1; then
 fi
 ki "open LUNs $(disk "$T0" 0) $(sectors "$T0" 0) $(disk "$T0" 1) $(sectors "$T0" 1)"
 ki "digests open: $(digests "$T0")"
-# What the kernel keeps of the session (TargetAlias in sysfs) and what
-# iscsiadm -m session -P 3 shows of it, for the host to check.
-for x in /sys/class/iscsi_session/session*; do
-    [ "$(cat "$x/targetname")" = "$T0" ] && ki "alias open: $(cat "$x/targetalias")"
-done
+# What iscsiadm -m session -P 3 shows of the session, for the host to
+# check. (iscsi_tcp keeps no targetalias in sysfs: the host checks the
+# TargetAlias in the Login Responses its relay saw.)
 iscsiadm -m session -P 3 > /tmp/p3 2>&1
 ki "session -P 3 rc=$?"
 sed 's/^/LUNAR-P3: /' /tmp/p3

@@ -10,8 +10,8 @@
 # 192.0.2.1 through slirp, lunard sees that address as the local end and
 # must advertise it (not 0.0.0.0) in SendTargets, and the guest logs in to
 # the discovered records. Two lunard processes: A (port 3260; targets
-# kinit-open, kinit-chap, kinit-mutual, kinit-recover) and B (port 3261,
-# discovery CHAP; target kinit-dchap).
+# kinit-open, kinit-chap, kinit-mutual, kinit-recover, kinit-slow) and B
+# (port 3261, discovery CHAP; target kinit-dchap).
 #
 # Checks: SendTargets discovery with and without discovery CHAP (a wrong
 # secret and none refused), the advertised portal reached, two LUNs,
@@ -20,19 +20,32 @@
 # file system + e2fsck clean, sg_inq / sg_vpd / sg_readcap / sg_luns in the
 # guest equal to what libiscsi's tools report on the host, logout and
 # login again, a LUN hot-added (lunarctl lun add) and one resized (lunarctl
-# lun resize) seen after `iscsiadm -m session --rescan`. Then recovery: an
-# O_DIRECT write loop (four 64 KiB writes in flight) on kinit-recover (a
-# file LUN) while lunard A is killed with SIGKILL and started again
-# $KILLS times and its session is killed once (lunarctl session kill); no
-# write may fail and every chunk written must read back; the reconnects and
-# the longest stall are reported.
+# lun resize) seen after `iscsiadm -m session --rescan`, what `iscsiadm -m
+# session -P 3` shows, the TargetAlias in the Login Responses. A slow
+# backend (kinit-slow, fault=on, slowed by lunarctl lun fault beyond the
+# guest's 3 s command timeout) drives the kernel's SCSI error handler:
+# ABORT TASK, then LU reset and target reset (sg_reset -d, -t: the error
+# handler's own entry points) must reach lunard in that order, be answered
+# FUNCTION COMPLETE, and the writes in flight complete and read back. Then
+# recovery: an O_DIRECT write loop (four 64 KiB writes in flight) on
+# kinit-recover (a file LUN), first through tests/vm/cut-relay.py, which
+# cuts the connection $CUTS times after a random number of bytes (inside
+# PDUs, inside data segments), then at portal A while lunard A is killed
+# with SIGKILL and started again $KILLS times and its session is killed
+# once (lunarctl session kill); no write may fail and every chunk written
+# must read back; the cuts, kills, reconnects and the longest stall are
+# reported. Needs python3 (the relay).
 #
 # Needs root (network namespace). Installs what it needs on Debian 12.
 # Bounded: QEMU is killed after $GUEST_TIMEOUT s.
 # usage: tests/vm/kernel-initiator.sh
-# env: GUEST_TIMEOUT (s, default 330), KILLS (SIGKILLs of lunard, default 3),
-#      DOWN (s lunard stays dead, default 1), KEEP_LOGS (a directory: keep
-#      the serial console and lunard logs there)
+# env: GUEST_TIMEOUT (s, default 420), KILLS (SIGKILLs of lunard, default 3),
+#      DOWN (s lunard stays dead, default 1), CUTS (connections cut by the
+#      relay, default 4), SLOW_MS (the slow backend's delay, default 60000),
+#      SLOW_MAX (s at most before the delay is removed, default 40), ONLY
+#      (slow,cut,recovery: only those guest steps, for working on them; the
+#      other checks fail), KEEP_LOGS (a directory: keep the serial console
+#      and lunard logs there)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -106,7 +119,7 @@ addr=192.0.2.1
 inns() { ip netns exec "$ns" "$@"; }
 
 iqn=iqn.2026-11.dev.lunar
-alias="Lunar kernel-initiator test (open)"
+alias="Lunar kernel-initiator test (recover)"
 cat > "$work/lunard.toml" <<EOF
 iothreads = 2
 listen = ["0.0.0.0:3260"]
@@ -115,7 +128,6 @@ listen = ["0.0.0.0:3260"]
 # them back into this file, which it can edit in that form.)
 [[target]]
 name = "$iqn:kinit-open"
-alias = "$alias"
 [[target.lun]]
 spec = "backend=mem,size=512M"
 [[target.lun]]
@@ -134,6 +146,7 @@ lun = [{ spec = "backend=mem,size=16M" }]
 
 [[target]]
 name = "$iqn:kinit-recover"
+alias = "$alias"
 lun = [{ spec = "backend=file,path=$work/recover.img,size=64M" }]
 
 [[target]]
@@ -259,7 +272,7 @@ write_stop() {
 }
 cut_at='' cut_stopped='' cut_mark=0 cut_seen=0
 relay_cuts() { grep -c "^relay: cut " "$work/relay.log" 2>/dev/null || true; }
-cut() {
+cut_phase() {
     [ -n "$cut_at" ] && [ -z "$cut_stopped" ] || return 0
     local n c
     n=$(relay_cuts)
@@ -318,7 +331,7 @@ cues() {
     if [ -z "$cut_at" ] && serial_has "^LUNAR-CUE: cut"; then
         cut_at=$(date +%s)
     fi
-    cut
+    cut_phase
     if [ -z "$recovery" ] && serial_has "^LUNAR-CUE: recovery"; then
         recovery=$(date +%s)
         mark=0
@@ -364,7 +377,7 @@ check "SendTargets on the wildcard portal: rc" "$(rc_of "discovery A")" 0
 check "SendTargets: every target advertised at $addr:3260,1 (not 0.0.0.0)" \
     "$(serial | sed -n 's/^LUNAR-KI: discovered A: //p' | tr ' ' '=' | sort | tr '\n' ' ' | trim)" \
     "$(all_targets "$addr:3260,1=$iqn:kinit-chap" "$addr:3260,1=$iqn:kinit-mutual" "$addr:3260,1=$iqn:kinit-open" \
-        "$addr:3260,1=$iqn:kinit-recover")"
+        "$addr:3260,1=$iqn:kinit-recover" "$addr:3260,1=$iqn:kinit-slow")"
 check "login to the discovered record (portal as advertised)" "$(rc_of "login open")" 0
 check "discovery CHAP: discovery without CHAP" "$(refused "$(rc_of "discovery B without CHAP")")" refused
 check "discovery CHAP: wrong secret" "$(refused "$(rc_of "discovery B wrong CHAP secret")")" refused
@@ -377,11 +390,14 @@ check "digests off" "$(ki "digests open: " | head -1)" "None None"
 
 # TargetAlias and what iscsiadm -m session -P 3 shows of the session. The
 # bursts: the guest offers FirstBurstLength 256 KiB and MaxBurstLength
-# 16776192; lunard declares MaxBurstLength 1 MiB and caps FirstBurstLength
-# at its unsolicited-data budget per command (64 KiB with the default
-# limits), and both sides take the smaller value.
-want_fbl=65536 want_mbl=1048576
-check "TargetAlias (sysfs targetalias)" "$(ki "alias open: ")" "$alias"
+# 16776192; lunard declares FirstBurstLength 256 KiB and MaxBurstLength
+# 1 MiB, and both sides take the smaller value.
+want_fbl=262144 want_mbl=1048576
+# (Linux's iscsi_tcp keeps the alias but shows it nowhere: no targetalias
+# in sysfs, nothing in -P 3; the relay shows the Login Responses open-iscsi
+# received from kinit-recover.)
+check "TargetAlias in the Login Responses the guest received (kinit-recover)" \
+    "$(grep -o "login response keys: .*TargetAlias=[^=]*TargetPortalGroupTag" "$work/relay.log" | head -1 | sed 's/.*TargetAlias=//; s/ TargetPortalGroupTag$//')" "$alias"
 p3() { serial | sed -n 's/^LUNAR-P3: //p' | sed -n "/^Target: $iqn:kinit-open/,/^Target: /p" | trim | sed -n "s/^$1//p" | head -1 | trim; }
 echo "iscsiadm -m session -P 3:"
 serial | sed -n 's/^LUNAR-P3: /  /p'

@@ -224,7 +224,11 @@ mod tests {
         let t = std::time::Instant::now();
         rt.block_on(f.read(0, 512)).unwrap();
         shorter.join().unwrap();
-        assert!(t.elapsed() >= Duration::from_millis(300) && t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(300) && t.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            t.elapsed()
+        );
         assert_eq!((f.read_errno(), f.write_errno()), (0, 0));
     }
 }
