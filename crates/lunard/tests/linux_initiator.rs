@@ -131,3 +131,35 @@ fn a_login_with_the_isid_of_a_live_session_reinstates_it() {
     assert!(r.response.is_good(), "{:?}", r.response);
     assert_eq!(r.response.data, written);
 }
+
+#[test]
+fn a_tmf_whose_connection_ends_first_is_logged_not_answered() {
+    let d = Daemon::start(&["--lun", "backend=mem,size=4M,fault=on"]);
+    // An initiator that gives up on a TMF after 1 s, as Linux does after
+    // its abort timeout, and drops the connection.
+    let config = Config { timeout: Duration::from_secs(1), ..Config::new(IQN) };
+    let s = Session::login(d.addr(), &config).unwrap();
+    let bs = s.block_size(0) as usize;
+    d.call("lun.fault", json!({ "lun": 0, "delay_ms": 60_000 })).unwrap();
+    let tag = s.submit_write(0, 0, vec![1; bs * 8], false).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let e = s.task_management(F::AbortTask, 0, Some(tag)).unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    drop(s);
+    d.call("lun.fault", json!({ "lun": 0, "delay_ms": 0 })).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(&d.log).unwrap();
+        if log.contains("task management not answered: the connection ended first") {
+            assert!(!log.contains("task management response"), "{log}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no log line:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let c = tmf_counts(&d);
+    assert_eq!((c["received"]["abort_task"].as_u64(), c["answered"]["function_complete"].as_u64()), (Some(1), Some(0)));
+    // The LUN serves a new session.
+    let s = login(&d);
+    assert!(s.execute_retrying_ua(&s.read_command(0, 0, 8), 3).unwrap().response.is_good());
+}

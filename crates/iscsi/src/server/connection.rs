@@ -435,6 +435,17 @@ impl Conn {
     }
 
     async fn cleanup(&mut self) {
+        // A TMF still waiting for its commands has no connection to be
+        // answered on (ErrorRecoveryLevel 0): the initiator gave up on it.
+        for t in std::mem::take(&mut self.tmfs) {
+            tracing::info!(
+                peer = %self.peer,
+                function = super::tmf::function_name(t.function),
+                lun = t.lun,
+                waited_ms = t.since.elapsed().as_millis() as u64,
+                "task management not answered: the connection ended first"
+            );
+        }
         if let Some(s) = self.session.take() {
             for (lun, q) in s.queues {
                 // I_T nexus loss. Its unit attention outlives the session
