@@ -59,6 +59,17 @@ fn auth(chap: &Option<Chap>, mutual: &Option<Chap>) -> AuthPolicy {
     }
 }
 
+/// How the iSCSI server lets initiators into target `t`: its name, ACL
+/// and authentication (at start and after each runtime change).
+pub(crate) fn login_target(t: &crate::config::TargetConfig) -> LoginTarget {
+    LoginTarget {
+        name: t.name.clone(),
+        alias: None,
+        allowed_initiators: (!t.allow_initiators.is_empty()).then(|| t.allow_initiators.clone()),
+        auth: auth(&t.chap, &t.mutual_chap),
+    }
+}
+
 /// A stable 64-bit identity for a LUN (the NAA designator of VPD 0x83).
 fn naa_id(target: &str, lun: u64) -> u64 {
     let mut h = DefaultHasher::new();
@@ -154,15 +165,7 @@ impl Daemon {
                     restore_reservations(&dev, path).map_err(err)?;
                 }
             }
-            entries.push(TargetEntry {
-                config: LoginTarget {
-                    name: t.name.clone(),
-                    alias: None,
-                    allowed_initiators: (!t.allow_initiators.is_empty()).then(|| t.allow_initiators.clone()),
-                    auth: auth(&t.chap, &t.mutual_chap),
-                },
-                core: core.clone(),
-            });
+            entries.push(TargetEntry { config: login_target(t), core: core.clone() });
             targets.push(core);
         }
         let server = Server::start(ServerConfig {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lunard::control::client::{Client, ClientError};
-use lunard::ctl_cli::{Cli, Cmd, ConfigCmd, LunCmd, SessionCmd};
+use lunard::ctl_cli::{AclCmd, ChapCmd, Cli, Cmd, ConfigCmd, LunCmd, PortalCmd, SessionCmd, TargetCmd};
 use serde_json::{json, Value};
 
 fn main() -> ExitCode {
@@ -44,6 +44,18 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
         Cmd::Session(SessionCmd::List) => ("session.list", json!({})),
         Cmd::Session(SessionCmd::Kill { id }) => ("session.kill", json!({ "id": id })),
         Cmd::Events => return events(cli, &mut c),
+        Cmd::Top { interval, count } => return top(cli, &mut c, *interval, *count),
+        Cmd::Target(TargetCmd::Add { name }) => ("target.add", json!({ "name": name })),
+        Cmd::Target(TargetCmd::Remove { name }) => ("target.remove", json!({ "name": name })),
+        Cmd::Acl(AclCmd::Add { initiator }) => ("acl.add", json!({ "initiator": initiator })),
+        Cmd::Acl(AclCmd::Remove { initiator, open }) => ("acl.remove", json!({ "initiator": initiator, "open": open })),
+        Cmd::Chap(ChapCmd::Set { user, secret_file, mutual }) => {
+            let secret = read_secret(secret_file.as_deref())?;
+            ("chap.set", json!({ "user": user, "secret": secret, "mutual": mutual }))
+        }
+        Cmd::Chap(ChapCmd::Clear { mutual }) => ("chap.clear", json!({ "mutual": mutual })),
+        Cmd::Portal(PortalCmd::Add { address }) => ("portal.add", json!({ "address": address })),
+        Cmd::Portal(PortalCmd::Remove { address }) => ("portal.remove", json!({ "address": address })),
         Cmd::Config(ConfigCmd::Show) => ("config.show", json!({})),
         Cmd::Config(ConfigCmd::Save { path }) => {
             let path = match path {
@@ -56,7 +68,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
         }
     };
     let params = match &cli.cmd {
-        Cmd::Session(_) | Cmd::Config(_) => params,
+        Cmd::Session(_) | Cmd::Config(_) | Cmd::Target(_) | Cmd::Portal(_) => params,
         _ => with_target(cli, params),
     };
     let result = c.call(method, params)?;
@@ -88,17 +100,113 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
         ),
         Cmd::Session(SessionCmd::List) => print_sessions(&result),
         Cmd::Session(SessionCmd::Kill { id }) => println!("session {id} ended"),
-        Cmd::Events => {}
+        Cmd::Events | Cmd::Top { .. } => {}
+        Cmd::Target(TargetCmd::Add { name }) => {
+            println!("target {name} added (no LUN yet: lunarctl --target {name} lun add SPEC)")
+        }
+        Cmd::Target(TargetCmd::Remove { name }) => {
+            println!("target {name} removed ({} sessions closed)", s(&result["sessions_closed"]))
+        }
+        Cmd::Acl(_) => match result["acl"].as_array().map(Vec::len) {
+            Some(0) | None => println!("target {}: every initiator may log in", s(&result["target"])),
+            Some(_) => println!("target {}: initiators allowed: {}", s(&result["target"]), s(&result["acl"])),
+        },
+        Cmd::Chap(_) => println!("target {}: {}", s(&result["target"]), chap_text(&result["chap"])),
+        Cmd::Portal(PortalCmd::Add { .. }) => println!("listening on {}", s(&result["portal"])),
+        Cmd::Portal(PortalCmd::Remove { .. }) => println!("no longer listening on {}", s(&result["portal"])),
         Cmd::Config(ConfigCmd::Show) => print!("{}", result["toml"].as_str().unwrap_or("")),
         Cmd::Config(ConfigCmd::Save { .. }) => println!("saved to {}", s(&result["path"])),
     }
     // A change says whether it outlives the daemon.
-    if let Cmd::Lun(_) = &cli.cmd {
+    if let Cmd::Lun(_) | Cmd::Target(_) | Cmd::Acl(_) | Cmd::Chap(_) | Cmd::Portal(_) = &cli.cmd {
         match (result["persistent"].as_bool(), result["config"].as_str()) {
             (Some(true), Some(file)) => println!("written to {file}"),
             (Some(false), _) => println!("not persistent: {}", s(&result["note"])),
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// The CHAP secret: the first line of `file`, or of standard input (a
+/// secret on the command line would be visible to every user in `ps`).
+fn read_secret(file: Option<&std::path::Path>) -> Result<String, ClientError> {
+    let text = match file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| ClientError::Protocol(format!("cannot read the secret from {}: {e}", f.display())))?,
+        None => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprint!("CHAP secret (12 to 255 bytes; the input is shown): ");
+            }
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| ClientError::Protocol(format!("cannot read the secret from standard input: {e}")))?;
+            line
+        }
+    };
+    let secret = text.lines().next().unwrap_or("").to_string();
+    if secret.is_empty() {
+        return Err(ClientError::Protocol(
+            "no CHAP secret: give it on standard input (one line) or with --secret-file PATH".into(),
+        ));
+    }
+    Ok(secret)
+}
+
+/// `on (user alice), mutual (user bob)`, `off`.
+fn chap_text(c: &Value) -> String {
+    if c["enabled"].as_bool() != Some(true) {
+        return "CHAP off".into();
+    }
+    let mut t = format!("CHAP on (user {})", s(&c["user"]));
+    if c["mutual"].as_bool() == Some(true) {
+        t.push_str(&format!(", mutual (user {})", s(&c["mutual_user"])));
+    }
+    t
+}
+
+/// `lunarctl top`: a `status` per interval, the differences printed.
+fn top(cli: &Cli, c: &mut Client, interval: f64, count: Option<u64>) -> Result<(), ClientError> {
+    if !(0.05..=3600.0).contains(&interval) {
+        return Err(ClientError::Protocol(format!(
+            "--interval {interval}: give a number of seconds from 0.05 to 3600"
+        )));
+    }
+    let params = with_target(cli, json!({}));
+    let mut before = lunard::top::Sample::of_status(&c.call("status", params.clone())?);
+    let mut at = std::time::Instant::now();
+    let mut n = 0u64;
+    while count.is_none_or(|c| n < c) {
+        std::thread::sleep(std::time::Duration::from_secs_f64(interval));
+        let status = c.call("status", params.clone())?;
+        let now = std::time::Instant::now();
+        let secs = now.duration_since(at).as_secs_f64();
+        let after = lunard::top::Sample::of_status(&status);
+        let rows = lunard::top::interval(&before, &after, secs);
+        let time =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        if cli.json {
+            println!("{}", lunard::top::to_json(&rows, time, secs));
+        } else {
+            if n > 0 {
+                println!();
+            }
+            let title = format!(
+                "lunard {} (pid {}): {}, {:.2} s interval, {} sessions",
+                s(&status["version"]),
+                s(&status["pid"]),
+                s(&status["state"]),
+                secs,
+                status["sessions"].as_array().map_or(0, Vec::len)
+            );
+            print!("{}", lunard::top::render(&rows, &title));
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        before = after;
+        at = now;
+        n += 1;
     }
     Ok(())
 }
@@ -189,6 +297,11 @@ fn print_status(r: &Value) {
     for t in r["targets"].as_array().into_iter().flatten() {
         let by = if t["paused_by"].is_null() { String::new() } else { format!(" (by {})", s(&t["paused_by"])) };
         println!("target {}: {}{by}", s(&t["name"]), s(&t["state"]));
+        let acl = match t["acl"].as_array().map(Vec::len) {
+            Some(0) | None => "any initiator".to_string(),
+            Some(_) => s(&t["acl"]),
+        };
+        println!("  access: {acl}; {}", chap_text(&t["chap"]));
         let mut rows = vec![vec![
             "LUN".to_string(),
             "BACKEND".into(),

@@ -425,5 +425,6 @@ pub(crate) fn merge(cli: Cli, file: Option<FileSettings>, env: &Env) -> Result<C
         log,
         limits,
         write_back,
+        listen_from_cli: !cli.listen.is_empty(),
     })
 }

@@ -16,10 +16,17 @@
 //! | `lun.resize` | `lun`, `size` (bytes or "2G"), `target?` | `{lun, size, blocks, block_size}` |
 //! | `config.show` | | `{toml, file, persistent, note?}`: the running configuration, CHAP secrets redacted |
 //! | `config.save` | `path?` (absolute; default the `--config` file) | `{path}`: the running configuration written there |
+//! | `target.add` | `name` | `{target, added}`: a target without LUN, ACL or CHAP |
+//! | `target.remove` | `name` | `{target, removed, sessions_closed}`: its sessions asked to log out, then closed; its LUNs flushed and removed |
+//! | `acl.add` / `acl.remove` | `initiator`, `target?`, `open?` (remove the last name) | `{target, acl}` |
+//! | `chap.set` | `user`, `secret`, `mutual?`, `target?` | `{target, chap}` (no secret) |
+//! | `chap.clear` | `mutual?` (only the mutual pair), `target?` | `{target, chap}` |
+//! | `portal.add` / `portal.remove` | `address` | `{portal}` (the address bound) |
 //! | `session.list` | | `[session]` |
 //!
 //! The answer of a change (`lun.add`, `lun.remove`, `lun.resize`,
-//! `lun.set_error_policy`, `lun.move`) says whether it outlives the daemon:
+//! `lun.set_error_policy`, `lun.move`, and the methods of
+//! [`super::manage`]: targets, ACLs, CHAP, portals) says whether it outlives the daemon:
 //! `persistent: true` and `config: FILE` when it was written into the
 //! `--config` file (before it was made: a change the file cannot take
 //! fails with the reason and changes nothing), else `persistent: false`
@@ -70,7 +77,7 @@ fn annotate(ctx: &Context, v: &mut Value) {
 /// that cannot be read, edited or written fails the change with the
 /// reason, and nothing changes. If `apply` then fails, the file is put
 /// back. Without a file, `apply` alone. Changes are serialised.
-async fn change(
+pub(super) async fn change(
     ctx: &Context,
     edit: impl FnOnce(&mut toml_edit::DocumentMut) -> Result<(), String>,
     apply: impl std::future::Future<Output = Result<Value, RpcError>>,
@@ -125,6 +132,12 @@ pub enum MethodError {
     NoSuchThread(u64, usize),
     #[error("no session {0}")]
     NoSuchSession(u64),
+    #[error("a target named {0} already exists")]
+    TargetExists(String),
+    #[error("already listening on {0}")]
+    PortalExists(std::net::SocketAddr),
+    #[error("no portal {0} (the portals: {1})")]
+    NoSuchPortal(std::net::SocketAddr, String),
     #[error("not supported: {0}")]
     NotSupported(String),
     #[error("{0}")]
@@ -148,6 +161,8 @@ impl MethodError {
             MethodError::Backend(_) => -32006,
             MethodError::NotSupported(_) => -32007,
             MethodError::Config(_) => -32008,
+            MethodError::TargetExists(_) => -32009,
+            MethodError::PortalExists(_) | MethodError::NoSuchPortal(..) => -32010,
         }
     }
 }
@@ -316,6 +331,28 @@ async fn dispatch(
             persist::write_atomic(&path, &text, true).map_err(MethodError::Config)?;
             Ok(json!({ "path": path.display().to_string() }))
         }
+        "target.add" => {
+            let p = Params::new(params, &["name"])?;
+            super::manage::target_add(ctx, p.str("name")?).await
+        }
+        "target.remove" => {
+            let p = Params::new(params, &["name"])?;
+            super::manage::target_remove(ctx, p.str("name")?).await
+        }
+        "acl.add" | "acl.remove" => {
+            let p = Params::new(params, &["initiator", "target", "open"])?;
+            super::manage::acl(ctx, method == "acl.add", &p).await
+        }
+        "chap.set" => {
+            let p = Params::new(params, &["user", "secret", "mutual", "target"])?;
+            super::manage::chap(ctx, true, &p).await
+        }
+        "chap.clear" => {
+            let p = Params::new(params, &["mutual", "target"])?;
+            super::manage::chap(ctx, false, &p).await
+        }
+        "portal.add" => super::manage::portal_add(ctx, &Params::new(params, &["address"])?).await,
+        "portal.remove" => super::manage::portal_remove(ctx, &Params::new(params, &["address"])?).await,
         "session.list" => {
             Params::new(params, &[])?;
             Ok(Value::Array(ctx.server.sessions().iter().map(session_json).collect()))
@@ -347,24 +384,23 @@ impl Params<'_> {
     }
 }
 
-fn names(ctx: &Context) -> String {
-    ctx.targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+fn names(targets: &[Arc<Target>]) -> String {
+    targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
 }
 
-fn select_one(ctx: &Context, name: Option<&str>) -> Result<Arc<Target>, MethodError> {
+pub(super) fn select_one(ctx: &Context, name: Option<&str>) -> Result<Arc<Target>, MethodError> {
+    let targets = ctx.targets();
     match name {
-        Some(n) => {
-            ctx.targets.iter().find(|t| t.name() == n).cloned().ok_or_else(|| MethodError::NoSuchTarget(n.into()))
-        }
-        None if ctx.targets.len() == 1 => Ok(ctx.targets[0].clone()),
-        None => Err(MethodError::TargetNeeded(names(ctx))),
+        Some(n) => targets.iter().find(|t| t.name() == n).cloned().ok_or_else(|| MethodError::NoSuchTarget(n.into())),
+        None if targets.len() == 1 => Ok(targets[0].clone()),
+        None => Err(MethodError::TargetNeeded(names(&targets))),
     }
 }
 
 fn select_all(ctx: &Context, name: Option<&str>) -> Result<Vec<Arc<Target>>, MethodError> {
     match name {
         Some(_) => Ok(vec![select_one(ctx, name)?]),
-        None => Ok(ctx.targets.clone()),
+        None => Ok(ctx.targets()),
     }
 }
 
@@ -453,8 +489,11 @@ async fn status(ctx: &Context, only: Option<&str>) -> Result<Value, MethodError>
                 "stats": crate::metrics::stats_json(&dev.stats().snapshot()),
             }));
         }
+        let access = super::manage::live_target(ctx, t.name());
         out.push(json!({
             "name": t.name(),
+            "acl": access.as_ref().map(|a| a.allow_initiators.clone()).unwrap_or_default(),
+            "chap": access.as_ref().map(super::manage::chap_json),
             "state": state_name(state),
             "paused_by": if state == RunState::Stopped { json!(pause.by.unwrap_or("operator")) } else { Value::Null },
             "luns": luns,
