@@ -49,6 +49,9 @@ use super::Context;
 use crate::config::persist::{self, LunValue};
 use crate::config::{BackendSpec, LunConfig, WriteBack, MAX_LUNS_PER_TARGET, MAX_MEM_SIZE};
 
+/// The environment variable that enables the test hooks (`debug.stall`).
+pub const TEST_HOOKS: &str = "LUNARD_TEST_HOOKS";
+
 /// Why `lun.move` is not written back.
 const MOVE_NOTE: &str = "a move places the LUN's open queues (queues opened later go on their connection's \
                          I/O thread): it is not written to the configuration";
@@ -365,6 +368,26 @@ async fn dispatch(
                 return Err(MethodError::NoSuchSession(id).into());
             }
             Ok(json!({ "killed": id }))
+        }
+        "debug.stall" if std::env::var_os(TEST_HOOKS).is_some() => {
+            // Test hook (only with LUNARD_TEST_HOOKS set): blocks a core
+            // thread, as a bug would, so that tests can see the watchdog
+            // keep-alives stop.
+            let p = Params::new(params, &["iothread", "ms"])?;
+            let ms = p.u64("ms")?.min(60_000);
+            let core = match p.opt_u64("iothread")? {
+                None => MAIN_LOOP,
+                Some(n) => usize::try_from(n)
+                    .ok()
+                    .filter(|&n| n < ctx.iothreads)
+                    .map(|n| n + 1)
+                    .ok_or(MethodError::NoSuchThread(n, ctx.iothreads))?,
+            };
+            let thread = ctx.threads.get(core).ok_or(MethodError::NoSuchThread(core as u64, ctx.iothreads))?;
+            thread
+                .schedule(move || std::thread::sleep(std::time::Duration::from_millis(ms)))
+                .map_err(|e| MethodError::Backend(e.to_string()))?;
+            Ok(json!({ "stalled": thread_json(core), "ms": ms }))
         }
         "events" => Err(RpcError::new(rpc::INVALID_REQUEST, "`events` must be sent alone, with an id, not in a batch")),
         other => Err(RpcError::new(rpc::METHOD_NOT_FOUND, format!("method not found: {other:?}"))),
