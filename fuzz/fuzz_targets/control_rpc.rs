@@ -66,8 +66,16 @@ fn world() -> &'static World {
     })
 }
 
-/// Whether the call may run here: a `lun.add` only of RAM or null LUNs.
+/// Whether the call may run here: a `lun.add` only of RAM or null LUNs, a
+/// `portal.add` only on a loopback address.
 fn allowed(call: &Call) -> bool {
+    if call.method == "portal.add" {
+        let addr = call.params.get("address").and_then(Value::as_str);
+        return match addr {
+            Some(a) => a.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback()),
+            None => true,
+        };
+    }
     if call.method != "lun.add" {
         return true;
     }
