@@ -196,6 +196,14 @@ fn every_kind_of_runtime_change_survives_kill_9() {
     assert!(d.call("session.list", json!({})).unwrap().as_array().unwrap().is_empty());
     assert!(s4.execute(Command::read16(0, 0, 1, BS, false)).is_err(), "the removed target's session still works");
     assert!(login_as(port2, T4, ME).is_err());
+    // Discovery follows the targets (and the portals).
+    let found = lunar_initiator::discover(addr(port2), &Config::new("")).unwrap();
+    let names: Vec<&str> = found.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, [T0, T2, T3], "{found:?}");
+    assert!(
+        found.iter().all(|t| !t.addresses.is_empty() && t.addresses.iter().all(|a| a.contains(&format!(":{port2}")))),
+        "{found:?}"
+    );
     assert!(!std::fs::read_to_string(&cfg).unwrap().contains(T4));
 
     // Data: on the grown part of disk0 LUN 0 and on the second target's file LUN, FUA.
