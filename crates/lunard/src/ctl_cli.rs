@@ -64,8 +64,8 @@ pub enum Cmd {
     Portal(PortalCmd),
     /// Live I/O per LUN and per I/O thread, refreshed every interval (like `iostat -x 1`)
     ///
-    /// Columns: IOPS (commands completed per second), MB/s (10^6 bytes read +
-    /// written per second), P50 and P99 (latency of the commands completed in
+    /// Columns: IOPS (commands completed per second), RD MB/s and WR MB/s
+    /// (10^6 bytes read and written per second), P50 and P99 (latency of the commands completed in
     /// the interval, from the daemon's histograms), QD (average queue depth:
     /// the time commands spent in flight per second, as iostat's aqu-sz), and
     /// INFLT (commands in flight at the end of the interval, LUNs only).
