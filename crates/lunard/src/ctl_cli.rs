@@ -110,13 +110,19 @@ pub enum ChapCmd {
         #[arg(long, value_name = "PATH")]
         secret_file: Option<PathBuf>,
         /// Set the mutual pair instead (the target authenticates to the initiator)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "discovery")]
         mutual: bool,
+        /// Set the pair discovery sessions must use (SendTargets), not a target's
+        #[arg(long)]
+        discovery: bool,
     },
     /// Stop requiring CHAP (with --mutual, only the mutual pair goes)
     Clear {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "discovery")]
         mutual: bool,
+        /// Of discovery sessions, not of a target
+        #[arg(long)]
+        discovery: bool,
     },
 }
 

@@ -47,7 +47,7 @@ pub(crate) fn policy(p: Policy) -> ErrorPolicy {
     }
 }
 
-fn auth(chap: &Option<Chap>, mutual: &Option<Chap>) -> AuthPolicy {
+pub(crate) fn auth(chap: &Option<Chap>, mutual: &Option<Chap>) -> AuthPolicy {
     match chap {
         None => AuthPolicy::None,
         Some(c) => AuthPolicy::Chap(ChapPolicy {

@@ -204,6 +204,13 @@ fn every_kind_of_runtime_change_survives_kill_9() {
         found.iter().all(|t| !t.addresses.is_empty() && t.addresses.iter().all(|a| a.contains(&format!(":{port2}")))),
         "{found:?}"
     );
+    // Discovery CHAP, set at run time too.
+    d.ctl_stdin(&["chap", "set", "dave", "--discovery"], "discovery-secret-1\n");
+    assert!(d.ctl_ok(&["status"]).contains("discovery: CHAP on (user dave)"));
+    assert!(lunar_initiator::discover(addr(port2), &Config::new("")).is_err(), "discovery without CHAP");
+    let ls = |auth: &str| tool("iscsi-ls").arg(format!("iscsi://{auth}127.0.0.1:{port2}")).output().unwrap();
+    let listed = ls("dave%discovery-secret-1@");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&format!("Target:{T2}")), "{listed:?}");
     assert!(!std::fs::read_to_string(&cfg).unwrap().contains(T4));
 
     // Data: on the grown part of disk0 LUN 0 and on the second target's file LUN, FUA.
@@ -237,6 +244,9 @@ fn every_kind_of_runtime_change_survives_kill_9() {
     assert!(login_as(port2, T2, OTHER).is_err(), "the ACL did not survive");
     assert!(login_as(port2, T3, ME).is_err(), "CHAP did not survive");
     assert!(inq(&format!("alice%{SECRET}@")), "the CHAP secret did not survive\n{}", d.log_tail());
+    assert!(lunar_initiator::discover(addr(port2), &Config::new("")).is_err(), "discovery CHAP did not survive");
+    let listed = ls("dave%discovery-secret-1@");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&format!("Target:{T3}")), "{listed:?}");
 }
 
 #[test]
@@ -266,6 +276,7 @@ fn a_read_only_config_file_fails_each_change_and_leaves_the_daemon_as_it_was() {
         vec!["--target", T2, "acl", "remove", ME, "--open"],
         vec!["--target", T2, "chap", "set", "bob", "--secret-file", secret_file.to_str().unwrap()],
         vec!["--target", T2, "chap", "clear"],
+        vec!["chap", "set", "dave", "--discovery", "--secret-file", secret_file.to_str().unwrap()],
         vec!["portal", "add", &p3],
         vec!["portal", "remove", &p1b],
         vec!["--target", T0, "lun", "add", "backend=mem,size=1M"],

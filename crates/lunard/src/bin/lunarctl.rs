@@ -49,11 +49,13 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
         Cmd::Target(TargetCmd::Remove { name }) => ("target.remove", json!({ "name": name })),
         Cmd::Acl(AclCmd::Add { initiator }) => ("acl.add", json!({ "initiator": initiator })),
         Cmd::Acl(AclCmd::Remove { initiator, open }) => ("acl.remove", json!({ "initiator": initiator, "open": open })),
-        Cmd::Chap(ChapCmd::Set { user, secret_file, mutual }) => {
+        Cmd::Chap(ChapCmd::Set { user, secret_file, mutual, discovery }) => {
             let secret = read_secret(secret_file.as_deref())?;
-            ("chap.set", json!({ "user": user, "secret": secret, "mutual": mutual }))
+            ("chap.set", json!({ "user": user, "secret": secret, "mutual": mutual, "discovery": discovery }))
         }
-        Cmd::Chap(ChapCmd::Clear { mutual }) => ("chap.clear", json!({ "mutual": mutual })),
+        Cmd::Chap(ChapCmd::Clear { mutual, discovery }) => {
+            ("chap.clear", json!({ "mutual": mutual, "discovery": discovery }))
+        }
         Cmd::Portal(PortalCmd::Add { address }) => ("portal.add", json!({ "address": address })),
         Cmd::Portal(PortalCmd::Remove { address }) => ("portal.remove", json!({ "address": address })),
         Cmd::Config(ConfigCmd::Show) => ("config.show", json!({})),
@@ -69,6 +71,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
     };
     let params = match &cli.cmd {
         Cmd::Session(_) | Cmd::Config(_) | Cmd::Target(_) | Cmd::Portal(_) => params,
+        Cmd::Chap(ChapCmd::Set { discovery: true, .. } | ChapCmd::Clear { discovery: true, .. }) => params,
         _ => with_target(cli, params),
     };
     let result = c.call(method, params)?;
@@ -111,6 +114,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             Some(0) | None => println!("target {}: every initiator may log in", s(&result["target"])),
             Some(_) => println!("target {}: initiators allowed: {}", s(&result["target"]), s(&result["acl"])),
         },
+        Cmd::Chap(_) if result["discovery"] == true => println!("discovery: {}", chap_text(&result["chap"])),
         Cmd::Chap(_) => println!("target {}: {}", s(&result["target"]), chap_text(&result["chap"])),
         Cmd::Portal(PortalCmd::Add { .. }) => println!("listening on {}", s(&result["portal"])),
         Cmd::Portal(PortalCmd::Remove { .. }) => println!("no longer listening on {}", s(&result["portal"])),
@@ -282,7 +286,12 @@ fn table(rows: &[Vec<String>]) {
 
 fn print_status(r: &Value) {
     println!("lunard {} (pid {}): {}; control {}", s(&r["version"]), s(&r["pid"]), s(&r["state"]), s(&r["control"]));
-    println!("portals: {}; connections: {}", s(&r["portals"]), s(&r["connections"]));
+    println!(
+        "portals: {}; connections: {}; discovery: {}",
+        s(&r["portals"]),
+        s(&r["connections"]),
+        chap_text(&r["discovery_chap"])
+    );
     match (r["config"]["persistent"].as_bool(), r["config"]["file"].as_str()) {
         (Some(true), Some(f)) => println!("config: {f} (changes are written back)"),
         (Some(false), _) => println!("config: changes are not persistent: {}", s(&r["config"]["note"])),

@@ -433,5 +433,6 @@ pub(crate) fn merge(cli: Cli, file: Option<FileSettings>, env: &Env) -> Result<C
         limits,
         write_back,
         listen_from_cli: !cli.listen.is_empty(),
+        discovery_chap_from_cli: cli.discovery_chap_user.is_some(),
     })
 }

@@ -53,7 +53,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-pub(crate) use check::portal as parse_portal;
+pub(crate) use check::{chap as check_chap, portal as parse_portal};
 pub use check::{check_iscsi_name, parse_size};
 
 /// The target served when none is configured.
@@ -108,6 +108,9 @@ pub struct Config {
     /// The portals came from `--listen`, which replaces the file's
     /// `listen`: portal changes are then not written back.
     pub listen_from_cli: bool,
+    /// The discovery CHAP pair came from `--discovery-chap-*`, which wins
+    /// over the file's: its changes are then not written back.
+    pub discovery_chap_from_cli: bool,
 }
 
 /// Where the changes made through the control socket (`lun.add`, ...)

@@ -301,7 +301,15 @@ pub fn set_acl(doc: &mut DocumentMut, name: &str, initiators: &[String]) -> Resu
 /// `mutual-chap`) of target `name`. A pair written as a `[target.chap]`
 /// table keeps its table (and comments); otherwise it is written inline.
 pub fn set_chap(doc: &mut DocumentMut, name: &str, key: &str, chap: Option<&Chap>) -> Result<(), String> {
-    let t = target_table(doc, name)?;
+    set_chap_in(target_table(doc, name)?, key, chap)
+}
+
+/// Sets (`Some`) or removes (`None`) the `discovery-chap` pair.
+pub fn set_discovery_chap(doc: &mut DocumentMut, chap: Option<&Chap>) -> Result<(), String> {
+    set_chap_in(doc.as_table_mut(), "discovery-chap", chap)
+}
+
+fn set_chap_in(t: &mut Table, key: &str, chap: Option<&Chap>) -> Result<(), String> {
     let Some(c) = chap else {
         t.remove(key);
         return Ok(());
@@ -619,6 +627,7 @@ size = "1M"
         let bob = Chap { user: "bob".into(), secret: "other+secret!".into() };
         set_chap(&mut d, "iqn.2026-11.dev.lunar:c", "chap", Some(&alice)).unwrap();
         set_chap(&mut d, "iqn.2026-11.dev.lunar:c", "mutual-chap", Some(&bob)).unwrap();
+        set_discovery_chap(&mut d, Some(&bob)).unwrap();
         remove_target(&mut d, "iqn.2026-11.dev.lunar:b").unwrap();
         assert!(remove_target(&mut d, "iqn.2026-11.dev.lunar:b").unwrap_err().contains("no [[target]] named"));
         set_listen(&mut d, &["127.0.0.1:3261".parse().unwrap(), "[::1]:3260".parse().unwrap()]).unwrap();
@@ -632,6 +641,8 @@ size = "1M"
         assert_eq!((f.targets[1].chap.as_ref(), f.targets[1].mutual_chap.as_ref()), (Some(&alice), Some(&bob)));
         assert_eq!(f.portals.iter().map(|p| p.to_string()).collect::<Vec<_>>(), ["127.0.0.1:3261", "[::1]:3260"]);
         assert_eq!(f.targets[0].luns.len(), 3);
+        assert_eq!(f.discovery_chap.as_ref(), Some(&bob));
+        set_discovery_chap(&mut d, None).unwrap();
         // Cleared again: the keys go.
         set_acl(&mut d, "iqn.2026-11.dev.lunar:c", &[]).unwrap();
         set_chap(&mut d, "iqn.2026-11.dev.lunar:c", "mutual-chap", None).unwrap();

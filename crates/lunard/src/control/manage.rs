@@ -24,7 +24,9 @@
 //!   of the target (give initiators that must see different LUNs
 //!   different targets).
 //! * `chap.set` / `chap.clear`: new logins authenticate with the new
-//!   secret; sessions that logged in before go on. Secrets are never
+//!   secret; sessions that logged in before go on. With `discovery`, the
+//!   pair discovery sessions must use (not written back when it comes
+//!   from `--discovery-chap-*`, which wins over the file). Secrets are never
 //!   answered, shown by `status` or printed by `config.show` (which shows
 //!   `<redacted>`); they live in the configuration file (mode 0600).
 //! * `portal.add` / `portal.remove`: a listener started (bound before the
@@ -219,7 +221,42 @@ pub(super) async fn acl(ctx: &Arc<Context>, add: bool, p: &Params<'_>) -> Result
     change(ctx, |doc| persist::set_acl(doc, &tc.name, &tc.allow_initiators), apply).await
 }
 
+/// The discovery CHAP pair: `chap.set`/`chap.clear` with `discovery`.
+async fn discovery_chap(ctx: &Arc<Context>, set: bool, p: &Params<'_>) -> Result<Value, RpcError> {
+    if p.flag("mutual")? || p.opt_str("target")?.is_some() {
+        return Err(RpcError::invalid_params(
+            "`discovery` takes neither `mutual` nor `target` (discovery sessions use one-way CHAP)",
+        ));
+    }
+    let pair =
+        if set { Some(Chap { user: p.str("user")?.to_string(), secret: p.str("secret")?.to_string() }) } else { None };
+    if let Some(c) = &pair {
+        crate::config::check_chap("discovery-chap", c).map_err(|e| RpcError::invalid_params(e.to_string()))?;
+    }
+    let apply = async {
+        ctx.server.set_discovery_auth(Some(crate::daemon::auth(&pair, &None)));
+        ctx.live.lock().unwrap_or_else(|e| e.into_inner()).discovery_chap = pair.clone();
+        Ok(
+            json!({ "discovery": true, "chap": { "enabled": pair.is_some(), "user": pair.as_ref().map(|c| c.user.clone()) } }),
+        )
+    };
+    match (&ctx.config.write_back, ctx.config.discovery_chap_from_cli) {
+        (WriteBack::File(f), true) => {
+            let note = format!(
+                "the discovery CHAP pair comes from --discovery-chap-*, which wins over {}: this change lasts until \
+                 lunard stops",
+                f.display()
+            );
+            unwritten(ctx, &note, apply).await
+        }
+        _ => change(ctx, |doc| persist::set_discovery_chap(doc, pair.as_ref()), apply).await,
+    }
+}
+
 pub(super) async fn chap(ctx: &Arc<Context>, set: bool, p: &Params<'_>) -> Result<Value, RpcError> {
+    if p.flag("discovery")? {
+        return discovery_chap(ctx, set, p).await;
+    }
     let mutual = p.flag("mutual")?;
     let mut tc = access_target(ctx, p)?;
     if set {

@@ -19,8 +19,8 @@
 //! | `target.add` | `name` | `{target, added}`: a target without LUN, ACL or CHAP |
 //! | `target.remove` | `name` | `{target, removed, sessions_closed}`: its sessions asked to log out, then closed; its LUNs flushed and removed |
 //! | `acl.add` / `acl.remove` | `initiator`, `target?`, `open?` (remove the last name) | `{target, acl}` |
-//! | `chap.set` | `user`, `secret`, `mutual?`, `target?` | `{target, chap}` (no secret) |
-//! | `chap.clear` | `mutual?` (only the mutual pair), `target?` | `{target, chap}` |
+//! | `chap.set` | `user`, `secret`, `mutual?`, `target?` or `discovery?` | `{target, chap}` (no secret) |
+//! | `chap.clear` | `mutual?` (only the mutual pair), `target?` or `discovery?` | `{target, chap}` |
 //! | `portal.add` / `portal.remove` | `address` | `{portal}` (the address bound) |
 //! | `session.list` | | `[session]` |
 //!
@@ -347,11 +347,11 @@ async fn dispatch(
             super::manage::acl(ctx, method == "acl.add", &p).await
         }
         "chap.set" => {
-            let p = Params::new(params, &["user", "secret", "mutual", "target"])?;
+            let p = Params::new(params, &["user", "secret", "mutual", "target", "discovery"])?;
             super::manage::chap(ctx, true, &p).await
         }
         "chap.clear" => {
-            let p = Params::new(params, &["mutual", "target"])?;
+            let p = Params::new(params, &["mutual", "target", "discovery"])?;
             super::manage::chap(ctx, false, &p).await
         }
         "portal.add" => super::manage::portal_add(ctx, &Params::new(params, &["address"])?).await,
@@ -522,6 +522,7 @@ async fn status(ctx: &Context, only: Option<&str>) -> Result<Value, MethodError>
             "luns": luns,
         }));
     }
+    let discovery = ctx.live.lock().unwrap_or_else(|e| e.into_inner()).discovery_chap.clone();
     let states: BTreeSet<&str> = targets.iter().map(|t| state_name(t.run_state())).collect();
     let state = match states.len() {
         1 => states.into_iter().next().unwrap_or("running"),
@@ -543,6 +544,10 @@ async fn status(ctx: &Context, only: Option<&str>) -> Result<Value, MethodError>
         "sessions": ctx.server.sessions().iter().map(session_json).collect::<Vec<_>>(),
         "limits": limits_json(ctx),
         "config": persistence_json(ctx),
+        "discovery_chap": {
+            "enabled": discovery.is_some(),
+            "user": discovery.as_ref().map(|c| c.user.clone()),
+        },
     }))
 }
 
