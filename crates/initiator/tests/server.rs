@@ -343,6 +343,7 @@ fn targets_acls_and_portals_change_at_run_time() {
     assert!(!config.allows(&me));
     assert!(h.sessions().is_empty(), "{:?}", h.sessions());
     assert!(s.execute(Command::test_unit_ready(0)).is_err(), "the session outlived its ACL");
+    assert!(s.async_messages().iter().any(|m| m.event == lunar_iscsi::pdu::AsyncEvent::RequestLogout));
     assert!(Session::login(f.server.local_addrs()[0], &f.config()).is_err(), "logged in outside the ACL");
     wait(h.update_target(IQN, |c| c.allowed_initiators = None)).unwrap();
     let s = f.login(&f.config());
@@ -370,6 +371,8 @@ fn targets_acls_and_portals_change_at_run_time() {
     let removed = wait(h.remove_target("iqn.2026-11.dev.lunar:second")).unwrap();
     assert!(Arc::ptr_eq(&removed.core, &other));
     assert!(s3.execute(Command::test_unit_ready(0)).is_err(), "the removed target's session goes on");
+    // Cleanly: it was asked to log out first (and given the grace period).
+    assert!(s3.async_messages().iter().any(|m| m.event == lunar_iscsi::pdu::AsyncEvent::RequestLogout));
     assert!(Session::login(added, &cfg2).is_err());
     assert_eq!(h.sessions().len(), 2, "the other target's sessions end too: {:?}", h.sessions());
     s.execute(Command::test_unit_ready(0)).unwrap();
