@@ -167,6 +167,9 @@ fn every_kind_of_runtime_change_survives_kill_9() {
     let status = d.ctl_ok(&["status"]);
     assert!(status.contains("access: any initiator; CHAP on (user alice), mutual (user bob)"), "{status}");
     assert!(status.contains(&format!("access: {ME}; CHAP off")), "{status}");
+    for l in status.lines() {
+        assert!(l.chars().count() <= 80, "wider than 80 columns: {l:?}\n{status}");
+    }
     let show = d.ctl_ok(&["config", "show"]);
     let json_status = d.ctl_json(&["status"]).to_string();
     for text in [&status, &show, &json_status] {

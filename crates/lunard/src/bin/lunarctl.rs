@@ -266,22 +266,63 @@ fn s(v: &Value) -> String {
     }
 }
 
-/// Prints rows as columns separated by two spaces.
-fn table(rows: &[Vec<String>]) {
+/// Terminal width the tables fit in.
+const COLUMNS: usize = 80;
+
+/// Cuts `c` to `w` characters, keeping its end (the distinctive part of an
+/// iSCSI name or a path), with `~` where it was cut.
+fn fit(c: &str, w: usize) -> String {
+    let n = c.chars().count();
+    if n <= w || w == 0 {
+        return c.to_string();
+    }
+    let tail: String = c.chars().skip(n - (w - 1)).collect();
+    format!("~{tail}")
+}
+
+/// Prints rows as columns separated by two spaces, indented by two, in
+/// at most [`COLUMNS`] columns where it can: while too wide, the widest of
+/// the columns `squeeze` (names, paths) is cut, its cells keeping their
+/// ends, down to 12 characters.
+fn table(rows: &[Vec<String>], squeeze: &[usize]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
+    let mut widths: Vec<usize> =
         (0..cols).map(|i| rows.iter().map(|r| r.get(i).map_or(0, |c| c.chars().count())).max().unwrap_or(0)).collect();
+    let total = |w: &[usize]| 2 + w.iter().sum::<usize>() + 2 * w.len().saturating_sub(1);
+    while total(&widths) > COLUMNS {
+        let Some(&i) = squeeze.iter().filter(|&&i| i < cols).max_by_key(|&&i| widths[i]) else { break };
+        if widths[i] <= 12 {
+            break;
+        }
+        widths[i] = (widths[i] - (total(&widths) - COLUMNS)).max(12);
+    }
     for r in rows {
         let mut line = String::new();
         for (i, c) in r.iter().enumerate() {
+            let c = fit(c, widths[i]);
             if i + 1 == r.len() {
-                line.push_str(c);
+                line.push_str(&c);
             } else {
                 line.push_str(&format!("{c:<w$}  ", w = widths[i]));
             }
         }
         println!("  {}", line.trim_end());
     }
+}
+
+/// `label` and the items, joined with ", ", wrapped at [`COLUMNS`].
+fn wrapped(label: &str, items: &[String]) {
+    let mut line = label.to_string();
+    for (i, it) in items.iter().enumerate() {
+        let piece = if i + 1 < items.len() { format!("{it},") } else { it.clone() };
+        if line.chars().count() + 1 + piece.chars().count() > COLUMNS && line.len() > label.len() {
+            println!("{line}");
+            line = " ".repeat(label.chars().count());
+        }
+        line.push(' ');
+        line.push_str(&piece);
+    }
+    println!("{line}");
 }
 
 fn print_status(r: &Value) {
@@ -298,11 +339,17 @@ fn print_status(r: &Value) {
         _ => {}
     }
     println!("I/O threads:");
-    let mut rows = vec![[vec!["THREAD".to_string(), "QUEUES".into(), "LUNS".into()], stats_header()].concat()];
+    let mut rows = vec![[vec!["THREAD".to_string(), "QUEUES".into()], stats_header()].concat()];
     for t in r["iothreads"].as_array().into_iter().flatten() {
-        rows.push([vec![s(&t["iothread"]), s(&t["queues"]), s(&t["luns"])], stats_columns(&t["stats"])].concat());
+        rows.push([vec![s(&t["iothread"]), s(&t["queues"])], stats_columns(&t["stats"])].concat());
     }
-    table(&rows);
+    table(&rows, &[]);
+    for t in r["iothreads"].as_array().into_iter().flatten() {
+        let luns: Vec<String> = t["luns"].as_array().into_iter().flatten().map(s).collect();
+        if !luns.is_empty() {
+            wrapped(&format!("  thread {} serves", s(&t["iothread"])), &luns);
+        }
+    }
     for t in r["targets"].as_array().into_iter().flatten() {
         let by = if t["paused_by"].is_null() { String::new() } else { format!(" (by {})", s(&t["paused_by"])) };
         println!("target {}: {}{by}", s(&t["name"]), s(&t["state"]));
@@ -316,8 +363,8 @@ fn print_status(r: &Value) {
             "BACKEND".into(),
             "SIZE".into(),
             "THREADS".into(),
-            "QUEUES".into(),
-            "IN-FLIGHT".into(),
+            "Q".into(),
+            "INFL".into(),
             "RERROR/WERROR".into(),
             "STATE".into(),
         ]];
@@ -345,13 +392,13 @@ fn print_status(r: &Value) {
                 state,
             ]);
         }
-        table(&rows);
+        table(&rows, &[1]);
         let mut rows = vec![[vec!["LUN".to_string()], stats_header()].concat()];
         for l in t["luns"].as_array().into_iter().flatten() {
             rows.push([vec![s(&l["lun"])], stats_columns(&l["stats"])].concat());
         }
         if rows.len() > 1 {
-            table(&rows);
+            table(&rows, &[]);
         }
     }
     print_sessions(&r["sessions"]);
@@ -374,7 +421,7 @@ fn print_limits(v: &Value) {
 }
 
 fn stats_header() -> Vec<String> {
-    ["COMMANDS", "READS", "WRITES", "MB READ", "MB WRITTEN", "ERRORS", "P50", "P99"].map(String::from).to_vec()
+    ["CMDS", "READS", "WRITES", "MB RD", "MB WR", "ERRORS", "P50", "P99"].map(String::from).to_vec()
 }
 
 /// A `stats` object of `status` as table cells (see `stats_header`).
@@ -421,5 +468,5 @@ fn print_sessions(v: &Value) {
     for x in &list {
         rows.push(vec![s(&x["id"]), s(&x["initiator"]), s(&x["isid"]), s(&x["target"])]);
     }
-    table(&rows);
+    table(&rows, &[1, 3]);
 }
