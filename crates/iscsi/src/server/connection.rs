@@ -1390,6 +1390,11 @@ impl Conn {
             _ => LogoutResponseCode::RecoveryNotSupported,
         };
         let close = response == LogoutResponseCode::Closed;
+        if close {
+            if let Some(s) = &self.session {
+                self.shared.logged_out(&s.initiator, s.isid, &s.entry.config.name, s.tsih);
+            }
+        }
         let flow = self
             .send(Pdu::LogoutResponse(LogoutResponse {
                 response,

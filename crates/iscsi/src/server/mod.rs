@@ -97,6 +97,10 @@ struct SessionHandle {
     closed: watch::Receiver<bool>,
     /// When it logged in (for the control plane).
     since: std::time::SystemTime,
+    /// Its logout was answered: it is closing and no longer counts against
+    /// the target's sessions (it stays registered until closed, so that a
+    /// login with the same ISID still waits for it).
+    logged_out: bool,
 }
 
 /// A live session as the control plane sees it.
@@ -299,11 +303,17 @@ impl Shared {
         let key = (initiator.to_ascii_lowercase(), isid.0, target.to_string());
         let (kill_tx, kill_rx) = watch::channel(End::No);
         let (closed_tx, closed_rx) = watch::channel(false);
-        let handle = SessionHandle { tsih, kill: kill_tx, closed: closed_rx, since: std::time::SystemTime::now() };
+        let handle = SessionHandle {
+            tsih,
+            kill: kill_tx,
+            closed: closed_rx,
+            since: std::time::SystemTime::now(),
+            logged_out: false,
+        };
         let login = SessionEvent::Login(session_info(&key, &handle));
         let old = {
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            let of_target = sessions.keys().filter(|k| k.2 == target && **k != key).count();
+            let of_target = sessions.iter().filter(|(k, s)| k.2 == target && **k != key && !s.logged_out).count();
             if of_target >= self.resources.max_sessions_per_target {
                 limits::LimitCounters::bump(&self.hits.sessions_refused);
                 return None;
@@ -326,6 +336,15 @@ impl Shared {
     /// Reports a refused login to the control plane.
     pub(crate) fn login_failed(&self, info: LoginFailureInfo) {
         let _ = self.session_events.send(SessionEvent::LoginFailed(info));
+    }
+
+    /// The session's logout was answered (see `SessionHandle::logged_out`).
+    pub(crate) fn logged_out(&self, initiator: &str, isid: Isid, target: &str, tsih: u16) {
+        let key = (initiator.to_ascii_lowercase(), isid.0, target.to_string());
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = sessions.get_mut(&key).filter(|s| s.tsih == tsih) {
+            s.logged_out = true;
+        }
     }
 
     pub(crate) fn unregister_session(&self, initiator: &str, isid: Isid, target: &str, tsih: u16) {
