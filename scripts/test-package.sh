@@ -18,7 +18,9 @@ echo "$contents"
 for f in ./usr/bin/lunard ./usr/bin/lunarctl ./etc/lunar/lunard.toml \
          ./usr/lib/systemd/system/lunard.service \
          ./usr/share/man/man8/lunard.8.gz ./usr/share/man/man8/lunarctl.8.gz \
-         ./usr/share/man/man8/lunarctl-lun-add.8.gz \
+         ./usr/share/man/man8/lunarctl-lun-add.8.gz ./usr/share/man/man8/lunarctl-top.8.gz \
+         ./usr/share/man/man8/lunarctl-chap-set.8.gz ./usr/share/man/man8/lunarctl-target-add.8.gz \
+         ./usr/share/man/man8/lunarctl-acl-add.8.gz ./usr/share/man/man8/lunarctl-portal-add.8.gz \
          ./usr/share/bash-completion/completions/lunarctl \
          ./usr/share/zsh/vendor-completions/_lunarctl \
          ./usr/share/fish/vendor_completions.d/lunarctl.fish; do
@@ -43,7 +45,8 @@ dpkg -s lunar | grep -q '^Status: install ok installed' || { echo "FAIL: not ins
 /usr/bin/lunarctl --version
 man -l /usr/share/man/man8/lunard.8.gz 2>/dev/null | grep -q -- '--config <FILE>' || { echo "FAIL: man -l lunard.8" >&2; exit 1; }
 man -l /usr/share/man/man8/lunarctl.8.gz 2>/dev/null | grep -q 'Control a running lunard' || { echo "FAIL: man -l lunarctl.8" >&2; exit 1; }
-echo "man -l: lunard.8 and lunarctl.8 render"
+man -l /usr/share/man/man8/lunarctl-chap-set.8.gz 2>/dev/null | grep -q 'standard input' || { echo "FAIL: man -l lunarctl-chap-set.8" >&2; exit 1; }
+echo "man -l: lunard.8, lunarctl.8 and lunarctl-chap-set.8 render"
 bash -n /usr/share/bash-completion/completions/lunarctl
 if type -P systemd-analyze >/dev/null; then systemd-analyze verify /usr/lib/systemd/system/lunard.service; fi
 
@@ -61,4 +64,6 @@ assert s["config"]["persistent"] is True, s["config"]'
 /usr/bin/lunarctl --control "$work/ctl.sock" lun add backend=mem,size=1M | grep -q "written to $work/lunard.toml"
 grep -q '^backend = "mem"$' "$work/lunard.toml"
 grep -q '^# /etc/lunar/lunard.toml' "$work/lunard.toml"
+/usr/bin/lunarctl --control "$work/ctl.sock" acl add iqn.1994-05.com.redhat:client | grep -q "written to $work/lunard.toml"
+grep -q '^allow-initiators = \["iqn.1994-05.com.redhat:client"\]$' "$work/lunard.toml"
 echo "PASS: package built, installed (dpkg -i), man pages read (man -l), default configuration serves no LUN"

@@ -322,3 +322,60 @@ fn send_targets_advertises_the_connection_address_for_a_wildcard_portal() {
     server.shutdown();
     core.shutdown();
 }
+
+/// The server's table of targets changes at run time: an initiator taken
+/// off a target's ACL has its session ended (and cannot log in again), an
+/// initiator put back can; a target added is served at once, a target
+/// removed ends its sessions; a portal added accepts, a portal removed
+/// no longer does while the connections made through it go on.
+#[test]
+fn targets_acls_and_portals_change_at_run_time() {
+    let f = Fixture::start(TargetLimits::default());
+    let h = f.server.handle();
+    let me = f.config().initiator_name.clone();
+    let s = f.login(&f.config());
+    s.execute(Command::test_unit_ready(0)).unwrap();
+
+    // The ACL now lets another initiator only: our session ends.
+    let config =
+        wait(h.update_target(IQN, |c| c.allowed_initiators = Some(vec!["iqn.2026-11.dev.lunar:other".into()])))
+            .unwrap();
+    assert!(!config.allows(&me));
+    assert!(h.sessions().is_empty(), "{:?}", h.sessions());
+    assert!(s.execute(Command::test_unit_ready(0)).is_err(), "the session outlived its ACL");
+    assert!(s.async_messages().iter().any(|m| m.event == lunar_iscsi::pdu::AsyncEvent::RequestLogout));
+    assert!(Session::login(f.server.local_addrs()[0], &f.config()).is_err(), "logged in outside the ACL");
+    wait(h.update_target(IQN, |c| c.allowed_initiators = None)).unwrap();
+    let s = f.login(&f.config());
+
+    // A portal added; the first one removed: its connection goes on.
+    let added = h.add_portal("127.0.0.1:0".parse().unwrap()).unwrap();
+    assert!(matches!(h.add_portal(added), Err(lunar_iscsi::server::ServerError::PortalExists(a)) if a == added));
+    let first = f.server.local_addrs()[0];
+    assert!(wait(h.remove_portal(first)));
+    assert!(!wait(h.remove_portal(first)), "removed twice");
+    assert_eq!(h.portals(), vec![added]);
+    assert!(std::net::TcpStream::connect(first).is_err(), "the removed portal still accepts");
+    s.execute(Command::test_unit_ready(0)).unwrap();
+    let s2 = Session::login(added, &f.config()).unwrap();
+
+    // A second target, served at once; removed again with a session on it.
+    let other = Target::with_threads("iqn.2026-11.dev.lunar:second", f.core.threads().unwrap());
+    wait(other.add_device(0, DiskConfig::default(), Backend::mem(SIZE), ErrorPolicies::default())).unwrap();
+    let entry = TargetEntry { config: TargetConfig::open("iqn.2026-11.dev.lunar:second"), core: other.clone() };
+    h.add_target(entry.clone()).unwrap();
+    assert!(matches!(h.add_target(entry), Err(lunar_iscsi::server::ServerError::TargetExists(_))));
+    let cfg2 = Config { timeout: Duration::from_secs(30), ..Config::new("iqn.2026-11.dev.lunar:second") };
+    let s3 = Session::login(added, &cfg2).unwrap();
+    s3.execute(Command::test_unit_ready(0)).unwrap();
+    let removed = wait(h.remove_target("iqn.2026-11.dev.lunar:second")).unwrap();
+    assert!(Arc::ptr_eq(&removed.core, &other));
+    assert!(s3.execute(Command::test_unit_ready(0)).is_err(), "the removed target's session goes on");
+    // Cleanly: it was asked to log out first (and given the grace period).
+    assert!(s3.async_messages().iter().any(|m| m.event == lunar_iscsi::pdu::AsyncEvent::RequestLogout));
+    assert!(Session::login(added, &cfg2).is_err());
+    assert_eq!(h.sessions().len(), 2, "the other target's sessions end too: {:?}", h.sessions());
+    s.execute(Command::test_unit_ready(0)).unwrap();
+    s2.execute(Command::test_unit_ready(0)).unwrap();
+    other.shutdown();
+}

@@ -50,6 +50,88 @@ pub enum Cmd {
     /// The running configuration
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Add or remove iSCSI targets (written to the --config file)
+    #[command(subcommand)]
+    Target(TargetCmd),
+    /// Initiators allowed to log in to a target (empty list: all)
+    #[command(subcommand)]
+    Acl(AclCmd),
+    /// CHAP authentication of a target (secrets are never printed back)
+    #[command(subcommand)]
+    Chap(ChapCmd),
+    /// iSCSI portals (addresses lunard listens on)
+    #[command(subcommand)]
+    Portal(PortalCmd),
+    /// Live I/O per LUN and per I/O thread, refreshed every interval (like `iostat -x 1`)
+    ///
+    /// Columns: IOPS (commands completed per second), RD MB/s and WR MB/s
+    /// (10^6 bytes read and written per second), P50 and P99 (latency of the commands completed in
+    /// the interval, from the daemon's histograms), QD (average queue depth:
+    /// the time commands spent in flight per second, as iostat's aqu-sz), and
+    /// INFLT (commands in flight at the end of the interval, LUNs only).
+    Top {
+        /// Seconds between refreshes (fractions allowed)
+        #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+        interval: f64,
+        /// Stop after N intervals [default: until interrupted]
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TargetCmd {
+    /// Serve a new target NAME (iqn., eui. or naa.), without LUNs: add them with `lun add --target NAME`
+    Add { name: String },
+    /// Stop serving target NAME: its sessions are asked to log out (then closed), its LUNs flushed and removed
+    Remove { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AclCmd {
+    /// Allow INITIATOR (an iSCSI name) to log in; the first one closes the target to all others
+    Add { initiator: String },
+    /// Disallow INITIATOR; its sessions are asked to log out
+    Remove {
+        initiator: String,
+        /// Allow the removal of the last name, which opens the target to every initiator
+        #[arg(long)]
+        open: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ChapCmd {
+    /// Require CHAP: the initiator logs in as USER with the secret read from
+    /// standard input (one line) or --secret-file; new logins only
+    Set {
+        user: String,
+        /// Read the secret from this file (first line) instead of standard input
+        #[arg(long, value_name = "PATH")]
+        secret_file: Option<PathBuf>,
+        /// Set the mutual pair instead (the target authenticates to the initiator)
+        #[arg(long, conflicts_with = "discovery")]
+        mutual: bool,
+        /// Set the pair discovery sessions must use (SendTargets), not a target's
+        #[arg(long)]
+        discovery: bool,
+    },
+    /// Stop requiring CHAP (with --mutual, only the mutual pair goes)
+    Clear {
+        #[arg(long, conflicts_with = "discovery")]
+        mutual: bool,
+        /// Of discovery sessions, not of a target
+        #[arg(long)]
+        discovery: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PortalCmd {
+    /// Listen on ADDRESS too (IPv4 or [IPv6], port 3260 if left out; port 0: any free port)
+    Add { address: String },
+    /// Stop listening on ADDRESS (connections made through it go on)
+    Remove { address: String },
 }
 
 #[derive(Subcommand, Debug)]

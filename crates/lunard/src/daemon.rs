@@ -47,7 +47,7 @@ pub(crate) fn policy(p: Policy) -> ErrorPolicy {
     }
 }
 
-fn auth(chap: &Option<Chap>, mutual: &Option<Chap>) -> AuthPolicy {
+pub(crate) fn auth(chap: &Option<Chap>, mutual: &Option<Chap>) -> AuthPolicy {
     match chap {
         None => AuthPolicy::None,
         Some(c) => AuthPolicy::Chap(ChapPolicy {
@@ -56,6 +56,17 @@ fn auth(chap: &Option<Chap>, mutual: &Option<Chap>) -> AuthPolicy {
             require_mutual: false,
             algorithms: vec![ChapAlgorithm::Sha256, ChapAlgorithm::Md5],
         }),
+    }
+}
+
+/// How the iSCSI server lets initiators into target `t`: its name, ACL
+/// and authentication (at start and after each runtime change).
+pub(crate) fn login_target(t: &crate::config::TargetConfig) -> LoginTarget {
+    LoginTarget {
+        name: t.name.clone(),
+        alias: t.alias.clone(),
+        allowed_initiators: (!t.allow_initiators.is_empty()).then(|| t.allow_initiators.clone()),
+        auth: auth(&t.chap, &t.mutual_chap),
     }
 }
 
@@ -161,15 +172,7 @@ impl Daemon {
                     restore_reservations(&dev, path).map_err(err)?;
                 }
             }
-            entries.push(TargetEntry {
-                config: LoginTarget {
-                    name: t.name.clone(),
-                    alias: t.alias.clone(),
-                    allowed_initiators: (!t.allow_initiators.is_empty()).then(|| t.allow_initiators.clone()),
-                    auth: auth(&t.chap, &t.mutual_chap),
-                },
-                core: core.clone(),
-            });
+            entries.push(TargetEntry { config: login_target(t), core: core.clone() });
             targets.push(core);
         }
         let server = Server::start(ServerConfig {

@@ -5,3 +5,4 @@ pub mod ctl_cli;
 pub mod daemon;
 pub mod metrics;
 pub mod notify;
+pub mod top;

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
             }
         },
     };
+    let live = control_ctx.clone();
     let control = match lunard::control::ControlServer::start(control_ctx) {
         Ok(c) => Some(c),
         // Another daemon owns it (tests running several daemons on the
@@ -126,6 +127,10 @@ fn main() -> ExitCode {
         c.shutdown();
     }
     drop(metrics);
+    // The targets as they are now (some may have been added or removed at run time).
+    let mut daemon = daemon;
+    daemon.targets = live.targets();
+    drop(live);
     daemon.shutdown();
     tracing::info!("stopped");
     ExitCode::SUCCESS

@@ -35,8 +35,6 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum MetricsError {
     #[error("cannot listen for metrics on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("no target: the metrics endpoint needs the daemon's threads")]
-    NoThreads,
     #[error("cannot start the metrics endpoint on the main loop: {0}")]
     MainLoop(#[from] lunar_aio::ThreadError),
 }
@@ -69,7 +67,7 @@ pub fn stats_json(s: &Snapshot) -> Value {
 /// The counters of I/O thread `i` (numbered from 0, as the control plane
 /// shows them); zero if there is no such thread.
 pub(crate) fn thread_stats(ctx: &Context, i: usize) -> Snapshot {
-    ctx.targets.first().and_then(|t| t.contexts().stats().snapshot(i + 1)).unwrap_or_default()
+    ctx.threads.stats().snapshot(i + 1).unwrap_or_default()
 }
 
 /// One LUN's numbers for the exposition.
@@ -110,7 +108,7 @@ pub struct Sample {
 pub async fn collect(ctx: &Context) -> Sample {
     let mut queues = vec![0usize; ctx.iothreads];
     let mut luns = Vec::new();
-    for t in &ctx.targets {
+    for t in &ctx.targets() {
         let stopped = t.run_state() == RunState::Stopped;
         for dev in t.devices() {
             for q in dev.queues() {
@@ -301,7 +299,7 @@ impl MetricsServer {
         let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let local = listener.local_addr().map_err(bind_err)?;
-        let main = ctx.targets.first().ok_or(MetricsError::NoThreads)?.contexts().main_loop().clone();
+        let main = ctx.threads.main_loop().clone();
         let (shutdown, rx) = watch::channel(false);
         main.spawn(move || serve(listener, ctx, rx))?;
         tracing::info!(%local, "metrics endpoint listening");

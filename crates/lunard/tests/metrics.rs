@@ -216,7 +216,11 @@ fn status_and_metrics_count_a_known_workload() {
     // lunarctl: the tables have the numbers, --json the raw ones.
     let human = d.ctl(&["status"]);
     println!("{human}");
-    assert!(human.contains("MB READ") && human.contains("P99"), "{human}");
+    assert!(human.contains("MB RD") && human.contains("P99"), "{human}");
+    // The tables (indented lines) fit 80 columns.
+    for l in human.lines().filter(|l| l.starts_with("  ")) {
+        assert!(l.chars().count() <= 80, "wider than 80 columns: {l:?}");
+    }
     assert!(human.contains(&total.to_string()), "{human}");
     let raw: Value = serde_json::from_str(&d.ctl(&["--json", "status"])).unwrap();
     assert_eq!(lun_stats(&raw)["commands"]["total"], total);

@@ -74,3 +74,39 @@ fn no_keep_alives_for_the_watchdog_of_another_pid() {
     assert!(more.is_empty(), "keep-alives for another process's watchdog: {more:?}");
     drop(d);
 }
+
+/// The watchdog's test hook: `debug.stall` (enabled by LUNARD_TEST_HOOKS)
+/// blocks the core's main loop; lunard then sends no keep-alive (systemd
+/// would kill and restart it), and sends them again once it answers.
+#[test]
+fn a_stuck_main_loop_stops_the_keep_alives() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let rx = UnixDatagram::bind(&path).unwrap();
+    let d = Daemon::try_start_with_env(
+        &[],
+        &[("NOTIFY_SOCKET", path.to_str().unwrap()), ("WATCHDOG_USEC", "400000"), ("LUNARD_TEST_HOOKS", "1")],
+    )
+    .unwrap();
+    let got = receive(&rx, "READY=1", Instant::now() + Duration::from_secs(10));
+    assert!(got.last().is_some_and(|m| m.starts_with("READY=1")), "{got:?}");
+    let beats = receive(&rx, "never", Instant::now() + Duration::from_millis(600));
+    assert!(beats.iter().any(|b| b == "WATCHDOG=1"), "no keep-alive before the stall: {beats:?}");
+
+    d.call("debug.stall", serde_json::json!({ "ms": 2500 })).unwrap();
+    // A keep-alive already on its way may arrive; then none while stuck.
+    let _ = receive(&rx, "never", Instant::now() + Duration::from_millis(400));
+    let stuck = receive(&rx, "never", Instant::now() + Duration::from_millis(1600));
+    assert!(stuck.is_empty(), "keep-alives while the main loop is stuck: {stuck:?}");
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(log.contains("watchdog: core thread 0 did not answer"), "{log}");
+
+    // Unstuck: the keep-alives come back.
+    let after = receive(&rx, "WATCHDOG=1", Instant::now() + Duration::from_secs(3));
+    assert!(after.iter().any(|b| b == "WATCHDOG=1"), "no keep-alive after the stall: {after:?}");
+    // Without the variable the hook does not exist.
+    drop(d);
+    let d = Daemon::start(&[]);
+    let e = d.call("debug.stall", serde_json::json!({ "ms": 10 })).unwrap_err().to_string();
+    assert!(e.contains("method not found"), "{e}");
+}

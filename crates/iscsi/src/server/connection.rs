@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::limits::{Budget, LimitCounters, IMMEDIATE_EXTRA};
 use super::task::{answer, Task};
-use super::{Shared, TargetEntry};
+use super::{End, Shared, TargetEntry};
 use crate::login::{LoginConfig, LoginOutcome, LoginSession, LoginStep};
 use crate::params::{NegotiatedParams, SessionType};
 use crate::pdu::{
@@ -111,7 +111,7 @@ struct Conn {
     text: TextExchange,
     last_rx: Instant,
     ping: Option<(u32, Instant)>,
-    kill: Option<watch::Receiver<bool>>,
+    kill: Option<watch::Receiver<super::End>>,
     out: Vec<u8>,
     /// MaxCmdSN granted so far (never decreases, RFC 7143 §4.2.2.1).
     max_cmd_sn: u32,
@@ -318,12 +318,16 @@ impl Conn {
             let wake = tokio::select! {
                 biased;
                 ev = rx.recv() => Wake::Event(ev),
-                _ = async {
+                how = async {
                     match kill {
-                        Some(k) => { let _ = k.wait_for(|k| *k).await; }
-                        None => std::future::pending::<()>().await,
+                        // Once asked to log out, only a kill "now" wakes us again.
+                        Some(k) => match k.wait_for(|k| *k == End::Now || (*k == End::Logout && !asked_to_logout)).await {
+                            Ok(how) => *how,
+                            Err(_) => std::future::pending::<End>().await,
+                        },
+                        None => std::future::pending::<End>().await,
                     }
-                } => Wake::Killed,
+                } => if how == End::Logout { Wake::Shutdown } else { Wake::Killed },
                 r = rd.read_buf(rbuf) => Wake::Read(r),
                 _ = async {
                     match deadline {
@@ -769,7 +773,7 @@ impl Conn {
                     }
                     SessionType::Normal => {
                         let name = outcome.target_name.clone().unwrap_or_default();
-                        let Some(entry) = self.shared.targets.get(&name).cloned() else {
+                        let Some(entry) = self.shared.targets.load().get(&name).cloned() else {
                             return Flow::Close;
                         };
                         let Some((kill, closed_tx)) = self
@@ -779,6 +783,13 @@ impl Conn {
                         else {
                             return self.refuse_login(&mut resp, &outcome, &name).await;
                         };
+                        // The target removed, or the initiator taken off its
+                        // ACL, while this login went on.
+                        if !self.shared.still_allowed(&entry, &outcome.initiator_name) {
+                            self.shared.unregister_session(&outcome.initiator_name, outcome.isid, &name, outcome.tsih);
+                            let _ = closed_tx.send(true);
+                            return self.refuse_changed(&mut resp, &outcome, &name).await;
+                        }
                         let nexus = lunar_scsi::Nexus::new(
                             format!("{},i,0x{}", outcome.initiator_name, outcome.isid),
                             self.shared.portal_group_tag,
@@ -836,6 +847,35 @@ impl Conn {
             status: status.code(),
             reason: "limit",
             detail: format!("the target has {max} sessions (max-sessions-per-target)"),
+        });
+        resp.transit = false;
+        resp.continue_bit = false;
+        resp.tsih = 0;
+        resp.status_class = status.class;
+        resp.status_detail = status.detail;
+        resp.data.clear();
+        let _ = self.send_login(Pdu::LoginResponse(resp.clone())).await;
+        Flow::Close
+    }
+
+    /// A login that negotiated well but whose target was removed, or whose
+    /// initiator was taken off the ACL, meanwhile.
+    async fn refuse_changed(
+        &mut self,
+        resp: &mut crate::pdu::LoginResponse,
+        outcome: &LoginOutcome,
+        target: &str,
+    ) -> Flow {
+        let status = crate::login::LoginStatus::TARGET_REMOVED;
+        self.warn(format_args!("login to {target} refused: the target or its ACL changed during the login"));
+        self.shared.login_failed(super::LoginFailureInfo {
+            peer: self.peer,
+            initiator: Some(outcome.initiator_name.clone()),
+            target: Some(target.to_owned()),
+            chap_user: None,
+            status: status.code(),
+            reason: "not-found",
+            detail: "the target was removed or its ACL changed during the login".into(),
         });
         resp.transit = false;
         resp.continue_bit = false;
@@ -1396,6 +1436,11 @@ impl Conn {
             _ => LogoutResponseCode::RecoveryNotSupported,
         };
         let close = response == LogoutResponseCode::Closed;
+        if close {
+            if let Some(s) = &self.session {
+                self.shared.logged_out(&s.initiator, s.isid, &s.entry.config.name, s.tsih);
+            }
+        }
         let flow = self
             .send(Pdu::LogoutResponse(LogoutResponse {
                 response,

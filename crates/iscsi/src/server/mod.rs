@@ -21,6 +21,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
+use lunar_target::threads::Contexts;
 use lunar_target::Target;
 use tokio::sync::{broadcast, watch};
 
@@ -65,6 +67,24 @@ pub enum ServerError {
     NoTargets,
     #[error("the target's threads are gone")]
     ThreadsGone,
+    #[error("a target named {0} already exists")]
+    TargetExists(String),
+    #[error("no target named {0}")]
+    NoSuchTarget(String),
+    #[error("already listening on {0}")]
+    PortalExists(SocketAddr),
+}
+
+/// How a session is asked to end (the value of its kill channel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// Not asked.
+    No,
+    /// Asked to log out (Async Message "logout requested", RFC 7143
+    /// §11.9.1 event 1) within [`LOGOUT_GRACE`], closed after it.
+    Logout,
+    /// Closed now.
+    Now,
 }
 
 /// Key of a session for reinstatement (RFC 7143 §6.3.5): same initiator,
@@ -75,10 +95,14 @@ type SessionKey = (String, [u8; 6], String);
 #[derive(Debug)]
 struct SessionHandle {
     tsih: u16,
-    kill: watch::Sender<bool>,
+    kill: watch::Sender<End>,
     closed: watch::Receiver<bool>,
     /// When it logged in (for the control plane).
     since: std::time::SystemTime,
+    /// Its logout was answered: it is closing and no longer counts against
+    /// the target's sessions (it stays registered until closed, so that a
+    /// login with the same ISID still waits for it).
+    logged_out: bool,
 }
 
 /// A live session as the control plane sees it.
@@ -153,11 +177,37 @@ impl LoginFailureInfo {
     }
 }
 
+/// The threads connections are served on.
+struct Threads(Arc<Contexts>);
+
+impl std::fmt::Debug for Threads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Threads({} I/O threads)", self.0.io_threads())
+    }
+}
+
+/// A listening portal.
+#[derive(Debug)]
+struct Portal {
+    /// The address bound (port 0 resolved).
+    addr: SocketAddr,
+    /// Set to stop accepting.
+    stop: watch::Sender<bool>,
+    /// Becomes true (or its sender is dropped) once the listener is closed.
+    closed: watch::Receiver<bool>,
+}
+
 /// State shared by all connections of a server.
+///
+/// The targets (names, ACLs, authentication, cores) are an immutable
+/// table swapped whole by the control plane ([`ServerHandle::add_target`],
+/// [`ServerHandle::update_target`], [`ServerHandle::remove_target`]) and
+/// read, without a lock, at login and discovery; the I/O path never reads
+/// it (a session holds its own [`TargetEntry`]).
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) targets: HashMap<String, TargetEntry>,
-    pub(crate) discovery_auth: Option<AuthPolicy>,
+    pub(crate) targets: ArcSwap<HashMap<String, TargetEntry>>,
+    pub(crate) discovery_auth: ArcSwap<Option<AuthPolicy>>,
     pub(crate) limits: TargetLimits,
     pub(crate) portal_group_tag: u16,
     pub(crate) resources: ResourceLimits,
@@ -167,7 +217,12 @@ pub(crate) struct Shared {
     /// Warnings about connections refused at accept (a flood of them must
     /// not flood the log).
     accept_log: lunar_aio::LogLimit,
-    pub(crate) portals: Mutex<Vec<SocketAddr>>,
+    portals: Mutex<Vec<Portal>>,
+    /// Numbers portals for the per-portal connection counts.
+    next_portal: AtomicUsize,
+    /// Round robin of accepted connections over the I/O threads.
+    next_thread: AtomicUsize,
+    contexts: Threads,
     next_tsih: AtomicU16,
     sessions: Mutex<HashMap<SessionKey, SessionHandle>>,
     connections: AtomicUsize,
@@ -187,11 +242,11 @@ fn session_info(key: &SessionKey, s: &SessionHandle) -> SessionInfo {
 
 impl TargetRegistry for Shared {
     fn target(&self, name: &str) -> Option<TargetConfig> {
-        self.targets.get(name).map(|t| t.config.clone())
+        self.targets.load().get(name).map(|t| t.config.clone())
     }
 
     fn discovery_auth(&self) -> Option<AuthPolicy> {
-        self.discovery_auth.clone()
+        self.discovery_auth.load().as_ref().clone()
     }
 
     fn allocate_tsih(&self) -> Option<u16> {
@@ -208,9 +263,10 @@ impl Shared {
     /// The SendTargets entries for a discovery that arrived on a connection
     /// whose local address is `local` (see [`advertised_portals`]).
     pub(crate) fn send_targets_entries(&self, local: Option<SocketAddr>) -> Vec<SendTargetsEntry> {
-        let portals = advertised_portals(&self.portals.lock().unwrap_or_else(|e| e.into_inner()), local);
+        let portals = advertised_portals(&self.portal_addrs(), local);
         let mut v: Vec<SendTargetsEntry> = self
             .targets
+            .load()
             .values()
             .map(|t| SendTargetsEntry {
                 name: t.config.name.clone(),
@@ -219,6 +275,22 @@ impl Shared {
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    fn portal_addrs(&self) -> Vec<SocketAddr> {
+        self.portals.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|p| p.addr).collect()
+    }
+
+    /// Whether a session of `initiator` on `entry` may go on with the
+    /// targets as they are now: the target is still served (by the same
+    /// core) and its ACL still lets the initiator in. Checked by a login
+    /// after it registered its session, so that a change of the table made
+    /// meanwhile either sees the session (and ends it) or is seen here.
+    pub(crate) fn still_allowed(&self, entry: &TargetEntry, initiator: &str) -> bool {
+        self.targets
+            .load()
+            .get(&entry.config.name)
+            .is_some_and(|now| Arc::ptr_eq(&now.core, &entry.core) && now.config.allows(initiator))
     }
 
     /// Registers a new session; an existing one with the same key is ended
@@ -230,15 +302,21 @@ impl Shared {
         isid: Isid,
         target: &str,
         tsih: u16,
-    ) -> Option<(watch::Receiver<bool>, watch::Sender<bool>)> {
+    ) -> Option<(watch::Receiver<End>, watch::Sender<bool>)> {
         let key = (initiator.to_ascii_lowercase(), isid.0, target.to_string());
-        let (kill_tx, kill_rx) = watch::channel(false);
+        let (kill_tx, kill_rx) = watch::channel(End::No);
         let (closed_tx, closed_rx) = watch::channel(false);
-        let handle = SessionHandle { tsih, kill: kill_tx, closed: closed_rx, since: std::time::SystemTime::now() };
+        let handle = SessionHandle {
+            tsih,
+            kill: kill_tx,
+            closed: closed_rx,
+            since: std::time::SystemTime::now(),
+            logged_out: false,
+        };
         let login = SessionEvent::Login(session_info(&key, &handle));
         let old = {
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            let of_target = sessions.keys().filter(|k| k.2 == target && **k != key).count();
+            let of_target = sessions.iter().filter(|(k, s)| k.2 == target && **k != key && !s.logged_out).count();
             if of_target >= self.resources.max_sessions_per_target {
                 limits::LimitCounters::bump(&self.hits.sessions_refused);
                 return None;
@@ -251,7 +329,7 @@ impl Shared {
         let _ = self.session_events.send(login);
         if let Some(old) = old {
             tracing::info!(initiator, %isid, target, old_tsih = old.tsih, "session reinstatement: closing the old session");
-            let _ = old.kill.send(true);
+            let _ = old.kill.send(End::Now);
             let mut closed = old.closed;
             let _ = closed.wait_for(|c| *c).await;
         }
@@ -261,6 +339,15 @@ impl Shared {
     /// Reports a refused login to the control plane.
     pub(crate) fn login_failed(&self, info: LoginFailureInfo) {
         let _ = self.session_events.send(SessionEvent::LoginFailed(info));
+    }
+
+    /// The session's logout was answered (see `SessionHandle::logged_out`).
+    pub(crate) fn logged_out(&self, initiator: &str, isid: Isid, target: &str, tsih: u16) {
+        let key = (initiator.to_ascii_lowercase(), isid.0, target.to_string());
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = sessions.get_mut(&key).filter(|s| s.tsih == tsih) {
+            s.logged_out = true;
+        }
     }
 
     pub(crate) fn unregister_session(&self, initiator: &str, isid: Isid, target: &str, tsih: u16) {
@@ -277,9 +364,34 @@ impl Shared {
     pub(crate) fn kill_sessions_of(&self, target: &str, except_tsih: u16) {
         for (key, s) in self.sessions.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             if key.2 == target && s.tsih != except_tsih {
-                let _ = s.kill.send(true);
+                let _ = s.kill.send(End::Now);
             }
         }
+    }
+
+    /// Asks the sessions that `which` selects (by key: initiator, ISID,
+    /// target) to end as `how`; the receivers that say when each has closed.
+    fn end_sessions(&self, how: End, which: impl Fn(&SessionKey) -> bool) -> Vec<watch::Receiver<bool>> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut closed = Vec::new();
+        for (_, s) in sessions.iter().filter(|(k, _)| which(k)) {
+            s.kill.send_if_modified(|k| {
+                let more = matches!((*k, how), (End::No, _) | (End::Logout, End::Now));
+                if more {
+                    *k = how;
+                }
+                more
+            });
+            closed.push(s.closed.clone());
+        }
+        closed
+    }
+}
+
+/// Waits until every session of `closed` has closed.
+async fn all_closed(closed: Vec<watch::Receiver<bool>>) {
+    for mut c in closed {
+        let _ = c.wait_for(|c| *c).await;
     }
 }
 
@@ -309,6 +421,80 @@ pub(crate) fn advertised_portals(portals: &[SocketAddr], local: Option<SocketAdd
     out
 }
 
+fn bind(addr: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), ServerError> {
+    let err = |source| ServerError::Bind { addr, source };
+    let l = std::net::TcpListener::bind(addr).map_err(err)?;
+    l.set_nonblocking(true).map_err(err)?;
+    let bound = l.local_addr().map_err(err)?;
+    Ok((l, bound))
+}
+
+/// Accepts on `l` (bound to `addr`) on the main loop until the server
+/// shuts down or the portal is removed; each connection goes to an I/O
+/// thread, round robin.
+fn listen(shared: &Arc<Shared>, l: std::net::TcpListener, addr: SocketAddr) -> Result<(), ServerError> {
+    let portal = shared.next_portal.fetch_add(1, Ordering::Relaxed);
+    let (stop, mut stop_rx) = watch::channel(false);
+    let (closed_tx, closed) = watch::channel(false);
+    shared.portals.lock().unwrap_or_else(|e| e.into_inner()).push(Portal { addr, stop, closed });
+    let task_shared = shared.clone();
+    let spawned = shared.contexts.0.main_loop().clone().spawn(move || async move {
+        let shared = task_shared;
+        let listener = match tokio::net::TcpListener::from_std(l) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("cannot register listener: {e}");
+                return;
+            }
+        };
+        let mut shutdown = shared.shutdown.subscribe();
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.changed() => break,
+                _ = stop_rx.wait_for(|s| *s) => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            if !shared.connection_counts.admit(&shared.resources, portal, peer.ip()) {
+                limits::LimitCounters::bump(&shared.hits.connections_refused);
+                lunar_aio::warn_limited!(shared.accept_log, %peer,
+                    "connection refused: too many connections on this portal or from this address");
+                continue;
+            }
+            let slot = ConnectionSlot { shared: shared.clone(), portal, addr: peer.ip() };
+            let Ok(std_stream) = stream.into_std() else { continue };
+            let n = shared.contexts.0.io_threads().max(1);
+            let thread = 1 + shared.next_thread.fetch_add(1, Ordering::Relaxed) % n;
+            let Some(ctx) = shared.contexts.0.get(thread) else { continue };
+            let conn_shared = shared.clone();
+            let spawned = ctx.spawn(move || async move {
+                let shared = conn_shared;
+                shared.connections.fetch_add(1, Ordering::Relaxed);
+                connection::serve(std_stream, peer, shared.clone(), thread).await;
+                shared.connections.fetch_sub(1, Ordering::Relaxed);
+                drop(slot);
+            });
+            if spawned.is_err() {
+                tracing::warn!(%peer, "I/O thread gone; connection dropped");
+            }
+        }
+        drop(listener);
+        let _ = closed_tx.send(true);
+    });
+    if spawned.is_err() {
+        shared.portals.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| p.addr != addr);
+        return Err(ServerError::ThreadsGone);
+    }
+    Ok(())
+}
+
 /// A connection counted against the portal and address limits, until dropped.
 struct ConnectionSlot {
     shared: Arc<Shared>,
@@ -336,19 +522,15 @@ impl Server {
         let first = config.targets.first().ok_or(ServerError::NoTargets)?.core.clone();
         let contexts = first.contexts().clone();
         let mut listeners = Vec::new();
-        let mut addrs = Vec::new();
         for addr in &config.portals {
-            let l = std::net::TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr: *addr, source })?;
-            l.set_nonblocking(true).map_err(|source| ServerError::Bind { addr: *addr, source })?;
-            addrs.push(l.local_addr().map_err(|source| ServerError::Bind { addr: *addr, source })?);
-            listeners.push(l);
+            listeners.push(bind(*addr)?);
         }
         let (shutdown, _) = watch::channel(false);
         let mut limits = config.limits.clamped();
         limits.first_burst_length = config.resources.first_burst_cap(limits.first_burst_length);
         let shared = Arc::new(Shared {
-            targets: config.targets.iter().map(|t| (t.config.name.clone(), t.clone())).collect(),
-            discovery_auth: config.discovery_auth,
+            targets: ArcSwap::from_pointee(config.targets.iter().map(|t| (t.config.name.clone(), t.clone())).collect()),
+            discovery_auth: ArcSwap::from_pointee(config.discovery_auth),
             limits,
             portal_group_tag: config.portal_group_tag,
             resources: config.resources,
@@ -356,67 +538,20 @@ impl Server {
             tmfs: tmf::TmfCounters::default(),
             connection_counts: limits::ConnectionCounts::default(),
             accept_log: lunar_aio::LogLimit::default(),
-            portals: Mutex::new(addrs.clone()),
+            portals: Mutex::new(Vec::new()),
+            next_portal: AtomicUsize::new(0),
+            next_thread: AtomicUsize::new(0),
+            contexts: Threads(contexts),
             next_tsih: AtomicU16::new(1),
             sessions: Mutex::new(HashMap::new()),
             connections: AtomicUsize::new(0),
             shutdown,
             session_events: broadcast::channel(1024).0,
         });
-        let next_thread = Arc::new(AtomicUsize::new(0));
-        for (portal, l) in listeners.into_iter().enumerate() {
-            let shared = shared.clone();
-            let contexts = contexts.clone();
-            let next = next_thread.clone();
-            contexts
-                .main_loop()
-                .clone()
-                .spawn(move || async move {
-                    let listener = match tokio::net::TcpListener::from_std(l) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!("cannot register listener: {e}");
-                            return;
-                        }
-                    };
-                    let mut shutdown = shared.shutdown.subscribe();
-                    loop {
-                        let accepted = tokio::select! {
-                            a = listener.accept() => a,
-                            _ = shutdown.changed() => break,
-                        };
-                        let (stream, peer) = match accepted {
-                            Ok(x) => x,
-                            Err(e) => {
-                                tracing::warn!("accept: {e}");
-                                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                                continue;
-                            }
-                        };
-                        if !shared.connection_counts.admit(&shared.resources, portal, peer.ip()) {
-                            limits::LimitCounters::bump(&shared.hits.connections_refused);
-                            lunar_aio::warn_limited!(shared.accept_log, %peer,
-                                "connection refused: too many connections on this portal or from this address");
-                            continue;
-                        }
-                        let slot = ConnectionSlot { shared: shared.clone(), portal, addr: peer.ip() };
-                        let Ok(std_stream) = stream.into_std() else { continue };
-                        let n = contexts.io_threads().max(1);
-                        let thread = 1 + next.fetch_add(1, Ordering::Relaxed) % n;
-                        let Some(ctx) = contexts.get(thread) else { continue };
-                        let shared = shared.clone();
-                        let spawned = ctx.spawn(move || async move {
-                            shared.connections.fetch_add(1, Ordering::Relaxed);
-                            connection::serve(std_stream, peer, shared.clone(), thread).await;
-                            shared.connections.fetch_sub(1, Ordering::Relaxed);
-                            drop(slot);
-                        });
-                        if spawned.is_err() {
-                            tracing::warn!(%peer, "I/O thread gone; connection dropped");
-                        }
-                    }
-                })
-                .map_err(|_| ServerError::ThreadsGone)?;
+        let mut addrs = Vec::new();
+        for (l, addr) in listeners {
+            listen(&shared, l, addr)?;
+            addrs.push(addr);
         }
         Ok(Server { shared, addrs })
     }
@@ -467,7 +602,7 @@ impl ServerHandle {
         let sessions = self.shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
         match sessions.values().find(|s| s.tsih == tsih) {
             Some(s) => {
-                let _ = s.kill.send(true);
+                let _ = s.kill.send(End::Now);
                 true
             }
             None => false,
@@ -501,7 +636,104 @@ impl ServerHandle {
 
     /// The addresses of the portals.
     pub fn portals(&self) -> Vec<SocketAddr> {
-        self.shared.portals.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared.portal_addrs()
+    }
+
+    /// Starts listening on `addr` as well (port 0: any free port); the
+    /// address bound. Discovery advertises it from now on.
+    pub fn add_portal(&self, addr: SocketAddr) -> Result<SocketAddr, ServerError> {
+        if addr.port() != 0 && self.portals().contains(&addr) {
+            return Err(ServerError::PortalExists(addr));
+        }
+        let (l, bound) = bind(addr)?;
+        listen(&self.shared, l, bound)?;
+        Ok(bound)
+    }
+
+    /// Stops listening on the portal bound to `addr` and waits until its
+    /// socket is closed (the address can be bound again). Connections
+    /// accepted through it go on. False if there is no such portal.
+    pub async fn remove_portal(&self, addr: SocketAddr) -> bool {
+        let portal = {
+            let mut portals = self.shared.portals.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(i) = portals.iter().position(|p| p.addr == addr) else { return false };
+            portals.remove(i)
+        };
+        let _ = portal.stop.send(true);
+        let mut closed = portal.closed;
+        let _ = closed.wait_for(|c| *c).await;
+        true
+    }
+
+    /// The targets served now.
+    pub fn targets(&self) -> Vec<TargetEntry> {
+        let mut v: Vec<TargetEntry> = self.shared.targets.load().values().cloned().collect();
+        v.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+        v
+    }
+
+    /// Serves one more target (logins and discovery see it at once).
+    pub fn add_target(&self, entry: TargetEntry) -> Result<(), ServerError> {
+        let name = entry.config.name.clone();
+        let mut exists = false;
+        self.shared.targets.rcu(|old| {
+            exists = old.contains_key(&name);
+            let mut new = HashMap::clone(old);
+            if !exists {
+                new.insert(name.clone(), entry.clone());
+            }
+            new
+        });
+        if exists {
+            return Err(ServerError::TargetExists(name));
+        }
+        Ok(())
+    }
+
+    /// Changes the login rules of target `name` (ACL, authentication,
+    /// alias): new logins follow the new rules at once; a session whose
+    /// initiator the new ACL does not allow is asked to log out and closed
+    /// (this waits until it has); other sessions go on (they authenticated
+    /// under the rules of their login).
+    pub async fn update_target(
+        &self,
+        name: &str,
+        change: impl Fn(&mut TargetConfig),
+    ) -> Result<TargetConfig, ServerError> {
+        let mut updated = None;
+        self.shared.targets.rcu(|old| {
+            let mut new = HashMap::clone(old);
+            updated = new.get_mut(name).map(|e| {
+                change(&mut e.config);
+                e.config.clone()
+            });
+            new
+        });
+        let config = updated.ok_or_else(|| ServerError::NoSuchTarget(name.to_string()))?;
+        let closed = self.shared.end_sessions(End::Logout, |k| k.2 == name && !config.allows(&k.0));
+        all_closed(closed).await;
+        Ok(config)
+    }
+
+    /// Stops serving target `name`: new logins and discovery no longer see
+    /// it, its sessions are asked to log out and closed after
+    /// [`LOGOUT_GRACE`] (their commands complete or are aborted through
+    /// the core); returns once all have closed, with the entry removed.
+    pub async fn remove_target(&self, name: &str) -> Result<TargetEntry, ServerError> {
+        let mut removed = None;
+        self.shared.targets.rcu(|old| {
+            let mut new = HashMap::clone(old);
+            removed = new.remove(name);
+            new
+        });
+        let entry = removed.ok_or_else(|| ServerError::NoSuchTarget(name.to_string()))?;
+        all_closed(self.shared.end_sessions(End::Logout, |k| k.2 == name)).await;
+        Ok(entry)
+    }
+
+    /// Replaces the authentication of discovery sessions (`None` refuses them).
+    pub fn set_discovery_auth(&self, auth: Option<AuthPolicy>) {
+        self.shared.discovery_auth.store(Arc::new(auth));
     }
 }
 

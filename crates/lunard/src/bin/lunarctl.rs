@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lunard::control::client::{Client, ClientError};
-use lunard::ctl_cli::{Cli, Cmd, ConfigCmd, LunCmd, SessionCmd};
+use lunard::ctl_cli::{AclCmd, ChapCmd, Cli, Cmd, ConfigCmd, LunCmd, PortalCmd, SessionCmd, TargetCmd};
 use serde_json::{json, Value};
 
 fn main() -> ExitCode {
@@ -48,6 +48,20 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
         Cmd::Session(SessionCmd::List) => ("session.list", json!({})),
         Cmd::Session(SessionCmd::Kill { id }) => ("session.kill", json!({ "id": id })),
         Cmd::Events => return events(cli, &mut c),
+        Cmd::Top { interval, count } => return top(cli, &mut c, *interval, *count),
+        Cmd::Target(TargetCmd::Add { name }) => ("target.add", json!({ "name": name })),
+        Cmd::Target(TargetCmd::Remove { name }) => ("target.remove", json!({ "name": name })),
+        Cmd::Acl(AclCmd::Add { initiator }) => ("acl.add", json!({ "initiator": initiator })),
+        Cmd::Acl(AclCmd::Remove { initiator, open }) => ("acl.remove", json!({ "initiator": initiator, "open": open })),
+        Cmd::Chap(ChapCmd::Set { user, secret_file, mutual, discovery }) => {
+            let secret = read_secret(secret_file.as_deref())?;
+            ("chap.set", json!({ "user": user, "secret": secret, "mutual": mutual, "discovery": discovery }))
+        }
+        Cmd::Chap(ChapCmd::Clear { mutual, discovery }) => {
+            ("chap.clear", json!({ "mutual": mutual, "discovery": discovery }))
+        }
+        Cmd::Portal(PortalCmd::Add { address }) => ("portal.add", json!({ "address": address })),
+        Cmd::Portal(PortalCmd::Remove { address }) => ("portal.remove", json!({ "address": address })),
         Cmd::Config(ConfigCmd::Show) => ("config.show", json!({})),
         Cmd::Config(ConfigCmd::Save { path }) => {
             let path = match path {
@@ -60,7 +74,8 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
         }
     };
     let params = match &cli.cmd {
-        Cmd::Session(_) | Cmd::Config(_) => params,
+        Cmd::Session(_) | Cmd::Config(_) | Cmd::Target(_) | Cmd::Portal(_) => params,
+        Cmd::Chap(ChapCmd::Set { discovery: true, .. } | ChapCmd::Clear { discovery: true, .. }) => params,
         _ => with_target(cli, params),
     };
     let result = c.call(method, params)?;
@@ -101,17 +116,114 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
         }
         Cmd::Session(SessionCmd::List) => print_sessions(&result),
         Cmd::Session(SessionCmd::Kill { id }) => println!("session {id} ended"),
-        Cmd::Events => {}
+        Cmd::Events | Cmd::Top { .. } => {}
+        Cmd::Target(TargetCmd::Add { name }) => {
+            println!("target {name} added (no LUN yet: lunarctl --target {name} lun add SPEC)")
+        }
+        Cmd::Target(TargetCmd::Remove { name }) => {
+            println!("target {name} removed ({} sessions closed)", s(&result["sessions_closed"]))
+        }
+        Cmd::Acl(_) => match result["acl"].as_array().map(Vec::len) {
+            Some(0) | None => println!("target {}: every initiator may log in", s(&result["target"])),
+            Some(_) => println!("target {}: initiators allowed: {}", s(&result["target"]), s(&result["acl"])),
+        },
+        Cmd::Chap(_) if result["discovery"] == true => println!("discovery: {}", chap_text(&result["chap"])),
+        Cmd::Chap(_) => println!("target {}: {}", s(&result["target"]), chap_text(&result["chap"])),
+        Cmd::Portal(PortalCmd::Add { .. }) => println!("listening on {}", s(&result["portal"])),
+        Cmd::Portal(PortalCmd::Remove { .. }) => println!("no longer listening on {}", s(&result["portal"])),
         Cmd::Config(ConfigCmd::Show) => print!("{}", result["toml"].as_str().unwrap_or("")),
         Cmd::Config(ConfigCmd::Save { .. }) => println!("saved to {}", s(&result["path"])),
     }
     // A change says whether it outlives the daemon.
-    if let Cmd::Lun(_) = &cli.cmd {
+    if let Cmd::Lun(_) | Cmd::Target(_) | Cmd::Acl(_) | Cmd::Chap(_) | Cmd::Portal(_) = &cli.cmd {
         match (result["persistent"].as_bool(), result["config"].as_str()) {
             (Some(true), Some(file)) => println!("written to {file}"),
             (Some(false), _) => println!("not persistent: {}", s(&result["note"])),
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// The CHAP secret: the first line of `file`, or of standard input (a
+/// secret on the command line would be visible to every user in `ps`).
+fn read_secret(file: Option<&std::path::Path>) -> Result<String, ClientError> {
+    let text = match file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| ClientError::Protocol(format!("cannot read the secret from {}: {e}", f.display())))?,
+        None => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprint!("CHAP secret (12 to 255 bytes; the input is shown): ");
+            }
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| ClientError::Protocol(format!("cannot read the secret from standard input: {e}")))?;
+            line
+        }
+    };
+    let secret = text.lines().next().unwrap_or("").to_string();
+    if secret.is_empty() {
+        return Err(ClientError::Protocol(
+            "no CHAP secret: give it on standard input (one line) or with --secret-file PATH".into(),
+        ));
+    }
+    Ok(secret)
+}
+
+/// `on (user alice), mutual (user bob)`, `off`.
+fn chap_text(c: &Value) -> String {
+    if c["enabled"].as_bool() != Some(true) {
+        return "CHAP off".into();
+    }
+    let mut t = format!("CHAP on (user {})", s(&c["user"]));
+    if c["mutual"].as_bool() == Some(true) {
+        t.push_str(&format!(", mutual (user {})", s(&c["mutual_user"])));
+    }
+    t
+}
+
+/// `lunarctl top`: a `status` per interval, the differences printed.
+fn top(cli: &Cli, c: &mut Client, interval: f64, count: Option<u64>) -> Result<(), ClientError> {
+    if !(0.05..=3600.0).contains(&interval) {
+        return Err(ClientError::Protocol(format!(
+            "--interval {interval}: give a number of seconds from 0.05 to 3600"
+        )));
+    }
+    let params = with_target(cli, json!({}));
+    let mut before = lunard::top::Sample::of_status(&c.call("status", params.clone())?);
+    let mut at = std::time::Instant::now();
+    let mut n = 0u64;
+    while count.is_none_or(|c| n < c) {
+        std::thread::sleep(std::time::Duration::from_secs_f64(interval));
+        let status = c.call("status", params.clone())?;
+        let now = std::time::Instant::now();
+        let secs = now.duration_since(at).as_secs_f64();
+        let after = lunard::top::Sample::of_status(&status);
+        let rows = lunard::top::interval(&before, &after, secs);
+        let time =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        if cli.json {
+            println!("{}", lunard::top::to_json(&rows, time, secs));
+        } else {
+            if n > 0 {
+                println!();
+            }
+            let title = format!(
+                "lunard {} (pid {}): {}, {:.2} s interval, {} sessions",
+                s(&status["version"]),
+                s(&status["pid"]),
+                s(&status["state"]),
+                secs,
+                status["sessions"].as_array().map_or(0, Vec::len)
+            );
+            print!("{}", lunard::top::render(&rows, &title));
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        before = after;
+        at = now;
+        n += 1;
     }
     Ok(())
 }
@@ -167,16 +279,42 @@ fn s(v: &Value) -> String {
     }
 }
 
-/// Prints rows as columns separated by two spaces.
-fn table(rows: &[Vec<String>]) {
+/// Terminal width the tables fit in.
+const COLUMNS: usize = 80;
+
+/// Cuts `c` to `w` characters, keeping its end (the distinctive part of an
+/// iSCSI name or a path), with `~` where it was cut.
+fn fit(c: &str, w: usize) -> String {
+    let n = c.chars().count();
+    if n <= w || w == 0 {
+        return c.to_string();
+    }
+    let tail: String = c.chars().skip(n - (w - 1)).collect();
+    format!("~{tail}")
+}
+
+/// Prints rows as columns separated by two spaces, indented by two, in
+/// at most [`COLUMNS`] columns where it can: while too wide, the widest of
+/// the columns `squeeze` (names, paths) is cut, its cells keeping their
+/// ends, down to 12 characters.
+fn table(rows: &[Vec<String>], squeeze: &[usize]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
+    let mut widths: Vec<usize> =
         (0..cols).map(|i| rows.iter().map(|r| r.get(i).map_or(0, |c| c.chars().count())).max().unwrap_or(0)).collect();
+    let total = |w: &[usize]| 2 + w.iter().sum::<usize>() + 2 * w.len().saturating_sub(1);
+    while total(&widths) > COLUMNS {
+        let Some(&i) = squeeze.iter().filter(|&&i| i < cols).max_by_key(|&&i| widths[i]) else { break };
+        if widths[i] <= 12 {
+            break;
+        }
+        widths[i] = (widths[i] - (total(&widths) - COLUMNS)).max(12);
+    }
     for r in rows {
         let mut line = String::new();
         for (i, c) in r.iter().enumerate() {
+            let c = fit(c, widths[i]);
             if i + 1 == r.len() {
-                line.push_str(c);
+                line.push_str(&c);
             } else {
                 line.push_str(&format!("{c:<w$}  ", w = widths[i]));
             }
@@ -185,30 +323,61 @@ fn table(rows: &[Vec<String>]) {
     }
 }
 
+/// `label` and the items, joined with ", ", wrapped at [`COLUMNS`].
+fn wrapped(label: &str, items: &[String]) {
+    let mut line = label.to_string();
+    for (i, it) in items.iter().enumerate() {
+        let piece = if i + 1 < items.len() { format!("{it},") } else { it.clone() };
+        if line.chars().count() + 1 + piece.chars().count() > COLUMNS && line.len() > label.len() {
+            println!("{line}");
+            line = " ".repeat(label.chars().count());
+        }
+        line.push(' ');
+        line.push_str(&piece);
+    }
+    println!("{line}");
+}
+
 fn print_status(r: &Value) {
     println!("lunard {} (pid {}): {}; control {}", s(&r["version"]), s(&r["pid"]), s(&r["state"]), s(&r["control"]));
-    println!("portals: {}; connections: {}", s(&r["portals"]), s(&r["connections"]));
+    println!(
+        "portals: {}; connections: {}; discovery: {}",
+        s(&r["portals"]),
+        s(&r["connections"]),
+        chap_text(&r["discovery_chap"])
+    );
     match (r["config"]["persistent"].as_bool(), r["config"]["file"].as_str()) {
         (Some(true), Some(f)) => println!("config: {f} (changes are written back)"),
         (Some(false), _) => println!("config: changes are not persistent: {}", s(&r["config"]["note"])),
         _ => {}
     }
     println!("I/O threads:");
-    let mut rows = vec![[vec!["THREAD".to_string(), "QUEUES".into(), "LUNS".into()], stats_header()].concat()];
+    let mut rows = vec![[vec!["THREAD".to_string(), "QUEUES".into()], stats_header()].concat()];
     for t in r["iothreads"].as_array().into_iter().flatten() {
-        rows.push([vec![s(&t["iothread"]), s(&t["queues"]), s(&t["luns"])], stats_columns(&t["stats"])].concat());
+        rows.push([vec![s(&t["iothread"]), s(&t["queues"])], stats_columns(&t["stats"])].concat());
     }
-    table(&rows);
+    table(&rows, &[]);
+    for t in r["iothreads"].as_array().into_iter().flatten() {
+        let luns: Vec<String> = t["luns"].as_array().into_iter().flatten().map(s).collect();
+        if !luns.is_empty() {
+            wrapped(&format!("  thread {} serves", s(&t["iothread"])), &luns);
+        }
+    }
     for t in r["targets"].as_array().into_iter().flatten() {
         let by = if t["paused_by"].is_null() { String::new() } else { format!(" (by {})", s(&t["paused_by"])) };
         println!("target {}: {}{by}", s(&t["name"]), s(&t["state"]));
+        let acl = match t["acl"].as_array().map(Vec::len) {
+            Some(0) | None => "any initiator".to_string(),
+            Some(_) => s(&t["acl"]),
+        };
+        println!("  access: {acl}; {}", chap_text(&t["chap"]));
         let mut rows = vec![vec![
             "LUN".to_string(),
             "BACKEND".into(),
             "SIZE".into(),
             "THREADS".into(),
-            "QUEUES".into(),
-            "IN-FLIGHT".into(),
+            "Q".into(),
+            "INFL".into(),
             "RERROR/WERROR".into(),
             "STATE".into(),
         ]];
@@ -236,13 +405,13 @@ fn print_status(r: &Value) {
                 state,
             ]);
         }
-        table(&rows);
+        table(&rows, &[1]);
         let mut rows = vec![[vec!["LUN".to_string()], stats_header()].concat()];
         for l in t["luns"].as_array().into_iter().flatten() {
             rows.push([vec![s(&l["lun"])], stats_columns(&l["stats"])].concat());
         }
         if rows.len() > 1 {
-            table(&rows);
+            table(&rows, &[]);
         }
     }
     print_sessions(&r["sessions"]);
@@ -282,7 +451,7 @@ fn print_limits(v: &Value) {
 }
 
 fn stats_header() -> Vec<String> {
-    ["COMMANDS", "READS", "WRITES", "MB READ", "MB WRITTEN", "ERRORS", "P50", "P99"].map(String::from).to_vec()
+    ["CMDS", "READS", "WRITES", "MB RD", "MB WR", "ERRORS", "P50", "P99"].map(String::from).to_vec()
 }
 
 /// A `stats` object of `status` as table cells (see `stats_header`).
@@ -329,5 +498,5 @@ fn print_sessions(v: &Value) {
     for x in &list {
         rows.push(vec![s(&x["id"]), s(&x["initiator"]), s(&x["isid"]), s(&x["target"])]);
     }
-    table(&rows);
+    table(&rows, &[1, 3]);
 }

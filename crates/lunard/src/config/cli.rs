@@ -59,6 +59,13 @@ LIMITS (--limit KEY=VALUE, or KEY = VALUE in the file's [limits] table):
                              begun must finish within this     [default: 15]
   Each hit is counted in `lunarctl status` and the metrics.
 
+CHANGES AT RUN TIME (lunarctl): LUNs (add, remove, resize, error policies),
+targets, ACLs, CHAP and portals are written back into the --config file
+(comments kept; the previous version as FILE.bak) before they are made, so a
+restart serves the same configuration; a file lunard cannot write fails the
+change. Not with target flags on the command line (--target, --lun, --chap-*,
+--allow-initiator); portals not when --listen is given.
+
 CHAP secrets on the command line are visible to other local users (ps);
 prefer the config file, readable by root only.
 
@@ -437,5 +444,7 @@ pub(crate) fn merge(cli: Cli, file: Option<FileSettings>, env: &Env) -> Result<C
         log,
         limits,
         write_back,
+        listen_from_cli: !cli.listen.is_empty(),
+        discovery_chap_from_cli: cli.discovery_chap_user.is_some(),
     })
 }

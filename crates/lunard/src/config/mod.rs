@@ -53,6 +53,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+pub(crate) use check::{chap as check_chap, portal as parse_portal};
 pub use check::{check_iscsi_name, parse_size};
 
 /// The target served when none is configured.
@@ -104,6 +105,12 @@ pub struct Config {
     pub limits: lunar_iscsi::server::ResourceLimits,
     /// Where changes made through the control socket are written.
     pub write_back: WriteBack,
+    /// The portals came from `--listen`, which replaces the file's
+    /// `listen`: portal changes are then not written back.
+    pub listen_from_cli: bool,
+    /// The discovery CHAP pair came from `--discovery-chap-*`, which wins
+    /// over the file's: its changes are then not written back.
+    pub discovery_chap_from_cli: bool,
 }
 
 /// Where the changes made through the control socket (`lun.add`, ...)
@@ -609,14 +616,8 @@ impl TargetConfig {
         Ok(())
     }
 
-    fn validate(&self, sockets: &HashSet<&PathBuf>, iothreads: usize) -> Result<(), ConfigError> {
-        self.check_numbers()?;
-        if self.luns.len() > MAX_LUNS_PER_TARGET {
-            return Err(ConfigError::invalid(
-                "lun",
-                format!("{} LUNs, at most {MAX_LUNS_PER_TARGET} per target", self.luns.len()),
-            ));
-        }
+    /// Checks the ACL and the CHAP pairs (also of a change made at run time).
+    pub fn check_access(&self) -> Result<(), ConfigError> {
         if let Some(c) = &self.chap {
             check::chap("chap", c)?;
         }
@@ -641,6 +642,18 @@ impl TargetConfig {
         for name in &self.allow_initiators {
             check::iscsi_name("allow-initiators", name)?;
         }
+        Ok(())
+    }
+
+    fn validate(&self, sockets: &HashSet<&PathBuf>, iothreads: usize) -> Result<(), ConfigError> {
+        self.check_numbers()?;
+        if self.luns.len() > MAX_LUNS_PER_TARGET {
+            return Err(ConfigError::invalid(
+                "lun",
+                format!("{} LUNs, at most {MAX_LUNS_PER_TARGET} per target", self.luns.len()),
+            ));
+        }
+        self.check_access()?;
         if let Some(a) = &self.alias {
             check::alias("alias", a)?;
         }

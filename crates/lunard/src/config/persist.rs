@@ -258,6 +258,89 @@ fn replace_value(t: &mut Table, key: &str, mut v: Value) {
     }
 }
 
+/// Adds target `name`, without LUN, ACL or CHAP (a new `[[target]]`
+/// table after the others).
+pub fn add_target(doc: &mut DocumentMut, name: &str) -> Result<(), String> {
+    let item = doc.entry("target").or_insert_with(|| Item::ArrayOfTables(ArrayOfTables::new()));
+    let Item::ArrayOfTables(targets) = item else {
+        return Err("`target` is not written as [[target]] tables; cannot edit it".into());
+    };
+    if targets.iter().any(|t| t.get("name").and_then(Item::as_str) == Some(name)) {
+        return Err(format!("the file already has a [[target]] named `{name}`"));
+    }
+    let mut t = Table::new();
+    t.insert("name", value(name));
+    targets.push(t);
+    Ok(())
+}
+
+/// Removes target `name` with its LUNs (its `[[target]]` and
+/// `[[target.lun]]` tables).
+pub fn remove_target(doc: &mut DocumentMut, name: &str) -> Result<(), String> {
+    target_table(doc, name)?;
+    if let Some(Item::ArrayOfTables(targets)) = doc.get_mut("target") {
+        targets.retain(|t| t.get("name").and_then(Item::as_str) != Some(name));
+    }
+    Ok(())
+}
+
+/// Sets the `allow-initiators` list of target `name` (removed when empty:
+/// every initiator allowed).
+pub fn set_acl(doc: &mut DocumentMut, name: &str, initiators: &[String]) -> Result<(), String> {
+    let t = target_table(doc, name)?;
+    if initiators.is_empty() {
+        t.remove("allow-initiators");
+        return Ok(());
+    }
+    let mut a = Array::new();
+    for i in initiators {
+        a.push(i.as_str());
+    }
+    replace_value(t, "allow-initiators", Value::Array(a));
+    Ok(())
+}
+
+/// Sets (`Some`) or removes (`None`) the CHAP pair `key` (`chap` or
+/// `mutual-chap`) of target `name`. A pair written as a `[target.chap]`
+/// table keeps its table (and comments); otherwise it is written inline.
+pub fn set_chap(doc: &mut DocumentMut, name: &str, key: &str, chap: Option<&Chap>) -> Result<(), String> {
+    set_chap_in(target_table(doc, name)?, key, chap)
+}
+
+/// Sets (`Some`) or removes (`None`) the `discovery-chap` pair.
+pub fn set_discovery_chap(doc: &mut DocumentMut, chap: Option<&Chap>) -> Result<(), String> {
+    set_chap_in(doc.as_table_mut(), "discovery-chap", chap)
+}
+
+fn set_chap_in(t: &mut Table, key: &str, chap: Option<&Chap>) -> Result<(), String> {
+    let Some(c) = chap else {
+        t.remove(key);
+        return Ok(());
+    };
+    if let Some(Item::Table(table)) = t.get_mut(key) {
+        replace_value(table, "user", Value::from(c.user.as_str()));
+        replace_value(table, "secret", Value::from(c.secret.as_str()));
+        table.retain(|k, _| k == "user" || k == "secret");
+        return Ok(());
+    }
+    let mut inline = toml_edit::InlineTable::new();
+    inline.insert("user", Value::from(c.user.as_str()));
+    inline.insert("secret", Value::from(c.secret.as_str()));
+    replace_value(t, key, Value::InlineTable(inline));
+    Ok(())
+}
+
+/// Sets the `listen` list (the portals).
+pub fn set_listen(doc: &mut DocumentMut, portals: &[std::net::SocketAddr]) -> Result<(), String> {
+    let mut a = Array::new();
+    for p in portals {
+        a.push(p.to_string());
+    }
+    // Before the first table, like any top-level key.
+    replace_value(doc.as_table_mut(), "listen", Value::Array(a));
+    Ok(())
+}
+
 /// Checks a text about to be written as the file `path`: lunard must be
 /// able to start from it.
 pub fn check_text(text: &str, path: &Path) -> Result<(), String> {
@@ -537,6 +620,52 @@ size = "1M"
             c.targets.iter().map(|t| t.numbered().iter().map(|l| l.0).collect::<Vec<_>>()).collect::<Vec<_>>()
         };
         assert_eq!(n(&f), n(&g));
+    }
+
+    #[test]
+    fn targets_acls_chap_and_portals_are_edited_in_place() {
+        let mut d = doc();
+        add_target(&mut d, "iqn.2026-11.dev.lunar:c").unwrap();
+        assert!(add_target(&mut d, "iqn.2026-11.dev.lunar:c").unwrap_err().contains("already"));
+        let acl = ["iqn.1993-08.org.debian:01:aa".to_string(), "iqn.1993-08.org.debian:01:bb".to_string()];
+        set_acl(&mut d, "iqn.2026-11.dev.lunar:c", &acl).unwrap();
+        let alice = Chap { user: "alice".into(), secret: "twelve+bytes!".into() };
+        let bob = Chap { user: "bob".into(), secret: "other+secret!".into() };
+        set_chap(&mut d, "iqn.2026-11.dev.lunar:c", "chap", Some(&alice)).unwrap();
+        set_chap(&mut d, "iqn.2026-11.dev.lunar:c", "mutual-chap", Some(&bob)).unwrap();
+        set_discovery_chap(&mut d, Some(&bob)).unwrap();
+        remove_target(&mut d, "iqn.2026-11.dev.lunar:b").unwrap();
+        assert!(remove_target(&mut d, "iqn.2026-11.dev.lunar:b").unwrap_err().contains("no [[target]] named"));
+        set_listen(&mut d, &["127.0.0.1:3261".parse().unwrap(), "[::1]:3260".parse().unwrap()]).unwrap();
+        let text = d.to_string();
+        assert!(text.starts_with("# my lunar\niothreads = 2 # two\n"), "{text}");
+        assert!(text.contains("# the RAM disk"), "{text}");
+        let f = super::super::Config::from_toml_str(&text, Path::new("/etc/lunar/x.toml")).unwrap();
+        let names: Vec<&str> = f.targets.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["iqn.2026-11.dev.lunar:a", "iqn.2026-11.dev.lunar:c"]);
+        assert_eq!(f.targets[1].allow_initiators, acl);
+        assert_eq!((f.targets[1].chap.as_ref(), f.targets[1].mutual_chap.as_ref()), (Some(&alice), Some(&bob)));
+        assert_eq!(f.portals.iter().map(|p| p.to_string()).collect::<Vec<_>>(), ["127.0.0.1:3261", "[::1]:3260"]);
+        assert_eq!(f.targets[0].luns.len(), 3);
+        assert_eq!(f.discovery_chap.as_ref(), Some(&bob));
+        set_discovery_chap(&mut d, None).unwrap();
+        // Cleared again: the keys go.
+        set_acl(&mut d, "iqn.2026-11.dev.lunar:c", &[]).unwrap();
+        set_chap(&mut d, "iqn.2026-11.dev.lunar:c", "mutual-chap", None).unwrap();
+        set_chap(&mut d, "iqn.2026-11.dev.lunar:c", "chap", None).unwrap();
+        let text = d.to_string();
+        assert!(!text.contains("allow-initiators") && !text.contains("chap"), "{text}");
+        // A [target.chap] table keeps its form and its comment.
+        let mut d: DocumentMut =
+            "[[target]]\nname = \"iqn.2026-11.dev.lunar:e\"\n# who may log in\n[target.chap]\nuser = \"x\"\nsecret = \"0123456789ab\"\n"
+                .parse()
+                .unwrap();
+        set_chap(&mut d, "iqn.2026-11.dev.lunar:e", "chap", Some(&alice)).unwrap();
+        let text = d.to_string();
+        assert!(
+            text.contains("# who may log in\n[target.chap]\nuser = \"alice\"\nsecret = \"twelve+bytes!\"\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -101,23 +101,8 @@ pub fn spawn(
     sources: Vec<(Arc<Target>, broadcast::Receiver<Event>)>,
     sessions: broadcast::Receiver<SessionEvent>,
 ) {
-    for (t, mut rx) in sources {
-        let ctx = ctx.clone();
-        tokio::task::spawn_local(async move {
-            loop {
-                match rx.recv().await {
-                    Ok(e) => {
-                        ctx.note_core_event(t.name(), &e);
-                        publish(&ctx, core_event(t.name(), &e));
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(target = t.name(), "control plane missed {n} core events");
-                        publish(&ctx, json!({ "event": "events.lost", "count": n, "target": t.name() }));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
+    for (t, rx) in sources {
+        forward(ctx.clone(), t.name().to_string(), rx);
     }
     let mut sessions = sessions;
     tokio::task::spawn_local(async move {
@@ -126,6 +111,26 @@ pub fn spawn(
                 Ok(e) => publish(&ctx, session_event(&e)),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     publish(&ctx, json!({ "event": "events.lost", "count": n }));
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+/// Forwards the core events of target `name` until the target is gone
+/// (holding its name only, so that a removed target can go).
+pub(super) fn forward(ctx: Arc<Context>, name: String, mut rx: broadcast::Receiver<Event>) {
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) => {
+                    ctx.note_core_event(&name, &e);
+                    publish(&ctx, core_event(&name, &e));
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(target = name, "control plane missed {n} core events");
+                    publish(&ctx, json!({ "event": "events.lost", "count": n, "target": name }));
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             }

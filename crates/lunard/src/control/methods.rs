@@ -17,10 +17,17 @@
 //! | `lun.fault` | `lun`, `delay_ms?`, `read_errno?`, `write_errno?` (0 clears), `target?` | `{lun, fault}`: a `fault=on` LUN's injected delay and errors, at run time only (tests) |
 //! | `config.show` | | `{toml, file, persistent, note?}`: the running configuration, CHAP secrets redacted |
 //! | `config.save` | `path?` (absolute; default the `--config` file) | `{path}`: the running configuration written there |
+//! | `target.add` | `name` | `{target, added}`: a target without LUN, ACL or CHAP |
+//! | `target.remove` | `name` | `{target, removed, sessions_closed}`: its sessions asked to log out, then closed; its LUNs flushed and removed |
+//! | `acl.add` / `acl.remove` | `initiator`, `target?`, `open?` (remove the last name) | `{target, acl}` |
+//! | `chap.set` | `user`, `secret`, `mutual?`, `target?` or `discovery?` | `{target, chap}` (no secret) |
+//! | `chap.clear` | `mutual?` (only the mutual pair), `target?` or `discovery?` | `{target, chap}` |
+//! | `portal.add` / `portal.remove` | `address` | `{portal}` (the address bound) |
 //! | `session.list` | | `[session]` |
 //!
 //! The answer of a change (`lun.add`, `lun.remove`, `lun.resize`,
-//! `lun.set_error_policy`, `lun.move`) says whether it outlives the daemon:
+//! `lun.set_error_policy`, `lun.move`, and the methods of
+//! [`super::manage`]: targets, ACLs, CHAP, portals) says whether it outlives the daemon:
 //! `persistent: true` and `config: FILE` when it was written into the
 //! `--config` file (before it was made: a change the file cannot take
 //! fails with the reason and changes nothing), else `persistent: false`
@@ -46,6 +53,9 @@ use crate::config::{BackendSpec, LunConfig, WriteBack, MAX_LUNS_PER_TARGET, MAX_
 
 /// Longest delay `lun.fault` injects (10 minutes).
 const MAX_FAULT_DELAY_MS: u64 = 600_000;
+
+/// The environment variable that enables the test hooks (`debug.stall`).
+pub const TEST_HOOKS: &str = "LUNARD_TEST_HOOKS";
 
 /// Why `lun.move` is not written back.
 const MOVE_NOTE: &str = "a move places the LUN's open queues (queues opened later go on their connection's \
@@ -75,7 +85,7 @@ fn annotate(ctx: &Context, v: &mut Value) {
 /// that cannot be read, edited or written fails the change with the
 /// reason, and nothing changes. If `apply` then fails, the file is put
 /// back. Without a file, `apply` alone. Changes are serialised.
-async fn change(
+pub(super) async fn change(
     ctx: &Context,
     edit: impl FnOnce(&mut toml_edit::DocumentMut) -> Result<(), String>,
     apply: impl std::future::Future<Output = Result<Value, RpcError>>,
@@ -130,6 +140,12 @@ pub enum MethodError {
     NoSuchThread(u64, usize),
     #[error("no session {0}")]
     NoSuchSession(u64),
+    #[error("a target named {0} already exists")]
+    TargetExists(String),
+    #[error("already listening on {0}")]
+    PortalExists(std::net::SocketAddr),
+    #[error("no portal {0} (the portals: {1})")]
+    NoSuchPortal(std::net::SocketAddr, String),
     #[error("not supported: {0}")]
     NotSupported(String),
     #[error("{0}")]
@@ -153,6 +169,8 @@ impl MethodError {
             MethodError::Backend(_) => -32006,
             MethodError::NotSupported(_) => -32007,
             MethodError::Config(_) => -32008,
+            MethodError::TargetExists(_) => -32009,
+            MethodError::PortalExists(_) | MethodError::NoSuchPortal(..) => -32010,
         }
     }
 }
@@ -361,6 +379,28 @@ async fn dispatch(
             persist::write_atomic(&path, &text, true).map_err(MethodError::Config)?;
             Ok(json!({ "path": path.display().to_string() }))
         }
+        "target.add" => {
+            let p = Params::new(params, &["name"])?;
+            super::manage::target_add(ctx, p.str("name")?).await
+        }
+        "target.remove" => {
+            let p = Params::new(params, &["name"])?;
+            super::manage::target_remove(ctx, p.str("name")?).await
+        }
+        "acl.add" | "acl.remove" => {
+            let p = Params::new(params, &["initiator", "target", "open"])?;
+            super::manage::acl(ctx, method == "acl.add", &p).await
+        }
+        "chap.set" => {
+            let p = Params::new(params, &["user", "secret", "mutual", "target", "discovery"])?;
+            super::manage::chap(ctx, true, &p).await
+        }
+        "chap.clear" => {
+            let p = Params::new(params, &["mutual", "target", "discovery"])?;
+            super::manage::chap(ctx, false, &p).await
+        }
+        "portal.add" => super::manage::portal_add(ctx, &Params::new(params, &["address"])?).await,
+        "portal.remove" => super::manage::portal_remove(ctx, &Params::new(params, &["address"])?).await,
         "session.list" => {
             Params::new(params, &[])?;
             Ok(Value::Array(ctx.server.sessions().iter().map(session_json).collect()))
@@ -373,6 +413,26 @@ async fn dispatch(
                 return Err(MethodError::NoSuchSession(id).into());
             }
             Ok(json!({ "killed": id }))
+        }
+        "debug.stall" if std::env::var_os(TEST_HOOKS).is_some() => {
+            // Test hook (only with LUNARD_TEST_HOOKS set): blocks a core
+            // thread, as a bug would, so that tests can see the watchdog
+            // keep-alives stop.
+            let p = Params::new(params, &["iothread", "ms"])?;
+            let ms = p.u64("ms")?.min(60_000);
+            let core = match p.opt_u64("iothread")? {
+                None => MAIN_LOOP,
+                Some(n) => usize::try_from(n)
+                    .ok()
+                    .filter(|&n| n < ctx.iothreads)
+                    .map(|n| n + 1)
+                    .ok_or(MethodError::NoSuchThread(n, ctx.iothreads))?,
+            };
+            let thread = ctx.threads.get(core).ok_or(MethodError::NoSuchThread(core as u64, ctx.iothreads))?;
+            thread
+                .schedule(move || std::thread::sleep(std::time::Duration::from_millis(ms)))
+                .map_err(|e| MethodError::Backend(e.to_string()))?;
+            Ok(json!({ "stalled": thread_json(core), "ms": ms }))
         }
         "events" => Err(RpcError::new(rpc::INVALID_REQUEST, "`events` must be sent alone, with an id, not in a batch")),
         other => Err(RpcError::new(rpc::METHOD_NOT_FOUND, format!("method not found: {other:?}"))),
@@ -392,24 +452,23 @@ impl Params<'_> {
     }
 }
 
-fn names(ctx: &Context) -> String {
-    ctx.targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+fn names(targets: &[Arc<Target>]) -> String {
+    targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
 }
 
-fn select_one(ctx: &Context, name: Option<&str>) -> Result<Arc<Target>, MethodError> {
+pub(super) fn select_one(ctx: &Context, name: Option<&str>) -> Result<Arc<Target>, MethodError> {
+    let targets = ctx.targets();
     match name {
-        Some(n) => {
-            ctx.targets.iter().find(|t| t.name() == n).cloned().ok_or_else(|| MethodError::NoSuchTarget(n.into()))
-        }
-        None if ctx.targets.len() == 1 => Ok(ctx.targets[0].clone()),
-        None => Err(MethodError::TargetNeeded(names(ctx))),
+        Some(n) => targets.iter().find(|t| t.name() == n).cloned().ok_or_else(|| MethodError::NoSuchTarget(n.into())),
+        None if targets.len() == 1 => Ok(targets[0].clone()),
+        None => Err(MethodError::TargetNeeded(names(&targets))),
     }
 }
 
 fn select_all(ctx: &Context, name: Option<&str>) -> Result<Vec<Arc<Target>>, MethodError> {
     match name {
         Some(_) => Ok(vec![select_one(ctx, name)?]),
-        None => Ok(ctx.targets.clone()),
+        None => Ok(ctx.targets()),
     }
 }
 
@@ -499,13 +558,17 @@ async fn status(ctx: &Context, only: Option<&str>) -> Result<Value, MethodError>
                 "stats": crate::metrics::stats_json(&dev.stats().snapshot()),
             }));
         }
+        let access = super::manage::live_target(ctx, t.name());
         out.push(json!({
             "name": t.name(),
+            "acl": access.as_ref().map(|a| a.allow_initiators.clone()).unwrap_or_default(),
+            "chap": access.as_ref().map(super::manage::chap_json),
             "state": state_name(state),
             "paused_by": if state == RunState::Stopped { json!(pause.by.unwrap_or("operator")) } else { Value::Null },
             "luns": luns,
         }));
     }
+    let discovery = ctx.live.lock().unwrap_or_else(|e| e.into_inner()).discovery_chap.clone();
     let states: BTreeSet<&str> = targets.iter().map(|t| state_name(t.run_state())).collect();
     let state = match states.len() {
         1 => states.into_iter().next().unwrap_or("running"),
@@ -528,6 +591,10 @@ async fn status(ctx: &Context, only: Option<&str>) -> Result<Value, MethodError>
         "limits": limits_json(ctx),
         "task_management": tmf_json(ctx),
         "config": persistence_json(ctx),
+        "discovery_chap": {
+            "enabled": discovery.is_some(),
+            "user": discovery.as_ref().map(|c| c.user.clone()),
+        },
     }))
 }
 

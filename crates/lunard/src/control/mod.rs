@@ -9,6 +9,7 @@
 
 pub mod client;
 mod events;
+mod manage;
 /// Public only for the fuzz target `control_rpc` (fuzz/); not an API.
 #[doc(hidden)]
 pub mod methods;
@@ -66,7 +67,13 @@ pub(crate) struct Pause {
 /// What the control plane works on: the daemon's targets and iSCSI server,
 /// and what it remembers about them.
 pub struct Context {
-    pub(crate) targets: Vec<Arc<Target>>,
+    /// The core targets, in the order of the configuration (targets added
+    /// at run time last). Changed only by `target.add`/`target.remove`,
+    /// under `write_lock`; the I/O path never reads it.
+    pub(crate) targets: Mutex<Vec<Arc<Target>>>,
+    /// The threads every target runs on (a target added at run time too).
+    pub(crate) threads: Arc<lunar_target::threads::Contexts>,
+    pub(crate) thread_set: Option<Arc<lunar_target::ThreadSet>>,
     pub(crate) server: ServerHandle,
     pub(crate) iothreads: usize,
     pub(crate) socket: PathBuf,
@@ -76,9 +83,14 @@ pub struct Context {
     pub(crate) events: broadcast::Sender<Arc<str>>,
     /// Each vhost-user controller's socket, limits and limit counts.
     pub(crate) vhost: Vec<VhostProbe>,
-    /// The configuration the daemon started from (the LUNs as they are now
-    /// are in `luns`), and where changes are written back.
+    /// The configuration the daemon started from: where changes are
+    /// written back, and what does not change at run time.
     pub(crate) config: Config,
+    /// The running configuration but for the LUNs (those are in `luns`):
+    /// targets with their ACLs and CHAP, portals as configured.
+    pub(crate) live: Mutex<Config>,
+    /// Each portal as configured (port 0 possible) and as bound.
+    pub(crate) portals: Mutex<Vec<(std::net::SocketAddr, std::net::SocketAddr)>>,
     /// Held by a change from its write of the configuration file to its
     /// end in the core, so that changes reach the file in the order they
     /// reach the daemon.
@@ -99,7 +111,8 @@ impl VhostProbe {
 }
 
 impl Context {
-    /// The control plane of a daemon started from `config`.
+    /// The control plane of a daemon started from `config`, whose targets
+    /// are `targets` (at least one: the threads are theirs).
     pub fn new(
         config: &Config,
         targets: Vec<Arc<Target>>,
@@ -112,8 +125,18 @@ impl Context {
                 luns.insert((t.name.clone(), i), l.clone());
             }
         }
+        let first = targets.first().expect("a daemon serves at least one target");
+        let threads = first.contexts().clone();
+        let thread_set = first.threads();
+        let portals = config.portals.iter().copied().zip(server.portals()).collect();
+        let mut live = config.clone();
+        for t in &mut live.targets {
+            t.luns.clear();
+        }
         Arc::new(Context {
-            targets,
+            targets: Mutex::new(targets),
+            threads,
+            thread_set,
             server,
             iothreads: config.iothreads,
             socket: config.control.clone(),
@@ -122,14 +145,22 @@ impl Context {
             events: broadcast::channel(4096).0,
             vhost,
             config: config.clone(),
+            live: Mutex::new(live),
+            portals: Mutex::new(portals),
             write_lock: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// The running configuration: the one the daemon started from, with
-    /// each target's LUNs as they are now (numbered explicitly).
+    /// The core targets now.
+    pub fn targets(&self) -> Vec<Arc<Target>> {
+        self.targets.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The running configuration: targets (with their ACLs and CHAP),
+    /// portals and the rest as they are now, each target's LUNs numbered
+    /// explicitly.
     pub fn running_config(&self) -> Config {
-        let mut c = self.config.clone();
+        let mut c = self.live.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let luns = self.luns.lock().unwrap_or_else(|e| e.into_inner());
         for t in &mut c.targets {
             let mut mine: Vec<(u64, LunConfig)> =
@@ -182,7 +213,7 @@ impl ControlServer {
     pub fn start(ctx: Arc<Context>) -> Result<ControlServer, ControlError> {
         let path = ctx.socket.clone();
         let listener = bind(&path)?;
-        let sources: Vec<_> = ctx.targets.iter().map(|t| (t.clone(), t.events())).collect();
+        let sources: Vec<_> = ctx.targets().iter().map(|t| (t.clone(), t.events())).collect();
         let sessions = ctx.server.session_events();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let thread = std::thread::Builder::new()

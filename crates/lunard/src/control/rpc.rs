@@ -185,6 +185,15 @@ impl<'a> Params<'a> {
     pub fn str(&self, name: &str) -> Result<&'a str, RpcError> {
         self.opt_str(name)?.ok_or_else(|| missing(name))
     }
+
+    /// A boolean, `false` when absent.
+    pub fn flag(&self, name: &str) -> Result<bool, RpcError> {
+        match self.get(name) {
+            None => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(RpcError::invalid_params(format!("`{name}` must be a boolean, not {}", kind(v)))),
+        }
+    }
 }
 
 fn missing(name: &str) -> RpcError {

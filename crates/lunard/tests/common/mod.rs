@@ -68,13 +68,27 @@ impl Daemon {
 
     /// Like [`Daemon::try_start`], with these variables added to its environment.
     pub fn try_start_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Daemon, String> {
+        Daemon::spawn(args, env, None)
+    }
+
+    /// Starts `lunard --control SOCKET ARGS...` without `--listen`: the
+    /// portals are those of the configuration file in ARGS, and `port` is
+    /// the one [`Daemon::addr`] and the URLs name (127.0.0.1:`port`).
+    pub fn start_on_file_portal(args: &[&str], port: u16) -> Daemon {
+        Daemon::spawn(args, &[], Some(port)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)], file_port: Option<u16>) -> Result<Daemon, String> {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("run").join("lunard.sock");
         let log = dir.path().join("lunard.log");
-        let port = free_port();
+        let port = file_port.unwrap_or_else(free_port);
+        let listen = match file_port {
+            None => vec!["--listen".to_string(), format!("127.0.0.1:{port}")],
+            Some(_) => Vec::new(),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_lunard"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
+            .args(&listen)
             .arg("--control")
             .arg(&socket)
             .args(args)
@@ -143,6 +157,22 @@ impl Daemon {
 
     pub fn ctl(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_lunarctl")).arg("--control").arg(&self.socket).args(args).output().unwrap()
+    }
+
+    /// `lunarctl ARGS` with `input` on its standard input.
+    pub fn ctl_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lunarctl"))
+            .arg("--control")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        c.wait_with_output().unwrap()
     }
 
     /// `lunarctl ARGS` that must succeed: its standard output.
