@@ -233,7 +233,7 @@ impl Queue {
 enum Plan {
     Nothing,
     Complete(Request, Response),
-    Execute(Command, Vec<u8>, Rc<ExecContext>, lunar_aio::InFlightGuard),
+    Execute(Command, lunar_block::Bytes, Rc<ExecContext>, lunar_aio::InFlightGuard),
 }
 
 impl LocalQueue {
@@ -483,7 +483,8 @@ impl LocalQueue {
         req.retry = false;
         // Keep the data-out only where a failure could park the request for
         // a retry, or where the request may wait in the list to be saved
-        // (a SANITIZE waiting for its operation; its parameter list is short).
+        // (a SANITIZE waiting for its operation). Kept is shared with the
+        // backend, not copied (`Bytes`: a reference count).
         let may_park = device.policy_for(cmd.is_write()).verdict(lunar_block::ErrorKind::NoSpace) == Verdict::Stop;
         let keep = may_park || matches!(cmd, Command::Sanitize(_));
         let data = if keep { req.data_out.clone() } else { std::mem::take(&mut req.data_out) };
