@@ -504,7 +504,7 @@ impl RequestVq {
             return false;
         }
         let lun = queue.device().lun();
-        let cdb = &hdr.cdb[..cdb_len(&hdr.cdb).min(hdr.cdb.len())];
+        let cdb = &hdr.cdb[..lunar_scsi::cdb_length(&hdr.cdb).min(hdr.cdb.len())];
         let data_in_cap = buffers.writable_len() - resp_len;
         // Only the data-out the CDB asks for (none for a CDB that does not
         // decode: the core refuses it), never more than the chain has: the

@@ -322,18 +322,6 @@ pub fn encode_resp(sense: &[u8], sense_size: usize, residual: u32, status: u8, r
     out
 }
 
-/// The command length of a CDB by its group code (SPC-5 4.2.5.1), if fixed.
-pub fn cdb_len(cdb: &[u8]) -> usize {
-    match cdb.first().map(|op| op >> 5) {
-        Some(0) => 6,
-        Some(1) | Some(2) => 10,
-        Some(4) => 16,
-        Some(5) => 12,
-        Some(3) => cdb.get(7).map(|&n| 8 + n as usize).unwrap_or(cdb.len()),
-        _ => cdb.len(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,7 +357,7 @@ mod tests {
         assert_eq!(&r[0..4], &96u32.to_le_bytes());
         assert_eq!(&r[4..8], &5u32.to_le_bytes());
         assert_eq!((r[10], r[11]), (2, 0));
-        assert_eq!(cdb_len(&[0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), 10);
+        assert_eq!(lunar_scsi::cdb_length(&[0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), 10);
     }
 
     /// `collect` looks at `max_descriptors` descriptors at most: a longer
