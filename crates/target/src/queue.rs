@@ -219,11 +219,23 @@ impl Queue {
     /// request completes through its own completion (TASK ABORTED, or its
     /// real status if it finished first), an executing one once its I/O ends.
     pub fn cancel_where(self: &Arc<Self>, pred: impl Fn(&Request) -> bool + Send + Sync + 'static) {
+        self.iterate_here(move |r: &mut Request| if pred(r) { Action::Cancel } else { Action::Keep }, || {});
+    }
+
+    /// Runs `f` for every request of this queue's list on the thread that
+    /// holds it (following a move), acts on what it decided, then runs
+    /// `after` there; only `after` if the queue closed first.
+    pub(crate) fn iterate_here(
+        self: &Arc<Self>,
+        f: impl Fn(&mut Request) -> Action + Send + Sync + 'static,
+        after: impl FnOnce() + Send + 'static,
+    ) {
         let id = self.id();
         self.dispatch(move |arrival| {
             if let (Arrival::Here, Some(lq)) = (arrival, local(id)) {
-                LocalQueue::iterate(&lq, &|r: &mut Request| if pred(r) { Action::Cancel } else { Action::Keep });
+                LocalQueue::iterate(&lq, &f);
             }
+            after();
         });
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use lunar_target::{Queue, Request};
+use lunar_target::{Queue, TaskManagement};
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
@@ -108,56 +108,52 @@ impl ScsiBackend {
                 reply(vring, mem, if found { S_FUNCTION_SUCCEEDED } else { S_FUNCTION_COMPLETE })
             }
             TMF_ABORT_TASK | TMF_ABORT_TASK_SET | TMF_CLEAR_TASK_SET | TMF_I_T_NEXUS_RESET | TMF_LOGICAL_UNIT_RESET => {
-                let mut waits = Vec::new();
-                for v in &self.vqs {
-                    waits.extend(v.waiters(matches, matches!(subtype, TMF_I_T_NEXUS_RESET | TMF_LOGICAL_UNIT_RESET)));
-                }
-                let mut cancel = Vec::new();
-                for v in &self.vqs {
-                    for (l, q) in v.queues().iter() {
-                        if all_luns || *l == lun {
-                            cancel.push(q.clone());
-                        }
+                let tmf = match subtype {
+                    TMF_ABORT_TASK => TaskManagement::AbortTask { tag },
+                    TMF_ABORT_TASK_SET => TaskManagement::AbortTaskSet,
+                    TMF_CLEAR_TASK_SET => TaskManagement::ClearTaskSet,
+                    TMF_I_T_NEXUS_RESET => TaskManagement::ITNexusReset,
+                    _ => TaskManagement::LogicalUnitReset,
+                };
+                // Commands a reset cancels are answered VIRTIO_SCSI_S_RESET
+                // (Linux retries them), not S_ABORTED.
+                if matches!(subtype, TMF_I_T_NEXUS_RESET | TMF_LOGICAL_UNIT_RESET) {
+                    for v in &self.vqs {
+                        v.mark_reset(matches);
                     }
                 }
-                // I_T NEXUS RESET is an I_T nexus loss for every LU (SAM-5
-                // 6.3.4): SPC-2 reservations of the nexus released, its held
-                // copy results dropped, I_T NEXUS LOSS OCCURRED (29h/07h) to
-                // report once on every LUN (the LUN's queues of every
-                // virtqueue share the nexus's unit attentions: whichever the
-                // guest sends on next reports it).
-                let nexus_lost: Vec<Arc<Queue>> = if subtype == TMF_I_T_NEXUS_RESET {
-                    self.vqs.iter().flat_map(|v| v.queues().values().cloned().collect::<Vec<_>>()).collect()
-                } else {
-                    Vec::new()
-                };
+                // The controller's I_T nexus: its core queues of the LU (of
+                // every LU for I_T NEXUS RESET) on every request virtqueue.
+                let queues: Vec<Arc<Queue>> = self
+                    .vqs
+                    .iter()
+                    .flat_map(|v| {
+                        v.queues()
+                            .iter()
+                            .filter(|(l, _)| all_luns || **l == lun)
+                            .map(|(_, q)| q.clone())
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
                 let target = self.shared.target.clone();
                 let (vring, mem, pending) = (vring.clone(), mem.clone(), self.ctrl_pending.clone());
                 pending.fetch_add(1, Ordering::AcqRel);
+                // Answered once every command it aborted has completed (the
+                // core's task management resolves only then) and its unit
+                // attentions are in place.
                 let run = move || async move {
-                    if subtype == TMF_LOGICAL_UNIT_RESET {
-                        if let Err(e) = target.reset_device(lun).await {
-                            tracing::warn!(lun, "LUN reset: {e}");
+                    match target.task_management(tmf, lun, &queues).await {
+                        Ok(done) => {
+                            tracing::info!(
+                                lun,
+                                tmf = tmf.name(),
+                                aborted = done.aborted,
+                                "vhost-user-scsi: task management done"
+                            )
                         }
-                    } else {
-                        for q in cancel {
-                            q.cancel_where(move |r: &Request| subtype != TMF_ABORT_TASK || r.tag == tag);
-                        }
-                    }
-                    let waited = waits.len();
-                    for w in waits {
-                        let _ = w.await;
-                    }
-                    // The unit attentions are in place when `push_unit_attention`
-                    // returns, before the guest hears the reset is done.
-                    let mut released = std::collections::BTreeSet::new();
-                    for q in nexus_lost {
-                        if released.insert(q.device().lun()) {
-                            q.nexus_lost(true);
-                        }
+                        Err(e) => tracing::warn!(lun, tmf = tmf.name(), "vhost-user-scsi: task management: {e}"),
                     }
                     reply(&vring, &mem, S_FUNCTION_COMPLETE);
-                    tracing::info!(lun, tmf = tmf_name(subtype), waited, "vhost-user-scsi: task management done");
                     pending.fetch_sub(1, Ordering::AcqRel);
                 };
                 if self.shared.target.contexts().main_loop().spawn(run).is_err() {
@@ -166,16 +162,5 @@ impl ScsiBackend {
             }
             _ => reply(vring, mem, S_FUNCTION_REJECTED),
         }
-    }
-}
-
-fn tmf_name(subtype: u32) -> &'static str {
-    match subtype {
-        TMF_ABORT_TASK => "ABORT TASK",
-        TMF_ABORT_TASK_SET => "ABORT TASK SET",
-        TMF_CLEAR_TASK_SET => "CLEAR TASK SET",
-        TMF_I_T_NEXUS_RESET => "I_T NEXUS RESET",
-        TMF_LOGICAL_UNIT_RESET => "LOGICAL UNIT RESET",
-        _ => "?",
     }
 }

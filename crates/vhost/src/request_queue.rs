@@ -13,7 +13,7 @@ use lunar_scsi::Status;
 use lunar_target::{Queue, Response};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
@@ -63,7 +63,6 @@ pub(crate) struct Pending {
     /// aborted, the response is `VIRTIO_SCSI_S_RESET` (Linux retries it),
     /// not `S_ABORTED` (which is for ABORT TASK / ABORT TASK SET).
     pub(crate) reset: bool,
-    pub(crate) waiters: Vec<oneshot::Sender<()>>,
 }
 
 /// A request virtqueue's kick eventfd as its I/O thread watches it: a task
@@ -222,17 +221,12 @@ impl RequestVq {
         old
     }
 
-    /// Registers a waiter for every command in flight matching `pred`
-    /// (and marks them as cancelled by a reset if `reset`).
-    pub(crate) fn waiters(&self, pred: impl Fn(&Pending) -> bool, reset: bool) -> Vec<oneshot::Receiver<()>> {
-        let mut out = Vec::new();
+    /// Marks the commands in flight matching `pred` as cancelled by a
+    /// reset: if they end aborted, the answer is `VIRTIO_SCSI_S_RESET`.
+    pub(crate) fn mark_reset(&self, pred: impl Fn(&Pending) -> bool) {
         for p in self.lock_inflight().values_mut().filter(|p| pred(p)) {
-            let (tx, rx) = oneshot::channel();
-            p.waiters.push(tx);
-            p.reset |= reset;
-            out.push(rx);
+            p.reset = true;
         }
-        out
     }
 
     /// On the I/O thread: takes every available chain and submits it;
@@ -534,7 +528,7 @@ impl RequestVq {
         };
         let full = {
             let mut inflight = self.lock_inflight();
-            inflight.insert(head, Pending { lun, tag: hdr.tag, reset: false, waiters: Vec::new() });
+            inflight.insert(head, Pending { lun, tag: hdr.tag, reset: false });
             let full = inflight.len() >= cap;
             if full && !self.throttled.swap(true, Ordering::AcqRel) {
                 HitCounters::bump(&self.shared.hits.inflight_throttled);
@@ -581,7 +575,7 @@ impl RequestVq {
         let header = encode_resp(&resp.sense, sense_size, residual, resp.status.code(), response);
         let n = buffers.write_at(m, 0, &header).unwrap_or(0);
         self.used_batched(vring, head, (n + written) as u32);
-        let (pending, resume) = {
+        let resume = {
             let mut inflight = self.lock_inflight();
             let pending = inflight.remove(&head);
             // The queue fell below the in-flight limit (an integer compare
@@ -589,16 +583,11 @@ impl RequestVq {
             // size crosses the limit one removal at a time).
             let at_limit =
                 pending.is_some() && inflight.len() + 1 == self.shared.limits.max_inflight_per_queue as usize;
-            (pending, at_limit && self.throttled.swap(false, Ordering::AcqRel))
+            at_limit && self.throttled.swap(false, Ordering::AcqRel)
         };
         if resume {
             // The chains left on the ring are taken now, kick or no kick.
             self.schedule_process(vring);
-        }
-        if let Some(p) = pending {
-            for w in p.waiters {
-                let _ = w.send(());
-            }
         }
     }
 
