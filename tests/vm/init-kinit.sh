@@ -11,8 +11,11 @@
 #
 # Targets (the host's lunard.toml): kinit-open (no CHAP; LUN 0 512 MiB,
 # LUN 1 64 MiB), kinit-chap (one-way CHAP), kinit-mutual (mutual CHAP),
-# kinit-recover (a file LUN, for the kill/restart loop) on portal A;
-# kinit-dchap on portal B, whose discovery needs CHAP.
+# kinit-recover (a file LUN, for the write loops; with a TargetAlias),
+# kinit-slow (a mem LUN with fault=on) on portal A; kinit-dchap on portal
+# B, whose discovery needs CHAP. lunar.cut= is the host's relay to portal
+# A, which cuts connections mid-PDU. lunar.only=STEP,... runs only those
+# steps (slow, cut, recovery) after discovery, for working on them.
 # shellcheck source-path=SCRIPTDIR source=guest-lib.sh
 . /guest-lib.sh
 result_dmesg="iscsi\|connection\|session\|I/O error\|EXT4\|sd [0-9]"
@@ -20,6 +23,7 @@ result_dmesg="iscsi\|connection\|session\|I/O error\|EXT4\|sd [0-9]"
 arg() { sed -n "s/.*lunar\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 A=$(arg a)
 B=$(arg b)
+CUT=$(arg cut)
 IQN=iqn.2026-11.dev.lunar
 ki() { echo "LUNAR-KI: $*"; }
 cue() { echo "LUNAR-CUE: $*"; }
@@ -119,7 +123,164 @@ T0=$IQN:kinit-open
 TC=$IQN:kinit-chap
 TM=$IQN:kinit-mutual
 TR=$IQN:kinit-recover
+TS=$IQN:kinit-slow
 
+# Steps 12 and 13, recovery: an O_DIRECT write loop on kinit-recover (a file LUN) at
+# portal PORTAL while the host disturbs it, until the host writes STOP in
+# the image's last 4 KiB block. Each chunk of 256 KiB is four concurrent
+# 64 KiB writes (no scheduler, no merges: one SCSI WRITE each). Then every
+# chunk written is read back and compared. Lines "LUNAR-KI: NAME ..."; the
+# host's cue is "LUNAR-CUE: NAME".
+wloop() { # wloop NAME PORTAL
+    wl_name=$1 wl_portal=$2
+    iscsiadm -m node -T "$TR" -p "$wl_portal" > /dev/null 2>&1 ||
+        iscsiadm -m node -o new -T "$TR" -p "$wl_portal" > /dev/null
+    iscsiadm -m node -T "$TR" -p "$wl_portal" --login > /tmp/login 2>&1
+    ki "$wl_name login rc=$?"
+    wait_until 200 has "$TR" 0 || fail "$wl_name: no disk for kinit-recover: $(cat /tmp/login)"
+    name=$(disk "$TR" 0)
+    d=/dev/$name
+    echo none > "/sys/block/$name/queue/scheduler" 2>/dev/null
+    echo 2 > "/sys/block/$name/queue/nomerges"
+    last=$(($(sectors "$TR" 0) / 8 - 1))
+    max=$(((last * 4096) / 262144 - 1))
+    # A STOP left by an earlier loop goes first.
+    dd if=/dev/zero of="$d" bs=4096 seek="$last" count=1 oflag=direct 2>/dev/null
+    stop() { [ "$(dd if="$d" bs=4096 skip="$last" count=1 iflag=direct 2>/dev/null | head -c 4)" = STOP ]; }
+    head -c 262144 /base.bin > /tmp/base
+    pattern() { (echo "$wl_name chunk $1"; cat /tmp/base) | head -c 262144 > "$2"; }
+    errors=0
+    stall=0
+    i=0
+    t0=$(now)
+    dmesg -c > /dev/null
+    cue "$wl_name"
+    while [ $i -lt $max ]; do
+        if [ $((i % 4)) -eq 0 ] && stop; then
+            break
+        fi
+        pattern $i /tmp/chunk
+        t=$(now)
+        pids=
+        for q in 0 1 2 3; do
+            dd if=/tmp/chunk of="$d" bs=64k skip=$q seek=$((i * 4 + q)) count=1 oflag=direct 2>/tmp/err$q &
+            pids="$pids $!"
+        done
+        for p in $pids; do
+            wait "$p" || errors=$((errors + 1))
+        done
+        took=$(($(now) - t))
+        [ "$took" -gt "$stall" ] && stall=$took
+        echo "LUNAR-KI: $wl_name wrote chunk $i in $((took * 10)) ms"
+        i=$((i + 1))
+    done
+    chunks=$i
+    ki "$wl_name loop: $chunks chunks in $(( ($(now) - t0) / 100 )) s, longest chunk $((stall * 10)) ms, write errors $errors"
+    bad=0
+    i=0
+    while [ $i -lt "$chunks" ]; do
+        pattern $i /tmp/chunk
+        if ! dd if="$d" of=/tmp/back bs=256k skip=$i count=1 iflag=direct 2>/tmp/err ||
+            [ "$(sha /tmp/back)" != "$(sha /tmp/chunk)" ]; then
+            bad=$((bad + 1))
+        fi
+        i=$((i + 1))
+    done
+    ki "$wl_name verify: $chunks chunks, $bad bad"
+    # The connection errors of this session (connectionN:0, N its session's number).
+    sid=$(for x in /sys/class/iscsi_session/session*; do
+        [ "$(cat "$x/targetname")" = "$TR" ] && basename "$x"; done | sed 's/session//')
+    ki "$wl_name conn errors $(dmesg | grep -c "connection$sid:0: detected conn error") io errors $(dmesg | grep -ci "I/O error")"
+    iscsiadm -m node -T "$TR" -p "$wl_portal" --logout > /tmp/logout 2>&1
+    ki "$wl_name logout rc=$?"
+    wait_until 100 gone_tr
+}
+gone_tr() { ! lun_of "$TR" 0; }
+
+# Step 11: a slow backend drives the kernel's SCSI error handler: the host
+# slows kinit-slow's LUN (fault=on; lunarctl lun fault) down far beyond
+# the disk's command timeout (3 s here) while four 64 KiB O_DIRECT writes
+# are in flight. They time out and the error handler aborts them (ABORT
+# TASK); the host removes the delay once lunard has received it, and lunard
+# answers it as soon as the write has ended. The error handler's next steps
+# go through the same kernel handlers when asked from user space: with the
+# LUN slowed down again and four writes in flight, an LU reset (sg_reset
+# -d: iscsi_eh_device_reset), then a target reset (sg_reset -t:
+# iscsi_eh_recover_target); the host removes the delay once lunard has
+# each. Every write must complete without an error and read back. (With
+# an abort timeout shorter than the backend's delay, the initiator drops
+# the connection instead and the LU reset it tries next finds no session:
+# see docs/conformance.md.)
+slow_writes() { # slow_writes FIRST: four 64 KiB writes at 64 KiB blocks FIRST..FIRST+3
+    sw_pids=
+    for q in 0 1 2 3; do
+        dd if=/tmp/slow of="$d" bs=64k skip=$q seek=$(($1 + q)) count=1 oflag=direct 2>/tmp/err$q &
+        sw_pids="$sw_pids $!"
+    done
+}
+slow_wait() { # sw_errors: the number of writes of slow_writes that failed
+    sw_errors=0
+    for p in $sw_pids; do
+        wait "$p" || sw_errors=$((sw_errors + 1))
+    done
+}
+slow_step() {
+    set_node "$TS" node.session.err_timeo.abort_timeout 15
+    set_node "$TS" node.session.err_timeo.lu_reset_timeout 15
+    set_node "$TS" node.session.err_timeo.tgt_reset_timeout 15
+    login "$TS"
+    ki "slow login rc=$?"
+    wait_until 200 has "$TS" 0 || fail "no disk for kinit-slow: $(cat /tmp/login)"
+    name=$(disk "$TS" 0)
+    d=/dev/$name
+    echo none > "/sys/block/$name/queue/scheduler" 2>/dev/null
+    echo 2 > "/sys/block/$name/queue/nomerges"
+    echo 3 > "/sys/block/$name/device/timeout"
+    ki "slow command timeout $(cat "/sys/block/$name/device/timeout") s"
+    head -c 262144 /base.bin > /tmp/slow
+    dmesg -c > /dev/null
+    first=0
+    for phase in abort lu target; do
+        cue "slow-$phase"
+        # The host sets the delay within 0.2 s of the cue.
+        sleep 1
+        t=$(now)
+        slow_writes $first
+        case $phase in
+            lu) sleep 1; sg_reset -d "/dev/$(sgdev "$TS" 0)" > /tmp/sgreset 2>&1; ki "slow $phase sg_reset rc=$?" ;;
+            target) sleep 1; sg_reset -t "/dev/$(sgdev "$TS" 0)" > /tmp/sgreset 2>&1; ki "slow $phase sg_reset rc=$?" ;;
+        esac
+        slow_wait
+        ki "slow $phase writes: 4 in $(( ($(now) - t) * 10 )) ms, errors $sw_errors"
+        first=$((first + 4))
+    done
+    ok=0
+    for first in 0 4 8; do
+        dd if="$d" of=/tmp/back bs=64k skip=$first count=4 iflag=direct 2>/dev/null
+        [ "$(sha /tmp/back)" = "$(sha /tmp/slow)" ] && ok=$((ok + 1))
+    done
+    if [ $ok = 3 ]; then ki "slow verify ok"; else ki "slow verify: $ok of 3 read back"; fi
+    ki "slow kernel log: conn errors $(dmesg | grep -c "detected conn error") io errors $(dmesg | grep -ci "I/O error") offline $(dmesg | grep -ci "offlin")"
+    dmesg | grep -i "iscsi\|connection\|session\|abort\|reset\|sd [0-9]" | tail -20 | sed 's/^/LUNAR-KI: slow dmesg: /'
+    ki "slow device state $(cat "/sys/block/$name/device/state")"
+    logout "$TS"
+    ki "slow logout rc=$?"
+}
+
+# Only some steps (lunar.only=slow,cut on the kernel command line; for
+# working on them): discovery first, then those.
+only=$(arg only)
+if [ -n "$only" ]; then
+    iscsiadm -m discovery -t st -p "$A" > /tmp/disc 2>&1
+    for s in $(echo "$only" | tr , ' '); do
+        case $s in
+            slow) slow_step ;;
+            cut) wloop cut "$CUT" ;;
+            recovery) wloop recovery "$A" ;;
+        esac
+    done
+    result "PASS only $only"
+fi
 # 1. SendTargets discovery on A (no discovery CHAP): every record as
 # advertised, then its portal reachable (the records are what logins use).
 iscsiadm -m discovery -t st -p "$A" > /tmp/disc 2>&1
@@ -156,6 +317,12 @@ if ! wait_until 200 has "$T0" 0 || ! wait_until 100 has "$T0" 1; then
 fi
 ki "open LUNs $(disk "$T0" 0) $(sectors "$T0" 0) $(disk "$T0" 1) $(sectors "$T0" 1)"
 ki "digests open: $(digests "$T0")"
+# What iscsiadm -m session -P 3 shows of the session, for the host to
+# check. (iscsi_tcp keeps no targetalias in sysfs: the host checks the
+# TargetAlias in the Login Responses its relay saw.)
+iscsiadm -m session -P 3 > /tmp/p3 2>&1
+ki "session -P 3 rc=$?"
+sed 's/^/LUNAR-P3: /' /tmp/p3
 
 # 4. Identity: sg3-utils through SG_IO, for the host to compare with libiscsi.
 for lun in 0 1; do
@@ -276,65 +443,15 @@ ki "mutual rc=$?"
 wait_until 200 has "$TM" 0 && ki "mutual I/O $(verify_io "/dev/$(disk "$TM" 0)" 4)"
 logout "$TM"
 
-# 11. Recovery: an O_DIRECT write loop on kinit-recover (a file LUN) while
-# the host kills lunard (SIGKILL) and starts it again, and kills the
-# session (lunarctl session kill). Each chunk of 256 KiB is four concurrent
-# 64 KiB writes (no scheduler, no merges: one SCSI WRITE each). The loop
-# ends when the host writes STOP in the last 4 KiB block. Then every chunk
-# written is read back and compared.
-login "$TR"
-ki "login recover rc=$?"
-wait_until 200 has "$TR" 0 || fail "no disk for kinit-recover"
-name=$(disk "$TR" 0)
-d=/dev/$name
-echo none > "/sys/block/$name/queue/scheduler" 2>/dev/null
-echo 2 > "/sys/block/$name/queue/nomerges"
-last=$(($(sectors "$TR" 0) / 8 - 1))
-max=$(((last * 4096) / 262144 - 1))
-stop() { [ "$(dd if="$d" bs=4096 skip="$last" count=1 iflag=direct 2>/dev/null | head -c 4)" = STOP ]; }
-head -c 262144 /base.bin > /tmp/base
-pattern() { (echo "chunk $1"; cat /tmp/base) | head -c 262144 > "$2"; }
-errors=0
-stall=0
-i=0
-t0=$(now)
-cue recovery
-while [ $i -lt $max ]; do
-    if [ $((i % 4)) -eq 0 ] && stop; then
-        break
-    fi
-    pattern $i /tmp/chunk
-    t=$(now)
-    pids=
-    for q in 0 1 2 3; do
-        dd if=/tmp/chunk of="$d" bs=64k skip=$q seek=$((i * 4 + q)) count=1 oflag=direct 2>/tmp/err$q &
-        pids="$pids $!"
-    done
-    for p in $pids; do
-        wait "$p" || errors=$((errors + 1))
-    done
-    took=$(($(now) - t))
-    [ "$took" -gt "$stall" ] && stall=$took
-    echo "LUNAR-KI: wrote chunk $i in $((took * 10)) ms"
-    i=$((i + 1))
-done
-chunks=$i
-ki "recovery loop: $chunks chunks in $(( ($(now) - t0) / 100 )) s, longest chunk $((stall * 10)) ms, write errors $errors"
-bad=0
-i=0
-while [ $i -lt "$chunks" ]; do
-    pattern $i /tmp/chunk
-    if ! dd if="$d" of=/tmp/back bs=256k skip=$i count=1 iflag=direct 2>/tmp/err ||
-        [ "$(sha /tmp/back)" != "$(sha /tmp/chunk)" ]; then
-        bad=$((bad + 1))
-    fi
-    i=$((i + 1))
-done
-ki "recovery verify: $chunks chunks, $bad bad"
-# The connection errors of this session (connectionN:0, N its session's number).
-sid=$(for x in /sys/class/iscsi_session/session*; do
-    [ "$(cat "$x/targetname")" = "$TR" ] && basename "$x"; done | sed 's/session//')
-ki "recovery conn errors $(dmesg | grep -c "connection$sid:0: detected conn error") io errors $(dmesg | grep -ci "I/O error")"
-logout "$TR"
-ki "logout recover rc=$?"
+# 11. The slow backend (slow_step above).
+slow_step
+
+# 12. Connections cut mid-PDU: the same loop through the host's relay
+# (lunar.cut= on the kernel command line), which cuts the connection after
+# a random number of bytes, several times.
+wloop cut "$CUT"
+
+# 13. lunard killed (SIGKILL) and started again, the session killed
+# (lunarctl session kill): the loop at portal A.
+wloop recovery "$A"
 result "PASS guest steps done"

@@ -24,6 +24,7 @@ mod scsi;
 mod session;
 
 pub use error::Error;
+pub use lunar_iscsi::pdu::{TaskMgmtFunction, TmfResponseCode};
 pub use negotiate::{plan_write, split, Config, DataOutPdu, Params, WritePlan};
 pub use scsi::{
     decode_lun, encode_lun, opcode, parse_report_luns, sense_key, Capacity, Command, Residual, Response, Sense, Status,

@@ -26,6 +26,10 @@ pub struct Config {
     /// Bound of every wait of the session (login answers, command
     /// responses, the CmdSN window) unless a call names its own.
     pub timeout: Duration,
+    /// The ISID to log in with; `None`: a new one for every login. The
+    /// ISID of a live session to the same target reinstates it (RFC 7143
+    /// §6.3.5: the target ends the old session first).
+    pub isid: Option<lunar_iscsi::pdu::Isid>,
 }
 
 impl Config {
@@ -43,6 +47,7 @@ impl Config {
             header_digest: false,
             data_digest: false,
             timeout: Duration::from_secs(60),
+            isid: None,
         }
     }
 }

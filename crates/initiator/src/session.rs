@@ -28,7 +28,8 @@ use lunar_iscsi::keys::{self, KeyValue};
 use lunar_iscsi::pdu::{
     decode_bhs, decode_frame, AsyncMessage, DataIn, DataOut, Isid, LoginRequest, LoginResponse, LoginStage,
     LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode, NopIn, NopOut, Pdu, R2t, Reject, ScsiCommand,
-    ScsiResponse, ServiceResponse, TextRequest, BHS_LEN, RESERVED_TAG,
+    ScsiResponse, ServiceResponse, TaskMgmtFunction, TaskMgmtRequest, TextRequest, TmfResponseCode, BHS_LEN,
+    RESERVED_TAG,
 };
 
 use crate::error::Error;
@@ -70,6 +71,8 @@ struct State {
     async_messages: Vec<AsyncMessage>,
     nop_replies: HashSet<u32>,
     logout: Option<LogoutResponse>,
+    /// Task management responses not yet collected, by ITT.
+    tmf_replies: HashMap<u32, TmfResponseCode>,
 }
 
 impl State {
@@ -174,6 +177,12 @@ impl State {
                 self.window(l.exp_cmd_sn, l.max_cmd_sn);
                 self.status_sn(l.stat_sn)?;
                 self.logout = Some(l);
+                Ok(())
+            }
+            Pdu::TaskMgmtResponse(t) => {
+                self.window(t.exp_cmd_sn, t.max_cmd_sn);
+                self.status_sn(t.stat_sn)?;
+                self.tmf_replies.insert(t.itt, t.response);
                 Ok(())
             }
             other => Err(Error::Protocol(format!("unexpected {:?} in the full feature phase", other.opcode()))),
@@ -619,7 +628,7 @@ impl Session {
             s.set_write_timeout(Some(config.timeout))
         };
         setup(&stream).map_err(|e| Error::io("socket options", e))?;
-        let isid = new_isid();
+        let isid = config.isid.unwrap_or_else(new_isid);
         let mut neg = Negotiation::new(config);
         let mut login = Login {
             stream: &mut stream,
@@ -655,6 +664,7 @@ impl Session {
                 async_messages: Vec::new(),
                 nop_replies: HashSet::new(),
                 logout: None,
+                tmf_replies: HashMap::new(),
             }),
             cv: Condvar::new(),
         });
@@ -967,6 +977,49 @@ impl Session {
             st = g;
             if !ok {
                 return Err(Error::Timeout { what: "the NOP-In answer", after: self.timeout });
+            }
+        }
+    }
+
+    /// Sends a task management function (immediate) about `lun` and, for
+    /// ABORT TASK, the command `referenced`, and waits (at most the
+    /// session's timeout) for the target's response. A command a TMF
+    /// aborted stays outstanding here (the target sends no status for it).
+    pub fn task_management(
+        &self,
+        function: TaskMgmtFunction,
+        lun: u64,
+        referenced: Option<Tag>,
+    ) -> Result<TmfResponseCode, Error> {
+        let deadline = Instant::now() + self.timeout;
+        let mut st = self.shared.lock();
+        let itt = st.alloc_itt();
+        let req = TaskMgmtRequest {
+            immediate: true,
+            function,
+            lun: encode_lun(lun),
+            itt,
+            referenced_task_tag: referenced.map_or(RESERVED_TAG, |t| t.0),
+            cmd_sn: st.cmd_sn,
+            exp_stat_sn: st.exp_stat_sn,
+            // The referenced task's CmdSN is not kept; the previous one is
+            // a CmdSN already sent (§11.5.3 lets the target ignore it when
+            // the tag names the task).
+            ref_cmd_sn: st.cmd_sn.wrapping_sub(1),
+            exp_data_sn: 0,
+        };
+        st.send(&Pdu::TaskMgmtRequest(req))?;
+        loop {
+            if let Some(r) = st.tmf_replies.remove(&itt) {
+                return Ok(r);
+            }
+            if let Some(e) = st.closed_error() {
+                return Err(e);
+            }
+            let (g, ok) = self.shared.wait_until(st, deadline);
+            st = g;
+            if !ok {
+                return Err(Error::Timeout { what: "the task management response", after: self.timeout });
             }
         }
     }

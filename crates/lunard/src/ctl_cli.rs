@@ -92,6 +92,20 @@ pub enum LunCmd {
     /// Change a LUN's size (SIZE in bytes or with a suffix: 512M, 2G); initiators
     /// get CAPACITY DATA HAS CHANGED
     Resize { lun: u64, size: String },
+    /// Inject a delay or errors into a LUN added with `fault=on` (tests;
+    /// not written to the configuration)
+    Fault {
+        lun: u64,
+        /// Delay every backend operation by this many milliseconds (0: none)
+        #[arg(long)]
+        delay_ms: Option<u64>,
+        /// Fail every read with this errno (0: none)
+        #[arg(long)]
+        read_errno: Option<u64>,
+        /// Fail every write, flush, discard with this errno (0: none)
+        #[arg(long)]
+        write_errno: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

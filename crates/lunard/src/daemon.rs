@@ -90,6 +90,13 @@ pub(crate) fn open_backend(spec: &BackendSpec, readonly: bool) -> Result<Backend
     }
 }
 
+/// The backend of a LUN: [`open_backend`], wrapped for fault injection
+/// with `fault=on`.
+pub(crate) fn open_lun_backend(l: &LunConfig) -> Result<Backend, String> {
+    let b = open_backend(&l.backend, l.readonly)?;
+    Ok(if l.fault { Backend::Fault(Arc::new(lunar_block::FaultBackend::new(b))) } else { b })
+}
+
 /// Persistent reservations of a `file` LUN live beside its image
 /// (`<image>.pr`, SPC-5 APTPL): restored at start, saved by the core on change.
 fn restore_reservations(dev: &lunar_target::Device, image: &Path) -> Result<(), String> {
@@ -146,7 +153,7 @@ impl Daemon {
             let core = Target::with_threads(&t.name, threads.clone());
             for (lun, l) in t.numbered() {
                 let err = |what: String| DaemonError::Lun { target: t.name.clone(), lun, what };
-                let backend = open_backend(&l.backend, l.readonly).map_err(err)?;
+                let backend = open_lun_backend(l).map_err(err)?;
                 let policies = ErrorPolicies { read: policy(l.rerror), write: policy(l.werror) };
                 let dev = wait(core.add_device(lun, disk_config(&t.name, lun, l), backend, policies))
                     .map_err(|e| DaemonError::Lun { target: t.name.clone(), lun, what: e.to_string() })?;
@@ -157,7 +164,7 @@ impl Daemon {
             entries.push(TargetEntry {
                 config: LoginTarget {
                     name: t.name.clone(),
-                    alias: None,
+                    alias: t.alias.clone(),
                     allowed_initiators: (!t.allow_initiators.is_empty()).then(|| t.allow_initiators.clone()),
                     auth: auth(&t.chap, &t.mutual_chap),
                 },

@@ -99,6 +99,10 @@ pub struct Sample {
     pub connections: usize,
     /// How often each resource limit was met: (front-end, limit, count).
     pub limit_hits: Vec<(&'static str, &'static str, u64)>,
+    /// iSCSI task management functions received, by function.
+    pub tmf_received: Vec<(&'static str, u64)>,
+    /// iSCSI task management responses sent, by response.
+    pub tmf_answered: Vec<(&'static str, u64)>,
 }
 
 /// Reads the counters of every LUN and I/O thread (from any thread that
@@ -137,7 +141,16 @@ pub async fn collect(ctx: &Context) -> Sample {
             }
         }
     }
-    Sample { luns, threads, sessions: ctx.server.sessions().len(), connections: ctx.server.connections(), limit_hits }
+    let tmf = ctx.server.tmf_counts();
+    Sample {
+        luns,
+        threads,
+        sessions: ctx.server.sessions().len(),
+        connections: ctx.server.connections(),
+        limit_hits,
+        tmf_received: tmf.received(),
+        tmf_answered: tmf.answered(),
+    }
 }
 
 /// A label value, escaped as the exposition format wants (`\\`, `\"`, `\n`).
@@ -262,6 +275,14 @@ pub fn render(sample: &Sample) -> String {
     );
     for (frontend, limit, n) in &sample.limit_hits {
         f.line("lunar_limit_hits_total", &format!("frontend=\"{frontend}\",limit=\"{limit}\""), n);
+    }
+    f.head("lunar_iscsi_tmf_total", "counter", "iSCSI task management functions received, by function.");
+    for (function, n) in &sample.tmf_received {
+        f.line("lunar_iscsi_tmf_total", &format!("function=\"{function}\""), n);
+    }
+    f.head("lunar_iscsi_tmf_responses_total", "counter", "iSCSI task management responses sent, by response.");
+    for (response, n) in &sample.tmf_answered {
+        f.line("lunar_iscsi_tmf_responses_total", &format!("response=\"{response}\""), n);
     }
     out
 }
@@ -442,6 +463,8 @@ mod tests {
             sessions: 1,
             connections: 2,
             limit_hits: vec![("iscsi", "window_held", 5), ("iscsi", "connections_refused", 0)],
+            tmf_received: vec![("abort_task", 3), ("lu_reset", 1)],
+            tmf_answered: vec![("function_complete", 4)],
         }
     }
 
@@ -471,6 +494,8 @@ mod tests {
         assert_eq!(value(&text, "lunar_iothread_commands_total{iothread=\"0\",kind=\"read\"}"), "3");
         assert_eq!(value(&text, "lunar_iscsi_sessions"), "1");
         assert_eq!(value(&text, "lunar_limit_hits_total{frontend=\"iscsi\",limit=\"window_held\"}"), "5");
+        assert_eq!(value(&text, "lunar_iscsi_tmf_total{function=\"abort_task\"}"), "3");
+        assert_eq!(value(&text, "lunar_iscsi_tmf_responses_total{response=\"function_complete\"}"), "4");
         // Every sample line belongs to a family declared just before with HELP and TYPE.
         let mut declared = std::collections::HashSet::new();
         let mut current = String::new();

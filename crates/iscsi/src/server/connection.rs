@@ -68,6 +68,10 @@ struct Session {
 
 struct PendingTmf {
     itt: u32,
+    function: TaskMgmtFunction,
+    lun: u64,
+    /// When it arrived (its response says how long it waited).
+    since: std::time::Instant,
     waiting: HashSet<u32>,
     core_pending: usize,
     close_after: bool,
@@ -431,6 +435,17 @@ impl Conn {
     }
 
     async fn cleanup(&mut self) {
+        // A TMF still waiting for its commands has no connection to be
+        // answered on (ErrorRecoveryLevel 0): the initiator gave up on it.
+        for t in std::mem::take(&mut self.tmfs) {
+            tracing::info!(
+                peer = %self.peer,
+                function = super::tmf::function_name(t.function),
+                lun = t.lun,
+                waited_ms = t.since.elapsed().as_millis() as u64,
+                "task management not answered: the connection ended first"
+            );
+        }
         if let Some(s) = self.session.take() {
             for (lun, q) in s.queues {
                 // I_T nexus loss. Its unit attention outlives the session
@@ -1170,7 +1185,23 @@ impl Conn {
             return self.reject_pdu(&Pdu::TaskMgmtRequest(t), RejectReason::ProtocolError).await;
         }
         let lun = lunar_scsi::lun::decode_lun(t.lun.to_be_bytes()).unwrap_or(u64::MAX);
-        let mut pending = PendingTmf { itt: t.itt, waiting: HashSet::new(), core_pending: 0, close_after: false };
+        self.shared.tmfs.received(t.function);
+        tracing::info!(
+            peer = %self.peer,
+            function = super::tmf::function_name(t.function),
+            lun,
+            referenced_itt = t.referenced_task_tag,
+            "task management request"
+        );
+        let mut pending = PendingTmf {
+            itt: t.itt,
+            function: t.function,
+            lun,
+            since: std::time::Instant::now(),
+            waiting: HashSet::new(),
+            core_pending: 0,
+            close_after: false,
+        };
         let response = match t.function {
             TaskMgmtFunction::AbortTask => match self.tasks.get(&t.referenced_task_tag).map(|task| task.lun) {
                 Some(task_lun) => {
@@ -1224,6 +1255,7 @@ impl Conn {
             _ => TmfResponseCode::FunctionNotSupported,
         };
         if response != TmfResponseCode::FunctionComplete || (pending.waiting.is_empty() && pending.core_pending == 0) {
+            self.tmf_answered(&pending, response);
             let flow = self
                 .send(Pdu::TaskMgmtResponse(TaskMgmtResponse {
                     response,
@@ -1289,6 +1321,7 @@ impl Conn {
             done
         };
         for t in done {
+            self.tmf_answered(&t, TmfResponseCode::FunctionComplete);
             self.queue_out(Pdu::TaskMgmtResponse(TaskMgmtResponse {
                 response: TmfResponseCode::FunctionComplete,
                 itt: t.itt,
@@ -1301,6 +1334,19 @@ impl Conn {
             }
         }
         flow
+    }
+
+    /// Counts and logs the response to a task management function.
+    fn tmf_answered(&self, t: &PendingTmf, response: TmfResponseCode) {
+        self.shared.tmfs.answered(response);
+        tracing::info!(
+            peer = %self.peer,
+            function = super::tmf::function_name(t.function),
+            lun = t.lun,
+            response = super::tmf::response_name(response),
+            waited_ms = t.since.elapsed().as_millis() as u64,
+            "task management response"
+        );
     }
 
     async fn finish_tmfs(&mut self) -> Flow {

@@ -10,9 +10,11 @@
 mod connection;
 mod limits;
 mod task;
+mod tmf;
 
 pub use connection::LOGOUT_GRACE;
 pub use limits::{LimitHits, ResourceLimits, IMMEDIATE_EXTRA};
+pub use tmf::TmfCounts;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -160,6 +162,7 @@ pub(crate) struct Shared {
     pub(crate) portal_group_tag: u16,
     pub(crate) resources: ResourceLimits,
     pub(crate) hits: limits::LimitCounters,
+    pub(crate) tmfs: tmf::TmfCounters,
     connection_counts: limits::ConnectionCounts,
     /// Warnings about connections refused at accept (a flood of them must
     /// not flood the log).
@@ -350,6 +353,7 @@ impl Server {
             portal_group_tag: config.portal_group_tag,
             resources: config.resources,
             hits: limits::LimitCounters::default(),
+            tmfs: tmf::TmfCounters::default(),
             connection_counts: limits::ConnectionCounts::default(),
             accept_log: lunar_aio::LogLimit::default(),
             portals: Mutex::new(addrs.clone()),
@@ -483,6 +487,11 @@ impl ServerHandle {
     /// How often each resource limit was met since the server started.
     pub fn limit_hits(&self) -> LimitHits {
         self.shared.hits.snapshot()
+    }
+
+    /// Task management functions received and answered since the server started.
+    pub fn tmf_counts(&self) -> TmfCounts {
+        self.shared.tmfs.snapshot()
     }
 
     /// The resource limits in force.

@@ -41,6 +41,10 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             ("lun.set_error_policy", json!({ "lun": lun, "rerror": rerror, "werror": werror }))
         }
         Cmd::Lun(LunCmd::Resize { lun, size }) => ("lun.resize", json!({ "lun": lun, "size": size })),
+        Cmd::Lun(LunCmd::Fault { lun, delay_ms, read_errno, write_errno }) => (
+            "lun.fault",
+            json!({ "lun": lun, "delay_ms": delay_ms, "read_errno": read_errno, "write_errno": write_errno }),
+        ),
         Cmd::Session(SessionCmd::List) => ("session.list", json!({})),
         Cmd::Session(SessionCmd::Kill { id }) => ("session.kill", json!({ "id": id })),
         Cmd::Events => return events(cli, &mut c),
@@ -86,6 +90,15 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             result["blocks"],
             result["block_size"]
         ),
+        Cmd::Lun(LunCmd::Fault { lun, .. }) => {
+            let f = &result["fault"];
+            println!(
+                "LUN {lun}: delay {} ms, read errno {}, write errno {} (until changed or lunard stops)",
+                s(&f["delay_ms"]),
+                s(&f["read_errno"]),
+                s(&f["write_errno"])
+            )
+        }
         Cmd::Session(SessionCmd::List) => print_sessions(&result),
         Cmd::Session(SessionCmd::Kill { id }) => println!("session {id} ended"),
         Cmd::Events => {}
@@ -234,6 +247,23 @@ fn print_status(r: &Value) {
     }
     print_sessions(&r["sessions"]);
     print_limits(&r["limits"]);
+    print_tmfs(&r["task_management"]);
+}
+
+/// The task management functions received (those with a non-zero count).
+fn print_tmfs(v: &Value) {
+    let nonzero = |o: &Value| -> Vec<String> {
+        o.as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| n.as_u64().is_some_and(|n| n > 0))
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect()
+    };
+    let received = nonzero(&v["received"]);
+    if !received.is_empty() {
+        println!("task management received: {}; answered: {}", received.join(", "), nonzero(&v["answered"]).join(", "));
+    }
 }
 
 /// The limits met (those with a non-zero count), per front-end.

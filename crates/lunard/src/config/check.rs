@@ -196,6 +196,23 @@ pub(crate) fn chap(key: &str, c: &Chap) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A TargetAlias (RFC 7143 §13.6): UTF-8 text of 1..=255 bytes (the
+/// longest text value a key may have without an exception), no control
+/// characters.
+pub(crate) fn alias(key: &str, a: &str) -> Result<(), ConfigError> {
+    if a.is_empty() || a.len() > 255 {
+        return Err(ConfigError::invalid_value(key, a, format!("expected 1..=255 bytes, got {}", a.len())));
+    }
+    if a.chars().any(char::is_control) {
+        return Err(ConfigError::invalid_value(
+            key,
+            a.escape_default().to_string(),
+            "control characters are not allowed",
+        ));
+    }
+    Ok(())
+}
+
 /// A tracing `EnvFilter` directive string.
 pub(crate) fn log_filter(s: &str) -> Result<(), String> {
     if s.trim().is_empty() {

@@ -31,11 +31,13 @@ LUN SPEC (comma-separated key=value; write ,, for a comma inside a value):
   vendor=S, product=S      INQUIRY strings, at most 8 and 16 characters
   controller=PATH          expose on this --vhost-user controller
   iothread=N               home I/O thread, 0..iothreads
+  fault=on|off             wrap the backend for fault injection (tests): `lunarctl
+                           lun fault` delays or fails its I/O at run time
   mem LUNs are at most 1 TiB; memory is allocated on first write.
 
 With --config FILE, the command line overrides the file: single values
 replace the file's; --listen replaces the file's portals; --vhost-user adds
-controllers; --lun, --chap-*, --mutual-chap-* and --allow-initiator apply to
+controllers; --target-alias, --lun, --chap-*, --mutual-chap-* and --allow-initiator apply to
 the target named by --target (the file's, or a new one), or without
 --target to the file's only target; --lun LUNs come after the file's.
 
@@ -93,6 +95,11 @@ pub(crate) struct Cli {
     /// iSCSI name of the target that the target flags below apply to
     #[arg(long, value_name = "IQN")]
     pub target: Option<String>,
+
+    /// The target's TargetAlias, a human-readable name sent to initiators
+    /// at login (1..=255 bytes of UTF-8) [default: none]
+    #[arg(long, value_name = "ALIAS")]
+    pub target_alias: Option<String>,
 
     /// A LUN of the target, numbered 0, 1, 2... in order (repeatable; see LUN SPEC)
     #[arg(long, value_name = "SPEC")]
@@ -160,6 +167,7 @@ pub(crate) struct Cli {
 impl Cli {
     fn has_target_flags(&self) -> bool {
         self.target.is_some()
+            || self.target_alias.is_some()
             || !self.lun.is_empty()
             || self.chap_user.is_some()
             || self.mutual_chap_user.is_some()
@@ -373,6 +381,10 @@ pub(crate) fn merge(cli: Cli, file: Option<FileSettings>, env: &Env) -> Result<C
             let lun =
                 LunConfig::parse_spec(spec).map_err(|e| e.context(format!("--lun `{spec}` (LUN {})", t.luns.len())))?;
             t.luns.push(lun);
+        }
+        if let Some(a) = cli.target_alias {
+            check::alias("--target-alias", &a)?;
+            t.alias = Some(a);
         }
         if let Some(c) = chap_pair("chap", cli.chap_user, cli.chap_secret)? {
             t.chap = Some(c);

@@ -131,6 +131,9 @@ pub struct TargetConfig {
     pub mutual_chap: Option<Chap>,
     /// Initiator names allowed to log in; empty = allow all.
     pub allow_initiators: Vec<String>,
+    /// TargetAlias sent in the login answer of normal sessions (RFC 7143
+    /// §13.6: a human-readable name); none sent if `None`.
+    pub alias: Option<String>,
 }
 
 /// A CHAP name and secret. `Debug` does not show the secret.
@@ -272,6 +275,9 @@ pub struct LunConfig {
     pub controller: Option<PathBuf>,
     /// Home I/O thread, `< iothreads`; `None` = the daemon's choice.
     pub iothread: Option<usize>,
+    /// The backend is wrapped for fault injection (tests): `lunarctl lun
+    /// fault` then delays or fails its operations at run time.
+    pub fault: bool,
     /// The LUN number given in the TOML file (`lun = N`); `None`: the
     /// number after the previous LUN's (0 for the first).
     pub number: Option<u64>,
@@ -567,6 +573,7 @@ impl TargetConfig {
             chap: None,
             mutual_chap: None,
             allow_initiators: Vec::new(),
+            alias: None,
         }
     }
 
@@ -633,6 +640,9 @@ impl TargetConfig {
         }
         for name in &self.allow_initiators {
             check::iscsi_name("allow-initiators", name)?;
+        }
+        if let Some(a) = &self.alias {
+            check::alias("alias", a)?;
         }
         for (li, lun) in self.numbered() {
             let in_lun = |e: ConfigError| e.context(format!("LUN {li}"));

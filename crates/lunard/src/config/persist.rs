@@ -179,6 +179,9 @@ pub fn lun_table(number: Option<u64>, l: &LunConfig) -> Result<Table, String> {
     if let Some(n) = l.iothread {
         t.insert("iothread", value(n as i64));
     }
+    if l.fault {
+        t.insert("fault", value(true));
+    }
     Ok(t)
 }
 
@@ -279,6 +282,9 @@ fn strings<'a>(items: impl IntoIterator<Item = &'a str>) -> Item {
 fn target_toml(t: &TargetConfig, redact: bool) -> Result<Table, String> {
     let mut tt = Table::new();
     tt.insert("name", value(t.name.as_str()));
+    if let Some(a) = &t.alias {
+        tt.insert("alias", value(a.as_str()));
+    }
     if !t.allow_initiators.is_empty() {
         tt.insert("allow-initiators", strings(t.allow_initiators.iter().map(String::as_str)));
     }

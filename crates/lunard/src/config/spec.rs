@@ -24,6 +24,7 @@ pub(crate) const LUN_KEYS: &[&str] = &[
     "product",
     "controller",
     "iothread",
+    "fault",
 ];
 
 pub(crate) const BACKENDS: &[&str] = &["mem", "null", "file"];
@@ -100,6 +101,7 @@ pub(crate) struct LunBuilder {
     product: Option<String>,
     controller: Option<PathBuf>,
     iothread: Option<usize>,
+    fault: Option<bool>,
 }
 
 impl LunBuilder {
@@ -135,6 +137,7 @@ impl LunBuilder {
                 })
             }
             "readonly" => self.readonly = Some(on_off(k, value)?),
+            "fault" => self.fault = Some(on_off(k, value)?),
             "removable" => self.removable = Some(on_off(k, value)?),
             "thin" => self.thin = Some(on_off(k, value)?),
             "rerror" | "werror" => {
@@ -219,6 +222,7 @@ impl LunBuilder {
             product: self.product.unwrap_or_else(|| DEFAULT_PRODUCT.to_string()),
             controller: self.controller,
             iothread: self.iothread,
+            fault: self.fault.unwrap_or(false),
             number: None,
         };
         validate(&lun)?;
@@ -304,7 +308,9 @@ pub(crate) fn describe(lun: &LunConfig) -> String {
         }
     }];
     parts.push(format!("{}-byte blocks", lun.block_size));
-    for (on, what) in [(lun.readonly, "readonly"), (lun.removable, "removable"), (lun.thin, "thin")] {
+    for (on, what) in
+        [(lun.readonly, "readonly"), (lun.removable, "removable"), (lun.thin, "thin"), (lun.fault, "fault injection")]
+    {
         if on {
             parts.push(what.to_string());
         }
@@ -471,6 +477,15 @@ mod tests {
         fn backend_direct(&self) -> bool {
             matches!(self.backend, BackendSpec::File { direct: true, .. })
         }
+    }
+
+    #[test]
+    fn fault_injection_key() {
+        assert!(!ok("backend=mem,size=1M").fault);
+        assert!(ok("backend=mem,size=1M,fault=on").fault);
+        assert!(ok("path=/x,fault=on").fault);
+        assert!(describe(&ok("backend=mem,size=1M,fault=on")).contains("fault injection"));
+        has(&err("backend=mem,size=1M,fault=maybe"), &["`fault`", "on or off"]);
     }
 
     #[test]

@@ -671,3 +671,39 @@ fn limit_flags_override_the_file_and_are_checked() {
         &["[limits]", "cmd-window"],
     );
 }
+
+#[test]
+fn target_alias_from_the_file_and_the_command_line() {
+    // None by default.
+    assert_eq!(ok(&[]).targets[0].alias, None);
+    let f = toml_file(
+        r#"
+[[target]]
+name = "iqn.2026-11.dev.lunar:a"
+alias = "disks of the lab"
+lun = [{ spec = "backend=mem,size=1M" }]
+
+[[target]]
+name = "iqn.2026-11.dev.lunar:b"
+lun = [{ spec = "backend=mem,size=1M" }]
+"#,
+    );
+    let path = f.path().to_str().unwrap();
+    let c = ok(&["--config", path]);
+    assert_eq!(c.targets[0].alias.as_deref(), Some("disks of the lab"));
+    assert_eq!(c.targets[1].alias, None);
+    // --target-alias sets the alias of the target named by --target.
+    let c = ok(&["--config", path, "--target", "iqn.2026-11.dev.lunar:b", "--target-alias", "Bé 2"]);
+    assert_eq!(c.targets[1].alias.as_deref(), Some("Bé 2"));
+    assert_eq!(ok(&["--target-alias", "lab"]).targets[0].alias.as_deref(), Some("lab"));
+    // Written back by config show / save.
+    let text = persist::to_toml(&c, true).unwrap();
+    assert!(text.contains("alias = \"disks of the lab\""), "{text}");
+    assert!(text.contains("alias = \"Bé 2\""), "{text}");
+    // Refused: empty, too long, control characters.
+    has(&err(&["--target-alias", ""]), &["`--target-alias`", "1..=255 bytes"]);
+    has(&err(&["--target-alias", &"x".repeat(256)]), &["`--target-alias`", "1..=255 bytes"]);
+    has(&err(&["--target-alias", "a\nb"]), &["`--target-alias`", "control characters"]);
+    let bad = toml_file("[[target]]\nname = \"iqn.2026-11.dev.lunar:a\"\nalias = \"\"\n");
+    has(&err(&["--config", bad.path().to_str().unwrap()]), &["`alias`", "1..=255 bytes"]);
+}

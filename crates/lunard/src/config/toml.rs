@@ -57,6 +57,7 @@ struct FileVhostUser {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileTarget {
     name: String,
+    alias: Option<String>,
     #[serde(default)]
     allow_initiators: Vec<String>,
     chap: Option<FileChap>,
@@ -87,6 +88,7 @@ struct FileLun {
     product: Option<String>,
     controller: Option<String>,
     iothread: Option<u64>,
+    fault: Option<bool>,
 }
 
 /// `size = 1073741824` or `size = "1G"`.
@@ -320,6 +322,9 @@ fn target(t: FileTarget, base: &Path) -> Result<TargetConfig, ConfigError> {
     for name in &t.allow_initiators {
         check::iscsi_name("allow-initiators", name)?;
     }
+    if let Some(a) = &t.alias {
+        check::alias("alias", a)?;
+    }
     let luns = t
         .lun
         .into_iter()
@@ -332,6 +337,7 @@ fn target(t: FileTarget, base: &Path) -> Result<TargetConfig, ConfigError> {
         chap: chap("chap", t.chap)?,
         mutual_chap: chap("mutual-chap", t.mutual_chap)?,
         allow_initiators: t.allow_initiators,
+        alias: t.alias,
     };
     target.check_numbers()?;
     Ok(target)
@@ -356,6 +362,7 @@ fn lun(l: FileLun, base: &Path) -> Result<LunConfig, ConfigError> {
         ("product", l.product),
         ("controller", l.controller),
         ("iothread", l.iothread.map(|n| n.to_string())),
+        ("fault", l.fault.map(on)),
     ];
     let pairs: Vec<(String, String)> = keyed.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_string(), v))).collect();
     let pairs = match l.spec {

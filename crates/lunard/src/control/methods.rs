@@ -14,6 +14,7 @@
 //! | `lun.move` | `lun`, `iothread`, `target?` | `{lun, iothread}` |
 //! | `lun.set_error_policy` | `lun`, `rerror?`, `werror?`, `target?` | `{lun, rerror, werror}` |
 //! | `lun.resize` | `lun`, `size` (bytes or "2G"), `target?` | `{lun, size, blocks, block_size}` |
+//! | `lun.fault` | `lun`, `delay_ms?`, `read_errno?`, `write_errno?` (0 clears), `target?` | `{lun, fault}`: a `fault=on` LUN's injected delay and errors, at run time only (tests) |
 //! | `config.show` | | `{toml, file, persistent, note?}`: the running configuration, CHAP secrets redacted |
 //! | `config.save` | `path?` (absolute; default the `--config` file) | `{path}`: the running configuration written there |
 //! | `session.list` | | `[session]` |
@@ -31,6 +32,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use lunar_aio::RunState;
 use lunar_target::{ErrorPolicies, ErrorPolicy, Target, TargetError, MAIN_LOOP};
@@ -41,6 +43,9 @@ use super::rpc::{self, Call, Params, RpcError};
 use super::Context;
 use crate::config::persist::{self, LunValue};
 use crate::config::{BackendSpec, LunConfig, WriteBack, MAX_LUNS_PER_TARGET, MAX_MEM_SIZE};
+
+/// Longest delay `lun.fault` injects (10 minutes).
+const MAX_FAULT_DELAY_MS: u64 = 600_000;
 
 /// Why `lun.move` is not written back.
 const MOVE_NOTE: &str = "a move places the LUN's open queues (queues opened later go on their connection's \
@@ -280,6 +285,46 @@ async fn dispatch(
             };
             change(ctx, edit, apply).await
         }
+        "lun.fault" => {
+            let p = Params::new(params, &["lun", "delay_ms", "read_errno", "write_errno", "target"])?;
+            let t = select_one(ctx, p.opt_str("target")?)?;
+            let lun = p.u64("lun")?;
+            let errno = |key: &str| -> Result<Option<i32>, RpcError> {
+                p.opt_u64(key)?
+                    .map(|n| {
+                        i32::try_from(n).ok().filter(|e| *e < 4096).ok_or_else(|| {
+                            RpcError::invalid_params(format!("`{key}`: an errno below 4096, 0 for none"))
+                        })
+                    })
+                    .transpose()
+            };
+            let (read, write) = (errno("read_errno")?, errno("write_errno")?);
+            let delay = p.opt_u64("delay_ms")?;
+            if delay.is_some_and(|d| d > MAX_FAULT_DELAY_MS) {
+                return Err(RpcError::invalid_params(format!("`delay_ms`: at most {MAX_FAULT_DELAY_MS}")));
+            }
+            if delay.is_none() && read.is_none() && write.is_none() {
+                return Err(RpcError::invalid_params("give `delay_ms`, `read_errno`, `write_errno` or several"));
+            }
+            let dev = t.device(lun).ok_or(MethodError::NoSuchLun(lun))?;
+            let lunar_block::Backend::Fault(f) = dev.disk().backend() else {
+                return Err(MethodError::NotSupported(format!(
+                    "LUN {lun} has no fault injection: add it with `fault=on` in its spec"
+                ))
+                .into());
+            };
+            if let Some(ms) = delay {
+                f.set_delay(Duration::from_millis(ms));
+            }
+            if let Some(e) = read {
+                f.fail_reads(e);
+            }
+            if let Some(e) = write {
+                f.fail_writes(e);
+            }
+            tracing::info!(target = %t.name(), lun, ?delay, ?read, ?write, "fault injection changed");
+            Ok(json!({ "lun": lun, "fault": fault_json(dev.disk().backend()) }))
+        }
         "lun.resize" => {
             let p = Params::new(params, &["lun", "size", "target"])?;
             let t = select_one(ctx, p.opt_str("target")?)?;
@@ -450,6 +495,7 @@ async fn status(ctx: &Context, only: Option<&str>) -> Result<Value, MethodError>
                 "paused": state == RunState::Stopped || lun_pause.is_some(),
                 "paused_reason": paused_reason,
                 "errors": errors,
+                "fault": fault_json(disk.backend()),
                 "stats": crate::metrics::stats_json(&dev.stats().snapshot()),
             }));
         }
@@ -480,8 +526,30 @@ async fn status(ctx: &Context, only: Option<&str>) -> Result<Value, MethodError>
         "connections": ctx.server.connections(),
         "sessions": ctx.server.sessions().iter().map(session_json).collect::<Vec<_>>(),
         "limits": limits_json(ctx),
+        "task_management": tmf_json(ctx),
         "config": persistence_json(ctx),
     }))
+}
+
+/// What the fault injection of a `fault=on` LUN does now; null for others.
+fn fault_json(b: &lunar_block::Backend) -> Value {
+    match b {
+        lunar_block::Backend::Fault(f) => json!({
+            "delay_ms": f.delay().as_millis() as u64,
+            "read_errno": f.read_errno(),
+            "write_errno": f.write_errno(),
+        }),
+        _ => Value::Null,
+    }
+}
+
+/// The iSCSI task management functions received and the responses sent.
+fn tmf_json(ctx: &Context) -> Value {
+    let c = ctx.server.tmf_counts();
+    let map = |v: Vec<(&'static str, u64)>| -> serde_json::Map<String, Value> {
+        v.into_iter().map(|(k, n)| (k.to_string(), json!(n))).collect()
+    };
+    json!({ "received": map(c.received()), "answered": map(c.answered()) })
 }
 
 /// The iSCSI resource limits in force and how often each was met.
@@ -588,7 +656,7 @@ async fn lun_add(ctx: &Context, t: &Arc<Target>, spec: &str, lun: Option<u64>) -
             .into());
         }
     }
-    let backend = crate::daemon::open_backend(&cfg.backend, cfg.readonly).map_err(MethodError::Backend)?;
+    let backend = crate::daemon::open_lun_backend(&cfg).map_err(MethodError::Backend)?;
     let policies = ErrorPolicies { read: crate::daemon::policy(cfg.rerror), write: crate::daemon::policy(cfg.werror) };
     let edit = |doc: &mut toml_edit::DocumentMut| persist::add_lun(doc, t.name(), lun, &cfg);
     let apply = async {
