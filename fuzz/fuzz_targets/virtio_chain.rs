@@ -25,7 +25,7 @@
 //! descriptor chain iteration (`pop_descriptor_chain`, up to 8 chains)
 //! mapped through `Buffers::collect`; each chain then goes through the
 //! request path of `Controller::submit`/`complete`: `read_at` of the
-//! header, `parse_cmd`, `decode_lun`, `cdb_len`, `read_at` of the
+//! header, `parse_cmd`, `decode_lun`, `lunar_scsi::cdb_length`, `read_at` of the
 //! data-out, `write_at` of data-in and of `encode_resp`, `add_used`.
 //!
 //! Checked: no panic, lengths consistent, no single allocation beyond
@@ -34,7 +34,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use lunar_vhost::virtio::{
-    cdb_len, chain_at, decode_lun, encode_resp, parse_cmd, Buffers, ChainError, REQ_HEADER, RESP_HEADER, S_BAD_TARGET,
+    chain_at, decode_lun, encode_resp, parse_cmd, Buffers, ChainError, REQ_HEADER, RESP_HEADER, S_BAD_TARGET,
     S_FAILURE, S_OK,
 };
 use lunar_vhost::VhostLimits;
@@ -89,7 +89,7 @@ fn serve(mem: &GuestMemoryMmap, b: &Buffers, cdb_size: usize, sense_size: usize,
     if decode_lun(&hdr.lun).is_none() {
         return fail(S_BAD_TARGET);
     }
-    let cdb = &hdr.cdb[..cdb_len(&hdr.cdb).min(hdr.cdb.len())];
+    let cdb = &hdr.cdb[..lunar_scsi::cdb_length(&hdr.cdb).min(hdr.cdb.len())];
     let data_in_cap = b.writable_len() - resp_len;
     let data_out_len = (b.readable_len() - header_len as u64) as usize;
     let data_out = match b.read_at(mem, header_len as u64, data_out_len) {

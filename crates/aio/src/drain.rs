@@ -1,16 +1,22 @@
 //! Counting in-flight work on one thread, and waiting for it to drain.
 //!
 //! `InFlight` is `!Send` on purpose: it counts the work of one thread's queue.
+//! Being confined to one thread, it needs no lock and no atomic: the count
+//! is a `Cell` and the tasks waiting for zero are wakers in a `RefCell`, so
+//! the common path (a guard dropped, nobody waiting) is a decrement and an
+//! emptiness check. (It used `tokio::sync::Notify`, whose `notify_waiters`
+//! takes a mutex each time the count reached zero: every command at QD1.)
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
 use std::rc::Rc;
-
-use tokio::sync::Notify;
+use std::task::{Poll, Waker};
 
 #[derive(Default)]
 struct Inner {
     count: Cell<usize>,
-    zero: Notify,
+    /// Tasks in [`InFlight::drained`], woken when the count reaches zero.
+    waiters: RefCell<Vec<Waker>>,
 }
 
 /// A thread-confined in-flight counter.
@@ -40,16 +46,17 @@ impl InFlight {
 
     /// Resolves once the count is zero (immediately if it already is).
     pub async fn drained(&self) {
-        loop {
+        poll_fn(|cx| {
             if self.inner.count.get() == 0 {
-                return;
+                return Poll::Ready(());
             }
-            let notified = self.inner.zero.notified();
-            if self.inner.count.get() == 0 {
-                return;
+            let mut waiters = self.inner.waiters.borrow_mut();
+            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
             }
-            notified.await;
-        }
+            Poll::Pending
+        })
+        .await
     }
 }
 
@@ -58,7 +65,12 @@ impl Drop for InFlightGuard {
         let n = self.inner.count.get() - 1;
         self.inner.count.set(n);
         if n == 0 {
-            self.inner.zero.notify_waiters();
+            // Woken tasks run later on this thread's loop; one that finds
+            // the count above zero again waits again.
+            let waiters = std::mem::take(&mut *self.inner.waiters.borrow_mut());
+            for w in waiters {
+                w.wake();
+            }
         }
     }
 }
@@ -90,6 +102,40 @@ mod tests {
             drop(g2);
             waiter.await.unwrap();
             assert!(done.get());
+        });
+    }
+
+    #[test]
+    fn every_waiter_wakes_and_a_refilled_count_keeps_them_waiting() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let f = InFlight::new();
+            let g = f.enter();
+            let woken = Rc::new(Cell::new(0));
+            let waiters: Vec<_> = (0..3)
+                .map(|_| {
+                    let (f, woken) = (f.clone(), woken.clone());
+                    tokio::task::spawn_local(async move {
+                        f.drained().await;
+                        woken.set(woken.get() + 1);
+                    })
+                })
+                .collect();
+            tokio::task::yield_now().await;
+            // Zero, then busy again before the waiters run: they wait on.
+            drop(g);
+            let g = f.enter();
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+            assert_eq!(woken.get(), 0);
+            assert!(f.inner.waiters.borrow().len() <= 3, "a waiter registers once");
+            drop(g);
+            for w in waiters {
+                w.await.unwrap();
+            }
+            assert_eq!(woken.get(), 3);
+            assert!(f.inner.waiters.borrow().is_empty());
         });
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::{Backend, BlockError, Result};
+use crate::{Backend, BlockError, Bytes, Result};
 
 pub struct FaultBackend {
     inner: Backend,
@@ -161,7 +161,8 @@ impl FaultBackend {
         self.inner.read(offset, len).await
     }
 
-    pub async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<()> {
+    pub async fn write(&self, offset: u64, data: impl Into<Bytes>, fua: bool) -> Result<()> {
+        let data: Bytes = data.into();
         self.write_gate("write", offset, data.len() as u64).await?;
         self.inner.write(offset, data, fua).await
     }

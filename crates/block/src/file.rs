@@ -23,6 +23,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use io_uring::{opcode, types};
 
 use self::buf::Buf;
@@ -260,7 +261,8 @@ impl FileBackend {
 
     /// Writes `data` at `offset`; with `fua` it is durable when this returns
     /// (`RWF_DSYNC` on the write, or write + fdatasync where unsupported).
-    pub async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<()> {
+    pub async fn write(&self, offset: u64, data: impl Into<Bytes>, fua: bool) -> Result<()> {
+        let data: Bytes = data.into();
         let len = data.len() as u64;
         self.check_writable("write", offset, len)?;
         self.check_range("write", offset, len)?;

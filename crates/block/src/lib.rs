@@ -12,6 +12,7 @@ pub mod mem;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub use bytes::Bytes;
 pub use error::{BlockError, ErrorKind, Result};
 pub use fault::FaultBackend;
 pub use file::{FileBackend, FileOptions};
@@ -106,8 +107,12 @@ impl Backend {
         }
     }
 
-    /// Writes `data` at `offset`; with `fua` the data is durable when this returns.
-    pub async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<()> {
+    /// Writes `data` at `offset`; with `fua` the data is durable when this
+    /// returns. The data is shared, never copied to be kept: a caller that
+    /// may retry the write holds a clone of the same [`Bytes`] (a reference
+    /// count, not a copy).
+    pub async fn write(&self, offset: u64, data: impl Into<Bytes>, fua: bool) -> Result<()> {
+        let data: Bytes = data.into();
         match self {
             Backend::Mem(m) => m.write_from(offset, &data),
             Backend::Null(_) => self.check("write", offset, data.len() as u64),

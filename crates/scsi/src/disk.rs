@@ -7,6 +7,7 @@
 //! MODE SELECT racing a WRITE may see either value, as SAM-5 allows for
 //! overlapping commands).
 
+use lunar_block::Bytes;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -421,7 +422,12 @@ impl Disk {
     /// Executes a decoded command and drops its side effects: see
     /// [`Disk::execute_with_effects`], which a core that holds unit
     /// attentions per I_T nexus must call instead.
-    pub async fn execute(&self, cmd: &Command, data_out: Vec<u8>, ctx: &ExecContext) -> Result<Vec<u8>, ScsiError> {
+    pub async fn execute(
+        &self,
+        cmd: &Command,
+        data_out: impl Into<Bytes>,
+        ctx: &ExecContext,
+    ) -> Result<Vec<u8>, ScsiError> {
         let done = self.execute_with_effects(cmd, data_out, ctx).await;
         if !done.effects.is_empty() {
             tracing::debug!(command = cmd.name(), effects = ?done.effects, "side effects dropped");
@@ -436,9 +442,9 @@ impl Disk {
     /// already cut to the allocation length, and the side effects the core
     /// must carry out (unit attentions for other I_T nexuses, aborts). The
     /// future is not `Send`: run it on the I/O thread that owns the request.
-    pub async fn execute_with_effects(&self, cmd: &Command, data_out: Vec<u8>, ctx: &ExecContext) -> Executed {
+    pub async fn execute_with_effects(&self, cmd: &Command, data_out: impl Into<Bytes>, ctx: &ExecContext) -> Executed {
         let mut effects = Vec::new();
-        let result = self.execute_inner(cmd, data_out, ctx, &mut effects).await;
+        let result = self.execute_inner(cmd, data_out.into(), ctx, &mut effects).await;
         if result.is_err() {
             effects.clear();
         }
@@ -448,7 +454,7 @@ impl Disk {
     async fn execute_inner(
         &self,
         cmd: &Command,
-        data_out: Vec<u8>,
+        data_out: Bytes,
         ctx: &ExecContext,
         effects: &mut Vec<SideEffect>,
     ) -> Result<Vec<u8>, ScsiError> {

@@ -58,7 +58,8 @@ pub mod vpd;
 #[cfg(test)]
 mod test_util;
 
-pub use cdb::{cut_write, table::OPCODES, Command, CutWrite, DataDirection};
+pub use cdb::table::{cdb_length, IoClass, OPCODES};
+pub use cdb::{cut_write, Command, CutWrite, DataDirection};
 pub use commands::extended_copy::{CopyGate, CopyPass, CopyResolver, CopyTarget, CopyTargets};
 pub use commands::sanitize::SanitizeOperation;
 pub use commands::{

@@ -22,6 +22,7 @@ pub mod state;
 pub mod stats;
 mod sync;
 pub mod target;
+pub mod task_management;
 pub mod threads;
 mod ua;
 
@@ -32,4 +33,5 @@ pub use queue::{request, Queue};
 pub use request::{Action, Completion, Request, RequestState, Response};
 pub use state::SavedRequest;
 pub use target::{wait, Target, TargetError};
+pub use task_management::{TaskManagement, TaskManagementDone};
 pub use threads::{ThreadSet, MAIN_LOOP};

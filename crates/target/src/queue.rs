@@ -219,11 +219,23 @@ impl Queue {
     /// request completes through its own completion (TASK ABORTED, or its
     /// real status if it finished first), an executing one once its I/O ends.
     pub fn cancel_where(self: &Arc<Self>, pred: impl Fn(&Request) -> bool + Send + Sync + 'static) {
+        self.iterate_here(move |r: &mut Request| if pred(r) { Action::Cancel } else { Action::Keep }, || {});
+    }
+
+    /// Runs `f` for every request of this queue's list on the thread that
+    /// holds it (following a move), acts on what it decided, then runs
+    /// `after` there; only `after` if the queue closed first.
+    pub(crate) fn iterate_here(
+        self: &Arc<Self>,
+        f: impl Fn(&mut Request) -> Action + Send + Sync + 'static,
+        after: impl FnOnce() + Send + 'static,
+    ) {
         let id = self.id();
         self.dispatch(move |arrival| {
             if let (Arrival::Here, Some(lq)) = (arrival, local(id)) {
-                LocalQueue::iterate(&lq, &|r: &mut Request| if pred(r) { Action::Cancel } else { Action::Keep });
+                LocalQueue::iterate(&lq, &f);
             }
+            after();
         });
     }
 }
@@ -233,7 +245,7 @@ impl Queue {
 enum Plan {
     Nothing,
     Complete(Request, Response),
-    Execute(Command, Vec<u8>, Rc<ExecContext>, lunar_aio::InFlightGuard),
+    Execute(Command, lunar_block::Bytes, Rc<ExecContext>, lunar_aio::InFlightGuard),
 }
 
 impl LocalQueue {
@@ -483,7 +495,8 @@ impl LocalQueue {
         req.retry = false;
         // Keep the data-out only where a failure could park the request for
         // a retry, or where the request may wait in the list to be saved
-        // (a SANITIZE waiting for its operation; its parameter list is short).
+        // (a SANITIZE waiting for its operation). Kept is shared with the
+        // backend, not copied (`Bytes`: a reference count).
         let may_park = device.policy_for(cmd.is_write()).verdict(lunar_block::ErrorKind::NoSpace) == Verdict::Stop;
         let keep = may_park || matches!(cmd, Command::Sanitize(_));
         let data = if keep { req.data_out.clone() } else { std::mem::take(&mut req.data_out) };

@@ -114,7 +114,9 @@ pub struct Request {
     pub lun: u64,
     pub cdb: Vec<u8>,
     /// Data-out, complete (the front-end gathers it before submitting).
-    pub data_out: Vec<u8>,
+    /// Shared with the backend while a write runs: a request that may be
+    /// retried keeps it without a copy.
+    pub data_out: lunar_block::Bytes,
     /// Opaque front-end state, saved and loaded with the request.
     pub frontend_data: Vec<u8>,
     pub(crate) id: u64,
@@ -127,12 +129,18 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn new(tag: u64, lun: u64, cdb: Vec<u8>, data_out: Vec<u8>, completion: Completion) -> Self {
+    pub fn new(
+        tag: u64,
+        lun: u64,
+        cdb: Vec<u8>,
+        data_out: impl Into<lunar_block::Bytes>,
+        completion: Completion,
+    ) -> Self {
         Request {
             tag,
             lun,
             cdb,
-            data_out,
+            data_out: data_out.into(),
             frontend_data: Vec::new(),
             id: 0,
             retry: false,

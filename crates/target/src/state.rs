@@ -75,7 +75,7 @@ impl Writer {
         self.out.push(if r.retry { 1 } else { 2 });
         self.out.extend_from_slice(&r.lun.to_be_bytes());
         self.out.extend_from_slice(&r.tag.to_be_bytes());
-        for field in [&r.cdb, &r.frontend_data, &r.data_out] {
+        for field in [&r.cdb[..], &r.frontend_data[..], &r.data_out[..]] {
             self.out.extend_from_slice(&(field.len() as u32).to_be_bytes());
             self.out.extend_from_slice(field);
         }

@@ -59,12 +59,13 @@ pub enum Kind {
 impl Kind {
     pub const ALL: [Kind; 3] = [Kind::Read, Kind::Write, Kind::Other];
 
-    /// From the operation code (the first CDB byte); no decoding needed.
+    /// From the operation code (the first CDB byte, looked up in the
+    /// opcode table of `lunar-scsi`); no decoding needed.
     pub fn of_cdb(cdb: &[u8]) -> Kind {
-        match cdb.first() {
-            Some(0x08 | 0x28 | 0xA8 | 0x88) => Kind::Read,
-            Some(0x0A | 0x2A | 0xAA | 0x8A | 0x2E | 0xAE | 0x8E | 0x89 | 0x8B | 0x9C | 0x41 | 0x93) => Kind::Write,
-            _ => Kind::Other,
+        match lunar_scsi::IoClass::of_cdb(cdb) {
+            lunar_scsi::IoClass::Read => Kind::Read,
+            lunar_scsi::IoClass::Write => Kind::Write,
+            lunar_scsi::IoClass::Other => Kind::Other,
         }
     }
 

@@ -6,7 +6,7 @@
 //! so the device implements the message handler itself: guest memory
 //! (`vm-memory` mappings of the front-end's regions), the vrings (the
 //! crate's `VringRwLock` and `virtio-queue`), a thread that relays the kick
-//! eventfds to [`ScsiBackend::handle_event`] (the same entry point as
+//! eventfds to [`ScsiBackend::kick`] (the same entry point as
 //! before), and the inflight region ([`crate::inflight`]).
 //!
 //! A request ring that starts (its kick fd arrives, or it is enabled) with
@@ -36,14 +36,15 @@ use vhost::vhost_user::message::{
 };
 use vhost::vhost_user::{Backend, Error as VuError, GpuBackend, Result as VuResult, VhostUserBackendReqHandlerMut};
 use vhost::VhostUserMemoryRegionBase;
-use vhost_user_backend::{VhostUserBackend, VringT};
+use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap, GuestRegionMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::device::ScsiBackend;
 use crate::inflight::InflightRegion;
-use crate::{Mem, ScsiBackend, Vring};
+use crate::{Mem, Vring, MAX_QUEUE_SIZE};
 
 /// Event data of the relay thread's exit eventfd.
 const EXIT: u64 = u64::MAX;
@@ -149,22 +150,9 @@ fn relay(epoll: Arc<Epoll>, exit: EventFd, backend: Arc<ScsiBackend>, vrings: Ve
                 if index >= 2 {
                     relayed.fetch_add(1, Ordering::Relaxed);
                 }
-                kick(&backend, &vrings, index as usize);
+                backend.kick(&vrings, index as usize);
             }
         }
-    }
-}
-
-/// Runs the device's handler for a kick of virtqueue `index` (worker
-/// numbering of [`ScsiBackend::handle_event`]: 0 holds control and event,
-/// worker `k >= 1` request queue `k - 1`).
-pub(crate) fn kick(backend: &ScsiBackend, vrings: &[Vring], index: usize) {
-    let r = match index {
-        0 | 1 => backend.handle_event(index as u16, EventSet::IN, &vrings[..2.min(vrings.len())], 0),
-        i => backend.handle_event(0, EventSet::IN, std::slice::from_ref(&vrings[i]), i - 1),
-    };
-    if let Err(e) = r {
-        tracing::warn!(index, "vhost-user: kick: {e}");
     }
 }
 
@@ -193,7 +181,7 @@ impl Connection {
         let mem: Mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut vrings = Vec::new();
         for _ in 0..backend.num_queues() {
-            vrings.push(Vring::new(mem.clone(), backend.max_queue_size() as u16).map_err(io::Error::other)?);
+            vrings.push(Vring::new(mem.clone(), MAX_QUEUE_SIZE as u16).map_err(io::Error::other)?);
         }
         let kicks = Kicks::start(backend.clone(), vrings.clone())?;
         let wake = vec![false; vrings.len()];
@@ -257,7 +245,7 @@ impl Connection {
         vring.set_queue_ready(true);
         if vring.get_ref().is_enabled() {
             self.kicks.watch(&vring, index);
-            kick(&self.backend, &self.vrings, index);
+            self.backend.kick(&self.vrings, index);
             self.wake_driver(index);
         }
         Ok(())
@@ -378,7 +366,6 @@ impl VhostUserBackendReqHandlerMut for Connection {
         for v in &self.vrings {
             v.set_queue_event_idx(event_idx);
         }
-        self.backend.set_event_idx(event_idx);
         Ok(())
     }
 
@@ -405,13 +392,13 @@ impl VhostUserBackendReqHandlerMut for Connection {
         }
         let mem = GuestMemoryMmap::from_regions(regions).map_err(internal)?;
         self.mem.lock().map_err(internal)?.replace(mem);
-        self.backend.update_memory(self.mem.clone()).map_err(VuError::ReqHandlerError)?;
+        self.backend.update_memory(self.mem.clone());
         self.mappings = mappings;
         Ok(None)
     }
 
     fn set_vring_num(&mut self, index: u32, num: u32) -> VuResult<()> {
-        if num == 0 || num as usize > self.backend.max_queue_size() {
+        if num == 0 || num as usize > MAX_QUEUE_SIZE {
             return Err(VuError::InvalidParam);
         }
         self.vring(index as usize)?.set_queue_size(num as u16);
@@ -448,7 +435,7 @@ impl VhostUserBackendReqHandlerMut for Connection {
             *w = false;
         }
         self.kicks.unwatch(&vring, index as usize);
-        self.backend.stop_vring(index).map_err(VuError::ReqHandlerError)?;
+        self.backend.stop_vring(index);
         let next_avail = vring.queue_next_avail();
         vring.set_kick(None);
         vring.set_call(None);
@@ -518,7 +505,7 @@ impl VhostUserBackendReqHandlerMut for Connection {
         } else if vring.get_ref().get_queue().ready() {
             self.kicks.watch(&vring, index as usize);
             // Kicks that came while it was disabled, and requests to resubmit.
-            kick(&self.backend, &self.vrings, index as usize);
+            self.backend.kick(&self.vrings, index as usize);
             self.wake_driver(index as usize);
         }
         Ok(())

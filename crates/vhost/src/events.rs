@@ -9,20 +9,21 @@
 use std::collections::VecDeque;
 
 // Event types (5.6.6.3).
-pub const T_NO_EVENT: u32 = 0;
-pub const T_TRANSPORT_RESET: u32 = 1;
-pub const T_ASYNC_NOTIFY: u32 = 2;
-pub const T_PARAM_CHANGE: u32 = 3;
+pub const T_NO_EVENT: u32 = virtio_bindings::virtio_scsi::VIRTIO_SCSI_T_NO_EVENT;
+pub const T_TRANSPORT_RESET: u32 = virtio_bindings::virtio_scsi::VIRTIO_SCSI_T_TRANSPORT_RESET;
+pub const T_ASYNC_NOTIFY: u32 = virtio_bindings::virtio_scsi::VIRTIO_SCSI_T_ASYNC_NOTIFY;
+pub const T_PARAM_CHANGE: u32 = virtio_bindings::virtio_scsi::VIRTIO_SCSI_T_PARAM_CHANGE;
 /// Set in `event` when the device had to drop events for want of buffers.
-pub const T_EVENTS_MISSED: u32 = 0x8000_0000;
+pub const T_EVENTS_MISSED: u32 = virtio_bindings::virtio_scsi::VIRTIO_SCSI_T_EVENTS_MISSED;
 
 // Reasons of a transport reset (5.6.6.3.1).
-pub const EVT_RESET_HARD: u32 = 0;
-pub const EVT_RESET_RESCAN: u32 = 1;
-pub const EVT_RESET_REMOVED: u32 = 2;
+pub const EVT_RESET_HARD: u32 = virtio_bindings::virtio_scsi::VIRTIO_SCSI_EVT_RESET_HARD;
+pub const EVT_RESET_RESCAN: u32 = virtio_bindings::virtio_scsi::VIRTIO_SCSI_EVT_RESET_RESCAN;
+pub const EVT_RESET_REMOVED: u32 = virtio_bindings::virtio_scsi::VIRTIO_SCSI_EVT_RESET_REMOVED;
 
 /// `struct virtio_scsi_event`: event u32, lun[8], reason u32.
-pub const EVENT_LEN: usize = 16;
+pub const EVENT_LEN: usize = std::mem::size_of::<virtio_bindings::virtio_scsi::virtio_scsi_event>();
+const _: () = assert!(EVENT_LEN == 16);
 
 /// Events kept while the driver has no buffer posted; beyond this they are
 /// dropped and the next event delivered carries [`T_EVENTS_MISSED`].

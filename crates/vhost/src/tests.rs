@@ -1,10 +1,24 @@
 //! The device without QEMU: guest memory and split rings built here, the
 //! backend driven through the calls `vhost-user-backend` makes (memory
-//! update, kicks as `handle_event`). Covers what a Linux guest cannot
+//! update, kicks as `kick_*`). Covers what a Linux guest cannot
 //! provoke on demand: events that find no buffer, and the order of task
 //! management answers against the commands they abort.
 
-use super::*;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lunar_target::Target;
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::VringT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+
+use crate::device::ScsiBackend;
+use crate::events::EVENT_LEN;
+use crate::request_queue::NOTIFY_EVERY;
+use crate::virtio::*;
+use crate::*;
 use lunar_block::{Backend, FaultBackend};
 use lunar_scsi::DiskConfig;
 use lunar_target::ErrorPolicies;
@@ -120,7 +134,7 @@ fn start_with(
     let c = Controller::start(t.clone(), cfg).unwrap();
     let b = c.backend.clone();
     let mem = memory();
-    b.update_memory(mem.clone()).unwrap();
+    b.update_memory(mem.clone());
     (c, b, mem)
 }
 
@@ -160,9 +174,9 @@ fn hot_plug_events_in_order_then_missed_when_the_driver_posts_none() {
     let t = Target::new("vhost-events", 2).unwrap();
     add_lun(&t, 0, Backend::mem(1 << 20));
     let (c, b, mem) = start(&t, 2, dir.path());
-    let (_ctrl_ring, ctrl) = Ring::new(&mem, CTRL);
+    let (_ctrl_ring, _ctrl) = Ring::new(&mem, CTRL);
     let (mut er, evt) = Ring::new(&mem, EVT);
-    let kick = |b: &ScsiBackend| b.handle_event(1, EventSet::IN, &[ctrl.clone(), evt.clone()], 0).unwrap();
+    let kick = |b: &ScsiBackend| b.kick_event(&evt);
     for i in 0..2 {
         er.add(&mem, &[(DATA + 16 * i, 16, true)]);
     }
@@ -225,10 +239,10 @@ fn hot_plug_events_in_order_then_missed_when_the_driver_posts_none() {
     eventually("the rescan of LUN 10", || er.used_idx(&mem) == 4 + MAX_PENDING as u16);
     lunar_target::wait(t.remove_device(10)).unwrap();
     eventually("LUN 10 detached", || !c.luns().contains(&10));
-    b.stop_vring(1).unwrap();
+    b.stop_vring(1);
     let (mut er, evt) = Ring::new(&mem, EVT + 0x8000);
     er.add(&mem, &[(DATA, 16, true)]);
-    b.handle_event(1, EventSet::IN, &[ctrl.clone(), evt.clone()], 0).unwrap();
+    b.kick_event(&evt);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(er.used_idx(&mem), 0, "no stale event after a reset");
     c.shutdown();
@@ -280,7 +294,7 @@ fn tmf_with_io_in_flight(subtype: u32, lun: u16, tag: u64) -> Vec<(u8, u8)> {
     }
     let (c, b, mem) = start(&t, 2, dir.path());
     let (mut cr, ctrl) = Ring::new(&mem, CTRL);
-    let (_er, evt) = Ring::new(&mem, EVT);
+    let (_er, _evt) = Ring::new(&mem, EVT);
     let mut rings: Vec<_> = (0..2).map(|q| Ring::new(&mem, REQ + 0x2000 * q)).collect();
     let mut resps = Vec::new();
     for i in 0..6u64 {
@@ -288,7 +302,7 @@ fn tmf_with_io_in_flight(subtype: u32, lun: u16, tag: u64) -> Vec<(u8, u8)> {
         resps.push(write10(&mem, ring, i, (i / 4) as u16, 100 + i, i as u32));
     }
     for (q, (_, vring)) in rings.iter().enumerate() {
-        b.handle_event(0, EventSet::IN, std::slice::from_ref(vring), q + 1).unwrap();
+        b.kick_request(q, vring);
     }
     let inflight = || b.vqs.iter().map(|v| v.lock_inflight().len()).sum::<usize>();
     eventually("6 commands in flight", || inflight() == 6);
@@ -302,7 +316,7 @@ fn tmf_with_io_in_flight(subtype: u32, lun: u16, tag: u64) -> Vec<(u8, u8)> {
     mem.memory().write_slice(&req, GuestAddress(at)).unwrap();
     mem.memory().write_obj(0xffu8, GuestAddress(answer)).unwrap();
     cr.add(&mem, &[(at, req.len() as u32, false), (answer, 1, true)]);
-    b.handle_event(0, EventSet::IN, &[ctrl.clone(), evt.clone()], 0).unwrap();
+    b.kick_control(&ctrl);
     eventually("the TMF answer", || cr.used_idx(&mem) == 1);
     let answered: Vec<u16> = rings.iter().map(|(r, _)| r.used_idx(&mem)).collect();
     let tmf: u8 = mem.memory().read_obj(GuestAddress(answer)).unwrap();
@@ -753,16 +767,7 @@ fn write_from_elsewhere(t: &Arc<Target>, lun: u64) -> u8 {
 /// Sends task management function `subtype` for `lun` on the control queue
 /// and waits for its answer (`n`: the number of TMFs sent on it before).
 #[allow(clippy::too_many_arguments)]
-fn tmf_and_wait(
-    b: &Arc<ScsiBackend>,
-    mem: &Mem,
-    cr: &mut Ring,
-    ctrl: &Vring,
-    evt: &Vring,
-    n: u16,
-    subtype: u32,
-    lun: u16,
-) -> u8 {
+fn tmf_and_wait(b: &Arc<ScsiBackend>, mem: &Mem, cr: &mut Ring, ctrl: &Vring, n: u16, subtype: u32, lun: u16) -> u8 {
     let mut req = Vec::new();
     req.extend_from_slice(&T_TMF.to_le_bytes());
     req.extend_from_slice(&subtype.to_le_bytes());
@@ -772,7 +777,7 @@ fn tmf_and_wait(
     mem.memory().write_slice(&req, GuestAddress(at)).unwrap();
     mem.memory().write_obj(0xffu8, GuestAddress(answer)).unwrap();
     cr.add(mem, &[(at, req.len() as u32, false), (answer, 1, true)]);
-    b.handle_event(0, EventSet::IN, &[ctrl.clone(), evt.clone()], 0).unwrap();
+    b.kick_control(ctrl);
     eventually("the TMF answer", || cr.used_idx(mem) == n + 1);
     mem.memory().read_obj::<u8>(GuestAddress(answer)).unwrap()
 }
@@ -786,7 +791,6 @@ struct TwoQueues {
     mem: Mem,
     cr: Ring,
     ctrl: Vring,
-    evt: Vring,
     tmfs: u16,
     rings: Vec<(Ring, Vring)>,
     slot: u64,
@@ -806,9 +810,9 @@ impl TwoQueues {
         add_lun(&t, 1, Backend::mem(1 << 20));
         let (c, b, mem) = start_with(&t, 2, dir.path(), limits);
         let (cr, ctrl) = Ring::new(&mem, CTRL);
-        let (_, evt) = Ring::new(&mem, EVT);
+        let _ = Ring::new(&mem, EVT);
         let rings: Vec<_> = (0..2).map(|q| Ring::new(&mem, REQ + 0x2000 * q)).collect();
-        TwoQueues { t, c, b, mem, cr, ctrl, evt, tmfs: 0, rings, slot: 10, _dir: dir }
+        TwoQueues { t, c, b, mem, cr, ctrl, tmfs: 0, rings, slot: 10, _dir: dir }
     }
 
     /// Runs `cdb` on LUN `lun` through request queue `q`: (response, sense).
@@ -816,7 +820,7 @@ impl TwoQueues {
         let base = self.rings[q].0.used_idx(&self.mem);
         self.slot += 1;
         let r = command(&self.mem, &mut self.rings[q].0, self.slot, lun, self.slot, cdb, 0);
-        self.b.handle_event(0, EventSet::IN, std::slice::from_ref(&self.rings[q].1), q + 1).unwrap();
+        self.b.kick_request(q, &self.rings[q].1);
         eventually("the command answered", || self.rings[q].0.used_idx(&self.mem) == base + 1);
         (cmd_resp(&self.mem, r), sense_at(&self.mem, r))
     }
@@ -827,7 +831,7 @@ impl TwoQueues {
 
     fn tmf(&mut self, subtype: u32, lun: u16) -> u8 {
         self.tmfs += 1;
-        tmf_and_wait(&self.b, &self.mem, &mut self.cr, &self.ctrl, &self.evt, self.tmfs - 1, subtype, lun)
+        tmf_and_wait(&self.b, &self.mem, &mut self.cr, &self.ctrl, self.tmfs - 1, subtype, lun)
     }
 
     fn shutdown(self) {
@@ -889,7 +893,7 @@ fn lun_reset_is_reported_once_across_the_request_queues() {
     assert_eq!(g.tmf(TMF_LOGICAL_UNIT_RESET, 1), S_FUNCTION_COMPLETE);
     let r = command(&g.mem, &mut g.rings[0].0, 300, 1, 300, &[0x03, 0, 0, 0, 18, 0], 18);
     let base = g.rings[0].0.used_idx(&g.mem);
-    g.b.handle_event(0, EventSet::IN, std::slice::from_ref(&g.rings[0].1), 1).unwrap();
+    g.b.kick_request(0, &g.rings[0].1);
     eventually("REQUEST SENSE answered", || g.rings[0].0.used_idx(&g.mem) == base + 1);
     assert_eq!(cmd_resp(&g.mem, r), OK);
     let data = read(&g.mem, r + 0x200, 18);
@@ -978,7 +982,7 @@ impl Ring {
 
 impl TwoQueues {
     fn kick(&self, q: usize) {
-        self.b.handle_event(0, EventSet::IN, std::slice::from_ref(&self.rings[q].1), q + 1).unwrap();
+        self.b.kick_request(q, &self.rings[q].1);
     }
 
     /// Writes a request header for `cdb` to LUN `lun` at `at`; its length.

@@ -5,57 +5,70 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
-// Feature bits (5.6.3).
-pub const VIRTIO_SCSI_F_INOUT: u64 = 0;
-pub const VIRTIO_SCSI_F_HOTPLUG: u64 = 1;
-/// "Parameter change" (QEMU's `param_change`).
-pub const VIRTIO_SCSI_F_CHANGE: u64 = 2;
-pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 28;
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 29;
-pub const VIRTIO_F_VERSION_1: u64 = 32;
+// The numbers are Linux's uapi headers as `virtio-bindings` carries them;
+// here they get the types the device uses them with.
+use virtio_bindings::virtio_config as config;
+use virtio_bindings::virtio_ring as ring;
+use virtio_bindings::virtio_scsi as scsi;
 
-// Response codes (5.6.6.1).
-pub const S_OK: u8 = 0;
-pub const S_OVERRUN: u8 = 1;
-pub const S_ABORTED: u8 = 2;
-pub const S_BAD_TARGET: u8 = 3;
+// Feature bits (5.6.3), as bit numbers.
+pub const VIRTIO_SCSI_F_INOUT: u64 = scsi::VIRTIO_SCSI_F_INOUT as u64;
+pub const VIRTIO_SCSI_F_HOTPLUG: u64 = scsi::VIRTIO_SCSI_F_HOTPLUG as u64;
+/// "Parameter change" (QEMU's `param_change`).
+pub const VIRTIO_SCSI_F_CHANGE: u64 = scsi::VIRTIO_SCSI_F_CHANGE as u64;
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = ring::VIRTIO_RING_F_INDIRECT_DESC as u64;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = ring::VIRTIO_RING_F_EVENT_IDX as u64;
+pub const VIRTIO_F_VERSION_1: u64 = config::VIRTIO_F_VERSION_1 as u64;
+
+// Response codes (5.6.6.1), as the response byte.
+pub const S_OK: u8 = scsi::VIRTIO_SCSI_S_OK as u8;
+pub const S_OVERRUN: u8 = scsi::VIRTIO_SCSI_S_OVERRUN as u8;
+pub const S_ABORTED: u8 = scsi::VIRTIO_SCSI_S_ABORTED as u8;
+pub const S_BAD_TARGET: u8 = scsi::VIRTIO_SCSI_S_BAD_TARGET as u8;
 /// Cancelled by a reset (LOGICAL UNIT RESET, I_T NEXUS RESET).
-pub const S_RESET: u8 = 4;
-pub const S_FAILURE: u8 = 9;
-pub const S_FUNCTION_SUCCEEDED: u8 = 10;
-pub const S_FUNCTION_REJECTED: u8 = 11;
-pub const S_INCORRECT_LUN: u8 = 12;
+pub const S_RESET: u8 = scsi::VIRTIO_SCSI_S_RESET as u8;
+pub const S_FAILURE: u8 = scsi::VIRTIO_SCSI_S_FAILURE as u8;
+pub const S_FUNCTION_SUCCEEDED: u8 = scsi::VIRTIO_SCSI_S_FUNCTION_SUCCEEDED as u8;
+pub const S_FUNCTION_REJECTED: u8 = scsi::VIRTIO_SCSI_S_FUNCTION_REJECTED as u8;
+pub const S_INCORRECT_LUN: u8 = scsi::VIRTIO_SCSI_S_INCORRECT_LUN as u8;
 /// Task management: the function completed (same value as `S_OK`).
-pub const S_FUNCTION_COMPLETE: u8 = 0;
+pub const S_FUNCTION_COMPLETE: u8 = scsi::VIRTIO_SCSI_S_OK as u8;
 
 // Control queue (5.6.6.2).
-pub const T_TMF: u32 = 0;
-pub const T_AN_QUERY: u32 = 1;
-pub const T_AN_SUBSCRIBE: u32 = 2;
-pub const TMF_ABORT_TASK: u32 = 0;
-pub const TMF_ABORT_TASK_SET: u32 = 1;
-pub const TMF_CLEAR_ACA: u32 = 2;
-pub const TMF_CLEAR_TASK_SET: u32 = 3;
-pub const TMF_I_T_NEXUS_RESET: u32 = 4;
-pub const TMF_LOGICAL_UNIT_RESET: u32 = 5;
-pub const TMF_QUERY_TASK: u32 = 6;
-pub const TMF_QUERY_TASK_SET: u32 = 7;
+pub const T_TMF: u32 = scsi::VIRTIO_SCSI_T_TMF;
+pub const T_AN_QUERY: u32 = scsi::VIRTIO_SCSI_T_AN_QUERY;
+pub const T_AN_SUBSCRIBE: u32 = scsi::VIRTIO_SCSI_T_AN_SUBSCRIBE;
+pub const TMF_ABORT_TASK: u32 = scsi::VIRTIO_SCSI_T_TMF_ABORT_TASK;
+pub const TMF_ABORT_TASK_SET: u32 = scsi::VIRTIO_SCSI_T_TMF_ABORT_TASK_SET;
+pub const TMF_CLEAR_ACA: u32 = scsi::VIRTIO_SCSI_T_TMF_CLEAR_ACA;
+pub const TMF_CLEAR_TASK_SET: u32 = scsi::VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET;
+pub const TMF_I_T_NEXUS_RESET: u32 = scsi::VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET;
+pub const TMF_LOGICAL_UNIT_RESET: u32 = scsi::VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET;
+pub const TMF_QUERY_TASK: u32 = scsi::VIRTIO_SCSI_T_TMF_QUERY_TASK;
+pub const TMF_QUERY_TASK_SET: u32 = scsi::VIRTIO_SCSI_T_TMF_QUERY_TASK_SET;
 
 /// Default and largest CDB and sense sizes (the config space's defaults are 32 and 96).
-pub const DEFAULT_CDB_SIZE: u32 = 32;
-pub const DEFAULT_SENSE_SIZE: u32 = 96;
+pub const DEFAULT_CDB_SIZE: u32 = scsi::VIRTIO_SCSI_CDB_DEFAULT_SIZE;
+pub const DEFAULT_SENSE_SIZE: u32 = scsi::VIRTIO_SCSI_SENSE_DEFAULT_SIZE;
 pub const MAX_CDB_SIZE: u32 = 256;
 pub const MAX_SENSE_SIZE: u32 = 256;
 
-/// Request header before the CDB: lun[8], id u64, task_attr, prio, crn.
-pub const REQ_HEADER: usize = 19;
-/// Response header before the sense: sense_len u32, residual u32, status_qualifier u16, status, response.
-pub const RESP_HEADER: usize = 12;
+/// Request header before the CDB: lun[8], id u64, task_attr, prio, crn
+/// (`struct virtio_scsi_cmd_req` without its CDB).
+pub const REQ_HEADER: usize = std::mem::offset_of!(scsi::virtio_scsi_cmd_req, cdb);
+/// Response header before the sense: sense_len u32, residual u32,
+/// status_qualifier u16, status, response (`struct virtio_scsi_cmd_resp`
+/// without its sense).
+pub const RESP_HEADER: usize = std::mem::offset_of!(scsi::virtio_scsi_cmd_resp, sense);
 
 /// Offsets of the driver-writable fields of `struct virtio_scsi_config`.
-pub const CONFIG_SENSE_SIZE: u32 = 20;
-pub const CONFIG_CDB_SIZE: u32 = 24;
-pub const CONFIG_LEN: usize = 36;
+pub const CONFIG_SENSE_SIZE: u32 = std::mem::offset_of!(scsi::virtio_scsi_config, sense_size) as u32;
+pub const CONFIG_CDB_SIZE: u32 = std::mem::offset_of!(scsi::virtio_scsi_config, cdb_size) as u32;
+pub const CONFIG_LEN: usize = std::mem::size_of::<scsi::virtio_scsi_config>();
+
+// The layout virtio 1.2 section 5.6 fixes, checked when this compiles.
+const _: () = assert!(REQ_HEADER == 19 && RESP_HEADER == 12);
+const _: () = assert!(CONFIG_SENSE_SIZE == 20 && CONFIG_CDB_SIZE == 24 && CONFIG_LEN == 36);
 
 /// One buffer of a descriptor chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,18 +322,6 @@ pub fn encode_resp(sense: &[u8], sense_size: usize, residual: u32, status: u8, r
     out
 }
 
-/// The command length of a CDB by its group code (SPC-5 4.2.5.1), if fixed.
-pub fn cdb_len(cdb: &[u8]) -> usize {
-    match cdb.first().map(|op| op >> 5) {
-        Some(0) => 6,
-        Some(1) | Some(2) => 10,
-        Some(4) => 16,
-        Some(5) => 12,
-        Some(3) => cdb.get(7).map(|&n| 8 + n as usize).unwrap_or(cdb.len()),
-        _ => cdb.len(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,7 +357,7 @@ mod tests {
         assert_eq!(&r[0..4], &96u32.to_le_bytes());
         assert_eq!(&r[4..8], &5u32.to_le_bytes());
         assert_eq!((r[10], r[11]), (2, 0));
-        assert_eq!(cdb_len(&[0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), 10);
+        assert_eq!(lunar_scsi::cdb_length(&[0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), 10);
     }
 
     /// `collect` looks at `max_descriptors` descriptors at most: a longer

@@ -7,6 +7,8 @@
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
 
+use bytes::Bytes;
+
 /// Alignment of buffers used with O_DIRECT (covers 512 and 4096 byte sectors
 /// and the page size of the common architectures).
 pub(crate) const DIRECT_ALIGN: usize = 4096;
@@ -65,6 +67,9 @@ impl Drop for AlignedBuf {
 pub(crate) enum Buf {
     Vec(Vec<u8>),
     Aligned(AlignedBuf),
+    /// A write's data as the caller handed it (shared, read-only: the
+    /// caller may hold it too, for a retry).
+    Shared(Bytes),
 }
 
 impl Buf {
@@ -78,10 +83,10 @@ impl Buf {
     }
 
     /// Wraps the data of a write, copying it into aligned memory only when
-    /// `direct` needs it and the `Vec` is not aligned already.
-    pub(crate) fn for_write(data: Vec<u8>, direct: bool) -> Buf {
+    /// `direct` needs it and the data is not aligned already.
+    pub(crate) fn for_write(data: Bytes, direct: bool) -> Buf {
         if !direct || (data.as_ptr() as usize) & (DIRECT_ALIGN - 1) == 0 {
-            Buf::Vec(data)
+            Buf::Shared(data)
         } else {
             let mut b = AlignedBuf::zeroed(data.len());
             b.as_mut_slice().copy_from_slice(&data);
@@ -97,13 +102,21 @@ impl Buf {
         match self {
             Buf::Vec(v) => v,
             Buf::Aligned(a) => a.as_slice(),
+            Buf::Shared(b) => b,
         }
     }
 
+    /// The bytes to read into (read buffers come from [`Buf::zeroed`]; a
+    /// shared write buffer asked for them is copied first, never written
+    /// through).
     pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        if let Buf::Shared(b) = self {
+            *self = Buf::Vec(b.to_vec());
+        }
         match self {
             Buf::Vec(v) => v,
             Buf::Aligned(a) => a.as_mut_slice(),
+            Buf::Shared(_) => &mut [],
         }
     }
 
@@ -112,6 +125,7 @@ impl Buf {
         match self {
             Buf::Vec(v) => v,
             Buf::Aligned(a) => a.as_slice().to_vec(),
+            Buf::Shared(b) => b.to_vec(),
         }
     }
 }
@@ -134,7 +148,7 @@ mod tests {
     fn write_buffers_keep_the_data() {
         let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
         for direct in [false, true] {
-            let b = Buf::for_write(data.clone(), direct);
+            let b = Buf::for_write(Bytes::from(data.clone()), direct);
             if direct {
                 assert_eq!(b.as_slice().as_ptr() as usize % DIRECT_ALIGN, 0);
             }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lunar_target::{Queue, Response};
+use lunar_target::{Queue, Response, TaskManagement};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -1243,37 +1243,43 @@ impl Conn {
             close_after: false,
         };
         let response = match t.function {
-            TaskMgmtFunction::AbortTask => {
-                if self.tasks.contains_key(&t.referenced_task_tag) {
-                    self.abort_tasks(|task| task.itt == t.referenced_task_tag, &mut pending);
+            TaskMgmtFunction::AbortTask => match self.tasks.get(&t.referenced_task_tag).map(|task| task.lun) {
+                Some(task_lun) => {
+                    let tag = t.referenced_task_tag;
+                    self.abort_tasks(|task| task.itt == tag, &mut pending);
+                    self.core_tmf(TaskManagement::AbortTask { tag: u64::from(tag) }, task_lun, t.itt, &mut pending);
                     TmfResponseCode::FunctionComplete
-                } else {
-                    // Completed before the abort arrived (its status was
-                    // sent), or never received (RFC 7143 §11.6.1).
-                    TmfResponseCode::TaskDoesNotExist
                 }
-            }
+                // Completed before the abort arrived (its status was
+                // sent), or never received (RFC 7143 §11.6.1).
+                None => TmfResponseCode::TaskDoesNotExist,
+            },
             TaskMgmtFunction::AbortTaskSet | TaskMgmtFunction::ClearTaskSet => {
                 self.abort_tasks(|task| task.lun == lun, &mut pending);
+                let tmf = if t.function == TaskMgmtFunction::AbortTaskSet {
+                    TaskManagement::AbortTaskSet
+                } else {
+                    TaskManagement::ClearTaskSet
+                };
+                self.core_tmf(tmf, lun, t.itt, &mut pending);
                 TmfResponseCode::FunctionComplete
             }
             TaskMgmtFunction::LogicalUnitReset => {
-                let core = self.session.as_ref().map(|s| s.entry.core.clone());
-                match core.and_then(|c| c.device(lun).map(|_| c)) {
-                    None => TmfResponseCode::LunDoesNotExist,
-                    Some(core) => {
-                        self.abort_tasks(|task| task.lun == lun, &mut pending);
-                        self.reset_luns(core, vec![lun], t.itt, None, &mut pending);
-                        TmfResponseCode::FunctionComplete
-                    }
+                let exists = self.session.as_ref().is_some_and(|s| s.entry.core.device(lun).is_some());
+                if exists {
+                    self.abort_tasks(|task| task.lun == lun, &mut pending);
+                    self.core_tmf(TaskManagement::LogicalUnitReset, lun, t.itt, &mut pending);
+                    TmfResponseCode::FunctionComplete
+                } else {
+                    TmfResponseCode::LunDoesNotExist
                 }
             }
             TaskMgmtFunction::TargetWarmReset | TaskMgmtFunction::TargetColdReset => {
-                let Some(core) = self.session.as_ref().map(|s| s.entry.core.clone()) else { return Flow::Close };
+                if self.session.is_none() {
+                    return Flow::Close;
+                }
                 self.abort_tasks(|_| true, &mut pending);
-                let luns = core.luns();
-                let issuer = self.session.as_ref().map(|s| s.nexus.clone());
-                self.reset_luns(core, luns, t.itt, issuer, &mut pending);
+                self.core_tmf(TaskManagement::TargetReset, lun, t.itt, &mut pending);
                 if t.function == TaskMgmtFunction::TargetColdReset {
                     // Every session of the target ends; this one right after
                     // its response.
@@ -1305,44 +1311,41 @@ impl Conn {
         Flow::Continue
     }
 
-    /// Aborts this session's tasks matching `pred`: those still gathering
-    /// data are dropped; those in the core are cancelled there, and the TMF
-    /// waits for their completion.
+    /// The connection's part of an abort: this session's tasks matching
+    /// `pred` that are still gathering data are dropped (the core never saw
+    /// them); those in the core are marked, and the TMF waits for their
+    /// completion as well as for the core's part ([`Conn::core_tmf`]).
     fn abort_tasks(&mut self, pred: impl Fn(&Task) -> bool, pending: &mut PendingTmf) {
         let itts: Vec<u32> = self.tasks.values().filter(|t| pred(t)).map(|t| t.itt).collect();
-        let mut by_lun: HashMap<u64, HashSet<u64>> = HashMap::new();
         for itt in itts {
             let Some(task) = self.tasks.get_mut(&itt) else { continue };
             if task.submitted {
                 task.aborted = true;
                 pending.waiting.insert(itt);
-                by_lun.entry(task.lun).or_default().insert(u64::from(itt));
             } else if let Some(task) = self.tasks.remove(&itt) {
                 self.release_after_write += task.reserved;
             }
         }
-        for (lun, tags) in by_lun {
-            if let Some(q) = self.session.as_ref().and_then(|s| s.queues.get(&lun)) {
-                q.cancel_where(move |r| tags.contains(&r.tag));
-            }
-        }
     }
 
-    fn reset_luns(
-        &mut self,
-        core: Arc<lunar_target::Target>,
-        luns: Vec<u64>,
-        itt: u32,
-        issuer: Option<lunar_scsi::Nexus>,
-        pending: &mut PendingTmf,
-    ) {
+    /// The core's part of a task management function, through the one API
+    /// both front-ends use (`Target::task_management`), with this
+    /// session's queues: of LU `lun`, or of every LU for a target reset.
+    /// The TMF is answered once it resolved (every command it aborted has
+    /// completed, its unit attentions are in place).
+    fn core_tmf(&mut self, tmf: TaskManagement, lun: u64, itt: u32, pending: &mut PendingTmf) {
+        let Some(s) = &self.session else { return };
+        let queues: Vec<Arc<Queue>> = if tmf.all_luns() {
+            s.queues.values().cloned().collect()
+        } else {
+            s.queues.get(&lun).cloned().into_iter().collect()
+        };
+        let core = s.entry.core.clone();
         pending.core_pending += 1;
         let tx = self.tx.clone();
         tokio::task::spawn_local(async move {
-            for lun in luns {
-                if let Err(e) = core.reset_device_except(lun, issuer.clone()).await {
-                    tracing::debug!(lun, "reset: {e}");
-                }
+            if let Err(e) = core.task_management(tmf, lun, &queues).await {
+                tracing::debug!(lun, tmf = tmf.name(), "task management: {e}");
             }
             let _ = tx.send(Event::CoreTmfDone { itt });
         });

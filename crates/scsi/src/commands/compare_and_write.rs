@@ -10,6 +10,7 @@ use crate::cdb::Command;
 use crate::commands::verify::first_difference;
 use crate::disk::Disk;
 use crate::error::ScsiError;
+use lunar_block::Bytes;
 
 pub(crate) fn decode(c: Cdb<'_>) -> Result<Command, ScsiError> {
     Ok(Command::CompareAndWrite {
@@ -33,7 +34,7 @@ impl Disk {
         lba: u64,
         blocks: u8,
         fua: bool,
-        data: Vec<u8>,
+        data: Bytes,
     ) -> Result<Vec<u8>, ScsiError> {
         let half = self.bytes(u64::from(blocks));
         if data.len() != 2 * half {
@@ -42,12 +43,11 @@ impl Disk {
         if blocks == 0 {
             return Ok(Vec::new());
         }
-        let (verify, write) = data.split_at(half);
         let current = self.backend().read(self.offset(lba), half).await?;
-        if let Some(at) = first_difference(&current, verify) {
+        if let Some(at) = first_difference(&current, &data[..half]) {
             return Err(ScsiError::Miscompare { offset: at as u64 });
         }
-        self.write_blocks(lba, u32::from(blocks), fua, write.to_vec()).await
+        self.write_blocks(lba, u32::from(blocks), fua, data.slice(half..)).await
     }
 }
 

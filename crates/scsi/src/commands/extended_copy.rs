@@ -37,6 +37,7 @@
 //! ([`Disk::discard_copy_results`]), the nexus was lost, or room was needed
 //! for newer results ([`MAX_HELD`] per logical unit, oldest first).
 
+use lunar_block::Bytes;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -557,7 +558,7 @@ impl Disk {
     pub(crate) async fn extended_copy(
         &self,
         x: &ExtendedCopy,
-        data: Vec<u8>,
+        data: Bytes,
         ctx: &ExecContext,
     ) -> Result<Vec<u8>, ScsiError> {
         let len = x.param_len as usize;

@@ -28,6 +28,7 @@ use crate::disk::{Disk, ExecContext, MAX_COMPARE_AND_WRITE_BLOCKS};
 use crate::error::ScsiError;
 use crate::reservation::SideEffect;
 use crate::{sense, Nexus};
+use lunar_block::Bytes;
 use read_write::transfer_length_byte;
 
 /// The checks that need the disk but no data-out: the command is offered
@@ -77,7 +78,7 @@ pub(crate) fn validate(disk: &Disk, cmd: &Command) -> Result<(), ScsiError> {
 pub(crate) async fn execute(
     disk: &Disk,
     cmd: &Command,
-    data: Vec<u8>,
+    data: Bytes,
     ctx: &ExecContext,
     fx: &mut Vec<SideEffect>,
 ) -> Result<Vec<u8>, ScsiError> {

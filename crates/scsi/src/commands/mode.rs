@@ -10,6 +10,7 @@
 //! unit attention MODE PARAMETERS CHANGED for the other I_T nexuses
 //! (SPC-5 7.5.1).
 
+use lunar_block::Bytes;
 use std::sync::atomic::Ordering;
 
 use crate::cdb::reader::Cdb;
@@ -224,7 +225,7 @@ impl Disk {
     /// bit not changeable must equal its current value (SPC-5 6.11). Returns
     /// whether a value changed: the other I_T nexuses then get MODE
     /// PARAMETERS CHANGED (the mode pages are shared by all of them).
-    pub(crate) fn mode_select(&self, m: &ModeSelect, data: Vec<u8>) -> Result<bool, ScsiError> {
+    pub(crate) fn mode_select(&self, m: &ModeSelect, data: Bytes) -> Result<bool, ScsiError> {
         let len = usize::from(m.param_len);
         if len == 0 {
             return Ok(false);

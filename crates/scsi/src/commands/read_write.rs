@@ -9,6 +9,7 @@ use crate::cdb::reader::Cdb;
 use crate::cdb::Command;
 use crate::disk::Disk;
 use crate::error::ScsiError;
+use lunar_block::Bytes;
 
 /// The fields common to the READ/WRITE family.
 struct Rw {
@@ -108,7 +109,7 @@ impl Disk {
     }
 
     /// Takes exactly `len` bytes of data-out, or fails if fewer were sent.
-    pub(crate) fn take_data(&self, mut data: Vec<u8>, len: usize) -> Result<Vec<u8>, ScsiError> {
+    pub(crate) fn take_data(&self, mut data: Bytes, len: usize) -> Result<Bytes, ScsiError> {
         if data.len() < len {
             return Err(ScsiError::DataOutLength { expected: len, actual: data.len() });
         }
@@ -123,7 +124,7 @@ impl Disk {
         lba: u64,
         blocks: u32,
         fua: bool,
-        data: Vec<u8>,
+        data: Bytes,
     ) -> Result<Vec<u8>, ScsiError> {
         if blocks == 0 {
             return Ok(Vec::new());
@@ -137,14 +138,14 @@ impl Disk {
     /// ORWRITE(16) without a previous ORWRITE: OR the data-out into the
     /// blocks (SBC-4 4.29, "OR" operation). Atomicity against other
     /// commands to the same blocks is the target core's job.
-    pub(crate) async fn or_write(&self, lba: u64, blocks: u32, fua: bool, data: Vec<u8>) -> Result<Vec<u8>, ScsiError> {
+    pub(crate) async fn or_write(&self, lba: u64, blocks: u32, fua: bool, data: Bytes) -> Result<Vec<u8>, ScsiError> {
         if blocks == 0 {
             return Ok(Vec::new());
         }
         let data = self.take_data(data, self.bytes(u64::from(blocks)))?;
         let mut old = self.backend().read(self.offset(lba), data.len()).await?;
         old.iter_mut().zip(&data).for_each(|(o, d)| *o |= d);
-        self.write_blocks(lba, blocks, fua, old).await
+        self.write_blocks(lba, blocks, fua, old.into()).await
     }
 }
 

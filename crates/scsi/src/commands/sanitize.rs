@@ -26,6 +26,7 @@
 //! fail with MEDIUM ERROR, SANITIZE COMMAND FAILED until a sanitize
 //! succeeds or, if AUSE was set, EXIT FAILURE MODE (SBC-4 4.11.4).
 
+use lunar_block::Bytes;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
@@ -350,18 +351,18 @@ impl Disk {
     pub fn start_sanitize(
         &self,
         s: &Sanitize,
-        data: Vec<u8>,
+        data: impl Into<Bytes>,
         ctx: &ExecContext,
     ) -> Result<Option<SanitizeOperation>, ScsiError> {
         let cmd = Command::Sanitize(*s);
         self.check_reservation(&cmd, ctx)?;
         self.validate(&cmd)?;
-        self.begin_sanitize(s, data)
+        self.begin_sanitize(s, data.into())
     }
 
     /// Checks the parameter list and begins the operation (`None`: EXIT
     /// FAILURE MODE, done).
-    fn begin_sanitize(&self, s: &Sanitize, data: Vec<u8>) -> Result<Option<SanitizeOperation>, ScsiError> {
+    fn begin_sanitize(&self, s: &Sanitize, data: Bytes) -> Result<Option<SanitizeOperation>, ScsiError> {
         let state = &self.state.sanitize;
         if s.action == SanitizeAction::ExitFailureMode {
             return match state.failed.load(Ordering::Relaxed) {
@@ -405,7 +406,7 @@ impl Disk {
     /// inside the command. With IMMED the command reports GOOD whatever the
     /// operation's outcome (a failure shows as the failure mode, as when
     /// the operation runs detached).
-    pub(crate) async fn sanitize(&self, s: &Sanitize, data: Vec<u8>) -> Result<Vec<u8>, ScsiError> {
+    pub(crate) async fn sanitize(&self, s: &Sanitize, data: Bytes) -> Result<Vec<u8>, ScsiError> {
         let Some(op) = self.begin_sanitize(s, data)? else { return Ok(Vec::new()) };
         let result = op.run().await;
         if s.immed {

@@ -5,6 +5,7 @@ use crate::cdb::reader::Cdb;
 use crate::cdb::Command;
 use crate::disk::{Disk, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS};
 use crate::error::ScsiError;
+use lunar_block::Bytes;
 
 pub(crate) fn decode(c: Cdb<'_>) -> Result<Command, ScsiError> {
     if c.bit(1, 0) {
@@ -54,7 +55,7 @@ pub fn parse_unmap_list(data: &[u8], num_blocks: u64) -> Result<Vec<UnmapDescrip
 }
 
 impl Disk {
-    pub(crate) async fn unmap(&self, param_len: u16, data: Vec<u8>) -> Result<Vec<u8>, ScsiError> {
+    pub(crate) async fn unmap(&self, param_len: u16, data: Bytes) -> Result<Vec<u8>, ScsiError> {
         if param_len == 0 {
             return Ok(Vec::new());
         }

@@ -10,6 +10,7 @@ use crate::cdb::reader::Cdb;
 use crate::cdb::Command;
 use crate::disk::Disk;
 use crate::error::ScsiError;
+use lunar_block::Bytes;
 
 /// Verification reads at most this much at a time.
 const CHUNK_BYTES: usize = 1024 * 1024;
@@ -93,7 +94,7 @@ impl Disk {
     /// VERIFY: reads the range in chunks and, with BYTCHK, compares it.
     /// A miscompare reports the offset of the first differing byte from
     /// the start of the range (SBC-4 5.32).
-    pub(crate) async fn verify(&self, lba: u64, blocks: u32, bytchk: u8, data: Vec<u8>) -> Result<Vec<u8>, ScsiError> {
+    pub(crate) async fn verify(&self, lba: u64, blocks: u32, bytchk: u8, data: Bytes) -> Result<Vec<u8>, ScsiError> {
         if blocks == 0 {
             return Ok(Vec::new());
         }
@@ -125,7 +126,7 @@ impl Disk {
     }
 
     /// WRITE AND VERIFY: writes durably, then reads back and compares.
-    pub(crate) async fn write_and_verify(&self, lba: u64, blocks: u32, data: Vec<u8>) -> Result<Vec<u8>, ScsiError> {
+    pub(crate) async fn write_and_verify(&self, lba: u64, blocks: u32, data: Bytes) -> Result<Vec<u8>, ScsiError> {
         if blocks == 0 {
             return Ok(Vec::new());
         }

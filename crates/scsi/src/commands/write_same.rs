@@ -9,6 +9,7 @@ use crate::cdb::reader::Cdb;
 use crate::cdb::Command;
 use crate::disk::{Disk, MAX_WRITE_SAME_BLOCKS};
 use crate::error::ScsiError;
+use lunar_block::Bytes;
 
 /// Non-zero data is written in pieces of at most this size.
 const CHUNK_BYTES: usize = 1024 * 1024;
@@ -65,11 +66,11 @@ impl Disk {
         blocks: u32,
         unmap: bool,
         ndob: bool,
-        data: Vec<u8>,
+        data: Bytes,
     ) -> Result<Vec<u8>, ScsiError> {
         let bs = self.bytes(1);
         let block = if ndob {
-            vec![0u8; bs]
+            Bytes::from(vec![0u8; bs])
         } else if data.len() != bs {
             return Err(ScsiError::DataOutLength { expected: bs, actual: data.len() });
         } else {
