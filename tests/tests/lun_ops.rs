@@ -264,3 +264,25 @@ fn resize_of_a_paused_lun_keeps_it_paused() {
     assert!(r[0].is_sense(SenseKey::UnitAttention, 0x2A, 0x09), "{r:?}");
     target.shutdown();
 }
+
+/// A LUN moved to an I/O thread keeps its queues there: a queue opened for
+/// it afterwards, by a front-end on another thread, goes to that thread
+/// (so `iothread = N` in lunard's configuration places every later
+/// connection's queue).
+#[test]
+fn a_moved_lun_gets_its_later_queues_on_its_thread() {
+    let target = Target::new("pin", 2).unwrap();
+    add(&target, 0, Backend::mem(1 << 20), ErrorPolicies::default());
+    add(&target, 1, Backend::mem(1 << 20), ErrorPolicies::default());
+    assert_eq!(target.device(0).unwrap().pinned_thread(), None);
+    wait(target.move_device(0, 2)).unwrap();
+    assert_eq!(target.device(0).unwrap().pinned_thread(), Some(2));
+    let moved = wait(target.open_queue_for(0, 1, None)).unwrap();
+    let other = wait(target.open_queue_for(1, 1, None)).unwrap();
+    assert_eq!((moved.io_thread(), other.io_thread()), (2, 1));
+    // And it serves there.
+    let ini = wait(Initiator::connect(&target, &[0], 1)).unwrap();
+    let r = ini.command_blocking(0, &cdb::write16(0, 1, false), pattern(0, BLOCK)).unwrap();
+    assert!(r.is_good());
+    assert_eq!(target.device(0).unwrap().queues().iter().map(|q| q.io_thread()).collect::<Vec<_>>(), vec![2, 2]);
+}

@@ -171,6 +171,11 @@ impl Daemon {
                 if let BackendSpec::File { path, .. } = &l.backend {
                     restore_reservations(&dev, path).map_err(err)?;
                 }
+                if let Some(n) = l.iothread {
+                    // The LUN's queues go to that I/O thread, whichever
+                    // connection opens them (`lunarctl lun move` writes it).
+                    wait(core.move_device(lun, n + 1)).map_err(|e| err(e.to_string()))?;
+                }
             }
             entries.push(TargetEntry { config: login_target(t), core: core.clone() });
             targets.push(core);

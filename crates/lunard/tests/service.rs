@@ -135,6 +135,9 @@ fn every_kind_of_runtime_change_survives_kill_9() {
     d.ctl_ok(&["--target", T0, "lun", "add", "backend=mem,size=3M,serial=ADDED1"]);
     d.ctl_ok(&["--target", T0, "lun", "resize", "0", "8M"]);
     d.ctl_ok(&["--target", T0, "lun", "set-error-policy", "0", "--rerror", "ignore", "--werror", "report"]);
+    // LUN 1 moved to I/O thread 1: written as its `iothread`, so that its
+    // queues go there again after a restart.
+    assert!(d.ctl_ok(&["--target", T0, "lun", "move", "1", "--iothread", "1"]).contains(&written));
 
     // ACL of the second target: two names, one taken away again.
     d.ctl_ok(&["--target", T2, "acl", "add", OTHER]);
@@ -242,6 +245,12 @@ fn every_kind_of_runtime_change_survives_kill_9() {
     let s0 = login(&d, port2, T0);
     read_back(&s0, 0, 0, 12_000);
     read_back(&s0, 0, 0, 3);
+    assert!(shown(&d).contains("iothread = 1"), "{}", shown(&d));
+    // The session's queue of LUN 1 is on I/O thread 1 (where the move put
+    // it before the restart), whichever thread serves the connection.
+    let threads = d.ctl_json(&["status"])["iothreads"].clone();
+    let on = |i: usize, what: &str| threads[i]["luns"].as_array().unwrap().iter().any(|l| l == what);
+    assert!(on(1, &format!("{T0}/1")) && !on(0, &format!("{T0}/1")), "{threads}");
     let s2 = login(&d, port2, T2);
     read_back(&s2, 2, 0, 100);
     assert!(login_as(port2, T2, OTHER).is_err(), "the ACL did not survive");
@@ -285,6 +294,7 @@ fn a_read_only_config_file_fails_each_change_and_leaves_the_daemon_as_it_was() {
         vec!["--target", T0, "lun", "add", "backend=mem,size=1M"],
         vec!["--target", T0, "lun", "resize", "0", "8M"],
         vec!["--target", T0, "lun", "set-error-policy", "0", "--werror", "stop"],
+        vec!["--target", T0, "lun", "move", "0", "--iothread", "1"],
     ];
     let want = format!("cannot write {}: the file is read-only (mode 0444); nothing was changed", cfg.display());
     for args in &tries {

@@ -45,6 +45,11 @@ pub struct Device {
     /// path (one atomic load); set by the control plane, and by an I/O
     /// thread under the `stop`/`enospc` error policy.
     pause: AtomicU8,
+    /// The I/O thread the device's queues are placed on whatever thread
+    /// opens them (set by [`crate::Target::move_device`]; 0: none, each
+    /// queue on the thread that asks for it). Control plane only: read when
+    /// a queue opens.
+    pinned: AtomicUsize,
     /// The errno and direction of the I/O error that paused the device.
     pause_errno: AtomicI32,
     pause_write: AtomicBool,
@@ -124,6 +129,19 @@ fn policy_from_u8(v: u8) -> ErrorPolicy {
 }
 
 impl Device {
+    /// The I/O thread the device's queues go to when they open, if it was
+    /// moved to one ([`crate::Target::move_device`]).
+    pub fn pinned_thread(&self) -> Option<usize> {
+        match self.pinned.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    pub(crate) fn pin(&self, io_thread: usize) {
+        self.pinned.store(io_thread, Ordering::Release);
+    }
+
     pub(crate) fn new(lun: u64, disk: Disk, policies: ErrorPolicies, target: Weak<Target>) -> Arc<Device> {
         Arc::new(Device {
             lun,
@@ -140,6 +158,7 @@ impl Device {
             reservation_file: OnceLock::new(),
             stats: DeviceStats::default(),
             pause: AtomicU8::new(0),
+            pinned: AtomicUsize::new(0),
             pause_errno: AtomicI32::new(0),
             pause_write: AtomicBool::new(false),
             gate: Gate::default(),

@@ -242,6 +242,8 @@ impl Target {
         self.check_thread(io_thread)?;
         self.control(move |t| async move {
             let dev = t.device(lun).ok_or(TargetError::NoSuchLun(lun))?;
+            // A device moved to a thread keeps its queues there.
+            let io_thread = dev.pinned_thread().unwrap_or(io_thread);
             let stopped = t.run_state.get() == RunState::Stopped;
             let holder = if stopped { MAIN_LOOP } else { io_thread };
             // Queue ids are global: targets sharing threads share registries.
@@ -456,11 +458,14 @@ impl Target {
 
     // ----- device operations ---------------------------------------------
 
-    /// Moves every queue of LUN `lun` to I/O thread `io_thread`, under I/O.
+    /// Moves every queue of LUN `lun` to I/O thread `io_thread`, under
+    /// I/O; queues opened for it later go there too, whichever thread
+    /// opens them.
     pub async fn move_device(&self, lun: u64, io_thread: usize) -> Result<(), TargetError> {
         self.check_thread(io_thread)?;
         self.control(move |t| async move {
             let dev = t.device(lun).ok_or(TargetError::NoSuchLun(lun))?;
+            dev.pin(io_thread);
             let running = t.run_state.get() == RunState::Running;
             let mut waits = Vec::new();
             for q in dev.queues() {

@@ -33,6 +33,8 @@ pub enum LunValue {
     Size(u64),
     /// An error policy (`rerror`, `werror`).
     Policy(Policy),
+    /// An I/O thread number (`iothread`).
+    Thread(u64),
 }
 
 impl LunValue {
@@ -41,6 +43,7 @@ impl LunValue {
         match self {
             LunValue::Size(n) => size_text(n),
             LunValue::Policy(p) => p.as_str().to_string(),
+            LunValue::Thread(n) => n.to_string(),
         }
     }
 
@@ -49,6 +52,7 @@ impl LunValue {
         match self {
             LunValue::Size(n) => size_value(n),
             LunValue::Policy(p) => Value::from(p.as_str()),
+            LunValue::Thread(n) => Value::from(n as i64),
         }
     }
 }

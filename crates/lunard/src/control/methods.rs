@@ -57,10 +57,6 @@ const MAX_FAULT_DELAY_MS: u64 = 600_000;
 /// The environment variable that enables the test hooks (`debug.stall`).
 pub const TEST_HOOKS: &str = "LUNARD_TEST_HOOKS";
 
-/// Why `lun.move` is not written back.
-const MOVE_NOTE: &str = "a move places the LUN's open queues (queues opened later go on their connection's \
-                         I/O thread): it is not written to the configuration";
-
 /// Whether changes outlive the daemon, for `status` and the answers.
 fn persistence_json(ctx: &Context) -> Value {
     match &ctx.config.write_back {
@@ -263,8 +259,22 @@ async fn dispatch(
                 .ok()
                 .filter(|&n| n < ctx.iothreads)
                 .ok_or(MethodError::NoSuchThread(thread, ctx.iothreads))?;
-            t.move_device(lun, core_thread + 1).await.map_err(MethodError::from)?;
-            Ok(json!({ "lun": lun, "iothread": thread, "persistent": false, "note": MOVE_NOTE }))
+            t.device(lun).ok_or(MethodError::NoSuchLun(lun))?;
+            // Written as the LUN's `iothread`: at the next start its queues
+            // go there again (`Target::move_device` pins the LUN).
+            let edit = |doc: &mut toml_edit::DocumentMut| {
+                persist::set_lun_key(doc, t.name(), lun, "iothread", LunValue::Thread(thread), false)
+            };
+            let apply = async {
+                t.move_device(lun, core_thread + 1).await.map_err(MethodError::from)?;
+                if let Some(c) =
+                    ctx.luns.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&(t.name().to_string(), lun))
+                {
+                    c.iothread = Some(core_thread);
+                }
+                Ok(json!({ "lun": lun, "iothread": thread }))
+            };
+            change(ctx, edit, apply).await
         }
         "lun.set_error_policy" => {
             let p = Params::new(params, &["lun", "rerror", "werror", "target"])?;
@@ -723,6 +733,9 @@ async fn lun_add(ctx: &Context, t: &Arc<Target>, spec: &str, lun: Option<u64>) -
             .into());
         }
     }
+    if let Some(n) = cfg.iothread.filter(|&n| n >= ctx.iothreads) {
+        return Err(MethodError::NoSuchThread(n as u64, ctx.iothreads).into());
+    }
     let backend = crate::daemon::open_lun_backend(&cfg).map_err(MethodError::Backend)?;
     let policies = ErrorPolicies { read: crate::daemon::policy(cfg.rerror), write: crate::daemon::policy(cfg.werror) };
     let edit = |doc: &mut toml_edit::DocumentMut| persist::add_lun(doc, t.name(), lun, &cfg);
@@ -731,6 +744,10 @@ async fn lun_add(ctx: &Context, t: &Arc<Target>, spec: &str, lun: Option<u64>) -
             .add_device(lun, crate::daemon::disk_config(t.name(), lun, &cfg), backend, policies)
             .await
             .map_err(MethodError::from)?;
+        if let Some(n) = cfg.iothread {
+            // Before any queue opens: every one goes to that thread.
+            t.move_device(lun, n + 1).await.map_err(MethodError::from)?;
+        }
         let size = dev.disk().num_blocks().saturating_mul(u64::from(dev.disk().block_size()));
         let description = cfg.describe();
         ctx.luns.lock().unwrap_or_else(|e| e.into_inner()).insert((t.name().to_string(), lun), cfg.clone());
