@@ -294,4 +294,6 @@ pub(crate) fn expect_no_data(opcode: Opcode, data: &[u8]) -> Result<(), PduError
 }
 
 #[cfg(test)]
+mod rfc_layout_tests;
+#[cfg(test)]
 mod tests;
