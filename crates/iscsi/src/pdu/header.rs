@@ -99,9 +99,13 @@ pub(crate) struct ScsiCommandHeader {
     pub expected_data_transfer_length: Be32,
     pub cmd_sn: Be32,
     pub exp_stat_sn: Be32,
-    /// SCSI Command Descriptor Block, first 16 bytes.
-    pub cdb: [u8; 16],
+    /// SCSI Command Descriptor Block: its first bytes, zero-padded; the
+    /// rest travels in an Extended CDB AHS (§11.2.2.3).
+    pub cdb: [u8; BHS_CDB_LEN],
 }
+
+/// CDB bytes that the SCSI Command BHS holds.
+pub(crate) const BHS_CDB_LEN: usize = 16;
 
 impl ScsiCommandHeader {
     pub(crate) const READ: u8 = 0x40;

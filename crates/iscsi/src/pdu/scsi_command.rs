@@ -8,7 +8,7 @@ use zerocopy::{transmute, transmute_ref, FromBytes, IntoBytes};
 use super::bhs::*;
 use super::header::{
     byte0, AhsHeader, BidiReadLengthAhs, Framing, ScsiCommandHeader, AHS_BIDI_READ_LENGTH, AHS_EXTENDED_CDB,
-    BIDI_READ_LENGTH_AHS_LENGTH, FINAL,
+    BHS_CDB_LEN, BIDI_READ_LENGTH_AHS_LENGTH, FINAL,
 };
 use super::{invalid, PduCodec, PduError};
 
@@ -127,8 +127,9 @@ impl PduCodec for ScsiCommand {
                 }
                 _ => return Err(PduError::MalformedAhs("unknown AHSType")),
             }
-            // The AHS is padded to 4 bytes; 3 + length rounds up.
-            let consumed = pad4(3 + length);
+            // AHSLength counts from the header's last byte on; the AHS is
+            // padded to 4 bytes.
+            let consumed = pad4(size_of::<AhsHeader>() - 1 + length);
             rest = rest.get(consumed..).unwrap_or_default();
         }
         let cmd = ScsiCommand {
@@ -170,8 +171,8 @@ impl PduCodec for ScsiCommand {
         if self.write {
             flags |= ScsiCommandHeader::WRITE;
         }
-        // The first 16 CDB bytes, zero-padded; the rest goes in the AHS.
-        let mut cdb = [0u8; 16];
+        // The CDB's head, zero-padded; the rest goes in the AHS.
+        let mut cdb = [0u8; BHS_CDB_LEN];
         for (to, from) in cdb.iter_mut().zip(&self.cdb) {
             *to = *from;
         }
@@ -199,7 +200,7 @@ impl PduCodec for ScsiCommand {
 
     fn ahs(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        if let Some(ext) = self.cdb.get(16..).filter(|e| !e.is_empty()) {
+        if let Some(ext) = self.cdb.get(BHS_CDB_LEN..).filter(|e| !e.is_empty()) {
             let length = u16::try_from(ext.len() + 1).unwrap_or(u16::MAX);
             let head = AhsHeader { length: length.into(), ahs_type: AHS_EXTENDED_CDB, specific: 0 };
             out.extend_from_slice(head.as_bytes());
