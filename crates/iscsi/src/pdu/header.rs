@@ -4,7 +4,7 @@
 //! Each PDU type has one `#[repr(C)]` struct of 48 bytes whose fields follow
 //! the RFC's figure in order, with big-endian integer types and byte arrays
 //! for everything else; a field's place on the wire is its place in the
-//! struct, and nothing else in the crate names a byte offset. The structs
+//! struct, and the codecs name no byte offset. The structs
 //! have no padding and alignment 1 (`Unaligned`), so any 48 bytes are a valid
 //! value of any of them: decoding reads fields, never fails on layout, and
 //! checks values in the PDU's codec. `const` assertions pin every size.
@@ -569,3 +569,26 @@ const _: () = {
     assert!(size_of::<AhsHeader>() == 4);
     assert!(size_of::<BidiReadLengthAhs>() == 8);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_fits_its_fields_or_is_refused() {
+        let f = Framing::new(255, (1 << 24) - 1).unwrap();
+        assert_eq!(f.as_bytes(), &[255, 0xff, 0xff, 0xff]);
+        assert_eq!((f.ahs_bytes(), f.data_bytes()), (1020, (1 << 24) - 1));
+        let f = Framing::new(1, 0x01_0203).unwrap();
+        assert_eq!(f.as_bytes(), &[1, 1, 2, 3]);
+        assert_eq!(Framing::new(256, 0), None);
+        assert_eq!(Framing::new(0, 1 << 24), None);
+    }
+
+    #[test]
+    fn byte0_keeps_the_opcode_to_six_bits() {
+        assert_eq!(byte0::new(0x01, true), 0x41);
+        assert_eq!(byte0::new(0x3f, false), 0x3f);
+        assert_eq!(byte0::new(0xff, false), 0x3f);
+    }
+}
