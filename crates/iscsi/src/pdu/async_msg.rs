@@ -2,7 +2,10 @@
 
 use std::borrow::Cow;
 
+use zerocopy::{transmute, transmute_ref};
+
 use super::bhs::*;
+use super::header::{AsyncMessageHeader, Framing, FINAL};
 use super::{invalid, PduCodec, PduError};
 
 /// AsyncEvent codes (RFC 7143 §11.9.1).
@@ -86,33 +89,41 @@ impl PduCodec for AsyncMessage {
                 .ok_or_else(|| invalid(Self::OPCODE, "SenseLength", sense_len as u32))?;
             (sense.to_vec(), event.to_vec())
         };
+        let w: &AsyncMessageHeader = transmute_ref!(h);
         Ok(AsyncMessage {
-            lun: get_u64(h, 8),
-            stat_sn: get_u32(h, 24),
-            exp_cmd_sn: get_u32(h, 28),
-            max_cmd_sn: get_u32(h, 32),
-            event: AsyncEvent::from_code(get_u8(h, 36)),
-            vcode: get_u8(h, 37),
-            parameter1: get_u16(h, 38),
-            parameter2: get_u16(h, 40),
-            parameter3: get_u16(h, 42),
+            lun: w.lun.get(),
+            stat_sn: w.stat_sn.get(),
+            exp_cmd_sn: w.exp_cmd_sn.get(),
+            max_cmd_sn: w.max_cmd_sn.get(),
+            event: AsyncEvent::from_code(w.async_event),
+            vcode: w.async_vcode,
+            parameter1: w.parameter1.get(),
+            parameter2: w.parameter2.get(),
+            parameter3: w.parameter3.get(),
             sense,
             event_data,
         })
     }
 
-    fn encode_header(&self, h: &mut [u8; BHS_LEN]) {
-        put_u8(h, 1, 0x80);
-        put_u64(h, 8, self.lun);
-        put_u32(h, 16, RESERVED_TAG);
-        put_u32(h, 24, self.stat_sn);
-        put_u32(h, 28, self.exp_cmd_sn);
-        put_u32(h, 32, self.max_cmd_sn);
-        put_u8(h, 36, self.event.code());
-        put_u8(h, 37, self.vcode);
-        put_u16(h, 38, self.parameter1);
-        put_u16(h, 40, self.parameter2);
-        put_u16(h, 42, self.parameter3);
+    fn encode_header(&self, opcode: u8, framing: Framing) -> [u8; BHS_LEN] {
+        transmute!(AsyncMessageHeader {
+            opcode,
+            flags: FINAL,
+            _reserved1: [0; 2],
+            framing,
+            lun: self.lun.into(),
+            itt: RESERVED_TAG.into(),
+            _reserved2: [0; 4],
+            stat_sn: self.stat_sn.into(),
+            exp_cmd_sn: self.exp_cmd_sn.into(),
+            max_cmd_sn: self.max_cmd_sn.into(),
+            async_event: self.event.code(),
+            async_vcode: self.vcode,
+            parameter1: self.parameter1.into(),
+            parameter2: self.parameter2.into(),
+            parameter3: self.parameter3.into(),
+            _reserved3: [0; 4],
+        })
     }
 
     fn data_segment(&self) -> Cow<'_, [u8]> {

@@ -6,7 +6,10 @@
 //! optional header digest, the data segment padded to 4 bytes, and an
 //! optional data digest.
 
+use zerocopy::transmute_ref;
+
 use super::error::PduError;
+use super::header::{byte0, BasicHeader, FINAL};
 
 /// Length of the Basic Header Segment (RFC 7143 §11.2.1).
 pub const BHS_LEN: usize = 48;
@@ -118,9 +121,14 @@ impl Bhs {
         &self.raw
     }
 
+    /// The fields every BHS shares, read in place.
+    fn header(&self) -> &BasicHeader {
+        transmute_ref!(&self.raw)
+    }
+
     /// The 6-bit opcode value (RFC 7143 §11.2.1.2).
     pub fn opcode_raw(&self) -> u8 {
-        self.raw[0] & 0x3f
+        self.header().opcode & byte0::OPCODE_MASK
     }
 
     /// The opcode, or `None` when RFC 7143 defines none for the value.
@@ -130,22 +138,22 @@ impl Bhs {
 
     /// The I (immediate delivery) bit (RFC 7143 §11.2.1.1).
     pub fn immediate(&self) -> bool {
-        self.raw[0] & 0x40 != 0
+        self.header().opcode & byte0::IMMEDIATE != 0
     }
 
     /// The F (final) bit, bit 7 of byte 1.
     pub fn final_bit(&self) -> bool {
-        self.raw[1] & 0x80 != 0
+        self.header().flags & FINAL != 0
     }
 
     /// Total length of the AHS in bytes (TotalAHSLength × 4, §11.2.1.5).
     pub fn total_ahs_length(&self) -> usize {
-        usize::from(self.raw[4]) * 4
+        self.header().framing.ahs_bytes()
     }
 
     /// Length of the data segment without padding (§11.2.1.6).
     pub fn data_segment_length(&self) -> usize {
-        usize::from(self.raw[5]) << 16 | usize::from(self.raw[6]) << 8 | usize::from(self.raw[7])
+        self.header().framing.data_bytes()
     }
 
     /// Length of the data segment padded to a multiple of 4 (§11.2.3).
@@ -155,7 +163,7 @@ impl Bhs {
 
     /// The Initiator Task Tag (§11.2.1.8).
     pub fn itt(&self) -> u32 {
-        get_u32(&self.raw, 16)
+        self.header().itt.get()
     }
 
     /// Bytes of the PDU that follow the BHS on the wire: AHS, header digest,
@@ -183,58 +191,6 @@ impl Bhs {
 /// Rounds up to the next multiple of 4 (RFC 7143 §11.2.3 padding).
 pub fn pad4(n: usize) -> usize {
     n.saturating_add(3) & !3
-}
-
-// Fixed-offset accessors. They take `get`, not indexing, so a wrong offset
-// yields zero instead of a panic; every caller passes a constant below 48.
-
-pub(crate) fn get_u16(b: &[u8; BHS_LEN], off: usize) -> u16 {
-    b.get(off..off + 2).and_then(|s| <[u8; 2]>::try_from(s).ok()).map_or(0, u16::from_be_bytes)
-}
-
-pub(crate) fn get_u32(b: &[u8; BHS_LEN], off: usize) -> u32 {
-    b.get(off..off + 4).and_then(|s| <[u8; 4]>::try_from(s).ok()).map_or(0, u32::from_be_bytes)
-}
-
-pub(crate) fn get_u64(b: &[u8; BHS_LEN], off: usize) -> u64 {
-    b.get(off..off + 8).and_then(|s| <[u8; 8]>::try_from(s).ok()).map_or(0, u64::from_be_bytes)
-}
-
-pub(crate) fn get_u8(b: &[u8; BHS_LEN], off: usize) -> u8 {
-    b.get(off).copied().unwrap_or(0)
-}
-
-pub(crate) fn put(b: &mut [u8; BHS_LEN], off: usize, bytes: &[u8]) {
-    if let Some(dst) = b.get_mut(off..off + bytes.len()) {
-        dst.copy_from_slice(bytes);
-    }
-}
-
-pub(crate) fn put_u8(b: &mut [u8; BHS_LEN], off: usize, v: u8) {
-    put(b, off, &[v]);
-}
-
-pub(crate) fn put_u16(b: &mut [u8; BHS_LEN], off: usize, v: u16) {
-    put(b, off, &v.to_be_bytes());
-}
-
-pub(crate) fn put_u32(b: &mut [u8; BHS_LEN], off: usize, v: u32) {
-    put(b, off, &v.to_be_bytes());
-}
-
-pub(crate) fn put_u64(b: &mut [u8; BHS_LEN], off: usize, v: u64) {
-    put(b, off, &v.to_be_bytes());
-}
-
-/// True when bit `mask` of byte `off` is set.
-pub(crate) fn bit(b: &[u8; BHS_LEN], off: usize, mask: u8) -> bool {
-    get_u8(b, off) & mask != 0
-}
-
-/// Sets or clears bit `mask` of byte `off`.
-pub(crate) fn set_bit(b: &mut [u8; BHS_LEN], off: usize, mask: u8, on: bool) {
-    let v = get_u8(b, off);
-    put_u8(b, off, if on { v | mask } else { v & !mask });
 }
 
 #[cfg(test)]

@@ -2,7 +2,10 @@
 
 use std::borrow::Cow;
 
+use zerocopy::{transmute, transmute_ref};
+
 use super::bhs::*;
+use super::header::{DataInHeader, DataOutHeader, Framing, FINAL};
 use super::{invalid, PduCodec, PduError};
 
 /// SCSI Data-Out (initiator→target, opcode 0x05, RFC 7143 §11.7).
@@ -26,26 +29,35 @@ impl PduCodec for DataOut {
     const OPCODE: Opcode = Opcode::DataOut;
 
     fn decode(h: &[u8; BHS_LEN], _ahs: &[u8], data: &[u8]) -> Result<Self, PduError> {
+        let w: &DataOutHeader = transmute_ref!(h);
         Ok(DataOut {
-            final_bit: bit(h, 1, 0x80),
-            lun: get_u64(h, 8),
-            itt: get_u32(h, 16),
-            ttt: get_u32(h, 20),
-            exp_stat_sn: get_u32(h, 28),
-            data_sn: get_u32(h, 36),
-            buffer_offset: get_u32(h, 40),
+            final_bit: w.flags & FINAL != 0,
+            lun: w.lun.get(),
+            itt: w.itt.get(),
+            ttt: w.ttt.get(),
+            exp_stat_sn: w.exp_stat_sn.get(),
+            data_sn: w.data_sn.get(),
+            buffer_offset: w.buffer_offset.get(),
             data: data.to_vec(),
         })
     }
 
-    fn encode_header(&self, h: &mut [u8; BHS_LEN]) {
-        set_bit(h, 1, 0x80, self.final_bit);
-        put_u64(h, 8, self.lun);
-        put_u32(h, 16, self.itt);
-        put_u32(h, 20, self.ttt);
-        put_u32(h, 28, self.exp_stat_sn);
-        put_u32(h, 36, self.data_sn);
-        put_u32(h, 40, self.buffer_offset);
+    fn encode_header(&self, opcode: u8, framing: Framing) -> [u8; BHS_LEN] {
+        transmute!(DataOutHeader {
+            opcode,
+            flags: if self.final_bit { FINAL } else { 0 },
+            _reserved1: [0; 2],
+            framing,
+            lun: self.lun.into(),
+            itt: self.itt.into(),
+            ttt: self.ttt.into(),
+            _reserved2: [0; 4],
+            exp_stat_sn: self.exp_stat_sn.into(),
+            _reserved3: [0; 4],
+            data_sn: self.data_sn.into(),
+            buffer_offset: self.buffer_offset.into(),
+            _reserved4: [0; 4],
+        })
     }
 
     fn data_segment(&self) -> Cow<'_, [u8]> {
@@ -86,23 +98,24 @@ impl PduCodec for DataIn {
     const OPCODE: Opcode = Opcode::DataIn;
 
     fn decode(h: &[u8; BHS_LEN], _ahs: &[u8], data: &[u8]) -> Result<Self, PduError> {
-        let flags = get_u8(h, 1);
-        let has_status = flags & 0x01 != 0;
+        let w: &DataInHeader = transmute_ref!(h);
+        let flags = w.flags;
+        let has_status = flags & DataInHeader::STATUS != 0;
         let d = DataIn {
-            final_bit: flags & 0x80 != 0,
-            acknowledge: flags & 0x40 != 0,
-            overflow: flags & 0x04 != 0,
-            underflow: flags & 0x02 != 0,
-            status: has_status.then(|| get_u8(h, 3)),
-            lun: get_u64(h, 8),
-            itt: get_u32(h, 16),
-            ttt: get_u32(h, 20),
-            stat_sn: get_u32(h, 24),
-            exp_cmd_sn: get_u32(h, 28),
-            max_cmd_sn: get_u32(h, 32),
-            data_sn: get_u32(h, 36),
-            buffer_offset: get_u32(h, 40),
-            residual_count: get_u32(h, 44),
+            final_bit: flags & FINAL != 0,
+            acknowledge: flags & DataInHeader::ACKNOWLEDGE != 0,
+            overflow: flags & DataInHeader::OVERFLOW != 0,
+            underflow: flags & DataInHeader::UNDERFLOW != 0,
+            status: has_status.then_some(w.status),
+            lun: w.lun.get(),
+            itt: w.itt.get(),
+            ttt: w.ttt.get(),
+            stat_sn: w.stat_sn.get(),
+            exp_cmd_sn: w.exp_cmd_sn.get(),
+            max_cmd_sn: w.max_cmd_sn.get(),
+            data_sn: w.data_sn.get(),
+            buffer_offset: w.buffer_offset.get(),
+            residual_count: w.residual_count.get(),
             data: data.to_vec(),
         };
         // §11.7.1: S may be set only with F; O and U are exclusive.
@@ -115,34 +128,39 @@ impl PduCodec for DataIn {
         Ok(d)
     }
 
-    fn encode_header(&self, h: &mut [u8; BHS_LEN]) {
+    fn encode_header(&self, opcode: u8, framing: Framing) -> [u8; BHS_LEN] {
         let mut flags = 0u8;
         if self.final_bit {
-            flags |= 0x80;
+            flags |= FINAL;
         }
         if self.acknowledge {
-            flags |= 0x40;
+            flags |= DataInHeader::ACKNOWLEDGE;
         }
         if self.overflow {
-            flags |= 0x04;
+            flags |= DataInHeader::OVERFLOW;
         }
         if self.underflow {
-            flags |= 0x02;
+            flags |= DataInHeader::UNDERFLOW;
         }
         if self.status.is_some() {
-            flags |= 0x01;
+            flags |= DataInHeader::STATUS;
         }
-        put_u8(h, 1, flags);
-        put_u8(h, 3, self.status.unwrap_or(0));
-        put_u64(h, 8, self.lun);
-        put_u32(h, 16, self.itt);
-        put_u32(h, 20, self.ttt);
-        put_u32(h, 24, self.stat_sn);
-        put_u32(h, 28, self.exp_cmd_sn);
-        put_u32(h, 32, self.max_cmd_sn);
-        put_u32(h, 36, self.data_sn);
-        put_u32(h, 40, self.buffer_offset);
-        put_u32(h, 44, self.residual_count);
+        transmute!(DataInHeader {
+            opcode,
+            flags,
+            _reserved1: 0,
+            status: self.status.unwrap_or(0),
+            framing,
+            lun: self.lun.into(),
+            itt: self.itt.into(),
+            ttt: self.ttt.into(),
+            stat_sn: self.stat_sn.into(),
+            exp_cmd_sn: self.exp_cmd_sn.into(),
+            max_cmd_sn: self.max_cmd_sn.into(),
+            data_sn: self.data_sn.into(),
+            buffer_offset: self.buffer_offset.into(),
+            residual_count: self.residual_count.into(),
+        })
     }
 
     fn data_segment(&self) -> Cow<'_, [u8]> {

@@ -6,7 +6,10 @@
 
 use std::borrow::Cow;
 
+use zerocopy::{transmute, transmute_ref};
+
 use super::bhs::*;
+use super::header::{login_flags, Framing, LoginRequestHeader, LoginResponseHeader, CONTINUE};
 use super::{PduCodec, PduError};
 
 /// Login stages, the CSG and NSG fields (RFC 7143 §11.12.3).
@@ -56,14 +59,6 @@ impl std::fmt::Display for Isid {
     }
 }
 
-fn get_isid(h: &[u8; BHS_LEN]) -> Isid {
-    let mut isid = [0u8; 6];
-    if let Some(s) = h.get(8..14) {
-        isid.copy_from_slice(s);
-    }
-    Isid(isid)
-}
-
 /// Login Request (initiator→target, opcode 0x03, always immediate,
 /// RFC 7143 §11.12).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,34 +86,41 @@ impl PduCodec for LoginRequest {
     const OPCODE: Opcode = Opcode::LoginRequest;
 
     fn decode(h: &[u8; BHS_LEN], _ahs: &[u8], data: &[u8]) -> Result<Self, PduError> {
-        let flags = get_u8(h, 1);
+        let w: &LoginRequestHeader = transmute_ref!(h);
+        let (transit, continue_bit, csg, nsg) = read_stage_flags(w.flags);
         Ok(LoginRequest {
-            transit: flags & 0x80 != 0,
-            continue_bit: flags & 0x40 != 0,
-            csg: LoginStage::from_code(flags >> 2),
-            nsg: LoginStage::from_code(flags),
-            version_max: get_u8(h, 2),
-            version_min: get_u8(h, 3),
-            isid: get_isid(h),
-            tsih: get_u16(h, 14),
-            itt: get_u32(h, 16),
-            cid: get_u16(h, 20),
-            cmd_sn: get_u32(h, 24),
-            exp_stat_sn: get_u32(h, 28),
+            transit,
+            continue_bit,
+            csg,
+            nsg,
+            version_max: w.version_max,
+            version_min: w.version_min,
+            isid: Isid(w.isid),
+            tsih: w.tsih.get(),
+            itt: w.itt.get(),
+            cid: w.cid.get(),
+            cmd_sn: w.cmd_sn.get(),
+            exp_stat_sn: w.exp_stat_sn.get(),
             data: data.to_vec(),
         })
     }
 
-    fn encode_header(&self, h: &mut [u8; BHS_LEN]) {
-        put_u8(h, 1, stage_flags(self.transit, self.continue_bit, self.csg, self.nsg));
-        put_u8(h, 2, self.version_max);
-        put_u8(h, 3, self.version_min);
-        put(h, 8, &self.isid.0);
-        put_u16(h, 14, self.tsih);
-        put_u32(h, 16, self.itt);
-        put_u16(h, 20, self.cid);
-        put_u32(h, 24, self.cmd_sn);
-        put_u32(h, 28, self.exp_stat_sn);
+    fn encode_header(&self, opcode: u8, framing: Framing) -> [u8; BHS_LEN] {
+        transmute!(LoginRequestHeader {
+            opcode,
+            flags: stage_flags(self.transit, self.continue_bit, self.csg, self.nsg),
+            version_max: self.version_max,
+            version_min: self.version_min,
+            framing,
+            isid: self.isid.0,
+            tsih: self.tsih.into(),
+            itt: self.itt.into(),
+            cid: self.cid.into(),
+            _reserved1: [0; 2],
+            cmd_sn: self.cmd_sn.into(),
+            exp_stat_sn: self.exp_stat_sn.into(),
+            _reserved2: [0; 16],
+        })
     }
 
     fn immediate(&self) -> bool {
@@ -130,15 +132,26 @@ impl PduCodec for LoginRequest {
     }
 }
 
+/// Byte 1 of both Login PDUs: T C . . CSG NSG.
 fn stage_flags(transit: bool, cont: bool, csg: LoginStage, nsg: LoginStage) -> u8 {
-    let mut flags = csg.code() << 2 | nsg.code();
+    let mut flags = (csg.code() << login_flags::CSG_SHIFT) | nsg.code();
     if transit {
-        flags |= 0x80;
+        flags |= login_flags::TRANSIT;
     }
     if cont {
-        flags |= 0x40;
+        flags |= CONTINUE;
     }
     flags
+}
+
+/// T, C, CSG and NSG from byte 1 of a Login PDU.
+fn read_stage_flags(flags: u8) -> (bool, bool, LoginStage, LoginStage) {
+    (
+        flags & login_flags::TRANSIT != 0,
+        flags & CONTINUE != 0,
+        LoginStage::from_code((flags >> login_flags::CSG_SHIFT) & login_flags::STAGE_MASK),
+        LoginStage::from_code(flags & login_flags::STAGE_MASK),
+    )
 }
 
 /// Login Response (target→initiator, opcode 0x23, RFC 7143 §11.13).
@@ -166,38 +179,45 @@ impl PduCodec for LoginResponse {
     const OPCODE: Opcode = Opcode::LoginResponse;
 
     fn decode(h: &[u8; BHS_LEN], _ahs: &[u8], data: &[u8]) -> Result<Self, PduError> {
-        let flags = get_u8(h, 1);
+        let w: &LoginResponseHeader = transmute_ref!(h);
+        let (transit, continue_bit, csg, nsg) = read_stage_flags(w.flags);
         Ok(LoginResponse {
-            transit: flags & 0x80 != 0,
-            continue_bit: flags & 0x40 != 0,
-            csg: LoginStage::from_code(flags >> 2),
-            nsg: LoginStage::from_code(flags),
-            version_max: get_u8(h, 2),
-            version_active: get_u8(h, 3),
-            isid: get_isid(h),
-            tsih: get_u16(h, 14),
-            itt: get_u32(h, 16),
-            stat_sn: get_u32(h, 24),
-            exp_cmd_sn: get_u32(h, 28),
-            max_cmd_sn: get_u32(h, 32),
-            status_class: get_u8(h, 36),
-            status_detail: get_u8(h, 37),
+            transit,
+            continue_bit,
+            csg,
+            nsg,
+            version_max: w.version_max,
+            version_active: w.version_active,
+            isid: Isid(w.isid),
+            tsih: w.tsih.get(),
+            itt: w.itt.get(),
+            stat_sn: w.stat_sn.get(),
+            exp_cmd_sn: w.exp_cmd_sn.get(),
+            max_cmd_sn: w.max_cmd_sn.get(),
+            status_class: w.status_class,
+            status_detail: w.status_detail,
             data: data.to_vec(),
         })
     }
 
-    fn encode_header(&self, h: &mut [u8; BHS_LEN]) {
-        put_u8(h, 1, stage_flags(self.transit, self.continue_bit, self.csg, self.nsg));
-        put_u8(h, 2, self.version_max);
-        put_u8(h, 3, self.version_active);
-        put(h, 8, &self.isid.0);
-        put_u16(h, 14, self.tsih);
-        put_u32(h, 16, self.itt);
-        put_u32(h, 24, self.stat_sn);
-        put_u32(h, 28, self.exp_cmd_sn);
-        put_u32(h, 32, self.max_cmd_sn);
-        put_u8(h, 36, self.status_class);
-        put_u8(h, 37, self.status_detail);
+    fn encode_header(&self, opcode: u8, framing: Framing) -> [u8; BHS_LEN] {
+        transmute!(LoginResponseHeader {
+            opcode,
+            flags: stage_flags(self.transit, self.continue_bit, self.csg, self.nsg),
+            version_max: self.version_max,
+            version_active: self.version_active,
+            framing,
+            isid: self.isid.0,
+            tsih: self.tsih.into(),
+            itt: self.itt.into(),
+            _reserved1: [0; 4],
+            stat_sn: self.stat_sn.into(),
+            exp_cmd_sn: self.exp_cmd_sn.into(),
+            max_cmd_sn: self.max_cmd_sn.into(),
+            status_class: self.status_class,
+            status_detail: self.status_detail,
+            _reserved2: [0; 10],
+        })
     }
 
     fn data_segment(&self) -> Cow<'_, [u8]> {

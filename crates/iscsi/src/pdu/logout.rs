@@ -1,6 +1,9 @@
 //! Logout Request (RFC 7143 §11.14) and Logout Response (§11.15).
 
+use zerocopy::{transmute, transmute_ref};
+
 use super::bhs::*;
+use super::header::{byte0, Framing, LogoutRequestHeader, LogoutResponseHeader, FINAL};
 use super::{expect_no_data, PduCodec, PduError};
 
 /// Logout reason codes (RFC 7143 §11.14.1).
@@ -53,22 +56,31 @@ impl PduCodec for LogoutRequest {
 
     fn decode(h: &[u8; BHS_LEN], _ahs: &[u8], data: &[u8]) -> Result<Self, PduError> {
         expect_no_data(Self::OPCODE, data)?;
+        let w: &LogoutRequestHeader = transmute_ref!(h);
         Ok(LogoutRequest {
-            immediate: bit(h, 0, 0x40),
-            reason: LogoutReason::from_code(get_u8(h, 1)),
-            itt: get_u32(h, 16),
-            cid: get_u16(h, 20),
-            cmd_sn: get_u32(h, 24),
-            exp_stat_sn: get_u32(h, 28),
+            immediate: w.opcode & byte0::IMMEDIATE != 0,
+            reason: LogoutReason::from_code(w.reason),
+            itt: w.itt.get(),
+            cid: w.cid.get(),
+            cmd_sn: w.cmd_sn.get(),
+            exp_stat_sn: w.exp_stat_sn.get(),
         })
     }
 
-    fn encode_header(&self, h: &mut [u8; BHS_LEN]) {
-        put_u8(h, 1, 0x80 | self.reason.code());
-        put_u32(h, 16, self.itt);
-        put_u16(h, 20, self.cid);
-        put_u32(h, 24, self.cmd_sn);
-        put_u32(h, 28, self.exp_stat_sn);
+    fn encode_header(&self, opcode: u8, framing: Framing) -> [u8; BHS_LEN] {
+        transmute!(LogoutRequestHeader {
+            opcode,
+            reason: FINAL | self.reason.code(),
+            _reserved1: [0; 2],
+            framing,
+            _reserved2: [0; 8],
+            itt: self.itt.into(),
+            cid: self.cid.into(),
+            _reserved3: [0; 2],
+            cmd_sn: self.cmd_sn.into(),
+            exp_stat_sn: self.exp_stat_sn.into(),
+            _reserved4: [0; 16],
+        })
     }
 
     fn immediate(&self) -> bool {
@@ -131,25 +143,35 @@ impl PduCodec for LogoutResponse {
 
     fn decode(h: &[u8; BHS_LEN], _ahs: &[u8], data: &[u8]) -> Result<Self, PduError> {
         expect_no_data(Self::OPCODE, data)?;
+        let w: &LogoutResponseHeader = transmute_ref!(h);
         Ok(LogoutResponse {
-            response: LogoutResponseCode::from_code(get_u8(h, 2)),
-            itt: get_u32(h, 16),
-            stat_sn: get_u32(h, 24),
-            exp_cmd_sn: get_u32(h, 28),
-            max_cmd_sn: get_u32(h, 32),
-            time2wait: get_u16(h, 40),
-            time2retain: get_u16(h, 42),
+            response: LogoutResponseCode::from_code(w.response),
+            itt: w.itt.get(),
+            stat_sn: w.stat_sn.get(),
+            exp_cmd_sn: w.exp_cmd_sn.get(),
+            max_cmd_sn: w.max_cmd_sn.get(),
+            time2wait: w.time2wait.get(),
+            time2retain: w.time2retain.get(),
         })
     }
 
-    fn encode_header(&self, h: &mut [u8; BHS_LEN]) {
-        put_u8(h, 1, 0x80);
-        put_u8(h, 2, self.response.code());
-        put_u32(h, 16, self.itt);
-        put_u32(h, 24, self.stat_sn);
-        put_u32(h, 28, self.exp_cmd_sn);
-        put_u32(h, 32, self.max_cmd_sn);
-        put_u16(h, 40, self.time2wait);
-        put_u16(h, 42, self.time2retain);
+    fn encode_header(&self, opcode: u8, framing: Framing) -> [u8; BHS_LEN] {
+        transmute!(LogoutResponseHeader {
+            opcode,
+            flags: FINAL,
+            response: self.response.code(),
+            _reserved1: 0,
+            framing,
+            _reserved2: [0; 8],
+            itt: self.itt.into(),
+            _reserved3: [0; 4],
+            stat_sn: self.stat_sn.into(),
+            exp_cmd_sn: self.exp_cmd_sn.into(),
+            max_cmd_sn: self.max_cmd_sn.into(),
+            _reserved4: [0; 4],
+            time2wait: self.time2wait.into(),
+            time2retain: self.time2retain.into(),
+            _reserved5: [0; 4],
+        })
     }
 }

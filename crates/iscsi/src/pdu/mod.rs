@@ -16,6 +16,7 @@ mod async_msg;
 mod bhs;
 mod data;
 mod error;
+mod header;
 mod login;
 mod logout;
 mod nop;
@@ -45,15 +46,16 @@ pub use task_mgmt::{TaskMgmtFunction, TaskMgmtRequest, TaskMgmtResponse, TmfResp
 pub use text::{TextRequest, TextResponse};
 
 use crate::digest;
+use header::{byte0, Framing};
 
 /// One PDU type's codec. `decode` receives the BHS, the AHS (already
 /// checked against TotalAHSLength) and the unpadded data segment.
 pub(crate) trait PduCodec: Sized {
     const OPCODE: Opcode;
     fn decode(h: &[u8; BHS_LEN], ahs: &[u8], data: &[u8]) -> Result<Self, PduError>;
-    /// Writes every field except byte 0's opcode and I bit, TotalAHSLength
-    /// and DataSegmentLength.
-    fn encode_header(&self, h: &mut [u8; BHS_LEN]);
+    /// The BHS, through the PDU's header declaration in [`header`]; the
+    /// caller computes byte 0 (opcode and I bit) and the framing lengths.
+    fn encode_header(&self, opcode: u8, framing: Framing) -> [u8; BHS_LEN];
     fn immediate(&self) -> bool {
         false
     }
@@ -194,8 +196,6 @@ impl Pdu {
 }
 
 fn encode_pdu<T: PduCodec>(p: &T, out: &mut Vec<u8>, header_digest: bool, data_digest: bool) {
-    let mut h = [0u8; BHS_LEN];
-    p.encode_header(&mut h);
     let ahs = p.ahs();
     let data = p.data_segment();
     assert!(
@@ -203,11 +203,11 @@ fn encode_pdu<T: PduCodec>(p: &T, out: &mut Vec<u8>, header_digest: bool, data_d
         "data segment of {} bytes does not fit DataSegmentLength",
         data.len()
     );
-    assert!(ahs.len().is_multiple_of(4) && ahs.len() / 4 <= 255, "AHS of {} bytes", ahs.len());
-    h[0] = T::OPCODE as u8 | if p.immediate() { 0x40 } else { 0 };
-    h[4] = (ahs.len() / 4) as u8;
-    let dsl = (data.len() as u32).to_be_bytes();
-    h[5..8].copy_from_slice(&dsl[1..4]);
+    assert!(ahs.len().is_multiple_of(4), "AHS of {} bytes", ahs.len());
+    let Some(framing) = Framing::new(ahs.len() / 4, data.len()) else {
+        panic!("AHS of {} bytes does not fit TotalAHSLength", ahs.len());
+    };
+    let h = p.encode_header(byte0::new(T::OPCODE as u8, p.immediate()), framing);
 
     let start = out.len();
     out.reserve(BHS_LEN + ahs.len() + 8 + pad4(data.len()));
@@ -293,5 +293,7 @@ pub(crate) fn expect_no_data(opcode: Opcode, data: &[u8]) -> Result<(), PduError
     }
 }
 
+#[cfg(test)]
+mod rfc_layout_tests;
 #[cfg(test)]
 mod tests;

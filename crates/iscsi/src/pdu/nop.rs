@@ -2,7 +2,10 @@
 
 use std::borrow::Cow;
 
+use zerocopy::{transmute, transmute_ref};
+
 use super::bhs::*;
+use super::header::{byte0, Framing, NopInHeader, NopOutHeader, FINAL};
 use super::{PduCodec, PduError};
 
 /// NOP-Out (initiator→target, opcode 0x00, RFC 7143 §11.18).
@@ -27,24 +30,31 @@ impl PduCodec for NopOut {
     const OPCODE: Opcode = Opcode::NopOut;
 
     fn decode(h: &[u8; BHS_LEN], _ahs: &[u8], data: &[u8]) -> Result<Self, PduError> {
+        let w: &NopOutHeader = transmute_ref!(h);
         Ok(NopOut {
-            immediate: bit(h, 0, 0x40),
-            lun: get_u64(h, 8),
-            itt: get_u32(h, 16),
-            ttt: get_u32(h, 20),
-            cmd_sn: get_u32(h, 24),
-            exp_stat_sn: get_u32(h, 28),
+            immediate: w.opcode & byte0::IMMEDIATE != 0,
+            lun: w.lun.get(),
+            itt: w.itt.get(),
+            ttt: w.ttt.get(),
+            cmd_sn: w.cmd_sn.get(),
+            exp_stat_sn: w.exp_stat_sn.get(),
             data: data.to_vec(),
         })
     }
 
-    fn encode_header(&self, h: &mut [u8; BHS_LEN]) {
-        put_u8(h, 1, 0x80);
-        put_u64(h, 8, self.lun);
-        put_u32(h, 16, self.itt);
-        put_u32(h, 20, self.ttt);
-        put_u32(h, 24, self.cmd_sn);
-        put_u32(h, 28, self.exp_stat_sn);
+    fn encode_header(&self, opcode: u8, framing: Framing) -> [u8; BHS_LEN] {
+        transmute!(NopOutHeader {
+            opcode,
+            flags: FINAL,
+            _reserved1: [0; 2],
+            framing,
+            lun: self.lun.into(),
+            itt: self.itt.into(),
+            ttt: self.ttt.into(),
+            cmd_sn: self.cmd_sn.into(),
+            exp_stat_sn: self.exp_stat_sn.into(),
+            _reserved2: [0; 16],
+        })
     }
 
     fn immediate(&self) -> bool {
@@ -75,25 +85,32 @@ impl PduCodec for NopIn {
     const OPCODE: Opcode = Opcode::NopIn;
 
     fn decode(h: &[u8; BHS_LEN], _ahs: &[u8], data: &[u8]) -> Result<Self, PduError> {
+        let w: &NopInHeader = transmute_ref!(h);
         Ok(NopIn {
-            lun: get_u64(h, 8),
-            itt: get_u32(h, 16),
-            ttt: get_u32(h, 20),
-            stat_sn: get_u32(h, 24),
-            exp_cmd_sn: get_u32(h, 28),
-            max_cmd_sn: get_u32(h, 32),
+            lun: w.lun.get(),
+            itt: w.itt.get(),
+            ttt: w.ttt.get(),
+            stat_sn: w.stat_sn.get(),
+            exp_cmd_sn: w.exp_cmd_sn.get(),
+            max_cmd_sn: w.max_cmd_sn.get(),
             data: data.to_vec(),
         })
     }
 
-    fn encode_header(&self, h: &mut [u8; BHS_LEN]) {
-        put_u8(h, 1, 0x80);
-        put_u64(h, 8, self.lun);
-        put_u32(h, 16, self.itt);
-        put_u32(h, 20, self.ttt);
-        put_u32(h, 24, self.stat_sn);
-        put_u32(h, 28, self.exp_cmd_sn);
-        put_u32(h, 32, self.max_cmd_sn);
+    fn encode_header(&self, opcode: u8, framing: Framing) -> [u8; BHS_LEN] {
+        transmute!(NopInHeader {
+            opcode,
+            flags: FINAL,
+            _reserved1: [0; 2],
+            framing,
+            lun: self.lun.into(),
+            itt: self.itt.into(),
+            ttt: self.ttt.into(),
+            stat_sn: self.stat_sn.into(),
+            exp_cmd_sn: self.exp_cmd_sn.into(),
+            max_cmd_sn: self.max_cmd_sn.into(),
+            _reserved2: [0; 12],
+        })
     }
 
     fn data_segment(&self) -> Cow<'_, [u8]> {

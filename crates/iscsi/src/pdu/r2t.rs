@@ -1,6 +1,9 @@
 //! Ready To Transfer (RFC 7143 §11.8).
 
+use zerocopy::{transmute, transmute_ref};
+
 use super::bhs::*;
+use super::header::{Framing, R2tHeader, FINAL};
 use super::{expect_no_data, PduCodec, PduError};
 
 /// R2T (target→initiator, opcode 0x31, RFC 7143 §11.8): asks for
@@ -25,29 +28,35 @@ impl PduCodec for R2t {
 
     fn decode(h: &[u8; BHS_LEN], _ahs: &[u8], data: &[u8]) -> Result<Self, PduError> {
         expect_no_data(Self::OPCODE, data)?;
+        let w: &R2tHeader = transmute_ref!(h);
         Ok(R2t {
-            lun: get_u64(h, 8),
-            itt: get_u32(h, 16),
-            ttt: get_u32(h, 20),
-            stat_sn: get_u32(h, 24),
-            exp_cmd_sn: get_u32(h, 28),
-            max_cmd_sn: get_u32(h, 32),
-            r2t_sn: get_u32(h, 36),
-            buffer_offset: get_u32(h, 40),
-            desired_data_transfer_length: get_u32(h, 44),
+            lun: w.lun.get(),
+            itt: w.itt.get(),
+            ttt: w.ttt.get(),
+            stat_sn: w.stat_sn.get(),
+            exp_cmd_sn: w.exp_cmd_sn.get(),
+            max_cmd_sn: w.max_cmd_sn.get(),
+            r2t_sn: w.r2t_sn.get(),
+            buffer_offset: w.buffer_offset.get(),
+            desired_data_transfer_length: w.desired_data_transfer_length.get(),
         })
     }
 
-    fn encode_header(&self, h: &mut [u8; BHS_LEN]) {
-        put_u8(h, 1, 0x80);
-        put_u64(h, 8, self.lun);
-        put_u32(h, 16, self.itt);
-        put_u32(h, 20, self.ttt);
-        put_u32(h, 24, self.stat_sn);
-        put_u32(h, 28, self.exp_cmd_sn);
-        put_u32(h, 32, self.max_cmd_sn);
-        put_u32(h, 36, self.r2t_sn);
-        put_u32(h, 40, self.buffer_offset);
-        put_u32(h, 44, self.desired_data_transfer_length);
+    fn encode_header(&self, opcode: u8, framing: Framing) -> [u8; BHS_LEN] {
+        transmute!(R2tHeader {
+            opcode,
+            flags: FINAL,
+            _reserved1: [0; 2],
+            framing,
+            lun: self.lun.into(),
+            itt: self.itt.into(),
+            ttt: self.ttt.into(),
+            stat_sn: self.stat_sn.into(),
+            exp_cmd_sn: self.exp_cmd_sn.into(),
+            max_cmd_sn: self.max_cmd_sn.into(),
+            r2t_sn: self.r2t_sn.into(),
+            buffer_offset: self.buffer_offset.into(),
+            desired_data_transfer_length: self.desired_data_transfer_length.into(),
+        })
     }
 }

@@ -2,7 +2,10 @@
 
 use std::borrow::Cow;
 
+use zerocopy::{transmute, transmute_ref};
+
 use super::bhs::*;
+use super::header::{Framing, RejectHeader, FINAL};
 use super::{PduCodec, PduError};
 
 /// Reject reason codes (RFC 7143 §11.17.1).
@@ -105,24 +108,33 @@ impl PduCodec for Reject {
     const OPCODE: Opcode = Opcode::Reject;
 
     fn decode(h: &[u8; BHS_LEN], _ahs: &[u8], data: &[u8]) -> Result<Self, PduError> {
+        let w: &RejectHeader = transmute_ref!(h);
         Ok(Reject {
-            reason: RejectReason::from_code(get_u8(h, 2)),
-            stat_sn: get_u32(h, 24),
-            exp_cmd_sn: get_u32(h, 28),
-            max_cmd_sn: get_u32(h, 32),
-            data_sn_or_r2t_sn: get_u32(h, 36),
+            reason: RejectReason::from_code(w.reason),
+            stat_sn: w.stat_sn.get(),
+            exp_cmd_sn: w.exp_cmd_sn.get(),
+            max_cmd_sn: w.max_cmd_sn.get(),
+            data_sn_or_r2t_sn: w.data_sn_or_r2t_sn.get(),
             header: data.to_vec(),
         })
     }
 
-    fn encode_header(&self, h: &mut [u8; BHS_LEN]) {
-        put_u8(h, 1, 0x80);
-        put_u8(h, 2, self.reason.code());
-        put_u32(h, 16, RESERVED_TAG);
-        put_u32(h, 24, self.stat_sn);
-        put_u32(h, 28, self.exp_cmd_sn);
-        put_u32(h, 32, self.max_cmd_sn);
-        put_u32(h, 36, self.data_sn_or_r2t_sn);
+    fn encode_header(&self, opcode: u8, framing: Framing) -> [u8; BHS_LEN] {
+        transmute!(RejectHeader {
+            opcode,
+            flags: FINAL,
+            reason: self.reason.code(),
+            _reserved1: 0,
+            framing,
+            _reserved2: [0; 8],
+            itt: RESERVED_TAG.into(),
+            _reserved3: [0; 4],
+            stat_sn: self.stat_sn.into(),
+            exp_cmd_sn: self.exp_cmd_sn.into(),
+            max_cmd_sn: self.max_cmd_sn.into(),
+            data_sn_or_r2t_sn: self.data_sn_or_r2t_sn.into(),
+            _reserved4: [0; 8],
+        })
     }
 
     fn data_segment(&self) -> Cow<'_, [u8]> {

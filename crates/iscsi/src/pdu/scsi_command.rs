@@ -3,15 +3,18 @@
 
 use std::borrow::Cow;
 
+use zerocopy::{transmute, transmute_ref, FromBytes, IntoBytes};
+
 use super::bhs::*;
+use super::header::{
+    byte0, AhsHeader, BidiReadLengthAhs, Framing, ScsiCommandHeader, AHS_BIDI_READ_LENGTH, AHS_EXTENDED_CDB,
+    BHS_CDB_LEN, BIDI_READ_LENGTH_AHS_LENGTH, FINAL,
+};
 use super::{invalid, PduCodec, PduError};
 
 /// Longest CDB: 16 bytes in the BHS plus an Extended CDB AHS whose
 /// AHSLength (CDB length - 15) fits 16 bits; SPC limits CDBs to 260 bytes.
 pub const MAX_CDB_LEN: usize = 260;
-
-const AHS_EXTENDED_CDB: u8 = 1;
-const AHS_BIDI_READ_LENGTH: u8 = 2;
 
 /// Task attributes (RFC 7143 §11.3.1, SAM).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,24 +89,26 @@ impl PduCodec for ScsiCommand {
     const OPCODE: Opcode = Opcode::ScsiCommand;
 
     fn decode(h: &[u8; BHS_LEN], ahs: &[u8], data: &[u8]) -> Result<Self, PduError> {
-        let flags = get_u8(h, 1);
-        let attr = TaskAttribute::from_code(flags & 0x07).ok_or_else(|| invalid(Self::OPCODE, "ATTR", flags & 0x07))?;
-        let mut cdb = h.get(32..48).unwrap_or_default().to_vec();
+        let w: &ScsiCommandHeader = transmute_ref!(h);
+        let flags = w.flags;
+        let attr_code = flags & ScsiCommandHeader::ATTR_MASK;
+        let attr = TaskAttribute::from_code(attr_code).ok_or_else(|| invalid(Self::OPCODE, "ATTR", attr_code))?;
+        let mut cdb = w.cdb.to_vec();
         let mut bidi_read_length = None;
         let mut extended = false;
         let mut rest = ahs;
-        // §11.2.2: AHSLength (2 bytes), AHSType, one type-specific byte,
-        // then AHSLength - 1 more bytes, padded to 4.
+        // §11.2.2: an AhsHeader, whose AHSLength counts its type-specific
+        // byte and the AHSLength - 1 bytes after it; each AHS is padded to 4.
         while !rest.is_empty() {
-            let (head, body) =
-                rest.split_first_chunk::<4>().ok_or(PduError::MalformedAhs("AHS shorter than its 4-byte header"))?;
-            let length = usize::from(u16::from_be_bytes([head[0], head[1]]));
+            let (head, body) = AhsHeader::ref_from_prefix(rest)
+                .map_err(|_| PduError::MalformedAhs("AHS shorter than its 4-byte header"))?;
+            let length = usize::from(head.length.get());
             if length == 0 {
                 return Err(PduError::MalformedAhs("AHSLength is zero"));
             }
             let specific =
                 body.get(..length - 1).ok_or(PduError::MalformedAhs("AHSLength runs past TotalAHSLength"))?;
-            match head[2] {
+            match head.ahs_type {
                 AHS_EXTENDED_CDB => {
                     if extended {
                         return Err(PduError::MalformedAhs("two Extended CDB AHS"));
@@ -112,29 +117,32 @@ impl PduCodec for ScsiCommand {
                     cdb.extend_from_slice(specific);
                 }
                 AHS_BIDI_READ_LENGTH => {
-                    if bidi_read_length.is_some() || length != 5 {
+                    if bidi_read_length.is_some() || length != usize::from(BIDI_READ_LENGTH_AHS_LENGTH) {
                         return Err(PduError::MalformedAhs("bad Bidirectional Read-Data Length AHS"));
                     }
-                    let v = <[u8; 4]>::try_from(specific).map_err(|_| PduError::MalformedAhs("bad bidi AHS length"))?;
-                    bidi_read_length = Some(u32::from_be_bytes(v));
+                    let ahs = BidiReadLengthAhs::ref_from_prefix(rest)
+                        .map_err(|_| PduError::MalformedAhs("bad bidi AHS length"))?
+                        .0;
+                    bidi_read_length = Some(ahs.read_length.get());
                 }
                 _ => return Err(PduError::MalformedAhs("unknown AHSType")),
             }
-            // The AHS is padded to 4 bytes; 3 + length rounds up.
-            let consumed = pad4(3 + length);
+            // AHSLength counts from the header's last byte on; the AHS is
+            // padded to 4 bytes.
+            let consumed = pad4(size_of::<AhsHeader>() - 1 + length);
             rest = rest.get(consumed..).unwrap_or_default();
         }
         let cmd = ScsiCommand {
-            immediate: bit(h, 0, 0x40),
-            final_bit: flags & 0x80 != 0,
-            read: flags & 0x40 != 0,
-            write: flags & 0x20 != 0,
+            immediate: w.opcode & byte0::IMMEDIATE != 0,
+            final_bit: flags & FINAL != 0,
+            read: flags & ScsiCommandHeader::READ != 0,
+            write: flags & ScsiCommandHeader::WRITE != 0,
             attr,
-            lun: get_u64(h, 8),
-            itt: get_u32(h, 16),
-            expected_data_transfer_length: get_u32(h, 20),
-            cmd_sn: get_u32(h, 24),
-            exp_stat_sn: get_u32(h, 28),
+            lun: w.lun.get(),
+            itt: w.itt.get(),
+            expected_data_transfer_length: w.expected_data_transfer_length.get(),
+            cmd_sn: w.cmd_sn.get(),
+            exp_stat_sn: w.exp_stat_sn.get(),
             cdb,
             bidi_read_length,
             data: data.to_vec(),
@@ -152,25 +160,34 @@ impl PduCodec for ScsiCommand {
         Ok(cmd)
     }
 
-    fn encode_header(&self, h: &mut [u8; BHS_LEN]) {
+    fn encode_header(&self, opcode: u8, framing: Framing) -> [u8; BHS_LEN] {
         let mut flags = self.attr.code();
         if self.final_bit {
-            flags |= 0x80;
+            flags |= FINAL;
         }
         if self.read {
-            flags |= 0x40;
+            flags |= ScsiCommandHeader::READ;
         }
         if self.write {
-            flags |= 0x20;
+            flags |= ScsiCommandHeader::WRITE;
         }
-        put_u8(h, 1, flags);
-        put_u64(h, 8, self.lun);
-        put_u32(h, 16, self.itt);
-        put_u32(h, 20, self.expected_data_transfer_length);
-        put_u32(h, 24, self.cmd_sn);
-        put_u32(h, 28, self.exp_stat_sn);
-        let head = self.cdb.get(..16).unwrap_or(&self.cdb);
-        put(h, 32, head);
+        // The CDB's head, zero-padded; the rest goes in the AHS.
+        let mut cdb = [0u8; BHS_CDB_LEN];
+        for (to, from) in cdb.iter_mut().zip(&self.cdb) {
+            *to = *from;
+        }
+        transmute!(ScsiCommandHeader {
+            opcode,
+            flags,
+            _reserved1: [0; 2],
+            framing,
+            lun: self.lun.into(),
+            itt: self.itt.into(),
+            expected_data_transfer_length: self.expected_data_transfer_length.into(),
+            cmd_sn: self.cmd_sn.into(),
+            exp_stat_sn: self.exp_stat_sn.into(),
+            cdb,
+        })
     }
 
     fn immediate(&self) -> bool {
@@ -183,17 +200,23 @@ impl PduCodec for ScsiCommand {
 
     fn ahs(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        if let Some(ext) = self.cdb.get(16..).filter(|e| !e.is_empty()) {
+        if let Some(ext) = self.cdb.get(BHS_CDB_LEN..).filter(|e| !e.is_empty()) {
             let length = u16::try_from(ext.len() + 1).unwrap_or(u16::MAX);
-            out.extend_from_slice(&length.to_be_bytes());
-            out.push(AHS_EXTENDED_CDB);
-            out.push(0);
+            let head = AhsHeader { length: length.into(), ahs_type: AHS_EXTENDED_CDB, specific: 0 };
+            out.extend_from_slice(head.as_bytes());
             out.extend_from_slice(ext);
             out.resize(pad4(out.len()), 0);
         }
         if let Some(len) = self.bidi_read_length {
-            out.extend_from_slice(&[0, 5, AHS_BIDI_READ_LENGTH, 0]);
-            out.extend_from_slice(&len.to_be_bytes());
+            let ahs = BidiReadLengthAhs {
+                header: AhsHeader {
+                    length: BIDI_READ_LENGTH_AHS_LENGTH.into(),
+                    ahs_type: AHS_BIDI_READ_LENGTH,
+                    specific: 0,
+                },
+                read_length: len.into(),
+            };
+            out.extend_from_slice(ahs.as_bytes());
         }
         out
     }

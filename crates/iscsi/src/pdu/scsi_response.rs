@@ -2,7 +2,10 @@
 
 use std::borrow::Cow;
 
+use zerocopy::{transmute, transmute_ref};
+
 use super::bhs::*;
+use super::header::{Framing, ScsiResponseHeader, FINAL};
 use super::{invalid, PduCodec, PduError};
 
 /// iSCSI service response (RFC 7143 §11.4.3).
@@ -71,7 +74,8 @@ impl PduCodec for ScsiResponse {
     const OPCODE: Opcode = Opcode::ScsiResponse;
 
     fn decode(h: &[u8; BHS_LEN], _ahs: &[u8], data: &[u8]) -> Result<Self, PduError> {
-        let flags = get_u8(h, 1);
+        let w: &ScsiResponseHeader = transmute_ref!(h);
+        let flags = w.flags;
         let (sense, response_data) = if data.is_empty() {
             (Vec::new(), Vec::new())
         } else {
@@ -84,20 +88,20 @@ impl PduCodec for ScsiResponse {
             (sense.to_vec(), response.to_vec())
         };
         let r = ScsiResponse {
-            bidi_read_overflow: flags & 0x10 != 0,
-            bidi_read_underflow: flags & 0x08 != 0,
-            overflow: flags & 0x04 != 0,
-            underflow: flags & 0x02 != 0,
-            response: ServiceResponse::from_code(get_u8(h, 2)),
-            status: get_u8(h, 3),
-            itt: get_u32(h, 16),
-            snack_tag: get_u32(h, 20),
-            stat_sn: get_u32(h, 24),
-            exp_cmd_sn: get_u32(h, 28),
-            max_cmd_sn: get_u32(h, 32),
-            exp_data_sn: get_u32(h, 36),
-            bidi_read_residual_count: get_u32(h, 40),
-            residual_count: get_u32(h, 44),
+            bidi_read_overflow: flags & ScsiResponseHeader::BIDI_READ_OVERFLOW != 0,
+            bidi_read_underflow: flags & ScsiResponseHeader::BIDI_READ_UNDERFLOW != 0,
+            overflow: flags & ScsiResponseHeader::OVERFLOW != 0,
+            underflow: flags & ScsiResponseHeader::UNDERFLOW != 0,
+            response: ServiceResponse::from_code(w.response),
+            status: w.status,
+            itt: w.itt.get(),
+            snack_tag: w.snack_tag.get(),
+            stat_sn: w.stat_sn.get(),
+            exp_cmd_sn: w.exp_cmd_sn.get(),
+            max_cmd_sn: w.max_cmd_sn.get(),
+            exp_data_sn: w.exp_data_sn.get(),
+            bidi_read_residual_count: w.bidi_read_residual_count.get(),
+            residual_count: w.residual_count.get(),
             sense,
             response_data,
         };
@@ -108,31 +112,36 @@ impl PduCodec for ScsiResponse {
         Ok(r)
     }
 
-    fn encode_header(&self, h: &mut [u8; BHS_LEN]) {
-        let mut flags = 0x80;
+    fn encode_header(&self, opcode: u8, framing: Framing) -> [u8; BHS_LEN] {
+        let mut flags = FINAL;
         if self.bidi_read_overflow {
-            flags |= 0x10;
+            flags |= ScsiResponseHeader::BIDI_READ_OVERFLOW;
         }
         if self.bidi_read_underflow {
-            flags |= 0x08;
+            flags |= ScsiResponseHeader::BIDI_READ_UNDERFLOW;
         }
         if self.overflow {
-            flags |= 0x04;
+            flags |= ScsiResponseHeader::OVERFLOW;
         }
         if self.underflow {
-            flags |= 0x02;
+            flags |= ScsiResponseHeader::UNDERFLOW;
         }
-        put_u8(h, 1, flags);
-        put_u8(h, 2, self.response.code());
-        put_u8(h, 3, self.status);
-        put_u32(h, 16, self.itt);
-        put_u32(h, 20, self.snack_tag);
-        put_u32(h, 24, self.stat_sn);
-        put_u32(h, 28, self.exp_cmd_sn);
-        put_u32(h, 32, self.max_cmd_sn);
-        put_u32(h, 36, self.exp_data_sn);
-        put_u32(h, 40, self.bidi_read_residual_count);
-        put_u32(h, 44, self.residual_count);
+        transmute!(ScsiResponseHeader {
+            opcode,
+            flags,
+            response: self.response.code(),
+            status: self.status,
+            framing,
+            _reserved1: [0; 8],
+            itt: self.itt.into(),
+            snack_tag: self.snack_tag.into(),
+            stat_sn: self.stat_sn.into(),
+            exp_cmd_sn: self.exp_cmd_sn.into(),
+            max_cmd_sn: self.max_cmd_sn.into(),
+            exp_data_sn: self.exp_data_sn.into(),
+            bidi_read_residual_count: self.bidi_read_residual_count.into(),
+            residual_count: self.residual_count.into(),
+        })
     }
 
     fn data_segment(&self) -> Cow<'_, [u8]> {

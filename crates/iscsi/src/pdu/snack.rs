@@ -4,7 +4,10 @@
 //! SNACKs; the PDU is decoded so that it can be answered with a Reject
 //! (see [`super::Pdu::reject_at_target_erl0`]).
 
+use zerocopy::{transmute, transmute_ref};
+
 use super::bhs::*;
+use super::header::{Framing, SnackRequestHeader, FINAL};
 use super::{expect_no_data, PduCodec, PduError};
 
 /// SNACK Request (initiator→target, opcode 0x10, RFC 7143 §11.16).
@@ -26,24 +29,32 @@ impl PduCodec for SnackRequest {
 
     fn decode(h: &[u8; BHS_LEN], _ahs: &[u8], data: &[u8]) -> Result<Self, PduError> {
         expect_no_data(Self::OPCODE, data)?;
+        let w: &SnackRequestHeader = transmute_ref!(h);
         Ok(SnackRequest {
-            snack_type: get_u8(h, 1) & 0x0f,
-            lun: get_u64(h, 8),
-            itt: get_u32(h, 16),
-            ttt_or_snack_tag: get_u32(h, 20),
-            exp_stat_sn: get_u32(h, 28),
-            beg_run: get_u32(h, 40),
-            run_length: get_u32(h, 44),
+            snack_type: w.snack_type & SnackRequestHeader::TYPE_MASK,
+            lun: w.lun.get(),
+            itt: w.itt.get(),
+            ttt_or_snack_tag: w.ttt_or_snack_tag.get(),
+            exp_stat_sn: w.exp_stat_sn.get(),
+            beg_run: w.beg_run.get(),
+            run_length: w.run_length.get(),
         })
     }
 
-    fn encode_header(&self, h: &mut [u8; BHS_LEN]) {
-        put_u8(h, 1, 0x80 | (self.snack_type & 0x0f));
-        put_u64(h, 8, self.lun);
-        put_u32(h, 16, self.itt);
-        put_u32(h, 20, self.ttt_or_snack_tag);
-        put_u32(h, 28, self.exp_stat_sn);
-        put_u32(h, 40, self.beg_run);
-        put_u32(h, 44, self.run_length);
+    fn encode_header(&self, opcode: u8, framing: Framing) -> [u8; BHS_LEN] {
+        transmute!(SnackRequestHeader {
+            opcode,
+            snack_type: FINAL | (self.snack_type & SnackRequestHeader::TYPE_MASK),
+            _reserved1: [0; 2],
+            framing,
+            lun: self.lun.into(),
+            itt: self.itt.into(),
+            ttt_or_snack_tag: self.ttt_or_snack_tag.into(),
+            _reserved2: [0; 4],
+            exp_stat_sn: self.exp_stat_sn.into(),
+            _reserved3: [0; 8],
+            beg_run: self.beg_run.into(),
+            run_length: self.run_length.into(),
+        })
     }
 }

@@ -1,6 +1,9 @@
 //! Task Management Function Request (RFC 7143 §11.5) and Response (§11.6).
 
+use zerocopy::{transmute, transmute_ref};
+
 use super::bhs::*;
+use super::header::{byte0, Framing, TaskMgmtRequestHeader, TaskMgmtResponseHeader, FINAL};
 use super::{expect_no_data, PduCodec, PduError};
 
 /// Task management functions (RFC 7143 §11.5.1).
@@ -73,28 +76,35 @@ impl PduCodec for TaskMgmtRequest {
 
     fn decode(h: &[u8; BHS_LEN], _ahs: &[u8], data: &[u8]) -> Result<Self, PduError> {
         expect_no_data(Self::OPCODE, data)?;
+        let w: &TaskMgmtRequestHeader = transmute_ref!(h);
         Ok(TaskMgmtRequest {
-            immediate: bit(h, 0, 0x40),
-            function: TaskMgmtFunction::from_code(get_u8(h, 1)),
-            lun: get_u64(h, 8),
-            itt: get_u32(h, 16),
-            referenced_task_tag: get_u32(h, 20),
-            cmd_sn: get_u32(h, 24),
-            exp_stat_sn: get_u32(h, 28),
-            ref_cmd_sn: get_u32(h, 32),
-            exp_data_sn: get_u32(h, 36),
+            immediate: w.opcode & byte0::IMMEDIATE != 0,
+            function: TaskMgmtFunction::from_code(w.function),
+            lun: w.lun.get(),
+            itt: w.itt.get(),
+            referenced_task_tag: w.referenced_task_tag.get(),
+            cmd_sn: w.cmd_sn.get(),
+            exp_stat_sn: w.exp_stat_sn.get(),
+            ref_cmd_sn: w.ref_cmd_sn.get(),
+            exp_data_sn: w.exp_data_sn.get(),
         })
     }
 
-    fn encode_header(&self, h: &mut [u8; BHS_LEN]) {
-        put_u8(h, 1, 0x80 | self.function.code());
-        put_u64(h, 8, self.lun);
-        put_u32(h, 16, self.itt);
-        put_u32(h, 20, self.referenced_task_tag);
-        put_u32(h, 24, self.cmd_sn);
-        put_u32(h, 28, self.exp_stat_sn);
-        put_u32(h, 32, self.ref_cmd_sn);
-        put_u32(h, 36, self.exp_data_sn);
+    fn encode_header(&self, opcode: u8, framing: Framing) -> [u8; BHS_LEN] {
+        transmute!(TaskMgmtRequestHeader {
+            opcode,
+            function: FINAL | self.function.code(),
+            _reserved1: [0; 2],
+            framing,
+            lun: self.lun.into(),
+            itt: self.itt.into(),
+            referenced_task_tag: self.referenced_task_tag.into(),
+            cmd_sn: self.cmd_sn.into(),
+            exp_stat_sn: self.exp_stat_sn.into(),
+            ref_cmd_sn: self.ref_cmd_sn.into(),
+            exp_data_sn: self.exp_data_sn.into(),
+            _reserved2: [0; 8],
+        })
     }
 
     fn immediate(&self) -> bool {
@@ -162,21 +172,30 @@ impl PduCodec for TaskMgmtResponse {
 
     fn decode(h: &[u8; BHS_LEN], _ahs: &[u8], data: &[u8]) -> Result<Self, PduError> {
         expect_no_data(Self::OPCODE, data)?;
+        let w: &TaskMgmtResponseHeader = transmute_ref!(h);
         Ok(TaskMgmtResponse {
-            response: TmfResponseCode::from_code(get_u8(h, 2)),
-            itt: get_u32(h, 16),
-            stat_sn: get_u32(h, 24),
-            exp_cmd_sn: get_u32(h, 28),
-            max_cmd_sn: get_u32(h, 32),
+            response: TmfResponseCode::from_code(w.response),
+            itt: w.itt.get(),
+            stat_sn: w.stat_sn.get(),
+            exp_cmd_sn: w.exp_cmd_sn.get(),
+            max_cmd_sn: w.max_cmd_sn.get(),
         })
     }
 
-    fn encode_header(&self, h: &mut [u8; BHS_LEN]) {
-        put_u8(h, 1, 0x80);
-        put_u8(h, 2, self.response.code());
-        put_u32(h, 16, self.itt);
-        put_u32(h, 24, self.stat_sn);
-        put_u32(h, 28, self.exp_cmd_sn);
-        put_u32(h, 32, self.max_cmd_sn);
+    fn encode_header(&self, opcode: u8, framing: Framing) -> [u8; BHS_LEN] {
+        transmute!(TaskMgmtResponseHeader {
+            opcode,
+            flags: FINAL,
+            response: self.response.code(),
+            _reserved1: 0,
+            framing,
+            _reserved2: [0; 8],
+            itt: self.itt.into(),
+            _reserved3: [0; 4],
+            stat_sn: self.stat_sn.into(),
+            exp_cmd_sn: self.exp_cmd_sn.into(),
+            max_cmd_sn: self.max_cmd_sn.into(),
+            _reserved4: [0; 12],
+        })
     }
 }

@@ -2,7 +2,10 @@
 
 use std::borrow::Cow;
 
+use zerocopy::{transmute, transmute_ref};
+
 use super::bhs::*;
+use super::header::{byte0, Framing, TextRequestHeader, TextResponseHeader, CONTINUE, FINAL};
 use super::{invalid, PduCodec, PduError};
 
 /// Text Request (initiator→target, opcode 0x04, RFC 7143 §11.10).
@@ -28,16 +31,17 @@ impl PduCodec for TextRequest {
     const OPCODE: Opcode = Opcode::TextRequest;
 
     fn decode(h: &[u8; BHS_LEN], _ahs: &[u8], data: &[u8]) -> Result<Self, PduError> {
-        let flags = get_u8(h, 1);
+        let w: &TextRequestHeader = transmute_ref!(h);
+        let flags = w.flags;
         let r = TextRequest {
-            immediate: bit(h, 0, 0x40),
-            final_bit: flags & 0x80 != 0,
-            continue_bit: flags & 0x40 != 0,
-            lun: get_u64(h, 8),
-            itt: get_u32(h, 16),
-            ttt: get_u32(h, 20),
-            cmd_sn: get_u32(h, 24),
-            exp_stat_sn: get_u32(h, 28),
+            immediate: w.opcode & byte0::IMMEDIATE != 0,
+            final_bit: flags & FINAL != 0,
+            continue_bit: flags & CONTINUE != 0,
+            lun: w.lun.get(),
+            itt: w.itt.get(),
+            ttt: w.ttt.get(),
+            cmd_sn: w.cmd_sn.get(),
+            exp_stat_sn: w.exp_stat_sn.get(),
             data: data.to_vec(),
         };
         // §11.10.2: F and C must not both be set.
@@ -47,14 +51,19 @@ impl PduCodec for TextRequest {
         Ok(r)
     }
 
-    fn encode_header(&self, h: &mut [u8; BHS_LEN]) {
-        set_bit(h, 1, 0x80, self.final_bit);
-        set_bit(h, 1, 0x40, self.continue_bit);
-        put_u64(h, 8, self.lun);
-        put_u32(h, 16, self.itt);
-        put_u32(h, 20, self.ttt);
-        put_u32(h, 24, self.cmd_sn);
-        put_u32(h, 28, self.exp_stat_sn);
+    fn encode_header(&self, opcode: u8, framing: Framing) -> [u8; BHS_LEN] {
+        transmute!(TextRequestHeader {
+            opcode,
+            flags: text_flags(self.final_bit, self.continue_bit),
+            _reserved1: [0; 2],
+            framing,
+            lun: self.lun.into(),
+            itt: self.itt.into(),
+            ttt: self.ttt.into(),
+            cmd_sn: self.cmd_sn.into(),
+            exp_stat_sn: self.exp_stat_sn.into(),
+            _reserved2: [0; 16],
+        })
     }
 
     fn immediate(&self) -> bool {
@@ -86,16 +95,17 @@ impl PduCodec for TextResponse {
     const OPCODE: Opcode = Opcode::TextResponse;
 
     fn decode(h: &[u8; BHS_LEN], _ahs: &[u8], data: &[u8]) -> Result<Self, PduError> {
-        let flags = get_u8(h, 1);
+        let w: &TextResponseHeader = transmute_ref!(h);
+        let flags = w.flags;
         let r = TextResponse {
-            final_bit: flags & 0x80 != 0,
-            continue_bit: flags & 0x40 != 0,
-            lun: get_u64(h, 8),
-            itt: get_u32(h, 16),
-            ttt: get_u32(h, 20),
-            stat_sn: get_u32(h, 24),
-            exp_cmd_sn: get_u32(h, 28),
-            max_cmd_sn: get_u32(h, 32),
+            final_bit: flags & FINAL != 0,
+            continue_bit: flags & CONTINUE != 0,
+            lun: w.lun.get(),
+            itt: w.itt.get(),
+            ttt: w.ttt.get(),
+            stat_sn: w.stat_sn.get(),
+            exp_cmd_sn: w.exp_cmd_sn.get(),
+            max_cmd_sn: w.max_cmd_sn.get(),
             data: data.to_vec(),
         };
         if r.final_bit && r.continue_bit {
@@ -104,18 +114,28 @@ impl PduCodec for TextResponse {
         Ok(r)
     }
 
-    fn encode_header(&self, h: &mut [u8; BHS_LEN]) {
-        set_bit(h, 1, 0x80, self.final_bit);
-        set_bit(h, 1, 0x40, self.continue_bit);
-        put_u64(h, 8, self.lun);
-        put_u32(h, 16, self.itt);
-        put_u32(h, 20, self.ttt);
-        put_u32(h, 24, self.stat_sn);
-        put_u32(h, 28, self.exp_cmd_sn);
-        put_u32(h, 32, self.max_cmd_sn);
+    fn encode_header(&self, opcode: u8, framing: Framing) -> [u8; BHS_LEN] {
+        transmute!(TextResponseHeader {
+            opcode,
+            flags: text_flags(self.final_bit, self.continue_bit),
+            _reserved1: [0; 2],
+            framing,
+            lun: self.lun.into(),
+            itt: self.itt.into(),
+            ttt: self.ttt.into(),
+            stat_sn: self.stat_sn.into(),
+            exp_cmd_sn: self.exp_cmd_sn.into(),
+            max_cmd_sn: self.max_cmd_sn.into(),
+            _reserved2: [0; 12],
+        })
     }
 
     fn data_segment(&self) -> Cow<'_, [u8]> {
         Cow::Borrowed(&self.data)
     }
+}
+
+/// Byte 1 of both Text PDUs: F and C.
+fn text_flags(final_bit: bool, continue_bit: bool) -> u8 {
+    (if final_bit { FINAL } else { 0 }) | if continue_bit { CONTINUE } else { 0 }
 }
