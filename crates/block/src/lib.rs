@@ -8,6 +8,7 @@ pub mod error;
 pub mod fault;
 pub mod file;
 pub mod mem;
+pub mod rbd;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ pub use error::{BlockError, ErrorKind, Result};
 pub use fault::FaultBackend;
 pub use file::{FileBackend, FileOptions};
 pub use mem::MemBackend;
+pub use rbd::{RbdBackend, RbdError, RbdOptions};
 
 /// The `null` backend: only a size (shared by the clones of its [`Backend`]).
 #[derive(Debug)]
@@ -34,6 +36,8 @@ pub enum Backend {
     File(Arc<FileBackend>),
     /// A wrapper that injects errors and delays (tests of error policies and races).
     Fault(Arc<FaultBackend>),
+    /// A Ceph RBD image through librbd's asynchronous API.
+    Rbd(Arc<RbdBackend>),
 }
 
 impl Backend {
@@ -51,6 +55,7 @@ impl Backend {
             Backend::Null(n) => n.size.load(Ordering::Acquire),
             Backend::File(f) => f.size(),
             Backend::Fault(f) => f.inner().size(),
+            Backend::Rbd(r) => r.size(),
         }
     }
 
@@ -69,6 +74,7 @@ impl Backend {
             }
             Backend::File(f) => f.resize(new_size),
             Backend::Fault(f) => f.inner().resize(new_size),
+            Backend::Rbd(r) => r.resize(new_size),
         }
     }
 
@@ -79,6 +85,7 @@ impl Backend {
             Backend::Null(_) => "null",
             Backend::File(_) => "file",
             Backend::Fault(_) => "fault",
+            Backend::Rbd(_) => "rbd",
         }
     }
 
@@ -103,6 +110,7 @@ impl Backend {
             }
             Backend::File(f) => f.read(offset, len).await,
             Backend::Fault(f) => Box::pin(f.read(offset, len)).await,
+            Backend::Rbd(r) => r.read(offset, len).await,
         }
     }
 
@@ -113,6 +121,7 @@ impl Backend {
             Backend::Null(_) => self.check("write", offset, data.len() as u64),
             Backend::File(f) => f.write(offset, data, fua).await,
             Backend::Fault(f) => Box::pin(f.write(offset, data, fua)).await,
+            Backend::Rbd(r) => r.write(offset, data, fua).await,
         }
     }
 
@@ -122,6 +131,7 @@ impl Backend {
             Backend::Mem(_) | Backend::Null(_) => Ok(()),
             Backend::File(f) => f.flush().await,
             Backend::Fault(f) => Box::pin(f.flush()).await,
+            Backend::Rbd(r) => r.flush().await,
         }
     }
 
@@ -132,6 +142,7 @@ impl Backend {
             Backend::Null(_) => self.check("discard", offset, len),
             Backend::File(f) => f.discard(offset, len).await,
             Backend::Fault(f) => Box::pin(f.discard(offset, len)).await,
+            Backend::Rbd(r) => r.discard(offset, len).await,
         }
     }
 
@@ -139,7 +150,8 @@ impl Backend {
     /// `[offset, offset + len)` in bytes, in order and covering it (for GET
     /// LBA STATUS, SBC-4 5.7). `mem` knows per 64 KiB chunk, `file` asks the
     /// file system (`SEEK_DATA`/`SEEK_HOLE`); `null` reports all mapped,
-    /// which SBC-4 allows of any backend that cannot tell.
+    /// which SBC-4 allows of any backend that cannot tell. `rbd` asks the
+    /// cluster, blocking: on I/O threads use [`Backend::allocation_async`].
     pub fn allocation(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
         match self {
             Backend::Mem(m) => m.allocation(offset, len),
@@ -149,6 +161,17 @@ impl Backend {
             }
             Backend::File(f) => f.is_allocated(offset, len),
             Backend::Fault(f) => f.inner().allocation(offset, len),
+            Backend::Rbd(r) => r.allocation_blocking(offset, len),
+        }
+    }
+
+    /// [`Backend::allocation`] for the I/O path: `rbd` asks the cluster
+    /// from tokio's blocking pool instead of blocking the I/O thread.
+    pub async fn allocation_async(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
+        match self {
+            Backend::Rbd(r) => r.allocation(offset, len).await,
+            Backend::Fault(f) => Box::pin(f.inner().allocation_async(offset, len)).await,
+            _ => self.allocation(offset, len),
         }
     }
 
@@ -159,6 +182,7 @@ impl Backend {
             Backend::Null(_) => self.check("write-zeroes", offset, len),
             Backend::File(f) => f.write_zeroes(offset, len).await,
             Backend::Fault(f) => Box::pin(f.write_zeroes(offset, len)).await,
+            Backend::Rbd(r) => r.write_zeroes(offset, len).await,
         }
     }
 }
