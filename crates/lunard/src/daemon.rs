@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lunar_block::{Backend, FileBackend, FileOptions};
+use lunar_block::{Backend, FileBackend, FileOptions, RbdBackend, RbdOptions};
 use lunar_iscsi::chap::{ChapAlgorithm, ChapCredential, ChapPolicy};
 use lunar_iscsi::login::{AuthPolicy, TargetConfig as LoginTarget};
 use lunar_iscsi::negotiation::TargetLimits;
@@ -86,6 +86,22 @@ pub(crate) fn open_backend(spec: &BackendSpec, readonly: bool) -> Result<Backend
                 return Err(format!("{} is empty", path.display()));
             }
             Ok(Backend::File(Arc::new(f)))
+        }
+        BackendSpec::Rbd(r) => {
+            let options = RbdOptions {
+                pool: r.pool.clone(),
+                image: r.image.clone(),
+                namespace: r.namespace.clone(),
+                conf: r.conf.clone(),
+                id: r.id.clone(),
+                keyring: r.keyring.clone(),
+                readonly,
+            };
+            let b = RbdBackend::open(&options).map_err(|e| e.to_string())?;
+            if b.size() == 0 {
+                return Err(format!("rbd image {} is empty", options.spec()));
+            }
+            Ok(Backend::Rbd(Arc::new(b)))
         }
     }
 }

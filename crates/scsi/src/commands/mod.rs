@@ -112,7 +112,7 @@ pub(crate) async fn execute(
         Sanitize(s) => disk.sanitize(s, data).await,
         PreFetch { .. } => Ok(Vec::new()),
         SynchronizeCache { .. } => disk.synchronize_cache().await,
-        GetLbaStatus { lba, alloc_len } => disk.get_lba_status(*lba, *alloc_len),
+        GetLbaStatus { lba, alloc_len } => disk.get_lba_status(*lba, *alloc_len).await,
         ReadDefectData { plist, glist, format, alloc_len, cdb_len, .. } => {
             Ok(defect::read_defect_data(*plist, *glist, *format, *alloc_len, *cdb_len))
         }
