@@ -135,6 +135,36 @@ impl Backend {
         }
     }
 
+    /// The largest COMPARE AND WRITE, in bytes, that this backend does
+    /// atomically against writers outside this process (inside one aligned
+    /// unit of that size), or `None` when the backend has no other writers
+    /// and the target core's gate alone makes it atomic. `rbd`: 512.
+    pub fn atomic_compare_and_write(&self) -> Option<u64> {
+        match self {
+            Backend::Rbd(_) => Some(rbd::ATOMIC_COMPARE_AND_WRITE_BYTES),
+            Backend::Fault(f) => f.inner().atomic_compare_and_write(),
+            _ => None,
+        }
+    }
+
+    /// Compares `[offset, offset + cmp.len())` with `cmp` and, if equal,
+    /// writes `data` there, atomically in the backend; `Ok(Some(at))` on a
+    /// miscompare at byte `at` (nothing written). Only for backends with
+    /// [`Backend::atomic_compare_and_write`], within its limit.
+    pub async fn compare_and_write(&self, offset: u64, cmp: Vec<u8>, data: Vec<u8>) -> Result<Option<u64>> {
+        match self {
+            Backend::Rbd(r) => r.compare_and_write(offset, cmp, data).await,
+            Backend::Fault(f) => Box::pin(f.inner().compare_and_write(offset, cmp, data)).await,
+            _ => Err(BlockError::new(
+                ErrorKind::Unsupported,
+                libc::EOPNOTSUPP,
+                "compare-and-write",
+                offset,
+                data.len() as u64,
+            )),
+        }
+    }
+
     /// Deallocates a range; it reads back as zeros.
     pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
         match self {

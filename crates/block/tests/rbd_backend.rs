@@ -302,3 +302,66 @@ fn unreachable_cluster_fails_within_the_timeout() {
     let text = e.to_string();
     assert!(text.contains("rbd/disk0") && text.contains(conf.to_str().unwrap()), "{text}");
 }
+
+#[test]
+fn compare_and_write_is_atomic_across_clients() {
+    let Some(conf) = cluster("compare_and_write_is_atomic_across_clients") else { return };
+    let img = TestImage::new(&conf, "caw", "8M");
+    // Two opens: two RADOS clients, as two gateways would be.
+    let (a, b) = (img.open(), img.open());
+    assert_eq!(Backend::Rbd(a.clone()).atomic_compare_and_write(), Some(512));
+    let sector = |n: u64| {
+        let mut v = vec![0u8; 512];
+        v[..8].copy_from_slice(&n.to_le_bytes());
+        v
+    };
+    run(async {
+        // Match: written. Miscompare: the first differing byte, nothing written.
+        assert_eq!(a.compare_and_write(4096, vec![0; 512], sector(1)).await.unwrap(), None);
+        assert_eq!(b.read(4096, 512).await.unwrap(), sector(1));
+        let mut wrong = sector(1);
+        wrong[100] = 9;
+        assert_eq!(b.compare_and_write(4096, wrong, sector(2)).await.unwrap(), Some(100));
+        assert_eq!(a.read(4096, 512).await.unwrap(), sector(1));
+        // In another object, too.
+        let far = (4 << 20) + 1024;
+        assert_eq!(a.compare_and_write(far, vec![0; 512], sector(5)).await.unwrap(), None);
+        let mut wrong = sector(5);
+        wrong[511] ^= 1;
+        assert_eq!(a.compare_and_write(far, wrong, sector(6)).await.unwrap(), Some(511));
+        // Only one aligned 512-byte unit (librbd 16).
+        let e = a.compare_and_write(4096 + 256, vec![0; 512], vec![0; 512]).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unsupported);
+        let e = a.compare_and_write(0, vec![0; 1024], vec![0; 1024]).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unsupported);
+    });
+    // A counter incremented by compare-and-write from two clients on two
+    // threads: every successful increment counts exactly once (a read,
+    // compare, write emulation would lose some: both clients would read
+    // the same value and both "succeed").
+    let workers: Vec<_> = [a, b]
+        .into_iter()
+        .map(|r| {
+            std::thread::spawn(move || {
+                run(async {
+                    let mut won = 0u64;
+                    let mut tries = 0u64;
+                    while won < 50 {
+                        tries += 1;
+                        assert!(tries < 10_000, "no progress");
+                        let cur = r.read(0, 512).await.unwrap();
+                        let n = u64::from_le_bytes(cur[..8].try_into().unwrap());
+                        if r.compare_and_write(0, cur, sector(n + 1)).await.unwrap().is_none() {
+                            won += 1;
+                        }
+                    }
+                    won
+                })
+            })
+        })
+        .collect();
+    let won: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    let b = img.open();
+    let end = run(async { b.read(0, 512).await.unwrap() });
+    assert_eq!(u64::from_le_bytes(end[..8].try_into().unwrap()), won, "an increment was lost or doubled");
+}

@@ -161,6 +161,59 @@ fn lunard_and_the_rbd_tool_see_the_same_data() {
     assert_eq!(u64::from_be_bytes(cap.data[..8].try_into().unwrap()) + 1, (64 << 20) / BS as u64);
     assert_eq!(read(&s, 0, (32 << 20) / BS as u64, 8), vec![0; 8 * BS], "the grown range reads zeros");
     s.logout().unwrap();
+    stop(d);
+}
+
+/// SIGTERM, and a clean exit within 20 s (the log on failure).
+fn stop(mut d: Daemon) {
+    let _ = Command::new("kill").arg("-TERM").arg(d.child.id().to_string()).status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = d.child.try_wait().unwrap() {
+            assert!(status.success(), "lunard exited with {status}\n{}", d.log_tail());
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("lunard did not stop on SIGTERM\n{}", d.log_tail());
+}
+
+fn caw(lba: u64, blocks: u8, verify: Vec<u8>, write: Vec<u8>) -> lunar_initiator::Command {
+    let mut cdb = vec![0u8; 16];
+    cdb[0] = 0x89;
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[13] = blocks;
+    let mut data = verify;
+    data.extend(write);
+    lunar_initiator::Command::writing(0, cdb, data)
+}
+
+#[test]
+fn compare_and_write_is_the_clusters_and_at_most_one_block() {
+    let Some(conf) = cluster("compare_and_write_is_the_clusters_and_at_most_one_block") else { return };
+    let img = Image::create(&conf, "caw", "16M");
+    let d = Daemon::start(&["--lun", &img.lun()]);
+    let s = login(&d);
+    settle(&s, 0);
+    // Block Limits VPD: MAXIMUM COMPARE AND WRITE LENGTH 1 (librbd 16 does 512 bytes atomically).
+    let r = s.execute(lunar_initiator::Command::reading(0, vec![0x12, 1, 0xB0, 0, 64, 0], 64)).unwrap();
+    assert!(r.is_good(), "{r:?}");
+    assert_eq!(r.data[5], 1, "MAXIMUM COMPARE AND WRITE LENGTH");
+    let r = s.execute(caw(8, 1, vec![0; BS], vec![0xAB; BS])).unwrap();
+    assert!(r.is_good(), "{r:?}");
+    assert_eq!(read(&s, 0, 8, 1), vec![0xAB; BS]);
+    let r = s.execute(caw(8, 1, vec![0; BS], vec![0xCD; BS])).unwrap();
+    let sense = r.sense.clone().expect("MISCOMPARE");
+    assert_eq!((sense.key, sense.asc, sense.ascq), (0x0E, 0x1D, 0x00), "{r:?}");
+    assert_eq!(read(&s, 0, 8, 1), vec![0xAB; BS], "nothing written on a miscompare");
+    let r = s.execute(caw(8, 2, vec![0; 2 * BS], vec![0; 2 * BS])).unwrap();
+    let sense = r.sense.clone().expect("refused");
+    assert_eq!((sense.key, sense.asc), (0x05, 0x24), "two blocks: INVALID FIELD IN CDB: {r:?}");
+    // The rbd tool sees the compare-and-written block.
+    assert!(img.export()[8 * BS..9 * BS] == [0xAB; BS]);
+    // A clean stop closes the image (its watch goes at once, so `rbd rm` need not wait it out).
+    s.logout().unwrap();
+    stop(d);
 }
 
 #[test]
@@ -189,6 +242,8 @@ fn acknowledged_writes_survive_a_killed_lunard() {
     let s = login(&d);
     settle(&s, 0);
     assert!(read(&s, 0, 0, 8192) == data, "a restarted lunard reads them back");
+    s.logout().unwrap();
+    stop(d);
 }
 
 #[test]

@@ -22,6 +22,18 @@ pub type rbd_update_callback_t = Option<unsafe extern "C" fn(*mut c_void)>;
 /// The callback of `rbd_diff_iterate2`: `(offset, length, exists, arg)`.
 pub type rbd_diff_callback_t = Option<unsafe extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int>;
 
+/// `rbd_image_info_t` (the deprecated fields kept for the layout).
+#[repr(C)]
+pub struct rbd_image_info_t {
+    pub size: u64,
+    pub obj_size: u64,
+    pub num_objs: u64,
+    pub order: c_int,
+    pub block_name_prefix: [c_char; 24],
+    pub parent_pool: i64,
+    pub parent_name: [c_char; 96],
+}
+
 /// `rbd_set_image_notification` type: an eventfd (`EVENT_TYPE_EVENTFD`).
 pub const EVENT_TYPE_EVENTFD: c_int = 2;
 
@@ -40,6 +52,7 @@ extern "C" {
         -> c_int;
     pub fn rbd_close(image: rbd_image_t) -> c_int;
     pub fn rbd_get_size(image: rbd_image_t, size: *mut u64) -> c_int;
+    pub fn rbd_stat(image: rbd_image_t, info: *mut rbd_image_info_t, infosize: usize) -> c_int;
     pub fn rbd_resize(image: rbd_image_t, size: u64) -> c_int;
     pub fn rbd_set_image_notification(image: rbd_image_t, fd: c_int, kind: c_int) -> c_int;
     pub fn rbd_poll_io_events(image: rbd_image_t, comps: *mut rbd_completion_t, numcomp: c_int) -> c_int;
@@ -68,6 +81,8 @@ extern "C" {
     ) -> c_int;
     pub fn rbd_aio_get_return_value(c: rbd_completion_t) -> isize;
     pub fn rbd_aio_get_arg(c: rbd_completion_t) -> *mut c_void;
+    #[cfg(test)]
+    pub fn rbd_aio_wait_for_complete(c: rbd_completion_t) -> c_int;
     pub fn rbd_aio_release(c: rbd_completion_t);
     pub fn rbd_aio_read(image: rbd_image_t, off: u64, len: usize, buf: *mut c_char, c: rbd_completion_t) -> c_int;
     pub fn rbd_aio_write(image: rbd_image_t, off: u64, len: usize, buf: *const c_char, c: rbd_completion_t) -> c_int;
@@ -81,4 +96,14 @@ extern "C" {
         zero_flags: c_int,
         op_flags: c_int,
     ) -> c_int;
+    pub fn rbd_aio_compare_and_write(
+        image: rbd_image_t,
+        off: u64,
+        len: usize,
+        cmp_buf: *const c_char,
+        buf: *const c_char,
+        c: rbd_completion_t,
+        mismatch_off: *mut u64,
+        op_flags: c_int,
+    ) -> isize;
 }

@@ -3,7 +3,10 @@
 //!
 //! Atomicity against every other command of the device, on any I/O
 //! thread, is the target core's job (the device's gate,
-//! `crates/target/src/gate.rs`); this is the compare and write.
+//! `crates/target/src/gate.rs`); this is the compare and write. A backend
+//! that other processes write too (`rbd`: other gateways and clients of the
+//! image) does it atomically itself (`Backend::compare_and_write`), and its
+//! limit caps MAXIMUM COMPARE AND WRITE LENGTH ([`Disk::max_compare_and_write_blocks`]).
 
 use crate::cdb::reader::Cdb;
 use crate::cdb::Command;
@@ -43,6 +46,16 @@ impl Disk {
             return Ok(Vec::new());
         }
         let (verify, write) = data.split_at(half);
+        if self.backend().atomic_compare_and_write().is_some() {
+            let offset = self.offset(lba);
+            if let Some(at) = self.backend().compare_and_write(offset, verify.to_vec(), write.to_vec()).await? {
+                return Err(ScsiError::Miscompare { offset: at });
+            }
+            if fua || !self.write_cache_enabled() {
+                self.backend().flush().await?;
+            }
+            return Ok(Vec::new());
+        }
         let current = self.backend().read(self.offset(lba), half).await?;
         if let Some(at) = first_difference(&current, verify) {
             return Err(ScsiError::Miscompare { offset: at as u64 });
