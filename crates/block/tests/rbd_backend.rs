@@ -365,3 +365,25 @@ fn compare_and_write_is_atomic_across_clients() {
     let end = run(async { b.read(0, 512).await.unwrap() });
     assert_eq!(u64::from_le_bytes(end[..8].try_into().unwrap()), won, "an increment was lost or doubled");
 }
+
+#[test]
+fn a_blocklisted_client_is_offline() {
+    let Some(conf) = cluster("a_blocklisted_client_is_offline") else { return };
+    let img = TestImage::new(&conf, "blocklist", "8M");
+    let r = img.open();
+    run(async { r.write(0, vec![1; 4096], false).await.unwrap() });
+    // Fence this client as a takeover would: blocklist its address (the watcher's).
+    let status = String::from_utf8(rbd(&conf, &["status", "--format", "json", &img.spec()]).stdout).unwrap();
+    let at = status.find("\"address\":\"").expect("a watcher") + "\"address\":\"".len();
+    let addr = &status[at..at + status[at..].find('"').unwrap()];
+    let out = Command::new("ceph").arg("-c").arg(&conf).args(["osd", "blocklist", "add", addr]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run(async {
+        let e = r.write(4096, vec![2; 4096], false).await.unwrap_err();
+        assert_eq!((e.kind, e.errno), (ErrorKind::Offline, libc::ESHUTDOWN), "{e}");
+    });
+    let _ = Command::new("ceph").arg("-c").arg(&conf).args(["osd", "blocklist", "rm", addr]).output();
+    // A new client of the image is not fenced, and sees what the old one wrote before.
+    let fresh = img.open();
+    run(async { assert_eq!(fresh.read(0, 4096).await.unwrap(), vec![1; 4096]) });
+}
