@@ -130,9 +130,24 @@ impl RbdBackend {
         self.inner.size()
     }
 
-    /// `rbd_resize` (blocking: control plane).
+    /// `rbd_resize` (blocking: control plane); when the image already has
+    /// that size in the cluster (another client resized it), only this
+    /// backend's size follows.
     pub fn resize(&self, new_size: u64) -> Result<()> {
         self.inner.resize(new_size)
+    }
+
+    /// How many times librbd's update watch saw the image's header change
+    /// (a resize by any client among them). Cheap: an atomic load.
+    pub fn header_changes(&self) -> u64 {
+        self.inner.generation()
+    }
+
+    /// The image's size in the cluster now (blocking: control plane); it
+    /// differs from [`RbdBackend::size`] after a resize by another client,
+    /// until the LUN is resized to it.
+    pub fn cluster_size(&self) -> Result<u64> {
+        self.inner.cluster_size()
     }
 
     pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
@@ -187,6 +202,14 @@ impl RbdBackend {
     }
 
     pub fn resize(&self, _new_size: u64) -> Result<()> {
+        match self.never {}
+    }
+
+    pub fn header_changes(&self) -> u64 {
+        match self.never {}
+    }
+
+    pub fn cluster_size(&self) -> Result<u64> {
         match self.never {}
     }
 

@@ -217,6 +217,36 @@ fn compare_and_write_is_the_clusters_and_at_most_one_block() {
 }
 
 #[test]
+fn an_image_resized_outside_lunard_is_followed() {
+    let Some(conf) = cluster("an_image_resized_outside_lunard_is_followed") else { return };
+    let img = Image::create(&conf, "grown", "16M");
+    let d = Daemon::start(&["--lun", &img.lun()]);
+    let s = login(&d);
+    settle(&s, 0);
+    // Past the follower's first look (so that the update watch is what tells it).
+    std::thread::sleep(Duration::from_millis(1500));
+    rbd(&conf, &["resize", "--size", "48M", &img.spec()]);
+    // The update watch fires; the LUN follows and says so with a unit attention.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = s.test_unit_ready(0).unwrap();
+        if let Some(sense) = &r.sense {
+            assert_eq!((sense.key, sense.asc, sense.ascq), (0x06, 0x2A, 0x09), "CAPACITY DATA HAS CHANGED: {r:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no CAPACITY DATA HAS CHANGED\n{}", d.log_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cap = s.read_capacity16(0).unwrap();
+    assert_eq!(u64::from_be_bytes(cap.data[..8].try_into().unwrap()) + 1, (48 << 20) / BS as u64);
+    assert_eq!(read(&s, 0, (40 << 20) / BS as u64, 8), vec![0; 8 * BS]);
+    let st = d.call("status", json!({})).unwrap();
+    assert_eq!(st["targets"][0]["luns"][0]["size"], 48 << 20);
+    s.logout().unwrap();
+    stop(d);
+}
+
+#[test]
 fn acknowledged_writes_survive_a_killed_lunard() {
     let Some(conf) = cluster("acknowledged_writes_survive_a_killed_lunard") else { return };
     let img = Image::create(&conf, "restart", "16M");

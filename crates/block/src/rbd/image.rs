@@ -334,8 +334,18 @@ impl Image {
         self.size.load(Ordering::Acquire)
     }
 
+    /// The image's size as the cluster has it now (blocking: control plane).
+    pub(super) fn cluster_size(&self) -> Result<u64> {
+        let mut size = 0u64;
+        // SAFETY: a live image handle and a valid out-pointer.
+        let r = unsafe { ffi::rbd_get_size(self.image, &mut size) };
+        if r < 0 {
+            return Err(BlockError::from_errno(-r, "size", 0, 0));
+        }
+        Ok(size)
+    }
+
     /// Header changes seen by the update watch so far.
-    #[allow(dead_code)]
     pub(super) fn generation(&self) -> u64 {
         // SAFETY: the watch state lives as long as `self`.
         self.watch.map_or(0, |(_, s)| unsafe { &*s }.generation.load(Ordering::Acquire))
@@ -345,10 +355,14 @@ impl Image {
         if self.readonly {
             return Err(BlockError::from_errno(libc::EROFS, "resize", new_size, 0));
         }
-        // SAFETY: a live image handle.
-        let r = unsafe { ffi::rbd_resize(self.image, new_size) };
-        if r < 0 {
-            return Err(BlockError::from_errno(-r, "resize", new_size, 0));
+        // Already that size in the cluster (resized by another client):
+        // only this backend's size follows.
+        if self.cluster_size()? != new_size {
+            // SAFETY: a live image handle.
+            let r = unsafe { ffi::rbd_resize(self.image, new_size) };
+            if r < 0 {
+                return Err(BlockError::from_errno(-r, "resize", new_size, 0));
+            }
         }
         self.size.store(new_size, Ordering::Release);
         tracing::info!(image = %self.spec, new_size, "rbd image resized");
