@@ -15,7 +15,8 @@ if [ -z "${LUNAR_CEPH_CONF:-}" ]; then
 fi
 export LUNAR_REQUIRE_CEPH=1
 start=$(date +%s)
-echo "-- cargo test -p lunar-block --test rbd_backend (cluster: $LUNAR_CEPH_CONF)"
+echo "-- cargo test -p lunar-block --lib rbd, --test rbd_backend (cluster: $LUNAR_CEPH_CONF)"
+cargo test -q -p lunar-block --lib rbd 2>&1 | grep -E '^(test result|.*FAILED|.*panicked|error)'
 cargo test -q -p lunar-block --test rbd_backend 2>&1 | grep -E '^(test result|.*FAILED|.*panicked|error)'
 echo "-- cargo test -p lunard --test rbd"
 cargo test -q -p lunard --test rbd 2>&1 | grep -E '^(test result|.*FAILED|.*panicked|error)'
