@@ -8,6 +8,7 @@
 # model-checked tests of the ownership-following protocol (and proof that
 # they catch the deliberately broken variant) -> iSCSI conformance
 # (libiscsi's iscsi-test-cu against lunard), when lunard serves iSCSI ->
+# Ceph RBD (a single-node cluster, the rbd backend's tests and conformance) ->
 # Linux guests over vhost-user-scsi (QEMU, TCG): the guest test, then the
 # reconnect test (which installs QEMU 10 from bookworm-backports on Debian 12)
 # -> a Linux guest with the kernel's iSCSI initiator. After the Rust tests:
@@ -26,10 +27,15 @@ tools=(
   iscsi-perf:libiscsi-bin iscsi-test-cu:libiscsi-bin
   sg_inq:sg3-utils cc:gcc mount:mount umount:mount kill:procps
   man:man-db dpkg-deb:dpkg
+  ceph-mon:ceph-mon ceph-mgr:ceph-mgr ceph-osd:ceph-osd ceph:ceph-common rbd:ceph-common monmaptool:ceph-common
+  /usr/include/rbd/librbd.h:librbd-dev /usr/include/rados/librados.h:librados-dev
 )
+# A tool is a command on PATH, or (starting with /) a file such as a header
+# the build needs (librbd's, so that the rbd backend is built and tested).
+have_tool() { case "$1" in /*) [ -e "$1" ] ;; *) type -P "$1" >/dev/null 2>&1 ;; esac; }
 need_pkgs=()
 for t in "${tools[@]}"; do
-  type -P "${t%%:*}" >/dev/null 2>&1 || need_pkgs+=("${t##*:}")
+  have_tool "${t%%:*}" || need_pkgs+=("${t##*:}")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   mapfile -t need_pkgs < <(printf '%s\n' "${need_pkgs[@]}" | sort -u)
@@ -39,7 +45,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 for t in "${tools[@]}"; do
-  type -P "${t%%:*}" >/dev/null 2>&1 || { echo "ERROR: ${t%%:*} still missing after installing ${t##*:}"; exit 1; }
+  have_tool "${t%%:*}" || { echo "ERROR: ${t%%:*} still missing after installing ${t##*:}"; exit 1; }
 done
 # The tmpfs tests of crates/lunard/tests/live.rs mount file systems.
 [ "$(id -u)" = 0 ] || echo "WARNING: not root: the tmpfs tests of crates/lunard/tests/live.rs will fail"
@@ -114,6 +120,8 @@ if [ -x scripts/conformance.sh ]; then
   step "iSCSI conformance: iscsi-test-cu against lunard"
   bash scripts/conformance.sh "$shared"
 fi
+step "Ceph RBD: a single-node cluster (tests/ceph/micro-cluster.sh: mon, mgr, memstore OSD), the rbd backend's tests, lunard's RBD tests, iscsi-test-cu against an RBD LUN; the cluster is stopped after"
+bash tests/ceph/ci.sh "$shared"
 step "vhost-user-scsi: a Linux guest (QEMU, TCG, 4 CPUs, 4 queues on 2 I/O threads): sg3-utils vs iSCSI, multi-queue I/O, hot plug, resets"
 bash tests/vm/vhost-guest.sh 4 2 4
 step "vhost-user-scsi reconnect: lunard killed (SIGKILL) twice during a guest's O_DIRECT write loop, QEMU reconnects (reconnect=1)"

@@ -16,6 +16,9 @@ pub enum ErrorKind {
     OutOfRange,
     /// The operation or alignment is not supported by this backend.
     Unsupported,
+    /// The backend cut this client off (Ceph blocklisted it: EBLOCKLISTED,
+    /// which is ESHUTDOWN); it stays so until it is opened again.
+    Offline,
     /// Anything else; the errno is kept.
     Other,
 }
@@ -44,6 +47,7 @@ impl BlockError {
             libc::ENOSPC | libc::EDQUOT => ErrorKind::NoSpace,
             libc::EROFS | libc::EPERM | libc::EACCES | libc::EBADF => ErrorKind::ReadOnly,
             libc::EOPNOTSUPP | libc::EINVAL => ErrorKind::Unsupported,
+            libc::ESHUTDOWN => ErrorKind::Offline,
             _ => ErrorKind::Other,
         };
         BlockError::new(kind, errno, op, offset, len)

@@ -2,12 +2,14 @@
 //! and their LUNs, the iSCSI server; and shutting it down cleanly.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lunar_block::{Backend, FileBackend, FileOptions};
+use lunar_block::{Backend, FileBackend, FileOptions, RbdBackend, RbdOptions};
 use lunar_iscsi::chap::{ChapAlgorithm, ChapCredential, ChapPolicy};
 use lunar_iscsi::login::{AuthPolicy, TargetConfig as LoginTarget};
 use lunar_iscsi::negotiation::TargetLimits;
@@ -36,6 +38,45 @@ pub struct Daemon {
     /// vhost-user-scsi controllers (`--vhost-user`).
     pub vhost: Vec<lunar_vhost::Controller>,
     threads: Option<Arc<ThreadSet>>,
+    /// The thread that follows RBD images resized by other clients.
+    rbd_watch: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+}
+
+/// How often the RBD follower looks at the images' update watches.
+const RBD_WATCH_PERIOD: Duration = Duration::from_millis(500);
+
+/// Follows RBD images resized outside this daemon (`rbd resize`, another
+/// gateway): librbd's update watch counts header changes; when the count
+/// moved, the image's size in the cluster is read and, if the LUN's size
+/// differs, the LUN is resized through the core like `lunarctl lun resize`
+/// (drained, then CAPACITY DATA HAS CHANGED for every I_T nexus). Control
+/// plane only: a thread of its own, never an I/O thread.
+fn follow_rbd_resizes(targets: Vec<Arc<Target>>, stop: Arc<AtomicBool>) {
+    let mut seen: HashMap<(usize, u64), u64> = HashMap::new();
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(RBD_WATCH_PERIOD);
+        for (i, t) in targets.iter().enumerate() {
+            for dev in t.devices() {
+                let Backend::Rbd(r) = dev.disk().backend() else { continue };
+                let changes = r.header_changes();
+                let key = (i, dev.lun());
+                // First seen: compared once, as it may have changed before.
+                if seen.insert(key, changes) == Some(changes) {
+                    continue;
+                }
+                let Ok(size) = r.cluster_size() else { continue };
+                let bs = u64::from(dev.disk().block_size());
+                if size == r.size() || size % bs != 0 {
+                    continue;
+                }
+                tracing::info!(lun = dev.lun(), image = %r.options().spec(), size, "rbd image resized outside lunard");
+                if let Err(e) = wait(t.resize_device(dev.lun(), size)) {
+                    tracing::warn!(lun = dev.lun(), error = %e, "following the rbd image's new size failed");
+                    seen.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 pub(crate) fn policy(p: Policy) -> ErrorPolicy {
@@ -97,6 +138,22 @@ pub(crate) fn open_backend(spec: &BackendSpec, readonly: bool) -> Result<Backend
                 return Err(format!("{} is empty", path.display()));
             }
             Ok(Backend::File(Arc::new(f)))
+        }
+        BackendSpec::Rbd(r) => {
+            let options = RbdOptions {
+                pool: r.pool.clone(),
+                image: r.image.clone(),
+                namespace: r.namespace.clone(),
+                conf: r.conf.clone(),
+                id: r.id.clone(),
+                keyring: r.keyring.clone(),
+                readonly,
+            };
+            let b = RbdBackend::open(&options).map_err(|e| e.to_string())?;
+            if b.size() == 0 {
+                return Err(format!("rbd image {} is empty", options.spec()));
+            }
+            Ok(Backend::Rbd(Arc::new(b)))
         }
     }
 }
@@ -214,7 +271,19 @@ impl Daemon {
                 vhost.push(lunar_vhost::Controller::start(core.clone(), cfg)?);
             }
         }
-        Ok(Daemon { targets, server, vhost, threads: Some(threads) })
+        let stop = Arc::new(AtomicBool::new(false));
+        let follower = {
+            let (targets, stop) = (targets.clone(), stop.clone());
+            std::thread::Builder::new().name("rbd-follow".into()).spawn(move || follow_rbd_resizes(targets, stop))
+        };
+        let rbd_watch = match follower {
+            Ok(h) => Some((stop, h)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the thread that follows RBD resizes");
+                None
+            }
+        };
+        Ok(Daemon { targets, server, vhost, threads: Some(threads), rbd_watch })
     }
 
     /// The core's threads (main loop and I/O threads), while running.
@@ -225,6 +294,7 @@ impl Daemon {
     /// Clean shutdown: stop accepting, end the sessions (their commands
     /// complete or are aborted), flush every backend, join the threads.
     pub fn shutdown(mut self) {
+        self.stop_rbd_follower();
         self.server.shutdown();
         for v in self.vhost.drain(..) {
             v.shutdown();
@@ -253,6 +323,21 @@ impl Daemon {
             t.shutdown();
         }
         drop(self.threads.take());
+    }
+}
+
+impl Daemon {
+    fn stop_rbd_follower(&mut self) {
+        if let Some((stop, h)) = self.rbd_watch.take() {
+            stop.store(true, Ordering::Release);
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop_rbd_follower();
     }
 }
 

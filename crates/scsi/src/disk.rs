@@ -311,6 +311,20 @@ impl Disk {
         self.state.prevent.load(Ordering::Relaxed)
     }
 
+    /// Largest COMPARE AND WRITE, in logical blocks (Block Limits VPD):
+    /// [`MAX_COMPARE_AND_WRITE_BLOCKS`], or what the backend does atomically
+    /// against its other writers (`rbd`: 512 bytes, so 1 block of 512 bytes,
+    /// and none of 4096: COMPARE AND WRITE is then refused rather than done
+    /// without atomicity across gateways).
+    pub fn max_compare_and_write_blocks(&self) -> u8 {
+        match self.backend().atomic_compare_and_write() {
+            None => MAX_COMPARE_AND_WRITE_BLOCKS,
+            Some(bytes) => u8::try_from(bytes / u64::from(self.config.block_size))
+                .unwrap_or(u8::MAX)
+                .min(MAX_COMPARE_AND_WRITE_BLOCKS),
+        }
+    }
+
     /// Largest transfer of one command, in logical blocks.
     pub fn max_transfer_blocks(&self) -> u32 {
         u32::try_from(MAX_TRANSFER_BYTES / u64::from(self.config.block_size)).unwrap_or(u32::MAX)

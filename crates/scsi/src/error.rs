@@ -187,7 +187,8 @@ fn to_u16(v: usize) -> u16 {
 }
 
 /// Backend failures as sense: media errors by direction, ENOSPC as the thin
-/// provisioning condition (SBC-4 4.7.3.6), EROFS as write protect.
+/// provisioning condition (SBC-4 4.7.3.6), EROFS as write protect, a
+/// fenced backend (Ceph's blocklist) as NOT READY, MANUAL INTERVENTION REQUIRED.
 fn backend_sense(e: &BlockError) -> SenseCode {
     let is_read = e.op == "read";
     match e.kind {
@@ -195,6 +196,8 @@ fn backend_sense(e: &BlockError) -> SenseCode {
         ErrorKind::ReadOnly => sense::WRITE_PROTECTED,
         ErrorKind::OutOfRange => sense::LBA_OUT_OF_RANGE,
         ErrorKind::Unsupported => sense::INTERNAL_TARGET_FAILURE,
+        // A fenced (blocklisted) cluster client: nothing reaches the image until reopened.
+        ErrorKind::Offline => sense::NOT_READY_MANUAL_INTERVENTION_REQUIRED,
         ErrorKind::Io | ErrorKind::Other if is_read => sense::UNRECOVERED_READ_ERROR,
         ErrorKind::Io | ErrorKind::Other => sense::WRITE_ERROR,
     }
@@ -233,5 +236,6 @@ mod tests {
         assert_eq!(e(ErrorKind::NoSpace, "write"), sense::SPACE_ALLOCATION_FAILED_WRITE_PROTECT);
         assert_eq!(e(ErrorKind::ReadOnly, "write"), sense::WRITE_PROTECTED);
         assert_eq!(e(ErrorKind::Unsupported, "discard"), sense::INTERNAL_TARGET_FAILURE);
+        assert_eq!(e(ErrorKind::Offline, "write"), sense::NOT_READY_MANUAL_INTERVENTION_REQUIRED);
     }
 }

@@ -15,7 +15,7 @@ use super::{
 
 const AFTER_HELP: &str = "\
 LUN SPEC (comma-separated key=value; write ,, for a comma inside a value):
-  backend=mem|null|file    required, unless path= is given (implies file)
+  backend=mem|null|file|rbd  required, unless path= is given (implies file)
   size=N[K|M|G|T]          binary suffixes (also KiB..TiB); required for mem
                            and null; for file: optional; if given, a missing
                            file is created sparse with this size and an
@@ -34,6 +34,12 @@ LUN SPEC (comma-separated key=value; write ,, for a comma inside a value):
   fault=on|off             wrap the backend for fault injection (tests): `lunarctl
                            lun fault` delays or fails its I/O at run time
   mem LUNs are at most 1 TiB; memory is allocated on first write.
+  pool=P,image=I           backend=rbd: the Ceph RBD image P/I (it must
+                           exist; the LUN has its size; no size=)
+  namespace=NS, id=NAME    rbd: RADOS namespace; client name (default admin)
+  conf=PATH, keyring=PATH  rbd: ceph.conf (default: librados' search),
+                           keyring; an unreachable cluster fails the start
+                           after 10 s with the pool and image named
 
 With --config FILE, the command line overrides the file: single values
 replace the file's; --listen replaces the file's portals; --vhost-user adds
@@ -75,6 +81,7 @@ Examples:
   lunard --listen 0.0.0.0:3260 --listen [::]:3260 --target iqn.2026-11.com.example:store \\
          --lun path=/var/lib/lunar/disk0.img,direct=on --lun backend=null,size=1T
   lunard --lun backend=file,path=/srv/disk.img,size=10G,block-size=4096,werror=stop
+  lunard --lun backend=rbd,pool=rbd,image=disk0,conf=/etc/ceph/ceph.conf
   lunard --chap-user alice --chap-secret 'twelve+bytes!' --allow-initiator iqn.1994-05.com.redhat:client
   lunard --vhost-user /run/lunar/vm0.sock,num-queues=4 --lun backend=mem,size=8G,controller=/run/lunar/vm0.sock
   lunard --config /etc/lunar/lunard.toml --log info,lunar_iscsi=debug

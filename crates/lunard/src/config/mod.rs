@@ -191,15 +191,31 @@ pub enum BackendSpec {
         /// Open with `O_DIRECT`.
         direct: bool,
     },
+    /// A Ceph RBD image (which must exist; the LUN has its size).
+    Rbd(RbdSpec),
+}
+
+/// Where a `backend=rbd` LUN's image is and how to reach its cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RbdSpec {
+    pub pool: String,
+    pub image: String,
+    pub namespace: Option<String>,
+    /// ceph.conf; librados' default search when `None`.
+    pub conf: Option<PathBuf>,
+    /// Client name without `client.` (`admin` when `None`).
+    pub id: Option<String>,
+    pub keyring: Option<PathBuf>,
 }
 
 impl BackendSpec {
-    /// `mem`, `null` or `file`.
+    /// `mem`, `null`, `file` or `rbd`.
     pub fn kind(&self) -> &'static str {
         match self {
             BackendSpec::Mem { .. } => "mem",
             BackendSpec::Null { .. } => "null",
             BackendSpec::File { .. } => "file",
+            BackendSpec::Rbd(_) => "rbd",
         }
     }
 
@@ -208,6 +224,7 @@ impl BackendSpec {
         match self {
             BackendSpec::Mem { size } | BackendSpec::Null { size } => Some(*size),
             BackendSpec::File { size, .. } => *size,
+            BackendSpec::Rbd(_) => None,
         }
     }
 }

@@ -149,6 +149,20 @@ pub fn lun_table(number: Option<u64>, l: &LunConfig) -> Result<Table, String> {
                 t.insert("direct", value(true));
             }
         }
+        BackendSpec::Rbd(r) => {
+            t.insert("pool", value(r.pool.as_str()));
+            t.insert("image", value(r.image.as_str()));
+            for (k, v) in [("namespace", &r.namespace), ("id", &r.id)] {
+                if let Some(v) = v {
+                    t.insert(k, value(v.as_str()));
+                }
+            }
+            for (k, p) in [("conf", &r.conf), ("keyring", &r.keyring)] {
+                if let Some(p) = p {
+                    t.insert(k, value(path_text(p)?));
+                }
+            }
+        }
     }
     if l.block_size != 512 {
         t.insert("block-size", value(i64::from(l.block_size)));

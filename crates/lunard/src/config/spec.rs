@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use super::check::{on_off, parse_size, printable_ascii, unix_socket_path};
-use super::{BackendSpec, ConfigError, LunConfig, Policy, MAX_IOTHREADS, MAX_MEM_SIZE};
+use super::{BackendSpec, ConfigError, LunConfig, Policy, RbdSpec, MAX_IOTHREADS, MAX_MEM_SIZE};
 
 /// Every key of a LUN SPEC, in the order of the `--help`.
 pub(crate) const LUN_KEYS: &[&str] = &[
@@ -25,9 +25,18 @@ pub(crate) const LUN_KEYS: &[&str] = &[
     "controller",
     "iothread",
     "fault",
+    "pool",
+    "image",
+    "namespace",
+    "conf",
+    "id",
+    "keyring",
 ];
 
-pub(crate) const BACKENDS: &[&str] = &["mem", "null", "file"];
+/// The keys only `backend=rbd` takes.
+const RBD_KEYS: &[&str] = &["pool", "image", "namespace", "conf", "id", "keyring"];
+
+pub(crate) const BACKENDS: &[&str] = &["mem", "null", "file", "rbd"];
 pub(crate) const DEFAULT_VENDOR: &str = "LUNAR";
 pub(crate) const DEFAULT_PRODUCT: &str = "Lunar disk";
 /// Largest size of any backend: the largest file offset (`off_t`).
@@ -102,6 +111,7 @@ pub(crate) struct LunBuilder {
     controller: Option<PathBuf>,
     iothread: Option<usize>,
     fault: Option<bool>,
+    rbd: RbdSpec,
 }
 
 impl LunBuilder {
@@ -123,7 +133,10 @@ impl LunBuilder {
         let bad = |reason: &str| ConfigError::invalid_value(k, value.escape_default().to_string(), reason);
         match k {
             "backend" => {
-                let b = BACKENDS.iter().find(|b| **b == value).ok_or_else(|| bad("expected one of mem, null, file"))?;
+                let b = BACKENDS
+                    .iter()
+                    .find(|b| **b == value)
+                    .ok_or_else(|| bad("expected one of mem, null, file, rbd"))?;
                 self.backend = Some(b);
             }
             "size" => self.size = Some(parse_size(value).map_err(|r| bad(&r))?),
@@ -171,6 +184,21 @@ impl LunBuilder {
                     .ok_or_else(|| bad(&reason))?;
                 self.iothread = Some(n);
             }
+            "pool" | "image" | "namespace" | "id" => {
+                if value.contains('/') && k != "id" {
+                    return Err(bad("must not contain `/`"));
+                }
+                printable_ascii(k, value, 256)?;
+                let v = Some(value.to_string());
+                match k {
+                    "pool" => self.rbd.pool = value.to_string(),
+                    "image" => self.rbd.image = value.to_string(),
+                    "namespace" => self.rbd.namespace = v,
+                    _ => self.rbd.id = v,
+                }
+            }
+            "conf" => self.rbd.conf = Some(PathBuf::from(value)),
+            "keyring" => self.rbd.keyring = Some(PathBuf::from(value)),
             // Every key of LUN_KEYS is handled above; keep this total.
             _ => return Err(ConfigError::UnknownKey { what: "LUN spec", key: k.to_string(), valid: LUN_KEYS }),
         }
@@ -184,11 +212,34 @@ impl LunBuilder {
             (None, None) => {
                 return Err(ConfigError::invalid(
                     "backend",
-                    "missing: give backend=mem|null|file (or path=FILE for a file)",
+                    "missing: give backend=mem|null|file|rbd (or path=FILE for a file)",
                 ))
             }
         };
-        let backend = if kind == "file" {
+        if kind != "rbd" {
+            if let Some(k) = RBD_KEYS.iter().find(|k| self.seen.contains(k)) {
+                return Err(ConfigError::invalid(*k, format!("only for backend=rbd, not backend={kind}")));
+            }
+        }
+        let backend = if kind == "rbd" {
+            for (k, what) in [("path", "the image is pool= and image="), ("direct", "librbd has no O_DIRECT")] {
+                if self.seen.contains(&k) {
+                    return Err(ConfigError::invalid(k, format!("not for backend=rbd ({what})")));
+                }
+            }
+            if self.size.is_some() {
+                return Err(ConfigError::invalid(
+                    "size",
+                    "not for backend=rbd: the LUN has the image's size (create it with `rbd create`, change it with `lunarctl lun resize`)",
+                ));
+            }
+            for (k, v) in [("pool", &self.rbd.pool), ("image", &self.rbd.image)] {
+                if v.is_empty() {
+                    return Err(ConfigError::invalid(k, "missing: backend=rbd needs pool=POOL,image=NAME"));
+                }
+            }
+            BackendSpec::Rbd(self.rbd)
+        } else if kind == "file" {
             let Some(path) = self.path else {
                 return Err(ConfigError::invalid("path", "missing: backend=file needs path=FILE"));
             };
@@ -306,6 +357,20 @@ pub(crate) fn describe(lun: &LunConfig) -> String {
             let direct = if *direct { ", O_DIRECT" } else { "" };
             format!("file {} ({size}){direct}", path.display())
         }
+        BackendSpec::Rbd(r) => {
+            let mut s = format!("rbd {}/", r.pool);
+            if let Some(ns) = &r.namespace {
+                s.push_str(&format!("{ns}/"));
+            }
+            s.push_str(&r.image);
+            if let Some(c) = &r.conf {
+                s.push_str(&format!(" (conf {})", c.display()));
+            }
+            if let Some(id) = &r.id {
+                s.push_str(&format!(" as client.{id}"));
+            }
+            s
+        }
     }];
     parts.push(format!("{}-byte blocks", lun.block_size));
     for (on, what) in
@@ -402,6 +467,42 @@ mod tests {
         has(&err("backend=null"), &["`size`", "missing", "backend=null"]);
         has(&err("backend=mem,size=1G,path=/x"), &["`path`", "only for backend=file"]);
         has(&err("backend=null,size=1G,direct=on"), &["`direct`", "only for backend=file"]);
+    }
+
+    #[test]
+    fn rbd_specs() {
+        let l = ok("backend=rbd,pool=rbd,image=disk0");
+        assert_eq!(
+            l.backend,
+            BackendSpec::Rbd(RbdSpec { pool: "rbd".into(), image: "disk0".into(), ..Default::default() })
+        );
+        assert_eq!(l.backend.size(), None);
+        assert_eq!(l.describe(), "rbd rbd/disk0, 512-byte blocks, thin");
+        let l = ok("backend=rbd,pool=p,image=i,namespace=ns,conf=/etc/ceph/x.conf,id=lunar,keyring=/k,werror=stop");
+        assert_eq!(
+            l.backend,
+            BackendSpec::Rbd(RbdSpec {
+                pool: "p".into(),
+                image: "i".into(),
+                namespace: Some("ns".into()),
+                conf: Some("/etc/ceph/x.conf".into()),
+                id: Some("lunar".into()),
+                keyring: Some("/k".into()),
+            })
+        );
+        assert_eq!(
+            l.describe(),
+            "rbd p/ns/i (conf /etc/ceph/x.conf) as client.lunar, 512-byte blocks, thin, werror=stop"
+        );
+        has(&err("backend=rbd,image=i"), &["`pool`", "missing", "pool=POOL,image=NAME"]);
+        has(&err("backend=rbd,pool=p"), &["`image`", "missing"]);
+        has(&err("backend=rbd,pool=p,image=i,size=1G"), &["`size`", "image's size", "lun resize"]);
+        has(&err("backend=rbd,pool=p,image=i,path=/x"), &["`path`", "not for backend=rbd"]);
+        has(&err("backend=rbd,pool=p,image=i,direct=on"), &["`direct`", "not for backend=rbd"]);
+        has(&err("backend=rbd,pool=p/q,image=i"), &["`pool`", "`/`"]);
+        has(&err("backend=mem,size=1G,pool=p"), &["`pool`", "only for backend=rbd"]);
+        has(&err("path=/x,image=i"), &["`image`", "only for backend=rbd"]);
+        has(&err("backend=tape,size=1G"), &["mem, null, file, rbd"]);
     }
 
     #[test]

@@ -707,3 +707,41 @@ lun = [{ spec = "backend=mem,size=1M" }]
     let bad = toml_file("[[target]]\nname = \"iqn.2026-11.dev.lunar:a\"\nalias = \"\"\n");
     has(&err(&["--config", bad.path().to_str().unwrap()]), &["`alias`", "1..=255 bytes"]);
 }
+
+#[test]
+fn rbd_luns_in_toml() {
+    const FILE: &str = r#"
+[[target]]
+name = "iqn.2026-12.dev.lunar:ceph"
+
+[[target.lun]]
+backend = "rbd"
+pool = "rbd"
+image = "disk0"
+conf = "ceph/ceph.conf"
+id = "lunar"
+werror = "stop"
+
+[[target.lun]]
+spec = "backend=rbd,pool=p,namespace=ns,image=disk1,keyring=/etc/ceph/k"
+"#;
+    let origin = Path::new("/etc/lunar/lunard.toml");
+    let c = Config::from_toml_str_in(FILE, origin, &env()).unwrap();
+    let t = &c.targets[0];
+    let BackendSpec::Rbd(r) = &t.luns[0].backend else { panic!("{:?}", t.luns[0].backend) };
+    assert_eq!((r.pool.as_str(), r.image.as_str(), r.id.as_deref()), ("rbd", "disk0", Some("lunar")));
+    assert_eq!(r.conf.as_deref(), Some(Path::new("/etc/lunar/ceph/ceph.conf")), "relative to the file");
+    assert_eq!(t.luns[0].werror, Policy::Stop);
+    let BackendSpec::Rbd(r) = &t.luns[1].backend else { panic!() };
+    assert_eq!((r.namespace.as_deref(), r.keyring.as_deref()), (Some("ns"), Some(Path::new("/etc/ceph/k"))));
+    // Written back (lunarctl lun add) in the form the file is read in.
+    for l in &t.luns {
+        let table = persist::lun_table(None, l).unwrap();
+        let text = format!("[[target]]\nname = \"iqn.2026-12.dev.lunar:x\"\n[[target.lun]]\n{table}");
+        let back = Config::from_toml_str_in(&text, origin, &env()).unwrap();
+        assert_eq!(back.targets[0].luns[0].backend, l.backend, "{text}");
+    }
+    let bad = "[[target]]\nname = \"iqn.2026-12.dev.lunar:x\"\n[[target.lun]]\nbackend = \"rbd\"\npool = \"rbd\"\n";
+    let e = Config::from_toml_str_in(bad, origin, &env()).unwrap_err().to_string();
+    assert!(e.contains("image") && e.contains("missing"), "{e}");
+}

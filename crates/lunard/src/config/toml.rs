@@ -89,6 +89,12 @@ struct FileLun {
     controller: Option<String>,
     iothread: Option<u64>,
     fault: Option<bool>,
+    pool: Option<String>,
+    image: Option<String>,
+    namespace: Option<String>,
+    conf: Option<String>,
+    id: Option<String>,
+    keyring: Option<String>,
 }
 
 /// `size = 1073741824` or `size = "1G"`.
@@ -363,6 +369,12 @@ fn lun(l: FileLun, base: &Path) -> Result<LunConfig, ConfigError> {
         ("controller", l.controller),
         ("iothread", l.iothread.map(|n| n.to_string())),
         ("fault", l.fault.map(on)),
+        ("pool", l.pool),
+        ("image", l.image),
+        ("namespace", l.namespace),
+        ("conf", l.conf),
+        ("id", l.id),
+        ("keyring", l.keyring),
     ];
     let pairs: Vec<(String, String)> = keyed.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_string(), v))).collect();
     let pairs = match l.spec {
@@ -384,6 +396,10 @@ fn lun(l: FileLun, base: &Path) -> Result<LunConfig, ConfigError> {
     let mut lun = b.finish()?;
     if let BackendSpec::File { path, .. } = &mut lun.backend {
         *path = rebase(base, std::mem::take(path));
+    }
+    if let BackendSpec::Rbd(r) = &mut lun.backend {
+        r.conf = r.conf.take().map(|c| rebase(base, c));
+        r.keyring = r.keyring.take().map(|k| rebase(base, k));
     }
     lun.controller = lun.controller.map(|c| rebase(base, c));
     lun.number = number;

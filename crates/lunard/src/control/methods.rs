@@ -672,9 +672,15 @@ async fn lun_resize(ctx: &Context, t: &Arc<Target>, lun: u64, size: u64) -> Resu
         return Err(RpcError::invalid_params(format!("`size`: a mem LUN is at most {MAX_MEM_SIZE} bytes")));
     }
     dev.disk().check_resize(size).map_err(|e| RpcError::invalid_params(format!("`size`: {e}")))?;
-    // A file LUN given without `size` has the size of its file: nothing to write.
-    let edit =
-        |doc: &mut toml_edit::DocumentMut| persist::set_lun_key(doc, t.name(), lun, "size", LunValue::Size(size), true);
+    // A file LUN given without `size` has the size of its file: nothing to
+    // write; an rbd LUN has its image's size, kept by the cluster.
+    let is_rbd = matches!(dev.disk().backend(), lunar_block::Backend::Rbd(_));
+    let edit = |doc: &mut toml_edit::DocumentMut| {
+        if is_rbd {
+            return Ok(());
+        }
+        persist::set_lun_key(doc, t.name(), lun, "size", LunValue::Size(size), true)
+    };
     let apply = async {
         let blocks = t.resize_device(lun, size).await.map_err(|e| match e {
             TargetError::Resize(lunar_scsi::ResizeError::Backend(b)) => MethodError::Backend(format!("resize: {b}")),
@@ -684,6 +690,7 @@ async fn lun_resize(ctx: &Context, t: &Arc<Target>, lun: u64, size: u64) -> Resu
             match &mut c.backend {
                 BackendSpec::Mem { size: s } | BackendSpec::Null { size: s } => *s = size,
                 BackendSpec::File { size: s, .. } => *s = s.map(|_| size),
+                BackendSpec::Rbd(_) => {}
             }
         }
         let block_size = dev.disk().block_size();

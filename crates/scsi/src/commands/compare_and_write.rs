@@ -3,7 +3,10 @@
 //!
 //! Atomicity against every other command of the device, on any I/O
 //! thread, is the target core's job (the device's gate,
-//! `crates/target/src/gate.rs`); this is the compare and write.
+//! `crates/target/src/gate.rs`); this is the compare and write. A backend
+//! that other processes write too (`rbd`: other gateways and clients of the
+//! image) does it atomically itself (`Backend::compare_and_write`), and its
+//! limit caps MAXIMUM COMPARE AND WRITE LENGTH ([`Disk::max_compare_and_write_blocks`]).
 
 use crate::cdb::reader::Cdb;
 use crate::cdb::Command;
@@ -41,6 +44,17 @@ impl Disk {
             return Err(ScsiError::DataOutLength { expected: 2 * half, actual: data.len() });
         }
         if blocks == 0 {
+            return Ok(Vec::new());
+        }
+        if self.backend().atomic_compare_and_write().is_some() {
+            let offset = self.offset(lba);
+            let (verify, write) = data.split_at(half);
+            if let Some(at) = self.backend().compare_and_write(offset, verify.to_vec(), write.to_vec()).await? {
+                return Err(ScsiError::Miscompare { offset: at });
+            }
+            if fua || !self.write_cache_enabled() {
+                self.backend().flush().await?;
+            }
             return Ok(Vec::new());
         }
         let current = self.backend().read(self.offset(lba), half).await?;

@@ -63,18 +63,18 @@ fn block_extents(bytes: Vec<(u64, u64, bool)>, bs: u64, max: usize) -> Vec<(u64,
 impl Disk {
     /// `(first LBA, blocks, mapped)` extents from `lba` on, in order, at
     /// most `max` of them, covering at most [`MAX_SCAN_BLOCKS`].
-    fn lba_extents(&self, lba: u64, max: usize) -> Result<Vec<(u64, u64, bool)>, ScsiError> {
+    async fn lba_extents(&self, lba: u64, max: usize) -> Result<Vec<(u64, u64, bool)>, ScsiError> {
         let end = self.num_blocks().min(lba.saturating_add(MAX_SCAN_BLOCKS));
         let bs = u64::from(self.block_size());
-        let bytes = self.backend().allocation(self.offset(lba), self.offset(end - lba))?;
+        let bytes = self.backend().allocation_async(self.offset(lba), self.offset(end - lba)).await?;
         Ok(block_extents(bytes, bs, max))
     }
 
     /// LBA status descriptors from `lba` on, as many as fit `alloc_len`.
-    pub(crate) fn get_lba_status(&self, lba: u64, alloc_len: u32) -> Result<Vec<u8>, ScsiError> {
+    pub(crate) async fn get_lba_status(&self, lba: u64, alloc_len: u32) -> Result<Vec<u8>, ScsiError> {
         let alloc = usize::try_from(alloc_len).unwrap_or(usize::MAX);
         let wanted = (alloc.saturating_sub(8) / 16).clamp(1, MAX_DESCRIPTORS);
-        let descs = self.lba_extents(lba, wanted)?;
+        let descs = self.lba_extents(lba, wanted).await?;
         let mut d = Vec::with_capacity(8 + 16 * descs.len());
         d.extend_from_slice(&((4 + 16 * descs.len()) as u32).to_be_bytes());
         d.extend_from_slice(&[0; 4]);

@@ -24,7 +24,7 @@ pub mod write_atomic;
 pub mod write_same;
 
 use crate::cdb::{table, Command};
-use crate::disk::{Disk, ExecContext, MAX_COMPARE_AND_WRITE_BLOCKS};
+use crate::disk::{Disk, ExecContext};
 use crate::error::ScsiError;
 use crate::reservation::SideEffect;
 use crate::{sense, Nexus};
@@ -58,7 +58,7 @@ pub(crate) fn validate(disk: &Disk, cmd: &Command) -> Result<(), ScsiError> {
         WriteAtomic { lba, blocks, .. } => disk.validate_write_atomic(lba, blocks),
         CompareAndWrite { lba, blocks, .. } => {
             disk.check_range(lba, u64::from(blocks))?;
-            if blocks > MAX_COMPARE_AND_WRITE_BLOCKS {
+            if blocks > disk.max_compare_and_write_blocks() {
                 return Err(ScsiError::field_byte(13));
             }
             Ok(())
@@ -113,7 +113,7 @@ pub(crate) async fn execute(
         Sanitize(s) => disk.sanitize(s, data).await,
         PreFetch { .. } => Ok(Vec::new()),
         SynchronizeCache { .. } => disk.synchronize_cache().await,
-        GetLbaStatus { lba, alloc_len } => disk.get_lba_status(*lba, *alloc_len),
+        GetLbaStatus { lba, alloc_len } => disk.get_lba_status(*lba, *alloc_len).await,
         ReadDefectData { plist, glist, format, alloc_len, cdb_len, .. } => {
             Ok(defect::read_defect_data(*plist, *glist, *format, *alloc_len, *cdb_len))
         }

@@ -8,7 +8,7 @@ use crate::commands::extended_copy::{
     MAX_SEGMENT_DESCRIPTORS,
 };
 use crate::commands::inquiry::ascii_field;
-use crate::disk::{Disk, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS};
+use crate::disk::{Disk, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS};
 
 pub const SUPPORTED_PAGES: u8 = 0x00;
 pub const UNIT_SERIAL_NUMBER: u8 = 0x80;
@@ -143,7 +143,7 @@ pub fn page(disk: &Disk, code: u8) -> Option<Vec<u8>> {
             let mut b = [0u8; 60];
             let max_transfer = disk.max_transfer_blocks();
             b[0] = 0x01; // WSNZ
-            b[1] = MAX_COMPARE_AND_WRITE_BLOCKS;
+            b[1] = disk.max_compare_and_write_blocks();
             b[2..4].copy_from_slice(&1u16.to_be_bytes()); // OPTIMAL TRANSFER LENGTH GRANULARITY
             b[4..8].copy_from_slice(&max_transfer.to_be_bytes());
             b[8..12].copy_from_slice(&max_transfer.to_be_bytes()); // OPTIMAL TRANSFER LENGTH

@@ -1,0 +1,279 @@
+//! `rbd`: a Ceph RBD image through librbd's asynchronous C API.
+//!
+//! Built only where librbd and librados are installed (see `build.rs`, cfg
+//! `lunar_rbd`); elsewhere [`RbdBackend::open`] fails with
+//! [`RbdError::NotBuilt`] and nothing else changes.
+//!
+//! # Completions and buffers
+//!
+//! librbd can signal finished requests on an eventfd
+//! (`rbd_set_image_notification`); `rbd_poll_io_events` then hands them out.
+//! Each image has one such eventfd (librbd allows one per image). Every
+//! Lunar I/O thread that submits to the image runs a *reaper* task for it
+//! (spawned with `spawn_local` on first use, as the `file` backend's io_uring
+//! reaper is) that waits for the eventfd with tokio's `AsyncFd`, drains the
+//! finished completions and completes their futures through a `oneshot`
+//! channel (lock-free). When one image is served by several I/O threads,
+//! every one of them is woken by the eventfd and whichever drains first
+//! completes the others' futures too (a cross-thread wake-up of the waiting
+//! task). Nothing on this path takes a lock of Lunar's; librbd takes its own.
+//!
+//! A request's buffer (the data of a write, the destination of a read) is
+//! moved into a heap cell that librbd's completion points to; the cell is
+//! freed by the reaper only after librbd reported the completion. A future
+//! dropped before that (a cancelled command) only drops its receiving end:
+//! librbd never writes into freed memory. Closing the image (dropping the
+//! last reference) first waits for every request in flight.
+//!
+//! # Timeouts
+//!
+//! Opening (control plane, blocking) gives up after [`CONNECT_TIMEOUT_SECS`]
+//! when the cluster does not answer: `client_mount_timeout`,
+//! `rados_mon_op_timeout` and `rados_osd_op_timeout` are set to it while
+//! connecting and opening. Afterwards `rados_osd_op_timeout` goes back to
+//! the configuration's value (0 by default: requests wait for the cluster
+//! to come back, as the kernel's RBD client does; the LUN's error policy
+//! applies to errors the cluster returns).
+
+#[cfg(lunar_rbd)]
+mod ffi;
+#[cfg(lunar_rbd)]
+mod image;
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::Result;
+
+/// The COMPARE AND WRITE librbd 16 (Pacific) does atomically: this many
+/// bytes, inside one aligned unit of this size (larger ones came in Quincy).
+pub const ATOMIC_COMPARE_AND_WRITE_BYTES: u64 = 512;
+
+/// Seconds `RbdBackend::open` waits for an unreachable cluster.
+pub const CONNECT_TIMEOUT_SECS: u64 = 10;
+
+/// Where an RBD image is and how to reach its cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RbdOptions {
+    pub pool: String,
+    pub image: String,
+    /// RADOS namespace inside the pool.
+    pub namespace: Option<String>,
+    /// ceph.conf; default: librados' search (`$CEPH_CONF`, `/etc/ceph/ceph.conf`, ...).
+    pub conf: Option<PathBuf>,
+    /// Client name without `client.`; default `admin`.
+    pub id: Option<String>,
+    /// Keyring file; default: the configuration's.
+    pub keyring: Option<PathBuf>,
+    /// Refuse writes (the image is still opened read-write by librbd).
+    pub readonly: bool,
+}
+
+impl RbdOptions {
+    /// `pool/image` or `pool/namespace/image`.
+    pub fn spec(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{}/{}/{}", self.pool, ns, self.image),
+            None => format!("{}/{}", self.pool, self.image),
+        }
+    }
+}
+
+/// Opening an RBD image failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RbdError {
+    #[error(
+        "backend=rbd is not available: this build has no librbd (install librbd-dev and librados-dev, then rebuild)"
+    )]
+    NotBuilt,
+    #[error("rbd image {spec}: {what}: {reason}")]
+    Invalid { spec: String, what: &'static str, reason: String },
+    #[error("rbd image {spec}: cannot reach the cluster ({conf}) within {secs} s: {step} failed with errno {errno}")]
+    Unreachable { spec: String, conf: String, secs: u64, step: &'static str, errno: i32 },
+    #[error("rbd image {spec}: {step} failed: {reason} (errno {errno})")]
+    Open { spec: String, step: &'static str, reason: String, errno: i32 },
+}
+
+/// `true` when this build can open RBD images.
+pub fn available() -> bool {
+    cfg!(lunar_rbd)
+}
+
+/// An open RBD image. `Send + Sync`: share it through an `Arc`; each I/O
+/// thread that submits runs its own reaper (see the module documentation).
+/// Its futures must be polled inside a `tokio::task::LocalSet` on a runtime
+/// with I/O enabled.
+pub struct RbdBackend {
+    #[cfg(lunar_rbd)]
+    inner: std::sync::Arc<image::Image>,
+    #[cfg(not(lunar_rbd))]
+    never: std::convert::Infallible,
+    options: RbdOptions,
+}
+
+impl std::fmt::Debug for RbdBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RbdBackend").field("image", &self.options.spec()).finish()
+    }
+}
+
+#[cfg(lunar_rbd)]
+impl RbdBackend {
+    /// Connects to the cluster and opens the image (blocking: control plane).
+    pub fn open(options: &RbdOptions) -> std::result::Result<RbdBackend, RbdError> {
+        let inner = image::Image::open(options)?;
+        Ok(RbdBackend { inner: std::sync::Arc::new(inner), options: options.clone() })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    /// `rbd_resize` (blocking: control plane); when the image already has
+    /// that size in the cluster (another client resized it), only this
+    /// backend's size follows.
+    pub fn resize(&self, new_size: u64) -> Result<()> {
+        self.inner.resize(new_size)
+    }
+
+    /// How many times librbd's update watch saw the image's header change
+    /// (a resize by any client among them). Cheap: an atomic load.
+    pub fn header_changes(&self) -> u64 {
+        self.inner.generation()
+    }
+
+    /// The image's size in the cluster now (blocking: control plane); it
+    /// differs from [`RbdBackend::size`] after a resize by another client,
+    /// until the LUN is resized to it.
+    pub fn cluster_size(&self) -> Result<u64> {
+        self.inner.cluster_size()
+    }
+
+    pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        image::Image::read(&self.inner, offset, len).await
+    }
+
+    /// A write, followed by a flush when `fua`.
+    /// Writes `data` (librbd keeps a buffer of its own until it completes:
+    /// the shared bytes become one, copied only if the caller still holds
+    /// them, as the core does for a write it may retry).
+    pub async fn write(&self, offset: u64, data: impl Into<crate::Bytes>, fua: bool) -> Result<()> {
+        image::Image::write(&self.inner, offset, Vec::from(data.into()), fua).await
+    }
+
+    pub async fn flush(&self) -> Result<()> {
+        image::Image::flush(&self.inner).await
+    }
+
+    /// Atomic compare-and-write of at most [`ATOMIC_COMPARE_AND_WRITE_BYTES`]
+    /// inside one such aligned unit; `Ok(Some(at))` on a miscompare at byte
+    /// `at` (nothing written).
+    pub async fn compare_and_write(&self, offset: u64, cmp: Vec<u8>, data: Vec<u8>) -> Result<Option<u64>> {
+        image::Image::compare_and_write(&self.inner, offset, cmp, data).await
+    }
+
+    pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        image::Image::discard(&self.inner, offset, len).await
+    }
+
+    pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        image::Image::write_zeroes(&self.inner, offset, len).await
+    }
+
+    /// The mapped and deallocated extents (`rbd_diff_iterate2` from the
+    /// image's creation), computed on tokio's blocking pool.
+    pub async fn allocation(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
+        image::Image::allocation(&self.inner, offset, len).await
+    }
+
+    /// The same, blocking the calling thread (tests and the control plane).
+    pub fn allocation_blocking(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
+        self.inner.allocation_blocking(offset, len)
+    }
+}
+
+#[cfg(not(lunar_rbd))]
+impl RbdBackend {
+    /// Always [`RbdError::NotBuilt`] in this build.
+    pub fn open(_options: &RbdOptions) -> std::result::Result<RbdBackend, RbdError> {
+        Err(RbdError::NotBuilt)
+    }
+
+    pub fn size(&self) -> u64 {
+        match self.never {}
+    }
+
+    pub fn resize(&self, _new_size: u64) -> Result<()> {
+        match self.never {}
+    }
+
+    pub fn header_changes(&self) -> u64 {
+        match self.never {}
+    }
+
+    pub fn cluster_size(&self) -> Result<u64> {
+        match self.never {}
+    }
+
+    pub async fn read(&self, _offset: u64, _len: usize) -> Result<Vec<u8>> {
+        match self.never {}
+    }
+
+    pub async fn write(&self, _offset: u64, _data: impl Into<crate::Bytes>, _fua: bool) -> Result<()> {
+        match self.never {}
+    }
+
+    pub async fn flush(&self) -> Result<()> {
+        match self.never {}
+    }
+
+    pub async fn compare_and_write(&self, _offset: u64, _cmp: Vec<u8>, _data: Vec<u8>) -> Result<Option<u64>> {
+        match self.never {}
+    }
+
+    pub async fn discard(&self, _offset: u64, _len: u64) -> Result<()> {
+        match self.never {}
+    }
+
+    pub async fn write_zeroes(&self, _offset: u64, _len: u64) -> Result<()> {
+        match self.never {}
+    }
+
+    pub async fn allocation(&self, _offset: u64, _len: u64) -> Result<Vec<(u64, u64, bool)>> {
+        match self.never {}
+    }
+
+    pub fn allocation_blocking(&self, _offset: u64, _len: u64) -> Result<Vec<(u64, u64, bool)>> {
+        match self.never {}
+    }
+}
+
+impl RbdBackend {
+    /// Where the image is (`pool/image`, `pool/namespace/image`).
+    pub fn options(&self) -> &RbdOptions {
+        &self.options
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_names_pool_namespace_and_image() {
+        let mut o = RbdOptions { pool: "rbd".into(), image: "disk0".into(), ..Default::default() };
+        assert_eq!(o.spec(), "rbd/disk0");
+        o.namespace = Some("tenant".into());
+        assert_eq!(o.spec(), "rbd/tenant/disk0");
+    }
+
+    #[cfg(not(lunar_rbd))]
+    #[test]
+    fn open_without_librbd_is_a_clear_error() {
+        let e = RbdBackend::open(&RbdOptions::default()).unwrap_err();
+        assert_eq!(e, RbdError::NotBuilt);
+        assert!(e.to_string().contains("librbd"));
+        assert!(!available());
+    }
+}

@@ -1,0 +1,298 @@
+//! `backend=rbd` end to end: the real `lunard` serving Ceph RBD images over
+//! iSCSI to Lunar's own initiator, checked against Ceph's own `rbd` tool.
+//!
+//! Needs a cluster: `LUNAR_CEPH_CONF=<ceph.conf>` (tests/ceph/micro-cluster.sh
+//! `run` sets it). Without it each test prints why it is skipped and passes,
+//! unless `LUNAR_REQUIRE_CEPH=1` (CI) makes that a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use lunar_initiator::{Config, Session};
+use serde_json::json;
+
+mod common;
+use common::{Daemon, IQN};
+
+const BS: usize = 512;
+
+fn cluster(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("LUNAR_CEPH_CONF") {
+        Some(c) if !c.is_empty() => Some(PathBuf::from(c)),
+        _ => {
+            assert!(
+                std::env::var("LUNAR_REQUIRE_CEPH").map_or(true, |v| v.is_empty() || v == "0"),
+                "{test}: LUNAR_REQUIRE_CEPH is set but LUNAR_CEPH_CONF is not"
+            );
+            eprintln!("{test}: skipped: no Ceph cluster (set LUNAR_CEPH_CONF, see tests/ceph/micro-cluster.sh)");
+            None
+        }
+    }
+}
+
+fn rbd(conf: &Path, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("rbd").arg("-c").arg(conf).args(args).output().expect("run the rbd tool");
+    assert!(out.status.success(), "rbd {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// An image for one test, removed when dropped.
+struct Image {
+    conf: PathBuf,
+    name: String,
+}
+
+impl Image {
+    fn create(conf: &Path, test: &str, size: &str) -> Image {
+        let img = Image::named(conf, test);
+        rbd(conf, &["create", "--size", size, &img.spec()]);
+        img
+    }
+
+    /// An image made by `rbd import` from `data`.
+    fn import(conf: &Path, test: &str, data: &[u8]) -> Image {
+        let img = Image::named(conf, test);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data");
+        std::fs::write(&file, data).unwrap();
+        rbd(conf, &["import", "--no-progress", file.to_str().unwrap(), &img.spec()]);
+        img
+    }
+
+    fn named(conf: &Path, test: &str) -> Image {
+        let name = format!("lunard-{test}-{}", std::process::id());
+        let img = Image { conf: conf.to_path_buf(), name };
+        let _ = Command::new("rbd").arg("-c").arg(conf).args(["rm", "--no-progress", &img.spec()]).output();
+        img
+    }
+
+    fn spec(&self) -> String {
+        format!("rbd/{}", self.name)
+    }
+
+    fn lun(&self) -> String {
+        format!("backend=rbd,pool=rbd,image={},conf={}", self.name, self.conf.display())
+    }
+
+    fn export(&self) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("export");
+        rbd(&self.conf, &["export", "--no-progress", &self.spec(), file.to_str().unwrap()]);
+        std::fs::read(file).unwrap()
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = Command::new("rbd").arg("-c").arg(&self.conf).args(["rm", "--no-progress", &self.spec()]).output();
+    }
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn login(d: &Daemon) -> Session {
+    let config = Config { timeout: Duration::from_secs(60), ..Config::new(IQN) };
+    Session::login(d.addr(), &config).unwrap_or_else(|e| panic!("login: {e}\n{}", d.log_tail()))
+}
+
+fn read(s: &Session, lun: u64, lba: u64, blocks: u32) -> Vec<u8> {
+    let r = s.read(lun, lba, blocks).unwrap();
+    assert!(r.is_good(), "read LUN {lun} at {lba}: {r:?}");
+    r.data
+}
+
+/// Reads until a unit attention (power on, capacity changed) has been reported.
+fn settle(s: &Session, lun: u64) {
+    for _ in 0..4 {
+        if s.test_unit_ready(lun).unwrap().is_good() {
+            return;
+        }
+    }
+    panic!("LUN {lun} not ready");
+}
+
+#[test]
+fn lunard_and_the_rbd_tool_see_the_same_data() {
+    let Some(conf) = cluster("lunard_and_the_rbd_tool_see_the_same_data") else { return };
+    let written = Image::create(&conf, "written", "32M");
+    let theirs = pattern(7, 8 << 20);
+    let imported = Image::import(&conf, "imported", &theirs);
+    let d = Daemon::start(&["--lun", &written.lun(), "--lun", &imported.lun()]);
+    assert!(d.banner.iter().any(|l| l.contains(&format!("LUN 0: rbd {}", written.spec()))), "{:?}", d.banner);
+    let s = login(&d);
+    settle(&s, 0);
+    settle(&s, 1);
+    // Lunar writes, `rbd export` reads.
+    let ours = pattern(1, 32 << 20);
+    for (i, chunk) in ours.chunks(1 << 20).enumerate() {
+        let r = s.write_fua(0, (i * ((1 << 20) / BS)) as u64, chunk.to_vec()).unwrap();
+        assert!(r.is_good(), "write {i}: {r:?}");
+    }
+    assert!(written.export() == ours, "rbd export differs from what was written through lunard");
+    // `rbd import` wrote, Lunar reads.
+    let mut got = Vec::new();
+    for i in 0..8u64 {
+        got.extend(read(&s, 1, i * 2048, 2048));
+    }
+    assert!(got == theirs, "lunard reads something else than rbd import wrote");
+    // Status names the image.
+    let st = d.call("status", json!({})).unwrap();
+    let lun0 = &st["targets"][0]["luns"][0];
+    assert_eq!(lun0["backend"], "rbd");
+    assert!(lun0["description"].as_str().unwrap().contains(&written.spec()), "{lun0}");
+    // lun resize grows the image in the cluster.
+    d.ctl_ok(&["lun", "resize", "0", "64M"]);
+    let info = String::from_utf8(rbd(&conf, &["info", "--format", "json", &written.spec()])).unwrap();
+    assert!(info.contains("\"size\":67108864"), "{info}");
+    settle(&s, 0);
+    let cap = s.read_capacity16(0).unwrap();
+    assert!(cap.is_good(), "{cap:?}");
+    assert_eq!(u64::from_be_bytes(cap.data[..8].try_into().unwrap()) + 1, (64 << 20) / BS as u64);
+    assert_eq!(read(&s, 0, (32 << 20) / BS as u64, 8), vec![0; 8 * BS], "the grown range reads zeros");
+    s.logout().unwrap();
+    stop(d);
+}
+
+/// SIGTERM, and a clean exit within 20 s (the log on failure).
+fn stop(mut d: Daemon) {
+    let _ = Command::new("kill").arg("-TERM").arg(d.child.id().to_string()).status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = d.child.try_wait().unwrap() {
+            assert!(status.success(), "lunard exited with {status}\n{}", d.log_tail());
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("lunard did not stop on SIGTERM\n{}", d.log_tail());
+}
+
+fn caw(lba: u64, blocks: u8, verify: Vec<u8>, write: Vec<u8>) -> lunar_initiator::Command {
+    let mut cdb = vec![0u8; 16];
+    cdb[0] = 0x89;
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[13] = blocks;
+    let mut data = verify;
+    data.extend(write);
+    lunar_initiator::Command::writing(0, cdb, data)
+}
+
+#[test]
+fn compare_and_write_is_the_clusters_and_at_most_one_block() {
+    let Some(conf) = cluster("compare_and_write_is_the_clusters_and_at_most_one_block") else { return };
+    let img = Image::create(&conf, "caw", "16M");
+    let d = Daemon::start(&["--lun", &img.lun()]);
+    let s = login(&d);
+    settle(&s, 0);
+    // Block Limits VPD: MAXIMUM COMPARE AND WRITE LENGTH 1 (librbd 16 does 512 bytes atomically).
+    let r = s.execute(lunar_initiator::Command::reading(0, vec![0x12, 1, 0xB0, 0, 64, 0], 64)).unwrap();
+    assert!(r.is_good(), "{r:?}");
+    assert_eq!(r.data[5], 1, "MAXIMUM COMPARE AND WRITE LENGTH");
+    let r = s.execute(caw(8, 1, vec![0; BS], vec![0xAB; BS])).unwrap();
+    assert!(r.is_good(), "{r:?}");
+    assert_eq!(read(&s, 0, 8, 1), vec![0xAB; BS]);
+    let r = s.execute(caw(8, 1, vec![0; BS], vec![0xCD; BS])).unwrap();
+    let sense = r.sense.clone().expect("MISCOMPARE");
+    assert_eq!((sense.key, sense.asc, sense.ascq), (0x0E, 0x1D, 0x00), "{r:?}");
+    assert_eq!(read(&s, 0, 8, 1), vec![0xAB; BS], "nothing written on a miscompare");
+    let r = s.execute(caw(8, 2, vec![0; 2 * BS], vec![0; 2 * BS])).unwrap();
+    let sense = r.sense.clone().expect("refused");
+    assert_eq!((sense.key, sense.asc), (0x05, 0x24), "two blocks: INVALID FIELD IN CDB: {r:?}");
+    // The rbd tool sees the compare-and-written block.
+    assert!(img.export()[8 * BS..9 * BS] == [0xAB; BS]);
+    // A clean stop closes the image (its watch goes at once, so `rbd rm` need not wait it out).
+    s.logout().unwrap();
+    stop(d);
+}
+
+#[test]
+fn an_image_resized_outside_lunard_is_followed() {
+    let Some(conf) = cluster("an_image_resized_outside_lunard_is_followed") else { return };
+    let img = Image::create(&conf, "grown", "16M");
+    let d = Daemon::start(&["--lun", &img.lun()]);
+    let s = login(&d);
+    settle(&s, 0);
+    // Past the follower's first look (so that the update watch is what tells it).
+    std::thread::sleep(Duration::from_millis(1500));
+    rbd(&conf, &["resize", "--size", "48M", &img.spec()]);
+    // The update watch fires; the LUN follows and says so with a unit attention.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = s.test_unit_ready(0).unwrap();
+        if let Some(sense) = &r.sense {
+            assert_eq!((sense.key, sense.asc, sense.ascq), (0x06, 0x2A, 0x09), "CAPACITY DATA HAS CHANGED: {r:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no CAPACITY DATA HAS CHANGED\n{}", d.log_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cap = s.read_capacity16(0).unwrap();
+    assert_eq!(u64::from_be_bytes(cap.data[..8].try_into().unwrap()) + 1, (48 << 20) / BS as u64);
+    assert_eq!(read(&s, 0, (40 << 20) / BS as u64, 8), vec![0; 8 * BS]);
+    let st = d.call("status", json!({})).unwrap();
+    assert_eq!(st["targets"][0]["luns"][0]["size"], 48 << 20);
+    s.logout().unwrap();
+    stop(d);
+}
+
+#[test]
+fn acknowledged_writes_survive_a_killed_lunard() {
+    let Some(conf) = cluster("acknowledged_writes_survive_a_killed_lunard") else { return };
+    let img = Image::create(&conf, "restart", "16M");
+    let mut d = Daemon::start(&["--lun", &img.lun()]);
+    let s = login(&d);
+    settle(&s, 0);
+    let data = pattern(3, 4 << 20);
+    for (i, chunk) in data.chunks(256 << 10).enumerate() {
+        // FUA writes and plain writes followed by SYNCHRONIZE CACHE are acknowledged as durable.
+        let lba = (i * ((256 << 10) / BS)) as u64;
+        let r = if i % 2 == 0 { s.write_fua(0, lba, chunk.to_vec()) } else { s.write(0, lba, chunk.to_vec()) };
+        assert!(r.unwrap().is_good());
+    }
+    let mut sync = vec![0u8; 10];
+    sync[0] = 0x35;
+    let r = s.execute(lunar_initiator::Command::new(0, sync)).unwrap();
+    assert!(r.is_good(), "SYNCHRONIZE CACHE: {r:?}");
+    drop(s);
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    assert!(img.export()[..4 << 20] == data[..], "the cluster has every acknowledged write");
+    let d = Daemon::start(&["--lun", &img.lun()]);
+    let s = login(&d);
+    settle(&s, 0);
+    assert!(read(&s, 0, 0, 8192) == data, "a restarted lunard reads them back");
+    s.logout().unwrap();
+    stop(d);
+}
+
+#[test]
+fn an_unreachable_cluster_fails_the_start_naming_pool_and_image() {
+    if cluster("an_unreachable_cluster_fails_the_start_naming_pool_and_image").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let conf = dir.path().join("ceph.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[global]\nmon host = v2:127.0.0.1:{port}\nauth client required = none\nlog file = {}/client.log\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let lun = format!("backend=rbd,pool=tank,image=vol7,conf={}", conf.display());
+    let e = Daemon::try_start(&["--lun", &lun]).err().expect("lunard must not start");
+    assert!(e.contains("tank/vol7") && e.contains("cannot reach the cluster") && e.contains("10 s"), "{e}");
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The Ceph step of scripts/test-all.sh: a single-node cluster for the
+# duration of the step (tests/ceph/micro-cluster.sh run), then, against it,
+# the rbd backend's tests, lunard's end-to-end RBD tests and iscsi-test-cu
+# against an RBD LUN. With LUNAR_REQUIRE_CEPH=1 a test that finds no cluster
+# fails instead of skipping.
+#
+#   bash tests/ceph/ci.sh [SHARED_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+shared="${1:-$root/../shared}"
+if [ -z "${LUNAR_CEPH_CONF:-}" ]; then
+  exec "$root/tests/ceph/micro-cluster.sh" run -- bash "$0" "$shared"
+fi
+export LUNAR_REQUIRE_CEPH=1
+start=$(date +%s)
+echo "-- cargo test -p lunar-block --lib rbd, --test rbd_backend (cluster: $LUNAR_CEPH_CONF)"
+cargo test -q -p lunar-block --lib rbd 2>&1 | grep -E '^(test result|.*FAILED|.*panicked|error)'
+cargo test -q -p lunar-block --test rbd_backend 2>&1 | grep -E '^(test result|.*FAILED|.*panicked|error)'
+echo "-- cargo test -p lunard --test rbd"
+cargo test -q -p lunard --test rbd 2>&1 | grep -E '^(test result|.*FAILED|.*panicked|error)'
+echo "-- iscsi-test-cu against an RBD LUN"
+bash "$root/tests/ceph/conformance-rbd.sh" "$shared"
+echo "ceph step: $(( $(date +%s) - start )) s with the cluster up"
