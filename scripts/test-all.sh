@@ -73,7 +73,7 @@ step "fuzzing smoke: the regression inputs, then each libFuzzer target (AddressS
 bash scripts/fuzz.sh --smoke
 
 step "model-checked tests (shuttle) of the ownership-following protocol"
-CARGO_TARGET_DIR="$root/target/model" cargo test --quiet -p lunar-target --features shuttle --test model_follow
+CARGO_TARGET_DIR="$root/target/model" cargo test --quiet -p lunar-core --features shuttle --test model_follow
 
 step "the same model tests must catch the deliberately broken protocol"
 # Each of these must FAIL on the broken variant (a job that must follow a
@@ -87,14 +87,14 @@ must_fail=(
   iteration_follows_the_list_to_the_main_loop_on_stop
 )
 broken_log=/tmp/lunar-broken.log
-if ! CARGO_TARGET_DIR="$root/target/model" cargo test --no-run -p lunar-target --features shuttle,broken-follow \
+if ! CARGO_TARGET_DIR="$root/target/model" cargo test --no-run -p lunar-core --features shuttle,broken-follow \
      --test model_follow >"$broken_log" 2>&1; then
   tail -n 30 "$broken_log"
   echo "ERROR: the broken variant (--features shuttle,broken-follow) does not build; it proves nothing (log: $broken_log)"
   exit 1
 fi
 set +e
-CARGO_TARGET_DIR="$root/target/model" cargo test -p lunar-target --features shuttle,broken-follow \
+CARGO_TARGET_DIR="$root/target/model" cargo test -p lunar-core --features shuttle,broken-follow \
   --test model_follow >"$broken_log" 2>&1
 rc=$?
 set -e

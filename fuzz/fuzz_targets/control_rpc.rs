@@ -36,7 +36,7 @@ struct World {
     /// checker sees its memory as reachable.
     _daemon: std::sync::Mutex<Daemon>,
     ctx: Arc<Context>,
-    targets: Vec<Arc<lunar_target::Target>>,
+    targets: Vec<Arc<lunar_core::Target>>,
     rt: tokio::runtime::Runtime,
 }
 

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::*;
 use lunar_block::Backend;
+use lunar_core::{wait, ErrorPolicies, ErrorPolicy, Target};
 use lunar_loopback::{cdb, Initiator, ResponseExt};
-use lunar_target::{wait, ErrorPolicies, ErrorPolicy, Target};
 
 struct Counting;
 

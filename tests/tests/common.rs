@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lunar_block::{Backend, FaultBackend};
+use lunar_core::{wait, Device, ErrorPolicies, Target};
 use lunar_scsi::DiskConfig;
-use lunar_target::{wait, Device, ErrorPolicies, Target};
 
 pub const BLOCK: usize = 512;
 

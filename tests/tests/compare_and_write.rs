@@ -12,8 +12,8 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use lunar_block::Backend;
+use lunar_core::{request, wait, ErrorPolicies, Queue, Response, Target};
 use lunar_scsi::{DiskConfig, Nexus, Status};
-use lunar_target::{request, wait, ErrorPolicies, Queue, Response, Target};
 
 const BS: usize = 512;
 

@@ -7,8 +7,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use lunar_block::{Backend, FaultBackend};
+use lunar_core::{request, wait, ErrorPolicies, Queue, Response, Target};
 use lunar_scsi::{Disk, DiskConfig, Nexus, Status};
-use lunar_target::{request, wait, ErrorPolicies, Queue, Response, Target};
 
 fn run(q: &Arc<Queue>, lun: u64, cdb: &[u8], data: Vec<u8>) -> Response {
     submit(q, lun, cdb, data).recv_timeout(Duration::from_secs(30)).expect("command completed")

@@ -11,19 +11,19 @@ use std::time::Duration;
 use common::*;
 use lunar_aio::{IoContext, RunState};
 use lunar_block::{Backend, FileBackend, FileOptions};
+use lunar_core::{request, wait, Action, ErrorPolicies, ErrorPolicy, Event, RequestState, Target, TargetError};
 use lunar_loopback::{cdb, Initiator, ResponseExt};
 use lunar_scsi::{SenseKey, Status};
-use lunar_target::{request, wait, Action, ErrorPolicies, ErrorPolicy, Event, RequestState, Target, TargetError};
 
 /// Submits `n` 1-block writes of a pattern to `lun`; returns the receivers.
-fn writes(ini: &Initiator, lun: u64, n: u64) -> Vec<tokio::sync::oneshot::Receiver<lunar_target::Response>> {
+fn writes(ini: &Initiator, lun: u64, n: u64) -> Vec<tokio::sync::oneshot::Receiver<lunar_core::Response>> {
     (0..n).map(|i| ini.submit(lun, &cdb::write16(i, 1, false), pattern(i, BLOCK))).collect()
 }
 
 #[test]
 fn invariant_1_running_lists_touched_only_on_their_owner_thread() {
     // The type side (the list is !Send, only reachable through jobs) is a
-    // compile-time check in crates/target/src/queue.rs. Here: at run time,
+    // compile-time check in crates/core/src/queue.rs. Here: at run time,
     // every request of a queue executes and completes on its I/O thread,
     // whichever thread submitted it.
     let target = Target::new("t", 3).unwrap();
@@ -243,7 +243,7 @@ fn invariant_5_no_request_lost_across_stop_reset_move_and_save_load() {
     // Save the stopped target's requests; load them into a fresh target over
     // the same storage, which has space now; resume: every write completes.
     let saved = wait(target.save()).unwrap();
-    let loaded = lunar_target::state::load(&saved).unwrap();
+    let loaded = lunar_core::state::load(&saved).unwrap();
     assert_eq!(loaded.len(), 8);
     // Those that ran failed and carry the retry flag; any that reached the
     // queue after the pause began were held, never started, and are saved
@@ -261,7 +261,7 @@ fn invariant_5_no_request_lost_across_stop_reset_move_and_save_load() {
     for s in loaded {
         let tx = tx.clone();
         let tag = s.tag;
-        q.submit(s.into_request(lunar_target::Completion::new(move |r| tx.send((tag, r)).unwrap())));
+        q.submit(s.into_request(lunar_core::Completion::new(move |r| tx.send((tag, r)).unwrap())));
     }
     wait(fresh.cont()).unwrap();
     let mut done = HashMap::new();

@@ -10,9 +10,9 @@ use std::time::Duration;
 use common::*;
 use lunar_aio::RunState;
 use lunar_block::{Backend, ErrorKind};
+use lunar_core::{wait, ErrorPolicies, ErrorPolicy, Event, RequestState, Response, Target, TargetError};
 use lunar_loopback::{cdb, Initiator, ResponseExt};
 use lunar_scsi::{ResizeError, SenseKey};
-use lunar_target::{wait, ErrorPolicies, ErrorPolicy, Event, RequestState, Response, Target, TargetError};
 use tokio::sync::{broadcast, oneshot};
 
 type Pending = Vec<oneshot::Receiver<Response>>;
@@ -57,7 +57,7 @@ fn states(target: &std::sync::Arc<Target>, lun: u64) -> Vec<RequestState> {
     let s = seen.clone();
     wait(target.for_each_request_async(&dev, move |r| {
         s.lock().unwrap().push(r.state());
-        lunar_target::Action::Keep
+        lunar_core::Action::Keep
     }))
     .unwrap();
     let v = seen.lock().unwrap().clone();

@@ -8,8 +8,8 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use lunar_block::Backend;
+use lunar_core::{request, wait, ErrorPolicies, Queue, Response, Target};
 use lunar_scsi::{DiskConfig, Nexus, Status};
-use lunar_target::{request, wait, ErrorPolicies, Queue, Response, Target};
 
 fn run(q: &Arc<Queue>, cdb: &[u8], data: Vec<u8>) -> Response {
     let (tx, rx) = mpsc::channel();

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use lunar_block::FaultBackend;
+use lunar_core::{wait, ErrorPolicies, Response, Target};
 use lunar_loopback::{cdb, Initiator, ResponseExt};
 use lunar_scsi::{DiskConfig, SenseKey, Status};
-use lunar_target::{wait, ErrorPolicies, Response, Target};
 use tokio::sync::oneshot;
 
 /// 4 MiB: four write steps of the operation, then a flush.

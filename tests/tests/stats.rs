@@ -1,4 +1,4 @@
-//! Statistics of the target core (crates/target/src/stats.rs), end to end
+//! Statistics of the target core (crates/core/src/stats.rs), end to end
 //! through the in-process initiator: exact counts for a known workload, per
 //! LUN and per I/O thread, kept across a move between threads, a closed
 //! queue, and errors of every kind.
@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use common::*;
 use lunar_block::Backend;
+use lunar_core::stats::{Kind, Snapshot};
+use lunar_core::{wait, ErrorPolicies, ErrorPolicy, Target};
 use lunar_loopback::{cdb, Initiator, ResponseExt};
 use lunar_scsi::Status;
-use lunar_target::stats::{Kind, Snapshot};
-use lunar_target::{wait, ErrorPolicies, ErrorPolicy, Target};
 
 fn thread_stats(t: &Target, io_thread: usize) -> Snapshot {
     t.contexts().stats().snapshot(io_thread).expect("a thread of the target")

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use lunar_block::{Backend, FileBackend, FileOptions};
+use lunar_core::{request, wait, ErrorPolicies, Queue, Response, Target, TargetError};
 use lunar_loopback::{cdb, ResponseExt};
 use lunar_scsi::{SenseKey, Status};
-use lunar_target::{request, wait, ErrorPolicies, Queue, Response, Target, TargetError};
 use rand::{Rng, SeedableRng};
 
 const IO_THREADS: usize = 4;
@@ -178,7 +178,7 @@ fn stress_moves_stops_resets_saves_and_hotplug_under_verified_io() {
             5 | 6 => {
                 wait(target.stop()).unwrap();
                 let bytes = wait(target.save()).unwrap();
-                saved_requests += lunar_target::state::load(&bytes).expect("saved state decodes").len();
+                saved_requests += lunar_core::state::load(&bytes).expect("saved state decodes").len();
                 saves += 1;
                 std::thread::sleep(Duration::from_millis(rng.gen_range(0..5)));
                 wait(target.cont()).unwrap();

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::*;
 use lunar_block::FaultBackend;
+use lunar_core::{wait, Completion, ErrorPolicies, Queue, Request, Response, Target, TaskManagement};
 use lunar_scsi::{Nexus, Status};
-use lunar_target::{wait, Completion, ErrorPolicies, Queue, Request, Response, Target, TaskManagement};
 
 const SIZE: u64 = 1 << 20;
 

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use common::*;
 use lunar_block::Backend;
+use lunar_core::{wait, ErrorPolicies, Queue, Response, Target};
 use lunar_loopback::{cdb, ResponseExt};
 use lunar_scsi::{Nexus, Sense, SenseKey};
-use lunar_target::{wait, ErrorPolicies, Queue, Response, Target};
 
 const BUS_DEVICE_RESET: (u8, u8) = (0x29, 0x03);
 const CAPACITY_CHANGED: (u8, u8) = (0x2a, 0x09);
@@ -32,7 +32,7 @@ fn open(t: &Arc<Target>, lun: u64, io_thread: usize, nexus: Option<Nexus>) -> Ar
 /// Runs one command on a queue; its response (bounded wait).
 fn run(q: &Arc<Queue>, cdb: &[u8]) -> Response {
     let (tx, rx) = std::sync::mpsc::channel();
-    q.submit(lunar_target::request(1, q.device().lun(), cdb, vec![], move |r| {
+    q.submit(lunar_core::request(1, q.device().lun(), cdb, vec![], move |r| {
         let _ = tx.send(r);
     }));
     rx.recv_timeout(Duration::from_secs(30)).expect("a response")

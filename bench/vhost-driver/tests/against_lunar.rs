@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use lunar_block::Backend;
+use lunar_core::{wait, ErrorPolicies, Target};
 use lunar_scsi::DiskConfig;
-use lunar_target::{wait, ErrorPolicies, Target};
 use lunar_vhost::{Controller, ControllerConfig};
 use lunar_vhost_driver::{run, Options, Workload};
 

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lunar_block::Backend;
+use lunar_core::{wait, ErrorPolicies, Target};
 use lunar_initiator::{parse_report_luns, sense_key, Capacity, Command, Config, Error, Residual, Session, Status, Tag};
 use lunar_iscsi::login::TargetConfig;
 use lunar_iscsi::negotiation::{DigestPolicy, TargetLimits};
 use lunar_iscsi::server::{Server, ServerConfig, TargetEntry};
 use lunar_scsi::DiskConfig;
-use lunar_target::{wait, ErrorPolicies, Target};
 
 const IQN: &str = "iqn.2026-11.dev.lunar:initiator-test";
 const SIZE: u64 = 16 << 20;

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use lunar_core::{request, Queue, Response, Target, TargetError};
 use lunar_scsi::{Sense, SenseKey, Status};
-use lunar_target::{request, Queue, Response, Target, TargetError};
 use tokio::sync::oneshot;
 
 /// One I_T nexus to a target, with a queue per LUN.

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lunar_block::{Backend, FileBackend, FileOptions, RbdBackend, RbdOptions};
+use lunar_core::{wait, ErrorPolicies, ErrorPolicy, Target, ThreadSet};
 use lunar_iscsi::chap::{ChapAlgorithm, ChapCredential, ChapPolicy};
 use lunar_iscsi::login::{AuthPolicy, TargetConfig as LoginTarget};
 use lunar_iscsi::negotiation::TargetLimits;
 use lunar_iscsi::server::{Server, ServerConfig, TargetEntry};
 use lunar_scsi::DiskConfig;
-use lunar_target::{wait, ErrorPolicies, ErrorPolicy, Target, ThreadSet};
 
 use crate::config::{BackendSpec, Chap, Config, LunConfig, Policy};
 
@@ -167,7 +167,7 @@ pub(crate) fn open_lun_backend(l: &LunConfig) -> Result<Backend, String> {
 
 /// Persistent reservations of a `file` LUN live beside its image
 /// (`<image>.pr`, SPC-5 APTPL): restored at start, saved by the core on change.
-fn restore_reservations(dev: &lunar_target::Device, image: &Path) -> Result<(), String> {
+fn restore_reservations(dev: &lunar_core::Device, image: &Path) -> Result<(), String> {
     let mut name = image.as_os_str().to_owned();
     name.push(".pr");
     let file = std::path::PathBuf::from(name);
@@ -287,7 +287,7 @@ impl Daemon {
     }
 
     /// The core's threads (main loop and I/O threads), while running.
-    pub fn contexts(&self) -> Option<Arc<lunar_target::threads::Contexts>> {
+    pub fn contexts(&self) -> Option<Arc<lunar_core::threads::Contexts>> {
         self.threads.as_ref().map(|t| t.contexts().clone())
     }
 

@@ -153,7 +153,7 @@ fn ready_status(config: &lunard::config::Config, daemon: &Daemon) -> String {
 /// Waits until every thread of the core (main loop, I/O threads) has run
 /// a bottom half, for at most `within`; `Err(index)` of one that did not.
 async fn core_answers(
-    contexts: Option<&lunar_target::threads::Contexts>,
+    contexts: Option<&lunar_core::threads::Contexts>,
     within: std::time::Duration,
 ) -> Result<(), usize> {
     let Some(c) = contexts else { return Ok(()) };

@@ -1,7 +1,7 @@
 //! Statistics for the control plane: the `stats` objects of `status`, and
 //! the Prometheus endpoint (`lunard --metrics ADDR:PORT`, off by default).
 //!
-//! The counters are the core's ([`lunar_target::stats`]): written on the I/O
+//! The counters are the core's ([`lunar_core::stats`]): written on the I/O
 //! path by the thread that completes each command, without a lock; here
 //! they are only read and summed. The endpoint is a minimal HTTP/1.1 server
 //! on the main loop: one request per connection, `GET /metrics` answers the
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lunar_aio::RunState;
-use lunar_target::stats::{bucket_upper_us, Kind, Snapshot, LATENCY_BUCKETS};
+use lunar_core::stats::{bucket_upper_us, Kind, Snapshot, LATENCY_BUCKETS};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;

@@ -2,7 +2,7 @@
 //! per I/O thread, as a table of 80 columns or one JSON object.
 //!
 //! Everything comes from the counters the daemon keeps anyway (see
-//! `lunar_target::stats`: per-queue cells written by their own thread
+//! `lunar_core::stats`: per-queue cells written by their own thread
 //! only, summed when read): completed commands, bytes, the sum of the
 //! latencies and the latency histogram. An interval's figures are the
 //! differences of two samples: IOPS and MB/s from the counts, p50/p99
@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use lunar_target::stats::{Snapshot, LATENCY_BUCKETS};
+use lunar_core::stats::{Snapshot, LATENCY_BUCKETS};
 use serde_json::{json, Value};
 
 /// What `top` reads of one LUN or I/O thread in a sample.
@@ -268,7 +268,7 @@ mod tests {
     /// `us` microseconds each (all in the bucket of `us`), `w` writes of 1 MB.
     fn stats(n: u64, w: u64, us: u64) -> Value {
         let mut buckets = vec![0u64; LATENCY_BUCKETS];
-        buckets[lunar_target::stats::bucket_of(us * 1000)] += n + w;
+        buckets[lunar_core::stats::bucket_of(us * 1000)] += n + w;
         json!({
             "commands": { "total": n + w, "read": n, "write": w, "other": 0 },
             "bytes": { "read": n * 4096, "written": w * 1_000_000 },

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use lunar_core::Target;
 use lunar_scsi::Nexus;
-use lunar_target::Target;
 use tokio::sync::Notify;
 use vhost::vhost_user::{BackendListener, Listener};
 
@@ -65,7 +65,7 @@ impl Controller {
             let io_thread = i % threads + 1;
             let mut queues = BTreeMap::new();
             for &lun in &initial {
-                let q = lunar_target::wait(target.open_queue_for(lun, io_thread, Some(nexus.clone())))
+                let q = lunar_core::wait(target.open_queue_for(lun, io_thread, Some(nexus.clone())))
                     .map_err(|e| VhostError::Queue(lun, e))?;
                 queues.insert(lun, q);
             }
@@ -176,7 +176,7 @@ impl Controller {
         let target = self.backend.shared.target.clone();
         for v in &self.backend.vqs {
             for q in v.queues().values() {
-                let _ = lunar_target::wait(target.close_queue(q.clone()));
+                let _ = lunar_core::wait(target.close_queue(q.clone()));
             }
         }
     }

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use lunar_target::Event;
+use lunar_core::Event;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, Notify};
 use vhost_user_backend::VringT;

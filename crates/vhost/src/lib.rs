@@ -112,7 +112,7 @@ use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lunar_target::Target;
+use lunar_core::Target;
 use vhost_user_backend::VringRwLock;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -131,7 +131,7 @@ pub enum VhostError {
     #[error("cannot listen on {0}: {1}")]
     Listen(PathBuf, String),
     #[error("cannot open the queues of LUN {0}: {1}")]
-    Queue(u64, lunar_target::TargetError),
+    Queue(u64, lunar_core::TargetError),
     #[error("num_queues must be 1..=1022, not {0}")]
     NumQueues(usize),
     #[error("cannot start the controller thread: {0}")]

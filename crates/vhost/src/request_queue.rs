@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lunar_core::{Queue, Response};
 use lunar_scsi::Status;
-use lunar_target::{Queue, Response};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::Notify;
@@ -537,7 +537,7 @@ impl RequestVq {
         };
         self.served.fetch_add(1, Ordering::Relaxed);
         let (me, vring, mem) = (self.clone(), vring.clone(), mem.clone());
-        let request = lunar_target::request(hdr.tag, lun, cdb, data_out, move |resp| {
+        let request = lunar_core::request(hdr.tag, lun, cdb, data_out, move |resp| {
             me.complete(&vring, &mem, head, &buffers, data_in_cap, sense_size, resp);
         });
         queue.submit(request);

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lunar_target::Target;
+use lunar_core::Target;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::VringT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -20,8 +20,8 @@ use crate::request_queue::NOTIFY_EVERY;
 use crate::virtio::*;
 use crate::*;
 use lunar_block::{Backend, FaultBackend};
+use lunar_core::ErrorPolicies;
 use lunar_scsi::DiskConfig;
-use lunar_target::ErrorPolicies;
 use vm_memory::{Bytes, GuestAddress};
 
 const QSIZE: u16 = 128;
@@ -156,7 +156,7 @@ fn one_queue_controller(name: &str, dir: &Path) -> (Arc<Target>, Controller) {
 }
 
 fn add_lun(t: &Target, lun: u64, backend: Backend) {
-    lunar_target::wait(t.add_device(lun, DiskConfig::default(), backend, ErrorPolicies::default())).unwrap();
+    lunar_core::wait(t.add_device(lun, DiskConfig::default(), backend, ErrorPolicies::default())).unwrap();
 }
 
 /// (event, LUN as Linux decodes it, reason) of the event written at `addr`.
@@ -188,7 +188,7 @@ fn hot_plug_events_in_order_then_missed_when_the_driver_posts_none() {
     assert!(c.luns().contains(&5));
     assert_eq!(er.used_elem(&mem, 0), (0, 16));
     assert_eq!(event_at(&mem, DATA), (T_TRANSPORT_RESET, 5, EVT_RESET_RESCAN));
-    lunar_target::wait(t.remove_device(5)).unwrap();
+    lunar_core::wait(t.remove_device(5)).unwrap();
     eventually("the removed event", || er.used_idx(&mem) == 2);
     assert_eq!(event_at(&mem, DATA + 16), (T_TRANSPORT_RESET, 5, EVT_RESET_REMOVED));
     assert!(!c.luns().contains(&5));
@@ -199,7 +199,7 @@ fn hot_plug_events_in_order_then_missed_when_the_driver_posts_none() {
     for _ in 0..35 {
         add_lun(&t, 6, Backend::mem(1 << 20));
         eventually("LUN 6 attached", || c.luns().contains(&6));
-        lunar_target::wait(t.remove_device(6)).unwrap();
+        lunar_core::wait(t.remove_device(6)).unwrap();
         eventually("LUN 6 detached", || !c.luns().contains(&6));
     }
     add_lun(&t, 9, Backend::mem(1 << 20));
@@ -227,7 +227,7 @@ fn hot_plug_events_in_order_then_missed_when_the_driver_posts_none() {
     assert_eq!(er.used_idx(&mem), 2 + MAX_PENDING as u16, "dropped events are not sent late");
 
     // A resize is a parameter change: CAPACITY DATA HAS CHANGED.
-    lunar_target::wait(t.resize_device(9, 2 << 20)).unwrap();
+    lunar_core::wait(t.resize_device(9, 2 << 20)).unwrap();
     eventually("the param change event", || er.used_idx(&mem) == 3 + MAX_PENDING as u16);
     assert_eq!(event_at(&mem, base + 16 * MAX_PENDING as u64), (T_PARAM_CHANGE, 9, 0x092a));
 
@@ -237,7 +237,7 @@ fn hot_plug_events_in_order_then_missed_when_the_driver_posts_none() {
     er.add(&mem, &[(DATA, 16, true)]);
     kick(&b);
     eventually("the rescan of LUN 10", || er.used_idx(&mem) == 4 + MAX_PENDING as u16);
-    lunar_target::wait(t.remove_device(10)).unwrap();
+    lunar_core::wait(t.remove_device(10)).unwrap();
     eventually("LUN 10 detached", || !c.luns().contains(&10));
     b.stop_vring(1);
     let (mut er, evt) = Ring::new(&mem, EVT + 0x8000);
@@ -416,7 +416,7 @@ fn a_new_process_resubmits_the_requests_the_old_one_left_in_flight() {
     let dir1 = tempfile::tempdir().unwrap();
     let t1 = Target::new("vhost-inflight-1", 1).unwrap();
     add_lun(&t1, 0, Backend::mem(1 << 20));
-    lunar_target::wait(t1.stop_device(0)).unwrap();
+    lunar_core::wait(t1.stop_device(0)).unwrap();
     let cfg = ControllerConfig {
         socket: dir1.path().join("a.sock"),
         num_queues: 1,
@@ -553,7 +553,7 @@ fn device_process() {
     add_lun(&t, 0, Backend::File(Arc::new(file)));
     if std::env::var(CHILD_PAUSE).is_ok() {
         // Commands are held in the core: they stay in flight until the kill.
-        lunar_target::wait(t.stop_device(0)).unwrap();
+        lunar_core::wait(t.stop_device(0)).unwrap();
     }
     let cfg = ControllerConfig {
         socket: PathBuf::from(socket),
@@ -753,14 +753,14 @@ fn sense_at(mem: &Mem, resp: u64) -> (u8, u8, u8) {
 /// the core; its SCSI status.
 fn write_from_elsewhere(t: &Arc<Target>, lun: u64) -> u8 {
     let other = lunar_scsi::Nexus::new("another initiator".to_string(), 1);
-    let q = lunar_target::wait(t.open_queue_for(lun, 1, Some(other))).unwrap();
+    let q = lunar_core::wait(t.open_queue_for(lun, 1, Some(other))).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
-    q.submit(lunar_target::request(1, lun, &cdb, vec![0x5a; 512], move |r| {
+    q.submit(lunar_core::request(1, lun, &cdb, vec![0x5a; 512], move |r| {
         let _ = tx.send(r.status.code());
     }));
     let status = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    lunar_target::wait(t.close_queue(q)).unwrap();
+    lunar_core::wait(t.close_queue(q)).unwrap();
     status
 }
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lunar_block::Backend;
+use lunar_core::{wait, ErrorPolicies, Target};
 use lunar_scsi::DiskConfig;
-use lunar_target::{wait, ErrorPolicies, Target};
 use lunar_vhost::{Controller, ControllerConfig, VhostError};
 
 fn target(luns: u64) -> Arc<Target> {

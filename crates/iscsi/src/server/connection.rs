@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lunar_target::{Queue, Response, TaskManagement};
+use lunar_core::{Queue, Response, TaskManagement};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -1173,7 +1173,7 @@ impl Conn {
         };
         let data = std::mem::take(&mut task.data);
         let tx = self.tx.clone();
-        let req = lunar_target::request(u64::from(itt), lun, &task.cdb, data, move |response| {
+        let req = lunar_core::request(u64::from(itt), lun, &task.cdb, data, move |response| {
             let _ = tx.send(Event::Done { itt, response });
         });
         task.submitted = true;

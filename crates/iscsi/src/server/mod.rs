@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use lunar_target::threads::Contexts;
-use lunar_target::Target;
+use lunar_core::threads::Contexts;
+use lunar_core::Target;
 use tokio::sync::{broadcast, watch};
 
 use crate::login::{AuthPolicy, TargetConfig, TargetRegistry};

@@ -61,7 +61,7 @@ pub(crate) struct Task {
     pub scsi_write_len: Option<usize>,
     /// The answer of a command refused before its data-out was asked for:
     /// given once the initiator's unsolicited data has gone by.
-    pub early: Option<lunar_target::Response>,
+    pub early: Option<lunar_core::Response>,
 }
 
 impl Task {

@@ -344,7 +344,7 @@ mod tests {
 
     #[test]
     fn log_filters() {
-        for ok in ["info", "debug", "warn,lunar_iscsi=trace", "lunar_target[dev]=debug"] {
+        for ok in ["info", "debug", "warn,lunar_iscsi=trace", "lunar_core[dev]=debug"] {
             assert_eq!(log_filter(ok), Ok(()), "{ok}");
         }
         for bad in ["", "  ", "info,foo=loud", "lunar=[["] {

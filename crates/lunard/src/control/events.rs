@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use lunar_core::{Event, Target};
 use lunar_iscsi::server::{LoginFailureInfo, SessionEvent, SessionInfo};
-use lunar_target::{Event, Target};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 

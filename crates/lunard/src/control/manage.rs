@@ -38,8 +38,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use lunar_core::{Target, TargetError};
 use lunar_iscsi::server::{ServerError, TargetEntry};
-use lunar_target::{Target, TargetError};
 use serde_json::{json, Value};
 
 use super::methods::{change, MethodError};
@@ -165,7 +165,7 @@ pub(super) async fn target_remove(ctx: &Arc<Context>, name: &str) -> Result<Valu
 
 /// Flushes a device's backend on I/O thread 1 (the backends submit from
 /// the I/O threads).
-async fn flush(ctx: &Context, dev: &Arc<lunar_target::Device>) -> Result<(), String> {
+async fn flush(ctx: &Context, dev: &Arc<lunar_core::Device>) -> Result<(), String> {
     let backend = dev.disk().backend().clone();
     let io = ctx.threads.get(1).ok_or("no I/O thread")?;
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lunar_aio::RunState;
-use lunar_target::{ErrorPolicies, ErrorPolicy, Target, TargetError, MAIN_LOOP};
+use lunar_core::{ErrorPolicies, ErrorPolicy, Target, TargetError, MAIN_LOOP};
 use serde_json::{json, Value};
 
 use super::events::{errno_name, session_json};

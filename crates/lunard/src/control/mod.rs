@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use lunar_core::{Event, Target};
 use lunar_iscsi::server::ServerHandle;
-use lunar_target::{Event, Target};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -72,8 +72,8 @@ pub struct Context {
     /// under `write_lock`; the I/O path never reads it.
     pub(crate) targets: Mutex<Vec<Arc<Target>>>,
     /// The threads every target runs on (a target added at run time too).
-    pub(crate) threads: Arc<lunar_target::threads::Contexts>,
-    pub(crate) thread_set: Option<Arc<lunar_target::ThreadSet>>,
+    pub(crate) threads: Arc<lunar_core::threads::Contexts>,
+    pub(crate) thread_set: Option<Arc<lunar_core::ThreadSet>>,
     pub(crate) server: ServerHandle,
     pub(crate) iothreads: usize,
     pub(crate) socket: PathBuf,

@@ -3,7 +3,7 @@
 //!
 //! Atomicity against every other command of the device, on any I/O
 //! thread, is the target core's job (the device's gate,
-//! `crates/target/src/gate.rs`); this is the compare and write. A backend
+//! `crates/core/src/gate.rs`); this is the compare and write. A backend
 //! that other processes write too (`rbd`: other gateways and clients of the
 //! image) does it atomically itself (`Backend::compare_and_write`), and its
 //! limit caps MAXIMUM COMPARE AND WRITE LENGTH ([`Disk::max_compare_and_write_blocks`]).

@@ -2,7 +2,7 @@
 //! sent to a queue's list while the list moves to another thread, is
 //! destroyed (hot-remove), or goes to the main loop (stop).
 //!
-//! They drive the production protocol of `lunar_target::follow` (`dispatch`,
+//! They drive the production protocol of `lunar_core::follow` (`dispatch`,
 //! `Home::transfer`, `Home::close`) on shuttle threads, and check:
 //! - the callback runs exactly once per request, on the thread that holds
 //!   the list at the time it runs (or not at all once the list is destroyed);
@@ -10,7 +10,7 @@
 //! - the device the job holds is dropped exactly once, after the last callback;
 //! - once a move is done, the owner names the thread that holds the list.
 //!
-//! Run: `cargo test -p lunar-target --features shuttle --test model_follow`.
+//! Run: `cargo test -p lunar-core --features shuttle --test model_follow`.
 //! With `--features shuttle,broken-follow` (a job that must follow is
 //! dropped instead) these same tests fail: `.ci/run` checks that too.
 #![cfg(feature = "shuttle")]
@@ -18,7 +18,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use lunar_target::follow::{dispatch, Arrival, Executor, Home, Job};
+use lunar_core::follow::{dispatch, Arrival, Executor, Home, Job};
 use shuttle::sync::atomic::{AtomicUsize, Ordering};
 use shuttle::sync::mpsc::{channel, Receiver, Sender};
 use shuttle::sync::{Arc, Mutex};
