@@ -26,7 +26,7 @@ pub enum ThreadError {
     Gone(String),
 }
 
-struct Shared {
+struct ThreadState {
     index: usize,
     name: String,
     main: bool,
@@ -37,7 +37,7 @@ struct Shared {
 /// The `Send + Clone` handle of an I/O thread (or of the main loop).
 #[derive(Clone)]
 pub struct IoContext {
-    shared: Arc<Shared>,
+    shared: Arc<ThreadState>,
 }
 
 thread_local! {
@@ -164,7 +164,7 @@ impl IoThread {
     fn start(name: &str, index: usize, main: bool) -> Result<IoThread, ThreadError> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
         let ctx = IoContext {
-            shared: Arc::new(Shared { index, name: name.to_string(), main, tx, exited: AtomicBool::new(false) }),
+            shared: Arc::new(ThreadState { index, name: name.to_string(), main, tx, exited: AtomicBool::new(false) }),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

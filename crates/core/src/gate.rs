@@ -54,11 +54,11 @@ pub(crate) struct Gate {
 }
 
 /// An ordinary command inside the gate: leaves it on drop.
-pub(crate) struct Shared<'a> {
+pub(crate) struct OrdinaryPass<'a> {
     active: &'a AtomicU64,
 }
 
-impl Drop for Shared<'_> {
+impl Drop for OrdinaryPass<'_> {
     fn drop(&mut self) {
         self.active.fetch_sub(1, SeqCst);
     }
@@ -93,11 +93,11 @@ impl Drop for Foreign {
 
 impl Gate {
     /// Waits until no exclusive holder is in (at once, in the common case).
-    pub(crate) async fn shared<'a>(&self, active: &'a AtomicU64) -> Shared<'a> {
+    pub(crate) async fn shared<'a>(&self, active: &'a AtomicU64) -> OrdinaryPass<'a> {
         loop {
             active.fetch_add(1, SeqCst);
             if !self.exclusive.load(SeqCst) {
-                return Shared { active };
+                return OrdinaryPass { active };
             }
             active.fetch_sub(1, SeqCst);
             self.wait_release().await;

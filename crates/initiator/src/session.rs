@@ -325,12 +325,12 @@ impl State {
     }
 }
 
-struct Shared {
+struct Monitor {
     state: Mutex<State>,
     cv: Condvar,
 }
 
-impl Shared {
+impl Monitor {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -371,7 +371,7 @@ fn write_pdu(stream: &mut TcpStream, pdu: &Pdu) -> Result<(), Error> {
     stream.write_all(&pdu.encode(false, false)).map_err(|e| Error::io("write", e))
 }
 
-fn reader(shared: Arc<Shared>, mut stream: TcpStream, hd: bool, dd: bool, max_data: u32) {
+fn reader(shared: Arc<Monitor>, mut stream: TcpStream, hd: bool, dd: bool, max_data: u32) {
     loop {
         let pdu = match read_pdu(&mut stream, hd, dd, max_data) {
             Ok(p) => p,
@@ -398,7 +398,7 @@ fn reader(shared: Arc<Shared>, mut stream: TcpStream, hd: bool, dd: bool, max_da
     }
 }
 
-fn writer(shared: Arc<Shared>, mut stream: TcpStream, rx: mpsc::Receiver<Vec<u8>>) {
+fn writer(shared: Arc<Monitor>, mut stream: TcpStream, rx: mpsc::Receiver<Vec<u8>>) {
     while let Ok(frame) = rx.recv() {
         if let Err(e) = stream.write_all(&frame) {
             shared.close(format!("writing to the target: {e}"));
@@ -601,7 +601,7 @@ pub struct Retried {
 /// A logged-in normal session. Dropping it closes the connection (without
 /// a logout); outstanding commands then fail with [`Error::Closed`].
 pub struct Session {
-    shared: Arc<Shared>,
+    shared: Arc<Monitor>,
     stream: TcpStream,
     params: Params,
     timeout: Duration,
@@ -647,7 +647,7 @@ impl Session {
         // are bounded on the callers' side); writes keep theirs.
         stream.set_read_timeout(None).map_err(|e| Error::io("socket options", e))?;
         let (tx, rx) = mpsc::channel();
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Monitor {
             state: Mutex::new(State {
                 tx: Some(tx),
                 params: params.clone(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use lunar_block::Backend;
 use lunar_core::{wait, ErrorPolicies, Target};
 use lunar_initiator::{parse_report_luns, sense_key, Capacity, Command, Config, Error, Residual, Session, Status, Tag};
-use lunar_iscsi::login::TargetConfig;
+use lunar_iscsi::login::LoginTarget;
 use lunar_iscsi::negotiation::{DigestPolicy, TargetLimits};
 use lunar_iscsi::server::{Server, ServerConfig, TargetEntry};
 use lunar_scsi::DiskConfig;
@@ -26,7 +26,7 @@ impl Fixture {
         wait(core.add_device(0, DiskConfig::default(), Backend::mem(SIZE), ErrorPolicies::default())).expect("LUN 0");
         let server = Server::start(ServerConfig {
             portals: vec!["127.0.0.1:0".parse().unwrap()],
-            targets: vec![TargetEntry { config: TargetConfig::open(IQN), core: core.clone() }],
+            targets: vec![TargetEntry { config: LoginTarget::open(IQN), core: core.clone() }],
             discovery_auth: None,
             limits,
             portal_group_tag: 1,
@@ -266,7 +266,7 @@ fn discovery_server(portals: &[&str]) -> (Arc<Target>, Server) {
     let core = Target::new(IQN, 1).expect("target");
     let server = Server::start(ServerConfig {
         portals: portals.iter().map(|p| p.parse().unwrap()).collect(),
-        targets: vec![TargetEntry { config: TargetConfig::open(IQN), core: core.clone() }],
+        targets: vec![TargetEntry { config: LoginTarget::open(IQN), core: core.clone() }],
         discovery_auth: Some(lunar_iscsi::login::AuthPolicy::None),
         limits: TargetLimits::default(),
         portal_group_tag: 1,
@@ -362,7 +362,7 @@ fn targets_acls_and_portals_change_at_run_time() {
     // A second target, served at once; removed again with a session on it.
     let other = Target::with_threads("iqn.2026-11.dev.lunar:second", f.core.threads().unwrap());
     wait(other.add_device(0, DiskConfig::default(), Backend::mem(SIZE), ErrorPolicies::default())).unwrap();
-    let entry = TargetEntry { config: TargetConfig::open("iqn.2026-11.dev.lunar:second"), core: other.clone() };
+    let entry = TargetEntry { config: LoginTarget::open("iqn.2026-11.dev.lunar:second"), core: other.clone() };
     h.add_target(entry.clone()).unwrap();
     assert!(matches!(h.add_target(entry), Err(lunar_iscsi::server::ServerError::TargetExists(_))));
     let cfg2 = Config { timeout: Duration::from_secs(30), ..Config::new("iqn.2026-11.dev.lunar:second") };

@@ -80,7 +80,7 @@ pub enum AuthPolicy {
 
 /// What the login needs to know about a target.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetConfig {
+pub struct LoginTarget {
     /// The iSCSI name (iqn./eui./naa.).
     pub name: String,
     /// TargetAlias, sent to initiators of normal sessions (§13.6).
@@ -90,10 +90,10 @@ pub struct TargetConfig {
     pub auth: AuthPolicy,
 }
 
-impl TargetConfig {
+impl LoginTarget {
     /// An open target: no ACL, no authentication.
-    pub fn open(name: impl Into<String>) -> TargetConfig {
-        TargetConfig { name: name.into(), alias: None, allowed_initiators: None, auth: AuthPolicy::None }
+    pub fn open(name: impl Into<String>) -> LoginTarget {
+        LoginTarget { name: name.into(), alias: None, allowed_initiators: None, auth: AuthPolicy::None }
     }
 
     /// Whether the ACL lets `initiator` in. iSCSI names compare
@@ -107,7 +107,7 @@ impl TargetConfig {
 /// shared between connections, so the methods take `&self`.
 pub trait TargetRegistry {
     /// The target named `name`, if it exists.
-    fn target(&self, name: &str) -> Option<TargetConfig>;
+    fn target(&self, name: &str) -> Option<LoginTarget>;
     /// The authentication policy of discovery sessions, or `None` when
     /// discovery sessions are refused.
     fn discovery_auth(&self) -> Option<AuthPolicy>;
@@ -122,7 +122,7 @@ pub trait TargetRegistry {
 }
 
 impl<T: TargetRegistry + ?Sized> TargetRegistry for &T {
-    fn target(&self, name: &str) -> Option<TargetConfig> {
+    fn target(&self, name: &str) -> Option<LoginTarget> {
         (**self).target(name)
     }
     fn discovery_auth(&self) -> Option<AuthPolicy> {
@@ -137,7 +137,7 @@ impl<T: TargetRegistry + ?Sized> TargetRegistry for &T {
 }
 
 impl<T: TargetRegistry + ?Sized> TargetRegistry for std::sync::Arc<T> {
-    fn target(&self, name: &str) -> Option<TargetConfig> {
+    fn target(&self, name: &str) -> Option<LoginTarget> {
         (**self).target(name)
     }
     fn discovery_auth(&self) -> Option<AuthPolicy> {
@@ -278,7 +278,7 @@ pub struct LoginSession<R> {
     session_type: SessionType,
     initiator_name: String,
     initiator_alias: Option<String>,
-    target: Option<TargetConfig>,
+    target: Option<LoginTarget>,
     policy: AuthPolicy,
     auth: Auth,
     chap_user: Option<String>,

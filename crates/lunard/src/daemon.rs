@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use lunar_block::{Backend, FileBackend, FileOptions, RbdBackend, RbdOptions};
 use lunar_core::{wait, ErrorPolicies, ErrorPolicy, Target, ThreadSet};
 use lunar_iscsi::chap::{ChapAlgorithm, ChapCredential, ChapPolicy};
-use lunar_iscsi::login::{AuthPolicy, TargetConfig as LoginTarget};
+use lunar_iscsi::login::{AuthPolicy, LoginTarget};
 use lunar_iscsi::negotiation::TargetLimits;
 use lunar_iscsi::server::{Server, ServerConfig, TargetEntry};
 use lunar_scsi::DiskConfig;

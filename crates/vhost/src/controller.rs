@@ -21,7 +21,7 @@ use crate::hotplug::{event_task, EventVq};
 use crate::limits::HitCounters;
 use crate::request_queue::RequestVq;
 use crate::virtio::{DEFAULT_CDB_SIZE, DEFAULT_SENSE_SIZE};
-use crate::{ControllerConfig, RateLimit, Shared, VhostError, VhostLimitHits, VhostLimits};
+use crate::{ControllerConfig, ControllerState, RateLimit, VhostError, VhostLimitHits, VhostLimits};
 
 /// A running vhost-user-scsi controller: listens on its socket and serves
 /// one frontend (QEMU) at a time; a frontend that goes away may reconnect.
@@ -44,7 +44,7 @@ impl Controller {
             return Err(VhostError::NumQueues(config.num_queues));
         }
         config.limits.validate()?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(ControllerState {
             target: target.clone(),
             cdb_size: AtomicU32::new(DEFAULT_CDB_SIZE),
             sense_size: AtomicU32::new(DEFAULT_SENSE_SIZE),

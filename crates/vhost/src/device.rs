@@ -14,7 +14,7 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use crate::hotplug::EventVq;
 use crate::request_queue::{QueueMem, RequestVq};
 use crate::virtio::*;
-use crate::{Mem, Shared, Vring};
+use crate::{ControllerState, Mem, Vring};
 
 /// `seg_max` of the config space: QEMU's default ring size minus 2 (fewer
 /// if [`crate::VhostLimits::max_chain_descriptors`] is below 128).
@@ -23,7 +23,7 @@ const SEG_MAX: u32 = 126;
 /// One virtio-scsi device: what a controller serves to each frontend that
 /// connects (the device outlives its connections).
 pub(crate) struct ScsiBackend {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<ControllerState>,
     pub(crate) vqs: Vec<Arc<RequestVq>>,
     /// Guest memory for the control and event queues.
     pub(crate) ctrl_mem: Mutex<Option<Mem>>,

@@ -207,7 +207,7 @@ impl RateLimit {
 
 /// What a controller shares between its queues (read-only on the I/O path
 /// except for the error counter).
-pub(crate) struct Shared {
+pub(crate) struct ControllerState {
     pub(crate) target: Arc<Target>,
     pub(crate) cdb_size: AtomicU32,
     pub(crate) sense_size: AtomicU32,
@@ -219,7 +219,7 @@ pub(crate) struct Shared {
     pub(crate) hits: HitCounters,
 }
 
-impl Shared {
+impl ControllerState {
     /// Logs (rate-limited) and counts a refused chain.
     pub(crate) fn refused(&self, e: &ChainError) {
         let counter = match e {

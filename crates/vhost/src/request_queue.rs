@@ -22,7 +22,7 @@ use vmm_sys_util::event::EventConsumer;
 use crate::inflight::InflightQueue;
 use crate::limits::HitCounters;
 use crate::virtio::*;
-use crate::{Mem, Shared, Vring, MAX_QUEUE_SIZE};
+use crate::{ControllerState, Mem, Vring, MAX_QUEUE_SIZE};
 
 /// A pass over a request ring notifies the driver every this many
 /// completions (and once at its end): at QD32 on one queue, 16 served 1.4x
@@ -101,7 +101,7 @@ fn set_nonblocking(fd: &EventConsumer) -> io::Result<()> {
 
 /// One request virtqueue.
 pub(crate) struct RequestVq {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<ControllerState>,
     /// Request queue number (virtqueue `index + 2`).
     pub(crate) index: usize,
     pub(crate) io_thread: usize,

@@ -16,19 +16,19 @@ const TARGET: &str = "iqn.2024-01.org.lunar:disk0";
 const INITIATOR: &str = "iqn.1993-08.org.debian:01:host";
 
 struct Registry {
-    targets: Vec<TargetConfig>,
+    targets: Vec<LoginTarget>,
     discovery: Option<AuthPolicy>,
     next_tsih: Cell<u16>,
 }
 
 impl Registry {
-    fn new(targets: Vec<TargetConfig>) -> Registry {
+    fn new(targets: Vec<LoginTarget>) -> Registry {
         Registry { targets, discovery: Some(AuthPolicy::None), next_tsih: Cell::new(0x10) }
     }
 }
 
 impl TargetRegistry for Registry {
-    fn target(&self, name: &str) -> Option<TargetConfig> {
+    fn target(&self, name: &str) -> Option<LoginTarget> {
         self.targets.iter().find(|t| t.name == name).cloned()
     }
     fn discovery_auth(&self) -> Option<AuthPolicy> {
@@ -136,7 +136,7 @@ const OPERATIONAL: &[(&str, &str)] = &[
 
 #[test]
 fn no_auth_happy_path() {
-    let reg = Registry::new(vec![TargetConfig { alias: Some("disk zero".into()), ..TargetConfig::open(TARGET) }]);
+    let reg = Registry::new(vec![LoginTarget { alias: Some("disk zero".into()), ..LoginTarget::open(TARGET) }]);
     let mut s = session(&reg);
     let r = cont(s.handle(&req(Sec, Op, true, &with(identity(), &[("AuthMethod", "None")]))));
     assert!(r.transit);
@@ -187,7 +187,7 @@ fn no_auth_happy_path() {
 
 #[test]
 fn login_straight_from_operational_stage() {
-    let reg = Registry::new(vec![TargetConfig::open(TARGET)]);
+    let reg = Registry::new(vec![LoginTarget::open(TARGET)]);
     let mut s = session(&reg);
     let (r, out) = complete(s.handle(&req(Op, Ffp, true, &with(identity(), OPERATIONAL))));
     assert_eq!(kv(&r)["TargetPortalGroupTag"], "1");
@@ -196,7 +196,7 @@ fn login_straight_from_operational_stage() {
 
 #[test]
 fn security_straight_to_full_feature() {
-    let reg = Registry::new(vec![TargetConfig::open(TARGET)]);
+    let reg = Registry::new(vec![LoginTarget::open(TARGET)]);
     let mut s = session(&reg);
     let (r, _) = complete(s.handle(&req(Sec, Ffp, true, &with(identity(), &[("AuthMethod", "None")]))));
     assert_eq!((r.csg, r.nsg), (Sec, Ffp));
@@ -205,7 +205,7 @@ fn security_straight_to_full_feature() {
 
 #[test]
 fn stepwise_without_transit() {
-    let reg = Registry::new(vec![TargetConfig::open(TARGET)]);
+    let reg = Registry::new(vec![LoginTarget::open(TARGET)]);
     let mut s = session(&reg);
     let r = cont(s.handle(&req(Sec, Op, false, &with(identity(), &[("AuthMethod", "None")]))));
     assert!(!r.transit);
@@ -244,10 +244,10 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn chap_target(policy: ChapPolicy) -> Registry {
-    Registry::new(vec![TargetConfig {
+    Registry::new(vec![LoginTarget {
         auth: AuthPolicy::Chap(policy),
         allowed_initiators: Some(vec![INITIATOR.to_uppercase()]),
-        ..TargetConfig::open(TARGET)
+        ..LoginTarget::open(TARGET)
     }])
 }
 
@@ -416,7 +416,7 @@ fn chap_required_paths() {
 
 #[test]
 fn no_auth_target_refuses_chap_only() {
-    let reg = Registry::new(vec![TargetConfig::open(TARGET)]);
+    let reg = Registry::new(vec![LoginTarget::open(TARGET)]);
     let mut s = session(&reg);
     assert_eq!(
         failed(s.handle(&req(Sec, Op, true, &with(identity(), &[("AuthMethod", "CHAP")])))),
@@ -437,7 +437,7 @@ fn unknown_target_and_acl() {
 
 #[test]
 fn missing_parameters() {
-    let reg = Registry::new(vec![TargetConfig::open(TARGET)]);
+    let reg = Registry::new(vec![LoginTarget::open(TARGET)]);
     let mut s = session(&reg);
     assert_eq!(failed(s.handle(&req(Sec, Op, true, &[("TargetName", TARGET)]))), LoginStatus::MISSING_PARAMETER);
     let mut s = session(&reg);
@@ -446,7 +446,7 @@ fn missing_parameters() {
 
 #[test]
 fn discovery_session() {
-    let mut reg = Registry::new(vec![TargetConfig::open(TARGET)]);
+    let mut reg = Registry::new(vec![LoginTarget::open(TARGET)]);
     let keys = [("InitiatorName", INITIATOR), ("SessionType", "Discovery"), ("AuthMethod", "None")];
     let mut s = session(&reg);
     let r = cont(s.handle(&req(Sec, Op, true, &keys)));
@@ -497,7 +497,7 @@ fn discovery_with_chap() {
 
 #[test]
 fn multi_pdu_request_with_c_bit() {
-    let reg = Registry::new(vec![TargetConfig::open(TARGET)]);
+    let reg = Registry::new(vec![LoginTarget::open(TARGET)]);
     let mut s = session(&reg);
     let full = req(Sec, Op, true, &with(identity(), &[("AuthMethod", "None")]));
     // Split in the middle of a key.
@@ -517,7 +517,7 @@ fn multi_pdu_request_with_c_bit() {
 
 #[test]
 fn long_response_uses_c_bit() {
-    let reg = Registry::new(vec![TargetConfig::open(TARGET)]);
+    let reg = Registry::new(vec![LoginTarget::open(TARGET)]);
     let mut s = session(&reg);
     // 200 unknown keys: each answered NotUnderstood, > 8192 bytes in all.
     let names: Vec<String> = (0..200).map(|i| format!("X-com.example.key-number-{i:04}")).collect();
@@ -548,7 +548,7 @@ fn long_response_uses_c_bit() {
 
 #[test]
 fn protocol_violations_close_the_login() {
-    let reg = Registry::new(vec![TargetConfig::open(TARGET)]);
+    let reg = Registry::new(vec![LoginTarget::open(TARGET)]);
     let id = with(identity(), &[("AuthMethod", "None")]);
 
     let mut r = req(Sec, Op, true, &id);
@@ -600,7 +600,7 @@ fn protocol_violations_close_the_login() {
 
 #[test]
 fn non_login_pdu_during_login() {
-    let reg = Registry::new(vec![TargetConfig::open(TARGET)]);
+    let reg = Registry::new(vec![LoginTarget::open(TARGET)]);
     let mut s = session(&reg);
     let nop = Pdu::NopOut(NopOut {
         immediate: true,
@@ -623,7 +623,7 @@ fn non_login_pdu_during_login() {
 
 #[test]
 fn adding_a_connection_needs_an_existing_session() {
-    let reg = Registry::new(vec![TargetConfig::open(TARGET)]);
+    let reg = Registry::new(vec![LoginTarget::open(TARGET)]);
     let id = with(identity(), &[("AuthMethod", "None")]);
     let mut r = req(Sec, Ffp, true, &id);
     r.tsih = 0x42;
@@ -638,7 +638,7 @@ fn adding_a_connection_needs_an_existing_session() {
 
 #[test]
 fn target_offers_delay_the_transition() {
-    let reg = Registry::new(vec![TargetConfig::open(TARGET)]);
+    let reg = Registry::new(vec![LoginTarget::open(TARGET)]);
     let config = LoginConfig {
         limits: TargetLimits {
             header_digest: DigestPolicy::Required,
@@ -779,7 +779,7 @@ fn refused_logins_are_described_for_the_control_plane() {
     assert_eq!((info.reason, info.initiator.as_deref()), ("authorization", Some("iqn.2000-01.com.evil:x")));
 
     // No CHAP configured: a method mismatch is an authentication failure, not CHAP's.
-    let open = Registry::new(vec![TargetConfig::open(TARGET)]);
+    let open = Registry::new(vec![LoginTarget::open(TARGET)]);
     let mut s = session(&open);
     let f = fail(s.handle(&req(Sec, Op, true, &with(identity(), &[("AuthMethod", "CHAP")]))));
     assert_eq!(LoginFailureInfo::new(&s, &f, peer).reason, "authentication");

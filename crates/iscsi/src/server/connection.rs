@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::limits::{Budget, LimitCounters, IMMEDIATE_EXTRA};
 use super::task::{answer, Task};
-use super::{End, Shared, TargetEntry};
+use super::{End, ServerState, TargetEntry};
 use crate::login::{LoginConfig, LoginOutcome, LoginSession, LoginStep};
 use crate::params::{NegotiatedParams, SessionType};
 use crate::pdu::{
@@ -78,13 +78,13 @@ struct PendingTmf {
 }
 
 enum Phase {
-    Login(Box<LoginSession<Arc<Shared>>>),
+    Login(Box<LoginSession<Arc<ServerState>>>),
     Discovery,
     Normal,
 }
 
 struct Conn {
-    shared: Arc<Shared>,
+    shared: Arc<ServerState>,
     peer: SocketAddr,
     /// Our address on this connection (what a wildcard portal is
     /// advertised as in SendTargets).
@@ -138,7 +138,7 @@ struct Conn {
 }
 
 /// Serves one accepted connection until it ends.
-pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>, thread: usize) {
+pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, shared: Arc<ServerState>, thread: usize) {
     let stream = match TcpStream::from_std(std_stream) {
         Ok(s) => s,
         Err(e) => {

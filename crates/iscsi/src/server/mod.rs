@@ -26,7 +26,7 @@ use lunar_core::threads::Contexts;
 use lunar_core::Target;
 use tokio::sync::{broadcast, watch};
 
-use crate::login::{AuthPolicy, TargetConfig, TargetRegistry};
+use crate::login::{AuthPolicy, LoginTarget, TargetRegistry};
 use crate::negotiation::TargetLimits;
 use crate::pdu::Isid;
 use crate::text::SendTargetsEntry;
@@ -34,7 +34,7 @@ use crate::text::SendTargetsEntry;
 /// One iSCSI target: its name, access rules and the core target whose LUNs it serves.
 #[derive(Clone)]
 pub struct TargetEntry {
-    pub config: TargetConfig,
+    pub config: LoginTarget,
     pub core: Arc<Target>,
 }
 
@@ -205,7 +205,7 @@ struct Portal {
 /// read, without a lock, at login and discovery; the I/O path never reads
 /// it (a session holds its own [`TargetEntry`]).
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct ServerState {
     pub(crate) targets: ArcSwap<HashMap<String, TargetEntry>>,
     pub(crate) discovery_auth: ArcSwap<Option<AuthPolicy>>,
     pub(crate) limits: TargetLimits,
@@ -240,8 +240,8 @@ fn session_info(key: &SessionKey, s: &SessionHandle) -> SessionInfo {
     }
 }
 
-impl TargetRegistry for Shared {
-    fn target(&self, name: &str) -> Option<TargetConfig> {
+impl TargetRegistry for ServerState {
+    fn target(&self, name: &str) -> Option<LoginTarget> {
         self.targets.load().get(name).map(|t| t.config.clone())
     }
 
@@ -259,7 +259,7 @@ impl TargetRegistry for Shared {
     }
 }
 
-impl Shared {
+impl ServerState {
     /// The SendTargets entries for a discovery that arrived on a connection
     /// whose local address is `local` (see [`advertised_portals`]).
     pub(crate) fn send_targets_entries(&self, local: Option<SocketAddr>) -> Vec<SendTargetsEntry> {
@@ -432,7 +432,7 @@ fn bind(addr: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), ServerE
 /// Accepts on `l` (bound to `addr`) on the main loop until the server
 /// shuts down or the portal is removed; each connection goes to an I/O
 /// thread, round robin.
-fn listen(shared: &Arc<Shared>, l: std::net::TcpListener, addr: SocketAddr) -> Result<(), ServerError> {
+fn listen(shared: &Arc<ServerState>, l: std::net::TcpListener, addr: SocketAddr) -> Result<(), ServerError> {
     let portal = shared.next_portal.fetch_add(1, Ordering::Relaxed);
     let (stop, mut stop_rx) = watch::channel(false);
     let (closed_tx, closed) = watch::channel(false);
@@ -497,7 +497,7 @@ fn listen(shared: &Arc<Shared>, l: std::net::TcpListener, addr: SocketAddr) -> R
 
 /// A connection counted against the portal and address limits, until dropped.
 struct ConnectionSlot {
-    shared: Arc<Shared>,
+    shared: Arc<ServerState>,
     portal: usize,
     addr: std::net::IpAddr,
 }
@@ -511,7 +511,7 @@ impl Drop for ConnectionSlot {
 /// A running iSCSI server.
 #[derive(Debug)]
 pub struct Server {
-    shared: Arc<Shared>,
+    shared: Arc<ServerState>,
     addrs: Vec<SocketAddr>,
 }
 
@@ -528,7 +528,7 @@ impl Server {
         let (shutdown, _) = watch::channel(false);
         let mut limits = config.limits.clamped();
         limits.first_burst_length = config.resources.first_burst_cap(limits.first_burst_length);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(ServerState {
             targets: ArcSwap::from_pointee(config.targets.iter().map(|t| (t.config.name.clone(), t.clone())).collect()),
             discovery_auth: ArcSwap::from_pointee(config.discovery_auth),
             limits,
@@ -584,7 +584,7 @@ impl Server {
 /// What the control plane needs of a running server; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ServerHandle {
-    shared: Arc<Shared>,
+    shared: Arc<ServerState>,
 }
 
 impl ServerHandle {
@@ -698,8 +698,8 @@ impl ServerHandle {
     pub async fn update_target(
         &self,
         name: &str,
-        change: impl Fn(&mut TargetConfig),
-    ) -> Result<TargetConfig, ServerError> {
+        change: impl Fn(&mut LoginTarget),
+    ) -> Result<LoginTarget, ServerError> {
         let mut updated = None;
         self.shared.targets.rcu(|old| {
             let mut new = HashMap::clone(old);
