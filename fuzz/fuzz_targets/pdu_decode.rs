@@ -20,7 +20,7 @@
 use libfuzzer_sys::fuzz_target;
 use lunar_iscsi::chap::{ChapAlgorithm, ChapCredential, ChapPolicy};
 use lunar_iscsi::keys;
-use lunar_iscsi::login::{AuthPolicy, LoginConfig, LoginSession, LoginStep, TargetConfig, TargetRegistry};
+use lunar_iscsi::login::{AuthPolicy, LoginConfig, LoginSession, LoginStep, LoginTarget, TargetRegistry};
 use lunar_iscsi::params::SessionType;
 use lunar_iscsi::pdu::{decode_bhs, decode_frame, Pdu, BHS_LEN};
 use lunar_iscsi::text::{full_feature_answers, SendTargetsEntry, TextExchange};
@@ -31,12 +31,12 @@ const CHAP: &str = "iqn.2024-01.org.lunar:chap";
 struct Registry;
 
 impl TargetRegistry for Registry {
-    fn target(&self, name: &str) -> Option<TargetConfig> {
+    fn target(&self, name: &str) -> Option<LoginTarget> {
         if name == OPEN {
-            return Some(TargetConfig::open(name));
+            return Some(LoginTarget::open(name));
         }
         if name == CHAP {
-            let mut t = TargetConfig::open(name);
+            let mut t = LoginTarget::open(name);
             t.auth = AuthPolicy::Chap(ChapPolicy {
                 initiator: ChapCredential::new("user", b"secret-12345".to_vec()),
                 target: Some(ChapCredential::new("target", b"tsecret-12345".to_vec())),
