@@ -123,8 +123,8 @@ check "hot remove: lunarctl ran, LUN left the guest" \
 # sends nothing: it must just not hang.
 check "sg_reset --device succeeded" "$(serial | grep -ao "sg_reset --device rc=[0-9]*")" "sg_reset --device rc=0"
 lu_reset=$(plain_log | grep -a "task management done" | grep -a 'tmf="LOGICAL UNIT RESET"' |
-    grep -ao -m1 "lun=1 .*waited=[0-9]*" || true)
-waited=$(echo "$lu_reset" | sed -n 's/.*waited=//p')
+    grep -ao -m1 "lun=1 .*aborted=[0-9]*" || true)
+waited=$(echo "$lu_reset" | sed -n 's/.*aborted=//p')
 check "LOGICAL UNIT RESET of LUN 1 found commands in flight ($lu_reset)" "$([ "${waited:-0}" -ge 1 ] && echo yes)" yes
 check "LUN 1 paused and resumed by lunarctl" "$([ -n "$paused" ] && [ -n "$resumed" ] && echo yes)" yes
 check "sg_reset --target ended" "$(serial_has "sg_reset --target rc=" && echo yes)" yes
