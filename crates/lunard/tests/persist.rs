@@ -110,8 +110,9 @@ fn every_runtime_change_survives_kill_9() {
     d.ctl_ok(&["lun", "resize", "0", "8M"]);
     d.ctl_ok(&["lun", "resize", "5", "2M"]);
     d.ctl_ok(&["lun", "set-error-policy", "2", "--rerror", "ignore", "--werror", "report"]);
+    // A move is written as the LUN's I/O thread.
     let moved = d.ctl_ok(&["lun", "move", "2", "--iothread", "1"]);
-    assert!(moved.contains("not persistent: a move places"), "{moved}");
+    assert!(moved.contains(&format!("written to {cfg_s}")), "{moved}");
 
     // Data: on the grown part of LUN 0 and on the new LUN 5, FUA.
     let s = login(&d);
