@@ -408,3 +408,93 @@ fn an_osd_gone_under_writes_pauses_the_lun_and_cont_completes_them() {
     stop(d);
     assert!(img.export()[..data.len()] == data[..], "the cluster has every write");
 }
+
+fn ceph(conf: &Path, args: &[&str]) {
+    let out = Command::new("ceph").arg("-c").arg(conf).args(args).output().expect("run the ceph tool");
+    assert!(out.status.success(), "ceph {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A pool of its own (a quota on `rbd` would stop the other tests), removed with its images when dropped.
+struct Pool {
+    conf: PathBuf,
+    name: String,
+}
+
+impl Pool {
+    fn new(conf: &Path, test: &str) -> Pool {
+        let name = format!("lunard-{test}-{}", std::process::id());
+        ceph(conf, &["osd", "pool", "create", &name, "8"]);
+        let pool = Pool { conf: conf.to_path_buf(), name };
+        rbd(conf, &["pool", "init", &pool.name]);
+        pool
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let n = &self.name;
+        let _ = Command::new("ceph")
+            .arg("-c")
+            .arg(&self.conf)
+            .args(["osd", "pool", "rm", n, n, "--yes-i-really-really-mean-it"])
+            .output();
+    }
+}
+
+#[test]
+fn a_full_pool_pauses_an_enospc_lun_and_cont_completes_the_write() {
+    let Some((conf, _cluster)) = cluster("a_full_pool_pauses_an_enospc_lun_and_cont_completes_the_write") else {
+        return;
+    };
+    let pool = Pool::new(&conf, "full");
+    rbd(&conf, &["create", "--size", "128M", &format!("{}/disk", pool.name)]);
+    let lun = format!("backend=rbd,pool={},image=disk,conf={},werror=enospc", pool.name, conf.display());
+    let d = Daemon::start(&["--lun", &lun]);
+    let mut events = common::Events::subscribe(&d);
+    let s = login(&d);
+    settle(&s, 0);
+    ceph(&conf, &["osd", "pool", "set-quota", &pool.name, "max_bytes", &(4u64 << 20).to_string()]);
+    const CHUNK: usize = 1 << 20;
+    let chunk = |i: usize| pattern(100 + i as u64, CHUNK);
+    let lba = |i: usize| (i * CHUNK / BS) as u64;
+    // The cluster marks the pool full from its statistics, a few seconds
+    // after the quota is reached: write until a write is held.
+    let mut acked = 0;
+    let held = loop {
+        assert!(acked < 120, "120 writes of 1 MiB into a pool with a 4 MiB quota, none held");
+        let tag = s.submit(s.write_command(0, lba(acked), chunk(acked), false).unwrap()).unwrap();
+        match s.wait_timeout(tag, Duration::from_secs(5)).unwrap() {
+            Some(r) => {
+                assert!(r.is_good(), "write {acked}: {r:?}");
+                acked += 1;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            None => break tag,
+        }
+    };
+    let paused = events.wait_for("lun.paused");
+    println!("pool quota 4 MiB: write {acked} held after {acked} acknowledged: {paused}");
+    assert_eq!((paused["reason"].clone(), paused["error"].clone()), (json!("io-error"), json!("NoSpace")), "{paused}");
+    assert_eq!(paused["direction"], "write");
+    assert_eq!(s.outstanding(), 1);
+    // Room again; `cont` re-issues the held write (once more if the cluster
+    // has not yet cleared the pool's full flag: the LUN pauses again).
+    ceph(&conf, &["osd", "pool", "set-quota", &pool.name, "max_bytes", "0"]);
+    let mut conts = 0;
+    let r = loop {
+        conts += 1;
+        assert!(conts <= 12, "the write is still held after 12 cont\n{}", d.log_tail());
+        assert_eq!(d.ctl_ok(&["cont"]).trim(), "running");
+        if let Some(r) = s.wait_timeout(held, Duration::from_secs(5)).unwrap() {
+            break r;
+        }
+        events.wait_for("lun.paused");
+    };
+    assert!(r.is_good(), "the held write after cont: {r:?}");
+    println!("the held write completed GOOD after {conts} cont");
+    for i in 0..=acked {
+        assert!(read(&s, 0, lba(i), (CHUNK / BS) as u32) == chunk(i), "chunk {i} reads back");
+    }
+    s.logout().unwrap();
+    stop(d);
+}
