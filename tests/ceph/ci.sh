@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The Ceph step of scripts/test-all.sh: a single-node cluster for the
 # duration of the step (tests/ceph/micro-cluster.sh run), then, against it,
-# the rbd backend's tests, lunard's end-to-end RBD tests and iscsi-test-cu
-# against an RBD LUN. With LUNAR_REQUIRE_CEPH=1 a test that finds no cluster
-# fails instead of skipping.
+# the rbd backend's tests (faults among them: an OSD frozen under I/O, a
+# pool over its quota), lunard's end-to-end RBD tests, the verified stress
+# test on RBD LUNs and iscsi-test-cu against an RBD LUN. With
+# LUNAR_REQUIRE_CEPH=1 a test that finds no cluster fails instead of skipping.
 #
 #   bash tests/ceph/ci.sh [SHARED_DIR]
 set -euo pipefail
@@ -20,6 +21,8 @@ cargo test -q -p lunar-block --lib rbd 2>&1 | grep -E '^(test result|.*FAILED|.*
 cargo test -q -p lunar-block --test rbd_backend 2>&1 | grep -E '^(test result|.*FAILED|.*panicked|error)'
 echo "-- cargo test -p lunard --test rbd"
 cargo test -q -p lunard --test rbd 2>&1 | grep -E '^(test result|.*FAILED|.*panicked|error)'
+echo "-- cargo test -p lunar-tests --test stress stress_on_rbd_luns"
+cargo test -q -p lunar-tests --test stress stress_on_rbd_luns -- --nocapture 2>&1 | grep -E '^(test result|stress:|.*FAILED|.*panicked|error)'
 echo "-- iscsi-test-cu against an RBD LUN"
 bash "$root/tests/ceph/conformance-rbd.sh" "$shared"
 echo "ceph step: $(( $(date +%s) - start )) s with the cluster up"

@@ -7,6 +7,9 @@
 #                                     empty or absent); prints DIR/ceph.conf
 #   micro-cluster.sh stop DIR         stop its daemons (by their pids) and delete DIR
 #   micro-cluster.sh image DIR NAME SIZE   create image NAME (rbd create --size SIZE)
+#   micro-cluster.sh stop-osd DIR     freeze the OSD (SIGSTOP): it answers nothing,
+#                                     as an OSD gone away; its memstore data stays
+#   micro-cluster.sh start-osd DIR    thaw it (SIGCONT): the cluster is back
 #   micro-cluster.sh run [--] CMD...  start a cluster in a temp dir, run CMD with
 #                                     LUNAR_CEPH_CONF=<conf> and CEPH_CONF=<conf>,
 #                                     stop it, exit with CMD's status
@@ -181,6 +184,19 @@ cmd_stop() {
     log "cluster under $dir stopped"
 }
 
+# The OSD's pid, checked to be this cluster's daemon. Freezing it stands for
+# an OSD gone away: killing a memstore OSD would lose every object with it.
+osd_pid() {
+    local dir=${1:?usage: stop-osd|start-osd DIR} name pid
+    while read -r name pid; do
+        if [ "$name" = osd ] && ours "$pid" "$dir"; then echo "$pid"; return 0; fi
+    done <"$dir/pids"
+    die "no OSD of a cluster under $dir"
+}
+
+cmd_stop_osd() { local pid; pid=$(osd_pid "$@"); kill -STOP "$pid"; log "OSD $pid frozen"; }
+cmd_start_osd() { local pid; pid=$(osd_pid "$@"); kill -CONT "$pid"; log "OSD $pid thawed"; }
+
 cmd_image() {
     local dir=${1:?usage: image DIR NAME SIZE} name=${2:?} size=${3:?}
     timeout 30 rbd -c "$dir/ceph.conf" create --size "$size" "rbd/$name"
@@ -202,6 +218,8 @@ case "${1:-}" in
     start) shift; cmd_start "$@" ;;
     stop) shift; cmd_stop "$@" ;;
     image) shift; cmd_image "$@" ;;
+    stop-osd) shift; cmd_stop_osd "$@" ;;
+    start-osd) shift; cmd_start_osd "$@" ;;
     run) shift; cmd_run "$@" ;;
-    *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

@@ -1,7 +1,10 @@
 //! Stress (bounded, ~15 s): 4 I/O threads, 8 devices on the `file` backend,
 //! verified random writes and reads from 4 submitters while the main loop
 //! keeps moving devices between threads, stopping and resuming, saving
-//! state, resetting, and hot-removing and re-adding devices.
+//! state, resetting, and hot-removing and re-adding devices. The same (6 s)
+//! on 8 devices of the `rbd` backend when a Ceph cluster is given
+//! (`LUNAR_CEPH_CONF`, see tests/ceph/micro-cluster.sh; skipped without one
+//! unless `LUNAR_REQUIRE_CEPH=1`).
 //!
 //! At the end: no request lost, none completed twice, and every block whose
 //! last acknowledged write is known reads back exactly (a write aborted by a
@@ -16,7 +19,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::*;
-use lunar_block::{Backend, FileBackend, FileOptions};
+use lunar_block::{Backend, FileBackend, FileOptions, RbdBackend, RbdOptions};
 use lunar_core::{request, wait, ErrorPolicies, Queue, Response, Target, TargetError};
 use lunar_loopback::{cdb, ResponseExt};
 use lunar_scsi::{SenseKey, Status};
@@ -27,6 +30,7 @@ const DEVICES: u64 = 8;
 const SUBMITTERS: u64 = 4;
 const BLOCKS: u64 = 2048; // 1 MiB per device
 const RUN: Duration = Duration::from_secs(12);
+const RUN_RBD: Duration = Duration::from_secs(6);
 
 #[derive(Default, Debug)]
 struct Counts {
@@ -152,9 +156,71 @@ fn stress_moves_stops_resets_saves_and_hotplug_under_verified_io() {
     for p in &paths {
         std::fs::write(p, vec![0u8; (BLOCKS as usize) * BLOCK]).unwrap();
     }
+    stress("file", RUN, |lun| open_file(&paths[lun as usize]));
+}
+
+/// RBD images for the rbd stress test, removed when dropped.
+struct RbdImages {
+    conf: PathBuf,
+    names: Vec<String>,
+}
+
+impl RbdImages {
+    fn rbd(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("rbd").arg("-c").arg(&self.conf).args(args).output().expect("run the rbd tool")
+    }
+}
+
+impl Drop for RbdImages {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = self.rbd(&["rm", "--no-progress", &format!("rbd/{n}")]);
+        }
+    }
+}
+
+#[test]
+fn stress_on_rbd_luns() {
+    let conf = match std::env::var_os("LUNAR_CEPH_CONF") {
+        Some(c) if !c.is_empty() => PathBuf::from(c),
+        _ => {
+            assert!(
+                std::env::var("LUNAR_REQUIRE_CEPH").map_or(true, |v| v.is_empty() || v == "0"),
+                "stress_on_rbd_luns: LUNAR_REQUIRE_CEPH is set but LUNAR_CEPH_CONF is not"
+            );
+            eprintln!(
+                "stress_on_rbd_luns: skipped: no Ceph cluster (set LUNAR_CEPH_CONF, see tests/ceph/micro-cluster.sh)"
+            );
+            return;
+        }
+    };
+    let names = (0..DEVICES).map(|l| format!("stress-{l}-{}", std::process::id())).collect();
+    let images = RbdImages { conf: conf.clone(), names };
+    let size = format!("{}K", BLOCKS as usize * BLOCK / 1024);
+    for n in &images.names {
+        let spec = format!("rbd/{n}");
+        let _ = images.rbd(&["rm", "--no-progress", &spec]);
+        let out = images.rbd(&["create", "--size", &size, &spec]);
+        assert!(out.status.success(), "rbd create {spec}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Removed and re-added devices reopen their image (a new cluster client).
+    stress("rbd", RUN_RBD, |lun| {
+        let options = RbdOptions {
+            pool: "rbd".into(),
+            image: images.names[lun as usize].clone(),
+            conf: Some(conf.clone()),
+            ..Default::default()
+        };
+        Backend::Rbd(Arc::new(RbdBackend::open(&options).unwrap_or_else(|e| panic!("open lun {lun}: {e}"))))
+    });
+}
+
+/// The stress run on `DEVICES` devices whose backends `open` opens (again
+/// after each hot-removal), for `run`.
+fn stress(kind: &str, run: Duration, open: impl Fn(u64) -> Backend) {
     let target = Target::new("stress", IO_THREADS).unwrap();
-    for (lun, p) in paths.iter().enumerate() {
-        add(&target, lun as u64, open_file(p), ErrorPolicies::default());
+    for lun in 0..DEVICES {
+        add(&target, lun, open(lun), ErrorPolicies::default());
     }
     let stop = Arc::new(AtomicBool::new(false));
     let ids = Arc::new(AtomicU64::new(1));
@@ -168,7 +234,7 @@ fn stress_moves_stops_resets_saves_and_hotplug_under_verified_io() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let (mut moves, mut stops, mut saves, mut saved_requests, mut resets, mut replugs) = (0, 0, 0, 0, 0, 0);
     let start = Instant::now();
-    while start.elapsed() < RUN {
+    while start.elapsed() < run {
         let lun = rng.gen_range(0..DEVICES);
         match rng.gen_range(0..10) {
             0..=4 => {
@@ -191,7 +257,7 @@ fn stress_moves_stops_resets_saves_and_hotplug_under_verified_io() {
             _ => {
                 wait(target.remove_device(lun)).unwrap();
                 std::thread::sleep(Duration::from_millis(rng.gen_range(0..5)));
-                add(&target, lun, open_file(&paths[lun as usize]), ErrorPolicies::default());
+                add(&target, lun, open(lun), ErrorPolicies::default());
                 replugs += 1;
             }
         }
@@ -240,11 +306,11 @@ fn stress_moves_stops_resets_saves_and_hotplug_under_verified_io() {
     }
     target.shutdown();
     println!(
-        "stress: {:?} commands: submitted {}, good {}, aborted {}, unit attention {}, lun gone {}, verified reads {}; \
+        "stress: {kind} LUNs, {:?} of commands: submitted {}, good {}, aborted {}, unit attention {}, lun gone {}, verified reads {}; \
          control: moves {moves}, stop/cont {stops}, saves {saves} ({saved_requests} requests saved), resets {resets}, \
          remove/re-add {replugs}; final check: {final_checked} blocks verified ({ambiguous} after an aborted write); \
          lost 0, completed twice 0",
-        RUN, total.submitted, total.good, total.aborted, total.unit_attention, total.lun_gone, total.verified_reads
+        run, total.submitted, total.good, total.aborted, total.unit_attention, total.lun_gone, total.verified_reads
     );
     assert!(total.good > 1000, "too little I/O to mean anything: {}", total.good);
 }

@@ -19,6 +19,10 @@ pub enum ErrorKind {
     /// The backend cut this client off (Ceph blocklisted it: EBLOCKLISTED,
     /// which is ESHUTDOWN); it stays so until it is opened again.
     Offline,
+    /// The backend did not answer within its bound (ETIMEDOUT: for `rbd`, an
+    /// OSD or the whole Ceph cluster away longer than the I/O timeout). The
+    /// request may succeed when retried once the backend is back.
+    TimedOut,
     /// Anything else; the errno is kept.
     Other,
 }
@@ -48,6 +52,7 @@ impl BlockError {
             libc::EROFS | libc::EPERM | libc::EACCES | libc::EBADF => ErrorKind::ReadOnly,
             libc::EOPNOTSUPP | libc::EINVAL => ErrorKind::Unsupported,
             libc::ESHUTDOWN => ErrorKind::Offline,
+            libc::ETIMEDOUT => ErrorKind::TimedOut,
             _ => ErrorKind::Other,
         };
         BlockError::new(kind, errno, op, offset, len)

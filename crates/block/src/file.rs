@@ -563,6 +563,7 @@ mod tests {
         assert_eq!(BlockError::from_errno(libc::EIO, "read", 0, 512).kind, ErrorKind::Io);
         assert_eq!(BlockError::from_errno(libc::ENOSPC, "write", 0, 512).kind, ErrorKind::NoSpace);
         assert_eq!(BlockError::from_errno(libc::ESHUTDOWN, "write", 0, 512).kind, ErrorKind::Offline);
+        assert_eq!(BlockError::from_errno(libc::ETIMEDOUT, "write", 0, 512).kind, ErrorKind::TimedOut);
         let e = io_err(std::io::Error::from_raw_os_error(libc::EIO), "read", 4096, 512);
         assert_eq!((e.kind, e.errno, e.offset, e.len), (ErrorKind::Io, libc::EIO, 4096, 512));
     }

@@ -30,10 +30,15 @@
 //! Opening (control plane, blocking) gives up after [`CONNECT_TIMEOUT_SECS`]
 //! when the cluster does not answer: `client_mount_timeout`,
 //! `rados_mon_op_timeout` and `rados_osd_op_timeout` are set to it while
-//! connecting and opening. Afterwards `rados_osd_op_timeout` goes back to
-//! the configuration's value (0 by default: requests wait for the cluster
-//! to come back, as the kernel's RBD client does; the LUN's error policy
-//! applies to errors the cluster returns).
+//! connecting and opening. Once open, `rados_osd_op_timeout` is the
+//! configuration's value when it is above 0, else [`IO_TIMEOUT_SECS`]:
+//! a request that an OSD (or the whole cluster) does not answer within it
+//! fails with ETIMEDOUT, [`ErrorKind::TimedOut`](crate::ErrorKind::TimedOut),
+//! and the LUN's error policy acts on it (`werror=stop` parks it, and `cont`
+//! re-issues it once the cluster is back). The bound is per RADOS operation:
+//! a librbd request that needs two in a row (an object-map update, then the
+//! write) can take up to twice as long to fail. Requests never wait for
+//! ever, unlike the kernel's RBD client with its default of 0.
 
 #[cfg(lunar_rbd)]
 mod ffi;
@@ -52,6 +57,11 @@ pub const ATOMIC_COMPARE_AND_WRITE_BYTES: u64 = 512;
 
 /// Seconds `RbdBackend::open` waits for an unreachable cluster.
 pub const CONNECT_TIMEOUT_SECS: u64 = 10;
+
+/// Seconds a request waits for the cluster once the image is open, unless
+/// the configuration sets `rados_osd_op_timeout` (below the 30 s command
+/// timeout of Linux initiators, so the LUN's error policy answers first).
+pub const IO_TIMEOUT_SECS: u64 = 20;
 
 /// Where an RBD image is and how to reach its cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -130,6 +140,12 @@ impl RbdBackend {
         self.inner.size()
     }
 
+    /// Seconds a request waits for the cluster before it fails as
+    /// [`ErrorKind::TimedOut`](crate::ErrorKind::TimedOut) (see the module documentation).
+    pub fn io_timeout_secs(&self) -> u64 {
+        self.inner.io_timeout()
+    }
+
     /// `rbd_resize` (blocking: control plane); when the image already has
     /// that size in the cluster (another client resized it), only this
     /// backend's size follows.
@@ -201,6 +217,10 @@ impl RbdBackend {
     }
 
     pub fn size(&self) -> u64 {
+        match self.never {}
+    }
+
+    pub fn io_timeout_secs(&self) -> u64 {
         match self.never {}
     }
 

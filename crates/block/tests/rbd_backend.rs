@@ -20,12 +20,18 @@ fn run<F: Future>(f: F) -> F::Output {
     tokio::task::LocalSet::new().block_on(&rt, f)
 }
 
-/// The cluster's ceph.conf, or `None` (skip) when no cluster is given.
-fn cluster(test: &str) -> Option<PathBuf> {
+/// The tests that freeze the cluster's OSD take this exclusively; every
+/// other test holds it shared while it uses the cluster (tests of one binary
+/// run in parallel, and a frozen OSD would stall them).
+static CLUSTER: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// The cluster's ceph.conf and a shared hold on it, or `None` (skip) when no
+/// cluster is given.
+fn cluster(test: &str) -> Option<(PathBuf, std::sync::RwLockReadGuard<'static, ()>)> {
     match std::env::var_os("LUNAR_CEPH_CONF") {
         Some(c) if !c.is_empty() => {
             assert!(lunar_block::rbd::available(), "LUNAR_CEPH_CONF is set but this build has no librbd");
-            Some(PathBuf::from(c))
+            Some((PathBuf::from(c), CLUSTER.read().unwrap_or_else(|e| e.into_inner())))
         }
         _ => {
             assert!(
@@ -83,7 +89,7 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 
 #[test]
 fn read_write_flush_fua() {
-    let Some(conf) = cluster("read_write_flush_fua") else { return };
+    let Some((conf, _cluster)) = cluster("read_write_flush_fua") else { return };
     let img = TestImage::new(&conf, "rw", "16M");
     let b = Backend::Rbd(img.open());
     assert_eq!(b.size(), 16 << 20);
@@ -130,7 +136,7 @@ where
 
 #[test]
 fn discard_write_zeroes_and_allocation() {
-    let Some(conf) = cluster("discard_write_zeroes_and_allocation") else { return };
+    let Some((conf, _cluster)) = cluster("discard_write_zeroes_and_allocation") else { return };
     let img = TestImage::new(&conf, "alloc", "16M");
     let b = Backend::Rbd(img.open());
     run(async {
@@ -169,7 +175,7 @@ fn discard_write_zeroes_and_allocation() {
 
 #[test]
 fn resize_changes_the_image() {
-    let Some(conf) = cluster("resize_changes_the_image") else { return };
+    let Some((conf, _cluster)) = cluster("resize_changes_the_image") else { return };
     let img = TestImage::new(&conf, "resize", "8M");
     let b = Backend::Rbd(img.open());
     run(async { b.write((8 << 20) - 4096, vec![5; 4096], false).await.unwrap() });
@@ -187,7 +193,7 @@ fn resize_changes_the_image() {
 
 #[test]
 fn export_and_import_agree_with_lunar() {
-    let Some(conf) = cluster("export_and_import_agree_with_lunar") else { return };
+    let Some((conf, _cluster)) = cluster("export_and_import_agree_with_lunar") else { return };
     let img = TestImage::new(&conf, "export", "8M");
     let dir = tempfile::tempdir().unwrap();
     let b = Backend::Rbd(img.open());
@@ -210,7 +216,7 @@ fn export_and_import_agree_with_lunar() {
 
 #[test]
 fn cancelled_requests_keep_their_buffers_until_librbd_is_done() {
-    let Some(conf) = cluster("cancelled_requests_keep_their_buffers_until_librbd_is_done") else { return };
+    let Some((conf, _cluster)) = cluster("cancelled_requests_keep_their_buffers_until_librbd_is_done") else { return };
     let img = TestImage::new(&conf, "cancel", "16M");
     let r = img.open();
     run(async {
@@ -230,7 +236,7 @@ fn cancelled_requests_keep_their_buffers_until_librbd_is_done() {
 
 #[test]
 fn several_io_threads_share_one_image() {
-    let Some(conf) = cluster("several_io_threads_share_one_image") else { return };
+    let Some((conf, _cluster)) = cluster("several_io_threads_share_one_image") else { return };
     let img = TestImage::new(&conf, "threads", "16M");
     let r = img.open();
     let threads: Vec<_> = (0..4u64)
@@ -254,7 +260,7 @@ fn several_io_threads_share_one_image() {
 
 #[test]
 fn open_errors_name_pool_and_image() {
-    let Some(conf) = cluster("open_errors_name_pool_and_image") else { return };
+    let Some((conf, _cluster)) = cluster("open_errors_name_pool_and_image") else { return };
     let o = RbdOptions {
         pool: "rbd".into(),
         image: "no-such-image".into(),
@@ -305,7 +311,7 @@ fn unreachable_cluster_fails_within_the_timeout() {
 
 #[test]
 fn compare_and_write_is_atomic_across_clients() {
-    let Some(conf) = cluster("compare_and_write_is_atomic_across_clients") else { return };
+    let Some((conf, _cluster)) = cluster("compare_and_write_is_atomic_across_clients") else { return };
     let img = TestImage::new(&conf, "caw", "8M");
     // Two opens: two RADOS clients, as two gateways would be.
     let (a, b) = (img.open(), img.open());
@@ -368,7 +374,7 @@ fn compare_and_write_is_atomic_across_clients() {
 
 #[test]
 fn a_blocklisted_client_is_offline() {
-    let Some(conf) = cluster("a_blocklisted_client_is_offline") else { return };
+    let Some((conf, _cluster)) = cluster("a_blocklisted_client_is_offline") else { return };
     let img = TestImage::new(&conf, "blocklist", "8M");
     let r = img.open();
     run(async { r.write(0, vec![1; 4096], false).await.unwrap() });
@@ -386,4 +392,165 @@ fn a_blocklisted_client_is_offline() {
     // A new client of the image is not fenced, and sees what the old one wrote before.
     let fresh = img.open();
     run(async { assert_eq!(fresh.read(0, 4096).await.unwrap(), vec![1; 4096]) });
+}
+
+/// tests/ceph/micro-cluster.sh run on the cluster whose ceph.conf is `conf`.
+fn micro_cluster(conf: &std::path::Path, cmd: &str) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/ceph/micro-cluster.sh");
+    let dir = conf.parent().expect("the cluster's directory");
+    let out = Command::new("bash").arg(&script).arg(cmd).arg(dir).output().expect("run micro-cluster.sh");
+    assert!(out.status.success(), "micro-cluster.sh {cmd}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The cluster's OSD frozen (micro-cluster.sh stop-osd) until thawed or
+/// dropped, even when the test fails.
+struct FrozenOsd(PathBuf);
+
+impl FrozenOsd {
+    fn freeze(conf: &std::path::Path) -> FrozenOsd {
+        micro_cluster(conf, "stop-osd");
+        FrozenOsd(conf.to_path_buf())
+    }
+
+    /// Thaws it (through Drop).
+    fn thaw(self) {}
+}
+
+impl Drop for FrozenOsd {
+    fn drop(&mut self) {
+        micro_cluster(&self.0, "start-osd");
+    }
+}
+
+/// A copy of the cluster's ceph.conf with `rados osd op timeout = secs`.
+fn conf_with_timeout(conf: &std::path::Path, dir: &std::path::Path, secs: u64) -> PathBuf {
+    let mut text = std::fs::read_to_string(conf).unwrap();
+    text.push_str(&format!("\n[client.admin]\nrados osd op timeout = {secs}\n"));
+    let path = dir.join("ceph.conf");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn the_default_io_timeout_is_bounded() {
+    let Some((conf, _cluster)) = cluster("the_default_io_timeout_is_bounded") else { return };
+    let img = TestImage::new(&conf, "iotimeout", "8M");
+    // The test cluster's configuration leaves rados_osd_op_timeout at 0:
+    // requests would wait for ever; the backend's default bounds them.
+    assert_eq!(img.open().io_timeout_secs(), lunar_block::rbd::IO_TIMEOUT_SECS);
+}
+
+#[test]
+fn an_osd_gone_away_fails_requests_as_timed_out_then_they_work_again() {
+    let Some((conf, shared)) = cluster("an_osd_gone_away_fails_requests_as_timed_out_then_they_work_again") else {
+        return;
+    };
+    // The OSD freezes: no other test of this binary may use the cluster meanwhile.
+    drop(shared);
+    let _alone = CLUSTER.write().unwrap_or_else(|e| e.into_inner());
+    let img = TestImage::new(&conf, "osdaway", "8M");
+    let dir = tempfile::tempdir().unwrap();
+    const SECS: u64 = 3;
+    let options = RbdOptions { conf: Some(conf_with_timeout(&conf, dir.path(), SECS)), ..img.options() };
+    let r = Arc::new(RbdBackend::open(&options).unwrap());
+    assert_eq!(r.io_timeout_secs(), SECS);
+    run(async { r.write(0, vec![1; 4096], false).await.unwrap() });
+    let osd = FrozenOsd::freeze(&conf);
+    // A watchdog far above the bound: the requests must fail, not hang.
+    let watchdog = std::time::Duration::from_secs(20 * SECS);
+    let (write, read) = run(async {
+        let t = std::time::Instant::now();
+        let e = tokio::time::timeout(watchdog, r.write(4096, vec![2; 4096], false))
+            .await
+            .expect("a write to a frozen OSD hung")
+            .unwrap_err();
+        assert_eq!((e.kind, e.errno), (ErrorKind::TimedOut, libc::ETIMEDOUT), "{e}");
+        let write = t.elapsed();
+        let t = std::time::Instant::now();
+        let e =
+            tokio::time::timeout(watchdog, r.read(0, 4096)).await.expect("a read from a frozen OSD hung").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::TimedOut, "{e}");
+        (write, t.elapsed())
+    });
+    println!("OSD frozen, rados_osd_op_timeout {SECS} s: the write failed after {write:?}, the read after {read:?}");
+    osd.thaw();
+    run(async {
+        r.write(4096, vec![2; 4096], false).await.unwrap();
+        r.flush().await.unwrap();
+        assert_eq!(r.read(0, 4096).await.unwrap(), vec![1; 4096]);
+        assert_eq!(r.read(4096, 4096).await.unwrap(), vec![2; 4096]);
+    });
+}
+
+fn ceph(conf: &std::path::Path, args: &[&str]) {
+    let out = Command::new("ceph").arg("-c").arg(conf).args(args).output().expect("run the ceph tool");
+    assert!(out.status.success(), "ceph {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A pool of its own (a quota on `rbd` would stop the other tests), removed when dropped.
+struct TestPool {
+    conf: PathBuf,
+    name: String,
+}
+
+impl TestPool {
+    fn new(conf: &std::path::Path, test: &str) -> TestPool {
+        let name = format!("{test}-{}", std::process::id());
+        ceph(conf, &["osd", "pool", "create", &name, "8"]);
+        let pool = TestPool { conf: conf.to_path_buf(), name };
+        let out = Command::new("rbd").arg("-c").arg(conf).args(["pool", "init", &pool.name]).output().unwrap();
+        assert!(out.status.success(), "rbd pool init: {}", String::from_utf8_lossy(&out.stderr));
+        pool
+    }
+}
+
+impl Drop for TestPool {
+    fn drop(&mut self) {
+        let n = &self.name;
+        let _ = Command::new("ceph")
+            .arg("-c")
+            .arg(&self.conf)
+            .args(["osd", "pool", "rm", n, n, "--yes-i-really-really-mean-it"])
+            .output();
+    }
+}
+
+#[test]
+fn a_full_pool_fails_writes_as_no_space() {
+    let Some((conf, _cluster)) = cluster("a_full_pool_fails_writes_as_no_space") else { return };
+    let pool = TestPool::new(&conf, "lunarfull");
+    let spec = format!("{}/disk", pool.name);
+    rbd(&conf, &["create", "--size", "64M", &spec]);
+    let options =
+        RbdOptions { pool: pool.name.clone(), image: "disk".into(), conf: Some(conf.clone()), ..Default::default() };
+    let r = Arc::new(RbdBackend::open(&options).unwrap());
+    ceph(&conf, &["osd", "pool", "set-quota", &pool.name, "max_bytes", &(4u64 << 20).to_string()]);
+    // The cluster marks the pool full once its statistics show the quota
+    // reached (a few seconds): write until a write fails.
+    let chunk = 1usize << 20;
+    let (written, e) = run(async {
+        for i in 0..120u64 {
+            match r.write((i % 64) * chunk as u64, vec![i as u8 + 1; chunk], false).await {
+                Ok(()) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+                Err(e) => return (i, e),
+            }
+        }
+        panic!("120 writes of 1 MiB (30 s) into a pool with a 4 MiB quota, none refused");
+    });
+    println!("pool quota 4 MiB: write {written} failed: {e}");
+    assert_eq!(e.kind, ErrorKind::NoSpace, "{e}");
+    // Room again: the quota lifted, writes succeed once the cluster knows.
+    ceph(&conf, &["osd", "pool", "set-quota", &pool.name, "max_bytes", "0"]);
+    run(async {
+        for _ in 0..120 {
+            if r.write(0, vec![7; 4096], false).await.is_ok() {
+                assert_eq!(r.read(0, 4096).await.unwrap(), vec![7; 4096]);
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        panic!("writes still fail 30 s after the quota was lifted");
+    });
+    drop(r);
+    let _ = Command::new("rbd").arg("-c").arg(&conf).args(["rm", "--no-progress", &spec]).output();
 }

@@ -9,8 +9,6 @@
 //! unmounted when a test ends, passed or not.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,7 +25,7 @@ const WAIT: Duration = Duration::from_secs(60);
 // ----- the daemon ------------------------------------------------------------
 
 mod common;
-use common::{Daemon, IQN};
+use common::{Daemon, Events, IQN};
 
 /// What these tests ask of the daemon beyond `common::Daemon`.
 trait Live {
@@ -44,58 +42,6 @@ impl Live for Daemon {
     fn lun_status(&self, lun: u64) -> Value {
         let s = self.call("status", json!({})).unwrap();
         s["targets"][0]["luns"].as_array().unwrap().iter().find(|l| l["lun"] == lun).cloned().unwrap_or(Value::Null)
-    }
-}
-
-/// A subscription to the daemon's `events` stream, read with a deadline.
-struct Events {
-    reader: BufReader<UnixStream>,
-    line: String,
-    seen: Vec<String>,
-}
-
-impl Events {
-    fn subscribe(d: &Daemon) -> Events {
-        let mut s = UnixStream::connect(&d.socket).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"events\"}\n").unwrap();
-        let mut e = Events { reader: BufReader::new(s), line: String::new(), seen: Vec::new() };
-        let answer = e.next(Instant::now() + WAIT).expect("answer to `events`");
-        assert_eq!(answer["result"]["subscribed"], true, "{answer}");
-        e
-    }
-
-    /// The next line, or `None` at the deadline.
-    fn next(&mut self, deadline: Instant) -> Option<Value> {
-        loop {
-            match self.reader.read_line(&mut self.line) {
-                Ok(0) => return None,
-                Ok(_) if self.line.ends_with('\n') => {
-                    let v = serde_json::from_str(&self.line).unwrap_or_else(|e| panic!("{e}: {}", self.line));
-                    self.line.clear();
-                    return Some(v);
-                }
-                Ok(_) => {}
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                Err(e) => panic!("events: {e}"),
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-        }
-    }
-
-    /// Waits for the event `name` and returns it.
-    fn wait_for(&mut self, name: &str) -> Value {
-        let deadline = Instant::now() + WAIT;
-        while let Some(v) = self.next(deadline) {
-            let event = v["params"]["event"].as_str().unwrap_or("").to_string();
-            self.seen.push(event.clone());
-            if event == name {
-                return v["params"].clone();
-            }
-        }
-        panic!("no {name} event within {WAIT:?}; saw {:?}", self.seen);
     }
 }
 

@@ -17,9 +17,16 @@ use common::{Daemon, IQN};
 
 const BS: usize = 512;
 
-fn cluster(test: &str) -> Option<PathBuf> {
+/// The tests that freeze the cluster's OSD take this exclusively; every
+/// other test holds it shared while it uses the cluster (tests of one binary
+/// run in parallel, and a frozen OSD would stall them).
+static CLUSTER: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// The cluster's ceph.conf and a shared hold on it, or `None` (skip) when no
+/// cluster is given.
+fn cluster(test: &str) -> Option<(PathBuf, std::sync::RwLockReadGuard<'static, ()>)> {
     match std::env::var_os("LUNAR_CEPH_CONF") {
-        Some(c) if !c.is_empty() => Some(PathBuf::from(c)),
+        Some(c) if !c.is_empty() => Some((PathBuf::from(c), CLUSTER.read().unwrap_or_else(|e| e.into_inner()))),
         _ => {
             assert!(
                 std::env::var("LUNAR_REQUIRE_CEPH").map_or(true, |v| v.is_empty() || v == "0"),
@@ -124,7 +131,7 @@ fn settle(s: &Session, lun: u64) {
 
 #[test]
 fn lunard_and_the_rbd_tool_see_the_same_data() {
-    let Some(conf) = cluster("lunard_and_the_rbd_tool_see_the_same_data") else { return };
+    let Some((conf, _cluster)) = cluster("lunard_and_the_rbd_tool_see_the_same_data") else { return };
     let written = Image::create(&conf, "written", "32M");
     let theirs = pattern(7, 8 << 20);
     let imported = Image::import(&conf, "imported", &theirs);
@@ -190,7 +197,7 @@ fn caw(lba: u64, blocks: u8, verify: Vec<u8>, write: Vec<u8>) -> lunar_initiator
 
 #[test]
 fn compare_and_write_is_the_clusters_and_at_most_one_block() {
-    let Some(conf) = cluster("compare_and_write_is_the_clusters_and_at_most_one_block") else { return };
+    let Some((conf, _cluster)) = cluster("compare_and_write_is_the_clusters_and_at_most_one_block") else { return };
     let img = Image::create(&conf, "caw", "16M");
     let d = Daemon::start(&["--lun", &img.lun()]);
     let s = login(&d);
@@ -218,7 +225,7 @@ fn compare_and_write_is_the_clusters_and_at_most_one_block() {
 
 #[test]
 fn an_image_resized_outside_lunard_is_followed() {
-    let Some(conf) = cluster("an_image_resized_outside_lunard_is_followed") else { return };
+    let Some((conf, _cluster)) = cluster("an_image_resized_outside_lunard_is_followed") else { return };
     let img = Image::create(&conf, "grown", "16M");
     let d = Daemon::start(&["--lun", &img.lun()]);
     let s = login(&d);
@@ -248,7 +255,7 @@ fn an_image_resized_outside_lunard_is_followed() {
 
 #[test]
 fn acknowledged_writes_survive_a_killed_lunard() {
-    let Some(conf) = cluster("acknowledged_writes_survive_a_killed_lunard") else { return };
+    let Some((conf, _cluster)) = cluster("acknowledged_writes_survive_a_killed_lunard") else { return };
     let img = Image::create(&conf, "restart", "16M");
     let mut d = Daemon::start(&["--lun", &img.lun()]);
     let s = login(&d);
@@ -295,4 +302,199 @@ fn an_unreachable_cluster_fails_the_start_naming_pool_and_image() {
     let lun = format!("backend=rbd,pool=tank,image=vol7,conf={}", conf.display());
     let e = Daemon::try_start(&["--lun", &lun]).err().expect("lunard must not start");
     assert!(e.contains("tank/vol7") && e.contains("cannot reach the cluster") && e.contains("10 s"), "{e}");
+}
+
+/// tests/ceph/micro-cluster.sh `cmd` on the cluster whose ceph.conf is `conf`.
+fn micro_cluster(conf: &Path, cmd: &str) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/ceph/micro-cluster.sh");
+    let dir = conf.parent().expect("the cluster's directory");
+    let out = Command::new("bash").arg(&script).arg(cmd).arg(dir).output().expect("run micro-cluster.sh");
+    assert!(out.status.success(), "micro-cluster.sh {cmd}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The cluster's only OSD frozen (micro-cluster.sh stop-osd: it answers
+/// nothing, as an OSD gone away, and keeps its in-memory data) until
+/// thawed or dropped, even when the test fails.
+struct FrozenOsd(Option<PathBuf>);
+
+impl FrozenOsd {
+    fn freeze(conf: &Path) -> FrozenOsd {
+        micro_cluster(conf, "stop-osd");
+        FrozenOsd(Some(conf.to_path_buf()))
+    }
+
+    fn thaw(mut self) {
+        if let Some(conf) = self.0.take() {
+            micro_cluster(&conf, "start-osd");
+        }
+    }
+}
+
+impl Drop for FrozenOsd {
+    fn drop(&mut self) {
+        if let Some(conf) = self.0.take() {
+            micro_cluster(&conf, "start-osd");
+        }
+    }
+}
+
+/// A copy of the cluster's ceph.conf in `dir` with `rados osd op timeout = secs`.
+fn conf_with_timeout(conf: &Path, dir: &Path, secs: u64) -> PathBuf {
+    let mut text = std::fs::read_to_string(conf).unwrap();
+    text.push_str(&format!("\n[client.admin]\nrados osd op timeout = {secs}\n"));
+    let path = dir.join("ceph.conf");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn an_osd_gone_under_writes_pauses_the_lun_and_cont_completes_them() {
+    let Some((conf, shared)) = cluster("an_osd_gone_under_writes_pauses_the_lun_and_cont_completes_them") else {
+        return;
+    };
+    // The OSD freezes: no other test of this binary may use the cluster meanwhile.
+    drop(shared);
+    let _alone = CLUSTER.write().unwrap_or_else(|e| e.into_inner());
+    let img = Image::create(&conf, "osdaway", "16M");
+    let dir = tempfile::tempdir().unwrap();
+    const SECS: u64 = 3;
+    let timed = conf_with_timeout(&conf, dir.path(), SECS);
+    let lun = format!("backend=rbd,pool=rbd,image={},conf={},werror=stop", img.name, timed.display());
+    let d = Daemon::start(&["--iothreads", "2", "--lun", &lun]);
+    let mut events = common::Events::subscribe(&d);
+    let s = login(&d);
+    settle(&s, 0);
+    const CHUNK: usize = 64 << 10;
+    let data = pattern(11, 16 * CHUNK);
+    let lba = |i: usize| (i * CHUNK / BS) as u64;
+    // Acknowledged before the OSD goes.
+    for i in 0..8 {
+        assert!(s.write(0, lba(i), data[i * CHUNK..(i + 1) * CHUNK].to_vec()).unwrap().is_good());
+    }
+    let osd = FrozenOsd::freeze(&conf);
+    let frozen = std::time::Instant::now();
+    // Eight writes in flight while the OSD is away.
+    let tags: Vec<_> = (8..16)
+        .map(|i| {
+            let cmd = s.write_command(0, lba(i), data[i * CHUNK..(i + 1) * CHUNK].to_vec(), false).unwrap();
+            s.submit(cmd).unwrap()
+        })
+        .collect();
+    let paused = events.wait_for("lun.paused");
+    let after = frozen.elapsed();
+    println!("OSD frozen, rados_osd_op_timeout {SECS} s: lun.paused after {after:?}: {paused}");
+    assert_eq!(paused["reason"], "io-error", "{paused}");
+    assert_eq!((paused["errno_name"].clone(), paused["error"].clone()), (json!("ETIMEDOUT"), json!("TimedOut")));
+    assert_eq!(paused["direction"], "write");
+    let st = d.call("status", json!({})).unwrap();
+    let l = &st["targets"][0]["luns"][0];
+    assert_eq!((l["paused"].clone(), l["paused_reason"].clone()), (json!(true), json!("io-error")), "{l}");
+    // Parked, not failed: nothing answered while the LUN is paused.
+    assert_eq!(s.wait_timeout(tags[0], Duration::from_secs(2)).unwrap(), None, "a parked write was answered");
+    assert_eq!(s.outstanding(), tags.len());
+    // The cluster comes back; the operator resumes the LUN.
+    osd.thaw();
+    assert_eq!(d.ctl_ok(&["cont"]).trim(), "running");
+    for (i, tag) in tags.into_iter().enumerate() {
+        let r = s.wait(tag).unwrap_or_else(|e| panic!("write {i}: {e}\n{}", d.log_tail()));
+        assert!(r.is_good(), "parked write {i} after cont: {r:?}");
+    }
+    assert_eq!(events.wait_for("lun.resumed")["lun"], 0);
+    let mut sync = vec![0u8; 10];
+    sync[0] = 0x35;
+    assert!(s.execute(lunar_initiator::Command::new(0, sync)).unwrap().is_good());
+    assert!(read(&s, 0, 0, (data.len() / BS) as u32) == data, "lunard reads back every write");
+    s.logout().unwrap();
+    stop(d);
+    assert!(img.export()[..data.len()] == data[..], "the cluster has every write");
+}
+
+fn ceph(conf: &Path, args: &[&str]) {
+    let out = Command::new("ceph").arg("-c").arg(conf).args(args).output().expect("run the ceph tool");
+    assert!(out.status.success(), "ceph {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A pool of its own (a quota on `rbd` would stop the other tests), removed with its images when dropped.
+struct Pool {
+    conf: PathBuf,
+    name: String,
+}
+
+impl Pool {
+    fn new(conf: &Path, test: &str) -> Pool {
+        let name = format!("lunard-{test}-{}", std::process::id());
+        ceph(conf, &["osd", "pool", "create", &name, "8"]);
+        let pool = Pool { conf: conf.to_path_buf(), name };
+        rbd(conf, &["pool", "init", &pool.name]);
+        pool
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let n = &self.name;
+        let _ = Command::new("ceph")
+            .arg("-c")
+            .arg(&self.conf)
+            .args(["osd", "pool", "rm", n, n, "--yes-i-really-really-mean-it"])
+            .output();
+    }
+}
+
+#[test]
+fn a_full_pool_pauses_an_enospc_lun_and_cont_completes_the_write() {
+    let Some((conf, _cluster)) = cluster("a_full_pool_pauses_an_enospc_lun_and_cont_completes_the_write") else {
+        return;
+    };
+    let pool = Pool::new(&conf, "full");
+    rbd(&conf, &["create", "--size", "128M", &format!("{}/disk", pool.name)]);
+    let lun = format!("backend=rbd,pool={},image=disk,conf={},werror=enospc", pool.name, conf.display());
+    let d = Daemon::start(&["--lun", &lun]);
+    let mut events = common::Events::subscribe(&d);
+    let s = login(&d);
+    settle(&s, 0);
+    ceph(&conf, &["osd", "pool", "set-quota", &pool.name, "max_bytes", &(4u64 << 20).to_string()]);
+    const CHUNK: usize = 1 << 20;
+    let chunk = |i: usize| pattern(100 + i as u64, CHUNK);
+    let lba = |i: usize| (i * CHUNK / BS) as u64;
+    // The cluster marks the pool full from its statistics, a few seconds
+    // after the quota is reached: write until a write is held.
+    let mut acked = 0;
+    let held = loop {
+        assert!(acked < 120, "120 writes of 1 MiB into a pool with a 4 MiB quota, none held");
+        let tag = s.submit(s.write_command(0, lba(acked), chunk(acked), false).unwrap()).unwrap();
+        match s.wait_timeout(tag, Duration::from_secs(5)).unwrap() {
+            Some(r) => {
+                assert!(r.is_good(), "write {acked}: {r:?}");
+                acked += 1;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            None => break tag,
+        }
+    };
+    let paused = events.wait_for("lun.paused");
+    println!("pool quota 4 MiB: write {acked} held after {acked} acknowledged: {paused}");
+    assert_eq!((paused["reason"].clone(), paused["error"].clone()), (json!("io-error"), json!("NoSpace")), "{paused}");
+    assert_eq!(paused["direction"], "write");
+    assert_eq!(s.outstanding(), 1);
+    // Room again; `cont` re-issues the held write (once more if the cluster
+    // has not yet cleared the pool's full flag: the LUN pauses again).
+    ceph(&conf, &["osd", "pool", "set-quota", &pool.name, "max_bytes", "0"]);
+    let mut conts = 0;
+    let r = loop {
+        conts += 1;
+        assert!(conts <= 12, "the write is still held after 12 cont\n{}", d.log_tail());
+        assert_eq!(d.ctl_ok(&["cont"]).trim(), "running");
+        if let Some(r) = s.wait_timeout(held, Duration::from_secs(5)).unwrap() {
+            break r;
+        }
+        events.wait_for("lun.paused");
+    };
+    assert!(r.is_good(), "the held write after cont: {r:?}");
+    println!("the held write completed GOOD after {conts} cont");
+    for i in 0..=acked {
+        assert!(read(&s, 0, lba(i), (CHUNK / BS) as u32) == chunk(i), "chunk {i} reads back");
+    }
+    s.logout().unwrap();
+    stop(d);
 }

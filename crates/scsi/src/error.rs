@@ -188,7 +188,9 @@ fn to_u16(v: usize) -> u16 {
 
 /// Backend failures as sense: media errors by direction, ENOSPC as the thin
 /// provisioning condition (SBC-4 4.7.3.6), EROFS as write protect, a
-/// fenced backend (Ceph's blocklist) as NOT READY, MANUAL INTERVENTION REQUIRED.
+/// fenced backend (Ceph's blocklist) as NOT READY, MANUAL INTERVENTION REQUIRED,
+/// a backend timeout (a Ceph cluster away) as ABORTED COMMAND, COMMAND TIMEOUT
+/// DURING PROCESSING.
 fn backend_sense(e: &BlockError) -> SenseCode {
     let is_read = e.op == "read";
     match e.kind {
@@ -198,6 +200,8 @@ fn backend_sense(e: &BlockError) -> SenseCode {
         ErrorKind::Unsupported => sense::INTERNAL_TARGET_FAILURE,
         // A fenced (blocklisted) cluster client: nothing reaches the image until reopened.
         ErrorKind::Offline => sense::NOT_READY_MANUAL_INTERVENTION_REQUIRED,
+        // The cluster did not answer in time (rbd's I/O timeout): retryable.
+        ErrorKind::TimedOut => sense::COMMAND_TIMEOUT_DURING_PROCESSING,
         ErrorKind::Io | ErrorKind::Other if is_read => sense::UNRECOVERED_READ_ERROR,
         ErrorKind::Io | ErrorKind::Other => sense::WRITE_ERROR,
     }
@@ -237,5 +241,7 @@ mod tests {
         assert_eq!(e(ErrorKind::ReadOnly, "write"), sense::WRITE_PROTECTED);
         assert_eq!(e(ErrorKind::Unsupported, "discard"), sense::INTERNAL_TARGET_FAILURE);
         assert_eq!(e(ErrorKind::Offline, "write"), sense::NOT_READY_MANUAL_INTERVENTION_REQUIRED);
+        assert_eq!(e(ErrorKind::TimedOut, "write"), sense::COMMAND_TIMEOUT_DURING_PROCESSING);
+        assert_eq!(e(ErrorKind::TimedOut, "read").key, SenseKey::AbortedCommand);
     }
 }

@@ -47,6 +47,9 @@ extern "C" {
     pub fn rados_ioctx_create(cluster: rados_t, pool_name: *const c_char, ioctx: *mut rados_ioctx_t) -> c_int;
     pub fn rados_ioctx_destroy(io: rados_ioctx_t);
     pub fn rados_ioctx_set_namespace(io: rados_ioctx_t, nspace: *const c_char);
+    /// Writes to a full pool (quota or full OSDs) fail with ENOSPC/EDQUOT
+    /// instead of waiting for room.
+    pub fn rados_set_pool_full_try(io: rados_ioctx_t);
 
     pub fn rbd_open(io: rados_ioctx_t, name: *const c_char, image: *mut rbd_image_t, snap_name: *const c_char)
         -> c_int;

@@ -15,7 +15,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::oneshot;
 
-use super::{ffi, RbdError, RbdOptions, CONNECT_TIMEOUT_SECS};
+use super::{ffi, RbdError, RbdOptions, CONNECT_TIMEOUT_SECS, IO_TIMEOUT_SECS};
 use crate::{BlockError, Result};
 
 /// Requests after which a flush has something to make durable.
@@ -101,6 +101,8 @@ pub(super) struct Image {
     readonly: bool,
     spec: String,
     watch: Option<(u64, *mut WatchState)>,
+    /// Seconds a request waits for the cluster (`rados_osd_op_timeout`).
+    io_timeout: u64,
 }
 
 // SAFETY: librados cluster and ioctx handles and librbd image handles may be
@@ -207,7 +209,10 @@ impl Image {
         if let Some(k) = &keyring {
             set("keyring", k.to_str().unwrap_or_default())?;
         }
-        let io_timeout = get_conf(cluster.0, "rados_osd_op_timeout").unwrap_or_else(|| "0".into());
+        // The bound on a request once open: the configuration's
+        // `rados_osd_op_timeout` when set, else IO_TIMEOUT_SECS (never 0,
+        // which would let a request wait for ever while the cluster is away).
+        let io_timeout = io_timeout_secs(get_conf(cluster.0, "rados_osd_op_timeout").as_deref());
         let secs = CONNECT_TIMEOUT_SECS.to_string();
         set("client_mount_timeout", &secs)?;
         set("rados_mon_op_timeout", &secs)?;
@@ -247,6 +252,11 @@ impl Image {
             });
         }
         let ioctx = Ioctx(io);
+        // A full pool (its quota, or full OSDs) fails writes with ENOSPC or
+        // EDQUOT (ErrorKind::NoSpace, for the `enospc` policy) instead of
+        // holding them until there is room; librbd's I/O context copies the flag.
+        // SAFETY: a live ioctx; the call only sets a flag in it.
+        unsafe { ffi::rados_set_pool_full_try(ioctx.0) };
         if let Some(ns) = &ns {
             // SAFETY: a live ioctx and a NUL-terminated namespace (copied by librados).
             unsafe { ffi::rados_ioctx_set_namespace(ioctx.0, ns.as_ptr()) };
@@ -292,6 +302,7 @@ impl Image {
             readonly: o.readonly,
             spec: spec.clone(),
             watch: None,
+            io_timeout: 0,
         };
         let mut size = 0u64;
         // SAFETY: a live image handle and a valid out-pointer.
@@ -324,10 +335,17 @@ impl Image {
             return Err(fail("rbd_update_watch", -r));
         }
         img.watch = Some((handle, state));
-        // Requests wait for the cluster as configured (0: for ever) once open.
-        set("rados_osd_op_timeout", &io_timeout)?;
-        tracing::info!(image = %spec, size, "rbd image opened");
+        // From here on a request the cluster does not answer within
+        // `io_timeout` fails with ETIMEDOUT (ErrorKind::TimedOut), for the
+        // LUN's error policy to act on. The Objecter follows the change.
+        set("rados_osd_op_timeout", &io_timeout.to_string())?;
+        img.io_timeout = io_timeout;
+        tracing::info!(image = %spec, size, io_timeout_secs = io_timeout, "rbd image opened");
         Ok(img)
+    }
+
+    pub(super) fn io_timeout(&self) -> u64 {
+        self.io_timeout
     }
 
     pub(super) fn size(&self) -> u64 {
@@ -762,6 +780,15 @@ fn cover(offset: u64, len: u64, mut data: Vec<(u64, u64)>) -> Vec<(u64, u64, boo
     out
 }
 
+/// The I/O timeout from the configuration's `rados_osd_op_timeout` (seconds,
+/// possibly fractional, rounded up): [`IO_TIMEOUT_SECS`] when unset or 0.
+fn io_timeout_secs(configured: Option<&str>) -> u64 {
+    match configured.and_then(|v| v.trim().parse::<f64>().ok()) {
+        Some(v) if v.is_finite() && v > 0.0 => (v.ceil() as u64).max(1),
+        _ => IO_TIMEOUT_SECS,
+    }
+}
+
 /// The current value of a configuration option.
 fn get_conf(cluster: ffi::rados_t, key: &str) -> Option<String> {
     let key = CString::new(key).ok()?;
@@ -887,6 +914,17 @@ mod tests {
         unsafe { ffi::rbd_aio_release(c) };
         drop(img);
         let _ = rbd(&["rm", "--no-progress", &format!("rbd/{name}")]);
+    }
+
+    #[test]
+    fn the_io_timeout_is_never_zero() {
+        assert_eq!(io_timeout_secs(None), IO_TIMEOUT_SECS);
+        assert_eq!(io_timeout_secs(Some("0")), IO_TIMEOUT_SECS);
+        assert_eq!(io_timeout_secs(Some("0.000000")), IO_TIMEOUT_SECS);
+        assert_eq!(io_timeout_secs(Some("junk")), IO_TIMEOUT_SECS);
+        assert_eq!(io_timeout_secs(Some("-3")), IO_TIMEOUT_SECS);
+        assert_eq!(io_timeout_secs(Some("4")), 4);
+        assert_eq!(io_timeout_secs(Some("2.5")), 3);
     }
 
     #[test]

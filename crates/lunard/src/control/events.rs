@@ -27,6 +27,8 @@ pub fn errno_name(errno: i32) -> Option<&'static str> {
         28 => "ENOSPC",
         30 => "EROFS",
         95 => "EOPNOTSUPP",
+        108 => "ESHUTDOWN",
+        110 => "ETIMEDOUT",
         122 => "EDQUOT",
         _ => return None,
     })

@@ -4,8 +4,9 @@
 //! uses the part it needs.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -221,5 +222,61 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// How long [`Events::wait_for`] waits for an event.
+pub const EVENT_WAIT: Duration = Duration::from_secs(60);
+
+/// A subscription to the daemon's `events` stream, read with a deadline.
+pub struct Events {
+    reader: BufReader<UnixStream>,
+    line: String,
+    /// The names of the events read so far.
+    pub seen: Vec<String>,
+}
+
+impl Events {
+    pub fn subscribe(d: &Daemon) -> Events {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"events\"}\n").unwrap();
+        let mut e = Events { reader: BufReader::new(s), line: String::new(), seen: Vec::new() };
+        let answer = e.next(Instant::now() + EVENT_WAIT).expect("answer to `events`");
+        assert_eq!(answer["result"]["subscribed"], true, "{answer}");
+        e
+    }
+
+    /// The next line, or `None` at the deadline.
+    pub fn next(&mut self, deadline: Instant) -> Option<Value> {
+        loop {
+            match self.reader.read_line(&mut self.line) {
+                Ok(0) => return None,
+                Ok(_) if self.line.ends_with('\n') => {
+                    let v = serde_json::from_str(&self.line).unwrap_or_else(|e| panic!("{e}: {}", self.line));
+                    self.line.clear();
+                    return Some(v);
+                }
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => panic!("events: {e}"),
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+        }
+    }
+
+    /// Waits for the event `name` and returns it.
+    pub fn wait_for(&mut self, name: &str) -> Value {
+        let deadline = Instant::now() + EVENT_WAIT;
+        while let Some(v) = self.next(deadline) {
+            let event = v["params"]["event"].as_str().unwrap_or("").to_string();
+            self.seen.push(event.clone());
+            if event == name {
+                return v["params"].clone();
+            }
+        }
+        panic!("no {name} event within {EVENT_WAIT:?}; saw {:?}", self.seen);
     }
 }
