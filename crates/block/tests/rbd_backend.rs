@@ -20,34 +20,15 @@ fn run<F: Future>(f: F) -> F::Output {
     tokio::task::LocalSet::new().block_on(&rt, f)
 }
 
-/// The tests that freeze the cluster's OSD take this exclusively; every
-/// other test holds it shared while it uses the cluster (tests of one binary
-/// run in parallel, and a frozen OSD would stall them).
-static CLUSTER: std::sync::RwLock<()> = std::sync::RwLock::new(());
+#[path = "../../../tests/ceph/harness.rs"]
+mod harness;
+use harness::{ceph, conf_with_timeout, rbd, FrozenOsd, TestPool, CLUSTER};
 
-/// The cluster's ceph.conf and a shared hold on it, or `None` (skip) when no
-/// cluster is given.
+/// [`harness::cluster`], in a build that must have librbd when a cluster is given.
 fn cluster(test: &str) -> Option<(PathBuf, std::sync::RwLockReadGuard<'static, ()>)> {
-    match std::env::var_os("LUNAR_CEPH_CONF") {
-        Some(c) if !c.is_empty() => {
-            assert!(lunar_block::rbd::available(), "LUNAR_CEPH_CONF is set but this build has no librbd");
-            Some((PathBuf::from(c), CLUSTER.read().unwrap_or_else(|e| e.into_inner())))
-        }
-        _ => {
-            assert!(
-                std::env::var("LUNAR_REQUIRE_CEPH").map_or(true, |v| v.is_empty() || v == "0"),
-                "{test}: LUNAR_REQUIRE_CEPH is set but LUNAR_CEPH_CONF is not"
-            );
-            eprintln!("{test}: skipped: no Ceph cluster (set LUNAR_CEPH_CONF, see tests/ceph/micro-cluster.sh)");
-            None
-        }
-    }
-}
-
-fn rbd(conf: &PathBuf, args: &[&str]) -> std::process::Output {
-    let out = Command::new("rbd").arg("-c").arg(conf).args(args).output().expect("run the rbd tool");
-    assert!(out.status.success(), "rbd {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out
+    let c = harness::cluster(test)?;
+    assert!(lunar_block::rbd::available(), "LUNAR_CEPH_CONF is set but this build has no librbd");
+    Some(c)
 }
 
 /// An image created for one test and removed afterwards.
@@ -57,11 +38,11 @@ struct TestImage {
 }
 
 impl TestImage {
-    fn new(conf: &PathBuf, test: &str, size: &str) -> TestImage {
+    fn new(conf: &std::path::Path, test: &str, size: &str) -> TestImage {
         let name = format!("{test}-{}", std::process::id());
         let _ = Command::new("rbd").arg("-c").arg(conf).args(["rm", "--no-progress", &format!("rbd/{name}")]).output();
         rbd(conf, &["create", "--size", size, &format!("rbd/{name}")]);
-        TestImage { conf: conf.clone(), name }
+        TestImage { conf: conf.to_path_buf(), name }
     }
 
     fn options(&self) -> RbdOptions {
@@ -181,7 +162,7 @@ fn resize_changes_the_image() {
     run(async { b.write((8 << 20) - 4096, vec![5; 4096], false).await.unwrap() });
     b.resize(16 << 20).unwrap();
     assert_eq!(b.size(), 16 << 20);
-    let info = String::from_utf8(rbd(&conf, &["info", "--format", "json", &img.spec()]).stdout).unwrap();
+    let info = String::from_utf8(rbd(&conf, &["info", "--format", "json", &img.spec()])).unwrap();
     assert!(info.contains("\"size\":16777216"), "{info}");
     run(async {
         assert_eq!(b.read((8 << 20) - 4096, 4096).await.unwrap(), vec![5; 4096]);
@@ -379,7 +360,7 @@ fn a_blocklisted_client_is_offline() {
     let r = img.open();
     run(async { r.write(0, vec![1; 4096], false).await.unwrap() });
     // Fence this client as a takeover would: blocklist its address (the watcher's).
-    let status = String::from_utf8(rbd(&conf, &["status", "--format", "json", &img.spec()]).stdout).unwrap();
+    let status = String::from_utf8(rbd(&conf, &["status", "--format", "json", &img.spec()])).unwrap();
     let at = status.find("\"address\":\"").expect("a watcher") + "\"address\":\"".len();
     let addr = &status[at..at + status[at..].find('"').unwrap()];
     let out = Command::new("ceph").arg("-c").arg(&conf).args(["osd", "blocklist", "add", addr]).output().unwrap();
@@ -392,43 +373,6 @@ fn a_blocklisted_client_is_offline() {
     // A new client of the image is not fenced, and sees what the old one wrote before.
     let fresh = img.open();
     run(async { assert_eq!(fresh.read(0, 4096).await.unwrap(), vec![1; 4096]) });
-}
-
-/// tests/ceph/micro-cluster.sh run on the cluster whose ceph.conf is `conf`.
-fn micro_cluster(conf: &std::path::Path, cmd: &str) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/ceph/micro-cluster.sh");
-    let dir = conf.parent().expect("the cluster's directory");
-    let out = Command::new("bash").arg(&script).arg(cmd).arg(dir).output().expect("run micro-cluster.sh");
-    assert!(out.status.success(), "micro-cluster.sh {cmd}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// The cluster's OSD frozen (micro-cluster.sh stop-osd) until thawed or
-/// dropped, even when the test fails.
-struct FrozenOsd(PathBuf);
-
-impl FrozenOsd {
-    fn freeze(conf: &std::path::Path) -> FrozenOsd {
-        micro_cluster(conf, "stop-osd");
-        FrozenOsd(conf.to_path_buf())
-    }
-
-    /// Thaws it (through Drop).
-    fn thaw(self) {}
-}
-
-impl Drop for FrozenOsd {
-    fn drop(&mut self) {
-        micro_cluster(&self.0, "start-osd");
-    }
-}
-
-/// A copy of the cluster's ceph.conf with `rados osd op timeout = secs`.
-fn conf_with_timeout(conf: &std::path::Path, dir: &std::path::Path, secs: u64) -> PathBuf {
-    let mut text = std::fs::read_to_string(conf).unwrap();
-    text.push_str(&format!("\n[client.admin]\nrados osd op timeout = {secs}\n"));
-    let path = dir.join("ceph.conf");
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 #[test]
@@ -480,39 +424,6 @@ fn an_osd_gone_away_fails_requests_as_timed_out_then_they_work_again() {
         assert_eq!(r.read(0, 4096).await.unwrap(), vec![1; 4096]);
         assert_eq!(r.read(4096, 4096).await.unwrap(), vec![2; 4096]);
     });
-}
-
-fn ceph(conf: &std::path::Path, args: &[&str]) {
-    let out = Command::new("ceph").arg("-c").arg(conf).args(args).output().expect("run the ceph tool");
-    assert!(out.status.success(), "ceph {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A pool of its own (a quota on `rbd` would stop the other tests), removed when dropped.
-struct TestPool {
-    conf: PathBuf,
-    name: String,
-}
-
-impl TestPool {
-    fn new(conf: &std::path::Path, test: &str) -> TestPool {
-        let name = format!("{test}-{}", std::process::id());
-        ceph(conf, &["osd", "pool", "create", &name, "8"]);
-        let pool = TestPool { conf: conf.to_path_buf(), name };
-        let out = Command::new("rbd").arg("-c").arg(conf).args(["pool", "init", &pool.name]).output().unwrap();
-        assert!(out.status.success(), "rbd pool init: {}", String::from_utf8_lossy(&out.stderr));
-        pool
-    }
-}
-
-impl Drop for TestPool {
-    fn drop(&mut self) {
-        let n = &self.name;
-        let _ = Command::new("ceph")
-            .arg("-c")
-            .arg(&self.conf)
-            .args(["osd", "pool", "rm", n, n, "--yes-i-really-really-mean-it"])
-            .output();
-    }
 }
 
 #[test]

@@ -17,32 +17,9 @@ use common::{Daemon, IQN};
 
 const BS: usize = 512;
 
-/// The tests that freeze the cluster's OSD take this exclusively; every
-/// other test holds it shared while it uses the cluster (tests of one binary
-/// run in parallel, and a frozen OSD would stall them).
-static CLUSTER: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-/// The cluster's ceph.conf and a shared hold on it, or `None` (skip) when no
-/// cluster is given.
-fn cluster(test: &str) -> Option<(PathBuf, std::sync::RwLockReadGuard<'static, ()>)> {
-    match std::env::var_os("LUNAR_CEPH_CONF") {
-        Some(c) if !c.is_empty() => Some((PathBuf::from(c), CLUSTER.read().unwrap_or_else(|e| e.into_inner()))),
-        _ => {
-            assert!(
-                std::env::var("LUNAR_REQUIRE_CEPH").map_or(true, |v| v.is_empty() || v == "0"),
-                "{test}: LUNAR_REQUIRE_CEPH is set but LUNAR_CEPH_CONF is not"
-            );
-            eprintln!("{test}: skipped: no Ceph cluster (set LUNAR_CEPH_CONF, see tests/ceph/micro-cluster.sh)");
-            None
-        }
-    }
-}
-
-fn rbd(conf: &Path, args: &[&str]) -> Vec<u8> {
-    let out = Command::new("rbd").arg("-c").arg(conf).args(args).output().expect("run the rbd tool");
-    assert!(out.status.success(), "rbd {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
-}
+#[path = "../../../tests/ceph/harness.rs"]
+mod harness;
+use harness::{ceph, cluster, conf_with_timeout, rbd, FrozenOsd, TestPool, CLUSTER};
 
 /// An image for one test, removed when dropped.
 struct Image {
@@ -304,49 +281,6 @@ fn an_unreachable_cluster_fails_the_start_naming_pool_and_image() {
     assert!(e.contains("tank/vol7") && e.contains("cannot reach the cluster") && e.contains("10 s"), "{e}");
 }
 
-/// tests/ceph/micro-cluster.sh `cmd` on the cluster whose ceph.conf is `conf`.
-fn micro_cluster(conf: &Path, cmd: &str) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/ceph/micro-cluster.sh");
-    let dir = conf.parent().expect("the cluster's directory");
-    let out = Command::new("bash").arg(&script).arg(cmd).arg(dir).output().expect("run micro-cluster.sh");
-    assert!(out.status.success(), "micro-cluster.sh {cmd}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// The cluster's only OSD frozen (micro-cluster.sh stop-osd: it answers
-/// nothing, as an OSD gone away, and keeps its in-memory data) until
-/// thawed or dropped, even when the test fails.
-struct FrozenOsd(Option<PathBuf>);
-
-impl FrozenOsd {
-    fn freeze(conf: &Path) -> FrozenOsd {
-        micro_cluster(conf, "stop-osd");
-        FrozenOsd(Some(conf.to_path_buf()))
-    }
-
-    fn thaw(mut self) {
-        if let Some(conf) = self.0.take() {
-            micro_cluster(&conf, "start-osd");
-        }
-    }
-}
-
-impl Drop for FrozenOsd {
-    fn drop(&mut self) {
-        if let Some(conf) = self.0.take() {
-            micro_cluster(&conf, "start-osd");
-        }
-    }
-}
-
-/// A copy of the cluster's ceph.conf in `dir` with `rados osd op timeout = secs`.
-fn conf_with_timeout(conf: &Path, dir: &Path, secs: u64) -> PathBuf {
-    let mut text = std::fs::read_to_string(conf).unwrap();
-    text.push_str(&format!("\n[client.admin]\nrados osd op timeout = {secs}\n"));
-    let path = dir.join("ceph.conf");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 #[test]
 fn an_osd_gone_under_writes_pauses_the_lun_and_cont_completes_them() {
     let Some((conf, shared)) = cluster("an_osd_gone_under_writes_pauses_the_lun_and_cont_completes_them") else {
@@ -409,44 +343,12 @@ fn an_osd_gone_under_writes_pauses_the_lun_and_cont_completes_them() {
     assert!(img.export()[..data.len()] == data[..], "the cluster has every write");
 }
 
-fn ceph(conf: &Path, args: &[&str]) {
-    let out = Command::new("ceph").arg("-c").arg(conf).args(args).output().expect("run the ceph tool");
-    assert!(out.status.success(), "ceph {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A pool of its own (a quota on `rbd` would stop the other tests), removed with its images when dropped.
-struct Pool {
-    conf: PathBuf,
-    name: String,
-}
-
-impl Pool {
-    fn new(conf: &Path, test: &str) -> Pool {
-        let name = format!("lunard-{test}-{}", std::process::id());
-        ceph(conf, &["osd", "pool", "create", &name, "8"]);
-        let pool = Pool { conf: conf.to_path_buf(), name };
-        rbd(conf, &["pool", "init", &pool.name]);
-        pool
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        let n = &self.name;
-        let _ = Command::new("ceph")
-            .arg("-c")
-            .arg(&self.conf)
-            .args(["osd", "pool", "rm", n, n, "--yes-i-really-really-mean-it"])
-            .output();
-    }
-}
-
 #[test]
 fn a_full_pool_pauses_an_enospc_lun_and_cont_completes_the_write() {
     let Some((conf, _cluster)) = cluster("a_full_pool_pauses_an_enospc_lun_and_cont_completes_the_write") else {
         return;
     };
-    let pool = Pool::new(&conf, "full");
+    let pool = TestPool::new(&conf, "lunard-full");
     rbd(&conf, &["create", "--size", "128M", &format!("{}/disk", pool.name)]);
     let lun = format!("backend=rbd,pool={},image=disk,conf={},werror=enospc", pool.name, conf.display());
     let d = Daemon::start(&["--lun", &lun]);
