@@ -836,26 +836,10 @@ impl Conn {
         outcome: &LoginOutcome,
         target: &str,
     ) -> Flow {
-        let status = crate::login::LoginStatus::OUT_OF_RESOURCES;
         let max = self.shared.resources.max_sessions_per_target;
         self.warn(format_args!("login to {target} refused: the target has {max} sessions"));
-        self.shared.login_failed(super::LoginFailureInfo {
-            peer: self.peer,
-            initiator: Some(outcome.initiator_name.clone()),
-            target: Some(target.to_owned()),
-            chap_user: None,
-            status: status.code(),
-            reason: "limit",
-            detail: format!("the target has {max} sessions (max-sessions-per-target)"),
-        });
-        resp.transit = false;
-        resp.continue_bit = false;
-        resp.tsih = 0;
-        resp.status_class = status.class;
-        resp.status_detail = status.detail;
-        resp.data.clear();
-        let _ = self.send_login(Pdu::LoginResponse(resp.clone())).await;
-        Flow::Close
+        let detail = format!("the target has {max} sessions (max-sessions-per-target)");
+        self.refuse_final(resp, outcome, target, crate::login::LoginStatus::OUT_OF_RESOURCES, "limit", detail).await
     }
 
     /// A login that negotiated well but whose target was removed, or whose
@@ -866,16 +850,30 @@ impl Conn {
         outcome: &LoginOutcome,
         target: &str,
     ) -> Flow {
-        let status = crate::login::LoginStatus::TARGET_REMOVED;
         self.warn(format_args!("login to {target} refused: the target or its ACL changed during the login"));
+        let detail = "the target was removed or its ACL changed during the login".to_string();
+        self.refuse_final(resp, outcome, target, crate::login::LoginStatus::TARGET_REMOVED, "not-found", detail).await
+    }
+
+    /// Records the refused login and answers it with `status` in place of
+    /// the final Login Response; the connection then closes.
+    async fn refuse_final(
+        &mut self,
+        resp: &mut crate::pdu::LoginResponse,
+        outcome: &LoginOutcome,
+        target: &str,
+        status: crate::login::LoginStatus,
+        reason: &'static str,
+        detail: String,
+    ) -> Flow {
         self.shared.login_failed(super::LoginFailureInfo {
             peer: self.peer,
             initiator: Some(outcome.initiator_name.clone()),
             target: Some(target.to_owned()),
             chap_user: None,
             status: status.code(),
-            reason: "not-found",
-            detail: "the target was removed or its ACL changed during the login".into(),
+            reason,
+            detail,
         });
         resp.transit = false;
         resp.continue_bit = false;
