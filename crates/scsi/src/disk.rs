@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use lunar_block::{Backend, BlockError};
 
+use crate::alua::{Alua, AluaConfig};
 use crate::cdb::Command;
 use crate::commands;
 use crate::commands::extended_copy::{CopyResolver, HeldResults};
@@ -71,6 +72,9 @@ pub struct DiskConfig {
     pub target_name: String,
     /// Relative target port identifier (VPD 0x83).
     pub relative_port: u16,
+    /// Asymmetric logical unit access (SPC-5 5.16): the target port groups
+    /// and this process's; `None`: none (TPGS 00b, as a single gateway).
+    pub alua: Option<AluaConfig>,
 }
 
 impl Default for DiskConfig {
@@ -87,6 +91,7 @@ impl Default for DiskConfig {
             naa_id: 0,
             target_name: String::new(),
             relative_port: 1,
+            alua: None,
         }
     }
 }
@@ -196,6 +201,8 @@ pub struct Disk {
     /// Persistent and SPC-2 reservations (see [`crate::reservation`]);
     /// shared with the disk's [`crate::CopyTarget`]s.
     pub(crate) reservations: Arc<Reservations>,
+    /// Asymmetric access states, when configured ([`DiskConfig::alua`]).
+    alua: Option<Arc<Alua>>,
 }
 
 impl std::fmt::Debug for Disk {
@@ -219,7 +226,19 @@ impl Disk {
             config.block_size = 512;
         }
         let num_blocks = backend.size() / u64::from(config.block_size);
+        let alua = config.alua.clone().map(|c| {
+            let local_ports = c.groups().iter().find(|g| g.id == c.local_group()).map(|g| g.relative_ports.clone());
+            if !local_ports.unwrap_or_default().contains(&config.relative_port) {
+                tracing::warn!(
+                    relative_port = config.relative_port,
+                    group = c.local_group(),
+                    "the relative target port is not in this process's target port group"
+                );
+            }
+            Arc::new(Alua::new(c))
+        });
         Disk {
+            alua,
             config,
             backend,
             copy_results: HeldResults::default(),
@@ -238,6 +257,11 @@ impl Disk {
 
     pub fn config(&self) -> &DiskConfig {
         &self.config
+    }
+
+    /// The asymmetric access states of this logical unit, if configured.
+    pub fn alua(&self) -> Option<&Arc<Alua>> {
+        self.alua.as_ref()
     }
 
     pub fn backend(&self) -> &Backend {
@@ -380,6 +404,11 @@ impl Disk {
     /// receiving data-out, to fail early instead of receiving a transfer it
     /// will refuse; [`Disk::execute`] calls it too.
     pub fn validate(&self, cmd: &Command) -> Result<(), ScsiError> {
+        // SPC-5 5.16.2.4: what this target port's asymmetric access state
+        // admits (one atomic load), before anything else about the unit.
+        if let Some(alua) = &self.alua {
+            alua.admit(cmd)?;
+        }
         if let Some(progress) = self.state.sanitize.in_progress() {
             if !allowed_while_sanitizing(cmd) {
                 return Err(ScsiError::SanitizeInProgress { progress });
@@ -472,6 +501,9 @@ impl Disk {
         ctx: &ExecContext,
         effects: &mut Vec<SideEffect>,
     ) -> Result<Vec<u8>, ScsiError> {
+        if let Some(alua) = &self.alua {
+            alua.admit(cmd)?;
+        }
         self.check_reservation(cmd, ctx)?;
         self.validate(cmd)?;
         commands::execute(self, cmd, data_out, ctx, effects).await

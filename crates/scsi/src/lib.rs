@@ -8,7 +8,7 @@
 //! the one source of truth for decoding and REPORT SUPPORTED OPERATION
 //! CODES; [`commands`] has one file per command family (decoder and
 //! execution); [`reservation`] the reservation state and conflict check;
-//! [`vpd`] the VPD pages; [`sense`], [`status`], [`lun`] the
+//! [`vpd`] the VPD pages; [`alua`] asymmetric logical unit access; [`sense`], [`status`], [`lun`] the
 //! wire formats of SPC-5 and SAM-5.
 
 //! What the target core does around [`Disk::execute`]:
@@ -45,6 +45,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alua;
 pub mod cdb;
 pub mod commands;
 pub mod disk;
@@ -58,6 +59,10 @@ pub mod vpd;
 #[cfg(test)]
 mod test_util;
 
+pub use alua::{
+    AccessState, Alua, AluaChange, AluaConfig, AluaConfigError, AluaControl, AluaError, AluaFuture, GroupState,
+    LocalAluaControl, PortGroupConfig, SetGroupState, StatusCode, SupportedStates, Tpgs,
+};
 pub use cdb::table::{cdb_length, IoClass, OPCODES};
 pub use cdb::{cut_write, Command, CutWrite, DataDirection};
 pub use commands::extended_copy::{CopyGate, CopyPass, CopyResolver, CopyTarget, CopyTargets};

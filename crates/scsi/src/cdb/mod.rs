@@ -7,7 +7,9 @@ pub mod table;
 use crate::commands::extended_copy::{ExtendedCopy, ReceiveCopyResults};
 use crate::commands::persistent_reserve::{PrIn, PrOut};
 use crate::commands::{inquiry::Inquiry, log::LogSense, mode::ModeSelect, mode::ModeSense};
-use crate::commands::{opcodes::ReportOpcodes, sanitize::Sanitize, unit::StartStopUnit};
+use crate::commands::{
+    opcodes::ReportOpcodes, sanitize::Sanitize, target_port_groups::RtpgFormat, unit::StartStopUnit,
+};
 use crate::error::ScsiError;
 use reader::Cdb;
 
@@ -79,6 +81,10 @@ pub enum Command {
     ReportSupportedOperationCodes(ReportOpcodes),
     /// REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-5 6.36).
     ReportSupportedTaskManagementFunctions { repd: bool, alloc_len: u32 },
+    /// REPORT TARGET PORT GROUPS (SPC-5 6.37).
+    ReportTargetPortGroups { format: RtpgFormat, alloc_len: u32 },
+    /// SET TARGET PORT GROUPS (SPC-5 6.50).
+    SetTargetPortGroups { param_len: u32 },
     /// PERSISTENT RESERVE IN (SPC-5 6.16).
     PersistentReserveIn(PrIn),
     /// PERSISTENT RESERVE OUT (SPC-5 6.17).
@@ -167,7 +173,10 @@ impl Command {
             GetLbaStatus { .. } => 0x9E,
             ReadDefectData { cdb_len, .. } => by_len(*cdb_len, [0x37, 0x37, 0xB7, 0xB7]),
             ReportLuns { .. } => 0xA0,
-            ReportSupportedOperationCodes(_) | ReportSupportedTaskManagementFunctions { .. } => 0xA3,
+            ReportSupportedOperationCodes(_)
+            | ReportSupportedTaskManagementFunctions { .. }
+            | ReportTargetPortGroups { .. } => 0xA3,
+            SetTargetPortGroups { .. } => 0xA4,
             PersistentReserveIn(_) => 0x5E,
             PersistentReserveOut(_) => 0x5F,
             Reserve { cdb_len } => by_len(*cdb_len, [0x16, 0x56, 0x56, 0x56]),
@@ -184,6 +193,7 @@ impl Command {
             Command::GetLbaStatus { .. } => Some(0x12),
             Command::ReportSupportedOperationCodes(_) => Some(0x0C),
             Command::ReportSupportedTaskManagementFunctions { .. } => Some(0x0D),
+            Command::ReportTargetPortGroups { .. } | Command::SetTargetPortGroups { .. } => Some(0x0A),
             Command::PersistentReserveIn(p) => Some(p.action as u8),
             Command::PersistentReserveOut(p) => Some(p.action as u8),
             Command::Sanitize(s) => Some(s.action as u8),
@@ -217,6 +227,7 @@ impl Command {
             Unmap { param_len, .. } if *param_len > 0 => DataDirection::ToDevice,
             Sanitize(s) if s.param_len > 0 => DataDirection::ToDevice,
             ModeSelect(m) if m.param_len > 0 => DataDirection::ToDevice,
+            SetTargetPortGroups { param_len } if *param_len > 0 => DataDirection::ToDevice,
             Read { blocks, .. } if *blocks > 0 => DataDirection::FromDevice,
             RequestSense { alloc_len, .. } if *alloc_len > 0 => DataDirection::FromDevice,
             Inquiry(i) if i.alloc_len > 0 => DataDirection::FromDevice,
@@ -228,6 +239,7 @@ impl Command {
             | ReadDefectData { alloc_len, .. }
             | ReportLuns { alloc_len, .. }
             | ReportSupportedTaskManagementFunctions { alloc_len, .. }
+            | ReportTargetPortGroups { alloc_len, .. }
                 if *alloc_len > 0 =>
             {
                 DataDirection::FromDevice
@@ -265,6 +277,7 @@ impl Command {
             ModeSelect(m) => usize::from(m.param_len),
             PersistentReserveOut(p) => usize::try_from(p.param_len).unwrap_or(usize::MAX),
             ExtendedCopy(x) => usize::try_from(x.param_len).unwrap_or(usize::MAX),
+            SetTargetPortGroups { param_len } => usize::try_from(*param_len).unwrap_or(usize::MAX),
             _ => 0,
         }
     }
@@ -314,6 +327,8 @@ impl Command {
                 | ReportLuns { .. }
                 | ReportSupportedOperationCodes(_)
                 | ReportSupportedTaskManagementFunctions { .. }
+                | ReportTargetPortGroups { .. }
+                | SetTargetPortGroups { .. }
                 | ReadDefectData { .. }
                 | PersistentReserveIn(_)
                 | PersistentReserveOut(_)

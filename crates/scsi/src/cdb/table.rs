@@ -22,6 +22,8 @@ pub enum Requires {
     Always,
     /// Only a thin provisioned disk (logical block provisioning management, SBC-4 4.7).
     Thin,
+    /// Only a disk with asymmetric logical unit access configured (SPC-5 5.16).
+    Alua,
 }
 
 /// One supported command.
@@ -156,8 +158,10 @@ pub static OPCODES: &[OpcodeEntry] = &[
     op!(0x9E, Some(0x10), "READ CAPACITY(16)", [0x9E, 0x10, X, X, X, X, X, X, X, X, X, X, X, X, 0x01, C], FAST_TIMEOUTS, Always, Shared, Other, capacity::decode16),
     op!(0x9E, Some(0x12), "GET LBA STATUS", [0x9E, 0x12, X, X, X, X, X, X, X, X, X, X, X, X, 0, C], FAST_TIMEOUTS, Thin, Read, Other, lba_status::decode),
     op!(0xA0, None, "REPORT LUNS", [0xA0, 0, X, 0, 0, 0, X, X, X, X, 0, C], FAST_TIMEOUTS, Always, Unrestricted, Other, report_luns::decode),
+    op!(0xA3, Some(0x0A), "REPORT TARGET PORT GROUPS", [0xA3, 0xEA, 0, 0, 0, 0, X, X, X, X, 0, C], FAST_TIMEOUTS, Alua, Unrestricted, Other, target_port_groups::decode_rtpg),
     op!(0xA3, Some(0x0C), "REPORT SUPPORTED OPERATION CODES", [0xA3, 0x0C, 0x87, X, X, X, X, X, X, X, 0, C], FAST_TIMEOUTS, Always, Read, Other, opcodes::decode_rsoc),
     op!(0xA3, Some(0x0D), "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS", [0xA3, 0x0D, 0x80, 0, 0, 0, X, X, X, X, 0, C], FAST_TIMEOUTS, Always, Read, Other, opcodes::decode_rstmf),
+    op!(0xA4, Some(0x0A), "SET TARGET PORT GROUPS", [0xA4, 0x0A, 0, 0, 0, 0, X, X, X, X, 0, C], LONG_TIMEOUTS, Alua, Write, Other, target_port_groups::decode_stpg),
     op!(0xA8, None, "READ(12)", [0xA8, 0x18, X, X, X, X, X, X, X, X, 0x1F, C], IO_TIMEOUTS, Always, Read, Read, read_write::decode_read12),
     op!(0xAA, None, "WRITE(12)", [0xAA, 0x18, X, X, X, X, X, X, X, X, 0x1F, C], IO_TIMEOUTS, Always, Write, Write, read_write::decode_write12),
     op!(0xAE, None, "WRITE AND VERIFY(12)", [0xAE, 0x16, X, X, X, X, X, X, X, X, 0x1F, C], IO_TIMEOUTS, Always, Write, Write, verify::decode_write_verify12),

@@ -1,6 +1,7 @@
 //! INQUIRY (SPC-5 6.6): standard data (6.6.2) and, with EVPD, the vital
 //! product data pages of [`crate::vpd`].
 
+use crate::alua::Tpgs;
 use crate::cdb::reader::Cdb;
 use crate::cdb::Command;
 use crate::disk::{truncate, Disk};
@@ -50,7 +51,7 @@ impl Disk {
         d[2] = VERSION;
         d[3] = 0x10 | 0x02; // HISUP, RESPONSE DATA FORMAT
         d[4] = (STANDARD_LEN - 5) as u8;
-        d[5] = 0x08; // 3PC: EXTENDED COPY (SPC-4 6.3)
+        d[5] = 0x08 | self.tpgs().bits(); // 3PC: EXTENDED COPY (SPC-4 6.3); TPGS
         d[7] = 0x02; // CMDQUE
         d[8..16].copy_from_slice(&ascii_field(&cfg.vendor, 8));
         d[16..32].copy_from_slice(&ascii_field(&cfg.product, 16));
@@ -59,6 +60,15 @@ impl Disk {
             d[58 + 2 * i..60 + 2 * i].copy_from_slice(&v.to_be_bytes());
         }
         d
+    }
+
+    /// TPGS: implicit and explicit asymmetric access when configured.
+    pub(crate) fn tpgs(&self) -> Tpgs {
+        if self.alua().is_some() {
+            Tpgs::Both
+        } else {
+            Tpgs::None
+        }
     }
 
     pub(crate) fn inquiry(&self, i: &Inquiry) -> Result<Vec<u8>, ScsiError> {

@@ -17,6 +17,7 @@ pub mod report_luns;
 pub mod reserve;
 pub mod sanitize;
 pub mod sync_cache;
+pub mod target_port_groups;
 pub mod unit;
 pub mod unmap;
 pub mod verify;
@@ -69,6 +70,7 @@ pub(crate) fn validate(disk: &Disk, cmd: &Command) -> Result<(), ScsiError> {
         PersistentReserveOut(ref p) => p.validate(),
         Sanitize(ref s) => disk.validate_sanitize(s),
         ExtendedCopy(ref x) => disk.validate_extended_copy(x),
+        SetTargetPortGroups { param_len } => target_port_groups::validate_stpg(param_len),
         _ => Ok(()),
     }
 }
@@ -128,5 +130,7 @@ pub(crate) async fn execute(
         Release { .. } => disk.release_unit(ctx, fx),
         ExtendedCopy(x) => disk.extended_copy(x, data, ctx).await,
         ReceiveCopyResults(r) => disk.receive_copy_results(r, ctx),
+        ReportTargetPortGroups { format, alloc_len } => disk.report_target_port_groups(*format, *alloc_len),
+        SetTargetPortGroups { param_len } => disk.set_target_port_groups(*param_len, &data, ctx).await,
     }
 }

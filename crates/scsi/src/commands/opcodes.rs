@@ -55,6 +55,7 @@ impl Disk {
         match e.requires {
             Requires::Always => true,
             Requires::Thin => self.config().thin,
+            Requires::Alua => self.alua().is_some(),
         }
     }
 
@@ -144,7 +145,18 @@ mod tests {
         let r = run(&d, &rsoc(0, 0, 0, 65535)).unwrap();
         let len = u32::from_be_bytes([r[0], r[1], r[2], r[3]]) as usize;
         assert_eq!(len, r.len() - 4);
-        assert_eq!(len / 8, cdb::table::OPCODES.len());
+        let offered = |d: &Disk| cdb::table::OPCODES.iter().filter(|e| d.offers(e)).count();
+        assert_eq!(len / 8, offered(&d));
+        assert_eq!(offered(&d), cdb::table::OPCODES.len() - 2, "all but the two ALUA commands");
+        assert!(r[4..].chunks(8).all(|d| d[0] != 0xA4 && !(d[0] == 0xA3 && d[3] == 0x0A)));
+        // With ALUA: REPORT and SET TARGET PORT GROUPS too.
+        let alua = disk_with(10, DiskConfig { alua: AluaConfig::gateways(2, 0).ok(), ..Default::default() });
+        let r = run(&alua, &rsoc(0, 0, 0, 65535)).unwrap();
+        assert_eq!(r.len() - 4, cdb::table::OPCODES.len() * 8);
+        assert!(r[4..].chunks(8).any(|d| d[0] == 0xA4 && d[3] == 0x0A && d[5] == 1));
+        assert!(r[4..].chunks(8).any(|d| d[0] == 0xA3 && d[3] == 0x0A && d[5] == 1));
+        assert_eq!(run(&alua, &rsoc(2, 0xA4, 0x0A, 100)).unwrap()[1], 0x03, "supported");
+        assert_eq!(run(&d, &rsoc(2, 0xA4, 0x0A, 100)).unwrap(), vec![0, 0x01, 0, 0], "not supported");
         // Every reported command decodes with an all-zero CDB of its length (plus its service action).
         for desc in r[4..].chunks(8) {
             let mut cdb = vec![0u8; u16::from_be_bytes([desc[6], desc[7]]) as usize];
@@ -157,7 +169,7 @@ mod tests {
         let rc16 = r[4..].chunks(8).find(|d| d[0] == 0x9E && d[3] == 0x10).unwrap();
         assert_eq!(rc16[5], 0x01, "SERVACTV");
         let with_t = run(&d, &rsoc(0x80, 0, 0, 65535)).unwrap();
-        assert_eq!(with_t.len() - 4, cdb::table::OPCODES.len() * 20);
+        assert_eq!(with_t.len() - 4, offered(&d) * 20);
         assert_eq!(with_t[4 + 5] & 0x02, 0x02, "CTDP");
         assert_eq!(&with_t[12..14], &[0, 0x0A]);
         let fat = disk_with(10, DiskConfig { thin: false, ..Default::default() });

@@ -60,7 +60,9 @@ impl Disk {
         // SPC-5 6.39: a pending unit attention first, then a sanitize in progress.
         let s = ctx.pending_sense.clone().unwrap_or_else(|| match self.sanitize_in_progress() {
             Some(progress) => sense::SANITIZE_IN_PROGRESS.sense().with_progress(progress),
-            None => sense::NO_SENSE.sense(),
+            // SPC-5 6.39: what a command refused by this target port's
+            // asymmetric access state would report.
+            None => self.alua().and_then(|a| a.local_state().refusal()).unwrap_or(sense::NO_SENSE.sense()),
         });
         truncate(s.encode(desc), usize::from(alloc_len))
     }

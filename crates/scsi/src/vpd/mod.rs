@@ -122,6 +122,12 @@ pub fn page(disk: &Disk, code: u8) -> Option<Vec<u8>> {
             let mut rp = [0u8; 4];
             rp[2..].copy_from_slice(&cfg.relative_port.to_be_bytes());
             body.extend(designator(0x01, 1, 0x4, &rp));
+            // Target port group (7.7.6.8), association: target port.
+            if let Some(alua) = disk.alua() {
+                let mut tpg = [0u8; 4];
+                tpg[2..].copy_from_slice(&alua.local_group().to_be_bytes());
+                body.extend(designator(0x01, 1, 0x5, &tpg));
+            }
             // SCSI name string of the target device (7.7.6.11): UTF-8, NUL
             // terminated, padded to a multiple of 4.
             if !cfg.target_name.is_empty() {
@@ -229,6 +235,36 @@ mod tests {
         assert_eq!(&r[49..52], &[0x03, 0x28, 0]);
         assert_eq!(r[52] % 4, 0);
         assert_eq!(r.len(), 53 + r[52] as usize);
+    }
+
+    /// With ALUA: the target port group designator (type 5h, association
+    /// target port) follows the relative target port one, both this
+    /// process's; TPGS 11b in the standard data.
+    #[test]
+    fn target_port_group_designator_with_alua() {
+        let cfg = DiskConfig {
+            relative_port: 3,
+            alua: Some(crate::AluaConfig::gateways(3, 2).unwrap()),
+            ..Default::default()
+        };
+        let d = disk_with(10, cfg);
+        let r = vpd(&d, 0x83);
+        let mut at = 4;
+        let mut seen = Vec::new();
+        while at + 4 <= r.len() {
+            let len = r[at + 3] as usize;
+            seen.push((r[at + 1], r[at + 4..at + 4 + len].to_vec()));
+            at += 4 + len;
+        }
+        assert_eq!(at, r.len());
+        let rel = seen.iter().position(|(t, _)| *t == 0x14).unwrap();
+        assert_eq!(seen[rel].1, vec![0, 0, 0, 3], "relative target port 3");
+        assert_eq!(seen[rel + 1], (0x15, vec![0, 0, 0, 3]), "target port group 3");
+        assert_eq!(run(&d, &[0x12, 0, 0, 0, 96, 0]).unwrap()[5], 0x38, "TPGS 11b beside 3PC");
+        // Without ALUA: no such designator, TPGS 00b.
+        let plain = disk(10);
+        assert!(!vpd(&plain, 0x83).windows(2).any(|w| w == [0x01, 0x15]));
+        assert_eq!(run(&plain, &[0x12, 0, 0, 0, 96, 0]).unwrap()[5], 0x08);
     }
 
     #[test]
