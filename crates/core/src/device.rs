@@ -301,6 +301,41 @@ impl Device {
         }
     }
 
+    /// Makes the disk's ALUA state changes (SET TARGET PORT GROUPS, the
+    /// control plane, a cluster) raise ASYMMETRIC ACCESS STATE CHANGED for
+    /// every I_T nexus of this LU in this process, except the one whose SET
+    /// TARGET PORT GROUPS caused it (SPC-5 5.16.2.5), and emit
+    /// [`Event::AluaStateChanged`]. The observer holds the device weakly.
+    pub(crate) fn observe_alua(self: &Arc<Device>) {
+        let Some(alua) = self.disk.alua() else { return };
+        let me = Arc::downgrade(self);
+        alua.set_observer(move |change| {
+            let Some(dev) = me.upgrade() else { return };
+            let sense = lunar_scsi::sense::ASYMMETRIC_ACCESS_STATE_CHANGED.sense();
+            match &change.cause {
+                Some(cause) => dev.raise_unit_attention(&sense, |q| !q.is_nexus(cause)),
+                None => dev.raise_unit_attention(&sense, |_| true),
+            }
+            let changes = change
+                .after
+                .iter()
+                .filter_map(|g| {
+                    let before = change.before.iter().find(|b| b.id == g.id)?;
+                    (before.state != g.state).then_some((g.id, before.state, g.state))
+                })
+                .collect();
+            if let (Some(t), Some(alua)) = (dev.target.upgrade(), dev.disk.alua()) {
+                t.emit(Event::AluaStateChanged {
+                    lun: dev.lun,
+                    changes,
+                    local_group: alua.local_group(),
+                    local_state: alua.local_state(),
+                    explicit: change.cause.is_some(),
+                });
+            }
+        });
+    }
+
     /// Test hook: runs once when the device is freed.
     pub fn set_drop_hook(&self, f: impl FnOnce() + Send + 'static) {
         *self.drop_hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));

@@ -36,6 +36,20 @@ pub enum Event {
     DeviceResumed {
         lun: u64,
     },
+    /// The asymmetric access state of a target port group of a LUN changed
+    /// (this process's view); every I_T nexus of the LUN here has the unit
+    /// attention ASYMMETRIC ACCESS STATE CHANGED, but the one whose SET
+    /// TARGET PORT GROUPS asked for it.
+    AluaStateChanged {
+        lun: u64,
+        /// (target port group, state before, state after) of each group whose state changed.
+        changes: Vec<(u16, lunar_scsi::AccessState, lunar_scsi::AccessState)>,
+        /// This process's target port group and its state now.
+        local_group: u16,
+        local_state: lunar_scsi::AccessState,
+        /// Asked for by SET TARGET PORT GROUPS (else an implicit change).
+        explicit: bool,
+    },
     /// A LUN's capacity changed; every I_T nexus of it has the unit
     /// attention CAPACITY DATA HAS CHANGED.
     DeviceResized {

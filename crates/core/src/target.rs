@@ -41,6 +41,10 @@ pub enum TargetError {
     State(#[from] state::StateError),
     #[error("cannot resize: {0}")]
     Resize(#[from] lunar_scsi::ResizeError),
+    #[error("LUN {0} has no asymmetric access (no gateways configured)")]
+    NoAlua(u64),
+    #[error("{0}")]
+    Alua(#[from] lunar_scsi::AluaError),
 }
 
 pub type Callback = dyn Fn(&mut Request) -> Action + Send + Sync + 'static;
@@ -188,6 +192,7 @@ impl Target {
     ) -> Result<Arc<Device>, TargetError> {
         self.control(move |t| async move {
             let dev = Device::new(lun, Disk::new(config, backend), policies, t.me.clone());
+            dev.observe_alua();
             {
                 let mut devices = t.devices.lock().unwrap_or_else(|e| e.into_inner());
                 if devices.contains_key(&lun) {
@@ -425,6 +430,27 @@ impl Target {
                 t.emit(Event::DeviceResized { lun, blocks, block_size: dev.disk().block_size() });
             }
             Ok(blocks)
+        })
+        .await?
+    }
+
+    /// Sets the asymmetric access state of target port group `group` of
+    /// LUN `lun` in this process (an implicit transition, STATUS CODE 02h:
+    /// the operator's or the cluster's decision, not a SET TARGET PORT
+    /// GROUPS). Every I_T nexus of the LUN gets ASYMMETRIC ACCESS STATE
+    /// CHANGED if the state changed (returned). Commands read the new state
+    /// as they start; one already executing finishes under the old one.
+    pub async fn set_alua_state(
+        &self,
+        lun: u64,
+        group: u16,
+        state: lunar_scsi::AccessState,
+    ) -> Result<bool, TargetError> {
+        self.control(move |t| async move {
+            let dev = t.device(lun).ok_or(TargetError::NoSuchLun(lun))?;
+            let alua = dev.disk().alua().ok_or(TargetError::NoAlua(lun))?;
+            let request = [lunar_scsi::SetGroupState { group, state }];
+            Ok(alua.set_states(&request, lunar_scsi::StatusCode::AlteredByImplicitTransition, None)?)
         })
         .await?
     }

@@ -55,6 +55,14 @@ pub fn core_event(target: &str, e: &Event) -> Value {
             "event": "lun.resized", "lun": lun, "blocks": blocks, "block_size": block_size,
             "size": blocks.saturating_mul(u64::from(*block_size)),
         }),
+        Event::AluaStateChanged { lun, changes, local_group, local_state, explicit } => json!({
+            "event": "alua.changed", "lun": lun,
+            "changes": changes.iter().map(|(g, from, to)| json!({
+                "group": g, "from": from.name(), "to": to.name(),
+            })).collect::<Vec<_>>(),
+            "local_group": local_group, "local_state": local_state.name(),
+            "cause": if *explicit { "set-target-port-groups" } else { "implicit" },
+        }),
     };
     if let Some(o) = v.as_object_mut() {
         o.insert("target".into(), json!(target));
