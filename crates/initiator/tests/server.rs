@@ -30,6 +30,7 @@ impl Fixture {
             discovery_auth: None,
             limits,
             portal_group_tag: 1,
+            peer_portals: Vec::new(),
             resources: Default::default(),
         })
         .expect("server");
@@ -270,6 +271,7 @@ fn discovery_server(portals: &[&str]) -> (Arc<Target>, Server) {
         discovery_auth: Some(lunar_iscsi::login::AuthPolicy::None),
         limits: TargetLimits::default(),
         portal_group_tag: 1,
+        peer_portals: Vec::new(),
         resources: Default::default(),
     })
     .expect("server");

@@ -194,7 +194,10 @@ fn create_sparse(path: &Path, size: u64) -> Result<(), String> {
     f.set_len(size).map_err(|e| format!("cannot size {}: {e}", path.display()))
 }
 
-pub(crate) fn disk_config(target: &str, lun: u64, l: &LunConfig) -> DiskConfig {
+/// What the disk of LUN `lun` of `target` presents; `alua`: the gateways'
+/// target port groups ([`crate::config::Config::alua`]), whose local group
+/// is also the relative target port.
+pub(crate) fn disk_config(target: &str, lun: u64, l: &LunConfig, alua: Option<lunar_scsi::AluaConfig>) -> DiskConfig {
     let naa = naa_id(target, lun);
     DiskConfig {
         block_size: l.block_size,
@@ -206,7 +209,8 @@ pub(crate) fn disk_config(target: &str, lun: u64, l: &LunConfig) -> DiskConfig {
         product: l.product.clone(),
         naa_id: naa,
         target_name: target.to_string(),
-        relative_port: 1,
+        relative_port: alua.as_ref().map_or(1, |a| a.local_group()),
+        alua,
         ..DiskConfig::default()
     }
 }
@@ -223,7 +227,7 @@ impl Daemon {
                 let err = |what: String| DaemonError::Lun { target: t.name.clone(), lun, what };
                 let backend = open_lun_backend(l).map_err(err)?;
                 let policies = ErrorPolicies { read: policy(l.rerror), write: policy(l.werror) };
-                let dev = wait(core.add_device(lun, disk_config(&t.name, lun, l), backend, policies))
+                let dev = wait(core.add_device(lun, disk_config(&t.name, lun, l, config.alua()), backend, policies))
                     .map_err(|e| DaemonError::Lun { target: t.name.clone(), lun, what: e.to_string() })?;
                 if let BackendSpec::File { path, .. } = &l.backend {
                     restore_reservations(&dev, path).map_err(err)?;
@@ -242,7 +246,8 @@ impl Daemon {
             targets: entries,
             discovery_auth: Some(auth(&config.discovery_chap, &None)),
             limits: TargetLimits::default(),
-            portal_group_tag: 1,
+            portal_group_tag: config.portal_group_tag(),
+            peer_portals: config.peer_portals(),
             resources: config.limits.clone(),
         })?;
         // vhost-user-scsi: the first target's LUNs (those not bound to

@@ -54,6 +54,10 @@ pub struct ServerConfig {
     pub limits: TargetLimits,
     /// Target Portal Group Tag of every portal.
     pub portal_group_tag: u16,
+    /// The portals of the other gateways serving the same targets, with
+    /// their Target Portal Group Tags: SendTargets lists them after this
+    /// server's own (issue 16: several gateways, one target).
+    pub peer_portals: Vec<(SocketAddr, u16)>,
     /// What one initiator may claim: sessions, connections, commands,
     /// buffered data, time.
     pub resources: ResourceLimits,
@@ -210,6 +214,7 @@ pub(crate) struct ServerState {
     pub(crate) discovery_auth: ArcSwap<Option<AuthPolicy>>,
     pub(crate) limits: TargetLimits,
     pub(crate) portal_group_tag: u16,
+    pub(crate) peer_portals: Vec<(SocketAddr, u16)>,
     pub(crate) resources: ResourceLimits,
     pub(crate) hits: limits::LimitCounters,
     pub(crate) tmfs: tmf::TmfCounters,
@@ -270,7 +275,11 @@ impl ServerState {
             .values()
             .map(|t| SendTargetsEntry {
                 name: t.config.name.clone(),
-                portals: portals.iter().map(|p| (*p, self.portal_group_tag)).collect(),
+                portals: portals
+                    .iter()
+                    .map(|p| (*p, self.portal_group_tag))
+                    .chain(self.peer_portals.iter().filter(|(p, _)| !portals.contains(p)).copied())
+                    .collect(),
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -533,6 +542,7 @@ impl Server {
             discovery_auth: ArcSwap::from_pointee(config.discovery_auth),
             limits,
             portal_group_tag: config.portal_group_tag,
+            peer_portals: config.peer_portals,
             resources: config.resources,
             hits: limits::LimitCounters::default(),
             tmfs: tmf::TmfCounters::default(),

@@ -101,6 +101,17 @@ pub(crate) fn iscsi_name(key: &str, name: &str) -> Result<(), ConfigError> {
 }
 
 /// A portal: `ADDR:PORT`, `[IPv6]:PORT`, or an address alone (port 3260).
+/// A gateway's name: 1..=64 characters of `A-Z a-z 0-9 . _ -`.
+pub(crate) fn gateway_name(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 64 {
+        return Err("expected 1..=64 characters".into());
+    }
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err("only letters, digits, `.`, `_` and `-`".into());
+    }
+    Ok(())
+}
+
 pub(crate) fn portal(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);

@@ -47,6 +47,19 @@ controllers; --target-alias, --lun, --chap-*, --mutual-chap-* and --allow-initia
 the target named by --target (the file's, or a new one), or without
 --target to the file's only target; --lun LUNs come after the file's.
 
+GATEWAYS (several lunard processes serving the same targets and LUNs, e.g.
+on one shared RBD image; ALUA, SPC-5 5.16): each [[gateway]] table of the
+file names one, with the portal initiators reach it on; local-gateway =
+\"NAME\" (or --gateway NAME) says which one this process is. Gateway i (from
+0) is target port group i+1 with relative target port i+1; SendTargets lists
+every gateway's portal with tag i+1. Without [[gateway]]: no ALUA (TPGS 0).
+  [[gateway]]
+  name = \"gw1\"
+  portal = \"127.0.0.1:3260\"
+  [[gateway]]
+  name = \"gw2\"
+  portal = \"127.0.0.2:3260\"
+
 LIMITS (--limit KEY=VALUE, or KEY = VALUE in the file's [limits] table):
   sessions-per-target=N      sessions per target; more: login refused with
                              0x0302 out of resources           [default: 64]
@@ -176,6 +189,11 @@ pub(crate) struct Cli {
     /// A resource limit of the iSCSI front-end (repeatable; see LIMITS)
     #[arg(long, value_name = "KEY=VALUE")]
     pub limit: Vec<String>,
+
+    /// Which of the file's [[gateway]] entries this process is (overrides
+    /// the file's local-gateway); see GATEWAYS
+    #[arg(long, value_name = "NAME")]
+    pub gateway: Option<String>,
 }
 
 impl Cli {
@@ -451,6 +469,9 @@ pub(crate) fn merge(cli: Cli, file: Option<FileSettings>, env: &Env) -> Result<C
         log,
         limits,
         write_back,
+        gateways: file.gateways,
+        gateway_from_cli: cli.gateway.is_some(),
+        local_gateway: cli.gateway.or(file.local_gateway),
         listen_from_cli: !cli.listen.is_empty(),
         discovery_chap_from_cli: cli.discovery_chap_user.is_some(),
     })

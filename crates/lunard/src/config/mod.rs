@@ -111,7 +111,29 @@ pub struct Config {
     /// The discovery CHAP pair came from `--discovery-chap-*`, which wins
     /// over the file's: its changes are then not written back.
     pub discovery_chap_from_cli: bool,
+    /// The gateways serving the same targets (`[[gateway]]`); empty: this
+    /// process alone, without ALUA.
+    pub gateways: Vec<GatewayConfig>,
+    /// Which gateway this process is (`local-gateway`, `--gateway`);
+    /// required with `gateways`, refused without.
+    pub local_gateway: Option<String>,
+    /// `local_gateway` came from `--gateway`.
+    pub gateway_from_cli: bool,
 }
+
+/// One gateway of the target (issue 16): a `lunard` process and the
+/// portal its initiators reach it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// 1..=64 characters of `A-Z a-z 0-9 . _ -`; unique.
+    pub name: String,
+    /// A specific address and port (no wildcard, no port 0); unique.
+    pub portal: SocketAddr,
+}
+
+/// Most gateways of one configuration (a REPORT TARGET PORT GROUPS
+/// descriptor count is one byte).
+pub const MAX_GATEWAYS: usize = 255;
 
 /// Where the changes made through the control socket (`lun.add`, ...)
 /// are written, so that they survive a restart.
@@ -584,8 +606,117 @@ impl Config {
             }
         }
         check::log_filter(&self.log).map_err(|r| ConfigError::invalid_value("log", self.log.clone(), r))?;
+        self.validate_gateways()
+    }
+
+    /// The gateway this process is, with its index (0-based), if gateways
+    /// are configured.
+    pub fn local_gateway(&self) -> Option<(usize, &GatewayConfig)> {
+        let name = self.local_gateway.as_deref()?;
+        self.gateways.iter().enumerate().find(|(_, g)| g.name == name)
+    }
+
+    /// The ALUA configuration every LUN gets: a target port group per
+    /// gateway, this process's; the first gateway starts Active/Optimized,
+    /// the others Standby (the cluster side overrides that from the
+    /// image's lock). `None` without gateways.
+    pub fn alua(&self) -> Option<lunar_scsi::AluaConfig> {
+        let (index, _) = self.local_gateway()?;
+        lunar_scsi::AluaConfig::gateways(self.gateways.len(), index).ok()
+    }
+
+    /// The portals of the other gateways with their Target Portal Group
+    /// Tags (gateway index + 1), for SendTargets.
+    pub fn peer_portals(&self) -> Vec<(SocketAddr, u16)> {
+        let Some((local, _)) = self.local_gateway() else { return Vec::new() };
+        self.gateways
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != local)
+            .map(|(i, g)| (g.portal, u16::try_from(i + 1).unwrap_or(u16::MAX)))
+            .collect()
+    }
+
+    /// This process's Target Portal Group Tag: its gateway index + 1, or 1.
+    pub fn portal_group_tag(&self) -> u16 {
+        self.local_gateway().map_or(1, |(i, _)| u16::try_from(i + 1).unwrap_or(u16::MAX))
+    }
+
+    fn validate_gateways(&self) -> Result<(), ConfigError> {
+        let key = if self.gateway_from_cli { "--gateway" } else { "local-gateway" };
+        if self.gateways.is_empty() {
+            return match &self.local_gateway {
+                Some(n) => Err(ConfigError::invalid_value(key, n.as_str(), "no [[gateway]] is configured")),
+                None => Ok(()),
+            };
+        }
+        check_gateways(&self.gateways)?;
+        let names = || self.gateways.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", ");
+        let Some(name) = &self.local_gateway else {
+            return Err(ConfigError::invalid(
+                "local-gateway",
+                format!("[[gateway]] is configured: say which one this process is (local-gateway = \"NAME\" or --gateway NAME; one of {})", names()),
+            ));
+        };
+        let Some((_, g)) = self.local_gateway() else {
+            return Err(ConfigError::invalid_value(
+                key,
+                name.as_str(),
+                format!("no such gateway; the gateways are {}", names()),
+            ));
+        };
+        let listened = self.portals.iter().any(|p| {
+            *p == g.portal
+                || (p.ip().is_unspecified() && p.port() == g.portal.port() && p.is_ipv4() == g.portal.is_ipv4())
+                || (p.ip().is_unspecified() && p.is_ipv6() && p.port() == g.portal.port())
+        });
+        if !listened {
+            return Err(ConfigError::invalid_value(
+                key,
+                name.as_str(),
+                format!(
+                    "its portal {} is not among the addresses lunard listens on ({})",
+                    g.portal,
+                    self.portals.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
         Ok(())
     }
+}
+
+/// Each gateway's name and portal, and that none is listed twice (also
+/// checked where the file is read, so that the message names the file).
+pub(crate) fn check_gateways(gateways: &[GatewayConfig]) -> Result<(), ConfigError> {
+    if gateways.len() > MAX_GATEWAYS {
+        return Err(ConfigError::invalid("gateway", format!("{} gateways, at most {MAX_GATEWAYS}", gateways.len())));
+    }
+    for (i, g) in gateways.iter().enumerate() {
+        let ctx = format!("gateway {i} (`{}`)", g.name);
+        check::gateway_name(&g.name)
+            .map_err(|r| ConfigError::invalid_value("name", g.name.as_str(), r).context(ctx.clone()))?;
+        if let Some(j) = gateways[..i].iter().position(|o| o.name == g.name) {
+            return Err(ConfigError::invalid_value("name", g.name.as_str(), format!("also the name of gateway {j}"))
+                .context(ctx));
+        }
+        if g.portal.ip().is_unspecified() || g.portal.port() == 0 {
+            return Err(ConfigError::invalid_value(
+                "portal",
+                g.portal.to_string(),
+                "a gateway's portal is where initiators connect: a specific address and port",
+            )
+            .context(ctx));
+        }
+        if let Some(j) = gateways[..i].iter().position(|o| o.portal == g.portal) {
+            return Err(ConfigError::invalid_value(
+                "portal",
+                g.portal.to_string(),
+                format!("also the portal of gateway {j} (`{}`)", gateways[j].name),
+            )
+            .context(ctx));
+        }
+    }
+    Ok(())
 }
 
 impl TargetConfig {

@@ -471,6 +471,19 @@ pub fn to_toml(config: &Config, redact: bool) -> Result<String, String> {
     if !vhost.is_empty() {
         doc.insert("vhost-user", Item::ArrayOfTables(vhost));
     }
+    if let Some(name) = &config.local_gateway {
+        doc.insert("local-gateway", value(name.as_str()));
+    }
+    let mut gateways = ArrayOfTables::new();
+    for g in &config.gateways {
+        let mut t = Table::new();
+        t.insert("name", value(g.name.as_str()));
+        t.insert("portal", value(g.portal.to_string()));
+        gateways.push(t);
+    }
+    if !gateways.is_empty() {
+        doc.insert("gateway", Item::ArrayOfTables(gateways));
+    }
     let mut targets = ArrayOfTables::new();
     for t in &config.targets {
         targets.push(target_toml(t, redact)?);
@@ -638,6 +651,30 @@ size = "1M"
             c.targets.iter().map(|t| t.numbered().iter().map(|l| l.0).collect::<Vec<_>>()).collect::<Vec<_>>()
         };
         assert_eq!(n(&f), n(&g));
+    }
+
+    /// `[[gateway]]` and `local-gateway` survive `config show` / `config
+    /// save` and the edits of run-time changes.
+    #[test]
+    fn gateways_round_trip_and_survive_edits() {
+        let file = format!(
+            "listen = [\"127.0.0.1:3260\"]\nlocal-gateway = \"gw1\" # me\n\n[[gateway]]\nname = \"gw1\"\nportal = \"127.0.0.1:3260\"\n\n[[gateway]]\nname = \"gw2\"\nportal = \"127.0.0.2:3260\"\n\n{FILE}"
+        )
+        .replace("iothreads = 2 # two\n", "");
+        let f = super::super::Config::from_toml_str(&file, Path::new("/etc/lunar/x.toml")).unwrap();
+        assert_eq!(f.gateways.len(), 2);
+        let text = to_toml(&f, false).unwrap();
+        let g = super::super::Config::from_toml_str(&text, Path::new("/etc/lunar/x.toml")).unwrap();
+        assert_eq!((&g.gateways, &g.local_gateway), (&f.gateways, &f.local_gateway));
+        assert_eq!(to_toml(&g, false).unwrap(), text);
+        let mut d: DocumentMut = file.parse().unwrap();
+        add_lun(&mut d, "iqn.2026-11.dev.lunar:a", 9, &LunConfig::parse_spec("backend=mem,size=1M").unwrap()).unwrap();
+        remove_target(&mut d, "iqn.2026-11.dev.lunar:b").unwrap();
+        set_listen(&mut d, &["127.0.0.1:3260".parse().unwrap(), "127.0.0.3:3260".parse().unwrap()]).unwrap();
+        let text = d.to_string();
+        assert!(text.contains("local-gateway = \"gw1\" # me\n"), "{text}");
+        let h = super::super::Config::from_toml_str(&text, Path::new("/etc/lunar/x.toml")).unwrap();
+        assert_eq!((&h.gateways, &h.local_gateway), (&f.gateways, &f.local_gateway));
     }
 
     #[test]

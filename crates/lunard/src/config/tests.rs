@@ -745,3 +745,87 @@ spec = "backend=rbd,pool=p,namespace=ns,image=disk1,keyring=/etc/ceph/k"
     let e = Config::from_toml_str_in(bad, origin, &env()).unwrap_err().to_string();
     assert!(e.contains("image") && e.contains("missing"), "{e}");
 }
+
+const GATEWAYS: &str = r#"listen = ["127.0.0.2:3260"]
+local-gateway = "gw2"
+
+[[gateway]]
+name = "gw1"
+portal = "127.0.0.1:3260"
+
+[[gateway]]
+name = "gw2"
+portal = "127.0.0.2:3260"
+
+[[target]]
+name = "iqn.2026-11.dev.lunar:t"
+
+[[target.lun]]
+backend = "mem"
+size = "1M"
+"#;
+
+#[test]
+fn gateways_in_the_file_and_on_the_command_line() {
+    let f = toml_file(GATEWAYS);
+    let path = f.path().to_str().unwrap();
+    let c = ok(&["--config", path]);
+    assert_eq!(c.gateways.len(), 2);
+    assert_eq!(c.gateways[1], GatewayConfig { name: "gw2".into(), portal: addr("127.0.0.2:3260") });
+    assert_eq!(c.local_gateway().map(|(i, g)| (i, g.name.as_str())), Some((1, "gw2")));
+    assert_eq!(c.portal_group_tag(), 2);
+    assert_eq!(c.peer_portals(), vec![(addr("127.0.0.1:3260"), 1)]);
+    let alua = c.alua().unwrap();
+    assert_eq!(alua.local_group(), 2);
+    let states: Vec<_> = alua.groups().iter().map(|g| (g.id, g.relative_ports.clone(), g.state)).collect();
+    assert_eq!(
+        states,
+        vec![(1, vec![1], lunar_scsi::AccessState::ActiveOptimized), (2, vec![2], lunar_scsi::AccessState::Standby)]
+    );
+    // --gateway overrides the file's local-gateway (its portal must be listened on).
+    let c = ok(&["--config", path, "--gateway", "gw1", "--listen", "127.0.0.1:3260"]);
+    assert_eq!((c.portal_group_tag(), c.peer_portals()), (1, vec![(addr("127.0.0.2:3260"), 2)]));
+    // A wildcard listen address covers the gateway's portal.
+    ok(&["--config", path, "--gateway", "gw1", "--listen", "0.0.0.0:3260"]);
+    // Errors name the key and the value.
+    has(&err(&["--config", path, "--gateway", "gw3"]), &["`--gateway`", "`gw3`", "no such gateway", "gw1, gw2"]);
+    has(
+        &err(&["--config", path, "--gateway", "gw1"]),
+        &["`--gateway`", "127.0.0.1:3260", "not among the addresses lunard listens on", "127.0.0.2:3260"],
+    );
+    has(&err(&["--gateway", "gw1"]), &["`--gateway`", "no [[gateway]] is configured"]);
+    // Without gateways nothing changes.
+    let plain = ok(&[]);
+    assert!(plain.gateways.is_empty() && plain.alua().is_none() && plain.peer_portals().is_empty());
+    assert_eq!(plain.portal_group_tag(), 1);
+}
+
+#[test]
+fn gateway_errors_in_the_file() {
+    // Against the rest of the configuration (the command line may change it).
+    let whole_err = |text: &str| {
+        let f = toml_file(text);
+        err(&["--config", f.path().to_str().unwrap()])
+    };
+    let without_local = GATEWAYS.replace("local-gateway = \"gw2\"\n", "");
+    has(&whole_err(&without_local), &["`local-gateway`", "say which one this process is", "gw1, gw2"]);
+    let unknown = GATEWAYS.replace("local-gateway = \"gw2\"", "local-gateway = \"gw9\"");
+    has(&whole_err(&unknown), &["`local-gateway`", "`gw9`", "no such gateway"]);
+    let not_listened = GATEWAYS.replace("listen = [\"127.0.0.2:3260\"]", "listen = [\"127.0.0.2:3261\"]");
+    has(&whole_err(&not_listened), &["`local-gateway`", "127.0.0.2:3260", "not among the addresses"]);
+    let local_without_gateways = format!("local-gateway = \"gw1\"\n{T}");
+    has(&whole_err(&local_without_gateways), &["`local-gateway`", "no [[gateway]] is configured"]);
+    // Each gateway, where the file is read: the message names the file.
+    let same_name = GATEWAYS.replace("name = \"gw2\"", "name = \"gw1\"");
+    has(&file_err(&same_name), &["gateway 1 (`gw1`)", "`name`", "also the name of gateway 0"]);
+    let same_portal = GATEWAYS.replace("portal = \"127.0.0.1:3260\"", "portal = \"127.0.0.2:3260\"");
+    has(&file_err(&same_portal), &["gateway 1 (`gw2`)", "`portal`", "127.0.0.2:3260", "also the portal of gateway 0"]);
+    let wildcard = GATEWAYS.replace("portal = \"127.0.0.1:3260\"", "portal = \"0.0.0.0:3260\"");
+    has(&file_err(&wildcard), &["gateway 0", "`portal`", "a specific address and port"]);
+    let bad_portal = GATEWAYS.replace("portal = \"127.0.0.1:3260\"", "portal = \"nowhere\"");
+    has(&file_err(&bad_portal), &["gateway 0", "`portal`", "`nowhere`"]);
+    let bad_name = GATEWAYS.replace("name = \"gw1\"", "name = \"g w\"");
+    has(&file_err(&bad_name), &["`name`", "`g w`", "only letters"]);
+    let stray_key = GATEWAYS.replace("name = \"gw1\"", "name = \"gw1\"\nstate = \"standby\"");
+    has(&file_err(&stray_key), &["state"]);
+}

@@ -14,8 +14,8 @@ use serde::Deserialize;
 use super::check;
 use super::spec::{split_pairs, LunBuilder};
 use super::{
-    BackendSpec, Chap, ConfigError, LunConfig, TargetConfig, VhostUserConfig, MAX_IOTHREADS, MAX_VHOST_POLL_US,
-    MAX_VHOST_QUEUES,
+    BackendSpec, Chap, ConfigError, GatewayConfig, LunConfig, TargetConfig, VhostUserConfig, MAX_IOTHREADS,
+    MAX_VHOST_POLL_US, MAX_VHOST_QUEUES,
 };
 
 #[derive(Deserialize)]
@@ -31,6 +31,13 @@ struct FileRoot {
     vhost_user: Vec<FileVhostUser>,
     #[serde(default)]
     target: Vec<FileTarget>,
+    /// `[[gateway]]`: the gateways (lunard processes) that serve the same
+    /// targets and LUNs, one target port group each (issue 16).
+    #[serde(default)]
+    gateway: Vec<FileGateway>,
+    /// Which `[[gateway]]` this process is (a key of its own: TOML cannot
+    /// have `gateway` both as a string and as the array of tables).
+    local_gateway: Option<String>,
     /// `[limits]`: the keys of `--limit`, with numbers or strings as values.
     limits: Option<toml::Table>,
 }
@@ -40,6 +47,13 @@ struct FileRoot {
 struct FileChap {
     user: String,
     secret: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileGateway {
+    name: String,
+    portal: String,
 }
 
 #[derive(Deserialize)]
@@ -138,6 +152,8 @@ pub(crate) struct FileSettings {
     pub discovery_chap: Option<Chap>,
     pub vhost_user: Vec<VhostUserConfig>,
     pub targets: Vec<TargetConfig>,
+    pub gateways: Vec<GatewayConfig>,
+    pub local_gateway: Option<String>,
 }
 
 /// Read and convert the file at `path`.
@@ -310,7 +326,21 @@ fn convert(root: FileRoot, base: &Path) -> Result<FileSettings, ConfigError> {
         };
         super::limits::set(&mut limits, &key, &text).map_err(|e| e.context("[limits]"))?;
     }
+    let gateways = root
+        .gateway
+        .into_iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let portal = check::portal(&g.portal).map_err(|r| {
+                ConfigError::invalid_value("portal", g.portal.as_str(), r).context(format!("gateway {i}"))
+            })?;
+            Ok(GatewayConfig { name: g.name, portal })
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    super::check_gateways(&gateways)?;
     Ok(FileSettings {
+        gateways,
+        local_gateway: root.local_gateway,
         limits,
         iothreads,
         portals,

@@ -748,7 +748,7 @@ async fn lun_add(ctx: &Context, t: &Arc<Target>, spec: &str, lun: Option<u64>) -
     let edit = |doc: &mut toml_edit::DocumentMut| persist::add_lun(doc, t.name(), lun, &cfg);
     let apply = async {
         let dev = t
-            .add_device(lun, crate::daemon::disk_config(t.name(), lun, &cfg), backend, policies)
+            .add_device(lun, crate::daemon::disk_config(t.name(), lun, &cfg, ctx.config.alua()), backend, policies)
             .await
             .map_err(MethodError::from)?;
         if let Some(n) = cfg.iothread {
