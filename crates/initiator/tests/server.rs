@@ -381,3 +381,53 @@ fn targets_acls_and_portals_change_at_run_time() {
     s2.execute(Command::test_unit_ready(0)).unwrap();
     other.shutdown();
 }
+
+/// Gateway 2 of 2 (issue 16): its login answers TargetPortalGroupTag 2,
+/// SendTargets lists its own portal (tag 2) and the other gateway's (tag
+/// 1); its LUN, Standby here, answers INQUIRY and REPORT TARGET PORT GROUPS
+/// and refuses a WRITE with NOT READY, TARGET PORT IN STANDBY STATE before
+/// asking for its data; after SET TARGET PORT GROUPS the WRITE goes through.
+#[test]
+fn a_gateway_advertises_its_peers_and_answers_as_its_target_port_group() {
+    let core = Target::new(IQN, 1).expect("target");
+    let disk = DiskConfig {
+        relative_port: 2,
+        alua: Some(lunar_scsi::AluaConfig::gateways(2, 1).unwrap()),
+        ..DiskConfig::default()
+    };
+    wait(core.add_device(0, disk, Backend::mem(SIZE), ErrorPolicies::default())).expect("LUN 0");
+    let peer: std::net::SocketAddr = "127.0.0.1:3999".parse().unwrap();
+    let server = Server::start(ServerConfig {
+        portals: vec!["127.0.0.2:0".parse().unwrap()],
+        targets: vec![TargetEntry { config: LoginTarget::open(IQN), core: core.clone() }],
+        discovery_auth: Some(lunar_iscsi::login::AuthPolicy::None),
+        limits: TargetLimits::default(),
+        portal_group_tag: 2,
+        peer_portals: vec![(peer, 1)],
+        resources: Default::default(),
+    })
+    .expect("server");
+    let me = server.local_addrs()[0];
+    assert_eq!(advertised(me), vec![format!("{me},2"), format!("{peer},1")]);
+
+    let s = Session::login(me, &Config { timeout: Duration::from_secs(30), ..Config::new(IQN) }).expect("login");
+    assert_eq!(s.params().target_portal_group_tag, Some(2));
+    let inq = s.execute(Command::inquiry(0, 96)).unwrap();
+    assert_eq!(inq.data[5] & 0x30, 0x30, "TPGS");
+    let rtpg = s.execute(Command::reading(0, vec![0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], 256)).unwrap();
+    assert!(rtpg.is_good());
+    assert_eq!((rtpg.data[4] & 0x0F, rtpg.data[16] & 0x0F), (0x0, 0x2), "group 1 A/O, group 2 standby");
+    // A WRITE(10) of one block: refused before any R2T.
+    let before = server.handle().limit_hits().refused_before_data;
+    let mut w = vec![0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    let r = s.execute(Command::writing(0, w.clone(), vec![9; 512])).unwrap();
+    assert!(r.sense.as_ref().is_some_and(|s| s.is(sense_key::NOT_READY, 0x04, 0x0B)), "{r:?}");
+    assert_eq!(server.handle().limit_hits().refused_before_data, before + 1, "refused before its data");
+    let stpg = Command::writing(0, vec![0xA4, 0x0A, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0], vec![0, 0, 0, 0, 0, 0, 0, 2]);
+    assert!(s.execute(stpg).unwrap().is_good());
+    w[5] = 1;
+    assert!(s.execute(Command::writing(0, w, vec![9; 512])).unwrap().is_good());
+    drop(s);
+    server.shutdown();
+    core.shutdown();
+}
