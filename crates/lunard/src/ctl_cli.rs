@@ -62,6 +62,10 @@ pub enum Cmd {
     /// iSCSI portals (addresses lunard listens on)
     #[command(subcommand)]
     Portal(PortalCmd),
+    /// Asymmetric access (ALUA) of the gateways ([[gateway]]): each target
+    /// port group's state per LUN, as this gateway sees it
+    #[command(subcommand)]
+    Alua(AluaCmd),
     /// Live I/O per LUN and per I/O thread, refreshed every interval (like `iostat -x 1`)
     ///
     /// Columns: IOPS (commands completed per second), RD MB/s and WR MB/s
@@ -188,6 +192,18 @@ pub enum LunCmd {
         #[arg(long)]
         write_errno: Option<u64>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AluaCmd {
+    /// Each LUN's target port groups (one per gateway) and their states
+    Show,
+    /// Set the state of target port group GROUP (a number, or a gateway's
+    /// name) of LUN: active-optimized (ao), active-non-optimized (an),
+    /// standby, unavailable or transitioning. This gateway's view only (an
+    /// implicit transition: every initiator of the LUN here gets ASYMMETRIC
+    /// ACCESS STATE CHANGED); not written to the configuration
+    Set { lun: u64, group: String, state: String },
 }
 
 #[derive(Subcommand, Debug)]

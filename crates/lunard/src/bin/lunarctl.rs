@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lunard::control::client::{Client, ClientError};
-use lunard::ctl_cli::{AclCmd, ChapCmd, Cli, Cmd, ConfigCmd, LunCmd, PortalCmd, SessionCmd, TargetCmd};
+use lunard::ctl_cli::{AclCmd, AluaCmd, ChapCmd, Cli, Cmd, ConfigCmd, LunCmd, PortalCmd, SessionCmd, TargetCmd};
 use serde_json::{json, Value};
 
 fn main() -> ExitCode {
@@ -62,6 +62,10 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
         }
         Cmd::Portal(PortalCmd::Add { address }) => ("portal.add", json!({ "address": address })),
         Cmd::Portal(PortalCmd::Remove { address }) => ("portal.remove", json!({ "address": address })),
+        Cmd::Alua(AluaCmd::Show) => ("alua.show", json!({})),
+        Cmd::Alua(AluaCmd::Set { lun, group, state }) => {
+            ("alua.set", json!({ "lun": lun, "group": group, "state": state }))
+        }
         Cmd::Config(ConfigCmd::Show) => ("config.show", json!({})),
         Cmd::Config(ConfigCmd::Save { path }) => {
             let path = match path {
@@ -131,6 +135,14 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
         Cmd::Chap(_) => println!("target {}: {}", s(&result["target"]), chap_text(&result["chap"])),
         Cmd::Portal(PortalCmd::Add { .. }) => println!("listening on {}", s(&result["portal"])),
         Cmd::Portal(PortalCmd::Remove { .. }) => println!("no longer listening on {}", s(&result["portal"])),
+        Cmd::Alua(AluaCmd::Show) => print_alua(&result),
+        Cmd::Alua(AluaCmd::Set { lun, .. }) => println!(
+            "LUN {lun}: target port group {} ({}) {}{}",
+            s(&result["group"]),
+            s(&result["gateway"]),
+            s(&result["state"]),
+            if result["changed"] == true { "" } else { " (unchanged)" }
+        ),
         Cmd::Config(ConfigCmd::Show) => print!("{}", result["toml"].as_str().unwrap_or("")),
         Cmd::Config(ConfigCmd::Save { .. }) => println!("saved to {}", s(&result["path"])),
     }
@@ -169,6 +181,28 @@ fn read_secret(file: Option<&std::path::Path>) -> Result<String, ClientError> {
         ));
     }
     Ok(secret)
+}
+
+/// `lunarctl alua show`: one line per LUN and target port group.
+fn print_alua(v: &Value) {
+    if let Some(g) = v["gateway"].as_object() {
+        println!("this gateway: {} (target port group {}, {})", s(&g["name"]), s(&g["group"]), s(&g["portal"]));
+    }
+    println!("{:<40} {:>5} {:>5} {:<12} {:<22} STATUS", "TARGET", "LUN", "GROUP", "GATEWAY", "STATE");
+    for l in v["luns"].as_array().into_iter().flatten() {
+        for g in l["groups"].as_array().into_iter().flatten() {
+            let here = if g["group"] == l["local_group"] { " (this gateway)" } else { "" };
+            println!(
+                "{:<40} {:>5} {:>5} {:<12} {:<22} {}{here}",
+                s(&l["target"]),
+                s(&l["lun"]),
+                s(&g["group"]),
+                s(&g["gateway"]),
+                s(&g["state"]),
+                s(&g["status"])
+            );
+        }
+    }
 }
 
 /// `on (user alice), mutual (user bob)`, `off`.

@@ -24,6 +24,8 @@
 //! | `chap.clear` | `mutual?` (only the mutual pair), `target?` or `discovery?` | `{target, chap}` |
 //! | `portal.add` / `portal.remove` | `address` | `{portal}` (the address bound) |
 //! | `session.list` | | `[session]` |
+//! | `alua.show` | `target?` (default: all) | `{gateway, gateways, luns: [{target, lun, local_group, local_state, groups: [{group, gateway, state, status, preferred, relative_ports}]}]}` |
+//! | `alua.set` | `lun`, `group` (number or gateway name), `state`, `target?` | `{target, lun, group, gateway, state, changed, persistent: false}`: an implicit transition in this process (not written to the file) |
 //!
 //! The answer of a change (`lun.add`, `lun.remove`, `lun.resize`,
 //! `lun.set_error_policy`, `lun.move`, and the methods of
@@ -409,6 +411,8 @@ async fn dispatch(
             let p = Params::new(params, &["mutual", "target", "discovery"])?;
             super::manage::chap(ctx, false, &p).await
         }
+        "alua.show" => super::alua::show(ctx, &Params::new(params, &["target"])?),
+        "alua.set" => super::alua::set(ctx, &Params::new(params, &["lun", "group", "state", "target"])?).await,
         "portal.add" => super::manage::portal_add(ctx, &Params::new(params, &["address"])?).await,
         "portal.remove" => super::manage::portal_remove(ctx, &Params::new(params, &["address"])?).await,
         "session.list" => {

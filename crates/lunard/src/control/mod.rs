@@ -7,6 +7,7 @@
 //! main loop and are awaited here. See [`methods`] for the methods and
 //! `lunarctl` for the command-line client.
 
+mod alua;
 pub mod client;
 mod events;
 mod manage;
