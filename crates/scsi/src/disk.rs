@@ -699,12 +699,13 @@ mod data_out_tests {
         fn no_cdb_asks_for_more_than_the_bound(
             op in proptest::sample::select(vec![
                 0x0A_u8, 0x2A, 0xAA, 0x8A, 0x2E, 0xAE, 0x8E, 0x2F, 0xAF, 0x8F, 0x89, 0x41, 0x93, 0x42, 0x15, 0x55,
-                0x5F, 0x83, 0x48, 0x9C,
+                0x5F, 0x83, 0x48, 0x9C, 0xA4,
             ]),
             rest in proptest::collection::vec(proptest::num::u8::ANY, 15),
             len in 6usize..=16,
         ) {
-            let d = disk(1 << 20);
+            // With ALUA (Active/Optimized here), so that SET TARGET PORT GROUPS is offered.
+            let d = disk_with(1 << 20, DiskConfig { alua: crate::AluaConfig::gateways(2, 0).ok(), ..Default::default() });
             let mut cdb = vec![op];
             cdb.extend_from_slice(&rest[..len - 1]);
             if let Ok(cmd) = Command::decode(&cdb) {
