@@ -359,6 +359,14 @@ pub fn banner(config: &Config, daemon: &Daemon) -> String {
     for a in addrs {
         s.push_str(&format!("  portal {a}\n"));
     }
+    if let Some((i, g)) = config.local_gateway() {
+        s.push_str(&format!(
+            "  gateway {} of {}: target port group {} (ALUA; `lunarctl alua show`)\n",
+            g.name,
+            config.gateways.len(),
+            i + 1
+        ));
+    }
     if let (Some(t), Some(a)) = (config.targets.first(), addrs.first()) {
         let host = if a.is_ipv6() { format!("[{}]:{}", a.ip(), a.port()) } else { a.to_string() };
         s.push_str(&format!(

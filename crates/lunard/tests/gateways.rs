@@ -79,6 +79,9 @@ fn two_gateways_of_one_target() {
     assert_eq!(lun["groups"][0]["gateway"], "gw1");
     assert_eq!(lun["groups"][0]["state"], "active-optimized");
     assert_eq!(lun["groups"][1]["state"], "standby");
+    let status = gw2.ctl_json(&["status"]);
+    assert_eq!(status["targets"][0]["luns"][0]["alua"], serde_json::json!({ "group": 2, "state": "standby" }));
+    assert!(gw1.ctl_json(&["status"])["targets"][0]["luns"][0]["alua"]["state"] == "active-optimized");
     let text = gw2.ctl_ok(&["alua", "show"]);
     assert!(text.contains("this gateway: gw2 (target port group 2"), "{text}");
 

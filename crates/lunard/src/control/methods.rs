@@ -569,6 +569,8 @@ async fn status(ctx: &Context, only: Option<&str>) -> Result<Value, MethodError>
                 "paused_reason": paused_reason,
                 "errors": errors,
                 "fault": fault_json(disk.backend()),
+                // This gateway's target port group and its state (`alua show` has them all).
+                "alua": disk.alua().map(|a| json!({ "group": a.local_group(), "state": a.local_state().name() })),
                 "stats": crate::metrics::stats_json(&dev.stats().snapshot()),
             }));
         }
