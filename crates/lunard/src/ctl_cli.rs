@@ -62,7 +62,7 @@ pub enum Cmd {
     /// iSCSI portals (addresses lunard listens on)
     #[command(subcommand)]
     Portal(PortalCmd),
-    /// Asymmetric access (ALUA) of the gateways ([[gateway]]): each target
+    /// Asymmetric access (ALUA) of the gateways (`[[gateway]]`): each target
     /// port group's state per LUN, as this gateway sees it
     #[command(subcommand)]
     Alua(AluaCmd),

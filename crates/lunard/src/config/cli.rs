@@ -190,7 +190,7 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "KEY=VALUE")]
     pub limit: Vec<String>,
 
-    /// Which of the file's [[gateway]] entries this process is (overrides
+    /// Which of the file's `[[gateway]]` entries this process is (overrides
     /// the file's local-gateway); see GATEWAYS
     #[arg(long, value_name = "NAME")]
     pub gateway: Option<String>,
