@@ -312,6 +312,14 @@ impl AluaConfig {
         AluaConfig::new(groups, u16::try_from(local_index + 1).unwrap_or(u16::MAX))
     }
 
+    /// Sets PREF of group `id` (no such group: nothing).
+    pub fn with_preferred(mut self, id: u16, preferred: bool) -> AluaConfig {
+        if let Some(g) = self.groups.iter_mut().find(|g| g.id == id) {
+            g.preferred = preferred;
+        }
+        self
+    }
+
     pub fn with_implicit_transition_secs(mut self, secs: u8) -> AluaConfig {
         self.implicit_transition_secs = secs;
         self

@@ -52,7 +52,8 @@ on one shared RBD image; ALUA, SPC-5 5.16): each [[gateway]] table of the
 file names one, with the portal initiators reach it on; local-gateway =
 \"NAME\" (or --gateway NAME) says which one this process is. Gateway i (from
 0) is target port group i+1 with relative target port i+1; SendTargets lists
-every gateway's portal with tag i+1. Without [[gateway]]: no ALUA (TPGS 0).
+every gateway's portal with tag i+1; preferred = true sets PREF of its group.
+Without [[gateway]]: no ALUA (TPGS 0).
   [[gateway]]
   name = \"gw1\"
   portal = \"127.0.0.1:3260\"

@@ -129,6 +129,9 @@ pub struct GatewayConfig {
     pub name: String,
     /// A specific address and port (no wildcard, no port 0); unique.
     pub portal: SocketAddr,
+    /// PREF of its target port group in REPORT TARGET PORT GROUPS (a hint
+    /// to multipath software; default false).
+    pub preferred: bool,
 }
 
 /// Most gateways of one configuration (a REPORT TARGET PORT GROUPS
@@ -622,7 +625,13 @@ impl Config {
     /// image's lock). `None` without gateways.
     pub fn alua(&self) -> Option<lunar_scsi::AluaConfig> {
         let (index, _) = self.local_gateway()?;
-        lunar_scsi::AluaConfig::gateways(self.gateways.len(), index).ok()
+        let config = lunar_scsi::AluaConfig::gateways(self.gateways.len(), index).ok()?;
+        Some(
+            self.gateways
+                .iter()
+                .enumerate()
+                .fold(config, |c, (i, g)| c.with_preferred(u16::try_from(i + 1).unwrap_or(u16::MAX), g.preferred)),
+        )
     }
 
     /// The portals of the other gateways with their Target Portal Group

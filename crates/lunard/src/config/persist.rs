@@ -479,6 +479,9 @@ pub fn to_toml(config: &Config, redact: bool) -> Result<String, String> {
         let mut t = Table::new();
         t.insert("name", value(g.name.as_str()));
         t.insert("portal", value(g.portal.to_string()));
+        if g.preferred {
+            t.insert("preferred", value(true));
+        }
         gateways.push(t);
     }
     if !gateways.is_empty() {
@@ -658,7 +661,7 @@ size = "1M"
     #[test]
     fn gateways_round_trip_and_survive_edits() {
         let file = format!(
-            "listen = [\"127.0.0.1:3260\"]\nlocal-gateway = \"gw1\" # me\n\n[[gateway]]\nname = \"gw1\"\nportal = \"127.0.0.1:3260\"\n\n[[gateway]]\nname = \"gw2\"\nportal = \"127.0.0.2:3260\"\n\n{FILE}"
+            "listen = [\"127.0.0.1:3260\"]\nlocal-gateway = \"gw1\" # me\n\n[[gateway]]\nname = \"gw1\"\nportal = \"127.0.0.1:3260\"\npreferred = true\n\n[[gateway]]\nname = \"gw2\"\nportal = \"127.0.0.2:3260\"\n\n{FILE}"
         )
         .replace("iothreads = 2 # two\n", "");
         let f = super::super::Config::from_toml_str(&file, Path::new("/etc/lunar/x.toml")).unwrap();

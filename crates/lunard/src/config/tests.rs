@@ -771,7 +771,7 @@ fn gateways_in_the_file_and_on_the_command_line() {
     let path = f.path().to_str().unwrap();
     let c = ok(&["--config", path]);
     assert_eq!(c.gateways.len(), 2);
-    assert_eq!(c.gateways[1], GatewayConfig { name: "gw2".into(), portal: addr("127.0.0.2:3260") });
+    assert_eq!(c.gateways[1], GatewayConfig { name: "gw2".into(), portal: addr("127.0.0.2:3260"), preferred: false });
     assert_eq!(c.local_gateway().map(|(i, g)| (i, g.name.as_str())), Some((1, "gw2")));
     assert_eq!(c.portal_group_tag(), 2);
     assert_eq!(c.peer_portals(), vec![(addr("127.0.0.1:3260"), 1)]);
@@ -782,6 +782,10 @@ fn gateways_in_the_file_and_on_the_command_line() {
         states,
         vec![(1, vec![1], lunar_scsi::AccessState::ActiveOptimized), (2, vec![2], lunar_scsi::AccessState::Standby)]
     );
+    let pref = toml_file(&GATEWAYS.replace("name = \"gw1\"", "name = \"gw1\"\npreferred = true"));
+    let c = ok(&["--config", pref.path().to_str().unwrap()]);
+    let prefs: Vec<bool> = c.alua().unwrap().groups().iter().map(|g| g.preferred).collect();
+    assert_eq!(prefs, [true, false]);
     // --gateway overrides the file's local-gateway (its portal must be listened on).
     let c = ok(&["--config", path, "--gateway", "gw1", "--listen", "127.0.0.1:3260"]);
     assert_eq!((c.portal_group_tag(), c.peer_portals()), (1, vec![(addr("127.0.0.2:3260"), 2)]));

@@ -54,6 +54,7 @@ struct FileChap {
 struct FileGateway {
     name: String,
     portal: String,
+    preferred: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -334,7 +335,7 @@ fn convert(root: FileRoot, base: &Path) -> Result<FileSettings, ConfigError> {
             let portal = check::portal(&g.portal).map_err(|r| {
                 ConfigError::invalid_value("portal", g.portal.as_str(), r).context(format!("gateway {i}"))
             })?;
-            Ok(GatewayConfig { name: g.name, portal })
+            Ok(GatewayConfig { name: g.name, portal, preferred: g.preferred.unwrap_or(false) })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
     super::check_gateways(&gateways)?;

@@ -253,6 +253,14 @@ mod tests {
     }
 
     #[test]
+    fn pref_is_reported() {
+        let cfg = AluaConfig::gateways(2, 0).unwrap().with_preferred(2, true);
+        let d = disk_with(10, DiskConfig { alua: Some(cfg), ..Default::default() });
+        let r = run(&d, &rtpg(0, 1000)).unwrap();
+        assert_eq!((r[4], r[16]), (0x00, 0x82), "group 1 A/O, group 2 PREF and standby");
+    }
+
+    #[test]
     fn set_target_port_groups_errors() {
         let d = alua_disk(2, 0);
         let one = |state: u8, group: u16| {
