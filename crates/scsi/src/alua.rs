@@ -374,7 +374,7 @@ pub enum AluaError {
 /// that executes the SET TARGET PORT GROUPS command).
 pub type AluaFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ScsiError>> + 'a>>;
 
-/// One descriptor of a SET TARGET PORT GROUPS parameter list (SPC-5 6.50),
+/// One descriptor of a SET TARGET PORT GROUPS parameter list (SPC-5 6.45),
 /// decoded and checked against the defined codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SetGroupState {

@@ -83,7 +83,7 @@ pub enum Command {
     ReportSupportedTaskManagementFunctions { repd: bool, alloc_len: u32 },
     /// REPORT TARGET PORT GROUPS (SPC-5 6.37).
     ReportTargetPortGroups { format: RtpgFormat, alloc_len: u32 },
-    /// SET TARGET PORT GROUPS (SPC-5 6.50).
+    /// SET TARGET PORT GROUPS (SPC-5 6.45).
     SetTargetPortGroups { param_len: u32 },
     /// PERSISTENT RESERVE IN (SPC-5 6.16).
     PersistentReserveIn(PrIn),

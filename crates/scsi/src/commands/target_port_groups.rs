@@ -1,5 +1,5 @@
 //! REPORT TARGET PORT GROUPS (MAINTENANCE IN, SPC-5 6.37) and SET TARGET
-//! PORT GROUPS (MAINTENANCE OUT, SPC-5 6.50): the commands of asymmetric
+//! PORT GROUPS (MAINTENANCE OUT, SPC-5 6.45): the commands of asymmetric
 //! logical unit access ([`crate::alua`]). Offered only by a disk with ALUA
 //! configured ([`crate::cdb::table::Requires::Alua`]).
 
@@ -44,7 +44,7 @@ pub(crate) fn validate_stpg(param_len: u32) -> Result<(), ScsiError> {
     Ok(())
 }
 
-/// Decodes a SET TARGET PORT GROUPS parameter list (SPC-5 6.50): a 4-byte
+/// Decodes a SET TARGET PORT GROUPS parameter list (SPC-5 6.45): a 4-byte
 /// reserved header, then 4-byte descriptors (state in bits 3:0 of byte 0,
 /// byte 1 reserved, TARGET PORT GROUP in bytes 2-3). A list that cuts the
 /// header or a descriptor is a PARAMETER LIST LENGTH ERROR (SPC-5 4.2.5.5);
@@ -150,7 +150,7 @@ impl Disk {
             return Ok(Vec::new());
         }
         // A group that does not exist, one named twice or an unsupported
-        // state: an invalid combination (SPC-5 6.50), pointing at its descriptor.
+        // state: an invalid combination (SPC-5 6.45), pointing at its descriptor.
         let groups = alua.groups();
         for (k, r) in request.iter().enumerate() {
             let at = 4 + 4 * k;
