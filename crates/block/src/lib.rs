@@ -79,6 +79,18 @@ impl Backend {
         }
     }
 
+    /// Opens the storage again (control plane, blocking; no request in
+    /// flight): an `rbd` image as a new client of the cluster, which is how
+    /// a LUN whose client was blocklisted comes back. The other backends'
+    /// storage is local and stays open: nothing to do.
+    pub fn reopen(&self) -> std::result::Result<(), RbdError> {
+        match self {
+            Backend::Rbd(r) => r.reopen(),
+            Backend::Fault(f) => f.inner().reopen(),
+            Backend::Mem(_) | Backend::Null(_) | Backend::File(_) => Ok(()),
+        }
+    }
+
     /// A short name for status output.
     pub fn kind_name(&self) -> &'static str {
         match self {

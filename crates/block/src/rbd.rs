@@ -115,8 +115,10 @@ pub fn available() -> bool {
 /// Its futures must be polled inside a `tokio::task::LocalSet` on a runtime
 /// with I/O enabled.
 pub struct RbdBackend {
+    /// The open image; replaced whole by [`RbdBackend::reopen`] (requests
+    /// in flight keep the one they were submitted to).
     #[cfg(lunar_rbd)]
-    inner: std::sync::Arc<image::Image>,
+    inner: arc_swap::ArcSwap<image::Image>,
     #[cfg(not(lunar_rbd))]
     never: std::convert::Infallible,
     options: RbdOptions,
@@ -133,41 +135,54 @@ impl RbdBackend {
     /// Connects to the cluster and opens the image (blocking: control plane).
     pub fn open(options: &RbdOptions) -> std::result::Result<RbdBackend, RbdError> {
         let inner = image::Image::open(options)?;
-        Ok(RbdBackend { inner: std::sync::Arc::new(inner), options: options.clone() })
+        Ok(RbdBackend { inner: arc_swap::ArcSwap::from_pointee(inner), options: options.clone() })
+    }
+
+    /// Opens the image again as a new client of the cluster (blocking:
+    /// control plane) and sends later requests there: what brings back a
+    /// LUN whose client was blocklisted (a fenced client stays fenced; a
+    /// new one is not). The old client is closed once its requests in
+    /// flight are done; call it with none in flight (the core drains the
+    /// LUN first). On failure the old client stays.
+    pub fn reopen(&self) -> std::result::Result<(), RbdError> {
+        let fresh = image::Image::open(&self.options)?;
+        let old = self.inner.swap(std::sync::Arc::new(fresh));
+        drop(old);
+        Ok(())
     }
 
     pub fn size(&self) -> u64 {
-        self.inner.size()
+        self.inner.load().size()
     }
 
     /// Seconds a request waits for the cluster before it fails as
     /// [`ErrorKind::TimedOut`](crate::ErrorKind::TimedOut) (see the module documentation).
     pub fn io_timeout_secs(&self) -> u64 {
-        self.inner.io_timeout()
+        self.inner.load().io_timeout()
     }
 
     /// `rbd_resize` (blocking: control plane); when the image already has
     /// that size in the cluster (another client resized it), only this
     /// backend's size follows.
     pub fn resize(&self, new_size: u64) -> Result<()> {
-        self.inner.resize(new_size)
+        self.inner.load().resize(new_size)
     }
 
     /// How many times librbd's update watch saw the image's header change
     /// (a resize by any client among them). Cheap: an atomic load.
     pub fn header_changes(&self) -> u64 {
-        self.inner.generation()
+        self.inner.load().generation()
     }
 
     /// The image's size in the cluster now (blocking: control plane); it
     /// differs from [`RbdBackend::size`] after a resize by another client,
     /// until the LUN is resized to it.
     pub fn cluster_size(&self) -> Result<u64> {
-        self.inner.cluster_size()
+        self.inner.load().cluster_size()
     }
 
     pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        image::Image::read(&self.inner, offset, len).await
+        image::Image::read(&self.inner.load_full(), offset, len).await
     }
 
     /// A write, followed by a flush when `fua`.
@@ -175,37 +190,37 @@ impl RbdBackend {
     /// the shared bytes become one, copied only if the caller still holds
     /// them, as the core does for a write it may retry).
     pub async fn write(&self, offset: u64, data: impl Into<crate::Bytes>, fua: bool) -> Result<()> {
-        image::Image::write(&self.inner, offset, Vec::from(data.into()), fua).await
+        image::Image::write(&self.inner.load_full(), offset, Vec::from(data.into()), fua).await
     }
 
     pub async fn flush(&self) -> Result<()> {
-        image::Image::flush(&self.inner).await
+        image::Image::flush(&self.inner.load_full()).await
     }
 
     /// Atomic compare-and-write of at most [`ATOMIC_COMPARE_AND_WRITE_BYTES`]
     /// inside one such aligned unit; `Ok(Some(at))` on a miscompare at byte
     /// `at` (nothing written).
     pub async fn compare_and_write(&self, offset: u64, cmp: Vec<u8>, data: Vec<u8>) -> Result<Option<u64>> {
-        image::Image::compare_and_write(&self.inner, offset, cmp, data).await
+        image::Image::compare_and_write(&self.inner.load_full(), offset, cmp, data).await
     }
 
     pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        image::Image::discard(&self.inner, offset, len).await
+        image::Image::discard(&self.inner.load_full(), offset, len).await
     }
 
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        image::Image::write_zeroes(&self.inner, offset, len).await
+        image::Image::write_zeroes(&self.inner.load_full(), offset, len).await
     }
 
     /// The mapped and deallocated extents (`rbd_diff_iterate2` from the
     /// image's creation), computed on tokio's blocking pool.
     pub async fn allocation(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
-        image::Image::allocation(&self.inner, offset, len).await
+        image::Image::allocation(&self.inner.load_full(), offset, len).await
     }
 
     /// The same, blocking the calling thread (tests and the control plane).
     pub fn allocation_blocking(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
-        self.inner.allocation_blocking(offset, len)
+        self.inner.load().allocation_blocking(offset, len)
     }
 }
 
@@ -221,6 +236,10 @@ impl RbdBackend {
     }
 
     pub fn io_timeout_secs(&self) -> u64 {
+        match self.never {}
+    }
+
+    pub fn reopen(&self) -> std::result::Result<(), RbdError> {
         match self.never {}
     }
 

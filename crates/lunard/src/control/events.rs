@@ -55,6 +55,10 @@ pub fn core_event(target: &str, e: &Event) -> Value {
             "event": "lun.resized", "lun": lun, "blocks": blocks, "block_size": block_size,
             "size": blocks.saturating_mul(u64::from(*block_size)),
         }),
+        Event::DeviceOffline { lun, errno } => json!({
+            "event": "lun.offline", "lun": lun, "errno": errno, "errno_name": errno_name(*errno),
+        }),
+        Event::DeviceOnline { lun } => json!({ "event": "lun.online", "lun": lun }),
     };
     if let Some(o) = v.as_object_mut() {
         o.insert("target".into(), json!(target));
