@@ -78,6 +78,14 @@ pub struct RbdOptions {
     pub keyring: Option<PathBuf>,
     /// Refuse writes (the image is still opened read-write by librbd).
     pub readonly: bool,
+    /// Take the image's exclusive lock when opening and keep it
+    /// (`rbd_lock_acquire`: librbd then refuses to hand it to another
+    /// client, whose writes fail until this one closes or is fenced).
+    /// With it, this client is the image's only writer, so COMPARE AND
+    /// WRITE of any size is made atomic by the target core alone (see
+    /// [`RbdBackend::check_sole_writer`]). Needs the image's
+    /// `exclusive-lock` feature (the default for new images).
+    pub exclusive: bool,
 }
 
 impl RbdOptions {
@@ -153,6 +161,25 @@ impl RbdBackend {
 
     pub fn size(&self) -> u64 {
         self.inner.load().size()
+    }
+
+    /// Whether this client holds the image's exclusive lock for good
+    /// ([`RbdOptions::exclusive`]).
+    pub fn is_exclusive(&self) -> bool {
+        self.options.exclusive
+    }
+
+    /// For a COMPARE AND WRITE emulated by reading, comparing and writing:
+    /// `Ok` while this client is the image's only writer (it holds the
+    /// exclusive lock it took at open), else an `ErrorKind::Offline` error
+    /// (ENOLCK): the lock was lost, and another client may write between
+    /// the read and the write. A local check, no cluster round trip.
+    pub fn check_sole_writer(&self, offset: u64, len: u64) -> Result<()> {
+        let img = self.inner.load();
+        if self.options.exclusive && img.owns_lock() {
+            return Ok(());
+        }
+        Err(crate::BlockError::new(crate::ErrorKind::Offline, libc::ENOLCK, "compare-and-write", offset, len))
     }
 
     /// Seconds a request waits for the cluster before it fails as
@@ -236,6 +263,14 @@ impl RbdBackend {
     }
 
     pub fn io_timeout_secs(&self) -> u64 {
+        match self.never {}
+    }
+
+    pub fn is_exclusive(&self) -> bool {
+        match self.never {}
+    }
+
+    pub fn check_sole_writer(&self, _offset: u64, _len: u64) -> Result<()> {
         match self.never {}
     }
 

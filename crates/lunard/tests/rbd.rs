@@ -452,3 +452,50 @@ fn a_blocklisted_client_takes_the_lun_offline_and_reopen_brings_it_back() {
     let export = img.export();
     assert!(export[..before.len()] == before[..] && export[1024 * BS..1024 * BS + 4096] == after[..]);
 }
+
+/// `exclusive=on`: lunard takes the image's exclusive lock at start and
+/// keeps it, so it is the image's only writer (another client's write
+/// fails, a second exclusive gateway does not start) and COMPARE AND WRITE
+/// of any size, on 4096-byte blocks too, is atomic.
+#[test]
+fn an_exclusive_lun_is_the_only_writer_and_compares_and_writes_any_size() {
+    let Some((conf, _cluster)) = cluster("an_exclusive_lun_is_the_only_writer_and_compares_and_writes_any_size") else {
+        return;
+    };
+    const BS4K: usize = 4096;
+    let img = Image::create(&conf, "exclusive", "16M");
+    let d = Daemon::start(&["--lun", &format!("{},exclusive=on,block-size=4096", img.lun())]);
+    let s = login(&d);
+    s.set_block_size(0, BS4K as u32);
+    settle(&s, 0);
+    // Block Limits VPD: MAXIMUM COMPARE AND WRITE LENGTH is the core's (128), not librbd's one sector.
+    let r = s.execute(lunar_initiator::Command::reading(0, vec![0x12, 1, 0xB0, 0, 64, 0], 64)).unwrap();
+    assert!(r.is_good(), "{r:?}");
+    assert_eq!(r.data[5], 128, "MAXIMUM COMPARE AND WRITE LENGTH");
+    let first = pattern(31, 2 * BS4K);
+    let r = s.execute(caw(4, 2, vec![0; 2 * BS4K], first.clone())).unwrap();
+    assert!(r.is_good(), "two 4096-byte blocks: {r:?}");
+    assert!(read(&s, 0, 4, 2) == first, "the compared-and-written blocks read back");
+    let mut stale = first.clone();
+    stale[BS4K + 100] ^= 0xFF;
+    let r = s.execute(caw(4, 2, stale, vec![0xCD; 2 * BS4K])).unwrap();
+    assert!(r.is_check(0x0E, 0x1D, 0x00), "MISCOMPARE: {r:?}");
+    assert!(read(&s, 0, 4, 2) == first, "nothing written on a miscompare");
+    // Another client cannot write while lunard holds the lock.
+    let out = Command::new("rbd")
+        .arg("-c")
+        .arg(&conf)
+        .args(["bench", "--io-type", "write", "--io-size", "4096", "--io-total", "4096", &img.spec()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "another client wrote the image of an exclusive LUN");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Read-only file system"), "{out:?}");
+    // Nor can a second exclusive gateway start.
+    let e = Daemon::try_start(&["--lun", &format!("{},exclusive=on", img.lun())]).err().expect("a second owner");
+    assert!(e.contains("exclusive lock") && e.contains("another client holds it"), "{e}");
+    assert!(s.write(0, 8, pattern(32, BS4K)).unwrap().is_good(), "lunard still writes");
+    s.logout().unwrap();
+    stop(d);
+    let export = img.export();
+    assert!(export[4 * BS4K..6 * BS4K] == first[..] && export[8 * BS4K..9 * BS4K] == pattern(32, BS4K)[..]);
+}

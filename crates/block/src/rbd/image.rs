@@ -335,6 +335,25 @@ impl Image {
             return Err(fail("rbd_update_watch", -r));
         }
         img.watch = Some((handle, state));
+        if o.exclusive {
+            // SAFETY: a live image handle.
+            let r = unsafe { ffi::rbd_lock_acquire(img.image, ffi::LOCK_MODE_EXCLUSIVE) };
+            if r < 0 {
+                return Err(RbdError::Open {
+                    spec: spec.clone(),
+                    step: "taking the image's exclusive lock (exclusive=on)",
+                    reason: match -r {
+                        libc::EINVAL | libc::EOPNOTSUPP => {
+                            "the image lacks the exclusive-lock feature (`rbd feature enable POOL/IMAGE exclusive-lock`)"
+                                .into()
+                        }
+                        libc::EROFS => "another client holds it and does not release it".into(),
+                        e => strerror(e),
+                    },
+                    errno: -r,
+                });
+            }
+        }
         // From here on a request the cluster does not answer within
         // `io_timeout` fails with ETIMEDOUT (ErrorKind::TimedOut), for the
         // LUN's error policy to act on. The Objecter follows the change.
@@ -342,6 +361,15 @@ impl Image {
         img.io_timeout = io_timeout;
         tracing::info!(image = %spec, size, io_timeout_secs = io_timeout, "rbd image opened");
         Ok(img)
+    }
+
+    /// Whether this client holds the image's exclusive lock now (librbd's
+    /// own state: no cluster round trip).
+    pub(super) fn owns_lock(&self) -> bool {
+        let mut owner: c_int = 0;
+        // SAFETY: a live image handle and a valid out-pointer.
+        let r = unsafe { ffi::rbd_is_exclusive_lock_owner(self.image, &mut owner) };
+        r == 0 && owner != 0
     }
 
     pub(super) fn io_timeout(&self) -> u64 {
