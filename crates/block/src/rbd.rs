@@ -127,6 +127,10 @@ pub struct RbdBackend {
     /// in flight keep the one they were submitted to).
     #[cfg(lunar_rbd)]
     inner: arc_swap::ArcSwap<image::Image>,
+    /// The exclusive lock is taken and given up at run time by whoever
+    /// decides which gateway owns the image (ALUA), not held for good.
+    #[cfg(lunar_rbd)]
+    managed: std::sync::atomic::AtomicBool,
     #[cfg(not(lunar_rbd))]
     never: std::convert::Infallible,
     options: RbdOptions,
@@ -143,7 +147,11 @@ impl RbdBackend {
     /// Connects to the cluster and opens the image (blocking: control plane).
     pub fn open(options: &RbdOptions) -> std::result::Result<RbdBackend, RbdError> {
         let inner = image::Image::open(options)?;
-        Ok(RbdBackend { inner: arc_swap::ArcSwap::from_pointee(inner), options: options.clone() })
+        Ok(RbdBackend {
+            inner: arc_swap::ArcSwap::from_pointee(inner),
+            managed: std::sync::atomic::AtomicBool::new(false),
+            options: options.clone(),
+        })
     }
 
     /// Opens the image again as a new client of the cluster (blocking:
@@ -163,10 +171,75 @@ impl RbdBackend {
         self.inner.load().size()
     }
 
-    /// Whether this client holds the image's exclusive lock for good
-    /// ([`RbdOptions::exclusive`]).
+    /// Whether this client is the image's only writer whenever it writes:
+    /// it holds the exclusive lock for good ([`RbdOptions::exclusive`]), or
+    /// the lock is managed ([`RbdBackend::set_lock_managed`]) and media
+    /// access is allowed only while this client holds it.
     pub fn is_exclusive(&self) -> bool {
-        self.options.exclusive
+        self.options.exclusive || self.managed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Several gateways serve the image and their owner holds the lock:
+    /// this one takes and gives it up through [`RbdBackend::try_take_lock`],
+    /// [`RbdBackend::take_over_lock`] and [`RbdBackend::release_lock`].
+    pub fn set_lock_managed(&self, on: bool) {
+        self.managed.store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Takes the exclusive lock for good unless another client holds it
+    /// that way (blocking: control plane). `Ok(true)`: this client owns the
+    /// image now (librbd refuses to hand the lock over).
+    pub fn try_take_lock(&self) -> Result<bool> {
+        self.inner.load().acquire_lock()
+    }
+
+    /// Takes the lock from whoever holds it: each other owner is
+    /// blocklisted (fenced: nothing it sends lands any more) and its lock
+    /// broken, then this client takes it (blocking: control plane; a few
+    /// cluster round trips). Returns the owners fenced.
+    pub fn take_over_lock(&self) -> Result<Vec<String>> {
+        let img = self.inner.load();
+        let mut fenced = Vec::new();
+        for _ in 0..4 {
+            if img.owns_lock() {
+                return Ok(fenced);
+            }
+            for owner in img.lock_owners()? {
+                img.break_lock(&owner)?;
+                fenced.push(owner);
+            }
+            if img.acquire_lock()? {
+                return Ok(fenced);
+            }
+        }
+        Err(crate::BlockError::new(crate::ErrorKind::Io, libc::EBUSY, "lock-take-over", 0, 0))
+    }
+
+    /// Gives the exclusive lock up (blocking: control plane); its requests
+    /// in flight are done first (librbd flushes before releasing).
+    pub fn release_lock(&self) -> Result<()> {
+        self.inner.load().release_lock()
+    }
+
+    /// Whether this client holds the exclusive lock (librbd's own state, no
+    /// cluster round trip).
+    pub fn owns_lock(&self) -> bool {
+        self.inner.load().owns_lock()
+    }
+
+    /// The clients holding the exclusive lock (a cluster round trip).
+    pub fn lock_owners(&self) -> Result<Vec<String>> {
+        self.inner.load().lock_owners()
+    }
+
+    /// An image metadata value (blocking: a cluster round trip).
+    pub fn metadata(&self, key: &str) -> Result<Option<String>> {
+        self.inner.load().metadata_get(key)
+    }
+
+    /// Sets an image metadata value (blocking: a cluster round trip).
+    pub fn set_metadata(&self, key: &str, value: &str) -> Result<()> {
+        self.inner.load().metadata_set(key, value)
     }
 
     /// For a COMPARE AND WRITE emulated by reading, comparing and writing:
@@ -176,7 +249,7 @@ impl RbdBackend {
     /// the read and the write. A local check, no cluster round trip.
     pub fn check_sole_writer(&self, offset: u64, len: u64) -> Result<()> {
         let img = self.inner.load();
-        if self.options.exclusive && img.owns_lock() {
+        if self.is_exclusive() && img.owns_lock() {
             return Ok(());
         }
         Err(crate::BlockError::new(crate::ErrorKind::Offline, libc::ENOLCK, "compare-and-write", offset, len))
@@ -267,6 +340,38 @@ impl RbdBackend {
     }
 
     pub fn is_exclusive(&self) -> bool {
+        match self.never {}
+    }
+
+    pub fn set_lock_managed(&self, _on: bool) {
+        match self.never {}
+    }
+
+    pub fn try_take_lock(&self) -> Result<bool> {
+        match self.never {}
+    }
+
+    pub fn take_over_lock(&self) -> Result<Vec<String>> {
+        match self.never {}
+    }
+
+    pub fn release_lock(&self) -> Result<()> {
+        match self.never {}
+    }
+
+    pub fn owns_lock(&self) -> bool {
+        match self.never {}
+    }
+
+    pub fn lock_owners(&self) -> Result<Vec<String>> {
+        match self.never {}
+    }
+
+    pub fn metadata(&self, _key: &str) -> Result<Option<String>> {
+        match self.never {}
+    }
+
+    pub fn set_metadata(&self, _key: &str, _value: &str) -> Result<()> {
         match self.never {}
     }
 
