@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
 # Benchmark (not a test, not in CI): one RBD image on one cluster, measured
-# three ways side by side in one run, alternating rounds:
-#   fio   fio's rbd engine straight on librbd (the ceiling: no gateway)
-#   tgt   tgtd with bs_rbd (Debian's tgt-rbd) over iSCSI on loopback
-#   lunar lunard with backend=rbd over iSCSI on loopback
-# 4 KiB random read and write at QD1 and QD32. Over iSCSI, reads are driven
-# by libiscsi's iscsi-perf and writes by crates/initiator's iscsi-load
-# example (iscsi-perf only reads; Debian's fio has no libiscsi engine); each
-# row uses the same client for both targets. Prints IOPS and the ratios
-# lunar/fio and lunar/tgt.
+# four ways side by side in one run:
+#   fio     fio's rbd engine straight on librbd (the ceiling: no gateway)
+#   tgt     tgtd with bs_rbd (Debian's tgt-rbd) over iSCSI on loopback
+#   lunar   lunard with backend=rbd over iSCSI on loopback
+#   vhost   the same lunard over vhost-user (bench/vhost-driver as the guest)
+# 4 KiB random read and write at QD1 and QD32, 64 KiB sequential read and
+# write at QD16. Over iSCSI, reads are driven by libiscsi's iscsi-perf and
+# writes by crates/initiator's iscsi-load example (iscsi-perf only reads;
+# Debian's fio has no libiscsi engine); each row uses the same client for
+# both targets. Within a round the four run one after the other, in an
+# order that rotates from round to round (the cluster's own speed drifts as
+# its in-memory store fills and fragments; a fixed order would hand that
+# drift to whoever runs last).
+#
+# Prints the median IOPS of the rounds, the ratios lunar/fio, lunar/tgt and
+# vhost/fio, the spread (min-max) of each, and the CPU each side spends per
+# I/O at QD32 and for 64 KiB: the gateway process (tgtd, lunard; for fio,
+# fio itself with librbd inside), its client, and the OSD, in microseconds
+# of CPU time per I/O from /proc (user + system, all threads).
 #
 #   bash bench/rbd.sh [SECONDS_PER_RUN] [ROUNDS]
 #
@@ -31,17 +41,19 @@ command -v fio >/dev/null || need+=(fio)
 command -v tgtd >/dev/null || need+=(tgt)
 [ -e /usr/lib/tgt/backing-store/bs_rbd.so ] || need+=(tgt-rbd)
 command -v iscsi-perf >/dev/null || need+=(libiscsi-bin)
+[ -x /usr/bin/time ] || need+=(time)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 profile=${LUNAR_BENCH_PROFILE:-release}
+target_dir=${CARGO_TARGET_DIR:-$root/target}
 if [ "$profile" = release ]; then
-  cargo build --release -q -p lunard -p lunar-initiator --example iscsi-load
-  bin=target/release
+  cargo build --release -q -p lunard -p lunar-vhost-driver -p lunar-initiator --bins --example iscsi-load
+  bin=$target_dir/release
 else
-  cargo build -q -p lunard -p lunar-initiator --example iscsi-load
-  bin=target/debug
+  cargo build -q -p lunard -p lunar-vhost-driver -p lunar-initiator --bins --example iscsi-load
+  bin=$target_dir/debug
 fi
 
 image=bench-$$
@@ -61,13 +73,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-fio_run() { # rw qd -> IOPS (fio's rbd engine on the image)
-  fio --name=b --ioengine=rbd --clientname=admin --pool=rbd --rbdname="$image" \
-      --rw="$1" --bs="$3" --iodepth="$2" --direct=1 --time_based --runtime="$secs" \
-      --output-format=terse --terse-version=3 --size=256M 2>/dev/null |
-    awk -F';' -v rw="$1" '{ print (rw ~ /read/) ? $8 : $49 }'
-}
-
 # Written through first, with the rbd engine (4 MiB sequential).
 CEPH_CONF=$conf fio --name=fill --ioengine=rbd --clientname=admin --pool=rbd --rbdname="$image" \
   --rw=write --bs=4M --iodepth=4 --size=256M >/dev/null 2>&1
@@ -82,36 +87,116 @@ $T --op new --mode target --tid 1 -T "$iqn_t"
 $T --op new --mode logicalunit --tid 1 --lun 1 --bstype rbd --backing-store "rbd/$image" --bsopts "conf=$conf"
 $T --op bind --mode target --tid 1 -I ALL
 
-"$bin/lunard" --listen "127.0.0.1:$pl" --lun "backend=rbd,pool=rbd,image=$image,conf=$conf" >"$log/lunard.log" 2>&1 &
+sock=$log/lunar.sock
+"$bin/lunard" --listen "127.0.0.1:$pl" --vhost-user "$sock" \
+  --lun "backend=rbd,pool=rbd,image=$image,conf=$conf,controller=$sock" >"$log/lunard.log" 2>&1 &
 lun_pid=$!
-sleep 2
+for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+[ -S "$sock" ] || { cat "$log/lunard.log"; exit 1; }
+osd_pid=$(awk '$1 == "osd" {print $2}' "$(dirname "$conf")/pids" | head -1)
 
-perf() { # url qd -> IOPS (iscsi-perf, 4 KiB random reads)
-  timeout $((secs + 20)) iscsi-perf -m "$2" -b 8 -r -t "$secs" "$1" 2>/dev/null |
-    tr '\r' '\n' | grep -o 'iops average [0-9]*' | tail -1 | awk '{print $3}'
-}
-load() { # addr iqn lun qd -> IOPS (iscsi-load, 4 KiB random writes)
-  timeout $((secs + 20)) "$bin/examples/iscsi-load" "$1" "$2" "$3" write "$4" "$secs" 2>/dev/null |
-    awk '/^iops/ {print $2}'
+# CPU time (user + system, clock ticks) of a process, all its threads.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+hz=$(getconf CLK_TCK)
+
+# One run: prints "IOPS GATEWAY_TICKS CLIENT_SECONDS OSD_TICKS".
+# Workload: rw (randread randwrite read write), qd, block size in KiB.
+run() {
+  local who=$1 rw=$2 qd=$3 kib=$4 gw=0 g0 o0 out iops
+  local blocks=$((kib * 2)) tf=$log/time
+  case $who in tgt) gw=$tgt_pid ;; lunar|vhost) gw=$lun_pid ;; esac
+  g0=$( [ "$gw" != 0 ] && ticks "$gw" || echo 0 ); o0=$(ticks "$osd_pid")
+  case $who in
+    fio)
+      out=$(CEPH_CONF=$conf /usr/bin/time -f '%U %S' -o "$tf" fio --name=b --ioengine=rbd --clientname=admin \
+        --pool=rbd --rbdname="$image" --rw="$rw" --bs="${kib}k" --iodepth="$qd" --direct=1 --time_based \
+        --runtime="$secs" --output-format=terse --terse-version=3 --size=256M 2>/dev/null)
+      iops=$(echo "$out" | awk -F';' -v rw="$rw" '{ print (rw ~ /read/) ? $8 : $49 }') ;;
+    tgt|lunar)
+      local addr iqn lun
+      if [ "$who" = tgt ]; then addr=127.0.0.1:$pt iqn=$iqn_t lun=1; else addr=127.0.0.1:$pl iqn=$iqn_l lun=0; fi
+      case $rw in
+        randread|read)
+          local r=""; [ "$rw" = randread ] && r=-r
+          out=$(timeout $((secs + 20)) /usr/bin/time -f '%U %S' -o "$tf" iscsi-perf -m "$qd" -b "$blocks" $r \
+            -t "$secs" "iscsi://$addr/$iqn/$lun" 2>/dev/null || true)
+          iops=$(echo "$out" | tr '\r' '\n' | grep -o 'iops average [0-9]*' | tail -1 | awk '{print $3}') ;;
+        *)
+          local pattern=rand; [ "$rw" = write ] && pattern=seq
+          out=$(timeout $((secs + 20)) /usr/bin/time -f '%U %S' -o "$tf" "$bin/examples/iscsi-load" "$addr" "$iqn" \
+            "$lun" write "$qd" "$secs" "$blocks" "$pattern" 2>/dev/null || true)
+          iops=$(echo "$out" | awk '/^iops/ {print $2}') ;;
+      esac ;;
+    vhost)
+      local vrw
+      case $rw in randread) vrw=rand-read ;; randwrite) vrw=rand-write ;; read) vrw=seq-read ;; write) vrw=seq-write ;; esac
+      out=$(timeout $((secs + 20)) /usr/bin/time -f '%U %S' -o "$tf" "$bin/vhost-driver" "$sock" --rw "$vrw" \
+        --qd "$qd" --bs $((kib * 1024)) --seconds "$secs" 2>&1 || true)
+      iops=$(echo "$out" | sed -nE 's/.*: ([0-9]+) IOPS.*/\1/p' | tail -1) ;;
+  esac
+  local g1 o1 client
+  g1=$( [ "$gw" != 0 ] && ticks "$gw" || echo 0 ); o1=$(ticks "$osd_pid")
+  client=$(awk 'END {print $1 + $2}' "$tf" 2>/dev/null || echo 0)
+  echo "${iops:-0} $((g1 - g0)) ${client:-0} $((o1 - o0))"
 }
 
-export CEPH_CONF=$conf
-printf '%-14s %10s %10s %10s %10s %10s\n' workload fio tgt lunar lunar/fio lunar/tgt
-for w in "randread 1" "randread 32" "randwrite 1" "randwrite 32"; do
-  set -- $w
-  rw=$1; qd=$2
-  sf=0; st=0; sl=0
-  for _ in $(seq "$rounds"); do
-    f=$(fio_run "$rw" "$qd" 4k); sf=$((sf + ${f:-0}))
-    if [ "$rw" = randread ]; then
-      t=$(perf "iscsi://127.0.0.1:$pt/$iqn_t/1" "$qd"); l=$(perf "iscsi://127.0.0.1:$pl/$iqn_l/0" "$qd")
-    else
-      t=$(load "127.0.0.1:$pt" "$iqn_t" 1 "$qd"); l=$(load "127.0.0.1:$pl" "$iqn_l" 0 "$qd")
-    fi
-    st=$((st + ${t:-0})); sl=$((sl + ${l:-0}))
+median() { tr ' ' '\n' | sed '/^$/d' | sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : 0)}'; }
+spread() { tr ' ' '\n' | sed '/^$/d' | sort -n | awk 'NR==1 {lo=$1} {hi=$1} END {print lo "-" hi}'; }
+ratio() { python3 -c "print(f'{$1/$2:.2f}' if $2 else 'n/a')"; }
+# CPU microseconds per I/O: ticks (or seconds with s) over IOPS x seconds.
+per_io() { python3 -c "
+t, iops = float('$1'), float('$2')
+print(f'{t * 1e6 / ($3) / (iops * $secs):.0f}' if iops else 'n/a')"; }
+
+engines=(fio tgt lunar vhost)
+workloads=("randread 1 4" "randread 32 4" "randwrite 1 4" "randwrite 32 4" "read 16 64" "write 16 64")
+declare -A iops cpu_gw cpu_cl cpu_osd
+for r in $(seq "$rounds"); do
+  for w in "${workloads[@]}"; do
+    set -- $w
+    for k in 0 1 2 3; do
+      e=${engines[$(( (k + r) % 4 ))]}
+      read -r i g c o <<<"$(run "$e" "$1" "$2" "$3")"
+      key="$w/$e"
+      iops[$key]="${iops[$key]:-} $i"
+      cpu_gw[$key]="${cpu_gw[$key]:-} $(per_io "$g" "$i" "$hz")"
+      cpu_cl[$key]="${cpu_cl[$key]:-} $(per_io "$c" "$i" 1)"
+      cpu_osd[$key]="${cpu_osd[$key]:-} $(per_io "$o" "$i" "$hz")"
+      echo "round $r $key: $i IOPS (gateway $g ticks, client $c s, osd $o ticks)" >>"$log/rounds.txt"
+    done
   done
-  af=$((sf / rounds)); at=$((st / rounds)); al=$((sl / rounds))
-  ratio() { python3 -c "print(f'{$1/$2:.2f}' if $2 else 'n/a')"; }
-  printf '%-14s %10d %10d %10d %10s %10s\n' "4k-$rw-qd$qd" "$af" "$at" "$al" "$(ratio "$al" "$af")" "$(ratio "$al" "$at")"
 done
-echo "(IOPS, means of $rounds rounds of $secs s; $profile build; logs in $log)"
+
+label() { set -- $1; local kind=random; [ "$1" = read ] || [ "$1" = write ] && kind=sequential
+  local dir=read; [[ $1 == *write ]] && dir=write; echo "$3 KiB $kind $dir QD$2"; }
+printf '| workload | fio rbd | tgt bs_rbd | lunard iSCSI | lunard vhost | lunard/fio | lunard/tgt | vhost/fio |\n'
+printf '|---|---:|---:|---:|---:|---:|---:|---:|\n'
+for w in "${workloads[@]}"; do
+  f=$(echo "${iops[$w/fio]}" | median); t=$(echo "${iops[$w/tgt]}" | median)
+  l=$(echo "${iops[$w/lunar]}" | median); v=$(echo "${iops[$w/vhost]}" | median)
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$(label "$w")" "$f" "$t" "$l" "$v" \
+    "$(ratio "$l" "$f")" "$(ratio "$l" "$t")" "$(ratio "$v" "$f")"
+done
+echo
+echo "Spread of the rounds (min-max IOPS):"
+echo
+printf '| workload | fio rbd | tgt bs_rbd | lunard iSCSI | lunard vhost |\n|---|---:|---:|---:|---:|\n'
+for w in "${workloads[@]}"; do
+  printf '| %s | %s | %s | %s | %s |\n' "$(label "$w")" "$(echo "${iops[$w/fio]}" | spread)" \
+    "$(echo "${iops[$w/tgt]}" | spread)" "$(echo "${iops[$w/lunar]}" | spread)" "$(echo "${iops[$w/vhost]}" | spread)"
+done
+echo
+echo "CPU per I/O (microseconds, medians; gateway = tgtd or lunard, for fio the fio process with librbd):"
+echo
+printf '| workload | side | gateway | client | OSD |\n|---|---|---:|---:|---:|\n'
+for w in "${workloads[@]}"; do
+  set -- $w
+  [ "$2" = 1 ] && continue
+  for e in "${engines[@]}"; do
+    gw=$(echo "${cpu_gw[$w/$e]}" | median); cl=$(echo "${cpu_cl[$w/$e]}" | median)
+    [ "$e" = fio ] && { gw=$cl; cl=-; }
+    printf '| %s | %s | %s | %s | %s |\n' "$(label "$w")" "$e" "$gw" "$cl" "$(echo "${cpu_osd[$w/$e]}" | median)"
+  done
+done
+echo
+echo "(medians of $rounds rounds of $secs s; $profile build; per-run figures in $log/rounds.txt)"

@@ -286,3 +286,42 @@ fn a_moved_lun_gets_its_later_queues_on_its_thread() {
     assert!(r.is_good());
     assert_eq!(target.device(0).unwrap().queues().iter().map(|q| q.io_thread()).collect::<Vec<_>>(), vec![2, 2]);
 }
+
+/// Storage gone for this process (ESHUTDOWN: an RBD client blocklisted):
+/// whatever the error policy, the failed write is reported, the LUN goes
+/// offline once with an event, the medium is refused at once while it is
+/// (TEST UNIT READY included) and what the LUN knows of itself is still
+/// answered; other LUNs go on; a reopen brings it back.
+#[test]
+fn storage_gone_takes_the_lun_offline_until_it_is_reopened() {
+    let target = Target::new("t", 2).unwrap();
+    let (backend, fault) = faulty(1 << 20);
+    add(&target, 0, backend, ErrorPolicies { read: ErrorPolicy::Stop, write: ErrorPolicy::Stop });
+    add(&target, 1, Backend::mem(1 << 20), ErrorPolicies::default());
+    let mut events = target.events();
+    let ini = wait(Initiator::connect(&target, &[0, 1], 2)).unwrap();
+    let not_ready = |r: &Response| r.is_sense(SenseKey::NotReady, 0x04, 0x03);
+
+    fault.fail_writes(libc::ESHUTDOWN);
+    let failed = all(writes(&ini, 0, 0, 4), "writes to storage gone");
+    assert!(failed.iter().all(not_ready), "reported, not parked: {failed:?}");
+    let e = next_event(&mut events, |e| matches!(e, Event::DeviceOffline { .. }));
+    assert_eq!(e, Event::DeviceOffline { lun: 0, errno: libc::ESHUTDOWN });
+    assert_eq!(target.device(0).unwrap().offline(), Some(libc::ESHUTDOWN));
+    assert!(target.device(0).unwrap().paused().is_none(), "offline is not a pause");
+    // Refused before the backend: reads would succeed there.
+    fault.fail_writes(0);
+    assert!(not_ready(&wait(ini.command(0, &cdb::test_unit_ready(), vec![])).unwrap()));
+    assert!(not_ready(&wait(ini.command(0, &cdb::read16(0, 1), vec![])).unwrap()));
+    assert!(wait(ini.command(0, &cdb::inquiry(false, 0, 96), vec![])).unwrap().is_good());
+    assert!(all(writes(&ini, 1, 0, 4), "LUN 1").iter().all(|r| r.is_good()));
+    // Once per outage.
+    assert!(events.try_recv().map_or(true, |e| !matches!(e, Event::DeviceOffline { .. })));
+
+    wait(target.reopen_device(0)).unwrap();
+    assert_eq!(next_event(&mut events, |e| matches!(e, Event::DeviceOnline { .. })), Event::DeviceOnline { lun: 0 });
+    assert_eq!(target.device(0).unwrap().offline(), None);
+    assert!(all(writes(&ini, 0, 0, 4), "writes after the reopen").iter().all(|r| r.is_good()));
+    assert!(matches!(wait(target.reopen_device(9)), Err(TargetError::NoSuchLun(9))));
+    target.shutdown();
+}

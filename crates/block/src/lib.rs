@@ -79,6 +79,18 @@ impl Backend {
         }
     }
 
+    /// Opens the storage again (control plane, blocking; no request in
+    /// flight): an `rbd` image as a new client of the cluster, which is how
+    /// a LUN whose client was blocklisted comes back. The other backends'
+    /// storage is local and stays open: nothing to do.
+    pub fn reopen(&self) -> std::result::Result<(), RbdError> {
+        match self {
+            Backend::Rbd(r) => r.reopen(),
+            Backend::Fault(f) => f.inner().reopen(),
+            Backend::Mem(_) | Backend::Null(_) | Backend::File(_) => Ok(()),
+        }
+    }
+
     /// A short name for status output.
     pub fn kind_name(&self) -> &'static str {
         match self {
@@ -143,12 +155,27 @@ impl Backend {
     /// The largest COMPARE AND WRITE, in bytes, that this backend does
     /// atomically against writers outside this process (inside one aligned
     /// unit of that size), or `None` when the backend has no other writers
-    /// and the target core's gate alone makes it atomic. `rbd`: 512.
+    /// and the target core's gate alone makes it atomic. `rbd`: 512, or
+    /// `None` with the exclusive lock held ([`RbdOptions::exclusive`]).
     pub fn atomic_compare_and_write(&self) -> Option<u64> {
         match self {
+            Backend::Rbd(r) if r.is_exclusive() => None,
             Backend::Rbd(_) => Some(rbd::ATOMIC_COMPARE_AND_WRITE_BYTES),
             Backend::Fault(f) => f.inner().atomic_compare_and_write(),
             _ => None,
+        }
+    }
+
+    /// Before a COMPARE AND WRITE emulated by the target (read, compare,
+    /// write under its gate; backends without
+    /// [`Backend::atomic_compare_and_write`]): `Ok` when no writer outside
+    /// this process can change the blocks meanwhile. Local backends: always;
+    /// `rbd` with the exclusive lock: while the lock is still this client's.
+    pub fn check_sole_writer(&self, offset: u64, len: u64) -> Result<()> {
+        match self {
+            Backend::Rbd(r) => r.check_sole_writer(offset, len),
+            Backend::Fault(f) => f.inner().check_sole_writer(offset, len),
+            Backend::Mem(_) | Backend::Null(_) | Backend::File(_) => Ok(()),
         }
     }
 

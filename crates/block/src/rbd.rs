@@ -78,6 +78,14 @@ pub struct RbdOptions {
     pub keyring: Option<PathBuf>,
     /// Refuse writes (the image is still opened read-write by librbd).
     pub readonly: bool,
+    /// Take the image's exclusive lock when opening and keep it
+    /// (`rbd_lock_acquire`: librbd then refuses to hand it to another
+    /// client, whose writes fail until this one closes or is fenced).
+    /// With it, this client is the image's only writer, so COMPARE AND
+    /// WRITE of any size is made atomic by the target core alone (see
+    /// [`RbdBackend::check_sole_writer`]). Needs the image's
+    /// `exclusive-lock` feature (the default for new images).
+    pub exclusive: bool,
 }
 
 impl RbdOptions {
@@ -115,8 +123,14 @@ pub fn available() -> bool {
 /// Its futures must be polled inside a `tokio::task::LocalSet` on a runtime
 /// with I/O enabled.
 pub struct RbdBackend {
+    /// The open image; replaced whole by [`RbdBackend::reopen`] (requests
+    /// in flight keep the one they were submitted to).
     #[cfg(lunar_rbd)]
-    inner: std::sync::Arc<image::Image>,
+    inner: arc_swap::ArcSwap<image::Image>,
+    /// The exclusive lock is taken and given up at run time by whoever
+    /// decides which gateway owns the image (ALUA), not held for good.
+    #[cfg(lunar_rbd)]
+    managed: std::sync::atomic::AtomicBool,
     #[cfg(not(lunar_rbd))]
     never: std::convert::Infallible,
     options: RbdOptions,
@@ -133,41 +147,142 @@ impl RbdBackend {
     /// Connects to the cluster and opens the image (blocking: control plane).
     pub fn open(options: &RbdOptions) -> std::result::Result<RbdBackend, RbdError> {
         let inner = image::Image::open(options)?;
-        Ok(RbdBackend { inner: std::sync::Arc::new(inner), options: options.clone() })
+        Ok(RbdBackend {
+            inner: arc_swap::ArcSwap::from_pointee(inner),
+            managed: std::sync::atomic::AtomicBool::new(false),
+            options: options.clone(),
+        })
+    }
+
+    /// Opens the image again as a new client of the cluster (blocking:
+    /// control plane) and sends later requests there: what brings back a
+    /// LUN whose client was blocklisted (a fenced client stays fenced; a
+    /// new one is not). The old client is closed once its requests in
+    /// flight are done; call it with none in flight (the core drains the
+    /// LUN first). On failure the old client stays.
+    pub fn reopen(&self) -> std::result::Result<(), RbdError> {
+        let fresh = image::Image::open(&self.options)?;
+        let old = self.inner.swap(std::sync::Arc::new(fresh));
+        drop(old);
+        Ok(())
     }
 
     pub fn size(&self) -> u64 {
-        self.inner.size()
+        self.inner.load().size()
+    }
+
+    /// Whether this client is the image's only writer whenever it writes:
+    /// it holds the exclusive lock for good ([`RbdOptions::exclusive`]), or
+    /// the lock is managed ([`RbdBackend::set_lock_managed`]) and media
+    /// access is allowed only while this client holds it.
+    pub fn is_exclusive(&self) -> bool {
+        self.options.exclusive || self.managed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Several gateways serve the image and their owner holds the lock:
+    /// this one takes and gives it up through [`RbdBackend::try_take_lock`],
+    /// [`RbdBackend::take_over_lock`] and [`RbdBackend::release_lock`].
+    pub fn set_lock_managed(&self, on: bool) {
+        self.managed.store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Takes the exclusive lock for good unless another client holds it
+    /// that way (blocking: control plane). `Ok(true)`: this client owns the
+    /// image now (librbd refuses to hand the lock over).
+    pub fn try_take_lock(&self) -> Result<bool> {
+        self.inner.load().acquire_lock()
+    }
+
+    /// Takes the lock from whoever holds it: each other owner is
+    /// blocklisted (fenced: nothing it sends lands any more) and its lock
+    /// broken, then this client takes it (blocking: control plane; a few
+    /// cluster round trips). Returns the owners fenced.
+    pub fn take_over_lock(&self) -> Result<Vec<String>> {
+        let img = self.inner.load();
+        let mut fenced = Vec::new();
+        for _ in 0..4 {
+            if img.owns_lock() {
+                return Ok(fenced);
+            }
+            for owner in img.lock_owners()? {
+                img.break_lock(&owner)?;
+                fenced.push(owner);
+            }
+            if img.acquire_lock()? {
+                return Ok(fenced);
+            }
+        }
+        Err(crate::BlockError::new(crate::ErrorKind::Io, libc::EBUSY, "lock-take-over", 0, 0))
+    }
+
+    /// Gives the exclusive lock up (blocking: control plane); its requests
+    /// in flight are done first (librbd flushes before releasing).
+    pub fn release_lock(&self) -> Result<()> {
+        self.inner.load().release_lock()
+    }
+
+    /// Whether this client holds the exclusive lock (librbd's own state, no
+    /// cluster round trip).
+    pub fn owns_lock(&self) -> bool {
+        self.inner.load().owns_lock()
+    }
+
+    /// The clients holding the exclusive lock (a cluster round trip).
+    pub fn lock_owners(&self) -> Result<Vec<String>> {
+        self.inner.load().lock_owners()
+    }
+
+    /// An image metadata value (blocking: a cluster round trip).
+    pub fn metadata(&self, key: &str) -> Result<Option<String>> {
+        self.inner.load().metadata_get(key)
+    }
+
+    /// Sets an image metadata value (blocking: a cluster round trip).
+    pub fn set_metadata(&self, key: &str, value: &str) -> Result<()> {
+        self.inner.load().metadata_set(key, value)
+    }
+
+    /// For a COMPARE AND WRITE emulated by reading, comparing and writing:
+    /// `Ok` while this client is the image's only writer (it holds the
+    /// exclusive lock it took at open), else an `ErrorKind::Offline` error
+    /// (ENOLCK): the lock was lost, and another client may write between
+    /// the read and the write. A local check, no cluster round trip.
+    pub fn check_sole_writer(&self, offset: u64, len: u64) -> Result<()> {
+        let img = self.inner.load();
+        if self.is_exclusive() && img.owns_lock() {
+            return Ok(());
+        }
+        Err(crate::BlockError::new(crate::ErrorKind::Offline, libc::ENOLCK, "compare-and-write", offset, len))
     }
 
     /// Seconds a request waits for the cluster before it fails as
     /// [`ErrorKind::TimedOut`](crate::ErrorKind::TimedOut) (see the module documentation).
     pub fn io_timeout_secs(&self) -> u64 {
-        self.inner.io_timeout()
+        self.inner.load().io_timeout()
     }
 
     /// `rbd_resize` (blocking: control plane); when the image already has
     /// that size in the cluster (another client resized it), only this
     /// backend's size follows.
     pub fn resize(&self, new_size: u64) -> Result<()> {
-        self.inner.resize(new_size)
+        self.inner.load().resize(new_size)
     }
 
     /// How many times librbd's update watch saw the image's header change
     /// (a resize by any client among them). Cheap: an atomic load.
     pub fn header_changes(&self) -> u64 {
-        self.inner.generation()
+        self.inner.load().generation()
     }
 
     /// The image's size in the cluster now (blocking: control plane); it
     /// differs from [`RbdBackend::size`] after a resize by another client,
     /// until the LUN is resized to it.
     pub fn cluster_size(&self) -> Result<u64> {
-        self.inner.cluster_size()
+        self.inner.load().cluster_size()
     }
 
     pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        image::Image::read(&self.inner, offset, len).await
+        image::Image::read(&self.inner.load_full(), offset, len).await
     }
 
     /// A write, followed by a flush when `fua`.
@@ -175,37 +290,37 @@ impl RbdBackend {
     /// the shared bytes become one, copied only if the caller still holds
     /// them, as the core does for a write it may retry).
     pub async fn write(&self, offset: u64, data: impl Into<crate::Bytes>, fua: bool) -> Result<()> {
-        image::Image::write(&self.inner, offset, Vec::from(data.into()), fua).await
+        image::Image::write(&self.inner.load_full(), offset, Vec::from(data.into()), fua).await
     }
 
     pub async fn flush(&self) -> Result<()> {
-        image::Image::flush(&self.inner).await
+        image::Image::flush(&self.inner.load_full()).await
     }
 
     /// Atomic compare-and-write of at most [`ATOMIC_COMPARE_AND_WRITE_BYTES`]
     /// inside one such aligned unit; `Ok(Some(at))` on a miscompare at byte
     /// `at` (nothing written).
     pub async fn compare_and_write(&self, offset: u64, cmp: Vec<u8>, data: Vec<u8>) -> Result<Option<u64>> {
-        image::Image::compare_and_write(&self.inner, offset, cmp, data).await
+        image::Image::compare_and_write(&self.inner.load_full(), offset, cmp, data).await
     }
 
     pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        image::Image::discard(&self.inner, offset, len).await
+        image::Image::discard(&self.inner.load_full(), offset, len).await
     }
 
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        image::Image::write_zeroes(&self.inner, offset, len).await
+        image::Image::write_zeroes(&self.inner.load_full(), offset, len).await
     }
 
     /// The mapped and deallocated extents (`rbd_diff_iterate2` from the
     /// image's creation), computed on tokio's blocking pool.
     pub async fn allocation(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
-        image::Image::allocation(&self.inner, offset, len).await
+        image::Image::allocation(&self.inner.load_full(), offset, len).await
     }
 
     /// The same, blocking the calling thread (tests and the control plane).
     pub fn allocation_blocking(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
-        self.inner.allocation_blocking(offset, len)
+        self.inner.load().allocation_blocking(offset, len)
     }
 }
 
@@ -221,6 +336,50 @@ impl RbdBackend {
     }
 
     pub fn io_timeout_secs(&self) -> u64 {
+        match self.never {}
+    }
+
+    pub fn is_exclusive(&self) -> bool {
+        match self.never {}
+    }
+
+    pub fn set_lock_managed(&self, _on: bool) {
+        match self.never {}
+    }
+
+    pub fn try_take_lock(&self) -> Result<bool> {
+        match self.never {}
+    }
+
+    pub fn take_over_lock(&self) -> Result<Vec<String>> {
+        match self.never {}
+    }
+
+    pub fn release_lock(&self) -> Result<()> {
+        match self.never {}
+    }
+
+    pub fn owns_lock(&self) -> bool {
+        match self.never {}
+    }
+
+    pub fn lock_owners(&self) -> Result<Vec<String>> {
+        match self.never {}
+    }
+
+    pub fn metadata(&self, _key: &str) -> Result<Option<String>> {
+        match self.never {}
+    }
+
+    pub fn set_metadata(&self, _key: &str, _value: &str) -> Result<()> {
+        match self.never {}
+    }
+
+    pub fn check_sole_writer(&self, _offset: u64, _len: u64) -> Result<()> {
+        match self.never {}
+    }
+
+    pub fn reopen(&self) -> std::result::Result<(), RbdError> {
         match self.never {}
     }
 

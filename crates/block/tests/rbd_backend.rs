@@ -465,3 +465,43 @@ fn a_full_pool_fails_writes_as_no_space() {
     drop(r);
     let _ = Command::new("rbd").arg("-c").arg(&conf).args(["rm", "--no-progress", &spec]).output();
 }
+
+/// The ownership primitives of several gateways: one client takes the
+/// exclusive lock for good and the other cannot write; a take-over fences
+/// the owner (blocklisted: its writes fail as Offline) and moves the lock;
+/// the new owner writes; image metadata carries who owns it.
+#[test]
+fn a_take_over_fences_the_owner_and_moves_the_lock() {
+    let Some((conf, _cluster)) = cluster("a_take_over_fences_the_owner_and_moves_the_lock") else { return };
+    let img = TestImage::new(&conf, "takeover", "8M");
+    let (a, b) = (img.open(), img.open());
+    a.set_lock_managed(true);
+    b.set_lock_managed(true);
+    assert!(a.is_exclusive() && !a.owns_lock());
+    assert!(a.check_sole_writer(0, 512).is_err(), "not the only writer before taking the lock");
+    assert!(a.try_take_lock().unwrap(), "a free lock is taken");
+    assert!(a.owns_lock() && a.check_sole_writer(0, 512).is_ok());
+    a.set_metadata("lunar.owner", "gw1").unwrap();
+    run(async { a.write(0, vec![1; 4096], false).await.unwrap() });
+    assert!(!b.try_take_lock().unwrap(), "the owner keeps its lock");
+    assert_eq!(b.lock_owners().unwrap().len(), 1);
+    assert_eq!(b.metadata("lunar.owner").unwrap().as_deref(), Some("gw1"));
+    assert_eq!(b.metadata("lunar.nothing").unwrap(), None);
+    let e = run(async { b.write(4096, vec![2; 4096], false).await.unwrap_err() });
+    assert_eq!(e.errno, libc::EROFS, "a write of a non-owner: {e}");
+
+    let fenced = b.take_over_lock().unwrap();
+    assert_eq!(fenced.len(), 1, "{fenced:?}");
+    assert!(b.owns_lock() && !b.lock_owners().unwrap().is_empty());
+    b.set_metadata("lunar.owner", "gw2").unwrap();
+    run(async { b.write(4096, vec![2; 4096], false).await.unwrap() });
+    let e = run(async { a.write(0, vec![9; 4096], false).await.unwrap_err() });
+    assert_eq!(e.kind, ErrorKind::Offline, "the fenced owner's write: {e}");
+    assert_eq!(run(async { b.read(0, 8192).await.unwrap() }), [vec![1; 4096], vec![2; 4096]].concat());
+    // The fenced client comes back as a new one, not the owner.
+    a.reopen().unwrap();
+    assert!(!a.owns_lock() && !a.try_take_lock().unwrap());
+    b.release_lock().unwrap();
+    assert!(!b.owns_lock());
+    assert!(a.try_take_lock().unwrap(), "a released lock is free");
+}

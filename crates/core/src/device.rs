@@ -53,6 +53,10 @@ pub struct Device {
     /// The errno and direction of the I/O error that paused the device.
     pause_errno: AtomicI32,
     pause_write: AtomicBool,
+    /// The errno of the backend error that took the device offline (its
+    /// storage is gone for this process: see [`Device::went_offline`]); 0:
+    /// online. Read by every start on the I/O path (one atomic load).
+    offline: AtomicI32,
     /// Makes COMPARE AND WRITE atomic against every other command of the device.
     gate: Gate,
     /// Operations that outlive their command (a sanitize operation).
@@ -72,6 +76,8 @@ pub(crate) const PAUSE_OPERATOR: u8 = 1;
 pub(crate) const PAUSE_IO_ERROR: u8 = 2;
 /// Quiesced for a resize (`Target::resize_device`), for its duration only.
 pub(crate) const PAUSE_RESIZE: u8 = 4;
+/// Quiesced while its backend is reopened (`Target::reopen_device`).
+pub(crate) const PAUSE_REOPEN: u8 = 8;
 
 /// Why a device is paused (several reasons may hold at once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +89,8 @@ pub struct Paused {
     pub io_error: Option<IoErrorPause>,
     /// Quiesced while being resized.
     pub resizing: bool,
+    /// Quiesced while its backend is reopened.
+    pub reopening: bool,
 }
 
 /// The I/O error that paused a device.
@@ -160,6 +168,7 @@ impl Device {
             pause: AtomicU8::new(0),
             pinned: AtomicUsize::new(0),
             pause_errno: AtomicI32::new(0),
+            offline: AtomicI32::new(0),
             pause_write: AtomicBool::new(false),
             gate: Gate::default(),
             background: Background::default(),
@@ -448,7 +457,12 @@ impl Device {
                 write: self.pause_write.load(Ordering::Acquire),
             }
         });
-        Some(Paused { operator: bits & PAUSE_OPERATOR != 0, io_error, resizing: bits & PAUSE_RESIZE != 0 })
+        Some(Paused {
+            operator: bits & PAUSE_OPERATOR != 0,
+            io_error,
+            resizing: bits & PAUSE_RESIZE != 0,
+            reopening: bits & PAUSE_REOPEN != 0,
+        })
     }
 
     /// Sets pause reasons; returns the bits set before. (Sequentially
@@ -464,6 +478,37 @@ impl Device {
         let before = self.pause.fetch_and(!bits, Ordering::SeqCst);
         self.background.wake();
         before
+    }
+
+    /// The errno that took the device offline, or `None` while it is online.
+    pub fn offline(&self) -> Option<i32> {
+        match self.offline.load(Ordering::Acquire) {
+            0 => None,
+            errno => Some(errno),
+        }
+    }
+
+    /// The backend failed with [`ErrorKind::Offline`] (on an I/O thread):
+    /// its storage is gone for this process and retrying cannot help (a
+    /// blocklisted RBD client stays fenced). The device answers NOT READY to
+    /// the commands that need the medium until [`Target::reopen_device`];
+    /// the first such error of an outage raises an event.
+    pub(crate) fn went_offline(&self, e: &BlockError) {
+        // 0 means online: an errno-less offline error (none is made so) counts as EIO.
+        let errno = if e.errno == 0 { 5 } else { e.errno };
+        if self.offline.compare_exchange(0, errno, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return;
+        }
+        tracing::error!(lun = self.lun, errno, "the LUN's storage is gone for this process: LUN offline ({e})");
+        if let Some(t) = self.target.upgrade() {
+            t.emit(Event::DeviceOffline { lun: self.lun, errno });
+        }
+    }
+
+    /// Back online (the control plane, after reopening the backend); returns
+    /// whether it was offline.
+    pub(crate) fn back_online(&self) -> bool {
+        self.offline.swap(0, Ordering::AcqRel) != 0
     }
 
     /// A request was parked under the `stop`/`enospc` policy (on its I/O

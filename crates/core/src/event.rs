@@ -57,4 +57,16 @@ pub enum Event {
         blocks: u64,
         block_size: u32,
     },
+    /// The backend said the LUN's storage is gone for this process (an RBD
+    /// client blocklisted, ESHUTDOWN): the LUN answers NOT READY, MANUAL
+    /// INTERVENTION REQUIRED to every command that needs the medium until
+    /// it is reopened (raised once per outage).
+    DeviceOffline {
+        lun: u64,
+        errno: i32,
+    },
+    /// An offline LUN was reopened and serves the medium again.
+    DeviceOnline {
+        lun: u64,
+    },
 }

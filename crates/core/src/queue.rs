@@ -475,6 +475,14 @@ impl LocalQueue {
                 return self.remove_with(id, Response::check_condition(ua.encode(descriptor)));
             }
         }
+        if device.offline().is_some() && cmd.needs_medium() {
+            return self.remove_with(
+                id,
+                Response::check_condition(
+                    lunar_scsi::sense::NOT_READY_MANUAL_INTERVENTION_REQUIRED.sense().encode(descriptor),
+                ),
+            );
+        }
         if self.ctx.descriptor_sense != descriptor {
             self.ctx = Rc::new(ExecContext { descriptor_sense: descriptor, ..(*self.ctx).clone() });
         }
@@ -522,6 +530,14 @@ impl LocalQueue {
             } else {
                 match result {
                     Ok(data) => q.remove_with(id, Response::good(data)),
+                    // Storage gone for this process: no policy can bring it
+                    // back (retrying a fenced client would only wait), so the
+                    // error is reported and the LUN goes offline.
+                    Err(ScsiError::Backend(e)) if e.kind == lunar_block::ErrorKind::Offline => {
+                        device.went_offline(&e);
+                        let sense = ScsiError::Backend(e).sense().encode(device.disk().descriptor_sense());
+                        q.remove_with(id, Response::check_condition(sense))
+                    }
                     Err(ScsiError::Backend(e)) => match device.policy_for(cmd.is_write()).verdict(e.kind) {
                         Verdict::Report => {
                             let sense = ScsiError::Backend(e).sense().encode(device.disk().descriptor_sense());

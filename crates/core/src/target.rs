@@ -12,7 +12,7 @@ use lunar_scsi::{Disk, DiskConfig};
 use thiserror::Error;
 use tokio::sync::{broadcast, oneshot};
 
-use crate::device::{Device, PAUSE_IO_ERROR, PAUSE_OPERATOR, PAUSE_RESIZE};
+use crate::device::{Device, PAUSE_IO_ERROR, PAUSE_OPERATOR, PAUSE_REOPEN, PAUSE_RESIZE};
 use crate::event::Event;
 use crate::follow::Arrival;
 use crate::policy::ErrorPolicies;
@@ -45,6 +45,8 @@ pub enum TargetError {
     NoAlua(u64),
     #[error("{0}")]
     Alua(#[from] lunar_scsi::AluaError),
+    #[error("cannot reopen: {0}")]
+    Reopen(String),
 }
 
 pub type Callback = dyn Fn(&mut Request) -> Action + Send + Sync + 'static;
@@ -451,6 +453,38 @@ impl Target {
             let alua = dev.disk().alua().ok_or(TargetError::NoAlua(lun))?;
             let request = [lunar_scsi::SetGroupState { group, state }];
             Ok(alua.set_states(&request, lunar_scsi::StatusCode::AlteredByImplicitTransition, None)?)
+        })
+        .await?
+    }
+
+    /// Opens a LUN's backend again ([`lunar_block::Backend::reopen`]: an RBD
+    /// image as a new client of the cluster), quiesced as for a resize,
+    /// and brings an offline LUN back online. The storage is the same, so
+    /// no unit attention; commands held meanwhile start after. On failure
+    /// the LUN stays as it was (offline if it was).
+    pub async fn reopen_device(&self, lun: u64) -> Result<(), TargetError> {
+        self.control(move |t| async move {
+            let dev = t.device(lun).ok_or(TargetError::NoSuchLun(lun))?;
+            dev.pause(PAUSE_REOPEN);
+            t.drain_queues(&dev).await;
+            dev.background().idle().await;
+            dev.gate().foreign_drained().await;
+            let backend = dev.disk().backend().clone();
+            // Blocking (connecting to a cluster takes up to its timeout):
+            // off the main loop.
+            let reopened = match tokio::task::spawn_blocking(move || backend.reopen()).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("the reopen task failed: {e}")),
+            };
+            let was_offline = reopened.is_ok() && dev.back_online();
+            dev.unpause(PAUSE_REOPEN);
+            t.iterate_queues(&dev, LocalQueue::resume).await;
+            reopened.map_err(TargetError::Reopen)?;
+            tracing::info!(lun, was_offline, "LUN reopened");
+            if was_offline {
+                t.emit(Event::DeviceOnline { lun });
+            }
+            Ok(())
         })
         .await?
     }

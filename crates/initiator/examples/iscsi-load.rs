@@ -13,7 +13,7 @@ use lunar_initiator::{Config, Session};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 7 {
-        eprintln!("usage: iscsi-load HOST:PORT TARGET_IQN LUN read|write QD SECONDS [BLOCKS]");
+        eprintln!("usage: iscsi-load HOST:PORT TARGET_IQN LUN read|write QD SECONDS [BLOCKS [rand|seq]]");
         std::process::exit(2);
     }
     let num = |i: usize, what: &str| -> u64 {
@@ -33,21 +33,33 @@ fn main() {
     };
     let (qd, secs) = (num(5, "QD").max(1), num(6, "SECONDS"));
     let blocks = if args.len() > 7 { num(7, "BLOCKS").max(1) } else { 8 };
-    if let Err(e) = run(addr, iqn, lun, write, qd as usize, Duration::from_secs(secs), blocks as u32) {
+    let sequential = match args.get(8).map(String::as_str) {
+        None | Some("rand") => false,
+        Some("seq") => true,
+        Some(other) => {
+            eprintln!("iscsi-load: rand or seq, not {other:?}");
+            std::process::exit(2)
+        }
+    };
+    let shape = Shape { write, qd: qd as usize, time: Duration::from_secs(secs), blocks: blocks as u32, sequential };
+    if let Err(e) = run(addr, iqn, lun, &shape) {
         eprintln!("iscsi-load: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(
-    addr: &str,
-    iqn: &str,
-    lun: u64,
+/// What to send: direction, depth, duration, blocks per command, and
+/// whether the LBAs follow each other (wrapping at the end) or are random.
+struct Shape {
     write: bool,
     qd: usize,
     time: Duration,
     blocks: u32,
-) -> Result<(), Box<dyn std::error::Error>> {
+    sequential: bool,
+}
+
+fn run(addr: &str, iqn: &str, lun: u64, shape: &Shape) -> Result<(), Box<dyn std::error::Error>> {
+    let Shape { write, qd, time, blocks, sequential } = *shape;
     let s = Session::login(addr, &Config::new(iqn))?;
     // Unit attentions (power on) first.
     let mut capacity = None;
@@ -62,11 +74,18 @@ fn run(
     let bs = u64::from(s.block_size(lun));
     let slots = (capacity / u64::from(blocks)).max(1);
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id());
+    let mut seq = 0u64;
     let mut next_lba = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x % slots) * u64::from(blocks)
+        let slot = if sequential {
+            seq = (seq + 1) % slots;
+            seq
+        } else {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % slots
+        };
+        slot * u64::from(blocks)
     };
     let data = vec![0x5Au8; (u64::from(blocks) * bs) as usize];
     let submit = |lba: u64| {

@@ -178,6 +178,10 @@ pub enum LunCmd {
     /// Change a LUN's size (SIZE in bytes or with a suffix: 512M, 2G); initiators
     /// get CAPACITY DATA HAS CHANGED
     Resize { lun: u64, size: String },
+    /// Open a LUN's backend again: an rbd image as a new client of the
+    /// cluster, which brings back a LUN that went offline when its client
+    /// was blocklisted (I/O held meanwhile; not written to the configuration)
+    Reopen { lun: u64 },
     /// Inject a delay or errors into a LUN added with `fault=on` (tests;
     /// not written to the configuration)
     Fault {

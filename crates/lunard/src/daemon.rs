@@ -147,6 +147,7 @@ pub(crate) fn open_backend(spec: &BackendSpec, readonly: bool) -> Result<Backend
                 conf: r.conf.clone(),
                 id: r.id.clone(),
                 keyring: r.keyring.clone(),
+                exclusive: r.exclusive,
                 readonly,
             };
             let b = RbdBackend::open(&options).map_err(|e| e.to_string())?;

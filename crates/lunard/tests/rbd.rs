@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use lunar_initiator::{Config, Session};
+use lunar_initiator::{sense_key, Config, Session};
 use serde_json::json;
 
 mod common;
@@ -399,4 +399,103 @@ fn a_full_pool_pauses_an_enospc_lun_and_cont_completes_the_write() {
     }
     s.logout().unwrap();
     stop(d);
+}
+
+/// The address of the image's watcher: the client lunard connected as.
+fn watcher_address(conf: &Path, spec: &str) -> String {
+    let status = String::from_utf8(rbd(conf, &["status", "--format", "json", spec])).unwrap();
+    let at = status.find("\"address\":\"").expect("a watcher") + "\"address\":\"".len();
+    status[at..at + status[at..].find('"').unwrap()].to_string()
+}
+
+#[test]
+fn a_blocklisted_client_takes_the_lun_offline_and_reopen_brings_it_back() {
+    let Some((conf, _cluster)) = cluster("a_blocklisted_client_takes_the_lun_offline_and_reopen_brings_it_back") else {
+        return;
+    };
+    let img = Image::create(&conf, "fenced", "16M");
+    // `werror=stop`: even a policy that parks failed writes reports this one.
+    let d = Daemon::start(&["--lun", &format!("{},werror=stop", img.lun())]);
+    let mut events = common::Events::subscribe(&d);
+    let s = login(&d);
+    settle(&s, 0);
+    let before = pattern(21, 64 << 10);
+    assert!(s.write(0, 0, before.clone()).unwrap().is_good());
+    // Fenced as a takeover by another gateway would: blocklist lunard's client.
+    let addr = watcher_address(&conf, &img.spec());
+    ceph(&conf, &["osd", "blocklist", "add", &addr]);
+    let r = s.write(0, 1024, pattern(22, 4096)).unwrap();
+    assert!(r.is_check(sense_key::NOT_READY, 0x04, 0x03), "a write of a fenced client: {r:?}");
+    let offline = events.wait_for("lun.offline");
+    assert_eq!((offline["lun"].clone(), offline["errno_name"].clone()), (json!(0), json!("ESHUTDOWN")), "{offline}");
+    // Offline: the medium is refused at once (a path checker's TEST UNIT
+    // READY included); what the LUN knows of itself is still answered.
+    assert!(s.test_unit_ready(0).unwrap().is_check(sense_key::NOT_READY, 0x04, 0x03));
+    assert!(s.read(0, 0, 8).unwrap().is_check(sense_key::NOT_READY, 0x04, 0x03));
+    assert!(s.inquiry(0).unwrap().is_good());
+    let st = d.call("status", json!({})).unwrap();
+    let l = &st["targets"][0]["luns"][0];
+    assert_eq!(l["offline"]["errno_name"], "ESHUTDOWN", "{l}");
+    assert!(d.ctl_ok(&["status"]).contains("offline (ESHUTDOWN)"));
+    // The operator reopens it as a new client (the old one stays fenced).
+    assert_eq!(d.ctl_ok(&["lun", "reopen", "0"]).trim(), "LUN 0 reopened: online again");
+    assert_eq!(events.wait_for("lun.online")["lun"], 0);
+    assert_ne!(watcher_address(&conf, &img.spec()), addr, "a new client watches the image");
+    assert!(d.call("status", json!({})).unwrap()["targets"][0]["luns"][0]["offline"].is_null());
+    let after = pattern(23, 4096);
+    assert!(s.write(0, 1024, after.clone()).unwrap().is_good());
+    assert!(read(&s, 0, 0, (before.len() / BS) as u32) == before, "acknowledged before the fence");
+    assert_eq!(read(&s, 0, 1024, 8), after);
+    s.logout().unwrap();
+    stop(d);
+    let _ = Command::new("ceph").arg("-c").arg(&conf).args(["osd", "blocklist", "rm", &addr]).output();
+    let export = img.export();
+    assert!(export[..before.len()] == before[..] && export[1024 * BS..1024 * BS + 4096] == after[..]);
+}
+
+/// `exclusive=on`: lunard takes the image's exclusive lock at start and
+/// keeps it, so it is the image's only writer (another client's write
+/// fails, a second exclusive gateway does not start) and COMPARE AND WRITE
+/// of any size, on 4096-byte blocks too, is atomic.
+#[test]
+fn an_exclusive_lun_is_the_only_writer_and_compares_and_writes_any_size() {
+    let Some((conf, _cluster)) = cluster("an_exclusive_lun_is_the_only_writer_and_compares_and_writes_any_size") else {
+        return;
+    };
+    const BS4K: usize = 4096;
+    let img = Image::create(&conf, "exclusive", "16M");
+    let d = Daemon::start(&["--lun", &format!("{},exclusive=on,block-size=4096", img.lun())]);
+    let s = login(&d);
+    s.set_block_size(0, BS4K as u32);
+    settle(&s, 0);
+    // Block Limits VPD: MAXIMUM COMPARE AND WRITE LENGTH is the core's (128), not librbd's one sector.
+    let r = s.execute(lunar_initiator::Command::reading(0, vec![0x12, 1, 0xB0, 0, 64, 0], 64)).unwrap();
+    assert!(r.is_good(), "{r:?}");
+    assert_eq!(r.data[5], 128, "MAXIMUM COMPARE AND WRITE LENGTH");
+    let first = pattern(31, 2 * BS4K);
+    let r = s.execute(caw(4, 2, vec![0; 2 * BS4K], first.clone())).unwrap();
+    assert!(r.is_good(), "two 4096-byte blocks: {r:?}");
+    assert!(read(&s, 0, 4, 2) == first, "the compared-and-written blocks read back");
+    let mut stale = first.clone();
+    stale[BS4K + 100] ^= 0xFF;
+    let r = s.execute(caw(4, 2, stale, vec![0xCD; 2 * BS4K])).unwrap();
+    assert!(r.is_check(0x0E, 0x1D, 0x00), "MISCOMPARE: {r:?}");
+    assert!(read(&s, 0, 4, 2) == first, "nothing written on a miscompare");
+    // Another client cannot write while lunard holds the lock.
+    let out = Command::new("rbd")
+        .arg("-c")
+        .arg(&conf)
+        .args(["bench", "--io-type", "write", "--io-size", "4096", "--io-total", "4096", &img.spec()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "another client wrote the image of an exclusive LUN");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Read-only file system"), "{out:?}");
+    // Nor can a second exclusive gateway start.
+    let e = Daemon::try_start(&["--lun", &format!("{},exclusive=on", img.lun())]).err().expect("a second owner");
+    assert!(e.contains("exclusive lock") && e.contains("another client holds it"), "{e}");
+    assert!(s.write(0, 8, pattern(32, BS4K)).unwrap().is_good(), "lunard still writes");
+    s.logout().unwrap();
+    stop(d);
+    let export = img.export();
+    assert!(export[4 * BS4K..6 * BS4K] == first[..] && export[8 * BS4K..9 * BS4K] == pattern(32, BS4K)[..]);
 }

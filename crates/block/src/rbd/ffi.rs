@@ -36,6 +36,8 @@ pub struct rbd_image_info_t {
 
 /// `rbd_set_image_notification` type: an eventfd (`EVENT_TYPE_EVENTFD`).
 pub const EVENT_TYPE_EVENTFD: c_int = 2;
+/// `RBD_LOCK_MODE_EXCLUSIVE` (librbd.h `rbd_lock_mode_t`).
+pub const LOCK_MODE_EXCLUSIVE: c_int = 0;
 
 extern "C" {
     pub fn rados_create(cluster: *mut rados_t, id: *const c_char) -> c_int;
@@ -57,6 +59,19 @@ extern "C" {
     pub fn rbd_get_size(image: rbd_image_t, size: *mut u64) -> c_int;
     pub fn rbd_stat(image: rbd_image_t, info: *mut rbd_image_info_t, infosize: usize) -> c_int;
     pub fn rbd_resize(image: rbd_image_t, size: u64) -> c_int;
+    pub fn rbd_lock_acquire(image: rbd_image_t, lock_mode: c_int) -> c_int;
+    pub fn rbd_lock_release(image: rbd_image_t) -> c_int;
+    pub fn rbd_lock_get_owners(
+        image: rbd_image_t,
+        lock_mode: *mut c_int,
+        lock_owners: *mut *mut c_char,
+        max_lock_owners: *mut usize,
+    ) -> c_int;
+    pub fn rbd_lock_get_owners_cleanup(lock_owners: *mut *mut c_char, lock_owner_count: usize);
+    pub fn rbd_lock_break(image: rbd_image_t, lock_mode: c_int, lock_owner: *const c_char) -> c_int;
+    pub fn rbd_metadata_get(image: rbd_image_t, key: *const c_char, value: *mut c_char, val_len: *mut usize) -> c_int;
+    pub fn rbd_metadata_set(image: rbd_image_t, key: *const c_char, value: *const c_char) -> c_int;
+    pub fn rbd_is_exclusive_lock_owner(image: rbd_image_t, is_owner: *mut c_int) -> c_int;
     pub fn rbd_set_image_notification(image: rbd_image_t, fd: c_int, kind: c_int) -> c_int;
     pub fn rbd_poll_io_events(image: rbd_image_t, comps: *mut rbd_completion_t, numcomp: c_int) -> c_int;
     pub fn rbd_update_watch(

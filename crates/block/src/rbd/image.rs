@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
-use std::os::raw::{c_int, c_void};
+use std::os::raw::{c_char, c_int, c_void};
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -335,6 +335,25 @@ impl Image {
             return Err(fail("rbd_update_watch", -r));
         }
         img.watch = Some((handle, state));
+        if o.exclusive {
+            // SAFETY: a live image handle.
+            let r = unsafe { ffi::rbd_lock_acquire(img.image, ffi::LOCK_MODE_EXCLUSIVE) };
+            if r < 0 {
+                return Err(RbdError::Open {
+                    spec: spec.clone(),
+                    step: "taking the image's exclusive lock (exclusive=on)",
+                    reason: match -r {
+                        libc::EINVAL | libc::EOPNOTSUPP => {
+                            "the image lacks the exclusive-lock feature (`rbd feature enable POOL/IMAGE exclusive-lock`)"
+                                .into()
+                        }
+                        libc::EROFS => "another client holds it and does not release it".into(),
+                        e => strerror(e),
+                    },
+                    errno: -r,
+                });
+            }
+        }
         // From here on a request the cluster does not answer within
         // `io_timeout` fails with ETIMEDOUT (ErrorKind::TimedOut), for the
         // LUN's error policy to act on. The Objecter follows the change.
@@ -342,6 +361,117 @@ impl Image {
         img.io_timeout = io_timeout;
         tracing::info!(image = %spec, size, io_timeout_secs = io_timeout, "rbd image opened");
         Ok(img)
+    }
+
+    /// Whether this client holds the image's exclusive lock now (librbd's
+    /// own state: no cluster round trip).
+    pub(super) fn owns_lock(&self) -> bool {
+        let mut owner: c_int = 0;
+        // SAFETY: a live image handle and a valid out-pointer.
+        let r = unsafe { ffi::rbd_is_exclusive_lock_owner(self.image, &mut owner) };
+        r == 0 && owner != 0
+    }
+
+    /// Takes the image's exclusive lock for good (blocking: control plane):
+    /// `Ok(true)` once this client holds it, `Ok(false)` when another client
+    /// holds it and refuses to hand it over (it took it the same way).
+    pub(super) fn acquire_lock(&self) -> Result<bool> {
+        // SAFETY: a live image handle.
+        let r = unsafe { ffi::rbd_lock_acquire(self.image, ffi::LOCK_MODE_EXCLUSIVE) };
+        match -r {
+            0 => Ok(true),
+            libc::EROFS | libc::EBUSY => Ok(false),
+            e => Err(BlockError::from_errno(e, "lock-acquire", 0, 0)),
+        }
+    }
+
+    /// Gives the exclusive lock up (blocking: control plane).
+    pub(super) fn release_lock(&self) -> Result<()> {
+        // SAFETY: a live image handle.
+        let r = unsafe { ffi::rbd_lock_release(self.image) };
+        match -r {
+            // Not held (never taken, or already released): nothing to give up.
+            0 | libc::EINVAL => Ok(()),
+            e => Err(BlockError::from_errno(e, "lock-release", 0, 0)),
+        }
+    }
+
+    /// The clients holding the exclusive lock now (a cluster round trip).
+    pub(super) fn lock_owners(&self) -> Result<Vec<String>> {
+        const MAX: usize = 8;
+        let mut owners: [*mut c_char; MAX] = [ptr::null_mut(); MAX];
+        let mut n = MAX;
+        let mut mode: c_int = 0;
+        // SAFETY: a live image; `owners` has room for `n` pointers, which
+        // librbd fills with strings it allocates (freed by the cleanup call).
+        let r = unsafe { ffi::rbd_lock_get_owners(self.image, &mut mode, owners.as_mut_ptr(), &mut n) };
+        if r == -libc::ENOENT {
+            return Ok(Vec::new());
+        }
+        if r < 0 {
+            return Err(BlockError::from_errno(-r, "lock-owners", 0, 0));
+        }
+        let n = n.min(MAX);
+        let names = owners[..n]
+            .iter()
+            .filter(|p| !p.is_null())
+            // SAFETY: NUL-terminated strings librbd just returned, alive until the cleanup below.
+            .map(|&p| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+            .collect();
+        // SAFETY: the `n` strings librbd allocated above, released once.
+        unsafe { ffi::rbd_lock_get_owners_cleanup(owners.as_mut_ptr(), n) };
+        Ok(names)
+    }
+
+    /// Breaks the lock of `owner` (librbd blocklists that client first, with
+    /// its default `rbd_blocklist_on_break_lock`, and waits for the OSDs to
+    /// know: nothing it still sends can land afterwards).
+    pub(super) fn break_lock(&self, owner: &str) -> Result<()> {
+        let c = CString::new(owner).map_err(|_| BlockError::from_errno(libc::EINVAL, "lock-break", 0, 0))?;
+        // SAFETY: a live image and a NUL-terminated owner name.
+        let r = unsafe { ffi::rbd_lock_break(self.image, ffi::LOCK_MODE_EXCLUSIVE, c.as_ptr()) };
+        match -r {
+            // Gone meanwhile (released, or broken by someone else).
+            0 | libc::ENOENT => Ok(()),
+            e => Err(BlockError::from_errno(e, "lock-break", 0, 0)),
+        }
+    }
+
+    /// An image metadata value (`rbd image-meta get`), `None` when unset.
+    pub(super) fn metadata_get(&self, key: &str) -> Result<Option<String>> {
+        let k = CString::new(key).map_err(|_| BlockError::from_errno(libc::EINVAL, "metadata-get", 0, 0))?;
+        let mut buf = vec![0u8; 256];
+        let mut len = buf.len();
+        // SAFETY: a live image, a NUL-terminated key, a buffer of `len` bytes.
+        let mut r = unsafe { ffi::rbd_metadata_get(self.image, k.as_ptr(), buf.as_mut_ptr().cast(), &mut len) };
+        if r == -libc::ERANGE {
+            buf = vec![0u8; len];
+            // SAFETY: as above, with the size librbd asked for.
+            r = unsafe { ffi::rbd_metadata_get(self.image, k.as_ptr(), buf.as_mut_ptr().cast(), &mut len) };
+        }
+        match -r {
+            0 => {
+                buf.truncate(len.min(buf.len()));
+                while buf.last() == Some(&0) {
+                    buf.pop();
+                }
+                Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
+            }
+            libc::ENOENT => Ok(None),
+            e => Err(BlockError::from_errno(e, "metadata-get", 0, 0)),
+        }
+    }
+
+    /// Sets an image metadata value (a cluster round trip).
+    pub(super) fn metadata_set(&self, key: &str, value: &str) -> Result<()> {
+        let bad = |_| BlockError::from_errno(libc::EINVAL, "metadata-set", 0, 0);
+        let (k, v) = (CString::new(key).map_err(bad)?, CString::new(value).map_err(bad)?);
+        // SAFETY: a live image and two NUL-terminated strings.
+        let r = unsafe { ffi::rbd_metadata_set(self.image, k.as_ptr(), v.as_ptr()) };
+        if r < 0 {
+            return Err(BlockError::from_errno(-r, "metadata-set", 0, 0));
+        }
+        Ok(())
     }
 
     pub(super) fn io_timeout(&self) -> u64 {

@@ -41,6 +41,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             ("lun.set_error_policy", json!({ "lun": lun, "rerror": rerror, "werror": werror }))
         }
         Cmd::Lun(LunCmd::Resize { lun, size }) => ("lun.resize", json!({ "lun": lun, "size": size })),
+        Cmd::Lun(LunCmd::Reopen { lun }) => ("lun.reopen", json!({ "lun": lun })),
         Cmd::Lun(LunCmd::Fault { lun, delay_ms, read_errno, write_errno }) => (
             "lun.fault",
             json!({ "lun": lun, "delay_ms": delay_ms, "read_errno": read_errno, "write_errno": write_errno }),
@@ -103,6 +104,10 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             result["rerror"].as_str().unwrap_or("?"),
             result["werror"].as_str().unwrap_or("?")
         ),
+        Cmd::Lun(LunCmd::Reopen { lun }) => match result["was_offline"].as_bool() {
+            Some(true) => println!("LUN {lun} reopened: online again"),
+            _ => println!("LUN {lun} reopened"),
+        },
         Cmd::Lun(LunCmd::Resize { lun, .. }) => println!(
             "LUN {lun} resized to {} ({} blocks of {} bytes)",
             size(result["size"].as_u64().unwrap_or(0)),
@@ -420,7 +425,9 @@ fn print_status(r: &Value) {
                 Some(p) => format!("{} {p}", s(&l["backend"])),
                 None => s(&l["backend"]),
             };
-            let mut state = if l["paused"].as_bool() == Some(true) {
+            let mut state = if !l["offline"].is_null() {
+                format!("offline ({})", s(&l["offline"]["errno_name"]))
+            } else if l["paused"].as_bool() == Some(true) {
                 format!("paused ({})", s(&l["paused_reason"]))
             } else {
                 "running".into()

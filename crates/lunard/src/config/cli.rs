@@ -40,6 +40,9 @@ LUN SPEC (comma-separated key=value; write ,, for a comma inside a value):
   conf=PATH, keyring=PATH  rbd: ceph.conf (default: librados' search),
                            keyring; an unreachable cluster fails the start
                            after 10 s with the pool and image named
+  exclusive=on|off         rbd: take the image's exclusive lock and keep it
+                           (no other client writes the image; COMPARE AND
+                           WRITE of any size) [default: off]
 
 With --config FILE, the command line overrides the file: single values
 replace the file's; --listen replaces the file's portals; --vhost-user adds

@@ -231,6 +231,10 @@ pub struct RbdSpec {
     /// Client name without `client.` (`admin` when `None`).
     pub id: Option<String>,
     pub keyring: Option<PathBuf>,
+    /// Take the image's exclusive lock at open and keep it (`exclusive=on`):
+    /// no other client can write the image, and COMPARE AND WRITE of any
+    /// size is atomic.
+    pub exclusive: bool,
 }
 
 impl BackendSpec {

@@ -162,6 +162,9 @@ pub fn lun_table(number: Option<u64>, l: &LunConfig) -> Result<Table, String> {
                     t.insert(k, value(path_text(p)?));
                 }
             }
+            if r.exclusive {
+                t.insert("exclusive", value(true));
+            }
         }
     }
     if l.block_size != 512 {

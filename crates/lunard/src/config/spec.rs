@@ -31,10 +31,11 @@ pub(crate) const LUN_KEYS: &[&str] = &[
     "conf",
     "id",
     "keyring",
+    "exclusive",
 ];
 
 /// The keys only `backend=rbd` takes.
-const RBD_KEYS: &[&str] = &["pool", "image", "namespace", "conf", "id", "keyring"];
+const RBD_KEYS: &[&str] = &["pool", "image", "namespace", "conf", "id", "keyring", "exclusive"];
 
 pub(crate) const BACKENDS: &[&str] = &["mem", "null", "file", "rbd"];
 pub(crate) const DEFAULT_VENDOR: &str = "LUNAR";
@@ -199,6 +200,7 @@ impl LunBuilder {
             }
             "conf" => self.rbd.conf = Some(PathBuf::from(value)),
             "keyring" => self.rbd.keyring = Some(PathBuf::from(value)),
+            "exclusive" => self.rbd.exclusive = on_off(k, value)?,
             // Every key of LUN_KEYS is handled above; keep this total.
             _ => return Err(ConfigError::UnknownKey { what: "LUN spec", key: k.to_string(), valid: LUN_KEYS }),
         }
@@ -369,6 +371,9 @@ pub(crate) fn describe(lun: &LunConfig) -> String {
             if let Some(id) = &r.id {
                 s.push_str(&format!(" as client.{id}"));
             }
+            if r.exclusive {
+                s.push_str(", exclusive lock held");
+            }
             s
         }
     }];
@@ -488,6 +493,7 @@ mod tests {
                 conf: Some("/etc/ceph/x.conf".into()),
                 id: Some("lunar".into()),
                 keyring: Some("/k".into()),
+                exclusive: false,
             })
         );
         assert_eq!(
@@ -503,6 +509,11 @@ mod tests {
         has(&err("backend=mem,size=1G,pool=p"), &["`pool`", "only for backend=rbd"]);
         has(&err("path=/x,image=i"), &["`image`", "only for backend=rbd"]);
         has(&err("backend=tape,size=1G"), &["mem, null, file, rbd"]);
+        let l = ok("backend=rbd,pool=p,image=i,exclusive=on");
+        assert!(matches!(&l.backend, BackendSpec::Rbd(r) if r.exclusive));
+        assert_eq!(l.describe(), "rbd p/i, exclusive lock held, 512-byte blocks, thin");
+        has(&err("backend=rbd,pool=p,image=i,exclusive=maybe"), &["`exclusive`", "`maybe`"]);
+        has(&err("backend=mem,size=1G,exclusive=on"), &["`exclusive`", "only for backend=rbd"]);
     }
 
     #[test]

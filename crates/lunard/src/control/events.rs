@@ -63,6 +63,10 @@ pub fn core_event(target: &str, e: &Event) -> Value {
             "local_group": local_group, "local_state": local_state.name(),
             "cause": if *explicit { "set-target-port-groups" } else { "implicit" },
         }),
+        Event::DeviceOffline { lun, errno } => json!({
+            "event": "lun.offline", "lun": lun, "errno": errno, "errno_name": errno_name(*errno),
+        }),
+        Event::DeviceOnline { lun } => json!({ "event": "lun.online", "lun": lun }),
     };
     if let Some(o) = v.as_object_mut() {
         o.insert("target".into(), json!(target));

@@ -14,6 +14,7 @@
 //! | `lun.move` | `lun`, `iothread`, `target?` | `{lun, iothread}` |
 //! | `lun.set_error_policy` | `lun`, `rerror?`, `werror?`, `target?` | `{lun, rerror, werror}` |
 //! | `lun.resize` | `lun`, `size` (bytes or "2G"), `target?` | `{lun, size, blocks, block_size}` |
+//! | `lun.reopen` | `lun`, `target?` | `{lun, was_offline}`: the backend opened again (an rbd image as a new client); an offline LUN comes back |
 //! | `lun.fault` | `lun`, `delay_ms?`, `read_errno?`, `write_errno?` (0 clears), `target?` | `{lun, fault}`: a `fault=on` LUN's injected delay and errors, at run time only (tests) |
 //! | `config.show` | | `{toml, file, persistent, note?}`: the running configuration, CHAP secrets redacted |
 //! | `config.save` | `path?` (absolute; default the `--config` file) | `{path}`: the running configuration written there |
@@ -355,6 +356,18 @@ async fn dispatch(
             tracing::info!(target = %t.name(), lun, ?delay, ?read, ?write, "fault injection changed");
             Ok(json!({ "lun": lun, "fault": fault_json(dev.disk().backend()) }))
         }
+        "lun.reopen" => {
+            let p = Params::new(params, &["lun", "target"])?;
+            let t = select_one(ctx, p.opt_str("target")?)?;
+            let lun = p.u64("lun")?;
+            let dev = t.device(lun).ok_or(MethodError::NoSuchLun(lun))?;
+            let was_offline = dev.offline().is_some();
+            t.reopen_device(lun).await.map_err(|e| match e {
+                TargetError::Reopen(why) => MethodError::Backend(format!("reopen: {why}")),
+                other => MethodError::from(other),
+            })?;
+            Ok(json!({ "lun": lun, "was_offline": was_offline }))
+        }
         "lun.resize" => {
             let p = Params::new(params, &["lun", "size", "target"])?;
             let t = select_one(ctx, p.opt_str("target")?)?;
@@ -543,7 +556,12 @@ async fn status(ctx: &Context, only: Option<&str>) -> Result<Value, MethodError>
                 .collect();
             let paused_reason = match (lun_pause, state) {
                 (Some(p), _) => {
-                    let why = [(p.operator, "operator"), (p.io_error.is_some(), "io-error"), (p.resizing, "resizing")];
+                    let why = [
+                        (p.operator, "operator"),
+                        (p.io_error.is_some(), "io-error"),
+                        (p.resizing, "resizing"),
+                        (p.reopening, "reopening"),
+                    ];
                     json!(why.iter().filter(|w| w.0).map(|w| w.1).collect::<Vec<_>>().join(","))
                 }
                 (None, RunState::Running) => Value::Null,
@@ -567,6 +585,7 @@ async fn status(ctx: &Context, only: Option<&str>) -> Result<Value, MethodError>
                 "in_flight": in_flight,
                 "paused": state == RunState::Stopped || lun_pause.is_some(),
                 "paused_reason": paused_reason,
+                "offline": dev.offline().map(|errno| json!({ "errno": errno, "errno_name": errno_name(errno) })),
                 "errors": errors,
                 "fault": fault_json(disk.backend()),
                 // This gateway's target port group and its state (`alua show` has them all).

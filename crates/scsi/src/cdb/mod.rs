@@ -289,6 +289,24 @@ impl Command {
         matches!(self, Command::Inquiry(_) | Command::ReportLuns { .. } | Command::RequestSense { .. })
     }
 
+    /// Whether the command needs the medium (or the logical unit being
+    /// ready): refused with NOT READY by a logical unit whose storage is
+    /// gone. Those that do not are answered from the unit's own state:
+    /// inventory, sense, mode and log pages, reservations.
+    pub fn needs_medium(&self) -> bool {
+        !matches!(
+            self,
+            Command::Inquiry(_)
+                | Command::RequestSense { .. }
+                | Command::ReportLuns { .. }
+                | Command::ModeSense(_)
+                | Command::LogSense(_)
+                | Command::ReportSupportedOperationCodes(_)
+                | Command::ReportSupportedTaskManagementFunctions { .. }
+                | Command::PersistentReserveIn(_)
+        )
+    }
+
     /// Whether the command modifies the medium: refused on a write protected
     /// unit, and subject to the write error policy.
     pub fn is_write(&self) -> bool {

@@ -57,6 +57,9 @@ impl Disk {
             }
             return Ok(Vec::new());
         }
+        // Emulated: atomic against this process's other commands by the
+        // core's gate; against other writers only if there are none.
+        self.backend().check_sole_writer(self.offset(lba), half as u64)?;
         let current = self.backend().read(self.offset(lba), half).await?;
         if let Some(at) = first_difference(&current, &data[..half]) {
             return Err(ScsiError::Miscompare { offset: at as u64 });
