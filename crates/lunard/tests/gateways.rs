@@ -121,6 +121,15 @@ fn two_gateways_of_one_target() {
         assert!(!o.status.success() && err.contains(want), "{args:?}: {err}");
     }
 
+    // A LUN added at run time is served with the gateways' groups too.
+    gw2.ctl_ok(&["lun", "add", "backend=mem,size=1M"]);
+    let v = gw2.ctl_json(&["alua", "show"]);
+    assert_eq!(v["luns"][1]["lun"].as_u64(), Some(1), "{v}");
+    assert_eq!(
+        (v["luns"][1]["local_group"].as_u64(), v["luns"][1]["local_state"].as_str()),
+        (Some(2), Some("standby"))
+    );
+
     // `config show` keeps the gateways.
     let shown = gw2.ctl_ok(&["config", "show"]);
     assert!(shown.contains("local-gateway = \"gw2\"") && shown.contains("[[gateway]]"), "{shown}");
