@@ -18,6 +18,7 @@ use lunar_iscsi::server::{Server, ServerConfig, TargetEntry};
 use lunar_scsi::DiskConfig;
 
 use crate::config::{BackendSpec, Chap, Config, LunConfig, Policy};
+use crate::ownership::Gateways;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -51,7 +52,10 @@ const RBD_WATCH_PERIOD: Duration = Duration::from_millis(500);
 /// differs, the LUN is resized through the core like `lunarctl lun resize`
 /// (drained, then CAPACITY DATA HAS CHANGED for every I_T nexus). Control
 /// plane only: a thread of its own, never an I/O thread.
-fn follow_rbd_resizes(targets: Vec<Arc<Target>>, stop: Arc<AtomicBool>) {
+///
+/// With gateways it also keeps each rbd LUN's ALUA state on the image's
+/// lock ([`crate::ownership::check`]).
+fn follow_rbd_resizes(targets: Vec<Arc<Target>>, gateways: Option<Gateways>, stop: Arc<AtomicBool>) {
     let mut seen: HashMap<(usize, u64), u64> = HashMap::new();
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(RBD_WATCH_PERIOD);
@@ -61,7 +65,11 @@ fn follow_rbd_resizes(targets: Vec<Arc<Target>>, stop: Arc<AtomicBool>) {
                 let changes = r.header_changes();
                 let key = (i, dev.lun());
                 // First seen: compared once, as it may have changed before.
-                if seen.insert(key, changes) == Some(changes) {
+                let changed = seen.insert(key, changes) != Some(changes);
+                if let Some(g) = &gateways {
+                    crate::ownership::check(t, &dev, g, changed);
+                }
+                if !changed {
                     continue;
                 }
                 let Ok(size) = r.cluster_size() else { continue };
@@ -233,6 +241,9 @@ impl Daemon {
                 if let BackendSpec::File { path, .. } = &l.backend {
                     restore_reservations(&dev, path).map_err(err)?;
                 }
+                if let Some(g) = Gateways::of(config) {
+                    crate::ownership::attach(&dev, &g);
+                }
                 if let Some(n) = l.iothread {
                     // The LUN's queues go to that I/O thread, whichever
                     // connection opens them (`lunarctl lun move` writes it).
@@ -280,7 +291,10 @@ impl Daemon {
         let stop = Arc::new(AtomicBool::new(false));
         let follower = {
             let (targets, stop) = (targets.clone(), stop.clone());
-            std::thread::Builder::new().name("rbd-follow".into()).spawn(move || follow_rbd_resizes(targets, stop))
+            let gateways = Gateways::of(config);
+            std::thread::Builder::new()
+                .name("rbd-follow".into())
+                .spawn(move || follow_rbd_resizes(targets, gateways, stop))
         };
         let rbd_watch = match follower {
             Ok(h) => Some((stop, h)),

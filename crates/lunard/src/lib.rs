@@ -5,4 +5,5 @@ pub mod ctl_cli;
 pub mod daemon;
 pub mod metrics;
 pub mod notify;
+pub mod ownership;
 pub mod top;

@@ -499,3 +499,135 @@ fn an_exclusive_lun_is_the_only_writer_and_compares_and_writes_any_size() {
     let export = img.export();
     assert!(export[4 * BS4K..6 * BS4K] == first[..] && export[8 * BS4K..9 * BS4K] == pattern(32, BS4K)[..]);
 }
+
+/// A gateway's configuration: the two gateways of one target, LUN 0 the image.
+fn gateway_config(dir: &Path, me: &str, ports: [u16; 2], img: &Image) -> PathBuf {
+    let port = if me == "gw1" { ports[0] } else { ports[1] };
+    let text = format!(
+        r#"listen = ["127.0.0.1:{port}"]
+local-gateway = "{me}"
+
+[[gateway]]
+name = "gw1"
+portal = "127.0.0.1:{}"
+
+[[gateway]]
+name = "gw2"
+portal = "127.0.0.1:{}"
+
+[[target]]
+name = "{IQN}"
+
+[[target.lun]]
+backend = "rbd"
+pool = "rbd"
+image = "{}"
+conf = "{}"
+"#,
+        ports[0],
+        ports[1],
+        img.name,
+        img.conf.display()
+    );
+    let path = dir.join(format!("{me}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// REPORT TARGET PORT GROUPS: (group, state code) of each descriptor.
+fn alua_states(s: &Session) -> Vec<(u16, u8)> {
+    let cdb = vec![0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+    let r = s.execute(lunar_initiator::Command::reading(0, cdb, 256)).unwrap();
+    assert!(r.is_good(), "REPORT TARGET PORT GROUPS: {r:?}");
+    let mut out = Vec::new();
+    let mut at = 4;
+    while at + 8 <= r.data.len() {
+        let d = &r.data[at..];
+        out.push((u16::from_be_bytes([d[2], d[3]]), d[0] & 0x0F));
+        at += 8 + 4 * usize::from(d[7]);
+    }
+    out
+}
+
+/// SET TARGET PORT GROUPS: `group` to Active/Optimized.
+fn activate(s: &Session, group: u16) -> lunar_initiator::Response {
+    let mut cdb = vec![0xA4, 0x0A, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0];
+    cdb[6..10].copy_from_slice(&8u32.to_be_bytes());
+    let mut list = vec![0u8; 8];
+    list[4] = 0; // Active/Optimized
+    list[6..8].copy_from_slice(&group.to_be_bytes());
+    s.execute(lunar_initiator::Command::writing(0, cdb, list)).unwrap()
+}
+
+/// Waits until TEST UNIT READY through `s` gives `want` (GOOD when `None`),
+/// unit attentions aside.
+fn wait_ready(s: &Session, want: Option<(u8, u8, u8)>, what: &str) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let r = s.test_unit_ready(0).unwrap();
+        let got = if r.is_good() { None } else { r.sense_code() };
+        if got == want {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{what}: TEST UNIT READY still {r:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Two gateways serve one image; its exclusive lock says which one writes
+/// (ALUA Active/Optimized), the other is Standby. SET TARGET PORT GROUPS
+/// through the standby takes the lock over and fences the owner, which
+/// rejoins as Standby by itself; after the owner is killed, the other takes
+/// over again. Every acknowledged write reads back, through lunard and `rbd export`.
+#[test]
+fn two_gateways_own_an_rbd_image_by_its_lock() {
+    let Some((conf, _cluster)) = cluster("two_gateways_own_an_rbd_image_by_its_lock") else { return };
+    let img = Image::create(&conf, "gateways", "16M");
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [common::free_port(), common::free_port()];
+    let f1 = gateway_config(dir.path(), "gw1", ports, &img);
+    let f2 = gateway_config(dir.path(), "gw2", ports, &img);
+    let gw1 = Daemon::start_on_file_portal(&["--config", f1.to_str().unwrap()], ports[0]);
+    let mut gw2 = Daemon::start_on_file_portal(&["--config", f2.to_str().unwrap()], ports[1]);
+    let (s1, s2) = (login(&gw1), login(&gw2));
+    const STANDBY: Option<(u8, u8, u8)> = Some((sense_key::NOT_READY, 0x04, 0x0B));
+    // gw1 started first and took the lock: it is the owner.
+    wait_ready(&s1, None, "gw1, the first owner");
+    wait_ready(&s2, STANDBY, "gw2, standby");
+    assert_eq!(alua_states(&s1), vec![(1, 0), (2, 2)]);
+    assert_eq!(alua_states(&s2), vec![(1, 0), (2, 2)], "gw2 names gw1 the owner (image metadata)");
+    let a = pattern(41, 64 << 10);
+    assert!(s1.write(0, 0, a.clone()).unwrap().is_good());
+    assert!(s2.write(0, 256, pattern(42, 4096)).unwrap().is_check(sense_key::NOT_READY, 0x04, 0x0B));
+
+    // Failover as multipath does it: STPG through the standby path.
+    let r = activate(&s2, 2);
+    assert!(r.is_good(), "STPG through gw2: {r:?}");
+    wait_ready(&s2, None, "gw2 after its take-over");
+    let b = pattern(43, 64 << 10);
+    assert!(s2.write(0, 128, b.clone()).unwrap().is_good(), "gw2 writes once it owns the image");
+    // The old owner was fenced; it rejoins as standby by itself.
+    let rejoined = wait_ready(&s1, STANDBY, "gw1 after being fenced");
+    println!("gw1 standby again {rejoined:?} after gw2's take-over");
+    assert_eq!(alua_states(&s1), vec![(1, 2), (2, 0)]);
+    assert_eq!(alua_states(&s2), vec![(1, 2), (2, 0)]);
+    assert!(read(&s2, 0, 0, (a.len() / BS) as u32) == a, "gw1's acknowledged writes");
+
+    // The owner dies; the standby takes over the dead owner's lock.
+    gw2.child.kill().unwrap();
+    gw2.child.wait().unwrap();
+    let killed = std::time::Instant::now();
+    let r = activate(&s1, 1);
+    assert!(r.is_good(), "STPG through gw1 after gw2 died: {r:?}");
+    wait_ready(&s1, None, "gw1 after taking over from a dead owner");
+    println!("gw1 owner again {:?} after gw2 was killed", killed.elapsed());
+    let c = pattern(44, 4096);
+    assert!(s1.write(0, 512, c.clone()).unwrap().is_good());
+    assert!(read(&s1, 0, 128, (b.len() / BS) as u32) == b, "gw2's acknowledged writes");
+    s1.logout().unwrap();
+    stop(gw1);
+    let export = img.export();
+    assert!(export[..a.len()] == a[..], "the cluster has gw1's first writes");
+    assert!(export[128 * BS..128 * BS + b.len()] == b[..], "the cluster has gw2's writes");
+    assert!(export[512 * BS..512 * BS + 4096] == c[..], "the cluster has gw1's last write");
+}

@@ -780,6 +780,11 @@ async fn lun_add(ctx: &Context, t: &Arc<Target>, spec: &str, lun: Option<u64>) -
             // Before any queue opens: every one goes to that thread.
             t.move_device(lun, n + 1).await.map_err(MethodError::from)?;
         }
+        if let Some(g) = crate::ownership::Gateways::of(&ctx.config) {
+            let d = dev.clone();
+            // Cluster round trips: off the main loop.
+            let _ = tokio::task::spawn_blocking(move || crate::ownership::attach(&d, &g)).await;
+        }
         let size = dev.disk().num_blocks().saturating_mul(u64::from(dev.disk().block_size()));
         let description = cfg.describe();
         ctx.luns.lock().unwrap_or_else(|e| e.into_inner()).insert((t.name().to_string(), lun), cfg.clone());

@@ -1,0 +1,239 @@
+//! Which gateway owns an RBD image (issue 16): ALUA driven by the image's
+//! exclusive lock.
+//!
+//! With `[[gateway]]` tables every rbd LUN is served by several `lunard`
+//! processes. Exactly one of them writes the image: the one holding its
+//! RBD exclusive lock *for good* (`rbd_lock_acquire`: librbd then refuses
+//! to hand it to another client, whose writes fail with EROFS). That
+//! gateway's target port group is Active/Optimized; the others are
+//! Standby, which refuses media access before any data moves (NOT READY,
+//! 04h/0Bh). The model:
+//!
+//! - **Start**: a gateway takes the lock if nobody holds it and becomes the
+//!   owner; otherwise it is Standby behind the owner named in the image's
+//!   metadata (`lunar.owner`, which each new owner writes).
+//! - **SET TARGET PORT GROUPS** asking for this gateway's group to be
+//!   active (what Linux's `scsi_dh_alua` sends to the path it activates
+//!   when multipath fails over) is a *take-over*: the group is
+//!   Transitioning meanwhile, every other owner of the lock is blocklisted
+//!   and its lock broken (librbd waits until the OSDs know of the
+//!   blocklist, so nothing the old owner still sends can land after), then
+//!   this gateway takes the lock, records itself as owner, and reports
+//!   itself Active/Optimized and the others Standby. Asking for another
+//!   group to be active (or this one to be standby) gives the lock up.
+//! - **A fenced owner** notices when its I/O fails with ESHUTDOWN (the LUN
+//!   goes offline) or, idle, when librbd says it no longer owns the lock;
+//!   the follower thread ([`check`]) then reopens the image as a new
+//!   client and puts the gateway back as Standby: a gateway that comes
+//!   back rejoins by itself. Standby gateways refresh their view of the
+//!   owner when the image's header changes (the owner's metadata write).
+//!
+//! A write from a fenced gateway can therefore never land after a
+//! take-over; the cost is that a take-over interrupts the old owner's
+//! in-flight I/O (its initiators retry it on the new owner). Control-plane
+//! work only: the lock calls block, so they run on tokio's blocking pool
+//! (SET TARGET PORT GROUPS) or on the follower thread, never on an I/O
+//! thread.
+
+use std::sync::Arc;
+
+use lunar_block::{Backend, RbdBackend};
+use lunar_core::{wait, Device, Target};
+use lunar_scsi::{sense, AccessState, Alua, AluaControl, AluaFuture, Nexus, ScsiError, SetGroupState, StatusCode};
+
+/// The image metadata key naming the owning gateway.
+pub const OWNER_KEY: &str = "lunar.owner";
+
+/// The gateways of the configuration, by index (group = index + 1), and
+/// which one this process is.
+#[derive(Clone, Debug)]
+pub struct Gateways {
+    pub names: Vec<String>,
+    pub local: u16,
+}
+
+impl Gateways {
+    /// The gateways of `config`, `None` without `[[gateway]]` tables.
+    pub fn of(config: &crate::config::Config) -> Option<Gateways> {
+        let (index, _) = config.local_gateway()?;
+        Some(Gateways {
+            names: config.gateways.iter().map(|g| g.name.clone()).collect(),
+            local: u16::try_from(index + 1).ok()?,
+        })
+    }
+
+    fn group_of(&self, name: &str) -> Option<u16> {
+        self.names.iter().position(|n| n == name).and_then(|i| u16::try_from(i + 1).ok())
+    }
+
+    fn local_name(&self) -> &str {
+        self.names.get(usize::from(self.local).wrapping_sub(1)).map_or("", String::as_str)
+    }
+
+    /// Every group's state with `owner` Active/Optimized and the others Standby.
+    fn states(&self, owner: Option<u16>) -> Vec<SetGroupState> {
+        (1..=self.names.len())
+            .filter_map(|i| u16::try_from(i).ok())
+            .map(|group| SetGroupState {
+                group,
+                state: if Some(group) == owner { AccessState::ActiveOptimized } else { AccessState::Standby },
+            })
+            .collect()
+    }
+}
+
+/// The decision-maker of an rbd LUN's SET TARGET PORT GROUPS.
+pub struct RbdOwnership {
+    backend: Arc<RbdBackend>,
+    gateways: Gateways,
+}
+
+/// Makes an rbd LUN's ALUA state follow its image's lock (see the module
+/// documentation): the lock becomes managed, this gateway takes it if it
+/// is free, and SET TARGET PORT GROUPS moves it. Blocking (cluster round
+/// trips): call on the control plane. Other LUNs are left as they are.
+pub fn attach(dev: &Device, gateways: &Gateways) {
+    let (Backend::Rbd(r), Some(alua)) = (dev.disk().backend(), dev.disk().alua()) else { return };
+    r.set_lock_managed(true);
+    let own = Arc::new(RbdOwnership { backend: r.clone(), gateways: gateways.clone() });
+    let owner = match r.try_take_lock() {
+        Ok(true) => {
+            own.record_owner();
+            Some(gateways.local)
+        }
+        Ok(false) => own.owner_from_metadata(),
+        Err(e) => {
+            tracing::warn!(lun = dev.lun(), error = %e, "rbd lock: cannot take or query it; standby");
+            None
+        }
+    };
+    tracing::info!(lun = dev.lun(), image = %r.options().spec(), ?owner, local = gateways.local, "rbd ownership");
+    if let Err(e) = alua.set_states(&gateways.states(owner), StatusCode::AlteredByImplicitTransition, None) {
+        tracing::warn!(lun = dev.lun(), error = %e, "setting the ALUA states from the rbd lock failed");
+    }
+    alua.set_control(own);
+}
+
+impl RbdOwnership {
+    /// The owner named in the image's metadata, unless that is this
+    /// gateway (a stale record: it does not hold the lock).
+    fn owner_from_metadata(&self) -> Option<u16> {
+        match self.backend.metadata(OWNER_KEY) {
+            Ok(Some(name)) => self.gateways.group_of(&name).filter(|g| *g != self.gateways.local),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the rbd image's owner failed");
+                None
+            }
+        }
+    }
+
+    fn record_owner(&self) {
+        if let Err(e) = self.backend.set_metadata(OWNER_KEY, self.gateways.local_name()) {
+            tracing::warn!(error = %e, "recording this gateway as the rbd image's owner failed");
+        }
+    }
+
+    async fn take_over(&self, alua: &Alua, nexus: &Nexus) -> Result<(), ScsiError> {
+        let local = self.gateways.local;
+        if self.backend.owns_lock() {
+            return apply(alua, &self.gateways.states(Some(local)), Some(nexus));
+        }
+        let transitioning = [SetGroupState { group: local, state: AccessState::Transitioning }];
+        let _ = alua.set_states(&transitioning, StatusCode::AlteredBySetTargetPortGroups, Some(nexus));
+        let backend = self.backend.clone();
+        let taken = tokio::task::spawn_blocking(move || backend.take_over_lock()).await;
+        match taken {
+            Ok(Ok(fenced)) => {
+                tracing::warn!(image = %self.backend.options().spec(), ?fenced, "rbd lock taken over: previous owners fenced");
+                let me = Arc::new(RbdOwnership { backend: self.backend.clone(), gateways: self.gateways.clone() });
+                let _ = tokio::task::spawn_blocking(move || me.record_owner()).await;
+                apply(alua, &self.gateways.states(Some(local)), Some(nexus))
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(_)) => unreachable!("handled above"),
+                };
+                tracing::error!(image = %self.backend.options().spec(), error = %why, "rbd lock take-over failed");
+                let standby = [SetGroupState { group: local, state: AccessState::Standby }];
+                let _ = alua.set_states(&standby, StatusCode::AlteredBySetTargetPortGroups, Some(nexus));
+                Err(ScsiError::Sense(sense::SET_TARGET_PORT_GROUPS_COMMAND_FAILED.sense()))
+            }
+        }
+    }
+
+    async fn give_up(&self, alua: &Alua, next: Option<u16>, nexus: &Nexus) -> Result<(), ScsiError> {
+        let backend = self.backend.clone();
+        match tokio::task::spawn_blocking(move || backend.release_lock()).await {
+            Ok(Ok(())) => apply(alua, &self.gateways.states(next), Some(nexus)),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "giving the rbd lock up failed");
+                Err(ScsiError::Sense(sense::SET_TARGET_PORT_GROUPS_COMMAND_FAILED.sense()))
+            }
+            Err(_) => Err(ScsiError::Sense(sense::SET_TARGET_PORT_GROUPS_COMMAND_FAILED.sense())),
+        }
+    }
+}
+
+fn apply(alua: &Alua, states: &[SetGroupState], nexus: Option<&Nexus>) -> Result<(), ScsiError> {
+    alua.set_states(states, StatusCode::AlteredBySetTargetPortGroups, nexus)
+        .map(|_| ())
+        .map_err(|_| ScsiError::Sense(sense::SET_TARGET_PORT_GROUPS_COMMAND_FAILED.sense()))
+}
+
+impl AluaControl for RbdOwnership {
+    fn set_target_port_groups<'a>(
+        &'a self,
+        alua: &'a Alua,
+        request: &'a [SetGroupState],
+        nexus: &'a Nexus,
+    ) -> AluaFuture<'a> {
+        Box::pin(async move {
+            let local = self.gateways.local;
+            let wanted = request.iter().find(|r| r.group == local).map(|r| r.state);
+            let other_active = request.iter().find(|r| r.group != local && r.state.is_active()).map(|r| r.group);
+            match wanted {
+                Some(s) if s.is_active() => self.take_over(alua, nexus).await,
+                Some(_) => self.give_up(alua, other_active, nexus).await,
+                None if other_active.is_some() && alua.local_state().is_active() => {
+                    self.give_up(alua, other_active, nexus).await
+                }
+                // Only other groups named, none made active here: only
+                // their owner can change what they are.
+                None => Ok(()),
+            }
+        })
+    }
+}
+
+/// The follower thread's look at one rbd LUN under ownership (every
+/// half second; blocking calls allowed): a fenced or displaced owner
+/// reopens the image as a new client and becomes Standby; a Standby
+/// gateway follows the owner named in the metadata when the header
+/// changed. Returns whether anything was done.
+pub fn check(target: &Target, dev: &Device, gateways: &Gateways, header_changed: bool) -> bool {
+    let (Backend::Rbd(r), Some(alua)) = (dev.disk().backend(), dev.disk().alua()) else { return false };
+    if !r.is_exclusive() || r.options().exclusive {
+        return false;
+    }
+    let own = RbdOwnership { backend: r.clone(), gateways: gateways.clone() };
+    let lun = dev.lun();
+    let active = alua.local_state().is_active();
+    let fenced = dev.offline().is_some() || (active && !r.owns_lock());
+    if fenced {
+        tracing::warn!(lun, image = %r.options().spec(), "this gateway lost the rbd image's lock: rejoining as standby");
+        let standby = [SetGroupState { group: gateways.local, state: AccessState::Standby }];
+        let _ = alua.set_states(&standby, StatusCode::AlteredByImplicitTransition, None);
+        if let Err(e) = wait(target.reopen_device(lun)) {
+            tracing::warn!(lun, error = %e, "reopening the rbd image after losing its lock failed");
+            return true;
+        }
+    } else if active || !header_changed {
+        return false;
+    }
+    let owner = own.owner_from_metadata();
+    let _ = alua.set_states(&gateways.states(owner), StatusCode::AlteredByImplicitTransition, None);
+    true
+}
