@@ -209,24 +209,53 @@ pub fn cdb_length(cdb: &[u8]) -> usize {
     }
 }
 
+/// The entries of each operation code (most have one; those with service
+/// actions a few): decoding and validating a command look here instead of
+/// scanning the whole table, several times per command.
+static BY_OPCODE: std::sync::LazyLock<Vec<Vec<&'static OpcodeEntry>>> = std::sync::LazyLock::new(|| {
+    let mut t = vec![Vec::new(); 256];
+    for e in OPCODES {
+        t[usize::from(e.opcode)].push(e);
+    }
+    t
+});
+
+fn entries_of(opcode: u8) -> &'static [&'static OpcodeEntry] {
+    &BY_OPCODE[usize::from(opcode)]
+}
+
 /// Whether any entry has this operation code.
 pub fn has_opcode(opcode: u8) -> bool {
-    OPCODES.iter().any(|e| e.opcode == opcode)
+    !entries_of(opcode).is_empty()
 }
 
 /// Whether this operation code takes a service action.
 pub fn has_service_actions(opcode: u8) -> bool {
-    OPCODES.iter().any(|e| e.opcode == opcode && e.service_action.is_some())
+    entries_of(opcode).iter().any(|e| e.service_action.is_some())
 }
 
 /// The entry for an operation code and, for opcodes that have them, service action.
 pub fn lookup(opcode: u8, service_action: Option<u8>) -> Option<&'static OpcodeEntry> {
-    OPCODES.iter().find(|e| e.opcode == opcode && e.service_action == service_action)
+    entries_of(opcode).iter().copied().find(|e| e.service_action == service_action)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The per-opcode index answers as a scan of the whole table would.
+    #[test]
+    fn the_index_agrees_with_the_table() {
+        for op in 0..=255u8 {
+            assert_eq!(has_opcode(op), OPCODES.iter().any(|e| e.opcode == op), "{op:#04x}");
+            let sa = OPCODES.iter().any(|e| e.opcode == op && e.service_action.is_some());
+            assert_eq!(has_service_actions(op), sa, "{op:#04x}");
+            for action in std::iter::once(None).chain((0..32).map(Some)) {
+                let scan = OPCODES.iter().find(|e| e.opcode == op && e.service_action == action);
+                assert_eq!(lookup(op, action).map(|e| e as *const _), scan.map(|e| e as *const _), "{op:#04x}/{action:?}");
+            }
+        }
+    }
 
     /// SPC-5 4.2.5.1: the group code (bits 7..5) fixes the CDB length.
     fn group_len(opcode: u8) -> Option<usize> {
