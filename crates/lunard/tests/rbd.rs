@@ -577,8 +577,8 @@ fn wait_ready(s: &Session, want: Option<(u8, u8, u8)>, what: &str) -> Duration {
 /// Two gateways serve one image; its exclusive lock says which one writes
 /// (ALUA Active/Optimized), the other is Standby. SET TARGET PORT GROUPS
 /// through the standby takes the lock over and fences the owner, which
-/// rejoins as Standby by itself; after the owner is killed, the other takes
-/// over again. Every acknowledged write reads back, through lunard and `rbd export`.
+/// rejoins as Standby by itself; `lunarctl alua set` moves it back; after
+/// the owner is killed, the other takes over again. Every acknowledged write reads back, through lunard and `rbd export`.
 #[test]
 fn two_gateways_own_an_rbd_image_by_its_lock() {
     let Some((conf, _cluster)) = cluster("two_gateways_own_an_rbd_image_by_its_lock") else { return };
@@ -588,7 +588,7 @@ fn two_gateways_own_an_rbd_image_by_its_lock() {
     let f1 = gateway_config(dir.path(), "gw1", ports, &img);
     let f2 = gateway_config(dir.path(), "gw2", ports, &img);
     let gw1 = Daemon::start_on_file_portal(&["--config", f1.to_str().unwrap()], ports[0]);
-    let mut gw2 = Daemon::start_on_file_portal(&["--config", f2.to_str().unwrap()], ports[1]);
+    let gw2 = Daemon::start_on_file_portal(&["--config", f2.to_str().unwrap()], ports[1]);
     let (s1, s2) = (login(&gw1), login(&gw2));
     const STANDBY: Option<(u8, u8, u8)> = Some((sense_key::NOT_READY, 0x04, 0x0B));
     // gw1 started first and took the lock: it is the owner.
@@ -613,21 +613,31 @@ fn two_gateways_own_an_rbd_image_by_its_lock() {
     assert_eq!(alua_states(&s2), vec![(1, 2), (2, 0)]);
     assert!(read(&s2, 0, 0, (a.len() / BS) as u32) == a, "gw1's acknowledged writes");
 
-    // The owner dies; the standby takes over the dead owner's lock.
-    gw2.child.kill().unwrap();
-    gw2.child.wait().unwrap();
-    let killed = std::time::Instant::now();
-    let r = activate(&s1, 1);
-    assert!(r.is_good(), "STPG through gw1 after gw2 died: {r:?}");
-    wait_ready(&s1, None, "gw1 after taking over from a dead owner");
-    println!("gw1 owner again {:?} after gw2 was killed", killed.elapsed());
+    // The operator moves it back: `lunarctl alua set` on gw1 is a take-over too.
+    let out = gw1.ctl_ok(&["alua", "set", "0", "gw1", "active-optimized"]);
+    assert!(out.contains("active-optimized"), "{out}");
+    wait_ready(&s1, None, "gw1 after lunarctl alua set");
+    wait_ready(&s2, STANDBY, "gw2 fenced by the operator's move");
     let c = pattern(44, 4096);
     assert!(s1.write(0, 512, c.clone()).unwrap().is_good());
-    assert!(read(&s1, 0, 128, (b.len() / BS) as u32) == b, "gw2's acknowledged writes");
-    s1.logout().unwrap();
-    stop(gw1);
+
+    // The owner dies; the standby takes over the dead owner's lock.
+    let mut gw1 = gw1;
+    gw1.child.kill().unwrap();
+    gw1.child.wait().unwrap();
+    let killed = std::time::Instant::now();
+    let r = activate(&s2, 2);
+    assert!(r.is_good(), "STPG through gw2 after gw1 died: {r:?}");
+    wait_ready(&s2, None, "gw2 after taking over from a dead owner");
+    println!("gw2 owner again {:?} after gw1 was killed", killed.elapsed());
+    let d = pattern(45, 4096);
+    assert!(s2.write(0, 600, d.clone()).unwrap().is_good());
+    assert!(read(&s2, 0, 512, 8) == c, "gw1's last acknowledged write");
+    s2.logout().unwrap();
+    stop(gw2);
     let export = img.export();
     assert!(export[..a.len()] == a[..], "the cluster has gw1's first writes");
     assert!(export[128 * BS..128 * BS + b.len()] == b[..], "the cluster has gw2's writes");
     assert!(export[512 * BS..512 * BS + 4096] == c[..], "the cluster has gw1's last write");
+    assert!(export[600 * BS..600 * BS + 4096] == d[..], "the cluster has gw2's last write");
 }

@@ -484,6 +484,17 @@ impl Alua {
         *self.control.lock().unwrap_or_else(|e| e.into_inner()) = control;
     }
 
+    /// Carries out `request` through the LU's decision-maker, as a SET
+    /// TARGET PORT GROUPS from `cause` would be (for the operator: the
+    /// anonymous nexus). With a cluster decision-maker this moves the
+    /// image's ownership instead of only this process's view of it.
+    pub async fn request(&self, request: &[SetGroupState], cause: &Nexus) -> Result<(), ScsiError> {
+        self.check_request(request)
+            .map_err(|_| ScsiError::Sense(sense::SET_TARGET_PORT_GROUPS_COMMAND_FAILED.sense()))?;
+        let control = self.control();
+        control.set_target_port_groups(self, request, cause).await
+    }
+
     pub(crate) fn control(&self) -> Arc<dyn AluaControl> {
         self.control.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

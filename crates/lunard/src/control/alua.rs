@@ -107,7 +107,23 @@ pub(super) async fn set(ctx: &Arc<Context>, p: &Params<'_>) -> Result<Value, Rpc
         let names: Vec<&str> = AccessState::ALL.iter().map(|s| s.name()).collect();
         RpcError::invalid_params(format!("`state`: {state_text:?} is not one of {}", names.join(", ")))
     })?;
-    let changed = t.set_alua_state(lun, group, state).await.map_err(MethodError::from)?;
+    // An rbd LUN's ownership is its image's lock: moving it goes through
+    // the same decision-maker as SET TARGET PORT GROUPS (a take-over, or
+    // giving the lock up); other LUNs change this process's view only.
+    let dev = t.device(lun).ok_or(MethodError::NoSuchLun(lun))?;
+    let owned =
+        matches!(dev.disk().backend(), lunar_block::Backend::Rbd(r) if r.is_exclusive() && !r.options().exclusive);
+    let changed = match dev.disk().alua() {
+        Some(alua) if owned => {
+            let before = alua.groups();
+            let request = [lunar_scsi::SetGroupState { group, state }];
+            alua.request(&request, &lunar_scsi::Nexus::anonymous())
+                .await
+                .map_err(|e| MethodError::Backend(format!("moving the image's ownership failed: {e}")))?;
+            *alua.groups() != *before
+        }
+        _ => t.set_alua_state(lun, group, state).await.map_err(MethodError::from)?,
+    };
     Ok(json!({
         "target": t.name(), "lun": lun, "group": group, "gateway": gateway_of(ctx, group),
         "state": state.name(), "changed": changed, "persistent": false,

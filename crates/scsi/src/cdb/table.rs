@@ -252,7 +252,11 @@ mod tests {
             assert_eq!(has_service_actions(op), sa, "{op:#04x}");
             for action in std::iter::once(None).chain((0..32).map(Some)) {
                 let scan = OPCODES.iter().find(|e| e.opcode == op && e.service_action == action);
-                assert_eq!(lookup(op, action).map(|e| e as *const _), scan.map(|e| e as *const _), "{op:#04x}/{action:?}");
+                assert_eq!(
+                    lookup(op, action).map(|e| e as *const _),
+                    scan.map(|e| e as *const _),
+                    "{op:#04x}/{action:?}"
+                );
             }
         }
     }
