@@ -611,6 +611,13 @@ fn two_gateways_own_an_rbd_image_by_its_lock() {
     println!("gw1 standby again {rejoined:?} after gw2's take-over");
     assert_eq!(alua_states(&s1), vec![(1, 2), (2, 0)]);
     assert_eq!(alua_states(&s2), vec![(1, 2), (2, 0)]);
+    let (v1, v2) = (gw1.ctl_json(&["alua", "show"]), gw2.ctl_json(&["alua", "show"]));
+    assert_eq!(v2["luns"][0]["ownership"]["by"], "rbd-lock", "{v2}");
+    assert_eq!(
+        (v1["luns"][0]["ownership"]["lock_held"].clone(), v2["luns"][0]["ownership"]["lock_held"].clone()),
+        (json!(false), json!(true))
+    );
+    assert!(gw2.ctl_ok(&["alua", "show"]).contains("rbd-lock of rbd/"), "lunarctl alua show names the lock");
     assert!(read(&s2, 0, 0, (a.len() / BS) as u32) == a, "gw1's acknowledged writes");
 
     // The operator moves it back: `lunarctl alua set` on gw1 is a take-over too.

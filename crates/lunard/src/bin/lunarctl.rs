@@ -207,6 +207,26 @@ fn print_alua(v: &Value) {
                 s(&g["status"])
             );
         }
+        let o = &l["ownership"];
+        if o["by"] != "local" && !o["by"].is_null() {
+            let held = if o["lock_held"].as_bool() == Some(true) { "held here" } else { "not held here" };
+            println!("    ownership: {} of {} ({held})", s(&o["by"]), s(&o["image"]));
+        }
+        let r = &l["reservation"];
+        let regs = r["registrations"].as_array().map_or(0, Vec::len);
+        match r["holder"].as_object() {
+            Some(h) => println!(
+                "    reservation: {} by {} (port {}), {regs} registration(s), generation {}",
+                s(&h["type"]),
+                s(&h["initiator_port"]),
+                s(&h["target_port"]),
+                s(&r["generation"])
+            ),
+            None if regs > 0 => {
+                println!("    reservation: none, {regs} registration(s), generation {}", s(&r["generation"]))
+            }
+            None => {}
+        }
     }
 }
 

@@ -65,9 +65,32 @@ pub(super) fn show(ctx: &Arc<Context>, p: &Params<'_>) -> Result<Value, RpcError
                     })
                 })
                 .collect();
+            // Who decides: an rbd LUN's owner is its image's lock holder.
+            let ownership = match dev.disk().backend() {
+                lunar_block::Backend::Rbd(r) if r.is_exclusive() && !r.options().exclusive => json!({
+                    "by": "rbd-lock", "image": r.options().spec(), "lock_held": r.owns_lock(),
+                }),
+                lunar_block::Backend::Rbd(r) if r.options().exclusive => {
+                    json!({ "by": "exclusive=on", "image": r.options().spec(), "lock_held": r.owns_lock() })
+                }
+                _ => json!({ "by": "local" }),
+            };
+            let pr = dev.disk().reservation_state();
+            let reservation = json!({
+                "generation": pr.generation,
+                "registrations": pr.registrations.iter().map(|r| json!({
+                    "initiator_port": r.nexus.initiator_port, "target_port": r.nexus.target_port,
+                    "key": format!("{:#018x}", r.key),
+                })).collect::<Vec<_>>(),
+                "holder": pr.reservation.as_ref().map(|h| json!({
+                    "initiator_port": h.holder.initiator_port, "target_port": h.holder.target_port,
+                    "type": format!("{:?}", h.pr_type),
+                })),
+            });
             luns.push(json!({
                 "target": t.name(), "lun": dev.lun(), "local_group": alua.local_group(),
                 "local_state": alua.local_state().name(), "groups": groups,
+                "ownership": ownership, "reservation": reservation,
             }));
         }
     }
