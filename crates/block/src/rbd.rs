@@ -44,6 +44,9 @@
 mod ffi;
 #[cfg(lunar_rbd)]
 mod image;
+#[cfg(lunar_rbd)]
+mod rados_ffi;
+pub mod shared_object;
 
 use std::path::PathBuf;
 
