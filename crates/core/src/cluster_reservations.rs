@@ -32,8 +32,8 @@ use std::time::Duration;
 use lunar_block::rbd::shared_object::{SharedObject, SharedObjectError, WatchEvent};
 use lunar_block::RbdOptions;
 use lunar_scsi::{
-    decode_shared, encode_shared, unit_attentions, Nexus, PrOutRequest, ReservationState, ReservationStore,
-    RestoreError, ScsiError, SideEffect, StoreFuture,
+    decode_shared, encode_shared, monotonic_nanos, unit_attentions, Nexus, PrOutRequest, ReservationState,
+    ReservationStore, RestoreError, ScsiError, SideEffect, StoreFuture,
 };
 use thiserror::Error;
 
@@ -155,8 +155,14 @@ pub struct ClusterOptions {
     /// How long a PR OUT waits for the other gateways to acknowledge before
     /// it blocklists those that did not.
     pub notify_timeout: Duration,
-    /// How often the watch is checked.
+    /// How often the watch is checked (and the lease renewed).
     pub check_interval: Duration,
+    /// How long after its watch was last confirmed a gateway trusts its
+    /// copy. Shorter than `notify_timeout` by more than a check interval,
+    /// so that a gateway that did not acknowledge a change has stopped
+    /// trusting its copy when the change completes; longer than the ping
+    /// interval (1 s) and a check interval, so that a live one never stops.
+    pub lease: Duration,
     /// Seconds a fenced client stays blocklisted (0: the cluster's default).
     pub blocklist_secs: u32,
 }
@@ -166,13 +172,16 @@ impl Default for ClusterOptions {
         ClusterOptions {
             notify_timeout: Duration::from_secs(5),
             check_interval: Duration::from_millis(500),
+            lease: Duration::from_secs(3),
             blocklist_secs: 3600,
         }
     }
 }
 
 /// The cluster's reservations of one logical unit, as this gateway sees
-/// them: the [`ReservationStore`] of its disk, and a watcher thread.
+/// them: the [`ReservationStore`] of its disk, and a watcher thread that
+/// ends (and unwatches) once the device is gone. Dropping this handle
+/// changes nothing; [`ClusterReservations::stop`] ends the watcher now.
 pub struct ClusterReservations {
     inner: Arc<Inner>,
 }
@@ -190,12 +199,6 @@ struct Inner {
 enum Signal {
     Watch(WatchEvent),
     Stop,
-}
-
-impl Drop for ClusterReservations {
-    fn drop(&mut self) {
-        let _ = self.inner.events.lock().unwrap_or_else(|e| e.into_inner()).send(Signal::Stop);
-    }
 }
 
 impl ClusterReservations {
@@ -232,6 +235,12 @@ impl ClusterReservations {
                 })
             })?;
         Ok(ClusterReservations { inner })
+    }
+
+    /// Ends the watcher thread (its watch goes; the disk keeps the store):
+    /// for tests that play a gateway that stops answering.
+    pub fn stop(&self) {
+        let _ = self.inner.events.lock().unwrap_or_else(|e| e.into_inner()).send(Signal::Stop);
     }
 
     /// This gateway's client id (what notify replies and `ceph` name).
@@ -277,16 +286,45 @@ impl Inner {
     fn establish(&self, obj: &SharedObject) -> Result<(), ClusterPrError> {
         let tx = self.events.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let tx = Mutex::new(tx);
+        // A watch needs the object: the first gateway creates it, empty
+        // (the empty state); if another did meanwhile, nothing happens.
+        if obj.read()?.is_none() {
+            obj.compare_and_set(None, b"")?;
+        }
         obj.watch(Box::new(move |ev| {
             let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(Signal::Watch(ev));
         }))?;
         let addr = obj.addrs()?;
         obj.set_xattr(&format!("{GATEWAY_XATTR}{}", obj.instance_id()), addr.as_bytes())?;
+        let before = monotonic_nanos();
         self.refresh(obj)?;
-        if let Some(d) = self.device() {
-            d.disk().set_reservations_stale(false);
-        }
+        self.renew_from(before);
         Ok(())
+    }
+
+    /// Trusts the copy until a lease after `confirmed` (a
+    /// [`monotonic_nanos`] instant at which the watch was known good).
+    fn renew_from(&self, confirmed: u64) {
+        if let Some(d) = self.device() {
+            let lease = u64::try_from(self.settings.lease.as_nanos()).unwrap_or(u64::MAX);
+            d.disk().renew_reservations(confirmed.saturating_add(lease));
+        }
+    }
+
+    /// Checks the watch; renews the lease from the time the OSD last
+    /// confirmed it. `false` when it broke.
+    fn check_and_renew(&self) -> bool {
+        let now = monotonic_nanos();
+        match self.object().watch_check() {
+            Ok(age_ms) => {
+                self.renew_from(now.saturating_sub(age_ms.saturating_mul(1_000_000)));
+                true
+            }
+            Err(e) => {
+                tracing::warn!("reservation watch check: {e}");
+                false
+            }
+        }
     }
 
     /// Reads the object and publishes it, raising the unit attentions the
@@ -375,42 +413,44 @@ impl Inner {
     /// attentions, then acknowledge), checks the watch, and re-establishes
     /// it when it broke.
     fn run(self: Arc<Self>, rx: mpsc::Receiver<Signal>) {
-        let mut broken = false;
         loop {
             if self.device().is_none() {
                 break;
             }
-            match rx.recv_timeout(self.settings.check_interval) {
+            let healthy = match rx.recv_timeout(self.settings.check_interval) {
                 Ok(Signal::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Ok(Signal::Watch(WatchEvent::Notify { notify_id, payload, .. })) => {
+                Ok(Signal::Watch(WatchEvent::Notify { notify_id, .. })) => {
                     // The payload is the writer's new version; the object is
                     // read whatever it says (a later change may be there too).
-                    let _ = payload;
                     let obj = self.object();
-                    if let Err(e) = self.refresh(&obj) {
-                        tracing::warn!("{}: cannot re-read the reservations: {e}", obj.name());
-                        broken = true;
-                    }
-                    if let Err(e) = obj.ack(notify_id, b"") {
-                        tracing::warn!("{}: cannot acknowledge a notify: {e}", obj.name());
+                    match self.refresh(&obj) {
+                        Ok(()) => {
+                            if let Err(e) = obj.ack(notify_id, b"") {
+                                tracing::warn!("{}: cannot acknowledge a notify: {e}", obj.name());
+                            }
+                            self.check_and_renew()
+                        }
+                        Err(e) => {
+                            // No acknowledgement: the writer fences this
+                            // client, and the copy is stale until re-read.
+                            tracing::warn!("{}: cannot re-read the reservations: {e}", obj.name());
+                            false
+                        }
                     }
                 }
                 Ok(Signal::Watch(WatchEvent::Error { errno })) => {
                     tracing::warn!("reservation watch broke (errno {errno}): re-reading before trusting the copy");
-                    broken = true;
+                    false
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Err(e) = self.object().watch_check() {
-                        tracing::warn!("reservation watch check: {e}");
-                        broken = true;
-                    }
-                }
-            }
-            if broken {
+                Err(mpsc::RecvTimeoutError::Timeout) => self.check_and_renew(),
+            };
+            if !healthy {
                 if let Some(d) = self.device() {
-                    d.disk().set_reservations_stale(true);
+                    d.disk().set_reservations_stale();
                 }
-                broken = !self.reestablish();
+                if !self.reestablish() {
+                    std::thread::sleep(self.settings.check_interval);
+                }
             }
         }
         self.object().unwatch();

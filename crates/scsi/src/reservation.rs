@@ -15,7 +15,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
@@ -289,10 +289,25 @@ pub(crate) struct Reservations {
     writer: Mutex<u64>,
     /// Where the state is shared with other gateways, if it is.
     store: OnceLock<Arc<dyn ReservationStore>>,
-    /// The copy here may be behind the shared state (the store's watch
-    /// broke): every command but the unrestricted ones is refused, NOT
-    /// READY, BECOMING READY, until the store has read the state again.
-    stale: AtomicBool,
+    /// With a store: the copy here is trusted until this instant (nanoseconds
+    /// of [`monotonic_nanos`]); past it, or 0 (the store's watch broke), every
+    /// command but the unrestricted ones is refused NOT READY, BECOMING
+    /// READY, until the store has confirmed its watch or read the state
+    /// again ([`Disk::renew_reservations`]). A process that was stopped
+    /// (SIGSTOP) and missed a change finds its lease expired when it runs
+    /// again, before its watcher thread has noticed anything.
+    lease_until: AtomicU64,
+    /// A store is set: the lease is checked (one load; false for a state of
+    /// this process, whose checks are as before).
+    shared: AtomicBool,
+}
+
+/// Nanoseconds since the first call, on the monotonic clock (which runs on
+/// while the process is stopped).
+pub fn monotonic_nanos() -> u64 {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    let e = *EPOCH.get_or_init(std::time::Instant::now);
+    u64::try_from(e.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1)
 }
 
 /// The future of [`ReservationStore::apply`].
@@ -326,7 +341,8 @@ impl Default for Reservations {
             current: ArcSwap::from_pointee(ReservationState::default()),
             writer: Mutex::new(0),
             store: OnceLock::new(),
-            stale: AtomicBool::new(false),
+            lease_until: AtomicU64::new(0),
+            shared: AtomicBool::new(false),
         }
     }
 }
@@ -347,7 +363,10 @@ impl Reservations {
     /// The conflict check of an access by `nexus` (lock-free; with no
     /// reservation it only loads the snapshot pointer).
     pub(crate) fn check(&self, access: Access, nexus: &Nexus) -> Result<(), ScsiError> {
-        if access != Access::Unrestricted && self.stale.load(Ordering::Acquire) {
+        if access != Access::Unrestricted
+            && self.shared.load(Ordering::Acquire)
+            && monotonic_nanos() >= self.lease_until.load(Ordering::Acquire)
+        {
             return Err(ScsiError::Sense(crate::sense::BECOMING_READY.sense()));
         }
         let s = self.peek();
@@ -678,8 +697,12 @@ impl Disk {
     /// other gateways (set once, before the first command; a second call is
     /// ignored). RESERVE and RELEASE (SPC-2) are then refused: they are not
     /// shared.
+    /// The copy starts stale: call [`Disk::renew_reservations`] once it
+    /// holds the shared state.
     pub fn set_reservation_store(&self, store: Arc<dyn ReservationStore>) {
-        let _ = self.reservations.store.set(store);
+        if self.reservations.store.set(store).is_ok() {
+            self.reservations.shared.store(true, Ordering::Release);
+        }
     }
 
     /// Whether the state is shared through a [`ReservationStore`].
@@ -694,16 +717,24 @@ impl Disk {
         self.reservations.publish(version, state)
     }
 
-    /// Marks this copy of the shared state as possibly behind (`true`: its
-    /// watch broke; commands but the unrestricted ones are refused NOT
-    /// READY, BECOMING READY) or current again (`false`, after a re-read).
-    pub fn set_reservations_stale(&self, stale: bool) {
-        self.reservations.stale.store(stale, Ordering::Release);
+    /// Marks this copy of the shared state as possibly behind (its watch
+    /// broke): commands but the unrestricted ones are refused NOT READY,
+    /// BECOMING READY, until [`Disk::renew_reservations`].
+    pub fn set_reservations_stale(&self) {
+        self.reservations.lease_until.store(0, Ordering::Release);
     }
 
-    /// Whether [`Disk::set_reservations_stale`] holds.
-    pub fn reservations_stale(&self) -> bool {
-        self.reservations.stale.load(Ordering::Acquire)
+    /// Trusts this copy of the shared state until `until` (a
+    /// [`monotonic_nanos`] instant): the store has confirmed its watch, so
+    /// no change can have been missed before then.
+    pub fn renew_reservations(&self, until: u64) {
+        self.reservations.lease_until.store(until, Ordering::Release);
+    }
+
+    /// Whether the copy is trusted now (always, without a store).
+    pub fn reservations_current(&self) -> bool {
+        !self.reservations.shared.load(Ordering::Acquire)
+            || monotonic_nanos() < self.reservations.lease_until.load(Ordering::Acquire)
     }
 
     /// Logical unit reset, hard reset or power on: releases the SPC-2

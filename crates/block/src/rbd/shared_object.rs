@@ -244,6 +244,9 @@ mod imp {
                 ("client_mount_timeout", connect.clone()),
                 ("rados_mon_op_timeout", connect),
                 ("rados_osd_op_timeout", IO_TIMEOUT_SECS.to_string()),
+                // The watch is confirmed (pinged) every tick: once a second,
+                // so that a watcher's lease can be short (cluster_reservations).
+                ("objecter_tick_interval", "1".to_string()),
             ];
             if let Some(k) = &keyring {
                 settings.push(("keyring", k.to_string_lossy().into_owned()));
