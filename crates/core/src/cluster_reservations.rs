@@ -453,7 +453,10 @@ impl Inner {
                 }
             }
         }
-        self.object().unwatch();
+        // Leaving cleanly: nobody needs to fence this client any more.
+        let obj = self.object();
+        obj.unwatch();
+        let _ = obj.remove_xattr(&format!("{GATEWAY_XATTR}{}", obj.instance_id()));
     }
 
     /// Watches again and re-reads; a blocklisted client is replaced by a

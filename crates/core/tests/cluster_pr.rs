@@ -44,6 +44,10 @@ const RESERVE: u8 = 0x01;
 const RELEASE: u8 = 0x02;
 const REGISTER_AND_IGNORE: u8 = 0x06;
 
+/// What a gateway's books record once its command succeeded: the keys of
+/// its nexuses, and which of them holds the reservation.
+type After = Box<dyn Fn(&mut Vec<Option<u64>>, &mut Option<usize>)>;
+
 /// A small deterministic generator per thread.
 struct Lcg(u64);
 
@@ -110,11 +114,7 @@ fn concurrent_pr_out_from_several_gateways_loses_no_update() {
                     let k = rng.next(NEXUSES) as usize;
                     let n = &nexus[k];
                     let roll = rng.next(100);
-                    let (req, bumping, after): (
-                        PrOutRequest,
-                        bool,
-                        Box<dyn Fn(&mut Vec<Option<u64>>, &mut Option<usize>)>,
-                    ) = match keys[k] {
+                    let (req, bumping, after): (PrOutRequest, bool, After) = match keys[k] {
                         None => {
                             let key = fresh();
                             let action = if roll < 50 { REGISTER } else { REGISTER_AND_IGNORE };

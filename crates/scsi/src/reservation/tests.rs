@@ -495,3 +495,61 @@ proptest::proptest! {
         }
     }
 }
+
+/// A store that records what it is asked and changes nothing.
+#[derive(Default)]
+struct RecordingStore(Mutex<Vec<(Nexus, PrOutRequest)>>);
+
+impl ReservationStore for RecordingStore {
+    fn apply(&self, nexus: Nexus, req: PrOutRequest) -> StoreFuture {
+        self.0.lock().unwrap().push((nexus, req));
+        Box::pin(async {
+            Ok(vec![SideEffect::UnitAttention { nexus: other(), sense: crate::sense::RESERVATIONS_RELEASED.sense() }])
+        })
+    }
+}
+
+#[test]
+fn a_shared_state_goes_through_the_store_and_is_trusted_only_under_its_lease() {
+    let d = disk(16);
+    let store = Arc::new(RecordingStore::default());
+    d.set_reservation_store(store.clone());
+    assert!(d.has_reservation_store());
+    let not_ready = Err(ScsiError::Sense(crate::sense::BECOMING_READY.sense()));
+    // No lease yet: refused, but for the unrestricted commands.
+    assert_eq!(run(&d, &cdb10(0x28, 0, 0, 1)), not_ready);
+    assert_eq!(run(&d, &[0, 0, 0, 0, 0, 0]), not_ready, "TEST UNIT READY");
+    assert!(run(&d, &[0x12, 0, 0, 0, 36, 0]).is_ok(), "INQUIRY");
+    assert!(!d.reservations_current());
+    d.renew_reservations(monotonic_nanos() + 60_000_000_000);
+    assert!(d.reservations_current());
+    assert!(run(&d, &cdb10(0x28, 0, 0, 1)).is_ok());
+    // PR OUT goes to the store, with its side effects; the copy is the store's to publish.
+    let cmd = Command::decode(&[0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0]).unwrap();
+    let mut data = vec![0u8; 24];
+    data[15] = 9;
+    let done = block_on(d.execute_with_effects(&cmd, data, &ExecContext::default()));
+    assert_eq!(done.result, Ok(vec![]));
+    assert_eq!(done.effects.len(), 1);
+    assert_eq!(store.0.lock().unwrap().len(), 1);
+    assert_eq!(store.0.lock().unwrap()[0].1.action(), crate::commands::persistent_reserve::PrOutAction::Register);
+    assert_eq!(d.reservation_state().registrations, vec![]);
+    // Published states: newer versions only.
+    let s = ReservationState {
+        generation: 1,
+        registrations: vec![Registration { nexus: holder(), key: 9 }],
+        ..Default::default()
+    };
+    assert!(d.publish_reservations(5, s.clone()).is_some());
+    assert!(d.publish_reservations(5, ReservationState::default()).is_none());
+    assert!(d.publish_reservations(4, ReservationState::default()).is_none());
+    assert_eq!(*d.reservation_state(), s);
+    // SPC-2 reservations are not shared: refused.
+    assert_eq!(run(&d, &[0x16, 0, 0, 0, 0, 0]), Err(ScsiError::Sense(crate::sense::INVALID_OPCODE.sense())));
+    assert_eq!(run(&d, &[0x17, 0, 0, 0, 0, 0]), Err(ScsiError::Sense(crate::sense::INVALID_OPCODE.sense())));
+    // A broken watch, or a lease run out: refused again.
+    d.set_reservations_stale();
+    assert_eq!(run(&d, &cdb10(0x28, 0, 0, 1)), not_ready);
+    d.renew_reservations(monotonic_nanos());
+    assert_eq!(run(&d, &cdb10(0x28, 0, 0, 1)), not_ready);
+}
