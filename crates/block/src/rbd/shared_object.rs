@@ -18,8 +18,6 @@
 //! `rados_t`), opened with the image's options. Every call blocks (control
 //! plane or tokio's blocking pool; never an I/O thread).
 
-use std::path::PathBuf;
-
 use thiserror::Error;
 
 use super::{RbdError, RbdOptions};
@@ -201,7 +199,7 @@ mod imp {
                 reason: "empty or contains a NUL byte".into(),
             };
             let cs = |s: &str, what| CString::new(s).ok().filter(|_| !s.is_empty()).ok_or_else(|| invalid(what));
-            let path = |p: &PathBuf, what| {
+            let path = |p: &std::path::PathBuf, what| {
                 use std::os::unix::ffi::OsStrExt;
                 CString::new(p.as_os_str().as_bytes()).map_err(|_| invalid(what))
             };
