@@ -161,6 +161,19 @@ fn a_reservation_made_through_one_gateway_holds_through_the_other() {
     // Not shared, so refused: SPC-2 RESERVE.
     let r = c.execute(Command::new(0, vec![0x16, 0, 0, 0, 0, 0])).unwrap();
     assert!(r.sense.as_ref().is_some_and(|s| s.is(sense_key::ILLEGAL_REQUEST, 0x20, 0x00)), "RESERVE(6): {r:?}");
+    stop_all([a, b, c], [g1, g2]);
+}
+
+/// Logs out and stops the gateways cleanly (a killed one's watch on the
+/// image would hold its removal for the OSD's watch timeout).
+fn stop_all<const S: usize, const D: usize>(sessions: [Session; S], gateways: [Daemon; D]) {
+    for s in sessions {
+        let _ = s.logout();
+    }
+    for g in gateways {
+        let log = g.log_tail();
+        assert!(g.stop().success(), "a gateway did not stop cleanly\n{log}");
+    }
 }
 
 #[test]
@@ -213,4 +226,5 @@ fn a_gateway_that_does_not_answer_is_blocklisted_and_the_pr_out_completes() {
     assert_eq!(keys(&b), (2, vec![0xAA]));
     good(pr_out(&b, REGISTER, 0, 0xB), "B REGISTER through the gateway that came back");
     assert_eq!(keys(&a), (3, vec![0xAA, 0xB]));
+    stop_all([a, b], [g1, g2]);
 }
