@@ -32,8 +32,8 @@ use std::time::Duration;
 use lunar_block::rbd::shared_object::{SharedObject, SharedObjectError, WatchEvent};
 use lunar_block::RbdOptions;
 use lunar_scsi::{
-    decode_shared, encode_shared, monotonic_nanos, unit_attentions, Nexus, PrOutRequest, ReservationState,
-    ReservationStore, RestoreError, ScsiError, SideEffect, StoreFuture,
+    decode_shared, encode_shared, monotonic_nanos, unit_attentions, Change, Nexus, PrOutAction, PrOutRequest,
+    ReservationState, ReservationStore, RestoreError, ScsiError, SideEffect, StoreFuture,
 };
 use thiserror::Error;
 
@@ -84,24 +84,22 @@ impl ClusterPrError {
 }
 
 /// The object's state: its RADOS version (`None`: no object yet), the
-/// state and the nexus whose command made it.
+/// state and the change that made it.
 pub struct Read {
     pub version: Option<u64>,
     pub state: ReservationState,
-    pub changed_by: Option<Nexus>,
+    pub change: Option<Change>,
 }
 
 /// Reads and decodes the object (absent or empty: the empty state).
 pub fn read_state(obj: &SharedObject) -> Result<Read, ClusterPrError> {
     match obj.read()? {
-        None => Ok(Read { version: None, state: ReservationState::default(), changed_by: None }),
-        Some((v, b)) if b.is_empty() => {
-            Ok(Read { version: Some(v), state: ReservationState::default(), changed_by: None })
-        }
+        None => Ok(Read { version: None, state: ReservationState::default(), change: None }),
+        Some((v, b)) if b.is_empty() => Ok(Read { version: Some(v), state: ReservationState::default(), change: None }),
         Some((v, b)) => {
-            let (state, changed_by) =
+            let (state, change) =
                 decode_shared(&b).map_err(|error| ClusterPrError::Corrupt { object: obj.name().to_string(), error })?;
-            Ok(Read { version: Some(v), state, changed_by })
+            Ok(Read { version: Some(v), state, change })
         }
     }
 }
@@ -142,7 +140,8 @@ pub fn apply_pr_out(
         if next == read.state {
             return Ok(Applied { old: read.state, new: next, version: read.version, changed: false, effects, retries });
         }
-        if let Some(v) = obj.compare_and_set(read.version, &encode_shared(&next, Some(nexus)))? {
+        let change = Change { by: nexus.clone(), preempt_and_abort: req.action() == PrOutAction::PreemptAndAbort };
+        if let Some(v) = obj.compare_and_set(read.version, &encode_shared(&next, Some(&change)))? {
             return Ok(Applied { old: read.state, new: next, version: Some(v), changed: true, effects, retries });
         }
         retries += 1;
@@ -340,9 +339,21 @@ impl Inner {
     fn catch_up(&self, read: &Read) {
         let (Some(version), Some(dev)) = (read.version, self.device()) else { return };
         if let Some(old) = dev.disk().publish_reservations(version, read.state.clone()) {
-            for e in unit_attentions(&old, &read.state, read.changed_by.as_ref()) {
-                if let SideEffect::UnitAttention { nexus, sense } = e {
-                    dev.raise_unit_attention(&sense, |q| q.is_nexus(&nexus));
+            for e in unit_attentions(&old, &read.state, read.change.as_ref()) {
+                match e {
+                    SideEffect::UnitAttention { nexus, sense } => {
+                        dev.raise_unit_attention(&sense, |q| q.is_nexus(&nexus));
+                    }
+                    // PREEMPT AND ABORT through another gateway: this one's
+                    // tasks of the preempted nexus go too.
+                    SideEffect::AbortTasks { nexus } => {
+                        for q in dev.queues() {
+                            if q.is_nexus(&nexus) {
+                                q.cancel_where(|_| true);
+                            }
+                        }
+                    }
+                    _ => {}
                 }
             }
         }

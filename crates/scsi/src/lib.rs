@@ -74,8 +74,8 @@ pub use error::{CopyAbort, ScsiError};
 pub use lun::{answer_without_lun, report_luns_data};
 pub use lunar_block::Backend;
 pub use reservation::{
-    decode_shared, encode_shared, monotonic_nanos, unit_attentions, Nexus, PrType, ReservationState, ReservationStore,
-    RestoreError, SideEffect, StoreFuture,
+    decode_shared, encode_shared, monotonic_nanos, unit_attentions, Change, Nexus, PrType, ReservationState,
+    ReservationStore, RestoreError, SideEffect, StoreFuture,
 };
 pub use sense::{FieldPointer, Sense, SenseCode, SenseKey};
 pub use status::Status;

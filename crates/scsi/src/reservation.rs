@@ -439,11 +439,15 @@ impl Reservations {
 ///   changed (PREEMPT with another type): RESERVATIONS RELEASED for every
 ///   nexus registered before and after, but the one that made the change.
 ///
+/// A PREEMPT AND ABORT also aborts the tasks of the preempted nexuses
+/// ([`SideEffect::AbortTasks`], SPC-5 5.13.11.2.6).
+///
 /// When several changes are seen at once (a gateway that was behind), the
 /// result is the union over the end points, attributed to the last
-/// change's nexus.
-pub fn unit_attentions(old: &ReservationState, new: &ReservationState, changed_by: Option<&Nexus>) -> Vec<SideEffect> {
+/// change.
+pub fn unit_attentions(old: &ReservationState, new: &ReservationState, change: Option<&Change>) -> Vec<SideEffect> {
     use crate::sense::{REGISTRATIONS_PREEMPTED, RESERVATIONS_PREEMPTED, RESERVATIONS_RELEASED};
+    let changed_by = change.map(|c| &c.by);
     let by = |n: &Nexus| changed_by.is_some_and(|c| n.covers(c) || c.covers(n));
     let actor_registered = changed_by.is_some_and(|c| new.registration(c).is_some());
     let mut out = Vec::new();
@@ -453,6 +457,9 @@ pub fn unit_attentions(old: &ReservationState, new: &ReservationState, changed_b
         }
         let sense = if actor_registered { REGISTRATIONS_PREEMPTED } else { RESERVATIONS_PREEMPTED };
         out.push(SideEffect::UnitAttention { nexus: r.nexus.clone(), sense: sense.sense() });
+        if actor_registered && change.is_some_and(|c| c.preempt_and_abort) {
+            out.push(SideEffect::AbortTasks { nexus: r.nexus.clone() });
+        }
     }
     let released = match (&old.reservation, &new.reservation) {
         (Some(o), None) => o.pr_type.admits_registrants(),
@@ -488,15 +495,24 @@ pub enum RestoreError {
 /// then per registration: key u64, target port u16, initiator port length
 /// u16, initiator port (UTF-8).
 ///
+/// The change that made a shared state: the nexus whose PERSISTENT RESERVE
+/// OUT it was, and whether it was a PREEMPT AND ABORT (the other gateways
+/// then abort the preempted nexuses' tasks too).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub by: Nexus,
+    pub preempt_and_abort: bool,
+}
+
 /// Version 2 (written since the state is shared between gateways, see
 /// [`encode_shared`]): the same up to the reservation type, then, when
 /// there is a reservation, its holder as a nexus (target port u16, length
 /// u16, name: an all-registrants reservation outlives the registration of
 /// the nexus that created it, which version 1 could not say), the
-/// registration count and registrations as in version 1, and last the nexus
-/// whose PERSISTENT RESERVE OUT made the state (flag u8, then a nexus when
-/// 1), from which other gateways decide their unit attentions
-/// ([`unit_attentions`]). Both versions decode.
+/// registration count and registrations as in version 1, and last the
+/// [`Change`] that made the state (u8: 0 none, 1 a nexus follows, 2 a nexus
+/// follows and it was a PREEMPT AND ABORT), from which other gateways decide
+/// their unit attentions ([`unit_attentions`]). Both versions decode.
 const MAGIC: &[u8; 4] = b"LPRS";
 const VERSION_1: u8 = 1;
 const VERSION: u8 = 2;
@@ -519,9 +535,9 @@ fn encode(s: &ReservationState) -> Vec<u8> {
 }
 
 /// The versioned encoding of the persistent part of `s` (the SPC-2
-/// reservation is never part of it) and of the nexus whose command made it:
+/// reservation is never part of it) and of the change that made it:
 /// what the APTPL file and the cluster's reservation object hold.
-pub fn encode_shared(s: &ReservationState, changed_by: Option<&Nexus>) -> Vec<u8> {
+pub fn encode_shared(s: &ReservationState, change: Option<&Change>) -> Vec<u8> {
     let mut b = Vec::with_capacity(24 + s.registrations.len() * 64);
     b.extend_from_slice(MAGIC);
     b.push(VERSION);
@@ -540,10 +556,10 @@ pub fn encode_shared(s: &ReservationState, changed_by: Option<&Nexus>) -> Vec<u8
         b.extend_from_slice(&r.key.to_be_bytes());
         put_nexus(&mut b, &r.nexus);
     }
-    match changed_by.filter(|n| encodable(n)) {
-        Some(n) => {
-            b.push(1);
-            put_nexus(&mut b, n);
+    match change.filter(|c| encodable(&c.by)) {
+        Some(c) => {
+            b.push(if c.preempt_and_abort { 2 } else { 1 });
+            put_nexus(&mut b, &c.by);
         }
         None => b.push(0),
     }
@@ -586,9 +602,9 @@ fn decode(bytes: &[u8]) -> Result<ReservationState, RestoreError> {
 }
 
 /// Decodes what [`encode_shared`] (or a version 1 APTPL file) holds: the
-/// state and the nexus whose command made it. Never panics: the bytes may
+/// state and the change that made it. Never panics: the bytes may
 /// come from the cluster, written by anyone.
-pub fn decode_shared(bytes: &[u8]) -> Result<(ReservationState, Option<Nexus>), RestoreError> {
+pub fn decode_shared(bytes: &[u8]) -> Result<(ReservationState, Option<Change>), RestoreError> {
     let mut r = Reader(bytes);
     if r.take(4).map_err(|_| RestoreError::BadMagic)? != MAGIC {
         return Err(RestoreError::BadMagic);
@@ -630,8 +646,8 @@ pub fn decode_shared(bytes: &[u8]) -> Result<(ReservationState, Option<Nexus>), 
         VERSION_1 => None,
         _ => match r.u8()? {
             0 => None,
-            1 => Some(r.nexus()?),
-            _ => return Err(RestoreError::Invalid("changed-by flag")),
+            f @ (1 | 2) => Some(Change { by: r.nexus()?, preempt_and_abort: f == 2 }),
+            _ => return Err(RestoreError::Invalid("change flag")),
         },
     };
     if !r.0.is_empty() {

@@ -256,7 +256,7 @@ fn restore_refuses_bad_input_and_keeps_state() {
     bad_holder[15 + 20] = b'#';
     assert_eq!(d.restore_reservations(&bad_holder), Err(RestoreError::Invalid("reservation holder")));
     let mut bad_changed_by = good.clone();
-    *bad_changed_by.last_mut().unwrap() = 2;
+    *bad_changed_by.last_mut().unwrap() = 3;
     assert!(matches!(d.restore_reservations(&bad_changed_by), Err(RestoreError::Invalid(_))));
     assert_eq!(*d.reservation_state(), s);
 }
@@ -344,9 +344,10 @@ fn all_registrants_reservation_without_its_creator_round_trips() {
         reservation: Some(PersistentReservation { holder: holder(), pr_type: PrType::ExclusiveAccessAllRegistrants }),
         spc2_holder: None,
     };
-    let (back, by) = decode_shared(&encode_shared(&s, Some(&other()))).unwrap();
+    let change = Change { by: other(), preempt_and_abort: true };
+    let (back, by) = decode_shared(&encode_shared(&s, Some(&change))).unwrap();
     assert_eq!(back, s);
-    assert_eq!(by, Some(other()));
+    assert_eq!(by, Some(change));
 }
 
 fn arb_nexus() -> impl proptest::strategy::Strategy<Value = Nexus> {
@@ -386,7 +387,11 @@ fn arb_state() -> impl proptest::strategy::Strategy<Value = ReservationState> {
 
 proptest::proptest! {
     #[test]
-    fn shared_encoding_round_trips(s in arb_state(), by in proptest::option::of(arb_nexus())) {
+    fn shared_encoding_round_trips(
+        s in arb_state(),
+        by in proptest::option::of((arb_nexus(), proptest::prelude::any::<bool>())),
+    ) {
+        let by = by.map(|(by, preempt_and_abort)| Change { by, preempt_and_abort });
         let bytes = encode_shared(&s, by.as_ref());
         let (back, back_by) = decode_shared(&bytes).unwrap();
         proptest::prop_assert_eq!(back, s);
@@ -421,6 +426,18 @@ pub(crate) fn pr_out(action: u8, pr_type: u8, key: u64, sa_key: u64) -> PrOutReq
     PrOutRequest::decode(&p, &data).unwrap()
 }
 
+fn aborts(fx: &[SideEffect]) -> Vec<String> {
+    let mut v: Vec<_> = fx
+        .iter()
+        .filter_map(|e| match e {
+            SideEffect::AbortTasks { nexus } => Some(nexus.initiator_port.clone()),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 fn ua_set(fx: &[SideEffect]) -> Vec<(String, u8, u8)> {
     let mut v: Vec<_> = fx
         .iter()
@@ -436,6 +453,7 @@ fn ua_set(fx: &[SideEffect]) -> Vec<(String, u8, u8)> {
 
 #[test]
 fn unit_attentions_from_the_change_of_state() {
+    let by = |n: Nexus| Change { by: n, preempt_and_abort: false };
     use crate::sense::{REGISTRATIONS_PREEMPTED, RESERVATIONS_PREEMPTED, RESERVATIONS_RELEASED};
     let ua = |n: Nexus, c: crate::sense::SenseCode| SideEffect::UnitAttention { nexus: n, sense: c.sense() };
     let ro = reserved(PrType::WriteExclusiveRegistrantsOnly);
@@ -444,28 +462,28 @@ fn unit_attentions_from_the_change_of_state() {
     after.registrations.retain(|r| r.nexus != holder());
     after.reservation =
         Some(PersistentReservation { holder: registrant(), pr_type: PrType::WriteExclusiveRegistrantsOnly });
-    assert_eq!(unit_attentions(&ro, &after, Some(&registrant())), vec![ua(holder(), REGISTRATIONS_PREEMPTED)]);
+    assert_eq!(unit_attentions(&ro, &after, Some(&by(registrant()))), vec![ua(holder(), REGISTRATIONS_PREEMPTED)]);
     // CLEAR by the holder.
     let cleared = ReservationState { generation: 3, ..Default::default() };
-    assert_eq!(unit_attentions(&ro, &cleared, Some(&holder())), vec![ua(registrant(), RESERVATIONS_PREEMPTED)]);
+    assert_eq!(unit_attentions(&ro, &cleared, Some(&by(holder()))), vec![ua(registrant(), RESERVATIONS_PREEMPTED)]);
     // RELEASE of a registrants-only reservation, and of a Write Exclusive one.
     let mut released = ro.clone();
     released.reservation = None;
-    assert_eq!(unit_attentions(&ro, &released, Some(&holder())), vec![ua(registrant(), RESERVATIONS_RELEASED)]);
+    assert_eq!(unit_attentions(&ro, &released, Some(&by(holder()))), vec![ua(registrant(), RESERVATIONS_RELEASED)]);
     let we = reserved(PrType::WriteExclusive);
     let mut we_released = we.clone();
     we_released.reservation = None;
-    assert_eq!(unit_attentions(&we, &we_released, Some(&holder())), vec![]);
+    assert_eq!(unit_attentions(&we, &we_released, Some(&by(holder()))), vec![]);
     // A new registration, or the same state: nothing.
     let mut more = ro.clone();
     more.registrations.push(Registration { nexus: other(), key: 3 });
-    assert_eq!(unit_attentions(&ro, &more, Some(&other())), vec![]);
+    assert_eq!(unit_attentions(&ro, &more, Some(&by(other()))), vec![]);
     assert_eq!(unit_attentions(&ro, &ro, None), vec![]);
     // The holder's own unregistration is not preempted.
     let mut gone = ro.clone();
     gone.registrations.retain(|r| r.nexus != holder());
     gone.reservation = None;
-    assert_eq!(unit_attentions(&ro, &gone, Some(&holder())), vec![ua(registrant(), RESERVATIONS_RELEASED)]);
+    assert_eq!(unit_attentions(&ro, &gone, Some(&by(holder()))), vec![ua(registrant(), RESERVATIONS_RELEASED)]);
 }
 
 proptest::proptest! {
@@ -490,8 +508,10 @@ proptest::proptest! {
         let mut next = start.clone();
         let mut fx = Vec::new();
         if next.apply_pr_out(&actor, &req, &mut fx).is_ok() {
-            let derived = unit_attentions(&start, &next, Some(&actor));
+            let change = Change { by: actor.clone(), preempt_and_abort: action == 5 };
+            let derived = unit_attentions(&start, &next, Some(&change));
             proptest::prop_assert_eq!(ua_set(&derived), ua_set(&fx), "{:?} by {:?}", req, actor);
+            proptest::prop_assert_eq!(aborts(&derived), aborts(&fx), "{:?} by {:?}", req, actor);
         }
     }
 }
