@@ -179,8 +179,8 @@ impl Default for ClusterOptions {
 
 /// The cluster's reservations of one logical unit, as this gateway sees
 /// them: the [`ReservationStore`] of its disk, and a watcher thread that
-/// ends (and unwatches) once the device is gone. Dropping this handle
-/// changes nothing; [`ClusterReservations::stop`] ends the watcher now.
+/// ends (unwatches, and removes its fence record) once the device is gone.
+/// Dropping this handle changes nothing.
 pub struct ClusterReservations {
     inner: Arc<Inner>,
 }
@@ -197,14 +197,14 @@ struct Inner {
 
 enum Signal {
     Watch(WatchEvent),
-    Stop,
 }
 
 impl ClusterReservations {
     /// Connects to the image's cluster, reads the object into `device`'s
     /// copy, watches it, records this gateway's address, starts the watcher
     /// thread and makes this the store of `device`'s disk. Blocking (control
-    /// plane); keep the returned handle as long as the device lives.
+    /// plane). The returned handle only answers questions: the store and
+    /// the thread live as long as the device.
     pub fn attach(
         device: &Arc<Device>,
         options: &RbdOptions,
@@ -234,12 +234,6 @@ impl ClusterReservations {
                 })
             })?;
         Ok(ClusterReservations { inner })
-    }
-
-    /// Ends the watcher thread (its watch goes; the disk keeps the store):
-    /// for tests that play a gateway that stops answering.
-    pub fn stop(&self) {
-        let _ = self.inner.events.lock().unwrap_or_else(|e| e.into_inner()).send(Signal::Stop);
     }
 
     /// This gateway's client id (what notify replies and `ceph` name).
@@ -429,7 +423,7 @@ impl Inner {
                 break;
             }
             let healthy = match rx.recv_timeout(self.settings.check_interval) {
-                Ok(Signal::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Ok(Signal::Watch(WatchEvent::Notify { notify_id, .. })) => {
                     // The payload is the writer's new version; the object is
                     // read whatever it says (a later change may be there too).
