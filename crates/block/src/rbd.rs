@@ -44,6 +44,9 @@
 mod ffi;
 #[cfg(lunar_rbd)]
 mod image;
+#[cfg(lunar_rbd)]
+mod rados_ffi;
+pub mod shared_object;
 
 use std::path::PathBuf;
 
@@ -232,6 +235,13 @@ impl RbdBackend {
         self.inner.load().lock_owners()
     }
 
+    /// The addresses of the client that reads and writes the image, as a
+    /// blocklist takes them: what fencing this gateway's data path cuts
+    /// (it changes when the image is reopened).
+    pub fn client_addrs(&self) -> Result<String> {
+        self.inner.load().client_addrs()
+    }
+
     /// An image metadata value (blocking: a cluster round trip).
     pub fn metadata(&self, key: &str) -> Result<Option<String>> {
         self.inner.load().metadata_get(key)
@@ -368,6 +378,10 @@ impl RbdBackend {
     }
 
     pub fn metadata(&self, _key: &str) -> Result<Option<String>> {
+        match self.never {}
+    }
+
+    pub fn client_addrs(&self) -> Result<String> {
         match self.never {}
     }
 

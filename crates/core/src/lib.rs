@@ -11,6 +11,7 @@
 //! it by sending a job there, through [`follow`].
 
 mod background;
+pub mod cluster_reservations;
 pub mod device;
 pub mod event;
 pub mod follow;

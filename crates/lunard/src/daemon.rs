@@ -148,16 +148,7 @@ pub(crate) fn open_backend(spec: &BackendSpec, readonly: bool) -> Result<Backend
             Ok(Backend::File(Arc::new(f)))
         }
         BackendSpec::Rbd(r) => {
-            let options = RbdOptions {
-                pool: r.pool.clone(),
-                image: r.image.clone(),
-                namespace: r.namespace.clone(),
-                conf: r.conf.clone(),
-                id: r.id.clone(),
-                keyring: r.keyring.clone(),
-                exclusive: r.exclusive,
-                readonly,
-            };
+            let options = rbd_options(r, readonly);
             let b = RbdBackend::open(&options).map_err(|e| e.to_string())?;
             if b.size() == 0 {
                 return Err(format!("rbd image {} is empty", options.spec()));
@@ -165,6 +156,35 @@ pub(crate) fn open_backend(spec: &BackendSpec, readonly: bool) -> Result<Backend
             Ok(Backend::Rbd(Arc::new(b)))
         }
     }
+}
+
+fn rbd_options(r: &crate::config::RbdSpec, readonly: bool) -> RbdOptions {
+    RbdOptions {
+        pool: r.pool.clone(),
+        image: r.image.clone(),
+        namespace: r.namespace.clone(),
+        conf: r.conf.clone(),
+        id: r.id.clone(),
+        keyring: r.keyring.clone(),
+        exclusive: r.exclusive,
+        readonly,
+    }
+}
+
+/// `pr=cluster`: the LUN's persistent reservations become the cluster's
+/// (`lunar_core::cluster_reservations`), shared with every gateway serving
+/// the image so. Blocking (connects to the cluster); call it right after
+/// the device is added, before initiators can reach it. The watcher thread
+/// it starts ends with the device.
+pub(crate) fn share_reservations(dev: &Arc<lunar_core::Device>, l: &LunConfig) -> Result<(), String> {
+    let BackendSpec::Rbd(r) = &l.backend else { return Ok(()) };
+    if !r.pr_cluster {
+        return Ok(());
+    }
+    let options = rbd_options(r, l.readonly);
+    lunar_core::cluster_reservations::ClusterReservations::attach(dev, &options, Default::default())
+        .map(|_| ())
+        .map_err(|e| format!("reservations shared by the cluster: {e}"))
 }
 
 /// The backend of a LUN: [`open_backend`], wrapped for fault injection
@@ -241,6 +261,7 @@ impl Daemon {
                 if let BackendSpec::File { path, .. } = &l.backend {
                     restore_reservations(&dev, path).map_err(err)?;
                 }
+                share_reservations(&dev, l).map_err(err)?;
                 if let Some(g) = Gateways::of(config) {
                     crate::ownership::attach(&dev, &g);
                 }

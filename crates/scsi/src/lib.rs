@@ -66,6 +66,7 @@ pub use alua::{
 pub use cdb::table::{cdb_length, IoClass, OPCODES};
 pub use cdb::{cut_write, Command, CutWrite, DataDirection};
 pub use commands::extended_copy::{CopyGate, CopyPass, CopyResolver, CopyTarget, CopyTargets};
+pub use commands::persistent_reserve::{PrOut, PrOutAction, PrOutRequest};
 pub use commands::sanitize::SanitizeOperation;
 pub use commands::{
     inquiry::Inquiry, log::LogSense, mode::ModeSelect, mode::ModeSense, opcodes::ReportOpcodes, unit::StartStopUnit,
@@ -77,6 +78,9 @@ pub use disk::{
 pub use error::{CopyAbort, ScsiError};
 pub use lun::{answer_without_lun, report_luns_data};
 pub use lunar_block::Backend;
-pub use reservation::{Nexus, PrType, ReservationState, RestoreError, SideEffect};
+pub use reservation::{
+    decode_shared, encode_shared, monotonic_nanos, unit_attentions, Change, Nexus, PrType, ReservationState,
+    ReservationStore, RestoreError, SideEffect, StoreFuture,
+};
 pub use sense::{FieldPointer, Sense, SenseCode, SenseKey};
 pub use status::Status;

@@ -13,12 +13,16 @@
 //! readers load a snapshot without a lock. Writers copy, modify and publish
 //! under a `Mutex` (`Reservations::update`).
 
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use thiserror::Error;
 
 use crate::cdb::{table, Command};
+use crate::commands::persistent_reserve::PrOutRequest;
 use crate::disk::{Disk, ExecContext};
 use crate::error::ScsiError;
 use crate::sense::Sense;
@@ -280,7 +284,49 @@ pub(crate) struct Reservations {
     /// the read path, and not held across an await. Without it two
     /// concurrent PR OUTs could each publish a copy missing the other's
     /// change (a lost registration).
-    writer: Mutex<()>,
+    /// Also holds the version of the shared store's object last published
+    /// ([`Reservations::publish`]; 0 for a state of this process only).
+    writer: Mutex<u64>,
+    /// Where the state is shared with other gateways, if it is.
+    store: OnceLock<Arc<dyn ReservationStore>>,
+    /// With a store: the copy here is trusted until this instant (nanoseconds
+    /// of [`monotonic_nanos`]); past it, or 0 (the store's watch broke), every
+    /// command but the unrestricted ones is refused NOT READY, BECOMING
+    /// READY, until the store has confirmed its watch or read the state
+    /// again ([`Disk::renew_reservations`]). A process that was stopped
+    /// (SIGSTOP) and missed a change finds its lease expired when it runs
+    /// again, before its watcher thread has noticed anything.
+    lease_until: AtomicU64,
+    /// A store is set: the lease is checked (one load; false for a state of
+    /// this process, whose checks are as before).
+    shared: AtomicBool,
+}
+
+/// Nanoseconds since the first call, on the monotonic clock (which runs on
+/// while the process is stopped).
+pub fn monotonic_nanos() -> u64 {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    let e = *EPOCH.get_or_init(std::time::Instant::now);
+    u64::try_from(e.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The future of [`ReservationStore::apply`].
+pub type StoreFuture = Pin<Box<dyn Future<Output = Result<Vec<SideEffect>, ScsiError>> + Send>>;
+
+/// Where the reservation state of a logical unit served by several
+/// gateways lives (the cluster; see `lunar-core`'s `cluster_reservations`).
+/// Without one the state is this process's: PERSISTENT RESERVE OUT changes
+/// it in memory under [`Reservations`]' writer lock. With one, every PR OUT
+/// goes through [`ReservationStore::apply`], which applies the same rules
+/// ([`ReservationState::apply_pr_out`]) to the shared copy, publishes the
+/// result into this disk's copy ([`Disk::publish_reservations`]) and
+/// completes only when every other gateway has it too (or was fenced).
+/// Commands are still checked against this disk's copy, without a lock.
+pub trait ReservationStore: Send + Sync {
+    /// Applies `req`, received on `nexus`, to the shared state; returns the
+    /// side effects for this gateway (unit attentions, aborts). Runs its
+    /// blocking work off the calling (I/O) thread.
+    fn apply(&self, nexus: Nexus, req: PrOutRequest) -> StoreFuture;
 }
 
 impl std::fmt::Debug for Reservations {
@@ -291,7 +337,13 @@ impl std::fmt::Debug for Reservations {
 
 impl Default for Reservations {
     fn default() -> Self {
-        Reservations { current: ArcSwap::from_pointee(ReservationState::default()), writer: Mutex::new(()) }
+        Reservations {
+            current: ArcSwap::from_pointee(ReservationState::default()),
+            writer: Mutex::new(0),
+            store: OnceLock::new(),
+            lease_until: AtomicU64::new(0),
+            shared: AtomicBool::new(false),
+        }
     }
 }
 
@@ -311,6 +363,12 @@ impl Reservations {
     /// The conflict check of an access by `nexus` (lock-free; with no
     /// reservation it only loads the snapshot pointer).
     pub(crate) fn check(&self, access: Access, nexus: &Nexus) -> Result<(), ScsiError> {
+        if access != Access::Unrestricted
+            && self.shared.load(Ordering::Acquire)
+            && monotonic_nanos() >= self.lease_until.load(Ordering::Acquire)
+        {
+            return Err(ScsiError::Sense(crate::sense::BECOMING_READY.sense()));
+        }
         let s = self.peek();
         if s.is_idle() {
             return Ok(());
@@ -345,6 +403,77 @@ impl Reservations {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         self.current.store(Arc::new(state));
     }
+
+    pub(crate) fn store(&self) -> Option<&Arc<dyn ReservationStore>> {
+        self.store.get()
+    }
+
+    /// Publishes the shared store's state of object version `version`,
+    /// unless a newer one was published already (the watcher and a PR OUT
+    /// of this gateway may publish in either order). Returns the state it
+    /// replaced. The SPC-2 holder stays this process's.
+    fn publish(&self, version: u64, mut state: ReservationState) -> Option<Arc<ReservationState>> {
+        let mut published = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if version <= *published {
+            return None;
+        }
+        *published = version;
+        let old = self.current.load_full();
+        state.spc2_holder.clone_from(&old.spc2_holder);
+        self.current.store(Arc::new(state));
+        Some(old)
+    }
+}
+
+/// The unit attentions a change of the shared state from `old` to `new`,
+/// made by a PERSISTENT RESERVE OUT received on `changed_by`, calls for
+/// (SPC-5 5.13.10, 5.13.11): what a gateway that learns of the change from
+/// the cluster raises for its own I_T nexuses (the gateway that made the
+/// change has them from [`ReservationState::apply_pr_out`] itself).
+///
+/// - A registration removed by another nexus: REGISTRATIONS PREEMPTED if
+///   that nexus is still registered (PREEMPT), RESERVATIONS PREEMPTED if
+///   not (CLEAR removes every registration, its own too).
+/// - A reservation of a registrants-only or all-registrants type released
+///   (RELEASE, or its holder unregistered), or any reservation whose type
+///   changed (PREEMPT with another type): RESERVATIONS RELEASED for every
+///   nexus registered before and after, but the one that made the change.
+///
+/// A PREEMPT AND ABORT also aborts the tasks of the preempted nexuses
+/// ([`SideEffect::AbortTasks`], SPC-5 5.13.11.2.6).
+///
+/// When several changes are seen at once (a gateway that was behind), the
+/// result is the union over the end points, attributed to the last
+/// change.
+pub fn unit_attentions(old: &ReservationState, new: &ReservationState, change: Option<&Change>) -> Vec<SideEffect> {
+    use crate::sense::{REGISTRATIONS_PREEMPTED, RESERVATIONS_PREEMPTED, RESERVATIONS_RELEASED};
+    let changed_by = change.map(|c| &c.by);
+    let by = |n: &Nexus| changed_by.is_some_and(|c| n.covers(c) || c.covers(n));
+    let actor_registered = changed_by.is_some_and(|c| new.registration(c).is_some());
+    let mut out = Vec::new();
+    for r in &old.registrations {
+        if by(&r.nexus) || new.registrations.iter().any(|g| g.nexus == r.nexus) {
+            continue;
+        }
+        let sense = if actor_registered { REGISTRATIONS_PREEMPTED } else { RESERVATIONS_PREEMPTED };
+        out.push(SideEffect::UnitAttention { nexus: r.nexus.clone(), sense: sense.sense() });
+        if actor_registered && change.is_some_and(|c| c.preempt_and_abort) {
+            out.push(SideEffect::AbortTasks { nexus: r.nexus.clone() });
+        }
+    }
+    let released = match (&old.reservation, &new.reservation) {
+        (Some(o), None) => o.pr_type.admits_registrants(),
+        (Some(o), Some(n)) => o.pr_type != n.pr_type,
+        _ => false,
+    };
+    if released {
+        for r in &new.registrations {
+            if !by(&r.nexus) && old.registrations.iter().any(|g| g.nexus == r.nexus) {
+                out.push(SideEffect::UnitAttention { nexus: r.nexus.clone(), sense: RESERVATIONS_RELEASED.sense() });
+            }
+        }
+    }
+    out
 }
 
 /// Why [`Disk::restore_reservations`] refused its input.
@@ -360,38 +489,79 @@ pub enum RestoreError {
     Invalid(&'static str),
 }
 
-/// Encoding, version 1 (all integers big endian):
-/// `"LPRS"`, version u8, generation u32, aptpl u8, reservation type u8 (0:
-/// none), holder index u32 (into the registrations; u32::MAX for none),
-/// registration count u32, then per registration: key u64, target port
-/// u16, initiator port length u16, initiator port (UTF-8).
+/// Encoding (all integers big endian). Version 1: `"LPRS"`, version u8,
+/// generation u32, aptpl u8, reservation type u8 (0: none), holder index u32
+/// (into the registrations; u32::MAX for none), registration count u32,
+/// then per registration: key u64, target port u16, initiator port length
+/// u16, initiator port (UTF-8).
+///
+/// The change that made a shared state: the nexus whose PERSISTENT RESERVE
+/// OUT it was, and whether it was a PREEMPT AND ABORT (the other gateways
+/// then abort the preempted nexuses' tasks too).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub by: Nexus,
+    pub preempt_and_abort: bool,
+}
+
+/// Version 2 (written since the state is shared between gateways, see
+/// [`encode_shared`]): the same up to the reservation type, then, when
+/// there is a reservation, its holder as a nexus (target port u16, length
+/// u16, name: an all-registrants reservation outlives the registration of
+/// the nexus that created it, which version 1 could not say), the
+/// registration count and registrations as in version 1, and last the
+/// [`Change`] that made the state (u8: 0 none, 1 a nexus follows, 2 a nexus
+/// follows and it was a PREEMPT AND ABORT), from which other gateways decide
+/// their unit attentions ([`unit_attentions`]). Both versions decode.
 const MAGIC: &[u8; 4] = b"LPRS";
-const VERSION: u8 = 1;
+const VERSION_1: u8 = 1;
+const VERSION: u8 = 2;
 const NO_HOLDER: u32 = u32::MAX;
 
+fn put_nexus(b: &mut Vec<u8>, n: &Nexus) {
+    b.extend_from_slice(&n.target_port.to_be_bytes());
+    b.extend_from_slice(&(n.initiator_port.len() as u16).to_be_bytes());
+    b.extend_from_slice(n.initiator_port.as_bytes());
+}
+
+/// Names longer than a u16 length cannot be encoded (no transport makes
+/// them: an iSCSI name has at most 223 bytes).
+fn encodable(n: &Nexus) -> bool {
+    u16::try_from(n.initiator_port.len()).is_ok()
+}
+
 fn encode(s: &ReservationState) -> Vec<u8> {
-    let mut b = Vec::with_capacity(20 + s.registrations.len() * 64);
+    encode_shared(s, None)
+}
+
+/// The versioned encoding of the persistent part of `s` (the SPC-2
+/// reservation is never part of it) and of the change that made it:
+/// what the APTPL file and the cluster's reservation object hold.
+pub fn encode_shared(s: &ReservationState, change: Option<&Change>) -> Vec<u8> {
+    let mut b = Vec::with_capacity(24 + s.registrations.len() * 64);
     b.extend_from_slice(MAGIC);
     b.push(VERSION);
     b.extend_from_slice(&s.generation.to_be_bytes());
     b.push(u8::from(s.aptpl));
-    let (ty, holder) = match &s.reservation {
-        None => (0, NO_HOLDER),
-        Some(r) => {
-            let i = s.registrations.iter().position(|g| g.nexus == r.holder);
-            (r.pr_type as u8, i.and_then(|i| u32::try_from(i).ok()).unwrap_or(NO_HOLDER))
+    match &s.reservation {
+        Some(r) if encodable(&r.holder) => {
+            b.push(r.pr_type as u8);
+            put_nexus(&mut b, &r.holder);
         }
-    };
-    b.push(ty);
-    b.extend_from_slice(&holder.to_be_bytes());
-    let regs: Vec<&Registration> =
-        s.registrations.iter().filter(|r| u16::try_from(r.nexus.initiator_port.len()).is_ok()).collect();
+        _ => b.push(0),
+    }
+    let regs: Vec<&Registration> = s.registrations.iter().filter(|r| encodable(&r.nexus)).collect();
     b.extend_from_slice(&(regs.len() as u32).to_be_bytes());
     for r in regs {
         b.extend_from_slice(&r.key.to_be_bytes());
-        b.extend_from_slice(&r.nexus.target_port.to_be_bytes());
-        b.extend_from_slice(&(r.nexus.initiator_port.len() as u16).to_be_bytes());
-        b.extend_from_slice(r.nexus.initiator_port.as_bytes());
+        put_nexus(&mut b, &r.nexus);
+    }
+    match change.filter(|c| encodable(&c.by)) {
+        Some(c) => {
+            b.push(if c.preempt_and_abort { 2 } else { 1 });
+            put_nexus(&mut b, &c.by);
+        }
+        None => b.push(0),
     }
     b
 }
@@ -418,15 +588,29 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(self.take(N)?);
         Ok(a)
     }
+
+    fn nexus(&mut self) -> Result<Nexus, RestoreError> {
+        let target_port = u16::from_be_bytes(self.be()?);
+        let len = usize::from(u16::from_be_bytes(self.be()?));
+        let name = std::str::from_utf8(self.take(len)?).map_err(|_| RestoreError::Invalid("initiator port name"))?;
+        Ok(Nexus::new(name, target_port))
+    }
 }
 
 fn decode(bytes: &[u8]) -> Result<ReservationState, RestoreError> {
+    decode_shared(bytes).map(|(s, _)| s)
+}
+
+/// Decodes what [`encode_shared`] (or a version 1 APTPL file) holds: the
+/// state and the change that made it. Never panics: the bytes may
+/// come from the cluster, written by anyone.
+pub fn decode_shared(bytes: &[u8]) -> Result<(ReservationState, Option<Change>), RestoreError> {
     let mut r = Reader(bytes);
     if r.take(4).map_err(|_| RestoreError::BadMagic)? != MAGIC {
         return Err(RestoreError::BadMagic);
     }
     let version = r.u8()?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(RestoreError::UnsupportedVersion(version));
     }
     let generation = u32::from_be_bytes(r.be()?);
@@ -436,7 +620,15 @@ fn decode(bytes: &[u8]) -> Result<ReservationState, RestoreError> {
         _ => return Err(RestoreError::Invalid("APTPL")),
     };
     let ty = r.u8()?;
-    let holder = u32::from_be_bytes(r.be()?);
+    let pr_type = match ty {
+        0 => None,
+        t => Some(PrType::from_u8(t).ok_or(RestoreError::Invalid("reservation type"))?),
+    };
+    let (holder_index, holder) = if version == VERSION_1 {
+        (u32::from_be_bytes(r.be()?), None)
+    } else {
+        (NO_HOLDER, pr_type.map(|_| r.nexus()).transpose()?)
+    };
     let count = u32::from_be_bytes(r.be()?) as usize;
     if count > MAX_REGISTRATIONS {
         return Err(RestoreError::Invalid("too many registrations"));
@@ -444,29 +636,43 @@ fn decode(bytes: &[u8]) -> Result<ReservationState, RestoreError> {
     let mut registrations = Vec::with_capacity(count);
     for _ in 0..count {
         let key = u64::from_be_bytes(r.be()?);
-        let target_port = u16::from_be_bytes(r.be()?);
-        let len = usize::from(u16::from_be_bytes(r.be()?));
-        let name = std::str::from_utf8(r.take(len)?).map_err(|_| RestoreError::Invalid("initiator port name"))?;
+        let nexus = r.nexus()?;
         if key == 0 {
             return Err(RestoreError::Invalid("zero reservation key"));
         }
-        registrations.push(Registration { nexus: Nexus::new(name, target_port), key });
+        registrations.push(Registration { nexus, key });
     }
+    let changed_by = match version {
+        VERSION_1 => None,
+        _ => match r.u8()? {
+            0 => None,
+            f @ (1 | 2) => Some(Change { by: r.nexus()?, preempt_and_abort: f == 2 }),
+            _ => return Err(RestoreError::Invalid("change flag")),
+        },
+    };
     if !r.0.is_empty() {
         return Err(RestoreError::Invalid("trailing bytes"));
     }
-    let reservation = match ty {
-        0 => None,
-        t => {
-            let pr_type = PrType::from_u8(t).ok_or(RestoreError::Invalid("reservation type"))?;
-            let holder = usize::try_from(holder)
-                .ok()
-                .and_then(|i| registrations.get(i))
-                .ok_or(RestoreError::Invalid("reservation holder"))?;
-            Some(PersistentReservation { holder: holder.nexus.clone(), pr_type })
+    let reservation = match pr_type {
+        None => None,
+        Some(pr_type) => {
+            let holder = match holder {
+                Some(h) => h,
+                None => usize::try_from(holder_index)
+                    .ok()
+                    .and_then(|i| registrations.get(i))
+                    .ok_or(RestoreError::Invalid("reservation holder"))?
+                    .nexus
+                    .clone(),
+            };
+            // Only an all-registrants reservation outlives its creator's registration.
+            if !pr_type.all_registrants() && !registrations.iter().any(|g| g.nexus.covers(&holder)) {
+                return Err(RestoreError::Invalid("reservation holder"));
+            }
+            Some(PersistentReservation { holder, pr_type })
         }
     };
-    Ok(ReservationState { generation, aptpl, registrations, reservation, spc2_holder: None })
+    Ok((ReservationState { generation, aptpl, registrations, reservation, spc2_holder: None }, changed_by))
 }
 
 impl Disk {
@@ -501,6 +707,50 @@ impl Disk {
         }
         self.reservations.replace(s);
         Ok(())
+    }
+
+    /// Makes the state of this logical unit the one of `store`, shared with
+    /// other gateways (set once, before the first command; a second call is
+    /// ignored). RESERVE and RELEASE (SPC-2) are then refused: they are not
+    /// shared.
+    /// The copy starts stale: call [`Disk::renew_reservations`] once it
+    /// holds the shared state.
+    pub fn set_reservation_store(&self, store: Arc<dyn ReservationStore>) {
+        if self.reservations.store.set(store).is_ok() {
+            self.reservations.shared.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether the state is shared through a [`ReservationStore`].
+    pub fn has_reservation_store(&self) -> bool {
+        self.reservations.store().is_some()
+    }
+
+    /// Publishes a state read from the shared store, of object version
+    /// `version`: returns the state it replaced, or `None` when this copy
+    /// already has that version or a newer one.
+    pub fn publish_reservations(&self, version: u64, state: ReservationState) -> Option<Arc<ReservationState>> {
+        self.reservations.publish(version, state)
+    }
+
+    /// Marks this copy of the shared state as possibly behind (its watch
+    /// broke): commands but the unrestricted ones are refused NOT READY,
+    /// BECOMING READY, until [`Disk::renew_reservations`].
+    pub fn set_reservations_stale(&self) {
+        self.reservations.lease_until.store(0, Ordering::Release);
+    }
+
+    /// Trusts this copy of the shared state until `until` (a
+    /// [`monotonic_nanos`] instant): the store has confirmed its watch, so
+    /// no change can have been missed before then.
+    pub fn renew_reservations(&self, until: u64) {
+        self.reservations.lease_until.store(until, Ordering::Release);
+    }
+
+    /// Whether the copy is trusted now (always, without a store).
+    pub fn reservations_current(&self) -> bool {
+        !self.reservations.shared.load(Ordering::Acquire)
+            || monotonic_nanos() < self.reservations.lease_until.load(Ordering::Acquire)
     }
 
     /// Logical unit reset, hard reset or power on: releases the SPC-2

@@ -323,6 +323,9 @@ codes! {
     NO_SENSE = NoSense, 0x00, 0x00;
     /// LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE.
     NOT_READY = NotReady, 0x04, 0x00;
+    /// LOGICAL UNIT IS IN PROCESS OF BECOMING READY (initiators retry it):
+    /// a gateway re-reading the cluster's reservation state.
+    BECOMING_READY = NotReady, 0x04, 0x01;
     /// LOGICAL UNIT NOT READY, INITIALIZING COMMAND REQUIRED (after STOP UNIT).
     NOT_READY_INITIALIZING_COMMAND_REQUIRED = NotReady, 0x04, 0x02;
     /// LOGICAL UNIT NOT READY, MANUAL INTERVENTION REQUIRED.

@@ -46,6 +46,8 @@ extern "C" {
     pub fn rados_conf_get(cluster: rados_t, option: *const c_char, buf: *mut c_char, len: usize) -> c_int;
     pub fn rados_connect(cluster: rados_t) -> c_int;
     pub fn rados_shutdown(cluster: rados_t);
+    pub fn rados_getaddrs(cluster: rados_t, addrs: *mut *mut c_char) -> c_int;
+    pub fn rados_buffer_free(buf: *mut c_char);
     pub fn rados_ioctx_create(cluster: rados_t, pool_name: *const c_char, ioctx: *mut rados_ioctx_t) -> c_int;
     pub fn rados_ioctx_destroy(io: rados_ioctx_t);
     pub fn rados_ioctx_set_namespace(io: rados_ioctx_t, nspace: *const c_char);

@@ -363,6 +363,21 @@ impl Image {
         Ok(img)
     }
 
+    /// This client's addresses as the blocklist takes them (`rados_getaddrs`).
+    pub(super) fn client_addrs(&self) -> Result<String> {
+        let mut out: *mut c_char = ptr::null_mut();
+        // SAFETY: a connected cluster handle and a valid out-pointer.
+        let r = unsafe { ffi::rados_getaddrs(self.cluster, &mut out) };
+        if r < 0 || out.is_null() {
+            return Err(BlockError::from_errno(if r < 0 { -r } else { libc::EIO }, "client-address", 0, 0));
+        }
+        // SAFETY: a NUL-terminated string librados allocated for us.
+        let s = unsafe { CStr::from_ptr(out) }.to_string_lossy().into_owned();
+        // SAFETY: allocated by librados, released once.
+        unsafe { ffi::rados_buffer_free(out) };
+        Ok(s)
+    }
+
     /// Whether this client holds the image's exclusive lock now (librbd's
     /// own state: no cluster round trip).
     pub(super) fn owns_lock(&self) -> bool {

@@ -43,6 +43,9 @@ LUN SPEC (comma-separated key=value; write ,, for a comma inside a value):
   exclusive=on|off         rbd: take the image's exclusive lock and keep it
                            (no other client writes the image; COMPARE AND
                            WRITE of any size) [default: off]
+  pr=local|cluster         rbd: persistent reservations in this process, or
+                           in the cluster, shared by every gateway serving
+                           the image with pr=cluster [default: local]
 
 With --config FILE, the command line overrides the file: single values
 replace the file's; --listen replaces the file's portals; --vhost-user adds

@@ -235,6 +235,10 @@ pub struct RbdSpec {
     /// no other client can write the image, and COMPARE AND WRITE of any
     /// size is atomic.
     pub exclusive: bool,
+    /// Persistent reservations live in the cluster, shared with the other
+    /// gateways serving the image (`pr=cluster`; default `pr=local`: this
+    /// process's memory). See docs/cluster.md.
+    pub pr_cluster: bool,
 }
 
 impl BackendSpec {

@@ -165,6 +165,9 @@ pub fn lun_table(number: Option<u64>, l: &LunConfig) -> Result<Table, String> {
             if r.exclusive {
                 t.insert("exclusive", value(true));
             }
+            if r.pr_cluster {
+                t.insert("pr", value("cluster"));
+            }
         }
     }
     if l.block_size != 512 {

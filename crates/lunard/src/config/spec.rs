@@ -32,10 +32,11 @@ pub(crate) const LUN_KEYS: &[&str] = &[
     "id",
     "keyring",
     "exclusive",
+    "pr",
 ];
 
 /// The keys only `backend=rbd` takes.
-const RBD_KEYS: &[&str] = &["pool", "image", "namespace", "conf", "id", "keyring", "exclusive"];
+const RBD_KEYS: &[&str] = &["pool", "image", "namespace", "conf", "id", "keyring", "exclusive", "pr"];
 
 pub(crate) const BACKENDS: &[&str] = &["mem", "null", "file", "rbd"];
 pub(crate) const DEFAULT_VENDOR: &str = "LUNAR";
@@ -201,6 +202,13 @@ impl LunBuilder {
             "conf" => self.rbd.conf = Some(PathBuf::from(value)),
             "keyring" => self.rbd.keyring = Some(PathBuf::from(value)),
             "exclusive" => self.rbd.exclusive = on_off(k, value)?,
+            "pr" => {
+                self.rbd.pr_cluster = match value {
+                    "local" => false,
+                    "cluster" => true,
+                    _ => return Err(bad("expected `local` or `cluster`")),
+                }
+            }
             // Every key of LUN_KEYS is handled above; keep this total.
             _ => return Err(ConfigError::UnknownKey { what: "LUN spec", key: k.to_string(), valid: LUN_KEYS }),
         }
@@ -374,6 +382,9 @@ pub(crate) fn describe(lun: &LunConfig) -> String {
             if r.exclusive {
                 s.push_str(", exclusive lock held");
             }
+            if r.pr_cluster {
+                s.push_str(", reservations shared by the cluster");
+            }
             s
         }
     }];
@@ -494,6 +505,7 @@ mod tests {
                 id: Some("lunar".into()),
                 keyring: Some("/k".into()),
                 exclusive: false,
+                pr_cluster: false,
             })
         );
         assert_eq!(
@@ -514,6 +526,12 @@ mod tests {
         assert_eq!(l.describe(), "rbd p/i, exclusive lock held, 512-byte blocks, thin");
         has(&err("backend=rbd,pool=p,image=i,exclusive=maybe"), &["`exclusive`", "`maybe`"]);
         has(&err("backend=mem,size=1G,exclusive=on"), &["`exclusive`", "only for backend=rbd"]);
+        let l = ok("backend=rbd,pool=p,image=i,pr=cluster");
+        assert!(matches!(&l.backend, BackendSpec::Rbd(r) if r.pr_cluster));
+        assert_eq!(l.describe(), "rbd p/i, reservations shared by the cluster, 512-byte blocks, thin");
+        assert!(matches!(&ok("backend=rbd,pool=p,image=i,pr=local").backend, BackendSpec::Rbd(r) if !r.pr_cluster));
+        has(&err("backend=rbd,pool=p,image=i,pr=everywhere"), &["`pr`", "`local` or `cluster`"]);
+        has(&err("backend=mem,size=1G,pr=cluster"), &["`pr`", "only for backend=rbd"]);
     }
 
     #[test]

@@ -776,6 +776,10 @@ async fn lun_add(ctx: &Context, t: &Arc<Target>, spec: &str, lun: Option<u64>) -
             .add_device(lun, crate::daemon::disk_config(t.name(), lun, &cfg, ctx.config.alua()), backend, policies)
             .await
             .map_err(MethodError::from)?;
+        if let Err(e) = crate::daemon::share_reservations(&dev, &cfg) {
+            let _ = t.remove_device(lun).await;
+            return Err(MethodError::Backend(e).into());
+        }
         if let Some(n) = cfg.iothread {
             // Before any queue opens: every one goes to that thread.
             t.move_device(lun, n + 1).await.map_err(MethodError::from)?;

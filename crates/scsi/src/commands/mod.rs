@@ -125,7 +125,7 @@ pub(crate) async fn execute(
             Ok(opcodes::report_tmfs(&ctx.tmf.unwrap_or_default(), *repd, *alloc_len))
         }
         PersistentReserveIn(p) => Ok(disk.persistent_reserve_in(p)),
-        PersistentReserveOut(p) => disk.persistent_reserve_out(p, &data, ctx, fx),
+        PersistentReserveOut(p) => disk.persistent_reserve_out(p, &data, ctx, fx).await,
         Reserve { .. } => disk.reserve_unit(ctx, fx),
         Release { .. } => disk.release_unit(ctx, fx),
         ExtendedCopy(x) => disk.extended_copy(x, data, ctx).await,

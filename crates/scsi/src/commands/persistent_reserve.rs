@@ -473,35 +473,93 @@ impl Disk {
         truncate(d, usize::from(p.alloc_len))
     }
 
-    pub(crate) fn persistent_reserve_out(
+    pub(crate) async fn persistent_reserve_out(
         &self,
         p: &PrOut,
         data: &[u8],
         ctx: &ExecContext,
         fx: &mut Vec<SideEffect>,
     ) -> Result<Vec<u8>, ScsiError> {
+        let req = PrOutRequest::decode(p, data)?;
+        let nexus = nexus_of(ctx);
+        if let Some(store) = self.reservations.store() {
+            // Shared with other gateways: the store runs the same rules on
+            // the cluster's copy (compare-and-set) and publishes the result here.
+            fx.extend(store.apply(nexus.clone(), req).await?);
+            return Ok(Vec::new());
+        }
+        self.reservations.update(fx, |s, fx| s.apply_pr_out(nexus, &req, fx)).map(|()| Vec::new())
+    }
+}
+
+/// A PERSISTENT RESERVE OUT with its parameter list decoded and checked:
+/// what [`ReservationState::apply_pr_out`] applies to a state, here or, for
+/// a logical unit shared by several gateways, in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrOutRequest {
+    action: PrOutAction,
+    pr_type: PrType,
+    params: PrOutParams,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PrOutParams {
+    Basic(BasicParams),
+    Move(MoveParams),
+}
+
+impl PrOutRequest {
+    /// Checks the CDB fields and decodes the parameter list (SPC-5 6.17.3-5).
+    pub fn decode(p: &PrOut, data: &[u8]) -> Result<PrOutRequest, ScsiError> {
         p.validate()?;
         let len = usize::try_from(p.param_len).unwrap_or(usize::MAX);
         let data = data.get(..len).ok_or(ScsiError::ParameterListLengthError)?;
-        let nexus = nexus_of(ctx);
         let pr_type = p.pr_type()?.unwrap_or(PrType::WriteExclusive);
-        if p.action == PrOutAction::RegisterAndMove {
-            let m = decode_move(data)?;
-            return self.reservations.update(fx, |s, _| s.register_and_move(nexus, m)).map(|()| Vec::new());
+        let params = match p.action {
+            PrOutAction::RegisterAndMove => PrOutParams::Move(decode_move(data)?),
+            _ => PrOutParams::Basic(decode_basic(data)?),
+        };
+        Ok(PrOutRequest { action: p.action, pr_type, params })
+    }
+
+    pub fn action(&self) -> PrOutAction {
+        self.action
+    }
+
+    /// Whether a success of this request changes PRGENERATION (SPC-5
+    /// 6.16.2: REGISTER, REGISTER AND IGNORE EXISTING KEY, CLEAR, PREEMPT,
+    /// PREEMPT AND ABORT and REGISTER AND MOVE; a REGISTER of key zero by
+    /// an unregistered nexus changes nothing at all).
+    pub fn bumps_generation(&self) -> bool {
+        !matches!(self.action, PrOutAction::Reserve | PrOutAction::Release)
+    }
+}
+
+impl ReservationState {
+    /// Applies a PERSISTENT RESERVE OUT received on `nexus` (SPC-5 5.13):
+    /// the rules, in one place, whether the state is this process's or the
+    /// cluster's. Unit attentions and aborts it calls for go to `fx`; on an
+    /// error the state may be partly changed and must be dropped.
+    pub fn apply_pr_out(
+        &mut self,
+        nexus: &Nexus,
+        req: &PrOutRequest,
+        fx: &mut Vec<SideEffect>,
+    ) -> Result<(), ScsiError> {
+        let b = match &req.params {
+            PrOutParams::Move(m) => return self.register_and_move(nexus, m.clone()),
+            PrOutParams::Basic(b) => *b,
+        };
+        match req.action {
+            PrOutAction::Register => self.register(nexus, b, false, fx),
+            PrOutAction::RegisterAndIgnoreExistingKey => self.register(nexus, b, true, fx),
+            PrOutAction::Reserve => self.reserve(nexus, b.key, req.pr_type),
+            PrOutAction::Release => self.release(nexus, b.key, req.pr_type, fx),
+            PrOutAction::Clear => self.clear(nexus, b.key, fx),
+            PrOutAction::Preempt => self.preempt(nexus, b, req.pr_type, false, fx),
+            PrOutAction::PreemptAndAbort => self.preempt(nexus, b, req.pr_type, true, fx),
+            PrOutAction::RegisterAndMove => Err(ScsiError::field(1, 4)),
         }
-        let b = decode_basic(data)?;
-        self.reservations
-            .update(fx, |s, fx| match p.action {
-                PrOutAction::Register => s.register(nexus, b, false, fx),
-                PrOutAction::RegisterAndIgnoreExistingKey => s.register(nexus, b, true, fx),
-                PrOutAction::Reserve => s.reserve(nexus, b.key, pr_type),
-                PrOutAction::Release => s.release(nexus, b.key, pr_type, fx),
-                PrOutAction::Clear => s.clear(nexus, b.key, fx),
-                PrOutAction::Preempt => s.preempt(nexus, b, pr_type, false, fx),
-                PrOutAction::PreemptAndAbort => s.preempt(nexus, b, pr_type, true, fx),
-                PrOutAction::RegisterAndMove => Err(ScsiError::field(1, 4)),
-            })
-            .map(|()| Vec::new())
     }
 }
 

@@ -28,11 +28,23 @@ pub(crate) fn decode_release10(_: Cdb<'_>) -> Result<Command, ScsiError> {
 }
 
 impl Disk {
+    /// A logical unit whose reservations are shared by several gateways
+    /// ([`Disk::set_reservation_store`]) refuses RESERVE and RELEASE with
+    /// INVALID COMMAND OPERATION CODE: an SPC-2 reservation is not shared
+    /// (it would hold on one gateway only); persistent reservations are.
+    fn refuse_when_shared(&self) -> Result<(), ScsiError> {
+        if self.has_reservation_store() {
+            return Err(ScsiError::Sense(crate::sense::INVALID_OPCODE.sense()));
+        }
+        Ok(())
+    }
+
     /// RESERVE: the nexus reserves the logical unit; reserving again is not
     /// an error. Conflicts with another nexus's reservation (also checked,
     /// without the lock, by the access class) and with any registration.
     pub(crate) fn reserve_unit(&self, ctx: &ExecContext, fx: &mut Vec<SideEffect>) -> Result<Vec<u8>, ScsiError> {
         let nexus = nexus_of(ctx);
+        self.refuse_when_shared()?;
         self.reservations.update(fx, |s, _| {
             if !s.registrations.is_empty() || s.spc2_holder.as_ref().is_some_and(|h| !h.covers(nexus)) {
                 return Err(ScsiError::ReservationConflict);
@@ -46,6 +58,7 @@ impl Disk {
     /// another nexus holds, or none, is GOOD and changes nothing.
     pub(crate) fn release_unit(&self, ctx: &ExecContext, fx: &mut Vec<SideEffect>) -> Result<Vec<u8>, ScsiError> {
         let nexus = nexus_of(ctx);
+        self.refuse_when_shared()?;
         self.reservations.update(fx, |s, _| {
             if !s.registrations.is_empty() {
                 return Err(ScsiError::ReservationConflict);

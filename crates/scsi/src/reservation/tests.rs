@@ -225,7 +225,7 @@ fn encoding_round_trips() {
     s.spc2_holder = None;
     d.reservations.replace(s.clone());
     let bytes = d.reservation_state_bytes();
-    assert_eq!(&bytes[..5], b"LPRS\x01");
+    assert_eq!(&bytes[..5], b"LPRS\x02");
     let e = disk(16);
     e.restore_reservations(&bytes).unwrap();
     assert_eq!(*e.reservation_state(), s);
@@ -250,7 +250,7 @@ fn restore_refuses_bad_input_and_keeps_state() {
     let good = d.reservation_state_bytes();
     assert_eq!(d.restore_reservations(b""), Err(RestoreError::BadMagic));
     assert_eq!(d.restore_reservations(b"XPRS\x01"), Err(RestoreError::BadMagic));
-    assert_eq!(d.restore_reservations(b"LPRS\x02"), Err(RestoreError::UnsupportedVersion(2)));
+    assert_eq!(d.restore_reservations(b"LPRS\x03"), Err(RestoreError::UnsupportedVersion(3)));
     for cut in 5..good.len() {
         assert_eq!(d.restore_reservations(&good[..cut]), Err(RestoreError::Truncated), "cut at {cut}");
     }
@@ -260,9 +260,13 @@ fn restore_refuses_bad_input_and_keeps_state() {
     let mut bad_type = good.clone();
     bad_type[10] = 2;
     assert!(matches!(d.restore_reservations(&bad_type), Err(RestoreError::Invalid(_))));
+    // A Write Exclusive holder that is not registered.
     let mut bad_holder = good.clone();
-    bad_holder[11..15].copy_from_slice(&5u32.to_be_bytes());
-    assert!(matches!(d.restore_reservations(&bad_holder), Err(RestoreError::Invalid(_))));
+    bad_holder[15 + 20] = b'#';
+    assert_eq!(d.restore_reservations(&bad_holder), Err(RestoreError::Invalid("reservation holder")));
+    let mut bad_changed_by = good.clone();
+    *bad_changed_by.last_mut().unwrap() = 3;
+    assert!(matches!(d.restore_reservations(&bad_changed_by), Err(RestoreError::Invalid(_))));
     assert_eq!(*d.reservation_state(), s);
 }
 
@@ -270,9 +274,13 @@ proptest::proptest! {
     #[test]
     fn restore_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
         let d = disk(1);
-        let mut b = b"LPRS\x01".to_vec();
-        b.extend_from_slice(&bytes);
-        let _ = d.restore_reservations(&b);
+        for version in [1u8, 2] {
+            let mut b = b"LPRS".to_vec();
+            b.push(version);
+            b.extend_from_slice(&bytes);
+            let _ = d.restore_reservations(&b);
+            let _ = decode_shared(&b);
+        }
         let _ = d.restore_reservations(&bytes);
     }
 }
@@ -305,4 +313,272 @@ fn concurrent_writers_lose_no_registration() {
         t.join().unwrap();
     }
     assert_eq!(d.reservation_state().registrations.len(), 200);
+}
+
+#[test]
+fn version_1_files_still_decode() {
+    // A version 1 APTPL file: WE-RO held by the second of two registrations.
+    let mut b = b"LPRS\x01".to_vec();
+    b.extend_from_slice(&9u32.to_be_bytes());
+    b.push(1);
+    b.push(PrType::WriteExclusiveRegistrantsOnly as u8);
+    b.extend_from_slice(&1u32.to_be_bytes());
+    b.extend_from_slice(&2u32.to_be_bytes());
+    for (key, n) in [(5u64, registrant()), (6, holder())] {
+        b.extend_from_slice(&key.to_be_bytes());
+        b.extend_from_slice(&n.target_port.to_be_bytes());
+        b.extend_from_slice(&(n.initiator_port.len() as u16).to_be_bytes());
+        b.extend_from_slice(n.initiator_port.as_bytes());
+    }
+    let (s, by) = decode_shared(&b).unwrap();
+    assert_eq!(by, None);
+    assert_eq!(s.generation, 9);
+    assert!(s.aptpl);
+    assert_eq!(
+        s.reservation,
+        Some(PersistentReservation { holder: holder(), pr_type: PrType::WriteExclusiveRegistrantsOnly })
+    );
+    assert_eq!(s.registrations.len(), 2);
+}
+
+/// An all-registrants reservation outlives the registration of the nexus
+/// that created it; version 1 wrote it with no holder and could not read
+/// it back. Version 2 names the holder.
+#[test]
+fn all_registrants_reservation_without_its_creator_round_trips() {
+    let s = ReservationState {
+        generation: 4,
+        aptpl: true,
+        registrations: vec![Registration { nexus: registrant(), key: 2 }],
+        reservation: Some(PersistentReservation { holder: holder(), pr_type: PrType::ExclusiveAccessAllRegistrants }),
+        spc2_holder: None,
+    };
+    let change = Change { by: other(), preempt_and_abort: true };
+    let (back, by) = decode_shared(&encode_shared(&s, Some(&change))).unwrap();
+    assert_eq!(back, s);
+    assert_eq!(by, Some(change));
+}
+
+fn arb_nexus() -> impl proptest::strategy::Strategy<Value = Nexus> {
+    use proptest::prelude::*;
+    ("[a-z.:-]{1,24}", proptest::option::of("[0-9a-f]{12}"), 0u16..4).prop_map(|(name, isid, port)| {
+        let name = format!("iqn.{name}");
+        Nexus::new(isid.map_or(name.clone(), |i| format!("{name},i,0x{i}")), port)
+    })
+}
+
+fn arb_state() -> impl proptest::strategy::Strategy<Value = ReservationState> {
+    use proptest::prelude::*;
+    (
+        any::<u32>(),
+        any::<bool>(),
+        proptest::collection::vec((arb_nexus(), 1u64..), 0..6),
+        proptest::option::of((0usize..8, proptest::sample::select(PrType::ALL.to_vec()), arb_nexus())),
+    )
+        .prop_map(|(generation, aptpl, regs, res)| {
+            let mut registrations: Vec<Registration> = Vec::new();
+            for (nexus, key) in regs {
+                if !registrations.iter().any(|r| r.nexus == nexus) {
+                    registrations.push(Registration { nexus, key });
+                }
+            }
+            let reservation = res.and_then(|(i, pr_type, stray)| match registrations.get(i) {
+                Some(r) => Some(PersistentReservation { holder: r.nexus.clone(), pr_type }),
+                // Only an all-registrants reservation may outlive its creator.
+                None if pr_type.all_registrants() && !registrations.is_empty() => {
+                    Some(PersistentReservation { holder: stray, pr_type })
+                }
+                None => None,
+            });
+            ReservationState { generation, aptpl, registrations, reservation, spc2_holder: None }
+        })
+}
+
+proptest::proptest! {
+    #[test]
+    fn shared_encoding_round_trips(
+        s in arb_state(),
+        by in proptest::option::of((arb_nexus(), proptest::prelude::any::<bool>())),
+    ) {
+        let by = by.map(|(by, preempt_and_abort)| Change { by, preempt_and_abort });
+        let bytes = encode_shared(&s, by.as_ref());
+        let (back, back_by) = decode_shared(&bytes).unwrap();
+        proptest::prop_assert_eq!(back, s);
+        proptest::prop_assert_eq!(back_by, by);
+    }
+
+    #[test]
+    fn shared_decoding_of_damaged_bytes_never_panics(
+        s in arb_state(),
+        flips in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..4),
+        cut in proptest::prelude::any::<usize>(),
+    ) {
+        let mut bytes = encode_shared(&s, None);
+        for (at, v) in flips {
+            let n = bytes.len();
+            bytes[at % n] = v;
+        }
+        let keep = cut % (bytes.len() + 1);
+        let _ = decode_shared(&bytes);
+        let _ = decode_shared(&bytes[..keep]);
+    }
+}
+
+/// Builds a PERSISTENT RESERVE OUT from its CDB and parameter list, as an
+/// initiator sends it.
+pub(crate) fn pr_out(action: u8, pr_type: u8, key: u64, sa_key: u64) -> PrOutRequest {
+    let cdb = [0x5F, action, pr_type, 0, 0, 0, 0, 0, 24, 0];
+    let Command::PersistentReserveOut(p) = Command::decode(&cdb).unwrap() else { unreachable!() };
+    let mut data = vec![0u8; 24];
+    data[..8].copy_from_slice(&key.to_be_bytes());
+    data[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    PrOutRequest::decode(&p, &data).unwrap()
+}
+
+fn aborts(fx: &[SideEffect]) -> Vec<String> {
+    let mut v: Vec<_> = fx
+        .iter()
+        .filter_map(|e| match e {
+            SideEffect::AbortTasks { nexus } => Some(nexus.initiator_port.clone()),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn ua_set(fx: &[SideEffect]) -> Vec<(String, u8, u8)> {
+    let mut v: Vec<_> = fx
+        .iter()
+        .filter_map(|e| match e {
+            SideEffect::UnitAttention { nexus, sense } => Some((nexus.initiator_port.clone(), sense.asc, sense.ascq)),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[test]
+fn unit_attentions_from_the_change_of_state() {
+    let by = |n: Nexus| Change { by: n, preempt_and_abort: false };
+    use crate::sense::{REGISTRATIONS_PREEMPTED, RESERVATIONS_PREEMPTED, RESERVATIONS_RELEASED};
+    let ua = |n: Nexus, c: crate::sense::SenseCode| SideEffect::UnitAttention { nexus: n, sense: c.sense() };
+    let ro = reserved(PrType::WriteExclusiveRegistrantsOnly);
+    // PREEMPT of the holder's key by the registrant.
+    let mut after = ro.clone();
+    after.registrations.retain(|r| r.nexus != holder());
+    after.reservation =
+        Some(PersistentReservation { holder: registrant(), pr_type: PrType::WriteExclusiveRegistrantsOnly });
+    assert_eq!(unit_attentions(&ro, &after, Some(&by(registrant()))), vec![ua(holder(), REGISTRATIONS_PREEMPTED)]);
+    // CLEAR by the holder.
+    let cleared = ReservationState { generation: 3, ..Default::default() };
+    assert_eq!(unit_attentions(&ro, &cleared, Some(&by(holder()))), vec![ua(registrant(), RESERVATIONS_PREEMPTED)]);
+    // RELEASE of a registrants-only reservation, and of a Write Exclusive one.
+    let mut released = ro.clone();
+    released.reservation = None;
+    assert_eq!(unit_attentions(&ro, &released, Some(&by(holder()))), vec![ua(registrant(), RESERVATIONS_RELEASED)]);
+    let we = reserved(PrType::WriteExclusive);
+    let mut we_released = we.clone();
+    we_released.reservation = None;
+    assert_eq!(unit_attentions(&we, &we_released, Some(&by(holder()))), vec![]);
+    // A new registration, or the same state: nothing.
+    let mut more = ro.clone();
+    more.registrations.push(Registration { nexus: other(), key: 3 });
+    assert_eq!(unit_attentions(&ro, &more, Some(&by(other()))), vec![]);
+    assert_eq!(unit_attentions(&ro, &ro, None), vec![]);
+    // The holder's own unregistration is not preempted.
+    let mut gone = ro.clone();
+    gone.registrations.retain(|r| r.nexus != holder());
+    gone.reservation = None;
+    assert_eq!(unit_attentions(&ro, &gone, Some(&by(holder()))), vec![ua(registrant(), RESERVATIONS_RELEASED)]);
+}
+
+proptest::proptest! {
+    /// For every single PERSISTENT RESERVE OUT, the unit attentions another
+    /// gateway derives from the old and new state are those the rules give
+    /// the gateway that executed it.
+    #[test]
+    fn unit_attentions_from_states_match_the_rules(
+        start in arb_state(),
+        actor in 0usize..4,
+        action in 0u8..7,
+        type_i in 0usize..6,
+        key_i in 0usize..4,
+        sa_i in 0usize..5,
+    ) {
+        let nexuses: Vec<Nexus> = start.registrations.iter().map(|r| r.nexus.clone()).chain([other()]).collect();
+        let actor = nexuses[actor % nexuses.len()].clone();
+        let keys: Vec<u64> = start.registrations.iter().map(|r| r.key).chain([0, 77]).collect();
+        let key = keys[key_i % keys.len()];
+        let sa_key = keys[sa_i % keys.len()];
+        let req = pr_out(action, PrType::ALL[type_i] as u8, key, sa_key);
+        let mut next = start.clone();
+        let mut fx = Vec::new();
+        if next.apply_pr_out(&actor, &req, &mut fx).is_ok() {
+            let change = Change { by: actor.clone(), preempt_and_abort: action == 5 };
+            let derived = unit_attentions(&start, &next, Some(&change));
+            proptest::prop_assert_eq!(ua_set(&derived), ua_set(&fx), "{:?} by {:?}", req, actor);
+            proptest::prop_assert_eq!(aborts(&derived), aborts(&fx), "{:?} by {:?}", req, actor);
+        }
+    }
+}
+
+/// A store that records what it is asked and changes nothing.
+#[derive(Default)]
+struct RecordingStore(Mutex<Vec<(Nexus, PrOutRequest)>>);
+
+impl ReservationStore for RecordingStore {
+    fn apply(&self, nexus: Nexus, req: PrOutRequest) -> StoreFuture {
+        self.0.lock().unwrap().push((nexus, req));
+        Box::pin(async {
+            Ok(vec![SideEffect::UnitAttention { nexus: other(), sense: crate::sense::RESERVATIONS_RELEASED.sense() }])
+        })
+    }
+}
+
+#[test]
+fn a_shared_state_goes_through_the_store_and_is_trusted_only_under_its_lease() {
+    let d = disk(16);
+    let store = Arc::new(RecordingStore::default());
+    d.set_reservation_store(store.clone());
+    assert!(d.has_reservation_store());
+    let not_ready = Err(ScsiError::Sense(crate::sense::BECOMING_READY.sense()));
+    // No lease yet: refused, but for the unrestricted commands.
+    assert_eq!(run(&d, &cdb10(0x28, 0, 0, 1)), not_ready);
+    assert_eq!(run(&d, &[0, 0, 0, 0, 0, 0]), not_ready, "TEST UNIT READY");
+    assert!(run(&d, &[0x12, 0, 0, 0, 36, 0]).is_ok(), "INQUIRY");
+    assert!(!d.reservations_current());
+    d.renew_reservations(monotonic_nanos() + 60_000_000_000);
+    assert!(d.reservations_current());
+    assert!(run(&d, &cdb10(0x28, 0, 0, 1)).is_ok());
+    // PR OUT goes to the store, with its side effects; the copy is the store's to publish.
+    let cmd = Command::decode(&[0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0]).unwrap();
+    let mut data = vec![0u8; 24];
+    data[15] = 9;
+    let done = block_on(d.execute_with_effects(&cmd, data, &ExecContext::default()));
+    assert_eq!(done.result, Ok(vec![]));
+    assert_eq!(done.effects.len(), 1);
+    assert_eq!(store.0.lock().unwrap().len(), 1);
+    assert_eq!(store.0.lock().unwrap()[0].1.action(), crate::commands::persistent_reserve::PrOutAction::Register);
+    assert_eq!(d.reservation_state().registrations, vec![]);
+    // Published states: newer versions only.
+    let s = ReservationState {
+        generation: 1,
+        registrations: vec![Registration { nexus: holder(), key: 9 }],
+        ..Default::default()
+    };
+    assert!(d.publish_reservations(5, s.clone()).is_some());
+    assert!(d.publish_reservations(5, ReservationState::default()).is_none());
+    assert!(d.publish_reservations(4, ReservationState::default()).is_none());
+    assert_eq!(*d.reservation_state(), s);
+    // SPC-2 reservations are not shared: refused.
+    assert_eq!(run(&d, &[0x16, 0, 0, 0, 0, 0]), Err(ScsiError::Sense(crate::sense::INVALID_OPCODE.sense())));
+    assert_eq!(run(&d, &[0x17, 0, 0, 0, 0, 0]), Err(ScsiError::Sense(crate::sense::INVALID_OPCODE.sense())));
+    // A broken watch, or a lease run out: refused again.
+    d.set_reservations_stale();
+    assert_eq!(run(&d, &cdb10(0x28, 0, 0, 1)), not_ready);
+    d.renew_reservations(monotonic_nanos());
+    assert_eq!(run(&d, &cdb10(0x28, 0, 0, 1)), not_ready);
 }
