@@ -3,7 +3,8 @@
 # duration of the step (tests/ceph/micro-cluster.sh run), then, against it,
 # the rbd backend's tests (faults among them: an OSD frozen under I/O, a
 # pool over its quota), lunard's end-to-end RBD tests, the verified stress
-# test on RBD LUNs and iscsi-test-cu against an RBD LUN. With
+# test on RBD LUNs, persistent reservations shared by gateways (the race
+# test among them) and iscsi-test-cu against an RBD LUN. With
 # LUNAR_REQUIRE_CEPH=1 a test that finds no cluster fails instead of skipping.
 #
 #   bash tests/ceph/ci.sh [SHARED_DIR]
@@ -21,6 +22,9 @@ cargo test -q -p lunar-block --lib rbd 2>&1 | grep -E '^(test result|.*FAILED|.*
 cargo test -q -p lunar-block --test rbd_backend 2>&1 | grep -E '^(test result|.*FAILED|.*panicked|error)'
 echo "-- cargo test -p lunard --test rbd"
 cargo test -q -p lunard --test rbd 2>&1 | grep -E '^(test result|.*FAILED|.*panicked|error)'
+echo "-- cargo test -p lunar-core --test cluster_pr, -p lunard --test rbd_cluster_pr (reservations shared by gateways)"
+cargo test -q -p lunar-core --test cluster_pr -- --nocapture 2>&1 | grep -E '^(test result|.*PR OUT|.*FAILED|.*panicked|error)'
+cargo test -q -p lunard --test rbd_cluster_pr 2>&1 | grep -E '^(test result|.*FAILED|.*panicked|error)'
 echo "-- cargo test -p lunar-tests --test stress stress_on_rbd_luns"
 cargo test -q -p lunar-tests --test stress stress_on_rbd_luns -- --nocapture 2>&1 | grep -E '^(test result|stress:|.*FAILED|.*panicked|error)'
 echo "-- iscsi-test-cu against an RBD LUN"
