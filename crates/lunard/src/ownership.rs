@@ -95,13 +95,12 @@ pub struct RbdOwnership {
 pub fn attach(dev: &Device, gateways: &Gateways) {
     let (Backend::Rbd(r), Some(alua)) = (dev.disk().backend(), dev.disk().alua()) else { return };
     r.set_lock_managed(true);
-    let own = Arc::new(RbdOwnership { backend: r.clone(), gateways: gateways.clone() });
     let owner = match r.try_take_lock() {
         Ok(true) => {
-            own.record_owner();
+            record_owner(r, gateways);
             Some(gateways.local)
         }
-        Ok(false) => own.owner_from_metadata(),
+        Ok(false) => owner_from_metadata(r, gateways),
         Err(e) => {
             tracing::warn!(lun = dev.lun(), error = %e, "rbd lock: cannot take or query it; standby");
             None
@@ -111,29 +110,30 @@ pub fn attach(dev: &Device, gateways: &Gateways) {
     if let Err(e) = alua.set_states(&gateways.states(owner), StatusCode::AlteredByImplicitTransition, None) {
         tracing::warn!(lun = dev.lun(), error = %e, "setting the ALUA states from the rbd lock failed");
     }
-    alua.set_control(own);
+    alua.set_control(Arc::new(RbdOwnership { backend: r.clone(), gateways: gateways.clone() }));
+}
+
+/// The owner named in the image's metadata, unless that is this gateway
+/// (a stale record: it does not hold the lock). A cluster round trip.
+fn owner_from_metadata(backend: &RbdBackend, gateways: &Gateways) -> Option<u16> {
+    match backend.metadata(OWNER_KEY) {
+        Ok(Some(name)) => gateways.group_of(&name).filter(|g| *g != gateways.local),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the rbd image's owner failed");
+            None
+        }
+    }
+}
+
+/// Writes this gateway's name as the image's owner. A cluster round trip.
+fn record_owner(backend: &RbdBackend, gateways: &Gateways) {
+    if let Err(e) = backend.set_metadata(OWNER_KEY, gateways.local_name()) {
+        tracing::warn!(error = %e, "recording this gateway as the rbd image's owner failed");
+    }
 }
 
 impl RbdOwnership {
-    /// The owner named in the image's metadata, unless that is this
-    /// gateway (a stale record: it does not hold the lock).
-    fn owner_from_metadata(&self) -> Option<u16> {
-        match self.backend.metadata(OWNER_KEY) {
-            Ok(Some(name)) => self.gateways.group_of(&name).filter(|g| *g != self.gateways.local),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the rbd image's owner failed");
-                None
-            }
-        }
-    }
-
-    fn record_owner(&self) {
-        if let Err(e) = self.backend.set_metadata(OWNER_KEY, self.gateways.local_name()) {
-            tracing::warn!(error = %e, "recording this gateway as the rbd image's owner failed");
-        }
-    }
-
     async fn take_over(&self, alua: &Alua, nexus: &Nexus) -> Result<(), ScsiError> {
         let local = self.gateways.local;
         if self.backend.owns_lock() {
@@ -146,8 +146,8 @@ impl RbdOwnership {
         match taken {
             Ok(Ok(fenced)) => {
                 tracing::warn!(image = %self.backend.options().spec(), ?fenced, "rbd lock taken over: previous owners fenced");
-                let me = Arc::new(RbdOwnership { backend: self.backend.clone(), gateways: self.gateways.clone() });
-                let _ = tokio::task::spawn_blocking(move || me.record_owner()).await;
+                let (backend, gateways) = (self.backend.clone(), self.gateways.clone());
+                let _ = tokio::task::spawn_blocking(move || record_owner(&backend, &gateways)).await;
                 apply(alua, &self.gateways.states(Some(local)), Some(nexus))
             }
             failed => {
@@ -218,7 +218,6 @@ pub fn check(target: &Target, dev: &Device, gateways: &Gateways, header_changed:
     if !r.is_exclusive() || r.options().exclusive {
         return false;
     }
-    let own = RbdOwnership { backend: r.clone(), gateways: gateways.clone() };
     let lun = dev.lun();
     let active = alua.local_state().is_active();
     let fenced = dev.offline().is_some() || (active && !r.owns_lock());
@@ -233,7 +232,7 @@ pub fn check(target: &Target, dev: &Device, gateways: &Gateways, header_changed:
     } else if active || !header_changed {
         return false;
     }
-    let owner = own.owner_from_metadata();
+    let owner = owner_from_metadata(r, gateways);
     let _ = alua.set_states(&gateways.states(owner), StatusCode::AlteredByImplicitTransition, None);
     true
 }

@@ -16,31 +16,8 @@ use common::{free_port, Daemon, Events};
 
 const IQN: &str = "iqn.2026-11.dev.lunar:gw";
 
-fn config(dir: &std::path::Path, me: &str, port: u16, ports: [u16; 2]) -> std::path::PathBuf {
-    let text = format!(
-        r#"listen = ["127.0.0.1:{port}"]
-local-gateway = "{me}"
-
-[[gateway]]
-name = "gw1"
-portal = "127.0.0.1:{}"
-
-[[gateway]]
-name = "gw2"
-portal = "127.0.0.1:{}"
-
-[[target]]
-name = "{IQN}"
-
-[[target.lun]]
-backend = "mem"
-size = "1M"
-"#,
-        ports[0], ports[1]
-    );
-    let path = dir.join(format!("{me}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
+fn config(dir: &std::path::Path, me: &str, ports: [u16; 2]) -> std::path::PathBuf {
+    common::two_gateway_config(dir, me, ports, IQN, "backend = \"mem\"\nsize = \"1M\"")
 }
 
 fn read10(lba: u32) -> Command {
@@ -53,8 +30,8 @@ fn read10(lba: u32) -> Command {
 fn two_gateways_of_one_target() {
     let dir = tempfile::tempdir().unwrap();
     let ports = [free_port(), free_port()];
-    let f1 = config(dir.path(), "gw1", ports[0], ports);
-    let f2 = config(dir.path(), "gw2", ports[1], ports);
+    let f1 = config(dir.path(), "gw1", ports);
+    let f2 = config(dir.path(), "gw2", ports);
     let gw1 = Daemon::start_on_file_portal(&["--config", f1.to_str().unwrap()], ports[0]);
     let gw2 = Daemon::start_on_file_portal(&["--config", f2.to_str().unwrap()], ports[1]);
 

@@ -502,36 +502,8 @@ fn an_exclusive_lun_is_the_only_writer_and_compares_and_writes_any_size() {
 
 /// A gateway's configuration: the two gateways of one target, LUN 0 the image.
 fn gateway_config(dir: &Path, me: &str, ports: [u16; 2], img: &Image) -> PathBuf {
-    let port = if me == "gw1" { ports[0] } else { ports[1] };
-    let text = format!(
-        r#"listen = ["127.0.0.1:{port}"]
-local-gateway = "{me}"
-
-[[gateway]]
-name = "gw1"
-portal = "127.0.0.1:{}"
-
-[[gateway]]
-name = "gw2"
-portal = "127.0.0.1:{}"
-
-[[target]]
-name = "{IQN}"
-
-[[target.lun]]
-backend = "rbd"
-pool = "rbd"
-image = "{}"
-conf = "{}"
-"#,
-        ports[0],
-        ports[1],
-        img.name,
-        img.conf.display()
-    );
-    let path = dir.join(format!("{me}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
+    let lun = format!("backend = \"rbd\"\npool = \"rbd\"\nimage = \"{}\"\nconf = \"{}\"", img.name, img.conf.display());
+    common::two_gateway_config(dir, me, ports, IQN, &lun)
 }
 
 /// REPORT TARGET PORT GROUPS: (group, state code) of each descriptor.

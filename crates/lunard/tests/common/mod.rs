@@ -17,6 +17,36 @@ use serde_json::Value;
 /// The target name `lunard` serves with no configuration.
 pub const IQN: &str = "iqn.2026-11.dev.lunar:disk0";
 
+/// The configuration file of gateway `me` ("gw1" or "gw2", listening on
+/// its own of `ports` on 127.0.0.1) of the two gateways of target `iqn`,
+/// whose one LUN is the body `lun` of a `[[target.lun]]` table.
+pub fn two_gateway_config(dir: &std::path::Path, me: &str, ports: [u16; 2], iqn: &str, lun: &str) -> PathBuf {
+    let port = if me == "gw1" { ports[0] } else { ports[1] };
+    let text = format!(
+        r#"listen = ["127.0.0.1:{port}"]
+local-gateway = "{me}"
+
+[[gateway]]
+name = "gw1"
+portal = "127.0.0.1:{}"
+
+[[gateway]]
+name = "gw2"
+portal = "127.0.0.1:{}"
+
+[[target]]
+name = "{iqn}"
+
+[[target.lun]]
+{lun}
+"#,
+        ports[0], ports[1]
+    );
+    let path = dir.join(format!("{me}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
