@@ -126,11 +126,14 @@ fn standby_path_reports_its_groups_refuses_io_and_set_target_port_groups_makes_i
     assert_eq!(&r.data[..8], &[0, 0, 0, 24, 0x10, 10, 0, 0], "FORMAT TYPE 1, IMPLICIT TRANSITION TIME 10 s");
     assert_eq!(states(&r.data, 8), vec![(1, 0x0, 0), (2, 0x2, 0)]);
 
-    // Standby: no medium access, no TEST UNIT READY, no READ CAPACITY.
+    // Standby: no medium access, no TEST UNIT READY; READ CAPACITY is
+    // answered (Linux sizes a standby path's disk with it).
     assert_sense(&run(&a1, &cdb::read10(0, 1)), SenseKey::NotReady, STANDBY, "READ in standby");
     assert_sense(&run_data(&a2, &cdb::write10(0, 1), vec![7; 512]), SenseKey::NotReady, STANDBY, "WRITE");
     assert_sense(&run(&a1, &cdb::test_unit_ready()), SenseKey::NotReady, STANDBY, "TEST UNIT READY");
-    assert_sense(&run(&b, &cdb::read_capacity16()), SenseKey::NotReady, STANDBY, "READ CAPACITY(16)");
+    let r = run(&b, &cdb::read_capacity16());
+    assert_good(&r, "READ CAPACITY(16) in standby");
+    assert!(r.data.len() >= 12 && r.data[8..12] == [0, 0, 2, 0], "512-byte blocks: {:?}", r.data);
     // REQUEST SENSE says why.
     let r = run(&b, &cdb::request_sense(252));
     assert_good(&r, "REQUEST SENSE in standby");

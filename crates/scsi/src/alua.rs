@@ -599,21 +599,30 @@ pub enum Admitted {
 /// |---|---|---|---|
 /// | INQUIRY, REPORT LUNS, REPORT TARGET PORT GROUPS, REQUEST SENSE | yes | yes | yes |
 /// | SET TARGET PORT GROUPS | yes | yes | no |
-/// | LOG SENSE, MODE SENSE, MODE SELECT, PERSISTENT RESERVE IN/OUT | yes | no | no |
-/// | everything else (TEST UNIT READY, READ CAPACITY, READ, WRITE, ...) | no | no | no |
+/// | LOG SENSE, MODE SENSE, MODE SELECT, PERSISTENT RESERVE IN/OUT, READ CAPACITY (10) and (16) | yes | no | no |
+/// | everything else (TEST UNIT READY, READ, WRITE, ...) | no | no | no |
+///
+/// READ CAPACITY is not in the standard's list for Standby, which lets a
+/// device server "support other commands" there; Lunar answers it, as
+/// Linux's own target (LIO) does, because Linux's `sd` sizes a disk once
+/// when it attaches it: a standby path refused READ CAPACITY becomes a
+/// 0-byte disk whose I/O fails ("beyond end of device") after
+/// dm-multipath activates it in a failover.
 pub fn admitted(cmd: &Command) -> Admitted {
     use Command::*;
     match cmd {
         Inquiry(_) | ReportLuns { .. } | ReportTargetPortGroups { .. } | RequestSense { .. } => Admitted::Always,
         SetTargetPortGroups { .. } => Admitted::Unavailable,
-        LogSense(_) | ModeSense(_) | ModeSelect(_) | PersistentReserveIn(_) | PersistentReserveOut(_) => {
-            Admitted::Standby
-        }
+        LogSense(_)
+        | ModeSense(_)
+        | ModeSelect(_)
+        | PersistentReserveIn(_)
+        | PersistentReserveOut(_)
+        | ReadCapacity10
+        | ReadCapacity16 { .. } => Admitted::Standby,
         TestUnitReady
         | StartStopUnit(_)
         | PreventAllowMediumRemoval { .. }
-        | ReadCapacity10
-        | ReadCapacity16 { .. }
         | Read { .. }
         | Write { .. }
         | WriteAndVerify { .. }
@@ -757,14 +766,15 @@ mod tests {
         let stpg = cmd(&[0xA4, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         let mode_sense = cmd(&[0x1A, 0, 0x3F, 0, 255, 0]);
         let pr_in = cmd(&[0x5E, 0, 0, 0, 0, 0, 0, 0, 8, 0]);
+        let read_capacity = cmd(&[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0]);
         let tur = cmd(&[0, 0, 0, 0, 0, 0]);
         let read = cmd(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
         let rsoc = cmd(&[0xA3, 0x0C, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
-        let all = [&inquiry, &rtpg, &stpg, &mode_sense, &pr_in, &tur, &read, &rsoc];
+        let all = [&inquiry, &rtpg, &stpg, &mode_sense, &pr_in, &read_capacity, &tur, &read, &rsoc];
         let table: [(AccessState, usize, (u8, u8)); 6] = [
-            (AccessState::ActiveOptimized, 8, (0, 0)),
-            (AccessState::ActiveNonOptimized, 8, (0, 0)),
-            (AccessState::Standby, 5, (0x04, 0x0B)),
+            (AccessState::ActiveOptimized, 9, (0, 0)),
+            (AccessState::ActiveNonOptimized, 9, (0, 0)),
+            (AccessState::Standby, 6, (0x04, 0x0B)),
             (AccessState::Unavailable, 3, (0x04, 0x0C)),
             (AccessState::Offline, 3, (0x04, 0x12)),
             (AccessState::Transitioning, 2, (0x04, 0x0A)),
