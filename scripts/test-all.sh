@@ -11,7 +11,9 @@
 # Ceph RBD (a single-node cluster, the rbd backend's tests and conformance) ->
 # Linux guests over vhost-user-scsi (QEMU, TCG): the guest test, then the
 # reconnect test (which installs QEMU 10 from bookworm-backports on Debian 12)
-# -> a Linux guest with the kernel's iSCSI initiator. After the Rust tests:
+# -> a Linux guest with the kernel's iSCSI initiator -> a Linux guest with
+# dm-multipath in front of two gateways of one RBD image (failover). After
+# the Rust tests:
 # the Debian package, built, installed and purged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -130,6 +132,8 @@ step "vhost-user-scsi reconnect: lunard killed (SIGKILL) twice during a guest's 
 bash tests/vm/vhost-reconnect.sh
 step "Linux's iSCSI initiator: open-iscsi (iscsid, iscsiadm, iscsi_tcp) in a QEMU guest (TCG) against lunard on 0.0.0.0: discovery, CHAP, digests, ext4, sg3-utils vs libiscsi, hot add/resize, recovery across SIGKILLs"
 bash tests/vm/kernel-initiator.sh
+step "Two gateways of one RBD image under Linux's dm-multipath (multipathd, ALUA, scsi_dh_alua) in a QEMU guest: the owning gateway killed, stopped and upgraded during a verified O_DIRECT write loop; reservations made with mpathpersist enforced through both gateways"
+bash tests/vm/multipath.sh
 
 echo
 echo "all tests passed"

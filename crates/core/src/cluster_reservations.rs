@@ -405,6 +405,7 @@ impl Inner {
                 Some((gid, String::from_utf8_lossy(&v).into_owned()))
             })
             .collect();
+        let mut late = Vec::new();
         for w in &outcome.timed_out {
             if w.gid == me {
                 // Our own watcher thread is late; this gateway's copy is
@@ -414,16 +415,24 @@ impl Inner {
             let addr = members
                 .get(&w.gid)
                 .ok_or(ClusterPrError::Unfenceable { object: obj.name().to_string(), gid: w.gid })?;
-            for a in split_addrs(addr) {
-                obj.blocklist(&a, self.settings.blocklist_secs)?;
-            }
+            late.push((w.gid, addr));
+        }
+        // Every address at once: each blocklist is a monitor proposal
+        // (about 2 s here), and gateways killed together (or a killed one
+        // and the one fenced by its take-over) would otherwise add up.
+        let addrs: Vec<String> = late.iter().flat_map(|(_, addr)| split_addrs(addr)).collect();
+        std::thread::scope(|scope| {
+            let jobs: Vec<_> =
+                addrs.iter().map(|a| scope.spawn(move || obj.blocklist(a, self.settings.blocklist_secs))).collect();
+            jobs.into_iter().try_for_each(|job| job.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        })?;
+        for (gid, addr) in late {
             tracing::warn!(
-                "{}: gateway client.{} ({addr}) did not acknowledge reservation change {version} within {:?}: blocklisted",
+                "{}: gateway client.{gid} ({addr}) did not acknowledge reservation change {version} within {:?}: blocklisted",
                 obj.name(),
-                w.gid,
                 self.settings.notify_timeout
             );
-            let _ = obj.remove_xattr(&format!("{GATEWAY_XATTR}{}", w.gid));
+            let _ = obj.remove_xattr(&format!("{GATEWAY_XATTR}{gid}"));
         }
         Ok(())
     }

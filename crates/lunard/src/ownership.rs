@@ -9,9 +9,12 @@
 //! Standby, which refuses media access before any data moves (NOT READY,
 //! 04h/0Bh). The model:
 //!
-//! - **Start**: a gateway takes the lock if nobody holds it and becomes the
-//!   owner; otherwise it is Standby behind the owner named in the image's
-//!   metadata (`lunar.owner`, which each new owner writes).
+//! - **Start**: a gateway takes the lock if nobody holds it, or takes it
+//!   over (fencing the holder) if the image's metadata (`lunar.owner`,
+//!   which each new owner writes) names this gateway: the holder is then
+//!   its own previous process, dead. Otherwise it is Standby behind the
+//!   owner the metadata names, even if that owner is dead: a held lock
+//!   moves only when a host or an operator asks (a take-over, below).
 //! - **SET TARGET PORT GROUPS** asking for this gateway's group to be
 //!   active (what Linux's `scsi_dh_alua` sends to the path it activates
 //!   when multipath fails over) is a *take-over*: the group is
@@ -95,7 +98,26 @@ pub struct RbdOwnership {
 pub fn attach(dev: &Device, gateways: &Gateways) {
     let (Backend::Rbd(r), Some(alua)) = (dev.disk().backend(), dev.disk().alua()) else { return };
     r.set_lock_managed(true);
-    let owner = match r.try_take_lock() {
+    // A free lock is taken. A held one is not asked for (librbd would wait
+    // for its owner to answer and, the owner dead, break its lock many
+    // seconds later, racing the take-over that the hosts' multipath asks
+    // of another gateway meanwhile) unless the image names this gateway
+    // its owner: then the holder is this gateway's previous process, dead,
+    // and the lock is taken over at once (fenced and broken). Any other
+    // held lock moves by a take-over only (SET TARGET PORT GROUPS,
+    // `lunarctl alua set`).
+    let taken = r.lock_owners().and_then(|owners| {
+        if owners.is_empty() {
+            r.try_take_lock()
+        } else if r.metadata(OWNER_KEY)?.as_deref() == Some(gateways.local_name()) {
+            let fenced = r.take_over_lock()?;
+            tracing::warn!(image = %r.options().spec(), ?fenced, "rbd lock of this gateway's previous process taken over");
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    });
+    let owner = match taken {
         Ok(true) => {
             record_owner(r, gateways);
             Some(gateways.local)
