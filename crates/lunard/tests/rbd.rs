@@ -550,7 +550,10 @@ fn wait_ready(s: &Session, want: Option<(u8, u8, u8)>, what: &str) -> Duration {
 /// (ALUA Active/Optimized), the other is Standby. SET TARGET PORT GROUPS
 /// through the standby takes the lock over and fences the owner, which
 /// rejoins as Standby by itself; `lunarctl alua set` moves it back; after
-/// the owner is killed, the other takes over again. Every acknowledged write reads back, through lunard and `rbd export`.
+/// the owner is killed, the other takes over again; a gateway restarted
+/// while the other owns the image is standby, and an owner killed and
+/// restarted takes its own lock back at start. Every acknowledged write
+/// reads back, through lunard and `rbd export`.
 #[test]
 fn two_gateways_own_an_rbd_image_by_its_lock() {
     let Some((conf, _cluster)) = cluster("two_gateways_own_an_rbd_image_by_its_lock") else { return };
@@ -612,11 +615,39 @@ fn two_gateways_own_an_rbd_image_by_its_lock() {
     let d = pattern(45, 4096);
     assert!(s2.write(0, 600, d.clone()).unwrap().is_good());
     assert!(read(&s2, 0, 512, 8) == c, "gw1's last acknowledged write");
+
+    // gw1 comes back while gw2 (alive) holds the lock: standby, at once.
+    let gw1 = Daemon::start_on_file_portal(&["--config", f1.to_str().unwrap()], ports[0]);
+    let s1 = login(&gw1);
+    wait_ready(&s1, STANDBY, "gw1 restarted while gw2 owns the image");
+    assert_eq!(alua_states(&s1), vec![(1, 2), (2, 0)]);
+    // The owner is killed and restarted (as systemd would): its previous
+    // process's lock is taken over at start, before hosts need to fail
+    // over; the other gateway, which did not ask, stays standby.
+    let mut gw2 = gw2;
+    gw2.child.kill().unwrap();
+    gw2.child.wait().unwrap();
+    let restarted = std::time::Instant::now();
+    let gw2 = Daemon::start_on_file_portal(&["--config", f2.to_str().unwrap()], ports[1]);
+    let s2 = login(&gw2);
+    wait_ready(&s2, None, "gw2 restarted after being killed as the owner");
+    println!("gw2 owner again {:?} after its restart", restarted.elapsed());
+    assert!(
+        std::fs::read_to_string(&gw2.log).unwrap().contains("previous process taken over"),
+        "the start took the dead process's lock over"
+    );
+    let e = pattern(46, 4096);
+    assert!(s2.write(0, 700, e.clone()).unwrap().is_good());
+    assert!(read(&s2, 0, 600, 8) == d, "gw2's write before it was killed");
+    wait_ready(&s1, STANDBY, "gw1 standby behind the restarted gw2");
+    s1.logout().unwrap();
+    stop(gw1);
     s2.logout().unwrap();
     stop(gw2);
     let export = img.export();
     assert!(export[..a.len()] == a[..], "the cluster has gw1's first writes");
     assert!(export[128 * BS..128 * BS + b.len()] == b[..], "the cluster has gw2's writes");
     assert!(export[512 * BS..512 * BS + 4096] == c[..], "the cluster has gw1's last write");
-    assert!(export[600 * BS..600 * BS + 4096] == d[..], "the cluster has gw2's last write");
+    assert!(export[600 * BS..600 * BS + 4096] == d[..], "the cluster has gw2's write before it was killed");
+    assert!(export[700 * BS..700 * BS + 4096] == e[..], "the cluster has the restarted gw2's write");
 }
