@@ -4,7 +4,8 @@
 # the rbd backend's tests (faults among them: an OSD frozen under I/O, a
 # pool over its quota), lunard's end-to-end RBD tests, the verified stress
 # test on RBD LUNs, persistent reservations shared by gateways (the race
-# test among them) and iscsi-test-cu against an RBD LUN. With
+# test among them), iscsi-test-cu against an RBD LUN and its reservation and
+# MultipathIO families across two gateways. With
 # LUNAR_REQUIRE_CEPH=1 a test that finds no cluster fails instead of skipping.
 #
 #   bash tests/ceph/ci.sh [SHARED_DIR]
@@ -29,4 +30,6 @@ echo "-- cargo test -p lunar-tests --test stress stress_on_rbd_luns"
 cargo test -q -p lunar-tests --test stress stress_on_rbd_luns -- --nocapture 2>&1 | grep -E '^(test result|stress:|.*FAILED|.*panicked|error)'
 echo "-- iscsi-test-cu against an RBD LUN"
 bash "$root/tests/ceph/conformance-rbd.sh" "$shared"
+echo "-- iscsi-test-cu's reservation and MultipathIO families across two gateways (alua=all-active), against one lunard"
+bash "$root/tests/ceph/conformance-gateways.sh" "$shared"
 echo "ceph step: $(( $(date +%s) - start )) s with the cluster up"

@@ -89,6 +89,13 @@ pub struct RbdOptions {
     /// [`RbdBackend::check_sole_writer`]). Needs the image's
     /// `exclusive-lock` feature (the default for new images).
     pub exclusive: bool,
+    /// Several clients write the image at once (gateways with
+    /// `alua=all-active`): librbd's cache is off, so that every read goes
+    /// to the OSDs and sees the other clients' writes, and the exclusive
+    /// lock moves to whichever client writes (librbd hands it over: the
+    /// holder finishes its writes in flight and releases it). Not with
+    /// `exclusive`.
+    pub multi_writer: bool,
 }
 
 impl RbdOptions {

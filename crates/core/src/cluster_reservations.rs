@@ -148,6 +148,10 @@ pub fn apply_pr_out(
     }
 }
 
+/// The payload of the notify that announces a logical unit reset (the
+/// other notifies carry an 8-byte version).
+const RESET_PAYLOAD: &[u8] = b"lunar.lu-reset";
+
 /// Settings of a gateway's shared reservations.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -251,6 +255,22 @@ impl ClusterReservations {
 struct Store(Arc<Inner>);
 
 impl ReservationStore for Store {
+    fn announce_reset(&self) -> lunar_scsi::ResetFuture {
+        let inner = self.0.clone();
+        Box::pin(async move {
+            let done = tokio::task::spawn_blocking(move || {
+                let obj = inner.object();
+                inner.notify_and_fence(&obj, RESET_PAYLOAD, "the logical unit reset")
+            })
+            .await;
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("logical unit reset not confirmed by every gateway: {e}"),
+                Err(e) => tracing::error!("logical unit reset announcement failed: {e}"),
+            }
+        })
+    }
+
     fn apply(&self, nexus: Nexus, req: PrOutRequest) -> StoreFuture {
         let inner = self.0.clone();
         Box::pin(async move {
@@ -382,17 +402,18 @@ impl Inner {
             dev.disk().publish_reservations(v, applied.new.clone());
         }
         let version = applied.version.unwrap_or(0);
-        self.notify_and_fence(&obj, version).map_err(|e| {
+        self.notify_and_fence(&obj, &version.to_le_bytes(), &format!("reservation change {version}")).map_err(|e| {
             tracing::error!("{}: reservation change {version} not confirmed by every gateway: {e}", obj.name());
             e.to_scsi()
         })?;
         Ok(applied.effects)
     }
 
-    /// Notifies the watchers of version `version` and blocklists those that
-    /// do not acknowledge in time.
-    fn notify_and_fence(&self, obj: &SharedObject, version: u64) -> Result<(), ClusterPrError> {
-        let outcome = obj.notify(&version.to_le_bytes(), self.settings.notify_timeout)?;
+    /// Notifies the watchers of `payload` (a new version, or
+    /// [`RESET_PAYLOAD`]), `what` it is, and blocklists those that do not
+    /// acknowledge in time.
+    fn notify_and_fence(&self, obj: &SharedObject, payload: &[u8], what: &str) -> Result<(), ClusterPrError> {
+        let outcome = obj.notify(payload, self.settings.notify_timeout)?;
         if outcome.timed_out.is_empty() {
             return Ok(());
         }
@@ -428,7 +449,7 @@ impl Inner {
         })?;
         for (gid, addr) in late {
             tracing::warn!(
-                "{}: gateway client.{gid} ({addr}) did not acknowledge reservation change {version} within {:?}: blocklisted",
+                "{}: gateway client.{gid} ({addr}) did not acknowledge {what} within {:?}: blocklisted",
                 obj.name(),
                 self.settings.notify_timeout
             );
@@ -447,6 +468,18 @@ impl Inner {
             }
             let healthy = match rx.recv_timeout(self.settings.check_interval) {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Ok(Signal::Watch(WatchEvent::Notify { notify_id, notifier_id, payload }))
+                    if payload == RESET_PAYLOAD =>
+                {
+                    let obj = self.object();
+                    if notifier_id != obj.instance_id() {
+                        self.reset_for_peer();
+                    }
+                    if let Err(e) = obj.ack(notify_id, b"") {
+                        tracing::warn!("{}: cannot acknowledge a notify: {e}", obj.name());
+                    }
+                    self.check_and_renew()
+                }
                 Ok(Signal::Watch(WatchEvent::Notify { notify_id, .. })) => {
                     // The payload is the writer's new version; the object is
                     // read whatever it says (a later change may be there too).
@@ -485,6 +518,19 @@ impl Inner {
         let obj = self.object();
         obj.unwatch();
         let _ = obj.remove_xattr(&format!("{GATEWAY_XATTR}{}", obj.instance_id()));
+    }
+
+    /// Another gateway reset the logical unit: this gateway's side of it is
+    /// reset too (its commands on it aborted, the unit attention for its
+    /// nexuses), before the notify is acknowledged.
+    fn reset_for_peer(&self) {
+        let Some(dev) = self.device() else { return };
+        let Some(target) = dev.target() else { return };
+        let lun = dev.lun();
+        tracing::info!(lun, "logical unit reset by another gateway: resetting this gateway's side");
+        if let Err(e) = crate::wait(target.reset_device_for_peer(lun)) {
+            tracing::warn!(lun, "resetting after another gateway's logical unit reset failed: {e}");
+        }
     }
 
     /// Watches again and re-reads; a blocklisted client is replaced by a

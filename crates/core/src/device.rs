@@ -378,6 +378,11 @@ impl Device {
 
     /// The LUNs of the target, for REPORT LUNS (rare path: read under the
     /// control-plane lock).
+    /// The target this device belongs to, while it lives.
+    pub(crate) fn target(&self) -> Option<Arc<Target>> {
+        self.target.upgrade()
+    }
+
     pub(crate) fn luns(&self) -> Vec<u64> {
         self.target.upgrade().map(|t| t.luns()).unwrap_or_default()
     }

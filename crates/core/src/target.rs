@@ -570,7 +570,25 @@ impl Target {
     /// `issuer` (RFC 7143 §11.5.1): as [`Target::reset_device`], but the
     /// issuer learns of it from the task management response rather than a
     /// unit attention.
+    ///
+    /// When the LU is served by other gateways too (its reservations are
+    /// the cluster's), they reset their side of it before this resolves
+    /// ([`lunar_scsi::Disk::announce_reset`]).
     pub async fn reset_device_except(&self, lun: u64, issuer: Option<lunar_scsi::Nexus>) -> Result<(), TargetError> {
+        let dev = self.reset_here(lun, issuer).await?;
+        dev.disk().announce_reset().await;
+        Ok(())
+    }
+
+    /// The reset of LU `lun` that another gateway announced: as
+    /// [`Target::reset_device`] for this process's side (every command on
+    /// it aborted, BUS DEVICE RESET FUNCTION OCCURRED for each of its
+    /// nexuses), without announcing it again.
+    pub(crate) async fn reset_device_for_peer(&self, lun: u64) -> Result<(), TargetError> {
+        self.reset_here(lun, None).await.map(|_| ())
+    }
+
+    async fn reset_here(&self, lun: u64, issuer: Option<lunar_scsi::Nexus>) -> Result<Arc<Device>, TargetError> {
         self.control(move |t| async move {
             let dev = t.device(lun).ok_or(TargetError::NoSuchLun(lun))?;
             t.iterate(&dev, Arc::new(|_| Action::Cancel), true).await;
@@ -582,7 +600,7 @@ impl Target {
                 issuer.as_ref().is_none_or(|n| !q.is_nexus(n))
             });
             t.emit(Event::DeviceReset { lun });
-            Ok(())
+            Ok(dev)
         })
         .await?
     }

@@ -167,6 +167,7 @@ fn rbd_options(r: &crate::config::RbdSpec, readonly: bool) -> RbdOptions {
         id: r.id.clone(),
         keyring: r.keyring.clone(),
         exclusive: r.exclusive,
+        multi_writer: r.all_active,
         readonly,
     }
 }

@@ -97,6 +97,10 @@ pub struct RbdOwnership {
 /// trips): call on the control plane. Other LUNs are left as they are.
 pub fn attach(dev: &Device, gateways: &Gateways) {
     let (Backend::Rbd(r), Some(alua)) = (dev.disk().backend(), dev.disk().alua()) else { return };
+    if r.options().multi_writer {
+        attach_all_active(dev, alua, gateways);
+        return;
+    }
     r.set_lock_managed(true);
     // A free lock is taken. A held one is not asked for (librbd would wait
     // for its owner to answer and, the owner dead, break its lock many
@@ -133,6 +137,43 @@ pub fn attach(dev: &Device, gateways: &Gateways) {
         tracing::warn!(lun = dev.lun(), error = %e, "setting the ALUA states from the rbd lock failed");
     }
     alua.set_control(Arc::new(RbdOwnership { backend: r.clone(), gateways: gateways.clone() }));
+}
+
+/// `alua=all-active`: every gateway's group Active/Optimized for good.
+/// librbd hands the lock to whichever gateway writes (the holder finishes
+/// its writes in flight first, and a dead holder's lock is broken with a
+/// blocklist), so no write of a gateway fenced that way lands after
+/// another's; SET TARGET PORT GROUPS can change nothing.
+fn attach_all_active(dev: &Device, alua: &Alua, gateways: &Gateways) {
+    let all: Vec<SetGroupState> =
+        gateways.states(None).into_iter().map(|s| SetGroupState { state: AccessState::ActiveOptimized, ..s }).collect();
+    tracing::info!(lun = dev.lun(), "rbd image served by every gateway (alua=all-active)");
+    if let Err(e) = alua.set_states(&all, StatusCode::AlteredByImplicitTransition, None) {
+        tracing::warn!(lun = dev.lun(), error = %e, "setting the ALUA states failed");
+    }
+    alua.set_control(Arc::new(AllActive));
+}
+
+/// The decision-maker of an `alua=all-active` LUN: every group stays
+/// Active/Optimized.
+struct AllActive;
+
+impl AluaControl for AllActive {
+    fn set_target_port_groups<'a>(
+        &'a self,
+        _alua: &'a Alua,
+        request: &'a [SetGroupState],
+        _nexus: &'a Nexus,
+    ) -> AluaFuture<'a> {
+        Box::pin(async move {
+            if request.iter().all(|r| r.state == AccessState::ActiveOptimized) {
+                Ok(())
+            } else {
+                // Every gateway writes this image: there is no standby to make.
+                Err(ScsiError::Sense(sense::SET_TARGET_PORT_GROUPS_COMMAND_FAILED.sense()))
+            }
+        })
+    }
 }
 
 /// The owner named in the image's metadata, unless that is this gateway
@@ -237,6 +278,19 @@ impl AluaControl for RbdOwnership {
 /// changed. Returns whether anything was done.
 pub fn check(target: &Target, dev: &Device, gateways: &Gateways, header_changed: bool) -> bool {
     let (Backend::Rbd(r), Some(alua)) = (dev.disk().backend(), dev.disk().alua()) else { return false };
+    if r.options().multi_writer {
+        // Fenced (librbd broke this client's lock as a dead holder's, or a
+        // reservation change it did not acknowledge): a new client, and
+        // the gateway serves again, Active/Optimized as before.
+        if dev.offline().is_none() {
+            return false;
+        }
+        tracing::warn!(lun = dev.lun(), image = %r.options().spec(), "this gateway's rbd client was fenced: reopening");
+        if let Err(e) = wait(target.reopen_device(dev.lun())) {
+            tracing::warn!(lun = dev.lun(), error = %e, "reopening the fenced rbd image failed");
+        }
+        return true;
+    }
     if !r.is_exclusive() || r.options().exclusive {
         return false;
     }

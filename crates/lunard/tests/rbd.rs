@@ -523,10 +523,15 @@ fn alua_states(s: &Session) -> Vec<(u16, u8)> {
 
 /// SET TARGET PORT GROUPS: `group` to Active/Optimized.
 fn activate(s: &Session, group: u16) -> lunar_initiator::Response {
+    set_group(s, group, 0)
+}
+
+/// SET TARGET PORT GROUPS: `group` to `state` (SPC-5 Table 115 codes).
+fn set_group(s: &Session, group: u16, state: u8) -> lunar_initiator::Response {
     let mut cdb = vec![0xA4, 0x0A, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0];
     cdb[6..10].copy_from_slice(&8u32.to_be_bytes());
     let mut list = vec![0u8; 8];
-    list[4] = 0; // Active/Optimized
+    list[4] = state;
     list[6..8].copy_from_slice(&group.to_be_bytes());
     s.execute(lunar_initiator::Command::writing(0, cdb, list)).unwrap()
 }
@@ -650,4 +655,79 @@ fn two_gateways_own_an_rbd_image_by_its_lock() {
     assert!(export[512 * BS..512 * BS + 4096] == c[..], "the cluster has gw1's last write");
     assert!(export[600 * BS..600 * BS + 4096] == d[..], "the cluster has gw2's write before it was killed");
     assert!(export[700 * BS..700 * BS + 4096] == e[..], "the cluster has the restarted gw2's write");
+}
+
+/// `alua=all-active`: both gateways Active/Optimized and writing one image
+/// (the lock moves to whichever writes; librbd's cache is off), each
+/// reading what the other wrote; no standby to make; a LOGICAL UNIT RESET
+/// through one raises the unit attention on the other's nexuses too.
+#[test]
+fn two_gateways_write_one_rbd_image_all_active() {
+    let Some((conf, _cluster)) = cluster("two_gateways_write_one_rbd_image_all_active") else { return };
+    let img = Image::create(&conf, "allactive", "16M");
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [common::free_port(), common::free_port()];
+    let lun = format!(
+        "backend = \"rbd\"\npool = \"rbd\"\nimage = \"{}\"\nconf = \"{}\"\npr = \"cluster\"\nalua = \"all-active\"",
+        img.name,
+        img.conf.display()
+    );
+    let f1 = common::two_gateway_config(dir.path(), "gw1", ports, IQN, &lun);
+    let f2 = common::two_gateway_config(dir.path(), "gw2", ports, IQN, &lun);
+    let gw1 = Daemon::start_on_file_portal(&["--config", f1.to_str().unwrap()], ports[0]);
+    let gw2 = Daemon::start_on_file_portal(&["--config", f2.to_str().unwrap()], ports[1]);
+    let (s1, s2) = (login(&gw1), login(&gw2));
+    wait_ready(&s1, None, "gw1");
+    wait_ready(&s2, None, "gw2");
+    assert_eq!(alua_states(&s1), vec![(1, 0), (2, 0)], "both Active/Optimized, as gw1 says");
+    assert_eq!(alua_states(&s2), vec![(1, 0), (2, 0)], "and as gw2 says");
+    // Writes alternate between the gateways (the lock is handed over each
+    // time); each reads the other's at once.
+    for i in 0..12u64 {
+        let (w, r) = if i % 2 == 0 { (&s1, &s2) } else { (&s2, &s1) };
+        let data = pattern(100 + i, 8192);
+        let lba = (i % 3) * 16;
+        assert!(w.write(0, lba, data.clone()).unwrap().is_good(), "write {i}");
+        assert!(read(r, 0, lba, 16) == data, "write {i} read through the other gateway");
+    }
+    // Nothing to move: asking for a standby is refused, asking for what is
+    // there is done.
+    let r = set_group(&s1, 2, 2);
+    assert!(!r.is_good() && r.sense_code().is_some(), "STPG to standby refused with a sense: {r:?}");
+    assert!(activate(&s2, 2).is_good(), "STPG to Active/Optimized: nothing to do");
+    let v = gw1.ctl_json(&["alua", "show"]);
+    assert_eq!(v["luns"][0]["ownership"]["by"], "all-active", "{v}");
+
+    // LOGICAL UNIT RESET through gw1: gw2's nexus gets BUS DEVICE RESET
+    // FUNCTION OCCURRED (29h/03h) before gw1 answers.
+    let tmf = s1.task_management(lunar_initiator::TaskMgmtFunction::LogicalUnitReset, 0, None).unwrap();
+    assert_eq!(tmf, lunar_initiator::TmfResponseCode::FunctionComplete, "LU reset through gw1");
+    let r = s2.test_unit_ready(0).unwrap();
+    assert_eq!(
+        r.sense_code(),
+        Some((sense_key::UNIT_ATTENTION, 0x29, 0x03)),
+        "gw2's nexus after gw1's LU reset: {r:?}"
+    );
+    assert!(s2.test_unit_ready(0).unwrap().is_good());
+
+    // gw1 holds the lock (it wrote last) and dies: gw2's next write waits
+    // until librbd breaks the dead holder's lock (with a blocklist), once
+    // the OSD dropped the dead client's watch (osd_client_watch_timeout,
+    // 30 s by default: docs/cluster.md).
+    assert_eq!(
+        s1.test_unit_ready(0).unwrap().sense_code(),
+        Some((sense_key::UNIT_ATTENTION, 0x29, 0x03)),
+        "the issuer too"
+    );
+    assert!(s1.write(0, 64, pattern(200, 4096)).unwrap().is_good());
+    let mut gw1 = gw1;
+    gw1.child.kill().unwrap();
+    gw1.child.wait().unwrap();
+    let killed = std::time::Instant::now();
+    let data = pattern(201, 4096);
+    assert!(s2.write(0, 72, data.clone()).unwrap().is_good(), "gw2 writes after gw1 died");
+    println!("gw2's first write after the lock holder was killed: {:?}", killed.elapsed());
+    assert!(read(&s2, 0, 72, 8) == data);
+    s2.logout().unwrap();
+    stop(gw2);
 }

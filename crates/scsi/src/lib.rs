@@ -80,7 +80,7 @@ pub use lun::{answer_without_lun, report_luns_data};
 pub use lunar_block::Backend;
 pub use reservation::{
     decode_shared, encode_shared, monotonic_nanos, unit_attentions, Change, Nexus, PrType, ReservationState,
-    ReservationStore, RestoreError, SideEffect, StoreFuture,
+    ReservationStore, ResetFuture, RestoreError, SideEffect, StoreFuture,
 };
 pub use sense::{FieldPointer, Sense, SenseCode, SenseKey};
 pub use status::Status;

@@ -327,7 +327,20 @@ pub trait ReservationStore: Send + Sync {
     /// side effects for this gateway (unit attentions, aborts). Runs its
     /// blocking work off the calling (I/O) thread.
     fn apply(&self, nexus: Nexus, req: PrOutRequest) -> StoreFuture;
+
+    /// Tells the other gateways that this logical unit was reset here
+    /// (LOGICAL UNIT RESET, or a target reset), so that each resets its
+    /// side of it too: aborts its commands on it and raises the unit
+    /// attention for its own I_T nexuses (SAM-5 6.3.2: a logical unit
+    /// reset reaches every I_T nexus). Resolves once every other gateway
+    /// has done so or was fenced. By default (nothing shared) at once.
+    fn announce_reset(&self) -> ResetFuture {
+        Box::pin(async {})
+    }
 }
+
+/// The future of [`ReservationStore::announce_reset`].
+pub type ResetFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl std::fmt::Debug for Reservations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -724,6 +737,15 @@ impl Disk {
     /// Whether the state is shared through a [`ReservationStore`].
     pub fn has_reservation_store(&self) -> bool {
         self.reservations.store().is_some()
+    }
+
+    /// Tells the other gateways of this logical unit that it was reset
+    /// ([`ReservationStore::announce_reset`]); at once without a store.
+    pub fn announce_reset(&self) -> ResetFuture {
+        match self.reservations.store() {
+            Some(store) => store.announce_reset(),
+            None => Box::pin(async {}),
+        }
     }
 
     /// Publishes a state read from the shared store, of object version

@@ -209,6 +209,17 @@ impl Image {
         if let Some(k) = &keyring {
             set("keyring", k.to_str().unwrap_or_default())?;
         }
+        if o.multi_writer {
+            if o.exclusive {
+                return Err(RbdError::Invalid {
+                    spec: spec.clone(),
+                    what: "options",
+                    reason: "several writers and an exclusive lock held for good exclude each other".into(),
+                });
+            }
+            // Another client's writes must be seen by the next read here.
+            set("rbd_cache", "false")?;
+        }
         // The bound on a request once open: the configuration's
         // `rados_osd_op_timeout` when set, else IO_TIMEOUT_SECS (never 0,
         // which would let a request wait for ever while the cluster is away).

@@ -46,6 +46,12 @@ LUN SPEC (comma-separated key=value; write ,, for a comma inside a value):
   pr=local|cluster         rbd: persistent reservations in this process, or
                            in the cluster, shared by every gateway serving
                            the image with pr=cluster [default: local]
+  alua=owner|all-active    rbd with [[gateway]]: one gateway (the holder of
+                           the image's lock) Active/Optimized, the others
+                           Standby; or every gateway Active/Optimized and
+                           writing, the lock handed to whichever writes
+                           (reads scale; writes through several gateways
+                           at once pay a hand-over each) [default: owner]
 
 With --config FILE, the command line overrides the file: single values
 replace the file's; --listen replaces the file's portals; --vhost-user adds

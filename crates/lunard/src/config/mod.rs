@@ -239,6 +239,11 @@ pub struct RbdSpec {
     /// gateways serving the image (`pr=cluster`; default `pr=local`: this
     /// process's memory). See docs/cluster.md.
     pub pr_cluster: bool,
+    /// With `[[gateway]]`: every gateway serves the image Active/Optimized
+    /// and writes it (`alua=all-active`); default `alua=owner`: the holder
+    /// of the image's lock is the only Active/Optimized gateway, the others
+    /// Standby. See docs/cluster.md.
+    pub all_active: bool,
 }
 
 impl BackendSpec {

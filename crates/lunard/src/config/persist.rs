@@ -168,6 +168,9 @@ pub fn lun_table(number: Option<u64>, l: &LunConfig) -> Result<Table, String> {
             if r.pr_cluster {
                 t.insert("pr", value("cluster"));
             }
+            if r.all_active {
+                t.insert("alua", value("all-active"));
+            }
         }
     }
     if l.block_size != 512 {

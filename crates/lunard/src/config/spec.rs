@@ -33,10 +33,11 @@ pub(crate) const LUN_KEYS: &[&str] = &[
     "keyring",
     "exclusive",
     "pr",
+    "alua",
 ];
 
 /// The keys only `backend=rbd` takes.
-const RBD_KEYS: &[&str] = &["pool", "image", "namespace", "conf", "id", "keyring", "exclusive", "pr"];
+const RBD_KEYS: &[&str] = &["pool", "image", "namespace", "conf", "id", "keyring", "exclusive", "pr", "alua"];
 
 pub(crate) const BACKENDS: &[&str] = &["mem", "null", "file", "rbd"];
 pub(crate) const DEFAULT_VENDOR: &str = "LUNAR";
@@ -209,6 +210,13 @@ impl LunBuilder {
                     _ => return Err(bad("expected `local` or `cluster`")),
                 }
             }
+            "alua" => {
+                self.rbd.all_active = match value {
+                    "owner" => false,
+                    "all-active" => true,
+                    _ => return Err(bad("expected `owner` or `all-active`")),
+                }
+            }
             // Every key of LUN_KEYS is handled above; keep this total.
             _ => return Err(ConfigError::UnknownKey { what: "LUN spec", key: k.to_string(), valid: LUN_KEYS }),
         }
@@ -247,6 +255,12 @@ impl LunBuilder {
                 if v.is_empty() {
                     return Err(ConfigError::invalid(k, "missing: backend=rbd needs pool=POOL,image=NAME"));
                 }
+            }
+            if self.rbd.all_active && self.rbd.exclusive {
+                return Err(ConfigError::invalid(
+                    "alua",
+                    "all-active lets every gateway write the image; exclusive=on keeps its lock in one client",
+                ));
             }
             BackendSpec::Rbd(self.rbd)
         } else if kind == "file" {
@@ -385,6 +399,9 @@ pub(crate) fn describe(lun: &LunConfig) -> String {
             if r.pr_cluster {
                 s.push_str(", reservations shared by the cluster");
             }
+            if r.all_active {
+                s.push_str(", every gateway active");
+            }
             s
         }
     }];
@@ -506,6 +523,7 @@ mod tests {
                 keyring: Some("/k".into()),
                 exclusive: false,
                 pr_cluster: false,
+                all_active: false,
             })
         );
         assert_eq!(
@@ -532,6 +550,16 @@ mod tests {
         assert!(matches!(&ok("backend=rbd,pool=p,image=i,pr=local").backend, BackendSpec::Rbd(r) if !r.pr_cluster));
         has(&err("backend=rbd,pool=p,image=i,pr=everywhere"), &["`pr`", "`local` or `cluster`"]);
         has(&err("backend=mem,size=1G,pr=cluster"), &["`pr`", "only for backend=rbd"]);
+        let l = ok("backend=rbd,pool=p,image=i,pr=cluster,alua=all-active");
+        assert!(matches!(&l.backend, BackendSpec::Rbd(r) if r.all_active && r.pr_cluster));
+        assert_eq!(
+            l.describe(),
+            "rbd p/i, reservations shared by the cluster, every gateway active, 512-byte blocks, thin"
+        );
+        assert!(matches!(&ok("backend=rbd,pool=p,image=i,alua=owner").backend, BackendSpec::Rbd(r) if !r.all_active));
+        has(&err("backend=rbd,pool=p,image=i,alua=some"), &["`alua`", "`owner` or `all-active`"]);
+        has(&err("backend=rbd,pool=p,image=i,alua=all-active,exclusive=on"), &["`alua`", "exclusive=on"]);
+        has(&err("backend=file,path=/x,alua=all-active"), &["`alua`", "only for backend=rbd"]);
     }
 
     #[test]

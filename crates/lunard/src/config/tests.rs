@@ -724,6 +724,20 @@ werror = "stop"
 
 [[target.lun]]
 spec = "backend=rbd,pool=p,namespace=ns,image=disk1,keyring=/etc/ceph/k"
+
+[[target.lun]]
+backend = "rbd"
+pool = "rbd"
+image = "disk2"
+exclusive = true
+pr = "cluster"
+
+[[target.lun]]
+backend = "rbd"
+pool = "rbd"
+image = "disk3"
+pr = "cluster"
+alua = "all-active"
 "#;
     let origin = Path::new("/etc/lunar/lunard.toml");
     let c = Config::from_toml_str_in(FILE, origin, &env()).unwrap();
@@ -734,6 +748,10 @@ spec = "backend=rbd,pool=p,namespace=ns,image=disk1,keyring=/etc/ceph/k"
     assert_eq!(t.luns[0].werror, Policy::Stop);
     let BackendSpec::Rbd(r) = &t.luns[1].backend else { panic!() };
     assert_eq!((r.namespace.as_deref(), r.keyring.as_deref()), (Some("ns"), Some(Path::new("/etc/ceph/k"))));
+    let BackendSpec::Rbd(r) = &t.luns[2].backend else { panic!() };
+    assert!(r.exclusive && r.pr_cluster && !r.all_active, "{r:?}");
+    let BackendSpec::Rbd(r) = &t.luns[3].backend else { panic!() };
+    assert!(!r.exclusive && r.pr_cluster && r.all_active, "{r:?}");
     // Written back (lunarctl lun add) in the form the file is read in.
     for l in &t.luns {
         let table = persist::lun_table(None, l).unwrap();

@@ -110,6 +110,9 @@ struct FileLun {
     conf: Option<String>,
     id: Option<String>,
     keyring: Option<String>,
+    exclusive: Option<bool>,
+    pr: Option<String>,
+    alua: Option<String>,
 }
 
 /// `size = 1073741824` or `size = "1G"`.
@@ -406,6 +409,9 @@ fn lun(l: FileLun, base: &Path) -> Result<LunConfig, ConfigError> {
         ("conf", l.conf),
         ("id", l.id),
         ("keyring", l.keyring),
+        ("exclusive", l.exclusive.map(on)),
+        ("pr", l.pr),
+        ("alua", l.alua),
     ];
     let pairs: Vec<(String, String)> = keyed.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_string(), v))).collect();
     let pairs = match l.spec {

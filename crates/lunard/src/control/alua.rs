@@ -67,6 +67,9 @@ pub(super) fn show(ctx: &Arc<Context>, p: &Params<'_>) -> Result<Value, RpcError
                 .collect();
             // Who decides: an rbd LUN's owner is its image's lock holder.
             let ownership = match dev.disk().backend() {
+                lunar_block::Backend::Rbd(r) if r.options().multi_writer => json!({
+                    "by": "all-active", "image": r.options().spec(), "lock_held": r.owns_lock(),
+                }),
                 lunar_block::Backend::Rbd(r) if r.is_exclusive() && !r.options().exclusive => json!({
                     "by": "rbd-lock", "image": r.options().spec(), "lock_held": r.owns_lock(),
                 }),
