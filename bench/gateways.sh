@@ -16,7 +16,8 @@
 #
 # 4 KiB random reads and writes, QD16 per initiator (crates/initiator's
 # iscsi-load example: two processes at once), for SECONDS each; ROUNDS
-# rounds in an order that rotates; prints the median aggregate IOPS of each
+# rounds in an order that rotates (both images rewritten whole before each
+# run: see refill); prints the median aggregate IOPS of each
 # configuration, its spread, and its ratio to one-gw (for two-images: to
 # two-images-one-gw).
 #
@@ -95,16 +96,23 @@ load() {
   echo $(( $(sed -n 's/^iops \([0-9]*\).*/\1/p' "$work/l1") + $(sed -n 's/^iops \([0-9]*\).*/\1/p' "$work/l2") ))
 }
 
-# The images written through once (reads of never-written extents are cheaper).
-gateways owner "$img_a" "$img_b"
-"$bin/examples/iscsi-load" "127.0.0.1:$p1" "$iqn" 0 write 16 4 256 seq > /dev/null
-"$bin/examples/iscsi-load" "127.0.0.1:$p1" "$iqn" 1 write 16 4 256 seq > /dev/null
-stop_gateways
+# refill: both images rewritten whole, in 4 MiB sequential writes, before
+# every run: reads of never-written extents are cheaper, and the in-memory
+# store slows down as random writes fragment its objects (rates fell by
+# half within a round without it).
+refill() {
+  local i
+  for i in "${images[@]}"; do
+    rbd -c "$conf" bench --io-type write --io-pattern seq --io-size 4M --io-threads 4 --io-total 256M \
+      "rbd/$i" > /dev/null
+  done
+}
 
 declare -A got
 configs=(one-gw all-active owner two-images two-images-one-gw)
 run_config() { # run_config NAME RW
   local name=$1 rw=$2
+  refill
   case "$name" in
     one-gw)
       p1=$(free_port)

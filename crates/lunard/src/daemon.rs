@@ -264,6 +264,14 @@ impl Daemon {
                 }
                 share_reservations(&dev, l).map_err(err)?;
                 if let Some(g) = Gateways::of(config) {
+                    if let BackendSpec::Rbd(r) = &l.backend {
+                        if !r.pr_cluster {
+                            tracing::warn!(
+                                target = %t.name, lun,
+                                "an rbd LUN of several gateways with pr=local: its persistent reservations are this gateway's alone (add pr=cluster on every gateway)"
+                            );
+                        }
+                    }
                     crate::ownership::attach(&dev, &g);
                 }
                 if let Some(n) = l.iothread {

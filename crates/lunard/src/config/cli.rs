@@ -51,7 +51,8 @@ LUN SPEC (comma-separated key=value; write ,, for a comma inside a value):
                            Standby; or every gateway Active/Optimized and
                            writing, the lock handed to whichever writes
                            (reads scale; writes through several gateways
-                           at once pay a hand-over each) [default: owner]
+                           at once pay a hand-over each; needs pr=cluster)
+                           [default: owner]
 
 With --config FILE, the command line overrides the file: single values
 replace the file's; --listen replaces the file's portals; --vhost-user adds

@@ -262,6 +262,12 @@ impl LunBuilder {
                     "all-active lets every gateway write the image; exclusive=on keeps its lock in one client",
                 ));
             }
+            if self.rbd.all_active && !self.rbd.pr_cluster {
+                return Err(ConfigError::invalid(
+                    "alua",
+                    "all-active needs pr=cluster: with every gateway writing, reservations and resets must be shared",
+                ));
+            }
             BackendSpec::Rbd(self.rbd)
         } else if kind == "file" {
             let Some(path) = self.path else {
@@ -550,6 +556,7 @@ mod tests {
         assert!(matches!(&ok("backend=rbd,pool=p,image=i,pr=local").backend, BackendSpec::Rbd(r) if !r.pr_cluster));
         has(&err("backend=rbd,pool=p,image=i,pr=everywhere"), &["`pr`", "`local` or `cluster`"]);
         has(&err("backend=mem,size=1G,pr=cluster"), &["`pr`", "only for backend=rbd"]);
+        has(&err("backend=rbd,pool=p,image=i,alua=all-active"), &["`alua`", "needs pr=cluster"]);
         let l = ok("backend=rbd,pool=p,image=i,pr=cluster,alua=all-active");
         assert!(matches!(&l.backend, BackendSpec::Rbd(r) if r.all_active && r.pr_cluster));
         assert_eq!(
@@ -558,7 +565,7 @@ mod tests {
         );
         assert!(matches!(&ok("backend=rbd,pool=p,image=i,alua=owner").backend, BackendSpec::Rbd(r) if !r.all_active));
         has(&err("backend=rbd,pool=p,image=i,alua=some"), &["`alua`", "`owner` or `all-active`"]);
-        has(&err("backend=rbd,pool=p,image=i,alua=all-active,exclusive=on"), &["`alua`", "exclusive=on"]);
+        has(&err("backend=rbd,pool=p,image=i,pr=cluster,alua=all-active,exclusive=on"), &["`alua`", "exclusive=on"]);
         has(&err("backend=file,path=/x,alua=all-active"), &["`alua`", "only for backend=rbd"]);
     }
 
