@@ -447,6 +447,9 @@ impl Inner {
                 addrs.iter().map(|a| scope.spawn(move || obj.blocklist(a, self.settings.blocklist_secs))).collect();
             jobs.into_iter().try_for_each(|job| job.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
         })?;
+        if let Some((dev, target)) = self.device().and_then(|d| d.target().map(|t| (d, t))) {
+            target.report_fencing(dev.lun(), "reservation", addrs.clone());
+        }
         for (gid, addr) in late {
             tracing::warn!(
                 "{}: gateway client.{gid} ({addr}) did not acknowledge {what} within {:?}: blocklisted",

@@ -379,7 +379,7 @@ impl Device {
     /// The LUNs of the target, for REPORT LUNS (rare path: read under the
     /// control-plane lock).
     /// The target this device belongs to, while it lives.
-    pub(crate) fn target(&self) -> Option<Arc<Target>> {
+    pub fn target(&self) -> Option<Arc<Target>> {
         self.target.upgrade()
     }
 

@@ -69,4 +69,14 @@ pub enum Event {
     DeviceOnline {
         lun: u64,
     },
+    /// This gateway fenced other clients of the LUN's storage
+    /// (blocklisted them in the cluster): to take the image over
+    /// (`take-over`), or because they did not acknowledge a change of the
+    /// shared reservations or a logical unit reset in time (`reservation`).
+    Fenced {
+        lun: u64,
+        reason: &'static str,
+        /// The clients' addresses, as the blocklist took them.
+        clients: Vec<String>,
+    },
 }

@@ -138,6 +138,12 @@ impl Target {
         let _ = self.events.send(e);
     }
 
+    /// Tells the event stream that this gateway fenced `clients` of LUN
+    /// `lun`'s storage, and why (see [`Event::Fenced`]).
+    pub fn report_fencing(&self, lun: u64, reason: &'static str, clients: Vec<String>) {
+        self.emit(Event::Fenced { lun, reason, clients });
+    }
+
     pub fn device(&self, lun: u64) -> Option<Arc<Device>> {
         self.devices.lock().unwrap_or_else(|e| e.into_inner()).get(&lun).cloned()
     }

@@ -89,13 +89,22 @@ impl Gateways {
 pub struct RbdOwnership {
     backend: Arc<RbdBackend>,
     gateways: Gateways,
+    /// The LU, to report the clients a take-over fenced.
+    device: std::sync::Weak<Device>,
+}
+
+/// Reports to `dev`'s target's event stream that a take-over fenced `clients`.
+fn report_take_over(dev: &Device, clients: &[String]) {
+    if let Some(t) = dev.target() {
+        t.report_fencing(dev.lun(), "take-over", clients.to_vec());
+    }
 }
 
 /// Makes an rbd LUN's ALUA state follow its image's lock (see the module
 /// documentation): the lock becomes managed, this gateway takes it if it
 /// is free, and SET TARGET PORT GROUPS moves it. Blocking (cluster round
 /// trips): call on the control plane. Other LUNs are left as they are.
-pub fn attach(dev: &Device, gateways: &Gateways) {
+pub fn attach(dev: &Arc<Device>, gateways: &Gateways) {
     let (Backend::Rbd(r), Some(alua)) = (dev.disk().backend(), dev.disk().alua()) else { return };
     if r.options().multi_writer {
         attach_all_active(dev, alua, gateways);
@@ -116,6 +125,7 @@ pub fn attach(dev: &Device, gateways: &Gateways) {
         } else if r.metadata(OWNER_KEY)?.as_deref() == Some(gateways.local_name()) {
             let fenced = r.take_over_lock()?;
             tracing::warn!(image = %r.options().spec(), ?fenced, "rbd lock of this gateway's previous process taken over");
+            report_take_over(dev, &fenced);
             Ok(true)
         } else {
             Ok(false)
@@ -136,7 +146,11 @@ pub fn attach(dev: &Device, gateways: &Gateways) {
     if let Err(e) = alua.set_states(&gateways.states(owner), StatusCode::AlteredByImplicitTransition, None) {
         tracing::warn!(lun = dev.lun(), error = %e, "setting the ALUA states from the rbd lock failed");
     }
-    alua.set_control(Arc::new(RbdOwnership { backend: r.clone(), gateways: gateways.clone() }));
+    alua.set_control(Arc::new(RbdOwnership {
+        backend: r.clone(),
+        gateways: gateways.clone(),
+        device: Arc::downgrade(dev),
+    }));
 }
 
 /// `alua=all-active`: every gateway's group Active/Optimized for good.
@@ -209,6 +223,9 @@ impl RbdOwnership {
         match taken {
             Ok(Ok(fenced)) => {
                 tracing::warn!(image = %self.backend.options().spec(), ?fenced, "rbd lock taken over: previous owners fenced");
+                if let Some(dev) = self.device.upgrade() {
+                    report_take_over(&dev, &fenced);
+                }
                 let (backend, gateways) = (self.backend.clone(), self.gateways.clone());
                 let _ = tokio::task::spawn_blocking(move || record_owner(&backend, &gateways)).await;
                 apply(alua, &self.gateways.states(Some(local)), Some(nexus))

@@ -581,9 +581,13 @@ fn two_gateways_own_an_rbd_image_by_its_lock() {
     assert!(s2.write(0, 256, pattern(42, 4096)).unwrap().is_check(sense_key::NOT_READY, 0x04, 0x0B));
 
     // Failover as multipath does it: STPG through the standby path.
+    let mut events2 = common::Events::subscribe(&gw2);
     let r = activate(&s2, 2);
     assert!(r.is_good(), "STPG through gw2: {r:?}");
     wait_ready(&s2, None, "gw2 after its take-over");
+    let e = events2.wait_for("gateway.fenced");
+    assert_eq!((e["lun"].as_u64(), e["reason"].as_str()), (Some(0), Some("take-over")), "{e}");
+    assert!(e["clients"].as_array().is_some_and(|c| !c.is_empty()), "the fenced owner's client: {e}");
     let b = pattern(43, 64 << 10);
     assert!(s2.write(0, 128, b.clone()).unwrap().is_good(), "gw2 writes once it owns the image");
     // The old owner was fenced; it rejoins as standby by itself.

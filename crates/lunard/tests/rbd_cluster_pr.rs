@@ -193,6 +193,7 @@ fn a_gateway_that_does_not_answer_is_blocklisted_and_the_pr_out_completes() {
     good(pr_out(&a, REGISTER, 0, 0xA), "A REGISTER, both gateways up");
 
     // Gateway 2 stops answering (SIGSTOP: its watch stays registered).
+    let mut events = common::Events::subscribe(&g1);
     let pid = g2.child.id().to_string();
     assert!(Process::new("kill").args(["-STOP", &pid]).status().unwrap().success());
     let t = Instant::now();
@@ -212,6 +213,9 @@ fn a_gateway_that_does_not_answer_is_blocklisted_and_the_pr_out_completes() {
         assert!(list.contains(bare), "gateway 2's client {c} not in the blocklist:\n{list}");
     }
     assert_eq!(keys(&a), (2, vec![0xAA]));
+    let e = events.wait_for("gateway.fenced");
+    assert_eq!((e["lun"].as_u64(), e["reason"].as_str()), (Some(0), Some("reservation")), "{e}");
+    assert_eq!(e["clients"].as_array().map(Vec::len), Some(clients.len()), "both of gateway 2's clients: {e}");
 
     // Gateway 2, back, connects again and re-reads before it answers again.
     let deadline = Instant::now() + Duration::from_secs(30);

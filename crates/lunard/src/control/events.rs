@@ -67,6 +67,9 @@ pub fn core_event(target: &str, e: &Event) -> Value {
             "event": "lun.offline", "lun": lun, "errno": errno, "errno_name": errno_name(*errno),
         }),
         Event::DeviceOnline { lun } => json!({ "event": "lun.online", "lun": lun }),
+        Event::Fenced { lun, reason, clients } => json!({
+            "event": "gateway.fenced", "lun": lun, "reason": reason, "clients": clients,
+        }),
     };
     if let Some(o) = v.as_object_mut() {
         o.insert("target".into(), json!(target));
