@@ -58,6 +58,14 @@ use crate::Result;
 /// bytes, inside one aligned unit of this size (larger ones came in Quincy).
 pub const ATOMIC_COMPARE_AND_WRITE_BYTES: u64 = 512;
 
+/// Nanoseconds since the first call, on the monotonic clock (never 0).
+#[cfg(lunar_rbd)]
+fn clock_ns() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let e = *EPOCH.get_or_init(std::time::Instant::now);
+    u64::try_from(e.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1)
+}
+
 /// Seconds `RbdBackend::open` waits for an unreachable cluster.
 pub const CONNECT_TIMEOUT_SECS: u64 = 10;
 
@@ -141,6 +149,15 @@ pub struct RbdBackend {
     /// decides which gateway owns the image (ALUA), not held for good.
     #[cfg(lunar_rbd)]
     managed: std::sync::atomic::AtomicBool,
+    /// With [`RbdOptions::multi_writer`]: when the oldest write still
+    /// waiting began, and when a write last completed (nanoseconds of
+    /// [`clock_ns`]; plain stores, no read-modify-write): writes that wait
+    /// long while none completes wait for a lock holder that does not
+    /// answer ([`RbdBackend::write_stalled_for`]).
+    #[cfg(lunar_rbd)]
+    pending_since: std::sync::atomic::AtomicU64,
+    #[cfg(lunar_rbd)]
+    last_done: std::sync::atomic::AtomicU64,
     #[cfg(not(lunar_rbd))]
     never: std::convert::Infallible,
     options: RbdOptions,
@@ -160,8 +177,39 @@ impl RbdBackend {
         Ok(RbdBackend {
             inner: arc_swap::ArcSwap::from_pointee(inner),
             managed: std::sync::atomic::AtomicBool::new(false),
+            pending_since: std::sync::atomic::AtomicU64::new(0),
+            last_done: std::sync::atomic::AtomicU64::new(0),
             options: options.clone(),
         })
+    }
+
+    /// How long writes have been waiting without any completing (zero when
+    /// none waits, or without [`RbdOptions::multi_writer`]). Several
+    /// writers hand the image's lock over in milliseconds; seconds mean
+    /// the holder does not answer (dead, its watch not yet timed out).
+    pub fn write_stalled_for(&self) -> std::time::Duration {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (since, done) = (self.pending_since.load(Relaxed), self.last_done.load(Relaxed));
+        if since <= done {
+            return std::time::Duration::ZERO;
+        }
+        std::time::Duration::from_nanos(clock_ns().saturating_sub(since))
+    }
+
+    /// Breaks the image's lock of every other holder, which librbd
+    /// blocklists first (nothing it still sends lands afterwards); this
+    /// client's waiting writes then get the lock. Blocking (control
+    /// plane). Returns the holders fenced.
+    pub fn fence_lock_holders(&self) -> Result<Vec<String>> {
+        let img = self.inner.load();
+        if img.owns_lock() {
+            return Ok(Vec::new());
+        }
+        let owners = img.lock_owners()?;
+        for owner in &owners {
+            img.break_lock(owner)?;
+        }
+        Ok(owners)
     }
 
     /// Opens the image again as a new client of the cluster (blocking:
@@ -307,7 +355,17 @@ impl RbdBackend {
     /// the shared bytes become one, copied only if the caller still holds
     /// them, as the core does for a write it may retry).
     pub async fn write(&self, offset: u64, data: impl Into<crate::Bytes>, fua: bool) -> Result<()> {
-        image::Image::write(&self.inner.load_full(), offset, Vec::from(data.into()), fua).await
+        if !self.options.multi_writer {
+            return image::Image::write(&self.inner.load_full(), offset, Vec::from(data.into()), fua).await;
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        // (Racy by design: a heuristic of the control plane, not a count.)
+        if self.pending_since.load(Relaxed) <= self.last_done.load(Relaxed) {
+            self.pending_since.store(clock_ns(), Relaxed);
+        }
+        let r = image::Image::write(&self.inner.load_full(), offset, Vec::from(data.into()), fua).await;
+        self.last_done.store(clock_ns(), Relaxed);
+        r
     }
 
     pub async fn flush(&self) -> Result<()> {
@@ -353,6 +411,14 @@ impl RbdBackend {
     }
 
     pub fn io_timeout_secs(&self) -> u64 {
+        match self.never {}
+    }
+
+    pub fn write_stalled_for(&self) -> std::time::Duration {
+        match self.never {}
+    }
+
+    pub fn fence_lock_holders(&self) -> Result<Vec<String>> {
         match self.never {}
     }
 

@@ -44,6 +44,12 @@ use lunar_block::{Backend, RbdBackend};
 use lunar_core::{wait, Device, Target};
 use lunar_scsi::{sense, AccessState, Alua, AluaControl, AluaFuture, Nexus, ScsiError, SetGroupState, StatusCode};
 
+/// With `alua=all-active`: how long writes may wait for the image's lock
+/// before its holder is taken for dead and fenced. librbd hands the lock
+/// over in milliseconds; this stays well below the 30 s command timeout
+/// of Linux initiators and above any hand-over under load.
+pub const ALL_ACTIVE_STALL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The image metadata key naming the owning gateway.
 pub const OWNER_KEY: &str = "lunar.owner";
 
@@ -296,6 +302,23 @@ impl AluaControl for RbdOwnership {
 pub fn check(target: &Target, dev: &Device, gateways: &Gateways, header_changed: bool) -> bool {
     let (Backend::Rbd(r), Some(alua)) = (dev.disk().backend(), dev.disk().alua()) else { return false };
     if r.options().multi_writer {
+        // Writes wait for a lock holder that does not hand the lock over:
+        // dead (librbd would break its lock only once the OSD dropped its
+        // watch, 30 s by default) or hung. Fence it now.
+        if r.write_stalled_for() >= ALL_ACTIVE_STALL && !r.owns_lock() {
+            match r.fence_lock_holders() {
+                Ok(fenced) if !fenced.is_empty() => {
+                    tracing::warn!(
+                        lun = dev.lun(), image = %r.options().spec(), ?fenced,
+                        "writes waited {:?} for the rbd lock: its holder fenced", ALL_ACTIVE_STALL
+                    );
+                    target.report_fencing(dev.lun(), "unresponsive-lock-holder", fenced);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(lun = dev.lun(), error = %e, "fencing the rbd lock's holder failed"),
+            }
+            return true;
+        }
         // Fenced (librbd broke this client's lock as a dead holder's, or a
         // reservation change it did not acknowledge): a new client, and
         // the gateway serves again, Active/Optimized as before.

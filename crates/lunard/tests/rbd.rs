@@ -715,9 +715,10 @@ fn two_gateways_write_one_rbd_image_all_active() {
     assert!(s2.test_unit_ready(0).unwrap().is_good());
 
     // gw1 holds the lock (it wrote last) and dies: gw2's next write waits
-    // until librbd breaks the dead holder's lock (with a blocklist), once
-    // the OSD dropped the dead client's watch (osd_client_watch_timeout,
-    // 30 s by default: docs/cluster.md).
+    // for it, and after ownership::ALL_ACTIVE_STALL gw2 fences the holder
+    // (librbd alone would break the dead holder's lock only once the OSD
+    // dropped its watch: osd_client_watch_timeout, 30 s by default).
+    let mut events2 = common::Events::subscribe(&gw2);
     assert_eq!(
         s1.test_unit_ready(0).unwrap().sense_code(),
         Some((sense_key::UNIT_ATTENTION, 0x29, 0x03)),
@@ -731,6 +732,8 @@ fn two_gateways_write_one_rbd_image_all_active() {
     let data = pattern(201, 4096);
     assert!(s2.write(0, 72, data.clone()).unwrap().is_good(), "gw2 writes after gw1 died");
     println!("gw2's first write after the lock holder was killed: {:?}", killed.elapsed());
+    let e = events2.wait_for("gateway.fenced");
+    assert_eq!(e["reason"], "unresponsive-lock-holder", "{e}");
     assert!(read(&s2, 0, 72, 8) == data);
     s2.logout().unwrap();
     stop(gw2);
