@@ -37,14 +37,22 @@
 #
 # Needs root (network namespace). Installs what it needs on Debian 12.
 # usage: tests/vm/multipath.sh
+# With ALUA=all-active the LUN says alua=all-active: both gateways are
+# Active/Optimized, multipath puts both paths in one group and writes
+# through both; an event ends the gateway holding the image's lock at that
+# moment, the other fences it once writes waited 5 s for the lock.
+#
 # env: GUEST_TIMEOUT (s, default 480), EVENTS (default "kill:8 kill:8
-#      upgrade:1 kill:1 term:8"), KEEP_LOGS (a directory: keep the serial
-#      console and the lunard logs there)
+#      upgrade:1 kill:1 term:8"), ALUA (owner or all-active, default
+#      owner), KEEP_LOGS (a directory: keep the serial console and the
+#      lunard logs there)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 guest_timeout=${GUEST_TIMEOUT:-480}
+alua=${ALUA:-owner}
+case "$alua" in owner | all-active) ;; *) echo "ALUA: owner or all-active, not $alua"; exit 2 ;; esac
 read -r -a events <<< "${EVENTS:-kill:8 kill:8 upgrade:1 kill:1 term:8}"
 # A failover needs the gateway down longer than the guest's replacement_timeout.
 failover_down=5
@@ -135,7 +143,7 @@ portal = "${addrs[1]}:3260"
 name = "$iqn:shared"
 
 [[target.lun]]
-spec = "backend=rbd,pool=rbd,image=mpath,conf=$conf,pr=cluster"
+spec = "backend=rbd,pool=rbd,image=mpath,conf=$conf,pr=cluster,alua=$alua"
 EOF
 done
 # A second copy of the binary, for the "upgrade" event (the same build:
@@ -172,7 +180,8 @@ owner() {
     done
 }
 start_gw 1
-for _ in $(seq 100); do [ "$(owner)" = 1 ] && break; sleep 0.1; done
+# (alua=owner: gw1 takes the lock at start; all-active: whoever writes does)
+[ "$alua" = all-active ] || for _ in $(seq 100); do [ "$(owner)" = 1 ] && break; sleep 0.1; done
 start_gw 2
 echo "gateways up; owner: gateway $(owner)"
 
@@ -245,8 +254,13 @@ check "both paths have the image's size (READ CAPACITY answered in standby)" \
     "$(m "sizes: ")" "$((256 * 2048)) $((256 * 2048))"
 check "scsi_dh_alua attached to both paths" "$(m "device handlers: ")" "alua alua"
 ll() { serial | sed -n "s/^LUNAR-MPLL $1: //p"; }
-check "the map: two path groups, ALUA prio 50 (active/optimized) and 1 (standby)" \
-    "$(ll start | grep -o "prio=[0-9]*" | sort -u | tr '\n' ' ' | trim)" "prio=1 prio=50"
+if [ "$alua" = owner ]; then
+    check "the map: two path groups, ALUA prio 50 (active/optimized) and 1 (standby)" \
+        "$(ll start | grep -o "prio=[0-9]*" | sort -u | tr '\n' ' ' | trim)" "prio=1 prio=50"
+else
+    check "the map: one path group, ALUA prio 50 (both active/optimized), two paths ready" \
+        "$(ll start | grep -o "prio=[0-9]*" | tr '\n' ' ' | trim) $(ll start | grep -c "active ready running")" "prio=50 2"
+fi
 check "the map: hardware handler alua" "$(ll start | grep -c "hwhandler='1 alua'")" 1
 check "the map has the image's size" "$(m "map size ")" $((256 * 2048))
 
@@ -299,7 +313,7 @@ stats() { # stats MS...: "median M ms, max X ms" of the arguments
     printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { printf "median %d ms, max %d ms (%d)\n", (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2, a[NR], NR }'
 }
 echo "failover summary: $long_events failovers: I/O stall $(stats "${fo_stalls[@]}"); ${#quick_stalls[@]} quick restarts: $(stats "${quick_stalls[@]}"); application write errors $(echo "$loop" | sed -n 's/.*write errors \([0-9]*\).*/\1/p'), chunks verified $(m "failover verify: ")"
-check "the owner moved to the other gateway at each failover" "$moved" "$long_events"
+[ "$alua" = all-active ] || check "the owner moved to the other gateway at each failover" "$moved" "$long_events"
 check "the guest's dm-multipath failed a path at each failover" \
     "$(f=$(m "failover kernel: " | sed -n 's/failing path \([0-9]*\).*/\1/p'); [ "${f:-0}" -ge "$long_events" ] && echo yes)" yes
 final_owner=${event_owner[${#event_owner[@]} - 1]:-}
@@ -321,4 +335,4 @@ if [ "$failed" -gt 0 ]; then
     echo "---- serial console"
     serial | grep -av "wrote chunk" | tail -80
 fi
-vm_summary multipath
+vm_summary "multipath (alua=$alua)"
