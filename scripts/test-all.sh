@@ -134,6 +134,8 @@ step "Linux's iSCSI initiator: open-iscsi (iscsid, iscsiadm, iscsi_tcp) in a QEM
 bash tests/vm/kernel-initiator.sh
 step "Two gateways of one RBD image under Linux's dm-multipath (multipathd, ALUA, scsi_dh_alua) in a QEMU guest: the owning gateway killed, stopped and upgraded during a verified O_DIRECT write loop; reservations made with mpathpersist enforced through both gateways"
 bash tests/vm/multipath.sh
+step "The same failover loop with alua=all-active: both gateways Active/Optimized, multipath writes through both"
+ALUA=all-active bash tests/vm/multipath.sh
 
 echo
 echo "all tests passed"
