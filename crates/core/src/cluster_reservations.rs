@@ -197,6 +197,10 @@ struct Inner {
     device: Weak<Device>,
     /// Tells the watcher thread of notifies, watch errors and the end.
     events: Mutex<mpsc::Sender<Signal>>,
+    /// The addresses recorded in this gateway's fence record (its
+    /// reservation client, then the image's data client); re-recorded
+    /// when the image was reopened as a new client.
+    recorded: Mutex<String>,
 }
 
 enum Signal {
@@ -222,6 +226,7 @@ impl ClusterReservations {
             obj: Mutex::new(obj.clone()),
             device: Arc::downgrade(device),
             events: Mutex::new(tx),
+            recorded: Mutex::new(String::new()),
         });
         inner.establish(&obj)?;
         device.disk().set_reservation_store(Arc::new(Store(inner.clone())));
@@ -307,9 +312,18 @@ impl Inner {
         obj.watch(Box::new(move |ev| {
             let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(Signal::Watch(ev));
         }))?;
-        // This client's addresses, then those of the client that writes the
-        // image (its data path): a fence must cut both, or a write admitted
-        // before the gateway stalled could still land after the change.
+        self.record_addresses(obj)?;
+        let before = monotonic_nanos();
+        self.refresh(obj)?;
+        self.renew_from(before);
+        Ok(())
+    }
+
+    /// This client's addresses, then those of the client that writes the
+    /// image (its data path), recorded as this gateway's fence record: a
+    /// fence must cut both, or a write admitted before the gateway stalled
+    /// could still land after the change.
+    fn addresses(&self, obj: &SharedObject) -> Result<String, ClusterPrError> {
         let mut addr = obj.addrs()?;
         if let Some(lunar_block::Backend::Rbd(r)) = self.device().as_ref().map(|d| d.disk().backend().clone()) {
             match r.client_addrs() {
@@ -322,11 +336,29 @@ impl Inner {
                 }
             }
         }
+        Ok(addr)
+    }
+
+    fn record_addresses(&self, obj: &SharedObject) -> Result<(), ClusterPrError> {
+        let addr = self.addresses(obj)?;
         obj.set_xattr(&format!("{GATEWAY_XATTR}{}", obj.instance_id()), addr.as_bytes())?;
-        let before = monotonic_nanos();
-        self.refresh(obj)?;
-        self.renew_from(before);
+        *self.recorded.lock().unwrap_or_else(|e| e.into_inner()) = addr;
         Ok(())
+    }
+
+    /// Re-records the fence record when the image's data client changed
+    /// (the LUN was reopened: `lunarctl lun reopen`, a fenced owner
+    /// rejoining): the old record would name a client no longer in use.
+    fn refresh_addresses(&self) {
+        let obj = self.object();
+        let Ok(now) = self.addresses(&obj) else { return };
+        if *self.recorded.lock().unwrap_or_else(|e| e.into_inner()) == now {
+            return;
+        }
+        match self.record_addresses(&obj) {
+            Ok(()) => tracing::info!("{}: this gateway's fence record now names its new image client", obj.name()),
+            Err(e) => tracing::warn!("{}: re-recording this gateway's addresses failed: {e}", obj.name()),
+        }
     }
 
     /// Trusts the copy until a lease after `confirmed` (a
@@ -506,7 +538,10 @@ impl Inner {
                     tracing::warn!("reservation watch broke (errno {errno}): re-reading before trusting the copy");
                     false
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => self.check_and_renew(),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.refresh_addresses();
+                    self.check_and_renew()
+                }
             };
             if !healthy {
                 if let Some(d) = self.device() {

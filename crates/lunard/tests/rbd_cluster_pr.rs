@@ -240,3 +240,38 @@ fn a_gateway_that_does_not_answer_is_blocklisted_and_the_pr_out_completes() {
     assert_eq!(keys(&a), (3, vec![0xAA, 0xB]));
     stop_all([a, b], [g1, g2]);
 }
+
+/// A gateway whose image was reopened as a new client (`lunarctl lun
+/// reopen`, as a fenced owner rejoining does) re-records its fence record:
+/// the reservation client's line stays, the image client's line names the
+/// new client, so a later fence cuts the data path in use.
+#[test]
+fn a_reopened_gateway_records_its_new_image_client() {
+    let Some((conf, _cluster)) = cluster("a_reopened_gateway_records_its_new_image_client") else {
+        return;
+    };
+    let img = Image::create(&conf, "prreopen");
+    let g = Daemon::start(&["--lun", &img.lun()]);
+    let before = img.gateways();
+    assert_eq!(before.len(), 1, "{before:?}");
+    let (key, addr) = before[0].clone();
+    let lines: Vec<String> = addr.lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 2, "the reservation client and the image client: {addr:?}");
+    assert!(g.ctl_ok(&["lun", "reopen", "0"]).contains("reopened"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now: Vec<String> = img
+            .gateways()
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, a)| a.lines().map(str::to_string).collect())
+            .unwrap_or_default();
+        if now.len() == 2 && now[1] != lines[1] {
+            assert_eq!(now[0], lines[0], "the reservation client is the same");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the fence record still names the old image client: {now:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(g);
+}
