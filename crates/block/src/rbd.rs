@@ -262,10 +262,7 @@ impl RbdBackend {
             if img.owns_lock() {
                 return Ok(fenced);
             }
-            for owner in img.lock_owners()? {
-                img.break_lock(&owner)?;
-                fenced.push(owner);
-            }
+            fenced.extend(self.fence_lock_holders()?);
             if img.acquire_lock()? {
                 return Ok(fenced);
             }
