@@ -161,6 +161,11 @@ impl FaultBackend {
         self.inner.read(offset, len).await
     }
 
+    pub async fn read_into(&self, offset: u64, dest: &crate::SgBuf, len: usize) -> Result<()> {
+        self.gate(&self.read_errno, "read", offset, len as u64).await?;
+        self.inner.read_into(offset, dest, len).await
+    }
+
     pub async fn write(&self, offset: u64, data: impl Into<Bytes>, fua: bool) -> Result<()> {
         let data: Bytes = data.into();
         self.write_gate("write", offset, data.len() as u64).await?;

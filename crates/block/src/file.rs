@@ -235,6 +235,78 @@ impl FileBackend {
         Ok(buf.into_vec())
     }
 
+    /// Reads `len` bytes at `offset` straight into lent memory: `preadv`
+    /// for a file in memory or a page-cache hit, else a vectored read on
+    /// this thread's io_uring. With O_DIRECT and a buffer not aligned for
+    /// it, through an aligned buffer of its own and a copy.
+    pub async fn read_into(&self, offset: u64, dest: &crate::SgBuf, len: usize) -> Result<()> {
+        if len > dest.len() {
+            return Err(BlockError::out_of_range("read", offset, len as u64));
+        }
+        self.read_into_lent(offset, dest, len).await?;
+        dest.set_filled(len);
+        Ok(())
+    }
+
+    async fn read_into_lent(&self, offset: u64, dest: &crate::SgBuf, len: usize) -> Result<()> {
+        self.check_range("read", offset, len as u64)?;
+        self.check_align("read", offset, len as u64)?;
+        if len == 0 {
+            return Ok(());
+        }
+        if self.direct && !dest.is_aligned(DIRECT_IO_ALIGN as usize) {
+            let data = self.read(offset, len).await?;
+            dest.write_at(0, &data);
+            return Ok(());
+        }
+        let err = |e: sys::ReadError| match e {
+            sys::ReadError::Eof => BlockError::out_of_range("read", offset, len as u64),
+            sys::ReadError::Errno(e) => BlockError::from_errno(e, "read", offset, len as u64),
+        };
+        let mut iov = dest.iovecs(0, len);
+        if self.in_memory {
+            return sys::preadv_full(&self.file, &mut iov, offset).map_err(err);
+        }
+        if !self.direct && !self.no_nowait.load(Ordering::Relaxed) {
+            match sys::preadv_nowait(&self.file, &iov, offset) {
+                sys::Nowait::Done => return Ok(()),
+                sys::Nowait::WouldBlock => {}
+                sys::Nowait::Unsupported => self.no_nowait.store(true, Ordering::Relaxed),
+                sys::Nowait::Errno(e) => return Err(BlockError::from_errno(e, "read", offset, len as u64)),
+            }
+        }
+        let Some(ring) = uring::current() else {
+            // The handle keeps the memory mapped while the blocking pool reads.
+            let (file, keep, iov) = (self.file.clone(), dest.clone(), buf::Iovecs(iov.into_vec().into()));
+            return tokio::task::spawn_blocking(move || {
+                // The whole `Iovecs` moves here (it is `Send`; its field alone is not).
+                let mut iov = iov;
+                let result = sys::preadv_full(&file, &mut iov.0, offset);
+                drop(keep);
+                result
+            })
+            .await
+            .map_err(|e| join_err(e, "read", offset, len as u64))?
+            .map_err(err);
+        };
+        let mut done = 0usize;
+        while done < len {
+            // The iovecs of what is left, owned (with a handle on the lent
+            // memory) by the ring's slot until the kernel is done with them.
+            let remaining = buf::Iovecs(dest.iovecs(done, len - done).into_vec().into());
+            let (ptr, count) = (remaining.0.as_ptr(), remaining.0.len().min(libc::UIO_MAXIOV as usize) as u32);
+            let entry = opcode::Readv::new(self.fd(), ptr, count).offset(offset + done as u64).build();
+            let (res, _back) = Op::new(ring.clone(), entry, Some(Buf::Lent(dest.clone(), remaining))).await;
+            match res {
+                r if r == -libc::EINTR || r == -libc::EAGAIN => continue,
+                r if r < 0 => return Err(BlockError::from_errno(-r, "read", offset, len as u64)),
+                0 => return Err(BlockError::out_of_range("read", offset, len as u64)),
+                r => done += r as usize,
+            }
+        }
+        Ok(())
+    }
+
     async fn uring_read(&self, ring: &Rc<Ring>, offset: u64, mut buf: Buf) -> Result<Buf> {
         let len = buf.len();
         let mut done = 0usize;

@@ -9,6 +9,7 @@ pub mod fault;
 pub mod file;
 pub mod mem;
 pub mod rbd;
+pub mod sg;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ pub use fault::FaultBackend;
 pub use file::{FileBackend, FileOptions};
 pub use mem::MemBackend;
 pub use rbd::{RbdBackend, RbdError, RbdOptions};
+pub use sg::SgBuf;
 
 /// The `null` backend: only a size (shared by the clones of its [`Backend`]).
 #[derive(Debug)]
@@ -125,6 +127,32 @@ impl Backend {
             Backend::Fault(f) => Box::pin(f.read(offset, len)).await,
             Backend::Rbd(r) => r.read(offset, len).await,
         }
+    }
+
+    /// Reads `len` bytes at `offset` into the first `len` bytes of `dest`
+    /// (at most its length), recording them as filled: the data moves once,
+    /// from the storage into memory a front-end lent (`file`: `preadv` or
+    /// io_uring straight into it; `mem`, `null`: one copy or fill). `rbd`
+    /// and `fault` read into their own buffer first and copy.
+    pub async fn read_into(&self, offset: u64, dest: &SgBuf, len: usize) -> Result<()> {
+        if len > dest.len() {
+            return Err(BlockError::out_of_range("read", offset, len as u64));
+        }
+        match self {
+            Backend::Mem(m) => m.read_into_sg(offset, dest, len)?,
+            Backend::Null(_) => {
+                self.check("read", offset, len as u64)?;
+                dest.fill_zero(0, len);
+            }
+            Backend::File(f) => f.read_into(offset, dest, len).await?,
+            Backend::Fault(f) => Box::pin(f.read_into(offset, dest, len)).await?,
+            Backend::Rbd(r) => {
+                let data = r.read(offset, len).await?;
+                dest.write_at(0, &data);
+            }
+        }
+        dest.set_filled(len);
+        Ok(())
     }
 
     /// Writes `data` at `offset`; with `fua` the data is durable when this

@@ -19,6 +19,10 @@ fn blocking_fallback_works() {
         b.write(12_345, data.clone(), false).await.unwrap();
         b.write(200_000, data.clone(), true).await.unwrap();
         assert_eq!(b.read(12_345, data.len()).await.unwrap(), data);
+        // Into lent memory, on the blocking pool too.
+        let sg = lunar_block::SgBuf::zeroed(data.len(), 4);
+        b.read_into(12_345, &sg, data.len()).await.unwrap();
+        assert_eq!(sg.to_vec(data.len()), data);
         b.flush().await.unwrap();
         b.discard(204_800, 8192).await.unwrap();
         b.write_zeroes(12_345, 1000).await.unwrap();

@@ -61,6 +61,13 @@ impl Drop for AlignedBuf {
     }
 }
 
+/// The `iovec`s of a vectored read into lent memory, on the heap.
+pub(crate) struct Iovecs(pub(crate) Box<[libc::iovec]>);
+
+// SAFETY: plain addresses and lengths into memory an `SgBuf` keeps mapped
+// (which is `Send` itself); nothing here is tied to a thread.
+unsafe impl Send for Iovecs {}
+
 /// A buffer owned by an I/O operation: a plain `Vec` when no alignment is
 /// needed (or when the caller's `Vec` happens to be aligned), else an
 /// [`AlignedBuf`].
@@ -70,6 +77,11 @@ pub(crate) enum Buf {
     /// A write's data as the caller handed it (shared, read-only: the
     /// caller may hold it too, for a retry).
     Shared(Bytes),
+    /// Memory a front-end lent for a read, and the `iovec`s a vectored read
+    /// points at (boxed: they stay put while the `Buf` moves). Kept in the
+    /// ring's slab only so that it stays mapped until the kernel is done.
+    #[allow(dead_code)] // held, never read: the kernel writes through the iovecs
+    Lent(crate::SgBuf, Iovecs),
 }
 
 impl Buf {
@@ -103,6 +115,7 @@ impl Buf {
             Buf::Vec(v) => v,
             Buf::Aligned(a) => a.as_slice(),
             Buf::Shared(b) => b,
+            Buf::Lent(..) => &[],
         }
     }
 
@@ -116,7 +129,7 @@ impl Buf {
         match self {
             Buf::Vec(v) => v,
             Buf::Aligned(a) => a.as_mut_slice(),
-            Buf::Shared(_) => &mut [],
+            Buf::Shared(_) | Buf::Lent(..) => &mut [],
         }
     }
 
@@ -126,6 +139,7 @@ impl Buf {
             Buf::Vec(v) => v,
             Buf::Aligned(a) => a.as_slice().to_vec(),
             Buf::Shared(b) => b.to_vec(),
+            Buf::Lent(..) => Vec::new(),
         }
     }
 }

@@ -186,6 +186,65 @@ pub(crate) fn pread_nowait(file: &File, buf: &mut [u8], offset: u64) -> Nowait {
     }
 }
 
+/// Drops the first `n` bytes from the front of `iov` (after a short read).
+fn advance(iov: &mut [libc::iovec], mut n: usize) -> &mut [libc::iovec] {
+    let mut first = 0;
+    while first < iov.len() && n >= iov[first].iov_len {
+        n -= iov[first].iov_len;
+        first += 1;
+    }
+    let rest = &mut iov[first..];
+    if let Some(v) = rest.first_mut() {
+        v.iov_base = v.iov_base.cast::<u8>().wrapping_add(n).cast();
+        v.iov_len -= n;
+    }
+    rest
+}
+
+/// One `preadv2` into `iov` (flags as for the system call).
+fn preadv2(file: &File, iov: &[libc::iovec], offset: u64, flags: i32) -> Result<usize, i32> {
+    let count = iov.len().min(libc::UIO_MAXIOV as usize) as i32;
+    // SAFETY: every `iovec` describes memory valid for writes of its length
+    // for the duration of the call (the caller's `SgBuf` contract); the
+    // descriptor is owned by `file`.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), iov.as_ptr(), count, offset as libc::off_t, flags) };
+    if n < 0 {
+        Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Fills every `iovec` from `offset` (retrying short reads).
+pub(crate) fn preadv_full(file: &File, iov: &mut [libc::iovec], offset: u64) -> Result<(), ReadError> {
+    let total: usize = iov.iter().map(|v| v.iov_len).sum();
+    let mut done = 0;
+    let mut rest = iov;
+    while done < total {
+        match preadv2(file, rest, offset + done as u64, 0) {
+            Ok(0) => return Err(ReadError::Eof),
+            Ok(n) => {
+                done += n;
+                rest = advance(rest, n);
+            }
+            Err(libc::EINTR) => {}
+            Err(e) => return Err(ReadError::Errno(e)),
+        }
+    }
+    Ok(())
+}
+
+/// [`pread_nowait`] into `iovec`s.
+pub(crate) fn preadv_nowait(file: &File, iov: &[libc::iovec], offset: u64) -> Nowait {
+    let total: usize = iov.iter().map(|v| v.iov_len).sum();
+    match preadv2(file, iov, offset, libc::RWF_NOWAIT) {
+        Ok(n) if n == total => Nowait::Done,
+        Ok(_) | Err(libc::EAGAIN | libc::EINTR) => Nowait::WouldBlock,
+        Err(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => Nowait::Unsupported,
+        Err(e) => Nowait::Errno(e),
+    }
+}
+
 /// Writes all of `buf` at `offset` (retrying short writes).
 pub(crate) fn pwrite_full(file: &File, buf: &[u8], offset: u64) -> Result<(), i32> {
     let mut done = 0;
