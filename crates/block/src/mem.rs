@@ -191,8 +191,8 @@ impl MemBackend {
     pub fn read_into_sg(&self, offset: u64, dest: &crate::SgBuf, len: usize) -> Result<()> {
         self.table.load().check("read", offset, len as u64)?;
         let mut whole_words = true;
-        dest.with_slices_mut(len, |_, s| whole_words &= s.len() % 8 == 0);
-        if !whole_words || offset % 8 != 0 {
+        dest.with_slices_mut(len, |_, s| whole_words &= s.len().is_multiple_of(8));
+        if !whole_words || !offset.is_multiple_of(8) {
             let mut buf = vec![0u8; len];
             self.read_into(offset, &mut buf)?;
             dest.write_at(0, &buf);

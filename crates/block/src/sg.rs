@@ -103,7 +103,7 @@ impl SgBuf {
     /// Whether every segment's address and length are multiples of `align`
     /// (O_DIRECT reads need it).
     pub fn is_aligned(&self, align: usize) -> bool {
-        self.segs.iter().all(|s| (s.ptr as usize) % align == 0 && s.len % align == 0)
+        self.segs.iter().all(|s| (s.ptr as usize).is_multiple_of(align) && s.len.is_multiple_of(align))
     }
 
     /// Copies `data` in at `offset`, as much as fits; returns the bytes
