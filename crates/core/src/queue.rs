@@ -245,7 +245,7 @@ impl Queue {
 enum Plan {
     Nothing,
     Complete(Request, Response),
-    Execute(Command, lunar_block::Bytes, Rc<ExecContext>, lunar_aio::InFlightGuard),
+    Execute(Command, lunar_block::Bytes, Option<lunar_block::SgBuf>, Rc<ExecContext>, lunar_aio::InFlightGuard),
 }
 
 impl LocalQueue {
@@ -359,7 +359,7 @@ impl LocalQueue {
         match plan {
             Plan::Nothing => {}
             Plan::Complete(req, resp) => LocalQueue::deliver(lq, req, resp),
-            Plan::Execute(cmd, data, ctx, guard) => {
+            Plan::Execute(cmd, data, data_in, ctx, guard) => {
                 let lq = lq.clone();
                 let mut run = Box::pin(async move {
                     // The queue's handle, not the device's: its count is
@@ -378,10 +378,10 @@ impl LocalQueue {
                     }
                     let executed = if matches!(cmd, Command::CompareAndWrite { .. }) {
                         let _inside = device.gate().exclusive(|| device.queues()).await;
-                        device.disk().execute_with_effects(&cmd, data, &ctx).await
+                        device.disk().execute_into(&cmd, data, &ctx, data_in.as_ref()).await
                     } else {
                         let _inside = device.gate().shared(queue.active()).await;
-                        device.disk().execute_with_effects(&cmd, data, &ctx).await
+                        device.disk().execute_into(&cmd, data, &ctx, data_in.as_ref()).await
                     };
                     let mut result = executed.result;
                     if !executed.effects.is_empty() {
@@ -389,7 +389,8 @@ impl LocalQueue {
                             result = Err(e);
                         }
                     }
-                    LocalQueue::finish(&lq, id, &cmd, result);
+                    let placed = data_in.as_ref().map_or(0, |d| d.filled());
+                    LocalQueue::finish_placed(&lq, id, &cmd, result, placed);
                     drop(guard);
                 });
                 // Run it here up to its first wait: a command whose backend
@@ -508,12 +509,27 @@ impl LocalQueue {
         let may_park = device.policy_for(cmd.is_write()).verdict(lunar_block::ErrorKind::NoSpace) == Verdict::Stop;
         let keep = may_park || matches!(cmd, Command::Sanitize(_));
         let data = if keep { req.data_out.clone() } else { std::mem::take(&mut req.data_out) };
-        Plan::Execute(cmd, data, ctx, self.inflight.enter())
+        // The lent memory likewise: a handle of its own (the keeper's count)
+        // only if the request may be run again.
+        let data_in = if may_park { req.data_in.clone() } else { req.data_in.take() };
+        Plan::Execute(cmd, data, data_in, ctx, self.inflight.enter())
     }
 
     /// Completes request `id` with the outcome of `cmd` (the error policy
     /// decides for backend errors); nothing if it is no longer in the list.
     pub(crate) fn finish(lq: &Rc<RefCell<LocalQueue>>, id: u64, cmd: &Command, result: Result<Vec<u8>, ScsiError>) {
+        LocalQueue::finish_placed(lq, id, cmd, result, 0)
+    }
+
+    /// [`LocalQueue::finish`] of a command that placed `placed` bytes of
+    /// data-in in the request's lent memory.
+    pub(crate) fn finish_placed(
+        lq: &Rc<RefCell<LocalQueue>>,
+        id: u64,
+        cmd: &Command,
+        result: Result<Vec<u8>, ScsiError>,
+        placed: usize,
+    ) {
         let plan = {
             let mut q = lq.borrow_mut();
             let queue = q.queue.clone();
@@ -529,7 +545,7 @@ impl LocalQueue {
                 q.remove_with(id, Response::aborted())
             } else {
                 match result {
-                    Ok(data) => q.remove_with(id, Response::good(data)),
+                    Ok(data) => q.remove_with(id, Response { placed, ..Response::good(data) }),
                     // Storage gone for this process: no policy can bring it
                     // back (retrying a fenced client would only wait), so the
                     // error is reported and the LUN goes offline.

@@ -19,17 +19,20 @@ pub struct Response {
     pub status: Status,
     /// Encoded sense data (empty unless CHECK CONDITION).
     pub sense: Vec<u8>,
-    /// Data-in.
+    /// Data-in (empty when it went into the request's lent memory).
     pub data: Vec<u8>,
+    /// Bytes of data-in placed in the memory the front-end lent the
+    /// request ([`Request::data_in`]) instead of `data`.
+    pub placed: usize,
 }
 
 impl Response {
     pub fn good(data: Vec<u8>) -> Self {
-        Response { status: Status::Good, sense: Vec::new(), data }
+        Response { status: Status::Good, sense: Vec::new(), data, placed: 0 }
     }
 
     pub fn check_condition(sense: Vec<u8>) -> Self {
-        Response { status: Status::CheckCondition, sense, data: Vec::new() }
+        Response { status: Status::CheckCondition, sense, data: Vec::new(), placed: 0 }
     }
 
     /// The status and sense of a failed command (CHECK CONDITION, or e.g.
@@ -37,16 +40,21 @@ impl Response {
     pub fn from_error(e: &lunar_scsi::ScsiError, descriptor_sense: bool) -> Self {
         let status = e.status();
         let sense = if status == Status::CheckCondition { e.sense().encode(descriptor_sense) } else { Vec::new() };
-        Response { status, sense, data: Vec::new() }
+        Response { status, sense, data: Vec::new(), placed: 0 }
     }
 
     /// The request was aborted (task management, reset, removal, shutdown).
     pub fn aborted() -> Self {
-        Response { status: Status::TaskAborted, sense: Vec::new(), data: Vec::new() }
+        Response { status: Status::TaskAborted, sense: Vec::new(), data: Vec::new(), placed: 0 }
     }
 
     pub fn is_aborted(&self) -> bool {
         self.status == Status::TaskAborted
+    }
+
+    /// Bytes of data-in, wherever they are.
+    pub fn data_in_len(&self) -> usize {
+        self.data.len() + self.placed
     }
 }
 
@@ -117,6 +125,11 @@ pub struct Request {
     /// Shared with the backend while a write runs: a request that may be
     /// retried keeps it without a copy.
     pub data_out: lunar_block::Bytes,
+    /// Memory the front-end lent for the data-in (the guest's buffers of a
+    /// virtio chain): a READ reads into it, any other command's data-in is
+    /// copied in, and the response says how much ([`Response::placed`]).
+    /// Not saved with the request: a loaded request answers in `data`.
+    pub data_in: Option<lunar_block::SgBuf>,
     /// Opaque front-end state, saved and loaded with the request.
     pub frontend_data: Vec<u8>,
     pub(crate) id: u64,
@@ -141,6 +154,7 @@ impl Request {
             lun,
             cdb,
             data_out: data_out.into(),
+            data_in: None,
             frontend_data: Vec::new(),
             id: 0,
             retry: false,
@@ -149,6 +163,12 @@ impl Request {
             completion: Some(completion),
             stamp: None,
         }
+    }
+
+    /// Lends memory for the data-in ([`Request::data_in`]).
+    pub fn with_data_in(mut self, dest: lunar_block::SgBuf) -> Self {
+        self.data_in = Some(dest);
+        self
     }
 
     pub fn with_frontend_data(mut self, data: Vec<u8>) -> Self {

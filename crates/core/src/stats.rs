@@ -264,7 +264,7 @@ impl Recorder {
             None => (0, req.data_out.len() as u64),
         };
         let bytes = match kind {
-            Kind::Read => resp.data.len() as u64,
+            Kind::Read => resp.data_in_len() as u64,
             Kind::Write => data_out,
             Kind::Other => 0,
         };

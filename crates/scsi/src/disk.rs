@@ -11,7 +11,7 @@ use lunar_block::Bytes;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use lunar_block::{Backend, BlockError};
+use lunar_block::{Backend, BlockError, SgBuf};
 
 use crate::alua::{Alua, AluaConfig};
 use crate::cdb::Command;
@@ -486,10 +486,30 @@ impl Disk {
     /// must carry out (unit attentions for other I_T nexuses, aborts). The
     /// future is not `Send`: run it on the I/O thread that owns the request.
     pub async fn execute_with_effects(&self, cmd: &Command, data_out: impl Into<Bytes>, ctx: &ExecContext) -> Executed {
+        self.execute_into(cmd, data_out, ctx, None).await
+    }
+
+    /// [`Disk::execute_with_effects`] with the data-in going into memory
+    /// the front-end lent (`data_in`), so that it moves once: a READ reads
+    /// into it, any other command's data-in is copied in (as much as fits).
+    /// The data-in of [`Executed::result`] is then empty, and
+    /// [`SgBuf::filled`] says how many bytes the command returned.
+    pub async fn execute_into(
+        &self,
+        cmd: &Command,
+        data_out: impl Into<Bytes>,
+        ctx: &ExecContext,
+        data_in: Option<&SgBuf>,
+    ) -> Executed {
         let mut effects = Vec::new();
-        let result = self.execute_inner(cmd, data_out.into(), ctx, &mut effects).await;
-        if result.is_err() {
-            effects.clear();
+        let mut result = self.execute_inner(cmd, data_out.into(), ctx, data_in, &mut effects).await;
+        match (&mut result, data_in) {
+            (Err(_), _) => effects.clear(),
+            (Ok(data), Some(dest)) if !data.is_empty() => {
+                dest.write_at(0, data);
+                data.clear();
+            }
+            _ => {}
         }
         Executed { result, effects }
     }
@@ -499,6 +519,7 @@ impl Disk {
         cmd: &Command,
         data_out: Bytes,
         ctx: &ExecContext,
+        data_in: Option<&SgBuf>,
         effects: &mut Vec<SideEffect>,
     ) -> Result<Vec<u8>, ScsiError> {
         if let Some(alua) = &self.alua {
@@ -506,7 +527,7 @@ impl Disk {
         }
         self.check_reservation(cmd, ctx)?;
         self.validate(cmd)?;
-        commands::execute(self, cmd, data_out, ctx, effects).await
+        commands::execute(self, cmd, data_out, ctx, data_in, effects).await
     }
 }
 
@@ -714,5 +735,42 @@ mod data_out_tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod data_in_tests {
+    use crate::test_util::*;
+    use crate::*;
+    use lunar_block::SgBuf;
+
+    fn into(d: &Disk, cdb: &[u8], dest: &SgBuf) -> Result<Vec<u8>, ScsiError> {
+        let cmd = Command::decode(cdb)?;
+        block_on(d.execute_into(&cmd, Vec::new(), &ExecContext::default(), Some(dest))).result
+    }
+
+    #[test]
+    fn data_in_lands_in_lent_memory() {
+        let d = disk(64);
+        let data: Vec<u8> = (0..4096u32).map(|i| (i % 253) as u8).collect();
+        run_data(&d, &cdb10(0x2A, 0, 8, 8), data.clone()).unwrap();
+        // A READ reads into it: nothing comes back in the result.
+        let dest = SgBuf::zeroed(4096 + 512, 3);
+        assert_eq!(into(&d, &cdb10(0x28, 0, 8, 8), &dest), Ok(Vec::new()));
+        assert_eq!(dest.filled(), 4096);
+        assert_eq!(dest.to_vec(4096), data);
+        // A READ larger than the memory: read apart, copied as far as it fits.
+        let small = SgBuf::zeroed(1024, 2);
+        assert_eq!(into(&d, &cdb10(0x28, 0, 8, 8), &small), Ok(Vec::new()));
+        assert_eq!((small.filled(), small.to_vec(1024)), (1024, data[..1024].to_vec()));
+        // Another command's data-in is copied in.
+        let inq = SgBuf::zeroed(96, 1);
+        assert_eq!(into(&d, &[0x12, 0, 0, 0, 96, 0], &inq), Ok(Vec::new()));
+        assert_eq!(inq.to_vec(96), run(&d, &[0x12, 0, 0, 0, 96, 0]).unwrap());
+        assert_eq!(inq.filled(), 96);
+        // An error leaves it empty.
+        let none = SgBuf::zeroed(512, 1);
+        assert!(into(&d, &cdb10(0x28, 0, 64, 1), &none).is_err());
+        assert_eq!(none.filled(), 0);
     }
 }

@@ -102,6 +102,7 @@ mod device;
 pub mod events;
 mod hotplug;
 pub mod inflight;
+mod lent;
 pub mod limits;
 mod request_queue;
 pub mod virtio;

@@ -51,6 +51,12 @@ impl QueueMem {
     pub(crate) fn get(&self) -> &GuestMemoryMmap {
         &self.0
     }
+
+    /// A handle that keeps this map (its regions mapped) alive: this
+    /// queue's count, for memory lent to the core.
+    pub(crate) fn handle(&self) -> Arc<dyn Send + Sync> {
+        self.0.clone()
+    }
 }
 /// A request virtqueue's core queues, by LUN.
 pub(crate) type LunMap = BTreeMap<u64, Arc<Queue>>;
@@ -536,10 +542,17 @@ impl RequestVq {
             full
         };
         self.served.fetch_add(1, Ordering::Relaxed);
+        // The data-in area is lent to the core: a READ lands in the guest's
+        // buffers straight from the backend.
+        let lent =
+            if data_in_cap > 0 { crate::lent::lend_writable(mem, &buffers, resp_len, data_in_cap) } else { None };
         let (me, vring, mem) = (self.clone(), vring.clone(), mem.clone());
-        let request = lunar_core::request(hdr.tag, lun, cdb, data_out, move |resp| {
+        let mut request = lunar_core::request(hdr.tag, lun, cdb, data_out, move |resp| {
             me.complete(&vring, &mem, head, &buffers, data_in_cap, sense_size, resp);
         });
+        if let Some(lent) = lent {
+            request = request.with_data_in(lent);
+        }
         queue.submit(request);
         full
     }
@@ -564,11 +577,16 @@ impl RequestVq {
         };
         let data = &resp.data[..resp.data.len().min(data_in_cap as usize)];
         let resp_len = (RESP_HEADER + sense_size) as u64;
-        let written = match buffers.write_at(m, resp_len, data) {
-            Ok(n) => n,
-            Err(e) => {
-                self.shared.log.warn(&e);
-                0
+        let written = if data.is_empty() {
+            // In the guest's buffers already (lent to the core), or none.
+            resp.placed.min(data_in_cap as usize)
+        } else {
+            match buffers.write_at(m, resp_len, data) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.shared.log.warn(&e);
+                    0
+                }
             }
         };
         let residual = (data_in_cap - written as u64).min(u32::MAX as u64) as u32;

@@ -76,12 +76,13 @@ pub(crate) fn validate(disk: &Disk, cmd: &Command) -> Result<(), ScsiError> {
 }
 
 /// Runs a validated command; what the core must do besides completing it
-/// goes to `fx`.
+/// goes to `fx`. A READ given lent memory (`data_in`) reads into it.
 pub(crate) async fn execute(
     disk: &Disk,
     cmd: &Command,
     data: Bytes,
     ctx: &ExecContext,
+    data_in: Option<&lunar_block::SgBuf>,
     fx: &mut Vec<SideEffect>,
 ) -> Result<Vec<u8>, ScsiError> {
     use Command::*;
@@ -102,7 +103,7 @@ pub(crate) async fn execute(
         PreventAllowMediumRemoval { prevent } => Ok(disk.prevent_allow(*prevent)),
         ReadCapacity10 => Ok(disk.read_capacity10()),
         ReadCapacity16 { alloc_len } => Ok(disk.read_capacity16(*alloc_len)),
-        Read { lba, blocks, .. } => disk.read_blocks(*lba, *blocks).await,
+        Read { lba, blocks, .. } => disk.read_blocks(*lba, *blocks, data_in).await,
         Write { lba, blocks, fua, .. } | WriteAtomic { lba, blocks, fua, .. } => {
             disk.write_blocks(*lba, *blocks, *fua, data).await
         }

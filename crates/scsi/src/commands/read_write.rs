@@ -100,12 +100,26 @@ pub(crate) fn transfer_length_byte(cdb_len: u8) -> usize {
 
 impl Disk {
     /// READ: the blocks, straight from the backend (FUA needs nothing more:
-    /// the backend has no cache of its own that could be stale).
-    pub(crate) async fn read_blocks(&self, lba: u64, blocks: u32) -> Result<Vec<u8>, ScsiError> {
+    /// the backend has no cache of its own that could be stale): into
+    /// `data_in` when it is given and holds them all (the data-in returned
+    /// is then empty), else into a buffer of its own.
+    pub(crate) async fn read_blocks(
+        &self,
+        lba: u64,
+        blocks: u32,
+        data_in: Option<&lunar_block::SgBuf>,
+    ) -> Result<Vec<u8>, ScsiError> {
         if blocks == 0 {
             return Ok(Vec::new());
         }
-        Ok(self.backend().read(self.offset(lba), self.bytes(u64::from(blocks))).await?)
+        let len = self.bytes(u64::from(blocks));
+        match data_in {
+            Some(dest) if dest.len() >= len => {
+                self.backend().read_into(self.offset(lba), dest, len).await?;
+                Ok(Vec::new())
+            }
+            _ => Ok(self.backend().read(self.offset(lba), len).await?),
+        }
     }
 
     /// Takes exactly `len` bytes of data-out, or fails if fewer were sent.
