@@ -682,7 +682,7 @@ pub fn request(
     tag: u64,
     lun: u64,
     cdb: &[u8],
-    data_out: Vec<u8>,
+    data_out: impl Into<lunar_block::Bytes>,
     f: impl FnOnce(Response) + Send + 'static,
 ) -> Request {
     Request::new(tag, lun, cdb.to_vec(), data_out, Completion::new(f))

@@ -61,3 +61,55 @@ pub(crate) fn lend_writable(mem: &QueueMem, buffers: &Buffers, offset: u64, len:
     // (a broken driver): only its own data is then wrong.
     Some(unsafe { SgBuf::from_raw_parts(pieces, keep) })
 }
+
+/// Guest memory a write's data-out is read from by the backend, held for
+/// as long as the core holds the data (a retry after ENOSPC included).
+struct GuestBytes {
+    ptr: *const u8,
+    len: usize,
+    _keep: Arc<dyn Send + Sync>,
+}
+
+// SAFETY: a pointer into guest memory kept mapped by `_keep` (`Send +
+// Sync`); nothing here is tied to a thread.
+unsafe impl Send for GuestBytes {}
+
+impl AsRef<[u8]> for GuestBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` lies inside one region of the guest memory
+        // map that `_keep` keeps mapped (checked by `lend_readable`). The
+        // driver may not change a device-readable buffer before the device
+        // returns the chain (virtio 1.2, 2.7.13); a guest that does anyway
+        // can only make its own write carry torn data, as on any device.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// The `len` device-readable bytes of `buffers` from `offset`, without a
+/// copy, when they lie in one buffer and one region of guest memory (a
+/// page-sized data-out of Linux's driver does); `None` otherwise (the
+/// caller copies them).
+pub(crate) fn lend_readable(mem: &QueueMem, buffers: &Buffers, offset: u64, len: usize) -> Option<lunar_block::Bytes> {
+    if len == 0 {
+        return None;
+    }
+    let mut skip = offset;
+    let seg = buffers.readable.iter().find(|s| {
+        if skip >= u64::from(s.len) {
+            skip -= u64::from(s.len);
+            false
+        } else {
+            true
+        }
+    })?;
+    if u64::from(seg.len) - skip < len as u64 {
+        return None;
+    }
+    let addr = seg.addr.checked_add(skip)?;
+    let (region, at) = mem.get().to_region_addr(GuestAddress(addr))?;
+    if region.len().checked_sub(at.0)? < len as u64 {
+        return None;
+    }
+    let ptr = region.get_host_address(at).ok()?;
+    Some(lunar_block::Bytes::from_owner(GuestBytes { ptr, len, _keep: mem.handle() }))
+}

@@ -477,8 +477,13 @@ impl RequestVq {
         // The header and CDB, then the data-out straight into its own
         // buffer (the one the core takes): one copy out of guest memory.
         let header_len = REQ_HEADER + cdb_size;
-        let header = buffers.read_at(mem.get(), 0, header_len.min(buffers.readable_len() as usize));
-        let (hdr, _) = match header.and_then(|h| parse_cmd(&h, cdb_size).map(|(hdr, _)| (hdr, ()))) {
+        // On the stack for the default CDB size.
+        let mut header = smallvec::SmallVec::<[u8; REQ_HEADER + 32]>::new();
+        let read = buffers.read_into(mem.get(), 0, header_len.min(buffers.readable_len() as usize), |n| {
+            header.resize(n, 0);
+            &mut header[..]
+        });
+        let (hdr, _) = match read.and_then(|()| parse_cmd(&header, cdb_size).map(|(hdr, _)| (hdr, ()))) {
             Ok(x) => x,
             Err(e) => return fail(S_FAILURE, &e),
         };
@@ -528,9 +533,14 @@ impl RequestVq {
             },
             _ => 0,
         };
-        let data_out = match buffers.read_at(mem.get(), header_len as u64, data_out_len) {
-            Ok(d) => d,
-            Err(e) => return fail(S_FAILURE, &e),
+        // Read by the backend straight from the guest's buffer when it is
+        // one piece of guest memory, else copied out of the chain.
+        let data_out = match crate::lent::lend_readable(mem, &buffers, header_len as u64, data_out_len) {
+            Some(lent) => lent,
+            None => match buffers.read_at(mem.get(), header_len as u64, data_out_len) {
+                Ok(d) => d.into(),
+                Err(e) => return fail(S_FAILURE, &e),
+            },
         };
         let full = {
             let mut inflight = self.lock_inflight();

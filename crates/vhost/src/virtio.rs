@@ -3,6 +3,7 @@
 //! guest: every length is checked, every guest access goes through
 //! `vm-memory`'s bounds-checked API, and errors are values, never panics.
 
+use smallvec::SmallVec;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 // The numbers are Linux's uapi headers as `virtio-bindings` carries them;
@@ -107,8 +108,10 @@ pub struct BadChain {
 /// The buffers of a chain: device-readable first, then device-writable.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Buffers {
-    pub readable: Vec<Seg>,
-    pub writable: Vec<Seg>,
+    /// Inline for the chains Linux's driver sends for small I/O (header,
+    /// data-out; response, data-in): no allocation per command.
+    pub readable: SmallVec<[Seg; 4]>,
+    pub writable: SmallVec<[Seg; 4]>,
 }
 
 impl Buffers {
@@ -144,6 +147,23 @@ impl Buffers {
     /// `len` bytes of the device-readable part from `offset` (checked
     /// against the chain: a short chain is [`ChainError::ShortRequest`]).
     pub fn read_at<M: GuestMemory>(&self, mem: &M, offset: u64, len: usize) -> Result<Vec<u8>, ChainError> {
+        let mut out = Vec::new();
+        self.read_into(mem, offset, len, |n| {
+            out = vec![0u8; n];
+            &mut out[..]
+        })?;
+        Ok(out)
+    }
+
+    /// [`Buffers::read_at`] into a buffer of the caller's, `alloc(len)`,
+    /// asked for once the chain was checked (a header on the stack).
+    pub fn read_into<'a, M: GuestMemory>(
+        &self,
+        mem: &M,
+        offset: u64,
+        len: usize,
+        alloc: impl FnOnce(usize) -> &'a mut [u8],
+    ) -> Result<(), ChainError> {
         let total = self.readable_len();
         if offset.checked_add(len as u64).is_none_or(|end| end > total) {
             return Err(ChainError::ShortRequest(total as usize));
@@ -156,14 +176,14 @@ impl Buffers {
                 return Err(ChainError::Memory);
             }
         }
-        let mut out = vec![0u8; len];
+        let out = alloc(len);
         let mut done = 0usize;
         for piece in self.readable_pieces(offset, len) {
             let (addr, n) = piece?;
             mem.read_slice(&mut out[done..done + n], GuestAddress(addr)).map_err(|_| ChainError::Memory)?;
             done += n;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The (guest address, length) pieces of `len` readable bytes from
@@ -291,7 +311,8 @@ pub fn decode_lun(lun: &[u8; 8]) -> Option<(u8, u64)> {
 pub struct CmdHeader {
     pub lun: [u8; 8],
     pub tag: u64,
-    pub cdb: Vec<u8>,
+    /// Inline up to the default CDB size (32 bytes).
+    pub cdb: SmallVec<[u8; 32]>,
 }
 
 /// Splits the readable bytes of a command request into header, CDB and data-out.
@@ -304,14 +325,17 @@ pub fn parse_cmd(bytes: &[u8], cdb_size: usize) -> Result<(CmdHeader, &[u8]), Ch
     lun.copy_from_slice(&bytes[0..8]);
     let mut tag = [0u8; 8];
     tag.copy_from_slice(&bytes[8..16]);
-    let cdb = bytes[REQ_HEADER..need].to_vec();
+    let cdb = SmallVec::from_slice(&bytes[REQ_HEADER..need]);
     Ok((CmdHeader { lun, tag: u64::from_le_bytes(tag), cdb }, &bytes[need..]))
 }
 
+/// An encoded command response: inline up to the default sense size.
+pub type RespBytes = SmallVec<[u8; RESP_HEADER + 96]>;
+
 /// Encodes a command response header plus sense (truncated to `sense_size`).
-pub fn encode_resp(sense: &[u8], sense_size: usize, residual: u32, status: u8, response: u8) -> Vec<u8> {
+pub fn encode_resp(sense: &[u8], sense_size: usize, residual: u32, status: u8, response: u8) -> RespBytes {
     let sense = &sense[..sense.len().min(sense_size)];
-    let mut out = Vec::with_capacity(RESP_HEADER + sense_size);
+    let mut out = RespBytes::new();
     out.extend_from_slice(&(sense.len() as u32).to_le_bytes());
     out.extend_from_slice(&residual.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
