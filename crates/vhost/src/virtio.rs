@@ -118,6 +118,9 @@ impl Buffers {
     /// Splits descriptors (address, length, device-writable) as the spec
     /// requires, looking at `max_descriptors` of them at most: a longer
     /// chain is [`ChainError::TooLong`], and the rest of it is not walked.
+    // The error carries the buffers seen, inline like the `Ok` value's: as
+    // large, and rarer.
+    #[allow(clippy::result_large_err)]
     pub fn collect(descs: impl Iterator<Item = (u64, u32, bool)>, max_descriptors: u32) -> Result<Buffers, BadChain> {
         let mut b = Buffers::default();
         for (n, (addr, len, write)) in descs.enumerate() {
