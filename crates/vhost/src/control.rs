@@ -13,7 +13,8 @@ use vm_memory::GuestAddressSpace;
 
 use crate::device::ScsiBackend;
 use crate::limits::HitCounters;
-use crate::request_queue::{used, Pending};
+use crate::pending::Pending;
+use crate::request_queue::used;
 use crate::virtio::*;
 use crate::{Mem, Vring};
 
@@ -104,7 +105,7 @@ impl ScsiBackend {
         let matches = move |p: &Pending| (all_luns || p.lun == lun) && (subtype != TMF_ABORT_TASK || p.tag == tag);
         match subtype {
             TMF_QUERY_TASK | TMF_QUERY_TASK_SET => {
-                let found = self.vqs.iter().any(|v| v.lock_inflight().values().any(&matches));
+                let found = self.vqs.iter().any(|v| v.inflight.snapshot().any(|p| matches(&p)));
                 reply(vring, mem, if found { S_FUNCTION_SUCCEEDED } else { S_FUNCTION_COMPLETE })
             }
             TMF_ABORT_TASK | TMF_ABORT_TASK_SET | TMF_CLEAR_TASK_SET | TMF_I_T_NEXUS_RESET | TMF_LOGICAL_UNIT_RESET => {

@@ -1,7 +1,7 @@
 //! The controller: the listening socket, one frontend (QEMU) at a time,
 //! and what outlives a connection (the device, its core queues, the event task).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -19,6 +19,7 @@ use crate::connection::Connection;
 use crate::device::ScsiBackend;
 use crate::hotplug::{event_task, EventVq};
 use crate::limits::HitCounters;
+use crate::pending::PendingTable;
 use crate::request_queue::RequestVq;
 use crate::virtio::{DEFAULT_CDB_SIZE, DEFAULT_SENSE_SIZE};
 use crate::{ControllerConfig, ControllerState, RateLimit, VhostError, VhostLimitHits, VhostLimits};
@@ -77,9 +78,8 @@ impl Controller {
                 mem: Mutex::new(None),
                 scheduled: AtomicBool::new(false),
                 busy: AtomicBool::new(false),
-                throttled: AtomicBool::new(false),
                 kick: Mutex::new(None),
-                inflight: Mutex::new(HashMap::new()),
+                inflight: PendingTable::new(crate::MAX_QUEUE_SIZE),
                 served: AtomicU64::new(0),
                 notify_queued: AtomicBool::new(false),
                 since_notify: AtomicU32::new(0),

@@ -104,6 +104,7 @@ mod hotplug;
 pub mod inflight;
 mod lent;
 pub mod limits;
+mod pending;
 mod request_queue;
 pub mod virtio;
 

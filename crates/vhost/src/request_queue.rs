@@ -2,7 +2,7 @@
 //! taken off the ring, submitted to the core queues of that thread, and
 //! answered from the completions the core runs there.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -21,6 +21,7 @@ use vmm_sys_util::event::EventConsumer;
 
 use crate::inflight::InflightQueue;
 use crate::limits::HitCounters;
+use crate::pending::{Admit, Pending, PendingTable};
 use crate::virtio::*;
 use crate::{ControllerState, Mem, Vring, MAX_QUEUE_SIZE};
 
@@ -58,18 +59,25 @@ impl QueueMem {
         self.0.clone()
     }
 }
+/// What the commands of one pass over a ring share.
+pub(crate) struct Pass {
+    mem: QueueMem,
+    luns: Arc<LunMap>,
+    tracker: Option<Arc<InflightQueue>>,
+    cap: usize,
+}
+
+/// How to answer a command: its chain and what the response may hold.
+pub(crate) struct Answer<'a> {
+    head: u16,
+    buffers: &'a Buffers,
+    data_in_cap: u64,
+    sense_size: usize,
+    tracker: Option<&'a InflightQueue>,
+}
+
 /// A request virtqueue's core queues, by LUN.
 pub(crate) type LunMap = BTreeMap<u64, Arc<Queue>>;
-
-/// A command in flight on a request virtqueue, and who waits for it.
-pub(crate) struct Pending {
-    pub(crate) lun: u64,
-    pub(crate) tag: u64,
-    /// A LOGICAL UNIT or I_T NEXUS RESET is cancelling it: if it ends
-    /// aborted, the response is `VIRTIO_SCSI_S_RESET` (Linux retries it),
-    /// not `S_ABORTED` (which is for ABORT TASK / ABORT TASK SET).
-    pub(crate) reset: bool,
-}
 
 /// A request virtqueue's kick eventfd as its I/O thread watches it: a task
 /// on that thread's loop that processes the ring on every kick, until
@@ -120,15 +128,11 @@ pub(crate) struct RequestVq {
     pub(crate) scheduled: AtomicBool,
     /// The I/O thread is taking chains off the ring (`process` runs).
     pub(crate) busy: AtomicBool,
-    /// The queue has [`VhostLimits::max_inflight_per_queue`] commands in
-    /// the core: no chain is taken off the ring until one completes (and
-    /// processes the ring again). Set and cleared only under the lock of
-    /// `inflight`, when its size crosses the limit.
-    pub(crate) throttled: AtomicBool,
     /// The watch of the kick eventfd on `io_thread`, while the ring runs.
     pub(crate) kick: Mutex<Option<Arc<KickWatch>>>,
-    /// Commands in flight, by descriptor head.
-    pub(crate) inflight: Mutex<HashMap<u16, Pending>>,
+    /// Commands in flight, by descriptor head (no lock: `pending.rs`), and
+    /// whether the queue is at [`VhostLimits::max_inflight_per_queue`].
+    pub(crate) inflight: PendingTable,
     /// Commands submitted to the core since the controller started
     /// (written only by `io_thread`).
     pub(crate) served: AtomicU64,
@@ -146,10 +150,6 @@ pub(crate) struct RequestVq {
 }
 
 impl RequestVq {
-    pub(crate) fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Pending>> {
-        self.inflight.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub(crate) fn queues(&self) -> Arc<LunMap> {
         self.queues.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -193,7 +193,13 @@ impl RequestVq {
     /// Puts a chain on the used ring; with inflight tracking, the region's
     /// batch list, flag and used index around it, all under the ring's lock.
     pub(crate) fn add_used(&self, vring: &Vring, head: u16, len: u32) -> bool {
-        let Some(t) = self.tracker() else { return vring.add_used(head, len).is_ok() };
+        self.add_used_tracked(vring, head, len, self.tracker().as_deref())
+    }
+
+    /// [`RequestVq::add_used`] with the tracking the command was taken
+    /// under (its pass's, so the completion takes no lock for it).
+    pub(crate) fn add_used_tracked(&self, vring: &Vring, head: u16, len: u32, tracker: Option<&InflightQueue>) -> bool {
+        let Some(t) = tracker else { return vring.add_used(head, len).is_ok() };
         let mut ring = vring.get_mut();
         let done = t.complete(head, || {
             ring.add_used(head, len).ok()?;
@@ -230,9 +236,7 @@ impl RequestVq {
     /// Marks the commands in flight matching `pred` as cancelled by a
     /// reset: if they end aborted, the answer is `VIRTIO_SCSI_S_RESET`.
     pub(crate) fn mark_reset(&self, pred: impl Fn(&Pending) -> bool) {
-        for p in self.lock_inflight().values_mut().filter(|p| pred(p)) {
-            p.reset = true;
-        }
+        self.inflight.mark_reset(pred);
     }
 
     /// On the I/O thread: takes every available chain and submits it;
@@ -376,10 +380,11 @@ impl RequestVq {
     /// its limit of commands in flight (then true: the completion that
     /// frees a slot calls this again; notifications stay off meanwhile).
     pub(crate) fn process_ring(self: &Arc<Self>, vring: &Vring) -> bool {
+        // What the commands of this pass share: taken once, under this
+        // virtqueue's locks, not once per command.
         let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return false };
-        let luns = self.queues();
-        let tracker = self.tracker();
-        let cap = self.inflight_cap(vring);
+        let pass = Pass { mem, luns: self.queues(), tracker: self.tracker(), cap: self.inflight_cap(vring) };
+        let mem = &pass.mem;
         let resubmit = std::mem::take(&mut *self.resubmit.lock().unwrap_or_else(|e| e.into_inner()));
         if !resubmit.is_empty() {
             let (table, size) = {
@@ -394,11 +399,11 @@ impl RequestVq {
                     Ok(d) => Buffers::collect(d.into_iter(), max),
                     Err(error) => Err(BadChain { error, partial: Buffers::default() }),
                 };
-                self.submit(vring, &mem, &luns, head, buffers, cap);
+                self.submit(vring, &pass, head, buffers);
             }
         }
         // Once per pass (a completion clears it and processes the ring again).
-        if self.throttled.load(Ordering::Acquire) {
+        if self.inflight.throttled() {
             return true;
         }
         loop {
@@ -407,8 +412,8 @@ impl RequestVq {
                 if !vring.get_ref().get_queue().ready() {
                     return false;
                 }
-                let Some((head, buffers)) = self.pop(vring, &mem, tracker.as_deref()) else { break };
-                if self.submit(vring, &mem, &luns, head, buffers, cap) {
+                let Some((head, buffers)) = self.pop(vring, mem, pass.tracker.as_deref()) else { break };
+                if self.submit(vring, &pass, head, buffers) {
                     return true;
                 }
             }
@@ -439,16 +444,15 @@ impl RequestVq {
 
     /// Submits one chain to the core (or answers it at once if it is bad or
     /// over a limit); true if the queue now has `cap` commands in flight
-    /// (the caller stops taking chains: [`RequestVq::throttled`]).
+    /// (the caller stops taking chains: [`PendingTable::throttled`]).
     pub(crate) fn submit(
         self: &Arc<Self>,
         vring: &Vring,
-        mem: &QueueMem,
-        luns: &LunMap,
+        pass: &Pass,
         head: u16,
         buffers: Result<Buffers, BadChain>,
-        cap: usize,
     ) -> bool {
+        let (mem, luns, cap) = (&pass.mem, &*pass.luns, pass.cap);
         let sense_size = self.shared.sense_size.load(Ordering::Relaxed) as usize;
         let cdb_size = self.shared.cdb_size.load(Ordering::Relaxed) as usize;
         let resp_len = (RESP_HEADER + sense_size) as u64;
@@ -542,23 +546,20 @@ impl RequestVq {
                 Err(e) => return fail(S_FAILURE, &e),
             },
         };
-        let full = {
-            let mut inflight = self.lock_inflight();
-            inflight.insert(head, Pending { lun, tag: hdr.tag, reset: false });
-            let full = inflight.len() >= cap;
-            if full && !self.throttled.swap(true, Ordering::AcqRel) {
-                HitCounters::bump(&self.shared.hits.inflight_throttled);
-            }
-            full
-        };
-        self.served.fetch_add(1, Ordering::Relaxed);
+        let full = self.inflight.insert(head, Pending { lun, tag: hdr.tag, reset: false }, cap) == Admit::Full;
+        if full {
+            HitCounters::bump(&self.shared.hits.inflight_throttled);
+        }
+        // Written by this I/O thread only: a load and a store, no locked add.
+        self.served.store(self.served.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         // The data-in area is lent to the core: a READ lands in the guest's
         // buffers straight from the backend.
         let lent =
             if data_in_cap > 0 { crate::lent::lend_writable(mem, &buffers, resp_len, data_in_cap) } else { None };
-        let (me, vring, mem) = (self.clone(), vring.clone(), mem.clone());
+        let (me, vring, mem, tracker) = (self.clone(), vring.clone(), mem.clone(), pass.tracker.clone());
         let mut request = lunar_core::request(hdr.tag, lun, cdb, data_out, move |resp| {
-            me.complete(&vring, &mem, head, &buffers, data_in_cap, sense_size, resp);
+            let answer = Answer { head, buffers: &buffers, data_in_cap, sense_size, tracker: tracker.as_deref() };
+            me.complete(&vring, &mem, answer, resp);
         });
         if let Some(lent) = lent {
             request = request.with_data_in(lent);
@@ -568,20 +569,11 @@ impl RequestVq {
     }
 
     /// On the queue's holder thread: writes the response and returns the chain.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn complete(
-        self: &Arc<Self>,
-        vring: &Vring,
-        mem: &QueueMem,
-        head: u16,
-        buffers: &Buffers,
-        data_in_cap: u64,
-        sense_size: usize,
-        resp: Response,
-    ) {
+    pub(crate) fn complete(self: &Arc<Self>, vring: &Vring, mem: &QueueMem, a: Answer<'_>, resp: Response) {
+        let Answer { head, buffers, data_in_cap, sense_size, tracker } = a;
         let m = mem.get();
         let response = match resp.status {
-            Status::TaskAborted if self.lock_inflight().get(&head).is_some_and(|p| p.reset) => S_RESET,
+            Status::TaskAborted if self.inflight.is_reset(head) => S_RESET,
             Status::TaskAborted => S_ABORTED,
             _ => S_OK,
         };
@@ -602,18 +594,10 @@ impl RequestVq {
         let residual = (data_in_cap - written as u64).min(u32::MAX as u64) as u32;
         let header = encode_resp(&resp.sense, sense_size, residual, resp.status.code(), response);
         let n = buffers.write_at(m, 0, &header).unwrap_or(0);
-        self.used_batched(vring, head, (n + written) as u32);
-        let resume = {
-            let mut inflight = self.lock_inflight();
-            let pending = inflight.remove(&head);
-            // The queue fell below the in-flight limit (an integer compare
-            // on every completion; the flag only when it just did: the
-            // size crosses the limit one removal at a time).
-            let at_limit =
-                pending.is_some() && inflight.len() + 1 == self.shared.limits.max_inflight_per_queue as usize;
-            at_limit && self.throttled.swap(false, Ordering::AcqRel)
-        };
-        if resume {
+        self.used_batched(vring, head, (n + written) as u32, tracker);
+        // True when this took the queue below its in-flight limit, at which
+        // it had stopped taking chains.
+        if self.inflight.remove(head) {
             // The chains left on the ring are taken now, kick or no kick.
             self.schedule_process(vring);
         }
@@ -628,19 +612,27 @@ impl RequestVq {
     /// that the driver refills its ring while the rest of the pass is
     /// served instead of after it (with EVENT_IDX, only if the driver
     /// re-armed since the last one).
-    pub(crate) fn used_batched(self: &Arc<Self>, vring: &Vring, head: u16, len: u32) {
-        if !self.add_used(vring, head, len) {
+    pub(crate) fn used_batched(self: &Arc<Self>, vring: &Vring, head: u16, len: u32, tracker: Option<&InflightQueue>) {
+        if !self.add_used_tracked(vring, head, len, tracker) {
             return;
         }
-        if self.since_notify.fetch_add(1, Ordering::Relaxed) + 1 >= NOTIFY_EVERY {
+        // Both counters belong to the I/O thread (completions run there
+        // unless the LUN was moved): loads and stores, no locked
+        // instructions. A completion elsewhere racing the bottom half can
+        // only cause one notification too many (the entry is on the used
+        // ring before the flag is looked at).
+        let since = self.since_notify.load(Ordering::Relaxed) + 1;
+        self.since_notify.store(since, Ordering::Relaxed);
+        if since >= NOTIFY_EVERY {
             self.since_notify.store(0, Ordering::Relaxed);
             if vring.needs_notification().unwrap_or(true) {
                 let _ = vring.signal_used_queue();
             }
         }
-        if self.notify_queued.swap(true, Ordering::AcqRel) {
+        if self.notify_queued.load(Ordering::Acquire) {
             return;
         }
+        self.notify_queued.store(true, Ordering::Release);
         let (me, ring) = (self.clone(), vring.clone());
         let notify = move || {
             me.notify_queued.store(false, Ordering::Release);
@@ -664,7 +656,7 @@ impl RequestVq {
         while (self.scheduled.load(Ordering::Acquire) || self.busy.load(Ordering::Acquire)) && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(1));
         }
-        while !self.lock_inflight().is_empty() && Instant::now() < end {
+        while !self.inflight.is_empty() && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(1));
         }
     }

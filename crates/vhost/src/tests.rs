@@ -304,7 +304,7 @@ fn tmf_with_io_in_flight(subtype: u32, lun: u16, tag: u64) -> Vec<(u8, u8)> {
     for (q, (_, vring)) in rings.iter().enumerate() {
         b.kick_request(q, vring);
     }
-    let inflight = || b.vqs.iter().map(|v| v.lock_inflight().len()).sum::<usize>();
+    let inflight = || b.vqs.iter().map(|v| v.inflight.len()).sum::<usize>();
     eventually("6 commands in flight", || inflight() == 6);
 
     let mut req = Vec::new();
@@ -431,7 +431,7 @@ fn a_new_process_resubmits_the_requests_the_old_one_left_in_flight() {
     let region = conn1.inflight_file().unwrap();
     let resps: Vec<u64> = (0..3).map(|i| write10(&mem, &mut ring, i, 0, 500 + i, i as u32)).collect();
     conn1.set_vring_enable(2, true).unwrap();
-    eventually("3 commands in flight", || b1.vqs[0].lock_inflight().len() == 3);
+    eventually("3 commands in flight", || b1.vqs[0].inflight.len() == 3);
     assert_eq!(ring.used_idx(&mem), 0);
     // It dies: nothing of it runs again (its held commands never complete).
     conn1.stop();
@@ -1107,7 +1107,7 @@ fn at_max_inflight_per_queue_the_ring_waits_and_every_request_completes_once() {
         eventually("two writes in the core", || g.rings[0].0.used_idx(&g.mem) == 2 * round && fault.held() == 2);
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(fault.held(), 2, "round {round}: two writes in the core, no more");
-        assert_eq!(g.b.vqs[0].lock_inflight().len(), 2, "round {round}");
+        assert_eq!(g.b.vqs[0].inflight.len(), 2, "round {round}");
         assert_eq!(g.rings[0].0.used_idx(&g.mem), 2 * round, "round {round}: none answered early");
         if round == 0 {
             assert_eq!(g.tur(1, 1).0, OK, "the other queue is served");
