@@ -131,7 +131,7 @@ impl PendingTable {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.count.load(Ordering::Acquire) == 0
+        self.len() == 0
     }
 
     /// Marks the commands in flight matching `pred` as cancelled by a reset.
