@@ -60,19 +60,20 @@ static GLOBAL: Counting = Counting;
 
 /// Allocations per 4 KiB command through the in-process initiator at QD1
 /// under lunard's default error policies, measured on 2026-12-07
-/// (docs/architecture.md, "Allocations per command"): 7 per read (its
-/// data-in buffer one of them), 7 per write (one of them the 32-byte
-/// header that shares the write's data between the backend and the copy
-/// kept for a retry). The bound leaves no slack: lower it when a change
-/// removes one.
-const MAX_ALLOCS_PER_READ: u64 = 7;
-const MAX_ALLOCS_PER_WRITE: u64 = 7;
+/// (docs/architecture.md, "Per-command cost"): 6 per read (its data-in
+/// buffer one of them: this initiator lends no memory), 6 per write (one
+/// of them the 32-byte header that shares the write's data between the
+/// backend and the copy kept for a retry). 7 and 7 before the CDB was
+/// held inline. The bound leaves no slack: lower it when a change removes
+/// one.
+const MAX_ALLOCS_PER_READ: u64 = 6;
+const MAX_ALLOCS_PER_WRITE: u64 = 6;
 /// Heap bytes per 4 KiB write under lunard's default error policies
 /// (`werror = enospc`, which keeps a write's data for a retry after ENOSPC): the data
 /// is shared with the backend, never copied to be kept, so a write costs
-/// less than its own size (1,888 bytes of bookkeeping measured; 5,936 while
-/// the kept data was a copy).
-const MAX_BYTES_PER_WRITE: u64 = 2048;
+/// less than its own size (2,384 bytes of bookkeeping measured, most of it
+/// the command's future; 5,936 while the kept data was a copy).
+const MAX_BYTES_PER_WRITE: u64 = 3072;
 
 /// Allocations and heap bytes per call of `f`, over `inputs` (made before
 /// counting, so that the caller's own buffers are not counted), after a

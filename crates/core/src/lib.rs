@@ -31,7 +31,7 @@ pub use device::{Device, IoErrorPause, Paused};
 pub use event::Event;
 pub use policy::{ErrorPolicies, ErrorPolicy};
 pub use queue::{request, Queue};
-pub use request::{Action, Completion, Request, RequestState, Response};
+pub use request::{Action, CdbBytes, Completion, Request, RequestState, Response};
 pub use state::SavedRequest;
 pub use target::{wait, Target, TargetError};
 pub use task_management::{TaskManagement, TaskManagementDone};

@@ -685,7 +685,7 @@ pub fn request(
     data_out: impl Into<lunar_block::Bytes>,
     f: impl FnOnce(Response) + Send + 'static,
 ) -> Request {
-    Request::new(tag, lun, cdb.to_vec(), data_out, Completion::new(f))
+    Request::new(tag, lun, crate::request::CdbBytes::from_slice(cdb), data_out, Completion::new(f))
 }
 
 /// Invariant 1, at compile time: the request list cannot leave its thread.

@@ -120,7 +120,8 @@ pub struct Request {
     /// Initiator task tag.
     pub tag: u64,
     pub lun: u64,
-    pub cdb: Vec<u8>,
+    /// Inline up to 16 bytes (every fixed-length CDB): no allocation.
+    pub cdb: CdbBytes,
     /// Data-out, complete (the front-end gathers it before submitting).
     /// Shared with the backend while a write runs: a request that may be
     /// retried keeps it without a copy.
@@ -141,18 +142,21 @@ pub struct Request {
     pub(crate) stamp: Option<crate::stats::Stamp>,
 }
 
+/// A CDB as a request holds it.
+pub type CdbBytes = smallvec::SmallVec<[u8; 16]>;
+
 impl Request {
     pub fn new(
         tag: u64,
         lun: u64,
-        cdb: Vec<u8>,
+        cdb: impl Into<CdbBytes>,
         data_out: impl Into<lunar_block::Bytes>,
         completion: Completion,
     ) -> Self {
         Request {
             tag,
             lun,
-            cdb,
+            cdb: cdb.into(),
             data_out: data_out.into(),
             data_in: None,
             frontend_data: Vec::new(),
