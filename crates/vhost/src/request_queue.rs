@@ -59,6 +59,14 @@ impl QueueMem {
         self.0.clone()
     }
 }
+/// Whether a pass over a ring ends with the driver's notifications on
+/// (kicks wanted) or leaves them off for its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Notifications {
+    On,
+    Off,
+}
+
 /// What the commands of one pass over a ring share.
 pub(crate) struct Pass {
     mem: QueueMem,
@@ -242,8 +250,15 @@ impl RequestVq {
     /// On the I/O thread: takes every available chain and submits it;
     /// true if it stopped at the in-flight limit (chains may be left).
     pub(crate) fn process(self: &Arc<Self>, vring: &Vring) -> bool {
+        self.process_then(vring, Notifications::On)
+    }
+
+    /// [`RequestVq::process`], leaving the driver's notifications off when
+    /// told (`Off`): the caller polls the ring next and turns them on
+    /// before it sleeps, so a driver posting meanwhile need not kick.
+    pub(crate) fn process_then(self: &Arc<Self>, vring: &Vring, after: Notifications) -> bool {
         self.busy.store(true, Ordering::Release);
-        let throttled = self.process_ring(vring);
+        let throttled = self.process_ring(vring, after);
         self.busy.store(false, Ordering::Release);
         throttled
     }
@@ -327,7 +342,7 @@ impl RequestVq {
             }
             // At the in-flight limit there is nothing to poll for: the
             // completion that frees a slot processes the ring again.
-            let throttled = self.process(&vring);
+            let throttled = self.process_then(&vring, Notifications::Off);
             // Poll the ring a little before sleeping, as QEMU's I/O threads
             // do (adaptive `poll-max-ns`): a driver that posts its next batch
             // within the window costs no kick and no wake-up. Each round
@@ -347,6 +362,13 @@ impl RequestVq {
                 }
             }
             if more {
+                continue;
+            }
+            // Notifications back on before sleeping; what the driver posted
+            // just before that is taken now (it did not kick for it).
+            // (Not on a ring being stopped: its memory is no longer ours to write.)
+            let running = !watch.stop.load(Ordering::Acquire) && vring.get_ref().get_queue().ready();
+            if running && !throttled && matches!(vring.enable_notification(), Ok(true)) {
                 continue;
             }
             if !throttled {
@@ -379,7 +401,7 @@ impl RequestVq {
     /// Takes chains off the ring until it is empty, or until the queue has
     /// its limit of commands in flight (then true: the completion that
     /// frees a slot calls this again; notifications stay off meanwhile).
-    pub(crate) fn process_ring(self: &Arc<Self>, vring: &Vring) -> bool {
+    pub(crate) fn process_ring(self: &Arc<Self>, vring: &Vring, after: Notifications) -> bool {
         // What the commands of this pass share: taken once, under this
         // virtqueue's locks, not once per command.
         let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return false };
@@ -416,6 +438,9 @@ impl RequestVq {
                 if self.submit(vring, &pass, head, buffers) {
                     return true;
                 }
+            }
+            if after == Notifications::Off {
+                break;
             }
             match vring.enable_notification() {
                 Ok(true) => continue,

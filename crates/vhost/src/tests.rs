@@ -727,6 +727,77 @@ fn request_kicks_are_watched_by_the_queues_io_thread() {
     t.shutdown();
 }
 
+/// While a request queue's I/O thread polls its ring after serving it,
+/// the driver is told not to kick (with EVENT_IDX, `avail_event` is left
+/// behind; without it, VRING_USED_F_NO_NOTIFY): a request posted then is
+/// taken without a kick. When the poll window ends, notifications are on
+/// again before the thread sleeps, so the next request's kick is asked for.
+#[test]
+fn the_driver_need_not_kick_while_the_ring_is_polled() {
+    use std::io::Write;
+    use vhost::vhost_user::VhostUserBackendReqHandlerMut;
+    let (mem, mem_file) = shared_memory();
+    let mut ring = Ring { base: REQ, next_desc: 0, avail_idx: 0 };
+    let dir = tempfile::tempdir().unwrap();
+    let t = Target::new("vhost-poll-quiet", 1).unwrap();
+    add_lun(&t, 0, Backend::mem(1 << 20));
+    let window = Duration::from_millis(400);
+    let cfg = ControllerConfig {
+        socket: dir.path().join("vq.sock"),
+        num_queues: 1,
+        luns: None,
+        hotplug: false,
+        poll: window,
+        limits: VhostLimits::default(),
+    };
+    let c = Controller::start(t.clone(), cfg).unwrap();
+    let b = c.backend.clone();
+    let event_idx = b.features() & (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX) != 0;
+    let (mut conn, mut kick) = connect(&b, &mem_file, None, &ring, 0);
+    conn.set_vring_enable(2, true).unwrap();
+    // Would the driver kick after making `new` entries available (it had `old`)?
+    let wants_kick = |ring: &Ring, old: u16, new: u16| -> bool {
+        let m = mem.memory();
+        if event_idx {
+            // `avail_event`: after the used ring's entries (virtio 1.2, 2.7.8).
+            let at = ring.used() + 4 + 8 * QSIZE as u64;
+            let avail_event: u16 = m.read_obj(GuestAddress(at)).unwrap();
+            new.wrapping_sub(avail_event).wrapping_sub(1) < new.wrapping_sub(old)
+        } else {
+            let flags: u16 = m.read_obj(GuestAddress(ring.used())).unwrap();
+            flags & 1 == 0
+        }
+    };
+    // A first request, and the ring left alone until the start's own passes are over.
+    let start = write10(&mem, &mut ring, 0, 0, 1, 0);
+    kick.write_all(&1u64.to_le_bytes()).unwrap();
+    eventually("the first request answered", || ring.used_idx(&mem) == 1);
+    assert_eq!(cmd_resp(&mem, start), OK);
+    std::thread::sleep(2 * window);
+    assert!(wants_kick(&ring, 1, 2), "notifications on while the thread sleeps");
+    let first = write10(&mem, &mut ring, 1, 0, 2, 1);
+    kick.write_all(&1u64.to_le_bytes()).unwrap();
+    eventually("the kicked request answered", || ring.used_idx(&mem) == 2);
+    let answered = Instant::now();
+    assert_eq!(cmd_resp(&mem, first), OK);
+    assert!(!wants_kick(&ring, 2, 3), "a kick asked for while the ring is polled (event_idx {event_idx})");
+    // Posted without a kick: the polling thread takes it.
+    let second = write10(&mem, &mut ring, 2, 0, 3, 2);
+    eventually("the request posted without a kick answered", || ring.used_idx(&mem) == 3);
+    assert_eq!(cmd_resp(&mem, second), OK);
+    assert!(answered.elapsed() < window, "served within the poll window (the test's premise)");
+    // The window ends (it halves on every empty look: well within 2 windows).
+    std::thread::sleep(2 * window);
+    assert!(wants_kick(&ring, 3, 4), "notifications off while the thread sleeps: a request would be lost");
+    let third = write10(&mem, &mut ring, 3, 0, 4, 3);
+    kick.write_all(&1u64.to_le_bytes()).unwrap();
+    eventually("the next kicked request answered", || ring.used_idx(&mem) == 4);
+    assert_eq!(cmd_resp(&mem, third), OK);
+    conn.stop();
+    c.shutdown();
+    t.shutdown();
+}
+
 /// Puts a command with `cdb` for `lun` on a request ring (no data-out,
 /// `data_in` bytes of data-in); returns where its response goes.
 fn command(mem: &Mem, ring: &mut Ring, slot: u64, lun: u16, tag: u64, cdb: &[u8], data_in: u32) -> u64 {
