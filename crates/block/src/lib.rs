@@ -132,8 +132,8 @@ impl Backend {
     /// Reads `len` bytes at `offset` into the first `len` bytes of `dest`
     /// (at most its length), recording them as filled: the data moves once,
     /// from the storage into memory a front-end lent (`file`: `preadv` or
-    /// io_uring straight into it; `mem`, `null`: one copy or fill). `rbd`
-    /// and `fault` read into their own buffer first and copy.
+    /// io_uring straight into it; `rbd`: `rbd_aio_readv` into it; `mem`,
+    /// `null`: one copy or fill; `fault`: as what it wraps).
     pub async fn read_into(&self, offset: u64, dest: &SgBuf, len: usize) -> Result<()> {
         if len > dest.len() {
             return Err(BlockError::out_of_range("read", offset, len as u64));
@@ -146,10 +146,7 @@ impl Backend {
             }
             Backend::File(f) => f.read_into(offset, dest, len).await?,
             Backend::Fault(f) => Box::pin(f.read_into(offset, dest, len)).await?,
-            Backend::Rbd(r) => {
-                let data = r.read(offset, len).await?;
-                dest.write_at(0, &data);
-            }
+            Backend::Rbd(r) => r.read_into(offset, dest, len).await?,
         }
         dest.set_filled(len);
         Ok(())

@@ -347,20 +347,25 @@ impl RbdBackend {
         image::Image::read(&self.inner.load_full(), offset, len).await
     }
 
+    /// Reads into memory a front-end lent ([`crate::Backend::read_into`]).
+    pub async fn read_into(&self, offset: u64, dest: &crate::SgBuf, len: usize) -> Result<()> {
+        image::Image::read_into(&self.inner.load_full(), offset, dest, len).await
+    }
+
     /// A write, followed by a flush when `fua`.
     /// Writes `data` (librbd keeps a buffer of its own until it completes:
     /// the shared bytes become one, copied only if the caller still holds
     /// them, as the core does for a write it may retry).
     pub async fn write(&self, offset: u64, data: impl Into<crate::Bytes>, fua: bool) -> Result<()> {
         if !self.options.multi_writer {
-            return image::Image::write(&self.inner.load_full(), offset, Vec::from(data.into()), fua).await;
+            return image::Image::write(&self.inner.load_full(), offset, data.into(), fua).await;
         }
         use std::sync::atomic::Ordering::Relaxed;
         // (Racy by design: a heuristic of the control plane, not a count.)
         if self.pending_since.load(Relaxed) <= self.last_done.load(Relaxed) {
             self.pending_since.store(clock_ns(), Relaxed);
         }
-        let r = image::Image::write(&self.inner.load_full(), offset, Vec::from(data.into()), fua).await;
+        let r = image::Image::write(&self.inner.load_full(), offset, data.into(), fua).await;
         self.last_done.store(clock_ns(), Relaxed);
         r
     }
@@ -480,6 +485,10 @@ impl RbdBackend {
     }
 
     pub async fn read(&self, _offset: u64, _len: usize) -> Result<Vec<u8>> {
+        match self.never {}
+    }
+
+    pub async fn read_into(&self, _offset: u64, _dest: &crate::SgBuf, _len: usize) -> Result<()> {
         match self.never {}
     }
 

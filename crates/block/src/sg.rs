@@ -214,6 +214,21 @@ impl fmt::Debug for SgBuf {
     }
 }
 
+/// The `iovec`s of a vectored read into lent memory, on the heap (they
+/// stay put while the value moves: an I/O in flight owns them).
+pub(crate) struct Iovecs(pub(crate) Box<[libc::iovec]>);
+
+// SAFETY: plain addresses and lengths into memory an `SgBuf` keeps mapped
+// (which is `Send` itself); nothing here is tied to a thread.
+unsafe impl Send for Iovecs {}
+
+impl SgBuf {
+    /// [`SgBuf::iovecs`] on the heap, for an I/O that outlives the call.
+    pub(crate) fn iovecs_boxed(&self, offset: usize, len: usize) -> Iovecs {
+        Iovecs(self.iovecs(offset, len).into_vec().into_boxed_slice())
+    }
+}
+
 /// The memory of [`SgBuf::zeroed`].
 struct Backing(#[allow(dead_code)] Vec<Box<[u8]>>);
 

@@ -99,6 +99,21 @@ fn read_write_flush_fua() {
         for i in 0..64u64 {
             assert_eq!(b.read(i * 65536, 65536).await.unwrap(), pattern(i as u8, 65536), "block {i}");
         }
+        // Into lent memory (rbd_aio_readv), across segments and an object
+        // boundary; a write of shared bytes (librbd reads them in place).
+        let sg = lunar_block::SgBuf::zeroed(1 << 20, 7);
+        b.read_into((4 << 20) - 4096, &sg, 1 << 20).await.unwrap();
+        let expected = b.read((4 << 20) - 4096, 1 << 20).await.unwrap();
+        assert_eq!(expected[4096..], data[4096..], "(the first 4 KiB were written again since)");
+        assert_eq!(sg.filled(), 1 << 20);
+        assert!(sg.to_vec(1 << 20) == expected, "read_into and read disagree");
+        let shared = lunar_block::Bytes::from(pattern(9, 8192));
+        b.write(8 << 20, shared.clone(), true).await.unwrap();
+        let sg = lunar_block::SgBuf::zeroed(8192, 3);
+        b.read_into(8 << 20, &sg, 8192).await.unwrap();
+        assert_eq!(sg.to_vec(8192), &shared[..]);
+        let small = lunar_block::SgBuf::zeroed(512, 1);
+        assert_eq!(b.read_into(16 << 20, &small, 512).await.unwrap_err().kind, ErrorKind::OutOfRange);
     });
 }
 

@@ -61,12 +61,7 @@ impl Drop for AlignedBuf {
     }
 }
 
-/// The `iovec`s of a vectored read into lent memory, on the heap.
-pub(crate) struct Iovecs(pub(crate) Box<[libc::iovec]>);
-
-// SAFETY: plain addresses and lengths into memory an `SgBuf` keeps mapped
-// (which is `Send` itself); nothing here is tied to a thread.
-unsafe impl Send for Iovecs {}
+pub(crate) use crate::sg::Iovecs;
 
 /// A buffer owned by an I/O operation: a plain `Vec` when no alignment is
 /// needed (or when the caller's `Vec` happens to be aligned), else an

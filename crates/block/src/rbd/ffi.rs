@@ -106,6 +106,13 @@ extern "C" {
     pub fn rbd_aio_release(c: rbd_completion_t);
     pub fn rbd_aio_read(image: rbd_image_t, off: u64, len: usize, buf: *mut c_char, c: rbd_completion_t) -> c_int;
     pub fn rbd_aio_write(image: rbd_image_t, off: u64, len: usize, buf: *const c_char, c: rbd_completion_t) -> c_int;
+    pub fn rbd_aio_readv(
+        image: rbd_image_t,
+        iov: *const libc::iovec,
+        iovcnt: c_int,
+        off: u64,
+        c: rbd_completion_t,
+    ) -> c_int;
     pub fn rbd_aio_flush(image: rbd_image_t, c: rbd_completion_t) -> c_int;
     pub fn rbd_aio_discard(image: rbd_image_t, off: u64, len: u64, c: rbd_completion_t) -> c_int;
     pub fn rbd_aio_write_zeroes(

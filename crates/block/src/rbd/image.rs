@@ -43,6 +43,19 @@ struct Pending {
     shared: Arc<Counters>,
     /// A write, discard, write-zeroes or compare-and-write.
     write_like: bool,
+    /// Memory librbd reads from or writes into that is not `buf`: held
+    /// here (mapped, unchanged) until librbd is done with it.
+    #[allow(dead_code)] // held, never read: dropped once librbd is done
+    held: Held,
+}
+
+/// What a request holds for librbd besides its own buffers.
+enum Held {
+    None,
+    /// A write's data as the caller shares it (no copy).
+    Bytes(#[allow(dead_code)] crate::Bytes),
+    /// Memory a front-end lent a read, and the `iovec`s librbd writes through.
+    Lent(#[allow(dead_code)] crate::SgBuf, #[allow(dead_code)] crate::sg::Iovecs),
 }
 
 /// What requests tell their image when they finish.
@@ -563,11 +576,13 @@ impl Image {
         buf: Vec<u8>,
         submit: impl FnOnce(ffi::rbd_image_t, ffi::rbd_completion_t, &mut Pending) -> c_int,
     ) -> Result<Done> {
-        Image::run_with(this, op, offset, len, (buf, Vec::new()), Delivery::EventFd, submit).await
+        Image::run_with(this, op, offset, len, (buf, Vec::new()), Delivery::EventFd, Held::None, submit).await
     }
 
     /// [`Image::run`] with a second buffer (`bufs`: the data, and COMPARE
-    /// AND WRITE's compare data) and a choice of delivery.
+    /// AND WRITE's compare data), a choice of delivery, and memory to hold
+    /// for librbd (`held`).
+    #[allow(clippy::too_many_arguments)]
     async fn run_with(
         this: &Arc<Image>,
         op: &'static str,
@@ -575,6 +590,7 @@ impl Image {
         len: u64,
         (buf, cmp): (Vec<u8>, Vec<u8>),
         delivery: Delivery,
+        held: Held,
         submit: impl FnOnce(ffi::rbd_image_t, ffi::rbd_completion_t, &mut Pending) -> c_int,
     ) -> Result<Done> {
         let err = |errno: i32| BlockError::from_errno(errno, op, offset, len);
@@ -587,6 +603,7 @@ impl Image {
             mismatch: 0,
             shared: this.shared.clone(),
             write_like: WRITE_LIKE.contains(&op),
+            held,
         }));
         let mut c: ffi::rbd_completion_t = ptr::null_mut();
         let callback: ffi::rbd_callback_t = match delivery {
@@ -639,14 +656,62 @@ impl Image {
         Ok(done.buf)
     }
 
-    pub(super) async fn write(this: &Arc<Image>, offset: u64, data: Vec<u8>, fua: bool) -> Result<()> {
+    /// Reads into memory a front-end lent (`rbd_aio_readv`: no buffer of
+    /// its own, no copy); the request holds the memory until librbd is done.
+    pub(super) async fn read_into(this: &Arc<Image>, offset: u64, dest: &crate::SgBuf, len: usize) -> Result<()> {
+        this.check("read", offset, len as u64, false)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let iov = dest.iovecs_boxed(0, len);
+        let (ptr, count) = (iov.0.as_ptr(), iov.0.len());
+        let count =
+            c_int::try_from(count).map_err(|_| BlockError::from_errno(libc::EINVAL, "read", offset, len as u64))?;
+        let held = Held::Lent(dest.clone(), iov);
+        let done = Image::run_with(
+            this,
+            "read",
+            offset,
+            len as u64,
+            (Vec::new(), Vec::new()),
+            Delivery::EventFd,
+            held,
+            |img, c, _| {
+                // SAFETY: the iovecs (boxed, so `ptr` stays valid) and the lent
+                // memory they describe are held by the request until librbd
+                // completes it (`Held::Lent`).
+                unsafe { ffi::rbd_aio_readv(img, ptr, count, offset, c) }
+            },
+        )
+        .await?;
+        if usize::try_from(done.ret).ok() != Some(len) {
+            return Err(BlockError::from_errno(libc::EIO, "read", offset, len as u64));
+        }
+        Ok(())
+    }
+
+    /// Writes `data` as the caller shares it: librbd reads it in place (the
+    /// request holds a reference until librbd is done), no copy.
+    pub(super) async fn write(this: &Arc<Image>, offset: u64, data: crate::Bytes, fua: bool) -> Result<()> {
         let len = data.len() as u64;
         this.check("write", offset, len, true)?;
         if !data.is_empty() {
-            Image::run(this, "write", offset, len, data, |img, c, p| {
-                // SAFETY: `p.buf` stays allocated and unchanged until the completion is reaped.
-                unsafe { ffi::rbd_aio_write(img, offset, p.buf.len(), p.buf.as_ptr().cast(), c) }
-            })
+            let (ptr, n) = (data.as_ptr(), data.len());
+            let held = Held::Bytes(data);
+            Image::run_with(
+                this,
+                "write",
+                offset,
+                len,
+                (Vec::new(), Vec::new()),
+                Delivery::EventFd,
+                held,
+                |img, c, _| {
+                    // SAFETY: the bytes are held, unchanged (`Bytes` is
+                    // immutable), by the request until librbd completes it.
+                    unsafe { ffi::rbd_aio_write(img, offset, n, ptr.cast(), c) }
+                },
+            )
             .await?;
         }
         if fua {
@@ -675,8 +740,15 @@ impl Image {
         // librbd 16 completes a compare-and-write only through the
         // completion's callback, never through the image's event socket
         // (`librbd16_delivers_compare_and_write_to_the_callback_only` below).
-        let done =
-            Image::run_with(this, "compare-and-write", offset, len, (data, cmp), Delivery::Callback, |img, c, p| {
+        let done = Image::run_with(
+            this,
+            "compare-and-write",
+            offset,
+            len,
+            (data, cmp),
+            Delivery::Callback,
+            Held::None,
+            |img, c, p| {
                 // SAFETY: both buffers and the mismatch cell live in the heap cell
                 // `p`, allocated and unchanged until the completion is reaped.
                 let r = unsafe {
@@ -692,8 +764,9 @@ impl Image {
                     )
                 };
                 c_int::try_from(r).unwrap_or(-libc::EINVAL)
-            })
-            .await?;
+            },
+        )
+        .await?;
         if done.ret == -(libc::EILSEQ as isize) {
             // librbd 16 reports the image offset of the object's start plus
             // the mismatch's offset in the request (measured here); an
