@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lunar_core::{Queue, Response, TaskManagement};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use super::limits::{Budget, LimitCounters, IMMEDIATE_EXTRA};
+use super::output::Output;
 use super::task::{answer, Task};
 use super::{End, ServerState, TargetEntry};
 use crate::login::{LoginConfig, LoginOutcome, LoginSession, LoginStep};
@@ -112,7 +113,8 @@ struct Conn {
     last_rx: Instant,
     ping: Option<(u32, Instant)>,
     kill: Option<watch::Receiver<super::End>>,
-    out: Vec<u8>,
+    /// Answers queued by the handlers, written once per batch.
+    out: Output,
     /// MaxCmdSN granted so far (never decreases, RFC 7143 §4.2.2.1).
     max_cmd_sn: u32,
     /// Buffer space for solicited data-out and data-in.
@@ -200,7 +202,7 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
         last_rx: Instant::now(),
         ping: None,
         kill: None,
-        out: Vec::with_capacity(64 << 10),
+        out: Output::with_capacity(16 << 10),
         max_cmd_sn: 0,
         budget,
         release_after_write: 0,
@@ -511,12 +513,12 @@ impl Conn {
     fn queue_out(&mut self, mut pdu: Pdu) {
         self.number(&mut pdu);
         let (hd, dd) = self.digests;
-        pdu.encode_into(&mut self.out, hd, dd);
+        self.out.push(&pdu, hd, dd);
     }
 
-    /// Writes what the handlers queued, in one write (the run loop calls it
-    /// once per batch of events, so responses to pipelined commands share
-    /// system calls).
+    /// Writes what the handlers queued, with as few vectored writes as the
+    /// socket allows (the run loop calls it once per batch of events, so
+    /// responses to pipelined commands share system calls).
     ///
     /// Once the answers are out, the buffer space of the tasks they
     /// finished is free again, and tasks that waited for it go on (which
@@ -524,7 +526,7 @@ impl Conn {
     async fn write_out(&mut self) -> Flow {
         loop {
             if !self.out.is_empty() {
-                let r = tokio::time::timeout(WRITE_TIMEOUT, self.wr.write_all(&self.out)).await;
+                let r = tokio::time::timeout(WRITE_TIMEOUT, self.out.write_to(&mut self.wr)).await;
                 self.out.clear();
                 match r {
                     Ok(Ok(())) => {}
@@ -886,7 +888,7 @@ impl Conn {
     }
 
     async fn send_login(&mut self, pdu: Pdu) -> Flow {
-        pdu.encode_into(&mut self.out, false, false);
+        self.out.push(&pdu, false, false);
         Flow::Continue
     }
 
