@@ -101,7 +101,6 @@ struct Conn {
     params: NegotiatedParams,
     phase: Phase,
     session: Option<Session>,
-    outcome: Option<Box<LoginOutcome>>,
     stat_sn: u32,
     exp_cmd_sn: u32,
     tasks: HashMap<u32, Task>,
@@ -191,7 +190,6 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
         params: NegotiatedParams::default(),
         phase: Phase::Login(Box::new(login)),
         session: None,
-        outcome: None,
         stat_sn: 0,
         exp_cmd_sn: 0,
         tasks: HashMap::new(),
@@ -296,13 +294,13 @@ impl Conn {
                         self.last_rx = Instant::now();
                         flow = self.on_pdu(pdu).await;
                     }
-                    Some(Err((e, bhs))) => flow = self.on_bad(e, bhs).await,
+                    Some(Err((e, bhs))) => flow = self.on_bad(e, bhs),
                     None => break,
                 }
             }
             while flow == Flow::Continue {
                 match rx.try_recv() {
-                    Ok(ev) => flow = self.on_event(ev).await,
+                    Ok(ev) => flow = self.on_event(ev),
                     Err(_) => break,
                 }
             }
@@ -357,7 +355,7 @@ impl Conn {
                     ));
                     Flow::Close
                 }
-                Wake::Event(Some(ev)) => self.on_event(ev).await,
+                Wake::Event(Some(ev)) => self.on_event(ev),
                 Wake::Event(None) | Wake::Killed => {
                     tracing::debug!(peer = %self.peer, "connection ended by the target");
                     let _ = self.write_out().await;
@@ -425,18 +423,16 @@ impl Conn {
         Some(result)
     }
 
-    async fn on_event(&mut self, ev: Event) -> Flow {
-        {
-            match ev {
-                Event::Done { itt, response } => self.on_done(itt, response).await,
-                Event::CoreTmfDone { itt } => {
-                    if let Some(t) = self.tmfs.iter_mut().find(|t| t.itt == itt) {
-                        t.core_pending = t.core_pending.saturating_sub(1);
-                    }
-                    self.finish_tmfs().await
+    fn on_event(&mut self, ev: Event) -> Flow {
+        match ev {
+            Event::Done { itt, response } => self.on_done(itt, response),
+            Event::CoreTmfDone { itt } => {
+                if let Some(t) = self.tmfs.iter_mut().find(|t| t.itt == itt) {
+                    t.core_pending = t.core_pending.saturating_sub(1);
                 }
-                Event::Tick => self.on_tick().await,
+                self.finish_tmfs()
             }
+            Event::Tick => self.on_tick(),
         }
     }
 
@@ -635,30 +631,30 @@ impl Conn {
         }
     }
 
-    async fn send(&mut self, pdu: Pdu) -> Flow {
+    fn send(&mut self, pdu: Pdu) -> Flow {
         self.queue_out(pdu);
         Flow::Continue
     }
 
-    async fn reject(&mut self, bhs: &Bhs, reason: RejectReason) -> Flow {
-        self.send(Pdu::Reject(Reject::of(bhs, reason))).await
+    fn reject(&mut self, bhs: &Bhs, reason: RejectReason) -> Flow {
+        self.send(Pdu::Reject(Reject::of(bhs, reason)))
     }
 
-    async fn reject_pdu(&mut self, pdu: &Pdu, reason: RejectReason) -> Flow {
+    fn reject_pdu(&mut self, pdu: &Pdu, reason: RejectReason) -> Flow {
         let raw = pdu.encode(false, false);
         match raw.first_chunk::<BHS_LEN>().and_then(|h| crate::pdu::decode_bhs(h).ok()) {
-            Some(bhs) => self.reject(&bhs, reason).await,
+            Some(bhs) => self.reject(&bhs, reason),
             None => Flow::Close,
         }
     }
 
     // ----- input ---------------------------------------------------------
 
-    async fn on_bad(&mut self, e: PduError, bhs: Option<Box<Bhs>>) -> Flow {
+    fn on_bad(&mut self, e: PduError, bhs: Option<Box<Bhs>>) -> Flow {
         self.warn(format_args!("bad PDU: {e}"));
         match (e.reaction(), bhs, &self.phase) {
             (_, _, Phase::Login(_)) => Flow::Close,
-            (ErrorReaction::Reject(reason), Some(bhs), _) => self.reject(&bhs, reason).await,
+            (ErrorReaction::Reject(reason), Some(bhs), _) => self.reject(&bhs, reason),
             _ => Flow::Close,
         }
     }
@@ -684,12 +680,12 @@ impl Conn {
             | Pdu::NopOut(_) => self.sequenced(pdu).await,
             Pdu::LoginRequest(_) => {
                 self.warn(format_args!("Login Request in full feature phase"));
-                let _ = self.reject_pdu(&pdu, RejectReason::ProtocolError).await;
+                let _ = self.reject_pdu(&pdu, RejectReason::ProtocolError);
                 Flow::Close
             }
             other => {
                 let reason = other.reject_at_target_erl0().unwrap_or(RejectReason::CommandNotSupported);
-                self.reject_pdu(&other, reason).await
+                self.reject_pdu(&other, reason)
             }
         }
     }
@@ -711,7 +707,7 @@ impl Conn {
                 // RFC 7143 §11.17.1: too many immediate commands.
                 LimitCounters::bump(&self.shared.hits.immediate_rejected);
                 self.warn(format_args!("immediate command beyond {window} outstanding: rejected"));
-                return self.reject_pdu(&pdu, RejectReason::ImmediateCommandReject).await;
+                return self.reject_pdu(&pdu, RejectReason::ImmediateCommandReject);
             }
             return self.execute(pdu).await;
         }
@@ -744,23 +740,23 @@ impl Conn {
     async fn execute(&mut self, pdu: Pdu) -> Flow {
         match pdu {
             Pdu::ScsiCommand(c) => self.on_command(c).await,
-            Pdu::TaskMgmtRequest(t) => self.on_tmf(t).await,
-            Pdu::TextRequest(t) => self.on_text(t).await,
-            Pdu::LogoutRequest(l) => self.on_logout(l).await,
-            Pdu::NopOut(n) => self.on_nop(n).await,
+            Pdu::TaskMgmtRequest(t) => self.on_tmf(t),
+            Pdu::TextRequest(t) => self.on_text(t),
+            Pdu::LogoutRequest(l) => self.on_logout(l),
+            Pdu::NopOut(n) => self.on_nop(n),
             _ => Flow::Continue,
         }
     }
 
     async fn on_login_step(&mut self, step: LoginStep) -> Flow {
         match step {
-            LoginStep::Continue(resp) => self.send_login(Pdu::LoginResponse(resp)).await,
+            LoginStep::Continue(resp) => self.send_login(Pdu::LoginResponse(resp)),
             LoginStep::Fail(resp, failure) => {
                 self.warn(format_args!("login failed ({:#06x}): {}", failure.status.code(), failure.reason));
                 if let Phase::Login(login) = &self.phase {
                     self.shared.login_failed(super::LoginFailureInfo::new(login, &failure, self.peer));
                 }
-                let _ = self.send_login(Pdu::LoginResponse(resp)).await;
+                let _ = self.send_login(Pdu::LoginResponse(resp));
                 Flow::Close
             }
             LoginStep::Complete(mut resp, outcome) => {
@@ -783,14 +779,14 @@ impl Conn {
                             .register_session(&outcome.initiator_name, outcome.isid, &name, outcome.tsih)
                             .await
                         else {
-                            return self.refuse_login(&mut resp, &outcome, &name).await;
+                            return self.refuse_login(&mut resp, &outcome, &name);
                         };
                         // The target removed, or the initiator taken off its
                         // ACL, while this login went on.
                         if !self.shared.still_allowed(&entry, &outcome.initiator_name) {
                             self.shared.unregister_session(&outcome.initiator_name, outcome.isid, &name, outcome.tsih);
                             let _ = closed_tx.send(true);
-                            return self.refuse_changed(&mut resp, &outcome, &name).await;
+                            return self.refuse_changed(&mut resp, &outcome, &name);
                         }
                         let nexus = lunar_scsi::Nexus::new(
                             format!("{},i,0x{}", outcome.initiator_name, outcome.isid),
@@ -822,8 +818,7 @@ impl Conn {
                 }
                 // Digests apply from the first PDU after the final Login Response.
                 let digests = (self.params.header_digest.enabled(), self.params.data_digest.enabled());
-                self.outcome = Some(outcome);
-                let flow = self.send_login(Pdu::LoginResponse(resp)).await;
+                let flow = self.send_login(Pdu::LoginResponse(resp));
                 self.digests = digests;
                 flow
             }
@@ -832,34 +827,24 @@ impl Conn {
 
     /// A login that negotiated well but finds the target full: "out of
     /// resources" (RFC 7143 §11.13.5, 0x0302) instead of the final response.
-    async fn refuse_login(
-        &mut self,
-        resp: &mut crate::pdu::LoginResponse,
-        outcome: &LoginOutcome,
-        target: &str,
-    ) -> Flow {
+    fn refuse_login(&mut self, resp: &mut crate::pdu::LoginResponse, outcome: &LoginOutcome, target: &str) -> Flow {
         let max = self.shared.resources.max_sessions_per_target;
         self.warn(format_args!("login to {target} refused: the target has {max} sessions"));
         let detail = format!("the target has {max} sessions (max-sessions-per-target)");
-        self.refuse_final(resp, outcome, target, crate::login::LoginStatus::OUT_OF_RESOURCES, "limit", detail).await
+        self.refuse_final(resp, outcome, target, crate::login::LoginStatus::OUT_OF_RESOURCES, "limit", detail)
     }
 
     /// A login that negotiated well but whose target was removed, or whose
     /// initiator was taken off the ACL, meanwhile.
-    async fn refuse_changed(
-        &mut self,
-        resp: &mut crate::pdu::LoginResponse,
-        outcome: &LoginOutcome,
-        target: &str,
-    ) -> Flow {
+    fn refuse_changed(&mut self, resp: &mut crate::pdu::LoginResponse, outcome: &LoginOutcome, target: &str) -> Flow {
         self.warn(format_args!("login to {target} refused: the target or its ACL changed during the login"));
         let detail = "the target was removed or its ACL changed during the login".to_string();
-        self.refuse_final(resp, outcome, target, crate::login::LoginStatus::TARGET_REMOVED, "not-found", detail).await
+        self.refuse_final(resp, outcome, target, crate::login::LoginStatus::TARGET_REMOVED, "not-found", detail)
     }
 
     /// Records the refused login and answers it with `status` in place of
     /// the final Login Response; the connection then closes.
-    async fn refuse_final(
+    fn refuse_final(
         &mut self,
         resp: &mut crate::pdu::LoginResponse,
         outcome: &LoginOutcome,
@@ -883,11 +868,11 @@ impl Conn {
         resp.status_class = status.class;
         resp.status_detail = status.detail;
         resp.data.clear();
-        let _ = self.send_login(Pdu::LoginResponse(resp.clone())).await;
+        let _ = self.send_login(Pdu::LoginResponse(resp.clone()));
         Flow::Close
     }
 
-    async fn send_login(&mut self, pdu: Pdu) -> Flow {
+    fn send_login(&mut self, pdu: Pdu) -> Flow {
         self.out.push(&pdu, false, false);
         Flow::Continue
     }
@@ -927,10 +912,10 @@ impl Conn {
         );
         if self.session.is_none() {
             // Discovery sessions carry no SCSI commands (RFC 7143 §4.3).
-            return self.reject_pdu(&Pdu::ScsiCommand(c), RejectReason::ProtocolError).await;
+            return self.reject_pdu(&Pdu::ScsiCommand(c), RejectReason::ProtocolError);
         }
         if self.tasks.contains_key(&c.itt) {
-            return self.reject_pdu(&Pdu::ScsiCommand(c), RejectReason::TaskInProgress).await;
+            return self.reject_pdu(&Pdu::ScsiCommand(c), RejectReason::TaskInProgress);
         }
         let imm = c.data.len() as u32;
         if imm > 0
@@ -940,7 +925,7 @@ impl Conn {
                 || imm > self.params.first_burst_length)
         {
             self.warn(format_args!("unexpected immediate data (ITT {:#x})", c.itt));
-            return self.reject_pdu(&Pdu::ScsiCommand(c), RejectReason::ProtocolError).await;
+            return self.reject_pdu(&Pdu::ScsiCommand(c), RejectReason::ProtocolError);
         }
         let lun = lunar_scsi::lun::decode_lun(c.lun.to_be_bytes()).unwrap_or(u64::MAX);
         let mut task = Task {
@@ -1077,19 +1062,19 @@ impl Conn {
             return Flow::Continue;
         }
         if d.data.len() as u32 > params.target_max_recv_data_segment_length {
-            return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError).await;
+            return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError);
         }
         if d.ttt == RESERVED_TAG {
             if d.data_sn != task.unsolicited_data_sn {
-                return self.data_sn_error(d).await;
+                return self.data_sn_error(d);
             }
             task.unsolicited_data_sn += 1;
             if !task.unsolicited_open || d.buffer_offset.saturating_add(d.data.len() as u32) > params.first_burst_length
             {
-                return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError).await;
+                return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError);
             }
             let Some(stored) = task.accept(d.buffer_offset, &d.data) else {
-                return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError).await;
+                return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError);
             };
             // Unasked-for data is held whatever the budget (it is bounded
             // by FirstBurstLength per command).
@@ -1100,17 +1085,17 @@ impl Conn {
             }
         } else {
             let Some(i) = task.solicited.iter().position(|s| s.ttt == d.ttt) else {
-                return self.reject_pdu(&Pdu::DataOut(d), RejectReason::InvalidPduField).await;
+                return self.reject_pdu(&Pdu::DataOut(d), RejectReason::InvalidPduField);
             };
             let s = task.solicited[i];
             if d.data_sn != s.next_data_sn {
-                return self.data_sn_error(d).await;
+                return self.data_sn_error(d);
             }
             task.solicited[i].next_data_sn += 1;
             let end = d.buffer_offset.saturating_add(d.data.len() as u32);
             // Solicited data was counted against the budget by its R2T.
             if d.buffer_offset < s.offset || end > s.offset + s.len || task.accept(d.buffer_offset, &d.data).is_none() {
-                return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError).await;
+                return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError);
             }
             task.solicited[i].received += d.data.len() as u32;
             if d.final_bit {
@@ -1129,12 +1114,12 @@ impl Conn {
 
     /// A Data-Out out of sequence: at ErrorRecoveryLevel 0 the recovery is
     /// the session's (RFC 7143 §7.1.1, §7.3): reject it and drop the connection.
-    async fn data_sn_error(&mut self, d: DataOut) -> Flow {
+    fn data_sn_error(&mut self, d: DataOut) -> Flow {
         self.warn(format_args!(
             "Data-Out with a wrong DataSN {} (ITT {:#x}): dropping the connection",
             d.data_sn, d.itt
         ));
-        let _ = self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError).await;
+        let _ = self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError);
         Flow::Close
     }
 
@@ -1147,7 +1132,7 @@ impl Conn {
         if let Some(response) = task.early.take() {
             task.submitted = true;
             self.tasks.insert(itt, task);
-            return self.on_done(itt, response).await;
+            return self.on_done(itt, response);
         }
         // A read waits behind the tasks already waiting; a write's data is
         // already here (its room taken), so it never waits.
@@ -1169,7 +1154,7 @@ impl Conn {
             let response = self.no_such_lun(&task);
             task.submitted = true;
             self.tasks.insert(itt, task);
-            return self.on_done(itt, response).await;
+            return self.on_done(itt, response);
         };
         let data = std::mem::take(&mut task.data);
         let tx = self.tx.clone();
@@ -1192,7 +1177,7 @@ impl Conn {
         }
     }
 
-    async fn on_done(&mut self, itt: u32, response: Response) -> Flow {
+    fn on_done(&mut self, itt: u32, response: Response) -> Flow {
         let Some(mut task) = self.tasks.remove(&itt) else { return Flow::Continue };
         self.release_after_write += task.reserved;
         for t in &mut self.tmfs {
@@ -1215,14 +1200,14 @@ impl Conn {
                 self.queue_out(Pdu::ScsiResponse(r));
             }
         }
-        self.finish_tmfs_queued()
+        self.finish_tmfs()
     }
 
     // ----- task management ---------------------------------------------------
 
-    async fn on_tmf(&mut self, t: TaskMgmtRequest) -> Flow {
+    fn on_tmf(&mut self, t: TaskMgmtRequest) -> Flow {
         if self.session.is_none() {
-            return self.reject_pdu(&Pdu::TaskMgmtRequest(t), RejectReason::ProtocolError).await;
+            return self.reject_pdu(&Pdu::TaskMgmtRequest(t), RejectReason::ProtocolError);
         }
         let lun = lunar_scsi::lun::decode_lun(t.lun.to_be_bytes()).unwrap_or(u64::MAX);
         self.shared.tmfs.received(t.function);
@@ -1275,9 +1260,6 @@ impl Conn {
                 }
             }
             TaskMgmtFunction::TargetWarmReset | TaskMgmtFunction::TargetColdReset => {
-                if self.session.is_none() {
-                    return Flow::Close;
-                }
                 self.abort_tasks(|_| true, &mut pending);
                 self.core_tmf(TaskManagement::TargetReset, lun, t.itt, &mut pending);
                 if t.function == TaskMgmtFunction::TargetColdReset {
@@ -1296,15 +1278,13 @@ impl Conn {
         };
         if response != TmfResponseCode::FunctionComplete || (pending.waiting.is_empty() && pending.core_pending == 0) {
             self.tmf_answered(&pending, response);
-            let flow = self
-                .send(Pdu::TaskMgmtResponse(TaskMgmtResponse {
-                    response,
-                    itt: t.itt,
-                    stat_sn: 0,
-                    exp_cmd_sn: 0,
-                    max_cmd_sn: 0,
-                }))
-                .await;
+            let flow = self.send(Pdu::TaskMgmtResponse(TaskMgmtResponse {
+                response,
+                itt: t.itt,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+            }));
             return if pending.close_after { Flow::Close } else { flow };
         }
         self.tmfs.push(pending);
@@ -1352,7 +1332,7 @@ impl Conn {
     }
 
     /// Queues the responses of task management functions that are done.
-    fn finish_tmfs_queued(&mut self) -> Flow {
+    fn finish_tmfs(&mut self) -> Flow {
         let mut flow = Flow::Continue;
         let done: Vec<PendingTmf> = {
             let (done, keep): (Vec<_>, Vec<_>) =
@@ -1389,13 +1369,9 @@ impl Conn {
         );
     }
 
-    async fn finish_tmfs(&mut self) -> Flow {
-        self.finish_tmfs_queued()
-    }
-
     // ----- other requests ----------------------------------------------------
 
-    async fn on_nop(&mut self, n: NopOut) -> Flow {
+    fn on_nop(&mut self, n: NopOut) -> Flow {
         let max = self.params.initiator_max_recv_data_segment_length as usize;
         let mut data = n.data;
         data.truncate(max);
@@ -1408,10 +1384,9 @@ impl Conn {
             max_cmd_sn: 0,
             data,
         }))
-        .await
     }
 
-    async fn on_text(&mut self, t: TextRequest) -> Flow {
+    fn on_text(&mut self, t: TextRequest) -> Flow {
         let entries = self.shared.send_targets_entries(self.local);
         let session_type = self.session_type();
         let target = self.session.as_ref().map(|s| s.entry.config.name.clone());
@@ -1422,18 +1397,18 @@ impl Conn {
             Ok(r) => {
                 let resp = r.into_response(&t, 0, 0, 0);
                 self.text_since = if self.text.in_progress() { self.text_since.or(Some(Instant::now())) } else { None };
-                self.send(Pdu::TextResponse(resp)).await
+                self.send(Pdu::TextResponse(resp))
             }
             Err(e) => {
                 self.text.reset();
                 self.text_since = None;
                 self.warn(format_args!("text: {e}"));
-                self.reject_pdu(&Pdu::TextRequest(t), e.reject_reason()).await
+                self.reject_pdu(&Pdu::TextRequest(t), e.reject_reason())
             }
         }
     }
 
-    async fn on_logout(&mut self, l: LogoutRequest) -> Flow {
+    fn on_logout(&mut self, l: LogoutRequest) -> Flow {
         let response = match l.reason {
             LogoutReason::CloseSession | LogoutReason::CloseConnection => LogoutResponseCode::Closed,
             _ => LogoutResponseCode::RecoveryNotSupported,
@@ -1444,17 +1419,15 @@ impl Conn {
                 self.shared.logged_out(&s.initiator, s.isid, &s.entry.config.name, s.tsih);
             }
         }
-        let flow = self
-            .send(Pdu::LogoutResponse(LogoutResponse {
-                response,
-                itt: l.itt,
-                stat_sn: 0,
-                exp_cmd_sn: 0,
-                max_cmd_sn: 0,
-                time2wait: 0,
-                time2retain: 0,
-            }))
-            .await;
+        let flow = self.send(Pdu::LogoutResponse(LogoutResponse {
+            response,
+            itt: l.itt,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+            time2wait: 0,
+            time2retain: 0,
+        }));
         if close {
             Flow::Close
         } else {
@@ -1462,7 +1435,7 @@ impl Conn {
         }
     }
 
-    async fn on_tick(&mut self) -> Flow {
+    fn on_tick(&mut self) -> Flow {
         if let Some((_, sent)) = self.ping {
             if sent.elapsed() > PING_TIMEOUT {
                 self.warn(format_args!("no answer to NOP-In ping: dropping the connection"));
@@ -1481,17 +1454,15 @@ impl Conn {
             }
             let ttt = self.next_ttt;
             self.ping = Some((ttt, Instant::now()));
-            return self
-                .send(Pdu::NopIn(NopIn {
-                    lun: 0,
-                    itt: RESERVED_TAG,
-                    ttt,
-                    stat_sn: 0,
-                    exp_cmd_sn: 0,
-                    max_cmd_sn: 0,
-                    data: Vec::new(),
-                }))
-                .await;
+            return self.send(Pdu::NopIn(NopIn {
+                lun: 0,
+                itt: RESERVED_TAG,
+                ttt,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+                data: Vec::new(),
+            }));
         }
         Flow::Continue
     }
