@@ -5,45 +5,40 @@
 //! with another thread. A command whose backend answers at once costs one
 //! wake-up of this loop: read, execute inline, answer, write.
 
+mod io;
+mod window;
+
+use io::READ_CHUNK;
+
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lunar_core::{Queue, Response, TaskManagement};
-use tokio::io::AsyncReadExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use super::limits::{Budget, LimitCounters, IMMEDIATE_EXTRA};
+use super::limits::{Budget, LimitCounters};
 use super::output::Output;
 use super::task::{answer, Task};
-use super::{End, ServerState, TargetEntry};
+use super::{ServerState, TargetEntry};
 use crate::login::{LoginConfig, LoginOutcome, LoginSession, LoginStep};
 use crate::params::{NegotiatedParams, SessionType};
 use crate::pdu::{
-    decode_frame, frame_length, Bhs, DataOut, ErrorReaction, Isid, LogoutReason, LogoutRequest, LogoutResponse,
-    LogoutResponseCode, NopIn, NopOut, Pdu, PduError, Reject, RejectReason, ScsiCommand, TaskMgmtFunction,
-    TaskMgmtRequest, TaskMgmtResponse, TextRequest, TmfResponseCode, BHS_LEN, RESERVED_TAG,
+    Bhs, DataOut, ErrorReaction, Isid, LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode, NopIn, NopOut,
+    Pdu, PduError, Reject, RejectReason, ScsiCommand, TaskMgmtFunction, TaskMgmtRequest, TaskMgmtResponse, TextRequest,
+    TmfResponseCode, BHS_LEN, RESERVED_TAG,
 };
 use crate::text::{full_feature_answers, TextExchange};
 
 /// Idle time before we ping the initiator (NOP-In), and time to answer it.
 const PING_IDLE: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time a write of our answers may wait for the peer to read: a peer that
-/// stops reading is disconnected rather than left holding its answers.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a session has to log out once the target asks it to (Async
 /// Message "logout requested", at shutdown), before it is closed.
 pub const LOGOUT_GRACE: Duration = Duration::from_secs(3);
-/// Bytes the reader asks the socket for at a time.
-const READ_CHUNK: usize = 64 << 10;
-/// Largest AHS (TotalAHSLength is a byte of 4-byte words), header and
-/// data digests: what a PDU adds to its data segment.
-const PDU_OVERHEAD: usize = BHS_LEN + 255 * 4 + 4 + 3 + 4;
-
 enum Event {
     Done { itt: u32, response: Response },
     CoreTmfDone { itt: u32 },
@@ -223,206 +218,7 @@ fn rand_u32() -> u32 {
     rand::thread_rng().gen()
 }
 
-/// A frame that did not decode, with its header when it had one.
-type BadFrame = (PduError, Option<Box<Bhs>>);
-
-/// What woke the connection loop.
-enum Wake {
-    Event(Option<Event>),
-    Killed,
-    Read(std::io::Result<usize>),
-    Deadline,
-    Shutdown,
-}
-
-/// Serial number arithmetic (RFC 1982) on 32-bit sequence numbers.
-fn sn_lt(a: u32, b: u32) -> bool {
-    a != b && (b.wrapping_sub(a) as i32) > 0
-}
-
 impl Conn {
-    fn cmd_window(&self) -> u32 {
-        self.shared.resources.cmd_window.clamp(1, super::ResourceLimits::MAX_CMD_WINDOW)
-    }
-
-    /// MaxCmdSN to announce: the window opens by the commands that are
-    /// done, and stays as it is while the connection's buffers are full or
-    /// tasks wait for room (the initiator then cannot send new commands).
-    fn max_cmd_sn(&mut self) -> u32 {
-        let stalled = self.budget.full() || !self.deferred.is_empty();
-        if stalled != self.window_held {
-            self.window_held = stalled;
-            if stalled {
-                LimitCounters::bump(&self.shared.hits.window_held);
-            }
-        }
-        if !stalled {
-            let outstanding = u32::try_from(self.tasks.len()).unwrap_or(u32::MAX);
-            let open = self.cmd_window().saturating_sub(outstanding);
-            let candidate = self.exp_cmd_sn.wrapping_add(open).wrapping_sub(1);
-            if sn_lt(self.max_cmd_sn, candidate) {
-                self.max_cmd_sn = candidate;
-            }
-        }
-        self.max_cmd_sn
-    }
-
-    /// The largest PDU the reader accepts: our MaxRecvDataSegmentLength
-    /// (also during login, where the initiator is held to 8192) plus
-    /// headers and digests.
-    fn max_frame(&self) -> usize {
-        self.shared.limits.max_recv_data_segment_length as usize + PDU_OVERHEAD
-    }
-
-    /// When the connection must have made progress: the end of the login
-    /// phase, of a text exchange, or of a PDU whose first bytes arrived.
-    fn deadline(&self) -> Option<Instant> {
-        let timeout = self.shared.resources.negotiation_timeout;
-        let login = matches!(self.phase, Phase::Login(_)).then_some(self.accepted);
-        let negotiation = [login, self.text_since, self.partial_since].into_iter().flatten().min().map(|t| t + timeout);
-        [negotiation, self.logout_by].into_iter().flatten().min()
-    }
-
-    async fn run(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>) {
-        loop {
-            // Everything ready first: whole PDUs already read, then events
-            // (completions), then one write for all the answers.
-            let mut flow = Flow::Continue;
-            while flow == Flow::Continue {
-                match self.next_frame() {
-                    Some(Ok(pdu)) => {
-                        self.last_rx = Instant::now();
-                        flow = self.on_pdu(pdu).await;
-                    }
-                    Some(Err((e, bhs))) => flow = self.on_bad(e, bhs),
-                    None => break,
-                }
-            }
-            while flow == Flow::Continue {
-                match rx.try_recv() {
-                    Ok(ev) => flow = self.on_event(ev),
-                    Err(_) => break,
-                }
-            }
-            let written = self.write_out().await;
-            if flow == Flow::Close || written == Flow::Close {
-                return;
-            }
-            // Then sleep until the socket or the channel has something.
-            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK {
-                self.rbuf.reserve(READ_CHUNK);
-            }
-            let deadline = self.deadline();
-            let asked_to_logout = self.logout_by.is_some();
-            let (rd, rbuf, kill, shutdown) = (&mut self.rd, &mut self.rbuf, &mut self.kill, &mut self.shutdown);
-            let wake = tokio::select! {
-                biased;
-                ev = rx.recv() => Wake::Event(ev),
-                how = async {
-                    match kill {
-                        // Once asked to log out, only a kill "now" wakes us again.
-                        Some(k) => match k.wait_for(|k| *k == End::Now || (*k == End::Logout && !asked_to_logout)).await {
-                            Ok(how) => *how,
-                            Err(_) => std::future::pending::<End>().await,
-                        },
-                        None => std::future::pending::<End>().await,
-                    }
-                } => if how == End::Logout { Wake::Shutdown } else { Wake::Killed },
-                r = rd.read_buf(rbuf) => Wake::Read(r),
-                _ = async {
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(d.into()).await,
-                        None => std::future::pending::<()>().await,
-                    }
-                } => Wake::Deadline,
-                _ = async {
-                    if asked_to_logout || shutdown.wait_for(|s| *s).await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                } => Wake::Shutdown,
-            };
-            let flow = match wake {
-                Wake::Shutdown => self.on_shutdown(),
-                Wake::Deadline if self.logout_by.is_some_and(|t| t <= Instant::now()) => {
-                    tracing::info!(peer = %self.peer, "no logout within {LOGOUT_GRACE:?} of the request: closing");
-                    Flow::Close
-                }
-                Wake::Deadline => {
-                    LimitCounters::bump(&self.shared.hits.negotiation_timeouts);
-                    self.warn(format_args!(
-                        "login, text negotiation or PDU not finished within {:?}: dropping the connection",
-                        self.shared.resources.negotiation_timeout
-                    ));
-                    Flow::Close
-                }
-                Wake::Event(Some(ev)) => self.on_event(ev),
-                Wake::Event(None) | Wake::Killed => {
-                    tracing::debug!(peer = %self.peer, "connection ended by the target");
-                    let _ = self.write_out().await;
-                    return;
-                }
-                Wake::Read(Ok(0)) | Wake::Read(Err(_)) => Flow::Close,
-                Wake::Read(Ok(_)) => Flow::Continue,
-            };
-            if flow == Flow::Close {
-                let _ = self.write_out().await;
-                return;
-            }
-        }
-    }
-
-    /// The next whole PDU in the read buffer, if there is one.
-    fn next_frame(&mut self) -> Option<Result<Pdu, BadFrame>> {
-        let (hd, dd) = self.digests;
-        let max_frame = self.max_frame();
-        let avail = &self.rbuf[self.rstart..];
-        if avail.is_empty() {
-            self.partial_since = None;
-        } else if self.partial_since.is_none() {
-            self.partial_since = Some(Instant::now());
-        }
-        let need = match frame_length(avail, hd, dd) {
-            Err(e) => return Some(Err((e, None))),
-            Ok(None) => return None,
-            Ok(Some(n)) if n > max_frame => {
-                // Refused before its data arrives: no buffer is sized from
-                // a length the peer only announced.
-                LimitCounters::bump(&self.shared.hits.oversized_pdus);
-                let max = self.shared.limits.max_recv_data_segment_length;
-                return Some(Err((PduError::DataSegmentTooLong { length: n, max }, None)));
-            }
-            Ok(Some(n)) => n,
-        };
-        if avail.len() < need {
-            // Make room for the rest of this PDU, and keep the buffer from growing forever.
-            if self.rstart > 0 {
-                self.rbuf.drain(..self.rstart);
-                self.rstart = 0;
-            }
-            if self.rbuf.capacity() < need {
-                self.rbuf.reserve(need - self.rbuf.len());
-            }
-            return None;
-        }
-        let frame = &avail[..need];
-        let result = match decode_frame(frame, hd, dd) {
-            Ok(Some((pdu, _))) => Ok(pdu),
-            Ok(None) => return None,
-            Err(e) => {
-                let bhs = frame.first_chunk::<BHS_LEN>().and_then(|h| crate::pdu::decode_bhs(h).ok());
-                Err((e, bhs.map(Box::new)))
-            }
-        };
-        self.rstart += need;
-        if self.rstart == self.rbuf.len() {
-            self.rbuf.clear();
-            self.rstart = 0;
-        }
-        // The next PDU's clock starts with its first byte.
-        self.partial_since = (self.rstart < self.rbuf.len()).then(Instant::now);
-        Some(result)
-    }
-
     fn on_event(&mut self, ev: Event) -> Flow {
         match ev {
             Event::Done { itt, response } => self.on_done(itt, response),
@@ -465,94 +261,6 @@ impl Conn {
     }
 
     // ----- output --------------------------------------------------------
-
-    /// Fills the sequence numbers of an outgoing PDU, advancing StatSN for
-    /// PDUs that carry a status (RFC 7143 §4.2.2.2).
-    fn number(&mut self, pdu: &mut Pdu) {
-        let exp = self.exp_cmd_sn;
-        let max = self.max_cmd_sn();
-        let stat = self.stat_sn;
-        let mut advance = true;
-        match pdu {
-            Pdu::ScsiResponse(p) => (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (stat, exp, max),
-            Pdu::DataIn(p) => {
-                (p.exp_cmd_sn, p.max_cmd_sn) = (exp, max);
-                if p.status.is_some() {
-                    p.stat_sn = stat;
-                } else {
-                    advance = false;
-                }
-            }
-            Pdu::R2t(p) => {
-                (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (stat, exp, max);
-                advance = false;
-            }
-            Pdu::NopIn(p) => {
-                (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (stat, exp, max);
-                advance = p.itt != RESERVED_TAG;
-            }
-            Pdu::TaskMgmtResponse(p) => (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (stat, exp, max),
-            Pdu::TextResponse(p) => (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (stat, exp, max),
-            Pdu::LogoutResponse(p) => (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (stat, exp, max),
-            Pdu::Reject(p) => {
-                (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (stat, exp, max);
-                advance = false;
-            }
-            Pdu::AsyncMessage(p) => (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (stat, exp, max),
-            _ => advance = false,
-        }
-        if advance {
-            self.stat_sn = self.stat_sn.wrapping_add(1);
-        }
-    }
-
-    fn queue_out(&mut self, mut pdu: Pdu) {
-        self.number(&mut pdu);
-        let (hd, dd) = self.digests;
-        self.out.push(&pdu, hd, dd);
-    }
-
-    /// Writes what the handlers queued, with as few vectored writes as the
-    /// socket allows (the run loop calls it once per batch of events, so
-    /// responses to pipelined commands share system calls).
-    ///
-    /// Once the answers are out, the buffer space of the tasks they
-    /// finished is free again, and tasks that waited for it go on (which
-    /// may queue more to write: R2Ts).
-    async fn write_out(&mut self) -> Flow {
-        loop {
-            if !self.out.is_empty() {
-                let r = tokio::time::timeout(WRITE_TIMEOUT, self.out.write_to(&mut self.wr)).await;
-                self.out.clear();
-                match r {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::debug!(peer = %self.peer, "write: {e}");
-                        return Flow::Close;
-                    }
-                    Err(_) => {
-                        LimitCounters::bump(&self.shared.hits.write_stalls);
-                        self.warn(format_args!(
-                            "the initiator reads nothing for {WRITE_TIMEOUT:?}: dropping the connection"
-                        ));
-                        return Flow::Close;
-                    }
-                }
-            }
-            if self.release_after_write > 0 {
-                self.budget.give(std::mem::take(&mut self.release_after_write));
-            }
-            if self.deferred.is_empty() {
-                return Flow::Continue;
-            }
-            if self.resume_deferred().await == Flow::Close {
-                return Flow::Close;
-            }
-            if self.out.is_empty() {
-                return Flow::Continue;
-            }
-        }
-    }
 
     /// Lets the tasks waiting for buffer space go on, in order, while
     /// there is room: R2Ts for writes, submission for the others.
@@ -631,11 +339,6 @@ impl Conn {
         }
     }
 
-    fn send(&mut self, pdu: Pdu) -> Flow {
-        self.queue_out(pdu);
-        Flow::Continue
-    }
-
     fn reject(&mut self, bhs: &Bhs, reason: RejectReason) -> Flow {
         self.send(Pdu::Reject(Reject::of(bhs, reason)))
     }
@@ -687,64 +390,6 @@ impl Conn {
                 let reason = other.reject_at_target_erl0().unwrap_or(RejectReason::CommandNotSupported);
                 self.reject_pdu(&other, reason)
             }
-        }
-    }
-
-    /// CmdSN ordering (RFC 7143 §4.2.2.1): immediate PDUs run now; others
-    /// run in CmdSN order; outside the window they are ignored.
-    async fn sequenced(&mut self, pdu: Pdu) -> Flow {
-        let (immediate, cmd_sn) = match &pdu {
-            Pdu::ScsiCommand(p) => (p.immediate, p.cmd_sn),
-            Pdu::TaskMgmtRequest(p) => (p.immediate, p.cmd_sn),
-            Pdu::TextRequest(p) => (p.immediate, p.cmd_sn),
-            Pdu::LogoutRequest(p) => (p.immediate, p.cmd_sn),
-            Pdu::NopOut(p) => (p.immediate, p.cmd_sn),
-            _ => (true, 0),
-        };
-        if immediate {
-            let window = self.cmd_window().saturating_add(IMMEDIATE_EXTRA) as usize;
-            if matches!(pdu, Pdu::ScsiCommand(_)) && self.tasks.len() >= window {
-                // RFC 7143 §11.17.1: too many immediate commands.
-                LimitCounters::bump(&self.shared.hits.immediate_rejected);
-                self.warn(format_args!("immediate command beyond {window} outstanding: rejected"));
-                return self.reject_pdu(&pdu, RejectReason::ImmediateCommandReject);
-            }
-            return self.execute(pdu).await;
-        }
-        if cmd_sn == self.exp_cmd_sn {
-            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-            if self.execute(pdu).await == Flow::Close {
-                return Flow::Close;
-            }
-            while let Some(next) = self.ahead.remove(&self.exp_cmd_sn) {
-                self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-                if self.execute(next).await == Flow::Close {
-                    return Flow::Close;
-                }
-            }
-            return Flow::Continue;
-        }
-        if sn_lt(self.exp_cmd_sn, cmd_sn) && !sn_lt(self.max_cmd_sn, cmd_sn) {
-            self.ahead.insert(cmd_sn, pdu);
-        } else {
-            // §4.2.2.1: outside the window, the PDU is silently ignored.
-            if sn_lt(self.max_cmd_sn, cmd_sn) {
-                LimitCounters::bump(&self.shared.hits.outside_window);
-            }
-            let (exp, max) = (self.exp_cmd_sn, self.max_cmd_sn);
-            self.warn(format_args!("CmdSN {cmd_sn} outside the window [{exp}, {max}]: ignored"));
-        }
-        Flow::Continue
-    }
-
-    async fn execute(&mut self, pdu: Pdu) -> Flow {
-        match pdu {
-            Pdu::ScsiCommand(c) => self.on_command(c).await,
-            Pdu::TaskMgmtRequest(t) => self.on_tmf(t),
-            Pdu::TextRequest(t) => self.on_text(t),
-            Pdu::LogoutRequest(l) => self.on_logout(l),
-            Pdu::NopOut(n) => self.on_nop(n),
-            _ => Flow::Continue,
         }
     }
 
