@@ -1,0 +1,359 @@
+//! SCSI commands (RFC 7143 §11.3, §11.7, §11.8): a command's data-out is
+//! sized from its CDB and gathered (immediate, unsolicited, then solicited
+//! by R2T within the connection's buffer budget), the command goes to the
+//! core once its data is here and its data-in has room, and its completion
+//! becomes Data-In and SCSI Response PDUs. Tasks without room wait in
+//! order (`deferred`) until answers written free some.
+
+use lunar_core::Response;
+
+use super::{Conn, Event, Flow};
+use crate::pdu::{DataOut, Pdu, RejectReason, ScsiCommand, RESERVED_TAG};
+use crate::server::limits::LimitCounters;
+use crate::server::task::{answer, Task};
+
+impl Conn {
+    /// Lets the tasks waiting for buffer space go on, in order, while
+    /// there is room: R2Ts for writes, submission for the others.
+    pub(super) async fn resume_deferred(&mut self) -> Flow {
+        while let Some(&itt) = self.deferred.front() {
+            // When every holder of buffer space is itself waiting, nothing
+            // would ever give any back: the first in line goes on.
+            let waiting: u64 = self.deferred.iter().filter_map(|i| self.tasks.get(i)).map(|t| t.reserved).sum();
+            let overdraw = waiting == self.budget.held;
+            let Some(task) = self.tasks.get_mut(&itt) else {
+                self.deferred.pop_front();
+                continue;
+            };
+            if task.submitted {
+                self.deferred.pop_front();
+                continue;
+            }
+            if !task.data_complete() || !task.solicited.is_empty() {
+                let (r2ts, room) = task.next_r2ts(&self.params, &mut self.next_ttt, &mut self.budget, overdraw);
+                let sent = !r2ts.is_empty();
+                for r in r2ts {
+                    self.queue_out(Pdu::R2t(r));
+                }
+                if !room && !sent {
+                    return Flow::Continue;
+                }
+                if room {
+                    self.deferred.pop_front();
+                }
+                continue;
+            }
+            if !task.take_data_in(&mut self.budget, overdraw) {
+                return Flow::Continue;
+            }
+            self.deferred.pop_front();
+            if let Some(task) = self.tasks.remove(&itt) {
+                if self.submit_now(task).await == Flow::Close {
+                    return Flow::Close;
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    pub(super) async fn on_command(&mut self, c: ScsiCommand) -> Flow {
+        tracing::trace!(
+            itt = c.itt,
+            cmd_sn = c.cmd_sn,
+            edtl = c.expected_data_transfer_length,
+            imm = c.data.len(),
+            last = c.final_bit,
+            op = c.cdb.first().copied().unwrap_or(0),
+            "SCSI Command"
+        );
+        if self.session.is_none() {
+            // Discovery sessions carry no SCSI commands (RFC 7143 §4.3).
+            return self.reject_pdu(&Pdu::ScsiCommand(c), RejectReason::ProtocolError);
+        }
+        if self.tasks.contains_key(&c.itt) {
+            return self.reject_pdu(&Pdu::ScsiCommand(c), RejectReason::TaskInProgress);
+        }
+        let imm = c.data.len() as u32;
+        if imm > 0
+            && (!c.write
+                || !self.params.immediate_data
+                || imm > c.expected_data_transfer_length
+                || imm > self.params.first_burst_length)
+        {
+            self.warn(format_args!("unexpected immediate data (ITT {:#x})", c.itt));
+            return self.reject_pdu(&Pdu::ScsiCommand(c), RejectReason::ProtocolError);
+        }
+        let lun = lunar_scsi::lun::decode_lun(c.lun.to_be_bytes()).unwrap_or(u64::MAX);
+        let mut task = Task {
+            itt: c.itt,
+            lun,
+            lun_field: c.lun,
+            cdb: c.cdb,
+            read: c.read,
+            write: c.write,
+            edtl: if c.read || c.write { c.expected_data_transfer_length } else { 0 },
+            want: 0,
+            data: Vec::new(),
+            received: 0,
+            reserved: 0,
+            granted: false,
+            unsolicited_open: false,
+            next_r2t_offset: 0,
+            r2t_sn: 0,
+            solicited: Vec::new(),
+            submitted: false,
+            aborted: false,
+            data_sn: 0,
+            unsolicited_data_sn: 0,
+            scsi_write_len: None,
+            early: None,
+        };
+        let itt = task.itt;
+        if task.write {
+            if let Err(response) = self.size_data_out(&mut task).await {
+                // Answered without asking for any data-out (what arrives
+                // unasked is drained and dropped).
+                task.early = Some(response);
+                task.want = 0;
+            }
+            let stored = task.accept(0, &c.data).unwrap_or(0);
+            task.reserved += u64::from(stored);
+            self.budget.force(u64::from(stored));
+            let unsolicited_end = if c.final_bit || self.params.initial_r2t {
+                imm
+            } else {
+                self.params.first_burst_length.min(task.edtl)
+            };
+            task.unsolicited_open = !c.final_bit && !self.params.initial_r2t && unsolicited_end > imm;
+            task.next_r2t_offset = unsolicited_end.max(imm);
+        }
+        if task.data_complete() && !task.unsolicited_open {
+            return self.submit(task).await;
+        }
+        self.tasks.insert(itt, task);
+        self.solicit(itt);
+        Flow::Continue
+    }
+
+    /// Sizes a write's data-out from its CDB before asking for any
+    /// (RFC 7143 §11.4.5.2, SAM-5 5.4 residuals): an EDTL below what the
+    /// CDB asks for cuts a block write to EDTL's whole blocks; above it,
+    /// only what the CDB takes is asked for and stored. A command the unit
+    /// will refuse without its data (no such LUN, transfer too long, LBA
+    /// out of range, invalid CDB) is answered now: `Err` with the answer.
+    async fn size_data_out(&mut self, task: &mut Task) -> Result<(), Response> {
+        let Some(queue) = self.queue_for(task.lun).await else { return Err(self.no_such_lun(task)) };
+        let disk = queue.device().disk();
+        let block_size = disk.block_size();
+        // A command that does not decode or validate is left to the core,
+        // with no data: it answers the same error after the checks that
+        // come first (unit attention, reservation conflict).
+        let Ok(mut cmd) = lunar_scsi::Command::decode(&task.cdb) else {
+            LimitCounters::bump(&self.shared.hits.refused_before_data);
+            return Ok(());
+        };
+        let needed = cmd.data_out_len(block_size);
+        task.scsi_write_len = Some(needed);
+        if (task.edtl as usize) < needed {
+            match lunar_scsi::cut_write(&task.cdb, task.edtl, block_size) {
+                lunar_scsi::CutWrite::Cut(cdb) => {
+                    task.cdb = cdb;
+                    // A cut CDB decodes as the original did, but for its length.
+                    let Ok(cut) = lunar_scsi::Command::decode(&task.cdb) else { return Ok(()) };
+                    cmd = cut;
+                }
+                lunar_scsi::CutWrite::NotWholeBlocks => {
+                    // INVALID FIELD IN INFORMATION UNIT (RFC 7143 11.4.7.2).
+                    LimitCounters::bump(&self.shared.hits.refused_before_data);
+                    let sense = lunar_scsi::Sense::new(lunar_scsi::SenseKey::IllegalRequest, 0x0e, 0x03);
+                    return Err(Response::check_condition(sense.fixed()));
+                }
+                lunar_scsi::CutWrite::NotABlockWrite => {}
+            }
+        }
+        if disk.validate(&cmd).is_err() {
+            LimitCounters::bump(&self.shared.hits.refused_before_data);
+            return Ok(());
+        }
+        match disk.data_out_checked(&cmd, task.edtl as usize) {
+            Ok(n) => task.want = u32::try_from(n).unwrap_or(u32::MAX).min(task.edtl),
+            Err(e) => {
+                LimitCounters::bump(&self.shared.hits.refused_before_data);
+                return Err(Response::check_condition(e.sense().fixed()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the R2Ts a task may have now; one that finds no buffer space
+    /// waits in `deferred` for completions to free some.
+    fn solicit(&mut self, itt: u32) {
+        let Some(task) = self.tasks.get_mut(&itt) else { return };
+        let (r2ts, room) = task.next_r2ts(&self.params, &mut self.next_ttt, &mut self.budget, false);
+        for r in r2ts {
+            self.queue_out(Pdu::R2t(r));
+        }
+        if !room && !self.deferred.contains(&itt) {
+            LimitCounters::bump(&self.shared.hits.buffer_waits);
+            self.deferred.push_back(itt);
+        }
+    }
+
+    pub(super) async fn on_data_out(&mut self, d: DataOut) -> Flow {
+        tracing::trace!(
+            itt = d.itt,
+            ttt = d.ttt,
+            data_sn = d.data_sn,
+            offset = d.buffer_offset,
+            len = d.data.len(),
+            last = d.final_bit,
+            "Data-Out"
+        );
+        let params = self.params.clone();
+        let Some(task) = self.tasks.get_mut(&d.itt) else {
+            tracing::debug!(peer = %self.peer, itt = d.itt, "Data-Out for no task: ignored");
+            return Flow::Continue;
+        };
+        if task.submitted {
+            return Flow::Continue;
+        }
+        if d.data.len() as u32 > params.target_max_recv_data_segment_length {
+            return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError);
+        }
+        if d.ttt == RESERVED_TAG {
+            if d.data_sn != task.unsolicited_data_sn {
+                return self.data_sn_error(d);
+            }
+            task.unsolicited_data_sn += 1;
+            if !task.unsolicited_open || d.buffer_offset.saturating_add(d.data.len() as u32) > params.first_burst_length
+            {
+                return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError);
+            }
+            let Some(stored) = task.accept(d.buffer_offset, &d.data) else {
+                return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError);
+            };
+            // Unasked-for data is held whatever the budget (it is bounded
+            // by FirstBurstLength per command).
+            task.reserved += u64::from(stored);
+            self.budget.force(u64::from(stored));
+            if d.final_bit {
+                task.unsolicited_open = false;
+            }
+        } else {
+            let Some(i) = task.solicited.iter().position(|s| s.ttt == d.ttt) else {
+                return self.reject_pdu(&Pdu::DataOut(d), RejectReason::InvalidPduField);
+            };
+            let s = task.solicited[i];
+            if d.data_sn != s.next_data_sn {
+                return self.data_sn_error(d);
+            }
+            task.solicited[i].next_data_sn += 1;
+            let end = d.buffer_offset.saturating_add(d.data.len() as u32);
+            // Solicited data was counted against the budget by its R2T.
+            if d.buffer_offset < s.offset || end > s.offset + s.len || task.accept(d.buffer_offset, &d.data).is_none() {
+                return self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError);
+            }
+            task.solicited[i].received += d.data.len() as u32;
+            if d.final_bit {
+                task.solicited.remove(i);
+            }
+        }
+        if task.data_complete() && task.solicited.is_empty() && !task.unsolicited_open {
+            if let Some(task) = self.tasks.remove(&d.itt) {
+                return self.submit(task).await;
+            }
+            return Flow::Continue;
+        }
+        self.solicit(d.itt);
+        Flow::Continue
+    }
+
+    /// A Data-Out out of sequence: at ErrorRecoveryLevel 0 the recovery is
+    /// the session's (RFC 7143 §7.1.1, §7.3): reject it and drop the connection.
+    fn data_sn_error(&mut self, d: DataOut) -> Flow {
+        self.warn(format_args!(
+            "Data-Out with a wrong DataSN {} (ITT {:#x}): dropping the connection",
+            d.data_sn, d.itt
+        ));
+        let _ = self.reject_pdu(&Pdu::DataOut(d), RejectReason::ProtocolError);
+        Flow::Close
+    }
+
+    /// A command with all its data: answered here if it was refused before
+    /// its data, else handed to the core once its data-in has room in the
+    /// connection's buffers (it waits in `deferred` otherwise, behind any
+    /// task already waiting).
+    async fn submit(&mut self, mut task: Task) -> Flow {
+        let itt = task.itt;
+        if let Some(response) = task.early.take() {
+            task.submitted = true;
+            self.tasks.insert(itt, task);
+            return self.on_done(itt, response);
+        }
+        // A read waits behind the tasks already waiting; a write's data is
+        // already here (its room taken), so it never waits.
+        if task.read && (!self.deferred.is_empty() || !task.take_data_in(&mut self.budget, false)) {
+            LimitCounters::bump(&self.shared.hits.buffer_waits);
+            self.tasks.insert(itt, task);
+            self.deferred.push_back(itt);
+            return Flow::Continue;
+        }
+        self.submit_now(task).await
+    }
+
+    /// Hands a command with all its data to the core (or answers it here
+    /// when its LUN does not exist).
+    async fn submit_now(&mut self, mut task: Task) -> Flow {
+        let itt = task.itt;
+        let lun = task.lun;
+        let Some(queue) = self.queue_for(lun).await else {
+            let response = self.no_such_lun(&task);
+            task.submitted = true;
+            self.tasks.insert(itt, task);
+            return self.on_done(itt, response);
+        };
+        let data = std::mem::take(&mut task.data);
+        let tx = self.tx.clone();
+        let req = lunar_core::request(u64::from(itt), lun, &task.cdb, data, move |response| {
+            let _ = tx.send(Event::Done { itt, response });
+        });
+        task.submitted = true;
+        self.tasks.insert(itt, task);
+        queue.submit(req);
+        Flow::Continue
+    }
+
+    /// INQUIRY, REPORT LUNS and others addressed to a LUN that does not
+    /// exist (SPC-5 §4.6.4 and §6.7.2: peripheral qualifier 011b).
+    fn no_such_lun(&self, task: &Task) -> Response {
+        let luns = self.session.as_ref().map(|s| s.entry.core.luns()).unwrap_or_default();
+        match lunar_scsi::answer_without_lun(&task.cdb, &luns) {
+            Ok(data) => Response::good(data),
+            Err(sense) => Response::check_condition(sense.fixed()),
+        }
+    }
+
+    pub(super) fn on_done(&mut self, itt: u32, response: Response) -> Flow {
+        let Some(mut task) = self.tasks.remove(&itt) else { return Flow::Continue };
+        self.release_after_write += task.reserved;
+        self.tmfs_stop_waiting_for(itt);
+        if !task.aborted {
+            let write_len = task.scsi_write_len;
+            let ans = answer(
+                &mut task,
+                response.status.code(),
+                response.sense,
+                response.data,
+                write_len,
+                self.params.initiator_max_recv_data_segment_length,
+            );
+            for d in ans.data_in {
+                self.queue_out(Pdu::DataIn(d));
+            }
+            if let Some(r) = ans.response {
+                self.queue_out(Pdu::ScsiResponse(r));
+            }
+        }
+        self.finish_tmfs()
+    }
+}
