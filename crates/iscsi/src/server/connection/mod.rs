@@ -6,10 +6,15 @@
 //! wake-up of this loop: read, execute inline, answer, write.
 
 mod io;
+mod logout;
+mod nop;
 mod scsi;
 mod session;
 mod task_mgmt;
+mod text;
 mod window;
+
+pub use logout::LOGOUT_GRACE;
 
 use io::READ_CHUNK;
 use task_mgmt::PendingTmf;
@@ -30,18 +35,9 @@ use super::task::Task;
 use super::{ServerState, TargetEntry};
 use crate::login::{LoginConfig, LoginSession};
 use crate::params::NegotiatedParams;
-use crate::pdu::{
-    Bhs, ErrorReaction, Isid, LogoutReason, LogoutRequest, LogoutResponse, LogoutResponseCode, NopIn, NopOut, Pdu,
-    PduError, Reject, RejectReason, TextRequest, BHS_LEN, RESERVED_TAG,
-};
-use crate::text::{full_feature_answers, TextExchange};
+use crate::pdu::{Bhs, ErrorReaction, Isid, Pdu, PduError, Reject, RejectReason, BHS_LEN, RESERVED_TAG};
+use crate::text::TextExchange;
 
-/// Idle time before we ping the initiator (NOP-In), and time to answer it.
-const PING_IDLE: Duration = Duration::from_secs(30);
-const PING_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time a session has to log out once the target asks it to (Async
-/// Message "logout requested", at shutdown), before it is closed.
-pub const LOGOUT_GRACE: Duration = Duration::from_secs(3);
 enum Event {
     Done { itt: u32, response: Response },
     CoreTmfDone { itt: u32 },
@@ -221,32 +217,6 @@ impl Conn {
 
     // ----- output --------------------------------------------------------
 
-    /// The server shuts down: a logged-in session is asked to log out
-    /// (Async Message, RFC 7143 §11.9.1, event 1) and given
-    /// [`LOGOUT_GRACE`] to do so, so that initiators log out and come back
-    /// when the target does, instead of waiting for a timeout; anything
-    /// else ends now.
-    fn on_shutdown(&mut self) -> Flow {
-        if !matches!(self.phase, Phase::Normal) {
-            return Flow::Close;
-        }
-        self.logout_by = Some(Instant::now() + LOGOUT_GRACE);
-        self.queue_out(Pdu::AsyncMessage(crate::pdu::AsyncMessage {
-            lun: 0,
-            stat_sn: 0,
-            exp_cmd_sn: 0,
-            max_cmd_sn: 0,
-            event: crate::pdu::AsyncEvent::RequestLogout,
-            vcode: 0,
-            parameter1: 0,
-            parameter2: 0,
-            parameter3: LOGOUT_GRACE.as_secs() as u16,
-            sense: Vec::new(),
-            event_data: Vec::new(),
-        }));
-        Flow::Continue
-    }
-
     /// A warning caused by the peer's input, rate-limited per connection.
     fn warn(&self, what: std::fmt::Arguments<'_>) {
         match self.log.allow() {
@@ -285,13 +255,7 @@ impl Conn {
         }
         match pdu {
             Pdu::DataOut(d) => self.on_data_out(d).await,
-            Pdu::NopOut(n) if n.itt == RESERVED_TAG => {
-                // An answer to our ping.
-                if self.ping.is_some_and(|(ttt, _)| ttt == n.ttt) {
-                    self.ping = None;
-                }
-                Flow::Continue
-            }
+            Pdu::NopOut(n) if n.itt == RESERVED_TAG => self.on_ping_answer(&n),
             Pdu::ScsiCommand(_)
             | Pdu::TaskMgmtRequest(_)
             | Pdu::TextRequest(_)
@@ -314,100 +278,4 @@ impl Conn {
     // ----- task management ---------------------------------------------------
 
     // ----- other requests ----------------------------------------------------
-
-    fn on_nop(&mut self, n: NopOut) -> Flow {
-        let max = self.params.initiator_max_recv_data_segment_length as usize;
-        let mut data = n.data;
-        data.truncate(max);
-        self.send(Pdu::NopIn(NopIn {
-            lun: n.lun,
-            itt: n.itt,
-            ttt: RESERVED_TAG,
-            stat_sn: 0,
-            exp_cmd_sn: 0,
-            max_cmd_sn: 0,
-            data,
-        }))
-    }
-
-    fn on_text(&mut self, t: TextRequest) -> Flow {
-        let entries = self.shared.send_targets_entries(self.local);
-        let session_type = self.session_type();
-        let target = self.session.as_ref().map(|s| s.entry.config.name.clone());
-        let max = self.params.initiator_max_recv_data_segment_length;
-        let reply =
-            self.text.handle(&t, max, |pairs| full_feature_answers(pairs, session_type, target.as_deref(), &entries));
-        match reply {
-            Ok(r) => {
-                let resp = r.into_response(&t, 0, 0, 0);
-                self.text_since = if self.text.in_progress() { self.text_since.or(Some(Instant::now())) } else { None };
-                self.send(Pdu::TextResponse(resp))
-            }
-            Err(e) => {
-                self.text.reset();
-                self.text_since = None;
-                self.warn(format_args!("text: {e}"));
-                self.reject_pdu(&Pdu::TextRequest(t), e.reject_reason())
-            }
-        }
-    }
-
-    fn on_logout(&mut self, l: LogoutRequest) -> Flow {
-        let response = match l.reason {
-            LogoutReason::CloseSession | LogoutReason::CloseConnection => LogoutResponseCode::Closed,
-            _ => LogoutResponseCode::RecoveryNotSupported,
-        };
-        let close = response == LogoutResponseCode::Closed;
-        if close {
-            if let Some(s) = &self.session {
-                self.shared.logged_out(&s.initiator, s.isid, &s.entry.config.name, s.tsih);
-            }
-        }
-        let flow = self.send(Pdu::LogoutResponse(LogoutResponse {
-            response,
-            itt: l.itt,
-            stat_sn: 0,
-            exp_cmd_sn: 0,
-            max_cmd_sn: 0,
-            time2wait: 0,
-            time2retain: 0,
-        }));
-        if close {
-            Flow::Close
-        } else {
-            flow
-        }
-    }
-
-    fn on_tick(&mut self) -> Flow {
-        if let Some((_, sent)) = self.ping {
-            if sent.elapsed() > PING_TIMEOUT {
-                self.warn(format_args!("no answer to NOP-In ping: dropping the connection"));
-                return Flow::Close;
-            }
-            return Flow::Continue;
-        }
-        if matches!(self.phase, Phase::Login(_)) {
-            // The login's deadline is in the run loop.
-            return Flow::Continue;
-        }
-        if self.last_rx.elapsed() > PING_IDLE {
-            self.next_ttt = self.next_ttt.wrapping_add(1);
-            if self.next_ttt == RESERVED_TAG {
-                self.next_ttt = 1;
-            }
-            let ttt = self.next_ttt;
-            self.ping = Some((ttt, Instant::now()));
-            return self.send(Pdu::NopIn(NopIn {
-                lun: 0,
-                itt: RESERVED_TAG,
-                ttt,
-                stat_sn: 0,
-                exp_cmd_sn: 0,
-                max_cmd_sn: 0,
-                data: Vec::new(),
-            }));
-        }
-        Flow::Continue
-    }
 }

@@ -1,0 +1,71 @@
+//! NOP-Out and NOP-In (RFC 7143 §11.18, §11.19): the initiator's pings
+//! are answered; an initiator silent for [`PING_IDLE`] is pinged, and one
+//! that does not answer within [`PING_TIMEOUT`] is disconnected.
+
+use std::time::{Duration, Instant};
+
+use super::{Conn, Flow, Phase};
+use crate::pdu::{NopIn, NopOut, Pdu, RESERVED_TAG};
+
+/// Idle time before we ping the initiator (NOP-In).
+const PING_IDLE: Duration = Duration::from_secs(30);
+/// Time the initiator has to answer our ping.
+const PING_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Conn {
+    /// A NOP-Out with ITT 0xffffffff: the answer to our ping, if its TTT
+    /// is our ping's (§11.18.1); never answered itself.
+    pub(super) fn on_ping_answer(&mut self, n: &NopOut) -> Flow {
+        if self.ping.is_some_and(|(ttt, _)| ttt == n.ttt) {
+            self.ping = None;
+        }
+        Flow::Continue
+    }
+
+    pub(super) fn on_nop(&mut self, n: NopOut) -> Flow {
+        let max = self.params.initiator_max_recv_data_segment_length as usize;
+        let mut data = n.data;
+        data.truncate(max);
+        self.send(Pdu::NopIn(NopIn {
+            lun: n.lun,
+            itt: n.itt,
+            ttt: RESERVED_TAG,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+            data,
+        }))
+    }
+
+    pub(super) fn on_tick(&mut self) -> Flow {
+        if let Some((_, sent)) = self.ping {
+            if sent.elapsed() > PING_TIMEOUT {
+                self.warn(format_args!("no answer to NOP-In ping: dropping the connection"));
+                return Flow::Close;
+            }
+            return Flow::Continue;
+        }
+        if matches!(self.phase, Phase::Login(_)) {
+            // The login's deadline is in the run loop.
+            return Flow::Continue;
+        }
+        if self.last_rx.elapsed() > PING_IDLE {
+            self.next_ttt = self.next_ttt.wrapping_add(1);
+            if self.next_ttt == RESERVED_TAG {
+                self.next_ttt = 1;
+            }
+            let ttt = self.next_ttt;
+            self.ping = Some((ttt, Instant::now()));
+            return self.send(Pdu::NopIn(NopIn {
+                lun: 0,
+                itt: RESERVED_TAG,
+                ttt,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+                data: Vec::new(),
+            }));
+        }
+        Flow::Continue
+    }
+}
