@@ -4,9 +4,11 @@
 //! sleeps until the socket, the channel, a deadline or the server's
 //! shutdown wakes it.
 
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 
 use super::{Conn, Event, Flow, Phase, LOGOUT_GRACE};
@@ -19,7 +21,7 @@ use crate::server::End;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Bytes the reader asks the socket for at a time.
-pub(super) const READ_CHUNK: usize = 64 << 10;
+const READ_CHUNK: usize = 64 << 10;
 
 /// Largest AHS (TotalAHSLength is a byte of 4-byte words), header and
 /// data digests: what a PDU adds to its data segment.
@@ -37,20 +39,99 @@ enum Wake {
     Shutdown,
 }
 
-impl Conn {
-    /// The largest PDU the reader accepts: our MaxRecvDataSegmentLength
-    /// (also during login, where the initiator is held to 8192) plus
-    /// headers and digests.
-    fn max_frame(&self) -> usize {
-        self.shared.limits.max_recv_data_segment_length as usize + PDU_OVERHEAD
+/// The read half of the socket and what was read from it, not yet framed.
+pub(super) struct Reader {
+    half: OwnedReadHalf,
+    buf: Vec<u8>,
+    /// Where the next PDU starts in `buf`.
+    start: usize,
+    /// When the first bytes of a PDU not yet whole arrived: the PDU must
+    /// be whole within the negotiation timeout.
+    partial_since: Option<Instant>,
+}
+
+impl Reader {
+    pub(super) fn new(half: OwnedReadHalf) -> Reader {
+        Reader { half, buf: Vec::with_capacity(READ_CHUNK), start: 0, partial_since: None }
     }
 
+    /// Reads what the socket has, at least [`READ_CHUNK`] bytes' room
+    /// given. Cancel-safe (nothing is read unless it completes), so the
+    /// loop may wait for it beside other things.
+    async fn read(&mut self) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK {
+            self.buf.reserve(READ_CHUNK);
+        }
+        self.half.read_buf(&mut self.buf).await
+    }
+
+    /// The next whole PDU in the buffer, if there is one. PDUs are framed
+    /// only up to `max_data` bytes of data (our MaxRecvDataSegmentLength,
+    /// also during login, where the initiator is held to 8192): a longer
+    /// one is refused (and counted in `oversized`) before its data arrives.
+    fn next_frame(
+        &mut self,
+        (hd, dd): (bool, bool),
+        max_data: u32,
+        oversized: &AtomicU64,
+    ) -> Option<Result<Pdu, BadFrame>> {
+        let max_frame = max_data as usize + PDU_OVERHEAD;
+        let avail = &self.buf[self.start..];
+        if avail.is_empty() {
+            self.partial_since = None;
+        } else if self.partial_since.is_none() {
+            self.partial_since = Some(Instant::now());
+        }
+        let need = match frame_length(avail, hd, dd) {
+            Err(e) => return Some(Err((e, None))),
+            Ok(None) => return None,
+            Ok(Some(n)) if n > max_frame => {
+                // Refused before its data arrives: no buffer is sized from
+                // a length the peer only announced.
+                LimitCounters::bump(oversized);
+                return Some(Err((PduError::DataSegmentTooLong { length: n, max: max_data }, None)));
+            }
+            Ok(Some(n)) => n,
+        };
+        if avail.len() < need {
+            // Make room for the rest of this PDU, and keep the buffer from growing forever.
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            if self.buf.capacity() < need {
+                self.buf.reserve(need - self.buf.len());
+            }
+            return None;
+        }
+        let frame = &avail[..need];
+        let result = match decode_frame(frame, hd, dd) {
+            Ok(Some((pdu, _))) => Ok(pdu),
+            Ok(None) => return None,
+            Err(e) => {
+                let bhs = frame.first_chunk::<BHS_LEN>().and_then(|h| crate::pdu::decode_bhs(h).ok());
+                Err((e, bhs.map(Box::new)))
+            }
+        };
+        self.start += need;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        // The next PDU's clock starts with its first byte.
+        self.partial_since = (self.start < self.buf.len()).then(Instant::now);
+        Some(result)
+    }
+}
+
+impl Conn {
     /// When the connection must have made progress: the end of the login
     /// phase, of a text exchange, or of a PDU whose first bytes arrived.
     fn deadline(&self) -> Option<Instant> {
         let timeout = self.shared.resources.negotiation_timeout;
         let login = matches!(self.phase, Phase::Login(_)).then_some(self.accepted);
-        let negotiation = [login, self.text_since, self.partial_since].into_iter().flatten().min().map(|t| t + timeout);
+        let negotiation =
+            [login, self.text_since, self.reader.partial_since].into_iter().flatten().min().map(|t| t + timeout);
         [negotiation, self.logout_by].into_iter().flatten().min()
     }
 
@@ -80,12 +161,9 @@ impl Conn {
                 return;
             }
             // Then sleep until the socket or the channel has something.
-            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK {
-                self.rbuf.reserve(READ_CHUNK);
-            }
             let deadline = self.deadline();
             let asked_to_logout = self.logout_by.is_some();
-            let (rd, rbuf, kill, shutdown) = (&mut self.rd, &mut self.rbuf, &mut self.kill, &mut self.shutdown);
+            let (reader, kill, shutdown) = (&mut self.reader, &mut self.kill, &mut self.shutdown);
             let wake = tokio::select! {
                 biased;
                 ev = rx.recv() => Wake::Event(ev),
@@ -99,7 +177,7 @@ impl Conn {
                         None => std::future::pending::<End>().await,
                     }
                 } => if how == End::Logout { Wake::Shutdown } else { Wake::Killed },
-                r = rd.read_buf(rbuf) => Wake::Read(r),
+                r = reader.read() => Wake::Read(r),
                 _ = async {
                     match deadline {
                         Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -142,56 +220,10 @@ impl Conn {
         }
     }
 
-    /// The next whole PDU in the read buffer, if there is one.
+    /// The next whole PDU read, if there is one.
     fn next_frame(&mut self) -> Option<Result<Pdu, BadFrame>> {
-        let (hd, dd) = self.digests;
-        let max_frame = self.max_frame();
-        let avail = &self.rbuf[self.rstart..];
-        if avail.is_empty() {
-            self.partial_since = None;
-        } else if self.partial_since.is_none() {
-            self.partial_since = Some(Instant::now());
-        }
-        let need = match frame_length(avail, hd, dd) {
-            Err(e) => return Some(Err((e, None))),
-            Ok(None) => return None,
-            Ok(Some(n)) if n > max_frame => {
-                // Refused before its data arrives: no buffer is sized from
-                // a length the peer only announced.
-                LimitCounters::bump(&self.shared.hits.oversized_pdus);
-                let max = self.shared.limits.max_recv_data_segment_length;
-                return Some(Err((PduError::DataSegmentTooLong { length: n, max }, None)));
-            }
-            Ok(Some(n)) => n,
-        };
-        if avail.len() < need {
-            // Make room for the rest of this PDU, and keep the buffer from growing forever.
-            if self.rstart > 0 {
-                self.rbuf.drain(..self.rstart);
-                self.rstart = 0;
-            }
-            if self.rbuf.capacity() < need {
-                self.rbuf.reserve(need - self.rbuf.len());
-            }
-            return None;
-        }
-        let frame = &avail[..need];
-        let result = match decode_frame(frame, hd, dd) {
-            Ok(Some((pdu, _))) => Ok(pdu),
-            Ok(None) => return None,
-            Err(e) => {
-                let bhs = frame.first_chunk::<BHS_LEN>().and_then(|h| crate::pdu::decode_bhs(h).ok());
-                Err((e, bhs.map(Box::new)))
-            }
-        };
-        self.rstart += need;
-        if self.rstart == self.rbuf.len() {
-            self.rbuf.clear();
-            self.rstart = 0;
-        }
-        // The next PDU's clock starts with its first byte.
-        self.partial_since = (self.rstart < self.rbuf.len()).then(Instant::now);
-        Some(result)
+        let max_data = self.shared.limits.max_recv_data_segment_length;
+        self.reader.next_frame(self.digests, max_data, &self.shared.hits.oversized_pdus)
     }
 
     pub(super) fn queue_out(&mut self, mut pdu: Pdu) {

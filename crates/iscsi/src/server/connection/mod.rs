@@ -16,7 +16,7 @@ mod window;
 
 pub use logout::LOGOUT_GRACE;
 
-use io::READ_CHUNK;
+use io::Reader;
 use task_mgmt::PendingTmf;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lunar_core::{Queue, Response};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
@@ -78,9 +78,7 @@ struct Conn {
     tx: mpsc::UnboundedSender<Event>,
     /// Digests in force for PDUs we receive and send (after login).
     digests: (bool, bool),
-    rd: OwnedReadHalf,
-    rbuf: Vec<u8>,
-    rstart: usize,
+    reader: Reader,
     params: NegotiatedParams,
     phase: Phase,
     session: Option<Session>,
@@ -108,11 +106,10 @@ struct Conn {
     deferred: VecDeque<u32>,
     /// The window is held for lack of buffer space (counted once per stall).
     window_held: bool,
-    /// Deadlines of the login phase, of a text exchange, of a PDU that
-    /// started arriving.
+    /// Deadlines of the login phase and of a text exchange (that of a PDU
+    /// that started arriving is the reader's).
     accepted: Instant,
     text_since: Option<Instant>,
-    partial_since: Option<Instant>,
     /// Warnings caused by this peer's input.
     log: lunar_aio::LogLimit,
     /// The server's shutdown, and when the session asked to log out then
@@ -167,9 +164,7 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
         wr,
         tx,
         digests: (false, false),
-        rd,
-        rbuf: Vec::with_capacity(READ_CHUNK),
-        rstart: 0,
+        reader: Reader::new(rd),
         params: NegotiatedParams::default(),
         phase: Phase::Login(Box::new(login)),
         session: None,
@@ -191,7 +186,6 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
         window_held: false,
         accepted: Instant::now(),
         text_since: None,
-        partial_since: None,
         log: lunar_aio::LogLimit::default(),
         shutdown: shared_shutdown,
         logout_by: None,
