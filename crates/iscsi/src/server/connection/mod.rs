@@ -18,8 +18,9 @@ pub use logout::LOGOUT_GRACE;
 
 use io::Reader;
 use task_mgmt::PendingTmf;
+use window::CmdWindow;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,10 +84,8 @@ struct Conn {
     phase: Phase,
     session: Option<Session>,
     stat_sn: u32,
-    exp_cmd_sn: u32,
+    window: CmdWindow,
     tasks: HashMap<u32, Task>,
-    /// Commands received ahead of ExpCmdSN, by CmdSN.
-    ahead: BTreeMap<u32, Pdu>,
     next_ttt: u32,
     tmfs: Vec<PendingTmf>,
     text: TextExchange,
@@ -95,8 +94,6 @@ struct Conn {
     kill: Option<watch::Receiver<super::End>>,
     /// Answers queued by the handlers, written once per batch.
     out: Output,
-    /// MaxCmdSN granted so far (never decreases, RFC 7143 §4.2.2.1).
-    max_cmd_sn: u32,
     /// Buffer space for solicited data-out and data-in.
     budget: Budget,
     /// Budget to give back once the answers queued in `out` are written.
@@ -104,8 +101,6 @@ struct Conn {
     /// Tasks waiting for buffer space (to be sent an R2T, or submitted), in
     /// arrival order.
     deferred: VecDeque<u32>,
-    /// The window is held for lack of buffer space (counted once per stall).
-    window_held: bool,
     /// Deadlines of the login phase and of a text exchange (that of a PDU
     /// that started arriving is the reader's).
     accepted: Instant,
@@ -169,9 +164,8 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
         phase: Phase::Login(Box::new(login)),
         session: None,
         stat_sn: 0,
-        exp_cmd_sn: 0,
+        window: CmdWindow::default(),
         tasks: HashMap::new(),
-        ahead: BTreeMap::new(),
         next_ttt: 0,
         tmfs: Vec::new(),
         text: TextExchange::new(),
@@ -179,11 +173,9 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
         ping: None,
         kill: None,
         out: Output::with_capacity(16 << 10),
-        max_cmd_sn: 0,
         budget,
         release_after_write: 0,
         deferred: VecDeque::new(),
-        window_held: false,
         accepted: Instant::now(),
         text_since: None,
         log: lunar_aio::LogLimit::default(),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use lunar_core::Queue;
 
-use super::{Conn, Flow, Phase, Session};
+use super::{CmdWindow, Conn, Flow, Phase, Session};
 use crate::login::{LoginOutcome, LoginStep};
 use crate::params::SessionType;
 use crate::pdu::Pdu;
@@ -47,8 +47,7 @@ impl Conn {
             }
             LoginStep::Complete(mut resp, outcome) => {
                 self.params = outcome.params.clone();
-                self.exp_cmd_sn = outcome.exp_cmd_sn;
-                self.max_cmd_sn = outcome.exp_cmd_sn.wrapping_add(self.cmd_window()).wrapping_sub(1);
+                self.window = CmdWindow::opened(outcome.exp_cmd_sn, self.cmd_window());
                 self.stat_sn = outcome.next_stat_sn;
                 match outcome.session_type {
                     SessionType::Discovery => {

@@ -4,6 +4,8 @@
 //! the connection's buffers are full, and every answer carries StatSN,
 //! ExpCmdSN and MaxCmdSN.
 
+use std::collections::BTreeMap;
+
 use super::{Conn, Flow};
 use crate::pdu::{Pdu, RejectReason, RESERVED_TAG};
 use crate::server::limits::{LimitCounters, IMMEDIATE_EXTRA};
@@ -13,37 +15,95 @@ fn sn_lt(a: u32, b: u32) -> bool {
     a != b && (b.wrapping_sub(a) as i32) > 0
 }
 
-impl Conn {
-    pub(super) fn cmd_window(&self) -> u32 {
-        self.shared.resources.cmd_window.clamp(1, crate::server::ResourceLimits::MAX_CMD_WINDOW)
+/// The command window (RFC 7143 §4.2.2.1): the CmdSN expected next, the
+/// MaxCmdSN granted, and the PDUs received ahead of their turn.
+#[derive(Default)]
+pub(super) struct CmdWindow {
+    /// CmdSN of the next PDU to run in order.
+    exp_cmd_sn: u32,
+    /// MaxCmdSN granted so far (never decreases, RFC 7143 §4.2.2.1).
+    max_cmd_sn: u32,
+    /// PDUs received ahead of ExpCmdSN, by CmdSN.
+    ahead: BTreeMap<u32, Pdu>,
+    /// The window is held for lack of buffer space (counted once per stall).
+    held: bool,
+}
+
+/// Where a non-immediate PDU falls in the window.
+enum Placed {
+    /// It is the next in order: run it (ExpCmdSN has moved past it).
+    Run(Pdu),
+    /// Ahead of its turn, within the window: kept until its turn.
+    Ahead,
+    /// Outside the window, to be ignored; `beyond` if past MaxCmdSN.
+    Outside { beyond: bool },
+}
+
+impl CmdWindow {
+    /// The window of a session that logged in with `exp_cmd_sn`: `size`
+    /// PDUs may be sent.
+    pub(super) fn opened(exp_cmd_sn: u32, size: u32) -> CmdWindow {
+        CmdWindow { exp_cmd_sn, max_cmd_sn: exp_cmd_sn.wrapping_add(size).wrapping_sub(1), ..CmdWindow::default() }
     }
 
-    /// MaxCmdSN to announce: the window opens by the commands that are
-    /// done, and stays as it is while the connection's buffers are full or
-    /// tasks wait for room (the initiator then cannot send new commands).
-    fn max_cmd_sn(&mut self) -> u32 {
-        let stalled = self.budget.full() || !self.deferred.is_empty();
-        if stalled != self.window_held {
-            self.window_held = stalled;
-            if stalled {
-                LimitCounters::bump(&self.shared.hits.window_held);
-            }
-        }
+    /// MaxCmdSN to announce with `size` PDUs allowed, `outstanding` of them
+    /// still running: the window opens as commands complete, and stays as
+    /// it is while `stalled`. The bool is whether this call began a stall.
+    fn max_cmd_sn(&mut self, size: u32, outstanding: usize, stalled: bool) -> (u32, bool) {
+        let began = stalled && !self.held;
+        self.held = stalled;
         if !stalled {
-            let outstanding = u32::try_from(self.tasks.len()).unwrap_or(u32::MAX);
-            let open = self.cmd_window().saturating_sub(outstanding);
+            let outstanding = u32::try_from(outstanding).unwrap_or(u32::MAX);
+            let open = size.saturating_sub(outstanding);
             let candidate = self.exp_cmd_sn.wrapping_add(open).wrapping_sub(1);
             if sn_lt(self.max_cmd_sn, candidate) {
                 self.max_cmd_sn = candidate;
             }
         }
-        self.max_cmd_sn
+        (self.max_cmd_sn, began)
+    }
+
+    fn place(&mut self, cmd_sn: u32, pdu: Pdu) -> Placed {
+        if cmd_sn == self.exp_cmd_sn {
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+            Placed::Run(pdu)
+        } else if sn_lt(self.exp_cmd_sn, cmd_sn) && !sn_lt(self.max_cmd_sn, cmd_sn) {
+            self.ahead.insert(cmd_sn, pdu);
+            Placed::Ahead
+        } else {
+            Placed::Outside { beyond: sn_lt(self.max_cmd_sn, cmd_sn) }
+        }
+    }
+
+    /// The PDU kept ahead whose turn has come, if any.
+    fn next_in_order(&mut self) -> Option<Pdu> {
+        let pdu = self.ahead.remove(&self.exp_cmd_sn)?;
+        self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+        Some(pdu)
+    }
+}
+
+impl Conn {
+    pub(super) fn cmd_window(&self) -> u32 {
+        self.shared.resources.cmd_window.clamp(1, crate::server::ResourceLimits::MAX_CMD_WINDOW)
+    }
+
+    /// MaxCmdSN to announce: the window stays as it is while the
+    /// connection's buffers are full or tasks wait for room (the initiator
+    /// then cannot send new commands).
+    fn max_cmd_sn(&mut self) -> u32 {
+        let stalled = self.budget.full() || !self.deferred.is_empty();
+        let (max, began) = self.window.max_cmd_sn(self.cmd_window(), self.tasks.len(), stalled);
+        if began {
+            LimitCounters::bump(&self.shared.hits.window_held);
+        }
+        max
     }
 
     /// Fills the sequence numbers of an outgoing PDU, advancing StatSN for
     /// PDUs that carry a status (RFC 7143 §4.2.2.2).
     pub(super) fn number(&mut self, pdu: &mut Pdu) {
-        let exp = self.exp_cmd_sn;
+        let exp = self.window.exp_cmd_sn;
         let max = self.max_cmd_sn();
         let stat = self.stat_sn;
         let mut advance = true;
@@ -101,28 +161,26 @@ impl Conn {
             }
             return self.execute(pdu).await;
         }
-        if cmd_sn == self.exp_cmd_sn {
-            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-            if self.execute(pdu).await == Flow::Close {
-                return Flow::Close;
-            }
-            while let Some(next) = self.ahead.remove(&self.exp_cmd_sn) {
-                self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-                if self.execute(next).await == Flow::Close {
+        match self.window.place(cmd_sn, pdu) {
+            Placed::Run(pdu) => {
+                if self.execute(pdu).await == Flow::Close {
                     return Flow::Close;
                 }
+                while let Some(next) = self.window.next_in_order() {
+                    if self.execute(next).await == Flow::Close {
+                        return Flow::Close;
+                    }
+                }
             }
-            return Flow::Continue;
-        }
-        if sn_lt(self.exp_cmd_sn, cmd_sn) && !sn_lt(self.max_cmd_sn, cmd_sn) {
-            self.ahead.insert(cmd_sn, pdu);
-        } else {
-            // §4.2.2.1: outside the window, the PDU is silently ignored.
-            if sn_lt(self.max_cmd_sn, cmd_sn) {
-                LimitCounters::bump(&self.shared.hits.outside_window);
+            Placed::Ahead => {}
+            Placed::Outside { beyond } => {
+                // §4.2.2.1: outside the window, the PDU is silently ignored.
+                if beyond {
+                    LimitCounters::bump(&self.shared.hits.outside_window);
+                }
+                let (exp, max) = (self.window.exp_cmd_sn, self.window.max_cmd_sn);
+                self.warn(format_args!("CmdSN {cmd_sn} outside the window [{exp}, {max}]: ignored"));
             }
-            let (exp, max) = (self.exp_cmd_sn, self.max_cmd_sn);
-            self.warn(format_args!("CmdSN {cmd_sn} outside the window [{exp}, {max}]: ignored"));
         }
         Flow::Continue
     }
@@ -136,5 +194,49 @@ impl Conn {
             Pdu::NopOut(n) => self.on_nop(n),
             _ => Flow::Continue,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pdu::NopOut;
+
+    fn nop(cmd_sn: u32) -> Pdu {
+        Pdu::NopOut(NopOut {
+            immediate: false,
+            lun: 0,
+            itt: cmd_sn,
+            ttt: RESERVED_TAG,
+            cmd_sn,
+            exp_stat_sn: 0,
+            data: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn pdus_run_in_cmd_sn_order_within_the_window() {
+        let mut w = CmdWindow::opened(u32::MAX - 1, 4);
+        assert_eq!(w.max_cmd_sn, 1, "the window wraps");
+        assert!(matches!(w.place(0, nop(0)), Placed::Ahead));
+        assert!(matches!(w.place(2, nop(2)), Placed::Outside { beyond: true }));
+        assert!(matches!(w.place(u32::MAX - 2, nop(1)), Placed::Outside { beyond: false }));
+        assert!(matches!(w.place(u32::MAX - 1, nop(2)), Placed::Run(_)));
+        assert!(w.next_in_order().is_none(), "u32::MAX has not come");
+        assert!(matches!(w.place(u32::MAX, nop(3)), Placed::Run(_)));
+        assert!(matches!(w.next_in_order(), Some(Pdu::NopOut(n)) if n.cmd_sn == 0));
+        assert_eq!(w.exp_cmd_sn, 1);
+    }
+
+    #[test]
+    fn max_cmd_sn_opens_as_commands_complete_and_holds_while_stalled() {
+        let mut w = CmdWindow::opened(10, 4);
+        assert_eq!(w.max_cmd_sn(4, 0, false), (13, false));
+        assert!(matches!(w.place(10, nop(10)), Placed::Run(_)));
+        assert_eq!(w.max_cmd_sn(4, 1, false), (13, false), "one running");
+        assert_eq!(w.max_cmd_sn(4, 0, true), (13, true), "a stall begins");
+        assert_eq!(w.max_cmd_sn(4, 0, true), (13, false), "counted once");
+        assert_eq!(w.max_cmd_sn(4, 0, false), (14, false));
+        assert_eq!(w.max_cmd_sn(1, 0, false), (14, false), "never decreases");
     }
 }
