@@ -259,10 +259,8 @@ impl Conn {
                     }
                 }
             }
-            if self.release_after_write > 0 {
-                self.budget.give(std::mem::take(&mut self.release_after_write));
-            }
-            if self.deferred.is_empty() {
+            self.buffers.written();
+            if !self.buffers.waiting() {
                 return Flow::Continue;
             }
             if self.resume_deferred().await == Flow::Close {

@@ -17,10 +17,11 @@ mod window;
 pub use logout::LOGOUT_GRACE;
 
 use io::Reader;
+use scsi::Buffers;
 use task_mgmt::PendingTmf;
 use window::CmdWindow;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +31,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use super::limits::{Budget, LimitCounters};
+use super::limits::LimitCounters;
 use super::output::Output;
 use super::task::Task;
 use super::{ServerState, TargetEntry};
@@ -95,12 +96,7 @@ struct Conn {
     /// Answers queued by the handlers, written once per batch.
     out: Output,
     /// Buffer space for solicited data-out and data-in.
-    budget: Budget,
-    /// Budget to give back once the answers queued in `out` are written.
-    release_after_write: u64,
-    /// Tasks waiting for buffer space (to be sent an R2T, or submitted), in
-    /// arrival order.
-    deferred: VecDeque<u32>,
+    buffers: Buffers,
     /// Deadlines of the login phase and of a text exchange (that of a PDU
     /// that started arriving is the reader's).
     accepted: Instant,
@@ -149,7 +145,7 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
             cmd_window,
         },
     );
-    let budget = Budget { limit: shared.resources.max_buffered_bytes, held: 0 };
+    let buffers = Buffers::new(shared.resources.max_buffered_bytes);
     let shared_shutdown = shared.shutdown.subscribe();
     let mut conn = Conn {
         shared,
@@ -173,9 +169,7 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
         ping: None,
         kill: None,
         out: Output::with_capacity(16 << 10),
-        budget,
-        release_after_write: 0,
-        deferred: VecDeque::new(),
+        buffers,
         accepted: Instant::now(),
         text_since: None,
         log: lunar_aio::LogLimit::default(),

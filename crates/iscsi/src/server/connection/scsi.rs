@@ -5,32 +5,75 @@
 //! becomes Data-In and SCSI Response PDUs. Tasks without room wait in
 //! order (`deferred`) until answers written free some.
 
+use std::collections::VecDeque;
+
 use lunar_core::Response;
 
 use super::{Conn, Event, Flow};
 use crate::pdu::{DataOut, Pdu, RejectReason, ScsiCommand, RESERVED_TAG};
-use crate::server::limits::LimitCounters;
+use crate::server::limits::{Budget, LimitCounters};
 use crate::server::task::{answer, Task};
+
+/// The connection's buffer space for data-out and data-in, and the tasks
+/// waiting for some.
+pub(super) struct Buffers {
+    budget: Budget,
+    /// Room to give back once the answers queued are written (that of the
+    /// tasks they finish).
+    release_after_write: u64,
+    /// Tasks waiting for buffer space (to be sent an R2T, or submitted), in
+    /// arrival order.
+    deferred: VecDeque<u32>,
+}
+
+impl Buffers {
+    /// Buffers of at most `limit` bytes (`buffered-bytes`).
+    pub(super) fn new(limit: u64) -> Buffers {
+        Buffers { budget: Budget { limit, held: 0 }, release_after_write: 0, deferred: VecDeque::new() }
+    }
+
+    /// `n` bytes of a task that ended, free once its answers are written.
+    pub(super) fn release_after_write(&mut self, n: u64) {
+        self.release_after_write += n;
+    }
+
+    /// The answers queued were written: their tasks' room is free.
+    pub(super) fn written(&mut self) {
+        if self.release_after_write > 0 {
+            self.budget.give(std::mem::take(&mut self.release_after_write));
+        }
+    }
+
+    /// No room, or tasks waiting for some: the command window must not open.
+    pub(super) fn stalled(&self) -> bool {
+        self.budget.full() || !self.deferred.is_empty()
+    }
+
+    /// Tasks wait for room.
+    pub(super) fn waiting(&self) -> bool {
+        !self.deferred.is_empty()
+    }
+}
 
 impl Conn {
     /// Lets the tasks waiting for buffer space go on, in order, while
     /// there is room: R2Ts for writes, submission for the others.
     pub(super) async fn resume_deferred(&mut self) -> Flow {
-        while let Some(&itt) = self.deferred.front() {
+        while let Some(&itt) = self.buffers.deferred.front() {
             // When every holder of buffer space is itself waiting, nothing
             // would ever give any back: the first in line goes on.
-            let waiting: u64 = self.deferred.iter().filter_map(|i| self.tasks.get(i)).map(|t| t.reserved).sum();
-            let overdraw = waiting == self.budget.held;
+            let waiting: u64 = self.buffers.deferred.iter().filter_map(|i| self.tasks.get(i)).map(|t| t.reserved).sum();
+            let overdraw = waiting == self.buffers.budget.held;
             let Some(task) = self.tasks.get_mut(&itt) else {
-                self.deferred.pop_front();
+                self.buffers.deferred.pop_front();
                 continue;
             };
             if task.submitted {
-                self.deferred.pop_front();
+                self.buffers.deferred.pop_front();
                 continue;
             }
             if !task.data_complete() || !task.solicited.is_empty() {
-                let (r2ts, room) = task.next_r2ts(&self.params, &mut self.next_ttt, &mut self.budget, overdraw);
+                let (r2ts, room) = task.next_r2ts(&self.params, &mut self.next_ttt, &mut self.buffers.budget, overdraw);
                 let sent = !r2ts.is_empty();
                 for r in r2ts {
                     self.queue_out(Pdu::R2t(r));
@@ -39,14 +82,14 @@ impl Conn {
                     return Flow::Continue;
                 }
                 if room {
-                    self.deferred.pop_front();
+                    self.buffers.deferred.pop_front();
                 }
                 continue;
             }
-            if !task.take_data_in(&mut self.budget, overdraw) {
+            if !task.take_data_in(&mut self.buffers.budget, overdraw) {
                 return Flow::Continue;
             }
-            self.deferred.pop_front();
+            self.buffers.deferred.pop_front();
             if let Some(task) = self.tasks.remove(&itt) {
                 if self.submit_now(task).await == Flow::Close {
                     return Flow::Close;
@@ -118,7 +161,7 @@ impl Conn {
             }
             let stored = task.accept(0, &c.data).unwrap_or(0);
             task.reserved += u64::from(stored);
-            self.budget.force(u64::from(stored));
+            self.buffers.budget.force(u64::from(stored));
             let unsolicited_end = if c.final_bit || self.params.initial_r2t {
                 imm
             } else {
@@ -189,13 +232,13 @@ impl Conn {
     /// waits in `deferred` for completions to free some.
     fn solicit(&mut self, itt: u32) {
         let Some(task) = self.tasks.get_mut(&itt) else { return };
-        let (r2ts, room) = task.next_r2ts(&self.params, &mut self.next_ttt, &mut self.budget, false);
+        let (r2ts, room) = task.next_r2ts(&self.params, &mut self.next_ttt, &mut self.buffers.budget, false);
         for r in r2ts {
             self.queue_out(Pdu::R2t(r));
         }
-        if !room && !self.deferred.contains(&itt) {
+        if !room && !self.buffers.deferred.contains(&itt) {
             LimitCounters::bump(&self.shared.hits.buffer_waits);
-            self.deferred.push_back(itt);
+            self.buffers.deferred.push_back(itt);
         }
     }
 
@@ -235,7 +278,7 @@ impl Conn {
             // Unasked-for data is held whatever the budget (it is bounded
             // by FirstBurstLength per command).
             task.reserved += u64::from(stored);
-            self.budget.force(u64::from(stored));
+            self.buffers.budget.force(u64::from(stored));
             if d.final_bit {
                 task.unsolicited_open = false;
             }
@@ -292,10 +335,10 @@ impl Conn {
         }
         // A read waits behind the tasks already waiting; a write's data is
         // already here (its room taken), so it never waits.
-        if task.read && (!self.deferred.is_empty() || !task.take_data_in(&mut self.budget, false)) {
+        if task.read && (!self.buffers.deferred.is_empty() || !task.take_data_in(&mut self.buffers.budget, false)) {
             LimitCounters::bump(&self.shared.hits.buffer_waits);
             self.tasks.insert(itt, task);
-            self.deferred.push_back(itt);
+            self.buffers.deferred.push_back(itt);
             return Flow::Continue;
         }
         self.submit_now(task).await
@@ -335,7 +378,7 @@ impl Conn {
 
     pub(super) fn on_done(&mut self, itt: u32, response: Response) -> Flow {
         let Some(mut task) = self.tasks.remove(&itt) else { return Flow::Continue };
-        self.release_after_write += task.reserved;
+        self.buffers.release_after_write(task.reserved);
         self.tmfs_stop_waiting_for(itt);
         if !task.aborted {
             let write_len = task.scsi_write_len;

@@ -157,7 +157,7 @@ impl Conn {
                 task.aborted = true;
                 pending.waiting.insert(itt);
             } else if let Some(task) = self.tasks.remove(&itt) {
-                self.release_after_write += task.reserved;
+                self.buffers.release_after_write(task.reserved);
             }
         }
     }

@@ -92,7 +92,7 @@ impl Conn {
     /// connection's buffers are full or tasks wait for room (the initiator
     /// then cannot send new commands).
     fn max_cmd_sn(&mut self) -> u32 {
-        let stalled = self.budget.full() || !self.deferred.is_empty();
+        let stalled = self.buffers.stalled();
         let (max, began) = self.window.max_cmd_sn(self.cmd_window(), self.tasks.len(), stalled);
         if began {
             LimitCounters::bump(&self.shared.hits.window_held);
