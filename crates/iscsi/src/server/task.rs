@@ -7,6 +7,16 @@ use bytes::Bytes;
 use crate::params::NegotiatedParams;
 use crate::pdu::{DataIn, R2t, ScsiResponse, ServiceResponse, RESERVED_TAG};
 
+/// The next Target Transfer Tag from `counter` (R2Ts and pings share
+/// it), never the reserved 0xffffffff (RFC 7143 §11.8.3).
+pub(crate) fn next_tag(counter: &mut u32) -> u32 {
+    *counter = counter.wrapping_add(1);
+    if *counter == RESERVED_TAG {
+        *counter = 1;
+    }
+    *counter
+}
+
 /// An outstanding R2T: the data sequence it asked for.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Solicited {
@@ -135,11 +145,7 @@ impl Task {
         }
         while self.next_r2t_offset < self.want && self.solicited.len() < params.max_outstanding_r2t.max(1) as usize {
             let len = (self.want - self.next_r2t_offset).min(params.max_burst_length);
-            *next_ttt = next_ttt.wrapping_add(1);
-            if *next_ttt == RESERVED_TAG {
-                *next_ttt = 1;
-            }
-            let ttt = *next_ttt;
+            let ttt = next_tag(next_ttt);
             self.solicited.push(Solicited { ttt, offset: self.next_r2t_offset, len, received: 0, next_data_sn: 0 });
             out.push(R2t {
                 lun: self.lun_field,

@@ -143,7 +143,7 @@ impl Conn {
             while flow == Flow::Continue {
                 match self.next_frame() {
                     Some(Ok(pdu)) => {
-                        self.last_rx = Instant::now();
+                        self.liveness.heard();
                         flow = self.on_pdu(pdu).await;
                     }
                     Some(Err((e, bhs))) => flow = self.on_bad(e, bhs),

@@ -17,6 +17,7 @@ mod window;
 pub use logout::LOGOUT_GRACE;
 
 use io::Reader;
+use nop::Liveness;
 use scsi::Buffers;
 use task_mgmt::PendingTmf;
 use window::CmdWindow;
@@ -90,8 +91,7 @@ struct Conn {
     next_ttt: u32,
     tmfs: Vec<PendingTmf>,
     text: TextExchange,
-    last_rx: Instant,
-    ping: Option<(u32, Instant)>,
+    liveness: Liveness,
     kill: Option<watch::Receiver<super::End>>,
     /// Answers queued by the handlers, written once per batch.
     out: Output,
@@ -165,8 +165,7 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
         next_ttt: 0,
         tmfs: Vec::new(),
         text: TextExchange::new(),
-        last_rx: Instant::now(),
-        ping: None,
+        liveness: Liveness::new(),
         kill: None,
         out: Output::with_capacity(16 << 10),
         buffers,

@@ -6,18 +6,37 @@ use std::time::{Duration, Instant};
 
 use super::{Conn, Flow, Phase};
 use crate::pdu::{NopIn, NopOut, Pdu, RESERVED_TAG};
+use crate::server::task::next_tag;
 
 /// Idle time before we ping the initiator (NOP-In).
 const PING_IDLE: Duration = Duration::from_secs(30);
 /// Time the initiator has to answer our ping.
 const PING_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Whether the initiator is still there: when a PDU last came from it,
+/// and our ping waiting for its answer (TTT, when sent).
+pub(super) struct Liveness {
+    last_rx: Instant,
+    ping: Option<(u32, Instant)>,
+}
+
+impl Liveness {
+    pub(super) fn new() -> Liveness {
+        Liveness { last_rx: Instant::now(), ping: None }
+    }
+
+    /// A PDU came from the initiator.
+    pub(super) fn heard(&mut self) {
+        self.last_rx = Instant::now();
+    }
+}
+
 impl Conn {
     /// A NOP-Out with ITT 0xffffffff: the answer to our ping, if its TTT
     /// is our ping's (§11.18.1); never answered itself.
     pub(super) fn on_ping_answer(&mut self, n: &NopOut) -> Flow {
-        if self.ping.is_some_and(|(ttt, _)| ttt == n.ttt) {
-            self.ping = None;
+        if self.liveness.ping.is_some_and(|(ttt, _)| ttt == n.ttt) {
+            self.liveness.ping = None;
         }
         Flow::Continue
     }
@@ -38,7 +57,7 @@ impl Conn {
     }
 
     pub(super) fn on_tick(&mut self) -> Flow {
-        if let Some((_, sent)) = self.ping {
+        if let Some((_, sent)) = self.liveness.ping {
             if sent.elapsed() > PING_TIMEOUT {
                 self.warn(format_args!("no answer to NOP-In ping: dropping the connection"));
                 return Flow::Close;
@@ -49,13 +68,9 @@ impl Conn {
             // The login's deadline is in the run loop.
             return Flow::Continue;
         }
-        if self.last_rx.elapsed() > PING_IDLE {
-            self.next_ttt = self.next_ttt.wrapping_add(1);
-            if self.next_ttt == RESERVED_TAG {
-                self.next_ttt = 1;
-            }
-            let ttt = self.next_ttt;
-            self.ping = Some((ttt, Instant::now()));
+        if self.liveness.last_rx.elapsed() > PING_IDLE {
+            let ttt = next_tag(&mut self.next_ttt);
+            self.liveness.ping = Some((ttt, Instant::now()));
             return self.send(Pdu::NopIn(NopIn {
                 lun: 0,
                 itt: RESERVED_TAG,
