@@ -77,6 +77,35 @@ pub(crate) struct Task {
 }
 
 impl Task {
+    /// The task of a command just received: no data-out asked for or
+    /// gathered yet, nothing sent.
+    pub fn new(itt: u32, lun: u64, lun_field: u64, cdb: Vec<u8>, read: bool, write: bool, edtl: u32) -> Task {
+        Task {
+            itt,
+            lun,
+            lun_field,
+            cdb,
+            read,
+            write,
+            edtl,
+            want: 0,
+            data: Vec::new(),
+            received: 0,
+            reserved: 0,
+            granted: false,
+            unsolicited_open: false,
+            next_r2t_offset: 0,
+            r2t_sn: 0,
+            solicited: Vec::new(),
+            submitted: false,
+            aborted: false,
+            data_sn: 0,
+            unsolicited_data_sn: 0,
+            scsi_write_len: None,
+            early: None,
+        }
+    }
+
     pub fn data_complete(&self) -> bool {
         !self.write || self.received >= self.want
     }
@@ -270,30 +299,7 @@ pub(crate) mod tests {
 
     /// A READ task waiting for its answer.
     pub(crate) fn read_task(itt: u32, edtl: u32) -> Task {
-        Task {
-            itt,
-            lun: 0,
-            lun_field: 0,
-            cdb: vec![0x88; 16],
-            read: true,
-            write: false,
-            edtl,
-            want: 0,
-            data: Vec::new(),
-            received: 0,
-            reserved: 0,
-            granted: false,
-            unsolicited_open: false,
-            next_r2t_offset: 0,
-            r2t_sn: 0,
-            solicited: Vec::new(),
-            submitted: true,
-            aborted: false,
-            data_sn: 0,
-            unsolicited_data_sn: 0,
-            scsi_write_len: None,
-            early: None,
-        }
+        Task { submitted: true, ..Task::new(itt, 0, 0, vec![0x88; 16], true, false, edtl) }
     }
 
     #[test]

@@ -41,26 +41,35 @@ use crate::params::NegotiatedParams;
 use crate::pdu::{Bhs, ErrorReaction, Isid, Pdu, PduError, Reject, RejectReason, BHS_LEN, RESERVED_TAG};
 use crate::text::TextExchange;
 
+/// What reaches the loop from elsewhere on its thread.
 enum Event {
+    /// A command's completion, from the core.
     Done { itt: u32, response: Response },
+    /// The core's part of task management function `itt` resolved.
     CoreTmfDone { itt: u32 },
+    /// Every 5 s: the ping's clock.
     Tick,
 }
 
+/// Whether the connection goes on after a handler.
 #[derive(PartialEq, Eq)]
 enum Flow {
     Continue,
     Close,
 }
 
+/// A logged-in normal session (this connection is its only one: ERL 0,
+/// MaxConnections 1).
 struct Session {
     entry: TargetEntry,
     /// The I_T nexus (SPC-5 7.6.4.6: initiator name, ",i,0x", ISID).
     nexus: lunar_scsi::Nexus,
+    /// The core queue of each LUN, opened on this thread.
     queues: HashMap<u64, Arc<Queue>>,
     initiator: String,
     isid: Isid,
     tsih: u16,
+    /// Told when the session has closed (a reinstating login waits for it).
     closed_tx: watch::Sender<bool>,
 }
 
@@ -70,39 +79,53 @@ enum Phase {
     Normal,
 }
 
+/// All of one connection's state, owned by its loop.
 struct Conn {
+    // Where the connection is.
     shared: Arc<ServerState>,
     peer: SocketAddr,
     /// Our address on this connection (what a wildcard portal is
     /// advertised as in SendTargets).
     local: Option<SocketAddr>,
+    /// The I/O thread the connection and its queues live on.
     thread: usize,
-    wr: OwnedWriteHalf,
+    /// Where completions are sent to this loop.
     tx: mpsc::UnboundedSender<Event>,
+    /// Warnings caused by this peer's input.
+    log: lunar_aio::LogLimit,
+
+    // The socket.
+    reader: Reader,
+    wr: OwnedWriteHalf,
+    /// Answers queued by the handlers, written once per batch.
+    out: Output,
     /// Digests in force for PDUs we receive and send (after login).
     digests: (bool, bool),
-    reader: Reader,
-    params: NegotiatedParams,
+
+    // Login and the session.
     phase: Phase,
+    /// When the connection was accepted: the login phase's deadline.
+    accepted: Instant,
+    params: NegotiatedParams,
     session: Option<Session>,
+    /// Once logged in, how the server asks the session to end.
+    kill: Option<watch::Receiver<super::End>>,
+
+    // Commands and their answers.
     stat_sn: u32,
     window: CmdWindow,
     tasks: HashMap<u32, Task>,
+    /// The last Target Transfer Tag given (R2Ts and pings).
     next_ttt: u32,
-    tmfs: Vec<PendingTmf>,
-    text: TextExchange,
-    liveness: Liveness,
-    kill: Option<watch::Receiver<super::End>>,
-    /// Answers queued by the handlers, written once per batch.
-    out: Output,
     /// Buffer space for solicited data-out and data-in.
     buffers: Buffers,
-    /// Deadlines of the login phase and of a text exchange (that of a PDU
-    /// that started arriving is the reader's).
-    accepted: Instant,
+    tmfs: Vec<PendingTmf>,
+
+    // Other requests.
+    text: TextExchange,
+    /// When the text exchange in progress began (it has a deadline).
     text_since: Option<Instant>,
-    /// Warnings caused by this peer's input.
-    log: lunar_aio::LogLimit,
+    liveness: Liveness,
     /// The server's shutdown, and when the session asked to log out then
     /// must have done so.
     shutdown: watch::Receiver<bool>,
@@ -135,7 +158,7 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
         })
     };
     tracing::debug!(%peer, thread, "connection");
-    let cmd_window = shared.resources.cmd_window.clamp(1, super::ResourceLimits::MAX_CMD_WINDOW);
+    let cmd_window = window::size(&shared);
     let login = LoginSession::new(
         shared.clone(),
         LoginConfig {
@@ -145,34 +168,34 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
             cmd_window,
         },
     );
+    let shutdown = shared.shutdown.subscribe();
     let buffers = Buffers::new(shared.resources.max_buffered_bytes);
-    let shared_shutdown = shared.shutdown.subscribe();
     let mut conn = Conn {
         shared,
         peer,
         local,
         thread,
-        wr,
         tx,
-        digests: (false, false),
+        log: lunar_aio::LogLimit::default(),
         reader: Reader::new(rd),
-        params: NegotiatedParams::default(),
+        wr,
+        out: Output::with_capacity(16 << 10),
+        digests: (false, false),
         phase: Phase::Login(Box::new(login)),
+        accepted: Instant::now(),
+        params: NegotiatedParams::default(),
         session: None,
+        kill: None,
         stat_sn: 0,
         window: CmdWindow::default(),
         tasks: HashMap::new(),
         next_ttt: 0,
+        buffers,
         tmfs: Vec::new(),
         text: TextExchange::new(),
-        liveness: Liveness::new(),
-        kill: None,
-        out: Output::with_capacity(16 << 10),
-        buffers,
-        accepted: Instant::now(),
         text_since: None,
-        log: lunar_aio::LogLimit::default(),
-        shutdown: shared_shutdown,
+        liveness: Liveness::new(),
+        shutdown,
         logout_by: None,
     };
     conn.run(&mut rx).await;
@@ -194,8 +217,6 @@ impl Conn {
         }
     }
 
-    // ----- output --------------------------------------------------------
-
     /// A warning caused by the peer's input, rate-limited per connection.
     fn warn(&self, what: std::fmt::Arguments<'_>) {
         match self.log.allow() {
@@ -215,8 +236,6 @@ impl Conn {
             None => Flow::Close,
         }
     }
-
-    // ----- input ---------------------------------------------------------
 
     fn on_bad(&mut self, e: PduError, bhs: Option<Box<Bhs>>) -> Flow {
         self.warn(format_args!("bad PDU: {e}"));
@@ -251,10 +270,4 @@ impl Conn {
             }
         }
     }
-
-    // ----- SCSI commands ---------------------------------------------------
-
-    // ----- task management ---------------------------------------------------
-
-    // ----- other requests ----------------------------------------------------
 }

@@ -127,30 +127,8 @@ impl Conn {
             return self.reject_pdu(&Pdu::ScsiCommand(c), RejectReason::ProtocolError);
         }
         let lun = lunar_scsi::lun::decode_lun(c.lun.to_be_bytes()).unwrap_or(u64::MAX);
-        let mut task = Task {
-            itt: c.itt,
-            lun,
-            lun_field: c.lun,
-            cdb: c.cdb,
-            read: c.read,
-            write: c.write,
-            edtl: if c.read || c.write { c.expected_data_transfer_length } else { 0 },
-            want: 0,
-            data: Vec::new(),
-            received: 0,
-            reserved: 0,
-            granted: false,
-            unsolicited_open: false,
-            next_r2t_offset: 0,
-            r2t_sn: 0,
-            solicited: Vec::new(),
-            submitted: false,
-            aborted: false,
-            data_sn: 0,
-            unsolicited_data_sn: 0,
-            scsi_write_len: None,
-            early: None,
-        };
+        let edtl = if c.read || c.write { c.expected_data_transfer_length } else { 0 };
+        let mut task = Task::new(c.itt, lun, c.lun, c.cdb, c.read, c.write, edtl);
         let itt = task.itt;
         if task.write {
             if let Err(response) = self.size_data_out(&mut task).await {

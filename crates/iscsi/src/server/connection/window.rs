@@ -9,6 +9,12 @@ use std::collections::BTreeMap;
 use super::{Conn, Flow};
 use crate::pdu::{Pdu, RejectReason, RESERVED_TAG};
 use crate::server::limits::{LimitCounters, IMMEDIATE_EXTRA};
+use crate::server::{ResourceLimits, ServerState};
+
+/// The number of commands a session may have outstanding (`cmd-window`).
+pub(super) fn size(shared: &ServerState) -> u32 {
+    shared.resources.cmd_window.clamp(1, ResourceLimits::MAX_CMD_WINDOW)
+}
 
 /// Serial number arithmetic (RFC 1982) on 32-bit sequence numbers.
 fn sn_lt(a: u32, b: u32) -> bool {
@@ -85,7 +91,7 @@ impl CmdWindow {
 
 impl Conn {
     pub(super) fn cmd_window(&self) -> u32 {
-        self.shared.resources.cmd_window.clamp(1, crate::server::ResourceLimits::MAX_CMD_WINDOW)
+        size(&self.shared)
     }
 
     /// MaxCmdSN to announce: the window stays as it is while the
