@@ -106,7 +106,7 @@ impl Output {
     fn advance(&mut self, mut n: usize) {
         while n > 0 {
             let Some(part) = self.parts.get(self.next) else { return };
-            let left = self.bytes(part).len() - self.written;
+            let left = self.bytes(part).len().saturating_sub(self.written);
             if n < left {
                 self.written += n;
                 return;
