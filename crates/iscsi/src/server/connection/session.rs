@@ -13,9 +13,12 @@ use lunar_core::Queue;
 use super::{CmdWindow, Conn, Flow, Phase, Session};
 use crate::login::{LoginOutcome, LoginStep};
 use crate::params::SessionType;
-use crate::pdu::Pdu;
+use crate::pdu::{LoginResponse, Pdu};
 
 impl Conn {
+    /// The connection ended: task management still waiting is abandoned,
+    /// and the session ends (an I_T nexus loss on each of its queues, then
+    /// unregistered, and a login reinstating it told so).
     pub(super) async fn cleanup(&mut self) {
         self.abandon_tmfs();
         if let Some(s) = self.session.take() {
@@ -34,6 +37,8 @@ impl Conn {
         }
     }
 
+    /// Answers a Login Request as the login state machine decided; the
+    /// final response opens the session (or refuses it) first.
     pub(super) async fn on_login_step(&mut self, step: LoginStep) -> Flow {
         match step {
             LoginStep::Continue(resp) => self.send_login(Pdu::LoginResponse(resp)),
@@ -55,50 +60,9 @@ impl Conn {
                         tracing::info!(peer = %self.peer, initiator = %outcome.initiator_name, "discovery session");
                     }
                     SessionType::Normal => {
-                        let name = outcome.target_name.clone().unwrap_or_default();
-                        let Some(entry) = self.shared.targets.load().get(&name).cloned() else {
-                            return Flow::Close;
-                        };
-                        let Some((kill, closed_tx)) = self
-                            .shared
-                            .register_session(&outcome.initiator_name, outcome.isid, &name, outcome.tsih)
-                            .await
-                        else {
-                            return self.refuse_login(&mut resp, &outcome, &name);
-                        };
-                        // The target removed, or the initiator taken off its
-                        // ACL, while this login went on.
-                        if !self.shared.still_allowed(&entry, &outcome.initiator_name) {
-                            self.shared.unregister_session(&outcome.initiator_name, outcome.isid, &name, outcome.tsih);
-                            let _ = closed_tx.send(true);
-                            return self.refuse_changed(&mut resp, &outcome, &name);
+                        if let Err(flow) = self.open_session(&mut resp, &outcome).await {
+                            return flow;
                         }
-                        let nexus = lunar_scsi::Nexus::new(
-                            format!("{},i,0x{}", outcome.initiator_name, outcome.isid),
-                            self.shared.portal_group_tag,
-                        );
-                        let mut queues = HashMap::new();
-                        for lun in entry.core.luns() {
-                            match entry.core.open_queue_for(lun, self.thread, Some(nexus.clone())).await {
-                                Ok(q) => {
-                                    queues.insert(lun, q);
-                                }
-                                Err(e) => tracing::warn!(lun, "cannot open queue: {e}"),
-                            }
-                        }
-                        tracing::info!(peer = %self.peer, initiator = %outcome.initiator_name, target = %name,
-                            tsih = outcome.tsih, thread = self.thread, luns = queues.len(), "session logged in");
-                        self.session = Some(Session {
-                            entry,
-                            nexus,
-                            queues,
-                            initiator: outcome.initiator_name.clone(),
-                            isid: outcome.isid,
-                            tsih: outcome.tsih,
-                            closed_tx,
-                        });
-                        self.kill = Some(kill);
-                        self.phase = Phase::Normal;
                     }
                 }
                 // Digests apply from the first PDU after the final Login Response.
@@ -110,9 +74,59 @@ impl Conn {
         }
     }
 
+    /// Opens the normal session a login completed: registers it (after the
+    /// end of an older one with the same key), checks that the target and
+    /// the ACL still let it in, and opens a queue per LUN with the
+    /// session's I_T nexus. `Err` holds the flow of a refused login.
+    async fn open_session(&mut self, resp: &mut LoginResponse, outcome: &LoginOutcome) -> Result<(), Flow> {
+        let name = outcome.target_name.clone().unwrap_or_default();
+        let Some(entry) = self.shared.targets.load().get(&name).cloned() else {
+            return Err(Flow::Close);
+        };
+        let Some((kill, closed_tx)) =
+            self.shared.register_session(&outcome.initiator_name, outcome.isid, &name, outcome.tsih).await
+        else {
+            return Err(self.refuse_login(resp, outcome, &name));
+        };
+        // The target removed, or the initiator taken off its ACL, while
+        // this login went on.
+        if !self.shared.still_allowed(&entry, &outcome.initiator_name) {
+            self.shared.unregister_session(&outcome.initiator_name, outcome.isid, &name, outcome.tsih);
+            let _ = closed_tx.send(true);
+            return Err(self.refuse_changed(resp, outcome, &name));
+        }
+        let nexus = lunar_scsi::Nexus::new(
+            format!("{},i,0x{}", outcome.initiator_name, outcome.isid),
+            self.shared.portal_group_tag,
+        );
+        let mut queues = HashMap::new();
+        for lun in entry.core.luns() {
+            match entry.core.open_queue_for(lun, self.thread, Some(nexus.clone())).await {
+                Ok(q) => {
+                    queues.insert(lun, q);
+                }
+                Err(e) => tracing::warn!(lun, "cannot open queue: {e}"),
+            }
+        }
+        tracing::info!(peer = %self.peer, initiator = %outcome.initiator_name, target = %name,
+            tsih = outcome.tsih, thread = self.thread, luns = queues.len(), "session logged in");
+        self.session = Some(Session {
+            entry,
+            nexus,
+            queues,
+            initiator: outcome.initiator_name.clone(),
+            isid: outcome.isid,
+            tsih: outcome.tsih,
+            closed_tx,
+        });
+        self.kill = Some(kill);
+        self.phase = Phase::Normal;
+        Ok(())
+    }
+
     /// A login that negotiated well but finds the target full: "out of
     /// resources" (RFC 7143 §11.13.5, 0x0302) instead of the final response.
-    fn refuse_login(&mut self, resp: &mut crate::pdu::LoginResponse, outcome: &LoginOutcome, target: &str) -> Flow {
+    fn refuse_login(&mut self, resp: &mut LoginResponse, outcome: &LoginOutcome, target: &str) -> Flow {
         let max = self.shared.resources.max_sessions_per_target;
         self.warn(format_args!("login to {target} refused: the target has {max} sessions"));
         let detail = format!("the target has {max} sessions (max-sessions-per-target)");
@@ -121,7 +135,7 @@ impl Conn {
 
     /// A login that negotiated well but whose target was removed, or whose
     /// initiator was taken off the ACL, meanwhile.
-    fn refuse_changed(&mut self, resp: &mut crate::pdu::LoginResponse, outcome: &LoginOutcome, target: &str) -> Flow {
+    fn refuse_changed(&mut self, resp: &mut LoginResponse, outcome: &LoginOutcome, target: &str) -> Flow {
         self.warn(format_args!("login to {target} refused: the target or its ACL changed during the login"));
         let detail = "the target was removed or its ACL changed during the login".to_string();
         self.refuse_final(resp, outcome, target, crate::login::LoginStatus::TARGET_REMOVED, "not-found", detail)
@@ -131,7 +145,7 @@ impl Conn {
     /// the final Login Response; the connection then closes.
     fn refuse_final(
         &mut self,
-        resp: &mut crate::pdu::LoginResponse,
+        resp: &mut LoginResponse,
         outcome: &LoginOutcome,
         target: &str,
         status: crate::login::LoginStatus,
