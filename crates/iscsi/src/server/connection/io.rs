@@ -135,6 +135,7 @@ impl Conn {
         [negotiation, self.logout_by].into_iter().flatten().min()
     }
 
+    /// Runs the connection until it closes (the caller then cleans up).
     pub(super) async fn run(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>) {
         loop {
             // Everything ready first: whole PDUs already read, then events
@@ -226,6 +227,8 @@ impl Conn {
         self.reader.next_frame(self.digests, max_data, &self.shared.hits.oversized_pdus)
     }
 
+    /// Numbers a PDU and queues it for the next write, with the digests
+    /// in force.
     pub(super) fn queue_out(&mut self, mut pdu: Pdu) {
         self.number(&mut pdu);
         let (hd, dd) = self.digests;
@@ -272,6 +275,7 @@ impl Conn {
         }
     }
 
+    /// Queues an answer; the connection goes on.
     pub(super) fn send(&mut self, pdu: Pdu) -> Flow {
         self.queue_out(pdu);
         Flow::Continue

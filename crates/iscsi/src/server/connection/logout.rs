@@ -37,6 +37,9 @@ impl Conn {
         Flow::Continue
     }
 
+    /// Closing the session or the connection (the same at ERL 0 with one
+    /// connection) is answered, then the connection closes; removing a
+    /// connection for recovery is not supported (§11.15.1).
     pub(super) fn on_logout(&mut self, l: LogoutRequest) -> Flow {
         let response = match l.reason {
             LogoutReason::CloseSession | LogoutReason::CloseConnection => LogoutResponseCode::Closed,

@@ -209,6 +209,7 @@ fn rand_u32() -> u32 {
 }
 
 impl Conn {
+    /// Something from the connection's channel.
     fn on_event(&mut self, ev: Event) -> Flow {
         match ev {
             Event::Done { itt, response } => self.on_done(itt, response),
@@ -225,10 +226,12 @@ impl Conn {
         }
     }
 
+    /// Rejects the PDU whose header is `bhs` (§11.17).
     fn reject(&mut self, bhs: &Bhs, reason: RejectReason) -> Flow {
         self.send(Pdu::Reject(Reject::of(bhs, reason)))
     }
 
+    /// Rejects a PDU that decoded but is not accepted here.
     fn reject_pdu(&mut self, pdu: &Pdu, reason: RejectReason) -> Flow {
         let raw = pdu.encode(false, false);
         match raw.first_chunk::<BHS_LEN>().and_then(|h| crate::pdu::decode_bhs(h).ok()) {
@@ -237,6 +240,9 @@ impl Conn {
         }
     }
 
+    /// A PDU that did not decode: rejected when RFC 7143 §7.8 says so and
+    /// its header is known; otherwise, and always during login, the
+    /// connection closes.
     fn on_bad(&mut self, e: PduError, bhs: Option<Box<Bhs>>) -> Flow {
         self.warn(format_args!("bad PDU: {e}"));
         match (e.reaction(), bhs, &self.phase) {
@@ -246,6 +252,8 @@ impl Conn {
         }
     }
 
+    /// Dispatches a PDU: to the login state machine during login; then
+    /// Data-Out and answers to our pings at once, requests in CmdSN order.
     async fn on_pdu(&mut self, pdu: Pdu) -> Flow {
         if let Phase::Login(login) = &mut self.phase {
             let step = login.handle_pdu(&pdu);

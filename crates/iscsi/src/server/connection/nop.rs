@@ -41,6 +41,8 @@ impl Conn {
         Flow::Continue
     }
 
+    /// Answers the initiator's ping, echoing its data (cut to what the
+    /// initiator accepts).
     pub(super) fn on_nop(&mut self, n: NopOut) -> Flow {
         let max = self.params.initiator_max_recv_data_segment_length as usize;
         let mut data = n.data;
@@ -56,6 +58,8 @@ impl Conn {
         }))
     }
 
+    /// Every tick: drops an initiator that left our ping unanswered too
+    /// long, or pings one silent for too long.
     pub(super) fn on_tick(&mut self) -> Flow {
         if let Some((_, sent)) = self.liveness.ping {
             if sent.elapsed() > PING_TIMEOUT {

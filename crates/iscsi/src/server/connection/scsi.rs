@@ -99,6 +99,9 @@ impl Conn {
         Flow::Continue
     }
 
+    /// A SCSI Command in its turn: its task is made, its data-out sized
+    /// and its immediate data taken; it goes to the core at once when it
+    /// needs no more data, else R2Ts (or the unsolicited data) follow.
     pub(super) async fn on_command(&mut self, c: ScsiCommand) -> Flow {
         tracing::trace!(
             itt = c.itt,
@@ -220,6 +223,9 @@ impl Conn {
         }
     }
 
+    /// Data-Out for a task gathering its data: checked against the
+    /// sequence it belongs to (unsolicited, or an R2T's), stored, and the
+    /// task submitted once its data is whole.
     pub(super) async fn on_data_out(&mut self, d: DataOut) -> Flow {
         tracing::trace!(
             itt = d.itt,
@@ -354,6 +360,9 @@ impl Conn {
         }
     }
 
+    /// A command's completion: its Data-In and SCSI Response are queued
+    /// (nothing for an aborted one), its room is given back once they are
+    /// written, and task management waiting for it may be answered.
     pub(super) fn on_done(&mut self, itt: u32, response: Response) -> Flow {
         let Some(mut task) = self.tasks.remove(&itt) else { return Flow::Continue };
         self.buffers.release_after_write(task.reserved);

@@ -171,11 +171,14 @@ impl Conn {
         Flow::Close
     }
 
+    /// Login Responses are numbered by the login state machine and go
+    /// without digests.
     fn send_login(&mut self, pdu: Pdu) -> Flow {
         self.out.push(&pdu, false, false);
         Flow::Continue
     }
 
+    /// The session's type (a discovery session carries no SCSI command).
     pub(super) fn session_type(&self) -> SessionType {
         match self.phase {
             Phase::Discovery => SessionType::Discovery,
@@ -183,6 +186,8 @@ impl Conn {
         }
     }
 
+    /// The session's queue of `lun`, opened now for a LUN added since the
+    /// login (or one whose queue was closed); `None` if there is no such LUN.
     pub(super) async fn queue_for(&mut self, lun: u64) -> Option<Arc<Queue>> {
         let session = self.session.as_mut()?;
         if let Some(q) = session.queues.get(&lun) {

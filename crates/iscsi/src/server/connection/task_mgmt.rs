@@ -59,6 +59,9 @@ impl Conn {
         }
     }
 
+    /// A Task Management Function Request in its turn: answered at once
+    /// when there is nothing to wait for, else once the tasks it aborted
+    /// completed and the core's part resolved.
     pub(super) fn on_tmf(&mut self, t: TaskMgmtRequest) -> Flow {
         if self.session.is_none() {
             return self.reject_pdu(&Pdu::TaskMgmtRequest(t), RejectReason::ProtocolError);

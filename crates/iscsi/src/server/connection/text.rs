@@ -10,6 +10,8 @@ use crate::pdu::{Pdu, TextRequest};
 use crate::text::full_feature_answers;
 
 impl Conn {
+    /// A Text Request: answered (a long answer in several responses), or
+    /// rejected and the exchange reset.
     pub(super) fn on_text(&mut self, t: TextRequest) -> Flow {
         let entries = self.shared.send_targets_entries(self.local);
         let session_type = self.session_type();

@@ -69,6 +69,8 @@ impl CmdWindow {
         (self.max_cmd_sn, began)
     }
 
+    /// Where a non-immediate PDU with `cmd_sn` falls; a PDU to run now
+    /// moves ExpCmdSN past it, one ahead is kept.
     fn place(&mut self, cmd_sn: u32, pdu: Pdu) -> Placed {
         if cmd_sn == self.exp_cmd_sn {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
@@ -90,6 +92,7 @@ impl CmdWindow {
 }
 
 impl Conn {
+    /// The number of commands the session may have outstanding.
     pub(super) fn cmd_window(&self) -> u32 {
         size(&self.shared)
     }
@@ -191,6 +194,7 @@ impl Conn {
         Flow::Continue
     }
 
+    /// Runs a request whose turn has come.
     async fn execute(&mut self, pdu: Pdu) -> Flow {
         match pdu {
             Pdu::ScsiCommand(c) => self.on_command(c).await,
