@@ -191,7 +191,7 @@ fn target(mut s: TcpStream) -> Vec<String> {
                 data_sn: sn as u32,
                 buffer_offset: offset as u32,
                 residual_count: if last { 2192 } else { 0 },
-                data: data[offset..end].to_vec(),
+                data: data[offset..end].to_vec().into(),
             }),
         );
     }

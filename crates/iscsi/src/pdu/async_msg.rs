@@ -1,12 +1,10 @@
 //! Asynchronous Message (RFC 7143 §11.9).
 
-use std::borrow::Cow;
-
 use zerocopy::{transmute, transmute_ref};
 
 use super::bhs::*;
 use super::header::{AsyncMessageHeader, Framing, FINAL};
-use super::{invalid, PduCodec, PduError};
+use super::{invalid, DataSegment, PduCodec, PduError};
 
 /// AsyncEvent codes (RFC 7143 §11.9.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -126,9 +124,9 @@ impl PduCodec for AsyncMessage {
         })
     }
 
-    fn data_segment(&self) -> Cow<'_, [u8]> {
+    fn data_segment(&self) -> DataSegment<'_> {
         if self.sense.is_empty() && self.event_data.is_empty() {
-            return Cow::Borrowed(&[]);
+            return DataSegment::Borrowed(&[]);
         }
         let sense_len = u16::try_from(self.sense.len()).unwrap_or(u16::MAX);
         let sense = self.sense.get(..usize::from(sense_len)).unwrap_or_default();
@@ -136,6 +134,6 @@ impl PduCodec for AsyncMessage {
         out.extend_from_slice(&sense_len.to_be_bytes());
         out.extend_from_slice(sense);
         out.extend_from_slice(&self.event_data);
-        Cow::Owned(out)
+        DataSegment::Owned(out)
     }
 }

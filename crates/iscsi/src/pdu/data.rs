@@ -1,12 +1,11 @@
 //! SCSI Data-Out (RFC 7143 §11.7) and SCSI Data-In (§11.7).
 
-use std::borrow::Cow;
-
+use bytes::Bytes;
 use zerocopy::{transmute, transmute_ref};
 
 use super::bhs::*;
 use super::header::{DataInHeader, DataOutHeader, Framing, FINAL};
-use super::{invalid, PduCodec, PduError};
+use super::{invalid, DataSegment, PduCodec, PduError};
 
 /// SCSI Data-Out (initiator→target, opcode 0x05, RFC 7143 §11.7).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,8 +59,8 @@ impl PduCodec for DataOut {
         })
     }
 
-    fn data_segment(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
+    fn data_segment(&self) -> DataSegment<'_> {
+        DataSegment::Borrowed(&self.data)
     }
 }
 
@@ -91,7 +90,11 @@ pub struct DataIn {
     pub data_sn: u32,
     pub buffer_offset: u32,
     pub residual_count: u32,
-    pub data: Vec<u8>,
+    /// The data segment, shared with whoever produced it (a read's
+    /// data-in from the backend: each PDU of a read is a slice of the one
+    /// buffer), so that encoding it for the server's output queue takes a
+    /// reference instead of a copy.
+    pub data: Bytes,
 }
 
 impl PduCodec for DataIn {
@@ -116,7 +119,7 @@ impl PduCodec for DataIn {
             data_sn: w.data_sn.get(),
             buffer_offset: w.buffer_offset.get(),
             residual_count: w.residual_count.get(),
-            data: data.to_vec(),
+            data: Bytes::copy_from_slice(data),
         };
         // §11.7.1: S may be set only with F; O and U are exclusive.
         if d.status.is_some() && !d.final_bit {
@@ -163,7 +166,7 @@ impl PduCodec for DataIn {
         })
     }
 
-    fn data_segment(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
+    fn data_segment(&self) -> DataSegment<'_> {
+        DataSegment::Shared(&self.data)
     }
 }

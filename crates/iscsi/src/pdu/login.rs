@@ -4,13 +4,11 @@
 //! login failure answered with a Login Response status (§11.13.5), not a
 //! Reject, so [`crate::login::LoginSession`] judges them.
 
-use std::borrow::Cow;
-
 use zerocopy::{transmute, transmute_ref};
 
 use super::bhs::*;
 use super::header::{login_flags, Framing, LoginRequestHeader, LoginResponseHeader, CONTINUE};
-use super::{PduCodec, PduError};
+use super::{DataSegment, PduCodec, PduError};
 
 /// Login stages, the CSG and NSG fields (RFC 7143 §11.12.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -127,8 +125,8 @@ impl PduCodec for LoginRequest {
         true
     }
 
-    fn data_segment(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
+    fn data_segment(&self) -> DataSegment<'_> {
+        DataSegment::Borrowed(&self.data)
     }
 }
 
@@ -220,7 +218,7 @@ impl PduCodec for LoginResponse {
         })
     }
 
-    fn data_segment(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
+    fn data_segment(&self) -> DataSegment<'_> {
+        DataSegment::Borrowed(&self.data)
     }
 }

@@ -28,7 +28,9 @@ mod snack;
 mod task_mgmt;
 mod text;
 
-use std::borrow::Cow;
+use std::ops::Deref;
+
+use bytes::Bytes;
 
 pub use async_msg::{AsyncEvent, AsyncMessage};
 pub use bhs::{decode_bhs, pad4, Bhs, Opcode, BHS_LEN, DIGEST_LEN, MAX_DATA_SEGMENT_LENGTH, RESERVED_TAG};
@@ -59,12 +61,67 @@ pub(crate) trait PduCodec: Sized {
     fn immediate(&self) -> bool {
         false
     }
-    fn data_segment(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&[])
+    fn data_segment(&self) -> DataSegment<'_> {
+        DataSegment::Borrowed(&[])
     }
     /// The AHS bytes, a multiple of 4 long.
     fn ahs(&self) -> Vec<u8> {
         Vec::new()
+    }
+}
+
+/// A PDU's data segment, as its codec hands it to the encoder.
+#[derive(Debug)]
+pub(crate) enum DataSegment<'a> {
+    /// Held by the PDU.
+    Borrowed(&'a [u8]),
+    /// Built for the encoding (a length prefix before sense data...).
+    Owned(Vec<u8>),
+    /// Shared with whoever produced it (a read's data-in, from the
+    /// backend): a [`Sink`] that can keep a reference does, instead of
+    /// copying the bytes.
+    Shared(&'a Bytes),
+}
+
+impl Deref for DataSegment<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            DataSegment::Borrowed(b) => b,
+            DataSegment::Owned(v) => v,
+            DataSegment::Shared(b) => b,
+        }
+    }
+}
+
+/// Zeros for the padding of a data segment to 4 bytes (RFC 7143 §11.2.3).
+pub(crate) static PADDING: [u8; 3] = [0; 3];
+
+/// Where an encoded PDU goes, in wire order. The encoder hands over the
+/// parts it builds (headers, digests, padding) to be copied, and a shared
+/// data segment separately, so that a sink which keeps references (the
+/// server's output queue) need not copy a read's data.
+pub(crate) trait Sink {
+    /// Makes room for `additional` more bytes, when the sink can.
+    fn reserve(&mut self, _additional: usize) {}
+
+    /// Appends bytes (copied).
+    fn put(&mut self, bytes: &[u8]);
+
+    /// Appends a shared data segment; by default a copy.
+    fn put_shared(&mut self, data: &Bytes) {
+        self.put(data);
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn reserve(&mut self, additional: usize) {
+        Vec::reserve(self, additional);
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
     }
 }
 
@@ -179,6 +236,11 @@ impl Pdu {
 
     /// Like [`Pdu::encode`], appending to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>, header_digest: bool, data_digest: bool) {
+        self.encode_to(out, header_digest, data_digest);
+    }
+
+    /// Like [`Pdu::encode`], into any [`Sink`].
+    pub(crate) fn encode_to(&self, out: &mut impl Sink, header_digest: bool, data_digest: bool) {
         for_each_pdu!(self, p => encode_pdu(p, out, header_digest, data_digest))
     }
 
@@ -195,7 +257,7 @@ impl Pdu {
     }
 }
 
-fn encode_pdu<T: PduCodec>(p: &T, out: &mut Vec<u8>, header_digest: bool, data_digest: bool) {
+fn encode_pdu<T: PduCodec>(p: &T, out: &mut impl Sink, header_digest: bool, data_digest: bool) {
     let ahs = p.ahs();
     let data = p.data_segment();
     assert!(
@@ -209,21 +271,22 @@ fn encode_pdu<T: PduCodec>(p: &T, out: &mut Vec<u8>, header_digest: bool, data_d
     };
     let h = p.encode_header(byte0::new(T::OPCODE as u8, p.immediate()), framing);
 
-    let start = out.len();
-    out.reserve(BHS_LEN + ahs.len() + 8 + pad4(data.len()));
-    out.extend_from_slice(&h);
-    out.extend_from_slice(&ahs);
+    out.reserve(BHS_LEN + ahs.len() + 2 * DIGEST_LEN + pad4(data.len()));
+    out.put(&h);
+    out.put(&ahs);
     if header_digest {
-        let crc = digest::crc32c(&out[start..]);
-        out.extend_from_slice(&digest::to_wire(crc));
+        out.put(&digest::to_wire(digest::crc32c_parts(&[&h, &ahs])));
     }
     if !data.is_empty() {
-        let dstart = out.len();
-        out.extend_from_slice(&data);
-        out.resize(dstart + pad4(data.len()), 0);
+        let padding = &PADDING[..pad4(data.len()) - data.len()];
+        match &data {
+            DataSegment::Shared(shared) => out.put_shared(shared),
+            other => out.put(other),
+        }
+        out.put(padding);
         if data_digest {
-            let crc = digest::crc32c(&out[dstart..]);
-            out.extend_from_slice(&digest::to_wire(crc));
+            // Over the data where it is, then the padding: no copy.
+            out.put(&digest::to_wire(digest::crc32c_parts(&[&data, padding])));
         }
     }
 }

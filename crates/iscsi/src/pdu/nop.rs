@@ -1,12 +1,10 @@
 //! NOP-Out (RFC 7143 §11.18) and NOP-In (§11.19): pings in both directions.
 
-use std::borrow::Cow;
-
 use zerocopy::{transmute, transmute_ref};
 
 use super::bhs::*;
 use super::header::{byte0, Framing, NopInHeader, NopOutHeader, FINAL};
-use super::{PduCodec, PduError};
+use super::{DataSegment, PduCodec, PduError};
 
 /// NOP-Out (initiator→target, opcode 0x00, RFC 7143 §11.18).
 ///
@@ -61,8 +59,8 @@ impl PduCodec for NopOut {
         self.immediate
     }
 
-    fn data_segment(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
+    fn data_segment(&self) -> DataSegment<'_> {
+        DataSegment::Borrowed(&self.data)
     }
 }
 
@@ -113,7 +111,7 @@ impl PduCodec for NopIn {
         })
     }
 
-    fn data_segment(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
+    fn data_segment(&self) -> DataSegment<'_> {
+        DataSegment::Borrowed(&self.data)
     }
 }

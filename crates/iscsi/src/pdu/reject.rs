@@ -1,12 +1,10 @@
 //! Reject PDU (RFC 7143 §11.17).
 
-use std::borrow::Cow;
-
 use zerocopy::{transmute, transmute_ref};
 
 use super::bhs::*;
 use super::header::{Framing, RejectHeader, FINAL};
-use super::{PduCodec, PduError};
+use super::{DataSegment, PduCodec, PduError};
 
 /// Reject reason codes (RFC 7143 §11.17.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -137,8 +135,8 @@ impl PduCodec for Reject {
         })
     }
 
-    fn data_segment(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.header)
+    fn data_segment(&self) -> DataSegment<'_> {
+        DataSegment::Borrowed(&self.header)
     }
 }
 

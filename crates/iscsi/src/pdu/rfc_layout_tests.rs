@@ -481,7 +481,7 @@ fn cases() -> Vec<(&'static str, Pdu, Vec<Field>)> {
         data_sn: SN36,
         buffer_offset: SN40,
         residual_count: SN44,
-        data: data.clone(),
+        data: data.clone().into(),
     };
     cases.push(("SCSI Data-In (status)", Pdu::DataIn(data_in.clone()), f));
     let mut f = common(0x25, false, 0, n);

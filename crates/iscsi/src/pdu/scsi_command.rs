@@ -1,8 +1,6 @@
 //! SCSI Command (RFC 7143 §11.3), with the Extended CDB and Bidirectional
 //! Expected Read-Data Length AHS (§11.2.2).
 
-use std::borrow::Cow;
-
 use zerocopy::{transmute, transmute_ref, FromBytes, IntoBytes};
 
 use super::bhs::*;
@@ -10,7 +8,7 @@ use super::header::{
     byte0, AhsHeader, BidiReadLengthAhs, Framing, ScsiCommandHeader, AHS_BIDI_READ_LENGTH, AHS_EXTENDED_CDB,
     BHS_CDB_LEN, BIDI_READ_LENGTH_AHS_LENGTH, FINAL,
 };
-use super::{invalid, PduCodec, PduError};
+use super::{invalid, DataSegment, PduCodec, PduError};
 
 /// Longest CDB: 16 bytes in the BHS plus an Extended CDB AHS whose
 /// AHSLength (CDB length - 15) fits 16 bits; SPC limits CDBs to 260 bytes.
@@ -194,8 +192,8 @@ impl PduCodec for ScsiCommand {
         self.immediate
     }
 
-    fn data_segment(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
+    fn data_segment(&self) -> DataSegment<'_> {
+        DataSegment::Borrowed(&self.data)
     }
 
     fn ahs(&self) -> Vec<u8> {

@@ -1,12 +1,10 @@
 //! SCSI Response (RFC 7143 §11.4).
 
-use std::borrow::Cow;
-
 use zerocopy::{transmute, transmute_ref};
 
 use super::bhs::*;
 use super::header::{Framing, ScsiResponseHeader, FINAL};
-use super::{invalid, PduCodec, PduError};
+use super::{invalid, DataSegment, PduCodec, PduError};
 
 /// iSCSI service response (RFC 7143 §11.4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -144,9 +142,9 @@ impl PduCodec for ScsiResponse {
         })
     }
 
-    fn data_segment(&self) -> Cow<'_, [u8]> {
+    fn data_segment(&self) -> DataSegment<'_> {
         if self.sense.is_empty() && self.response_data.is_empty() {
-            return Cow::Borrowed(&[]);
+            return DataSegment::Borrowed(&[]);
         }
         let sense_len = u16::try_from(self.sense.len()).unwrap_or(u16::MAX);
         let sense = self.sense.get(..usize::from(sense_len)).unwrap_or_default();
@@ -154,6 +152,6 @@ impl PduCodec for ScsiResponse {
         out.extend_from_slice(&sense_len.to_be_bytes());
         out.extend_from_slice(sense);
         out.extend_from_slice(&self.response_data);
-        Cow::Owned(out)
+        DataSegment::Owned(out)
     }
 }

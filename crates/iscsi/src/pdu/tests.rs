@@ -229,7 +229,7 @@ fn data_in() -> impl Strategy<Value = Pdu> {
                 data_sn: n[5],
                 buffer_offset: n[6],
                 residual_count: n[7],
-                data,
+                data: data.into(),
             })
         },
     )

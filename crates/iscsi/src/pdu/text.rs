@@ -1,12 +1,10 @@
 //! Text Request (RFC 7143 §11.10) and Text Response (§11.11).
 
-use std::borrow::Cow;
-
 use zerocopy::{transmute, transmute_ref};
 
 use super::bhs::*;
 use super::header::{byte0, Framing, TextRequestHeader, TextResponseHeader, CONTINUE, FINAL};
-use super::{invalid, PduCodec, PduError};
+use super::{invalid, DataSegment, PduCodec, PduError};
 
 /// Text Request (initiator→target, opcode 0x04, RFC 7143 §11.10).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,8 +68,8 @@ impl PduCodec for TextRequest {
         self.immediate
     }
 
-    fn data_segment(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
+    fn data_segment(&self) -> DataSegment<'_> {
+        DataSegment::Borrowed(&self.data)
     }
 }
 
@@ -130,8 +128,8 @@ impl PduCodec for TextResponse {
         })
     }
 
-    fn data_segment(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
+    fn data_segment(&self) -> DataSegment<'_> {
+        DataSegment::Borrowed(&self.data)
     }
 }
 

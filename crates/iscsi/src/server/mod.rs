@@ -9,6 +9,7 @@
 
 mod connection;
 mod limits;
+mod output;
 mod task;
 mod tmf;
 

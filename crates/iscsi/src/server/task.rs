@@ -2,8 +2,20 @@
 //! unsolicited, solicited by R2T) before it goes to the core, and turning
 //! the core's response into Data-In and SCSI Response PDUs.
 
+use bytes::Bytes;
+
 use crate::params::NegotiatedParams;
 use crate::pdu::{DataIn, R2t, ScsiResponse, ServiceResponse, RESERVED_TAG};
+
+/// The next Target Transfer Tag from `counter` (R2Ts and pings share
+/// it), never the reserved 0xffffffff (RFC 7143 §11.8.3).
+pub(crate) fn next_tag(counter: &mut u32) -> u32 {
+    *counter = counter.wrapping_add(1);
+    if *counter == RESERVED_TAG {
+        *counter = 1;
+    }
+    *counter
+}
 
 /// An outstanding R2T: the data sequence it asked for.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +77,35 @@ pub(crate) struct Task {
 }
 
 impl Task {
+    /// The task of a command just received: no data-out asked for or
+    /// gathered yet, nothing sent.
+    pub fn new(itt: u32, lun: u64, lun_field: u64, cdb: Vec<u8>, read: bool, write: bool, edtl: u32) -> Task {
+        Task {
+            itt,
+            lun,
+            lun_field,
+            cdb,
+            read,
+            write,
+            edtl,
+            want: 0,
+            data: Vec::new(),
+            received: 0,
+            reserved: 0,
+            granted: false,
+            unsolicited_open: false,
+            next_r2t_offset: 0,
+            r2t_sn: 0,
+            solicited: Vec::new(),
+            submitted: false,
+            aborted: false,
+            data_sn: 0,
+            unsolicited_data_sn: 0,
+            scsi_write_len: None,
+            early: None,
+        }
+    }
+
     pub fn data_complete(&self) -> bool {
         !self.write || self.received >= self.want
     }
@@ -133,11 +174,7 @@ impl Task {
         }
         while self.next_r2t_offset < self.want && self.solicited.len() < params.max_outstanding_r2t.max(1) as usize {
             let len = (self.want - self.next_r2t_offset).min(params.max_burst_length);
-            *next_ttt = next_ttt.wrapping_add(1);
-            if *next_ttt == RESERVED_TAG {
-                *next_ttt = 1;
-            }
-            let ttt = *next_ttt;
+            let ttt = next_tag(next_ttt);
             self.solicited.push(Solicited { ttt, offset: self.next_r2t_offset, len, received: 0, next_data_sn: 0 });
             out.push(R2t {
                 lun: self.lun_field,
@@ -180,6 +217,10 @@ fn residual(expected: u32, actual: usize) -> (bool, bool, u32) {
 /// Builds the answer. `scsi_len` is the transfer length the command really
 /// has (data-in produced, or data-out the CDB asked for); `status`/`sense`
 /// come from the core. Sequence numbers are filled in by the connection.
+///
+/// The data-in is the backend's buffer itself: each Data-In PDU's data is
+/// a slice of it, never a copy, down to the socket (see
+/// [`super::output::Output`]).
 pub(crate) fn answer(
     task: &mut Task,
     status: u8,
@@ -201,20 +242,16 @@ pub(crate) fn answer(
     if !task.read {
         data.clear();
     }
-    let mut data_in = Vec::new();
     let collapse = status == 0 && sense.is_empty() && !data.is_empty();
     let max = max_pdu.max(512) as usize;
-    // One chunk (the common case) moves the buffer instead of copying it.
-    let chunks: Vec<Vec<u8>> = if data.is_empty() {
-        Vec::new()
-    } else if data.len() <= max {
-        vec![data]
-    } else {
-        data.chunks(max).map(<[u8]>::to_vec).collect()
-    };
-    let n = chunks.len();
-    for (i, chunk) in chunks.into_iter().enumerate() {
+    // Takes the Vec's buffer as it is (no copy); each PDU's data is a
+    // slice of it, sharing it.
+    let mut rest = Bytes::from(data);
+    let n = rest.len().div_ceil(max);
+    let mut data_in = Vec::with_capacity(n);
+    for i in 0..n {
         let last = i + 1 == n;
+        let chunk = if last { std::mem::take(&mut rest) } else { rest.split_to(max) };
         let with_status = last && collapse;
         data_in.push(DataIn {
             final_bit: last,
@@ -254,4 +291,34 @@ pub(crate) fn answer(
         response_data: Vec::new(),
     });
     Answer { data_in, response }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A READ task waiting for its answer.
+    pub(crate) fn read_task(itt: u32, edtl: u32) -> Task {
+        Task { submitted: true, ..Task::new(itt, 0, 0, vec![0x88; 16], true, false, edtl) }
+    }
+
+    #[test]
+    fn data_in_pdus_are_slices_of_the_response() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let expected = data.clone();
+        let ptr = data.as_ptr();
+        let mut task = read_task(3, 12_000);
+        let ans = answer(&mut task, 0, Vec::new(), data, None, 4096);
+        let lens: Vec<usize> = ans.data_in.iter().map(|d| d.data.len()).collect();
+        assert_eq!(lens, [4096, 4096, 1808]);
+        for (i, d) in ans.data_in.iter().enumerate() {
+            assert_eq!(d.data.as_ptr(), ptr.wrapping_add(i * 4096), "PDU {i} copied");
+            assert_eq!(d.buffer_offset as usize, i * 4096);
+            assert_eq!(d.data_sn, i as u32);
+            assert_eq!(&d.data[..], &expected[i * 4096..i * 4096 + d.data.len()]);
+        }
+        let last = ans.data_in.last().expect("data-in");
+        assert_eq!((last.final_bit, last.status, last.underflow, last.residual_count), (true, Some(0), true, 2000));
+        assert!(ans.response.is_none());
+    }
 }
