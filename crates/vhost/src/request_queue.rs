@@ -33,6 +33,8 @@ use crate::{ControllerState, Mem, Vring, MAX_QUEUE_SIZE};
 pub(crate) const NOTIFY_EVERY: u32 = 16;
 /// The shortest poll: below it the I/O thread sleeps at once.
 const POLL_MIN: Duration = Duration::from_micros(2);
+/// How long a poll spins on the ring between yields to its thread's loop.
+const SPIN: Duration = Duration::from_micros(20);
 
 /// A request queue's own handle on the guest memory map (the map as of the
 /// last SET_MEM_TABLE): each command clones it, on its queue's I/O thread,
@@ -345,19 +347,33 @@ impl RequestVq {
             let throttled = self.process_then(&vring, Notifications::Off);
             // Poll the ring a little before sleeping, as QEMU's I/O threads
             // do (adaptive `poll-max-ns`): a driver that posts its next batch
-            // within the window costs no kick and no wake-up. Each round
-            // yields, so completions and bottom halves on this thread run.
-            // The window halves when polling finds nothing (a driver that
-            // needs this CPU to post is not starved by it) and doubles when
-            // a sleep ends sooner than the longest window.
+            // within the window costs no kick and no wake-up. The window
+            // follows the driver: after a sleep that a kick ended sooner
+            // than the longest window, it is twice the time the request
+            // took to come (so a steady QD1 driver is caught by polling);
+            // it halves when polling finds nothing (a driver that needs
+            // this CPU to post is not starved by it, and an idle queue stops
+            // polling within a few windows).
             let polled = Instant::now();
             // The memory map once per window, not once per look.
             let mem = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let look = || mem.as_ref().is_some_and(|m| has_available(&vring, m.get()));
             let mut more = false;
             while !throttled && polled.elapsed() < window && !watch.stop.load(Ordering::Acquire) {
+                // Yield first: the notification of the pass just served is
+                // a bottom half of this thread, and so are completions.
                 tokio::task::yield_now().await;
-                if mem.as_ref().is_some_and(|m| has_available(&vring, m.get())) {
-                    more = true;
+                // Then spin: a yield costs a system call (the runtime looks
+                // for I/O events), a look at the ring does not.
+                let spin_end = (Instant::now() + SPIN).min(polled + window);
+                loop {
+                    more = look();
+                    if more || Instant::now() >= spin_end {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+                if more {
                     break;
                 }
             }
@@ -392,8 +408,11 @@ impl RequestVq {
                     }
                 },
             }
+            // The time from the end of the pass to this wake-up: how long
+            // the driver took to post (a kick) or a completion to arrive.
+            let gap = polled.elapsed();
             if slept.elapsed() < max {
-                window = (window * 2).clamp(POLL_MIN, max);
+                window = (gap * 2).max(window * 2).clamp(POLL_MIN, max);
             }
         }
     }
