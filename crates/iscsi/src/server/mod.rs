@@ -14,12 +14,12 @@ mod task;
 mod tmf;
 
 pub use connection::LOGOUT_GRACE;
-pub use limits::{LimitHits, ResourceLimits, IMMEDIATE_EXTRA};
+pub use limits::{LimitHits, ResourceLimits, DEFAULT_POLL, IMMEDIATE_EXTRA, MAX_POLL};
 pub use tmf::TmfCounts;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -219,6 +219,9 @@ pub(crate) struct ServerState {
     pub(crate) resources: ResourceLimits,
     pub(crate) hits: limits::LimitCounters,
     pub(crate) tmfs: tmf::TmfCounters,
+    /// Commands and completions that connections caught by polling their
+    /// socket, without sleeping (see `ResourceLimits::poll`).
+    pub(crate) polls_caught: AtomicU64,
     connection_counts: limits::ConnectionCounts,
     /// Warnings about connections refused at accept (a flood of them must
     /// not flood the log).
@@ -547,6 +550,7 @@ impl Server {
             resources: config.resources,
             hits: limits::LimitCounters::default(),
             tmfs: tmf::TmfCounters::default(),
+            polls_caught: AtomicU64::new(0),
             connection_counts: limits::ConnectionCounts::default(),
             accept_log: lunar_aio::LogLimit::default(),
             portals: Mutex::new(Vec::new()),
@@ -638,6 +642,13 @@ impl ServerHandle {
     /// Task management functions received and answered since the server started.
     pub fn tmf_counts(&self) -> TmfCounts {
         self.shared.tmfs.snapshot()
+    }
+
+    /// How many times a connection's poll of its socket found a command or
+    /// a completion, so that its thread did not sleep for it (counted
+    /// when the connection sleeps or ends).
+    pub fn polls_caught(&self) -> u64 {
+        self.shared.polls_caught.load(Ordering::Relaxed)
     }
 
     /// The resource limits in force.

@@ -17,6 +17,7 @@ pub const KEYS: &[&str] = &[
     "unsolicited-bytes",
     "buffered-bytes",
     "negotiation-timeout",
+    "poll-us",
 ];
 
 /// Most seconds `negotiation-timeout` may be.
@@ -53,6 +54,15 @@ pub(crate) fn set(limits: &mut ResourceLimits, key: &str, value: &str) -> Result
         "negotiation-timeout" => {
             limits.negotiation_timeout = Duration::from_secs(count(key, value, MAX_TIMEOUT_SECS)?);
         }
+        "poll-us" => {
+            let max = lunar_iscsi::server::MAX_POLL.as_micros() as u64;
+            let us = value
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n <= max && value.bytes().all(|c| c.is_ascii_digit()))
+                .ok_or_else(|| ConfigError::invalid_value(key, value, format!("expected 0..={max}")))?;
+            limits.poll = Duration::from_micros(us);
+        }
         _ => {
             return Err(ConfigError::UnknownKey { what: "limits", key: key.escape_default().to_string(), valid: KEYS })
         }
@@ -83,6 +93,7 @@ mod tests {
             "unsolicited-bytes=1M",
             "buffered-bytes=2M",
             "negotiation-timeout=5",
+            "poll-us=0",
         ] {
             set_pair(&mut l, pair).unwrap();
         }
@@ -96,6 +107,7 @@ mod tests {
                 max_unsolicited_bytes: 1 << 20,
                 max_buffered_bytes: 2 << 20,
                 negotiation_timeout: Duration::from_secs(5),
+                poll: Duration::ZERO,
             }
         );
         for bad in
@@ -106,5 +118,11 @@ mod tests {
         }
         let e = set_pair(&mut l, "negotiation-timeout=0").unwrap_err().to_string();
         assert!(e.contains("expected 1..=3600"), "{e}");
+        for bad in ["poll-us=1001", "poll-us=-1", "poll-us=+5", "poll-us="] {
+            let e = set_pair(&mut l, bad).unwrap_err().to_string();
+            assert!(e.contains("expected 0..=1000"), "{bad}: {e}");
+        }
+        set_pair(&mut l, "poll-us=1000").unwrap();
+        assert_eq!(l.poll, Duration::from_millis(1));
     }
 }

@@ -438,6 +438,7 @@ pub fn to_toml(config: &Config, redact: bool) -> Result<String, String> {
         ("connections-per-address", l.max_connections_per_address as u64, d.max_connections_per_address as u64),
         ("cmd-window", u64::from(l.cmd_window), u64::from(d.cmd_window)),
         ("negotiation-timeout", l.negotiation_timeout.as_secs(), d.negotiation_timeout.as_secs()),
+        ("poll-us", l.poll.as_micros() as u64, d.poll.as_micros() as u64),
     ];
     for (k, v, default) in counts {
         if v != default {

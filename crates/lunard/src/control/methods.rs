@@ -668,6 +668,8 @@ fn limits_json(ctx: &Context) -> Value {
             "unsolicited_bytes": l.max_unsolicited_bytes,
             "buffered_bytes": l.max_buffered_bytes,
             "negotiation_timeout_s": l.negotiation_timeout.as_secs(),
+            "poll_us": l.poll.as_micros() as u64,
+            "polls_caught": ctx.server.polls_caught(),
             "hits": hits,
         },
         "vhost": ctx.vhost.iter().map(|v| {

@@ -4,7 +4,7 @@
 //! sleeps until the socket, the channel, a deadline or the server's
 //! shutdown wakes it.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
@@ -26,6 +26,77 @@ const READ_CHUNK: usize = 64 << 10;
 /// Largest AHS (TotalAHSLength is a byte of 4-byte words), header and
 /// data digests: what a PDU adds to its data segment.
 const PDU_OVERHEAD: usize = BHS_LEN + 255 * 4 + 4 + 3 + 4;
+
+/// How long a poll spins on the socket between yields to its thread's loop.
+const SPIN: Duration = Duration::from_micros(20);
+/// The shortest poll: below it the connection sleeps at once.
+const POLL_MIN: Duration = Duration::from_micros(2);
+
+/// A connection's adaptive poll window. After writing its answers the loop
+/// reads the socket (and looks at its channel) for up to the window before
+/// it sleeps, as a vhost-user request queue polls its ring: an initiator
+/// at queue depth 1 sends its next command tens of microseconds after
+/// reading an answer, and catching it then costs no wake-up of the thread
+/// (the epoll wait, the scheduler's wake-up and the runtime's turn). The
+/// window follows the initiator: after a sleep that a command ended sooner
+/// than the longest window, it is twice the time the command took to come;
+/// it halves when a poll finds nothing, so an idle connection stops
+/// polling within a few windows.
+pub(super) struct Poll {
+    max: Duration,
+    window: Duration,
+    /// When the last poll that found nothing began (the loop then slept).
+    missed_at: Option<Instant>,
+    /// Polls that found something, not yet added to the server's count
+    /// (added when the connection sleeps or ends: no shared counter is
+    /// touched while polling catches every command).
+    caught: u64,
+}
+
+impl Poll {
+    pub(super) fn new(max: Duration) -> Poll {
+        Poll { max, window: max, missed_at: None, caught: 0 }
+    }
+
+    fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// A poll found something `after` it began.
+    fn caught(&mut self, after: Duration) {
+        self.missed_at = None;
+        self.caught += 1;
+        self.window = self.window.max(after * 2).min(self.max);
+    }
+
+    /// A poll that began at `began` found nothing: the loop sleeps.
+    fn missed(&mut self, began: Instant) {
+        self.missed_at = Some(began);
+        self.window /= 2;
+        if self.window < POLL_MIN {
+            self.window = Duration::ZERO;
+        }
+    }
+
+    /// Adds the polls that found something to the server's count.
+    pub(super) fn flush(&mut self, to: &AtomicU64) {
+        if self.caught > 0 {
+            to.fetch_add(std::mem::take(&mut self.caught), Ordering::Relaxed);
+        }
+    }
+
+    /// The loop woke for the socket or its channel: if that came sooner
+    /// than the longest window after the poll began, the next window is
+    /// long enough to catch it.
+    fn woke(&mut self) {
+        if let Some(began) = self.missed_at.take() {
+            let gap = began.elapsed();
+            if gap < self.max {
+                self.window = (gap * 2).max(self.window * 2).clamp(POLL_MIN, self.max);
+            }
+        }
+    }
+}
 
 /// A frame that did not decode, with its header when it had one.
 type BadFrame = (PduError, Option<Box<Bhs>>);
@@ -63,6 +134,15 @@ impl Reader {
             self.buf.reserve(READ_CHUNK);
         }
         self.half.read_buf(&mut self.buf).await
+    }
+
+    /// Reads what the socket has without waiting: `WouldBlock` when it
+    /// has nothing.
+    fn try_read(&mut self) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK {
+            self.buf.reserve(READ_CHUNK);
+        }
+        self.half.try_read_buf(&mut self.buf)
     }
 
     /// The next whole PDU in the buffer, if there is one. PDUs are framed
@@ -161,6 +241,25 @@ impl Conn {
             if flow == Flow::Close || written == Flow::Close {
                 return;
             }
+            // Poll the socket and the channel a little before sleeping:
+            // an initiator that sends its next command within the window
+            // costs no wake-up (see `Poll`).
+            if let Some(wake) = self.poll(rx).await {
+                match wake {
+                    Wake::Read(Ok(n)) if n > 0 => continue,
+                    Wake::Event(Some(ev)) => {
+                        if self.on_event(ev) == Flow::Close {
+                            let _ = self.write_out().await;
+                            return;
+                        }
+                        continue;
+                    }
+                    _ => {
+                        let _ = self.write_out().await;
+                        return;
+                    }
+                }
+            }
             // Then sleep until the socket or the channel has something.
             let deadline = self.deadline();
             let asked_to_logout = self.logout_by.is_some();
@@ -191,6 +290,9 @@ impl Conn {
                     }
                 } => Wake::Shutdown,
             };
+            if matches!(wake, Wake::Read(Ok(1..)) | Wake::Event(Some(_))) {
+                self.poll.woke();
+            }
             let flow = match wake {
                 Wake::Shutdown => self.on_shutdown(),
                 Wake::Deadline if self.logout_by.is_some_and(|t| t <= Instant::now()) => {
@@ -219,6 +321,42 @@ impl Conn {
                 return;
             }
         }
+    }
+
+    /// Polls the socket and the connection's channel for up to the poll
+    /// window; `None` when neither had anything (the loop then sleeps).
+    async fn poll(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>) -> Option<Wake> {
+        let window = self.poll.window();
+        if window.is_zero() || !matches!(self.phase, Phase::Normal) {
+            return None;
+        }
+        let polled = Instant::now();
+        while polled.elapsed() < window {
+            // Yield first: a command's task (a backend that waited) and
+            // the runtime's other work on this thread run, and may complete.
+            tokio::task::yield_now().await;
+            let spin_end = (Instant::now() + SPIN).min(polled + window);
+            loop {
+                if let Ok(ev) = rx.try_recv() {
+                    self.poll.caught(polled.elapsed());
+                    return Some(Wake::Event(Some(ev)));
+                }
+                match self.reader.try_read() {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    r => {
+                        self.poll.caught(polled.elapsed());
+                        return Some(Wake::Read(r));
+                    }
+                }
+                if Instant::now() >= spin_end {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        self.poll.missed(polled);
+        self.poll.flush(&self.shared.polls_caught);
+        None
     }
 
     /// The next whole PDU read, if there is one.
@@ -279,5 +417,67 @@ impl Conn {
     pub(super) fn send(&mut self, pdu: Pdu) -> Flow {
         self.queue_out(pdu);
         Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: Duration = Duration::from_micros(200);
+
+    #[test]
+    fn an_idle_connection_stops_polling_within_a_few_windows() {
+        let mut p = Poll::new(MAX);
+        assert_eq!(p.window(), MAX);
+        let mut spent = Duration::ZERO;
+        let mut polls = 0;
+        while !p.window().is_zero() {
+            spent += p.window();
+            p.missed(Instant::now());
+            polls += 1;
+        }
+        // 200 + 100 + 50 + ... µs: under twice the longest window.
+        assert!(polls <= 8, "{polls} polls");
+        assert!(spent < MAX * 2, "{spent:?} spent polling");
+        // A wake-up after a long sleep does not start polling again...
+        p.missed_at = Some(Instant::now() - MAX * 10);
+        p.woke();
+        assert_eq!(p.window(), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_window_follows_the_initiator() {
+        let mut p = Poll::new(MAX);
+        for _ in 0..10 {
+            p.missed(Instant::now());
+        }
+        assert_eq!(p.window(), Duration::ZERO);
+        // ...one that came sooner than the longest window does: twice the gap.
+        p.missed_at = Some(Instant::now() - Duration::from_micros(40));
+        p.woke();
+        assert!(p.window() >= Duration::from_micros(80) && p.window() <= MAX, "{:?}", p.window());
+        // Never beyond the longest window.
+        p.missed_at = Some(Instant::now() - Duration::from_micros(150));
+        p.woke();
+        assert_eq!(p.window(), MAX);
+        // A catch late in the window keeps it long enough to catch the next.
+        let mut p = Poll::new(MAX);
+        p.missed(Instant::now());
+        p.caught(Duration::from_micros(90));
+        assert_eq!(p.window(), Duration::from_micros(180));
+        p.caught(Duration::from_micros(10));
+        assert_eq!(p.window(), Duration::from_micros(180));
+    }
+
+    #[test]
+    fn catches_are_added_to_the_server_s_count_once() {
+        let count = AtomicU64::new(0);
+        let mut p = Poll::new(MAX);
+        p.caught(Duration::ZERO);
+        p.caught(Duration::ZERO);
+        p.flush(&count);
+        p.flush(&count);
+        assert_eq!(count.load(Ordering::Relaxed), 2);
     }
 }

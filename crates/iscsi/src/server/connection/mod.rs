@@ -96,6 +96,8 @@ struct Conn {
 
     // The socket.
     reader: Reader,
+    /// The socket's adaptive poll window.
+    poll: io::Poll,
     wr: OwnedWriteHalf,
     /// Answers queued by the handlers, written once per batch.
     out: Output,
@@ -170,6 +172,7 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
     );
     let shutdown = shared.shutdown.subscribe();
     let buffers = Buffers::new(shared.resources.max_buffered_bytes);
+    let poll = io::Poll::new(shared.resources.poll.min(super::MAX_POLL));
     let mut conn = Conn {
         shared,
         peer,
@@ -178,6 +181,7 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
         tx,
         log: lunar_aio::LogLimit::default(),
         reader: Reader::new(rd),
+        poll,
         wr,
         out: Output::with_capacity(16 << 10),
         digests: (false, false),
@@ -199,6 +203,7 @@ pub(crate) async fn serve(std_stream: std::net::TcpStream, peer: SocketAddr, sha
         logout_by: None,
     };
     conn.run(&mut rx).await;
+    conn.poll.flush(&conn.shared.polls_caught);
     ticker.abort();
     conn.cleanup().await;
 }
