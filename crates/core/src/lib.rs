@@ -19,6 +19,7 @@ mod gate;
 pub mod policy;
 pub mod queue;
 pub mod request;
+mod request_list;
 pub mod state;
 pub mod stats;
 mod sync;

@@ -9,7 +9,7 @@
 //! [`Parcel`] of plain `Send` requests, after the holder drained its I/O.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,6 +21,7 @@ use crate::device::Device;
 use crate::follow::{self, Arrival, Home};
 use crate::policy::Verdict;
 use crate::request::{Action, Completion, Request, RequestState, Response};
+use crate::request_list::RequestList;
 use crate::stats::{Cells, Recorder, Stamp};
 use crate::sync::Arc as SyncArc;
 use crate::threads::Contexts;
@@ -63,7 +64,7 @@ pub struct Queue {
 /// A queue's request list, on the thread that holds it.
 pub(crate) struct LocalQueue {
     queue: Arc<Queue>,
-    requests: BTreeMap<u64, Request>,
+    requests: RequestList,
     next_id: u64,
     /// Requests executing (backend I/O in flight) on this thread.
     inflight: InFlight,
@@ -78,7 +79,7 @@ pub(crate) struct LocalQueue {
 /// A request list in transit between threads: plain `Send` data.
 pub(crate) struct Parcel {
     queue: Arc<Queue>,
-    requests: BTreeMap<u64, Request>,
+    requests: RequestList,
     next_id: u64,
 }
 
@@ -276,7 +277,7 @@ impl LocalQueue {
 
     /// A new, empty parcel for a queue.
     pub(crate) fn empty_parcel(queue: Arc<Queue>) -> Parcel {
-        Parcel { queue, requests: BTreeMap::new(), next_id: 1 }
+        Parcel { queue, requests: RequestList::default(), next_id: 1 }
     }
 
     /// Removes the list of `queue_id` from this thread's registry, as a parcel.
@@ -314,12 +315,12 @@ impl LocalQueue {
 
     /// Read-only walk of the requests (main loop, stopped: `for_each_request_sync`).
     pub(crate) fn requests(&self) -> impl Iterator<Item = &Request> {
-        self.requests.values()
+        self.requests.in_order()
     }
 
     /// Disarms every completion (the state was saved and handed over).
     pub(crate) fn disarm_all(&mut self) {
-        for (_, mut r) in std::mem::take(&mut self.requests) {
+        for mut r in self.requests.take_all() {
             if let Some(c) = r.completion.take() {
                 c.disarm();
             }
@@ -347,8 +348,7 @@ impl LocalQueue {
     }
 
     fn start_enqueued(lq: &Rc<RefCell<LocalQueue>>) {
-        let ids: Vec<u64> =
-            lq.borrow().requests.iter().filter(|(_, r)| r.state == RequestState::Enqueued).map(|(id, _)| *id).collect();
+        let ids: Vec<u64> = lq.borrow().requests.ids(|r| r.state == RequestState::Enqueued);
         for id in ids {
             LocalQueue::start(lq, id);
         }
@@ -426,7 +426,7 @@ impl LocalQueue {
         };
         let (queue, waits) = {
             let mut q = lq.borrow_mut();
-            let waits = match q.requests.get_mut(&id) {
+            let waits = match q.requests.get_mut(id) {
                 Some(r) if !immed && !r.cancelled => {
                     r.state = RequestState::Waiting;
                     true
@@ -443,7 +443,7 @@ impl LocalQueue {
     }
 
     fn remove_with(&mut self, id: u64, resp: Response) -> Plan {
-        match self.requests.remove(&id) {
+        match self.requests.remove(id) {
             Some(req) => Plan::Complete(req, resp),
             None => Plan::Nothing,
         }
@@ -455,7 +455,7 @@ impl LocalQueue {
         }
         let queue = self.queue.clone();
         let device = &queue.device;
-        let Some(req) = self.requests.get_mut(&id) else { return Plan::Nothing };
+        let Some(req) = self.requests.get_mut(id) else { return Plan::Nothing };
         if matches!(req.state, RequestState::Executing | RequestState::Waiting) {
             return Plan::Nothing;
         }
@@ -499,7 +499,7 @@ impl LocalQueue {
             }),
             _ => self.ctx.clone(),
         };
-        let Some(req) = self.requests.get_mut(&id) else { return Plan::Nothing };
+        let Some(req) = self.requests.get_mut(id) else { return Plan::Nothing };
         req.state = RequestState::Executing;
         req.retry = false;
         // Keep the data-out only where a failure could park the request for
@@ -534,7 +534,7 @@ impl LocalQueue {
             let mut q = lq.borrow_mut();
             let queue = q.queue.clone();
             let device = &queue.device;
-            let cancelled = match q.requests.get(&id) {
+            let cancelled = match q.requests.get(id) {
                 Some(r) => r.cancelled,
                 None => return,
             };
@@ -561,7 +561,7 @@ impl LocalQueue {
                         }
                         Verdict::Ignore => q.remove_with(id, Response::good(Vec::new())),
                         Verdict::Stop => {
-                            if let Some(r) = q.requests.get_mut(&id) {
+                            if let Some(r) = q.requests.get_mut(id) {
                                 r.retry = true;
                                 r.state = RequestState::Parked;
                             }
@@ -583,9 +583,9 @@ impl LocalQueue {
     /// decided. The request is out of the list while `f` runs, so nothing
     /// `f` does can re-enter a borrow of the list.
     pub(crate) fn iterate(lq: &Rc<RefCell<LocalQueue>>, f: &(dyn Fn(&mut Request) -> Action + Send + Sync)) {
-        let ids: Vec<u64> = lq.borrow().requests.keys().copied().collect();
+        let ids = lq.borrow().requests.ids(|_| true);
         for id in ids {
-            let Some(mut req) = lq.borrow_mut().requests.remove(&id) else { continue };
+            let Some(mut req) = lq.borrow_mut().requests.remove(id) else { continue };
             let action = f(&mut req);
             lq.borrow_mut().requests.insert(id, req);
             LocalQueue::act(lq, id, action);
@@ -598,7 +598,7 @@ impl LocalQueue {
             Action::Cancel => {
                 let plan = {
                     let mut q = lq.borrow_mut();
-                    match q.requests.get_mut(&id) {
+                    match q.requests.get_mut(id) {
                         Some(r) if r.state == RequestState::Executing => {
                             r.cancelled = true;
                             Plan::Nothing
@@ -617,7 +617,7 @@ impl LocalQueue {
                     // A paused device keeps its parked requests (with their
                     // retry flag) for the resume of the device.
                     let paused = q.queue.device.is_paused();
-                    match q.requests.get_mut(&id) {
+                    match q.requests.get_mut(id) {
                         Some(r) if r.retry && !paused => {
                             r.retry = false;
                             r.state = RequestState::Enqueued;
@@ -660,7 +660,7 @@ impl LocalQueue {
 
     /// Cancels everything left (queue closing): completes them as aborted.
     pub(crate) fn abort_all(lq: &Rc<RefCell<LocalQueue>>) {
-        let reqs: Vec<Request> = std::mem::take(&mut lq.borrow_mut().requests).into_values().collect();
+        let reqs: Vec<Request> = lq.borrow_mut().requests.take_all();
         for r in reqs {
             LocalQueue::deliver(lq, r, Response::aborted());
         }
