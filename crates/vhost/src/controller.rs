@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::unix::net::UnixStream;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,12 @@ pub struct Controller {
     socket: PathBuf,
     stop: Arc<AtomicBool>,
     current: Arc<Mutex<Option<UnixStream>>>,
+    /// The listening socket (a second handle on it): shut down to wake the
+    /// listener thread from `accept`, whatever became of the socket's path.
+    listening: UnixListener,
+    /// The socket file as bound (device, inode): removed at the end only
+    /// if the path still names it (not another process's socket since).
+    bound: Option<(u64, u64)>,
     thread: Option<JoinHandle<()>>,
     pub(crate) backend: Arc<ScsiBackend>,
     /// Closed (or sent on) when the event task ends.
@@ -111,8 +118,13 @@ impl Controller {
                 .spawn(move || event_task(backend, events, done_tx))
                 .map_err(|e| VhostError::Thread(io::Error::other(e.to_string())))?;
         }
-        let mut listener = Listener::new(&config.socket, true)
-            .map_err(|e| VhostError::Listen(config.socket.clone(), e.to_string()))?;
+        let listen_err = |e: io::Error| VhostError::Listen(config.socket.clone(), e.to_string());
+        // A socket left by an earlier process is replaced.
+        let _ = std::fs::remove_file(&config.socket);
+        let std_listener = UnixListener::bind(&config.socket).map_err(listen_err)?;
+        let listening = std_listener.try_clone().map_err(listen_err)?;
+        let bound = std::fs::metadata(&config.socket).ok().map(|m| (m.dev(), m.ino()));
+        let mut listener = Listener::from(std_listener);
         let stop = Arc::new(AtomicBool::new(false));
         let current = Arc::new(Mutex::new(None));
         let thread = {
@@ -128,6 +140,8 @@ impl Controller {
             socket: config.socket,
             stop,
             current,
+            listening,
+            bound,
             thread: Some(thread),
             backend,
             event_task: Some(done_rx),
@@ -196,12 +210,17 @@ impl Controller {
         if let Some(c) = self.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
-        // Wake a listener blocked in accept().
-        let _ = UnixStream::connect(&self.socket);
+        // Wake a listener blocked in accept(): it fails once the listening
+        // socket is shut down (connecting to the path would not reach it if
+        // the file was removed or replaced meanwhile).
+        let _ = socket2::SockRef::from(&self.listening).shutdown(std::net::Shutdown::Both);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.socket);
+        let ours = std::fs::metadata(&self.socket).ok().map(|m| (m.dev(), m.ino()));
+        if ours.is_some() && ours == self.bound {
+            let _ = std::fs::remove_file(&self.socket);
+        }
     }
 }
 
@@ -232,6 +251,7 @@ fn serve(
         let mut handler = match accepted {
             Ok(Some(h)) => h,
             Ok(None) => continue,
+            Err(_) if stop.load(Ordering::Acquire) => break,
             Err(e) => {
                 tracing::warn!("vhost-user: accept: {e}");
                 std::thread::sleep(Duration::from_millis(100));

@@ -1277,3 +1277,28 @@ fn back_pressure_through_the_kick_loop() {
     c.shutdown();
     t.shutdown();
 }
+
+/// Shutting a controller down does not depend on its socket's path: with
+/// the file removed (by an operator, a cleanup of /run) no frontend can
+/// connect to wake the listener, and the shutdown used to hang in its
+/// join; a socket another process bound at the path since is left alone.
+#[test]
+fn shutdown_ends_the_listener_whatever_became_of_its_socket_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for replaced in [false, true] {
+        let (t, c) = one_queue_controller("vhost-socket-gone", dir.path());
+        let path = dir.path().join("vq.sock");
+        std::fs::remove_file(&path).unwrap();
+        let other = replaced.then(|| std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            c.shutdown();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(10)).expect("the controller's shutdown hangs");
+        assert_eq!(path.exists(), replaced, "another process's socket is not removed");
+        drop(other);
+        let _ = std::fs::remove_file(&path);
+        t.shutdown();
+    }
+}
