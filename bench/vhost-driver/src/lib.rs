@@ -92,6 +92,9 @@ pub struct Options {
     /// driver does): the driver asks for a notification only when it has
     /// reaped everything, the backend for a kick only when it stopped looking.
     pub event_idx: bool,
+    /// After the run, stay connected this long with the rings set up and no
+    /// request posted: the backend's CPU meanwhile is its idle cost.
+    pub idle: Duration,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -621,5 +624,8 @@ pub fn run(opts: &Options) -> Result<Report, DriverError> {
     if progress.stalled.load(Ordering::Relaxed) {
         return Err(DriverError::Stalled);
     }
-    Ok(Report { queues: reports, elapsed: start.elapsed(), lun_blocks: geometry.0, lun_block_size: geometry.1 })
+    let elapsed = start.elapsed();
+    std::thread::sleep(opts.idle);
+    drop(dev);
+    Ok(Report { queues: reports, elapsed, lun_blocks: geometry.0, lun_block_size: geometry.1 })
 }

@@ -29,7 +29,7 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Workload::RandRead)]
     rw: Workload,
     /// Seconds to run.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     seconds: f64,
     /// LUN of target 0.
     #[arg(long, default_value_t = 0)]
@@ -42,6 +42,18 @@ struct Args {
     /// backend offers it, as Linux's virtio-scsi driver does).
     #[arg(long)]
     no_event_idx: bool,
+    /// After the run, stay connected this many seconds without posting a
+    /// request (measure the backend's idle CPU meanwhile).
+    #[arg(long, default_value_t = 0.0, value_parser = seconds)]
+    idle: f64,
+}
+
+/// A duration in seconds: finite, not negative, at most a day.
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}`: expected seconds, 0 to 86400")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -56,6 +68,7 @@ fn main() -> ExitCode {
         lun: a.lun,
         ring_size: a.ring,
         event_idx: !a.no_event_idx,
+        idle: Duration::from_secs_f64(a.idle),
     };
     match run(&opts) {
         Ok(r) => {

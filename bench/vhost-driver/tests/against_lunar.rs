@@ -41,6 +41,7 @@ fn drives_two_queues_with_no_error() {
             lun: 0,
             ring_size: 128,
             event_idx,
+            idle: Duration::ZERO,
         };
         let r = run(&opts).unwrap();
         println!("{workload:?} (event_idx {event_idx}): {} completed, {} errors", r.completed(), r.errors());
