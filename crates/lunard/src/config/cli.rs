@@ -90,10 +90,10 @@ LIMITS (--limit KEY=VALUE, or KEY = VALUE in the file's [limits] table):
                              MaxCmdSN stops                    [default: 32M]
   negotiation-timeout=SECS   login, a text negotiation, or one PDU once
                              begun must finish within this     [default: 15]
-  poll-us=N                  microseconds a connection's thread may poll
-                             its socket after answering before it sleeps
-                             (adaptive; 0: never): a command that comes
-                             within it costs no wake-up  [default: 200, max 1000]
+  poll-us=N                  microseconds (0..=1000) a connection's thread
+                             may poll its socket after answering before it
+                             sleeps (adaptive; 0: never): a command that
+                             comes within it costs no wake-up [default: 200]
   Each hit is counted in `lunarctl status` and the metrics.
 
 CHANGES AT RUN TIME (lunarctl): LUNs (add, remove, resize, error policies),

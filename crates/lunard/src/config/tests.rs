@@ -656,6 +656,28 @@ proptest::proptest! {
     }
 }
 
+/// The iSCSI poll window: `--limit poll-us=N` or `[limits] poll-us = N`,
+/// 0 allowed (never poll), written back only when not the default, and
+/// read back the same.
+#[test]
+fn the_iscsi_poll_window_is_set_checked_and_written_back() {
+    let c = ok(&["--limit", "poll-us=0"]);
+    assert_eq!(c.limits.poll, std::time::Duration::ZERO);
+    let text = persist::to_toml(&c, true).unwrap();
+    assert!(text.contains("poll-us = 0"), "{text}");
+    let written = toml_file(&text);
+    let again = ok(&["--config", written.path().to_str().unwrap()]);
+    assert_eq!(again.limits.poll, std::time::Duration::ZERO);
+    let default = ok(&[]);
+    assert_eq!(default.limits.poll, lunar_iscsi::server::DEFAULT_POLL);
+    assert!(!persist::to_toml(&default, true).unwrap().contains("poll-us"));
+    has(&err(&["--limit", "poll-us=5000"]), &["`poll-us`", "0..=1000"]);
+    has(
+        &file_err(&format!("{T}[[target.lun]]\nspec = \"backend=null,size=1G\"\n[limits]\npoll-us = -1\n")),
+        &["poll-us"],
+    );
+}
+
 #[test]
 fn limit_flags_override_the_file_and_are_checked() {
     let c = ok(&["--limit", "cmd-window=7", "--limit", "negotiation-timeout=3"]);
