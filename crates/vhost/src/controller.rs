@@ -89,6 +89,7 @@ impl Controller {
                 inflight: PendingTable::new(crate::MAX_QUEUE_SIZE),
                 served: AtomicU64::new(0),
                 notify_queued: AtomicBool::new(false),
+                completed_in_pass: AtomicBool::new(false),
                 since_notify: AtomicU32::new(0),
                 track: Mutex::new(None),
                 resubmit: Mutex::new(Vec::new()),

@@ -31,6 +31,13 @@ use crate::{ControllerState, Mem, Vring, MAX_QUEUE_SIZE};
 /// the device works), where 1 (every completion) lost 10% to the cost of
 /// notifying, and 8 did no better than 16.
 pub(crate) const NOTIFY_EVERY: u32 = 16;
+thread_local! {
+    /// The request queue (its address) whose pass over its ring runs on
+    /// this thread now, if any: a command completed inside the pass is
+    /// notified by the pass's end.
+    static IN_PASS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// The shortest poll: below it the I/O thread sleeps at once.
 const POLL_MIN: Duration = Duration::from_micros(2);
 /// How long a poll spins on the ring between yields to its thread's loop.
@@ -149,6 +156,9 @@ pub(crate) struct RequestVq {
     /// A bottom half that notifies the driver of the used entries added so
     /// far is queued (one notification per batch of completions).
     pub(crate) notify_queued: AtomicBool,
+    /// A command completed inside the pass running on the I/O thread (only
+    /// that thread reads or writes it, while its pass runs).
+    pub(crate) completed_in_pass: AtomicBool,
     /// Completions since the driver was last notified (`io_thread` only).
     pub(crate) since_notify: AtomicU32,
     /// Inflight tracking of this ring (the front-end gave an inflight
@@ -260,8 +270,19 @@ impl RequestVq {
     /// before it sleeps, so a driver posting meanwhile need not kick.
     pub(crate) fn process_then(self: &Arc<Self>, vring: &Vring, after: Notifications) -> bool {
         self.busy.store(true, Ordering::Release);
+        let outer = IN_PASS.replace(Arc::as_ptr(self) as usize);
         let throttled = self.process_ring(vring, after);
+        IN_PASS.set(outer);
         self.busy.store(false, Ordering::Release);
+        // The completions of the pass (commands answered at once) are
+        // notified together, now.
+        if self.completed_in_pass.load(Ordering::Relaxed) {
+            self.completed_in_pass.store(false, Ordering::Relaxed);
+            self.since_notify.store(0, Ordering::Relaxed);
+            if vring.needs_notification().unwrap_or(true) {
+                let _ = vring.signal_used_queue();
+            }
+        }
         throttled
     }
 
@@ -672,6 +693,12 @@ impl RequestVq {
             if vring.needs_notification().unwrap_or(true) {
                 let _ = vring.signal_used_queue();
             }
+        }
+        // Completed inside a pass over this ring, on this thread: the pass
+        // notifies when it ends (no bottom half to allocate and queue).
+        if IN_PASS.get() == Arc::as_ptr(self) as usize {
+            self.completed_in_pass.store(true, Ordering::Relaxed);
+            return;
         }
         if self.notify_queued.load(Ordering::Acquire) {
             return;

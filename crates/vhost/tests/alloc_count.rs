@@ -63,18 +63,19 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 /// Allocations per 4 KiB command at QD1 through one request queue, under
-/// lunard's default error policies, measured on 2026-12-07
+/// lunard's default error policies, measured on 2026-12-08
 /// (docs/architecture.md, "Per-command cost"). The bounds leave no slack:
 /// lower them when a change removes one.
-/// 3 per read: the completion's box, the command's future, and its request
-/// bookkeeping in the core; a write also the shared header of its data
-/// (`Bytes` over the guest's buffer). Before issue 13's changes: 10 per
-/// read and 11 per write.
-const MAX_ALLOCS_PER_READ: u64 = 3;
-const MAX_ALLOCS_PER_WRITE: u64 = 4;
+/// 2 per read: the completion's box and the command's future in the core;
+/// a write also the shared header of its data (`Bytes` over the guest's
+/// buffer). The notification of a command answered inside a pass over the
+/// ring is the pass's (it was a boxed bottom half: 3 and 4). Before issue
+/// 13's changes: 10 per read and 11 per write.
+const MAX_ALLOCS_PER_READ: u64 = 2;
+const MAX_ALLOCS_PER_WRITE: u64 = 3;
 /// Heap bytes per 4 KiB command: the data goes from the backend into the
 /// guest's buffers and from them to the backend, so a command costs less
-/// than its own size in bookkeeping (2,136 bytes per read and 2,176 per
+/// than its own size in bookkeeping (2,120 bytes per read and 2,160 per
 /// write measured; 6,463 and 6,487 while each went through a buffer of its
 /// own).
 const MAX_BYTES_PER_COMMAND: u64 = 3072;
