@@ -128,19 +128,22 @@ impl Reader {
     /// given. Cancel-safe (nothing is read unless it completes), so the
     /// loop may wait for it beside other things.
     async fn read(&mut self) -> std::io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK {
-            self.buf.reserve(READ_CHUNK);
-        }
+        self.make_room();
         self.half.read_buf(&mut self.buf).await
     }
 
     /// Reads what the socket has without waiting: `WouldBlock` when it
     /// has nothing.
     fn try_read(&mut self) -> std::io::Result<usize> {
+        self.make_room();
+        self.half.try_read_buf(&mut self.buf)
+    }
+
+    /// At least [`READ_CHUNK`] bytes of room after what was read.
+    fn make_room(&mut self) {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK {
             self.buf.reserve(READ_CHUNK);
         }
-        self.half.try_read_buf(&mut self.buf)
     }
 
     /// The next whole PDU in the buffer, if there is one. PDUs are framed
